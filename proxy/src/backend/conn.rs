@@ -1,0 +1,208 @@
+//! One raw protocol connection from the proxy to a shard.
+//!
+//! The proxy logs in like any client (SCRAM-SHA-256, md5 or cleartext, via `postgres-protocol`),
+//! remembers what the server reported (parameters, cancel key), and from then on moves framed
+//! bytes. It also records the state the proxy put on the session — applied settings and
+//! prepared statements — so a later client can reuse the connection without replaying them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::protocol::backend::tag;
+use crate::protocol::{Frame, FrameError, FrameReader};
+
+/// Largest message accepted from a shard (rows can be big; PostgreSQL caps a field at 1 GB).
+const MAX_BACKEND_MESSAGE: usize = 1 << 30;
+
+/// What the proxy needs to cancel a query running on a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CancelKey {
+    pub addr: SocketAddr,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendTarget {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+}
+
+/// Why a backend connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The shard answered with an `ErrorResponse` (kept whole so the client sees its SQLSTATE).
+    #[error("the shard refused the connection")]
+    Refused(Frame),
+    #[error("could not connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("timed out connecting to {0}")]
+    Timeout(String),
+    #[error("shard asked for an unsupported authentication method ({0})")]
+    UnsupportedAuth(&'static str),
+    #[error("shard asked for a password but shards.yaml has none for this user")]
+    NoPassword,
+    #[error("unexpected message {0:?} from the shard")]
+    Unexpected(char),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A logged-in connection to a shard.
+#[derive(Debug)]
+pub struct Backend {
+    reader: FrameReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    /// Cancel key of the server process behind this connection.
+    pub cancel_key: CancelKey,
+    /// Parameters the server reported at startup (`server_version`, `TimeZone`…).
+    pub server_params: Vec<(String, String)>,
+    /// Session settings the proxy applied with `SET`; `None` when unknown (after a rollback
+    /// could have undone some), which forces a full reset before the next use.
+    pub settings: Option<BTreeMap<String, String>>,
+    /// Proxy-named prepared statements that exist on this connection.
+    pub prepared: HashSet<u64>,
+    pub created: Instant,
+    /// Set when the connection can no longer be trusted; the pool drops it.
+    pub broken: bool,
+}
+
+impl Backend {
+    /// Connects and logs in.
+    pub async fn connect(target: &BackendTarget, timeout: Duration) -> Result<Backend, BackendError> {
+        let addr_text = format!("{}:{}", target.host, target.port);
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&addr_text)).await {
+            Err(_) => return Err(BackendError::Timeout(addr_text)),
+            Ok(Err(source)) => return Err(BackendError::Connect { addr: addr_text, source }),
+            Ok(Ok(s)) => s,
+        };
+        stream.set_nodelay(true)?;
+        let addr = stream.peer_addr()?;
+        let (read, writer) = stream.into_split();
+        let mut backend = Backend {
+            reader: FrameReader::new(read, MAX_BACKEND_MESSAGE),
+            writer,
+            cancel_key: CancelKey { addr, pid: 0, secret: 0 },
+            server_params: Vec::new(),
+            settings: Some(BTreeMap::new()),
+            prepared: HashSet::new(),
+            created: Instant::now(),
+            broken: false,
+        };
+        match tokio::time::timeout(timeout, backend.startup(target)).await {
+            Err(_) => Err(BackendError::Timeout(addr_text)),
+            Ok(result) => result.map(|()| backend),
+        }
+    }
+
+    async fn startup(&mut self, target: &BackendTarget) -> Result<(), BackendError> {
+        let mut buf = BytesMut::new();
+        let params = [("user", target.user.as_str()), ("database", target.database.as_str())];
+        frontend::startup_message(params.iter().copied(), &mut buf)?;
+        self.send(&buf).await?;
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let frame = self.read().await?;
+            match frame.tag() {
+                tag::AUTHENTICATION => self.authenticate(&frame, target, &mut scram).await?,
+                tag::PARAMETER_STATUS => {
+                    if let Some((name, value)) = crate::protocol::backend::parameter(&frame) {
+                        self.server_params.push((name.to_owned(), value.to_owned()));
+                    }
+                }
+                tag::BACKEND_KEY_DATA => {
+                    let body = frame.body();
+                    if body.len() >= 8 {
+                        self.cancel_key.pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                        self.cancel_key.secret = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                    }
+                }
+                tag::NOTICE_RESPONSE => {}
+                tag::READY_FOR_QUERY => return Ok(()),
+                tag::ERROR_RESPONSE => return Err(BackendError::Refused(frame)),
+                other => return Err(BackendError::Unexpected(other as char)),
+            }
+        }
+    }
+
+    async fn authenticate(
+        &mut self,
+        frame: &Frame,
+        target: &BackendTarget,
+        scram: &mut Option<ScramSha256>,
+    ) -> Result<(), BackendError> {
+        let mut raw = BytesMut::from(&frame.bytes()[..]);
+        let message = Message::parse(&mut raw)?.ok_or(BackendError::Unexpected('R'))?;
+        let password = || target.password.as_deref().ok_or(BackendError::NoPassword);
+        let mut out = BytesMut::new();
+        match message {
+            Message::AuthenticationOk => return Ok(()),
+            Message::AuthenticationCleartextPassword => {
+                frontend::password_message(password()?.as_bytes(), &mut out)?;
+            }
+            Message::AuthenticationMd5Password(body) => {
+                let hash = md5_hash(target.user.as_bytes(), password()?.as_bytes(), body.salt());
+                frontend::password_message(hash.as_bytes(), &mut out)?;
+            }
+            Message::AuthenticationSasl(body) => {
+                let mut mechanisms = body.mechanisms();
+                let mut offered = false;
+                while let Some(m) = fallible_iterator::FallibleIterator::next(&mut mechanisms)? {
+                    offered |= m == SCRAM_SHA_256;
+                }
+                if !offered {
+                    return Err(BackendError::UnsupportedAuth("SASL without SCRAM-SHA-256"));
+                }
+                let client = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), &mut out)?;
+                *scram = Some(client);
+            }
+            Message::AuthenticationSaslContinue(body) => {
+                let client = scram.as_mut().ok_or(BackendError::Unexpected('R'))?;
+                client.update(body.data())?;
+                frontend::sasl_response(client.message(), &mut out)?;
+            }
+            Message::AuthenticationSaslFinal(body) => {
+                let client = scram.as_mut().ok_or(BackendError::Unexpected('R'))?;
+                client.finish(body.data())?;
+                return Ok(());
+            }
+            _ => return Err(BackendError::UnsupportedAuth("GSS, SSPI or Kerberos")),
+        }
+        self.send(&out).await
+    }
+
+    /// Reads the next message from the shard.
+    pub async fn read(&mut self) -> Result<Frame, BackendError> {
+        let frame = self.reader.read().await;
+        if frame.is_err() {
+            self.broken = true;
+        }
+        Ok(frame?)
+    }
+
+    /// Writes bytes (one or many messages) to the shard.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        let written = self.writer.write_all(bytes).await;
+        if written.is_err() {
+            self.broken = true;
+        }
+        Ok(written?)
+    }
+}

@@ -1,0 +1,4 @@
+//! Connections from the proxy to shards, and their pools.
+
+pub mod conn;
+pub mod pool;

@@ -1,0 +1,207 @@
+//! Client authentication: SCRAM-SHA-256 (pgwire's sans-I/O server state machine), md5 and
+//! trust, per user as `shards.yaml` says.
+
+use std::collections::HashMap;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::{BufMut, Bytes, BytesMut};
+use md5::{Digest, Md5};
+use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramSecret, ScramServerAuth, SCRAM_ITERATIONS};
+use shardline_router::config::{AuthMethod, Config, User};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::backend::{self as msg, sqlstate};
+use crate::protocol::{Frame, FrameReader};
+
+/// SCRAM material for one user, derived once per config load (PBKDF2 is deliberately slow).
+#[derive(Clone)]
+enum ScramMaterial {
+    Salted { salt: Vec<u8>, salted_password: Vec<u8> },
+    Verifier { salt: Vec<u8>, iterations: usize, stored_key: Vec<u8>, server_key: Vec<u8> },
+}
+
+impl ScramMaterial {
+    fn secret(&self) -> ScramSecret {
+        match self.clone() {
+            ScramMaterial::Salted { salt, salted_password } => ScramSecret::SaltedPassword { salt, salted_password },
+            ScramMaterial::Verifier { salt, iterations, stored_key, server_key } => {
+                ScramSecret::Verifier { salt, iterations, stored_key, server_key }
+            }
+        }
+    }
+
+    /// Parses a `pg_authid`-style verifier: `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`.
+    fn from_verifier(text: &str) -> Option<ScramMaterial> {
+        let rest = text.strip_prefix("SCRAM-SHA-256$")?;
+        let (iter_salt, keys) = rest.split_once('$')?;
+        let (iterations, salt) = iter_salt.split_once(':')?;
+        let (stored_key, server_key) = keys.split_once(':')?;
+        Some(ScramMaterial::Verifier {
+            salt: STANDARD.decode(salt).ok()?,
+            iterations: iterations.parse().ok()?,
+            stored_key: STANDARD.decode(stored_key).ok()?,
+            server_key: STANDARD.decode(server_key).ok()?,
+        })
+    }
+}
+
+/// Credentials of every configured user, ready for logins.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    scram: HashMap<String, ScramMaterial>,
+}
+
+impl Credentials {
+    /// Precomputes SCRAM material for the users of `config`.
+    pub fn from_config(config: &Config) -> Credentials {
+        let mut scram = HashMap::new();
+        for user in &config.users {
+            let material = match (&user.scram_verifier, &user.password) {
+                (Some(v), _) => ScramMaterial::from_verifier(v),
+                (None, Some(password)) => {
+                    let salt: [u8; 16] = rand::random();
+                    Some(ScramMaterial::Salted {
+                        salted_password: gen_salted_password(password, &salt, SCRAM_ITERATIONS),
+                        salt: salt.to_vec(),
+                    })
+                }
+                (None, None) => None,
+            };
+            if let Some(m) = material {
+                scram.insert(user.name.clone(), m);
+            }
+        }
+        Credentials { scram }
+    }
+}
+
+/// Why a login failed; the message is what the client is told.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct AuthFailed {
+    pub sqlstate: &'static str,
+    pub message: String,
+}
+
+fn failed(user: &str) -> AuthFailed {
+    AuthFailed {
+        sqlstate: sqlstate::INVALID_PASSWORD,
+        message: format!("password authentication failed for user \"{user}\""),
+    }
+}
+
+fn protocol(message: &str) -> AuthFailed {
+    AuthFailed { sqlstate: sqlstate::PROTOCOL_VIOLATION, message: message.to_owned() }
+}
+
+/// Runs the authentication exchange for `user`; on success `AuthenticationOk` has been sent.
+pub async fn authenticate<R, W>(
+    reader: &mut FrameReader<R>,
+    writer: &mut W,
+    user: &User,
+    credentials: &Credentials,
+) -> Result<(), AuthFailed>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    match user.auth {
+        AuthMethod::Trust => {}
+        AuthMethod::Md5 => md5(reader, writer, user).await?,
+        AuthMethod::ScramSha256 => {
+            let material = credentials.scram.get(&user.name).ok_or_else(|| failed(&user.name))?;
+            scram(reader, writer, &user.name, material).await?;
+        }
+    }
+    send(writer, &auth_message(0, &[])).await
+}
+
+async fn md5<R, W>(reader: &mut FrameReader<R>, writer: &mut W, user: &User) -> Result<(), AuthFailed>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let salt: [u8; 4] = rand::random();
+    send(writer, &auth_message(5, &salt)).await?;
+    let answer = password_message(reader).await?;
+    let password = user.password.as_deref().ok_or_else(|| failed(&user.name))?;
+    let inner = hex(&Md5::digest(format!("{password}{}", user.name).as_bytes()));
+    let mut outer = Md5::new();
+    outer.update(inner.as_bytes());
+    outer.update(salt);
+    let expected = format!("md5{}", hex(&outer.finalize()));
+    let given = answer.body().strip_suffix(&[0]).unwrap_or(answer.body());
+    if given == expected.as_bytes() {
+        Ok(())
+    } else {
+        Err(failed(&user.name))
+    }
+}
+
+async fn scram<R, W>(
+    reader: &mut FrameReader<R>,
+    writer: &mut W,
+    user: &str,
+    material: &ScramMaterial,
+) -> Result<(), AuthFailed>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut mechanisms = BytesMut::new();
+    mechanisms.put_slice(b"SCRAM-SHA-256\0\0");
+    send(writer, &auth_message(10, &mechanisms)).await?;
+
+    // SASLInitialResponse: mechanism name, then length-prefixed client-first message.
+    let initial = password_message(reader).await?;
+    let body = initial.body();
+    let name_end = body.iter().position(|b| *b == 0).ok_or_else(|| protocol("malformed SASLInitialResponse"))?;
+    if &body[..name_end] != b"SCRAM-SHA-256" {
+        return Err(protocol("only SCRAM-SHA-256 is supported"));
+    }
+    let data = body.get(name_end + 5..).ok_or_else(|| protocol("malformed SASLInitialResponse"))?;
+    let server = ScramServerAuth::new();
+    let (server_first, waiting) = server
+        .on_client_first_message_with_secret(data, material.secret())
+        .map_err(|e| protocol(&format!("invalid SCRAM client-first message: {e}")))?;
+    send(writer, &auth_message(11, server_first.as_bytes())).await?;
+
+    let response = password_message(reader).await?;
+    let server_final = waiting.on_client_final_message(response.body()).map_err(|_| failed(user))?;
+    send(writer, &auth_message(12, server_final.as_bytes())).await
+}
+
+/// Reads the client's next `p` message (PasswordMessage / SASL responses).
+async fn password_message<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> Result<Frame, AuthFailed> {
+    let frame = reader.read().await.map_err(|e| protocol(&format!("during authentication: {e}")))?;
+    if frame.tag() != b'p' {
+        return Err(protocol("expected a password message during authentication"));
+    }
+    Ok(frame)
+}
+
+/// `AuthenticationRequest` with sub-code and payload.
+fn auth_message(code: i32, payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(9 + payload.len());
+    buf.put_u8(b'R');
+    buf.put_i32(8 + payload.len() as i32);
+    buf.put_i32(code);
+    buf.put_slice(payload);
+    buf.freeze()
+}
+
+async fn send<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Result<(), AuthFailed> {
+    writer.write_all(bytes).await.map_err(|e| protocol(&e.to_string()))?;
+    writer.flush().await.map_err(|e| protocol(&e.to_string()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Sends a FATAL error for a failed login.
+pub async fn reject<W: AsyncWrite + Unpin>(writer: &mut W, sqlstate: &str, message: &str) {
+    let _ = writer.write_all(&msg::fatal(sqlstate, message)).await;
+    let _ = writer.flush().await;
+}

@@ -1,0 +1,237 @@
+//! A client connection from accept to login: TLS/GSS negotiation (declined for now), cancel
+//! requests, the startup packet, authentication, and the greeting a server sends
+//! (`ParameterStatus`, `BackendKeyData`, `ReadyForQuery`). Then the session takes over.
+
+pub mod auth;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::backend::conn::BackendError;
+use crate::context::ProxyContext;
+use crate::protocol::backend::{self as msg, sqlstate};
+use crate::protocol::{FrameError, FrameReader};
+use crate::session::{settings, ClientOutput, Identity, Session, SessionEnd};
+
+const SSL_REQUEST: i32 = 80_877_103;
+const GSSENC_REQUEST: i32 = 80_877_104;
+const CANCEL_REQUEST: i32 = 80_877_102;
+const PROTOCOL_3: i32 = 3 << 16;
+
+/// Parameters reported to clients at startup even if the backend did not (PgBouncer does the
+/// same): drivers look for these.
+const REPORTED: &[&str] = &[
+    "server_version",
+    "server_encoding",
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "integer_datetimes",
+    "standard_conforming_strings",
+    "application_name",
+    "is_superuser",
+    "session_authorization",
+    "default_transaction_read_only",
+    "in_hot_standby",
+];
+
+/// Serves one accepted connection to the end.
+pub async fn serve(ctx: Arc<ProxyContext>, stream: TcpStream) {
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    }
+    let (read, write) = stream.into_split();
+    let loaded = ctx.snapshot();
+    let mut input = FrameReader::new(read, loaded.config.max_message_bytes as usize);
+    let mut out = ClientOutput::new(write);
+    match login(&ctx, &mut input, &mut out).await {
+        Ok(Some((identity, pid, targets))) => {
+            tracing::info!(%peer, user = %identity.user, database = %identity.database, "client logged in");
+            let session = Session::new(ctx.clone(), input, out, identity, targets);
+            match session.run().await {
+                Ok(()) | Err(SessionEnd::Disconnected) => tracing::info!(%peer, "client disconnected"),
+                Err(e) => tracing::warn!(%peer, error = %e, "client session ended"),
+            }
+            ctx.cancels.unregister(pid);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::info!(%peer, error = %e, "client login failed"),
+    }
+}
+
+/// Why a login did not complete.
+#[derive(Debug, thiserror::Error)]
+enum LoginError {
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+async fn refuse(out: &mut ClientOutput, code: &str, message: &str) -> LoginError {
+    auth::reject(out.stream(), code, message).await;
+    LoginError::Refused(message.to_owned())
+}
+
+/// Runs the startup phase. `Ok(None)` means the connection was a cancel request.
+async fn login(
+    ctx: &Arc<ProxyContext>,
+    input: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    out: &mut ClientOutput,
+) -> Result<Option<(Identity, i32, crate::cancel::CancelTargets)>, LoginError> {
+    let packet = loop {
+        let packet = match input.read_startup().await {
+            Ok(p) => p,
+            Err(FrameError::BadLength(len)) => {
+                let text = format!("invalid startup packet length {len}");
+                return Err(refuse(out, sqlstate::PROTOCOL_VIOLATION, &text).await);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let code = i32::from_be_bytes([packet[0], packet[1], packet[2], packet[3]]);
+        match code {
+            SSL_REQUEST | GSSENC_REQUEST => {
+                out.stream().write_all(b"N").await?;
+                out.stream().flush().await?;
+            }
+            CANCEL_REQUEST if packet.len() >= 12 => {
+                let pid = i32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+                let secret = i32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
+                ctx.cancels.cancel(pid, secret).await;
+                return Ok(None);
+            }
+            _ => break packet,
+        }
+    };
+    let code = i32::from_be_bytes([packet[0], packet[1], packet[2], packet[3]]);
+    if code >> 16 != 3 {
+        let text = format!("unsupported frontend protocol {}.{}: shardline speaks 3.0", code >> 16, code & 0xffff);
+        return Err(refuse(out, sqlstate::PROTOCOL_VIOLATION, &text).await);
+    }
+    let Some(params) = parse_startup(&packet[4..]) else {
+        return Err(refuse(out, sqlstate::PROTOCOL_VIOLATION, "invalid startup packet layout").await);
+    };
+    if code != PROTOCOL_3 {
+        // Newer minor versions (3.2): answer with the version we speak, as PostgreSQL does.
+        out.push(&negotiate_protocol(&params)).await?;
+    }
+    let Some(user_name) = params.get("user").cloned() else {
+        return Err(refuse(out, sqlstate::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet").await);
+    };
+    let database = params.get("database").cloned().unwrap_or_else(|| user_name.clone());
+    if params.contains_key("replication") {
+        return Err(refuse(out, sqlstate::FEATURE_NOT_SUPPORTED, "replication connections are not supported through shardline; connect to a shard directly").await);
+    }
+
+    let loaded = ctx.snapshot();
+    let Some(user) = loaded.config.user(&user_name).cloned() else {
+        let text = format!("password authentication failed for user \"{user_name}\"");
+        return Err(refuse(out, sqlstate::INVALID_PASSWORD, &text).await);
+    };
+    if let Err(e) = auth::authenticate(input, out.stream(), &user, &loaded.credentials).await {
+        return Err(refuse(out, e.sqlstate, &e.message).await);
+    }
+
+    // Check the database exists (and warm the pool) on the default shard, and learn the server
+    // parameters to report.
+    let server_params = match probe_default_shard(ctx, &user_name, &database).await {
+        Ok(params) => params,
+        Err(Probe::Refused(frame)) => {
+            out.push(&frame).await?;
+            out.flush().await?;
+            return Err(LoginError::Refused("the default shard refused the login".to_owned()));
+        }
+        Err(Probe::Failed(text)) => return Err(refuse(out, sqlstate::CANNOT_CONNECT, &text).await),
+    };
+
+    let startup_settings = settings::from_startup(&params);
+    let mut reported: BTreeMap<String, String> = server_params
+        .into_iter()
+        .filter(|(name, _)| REPORTED.iter().any(|r| r.eq_ignore_ascii_case(name)))
+        .collect();
+    for (name, value) in &params {
+        if let Some(canonical) = REPORTED.iter().find(|r| r.eq_ignore_ascii_case(name)) {
+            reported.insert((*canonical).to_owned(), value.clone());
+        }
+    }
+    for (name, value) in &reported {
+        out.push(&msg::parameter_status(name, value)).await?;
+    }
+    let (pid, secret, targets) = ctx.cancels.register();
+    out.push(&msg::backend_key_data(pid, secret)).await?;
+    out.push(&msg::ready_for_query(b'I')).await?;
+    out.flush().await?;
+    let pool_mode = user.pool_mode.unwrap_or(loaded.config.pool.mode);
+    let identity = Identity { user: user_name, database, pool_mode, startup_settings };
+    Ok(Some((identity, pid, targets)))
+}
+
+enum Probe {
+    Refused(Bytes),
+    Failed(String),
+}
+
+/// Checks out a connection to the default shard to validate user and database.
+async fn probe_default_shard(ctx: &ProxyContext, user: &str, database: &str) -> Result<Vec<(String, String)>, Probe> {
+    let loaded = ctx.snapshot();
+    let config = &loaded.config;
+    let shard = config.shards.get(config.default_shard).ok_or_else(|| Probe::Failed("no shards configured".into()))?;
+    let password = config.user(user).and_then(|u| u.backend_password()).map(str::to_owned);
+    let target = crate::backend::conn::BackendTarget {
+        host: shard.host.clone(),
+        port: shard.port,
+        user: user.to_owned(),
+        password,
+        database: shard.database.clone().unwrap_or_else(|| database.to_owned()),
+    };
+    match ctx.pools.checkout(&target, &config.pool).await {
+        Ok(conn) => Ok(conn.server_params.clone()),
+        Err(crate::backend::pool::CheckoutError::Backend(BackendError::Refused(frame))) => {
+            Err(Probe::Refused(msg::error_naming_shard(&frame, &shard.name)))
+        }
+        Err(e) => Err(Probe::Failed(format!(
+            "could not connect to shard {} at {}:{}: {e}",
+            shard.name, shard.host, shard.port
+        ))),
+    }
+}
+
+/// Startup parameters: NUL-terminated name/value pairs ending with an empty name.
+fn parse_startup(body: &[u8]) -> Option<BTreeMap<String, String>> {
+    let mut params = BTreeMap::new();
+    let mut fields = body.split(|b| *b == 0);
+    loop {
+        let name = fields.next()?;
+        if name.is_empty() {
+            return Some(params);
+        }
+        let value = fields.next()?;
+        params.insert(String::from_utf8(name.to_vec()).ok()?, String::from_utf8(value.to_vec()).ok()?);
+    }
+}
+
+/// `NegotiateProtocolVersion`: we speak 3.0 and none of the `_pq_.` options.
+fn negotiate_protocol(params: &BTreeMap<String, String>) -> Bytes {
+    use bytes::BufMut;
+    let options: Vec<&String> = params.keys().filter(|k| k.starts_with("_pq_.")).collect();
+    let mut body = bytes::BytesMut::new();
+    body.put_i32(0);
+    body.put_i32(options.len() as i32);
+    for o in options {
+        body.put_slice(o.as_bytes());
+        body.put_u8(0);
+    }
+    let mut buf = bytes::BytesMut::new();
+    buf.put_u8(b'v');
+    buf.put_i32(body.len() as i32 + 4);
+    buf.put_slice(&body);
+    buf.freeze()
+}

@@ -1,0 +1,86 @@
+//! State shared by every client connection: the current config, pools, credentials, cancel
+//! registry and the plan cache.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+use shardline_router::{Config, Plan};
+
+use crate::backend::pool::Pools;
+use crate::cancel::CancelRegistry;
+use crate::client::auth::Credentials;
+
+/// Most plans kept before the cache is cleared (bounded memory under literal-heavy workloads).
+const PLAN_CACHE_LIMIT: usize = 10_000;
+
+/// One loaded configuration with everything derived from it.
+pub struct Loaded {
+    pub config: Config,
+    pub credentials: Credentials,
+    /// Increases with every successful load; plans are cached per version.
+    pub version: u64,
+}
+
+/// Everything a session needs from the proxy as a whole.
+pub struct ProxyContext {
+    current: ArcSwap<Loaded>,
+    pub pools: Pools,
+    pub cancels: CancelRegistry,
+    plans: Mutex<PlanCache>,
+    next_version: AtomicU64,
+}
+
+#[derive(Default)]
+struct PlanCache {
+    version: u64,
+    plans: HashMap<Box<str>, Arc<Plan>>,
+}
+
+impl ProxyContext {
+    /// A context serving `config` as version 1.
+    pub fn new(config: Config) -> Arc<ProxyContext> {
+        let credentials = Credentials::from_config(&config);
+        Arc::new(ProxyContext {
+            current: ArcSwap::from_pointee(Loaded { config, credentials, version: 1 }),
+            pools: Pools::default(),
+            cancels: CancelRegistry::default(),
+            plans: Mutex::new(PlanCache::default()),
+            next_version: AtomicU64::new(2),
+        })
+    }
+
+    /// The config a request should use from its start to its end.
+    pub fn snapshot(&self) -> Arc<Loaded> {
+        self.current.load_full()
+    }
+
+    /// Replaces the config; requests already running keep the snapshot they took.
+    pub fn replace(&self, config: Config) -> u64 {
+        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        let credentials = Credentials::from_config(&config);
+        self.current.store(Arc::new(Loaded { config, credentials, version }));
+        version
+    }
+
+    /// The routing plan of `sql` under `loaded`, analysed once per config version.
+    pub fn plan(&self, loaded: &Loaded, sql: &str) -> Arc<Plan> {
+        {
+            let cache = self.plans.lock().unwrap_or_else(PoisonError::into_inner);
+            if cache.version == loaded.version {
+                if let Some(plan) = cache.plans.get(sql) {
+                    return plan.clone();
+                }
+            }
+        }
+        let plan = Arc::new(shardline_router::plan(&loaded.config, sql));
+        let mut cache = self.plans.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.version != loaded.version || cache.plans.len() >= PLAN_CACHE_LIMIT {
+            cache.plans.clear();
+            cache.version = loaded.version;
+        }
+        cache.plans.insert(sql.into(), plan.clone());
+        plan
+    }
+}

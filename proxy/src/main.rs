@@ -1,0 +1,99 @@
+//! The `shardline` command: serve a cluster, run the local demo, or check a config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shardline::demo::{self, DemoOptions};
+use shardline::Proxy;
+use shardline_router::Config;
+
+/// A sharding proxy for PostgreSQL.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// shards.yaml describing the cluster to serve.
+    #[arg(long, short, default_value = "shards.yaml")]
+    config: PathBuf,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local N-shard PostgreSQL cluster and the proxy in front of it, ready for psql.
+    Demo {
+        /// Number of shards.
+        #[arg(long, default_value_t = 4)]
+        shards: usize,
+        /// Proxy port; shard i listens on port+1+i.
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+        /// Directory for the shards' data and the effective shards.yaml (reused on restart).
+        #[arg(long, default_value = "shardline-demo")]
+        dir: PathBuf,
+    },
+    /// Validate a shards.yaml and print what it means.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let result = match cli.command {
+        Some(Command::Check { file }) => check(&file),
+        other => match tokio::runtime::Runtime::new() {
+            Ok(runtime) => runtime.block_on(async move {
+                match other {
+                    Some(Command::Demo { shards, port, dir }) => demo::run(DemoOptions { shards, port, dir }).await,
+                    _ => serve(&cli.config).await,
+                }
+            }),
+            Err(e) => Err(e.into()),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardline: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load(path: &PathBuf) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("could not read {}: {e}", path.display()))?;
+    Config::from_yaml(&text).map_err(|e| anyhow::anyhow!("{} is invalid: {e}", path.display()))
+}
+
+fn check(path: &PathBuf) -> anyhow::Result<()> {
+    let config = load(path)?;
+    println!("{} is valid.\n", path.display());
+    print!("{config}");
+    Ok(())
+}
+
+async fn serve(path: &PathBuf) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let proxy = Proxy::start(config).await?;
+    tokio::signal::ctrl_c().await?;
+    proxy.stop().await;
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! Read-only views of the frontend messages the proxy must look into, and the few rewrites it
+//! makes (renaming prepared statements). Views borrow from the original frame; nothing is
+//! re-encoded unless a rewrite is needed.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use shardline_router::Param;
+
+use super::Frame;
+
+/// A frontend message that does not follow the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {message} message: {problem}")]
+pub struct Malformed {
+    pub message: &'static str,
+    pub problem: &'static str,
+}
+
+/// Walks a message body field by field.
+struct Cursor<'a> {
+    rest: &'a [u8],
+    message: &'static str,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(body: &'a [u8], message: &'static str) -> Self {
+        Cursor { rest: body, message }
+    }
+
+    fn fail<T>(&self, problem: &'static str) -> Result<T, Malformed> {
+        Err(Malformed { message: self.message, problem })
+    }
+
+    fn cstr(&mut self) -> Result<&'a [u8], Malformed> {
+        let Some(end) = self.rest.iter().position(|b| *b == 0) else {
+            return self.fail("missing string terminator");
+        };
+        let s = &self.rest[..end];
+        self.rest = &self.rest[end + 1..];
+        Ok(s)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
+        if self.rest.len() < n {
+            return self.fail("truncated");
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn i16(&mut self) -> Result<i16, Malformed> {
+        let b = self.take(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn i32(&mut self) -> Result<i32, Malformed> {
+        let b = self.take(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn count(&mut self) -> Result<usize, Malformed> {
+        let n = self.i16()?;
+        usize::try_from(n).or_else(|_| self.fail("negative count"))
+    }
+}
+
+/// Text of a `Query` message.
+pub fn query_text(frame: &Frame) -> Result<&str, Malformed> {
+    let mut c = Cursor::new(frame.body(), "Query");
+    let text = c.cstr()?;
+    std::str::from_utf8(text).or_else(|_| c.fail("query is not valid UTF-8"))
+}
+
+/// A `Parse` message: statement name, query text and declared parameter types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseView<'a> {
+    pub name: &'a [u8],
+    pub query: &'a str,
+    /// The bytes after the query: parameter type count and OIDs, kept for re-preparing.
+    pub param_types: &'a [u8],
+}
+
+impl<'a> ParseView<'a> {
+    /// Reads a `Parse` frame.
+    pub fn new(frame: &'a Frame) -> Result<Self, Malformed> {
+        let mut c = Cursor::new(frame.body(), "Parse");
+        let name = c.cstr()?;
+        let query = c.cstr()?;
+        let query = std::str::from_utf8(query).or_else(|_| c.fail("query is not valid UTF-8"))?;
+        let param_types = c.rest;
+        let n = c.count()?;
+        c.take(n * 4)?;
+        Ok(ParseView { name, query, param_types })
+    }
+}
+
+/// Builds a `Parse` that prepares `query` under `name` with the given raw parameter-type bytes.
+pub fn build_parse(name: &[u8], query: &str, param_types: &[u8]) -> Bytes {
+    let len = 4 + name.len() + 1 + query.len() + 1 + param_types.len();
+    let mut buf = BytesMut::with_capacity(len + 1);
+    buf.put_u8(b'P');
+    buf.put_i32(len as i32);
+    buf.put_slice(name);
+    buf.put_u8(0);
+    buf.put_slice(query.as_bytes());
+    buf.put_u8(0);
+    buf.put_slice(param_types);
+    buf.freeze()
+}
+
+/// A `Bind` message: portal, statement, and the parameters with their formats.
+#[derive(Debug, Clone)]
+pub struct BindView<'a> {
+    pub portal: &'a [u8],
+    pub statement: &'a [u8],
+    formats: Vec<i16>,
+    values: Vec<Option<&'a [u8]>>,
+    /// Offset in the body where the fields after the statement name start.
+    tail_offset: usize,
+}
+
+impl<'a> BindView<'a> {
+    /// Reads a `Bind` frame.
+    pub fn new(frame: &'a Frame) -> Result<Self, Malformed> {
+        let body = frame.body();
+        let mut c = Cursor::new(body, "Bind");
+        let portal = c.cstr()?;
+        let statement = c.cstr()?;
+        let tail_offset = body.len() - c.rest.len();
+        let nformats = c.count()?;
+        let formats = (0..nformats).map(|_| c.i16()).collect::<Result<Vec<_>, _>>()?;
+        let nvalues = c.count()?;
+        if nformats > 1 && nformats != nvalues {
+            return c.fail("format count does not match parameter count");
+        }
+        let mut values = Vec::with_capacity(nvalues);
+        for _ in 0..nvalues {
+            let len = c.i32()?;
+            values.push(match len {
+                -1 => None,
+                n if n >= 0 => Some(c.take(n as usize)?),
+                _ => return c.fail("negative parameter length"),
+            });
+        }
+        Ok(BindView { portal, statement, formats, values, tail_offset })
+    }
+
+    /// Parameters in the router's terms, format applied.
+    pub fn params(&self) -> Vec<Param<'a>> {
+        self.values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let binary = match self.formats.len() {
+                    0 => false,
+                    1 => self.formats[0] == 1,
+                    _ => self.formats[i] == 1,
+                };
+                match (v, binary) {
+                    (None, _) => Param::Null,
+                    (Some(b), true) => Param::Binary(b),
+                    (Some(b), false) => Param::Text(b),
+                }
+            })
+            .collect()
+    }
+
+    /// The same `Bind` aimed at another statement name.
+    pub fn retarget(&self, frame: &Frame, statement: &[u8]) -> Bytes {
+        let tail = &frame.body()[self.tail_offset..];
+        let len = 4 + self.portal.len() + 1 + statement.len() + 1 + tail.len();
+        let mut buf = BytesMut::with_capacity(len + 1);
+        buf.put_u8(b'B');
+        buf.put_i32(len as i32);
+        buf.put_slice(self.portal);
+        buf.put_u8(0);
+        buf.put_slice(statement);
+        buf.put_u8(0);
+        buf.put_slice(tail);
+        buf.freeze()
+    }
+}
+
+/// `Describe` or `Close`: which kind of object (`S`tatement or `P`ortal) and its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetView<'a> {
+    pub kind: u8,
+    pub name: &'a [u8],
+}
+
+impl<'a> TargetView<'a> {
+    /// Reads a `Describe` (`D`) or `Close` (`C`) frame.
+    pub fn new(frame: &'a Frame) -> Result<Self, Malformed> {
+        let what = if frame.tag() == b'D' { "Describe" } else { "Close" };
+        let mut c = Cursor::new(frame.body(), what);
+        let kind = c.take(1)?[0];
+        if kind != b'S' && kind != b'P' {
+            return c.fail("target is neither S nor P");
+        }
+        let name = c.cstr()?;
+        Ok(TargetView { kind, name })
+    }
+
+    /// The same message (`tag` is `D` or `C`) naming another object.
+    pub fn rebuild(&self, tag: u8, name: &[u8]) -> Bytes {
+        let len = 4 + 1 + name.len() + 1;
+        let mut buf = BytesMut::with_capacity(len + 1);
+        buf.put_u8(tag);
+        buf.put_i32(len as i32);
+        buf.put_u8(self.kind);
+        buf.put_slice(name);
+        buf.put_u8(0);
+        buf.freeze()
+    }
+}
+
+/// Portal name of an `Execute` message.
+pub fn execute_portal(frame: &Frame) -> Result<&[u8], Malformed> {
+    Cursor::new(frame.body(), "Execute").cstr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(bytes: Bytes) -> Frame {
+        Frame::from_bytes(bytes)
+    }
+
+    #[test]
+    fn parse_roundtrips_through_build() {
+        let built = frame(build_parse(b"s1", "SELECT $1", &[0, 1, 0, 0, 0, 20]));
+        let view = ParseView::new(&built);
+        assert_eq!(
+            view,
+            Ok(ParseView { name: b"s1", query: "SELECT $1", param_types: &[0, 1, 0, 0, 0, 20] })
+        );
+    }
+
+    #[test]
+    fn bind_params_and_retarget() {
+        let mut body = BytesMut::new();
+        body.put_slice(b"p\0stmt\0");
+        body.put_i16(1); // one format code for all
+        body.put_i16(1); // binary
+        body.put_i16(2);
+        body.put_i32(8);
+        body.put_i64(42);
+        body.put_i32(-1);
+        body.put_i16(0);
+        let mut msg = BytesMut::new();
+        msg.put_u8(b'B');
+        msg.put_i32(body.len() as i32 + 4);
+        msg.put_slice(&body);
+        let f = frame(msg.freeze());
+        let view = match BindView::new(&f) {
+            Ok(v) => v,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(view.params(), vec![Param::Binary(&42i64.to_be_bytes()), Param::Null]);
+        let renamed = frame(view.retarget(&f, b"other"));
+        let again = BindView::new(&renamed).map(|v| (v.statement.to_vec(), v.params().len()));
+        assert_eq!(again, Ok((b"other".to_vec(), 2)));
+    }
+
+    #[test]
+    fn truncated_messages_are_malformed_not_panics() {
+        for body in [&b""[..], b"p", b"p\0s\0\x00", b"p\0s\0\x00\x01\x00", b"p\0s\0\x00\x00\x00\x01\x00\x00\x00\x09ab"] {
+            let mut msg = BytesMut::new();
+            msg.put_u8(b'B');
+            msg.put_i32(body.len() as i32 + 4);
+            msg.put_slice(body);
+            assert!(BindView::new(&frame(msg.freeze())).is_err(), "{body:?}");
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The PostgreSQL wire protocol as the proxy needs it: framing, views of frontend messages,
+//! and backend messages built or inspected by the proxy. No sockets beyond `AsyncRead`.
+
+pub mod backend;
+mod frame;
+pub mod frontend;
+
+pub use frame::{Frame, FrameError, FrameReader};

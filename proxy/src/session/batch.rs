@@ -1,0 +1,324 @@
+//! The extended query protocol: one pipeline segment (messages up to `Sync` or `Flush`) is
+//! read whole, routed by its `Bind` parameters, and rewritten for the backend that runs it —
+//! client statement names become proxy names, statements the backend lacks are prepared
+//! first, and ones it already has are answered with a local `ParseComplete`.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use shardline_router::{Route, ShardId, StatementKind};
+
+use super::exchange::{Expect, Mode, Reply};
+use super::statements::Statement;
+use super::{effect_of, local, ClientError, Session, SessionEnd};
+use crate::backend::conn::Backend;
+use crate::context::Loaded;
+use crate::protocol::backend::{self as msg, sqlstate, tag};
+use crate::protocol::frontend::{build_parse, execute_portal, BindView, Malformed, ParseView, TargetView};
+use crate::protocol::Frame;
+
+/// One client message of a segment, with what the proxy learned from it.
+enum Item {
+    Parse { statement: Arc<Statement>, unnamed: bool },
+    Bind { frame: Frame, statement: Arc<Statement>, unnamed: bool },
+    DescribeStatement { frame: Frame, statement: Arc<Statement>, unnamed: bool },
+    Execute { frame: Frame, statement: Option<Arc<Statement>> },
+    CloseStatement,
+    Forward { frame: Frame, reply: Option<Reply> },
+}
+
+/// A segment after routing.
+struct Segment {
+    items: Vec<Item>,
+    routes: Vec<Route>,
+    /// Kinds of the statements the segment executes.
+    kinds: Vec<StatementKind>,
+}
+
+impl Session {
+    /// Runs the collected extended-protocol segment.
+    pub(super) async fn run_batch(&mut self) -> Result<(), SessionEnd> {
+        let frames = std::mem::take(&mut self.batch);
+        let loaded = self.ctx.snapshot();
+        let segment = match self.read_segment(&loaded, frames) {
+            Ok(Ok(segment)) => segment,
+            Ok(Err(error)) => return self.fail_segment(error).await,
+            Err(malformed) => {
+                let text = malformed.to_string();
+                self.out.push(&msg::fatal(sqlstate::PROTOCOL_VIOLATION, &text)).await?;
+                self.out.flush().await?;
+                return Err(SessionEnd::Protocol(text));
+            }
+        };
+        if let Some(replies) = self.answer_segment_locally(&segment) {
+            self.out.push(&replies).await?;
+            return Ok(self.out.flush().await?);
+        }
+        if self.tx.failed {
+            let ends = segment.kinds.iter().all(|k| matches!(k, StatementKind::Commit | StatementKind::Rollback));
+            if !(ends && self.tx.shard.is_some() && !segment.kinds.is_empty()) {
+                return self.fail_segment(local::aborted()).await;
+            }
+            // Roll the shard's transaction back first; the client's COMMIT then ends nothing.
+            self.tx.failed = false;
+            self.tx.held.push("ROLLBACK".to_owned());
+        }
+        let route = match self.segment_route(&loaded, &segment) {
+            Ok(route) => route,
+            Err(error) => {
+                self.fail_transaction();
+                return self.fail_segment(error).await;
+            }
+        };
+        let items = segment.items;
+        match route {
+            Route::Single(shard) => {
+                self.exchange(&loaded, shard, |conn| build_messages(&items, conn)).await?;
+            }
+            Route::Multi(shards) => {
+                if let Err(e) = self.check_scatter_allowed(&shards) {
+                    return self.fail_segment(e).await;
+                }
+                self.scatter_segment(&loaded, &shards, &items).await?;
+            }
+        }
+        Ok(self.out.flush().await?)
+    }
+
+    async fn scatter_segment(&mut self, loaded: &Loaded, shards: &[ShardId], items: &[Item]) -> Result<(), SessionEnd> {
+        self.scatter(loaded, shards, |conn| build_messages(items, conn)).await
+    }
+
+    /// Interprets the segment's messages; the inner error is one the client should see.
+    fn read_segment(&mut self, loaded: &Loaded, frames: Vec<Frame>) -> Result<Result<Segment, ClientError>, Malformed> {
+        let mut segment = Segment { items: Vec::with_capacity(frames.len()), routes: Vec::new(), kinds: Vec::new() };
+        let mut portals: HashMap<Vec<u8>, Arc<Statement>> = HashMap::new();
+        for frame in frames {
+            let item = match frame.tag() {
+                b'P' => {
+                    let view = ParseView::new(&frame)?;
+                    let plan = self.ctx.plan(loaded, view.query);
+                    let statement = self.statements.define(view.name, view.query, view.param_types, plan);
+                    Item::Parse { statement, unnamed: view.name.is_empty() }
+                }
+                b'B' => {
+                    let view = BindView::new(&frame)?;
+                    let Some(statement) = self.statements.get(view.statement) else {
+                        return Ok(Err(unknown_statement(view.statement)));
+                    };
+                    match statement.plan.route(&loaded.config, &view.params()) {
+                        Ok(route) => segment.routes.push(route),
+                        Err(e) => return Ok(Err(e.into())),
+                    }
+                    portals.insert(view.portal.to_vec(), statement.clone());
+                    let unnamed = view.statement.is_empty();
+                    Item::Bind { frame, statement, unnamed }
+                }
+                b'D' => {
+                    let view = TargetView::new(&frame)?;
+                    if view.kind == b'S' {
+                        let Some(statement) = self.statements.get(view.name) else {
+                            return Ok(Err(unknown_statement(view.name)));
+                        };
+                        let unnamed = view.name.is_empty();
+                        Item::DescribeStatement { frame, statement, unnamed }
+                    } else {
+                        Item::Forward { frame, reply: Some(Reply::DescribePortal) }
+                    }
+                }
+                b'E' => {
+                    let statement = portals.get(execute_portal(&frame)?).cloned();
+                    segment.kinds.extend(statement.as_ref().map(|s| s.plan.kind.clone()));
+                    Item::Execute { frame, statement }
+                }
+                b'C' => {
+                    let view = TargetView::new(&frame)?;
+                    if view.kind == b'S' {
+                        self.statements.close(view.name);
+                        Item::CloseStatement
+                    } else {
+                        Item::Forward { frame, reply: Some(Reply::Close) }
+                    }
+                }
+                b'S' => Item::Forward { frame, reply: Some(Reply::Sync) },
+                _ => Item::Forward { frame, reply: None },
+            };
+            segment.items.push(item);
+        }
+        Ok(Ok(segment))
+    }
+
+    /// Where the segment runs: it is one implicit transaction, so on one shard — unless it is
+    /// a single statement that scatters.
+    fn segment_route(&self, loaded: &Loaded, segment: &Segment) -> Result<Route, ClientError> {
+        let fallback = || {
+            let shard = self
+                .tx
+                .shard
+                .or_else(|| self.conns.keys().next().copied())
+                .unwrap_or(loaded.config.default_shard);
+            Route::Single(shard)
+        };
+        let mut shards = BTreeSet::new();
+        let mut multi = false;
+        for route in &segment.routes {
+            match route {
+                Route::Single(s) => {
+                    shards.insert(*s);
+                }
+                Route::Multi(list) => {
+                    multi = true;
+                    shards.extend(list.iter().copied());
+                }
+            }
+        }
+        if self.awaiting_sync || shards.is_empty() {
+            return Ok(fallback());
+        }
+        match (shards.len(), multi, segment.routes.len()) {
+            (1, false, _) => Ok(Route::Single(shards.into_iter().next().unwrap_or_default())),
+            (_, _, 1) => Ok(Route::Multi(shards.into_iter().collect())),
+            _ => Err(ClientError::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "the statements sent before this Sync need shards {}; statements up to a Sync run as one transaction, which must stay on one shard; send a Sync after each statement",
+                    self.shard_names(&shards.into_iter().collect::<Vec<_>>())
+                ),
+            )),
+        }
+    }
+
+    /// Answers a segment that only holds or ends a transaction the proxy is holding.
+    fn answer_segment_locally(&mut self, segment: &Segment) -> Option<Bytes> {
+        let local_kind = |k: &StatementKind| {
+            matches!(
+                k,
+                StatementKind::Begin | StatementKind::Commit | StatementKind::Rollback | StatementKind::SetLocal
+            )
+        };
+        if segment.kinds.is_empty() || !segment.kinds.iter().all(local_kind) || self.tx.shard.is_some() || self.awaiting_sync {
+            return None;
+        }
+        let mut out = Vec::new();
+        for item in &segment.items {
+            match item {
+                Item::Parse { .. } => out.extend_from_slice(&msg::empty(tag::PARSE_COMPLETE)),
+                Item::Bind { .. } => out.extend_from_slice(&msg::empty(tag::BIND_COMPLETE)),
+                Item::CloseStatement => out.extend_from_slice(&msg::empty(tag::CLOSE_COMPLETE)),
+                Item::DescribeStatement { .. } => {
+                    out.extend_from_slice(&[tag::PARAMETER_DESCRIPTION, 0, 0, 0, 6, 0, 0]);
+                    out.extend_from_slice(&msg::empty(tag::NO_DATA));
+                }
+                Item::Execute { statement: Some(statement), .. } => {
+                    match self.answer_locally(&statement.plan.kind, &statement.query) {
+                        Some(reply) => out.extend_from_slice(&reply),
+                        None => out.extend_from_slice(&msg::error(
+                            sqlstate::INVALID_TRANSACTION_STATE,
+                            "transaction control statement is not valid here",
+                        )),
+                    }
+                }
+                Item::Execute { statement: None, .. } => {}
+                Item::Forward { reply: Some(Reply::DescribePortal), .. } => out.extend_from_slice(&msg::empty(tag::NO_DATA)),
+                Item::Forward { reply: Some(Reply::Close), .. } => out.extend_from_slice(&msg::empty(tag::CLOSE_COMPLETE)),
+                Item::Forward { reply: Some(Reply::Sync), .. } => out.extend_from_slice(&msg::ready_for_query(self.tx.status())),
+                Item::Forward { .. } => {}
+            }
+        }
+        Some(Bytes::from(out))
+    }
+
+    /// Ends a segment with an error: PostgreSQL skips to `Sync` and answers `ReadyForQuery`.
+    async fn fail_segment(&mut self, error: ClientError) -> Result<(), SessionEnd> {
+        self.out.push(&error.bytes()).await?;
+        self.out.push(&msg::ready_for_query(self.tx.status())).await?;
+        Ok(self.out.flush().await?)
+    }
+}
+
+fn unknown_statement(name: &[u8]) -> ClientError {
+    ClientError::new(
+        "26000",
+        format!("prepared statement \"{}\" does not exist", String::from_utf8_lossy(name)),
+    )
+}
+
+/// The messages one backend is sent for a segment, and the matching answer queue.
+fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>, VecDeque<Expect>) {
+    let mut out = Vec::with_capacity(items.len() + 2);
+    let mut queue = VecDeque::with_capacity(items.len() + 2);
+    let mut preparer = Preparer::default();
+    for item in items {
+        match item {
+            Item::Parse { statement, unnamed: true } => {
+                out.push(build_parse(b"", &statement.query, &statement.param_types));
+                queue.push_back(Expect::relay(Reply::Parse));
+                preparer.unnamed_ready = true;
+            }
+            Item::Parse { statement, unnamed: false } => {
+                if conn.prepared.contains(&statement.id) || !preparer.preparing.insert(statement.id) {
+                    queue.push_back(Expect::Local(msg::empty(tag::PARSE_COMPLETE)));
+                } else {
+                    out.push(build_parse(&statement.server_name(), &statement.query, &statement.param_types));
+                    queue.push_back(Expect::Sent { reply: Reply::Parse, mode: Mode::Relay, effect: None, prepares: Some(statement.id) });
+                }
+            }
+            Item::Bind { frame, statement, unnamed } => {
+                preparer.ensure(conn, statement, *unnamed, &mut out, &mut queue);
+                let name = if *unnamed { Vec::new() } else { statement.server_name() };
+                match BindView::new(frame) {
+                    Ok(view) => out.push(view.retarget(frame, &name)),
+                    Err(_) => out.push(frame.bytes().clone()),
+                }
+                queue.push_back(Expect::relay(Reply::Bind));
+            }
+            Item::DescribeStatement { frame, statement, unnamed } => {
+                preparer.ensure(conn, statement, *unnamed, &mut out, &mut queue);
+                let name = if *unnamed { Vec::new() } else { statement.server_name() };
+                match TargetView::new(frame) {
+                    Ok(view) => out.push(view.rebuild(b'D', &name)),
+                    Err(_) => out.push(frame.bytes().clone()),
+                }
+                queue.push_back(Expect::relay(Reply::DescribeStatement));
+            }
+            Item::Execute { frame, statement } => {
+                out.push(frame.bytes().clone());
+                let effect = statement.as_ref().and_then(|s| effect_of(&s.plan.kind));
+                queue.push_back(Expect::Sent { reply: Reply::Execute, mode: Mode::Relay, effect, prepares: None });
+            }
+            Item::CloseStatement => queue.push_back(Expect::Local(msg::empty(tag::CLOSE_COMPLETE))),
+            Item::Forward { frame, reply } => {
+                out.push(frame.bytes().clone());
+                if let Some(reply) = reply {
+                    queue.push_back(Expect::relay(*reply));
+                }
+            }
+        }
+    }
+    (out, queue)
+}
+
+/// Makes sure a statement exists on the backend before a message uses it.
+#[derive(Default)]
+struct Preparer {
+    /// Statements this segment prepares before the backend has confirmed them.
+    preparing: HashSet<u64>,
+    /// The unnamed statement on the backend is the one the client last parsed.
+    unnamed_ready: bool,
+}
+
+impl Preparer {
+    fn ensure(&mut self, conn: &Backend, statement: &Statement, unnamed: bool, out: &mut Vec<Bytes>, queue: &mut VecDeque<Expect>) {
+        if unnamed {
+            if !self.unnamed_ready {
+                out.push(build_parse(b"", &statement.query, &statement.param_types));
+                queue.push_back(Expect::swallow(Reply::Parse));
+                self.unnamed_ready = true;
+            }
+        } else if !conn.prepared.contains(&statement.id) && self.preparing.insert(statement.id) {
+            out.push(build_parse(&statement.server_name(), &statement.query, &statement.param_types));
+            queue.push_back(Expect::Sent { reply: Reply::Parse, mode: Mode::Swallow, effect: None, prepares: Some(statement.id) });
+        }
+    }
+}

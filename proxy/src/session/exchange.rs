@@ -1,0 +1,261 @@
+//! Reading a backend's answers in step with what was sent to it.
+//!
+//! For every message the proxy sends to a backend it queues an [`Expect`]: relay the answers to
+//! the client, swallow them (the proxy injected the message: a re-prepare, a settings sync), or
+//! emit a reply the proxy made itself at that point in the stream. Knowing how many answers
+//! each message gets lets the proxy stop reading at the right moment (after `Flush` as well as
+//! after `Sync`) and keep the order the client expects.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::output::ClientOutput;
+use super::settings::Settings;
+use crate::backend::conn::{Backend, BackendError};
+use crate::protocol::backend::{self as msg, tag};
+use crate::protocol::{Frame, FrameError, FrameReader};
+
+/// The kind of a message sent to a backend, which decides what ends its answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    Parse,
+    Bind,
+    DescribeStatement,
+    DescribePortal,
+    Execute,
+    Close,
+    Sync,
+    /// A simple-protocol `Query` or a `FunctionCall`: answers end with `ReadyForQuery`.
+    Cycle,
+}
+
+/// A session-setting change to record once its statement succeeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Set { name: String, value: String },
+    Reset { name: String },
+    ResetAll,
+}
+
+/// What to do with the answers to one message sent to a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// A client message: forward its answers.
+    Relay,
+    /// A message the proxy injected: drop its answers.
+    Swallow,
+}
+
+/// One entry of the queue that mirrors what was sent to a backend.
+#[derive(Debug)]
+pub enum Expect {
+    /// Answers to a message sent to the backend.
+    Sent {
+        reply: Reply,
+        mode: Mode,
+        /// Setting change to record when the statement succeeds.
+        effect: Option<Effect>,
+        /// Proxy statement id that exists on the backend once this `Parse` succeeds.
+        prepares: Option<u64>,
+    },
+    /// A client message the proxy answered itself: emit these bytes here.
+    Local(Bytes),
+}
+
+impl Expect {
+    /// Relay the answers to a client message.
+    pub fn relay(reply: Reply) -> Expect {
+        Expect::Sent { reply, mode: Mode::Relay, effect: None, prepares: None }
+    }
+
+    /// Drop the answers to an injected message.
+    pub fn swallow(reply: Reply) -> Expect {
+        Expect::Sent { reply, mode: Mode::Swallow, effect: None, prepares: None }
+    }
+
+    fn reply(&self) -> Option<Reply> {
+        match self {
+            Expect::Sent { reply, .. } => Some(*reply),
+            Expect::Local(_) => None,
+        }
+    }
+}
+
+/// How an exchange ended.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Status of the last `ReadyForQuery`, if one arrived.
+    pub ready: Option<u8>,
+    /// Effects of statements that succeeded, in order.
+    pub effects: Vec<Effect>,
+    /// The backend stopped in the middle of an extended-protocol COPY and waits for the
+    /// client's `Sync`; keep it attached.
+    pub awaiting_sync: bool,
+    /// The last `CommandComplete` tag seen (to tell a `ROLLBACK` from a `COMMIT`).
+    pub last_tag: Option<String>,
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("lost the connection to the shard: {0}")]
+    Backend(#[from] BackendError),
+    #[error("lost the connection to the client: {0}")]
+    Client(std::io::Error),
+    #[error("client sent an invalid message during COPY: {0}")]
+    ClientFrame(FrameError),
+    #[error("the shard sent {0:?}, which the proxy does not support here")]
+    Unsupported(char),
+}
+
+/// Whether `frame` is the last answer to a message of kind `reply`.
+pub fn completes(reply: Reply, frame_tag: u8) -> bool {
+    match reply {
+        Reply::Parse => frame_tag == tag::PARSE_COMPLETE,
+        Reply::Bind => frame_tag == tag::BIND_COMPLETE,
+        Reply::Close => frame_tag == tag::CLOSE_COMPLETE,
+        Reply::DescribeStatement | Reply::DescribePortal => {
+            frame_tag == tag::ROW_DESCRIPTION || frame_tag == tag::NO_DATA
+        }
+        Reply::Execute => matches!(
+            frame_tag,
+            tag::COMMAND_COMPLETE | tag::EMPTY_QUERY | tag::PORTAL_SUSPENDED
+        ),
+        Reply::Sync | Reply::Cycle => frame_tag == tag::READY_FOR_QUERY,
+    }
+}
+
+/// Drives one backend through `queue`, writing what the client should see to `out`.
+/// Stops when the queue is empty.
+pub async fn drive<R>(
+    backend: &mut Backend,
+    queue: &mut VecDeque<Expect>,
+    out: &mut ClientOutput,
+    client: &mut FrameReader<R>,
+) -> Result<Outcome, ExchangeError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let mut outcome = Outcome::default();
+    // After an error in extended protocol the backend ignores everything up to `Sync`.
+    let mut skipping = false;
+    while let Some(front) = queue.front() {
+        let reply = match front {
+            Expect::Local(bytes) => {
+                if !skipping {
+                    out.push(bytes).await.map_err(ExchangeError::Client)?;
+                }
+                queue.pop_front();
+                continue;
+            }
+            Expect::Sent { reply, .. } => *reply,
+        };
+        if skipping && !matches!(reply, Reply::Sync | Reply::Cycle) {
+            queue.pop_front();
+            continue;
+        }
+        let relay = matches!(front, Expect::Sent { mode: Mode::Relay, .. });
+        let frame = backend.read().await?;
+        let frame_tag = frame.tag();
+        match frame_tag {
+            tag::NOTICE_RESPONSE | tag::PARAMETER_STATUS | tag::NOTIFICATION => {
+                if relay {
+                    out.push(frame.bytes()).await.map_err(ExchangeError::Client)?;
+                }
+                continue;
+            }
+            tag::ERROR_RESPONSE => {
+                let injected_cycle = !relay && reply == Reply::Cycle;
+                if injected_cycle {
+                    tracing::warn!(
+                        error = msg::error_field(&frame, b'M').unwrap_or(""),
+                        "a statement the proxy sent to prepare a backend failed"
+                    );
+                    backend.settings = None;
+                } else {
+                    out.push(frame.bytes()).await.map_err(ExchangeError::Client)?;
+                }
+                if reply != Reply::Cycle {
+                    skipping = true;
+                    queue.pop_front();
+                }
+                continue;
+            }
+            tag::COPY_IN_RESPONSE => {
+                if !relay {
+                    return Err(ExchangeError::Unsupported('G'));
+                }
+                out.push(frame.bytes()).await.map_err(ExchangeError::Client)?;
+                out.flush().await.map_err(ExchangeError::Client)?;
+                relay_copy_in(backend, client).await?;
+                if reply == Reply::Execute {
+                    // The backend ignored the `Sync` that followed `Execute` while it was in
+                    // COPY; the client sends another one after `CopyDone`.
+                    if let Some(pos) = queue.iter().position(|e| e.reply() == Some(Reply::Sync)) {
+                        queue.remove(pos);
+                        outcome.awaiting_sync = true;
+                    }
+                }
+                continue;
+            }
+            tag::COPY_BOTH_RESPONSE => return Err(ExchangeError::Unsupported('W')),
+            _ => {}
+        }
+        if relay {
+            out.push(frame.bytes()).await.map_err(ExchangeError::Client)?;
+        }
+        if frame_tag == tag::COMMAND_COMPLETE {
+            outcome.last_tag = Some(msg::command_tag(&frame).to_owned());
+            if let Some(Expect::Sent { effect: Some(effect), .. }) = queue.front_mut() {
+                outcome.effects.push(effect.clone());
+            }
+        }
+        if frame_tag == tag::READY_FOR_QUERY {
+            let status = msg::ready_status(&frame);
+            outcome.ready = Some(status);
+            skipping = false;
+            if relay {
+                out.flush().await.map_err(ExchangeError::Client)?;
+            }
+        }
+        if frame_tag == tag::PARSE_COMPLETE {
+            if let Some(Expect::Sent { prepares: Some(id), .. }) = queue.front() {
+                backend.prepared.insert(*id);
+            }
+        }
+        if completes(reply, frame_tag) {
+            queue.pop_front();
+        }
+    }
+    Ok(outcome)
+}
+
+/// Forwards the client's COPY data to the backend until `CopyDone` or `CopyFail`.
+async fn relay_copy_in<R>(backend: &mut Backend, client: &mut FrameReader<R>) -> Result<(), ExchangeError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    loop {
+        let frame: Frame = client.read().await.map_err(ExchangeError::ClientFrame)?;
+        backend.send(frame.bytes()).await?;
+        if matches!(frame.tag(), b'c' | b'f') {
+            return Ok(());
+        }
+    }
+}
+
+/// Applies recorded effects to a settings map.
+pub fn apply_effects(settings: &mut Settings, effects: &[Effect]) {
+    for effect in effects {
+        match effect {
+            Effect::Set { name, value } => {
+                settings.insert(name.clone(), value.clone());
+            }
+            Effect::Reset { name } => {
+                settings.remove(name);
+            }
+            Effect::ResetAll => settings.clear(),
+        }
+    }
+}

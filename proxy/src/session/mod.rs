@@ -1,0 +1,516 @@
+//! One client session after login: the protocol loop.
+//!
+//! The loop reads the client's messages, asks the router where each statement goes, attaches
+//! backends from the pools, and relays answers. Simple-protocol `Query` messages are handled
+//! one at a time; extended-protocol messages are collected up to `Sync` or `Flush` (one
+//! pipeline segment, one implicit transaction) and routed together once the `Bind` parameters
+//! are known.
+//!
+//! Transactions: `BEGIN` is held until the first routed statement, whose shard the
+//! transaction is then pinned to; a statement needing another shard fails the transaction the
+//! way PostgreSQL fails one on error. In transaction pooling mode a backend goes back to its
+//! pool whenever it reports `ReadyForQuery` idle.
+
+mod batch;
+mod exchange;
+mod local;
+mod output;
+mod scatter;
+pub mod settings;
+mod statements;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, PoisonError};
+
+use bytes::{Bytes, BytesMut};
+use shardline_router::config::PoolMode;
+use shardline_router::{Route, RouteError, ShardId, StatementKind};
+use tokio::net::tcp::OwnedReadHalf;
+
+use crate::backend::conn::{BackendError, BackendTarget};
+use crate::backend::pool::{CheckoutError, Pooled, Pools};
+use crate::cancel::CancelTargets;
+use crate::context::{Loaded, ProxyContext};
+use crate::protocol::backend::{self as msg, sqlstate};
+use crate::protocol::frontend::query_text;
+use crate::protocol::{Frame, FrameError, FrameReader};
+use exchange::{apply_effects, Effect, Expect, ExchangeError, Outcome, Reply};
+pub use output::ClientOutput;
+use settings::Settings;
+use statements::ClientStatements;
+
+/// Who the client is, as established at startup.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: String,
+    pub database: String,
+    pub pool_mode: PoolMode,
+    /// Settings from the startup packet: what `RESET ALL` / `DISCARD ALL` return to.
+    pub startup_settings: Settings,
+}
+
+/// An error the client should see, with a SQLSTATE.
+#[derive(Debug, Clone)]
+pub struct ClientError {
+    pub sqlstate: &'static str,
+    pub message: String,
+    /// A full `ErrorResponse` from a shard to pass on instead.
+    pub frame: Option<Bytes>,
+}
+
+impl ClientError {
+    fn new(sqlstate: &'static str, message: impl Into<String>) -> Self {
+        ClientError { sqlstate, message: message.into(), frame: None }
+    }
+
+    fn bytes(&self) -> Bytes {
+        self.frame.clone().unwrap_or_else(|| msg::error(self.sqlstate, &self.message))
+    }
+}
+
+impl From<RouteError> for ClientError {
+    fn from(e: RouteError) -> Self {
+        ClientError::new(e.sqlstate, e.message)
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionEnd {
+    #[error("client disconnected")]
+    Disconnected,
+    #[error("client sent an invalid message: {0}")]
+    Protocol(String),
+    #[error("lost the client connection: {0}")]
+    ClientIo(#[from] std::io::Error),
+    #[error("a shard connection failed inside a transaction: {0}")]
+    BackendLost(String),
+}
+
+/// Transaction state as the client sees it.
+#[derive(Debug, Default)]
+struct Transaction {
+    /// `BEGIN` (and `SET LOCAL`s) held until the first routed statement.
+    held: Vec<String>,
+    /// Shard the open transaction runs on.
+    shard: Option<ShardId>,
+    /// The proxy refused a statement inside the transaction: like PostgreSQL, everything but
+    /// `ROLLBACK` now fails.
+    failed: bool,
+    /// Client settings when the transaction began, restored if it rolls back.
+    settings_before: Option<Settings>,
+}
+
+impl Transaction {
+    fn open(&self) -> bool {
+        !self.held.is_empty() || self.shard.is_some()
+    }
+
+    fn status(&self) -> u8 {
+        match (self.failed, self.open()) {
+            (true, _) => b'E',
+            (false, true) => b'T',
+            (false, false) => b'I',
+        }
+    }
+}
+
+/// A logged-in client.
+pub struct Session {
+    ctx: Arc<ProxyContext>,
+    input: FrameReader<OwnedReadHalf>,
+    out: ClientOutput,
+    identity: Identity,
+    settings: Settings,
+    statements: ClientStatements,
+    /// Backends this client holds right now, by shard.
+    conns: HashMap<ShardId, Pooled>,
+    tx: Transaction,
+    /// An extended-protocol COPY finished; the backend waits for the client's `Sync`.
+    awaiting_sync: bool,
+    cancel_targets: CancelTargets,
+    /// Extended-protocol messages since the last `Sync`/`Flush`.
+    batch: Vec<Frame>,
+}
+
+impl Session {
+    /// A session for a client that has logged in.
+    pub fn new(
+        ctx: Arc<ProxyContext>,
+        input: FrameReader<OwnedReadHalf>,
+        out: ClientOutput,
+        identity: Identity,
+        cancel_targets: CancelTargets,
+    ) -> Session {
+        Session {
+            ctx,
+            input,
+            out,
+            settings: identity.startup_settings.clone(),
+            identity,
+            statements: ClientStatements::default(),
+            conns: HashMap::new(),
+            tx: Transaction::default(),
+            awaiting_sync: false,
+            cancel_targets,
+            batch: Vec::new(),
+        }
+    }
+
+    /// Serves the client until it disconnects.
+    pub async fn run(mut self) -> Result<(), SessionEnd> {
+        let result = self.serve().await;
+        self.release_all(true);
+        result
+    }
+
+    async fn serve(&mut self) -> Result<(), SessionEnd> {
+        loop {
+            let frame = match self.input.read().await {
+                Ok(f) => f,
+                Err(FrameError::Closed) => return Err(SessionEnd::Disconnected),
+                Err(e @ (FrameError::TooLarge { .. } | FrameError::BadLength(_))) => {
+                    let code = if matches!(e, FrameError::TooLarge { .. }) {
+                        sqlstate::PROGRAM_LIMIT_EXCEEDED
+                    } else {
+                        sqlstate::PROTOCOL_VIOLATION
+                    };
+                    self.out.push(&msg::fatal(code, &format!("{e}; closing the connection"))).await?;
+                    self.out.flush().await?;
+                    return Err(SessionEnd::Protocol(e.to_string()));
+                }
+                Err(FrameError::Io(e)) => return Err(SessionEnd::ClientIo(e)),
+            };
+            match frame.tag() {
+                b'Q' => self.simple_query(frame).await?,
+                b'P' | b'B' | b'D' | b'E' | b'C' => self.batch.push(frame),
+                b'S' | b'H' => {
+                    self.batch.push(frame);
+                    self.run_batch().await?;
+                }
+                b'F' => self.function_call(frame).await?,
+                b'X' => return Ok(()),
+                // COPY messages outside COPY (e.g. after the proxy refused the COPY) are
+                // ignored, as PostgreSQL ignores them after an error.
+                b'd' | b'c' | b'f' => {}
+                other => {
+                    let text = format!("invalid frontend message type {:?}", other as char);
+                    self.out.push(&msg::fatal(sqlstate::PROTOCOL_VIOLATION, &text)).await?;
+                    self.out.flush().await?;
+                    return Err(SessionEnd::Protocol(text));
+                }
+            }
+        }
+    }
+
+    /// Sends an error followed by `ReadyForQuery` (simple-protocol style ending).
+    async fn fail(&mut self, error: ClientError) -> Result<(), SessionEnd> {
+        self.out.push(&error.bytes()).await?;
+        self.out.push(&msg::ready_for_query(self.tx.status())).await?;
+        self.out.flush().await?;
+        Ok(())
+    }
+
+    /// Refuses a statement inside a transaction: the transaction is failed, as in PostgreSQL.
+    fn fail_transaction(&mut self) {
+        if self.tx.open() {
+            self.tx.failed = true;
+        }
+    }
+
+    async fn simple_query(&mut self, frame: Frame) -> Result<(), SessionEnd> {
+        let loaded = self.ctx.snapshot();
+        let sql = match query_text(&frame) {
+            Ok(sql) => sql.to_owned(),
+            Err(e) => return self.fail(ClientError::new(sqlstate::PROTOCOL_VIOLATION, e.to_string())).await,
+        };
+        let plan = self.ctx.plan(&loaded, &sql);
+        if let Some(reply) = self.answer_locally(&plan.kind, &sql) {
+            self.out.push(&reply).await?;
+            self.out.push(&msg::ready_for_query(self.tx.status())).await?;
+            return Ok(self.out.flush().await?);
+        }
+        if self.tx.failed {
+            return self.fail(local::aborted()).await;
+        }
+        let route = match plan.route(&loaded.config, &()) {
+            Ok(route) => route,
+            Err(e) => {
+                self.fail_transaction();
+                return self.fail(e.into()).await;
+            }
+        };
+        let effect = effect_of(&plan.kind);
+        match route {
+            Route::Single(shard) => {
+                let queue = VecDeque::from([Expect::Sent { reply: Reply::Cycle, mode: exchange::Mode::Relay, effect, prepares: None }]);
+                self.exchange(&loaded, shard, |_| (vec![frame.into_bytes()], queue)).await
+            }
+            Route::Multi(shards) => {
+                if let Err(e) = self.check_scatter_allowed(&shards) {
+                    return self.fail(e).await;
+                }
+                let build = |_: &mut crate::backend::conn::Backend| {
+                    (vec![frame.clone().into_bytes()], VecDeque::from([Expect::relay(Reply::Cycle)]))
+                };
+                self.scatter(&loaded, &shards, build).await
+            }
+        }
+    }
+
+    /// A multi-shard statement cannot join a single-shard transaction (two-phase commit is
+    /// not built yet).
+    fn check_scatter_allowed(&mut self, shards: &[ShardId]) -> Result<(), ClientError> {
+        if !self.tx.open() {
+            return Ok(());
+        }
+        self.fail_transaction();
+        let names = self.shard_names(shards);
+        Err(ClientError::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "this statement needs shards {names}, but a transaction can only use one shard; run it outside the transaction block"
+            ),
+        ))
+    }
+
+    fn shard_names(&self, shards: &[ShardId]) -> String {
+        let loaded = self.ctx.snapshot();
+        let names: Vec<&str> = shards
+            .iter()
+            .filter_map(|s| loaded.config.shards.get(*s).map(|s| s.name.as_str()))
+            .collect();
+        names.join(", ")
+    }
+
+    /// Checks that a statement for `shard` may run in the current transaction.
+    fn check_pinned(&mut self, shard: ShardId) -> Result<(), ClientError> {
+        match self.tx.shard {
+            Some(pinned) if pinned != shard => {
+                self.fail_transaction();
+                let (pinned_name, wanted) = (self.shard_names(&[pinned]), self.shard_names(&[shard]));
+                Err(ClientError::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "this transaction runs on shard {pinned_name}, but this statement needs shard {wanted}; a transaction must stay on one shard (keep its statements on one shard key, or split it)"
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs messages on one shard's backend: attaches it, brings its settings in line with the
+    /// client's, sends any held `BEGIN`, then sends what `build` makes for that backend and
+    /// relays the answers.
+    async fn exchange<F>(&mut self, loaded: &Loaded, shard: ShardId, build: F) -> Result<(), SessionEnd>
+    where
+        F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
+    {
+        if let Err(e) = self.check_pinned(shard) {
+            return self.fail(e).await;
+        }
+        let mut conn = match self.attach(loaded, shard).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.fail_transaction();
+                return self.fail(e).await;
+            }
+        };
+        let mut out = BytesMut::new();
+        let mut queue = VecDeque::new();
+        self.prelude(&mut conn, &mut out, &mut queue);
+        let (messages, expects) = build(&mut conn);
+        for m in messages {
+            out.extend_from_slice(&m);
+        }
+        queue.extend(expects);
+        let result = match conn.send(&out).await {
+            Ok(()) => exchange::drive(&mut conn, &mut queue, &mut self.out, &mut self.input).await,
+            Err(e) => Err(ExchangeError::Backend(e)),
+        };
+        self.finish(shard, conn, result).await
+    }
+
+    /// Settings sync and held `BEGIN`, prepended to what a backend is sent.
+    fn prelude(&mut self, conn: &mut Pooled, out: &mut BytesMut, queue: &mut VecDeque<Expect>) {
+        if let Some(sql) = settings::sync_sql(conn.settings.as_ref(), &self.settings) {
+            out.extend_from_slice(&local::query_message(&sql));
+            queue.push_back(Expect::swallow(Reply::Cycle));
+            conn.settings = Some(self.settings.clone());
+        }
+        if !self.tx.held.is_empty() {
+            let sql = std::mem::take(&mut self.tx.held).join(";");
+            out.extend_from_slice(&local::query_message(&sql));
+            queue.push_back(Expect::swallow(Reply::Cycle));
+            self.tx.settings_before = Some(self.settings.clone());
+        }
+    }
+
+    /// Records what an exchange did and returns or keeps the backend.
+    async fn finish(
+        &mut self,
+        shard: ShardId,
+        mut conn: Pooled,
+        result: Result<Outcome, ExchangeError>,
+    ) -> Result<(), SessionEnd> {
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(ExchangeError::Client(e)) => {
+                conn.broken = true;
+                Pools::discard(conn);
+                return Err(SessionEnd::ClientIo(e));
+            }
+            Err(ExchangeError::ClientFrame(e)) => {
+                conn.broken = true;
+                Pools::discard(conn);
+                return Err(SessionEnd::Protocol(e.to_string()));
+            }
+            Err(e) => {
+                conn.broken = true;
+                Pools::discard(conn);
+                let name = self.shard_names(&[shard]);
+                let text = format!("lost the connection to shard {name}: {e}");
+                if self.tx.open() {
+                    self.out.push(&msg::fatal(sqlstate::CONNECTION_FAILURE, &text)).await?;
+                    self.out.flush().await?;
+                    return Err(SessionEnd::BackendLost(text));
+                }
+                return self.fail(ClientError::new(sqlstate::CONNECTION_FAILURE, text)).await;
+            }
+        };
+        apply_effects(&mut self.settings, &outcome.effects);
+        if let Some(applied) = conn.settings.as_mut() {
+            apply_effects(applied, &outcome.effects);
+        }
+        self.awaiting_sync = outcome.awaiting_sync;
+        match outcome.ready {
+            Some(b'I') => {
+                if self.tx.shard.is_some() && outcome.last_tag.as_deref() == Some("ROLLBACK") {
+                    if let Some(before) = self.tx.settings_before.take() {
+                        self.settings = before;
+                        conn.settings = None;
+                    }
+                }
+                self.tx = Transaction::default();
+                self.keep_or_release(shard, conn, false);
+            }
+            Some(_) => {
+                self.tx.shard = Some(shard);
+                if self.tx.settings_before.is_none() {
+                    self.tx.settings_before = Some(self.settings.clone());
+                }
+                self.keep_or_release(shard, conn, true);
+            }
+            // Answers after `Flush`, or mid-COPY: the backend is in the middle of something.
+            None => self.keep_or_release(shard, conn, true),
+        }
+        Ok(())
+    }
+
+    fn keep_or_release(&mut self, shard: ShardId, conn: Pooled, busy: bool) {
+        if busy || self.awaiting_sync || self.identity.pool_mode == PoolMode::Session {
+            self.conns.insert(shard, conn);
+        } else {
+            self.forget_cancel_key(&conn);
+            drop(conn);
+        }
+    }
+
+    /// The backend for `shard`: the one already held, or a fresh checkout.
+    async fn attach(&mut self, loaded: &Loaded, shard: ShardId) -> Result<Pooled, ClientError> {
+        if let Some(conn) = self.conns.remove(&shard) {
+            return Ok(conn);
+        }
+        let target = self.target(loaded, shard)?;
+        let name = loaded.config.shards.get(shard).map_or("?", |s| s.name.as_str());
+        let conn = self
+            .ctx
+            .pools
+            .checkout(&target, &loaded.config.pool)
+            .await
+            .map_err(|e| checkout_error(name, &target, e))?;
+        self.cancel_targets.lock().unwrap_or_else(PoisonError::into_inner).push(conn.cancel_key);
+        Ok(conn)
+    }
+
+    fn target(&self, loaded: &Loaded, shard: ShardId) -> Result<BackendTarget, ClientError> {
+        let config = &loaded.config;
+        let s = config
+            .shards
+            .get(shard)
+            .ok_or_else(|| ClientError::new(sqlstate::INTERNAL, "shard vanished from the config"))?;
+        let user = config.user(&self.identity.user).ok_or_else(|| {
+            ClientError::new(sqlstate::INVALID_AUTHORIZATION, "user was removed from shards.yaml")
+        })?;
+        Ok(BackendTarget {
+            host: s.host.clone(),
+            port: s.port,
+            user: user.name.clone(),
+            password: user.backend_password().map(str::to_owned),
+            database: s.database.clone().unwrap_or_else(|| self.identity.database.clone()),
+        })
+    }
+
+    fn forget_cancel_key(&self, conn: &Pooled) {
+        let mut targets = self.cancel_targets.lock().unwrap_or_else(PoisonError::into_inner);
+        targets.retain(|k| *k != conn.cancel_key);
+    }
+
+    /// Returns every held backend; at disconnect, ones in a transaction are dropped.
+    fn release_all(&mut self, disconnect: bool) {
+        for (_, mut conn) in self.conns.drain() {
+            if disconnect && (self.tx.open() || self.awaiting_sync) {
+                conn.broken = true;
+            }
+            if disconnect && self.identity.pool_mode == PoolMode::Session {
+                // Session state (settings, temp tables…) must not leak to the next client.
+                conn.broken = true;
+            }
+            if conn.broken {
+                Pools::discard(conn);
+            }
+        }
+        self.cancel_targets.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+
+    async fn function_call(&mut self, frame: Frame) -> Result<(), SessionEnd> {
+        let loaded = self.ctx.snapshot();
+        let shard = self.tx.shard.unwrap_or(loaded.config.default_shard);
+        let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);
+        self.exchange(&loaded, shard, |_| (vec![frame.into_bytes()], queue)).await
+    }
+}
+
+/// The setting change a statement makes when it succeeds.
+fn effect_of(kind: &StatementKind) -> Option<Effect> {
+    match kind {
+        StatementKind::Set { name, value } if value.eq_ignore_ascii_case("default") => {
+            Some(Effect::Reset { name: name.clone() })
+        }
+        StatementKind::Set { name, value } => Some(Effect::Set { name: name.clone(), value: value.clone() }),
+        StatementKind::Reset { name } => Some(Effect::Reset { name: name.clone() }),
+        StatementKind::ResetAll => Some(Effect::ResetAll),
+        _ => None,
+    }
+}
+
+fn checkout_error(shard: &str, target: &BackendTarget, e: CheckoutError) -> ClientError {
+    match e {
+        CheckoutError::Exhausted { .. } => {
+            ClientError::new(sqlstate::TOO_MANY_CONNECTIONS, format!("shard {shard}: {e}"))
+        }
+        CheckoutError::Backend(BackendError::Refused(frame)) => ClientError {
+            sqlstate: sqlstate::CANNOT_CONNECT,
+            message: String::new(),
+            frame: Some(msg::error_naming_shard(&frame, shard)),
+        },
+        other => ClientError::new(
+            sqlstate::CONNECTION_FAILURE,
+            format!(
+                "could not connect to shard {shard} at {}:{}: {other}; check that the shard is up and shards.yaml points at it",
+                target.host, target.port
+            ),
+        ),
+    }
+}

@@ -1,0 +1,243 @@
+//! Multi-shard statements: the same messages go to every target shard at once, and the answers
+//! are merged so the client sees one server — one `RowDescription`, every shard's rows, one
+//! `CommandComplete` with the summed count, one `ReadyForQuery`.
+//!
+//! Answers are merged message by message in lockstep: for each client message the proxy reads
+//! that message's answers from shard 1, then shard 2, and so on, streaming rows as they come
+//! (other shards wait in their socket buffers), so memory stays bounded by one message. If any
+//! shard fails, the client gets one error naming the shard instead of the final
+//! `CommandComplete`: never a partial result passed off as complete.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+use shardline_router::ShardId;
+
+use super::exchange::{completes, Expect, Mode, Reply};
+use super::{ClientError, Session, SessionEnd};
+use crate::backend::conn::{Backend, BackendError};
+use crate::backend::pool::{Pooled, Pools};
+use crate::context::Loaded;
+use crate::protocol::backend::{self as msg, sqlstate, tag};
+
+/// One shard taking part in a scatter.
+struct Leg {
+    shard: ShardId,
+    name: String,
+    conn: Pooled,
+    queue: VecDeque<Expect>,
+    /// The shard failed a message and ignores everything up to `Sync`.
+    skipping: bool,
+}
+
+/// What one client message produced across the shards.
+#[derive(Default)]
+struct Merged {
+    /// Message types already passed to the client for this message (sent once, not per shard).
+    sent_once: Vec<u8>,
+    tags: Vec<String>,
+    error: Option<Bytes>,
+    copy_done: bool,
+    ready: bool,
+}
+
+impl Session {
+    /// Sends what `build` makes to each shard in `shards` and merges the answers.
+    pub(super) async fn scatter<F>(&mut self, loaded: &Loaded, shards: &[ShardId], mut build: F) -> Result<(), SessionEnd>
+    where
+        F: FnMut(&mut Backend) -> (Vec<Bytes>, VecDeque<Expect>),
+    {
+        let mut legs = Vec::with_capacity(shards.len());
+        for &shard in shards {
+            match self.attach(loaded, shard).await {
+                Ok(mut conn) => {
+                    let mut bytes = BytesMut::new();
+                    let mut queue = VecDeque::new();
+                    self.prelude(&mut conn, &mut bytes, &mut queue);
+                    let (messages, expects) = build(&mut conn);
+                    for m in messages {
+                        bytes.extend_from_slice(&m);
+                    }
+                    queue.extend(expects);
+                    let name = loaded.config.shards.get(shard).map_or_else(String::new, |s| s.name.clone());
+                    if let Err(e) = conn.send(&bytes).await {
+                        let error = lost(&name, &e);
+                        legs.push(Leg { shard, name, conn, queue, skipping: false });
+                        self.release_legs(legs);
+                        return self.fail(error).await;
+                    }
+                    legs.push(Leg { shard, name, conn, queue, skipping: false });
+                }
+                Err(e) => {
+                    self.release_legs(legs);
+                    return self.fail(e).await;
+                }
+            }
+        }
+        let result = self.merge(&mut legs).await;
+        self.release_legs(legs);
+        match result {
+            Ok(()) => Ok(()),
+            Err(MergeError::Client(e)) => Err(SessionEnd::ClientIo(e)),
+            Err(MergeError::Shard(error)) => self.fail(error).await,
+        }
+    }
+
+    async fn merge(&mut self, legs: &mut [Leg]) -> Result<(), MergeError> {
+        let mut failed = false;
+        loop {
+            // Injected messages (settings sync, re-prepares) are answered first, silently.
+            let mut entry = None;
+            for leg in legs.iter_mut() {
+                let next = next_client_entry(leg).await?;
+                entry = entry.or(next);
+            }
+            let Some(entry) = entry else { return Ok(()) };
+            let reply = match entry {
+                Expect::Local(bytes) => {
+                    if !failed {
+                        self.out.push(&bytes).await.map_err(MergeError::Client)?;
+                    }
+                    continue;
+                }
+                Expect::Sent { reply, .. } => reply,
+            };
+            let mut merged = Merged::default();
+            for leg in legs.iter_mut() {
+                if leg.skipping && !matches!(reply, Reply::Sync | Reply::Cycle) {
+                    continue;
+                }
+                self.read_answers(leg, reply, &mut merged).await?;
+            }
+            if let Some(error) = merged.error.take() {
+                if !failed {
+                    self.out.push(&error).await.map_err(MergeError::Client)?;
+                }
+                failed = !matches!(reply, Reply::Cycle | Reply::Sync);
+            } else if !failed {
+                if merged.copy_done {
+                    self.out.push(&msg::empty(tag::COPY_DONE)).await.map_err(MergeError::Client)?;
+                }
+                if !merged.tags.is_empty() {
+                    let summed = msg::sum_tags(&merged.tags);
+                    self.out.push(&msg::command_complete(&summed)).await.map_err(MergeError::Client)?;
+                }
+            }
+            if merged.ready {
+                failed = false;
+                self.out.push(&msg::ready_for_query(b'I')).await.map_err(MergeError::Client)?;
+                self.out.flush().await.map_err(MergeError::Client)?;
+            }
+        }
+    }
+
+    /// Reads one shard's answers to one client message into `merged`.
+    async fn read_answers(&mut self, leg: &mut Leg, reply: Reply, merged: &mut Merged) -> Result<(), MergeError> {
+        loop {
+            let frame = leg.conn.read().await.map_err(|e| MergeError::Shard(lost(&leg.name, &e)))?;
+            let frame_tag = frame.tag();
+            let pass = match frame_tag {
+                tag::DATA_ROW | tag::COPY_DATA => merged.error.is_none(),
+                tag::NOTICE_RESPONSE | tag::NOTIFICATION => true,
+                tag::PARAMETER_STATUS => false,
+                tag::COMMAND_COMPLETE => {
+                    merged.tags.push(msg::command_tag(&frame).to_owned());
+                    false
+                }
+                tag::COPY_DONE => {
+                    merged.copy_done = true;
+                    false
+                }
+                tag::ERROR_RESPONSE => {
+                    if merged.error.is_none() {
+                        merged.error = Some(msg::error_naming_shard(&frame, &leg.name));
+                    }
+                    if reply != Reply::Cycle {
+                        leg.skipping = true;
+                        return Ok(());
+                    }
+                    false
+                }
+                tag::READY_FOR_QUERY => {
+                    merged.ready = true;
+                    leg.skipping = false;
+                    false
+                }
+                tag::COPY_IN_RESPONSE | tag::COPY_BOTH_RESPONSE => {
+                    leg.conn.broken = true;
+                    return Err(MergeError::Shard(ClientError::new(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "COPY FROM STDIN cannot be sent to several shards",
+                    )));
+                }
+                other => {
+                    let first = !merged.sent_once.contains(&other);
+                    merged.sent_once.push(other);
+                    first && merged.error.is_none()
+                }
+            };
+            if pass {
+                self.out.push(frame.bytes()).await.map_err(MergeError::Client)?;
+            }
+            if completes(reply, frame_tag) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Returns the scatter's backends: idle ones to their pools (or kept in session mode).
+    fn release_legs(&mut self, legs: Vec<Leg>) {
+        for leg in legs {
+            if leg.conn.broken || !leg.queue.is_empty() {
+                self.forget_cancel_key(&leg.conn);
+                Pools::discard(leg.conn);
+            } else {
+                self.keep_or_release(leg.shard, leg.conn, false);
+            }
+        }
+    }
+}
+
+/// Why a merge stopped.
+enum MergeError {
+    Client(std::io::Error),
+    Shard(ClientError),
+}
+
+fn lost(shard: &str, e: &BackendError) -> ClientError {
+    ClientError::new(sqlstate::CONNECTION_FAILURE, format!("lost the connection to shard {shard}: {e}"))
+}
+
+/// Answers injected messages silently and returns the next entry that belongs to a client
+/// message, or `None` when the leg has nothing more to answer.
+async fn next_client_entry(leg: &mut Leg) -> Result<Option<Expect>, MergeError> {
+    while let Some(entry) = leg.queue.pop_front() {
+        let (reply, prepares) = match &entry {
+            Expect::Sent { mode: Mode::Swallow, reply, prepares, .. } => (*reply, *prepares),
+            _ => return Ok(Some(entry)),
+        };
+        if leg.skipping && reply != Reply::Cycle {
+            continue;
+        }
+        loop {
+            let frame = leg.conn.read().await.map_err(|e| MergeError::Shard(lost(&leg.name, &e)))?;
+            match frame.tag() {
+                tag::ERROR_RESPONSE if reply != Reply::Cycle => {
+                    leg.skipping = true;
+                    break;
+                }
+                tag::ERROR_RESPONSE => leg.conn.settings = None,
+                tag::PARSE_COMPLETE => {
+                    if let Some(id) = prepares {
+                        leg.conn.prepared.insert(id);
+                    }
+                }
+                _ => {}
+            }
+            if completes(reply, frame.tag()) {
+                break;
+            }
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,139 @@
+//! Session settings under transaction pooling.
+//!
+//! A client's startup parameters and its session-level `SET`s must hold in every later
+//! transaction, whichever backend runs it. The client's settings live here; each backend
+//! remembers what the proxy applied to it, and before a backend serves a client the proxy sends
+//! only the difference (`SET` what differs, `RESET` what the client never set). When both are
+//! equal, nothing is sent.
+
+use std::collections::BTreeMap;
+
+/// Startup parameters that are connection metadata, not settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// Settings by lower-cased name, each value as SQL text ready for `SET name = <value>`.
+pub type Settings = BTreeMap<String, String>;
+
+/// The settings a client asked for in its startup packet, including `-c name=value` options.
+pub fn from_startup(params: &BTreeMap<String, String>) -> Settings {
+    let mut settings = Settings::new();
+    for (name, value) in params {
+        if !NOT_SETTINGS.contains(&name.as_str()) && !name.starts_with("_pq_.") {
+            settings.insert(name.to_ascii_lowercase(), quote_literal(value));
+        }
+    }
+    if let Some(options) = params.get("options") {
+        for (name, value) in parse_options(options) {
+            settings.insert(name.to_ascii_lowercase(), quote_literal(&value));
+        }
+    }
+    settings
+}
+
+/// Parses libpq's `options` (`-c a=b --c=d`, backslash escapes spaces).
+fn parse_options(options: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut pairs = Vec::new();
+    let mut iter = words.into_iter();
+    while let Some(w) = iter.next() {
+        let assignment = if w == "-c" { iter.next() } else { w.strip_prefix("--").or_else(|| w.strip_prefix("-c")).map(str::to_owned) };
+        if let Some((name, value)) = assignment.as_deref().and_then(|a| a.split_once('=')) {
+            pairs.push((name.replace('-', "_"), value.to_owned()));
+        }
+    }
+    pairs
+}
+
+/// A string as an SQL literal.
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// An identifier, quoted when it needs to be.
+fn quote_ident(name: &str) -> String {
+    let plain = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
+    if plain && !name.is_empty() {
+        name.to_owned()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// SQL that turns a backend's applied settings (`None`: unknown) into `wanted`, or `None` when
+/// they already match.
+pub fn sync_sql(applied: Option<&Settings>, wanted: &Settings) -> Option<String> {
+    let mut sql = String::new();
+    let empty = Settings::new();
+    let applied = match applied {
+        Some(a) => a,
+        None => {
+            sql.push_str("RESET ALL;");
+            &empty
+        }
+    };
+    for (name, value) in wanted {
+        if applied.get(name) != Some(value) {
+            sql.push_str(&format!("SET {} = {value};", quote_ident(name)));
+        }
+    }
+    for name in applied.keys() {
+        if !wanted.contains_key(name) {
+            sql.push_str(&format!("RESET {};", quote_ident(name)));
+        }
+    }
+    (!sql.is_empty()).then_some(sql)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn sync_sends_only_the_difference() {
+        let wanted = settings(&[("application_name", "'a'"), ("statement_timeout", "'5s'")]);
+        assert_eq!(sync_sql(Some(&wanted), &wanted), None);
+        let applied = settings(&[("application_name", "'b'"), ("search_path", "x")]);
+        assert_eq!(
+            sync_sql(Some(&applied), &wanted).as_deref(),
+            Some("SET application_name = 'a';SET statement_timeout = '5s';RESET search_path;")
+        );
+        assert_eq!(sync_sql(None, &Settings::new()).as_deref(), Some("RESET ALL;"));
+    }
+
+    #[test]
+    fn startup_options_become_settings() {
+        let params: BTreeMap<String, String> = [
+            ("user", "app"),
+            ("DateStyle", "ISO, MDY"),
+            ("options", "-c statement_timeout=5s --search-path=a\\ b"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let s = from_startup(&params);
+        assert_eq!(s.get("datestyle").map(String::as_str), Some("'ISO, MDY'"));
+        assert_eq!(s.get("statement_timeout").map(String::as_str), Some("'5s'"));
+        assert_eq!(s.get("search_path").map(String::as_str), Some("'a b'"));
+        assert!(!s.contains_key("user"));
+    }
+}

@@ -1,0 +1,73 @@
+//! Prepared statements under transaction pooling.
+//!
+//! A client names its statements; backends are shared, so the proxy prepares each distinct
+//! (query, parameter types) once per backend under a proxy-chosen name (`shardline_<id>`) and
+//! translates the client's names. Ids are interned process-wide, so two clients preparing the
+//! same query share the server-side statement.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use bytes::Bytes;
+use shardline_router::Plan;
+
+/// A statement a client prepared.
+#[derive(Debug)]
+pub struct Statement {
+    /// Process-wide id of (query, parameter types); the backend name derives from it.
+    pub id: u64,
+    pub query: Arc<str>,
+    /// Raw parameter type count and OIDs from the client's Parse.
+    pub param_types: Bytes,
+    pub plan: Arc<Plan>,
+}
+
+impl Statement {
+    /// Name of this statement on backends.
+    pub fn server_name(&self) -> Vec<u8> {
+        format!("shardline_{}", self.id).into_bytes()
+    }
+}
+
+/// Interns (query, parameter types) into small ids.
+fn intern(query: &str, param_types: &[u8]) -> u64 {
+    static IDS: OnceLock<Mutex<HashMap<(Box<str>, Box<[u8]>), u64>>> = OnceLock::new();
+    let mut ids = IDS.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+    let next = ids.len() as u64 + 1;
+    *ids.entry((query.into(), param_types.into())).or_insert(next)
+}
+
+/// The statements one client has prepared, by the client's names (`""` is the unnamed one).
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    by_name: HashMap<Vec<u8>, Arc<Statement>>,
+}
+
+impl ClientStatements {
+    /// Records a `Parse`, replacing any statement of the same name.
+    pub fn define(&mut self, name: &[u8], query: &str, param_types: &[u8], plan: Arc<Plan>) -> Arc<Statement> {
+        let statement = Arc::new(Statement {
+            id: intern(query, param_types),
+            query: query.into(),
+            param_types: Bytes::copy_from_slice(param_types),
+            plan,
+        });
+        self.by_name.insert(name.to_vec(), statement.clone());
+        statement
+    }
+
+    /// The statement a client name refers to.
+    pub fn get(&self, name: &[u8]) -> Option<Arc<Statement>> {
+        self.by_name.get(name).cloned()
+    }
+
+    /// Forgets one statement (`Close`).
+    pub fn close(&mut self, name: &[u8]) {
+        self.by_name.remove(name);
+    }
+
+    /// Forgets every statement (`DISCARD ALL`, `DEALLOCATE ALL`).
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+    }
+}

@@ -1,0 +1,286 @@
+//! The checked cluster model built from `shards.yaml`.
+//!
+//! [`Config::from_yaml`] parses the file (serde-saphyr) and validates everything a running
+//! proxy relies on — unique names, resolvable shards, non-overlapping ranges, usable
+//! credentials — so that a config that loads is a config that can serve. Every problem is
+//! reported with the line it comes from.
+
+mod raw;
+mod validate;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use crate::key::{KeyType, KeyValue};
+
+pub use validate::ConfigError;
+
+/// Index of a shard in [`Config::shards`]; stable for the life of one config version.
+pub type ShardId = usize;
+
+/// The validated cluster description a proxy serves from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address clients connect to, as `host:port`.
+    pub listen: String,
+    /// Largest frontend message the proxy accepts, in bytes.
+    pub max_message_bytes: u32,
+    pub pool: PoolSettings,
+    pub users: Vec<User>,
+    pub shards: Vec<Shard>,
+    /// Shard for tables not named in the config, catalog queries and table-less statements.
+    pub default_shard: ShardId,
+    /// Sharding rules by unqualified, lower-cased table name.
+    pub tables: HashMap<String, TableRule>,
+}
+
+/// How backends are shared between clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    /// A backend serves one transaction, then returns to the pool.
+    Transaction,
+    /// A backend serves one client for its whole session.
+    Session,
+}
+
+/// Sizes and timeouts of the backend pools (one pool per shard, user and database).
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub mode: PoolMode,
+    pub size: usize,
+    pub min_idle: usize,
+    pub checkout_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+}
+
+/// How a client proves who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMethod {
+    ScramSha256,
+    Md5,
+    Trust,
+}
+
+/// A user clients may log in as; the proxy logs in to shards as the same user.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub auth: AuthMethod,
+    /// Cleartext password, when the config has one.
+    pub password: Option<String>,
+    /// SCRAM verifier (`SCRAM-SHA-256$iter:salt$StoredKey:ServerKey`), when given instead.
+    pub scram_verifier: Option<String>,
+    /// Password the proxy uses to log in to shards as this user.
+    pub server_password: Option<String>,
+    /// Overrides the pool mode for this user.
+    pub pool_mode: Option<PoolMode>,
+}
+
+/// One shard: a plain PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// Database to use on the shard; `None` means the database the client asked for.
+    pub database: Option<String>,
+}
+
+/// How one table is spread over the shards.
+#[derive(Debug, Clone)]
+pub struct TableRule {
+    pub name: String,
+    pub sharding: Sharding,
+}
+
+/// The sharding of a table.
+#[derive(Debug, Clone)]
+pub enum Sharding {
+    /// PostgreSQL hash partitioning on `column`: remainder `r` lives on `shards[r]`.
+    Hash {
+        column: String,
+        key_type: KeyType,
+        shards: Vec<ShardId>,
+    },
+    /// Ordered, non-overlapping `[from, to)` ranges of `column`.
+    Range {
+        column: String,
+        key_type: KeyType,
+        ranges: Vec<KeyRange>,
+    },
+    /// A copy on every shard.
+    Reference,
+}
+
+/// One range of a range-sharded table; `None` bounds are open.
+#[derive(Debug, Clone)]
+pub struct KeyRange {
+    pub from: Option<KeyValue>,
+    pub to: Option<KeyValue>,
+    pub shard: ShardId,
+}
+
+/// Why a key could not be placed on a shard.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    #[error("key {key} of table {table} is outside every range in shards.yaml; add a range that covers it")]
+    OutsideRanges { table: String, key: String },
+    #[error("key {key} does not match the type of the shard key of table {table}")]
+    TypeMismatch { table: String, key: String },
+}
+
+impl Config {
+    /// Parses and validates a `shards.yaml` document.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        validate::build(text)
+    }
+
+    /// The rule for a table, by its (possibly schema-qualified, any-case) name.
+    pub fn table(&self, name: &str) -> Option<&TableRule> {
+        let unqualified = name.rsplit('.').next().unwrap_or(name);
+        self.tables.get(&unqualified.to_ascii_lowercase())
+    }
+
+    /// A user by login name.
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// Looks a shard up by name.
+    pub fn shard_id(&self, name: &str) -> Option<ShardId> {
+        self.shards.iter().position(|s| s.name == name)
+    }
+
+    /// Every shard id.
+    pub fn all_shards(&self) -> impl Iterator<Item = ShardId> {
+        0..self.shards.len()
+    }
+}
+
+impl User {
+    /// The pool mode that applies to this user.
+    pub fn effective_pool_mode(&self, settings: &PoolSettings) -> PoolMode {
+        self.pool_mode.unwrap_or(settings.mode)
+    }
+
+    /// Password used to log in to shards.
+    pub fn backend_password(&self) -> Option<&str> {
+        self.server_password.as_deref().or(self.password.as_deref())
+    }
+}
+
+impl TableRule {
+    /// The shard key column, if the table is split by key.
+    pub fn key_column(&self) -> Option<&str> {
+        match &self.sharding {
+            Sharding::Hash { column, .. } | Sharding::Range { column, .. } => Some(column),
+            Sharding::Reference => None,
+        }
+    }
+
+    /// The type of the shard key column, if the table is split by key.
+    pub fn key_type(&self) -> Option<KeyType> {
+        match &self.sharding {
+            Sharding::Hash { key_type, .. } | Sharding::Range { key_type, .. } => Some(*key_type),
+            Sharding::Reference => None,
+        }
+    }
+
+    /// The shards that hold some of this table's rows.
+    pub fn shards(&self, all: usize) -> Vec<ShardId> {
+        let mut ids = match &self.sharding {
+            Sharding::Hash { shards, .. } => shards.clone(),
+            Sharding::Range { ranges, .. } => ranges.iter().map(|r| r.shard).collect(),
+            Sharding::Reference => (0..all).collect(),
+        };
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The shard that owns `key`.
+    pub fn shard_for(&self, key: &KeyValue) -> Result<ShardId, PlacementError> {
+        match &self.sharding {
+            Sharding::Hash { shards, .. } => {
+                let modulus = shards.len() as u64;
+                let remainder = crate::hash::partition_remainder([key.partition_hash()], modulus);
+                // `remainder < modulus == shards.len()`, so the index is in bounds.
+                Ok(shards[remainder as usize])
+            }
+            Sharding::Range { ranges, .. } => {
+                for range in ranges {
+                    let above_from = match &range.from {
+                        Some(from) => key.compare(from).ok_or_else(|| self.mismatch(key))?.is_ge(),
+                        None => true,
+                    };
+                    let below_to = match &range.to {
+                        Some(to) => key.compare(to).ok_or_else(|| self.mismatch(key))?.is_lt(),
+                        None => true,
+                    };
+                    if above_from && below_to {
+                        return Ok(range.shard);
+                    }
+                }
+                Err(PlacementError::OutsideRanges {
+                    table: self.name.clone(),
+                    key: key.to_string(),
+                })
+            }
+            Sharding::Reference => Ok(0),
+        }
+    }
+
+    fn mismatch(&self, key: &KeyValue) -> PlacementError {
+        PlacementError::TypeMismatch {
+            table: self.name.clone(),
+            key: key.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Config {
+    /// A human summary of what the config means, printed by `shardline check`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "listen: {}", self.listen)?;
+        let p = &self.pool;
+        writeln!(
+            f,
+            "pool: {:?} mode, size {}, min idle {}, checkout timeout {:?}",
+            p.mode, p.size, p.min_idle, p.checkout_timeout
+        )?;
+        writeln!(f, "users:")?;
+        for u in &self.users {
+            writeln!(f, "  {} ({:?} auth)", u.name, u.auth)?;
+        }
+        writeln!(f, "shards:")?;
+        for (id, s) in self.shards.iter().enumerate() {
+            let default = if id == self.default_shard { "  [default]" } else { "" };
+            let db = s.database.as_deref().unwrap_or("<client's database>");
+            writeln!(f, "  {id}: {} at {}:{} db {db}{default}", s.name, s.host, s.port)?;
+        }
+        writeln!(f, "tables:")?;
+        let mut names: Vec<&String> = self.tables.keys().collect();
+        names.sort();
+        for name in names {
+            let rule = &self.tables[name];
+            match &rule.sharding {
+                Sharding::Hash { column, key_type, shards } => {
+                    let list: Vec<&str> = shards.iter().map(|s| self.shards[*s].name.as_str()).collect();
+                    writeln!(f, "  {name}: hash({column} {key_type}) over {}", list.join(", "))?;
+                }
+                Sharding::Range { column, key_type, ranges } => {
+                    writeln!(f, "  {name}: range({column} {key_type})")?;
+                    for r in ranges {
+                        let show = |b: &Option<KeyValue>| b.as_ref().map_or("unbounded".to_owned(), |v| v.to_string());
+                        writeln!(f, "    [{}, {}) -> {}", show(&r.from), show(&r.to), self.shards[r.shard].name)?;
+                    }
+                }
+                Sharding::Reference => writeln!(f, "  {name}: reference (on every shard)")?,
+            }
+        }
+        Ok(())
+    }
+}

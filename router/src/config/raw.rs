@@ -1,0 +1,116 @@
+//! The `shards.yaml` file exactly as written: serde structs with source spans.
+//!
+//! Nothing here is validated beyond YAML syntax and field types; [`super::Config::from_yaml`]
+//! turns a [`RawConfig`] into the checked model and reports problems with their line numbers.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// Top level of `shards.yaml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `host:port` the proxy accepts clients on.
+    #[serde(default = "default_listen")]
+    pub listen: Spanned<String>,
+    /// Largest frontend message accepted, in bytes.
+    #[serde(default)]
+    pub max_message_bytes: Option<u32>,
+    #[serde(default)]
+    pub pool: RawPool,
+    pub users: Vec<RawUser>,
+    pub shards: Vec<RawShard>,
+    /// Shard that holds tables not named under `tables`.
+    #[serde(default)]
+    pub default_shard: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tables: Vec<RawTable>,
+}
+
+fn default_listen() -> Spanned<String> {
+    Spanned::new("127.0.0.1:6432".to_owned(), serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN)
+}
+
+/// `pool:` section; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub mode: Option<Spanned<String>>,
+    pub size: Option<usize>,
+    pub min_idle: Option<usize>,
+    pub checkout_timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub idle_timeout_s: Option<u64>,
+    pub max_lifetime_s: Option<u64>,
+}
+
+/// One entry of `users:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub scram_verifier: Option<Spanned<String>>,
+    #[serde(default)]
+    pub server_password: Option<String>,
+    #[serde(default)]
+    pub auth: Option<Spanned<String>>,
+    #[serde(default)]
+    pub pool_mode: Option<Spanned<String>>,
+}
+
+/// One entry of `shards:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShard {
+    pub name: Spanned<String>,
+    #[serde(default = "default_host")]
+    pub host: String,
+    pub port: u16,
+    /// Database on the shard; by default the one the client asked for.
+    #[serde(default)]
+    pub database: Option<String>,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".to_owned()
+}
+
+/// One entry of `tables:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTable {
+    pub name: Spanned<String>,
+    pub sharding: Spanned<String>,
+    #[serde(default)]
+    pub column: Option<Spanned<String>>,
+    #[serde(default, rename = "type")]
+    pub key_type: Option<Spanned<String>>,
+    /// For `hash`: the shards in remainder order (default: all shards in file order).
+    #[serde(default)]
+    pub shards: Option<Vec<Spanned<String>>>,
+    /// For `range`: the ranges.
+    #[serde(default)]
+    pub ranges: Option<Vec<RawRange>>,
+}
+
+/// One entry of a range table's `ranges:`: `[from, to)` on `shard`; a missing bound is open.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRange {
+    #[serde(default)]
+    pub from: Option<Spanned<Scalar>>,
+    #[serde(default)]
+    pub to: Option<Spanned<Scalar>>,
+    pub shard: Spanned<String>,
+}
+
+/// A range bound as written: a number or a string, interpreted by the key type.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Int(i64),
+    Text(String),
+}

@@ -1,0 +1,368 @@
+//! Turns a [`RawConfig`] into a [`Config`], collecting every problem with its line number.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::time::Duration;
+
+use serde_saphyr::Spanned;
+
+use super::raw::{RawConfig, RawRange, RawTable, Scalar};
+use super::{AuthMethod, Config, KeyRange, PoolMode, PoolSettings, Shard, Sharding, TableRule, User};
+use crate::key::{KeyType, KeyValue};
+
+/// Why a `shards.yaml` was rejected: each problem with the line it was found on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            match p.line {
+                Some(line) => write!(f, "line {line}: {}", p.message)?,
+                None => f.write_str(&p.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Default largest frontend message: 64 MiB, enough for big COPY rows and bulk INSERTs.
+const DEFAULT_MAX_MESSAGE_BYTES: u32 = 64 * 1024 * 1024;
+
+/// Collects problems while validating, so an operator sees all of them at once.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn at<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
+        let line = spanned.referenced.line() as usize;
+        self.0.push(Problem {
+            line: (line > 0).then_some(line),
+            message: message.into(),
+        });
+    }
+
+    fn general(&mut self, message: impl Into<String>) {
+        self.0.push(Problem { line: None, message: message.into() });
+    }
+}
+
+pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError {
+        problems: vec![Problem { line: None, message: e.to_string() }],
+    })?;
+    let mut problems = Problems::default();
+
+    if raw.listen.value.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        problems.at(&raw.listen, format!("listen {:?} is not host:port", raw.listen.value));
+    }
+
+    let pool = pool_settings(&raw, &mut problems);
+    let users = users(&raw, &mut problems);
+
+    let mut shards = Vec::new();
+    let mut shard_ids = HashMap::new();
+    for s in &raw.shards {
+        if shard_ids.insert(s.name.value.clone(), shards.len()).is_some() {
+            problems.at(&s.name, format!("shard {:?} is defined twice", s.name.value));
+        }
+        shards.push(Shard {
+            name: s.name.value.clone(),
+            host: s.host.clone(),
+            port: s.port,
+            database: s.database.clone(),
+        });
+    }
+    if shards.is_empty() {
+        problems.general("`shards:` is empty; list at least one shard");
+    }
+
+    let default_shard = match &raw.default_shard {
+        Some(name) => shard_ids.get(&name.value).copied().unwrap_or_else(|| {
+            problems.at(name, format!("default_shard {:?} is not one of the shards", name.value));
+            0
+        }),
+        None => 0,
+    };
+
+    let mut tables = HashMap::new();
+    for t in &raw.tables {
+        let key = t.name.value.rsplit('.').next().unwrap_or(&t.name.value).to_ascii_lowercase();
+        if let Some(rule) = table_rule(t, &shard_ids, &mut problems) {
+            if tables.insert(key, rule).is_some() {
+                problems.at(&t.name, format!("table {:?} is listed twice", t.name.value));
+            }
+        }
+    }
+
+    if !problems.0.is_empty() {
+        return Err(ConfigError { problems: problems.0 });
+    }
+    Ok(Config {
+        listen: raw.listen.value,
+        max_message_bytes: raw.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+        pool,
+        users,
+        shards,
+        default_shard,
+        tables,
+    })
+}
+
+fn pool_mode(name: &Spanned<String>, problems: &mut Problems) -> PoolMode {
+    match name.value.as_str() {
+        "transaction" => PoolMode::Transaction,
+        "session" => PoolMode::Session,
+        other => {
+            problems.at(name, format!("pool mode {other:?} is not `transaction` or `session`"));
+            PoolMode::Transaction
+        }
+    }
+}
+
+fn pool_settings(raw: &RawConfig, problems: &mut Problems) -> PoolSettings {
+    let p = &raw.pool;
+    let settings = PoolSettings {
+        mode: p.mode.as_ref().map_or(PoolMode::Transaction, |m| pool_mode(m, problems)),
+        size: p.size.unwrap_or(20),
+        min_idle: p.min_idle.unwrap_or(0),
+        checkout_timeout: Duration::from_millis(p.checkout_timeout_ms.unwrap_or(5_000)),
+        connect_timeout: Duration::from_millis(p.connect_timeout_ms.unwrap_or(5_000)),
+        idle_timeout: Duration::from_secs(p.idle_timeout_s.unwrap_or(600)),
+        max_lifetime: Duration::from_secs(p.max_lifetime_s.unwrap_or(3_600)),
+    };
+    if settings.size == 0 {
+        problems.general("pool.size must be at least 1");
+    }
+    if settings.min_idle > settings.size {
+        problems.general("pool.min_idle cannot exceed pool.size");
+    }
+    settings
+}
+
+fn users(raw: &RawConfig, problems: &mut Problems) -> Vec<User> {
+    let mut seen = HashSet::new();
+    let mut users = Vec::new();
+    for u in &raw.users {
+        let name = &u.name;
+        if !seen.insert(name.value.clone()) {
+            problems.at(name, format!("user {:?} is listed twice", name.value));
+        }
+        let auth = match u.auth.as_ref().map(|a| a.value.as_str()) {
+            None | Some("scram-sha-256") => AuthMethod::ScramSha256,
+            Some("md5") => AuthMethod::Md5,
+            Some("trust") => AuthMethod::Trust,
+            Some(other) => {
+                if let Some(a) = &u.auth {
+                    problems.at(a, format!("auth {other:?} is not scram-sha-256, md5 or trust"));
+                }
+                AuthMethod::Trust
+            }
+        };
+        if let Some(verifier) = &u.scram_verifier {
+            if !verifier.value.starts_with("SCRAM-SHA-256$") {
+                problems.at(verifier, "scram_verifier must look like SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey> (as in pg_authid)");
+            }
+            if auth == AuthMethod::Md5 && u.password.is_none() {
+                problems.at(verifier, "md5 auth needs a cleartext `password`, not a scram_verifier");
+            }
+        }
+        if auth != AuthMethod::Trust && u.password.is_none() && u.scram_verifier.is_none() {
+            problems.at(name, format!("user {:?} needs a `password` or a `scram_verifier` (or auth: trust)", name.value));
+        }
+        if u.password.is_none() && u.server_password.is_none() {
+            problems.at(name, format!(
+                "user {:?} has no cleartext password to log in to the shards with; set `server_password`",
+                name.value
+            ));
+        }
+        users.push(User {
+            name: name.value.clone(),
+            auth,
+            password: u.password.clone(),
+            scram_verifier: u.scram_verifier.as_ref().map(|v| v.value.clone()),
+            server_password: u.server_password.clone(),
+            pool_mode: u.pool_mode.as_ref().map(|m| pool_mode(m, problems)),
+        });
+    }
+    if users.is_empty() {
+        problems.general("`users:` is empty; list at least one user");
+    }
+    users
+}
+
+fn table_rule(t: &RawTable, shard_ids: &HashMap<String, usize>, problems: &mut Problems) -> Option<TableRule> {
+    let name = t.name.value.clone();
+    let sharding = match t.sharding.value.as_str() {
+        "reference" => Sharding::Reference,
+        kind @ ("hash" | "range") => {
+            let Some(column) = &t.column else {
+                problems.at(&t.name, format!("table {name:?} is sharded by {kind} but has no `column`"));
+                return None;
+            };
+            let key_type = match &t.key_type {
+                None => KeyType::Int8,
+                Some(ty) => KeyType::from_name(&ty.value).or_else(|| {
+                    problems.at(ty, format!("type {:?} cannot be a shard key; use int2, int4, int8, text, varchar or uuid", ty.value));
+                    None
+                })?,
+            };
+            let column = column.value.to_ascii_lowercase();
+            if kind == "hash" {
+                let shards = match &t.shards {
+                    None => (0..shard_ids.len()).collect(),
+                    Some(names) => names.iter().filter_map(|n| resolve(n, shard_ids, problems)).collect(),
+                };
+                Sharding::Hash { column, key_type, shards }
+            } else {
+                let ranges = ranges(&name, key_type, t.ranges.as_deref().unwrap_or_default(), shard_ids, problems);
+                if t.ranges.as_ref().is_none_or(|r| r.is_empty()) {
+                    problems.at(&t.name, format!("range table {name:?} needs a non-empty `ranges:` list"));
+                }
+                Sharding::Range { column, key_type, ranges }
+            }
+        }
+        other => {
+            problems.at(&t.sharding, format!("sharding {other:?} is not hash, range or reference"));
+            return None;
+        }
+    };
+    Some(TableRule { name, sharding })
+}
+
+fn resolve(name: &Spanned<String>, shard_ids: &HashMap<String, usize>, problems: &mut Problems) -> Option<usize> {
+    let id = shard_ids.get(&name.value).copied();
+    if id.is_none() {
+        problems.at(name, format!("shard {:?} is not defined under `shards:`", name.value));
+    }
+    id
+}
+
+fn bound(b: &Option<Spanned<Scalar>>, key_type: KeyType, problems: &mut Problems) -> Option<KeyValue> {
+    let b = b.as_ref()?;
+    let text = match &b.value {
+        Scalar::Int(i) => i.to_string(),
+        Scalar::Text(s) => s.clone(),
+    };
+    match key_type.parse_text(&text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            problems.at(b, e.to_string());
+            None
+        }
+    }
+}
+
+fn ranges(
+    table: &str,
+    key_type: KeyType,
+    raw: &[RawRange],
+    shard_ids: &HashMap<String, usize>,
+    problems: &mut Problems,
+) -> Vec<KeyRange> {
+    let mut out: Vec<(KeyRange, &RawRange)> = Vec::new();
+    for r in raw {
+        let from = bound(&r.from, key_type, problems);
+        let to = bound(&r.to, key_type, problems);
+        let Some(shard) = resolve(&r.shard, shard_ids, problems) else { continue };
+        if let (Some(f), Some(t)) = (&from, &to) {
+            if f.compare(t).is_none_or(|o| o.is_ge()) {
+                problems.at(&r.shard, format!("range [{f}, {t}) of table {table:?} is empty: `from` must be below `to`"));
+                continue;
+            }
+        }
+        out.push((KeyRange { from, to, shard }, r));
+    }
+    // Sort by lower bound (open first) and check that neighbours do not overlap.
+    out.sort_by(|(a, _), (b, _)| match (&a.from, &b.from) {
+        (None, None) => std::cmp::Ordering::Equal,
+        (None, Some(_)) => std::cmp::Ordering::Less,
+        (Some(_), None) => std::cmp::Ordering::Greater,
+        (Some(x), Some(y)) => x.compare(y).unwrap_or(std::cmp::Ordering::Equal),
+    });
+    for pair in out.windows(2) {
+        let (prev, _) = &pair[0];
+        let (next, raw_next) = &pair[1];
+        let overlaps = match (&prev.to, &next.from) {
+            (None, _) | (_, None) => true,
+            (Some(to), Some(from)) => to.compare(from).is_some_and(|o| o.is_gt()),
+        };
+        if overlaps {
+            problems.at(&raw_next.shard, format!("ranges of table {table:?} overlap; each key must belong to exactly one range"));
+        }
+    }
+    out.into_iter().map(|(r, _)| r).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "users:\n  - name: app\n    password: app\nshards:\n  - name: s0\n    port: 5432\n  - name: s1\n    port: 5433\n";
+
+    fn load(tables: &str) -> Result<Config, ConfigError> {
+        build(&format!("{BASE}{tables}"))
+    }
+
+    #[test]
+    fn accepts_every_sharding_kind() {
+        let cfg = load(
+            "tables:\n  - name: users\n    sharding: hash\n    column: id\n  - name: events\n    sharding: range\n    column: id\n    ranges:\n      - {to: 100, shard: s0}\n      - {from: 100, shard: s1}\n  - name: countries\n    sharding: reference\n",
+        );
+        let cfg = match cfg {
+            Ok(c) => c,
+            Err(e) => panic!("valid config rejected: {e}"),
+        };
+        assert_eq!(cfg.shards.len(), 2);
+        assert!(matches!(cfg.table("public.USERS").map(|t| &t.sharding), Some(Sharding::Hash { .. })));
+        let events = cfg.table("events").map(|t| t.shard_for(&KeyValue::Int(99)));
+        assert_eq!(events, Some(Ok(0)));
+        let events = cfg.table("events").map(|t| t.shard_for(&KeyValue::Int(100)));
+        assert_eq!(events, Some(Ok(1)));
+    }
+
+    #[test]
+    fn rejects_with_line_numbers() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("tables:\n  - name: t\n    sharding: hsah\n    column: id\n", 11, "not hash, range or reference"),
+            ("tables:\n  - name: t\n    sharding: hash\n    column: id\n    type: float8\n", 13, "cannot be a shard key"),
+            ("tables:\n  - name: t\n    sharding: hash\n    column: id\n    shards: [s0, s9]\n", 13, "not defined"),
+            (
+                "tables:\n  - name: t\n    sharding: range\n    column: id\n    ranges:\n      - {to: 100, shard: s0}\n      - {from: 50, shard: s1}\n",
+                15,
+                "overlap",
+            ),
+            ("default_shard: nope\n", 9, "not one of the shards"),
+        ];
+        for (tables, line, needle) in cases {
+            let err = match load(tables) {
+                Ok(_) => panic!("accepted invalid config:\n{tables}"),
+                Err(e) => e,
+            };
+            let found = err.problems.iter().find(|p| p.message.contains(needle));
+            assert_eq!(found.and_then(|p| p.line), Some(*line), "{err} for\n{tables}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_are_reported_not_panicked() {
+        for text in ["users: [", "shards: 5", "\t- :", "users:\n  - name: a\n    unknown: 1\nshards: []"] {
+            assert!(build(text).is_err(), "{text:?}");
+        }
+    }
+}

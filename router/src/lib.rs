@@ -1,0 +1,18 @@
+//! shardline's routing brain, with no I/O: the `shards.yaml` model, PostgreSQL-compatible
+//! sharding functions, SQL analysis, and the plan that says where a statement goes.
+//!
+//! Every routing decision is a pure function of (config, statement text, parameters), so it can
+//! be unit-tested, fuzzed and asked for without running the statement.
+
+pub mod config;
+pub mod hash;
+pub mod key;
+pub mod params;
+pub mod plan;
+
+mod analyze;
+
+pub use config::{Config, ConfigError, ShardId};
+pub use key::{KeyType, KeyValue};
+pub use params::{Param, Params};
+pub use plan::{plan, Plan, Route, RouteError, StatementKind};

@@ -1,0 +1,120 @@
+//! Test harness: real PostgreSQL shards on free loopback ports (run as the `postgres` OS user
+//! when the tests run as root), the proxy in front of them, and clients for both.
+//!
+//! Everything started here is stopped and deleted when the [`TestCluster`] is dropped.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use shardline::localpg::{free_ports, ClusterOptions, LocalCluster};
+use shardline::Proxy;
+use shardline_router::Config;
+use tokio_postgres::{Client, NoTls};
+
+/// Shards plus a proxy, for one test.
+pub struct TestCluster {
+    pub pg: LocalCluster,
+    pub proxy: Proxy,
+    pub config: Config,
+    pub yaml: String,
+}
+
+/// The tables every test cluster shards (the same shapes as the repository's `shards.yaml`,
+/// plus `accounts` keyed by text and `devices` keyed by uuid).
+pub fn tables_yaml(shards: usize) -> String {
+    let mut yaml = String::from(
+        "tables:\n\
+         \x20 - {name: users, sharding: hash, column: id, type: int8}\n\
+         \x20 - {name: orders, sharding: hash, column: user_id, type: int8}\n\
+         \x20 - {name: accounts, sharding: hash, column: email, type: text}\n\
+         \x20 - {name: devices, sharding: hash, column: id, type: uuid}\n\
+         \x20 - {name: pgbench_accounts, sharding: hash, column: aid, type: int4}\n\
+         \x20 - {name: countries, sharding: reference}\n\
+         \x20 - name: events\n    sharding: range\n    column: id\n    type: int8\n    ranges:\n",
+    );
+    for i in 0..shards {
+        let from = if i == 0 { String::new() } else { format!("from: {}, ", i * 1000) };
+        let to = if i + 1 == shards { String::new() } else { format!("to: {}, ", (i + 1) * 1000) };
+        yaml.push_str(&format!("      - {{{from}{to}shard: s{i}}}\n"));
+    }
+    yaml
+}
+
+/// A unique scratch directory for one test's servers.
+pub fn scratch_dir(label: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("shardline-test-{label}-{}-{n}", std::process::id()))
+}
+
+impl TestCluster {
+    /// Starts `shards` PostgreSQL servers and a proxy in transaction pooling mode.
+    pub async fn start(label: &str, shards: usize) -> anyhow::Result<TestCluster> {
+        Self::start_with(label, shards, "").await
+    }
+
+    /// Like [`TestCluster::start`], with extra top-level YAML (e.g. a `pool:` section).
+    pub async fn start_with(label: &str, shards: usize, extra_yaml: &str) -> anyhow::Result<TestCluster> {
+        let ports = free_ports(shards);
+        let mut opts = ClusterOptions::new(scratch_dir(label), ports.clone());
+        opts.keep_data = false;
+        opts.reuse_existing = false;
+        let pg = tokio::task::spawn_blocking(move || LocalCluster::start(&opts)).await??;
+        let mut yaml = String::from(
+            "listen: 127.0.0.1:0\nusers:\n  - {name: app, password: app}\n  - {name: md5user, password: app, auth: md5, server_password: app}\nshards:\n",
+        );
+        for (i, p) in ports.iter().enumerate() {
+            yaml.push_str(&format!("  - {{name: s{i}, host: 127.0.0.1, port: {p}, database: app}}\n"));
+        }
+        yaml.push_str(extra_yaml);
+        yaml.push_str(&tables_yaml(shards));
+        let config = Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}\n{yaml}"))?;
+        let proxy = Proxy::start(config.clone()).await?;
+        Ok(TestCluster { pg, proxy, config, yaml })
+    }
+
+    /// libpq/tokio-postgres connection string for the proxy.
+    pub fn proxy_conninfo(&self) -> String {
+        format!("host=127.0.0.1 port={} user=app password=app dbname=app", self.proxy.addr.port())
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.proxy.addr.port()
+    }
+
+    /// A tokio-postgres client through the proxy.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        connect(&self.proxy_conninfo()).await
+    }
+
+    /// A tokio-postgres client straight to shard `i`, bypassing the proxy.
+    pub async fn shard(&self, i: usize) -> anyhow::Result<Client> {
+        let server = self.pg.servers().get(i).ok_or_else(|| anyhow::anyhow!("no shard {i}"))?;
+        connect(&server.app_conninfo()).await
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.pg.servers().len()
+    }
+}
+
+/// Connects with tokio-postgres and drives the connection on a task.
+pub async fn connect(conninfo: &str) -> anyhow::Result<Client> {
+    let (client, connection) = tokio_postgres::connect(conninfo, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Runs a command, returning (success, stdout, stderr).
+pub fn run(cmd: &mut std::process::Command) -> anyhow::Result<(bool, String, String)> {
+    let output = cmd.output()?;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
