@@ -36,7 +36,10 @@ impl CancelRegistry {
 
     /// Forgets a client that disconnected.
     pub fn unregister(&self, pid: i32) {
-        self.clients.lock().unwrap_or_else(PoisonError::into_inner).remove(&pid);
+        self.clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&pid);
     }
 
     /// Forwards a cancel request to every backend the client is using. Unknown keys are
@@ -45,7 +48,10 @@ impl CancelRegistry {
         let targets = {
             let clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
             match clients.get(&pid) {
-                Some((s, targets)) if *s == secret => targets.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+                Some((s, targets)) if *s == secret => targets
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
                 _ => return,
             }
         };
@@ -58,7 +64,9 @@ impl CancelRegistry {
                         tracing::warn!(error = %e, backend = %key.addr, "could not send cancel request");
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, backend = %key.addr, "could not connect to cancel a query"),
+                Err(e) => {
+                    tracing::warn!(error = %e, backend = %key.addr, "could not connect to cancel a query")
+                }
             }
         }
     }

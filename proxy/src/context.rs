@@ -43,7 +43,11 @@ impl ProxyContext {
     pub fn new(config: Config) -> Arc<ProxyContext> {
         let credentials = Credentials::from_config(&config);
         Arc::new(ProxyContext {
-            current: ArcSwap::from_pointee(Loaded { config, credentials, version: 1 }),
+            current: ArcSwap::from_pointee(Loaded {
+                config,
+                credentials,
+                version: 1,
+            }),
             pools: Pools::default(),
             cancels: CancelRegistry::default(),
             plans: Mutex::new(PlanCache::default()),
@@ -60,7 +64,11 @@ impl ProxyContext {
     pub fn replace(&self, config: Config) -> u64 {
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         let credentials = Credentials::from_config(&config);
-        self.current.store(Arc::new(Loaded { config, credentials, version }));
+        self.current.store(Arc::new(Loaded {
+            config,
+            credentials,
+            version,
+        }));
         version
     }
 

@@ -32,7 +32,9 @@ pub fn demo_config(port: u16, shard_ports: &[u16]) -> String {
          shards:\n"
     );
     for (i, p) in shard_ports.iter().enumerate() {
-        yaml.push_str(&format!("  - name: shard{i}\n    host: 127.0.0.1\n    port: {p}\n    database: app\n"));
+        yaml.push_str(&format!(
+            "  - name: shard{i}\n    host: 127.0.0.1\n    port: {p}\n    database: app\n"
+        ));
     }
     yaml.push_str(
         "tables:\n  - name: users\n    sharding: hash\n    column: id\n    type: int8\n\
@@ -59,16 +61,27 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let dir = absolute(&opts.dir)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
     let ports: Vec<u16> = (0..opts.shards)
-        .map(|i| opts.port.checked_add(1 + i as u16).context("port out of range"))
+        .map(|i| {
+            opts.port
+                .checked_add(1 + i as u16)
+                .context("port out of range")
+        })
         .collect::<anyhow::Result<_>>()?;
     let cluster_opts = ClusterOptions::new(dir.join("data"), ports.clone());
-    println!("starting {} PostgreSQL shards in {} ...", opts.shards, dir.display());
-    let mut cluster = tokio::task::spawn_blocking(move || LocalCluster::start(&cluster_opts)).await??;
+    println!(
+        "starting {} PostgreSQL shards in {} ...",
+        opts.shards,
+        dir.display()
+    );
+    let mut cluster =
+        tokio::task::spawn_blocking(move || LocalCluster::start(&cluster_opts)).await??;
 
     let yaml = demo_config(opts.port, &ports);
     let config_path = dir.join("shards.yaml");
-    std::fs::write(&config_path, &yaml).with_context(|| format!("could not write {}", config_path.display()))?;
-    let config = Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("demo config is invalid: {e}"))?;
+    std::fs::write(&config_path, &yaml)
+        .with_context(|| format!("could not write {}", config_path.display()))?;
+    let config =
+        Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("demo config is invalid: {e}"))?;
     let proxy = match Proxy::start(config).await {
         Ok(p) => p,
         Err(e) => {
@@ -77,14 +90,23 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         }
     };
     println!();
-    println!("shardline is ready: {} shards behind 127.0.0.1:{}", opts.shards, proxy.addr.port());
-    println!("  connect:      psql \"postgres://app:app@127.0.0.1:{}/app\"", proxy.addr.port());
+    println!(
+        "shardline is ready: {} shards behind 127.0.0.1:{}",
+        opts.shards,
+        proxy.addr.port()
+    );
+    println!(
+        "  connect:      psql \"postgres://app:app@127.0.0.1:{}/app\"",
+        proxy.addr.port()
+    );
     for (i, p) in ports.iter().enumerate() {
         println!("  shard{i}:       psql \"postgres://app:app@127.0.0.1:{p}/app\"");
     }
     println!("  config:       {}", config_path.display());
     println!("press Ctrl-C to stop");
-    tokio::signal::ctrl_c().await.context("could not wait for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("could not wait for Ctrl-C")?;
     println!("stopping ...");
     proxy.stop().await;
     tokio::task::spawn_blocking(move || cluster.stop()).await??;
@@ -92,7 +114,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
-    Ok(if path.is_absolute() { path.to_owned() } else { std::env::current_dir()?.join(path) })
+    Ok(if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()?.join(path)
+    })
 }
 
 #[cfg(test)]
@@ -112,7 +138,8 @@ mod tests {
     #[test]
     fn repository_shards_yaml_is_the_demo_layout() {
         let repo = Config::from_yaml(include_str!("../../shards.yaml")).map(|c| c.to_string());
-        let demo = Config::from_yaml(&demo_config(6432, &[6433, 6434, 6435, 6436])).map(|c| c.to_string());
+        let demo =
+            Config::from_yaml(&demo_config(6432, &[6433, 6434, 6435, 6436])).map(|c| c.to_string());
         assert_eq!(repo, demo);
     }
 }

@@ -51,7 +51,9 @@ fn main() -> ExitCode {
         other => match tokio::runtime::Runtime::new() {
             Ok(runtime) => runtime.block_on(async move {
                 match other {
-                    Some(Command::Demo { shards, port, dir }) => demo::run(DemoOptions { shards, port, dir }).await,
+                    Some(Command::Demo { shards, port, dir }) => {
+                        demo::run(DemoOptions { shards, port, dir }).await
+                    }
                     _ => serve(&cli.config).await,
                 }
             }),
@@ -70,7 +72,9 @@ fn main() -> ExitCode {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -79,7 +83,8 @@ fn init_logging(json: bool) {
 }
 
 fn load(path: &PathBuf) -> anyhow::Result<Config> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("could not read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("could not read {}: {e}", path.display()))?;
     Config::from_yaml(&text).map_err(|e| anyhow::anyhow!("{} is invalid: {e}", path.display()))
 }
 

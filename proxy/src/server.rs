@@ -60,7 +60,12 @@ impl Proxy {
             }
         });
         tracing::info!(%addr, "shardline listening");
-        Ok(Proxy { addr, ctx, shutdown, accept_task })
+        Ok(Proxy {
+            addr,
+            ctx,
+            shutdown,
+            accept_task,
+        })
     }
 
     /// Stops accepting new clients; sessions already running finish on their own.

@@ -75,7 +75,9 @@ impl KeyType {
             reason,
         };
         match (self, bytes.len()) {
-            (KeyType::Int2, 2) => Ok(KeyValue::Int(i16::from_be_bytes([bytes[0], bytes[1]]).into())),
+            (KeyType::Int2, 2) => Ok(KeyValue::Int(
+                i16::from_be_bytes([bytes[0], bytes[1]]).into(),
+            )),
             (KeyType::Int4 | KeyType::Int2, 4) | (KeyType::Int8, 4) => {
                 let mut b = [0u8; 4];
                 b.copy_from_slice(bytes);
@@ -87,7 +89,9 @@ impl KeyType {
                 self.int_key(i64::from_be_bytes(b))
                     .ok_or_else(|| err("out of range for the column type"))
             }
-            (KeyType::Int2 | KeyType::Int4 | KeyType::Int8, _) => Err(err("wrong length for an integer")),
+            (KeyType::Int2 | KeyType::Int4 | KeyType::Int8, _) => {
+                Err(err("wrong length for an integer"))
+            }
             (KeyType::Text, _) => std::str::from_utf8(bytes)
                 .map(|s| KeyValue::Text(s.to_owned()))
                 .map_err(|_| err("not UTF-8")),
@@ -201,9 +205,18 @@ mod tests {
             let got = ty.parse_text(text).ok();
             assert_eq!(got, want.map(KeyValue::Int), "{ty} {text:?}");
         }
-        assert_eq!(KeyType::Int8.parse_binary(&(-5i64).to_be_bytes()), Ok(KeyValue::Int(-5)));
-        assert_eq!(KeyType::Int8.parse_binary(&7i32.to_be_bytes()), Ok(KeyValue::Int(7)));
-        assert_eq!(KeyType::Int4.parse_binary(&9i32.to_be_bytes()), Ok(KeyValue::Int(9)));
+        assert_eq!(
+            KeyType::Int8.parse_binary(&(-5i64).to_be_bytes()),
+            Ok(KeyValue::Int(-5))
+        );
+        assert_eq!(
+            KeyType::Int8.parse_binary(&7i32.to_be_bytes()),
+            Ok(KeyValue::Int(7))
+        );
+        assert_eq!(
+            KeyType::Int4.parse_binary(&9i32.to_be_bytes()),
+            Ok(KeyValue::Int(9))
+        );
         assert!(KeyType::Int4.parse_binary(&[1, 2, 3]).is_err());
         assert!(KeyType::Int4.parse_binary(&i64::MAX.to_be_bytes()).is_err());
     }
@@ -218,10 +231,17 @@ mod tests {
             "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}",
             "a0eebc999c0b4ef8bb6d6bb9bd380a11",
         ] {
-            assert_eq!(KeyType::Uuid.parse_text(spelling).ok(), canonical, "{spelling}");
+            assert_eq!(
+                KeyType::Uuid.parse_text(spelling).ok(),
+                canonical,
+                "{spelling}"
+            );
         }
         assert!(KeyType::Uuid.parse_text("not-a-uuid").is_err());
         let shown = canonical.map(|v| v.to_string());
-        assert_eq!(shown.as_deref(), Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
+        assert_eq!(
+            shown.as_deref(),
+            Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+        );
     }
 }

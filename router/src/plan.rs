@@ -67,12 +67,20 @@ pub enum StatementKind {
     TransactionControl,
     /// Session-level `SET name = value`; `name` is lower-cased, `value` is SQL text to replay as
     /// `SET name = <value>`.
-    Set { name: String, value: String },
+    Set {
+        /// The setting, lower-cased (`search_path`, `timezone`, `myapp.tenant`).
+        name: String,
+        /// The value as SQL text (`'UTC'`, `app, public`, `DEFAULT`).
+        value: String,
+    },
     /// `SET LOCAL`, `SET TRANSACTION`, `SET CONSTRAINTS`, `DISCARD PLANS/SEQUENCES/TEMP`:
     /// settings that end with the transaction or leave nothing to replay.
     SetLocal,
     /// `RESET name`.
-    Reset { name: String },
+    Reset {
+        /// The setting, lower-cased.
+        name: String,
+    },
     /// `RESET ALL`.
     ResetAll,
     /// `DISCARD ALL`, `DEALLOCATE ALL`: the proxy forgets the client's prepared statements.
@@ -104,6 +112,9 @@ pub enum StatementKind {
 impl Plan {
     /// Where this statement goes for the given Bind parameters (`&()` for none).
     pub fn route(&self, config: &Config, params: &dyn Params) -> Result<Route, RouteError> {
+        if let Some(route) = self.schema_script_route(config, params) {
+            return Ok(route);
+        }
         let mut eval = Eval::new(config, params, false);
         let placement = eval.target(&self.target)?;
         Ok(placement.into_route(config))
@@ -139,6 +150,24 @@ impl Plan {
         line
     }
 
+    /// A multi-statement string made only of DDL (a schema script) runs on every shard its
+    /// statements need, as long as they all need the same ones: each shard runs the whole
+    /// script, which is what running each statement separately would do.
+    fn schema_script_route(&self, config: &Config, params: &dyn Params) -> Option<Route> {
+        let Target::Compound(parts) = &self.target else {
+            return None;
+        };
+        if self.parts.is_empty() || !self.parts.iter().all(|k| *k == StatementKind::Ddl) {
+            return None;
+        }
+        let mut routes = parts.iter().map(|part| {
+            let mut eval = Eval::new(config, params, false);
+            eval.target(part).ok().map(|p| p.into_route(config))
+        });
+        let first = routes.next()??;
+        routes.all(|r| r.as_ref() == Some(&first)).then_some(first)
+    }
+
     /// The kinds of the statements inside a [`StatementKind::Compound`] query, in order, so the
     /// proxy can follow `BEGIN`/`SET`/`COMMIT` sent inside a multi-statement string. Empty for
     /// other kinds.
@@ -159,7 +188,12 @@ impl RouteError {
 
 /// Shard names for a route, for explanations.
 fn describe_route(config: &Config, route: &Route) -> String {
-    let name = |id: &ShardId| config.shards.get(*id).map_or_else(|| format!("shard {id}"), |s| s.name.clone());
+    let name = |id: &ShardId| {
+        config
+            .shards
+            .get(*id)
+            .map_or_else(|| format!("shard {id}"), |s| s.name.clone())
+    };
     match route {
         Route::Single(id) => name(id),
         Route::Multi(ids) => {
@@ -212,12 +246,19 @@ impl ShardSet {
         if id < 64 {
             self.low & (1 << id) != 0
         } else {
-            self.high.get(id / 64 - 1).is_some_and(|w| w & (1 << (id % 64)) != 0)
+            self.high
+                .get(id / 64 - 1)
+                .is_some_and(|w| w & (1 << (id % 64)) != 0)
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.low.count_ones() as usize + self.high.iter().map(|w| w.count_ones() as usize).sum::<usize>()
+        self.low.count_ones() as usize
+            + self
+                .high
+                .iter()
+                .map(|w| w.count_ones() as usize)
+                .sum::<usize>()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -245,7 +286,11 @@ impl ShardSet {
         std::iter::once(self.low)
             .chain(self.high.iter().copied())
             .enumerate()
-            .flat_map(|(word, bits)| (0..64).filter(move |b| bits & (1 << b) != 0).map(move |b| word * 64 + b))
+            .flat_map(|(word, bits)| {
+                (0..64)
+                    .filter(move |b| bits & (1 << b) != 0)
+                    .map(move |b| word * 64 + b)
+            })
     }
 
     pub(crate) fn first(&self) -> Option<ShardId> {
@@ -266,7 +311,9 @@ impl PartialEq for ShardSet {
     fn eq(&self, other: &ShardSet) -> bool {
         let words = self.high.len().max(other.high.len());
         self.low == other.low
-            && (0..words).all(|i| self.high.get(i).copied().unwrap_or(0) == other.high.get(i).copied().unwrap_or(0))
+            && (0..words).all(|i| {
+                self.high.get(i).copied().unwrap_or(0) == other.high.get(i).copied().unwrap_or(0)
+            })
     }
 }
 
@@ -352,6 +399,9 @@ pub(crate) struct Branch {
     pub floating: Vec<(usize, Restr)>,
     /// Name of a table that is not in shards.yaml (so lives on the default shard), if any.
     pub unlisted: Option<String>,
+    /// A subquery aggregates, de-duplicates or limits the anchored rows across shard keys, so
+    /// they must all come from one shard.
+    pub single: bool,
 }
 
 /// The shard-key restriction on a class, as a small formula.
@@ -415,7 +465,10 @@ impl Target {
     fn depends_on_params(&self) -> bool {
         match self {
             Target::Keyed(k) => {
-                let restr = k.branches.iter().flat_map(|b| b.anchored.iter().chain(&b.floating));
+                let restr = k
+                    .branches
+                    .iter()
+                    .flat_map(|b| b.anchored.iter().chain(&b.floating));
                 restr.map(|(_, r)| r).any(Restr::depends_on_params)
                     || k.key_update.as_ref().is_some_and(|u| u.value.is_param())
             }
@@ -426,7 +479,10 @@ impl Target {
 
     fn describe(&self) -> String {
         match self {
-            Target::Anywhere(why) | Target::Default(why) | Target::AllShards(why) | Target::Tables(_, why) => why.clone(),
+            Target::Anywhere(why)
+            | Target::Default(why)
+            | Target::AllShards(why)
+            | Target::Tables(_, why) => why.clone(),
             Target::Keyed(k) => k.describe.clone(),
             Target::Compound(parts) => {
                 let inner: Vec<String> = parts.iter().map(Target::describe).collect();
@@ -439,7 +495,9 @@ impl Target {
     /// "hash" or "range" when the decision rests on one sharded class.
     fn sharding_kind(&self, config: &Config) -> Option<&'static str> {
         let Target::Keyed(k) = self else { return None };
-        let [class] = k.classes.as_slice() else { return None };
+        let [class] = k.classes.as_slice() else {
+            return None;
+        };
         match config.tables.get(&class.rule).map(|r| &r.sharding) {
             Some(Sharding::Hash { .. }) => Some("hash"),
             Some(Sharding::Range { .. }) => Some("range"),
@@ -460,7 +518,10 @@ impl Restr {
 
 impl KeySrc {
     fn is_param(&self) -> bool {
-        matches!(self, KeySrc::Param(_) | KeySrc::ParamArray(_) | KeySrc::InsertParam(_))
+        matches!(
+            self,
+            KeySrc::Param(_) | KeySrc::ParamArray(_) | KeySrc::InsertParam(_)
+        )
     }
 }
 
@@ -477,7 +538,42 @@ struct Eval<'a> {
     notes: Vec<String>,
 }
 
-/// A lower bound of branch results: where the branch's rows come from.
+/// The rules of a target's classes, looked up once per evaluation; the first few are kept
+/// inline so routing does not allocate.
+#[derive(Default)]
+struct Rules<'c> {
+    inline: [Option<&'c TableRule>; 4],
+    len: usize,
+    more: Vec<&'c TableRule>,
+}
+
+impl<'c> Rules<'c> {
+    fn push(&mut self, rule: &'c TableRule) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = Some(rule),
+            None => self.more.push(rule),
+        }
+        self.len += 1;
+    }
+
+    fn get(&self, index: usize) -> Option<&'c TableRule> {
+        match self.inline.get(index) {
+            Some(slot) => *slot,
+            None => self.more.get(index - self.inline.len()).copied(),
+        }
+    }
+}
+
+/// What pins a branch to a single shard.
+#[derive(Debug, Clone, Copy)]
+enum Pin {
+    /// A table not in shards.yaml (default shard).
+    Unlisted,
+    /// A subquery on this class, not linked to the rows by the key.
+    Subquery(usize),
+}
+
+/// Where a branch's rows come from.
 enum BranchOut {
     /// No row can come out of this branch.
     Nothing,
@@ -501,7 +597,10 @@ impl<'a> Eval<'a> {
         let config = self.config;
         match target {
             Target::Anywhere(_) => Ok(Placement::Anywhere),
-            Target::Default(_) => Ok(Placement::Shards(ShardSet::single(config.default_shard), config.default_shard)),
+            Target::Default(_) => Ok(Placement::Shards(
+                ShardSet::single(config.default_shard),
+                config.default_shard,
+            )),
             Target::AllShards(_) => Ok(Placement::Shards(all_shards(config), config.default_shard)),
             Target::Tables(tables, _) => {
                 let mut set = ShardSet::new();
@@ -545,7 +644,7 @@ impl<'a> Eval<'a> {
 
     fn keyed(&mut self, k: &Keyed) -> Result<Placement, RouteError> {
         let config = self.config;
-        let mut rules: Vec<&TableRule> = Vec::with_capacity(k.classes.len());
+        let mut rules = Rules::default();
         for class in &k.classes {
             match config.tables.get(&class.rule) {
                 Some(rule) if rule.key_column().is_some() => rules.push(rule),
@@ -599,7 +698,15 @@ impl<'a> Eval<'a> {
         if let Some(update) = &k.key_update {
             self.check_key_update(k, &rules, update, &result)?;
         }
-        let fallback = rules.first().map_or(config.default_shard, |rule| {
+        if !result.is_empty() {
+            let first = result.first().unwrap_or(config.default_shard);
+            return Ok(Placement::Shards(result, first));
+        }
+        if k.branches.iter().all(|b| b.anchored.is_empty()) {
+            return Ok(Placement::Anywhere);
+        }
+        // No row can match: any shard of the table answers (the default shard if it has one).
+        let fallback = rules.get(0).map_or(config.default_shard, |rule| {
             let shards = table_shards(rule, config.shards.len());
             if shards.contains(config.default_shard) {
                 config.default_shard
@@ -607,13 +714,15 @@ impl<'a> Eval<'a> {
                 shards.first().unwrap_or(config.default_shard)
             }
         });
-        if result.is_empty() && k.branches.iter().all(|b| b.anchored.is_empty()) {
-            return Ok(Placement::Anywhere);
-        }
         Ok(Placement::Shards(result, fallback))
     }
 
-    fn branch(&mut self, k: &Keyed, rules: &[&TableRule], branch: &Branch) -> Result<BranchOut, RouteError> {
+    fn branch(
+        &mut self,
+        k: &Keyed,
+        rules: &Rules<'_>,
+        branch: &Branch,
+    ) -> Result<BranchOut, RouteError> {
         // Anchored classes: each yields the shards its rows can be on; unlinked classes must all
         // be on the same single shard, or the join would need rows from several shards at once.
         let mut anchored: Option<(usize, ShardSet)> = None;
@@ -634,45 +743,59 @@ impl<'a> Eval<'a> {
             }
         }
 
-        // Floating classes (read by subqueries not tied to the rows by the key) must each sit
-        // on one shard, the same one as everything else.
-        let mut pin: Option<(String, ShardId)> = None;
-        if let Some(table) = &branch.unlisted {
-            pin = Some((format!("table {table}, which is not in shards.yaml and so lives only on the default shard"), self.config.default_shard));
-        }
-        for (class, restr) in &branch.floating {
-            let set = self.restr(k, rules, *class, restr)?;
-            let what = format!("a subquery on sharded table {}", k.classes.get(*class).map_or("?", |c| c.tables.first().map_or("?", String::as_str)));
-            match set.len() {
-                0 => {}
-                1 => {
-                    let id = set.first().unwrap_or(0);
-                    match &pin {
-                        Some((_, existing)) if *existing != id => {
-                            return Err(RouteError::new(
-                                "0A000",
-                                format!(
-                                    "{what} needs shard {} but {} needs shard {}; shardline cannot combine rows from different shards in one statement",
-                                    self.name(id),
-                                    pin.as_ref().map_or("", |p| p.0.as_str()),
-                                    self.name(*existing)
-                                ),
-                            ))
-                        }
-                        Some(_) => {}
-                        None => pin = Some((what, id)),
-                    }
-                }
-                _ => {
+        if branch.single {
+            if let Some((class, set)) = &anchored {
+                if set.len() > 1 {
+                    let tables = k
+                        .classes
+                        .get(*class)
+                        .map_or_else(String::new, |c| join_names(&c.tables));
                     return Err(RouteError::new(
                         "0A000",
                         format!(
-                            "{what} would read {}; a subquery that is not joined to the outer rows on the shard key must stay on one shard: restrict it by {} or run it separately",
+                            "this query aggregates, de-duplicates or limits rows of {tables} (aggregates, GROUP BY, DISTINCT, LIMIT, window functions) across {}, which shardline cannot merge yet: restrict it to one shard key or group by the shard key",
+                            self.names(set)
+                        ),
+                    ));
+                }
+            }
+        }
+
+        // Floating classes (read by subqueries not tied to the rows by the key) must each sit
+        // on one shard, the same one as everything else.
+        let mut pin: Option<(Pin, ShardId)> = None;
+        if branch.unlisted.is_some() {
+            pin = Some((Pin::Unlisted, self.config.default_shard));
+        }
+        for (class, restr) in &branch.floating {
+            let set = self.restr(k, rules, *class, restr)?;
+            match (set.only(), &pin) {
+                (None, _) if set.is_empty() => {}
+                (None, _) => {
+                    return Err(RouteError::new(
+                        "0A000",
+                        format!(
+                            "{} would read {}; a subquery that is not joined to the outer rows on the shard key must stay on one shard: restrict it by {} or run it separately",
+                            self.pin_text(k, branch, Pin::Subquery(*class)),
                             self.names(&set),
                             k.classes.get(*class).map_or("its shard key", |c| c.column.as_str())
                         ),
                     ))
                 }
+                (Some(id), Some((other, existing))) if *existing != id => {
+                    return Err(RouteError::new(
+                        "0A000",
+                        format!(
+                            "{} needs shard {} but {} needs shard {}; shardline cannot combine rows from different shards in one statement",
+                            self.pin_text(k, branch, Pin::Subquery(*class)),
+                            self.name(id),
+                            self.pin_text(k, branch, *other),
+                            self.name(*existing)
+                        ),
+                    ))
+                }
+                (Some(_), Some(_)) => {}
+                (Some(id), None) => pin = Some((Pin::Subquery(*class), id)),
             }
         }
 
@@ -682,26 +805,60 @@ impl<'a> Eval<'a> {
         match (anchored, pin) {
             (None, pin) => Ok(BranchOut::Once(pin.map(|p| p.1))),
             (Some((_, set)), None) => Ok(BranchOut::Spread(set)),
+            (Some((_, set)), Some((_, id))) if set.only() == Some(id) => Ok(BranchOut::Spread(set)),
             (Some((class, set)), Some((what, id))) => {
-                if set.only() == Some(id) {
-                    Ok(BranchOut::Spread(set))
-                } else {
-                    let tables = k.classes.get(class).map_or_else(String::new, |c| join_names(&c.tables));
-                    Err(RouteError::new(
-                        "0A000",
-                        format!(
-                            "{what} ({}), but sharded table {tables} is read on {}; list the table in shards.yaml (for example as a reference table) or query it separately",
-                            self.name(id),
-                            self.names(&set)
-                        ),
-                    ))
-                }
+                let tables = k
+                    .classes
+                    .get(class)
+                    .map_or_else(String::new, |c| join_names(&c.tables));
+                let advice = match what {
+                    Pin::Unlisted => "list the table in shards.yaml (for example as a reference table) or query it separately",
+                    Pin::Subquery(_) => "restrict both to the same shard key or run the subquery separately",
+                };
+                Err(RouteError::new(
+                    "0A000",
+                    format!(
+                        "{} ({}), but sharded table {tables} is read on {}; {advice}",
+                        self.pin_text(k, branch, what),
+                        self.name(id),
+                        self.names(&set)
+                    ),
+                ))
             }
         }
     }
 
+    /// Describes what pins a branch to one shard, for messages.
+    fn pin_text(&self, k: &Keyed, branch: &Branch, pin: Pin) -> String {
+        match pin {
+            Pin::Unlisted => format!(
+                "table {}, which is not in shards.yaml, lives only on the default shard",
+                branch.unlisted.as_deref().unwrap_or("?")
+            ),
+            Pin::Subquery(class) => format!(
+                "a subquery on sharded table {}",
+                k.classes
+                    .get(class)
+                    .map_or("?", |c| c.tables.first().map_or("?", String::as_str))
+            ),
+        }
+    }
+
     fn cross_shard(&self, k: &Keyed, a: usize, b: usize) -> RouteError {
-        let name = |c: usize| k.classes.get(c).map_or_else(String::new, |c| join_names(&c.tables));
+        let name = |c: usize| {
+            k.classes
+                .get(c)
+                .map_or_else(String::new, |c| join_names(&c.tables))
+        };
+        if name(a) == name(b) {
+            return RouteError::new(
+                "0A000",
+                format!(
+                    "this statement combines rows of {} from different shards (a self-join, UNION, INTERSECT or EXCEPT not linked by the shard key), which is not supported; link them by the shard key, use UNION ALL, or split the statement",
+                    name(a)
+                ),
+            );
+        }
         RouteError::new(
             "0A000",
             format!(
@@ -712,8 +869,17 @@ impl<'a> Eval<'a> {
         )
     }
 
-    fn check_key_update(&mut self, k: &Keyed, rules: &[&TableRule], update: &KeyUpdate, result: &ShardSet) -> Result<(), RouteError> {
-        let column = k.classes.get(update.class).map_or("the shard key", |c| c.column.as_str());
+    fn check_key_update(
+        &mut self,
+        k: &Keyed,
+        rules: &Rules<'_>,
+        update: &KeyUpdate,
+        result: &ShardSet,
+    ) -> Result<(), RouteError> {
+        let column = k
+            .classes
+            .get(update.class)
+            .map_or("the shard key", |c| c.column.as_str());
         let err = || {
             RouteError::new(
                 "0A000",
@@ -726,7 +892,7 @@ impl<'a> Eval<'a> {
             return Err(err());
         };
         let mut target = ShardSet::new();
-        let rule = rules.get(update.class).copied().ok_or_else(err)?;
+        let rule = rules.get(update.class).ok_or_else(err)?;
         let class = k.classes.get(update.class).ok_or_else(err)?;
         self.key(class, rule, &update.value, &mut target)?;
         match target.only() {
@@ -735,7 +901,13 @@ impl<'a> Eval<'a> {
         }
     }
 
-    fn restr(&mut self, k: &Keyed, rules: &[&TableRule], class: usize, restr: &Restr) -> Result<ShardSet, RouteError> {
+    fn restr(
+        &mut self,
+        k: &Keyed,
+        rules: &Rules<'_>,
+        class: usize,
+        restr: &Restr,
+    ) -> Result<ShardSet, RouteError> {
         let (Some(info), Some(rule)) = (k.classes.get(class), rules.get(class)) else {
             return Ok(ShardSet::new());
         };
@@ -770,7 +942,13 @@ impl<'a> Eval<'a> {
     }
 
     /// Adds the shard of one key source to `out`.
-    fn key(&mut self, class: &ClassInfo, rule: &TableRule, src: &KeySrc, out: &mut ShardSet) -> Result<(), RouteError> {
+    fn key(
+        &mut self,
+        class: &ClassInfo,
+        rule: &TableRule,
+        src: &KeySrc,
+        out: &mut ShardSet,
+    ) -> Result<(), RouteError> {
         match src {
             KeySrc::Value(v) => out.insert(place(rule, v)?),
             KeySrc::Null => {}
@@ -786,14 +964,27 @@ impl<'a> Eval<'a> {
                 }
                 Param::Text(bytes) => {
                     let text = std::str::from_utf8(bytes).map_err(|_| {
-                        RouteError::new("22021", format!("parameter ${} for shard key {} is not valid UTF-8", i + 1, class.column))
+                        RouteError::new(
+                            "22021",
+                            format!(
+                                "parameter ${} for shard key {} is not valid UTF-8",
+                                i + 1,
+                                class.column
+                            ),
+                        )
                     })?;
-                    let value = class.key_type.parse_text(text).map_err(|e| RouteError::new("22P02", e.to_string()))?;
+                    let value = class
+                        .key_type
+                        .parse_text(text)
+                        .map_err(|e| RouteError::new("22P02", e.to_string()))?;
                     self.note(*i, &value);
                     out.insert(place(rule, &value)?);
                 }
                 Param::Binary(bytes) => {
-                    let value = class.key_type.parse_binary(bytes).map_err(|e| RouteError::new("22P02", e.to_string()))?;
+                    let value = class
+                        .key_type
+                        .parse_binary(bytes)
+                        .map_err(|e| RouteError::new("22P02", e.to_string()))?;
                     self.note(*i, &value);
                     out.insert(place(rule, &value)?);
                 }
@@ -803,29 +994,56 @@ impl<'a> Eval<'a> {
                     Param::Null => Vec::new(),
                     Param::Text(bytes) => {
                         let text = std::str::from_utf8(bytes).map_err(|_| {
-                            RouteError::new("22021", format!("array parameter ${} for shard key {} is not valid UTF-8", i + 1, class.column))
+                            RouteError::new(
+                                "22021",
+                                format!(
+                                    "array parameter ${} for shard key {} is not valid UTF-8",
+                                    i + 1,
+                                    class.column
+                                ),
+                            )
                         })?;
-                        let elements = crate::analyze::parse_text_array(text)
-                            .map_err(|why| RouteError::new("22P02", format!("malformed array parameter ${}: {why}", i + 1)))?;
+                        let elements = crate::analyze::parse_text_array(text).map_err(|why| {
+                            RouteError::new(
+                                "22P02",
+                                format!("malformed array parameter ${}: {why}", i + 1),
+                            )
+                        })?;
                         let mut values = Vec::with_capacity(elements.len());
                         for element in elements.into_iter().flatten() {
-                            values.push(class.key_type.parse_text(&element).map_err(|e| RouteError::new("22P02", e.to_string()))?);
+                            values.push(
+                                class
+                                    .key_type
+                                    .parse_text(&element)
+                                    .map_err(|e| RouteError::new("22P02", e.to_string()))?,
+                            );
                         }
                         values
                     }
                     Param::Binary(bytes) => {
-                        let elements = crate::analyze::parse_binary_array(bytes)
-                            .map_err(|why| RouteError::new("22P02", format!("malformed binary array parameter ${}: {why}", i + 1)))?;
+                        let elements =
+                            crate::analyze::parse_binary_array(bytes).map_err(|why| {
+                                RouteError::new(
+                                    "22P02",
+                                    format!("malformed binary array parameter ${}: {why}", i + 1),
+                                )
+                            })?;
                         let mut values = Vec::with_capacity(elements.len());
                         for element in elements.into_iter().flatten() {
-                            values.push(class.key_type.parse_binary(element).map_err(|e| RouteError::new("22P02", e.to_string()))?);
+                            values.push(
+                                class
+                                    .key_type
+                                    .parse_binary(element)
+                                    .map_err(|e| RouteError::new("22P02", e.to_string()))?,
+                            );
                         }
                         values
                     }
                 };
                 if self.explain {
                     let shown: Vec<String> = values.iter().map(ToString::to_string).collect();
-                    self.notes.push(format!("${} = {{{}}}", i + 1, shown.join(",")));
+                    self.notes
+                        .push(format!("${} = {{{}}}", i + 1, shown.join(",")));
                 }
                 for value in &values {
                     out.insert(place(rule, value)?);
@@ -839,7 +1057,10 @@ impl<'a> Eval<'a> {
         self.params.get(index).ok_or_else(|| {
             RouteError::new(
                 "08P01",
-                format!("the statement uses parameter ${} but the Bind message did not supply it", index + 1),
+                format!(
+                    "the statement uses parameter ${} but the Bind message did not supply it",
+                    index + 1
+                ),
             )
         })
     }
@@ -851,7 +1072,10 @@ impl<'a> Eval<'a> {
     }
 
     fn name(&self, id: ShardId) -> String {
-        self.config.shards.get(id).map_or_else(|| format!("shard {id}"), |s| s.name.clone())
+        self.config
+            .shards
+            .get(id)
+            .map_or_else(|| format!("shard {id}"), |s| s.name.clone())
     }
 
     fn names(&self, set: &ShardSet) -> String {
@@ -865,7 +1089,19 @@ impl<'a> Eval<'a> {
 
 /// The shard of one key, with placement failures turned into client errors.
 fn place(rule: &TableRule, key: &KeyValue) -> Result<ShardId, RouteError> {
-    rule.shard_for(key).map_err(|e| RouteError::new("22023", e.to_string()))
+    if let Sharding::Hash { shards, .. } = &rule.sharding {
+        if shards.is_empty() {
+            return Err(RouteError::new(
+                "55000",
+                format!(
+                    "hash table {} has an empty shard list in shards.yaml; list its shards",
+                    rule.name
+                ),
+            ));
+        }
+    }
+    rule.shard_for(key)
+        .map_err(|e| RouteError::new("22023", e.to_string()))
 }
 
 /// The error for an inserted row without a shard key.

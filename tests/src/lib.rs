@@ -33,8 +33,16 @@ pub fn tables_yaml(shards: usize) -> String {
          \x20 - name: events\n    sharding: range\n    column: id\n    type: int8\n    ranges:\n",
     );
     for i in 0..shards {
-        let from = if i == 0 { String::new() } else { format!("from: {}, ", i * 1000) };
-        let to = if i + 1 == shards { String::new() } else { format!("to: {}, ", (i + 1) * 1000) };
+        let from = if i == 0 {
+            String::new()
+        } else {
+            format!("from: {}, ", i * 1000)
+        };
+        let to = if i + 1 == shards {
+            String::new()
+        } else {
+            format!("to: {}, ", (i + 1) * 1000)
+        };
         yaml.push_str(&format!("      - {{{from}{to}shard: s{i}}}\n"));
     }
     yaml
@@ -54,7 +62,11 @@ impl TestCluster {
     }
 
     /// Like [`TestCluster::start`], with extra top-level YAML (e.g. a `pool:` section).
-    pub async fn start_with(label: &str, shards: usize, extra_yaml: &str) -> anyhow::Result<TestCluster> {
+    pub async fn start_with(
+        label: &str,
+        shards: usize,
+        extra_yaml: &str,
+    ) -> anyhow::Result<TestCluster> {
         let ports = free_ports(shards);
         let mut opts = ClusterOptions::new(scratch_dir(label), ports.clone());
         opts.keep_data = false;
@@ -64,18 +76,28 @@ impl TestCluster {
             "listen: 127.0.0.1:0\nusers:\n  - {name: app, password: app}\n  - {name: md5user, password: app, auth: md5, server_password: app}\nshards:\n",
         );
         for (i, p) in ports.iter().enumerate() {
-            yaml.push_str(&format!("  - {{name: s{i}, host: 127.0.0.1, port: {p}, database: app}}\n"));
+            yaml.push_str(&format!(
+                "  - {{name: s{i}, host: 127.0.0.1, port: {p}, database: app}}\n"
+            ));
         }
         yaml.push_str(extra_yaml);
         yaml.push_str(&tables_yaml(shards));
         let config = Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}\n{yaml}"))?;
         let proxy = Proxy::start(config.clone()).await?;
-        Ok(TestCluster { pg, proxy, config, yaml })
+        Ok(TestCluster {
+            pg,
+            proxy,
+            config,
+            yaml,
+        })
     }
 
     /// libpq/tokio-postgres connection string for the proxy.
     pub fn proxy_conninfo(&self) -> String {
-        format!("host=127.0.0.1 port={} user=app password=app dbname=app", self.proxy.addr.port())
+        format!(
+            "host=127.0.0.1 port={} user=app password=app dbname=app",
+            self.proxy.addr.port()
+        )
     }
 
     /// The proxy's port.
@@ -90,7 +112,11 @@ impl TestCluster {
 
     /// A tokio-postgres client straight to shard `i`, bypassing the proxy.
     pub async fn shard(&self, i: usize) -> anyhow::Result<Client> {
-        let server = self.pg.servers().get(i).ok_or_else(|| anyhow::anyhow!("no shard {i}"))?;
+        let server = self
+            .pg
+            .servers()
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("no shard {i}"))?;
         connect(&server.app_conninfo()).await
     }
 
@@ -117,4 +143,11 @@ pub fn run(cmd: &mut std::process::Command) -> anyhow::Result<(bool, String, Str
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     ))
+}
+
+/// The SQLSTATE of a failed connection or query, if the server (or proxy) sent one.
+pub fn sqlstate(error: &anyhow::Error) -> Option<tokio_postgres::error::SqlState> {
+    error
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.code().cloned())
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use shardline_tests::{connect, TestCluster};
+use shardline_tests::{connect, sqlstate, TestCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::error::SqlState;
@@ -54,32 +54,55 @@ async fn assert_still_serving(cluster: &TestCluster) -> anyhow::Result<()> {
 async fn bad_logins_are_refused_cleanly() -> anyhow::Result<()> {
     let cluster = TestCluster::start("badlogin", 2).await?;
     let port = cluster.port();
-    let wrong = connect(&format!("host=127.0.0.1 port={port} user=app password=nope dbname=app")).await;
-    let code = wrong.err().and_then(|e| e.as_db_error().map(|d| d.code().clone()));
+    let wrong = connect(&format!(
+        "host=127.0.0.1 port={port} user=app password=nope dbname=app"
+    ))
+    .await;
+    let code = wrong.err().and_then(|e| sqlstate(&e));
     assert_eq!(code, Some(SqlState::INVALID_PASSWORD));
 
-    let unknown_user = connect(&format!("host=127.0.0.1 port={port} user=mallory password=x dbname=app")).await;
-    let code = unknown_user.err().and_then(|e| e.as_db_error().map(|d| d.code().clone()));
+    let unknown_user = connect(&format!(
+        "host=127.0.0.1 port={port} user=mallory password=x dbname=app"
+    ))
+    .await;
+    let code = unknown_user.err().and_then(|e| sqlstate(&e));
     assert_eq!(code, Some(SqlState::INVALID_PASSWORD));
 
-    let md5 = connect(&format!("host=127.0.0.1 port={port} user=md5user password=app dbname=app")).await;
+    let md5 = connect(&format!(
+        "host=127.0.0.1 port={port} user=md5user password=app dbname=app"
+    ))
+    .await;
     // md5user authenticates to the proxy with md5, but has no role on the shards: the shard's
     // own refusal (28P01 or 28000) comes back, not a hang or a proxy crash.
-    let code = md5.err().and_then(|e| e.as_db_error().map(|d| d.code().clone()));
-    assert!(matches!(code, Some(SqlState::INVALID_PASSWORD) | Some(SqlState::INVALID_AUTHORIZATION_SPECIFICATION)), "{code:?}");
+    let code = md5.err().and_then(|e| sqlstate(&e));
+    assert!(
+        matches!(
+            code,
+            Some(SqlState::INVALID_PASSWORD) | Some(SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+        ),
+        "{code:?}"
+    );
 
-    let unknown_db = connect(&format!("host=127.0.0.1 port={port} user=app password=app dbname=nosuchdb")).await;
-    let code = unknown_db.err().and_then(|e| e.as_db_error().map(|d| d.code().clone()));
+    let unknown_db = connect(&format!(
+        "host=127.0.0.1 port={port} user=app password=app dbname=nosuchdb"
+    ))
+    .await;
+    let code = unknown_db.err().and_then(|e| sqlstate(&e));
     // Shards pin `database: app`, so the proxy maps every client database there… unless it is
     // unknown to shardline's shards: here it connects to `app` and succeeds.
-    assert!(code.is_none() || code == Some(SqlState::INVALID_CATALOG_NAME), "{code:?}");
+    assert!(
+        code.is_none() || code == Some(SqlState::INVALID_CATALOG_NAME),
+        "{code:?}"
+    );
 
     // Malformed startup packets.
     let mut stream = TcpStream::connect(cluster.proxy.addr).await?;
     stream.write_all(&[0, 0, 0, 3]).await?;
     assert_eq!(read_error_code(&mut stream).await?, "08P01");
     let mut stream = TcpStream::connect(cluster.proxy.addr).await?;
-    stream.write_all(&[0, 0, 0, 12, 0, 9, 0, 0, b'x', 0, 0, 0]).await?;
+    stream
+        .write_all(&[0, 0, 0, 12, 0, 9, 0, 0, b'x', 0, 0, 0])
+        .await?;
     assert_eq!(read_error_code(&mut stream).await?, "08P01");
     assert_still_serving(&cluster).await
 }
@@ -88,14 +111,20 @@ async fn bad_logins_are_refused_cleanly() -> anyhow::Result<()> {
 async fn unknown_database_gets_3d000() -> anyhow::Result<()> {
     // Shards without a pinned database use the client's.
     let cluster = TestCluster::start("baddb", 1).await?;
-    let yaml = cluster.yaml.replace(", database: app}", "}").replace("listen: 127.0.0.1:0", "listen: 127.0.0.1:0");
+    let yaml = cluster.yaml.replace(", database: app}", "}");
     let config = shardline_router::Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
     let proxy = shardline::Proxy::start(config).await?;
     let port = proxy.addr.port();
-    let unknown_db = connect(&format!("host=127.0.0.1 port={port} user=app password=app dbname=nosuchdb")).await;
-    let code = unknown_db.err().and_then(|e| e.as_db_error().map(|d| d.code().clone()));
+    let unknown_db = connect(&format!(
+        "host=127.0.0.1 port={port} user=app password=app dbname=nosuchdb"
+    ))
+    .await;
+    let code = unknown_db.err().and_then(|e| sqlstate(&e));
     assert_eq!(code, Some(SqlState::INVALID_CATALOG_NAME));
-    let ok = connect(&format!("host=127.0.0.1 port={port} user=app password=app dbname=app")).await?;
+    let ok = connect(&format!(
+        "host=127.0.0.1 port={port} user=app password=app dbname=app"
+    ))
+    .await?;
     assert_eq!(ok.query_one("SELECT 2", &[]).await?.get::<_, i32>(0), 2);
     proxy.stop().await;
     Ok(())
@@ -105,20 +134,34 @@ async fn unknown_database_gets_3d000() -> anyhow::Result<()> {
 async fn bad_messages_and_sql_get_errors_not_crashes() -> anyhow::Result<()> {
     let cluster = TestCluster::start_with("badmsg", 2, "max_message_bytes: 65536\n").await?;
     let client = cluster.client().await?;
-    client.batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text)").await?;
+    client
+        .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text)")
+        .await?;
 
     // SQL the router cannot parse that touches a sharded table: refused with 42601.
-    let err = client.batch_execute("SELECT * FROM users WHERE id = = 1").await.err();
-    assert_eq!(err.and_then(|e| e.code().cloned()), Some(SqlState::SYNTAX_ERROR));
+    let err = client
+        .batch_execute("SELECT * FROM users WHERE id = = 1")
+        .await
+        .err();
+    assert_eq!(
+        err.and_then(|e| e.code().cloned()),
+        Some(SqlState::SYNTAX_ERROR)
+    );
     // Unparseable SQL without sharded tables goes to the default shard; PostgreSQL answers.
     let err = client.batch_execute("SELEC 1").await.err();
-    assert_eq!(err.and_then(|e| e.code().cloned()), Some(SqlState::SYNTAX_ERROR));
+    assert_eq!(
+        err.and_then(|e| e.code().cloned()),
+        Some(SqlState::SYNTAX_ERROR)
+    );
     // The session is still fine.
     assert_eq!(client.query_one("SELECT 3", &[]).await?.get::<_, i32>(0), 3);
 
     // Oversized message: 54000, connection closed, proxy fine.
     let huge = "x".repeat(100_000);
-    let err = client.batch_execute(&format!("SELECT '{huge}'")).await.err();
+    let err = client
+        .batch_execute(&format!("SELECT '{huge}'"))
+        .await
+        .err();
     let code = err.as_ref().and_then(|e| e.code().cloned());
     assert_eq!(code, Some(SqlState::PROGRAM_LIMIT_EXCEEDED), "{err:?}");
 
@@ -129,7 +172,9 @@ async fn bad_messages_and_sql_get_errors_not_crashes() -> anyhow::Result<()> {
     let raw = connect(&cluster.proxy_conninfo()).await?;
     drop(raw);
     let mut stream = TcpStream::connect(cluster.proxy.addr).await?;
-    stream.write_all(b"\x01\x02\x03garbage that is not a startup packet at all").await?;
+    stream
+        .write_all(b"\x01\x02\x03garbage that is not a startup packet at all")
+        .await?;
     assert_eq!(read_error_code(&mut stream).await?, "08P01");
     assert_still_serving(&cluster).await
 }
@@ -138,22 +183,48 @@ async fn bad_messages_and_sql_get_errors_not_crashes() -> anyhow::Result<()> {
 async fn a_down_shard_fails_only_its_statements() -> anyhow::Result<()> {
     let mut cluster = TestCluster::start("down", 2).await?;
     let client = cluster.client().await?;
-    client.batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text)").await?;
-    let rule = cluster.config.table("users").ok_or_else(|| anyhow::anyhow!("no rule"))?.clone();
-    let on = |shard: usize| (1..1000i64).find(|k| rule.shard_for(&shardline_router::KeyValue::Int(*k)).ok() == Some(shard)).unwrap_or(0);
+    client
+        .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text)")
+        .await?;
+    let rule = cluster
+        .config
+        .table("users")
+        .ok_or_else(|| anyhow::anyhow!("no rule"))?
+        .clone();
+    let on = |shard: usize| {
+        (1..1000i64)
+            .find(|k| rule.shard_for(&shardline_router::KeyValue::Int(*k)).ok() == Some(shard))
+            .unwrap_or(0)
+    };
     let (k0, k1) = (on(0), on(1));
-    client.execute("INSERT INTO users VALUES ($1, 'zero')", &[&k0]).await?;
-    client.execute("INSERT INTO users VALUES ($1, 'one')", &[&k1]).await?;
+    client
+        .execute("INSERT INTO users (id, name) VALUES ($1, 'zero')", &[&k0])
+        .await?;
+    client
+        .execute("INSERT INTO users (id, name) VALUES ($1, 'one')", &[&k1])
+        .await?;
 
     // Stop shard 1 (not the default shard).
     tokio::task::block_in_place(|| cluster.pg.stop_one(1))?;
     let fresh = cluster.client().await?;
-    let err = fresh.query("SELECT name FROM users WHERE id = $1", &[&k1]).await.err();
-    assert_eq!(err.and_then(|e| e.code().cloned()), Some(SqlState::CONNECTION_FAILURE));
+    let err = fresh
+        .query("SELECT name FROM users WHERE id = $1", &[&k1])
+        .await
+        .err();
+    assert_eq!(
+        err.and_then(|e| e.code().cloned()),
+        Some(SqlState::CONNECTION_FAILURE)
+    );
     let err = fresh.query("SELECT name FROM users", &[]).await.err();
-    assert_eq!(err.and_then(|e| e.code().cloned()), Some(SqlState::CONNECTION_FAILURE));
+    assert_eq!(
+        err.and_then(|e| e.code().cloned()),
+        Some(SqlState::CONNECTION_FAILURE)
+    );
     // Shard 0 keeps serving, on this connection and on new ones.
-    let name: String = fresh.query_one("SELECT name FROM users WHERE id = $1", &[&k0]).await?.get(0);
+    let name: String = fresh
+        .query_one("SELECT name FROM users WHERE id = $1", &[&k0])
+        .await?
+        .get(0);
     assert_eq!(name, "zero");
     assert_still_serving(&cluster).await
 }

@@ -18,7 +18,13 @@ fn repository_configs_are_valid() {
     }
     let docker = load("docker/shards.yaml");
     assert_eq!(docker.shards.len(), 2);
-    let compose = std::fs::read_to_string(format!("{}/../docker/compose.yaml", env!("CARGO_MANIFEST_DIR")))
-        .unwrap_or_default();
-    assert!(compose.contains("./shards.yaml:/etc/shardline/shards.yaml"), "compose must mount docker/shards.yaml");
+    let compose = std::fs::read_to_string(format!(
+        "{}/../docker/compose.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap_or_default();
+    assert!(
+        compose.contains("./shards.yaml:/etc/shardline/shards.yaml"),
+        "compose must mount docker/shards.yaml"
+    );
 }

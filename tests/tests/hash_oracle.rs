@@ -22,7 +22,9 @@ fn config_for(modulus: usize) -> Config {
     }
     yaml.push_str("tables:\n");
     for (ty, _) in TYPES {
-        yaml.push_str(&format!("  - {{name: t_{ty}, sharding: hash, column: k, type: {ty}}}\n"));
+        yaml.push_str(&format!(
+            "  - {{name: t_{ty}, sharding: hash, column: k, type: {ty}}}\n"
+        ));
     }
     match Config::from_yaml(&yaml) {
         Ok(c) => c,
@@ -55,10 +57,18 @@ async fn router_agrees_with_postgres_hash_partitioning() -> anyhow::Result<()> {
             ));
             db.batch_execute(&ddl).await?;
             let rows = db
-                .query(&format!("SELECT k::text, tableoid::regclass::text FROM {table}"), &[])
+                .query(
+                    &format!("SELECT k::text, tableoid::regclass::text FROM {table}"),
+                    &[],
+                )
                 .await?;
-            assert!(rows.len() > keys_per_type / 2, "{ty}: too few distinct keys");
-            let rule = config.table(&table).ok_or_else(|| anyhow::anyhow!("no rule for {table}"))?;
+            assert!(
+                rows.len() > keys_per_type / 2,
+                "{ty}: too few distinct keys"
+            );
+            let rule = config
+                .table(&table)
+                .ok_or_else(|| anyhow::anyhow!("no rule for {table}"))?;
             let key_type = KeyType::from_name(ty).ok_or_else(|| anyhow::anyhow!("type {ty}"))?;
             for row in rows {
                 let key: String = row.get(0);

@@ -49,7 +49,10 @@ pub enum BackendError {
     #[error("the shard refused the connection")]
     Refused(Frame),
     #[error("could not connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("timed out connecting to {0}")]
     Timeout(String),
     #[error("shard asked for an unsupported authentication method ({0})")]
@@ -85,11 +88,19 @@ pub struct Backend {
 
 impl Backend {
     /// Connects and logs in.
-    pub async fn connect(target: &BackendTarget, timeout: Duration) -> Result<Backend, BackendError> {
+    pub async fn connect(
+        target: &BackendTarget,
+        timeout: Duration,
+    ) -> Result<Backend, BackendError> {
         let addr_text = format!("{}:{}", target.host, target.port);
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(&addr_text)).await {
             Err(_) => return Err(BackendError::Timeout(addr_text)),
-            Ok(Err(source)) => return Err(BackendError::Connect { addr: addr_text, source }),
+            Ok(Err(source)) => {
+                return Err(BackendError::Connect {
+                    addr: addr_text,
+                    source,
+                })
+            }
             Ok(Ok(s)) => s,
         };
         stream.set_nodelay(true)?;
@@ -98,7 +109,11 @@ impl Backend {
         let mut backend = Backend {
             reader: FrameReader::new(read, MAX_BACKEND_MESSAGE),
             writer,
-            cancel_key: CancelKey { addr, pid: 0, secret: 0 },
+            cancel_key: CancelKey {
+                addr,
+                pid: 0,
+                secret: 0,
+            },
             server_params: Vec::new(),
             settings: Some(BTreeMap::new()),
             prepared: HashSet::new(),
@@ -113,7 +128,10 @@ impl Backend {
 
     async fn startup(&mut self, target: &BackendTarget) -> Result<(), BackendError> {
         let mut buf = BytesMut::new();
-        let params = [("user", target.user.as_str()), ("database", target.database.as_str())];
+        let params = [
+            ("user", target.user.as_str()),
+            ("database", target.database.as_str()),
+        ];
         frontend::startup_message(params.iter().copied(), &mut buf)?;
         self.send(&buf).await?;
         let mut scram: Option<ScramSha256> = None;
@@ -129,8 +147,10 @@ impl Backend {
                 tag::BACKEND_KEY_DATA => {
                     let body = frame.body();
                     if body.len() >= 8 {
-                        self.cancel_key.pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-                        self.cancel_key.secret = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                        self.cancel_key.pid =
+                            i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                        self.cancel_key.secret =
+                            i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
                     }
                 }
                 tag::NOTICE_RESPONSE => {}
@@ -169,7 +189,8 @@ impl Backend {
                 if !offered {
                     return Err(BackendError::UnsupportedAuth("SASL without SCRAM-SHA-256"));
                 }
-                let client = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                let client =
+                    ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
                 frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), &mut out)?;
                 *scram = Some(client);
             }
@@ -186,6 +207,12 @@ impl Backend {
             _ => return Err(BackendError::UnsupportedAuth("GSS, SSPI or Kerberos")),
         }
         self.send(&out).await
+    }
+
+    /// True when an idle connection has been closed or sent something unprompted (a shard
+    /// shutting down sends a FATAL error and closes): such a connection must not be reused.
+    pub fn closed_while_idle(&mut self) -> bool {
+        self.reader.idle_input(|half, buf| half.try_read(buf))
     }
 
     /// Reads the next message from the shard.

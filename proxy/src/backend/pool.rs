@@ -31,7 +31,7 @@ impl managed::Manager for Manager {
     }
 
     async fn recycle(&self, conn: &mut Backend, metrics: &Metrics) -> RecycleResult<BackendError> {
-        if conn.broken {
+        if conn.broken || conn.closed_while_idle() {
             return Err(RecycleError::message("connection is broken"));
         }
         if conn.created.elapsed() > self.settings.max_lifetime {
@@ -69,12 +69,19 @@ pub struct Pools {
 
 impl Pools {
     /// The pool for `target`, created on first use.
-    pub fn pool(&self, target: &BackendTarget, settings: &PoolSettings) -> Result<Pool, CheckoutError> {
+    pub fn pool(
+        &self,
+        target: &BackendTarget,
+        settings: &PoolSettings,
+    ) -> Result<Pool, CheckoutError> {
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(pool) = pools.get(target) {
             return Ok(pool.clone());
         }
-        let manager = Manager { target: target.clone(), settings: settings.clone() };
+        let manager = Manager {
+            target: target.clone(),
+            settings: settings.clone(),
+        };
         let pool = Pool::builder(manager)
             .max_size(settings.size)
             .runtime(Runtime::Tokio1)
@@ -85,7 +92,11 @@ impl Pools {
     }
 
     /// Checks out a connection, waiting at most `settings.checkout_timeout`.
-    pub async fn checkout(&self, target: &BackendTarget, settings: &PoolSettings) -> Result<Pooled, CheckoutError> {
+    pub async fn checkout(
+        &self,
+        target: &BackendTarget,
+        settings: &PoolSettings,
+    ) -> Result<Pooled, CheckoutError> {
         let pool = self.pool(target, settings)?;
         let timeouts = Timeouts {
             wait: Some(settings.checkout_timeout),
@@ -98,7 +109,9 @@ impl Pools {
                 waited: settings.checkout_timeout,
             },
             PoolError::Backend(b) => CheckoutError::Backend(b),
-            PoolError::PostCreateHook(_) | PoolError::Closed | PoolError::NoRuntimeSpecified => CheckoutError::Closed,
+            PoolError::PostCreateHook(_) | PoolError::Closed | PoolError::NoRuntimeSpecified => {
+                CheckoutError::Closed
+            }
         })
     }
 

@@ -7,7 +7,9 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use md5::{Digest, Md5};
-use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramSecret, ScramServerAuth, SCRAM_ITERATIONS};
+use pgwire::api::auth::sasl::scram::{
+    gen_salted_password, ScramSecret, ScramServerAuth, SCRAM_ITERATIONS,
+};
 use shardline_router::config::{AuthMethod, Config, User};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -17,17 +19,39 @@ use crate::protocol::{Frame, FrameReader};
 /// SCRAM material for one user, derived once per config load (PBKDF2 is deliberately slow).
 #[derive(Clone)]
 enum ScramMaterial {
-    Salted { salt: Vec<u8>, salted_password: Vec<u8> },
-    Verifier { salt: Vec<u8>, iterations: usize, stored_key: Vec<u8>, server_key: Vec<u8> },
+    Salted {
+        salt: Vec<u8>,
+        salted_password: Vec<u8>,
+    },
+    Verifier {
+        salt: Vec<u8>,
+        iterations: usize,
+        stored_key: Vec<u8>,
+        server_key: Vec<u8>,
+    },
 }
 
 impl ScramMaterial {
     fn secret(&self) -> ScramSecret {
         match self.clone() {
-            ScramMaterial::Salted { salt, salted_password } => ScramSecret::SaltedPassword { salt, salted_password },
-            ScramMaterial::Verifier { salt, iterations, stored_key, server_key } => {
-                ScramSecret::Verifier { salt, iterations, stored_key, server_key }
-            }
+            ScramMaterial::Salted {
+                salt,
+                salted_password,
+            } => ScramSecret::SaltedPassword {
+                salt,
+                salted_password,
+            },
+            ScramMaterial::Verifier {
+                salt,
+                iterations,
+                stored_key,
+                server_key,
+            } => ScramSecret::Verifier {
+                salt,
+                iterations,
+                stored_key,
+                server_key,
+            },
         }
     }
 
@@ -92,7 +116,10 @@ fn failed(user: &str) -> AuthFailed {
 }
 
 fn protocol(message: &str) -> AuthFailed {
-    AuthFailed { sqlstate: sqlstate::PROTOCOL_VIOLATION, message: message.to_owned() }
+    AuthFailed {
+        sqlstate: sqlstate::PROTOCOL_VIOLATION,
+        message: message.to_owned(),
+    }
 }
 
 /// Runs the authentication exchange for `user`; on success `AuthenticationOk` has been sent.
@@ -110,14 +137,21 @@ where
         AuthMethod::Trust => {}
         AuthMethod::Md5 => md5(reader, writer, user).await?,
         AuthMethod::ScramSha256 => {
-            let material = credentials.scram.get(&user.name).ok_or_else(|| failed(&user.name))?;
+            let material = credentials
+                .scram
+                .get(&user.name)
+                .ok_or_else(|| failed(&user.name))?;
             scram(reader, writer, &user.name, material).await?;
         }
     }
     send(writer, &auth_message(0, &[])).await
 }
 
-async fn md5<R, W>(reader: &mut FrameReader<R>, writer: &mut W, user: &User) -> Result<(), AuthFailed>
+async fn md5<R, W>(
+    reader: &mut FrameReader<R>,
+    writer: &mut W,
+    user: &User,
+) -> Result<(), AuthFailed>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -156,11 +190,16 @@ where
     // SASLInitialResponse: mechanism name, then length-prefixed client-first message.
     let initial = password_message(reader).await?;
     let body = initial.body();
-    let name_end = body.iter().position(|b| *b == 0).ok_or_else(|| protocol("malformed SASLInitialResponse"))?;
+    let name_end = body
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or_else(|| protocol("malformed SASLInitialResponse"))?;
     if &body[..name_end] != b"SCRAM-SHA-256" {
         return Err(protocol("only SCRAM-SHA-256 is supported"));
     }
-    let data = body.get(name_end + 5..).ok_or_else(|| protocol("malformed SASLInitialResponse"))?;
+    let data = body
+        .get(name_end + 5..)
+        .ok_or_else(|| protocol("malformed SASLInitialResponse"))?;
     let server = ScramServerAuth::new();
     let (server_first, waiting) = server
         .on_client_first_message_with_secret(data, material.secret())
@@ -168,15 +207,24 @@ where
     send(writer, &auth_message(11, server_first.as_bytes())).await?;
 
     let response = password_message(reader).await?;
-    let server_final = waiting.on_client_final_message(response.body()).map_err(|_| failed(user))?;
+    let server_final = waiting
+        .on_client_final_message(response.body())
+        .map_err(|_| failed(user))?;
     send(writer, &auth_message(12, server_final.as_bytes())).await
 }
 
 /// Reads the client's next `p` message (PasswordMessage / SASL responses).
-async fn password_message<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> Result<Frame, AuthFailed> {
-    let frame = reader.read().await.map_err(|e| protocol(&format!("during authentication: {e}")))?;
+async fn password_message<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+) -> Result<Frame, AuthFailed> {
+    let frame = reader
+        .read()
+        .await
+        .map_err(|e| protocol(&format!("during authentication: {e}")))?;
     if frame.tag() != b'p' {
-        return Err(protocol("expected a password message during authentication"));
+        return Err(protocol(
+            "expected a password message during authentication",
+        ));
     }
     Ok(frame)
 }
@@ -192,7 +240,10 @@ fn auth_message(code: i32, payload: &[u8]) -> Bytes {
 }
 
 async fn send<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Result<(), AuthFailed> {
-    writer.write_all(bytes).await.map_err(|e| protocol(&e.to_string()))?;
+    writer
+        .write_all(bytes)
+        .await
+        .map_err(|e| protocol(&e.to_string()))?;
     writer.flush().await.map_err(|e| protocol(&e.to_string()))
 }
 

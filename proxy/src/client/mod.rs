@@ -42,7 +42,10 @@ const REPORTED: &[&str] = &[
 
 /// Serves one accepted connection to the end.
 pub async fn serve(ctx: Arc<ProxyContext>, stream: TcpStream) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
@@ -55,7 +58,9 @@ pub async fn serve(ctx: Arc<ProxyContext>, stream: TcpStream) {
             tracing::info!(%peer, user = %identity.user, database = %identity.database, "client logged in");
             let session = Session::new(ctx.clone(), input, out, identity, targets);
             match session.run().await {
-                Ok(()) | Err(SessionEnd::Disconnected) => tracing::info!(%peer, "client disconnected"),
+                Ok(()) | Err(SessionEnd::Disconnected) => {
+                    tracing::info!(%peer, "client disconnected")
+                }
                 Err(e) => tracing::warn!(%peer, error = %e, "client session ended"),
             }
             ctx.cancels.unregister(pid);
@@ -113,20 +118,37 @@ async fn login(
     };
     let code = i32::from_be_bytes([packet[0], packet[1], packet[2], packet[3]]);
     if code >> 16 != 3 {
-        let text = format!("unsupported frontend protocol {}.{}: shardline speaks 3.0", code >> 16, code & 0xffff);
+        let text = format!(
+            "unsupported frontend protocol {}.{}: shardline speaks 3.0",
+            code >> 16,
+            code & 0xffff
+        );
         return Err(refuse(out, sqlstate::PROTOCOL_VIOLATION, &text).await);
     }
     let Some(params) = parse_startup(&packet[4..]) else {
-        return Err(refuse(out, sqlstate::PROTOCOL_VIOLATION, "invalid startup packet layout").await);
+        return Err(refuse(
+            out,
+            sqlstate::PROTOCOL_VIOLATION,
+            "invalid startup packet layout",
+        )
+        .await);
     };
     if code != PROTOCOL_3 {
         // Newer minor versions (3.2): answer with the version we speak, as PostgreSQL does.
         out.push(&negotiate_protocol(&params)).await?;
     }
     let Some(user_name) = params.get("user").cloned() else {
-        return Err(refuse(out, sqlstate::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet").await);
+        return Err(refuse(
+            out,
+            sqlstate::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        )
+        .await);
     };
-    let database = params.get("database").cloned().unwrap_or_else(|| user_name.clone());
+    let database = params
+        .get("database")
+        .cloned()
+        .unwrap_or_else(|| user_name.clone());
     if params.contains_key("replication") {
         return Err(refuse(out, sqlstate::FEATURE_NOT_SUPPORTED, "replication connections are not supported through shardline; connect to a shard directly").await);
     }
@@ -147,7 +169,9 @@ async fn login(
         Err(Probe::Refused(frame)) => {
             out.push(&frame).await?;
             out.flush().await?;
-            return Err(LoginError::Refused("the default shard refused the login".to_owned()));
+            return Err(LoginError::Refused(
+                "the default shard refused the login".to_owned(),
+            ));
         }
         Err(Probe::Failed(text)) => return Err(refuse(out, sqlstate::CANNOT_CONNECT, &text).await),
     };
@@ -170,7 +194,12 @@ async fn login(
     out.push(&msg::ready_for_query(b'I')).await?;
     out.flush().await?;
     let pool_mode = user.pool_mode.unwrap_or(loaded.config.pool.mode);
-    let identity = Identity { user: user_name, database, pool_mode, startup_settings };
+    let identity = Identity {
+        user: user_name,
+        database,
+        pool_mode,
+        startup_settings,
+    };
     Ok(Some((identity, pid, targets)))
 }
 
@@ -180,17 +209,30 @@ enum Probe {
 }
 
 /// Checks out a connection to the default shard to validate user and database.
-async fn probe_default_shard(ctx: &ProxyContext, user: &str, database: &str) -> Result<Vec<(String, String)>, Probe> {
+async fn probe_default_shard(
+    ctx: &ProxyContext,
+    user: &str,
+    database: &str,
+) -> Result<Vec<(String, String)>, Probe> {
     let loaded = ctx.snapshot();
     let config = &loaded.config;
-    let shard = config.shards.get(config.default_shard).ok_or_else(|| Probe::Failed("no shards configured".into()))?;
-    let password = config.user(user).and_then(|u| u.backend_password()).map(str::to_owned);
+    let shard = config
+        .shards
+        .get(config.default_shard)
+        .ok_or_else(|| Probe::Failed("no shards configured".into()))?;
+    let password = config
+        .user(user)
+        .and_then(|u| u.backend_password())
+        .map(str::to_owned);
     let target = crate::backend::conn::BackendTarget {
         host: shard.host.clone(),
         port: shard.port,
         user: user.to_owned(),
         password,
-        database: shard.database.clone().unwrap_or_else(|| database.to_owned()),
+        database: shard
+            .database
+            .clone()
+            .unwrap_or_else(|| database.to_owned()),
     };
     match ctx.pools.checkout(&target, &config.pool).await {
         Ok(conn) => Ok(conn.server_params.clone()),
@@ -214,7 +256,10 @@ fn parse_startup(body: &[u8]) -> Option<BTreeMap<String, String>> {
             return Some(params);
         }
         let value = fields.next()?;
-        params.insert(String::from_utf8(name.to_vec()).ok()?, String::from_utf8(value.to_vec()).ok()?);
+        params.insert(
+            String::from_utf8(name.to_vec()).ok()?,
+            String::from_utf8(value.to_vec()).ok()?,
+        );
     }
 }
 

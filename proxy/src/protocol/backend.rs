@@ -2,7 +2,9 @@
 //! replies), encoded with pgwire's message types, and cheap inspection of the ones shards send.
 
 use bytes::{Bytes, BytesMut};
-use pgwire::messages::response::{CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::response::{
+    CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
+};
 use pgwire::messages::startup::{BackendKeyData, ParameterStatus, SecretKey};
 use pgwire::messages::Message;
 
@@ -170,12 +172,18 @@ pub fn error_naming_shard(frame: &Frame, shard: &str) -> Bytes {
     let mut fields = Vec::new();
     let mut rest = frame.body();
     while let Some((&field, tail)) = rest.split_first() {
-        let Some(end) = tail.iter().position(|b| *b == 0) else { break };
+        let Some(end) = tail.iter().position(|b| *b == 0) else {
+            break;
+        };
         if field == 0 {
             break;
         }
         let value = String::from_utf8_lossy(&tail[..end]).into_owned();
-        let value = if field == b'M' { format!("shard {shard}: {value}") } else { value };
+        let value = if field == b'M' {
+            format!("shard {shard}: {value}")
+        } else {
+            value
+        };
         fields.push((field, value));
         rest = &tail[end + 1..];
     }
@@ -190,8 +198,12 @@ pub fn tag_row_count(tag: &str) -> Option<u64> {
 /// Sums the `CommandComplete` tags of one statement run on several shards
 /// (`UPDATE 2` + `UPDATE 3` = `UPDATE 5`; `INSERT 0 1` + `INSERT 0 1` = `INSERT 0 2`).
 pub fn sum_tags(tags: &[String]) -> String {
-    let Some(first) = tags.first() else { return String::new() };
-    let Some(prefix_end) = first.rfind(' ') else { return first.clone() };
+    let Some(first) = tags.first() else {
+        return String::new();
+    };
+    let Some(prefix_end) = first.rfind(' ') else {
+        return first.clone();
+    };
     if tag_row_count(first).is_none() {
         return first.clone();
     }

@@ -80,10 +80,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         let total = len as usize + 1;
         if total > self.limit {
-            return Err(FrameError::TooLarge { len: total, limit: self.limit });
+            return Err(FrameError::TooLarge {
+                len: total,
+                limit: self.limit,
+            });
         }
         self.fill(total).await?;
-        Ok(Frame { bytes: self.buf.split_to(total).freeze() })
+        Ok(Frame {
+            bytes: self.buf.split_to(total).freeze(),
+        })
     }
 
     /// Reads an untagged startup-phase packet (length-prefixed, no tag) and returns its body.
@@ -109,9 +114,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         len >= 4 && self.buf.len() > len as usize
     }
 
-    /// The underlying reader, for callers that need the raw stream.
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
+    /// Whether anything (bytes or end of stream) is buffered on an idle connection, where
+    /// nothing should be. The caller provides a non-blocking read of the underlying stream.
+    pub fn idle_input(
+        &mut self,
+        try_read: impl FnOnce(&mut R, &mut [u8]) -> std::io::Result<usize>,
+    ) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        !matches!(try_read(&mut self.inner, &mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     async fn fill(&mut self, wanted: usize) -> Result<(), FrameError> {
@@ -137,7 +150,10 @@ mod tests {
         let mut reader = FrameReader::new(&wire[..], 1024);
         let q = reader.read().await.ok();
         assert_eq!(q.as_ref().map(Frame::tag), Some(b'Q'));
-        assert_eq!(q.as_ref().map(|f| f.body().to_vec()), Some(b"SELECT 1\0".to_vec()));
+        assert_eq!(
+            q.as_ref().map(|f| f.body().to_vec()),
+            Some(b"SELECT 1\0".to_vec())
+        );
         let s = reader.read().await.ok();
         assert_eq!(s.map(|f| f.bytes().to_vec()), Some(b"S\0\0\0\x04".to_vec()));
         assert!(matches!(reader.read().await, Err(FrameError::Closed)));
@@ -150,6 +166,9 @@ mod tests {
         assert!(matches!(reader.read().await, Err(FrameError::BadLength(2))));
         let huge = b"Q\x7f\0\0\0".to_vec();
         let mut reader = FrameReader::new(&huge[..], 1024);
-        assert!(matches!(reader.read().await, Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            reader.read().await,
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 }

@@ -23,11 +23,17 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn new(body: &'a [u8], message: &'static str) -> Self {
-        Cursor { rest: body, message }
+        Cursor {
+            rest: body,
+            message,
+        }
     }
 
     fn fail<T>(&self, problem: &'static str) -> Result<T, Malformed> {
-        Err(Malformed { message: self.message, problem })
+        Err(Malformed {
+            message: self.message,
+            problem,
+        })
     }
 
     fn cstr(&mut self) -> Result<&'a [u8], Malformed> {
@@ -90,7 +96,11 @@ impl<'a> ParseView<'a> {
         let param_types = c.rest;
         let n = c.count()?;
         c.take(n * 4)?;
-        Ok(ParseView { name, query, param_types })
+        Ok(ParseView {
+            name,
+            query,
+            param_types,
+        })
     }
 }
 
@@ -128,7 +138,9 @@ impl<'a> BindView<'a> {
         let statement = c.cstr()?;
         let tail_offset = body.len() - c.rest.len();
         let nformats = c.count()?;
-        let formats = (0..nformats).map(|_| c.i16()).collect::<Result<Vec<_>, _>>()?;
+        let formats = (0..nformats)
+            .map(|_| c.i16())
+            .collect::<Result<Vec<_>, _>>()?;
         let nvalues = c.count()?;
         if nformats > 1 && nformats != nvalues {
             return c.fail("format count does not match parameter count");
@@ -142,7 +154,13 @@ impl<'a> BindView<'a> {
                 _ => return c.fail("negative parameter length"),
             });
         }
-        Ok(BindView { portal, statement, formats, values, tail_offset })
+        Ok(BindView {
+            portal,
+            statement,
+            formats,
+            values,
+            tail_offset,
+        })
     }
 
     /// Parameters in the router's terms, format applied.
@@ -191,7 +209,11 @@ pub struct TargetView<'a> {
 impl<'a> TargetView<'a> {
     /// Reads a `Describe` (`D`) or `Close` (`C`) frame.
     pub fn new(frame: &'a Frame) -> Result<Self, Malformed> {
-        let what = if frame.tag() == b'D' { "Describe" } else { "Close" };
+        let what = if frame.tag() == b'D' {
+            "Describe"
+        } else {
+            "Close"
+        };
         let mut c = Cursor::new(frame.body(), what);
         let kind = c.take(1)?[0];
         if kind != b'S' && kind != b'P' {
@@ -233,7 +255,11 @@ mod tests {
         let view = ParseView::new(&built);
         assert_eq!(
             view,
-            Ok(ParseView { name: b"s1", query: "SELECT $1", param_types: &[0, 1, 0, 0, 0, 20] })
+            Ok(ParseView {
+                name: b"s1",
+                query: "SELECT $1",
+                param_types: &[0, 1, 0, 0, 0, 20]
+            })
         );
     }
 
@@ -257,7 +283,10 @@ mod tests {
             Ok(v) => v,
             Err(e) => panic!("{e}"),
         };
-        assert_eq!(view.params(), vec![Param::Binary(&42i64.to_be_bytes()), Param::Null]);
+        assert_eq!(
+            view.params(),
+            vec![Param::Binary(&42i64.to_be_bytes()), Param::Null]
+        );
         let renamed = frame(view.retarget(&f, b"other"));
         let again = BindView::new(&renamed).map(|v| (v.statement.to_vec(), v.params().len()));
         assert_eq!(again, Ok((b"other".to_vec(), 2)));
@@ -265,7 +294,13 @@ mod tests {
 
     #[test]
     fn truncated_messages_are_malformed_not_panics() {
-        for body in [&b""[..], b"p", b"p\0s\0\x00", b"p\0s\0\x00\x01\x00", b"p\0s\0\x00\x00\x00\x01\x00\x00\x00\x09ab"] {
+        for body in [
+            &b""[..],
+            b"p",
+            b"p\0s\0\x00",
+            b"p\0s\0\x00\x01\x00",
+            b"p\0s\0\x00\x00\x00\x01\x00\x00\x00\x09ab",
+        ] {
             let mut msg = BytesMut::new();
             msg.put_u8(b'B');
             msg.put_i32(body.len() as i32 + 4);

@@ -11,21 +11,40 @@ use shardline_router::{Route, ShardId, StatementKind};
 
 use super::exchange::{Expect, Mode, Reply};
 use super::statements::Statement;
-use super::{effect_of, local, ClientError, Session, SessionEnd};
+use super::{effect_of, follows_session, local, ClientError, Session, SessionEnd};
 use crate::backend::conn::Backend;
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
-use crate::protocol::frontend::{build_parse, execute_portal, BindView, Malformed, ParseView, TargetView};
+use crate::protocol::frontend::{
+    build_parse, execute_portal, BindView, Malformed, ParseView, TargetView,
+};
 use crate::protocol::Frame;
 
 /// One client message of a segment, with what the proxy learned from it.
 enum Item {
-    Parse { statement: Arc<Statement>, unnamed: bool },
-    Bind { frame: Frame, statement: Arc<Statement>, unnamed: bool },
-    DescribeStatement { frame: Frame, statement: Arc<Statement>, unnamed: bool },
-    Execute { frame: Frame, statement: Option<Arc<Statement>> },
+    Parse {
+        statement: Arc<Statement>,
+        unnamed: bool,
+    },
+    Bind {
+        frame: Frame,
+        statement: Arc<Statement>,
+        unnamed: bool,
+    },
+    DescribeStatement {
+        frame: Frame,
+        statement: Arc<Statement>,
+        unnamed: bool,
+    },
+    Execute {
+        frame: Frame,
+        statement: Option<Arc<Statement>>,
+    },
     CloseStatement,
-    Forward { frame: Frame, reply: Option<Reply> },
+    Forward {
+        frame: Frame,
+        reply: Option<Reply>,
+    },
 }
 
 /// A segment after routing.
@@ -46,7 +65,9 @@ impl Session {
             Ok(Err(error)) => return self.fail_segment(error).await,
             Err(malformed) => {
                 let text = malformed.to_string();
-                self.out.push(&msg::fatal(sqlstate::PROTOCOL_VIOLATION, &text)).await?;
+                self.out
+                    .push(&msg::fatal(sqlstate::PROTOCOL_VIOLATION, &text))
+                    .await?;
                 self.out.flush().await?;
                 return Err(SessionEnd::Protocol(text));
             }
@@ -56,7 +77,10 @@ impl Session {
             return Ok(self.out.flush().await?);
         }
         if self.tx.failed {
-            let ends = segment.kinds.iter().all(|k| matches!(k, StatementKind::Commit | StatementKind::Rollback));
+            let ends = segment
+                .kinds
+                .iter()
+                .all(|k| matches!(k, StatementKind::Commit | StatementKind::Rollback));
             if !(ends && self.tx.shard.is_some() && !segment.kinds.is_empty()) {
                 return self.fail_segment(local::aborted()).await;
             }
@@ -71,49 +95,78 @@ impl Session {
                 return self.fail_segment(error).await;
             }
         };
-        let items = segment.items;
+        let items = &segment.items;
         match route {
             Route::Single(shard) => {
-                self.exchange(&loaded, shard, |conn| build_messages(&items, conn)).await?;
+                let touches_data = !segment.routes.is_empty();
+                self.exchange_with(&loaded, shard, touches_data, |conn| {
+                    build_messages(items, conn)
+                })
+                .await?;
             }
             Route::Multi(shards) => {
                 if let Err(e) = self.check_scatter_allowed(&shards) {
                     return self.fail_segment(e).await;
                 }
-                self.scatter_segment(&loaded, &shards, &items).await?;
+                self.scatter_segment(&loaded, &shards, items).await?;
             }
         }
         Ok(self.out.flush().await?)
     }
 
-    async fn scatter_segment(&mut self, loaded: &Loaded, shards: &[ShardId], items: &[Item]) -> Result<(), SessionEnd> {
-        self.scatter(loaded, shards, |conn| build_messages(items, conn)).await
+    async fn scatter_segment(
+        &mut self,
+        loaded: &Loaded,
+        shards: &[ShardId],
+        items: &[Item],
+    ) -> Result<(), SessionEnd> {
+        self.scatter(loaded, shards, |conn| build_messages(items, conn))
+            .await
     }
 
     /// Interprets the segment's messages; the inner error is one the client should see.
-    fn read_segment(&mut self, loaded: &Loaded, frames: Vec<Frame>) -> Result<Result<Segment, ClientError>, Malformed> {
-        let mut segment = Segment { items: Vec::with_capacity(frames.len()), routes: Vec::new(), kinds: Vec::new() };
+    fn read_segment(
+        &mut self,
+        loaded: &Loaded,
+        frames: Vec<Frame>,
+    ) -> Result<Result<Segment, ClientError>, Malformed> {
+        let mut segment = Segment {
+            items: Vec::with_capacity(frames.len()),
+            routes: Vec::new(),
+            kinds: Vec::new(),
+        };
         let mut portals: HashMap<Vec<u8>, Arc<Statement>> = HashMap::new();
         for frame in frames {
             let item = match frame.tag() {
                 b'P' => {
                     let view = ParseView::new(&frame)?;
                     let plan = self.ctx.plan(loaded, view.query);
-                    let statement = self.statements.define(view.name, view.query, view.param_types, plan);
-                    Item::Parse { statement, unnamed: view.name.is_empty() }
+                    let statement =
+                        self.statements
+                            .define(view.name, view.query, view.param_types, plan);
+                    Item::Parse {
+                        statement,
+                        unnamed: view.name.is_empty(),
+                    }
                 }
                 b'B' => {
                     let view = BindView::new(&frame)?;
                     let Some(statement) = self.statements.get(view.statement) else {
                         return Ok(Err(unknown_statement(view.statement)));
                     };
-                    match statement.plan.route(&loaded.config, &view.params()) {
-                        Ok(route) => segment.routes.push(route),
-                        Err(e) => return Ok(Err(e.into())),
+                    if !follows_session(&statement.plan.kind) {
+                        match statement.plan.route(&loaded.config, &view.params()) {
+                            Ok(route) => segment.routes.push(route),
+                            Err(e) => return Ok(Err(e.into())),
+                        }
                     }
                     portals.insert(view.portal.to_vec(), statement.clone());
                     let unnamed = view.statement.is_empty();
-                    Item::Bind { frame, statement, unnamed }
+                    Item::Bind {
+                        frame,
+                        statement,
+                        unnamed,
+                    }
                 }
                 b'D' => {
                     let view = TargetView::new(&frame)?;
@@ -122,14 +175,23 @@ impl Session {
                             return Ok(Err(unknown_statement(view.name)));
                         };
                         let unnamed = view.name.is_empty();
-                        Item::DescribeStatement { frame, statement, unnamed }
+                        Item::DescribeStatement {
+                            frame,
+                            statement,
+                            unnamed,
+                        }
                     } else {
-                        Item::Forward { frame, reply: Some(Reply::DescribePortal) }
+                        Item::Forward {
+                            frame,
+                            reply: Some(Reply::DescribePortal),
+                        }
                     }
                 }
                 b'E' => {
                     let statement = portals.get(execute_portal(&frame)?).cloned();
-                    segment.kinds.extend(statement.as_ref().map(|s| s.plan.kind.clone()));
+                    segment
+                        .kinds
+                        .extend(statement.as_ref().map(|s| s.plan.kind.clone()));
                     Item::Execute { frame, statement }
                 }
                 b'C' => {
@@ -138,10 +200,16 @@ impl Session {
                         self.statements.close(view.name);
                         Item::CloseStatement
                     } else {
-                        Item::Forward { frame, reply: Some(Reply::Close) }
+                        Item::Forward {
+                            frame,
+                            reply: Some(Reply::Close),
+                        }
                     }
                 }
-                b'S' => Item::Forward { frame, reply: Some(Reply::Sync) },
+                b'S' => Item::Forward {
+                    frame,
+                    reply: Some(Reply::Sync),
+                },
                 _ => Item::Forward { frame, reply: None },
             };
             segment.items.push(item);
@@ -194,10 +262,17 @@ impl Session {
         let local_kind = |k: &StatementKind| {
             matches!(
                 k,
-                StatementKind::Begin | StatementKind::Commit | StatementKind::Rollback | StatementKind::SetLocal
+                StatementKind::Begin
+                    | StatementKind::Commit
+                    | StatementKind::Rollback
+                    | StatementKind::SetLocal
             )
         };
-        if segment.kinds.is_empty() || !segment.kinds.iter().all(local_kind) || self.tx.shard.is_some() || self.awaiting_sync {
+        if segment.kinds.is_empty()
+            || !segment.kinds.iter().all(local_kind)
+            || self.tx.shard.is_some()
+            || self.awaiting_sync
+        {
             return None;
         }
         let mut out = Vec::new();
@@ -210,19 +285,31 @@ impl Session {
                     out.extend_from_slice(&[tag::PARAMETER_DESCRIPTION, 0, 0, 0, 6, 0, 0]);
                     out.extend_from_slice(&msg::empty(tag::NO_DATA));
                 }
-                Item::Execute { statement: Some(statement), .. } => {
-                    match self.answer_locally(&statement.plan.kind, &statement.query) {
-                        Some(reply) => out.extend_from_slice(&reply),
-                        None => out.extend_from_slice(&msg::error(
-                            sqlstate::INVALID_TRANSACTION_STATE,
-                            "transaction control statement is not valid here",
-                        )),
-                    }
-                }
-                Item::Execute { statement: None, .. } => {}
-                Item::Forward { reply: Some(Reply::DescribePortal), .. } => out.extend_from_slice(&msg::empty(tag::NO_DATA)),
-                Item::Forward { reply: Some(Reply::Close), .. } => out.extend_from_slice(&msg::empty(tag::CLOSE_COMPLETE)),
-                Item::Forward { reply: Some(Reply::Sync), .. } => out.extend_from_slice(&msg::ready_for_query(self.tx.status())),
+                Item::Execute {
+                    statement: Some(statement),
+                    ..
+                } => match self.answer_locally(&statement.plan.kind, &statement.query) {
+                    Some(reply) => out.extend_from_slice(&reply),
+                    None => out.extend_from_slice(&msg::error(
+                        sqlstate::INVALID_TRANSACTION_STATE,
+                        "transaction control statement is not valid here",
+                    )),
+                },
+                Item::Execute {
+                    statement: None, ..
+                } => {}
+                Item::Forward {
+                    reply: Some(Reply::DescribePortal),
+                    ..
+                } => out.extend_from_slice(&msg::empty(tag::NO_DATA)),
+                Item::Forward {
+                    reply: Some(Reply::Close),
+                    ..
+                } => out.extend_from_slice(&msg::empty(tag::CLOSE_COMPLETE)),
+                Item::Forward {
+                    reply: Some(Reply::Sync),
+                    ..
+                } => out.extend_from_slice(&msg::ready_for_query(self.tx.status())),
                 Item::Forward { .. } => {}
             }
         }
@@ -232,7 +319,9 @@ impl Session {
     /// Ends a segment with an error: PostgreSQL skips to `Sync` and answers `ReadyForQuery`.
     async fn fail_segment(&mut self, error: ClientError) -> Result<(), SessionEnd> {
         self.out.push(&error.bytes()).await?;
-        self.out.push(&msg::ready_for_query(self.tx.status())).await?;
+        self.out
+            .push(&msg::ready_for_query(self.tx.status()))
+            .await?;
         Ok(self.out.flush().await?)
     }
 }
@@ -240,7 +329,10 @@ impl Session {
 fn unknown_statement(name: &[u8]) -> ClientError {
     ClientError::new(
         "26000",
-        format!("prepared statement \"{}\" does not exist", String::from_utf8_lossy(name)),
+        format!(
+            "prepared statement \"{}\" does not exist",
+            String::from_utf8_lossy(name)
+        ),
     )
 }
 
@@ -251,31 +343,63 @@ fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>, VecDeque<E
     let mut preparer = Preparer::default();
     for item in items {
         match item {
-            Item::Parse { statement, unnamed: true } => {
+            Item::Parse {
+                statement,
+                unnamed: true,
+            } => {
                 out.push(build_parse(b"", &statement.query, &statement.param_types));
                 queue.push_back(Expect::relay(Reply::Parse));
                 preparer.unnamed_ready = true;
             }
-            Item::Parse { statement, unnamed: false } => {
-                if conn.prepared.contains(&statement.id) || !preparer.preparing.insert(statement.id) {
+            Item::Parse {
+                statement,
+                unnamed: false,
+            } => {
+                if conn.prepared.contains(&statement.id) || !preparer.preparing.insert(statement.id)
+                {
                     queue.push_back(Expect::Local(msg::empty(tag::PARSE_COMPLETE)));
                 } else {
-                    out.push(build_parse(&statement.server_name(), &statement.query, &statement.param_types));
-                    queue.push_back(Expect::Sent { reply: Reply::Parse, mode: Mode::Relay, effect: None, prepares: Some(statement.id) });
+                    out.push(build_parse(
+                        &statement.server_name(),
+                        &statement.query,
+                        &statement.param_types,
+                    ));
+                    queue.push_back(Expect::Sent {
+                        reply: Reply::Parse,
+                        mode: Mode::Relay,
+                        effects: Vec::new(),
+                        prepares: Some(statement.id),
+                    });
                 }
             }
-            Item::Bind { frame, statement, unnamed } => {
+            Item::Bind {
+                frame,
+                statement,
+                unnamed,
+            } => {
                 preparer.ensure(conn, statement, *unnamed, &mut out, &mut queue);
-                let name = if *unnamed { Vec::new() } else { statement.server_name() };
+                let name = if *unnamed {
+                    Vec::new()
+                } else {
+                    statement.server_name()
+                };
                 match BindView::new(frame) {
                     Ok(view) => out.push(view.retarget(frame, &name)),
                     Err(_) => out.push(frame.bytes().clone()),
                 }
                 queue.push_back(Expect::relay(Reply::Bind));
             }
-            Item::DescribeStatement { frame, statement, unnamed } => {
+            Item::DescribeStatement {
+                frame,
+                statement,
+                unnamed,
+            } => {
                 preparer.ensure(conn, statement, *unnamed, &mut out, &mut queue);
-                let name = if *unnamed { Vec::new() } else { statement.server_name() };
+                let name = if *unnamed {
+                    Vec::new()
+                } else {
+                    statement.server_name()
+                };
                 match TargetView::new(frame) {
                     Ok(view) => out.push(view.rebuild(b'D', &name)),
                     Err(_) => out.push(frame.bytes().clone()),
@@ -284,8 +408,13 @@ fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>, VecDeque<E
             }
             Item::Execute { frame, statement } => {
                 out.push(frame.bytes().clone());
-                let effect = statement.as_ref().and_then(|s| effect_of(&s.plan.kind));
-                queue.push_back(Expect::Sent { reply: Reply::Execute, mode: Mode::Relay, effect, prepares: None });
+                let effects = vec![statement.as_ref().and_then(|s| effect_of(&s.plan.kind))];
+                queue.push_back(Expect::Sent {
+                    reply: Reply::Execute,
+                    mode: Mode::Relay,
+                    effects,
+                    prepares: None,
+                });
             }
             Item::CloseStatement => queue.push_back(Expect::Local(msg::empty(tag::CLOSE_COMPLETE))),
             Item::Forward { frame, reply } => {
@@ -309,7 +438,14 @@ struct Preparer {
 }
 
 impl Preparer {
-    fn ensure(&mut self, conn: &Backend, statement: &Statement, unnamed: bool, out: &mut Vec<Bytes>, queue: &mut VecDeque<Expect>) {
+    fn ensure(
+        &mut self,
+        conn: &Backend,
+        statement: &Statement,
+        unnamed: bool,
+        out: &mut Vec<Bytes>,
+        queue: &mut VecDeque<Expect>,
+    ) {
         if unnamed {
             if !self.unnamed_ready {
                 out.push(build_parse(b"", &statement.query, &statement.param_types));
@@ -317,8 +453,17 @@ impl Preparer {
                 self.unnamed_ready = true;
             }
         } else if !conn.prepared.contains(&statement.id) && self.preparing.insert(statement.id) {
-            out.push(build_parse(&statement.server_name(), &statement.query, &statement.param_types));
-            queue.push_back(Expect::Sent { reply: Reply::Parse, mode: Mode::Swallow, effect: None, prepares: Some(statement.id) });
+            out.push(build_parse(
+                &statement.server_name(),
+                &statement.query,
+                &statement.param_types,
+            ));
+            queue.push_back(Expect::Sent {
+                reply: Reply::Parse,
+                mode: Mode::Swallow,
+                effects: Vec::new(),
+                prepares: Some(statement.id),
+            });
         }
     }
 }

@@ -54,8 +54,9 @@ pub enum Expect {
     Sent {
         reply: Reply,
         mode: Mode,
-        /// Setting change to record when the statement succeeds.
-        effect: Option<Effect>,
+        /// Setting changes to record as the statement's commands complete: the n-th
+        /// `CommandComplete` of this message applies the n-th entry.
+        effects: Vec<Option<Effect>>,
         /// Proxy statement id that exists on the backend once this `Parse` succeeds.
         prepares: Option<u64>,
     },
@@ -66,12 +67,22 @@ pub enum Expect {
 impl Expect {
     /// Relay the answers to a client message.
     pub fn relay(reply: Reply) -> Expect {
-        Expect::Sent { reply, mode: Mode::Relay, effect: None, prepares: None }
+        Expect::Sent {
+            reply,
+            mode: Mode::Relay,
+            effects: Vec::new(),
+            prepares: None,
+        }
     }
 
     /// Drop the answers to an injected message.
     pub fn swallow(reply: Reply) -> Expect {
-        Expect::Sent { reply, mode: Mode::Swallow, effect: None, prepares: None }
+        Expect::Sent {
+            reply,
+            mode: Mode::Swallow,
+            effects: Vec::new(),
+            prepares: None,
+        }
     }
 
     fn reply(&self) -> Option<Reply> {
@@ -155,13 +166,21 @@ where
             queue.pop_front();
             continue;
         }
-        let relay = matches!(front, Expect::Sent { mode: Mode::Relay, .. });
+        let relay = matches!(
+            front,
+            Expect::Sent {
+                mode: Mode::Relay,
+                ..
+            }
+        );
         let frame = backend.read().await?;
         let frame_tag = frame.tag();
         match frame_tag {
             tag::NOTICE_RESPONSE | tag::PARAMETER_STATUS | tag::NOTIFICATION => {
                 if relay {
-                    out.push(frame.bytes()).await.map_err(ExchangeError::Client)?;
+                    out.push(frame.bytes())
+                        .await
+                        .map_err(ExchangeError::Client)?;
                 }
                 continue;
             }
@@ -174,7 +193,9 @@ where
                     );
                     backend.settings = None;
                 } else {
-                    out.push(frame.bytes()).await.map_err(ExchangeError::Client)?;
+                    out.push(frame.bytes())
+                        .await
+                        .map_err(ExchangeError::Client)?;
                 }
                 if reply != Reply::Cycle {
                     skipping = true;
@@ -186,7 +207,9 @@ where
                 if !relay {
                     return Err(ExchangeError::Unsupported('G'));
                 }
-                out.push(frame.bytes()).await.map_err(ExchangeError::Client)?;
+                out.push(frame.bytes())
+                    .await
+                    .map_err(ExchangeError::Client)?;
                 out.flush().await.map_err(ExchangeError::Client)?;
                 relay_copy_in(backend, client).await?;
                 if reply == Reply::Execute {
@@ -203,12 +226,18 @@ where
             _ => {}
         }
         if relay {
-            out.push(frame.bytes()).await.map_err(ExchangeError::Client)?;
+            out.push(frame.bytes())
+                .await
+                .map_err(ExchangeError::Client)?;
         }
         if frame_tag == tag::COMMAND_COMPLETE {
             outcome.last_tag = Some(msg::command_tag(&frame).to_owned());
-            if let Some(Expect::Sent { effect: Some(effect), .. }) = queue.front_mut() {
-                outcome.effects.push(effect.clone());
+            if let Some(Expect::Sent { effects, .. }) = queue.front_mut() {
+                if !effects.is_empty() {
+                    if let Some(effect) = effects.remove(0) {
+                        outcome.effects.push(effect);
+                    }
+                }
             }
         }
         if frame_tag == tag::READY_FOR_QUERY {
@@ -220,7 +249,10 @@ where
             }
         }
         if frame_tag == tag::PARSE_COMPLETE {
-            if let Some(Expect::Sent { prepares: Some(id), .. }) = queue.front() {
+            if let Some(Expect::Sent {
+                prepares: Some(id), ..
+            }) = queue.front()
+            {
                 backend.prepared.insert(*id);
             }
         }
@@ -232,7 +264,10 @@ where
 }
 
 /// Forwards the client's COPY data to the backend until `CopyDone` or `CopyFail`.
-async fn relay_copy_in<R>(backend: &mut Backend, client: &mut FrameReader<R>) -> Result<(), ExchangeError>
+async fn relay_copy_in<R>(
+    backend: &mut Backend,
+    client: &mut FrameReader<R>,
+) -> Result<(), ExchangeError>
 where
     R: tokio::io::AsyncRead + Unpin,
 {

@@ -34,23 +34,35 @@ impl Session {
         let tag = match kind {
             StatementKind::Begin if !self.tx.open() => {
                 self.tx.held.push(sql.to_owned());
+                self.tx.settings_before = Some(self.settings.clone());
                 "BEGIN"
             }
             StatementKind::Commit | StatementKind::Rollback if self.tx.open() && !reached_shard => {
-                let failed = self.tx.failed;
-                self.tx = Default::default();
-                if failed || *kind == StatementKind::Rollback {
+                let tx = std::mem::take(&mut self.tx);
+                if tx.failed || *kind == StatementKind::Rollback {
+                    if let Some(before) = tx.settings_before {
+                        self.settings = before;
+                    }
                     "ROLLBACK"
                 } else {
                     "COMMIT"
                 }
             }
-            StatementKind::Commit | StatementKind::Rollback if !self.tx.open() && !self.tx.failed => {
+            StatementKind::Commit | StatementKind::Rollback
+                if !self.tx.open() && !self.tx.failed =>
+            {
                 // PostgreSQL answers with a warning and the tag; so does the proxy, without
                 // taking a backend for it.
-                let tag = if *kind == StatementKind::Commit { "COMMIT" } else { "ROLLBACK" };
+                let tag = if *kind == StatementKind::Commit {
+                    "COMMIT"
+                } else {
+                    "ROLLBACK"
+                };
                 let mut reply = BytesMut::new();
-                reply.extend_from_slice(&msg::warning("25P01", "there is no transaction in progress"));
+                reply.extend_from_slice(&msg::warning(
+                    "25P01",
+                    "there is no transaction in progress",
+                ));
                 reply.extend_from_slice(&msg::command_complete(tag));
                 return Some(reply.freeze());
             }
@@ -58,10 +70,32 @@ impl Session {
                 self.tx.held.push(sql.to_owned());
                 "SET"
             }
+            // A session SET inside a transaction that has not reached a shard yet: replayed
+            // inside the transaction, and undone with it if it rolls back.
+            StatementKind::Set { .. } | StatementKind::Reset { .. } | StatementKind::ResetAll
+                if !self.tx.held.is_empty() && !self.tx.failed =>
+            {
+                self.tx.held.push(sql.to_owned());
+                if self.tx.settings_before.is_none() {
+                    self.tx.settings_before = Some(self.settings.clone());
+                }
+                if let Some(effect) = super::effect_of(kind) {
+                    super::exchange::apply_effects(&mut self.settings, &[effect]);
+                }
+                if matches!(kind, StatementKind::Set { .. }) {
+                    "SET"
+                } else {
+                    "RESET"
+                }
+            }
             StatementKind::DiscardAll if !self.tx.open() => {
                 self.statements.clear();
                 self.settings = self.identity.startup_settings.clone();
-                if sql.trim_start().get(..10).is_some_and(|w| w.eq_ignore_ascii_case("deallocate")) {
+                if sql
+                    .trim_start()
+                    .get(..10)
+                    .is_some_and(|w| w.eq_ignore_ascii_case("deallocate"))
+                {
                     "DEALLOCATE ALL"
                 } else {
                     "DISCARD ALL"

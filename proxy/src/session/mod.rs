@@ -34,7 +34,7 @@ use crate::context::{Loaded, ProxyContext};
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::frontend::query_text;
 use crate::protocol::{Frame, FrameError, FrameReader};
-use exchange::{apply_effects, Effect, Expect, ExchangeError, Outcome, Reply};
+use exchange::{apply_effects, Effect, ExchangeError, Expect, Outcome, Reply};
 pub use output::ClientOutput;
 use settings::Settings;
 use statements::ClientStatements;
@@ -60,11 +60,17 @@ pub struct ClientError {
 
 impl ClientError {
     fn new(sqlstate: &'static str, message: impl Into<String>) -> Self {
-        ClientError { sqlstate, message: message.into(), frame: None }
+        ClientError {
+            sqlstate,
+            message: message.into(),
+            frame: None,
+        }
     }
 
     fn bytes(&self) -> Bytes {
-        self.frame.clone().unwrap_or_else(|| msg::error(self.sqlstate, &self.message))
+        self.frame
+            .clone()
+            .unwrap_or_else(|| msg::error(self.sqlstate, &self.message))
     }
 }
 
@@ -160,7 +166,7 @@ impl Session {
     /// Serves the client until it disconnects.
     pub async fn run(mut self) -> Result<(), SessionEnd> {
         let result = self.serve().await;
-        self.release_all(true);
+        self.release_all().await;
         result
     }
 
@@ -175,7 +181,9 @@ impl Session {
                     } else {
                         sqlstate::PROTOCOL_VIOLATION
                     };
-                    self.out.push(&msg::fatal(code, &format!("{e}; closing the connection"))).await?;
+                    self.out
+                        .push(&msg::fatal(code, &format!("{e}; closing the connection")))
+                        .await?;
                     self.out.flush().await?;
                     return Err(SessionEnd::Protocol(e.to_string()));
                 }
@@ -195,7 +203,9 @@ impl Session {
                 b'd' | b'c' | b'f' => {}
                 other => {
                     let text = format!("invalid frontend message type {:?}", other as char);
-                    self.out.push(&msg::fatal(sqlstate::PROTOCOL_VIOLATION, &text)).await?;
+                    self.out
+                        .push(&msg::fatal(sqlstate::PROTOCOL_VIOLATION, &text))
+                        .await?;
                     self.out.flush().await?;
                     return Err(SessionEnd::Protocol(text));
                 }
@@ -206,7 +216,9 @@ impl Session {
     /// Sends an error followed by `ReadyForQuery` (simple-protocol style ending).
     async fn fail(&mut self, error: ClientError) -> Result<(), SessionEnd> {
         self.out.push(&error.bytes()).await?;
-        self.out.push(&msg::ready_for_query(self.tx.status())).await?;
+        self.out
+            .push(&msg::ready_for_query(self.tx.status()))
+            .await?;
         self.out.flush().await?;
         Ok(())
     }
@@ -222,36 +234,76 @@ impl Session {
         let loaded = self.ctx.snapshot();
         let sql = match query_text(&frame) {
             Ok(sql) => sql.to_owned(),
-            Err(e) => return self.fail(ClientError::new(sqlstate::PROTOCOL_VIOLATION, e.to_string())).await,
+            Err(e) => {
+                return self
+                    .fail(ClientError::new(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        e.to_string(),
+                    ))
+                    .await
+            }
         };
         let plan = self.ctx.plan(&loaded, &sql);
         if let Some(reply) = self.answer_locally(&plan.kind, &sql) {
             self.out.push(&reply).await?;
-            self.out.push(&msg::ready_for_query(self.tx.status())).await?;
+            self.out
+                .push(&msg::ready_for_query(self.tx.status()))
+                .await?;
             return Ok(self.out.flush().await?);
         }
         if self.tx.failed {
+            if let (Some(shard), StatementKind::Commit | StatementKind::Rollback) =
+                (self.tx.shard, &plan.kind)
+            {
+                // Like PostgreSQL, ending a failed transaction rolls it back, whatever was asked.
+                self.tx.failed = false;
+                let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);
+                return self
+                    .exchange(&loaded, shard, |_| {
+                        (vec![local::query_message("ROLLBACK")], queue)
+                    })
+                    .await;
+            }
             return self.fail(local::aborted()).await;
         }
-        let route = match plan.route(&loaded.config, &()) {
+        let route = match (follows_session(&plan.kind), self.tx.shard) {
+            (true, Some(shard)) => Ok(Route::Single(shard)),
+            _ => plan.route(&loaded.config, &()),
+        };
+        let route = match route {
             Ok(route) => route,
             Err(e) => {
                 self.fail_transaction();
                 return self.fail(e.into()).await;
             }
         };
-        let effect = effect_of(&plan.kind);
+        let effects = match plan.kind {
+            StatementKind::Compound => plan.parts().iter().map(effect_of).collect(),
+            ref kind => vec![effect_of(kind)],
+        };
         match route {
             Route::Single(shard) => {
-                let queue = VecDeque::from([Expect::Sent { reply: Reply::Cycle, mode: exchange::Mode::Relay, effect, prepares: None }]);
-                self.exchange(&loaded, shard, |_| (vec![frame.into_bytes()], queue)).await
+                let queue = VecDeque::from([Expect::Sent {
+                    reply: Reply::Cycle,
+                    mode: exchange::Mode::Relay,
+                    effects,
+                    prepares: None,
+                }]);
+                let touches_data = !follows_session(&plan.kind);
+                self.exchange_with(&loaded, shard, touches_data, |_| {
+                    (vec![frame.into_bytes()], queue)
+                })
+                .await
             }
             Route::Multi(shards) => {
                 if let Err(e) = self.check_scatter_allowed(&shards) {
                     return self.fail(e).await;
                 }
                 let build = |_: &mut crate::backend::conn::Backend| {
-                    (vec![frame.clone().into_bytes()], VecDeque::from([Expect::relay(Reply::Cycle)]))
+                    (
+                        vec![frame.clone().into_bytes()],
+                        VecDeque::from([Expect::relay(Reply::Cycle)]),
+                    )
                 };
                 self.scatter(&loaded, &shards, build).await
             }
@@ -288,7 +340,8 @@ impl Session {
         match self.tx.shard {
             Some(pinned) if pinned != shard => {
                 self.fail_transaction();
-                let (pinned_name, wanted) = (self.shard_names(&[pinned]), self.shard_names(&[shard]));
+                let (pinned_name, wanted) =
+                    (self.shard_names(&[pinned]), self.shard_names(&[shard]));
                 Err(ClientError::new(
                     sqlstate::FEATURE_NOT_SUPPORTED,
                     format!(
@@ -303,13 +356,34 @@ impl Session {
     /// Runs messages on one shard's backend: attaches it, brings its settings in line with the
     /// client's, sends any held `BEGIN`, then sends what `build` makes for that backend and
     /// relays the answers.
-    async fn exchange<F>(&mut self, loaded: &Loaded, shard: ShardId, build: F) -> Result<(), SessionEnd>
+    async fn exchange<F>(
+        &mut self,
+        loaded: &Loaded,
+        shard: ShardId,
+        build: F,
+    ) -> Result<(), SessionEnd>
+    where
+        F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
+    {
+        self.exchange_with(loaded, shard, true, build).await
+    }
+
+    /// [`Session::exchange`], optionally leaving a held `BEGIN` held (for messages that do not
+    /// touch data, such as a lone `Parse`, which must not decide the transaction's shard).
+    async fn exchange_with<F>(
+        &mut self,
+        loaded: &Loaded,
+        shard: ShardId,
+        start_held: bool,
+        build: F,
+    ) -> Result<(), SessionEnd>
     where
         F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
     {
         if let Err(e) = self.check_pinned(shard) {
             return self.fail(e).await;
         }
+        self.settle_others(shard).await;
         let mut conn = match self.attach(loaded, shard).await {
             Ok(conn) => conn,
             Err(e) => {
@@ -319,7 +393,7 @@ impl Session {
         };
         let mut out = BytesMut::new();
         let mut queue = VecDeque::new();
-        self.prelude(&mut conn, &mut out, &mut queue);
+        self.prelude(&mut conn, &mut out, &mut queue, start_held);
         let (messages, expects) = build(&mut conn);
         for m in messages {
             out.extend_from_slice(&m);
@@ -333,17 +407,25 @@ impl Session {
     }
 
     /// Settings sync and held `BEGIN`, prepended to what a backend is sent.
-    fn prelude(&mut self, conn: &mut Pooled, out: &mut BytesMut, queue: &mut VecDeque<Expect>) {
+    fn prelude(
+        &mut self,
+        conn: &mut Pooled,
+        out: &mut BytesMut,
+        queue: &mut VecDeque<Expect>,
+        start_held: bool,
+    ) {
         if let Some(sql) = settings::sync_sql(conn.settings.as_ref(), &self.settings) {
             out.extend_from_slice(&local::query_message(&sql));
             queue.push_back(Expect::swallow(Reply::Cycle));
             conn.settings = Some(self.settings.clone());
         }
-        if !self.tx.held.is_empty() {
+        if start_held && !self.tx.held.is_empty() {
             let sql = std::mem::take(&mut self.tx.held).join(";");
             out.extend_from_slice(&local::query_message(&sql));
             queue.push_back(Expect::swallow(Reply::Cycle));
-            self.tx.settings_before = Some(self.settings.clone());
+            if self.tx.settings_before.is_none() {
+                self.tx.settings_before = Some(self.settings.clone());
+            }
         }
     }
 
@@ -372,27 +454,38 @@ impl Session {
                 let name = self.shard_names(&[shard]);
                 let text = format!("lost the connection to shard {name}: {e}");
                 if self.tx.open() {
-                    self.out.push(&msg::fatal(sqlstate::CONNECTION_FAILURE, &text)).await?;
+                    self.out
+                        .push(&msg::fatal(sqlstate::CONNECTION_FAILURE, &text))
+                        .await?;
                     self.out.flush().await?;
                     return Err(SessionEnd::BackendLost(text));
                 }
-                return self.fail(ClientError::new(sqlstate::CONNECTION_FAILURE, text)).await;
+                return self
+                    .fail(ClientError::new(sqlstate::CONNECTION_FAILURE, text))
+                    .await;
             }
         };
-        apply_effects(&mut self.settings, &outcome.effects);
-        if let Some(applied) = conn.settings.as_mut() {
-            apply_effects(applied, &outcome.effects);
+        let rolled_back =
+            outcome.ready == Some(b'I') && outcome.last_tag.as_deref() == Some("ROLLBACK");
+        if rolled_back {
+            // Settings changed inside the transaction are undone with it.
+            if let Some(before) = self.tx.settings_before.take() {
+                self.settings = before;
+            }
+            conn.settings = None;
+        } else {
+            apply_effects(&mut self.settings, &outcome.effects);
+            if let Some(applied) = conn.settings.as_mut() {
+                apply_effects(applied, &outcome.effects);
+            }
         }
         self.awaiting_sync = outcome.awaiting_sync;
         match outcome.ready {
             Some(b'I') => {
-                if self.tx.shard.is_some() && outcome.last_tag.as_deref() == Some("ROLLBACK") {
-                    if let Some(before) = self.tx.settings_before.take() {
-                        self.settings = before;
-                        conn.settings = None;
-                    }
+                // A transaction still held (nothing routed yet) stays open for the client.
+                if self.tx.held.is_empty() {
+                    self.tx = Transaction::default();
                 }
-                self.tx = Transaction::default();
                 self.keep_or_release(shard, conn, false);
             }
             Some(_) => {
@@ -423,63 +516,150 @@ impl Session {
             return Ok(conn);
         }
         let target = self.target(loaded, shard)?;
-        let name = loaded.config.shards.get(shard).map_or("?", |s| s.name.as_str());
+        let name = loaded
+            .config
+            .shards
+            .get(shard)
+            .map_or("?", |s| s.name.as_str());
         let conn = self
             .ctx
             .pools
             .checkout(&target, &loaded.config.pool)
             .await
             .map_err(|e| checkout_error(name, &target, e))?;
-        self.cancel_targets.lock().unwrap_or_else(PoisonError::into_inner).push(conn.cancel_key);
+        self.cancel_targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn.cancel_key);
         Ok(conn)
     }
 
     fn target(&self, loaded: &Loaded, shard: ShardId) -> Result<BackendTarget, ClientError> {
         let config = &loaded.config;
-        let s = config
-            .shards
-            .get(shard)
-            .ok_or_else(|| ClientError::new(sqlstate::INTERNAL, "shard vanished from the config"))?;
+        let s = config.shards.get(shard).ok_or_else(|| {
+            ClientError::new(sqlstate::INTERNAL, "shard vanished from the config")
+        })?;
         let user = config.user(&self.identity.user).ok_or_else(|| {
-            ClientError::new(sqlstate::INVALID_AUTHORIZATION, "user was removed from shards.yaml")
+            ClientError::new(
+                sqlstate::INVALID_AUTHORIZATION,
+                "user was removed from shards.yaml",
+            )
         })?;
         Ok(BackendTarget {
             host: s.host.clone(),
             port: s.port,
             user: user.name.clone(),
             password: user.backend_password().map(str::to_owned),
-            database: s.database.clone().unwrap_or_else(|| self.identity.database.clone()),
+            database: s
+                .database
+                .clone()
+                .unwrap_or_else(|| self.identity.database.clone()),
         })
     }
 
     fn forget_cancel_key(&self, conn: &Pooled) {
-        let mut targets = self.cancel_targets.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut targets = self
+            .cancel_targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         targets.retain(|k| *k != conn.cancel_key);
     }
 
-    /// Returns every held backend; at disconnect, ones in a transaction are dropped.
-    fn release_all(&mut self, disconnect: bool) {
-        for (_, mut conn) in self.conns.drain() {
-            if disconnect && (self.tx.open() || self.awaiting_sync) {
+    /// Returns every held backend at disconnect. Backends inside a transaction are dropped;
+    /// session-mode backends are reset with `DISCARD ALL` so nothing leaks to the next client.
+    async fn release_all(&mut self) {
+        let in_transaction = self.tx.open() || self.awaiting_sync;
+        for (_, mut conn) in std::mem::take(&mut self.conns) {
+            if in_transaction {
                 conn.broken = true;
-            }
-            if disconnect && self.identity.pool_mode == PoolMode::Session {
-                // Session state (settings, temp tables…) must not leak to the next client.
-                conn.broken = true;
+            } else if self.identity.pool_mode == PoolMode::Session {
+                reset_session(&mut conn).await;
             }
             if conn.broken {
                 Pools::discard(conn);
             }
         }
-        self.cancel_targets.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.cancel_targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Finishes backends held after a `Flush` on other shards than `shard`: their pipeline
+    /// segment is over once the client moves elsewhere, so they get a `Sync` and go back.
+    async fn settle_others(&mut self, shard: ShardId) {
+        if self.tx.shard.is_some() || self.identity.pool_mode == PoolMode::Session {
+            return;
+        }
+        let others: Vec<ShardId> = self.conns.keys().copied().filter(|s| *s != shard).collect();
+        for other in others {
+            let Some(mut conn) = self.conns.remove(&other) else {
+                continue;
+            };
+            let settled =
+                conn.send(&msg::empty(b'S')).await.is_ok() && drain_to_ready(&mut conn).await;
+            self.forget_cancel_key(&conn);
+            if !settled {
+                Pools::discard(conn);
+            }
+        }
     }
 
     async fn function_call(&mut self, frame: Frame) -> Result<(), SessionEnd> {
         let loaded = self.ctx.snapshot();
         let shard = self.tx.shard.unwrap_or(loaded.config.default_shard);
         let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);
-        self.exchange(&loaded, shard, |_| (vec![frame.into_bytes()], queue)).await
+        self.exchange(&loaded, shard, |_| (vec![frame.into_bytes()], queue))
+            .await
     }
+}
+
+/// Clears a session-mode backend's state before it serves another client.
+async fn reset_session(conn: &mut Pooled) {
+    let ok = conn
+        .send(&local::query_message("DISCARD ALL"))
+        .await
+        .is_ok()
+        && drain_to_ready(conn).await;
+    if ok {
+        conn.prepared.clear();
+        conn.settings = Some(Settings::new());
+    } else {
+        conn.broken = true;
+    }
+}
+
+/// Reads and drops a backend's answers up to `ReadyForQuery`; false if the backend failed or
+/// is still in a transaction.
+async fn drain_to_ready(conn: &mut Pooled) -> bool {
+    loop {
+        match conn.read().await {
+            Ok(frame) if frame.tag() == msg::tag::READY_FOR_QUERY => {
+                return msg::ready_status(&frame) == b'I'
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Statements about the session or transaction rather than data: they run wherever the
+/// client's transaction runs (the default shard outside one).
+fn follows_session(kind: &StatementKind) -> bool {
+    matches!(
+        kind,
+        StatementKind::Begin
+            | StatementKind::Commit
+            | StatementKind::Rollback
+            | StatementKind::TransactionControl
+            | StatementKind::Set { .. }
+            | StatementKind::SetLocal
+            | StatementKind::Reset { .. }
+            | StatementKind::ResetAll
+            | StatementKind::DiscardAll
+            | StatementKind::Show
+            | StatementKind::Empty
+    )
 }
 
 /// The setting change a statement makes when it succeeds.
@@ -488,7 +668,10 @@ fn effect_of(kind: &StatementKind) -> Option<Effect> {
         StatementKind::Set { name, value } if value.eq_ignore_ascii_case("default") => {
             Some(Effect::Reset { name: name.clone() })
         }
-        StatementKind::Set { name, value } => Some(Effect::Set { name: name.clone(), value: value.clone() }),
+        StatementKind::Set { name, value } => Some(Effect::Set {
+            name: name.clone(),
+            value: value.clone(),
+        }),
         StatementKind::Reset { name } => Some(Effect::Reset { name: name.clone() }),
         StatementKind::ResetAll => Some(Effect::ResetAll),
         _ => None,

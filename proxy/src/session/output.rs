@@ -18,7 +18,10 @@ pub struct ClientOutput {
 impl ClientOutput {
     /// Wraps the write half of the client's socket.
     pub fn new(stream: OwnedWriteHalf) -> Self {
-        ClientOutput { stream, buf: BytesMut::with_capacity(HIGH_WATER) }
+        ClientOutput {
+            stream,
+            buf: BytesMut::with_capacity(HIGH_WATER),
+        }
     }
 
     /// Queues bytes, writing out when the buffer is large.

@@ -35,7 +35,8 @@ struct Leg {
 struct Merged {
     /// Message types already passed to the client for this message (sent once, not per shard).
     sent_once: Vec<u8>,
-    tags: Vec<String>,
+    /// `CommandComplete` tags by statement (a multi-statement script has several), then shard.
+    tags: Vec<Vec<String>>,
     error: Option<Bytes>,
     copy_done: bool,
     ready: bool,
@@ -43,7 +44,12 @@ struct Merged {
 
 impl Session {
     /// Sends what `build` makes to each shard in `shards` and merges the answers.
-    pub(super) async fn scatter<F>(&mut self, loaded: &Loaded, shards: &[ShardId], mut build: F) -> Result<(), SessionEnd>
+    pub(super) async fn scatter<F>(
+        &mut self,
+        loaded: &Loaded,
+        shards: &[ShardId],
+        mut build: F,
+    ) -> Result<(), SessionEnd>
     where
         F: FnMut(&mut Backend) -> (Vec<Bytes>, VecDeque<Expect>),
     {
@@ -53,20 +59,36 @@ impl Session {
                 Ok(mut conn) => {
                     let mut bytes = BytesMut::new();
                     let mut queue = VecDeque::new();
-                    self.prelude(&mut conn, &mut bytes, &mut queue);
+                    self.prelude(&mut conn, &mut bytes, &mut queue, true);
                     let (messages, expects) = build(&mut conn);
                     for m in messages {
                         bytes.extend_from_slice(&m);
                     }
                     queue.extend(expects);
-                    let name = loaded.config.shards.get(shard).map_or_else(String::new, |s| s.name.clone());
+                    let name = loaded
+                        .config
+                        .shards
+                        .get(shard)
+                        .map_or_else(String::new, |s| s.name.clone());
                     if let Err(e) = conn.send(&bytes).await {
                         let error = lost(&name, &e);
-                        legs.push(Leg { shard, name, conn, queue, skipping: false });
+                        legs.push(Leg {
+                            shard,
+                            name,
+                            conn,
+                            queue,
+                            skipping: false,
+                        });
                         self.release_legs(legs);
                         return self.fail(error).await;
                     }
-                    legs.push(Leg { shard, name, conn, queue, skipping: false });
+                    legs.push(Leg {
+                        shard,
+                        name,
+                        conn,
+                        queue,
+                        skipping: false,
+                    });
                 }
                 Err(e) => {
                     self.release_legs(legs);
@@ -116,32 +138,55 @@ impl Session {
                 failed = !matches!(reply, Reply::Cycle | Reply::Sync);
             } else if !failed {
                 if merged.copy_done {
-                    self.out.push(&msg::empty(tag::COPY_DONE)).await.map_err(MergeError::Client)?;
+                    self.out
+                        .push(&msg::empty(tag::COPY_DONE))
+                        .await
+                        .map_err(MergeError::Client)?;
                 }
-                if !merged.tags.is_empty() {
-                    let summed = msg::sum_tags(&merged.tags);
-                    self.out.push(&msg::command_complete(&summed)).await.map_err(MergeError::Client)?;
+                for tags in &merged.tags {
+                    let summed = msg::sum_tags(tags);
+                    self.out
+                        .push(&msg::command_complete(&summed))
+                        .await
+                        .map_err(MergeError::Client)?;
                 }
             }
             if merged.ready {
                 failed = false;
-                self.out.push(&msg::ready_for_query(b'I')).await.map_err(MergeError::Client)?;
+                self.out
+                    .push(&msg::ready_for_query(b'I'))
+                    .await
+                    .map_err(MergeError::Client)?;
                 self.out.flush().await.map_err(MergeError::Client)?;
             }
         }
     }
 
     /// Reads one shard's answers to one client message into `merged`.
-    async fn read_answers(&mut self, leg: &mut Leg, reply: Reply, merged: &mut Merged) -> Result<(), MergeError> {
+    async fn read_answers(
+        &mut self,
+        leg: &mut Leg,
+        reply: Reply,
+        merged: &mut Merged,
+    ) -> Result<(), MergeError> {
+        let mut statement = 0;
         loop {
-            let frame = leg.conn.read().await.map_err(|e| MergeError::Shard(lost(&leg.name, &e)))?;
+            let frame = leg
+                .conn
+                .read()
+                .await
+                .map_err(|e| MergeError::Shard(lost(&leg.name, &e)))?;
             let frame_tag = frame.tag();
             let pass = match frame_tag {
                 tag::DATA_ROW | tag::COPY_DATA => merged.error.is_none(),
                 tag::NOTICE_RESPONSE | tag::NOTIFICATION => true,
                 tag::PARAMETER_STATUS => false,
                 tag::COMMAND_COMPLETE => {
-                    merged.tags.push(msg::command_tag(&frame).to_owned());
+                    if merged.tags.len() <= statement {
+                        merged.tags.push(Vec::new());
+                    }
+                    merged.tags[statement].push(msg::command_tag(&frame).to_owned());
+                    statement += 1;
                     false
                 }
                 tag::COPY_DONE => {
@@ -177,7 +222,10 @@ impl Session {
                 }
             };
             if pass {
-                self.out.push(frame.bytes()).await.map_err(MergeError::Client)?;
+                self.out
+                    .push(frame.bytes())
+                    .await
+                    .map_err(MergeError::Client)?;
             }
             if completes(reply, frame_tag) {
                 return Ok(());
@@ -205,7 +253,10 @@ enum MergeError {
 }
 
 fn lost(shard: &str, e: &BackendError) -> ClientError {
-    ClientError::new(sqlstate::CONNECTION_FAILURE, format!("lost the connection to shard {shard}: {e}"))
+    ClientError::new(
+        sqlstate::CONNECTION_FAILURE,
+        format!("lost the connection to shard {shard}: {e}"),
+    )
 }
 
 /// Answers injected messages silently and returns the next entry that belongs to a client
@@ -213,14 +264,23 @@ fn lost(shard: &str, e: &BackendError) -> ClientError {
 async fn next_client_entry(leg: &mut Leg) -> Result<Option<Expect>, MergeError> {
     while let Some(entry) = leg.queue.pop_front() {
         let (reply, prepares) = match &entry {
-            Expect::Sent { mode: Mode::Swallow, reply, prepares, .. } => (*reply, *prepares),
+            Expect::Sent {
+                mode: Mode::Swallow,
+                reply,
+                prepares,
+                ..
+            } => (*reply, *prepares),
             _ => return Ok(Some(entry)),
         };
         if leg.skipping && reply != Reply::Cycle {
             continue;
         }
         loop {
-            let frame = leg.conn.read().await.map_err(|e| MergeError::Shard(lost(&leg.name, &e)))?;
+            let frame = leg
+                .conn
+                .read()
+                .await
+                .map_err(|e| MergeError::Shard(lost(&leg.name, &e)))?;
             match frame.tag() {
                 tag::ERROR_RESPONSE if reply != Reply::Cycle => {
                     leg.skipping = true;

@@ -52,7 +52,13 @@ fn parse_options(options: &str) -> Vec<(String, String)> {
     let mut pairs = Vec::new();
     let mut iter = words.into_iter();
     while let Some(w) = iter.next() {
-        let assignment = if w == "-c" { iter.next() } else { w.strip_prefix("--").or_else(|| w.strip_prefix("-c")).map(str::to_owned) };
+        let assignment = if w == "-c" {
+            iter.next()
+        } else {
+            w.strip_prefix("--")
+                .or_else(|| w.strip_prefix("-c"))
+                .map(str::to_owned)
+        };
         if let Some((name, value)) = assignment.as_deref().and_then(|a| a.split_once('=')) {
             pairs.push((name.replace('-', "_"), value.to_owned()));
         }
@@ -67,7 +73,9 @@ pub fn quote_literal(value: &str) -> String {
 
 /// An identifier, quoted when it needs to be.
 fn quote_ident(name: &str) -> String {
-    let plain = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
+    let plain = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
     if plain && !name.is_empty() {
         name.to_owned()
     } else {
@@ -105,7 +113,10 @@ mod tests {
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> Settings {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -117,7 +128,10 @@ mod tests {
             sync_sql(Some(&applied), &wanted).as_deref(),
             Some("SET application_name = 'a';SET statement_timeout = '5s';RESET search_path;")
         );
-        assert_eq!(sync_sql(None, &Settings::new()).as_deref(), Some("RESET ALL;"));
+        assert_eq!(
+            sync_sql(None, &Settings::new()).as_deref(),
+            Some("RESET ALL;")
+        );
     }
 
     #[test]

@@ -29,12 +29,19 @@ impl Statement {
     }
 }
 
+/// Ids of every distinct (query, parameter types) seen by this process.
+type StatementIds = Mutex<HashMap<(Box<str>, Box<[u8]>), u64>>;
+
 /// Interns (query, parameter types) into small ids.
 fn intern(query: &str, param_types: &[u8]) -> u64 {
-    static IDS: OnceLock<Mutex<HashMap<(Box<str>, Box<[u8]>), u64>>> = OnceLock::new();
-    let mut ids = IDS.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+    static IDS: OnceLock<StatementIds> = OnceLock::new();
+    let mut ids = IDS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let next = ids.len() as u64 + 1;
-    *ids.entry((query.into(), param_types.into())).or_insert(next)
+    *ids.entry((query.into(), param_types.into()))
+        .or_insert(next)
 }
 
 /// The statements one client has prepared, by the client's names (`""` is the unnamed one).
@@ -45,7 +52,13 @@ pub struct ClientStatements {
 
 impl ClientStatements {
     /// Records a `Parse`, replacing any statement of the same name.
-    pub fn define(&mut self, name: &[u8], query: &str, param_types: &[u8], plan: Arc<Plan>) -> Arc<Statement> {
+    pub fn define(
+        &mut self,
+        name: &[u8],
+        query: &str,
+        param_types: &[u8],
+        plan: Arc<Plan>,
+    ) -> Arc<Statement> {
         let statement = Arc::new(Statement {
             id: intern(query, param_types),
             query: query.into(),

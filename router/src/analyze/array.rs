@@ -73,7 +73,9 @@ pub(crate) fn parse_text_array(text: &str) -> Result<Vec<Option<String>>, String
                     while let Some(&c) = chars.peek() {
                         match c {
                             ',' | '}' => break,
-                            '{' | '"' => return Err(format!("unexpected \"{c}\" inside an element")),
+                            '{' | '"' => {
+                                return Err(format!("unexpected \"{c}\" inside an element"))
+                            }
                             '\\' => {
                                 chars.next();
                                 value.push(chars.next().ok_or("unterminated escape")?);
@@ -166,7 +168,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, len: usize) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(len).filter(|end| *end <= self.bytes.len()).ok_or("truncated array")?;
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or("truncated array")?;
         let slice = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(slice)
@@ -192,9 +198,18 @@ mod tests {
             ("{1,2,3}", Some(s(&[Some("1"), Some("2"), Some("3")]))),
             ("{}", Some(vec![])),
             (" { 1 , 2 } ", Some(s(&[Some("1"), Some("2")]))),
-            ("{\"x y\",\"a\\\"b\",c\\,d}", Some(s(&[Some("x y"), Some("a\"b"), Some("c,d")]))),
-            ("{NULL,null,\"NULL\",\\NULL}", Some(s(&[None, None, Some("NULL"), Some("NULL")]))),
-            ("{{1,2},{3,4}}", Some(s(&[Some("1"), Some("2"), Some("3"), Some("4")]))),
+            (
+                "{\"x y\",\"a\\\"b\",c\\,d}",
+                Some(s(&[Some("x y"), Some("a\"b"), Some("c,d")])),
+            ),
+            (
+                "{NULL,null,\"NULL\",\\NULL}",
+                Some(s(&[None, None, Some("NULL"), Some("NULL")])),
+            ),
+            (
+                "{{1,2},{3,4}}",
+                Some(s(&[Some("1"), Some("2"), Some("3"), Some("4")])),
+            ),
             ("[1:2]={7,8}", Some(s(&[Some("7"), Some("8")]))),
             ("{a b}", Some(s(&[Some("a b")]))),
             ("{1,2", None),
@@ -235,7 +250,10 @@ mod tests {
         let one = 1i64.to_be_bytes();
         let two = 2i64.to_be_bytes();
         let data = binary(1, &[3], &[Some(&one), None, Some(&two)]);
-        assert_eq!(parse_binary_array(&data), Ok(vec![Some(&one[..]), None, Some(&two[..])]));
+        assert_eq!(
+            parse_binary_array(&data),
+            Ok(vec![Some(&one[..]), None, Some(&two[..])])
+        );
         let data = binary(2, &[1, 2], &[Some(&one), Some(&two)]);
         assert_eq!(parse_binary_array(&data).map(|v| v.len()), Ok(2));
         assert_eq!(parse_binary_array(&binary(0, &[], &[])), Ok(vec![]));

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use super::expr::KeyExpr;
 use super::query::{Alt, Formula, LevelId, OccId, TableKind, Walker};
 use crate::key::KeyType;
-use crate::plan::{join_names, null_key, Branch, ClassInfo, KeySrc, KeyUpdate, Keyed, Restr, RouteError, Target};
+use crate::plan::{
+    join_names, null_key, Branch, ClassInfo, KeySrc, KeyUpdate, Keyed, Restr, RouteError, Target,
+};
 
 /// Union-find over occurrences.
 struct Classes {
@@ -15,7 +17,9 @@ struct Classes {
 
 impl Classes {
     fn new(n: usize) -> Classes {
-        Classes { parent: (0..n).collect() }
+        Classes {
+            parent: (0..n).collect(),
+        }
     }
 
     fn find(&mut self, mut x: usize) -> usize {
@@ -113,7 +117,9 @@ pub(super) fn compile(w: &Walker<'_>, alts: &[Alt]) -> Target {
         describe.push(text);
     }
     // Levels no alternative reaches (should not happen) are read by every branch, to stay safe.
-    let orphans: Vec<LevelId> = (0..w.levels.len()).filter(|l| !reached.get(*l).copied().unwrap_or(true)).collect();
+    let orphans: Vec<LevelId> = (0..w.levels.len())
+        .filter(|l| !reached.get(*l).copied().unwrap_or(true))
+        .collect();
     if !orphans.is_empty() {
         let extra = closure(&orphans, &children);
         for branch in &mut branches {
@@ -125,7 +131,11 @@ pub(super) fn compile(w: &Walker<'_>, alts: &[Alt]) -> Target {
         Some((occ, value)) => match c.class_of(*occ) {
             Some(class) => {
                 let key_type = c.key_types.get(class).copied().unwrap_or(KeyType::Int8);
-                let column = c.infos.get(class).map(|i| i.column.clone()).unwrap_or_default();
+                let column = c
+                    .infos
+                    .get(class)
+                    .map(|i| i.column.clone())
+                    .unwrap_or_default();
                 Some(KeyUpdate {
                     class,
                     value: key_src(value, key_type, true, &column),
@@ -139,11 +149,15 @@ pub(super) fn compile(w: &Walker<'_>, alts: &[Alt]) -> Target {
     if c.infos.is_empty() {
         let unlisted = branches.iter().find_map(|b| b.unlisted.clone());
         return match unlisted {
-            Some(table) => Target::Default(format!("table {table} is not in shards.yaml: default shard")),
+            Some(table) => Target::Default(format!(
+                "table {table} is not in shards.yaml: default shard"
+            )),
             None if w.occs.iter().any(|o| o.kind == TableKind::Reference) => {
                 Target::Anywhere("reference tables only: any shard (the default)".into())
             }
-            None if w.occs.iter().any(|o| o.kind == TableKind::Catalog) => Target::Anywhere("catalog tables only: default shard".into()),
+            None if w.occs.iter().any(|o| o.kind == TableKind::Catalog) => {
+                Target::Anywhere("catalog tables only: default shard".into())
+            }
             None => Target::Anywhere("no tables: default shard".into()),
         };
     }
@@ -209,7 +223,10 @@ impl Compiler<'_, '_> {
 
     /// One branch: anchored classes with their restrictions, then everything else it reads.
     fn branch(&mut self, alt: &Alt, levels: &[LevelId]) -> (Branch, String) {
-        let mut branch = Branch::default();
+        let mut branch = Branch {
+            single: alt.single,
+            ..Branch::default()
+        };
         let mut anchored: Vec<usize> = Vec::new();
         for occ in &alt.anchors {
             if let Some(class) = self.class_of(*occ) {
@@ -248,9 +265,13 @@ impl Compiler<'_, '_> {
     /// their own level needs) and unlisted tables.
     fn add_reads(&mut self, branch: &mut Branch, anchored: &[usize], levels: &[LevelId]) {
         for level in levels {
-            let Some(l) = self.w.levels.get(*level) else { continue };
+            let Some(l) = self.w.levels.get(*level) else {
+                continue;
+            };
             for occ in &l.occs {
-                let Some(o) = self.w.occs.get(*occ) else { continue };
+                let Some(o) = self.w.occs.get(*occ) else {
+                    continue;
+                };
                 match o.kind {
                     TableKind::Unlisted => {
                         if branch.unlisted.is_none() {
@@ -258,11 +279,14 @@ impl Compiler<'_, '_> {
                         }
                     }
                     TableKind::Sharded => {
-                        let Some(class) = self.class_of(*occ) else { continue };
+                        let Some(class) = self.class_of(*occ) else {
+                            continue;
+                        };
                         if anchored.contains(&class) {
                             continue;
                         }
-                        let parts: Vec<Restr> = l.formulas.iter().map(|f| self.project(f, class)).collect();
+                        let parts: Vec<Restr> =
+                            l.formulas.iter().map(|f| self.project(f, class)).collect();
                         let need = and(parts);
                         match branch.floating.iter_mut().find(|(c, _)| *c == class) {
                             Some((_, existing)) => {
@@ -283,16 +307,30 @@ impl Compiler<'_, '_> {
         match formula {
             Formula::True => Restr::All,
             Formula::Atom { occs, keys, insert } => {
-                let Some(root) = self.roots.get(class).copied() else { return Restr::All };
+                let Some(root) = self.roots.get(class).copied() else {
+                    return Restr::All;
+                };
                 let hits = occs.iter().any(|o| {
-                    self.w.occs.get(*o).is_some_and(|occ| occ.kind == TableKind::Sharded) && self.classes.find(*o) == root
+                    self.w
+                        .occs
+                        .get(*o)
+                        .is_some_and(|occ| occ.kind == TableKind::Sharded)
+                        && self.classes.find(*o) == root
                 });
                 if !hits {
                     return Restr::All;
                 }
                 let key_type = self.key_types.get(class).copied().unwrap_or(KeyType::Int8);
-                let column = self.infos.get(class).map(|i| i.column.clone()).unwrap_or_default();
-                Restr::Keys(keys.iter().map(|k| key_src(k, key_type, *insert, &column)).collect())
+                let column = self
+                    .infos
+                    .get(class)
+                    .map(|i| i.column.clone())
+                    .unwrap_or_default();
+                Restr::Keys(
+                    keys.iter()
+                        .map(|k| key_src(k, key_type, *insert, &column))
+                        .collect(),
+                )
             }
             Formula::And(parts) => {
                 let parts = parts.iter().map(|p| self.project(p, class)).collect();
@@ -306,9 +344,14 @@ impl Compiler<'_, '_> {
     }
 
     fn describe(&self, class: usize, restr: &Restr) -> String {
-        let Some(info) = self.infos.get(class) else { return String::new() };
+        let Some(info) = self.infos.get(class) else {
+            return String::new();
+        };
         match restr {
-            Restr::All => format!("no shard key restriction on {}: all its shards", join_names(&info.tables)),
+            Restr::All => format!(
+                "no shard key restriction on {}: all its shards",
+                join_names(&info.tables)
+            ),
             other => restr_text(&info.column, other),
         }
     }
@@ -387,9 +430,23 @@ fn restr_text(column: &str, restr: &Restr) -> String {
         Restr::Keys(keys) => match keys.as_slice() {
             [KeySrc::ParamArray(i)] => format!("{column} = ANY(${})", i + 1),
             [one] => format!("{column} = {}", src_text(one)),
-            many => format!("{column} IN ({})", many.iter().map(src_text).collect::<Vec<_>>().join(", ")),
+            many => format!(
+                "{column} IN ({})",
+                many.iter().map(src_text).collect::<Vec<_>>().join(", ")
+            ),
         },
-        Restr::And(parts) => parts.iter().map(|p| restr_text(column, p)).collect::<Vec<_>>().join(" AND "),
-        Restr::Or(parts) => format!("({})", parts.iter().map(|p| restr_text(column, p)).collect::<Vec<_>>().join(" OR ")),
+        Restr::And(parts) => parts
+            .iter()
+            .map(|p| restr_text(column, p))
+            .collect::<Vec<_>>()
+            .join(" AND "),
+        Restr::Or(parts) => format!(
+            "({})",
+            parts
+                .iter()
+                .map(|p| restr_text(column, p))
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        ),
     }
 }

@@ -2,8 +2,9 @@
 //! parameters), and the walk that visits every other expression to find subqueries.
 
 use sqlparser::ast::{
-    BinaryOperator, CastKind, DataType, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentClause,
-    FunctionArguments, Query, Subscript, UnaryOperator, Value, WindowFrameBound, WindowSpec, WindowType,
+    BinaryOperator, CastKind, DataType, Expr, Function, FunctionArg, FunctionArgExpr,
+    FunctionArgumentClause, FunctionArguments, Query, Subscript, UnaryOperator, Value,
+    WindowFrameBound, WindowSpec, WindowType,
 };
 
 use super::query::{column_parts, Alt, Formula, OccId, Walker};
@@ -44,15 +45,17 @@ fn family(data_type: &DataType) -> Option<Family> {
         | DataType::Integer(None)
         | DataType::Int8(None)
         | DataType::BigInt(None) => Some(Family::Int),
-        DataType::Numeric(sqlparser::ast::ExactNumberInfo::None) | DataType::Decimal(sqlparser::ast::ExactNumberInfo::None) => {
-            Some(Family::Numeric)
-        }
-        DataType::Text | DataType::Varchar(None) | DataType::CharacterVarying(None) | DataType::CharVarying(None) => {
-            Some(Family::Text)
-        }
+        DataType::Numeric(sqlparser::ast::ExactNumberInfo::None)
+        | DataType::Decimal(sqlparser::ast::ExactNumberInfo::None) => Some(Family::Numeric),
+        DataType::Text
+        | DataType::Varchar(None)
+        | DataType::CharacterVarying(None)
+        | DataType::CharVarying(None) => Some(Family::Text),
         DataType::Uuid => Some(Family::Uuid),
         DataType::Custom(name, modifiers) if modifiers.is_empty() => {
-            let last = super::query::name_parts(name).last().map(|i| i.value.to_ascii_lowercase())?;
+            let last = super::query::name_parts(name)
+                .last()
+                .map(|i| i.value.to_ascii_lowercase())?;
             match last.as_str() {
                 "int2" | "int4" | "int8" => Some(Family::Int),
                 "text" | "varchar" => Some(Family::Text),
@@ -68,7 +71,9 @@ fn family(data_type: &DataType) -> Option<Family> {
 fn keeps_key(key_type: KeyType, family: Family) -> bool {
     matches!(
         (key_type, family),
-        (KeyType::Int2 | KeyType::Int4 | KeyType::Int8, Family::Int) | (KeyType::Text, Family::Text) | (KeyType::Uuid, Family::Uuid)
+        (KeyType::Int2 | KeyType::Int4 | KeyType::Int8, Family::Int)
+            | (KeyType::Text, Family::Text)
+            | (KeyType::Uuid, Family::Uuid)
     )
 }
 
@@ -125,14 +130,19 @@ pub(super) fn key_value(expr: &Expr) -> Option<KeyExpr> {
         Expr::TypedString(ts) => {
             family(&ts.data_type)?;
             match &ts.value.value {
-                Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) | Value::UnicodeStringLiteral(s) => {
-                    Some(KeyExpr::Literal(s.clone()))
-                }
+                Value::SingleQuotedString(s)
+                | Value::EscapedStringLiteral(s)
+                | Value::UnicodeStringLiteral(s) => Some(KeyExpr::Literal(s.clone())),
                 Value::DollarQuotedString(d) => Some(KeyExpr::Literal(d.value.clone())),
                 _ => None,
             }
         }
-        Expr::Cast { kind, expr, data_type, format: None } if !matches!(kind, CastKind::TryCast | CastKind::SafeCast) => {
+        Expr::Cast {
+            kind,
+            expr,
+            data_type,
+            format: None,
+        } if !matches!(kind, CastKind::TryCast | CastKind::SafeCast) => {
             family(data_type)?;
             key_value(expr)
         }
@@ -141,7 +151,11 @@ pub(super) fn key_value(expr: &Expr) -> Option<KeyExpr> {
                 Value::Number(text, _) => Some(KeyExpr::Literal(number_text(&format!("-{text}")))),
                 _ => None,
             },
-            (UnaryOperator::Plus, inner @ Expr::Value(v)) if matches!(v.value, Value::Number(..)) => key_value(inner),
+            (UnaryOperator::Plus, inner @ Expr::Value(v))
+                if matches!(v.value, Value::Number(..)) =>
+            {
+                key_value(inner)
+            }
             _ => None,
         },
         _ => None,
@@ -151,16 +165,22 @@ pub(super) fn key_value(expr: &Expr) -> Option<KeyExpr> {
 /// Literal and parameter elements of an array expression for `= ANY(...)`.
 fn array_values(expr: &Expr) -> Option<Vec<KeyExpr>> {
     match strip_nested(expr) {
-        Expr::Cast { expr, format: None, .. } => array_values(expr),
+        Expr::Cast {
+            expr, format: None, ..
+        } => array_values(expr),
         Expr::Value(v) => match &v.value {
             Value::Placeholder(p) => placeholder(p).map(|i| vec![KeyExpr::ParamArray(i)]),
-            Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) | Value::DollarQuotedString(sqlparser::ast::DollarQuotedString { value: s, .. }) => {
+            Value::SingleQuotedString(s)
+            | Value::EscapedStringLiteral(s)
+            | Value::DollarQuotedString(sqlparser::ast::DollarQuotedString { value: s, .. }) => {
                 Some(match super::array::parse_text_array(s) {
                     Ok(elements) => elements
                         .into_iter()
                         .map(|e| e.map_or(KeyExpr::Null, KeyExpr::Literal))
                         .collect(),
-                    Err(why) => vec![KeyExpr::Invalid(format!("malformed array literal {s:?}: {why}"))],
+                    Err(why) => vec![KeyExpr::Invalid(format!(
+                        "malformed array literal {s:?}: {why}"
+                    ))],
                 })
             }
             Value::Null => Some(Vec::new()),
@@ -180,13 +200,20 @@ impl<'a> Walker<'a> {
                 Some(parts) => self.resolve_column(&parts),
                 None => Vec::new(),
             },
-            Expr::Cast { expr, data_type, format: None, .. } => {
+            Expr::Cast {
+                expr,
+                data_type,
+                format: None,
+                ..
+            } => {
                 let Some(family) = family(data_type) else {
                     self.walk_expr(expr);
                     return Vec::new();
                 };
                 let occs = self.key_ref(expr);
-                occs.into_iter().filter(|o| self.occ_key_type(*o).is_some_and(|t| keeps_key(t, family))).collect()
+                occs.into_iter()
+                    .filter(|o| self.occ_key_type(*o).is_some_and(|t| keeps_key(t, family)))
+                    .collect()
             }
             _ => Vec::new(),
         }
@@ -202,9 +229,19 @@ impl<'a> Walker<'a> {
     /// `conj`: whether the condition is reached through ANDs only, so equalities between keys
     /// hold in every row and link the tables. `alts`: the alternatives of the current level,
     /// into which EXISTS / IN subqueries in filtering position are merged.
-    pub(super) fn formula(&mut self, expr: &'a Expr, atoms: bool, conj: bool, mut alts: Option<&mut Vec<Alt>>) -> Formula {
+    pub(super) fn formula(
+        &mut self,
+        expr: &'a Expr,
+        atoms: bool,
+        conj: bool,
+        mut alts: Option<&mut Vec<Alt>>,
+    ) -> Formula {
         let expr = strip_nested(expr);
-        if let Expr::BinaryOp { op: op @ (BinaryOperator::And | BinaryOperator::Or), .. } = expr {
+        if let Expr::BinaryOp {
+            op: op @ (BinaryOperator::And | BinaryOperator::Or),
+            ..
+        } = expr
+        {
             let parts = flatten(expr, op);
             if *op == BinaryOperator::And {
                 let mut out = Vec::with_capacity(parts.len());
@@ -220,14 +257,31 @@ impl<'a> Walker<'a> {
             return Formula::Or(out);
         }
         match expr {
-            Expr::BinaryOp { left, op: BinaryOperator::Eq, right } => self.equality(left, right, atoms, conj),
-            Expr::InList { expr: column, list, negated: false } => self.in_list(column, list, atoms, conj),
-            Expr::InSubquery { expr: column, subquery, negated } => {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } => self.equality(left, right, atoms, conj),
+            Expr::InList {
+                expr: column,
+                list,
+                negated: false,
+            } => self.in_list(column, list, atoms, conj),
+            Expr::InSubquery {
+                expr: column,
+                subquery,
+                negated,
+            } => {
                 self.walk_expr(column);
                 self.in_subquery(column, subquery, !negated, conj && !negated, alts);
                 Formula::True
             }
-            Expr::AnyOp { left, compare_op: BinaryOperator::Eq, right, .. } => match strip_nested(right) {
+            Expr::AnyOp {
+                left,
+                compare_op: BinaryOperator::Eq,
+                right,
+                ..
+            } => match strip_nested(right) {
                 Expr::Subquery(q) => {
                     self.walk_expr(left);
                     self.in_subquery(left, q, true, conj, alts);
@@ -317,7 +371,11 @@ impl<'a> Walker<'a> {
             let keys: Option<Vec<KeyExpr>> = list.iter().map(key_value).collect();
             if let Some(keys) = keys {
                 return if atoms {
-                    Formula::Atom { occs, keys, insert: false }
+                    Formula::Atom {
+                        occs,
+                        keys,
+                        insert: false,
+                    }
                 } else {
                     Formula::True
                 };
@@ -335,7 +393,11 @@ impl<'a> Walker<'a> {
         if !occs.is_empty() {
             if let Some(keys) = array_values(array) {
                 return if atoms {
-                    Formula::Atom { occs, keys, insert: false }
+                    Formula::Atom {
+                        occs,
+                        keys,
+                        insert: false,
+                    }
                 } else {
                     Formula::True
                 };
@@ -349,7 +411,15 @@ impl<'a> Walker<'a> {
     /// `column IN (SELECT …)`: the subquery's single output column, when it carries a shard key,
     /// is linked to `column` (a semi-join on the key only needs rows with that key). In a
     /// filtering position its one alternative is merged, so its restrictions count.
-    fn in_subquery(&mut self, column: &'a Expr, subquery: &'a Query, link: bool, filter: bool, alts: Option<&mut Vec<Alt>>) {
+    fn in_subquery(
+        &mut self,
+        column: &'a Expr,
+        subquery: &'a Query,
+        link: bool,
+        filter: bool,
+        alts: Option<&mut Vec<Alt>>,
+    ) {
+        self.check_next = true;
         let out = self.walk_query(subquery);
         if link {
             match strip_nested(column) {
@@ -397,8 +467,14 @@ impl<'a> Walker<'a> {
                     for access in access_chain {
                         match access {
                             sqlparser::ast::AccessExpr::Dot(e) => stack.push(e),
-                            sqlparser::ast::AccessExpr::Subscript(Subscript::Index { index }) => stack.push(index),
-                            sqlparser::ast::AccessExpr::Subscript(Subscript::Slice { lower_bound, upper_bound, stride }) => {
+                            sqlparser::ast::AccessExpr::Subscript(Subscript::Index { index }) => {
+                                stack.push(index)
+                            }
+                            sqlparser::ast::AccessExpr::Subscript(Subscript::Slice {
+                                lower_bound,
+                                upper_bound,
+                                stride,
+                            }) => {
                                 stack.extend(lower_bound.iter().chain(upper_bound).chain(stride));
                             }
                         }
@@ -425,15 +501,23 @@ impl<'a> Walker<'a> {
                     stack.push(expr);
                     stack.extend(list);
                 }
-                Expr::InSubquery { expr, subquery, negated } => {
+                Expr::InSubquery {
+                    expr,
+                    subquery,
+                    negated,
+                } => {
                     stack.push(expr);
                     self.in_subquery(expr, subquery, !negated, false, None);
                 }
-                Expr::InUnnest { expr, array_expr, .. } => {
+                Expr::InUnnest {
+                    expr, array_expr, ..
+                } => {
                     stack.push(expr);
                     stack.push(array_expr);
                 }
-                Expr::Between { expr, low, high, .. } => {
+                Expr::Between {
+                    expr, low, high, ..
+                } => {
                     stack.push(expr);
                     stack.push(low);
                     stack.push(high);
@@ -442,9 +526,24 @@ impl<'a> Walker<'a> {
                     stack.push(right);
                     stack.push(left);
                 }
-                Expr::Like { expr, pattern, escape_char, .. }
-                | Expr::ILike { expr, pattern, escape_char, .. }
-                | Expr::SimilarTo { expr, pattern, escape_char, .. } => {
+                Expr::Like {
+                    expr,
+                    pattern,
+                    escape_char,
+                    ..
+                }
+                | Expr::ILike {
+                    expr,
+                    pattern,
+                    escape_char,
+                    ..
+                }
+                | Expr::SimilarTo {
+                    expr,
+                    pattern,
+                    escape_char,
+                    ..
+                } => {
                     stack.push(expr);
                     stack.push(pattern);
                     stack.extend(escape_char.as_deref());
@@ -453,10 +552,21 @@ impl<'a> Walker<'a> {
                     stack.push(expr);
                     stack.push(pattern);
                 }
-                Expr::AnyOp { left, compare_op, right, .. } => {
+                Expr::AnyOp {
+                    left,
+                    compare_op,
+                    right,
+                    ..
+                } => {
                     stack.push(left);
                     match strip_nested(right) {
-                        Expr::Subquery(q) => self.in_subquery(left, q, *compare_op == BinaryOperator::Eq, false, None),
+                        Expr::Subquery(q) => self.in_subquery(
+                            left,
+                            q,
+                            *compare_op == BinaryOperator::Eq,
+                            false,
+                            None,
+                        ),
                         _ => stack.push(right),
                     }
                 }
@@ -475,7 +585,10 @@ impl<'a> Walker<'a> {
                     stack.push(expr);
                     stack.extend(styles);
                 }
-                Expr::AtTimeZone { timestamp, time_zone } => {
+                Expr::AtTimeZone {
+                    timestamp,
+                    time_zone,
+                } => {
                     stack.push(timestamp);
                     stack.push(time_zone);
                 }
@@ -483,27 +596,50 @@ impl<'a> Walker<'a> {
                     stack.push(expr);
                     stack.push(r#in);
                 }
-                Expr::Substring { expr, substring_from, substring_for, .. } => {
+                Expr::Substring {
+                    expr,
+                    substring_from,
+                    substring_for,
+                    ..
+                } => {
                     stack.push(expr);
                     stack.extend(substring_from.as_deref());
                     stack.extend(substring_for.as_deref());
                 }
-                Expr::Trim { expr, trim_what, trim_characters, .. } => {
+                Expr::Trim {
+                    expr,
+                    trim_what,
+                    trim_characters,
+                    ..
+                } => {
                     stack.push(expr);
                     stack.extend(trim_what.as_deref());
                     stack.extend(trim_characters.iter().flatten());
                 }
-                Expr::Overlay { expr, overlay_what, overlay_from, overlay_for } => {
+                Expr::Overlay {
+                    expr,
+                    overlay_what,
+                    overlay_from,
+                    overlay_for,
+                } => {
                     stack.push(expr);
                     stack.push(overlay_what);
                     stack.push(overlay_from);
                     stack.extend(overlay_for.as_deref());
                 }
-                Expr::Value(_) | Expr::TypedString(_) | Expr::Wildcard(_) | Expr::MatchAgainst { .. } => {}
+                Expr::Value(_)
+                | Expr::TypedString(_)
+                | Expr::Wildcard(_)
+                | Expr::MatchAgainst { .. } => {}
                 Expr::QualifiedWildcard(name, _) => self.visit_name(name),
                 Expr::Prefixed { value, .. } => stack.push(value),
                 Expr::Function(f) => self.walk_function(f),
-                Expr::Case { operand, conditions, else_result, .. } => {
+                Expr::Case {
+                    operand,
+                    conditions,
+                    else_result,
+                    ..
+                } => {
                     stack.extend(operand.as_deref());
                     for when in conditions {
                         stack.push(&when.condition);
@@ -511,8 +647,12 @@ impl<'a> Walker<'a> {
                     }
                     stack.extend(else_result.as_deref());
                 }
-                Expr::Exists { subquery, .. } | Expr::Subquery(subquery) => self.nested_query(subquery),
-                Expr::GroupingSets(sets) | Expr::Cube(sets) | Expr::Rollup(sets) => stack.extend(sets.iter().flatten()),
+                Expr::Exists { subquery, .. } | Expr::Subquery(subquery) => {
+                    self.nested_query(subquery)
+                }
+                Expr::GroupingSets(sets) | Expr::Cube(sets) | Expr::Rollup(sets) => {
+                    stack.extend(sets.iter().flatten())
+                }
                 Expr::Tuple(items) => stack.extend(items),
                 Expr::Struct { values, .. } => stack.extend(values),
                 Expr::Array(array) => stack.extend(&array.elem),
@@ -536,6 +676,7 @@ impl<'a> Walker<'a> {
     /// Visits a function call: name, arguments, FILTER, WITHIN GROUP, OVER.
     pub(super) fn walk_function(&mut self, f: &'a Function) {
         self.visit_name(&f.name);
+        self.note_function(f);
         for args in [&f.parameters, &f.args] {
             match args {
                 FunctionArguments::None => {}
@@ -546,8 +687,12 @@ impl<'a> Walker<'a> {
                     }
                     for clause in &list.clauses {
                         match clause {
-                            FunctionArgumentClause::Where(e) | FunctionArgumentClause::Limit(e) => self.walk_expr(e),
-                            FunctionArgumentClause::OrderBy(items) => items.iter().for_each(|o| self.walk_expr(&o.expr)),
+                            FunctionArgumentClause::Where(e) | FunctionArgumentClause::Limit(e) => {
+                                self.walk_expr(e)
+                            }
+                            FunctionArgumentClause::OrderBy(items) => {
+                                items.iter().for_each(|o| self.walk_expr(&o.expr))
+                            }
                             _ => {}
                         }
                     }
@@ -590,7 +735,9 @@ impl<'a> Walker<'a> {
         }
         if let Some(frame) = &spec.window_frame {
             for bound in std::iter::once(&frame.start_bound).chain(frame.end_bound.as_ref()) {
-                if let WindowFrameBound::Preceding(Some(e)) | WindowFrameBound::Following(Some(e)) = bound {
+                if let WindowFrameBound::Preceding(Some(e)) | WindowFrameBound::Following(Some(e)) =
+                    bound
+                {
                     self.walk_expr(e);
                 }
             }
@@ -620,7 +767,14 @@ mod tests {
 
     #[test]
     fn integer_literals_are_normalised() {
-        for (text, want) in [("1_000", "1000"), ("0x1F", "31"), ("-0x10", "-16"), ("0b101", "5"), ("0o17", "15"), ("42", "42")] {
+        for (text, want) in [
+            ("1_000", "1000"),
+            ("0x1F", "31"),
+            ("-0x10", "-16"),
+            ("0b101", "5"),
+            ("0o17", "15"),
+            ("42", "42"),
+        ] {
             assert_eq!(number_text(text), want, "{text}");
         }
         assert_eq!(placeholder("$1"), Some(0));

@@ -37,11 +37,10 @@ pub(super) fn longest_operator_chain(tokens: &[TokenWithSpan]) -> usize {
     for t in tokens {
         match &t.token {
             Token::LParen | Token::LBracket | Token::LBrace => counters.push(0),
-            Token::RParen | Token::RBracket | Token::RBrace => {
-                if counters.len() > 1 {
-                    counters.pop();
-                }
+            Token::RParen | Token::RBracket | Token::RBrace if counters.len() > 1 => {
+                counters.pop();
             }
+            Token::RParen | Token::RBracket | Token::RBrace => {}
             Token::Comma | Token::SemiColon => {
                 if let Some(c) = counters.last_mut() {
                     *c = 0;
@@ -61,21 +60,23 @@ pub(super) fn longest_operator_chain(tokens: &[TokenWithSpan]) -> usize {
 
 fn counts_as_operator(token: &Token) -> bool {
     match token {
-        Token::Word(w) => matches!(
-            w.keyword,
-            Keyword::AND
-                | Keyword::OR
-                | Keyword::IS
-                | Keyword::COLLATE
-                | Keyword::LIKE
-                | Keyword::ILIKE
-                | Keyword::SIMILAR
-                | Keyword::BETWEEN
-                | Keyword::IN
-                | Keyword::AT
-                | Keyword::OVERLAPS
-                | Keyword::OPERATOR
-        ) && w.quote_style.is_none(),
+        Token::Word(w) => {
+            matches!(
+                w.keyword,
+                Keyword::AND
+                    | Keyword::OR
+                    | Keyword::IS
+                    | Keyword::COLLATE
+                    | Keyword::LIKE
+                    | Keyword::ILIKE
+                    | Keyword::SIMILAR
+                    | Keyword::BETWEEN
+                    | Keyword::IN
+                    | Keyword::AT
+                    | Keyword::OVERLAPS
+                    | Keyword::OPERATOR
+            ) && w.quote_style.is_none()
+        }
         Token::Whitespace(_)
         | Token::EOF
         | Token::Number(..)
@@ -201,7 +202,10 @@ mod tests {
         let cases = [
             ("SELECT * FROM ONLY users u", "SELECT * FROM  users u"),
             ("UPDATE ONLY users SET a = 1", "UPDATE  users SET a = 1"),
-            ("SELECT 1 FETCH FIRST 1 ROWS ONLY", "SELECT 1 FETCH FIRST 1 ROWS ONLY"),
+            (
+                "SELECT 1 FETCH FIRST 1 ROWS ONLY",
+                "SELECT 1 FETCH FIRST 1 ROWS ONLY",
+            ),
             ("BEGIN READ ONLY", "BEGIN READ ONLY"),
             ("TABLE users", "SELECT * FROM users"),
             ("SELECT 1; TABLE users", "SELECT 1; SELECT * FROM users"),
@@ -214,7 +218,8 @@ mod tests {
 
     #[test]
     fn measures_operator_chains() {
-        let tokens = tokenize("SELECT * FROM t WHERE a = 1 OR a = 2 OR (b = 3 AND c = 4)").unwrap_or_default();
+        let tokens = tokenize("SELECT * FROM t WHERE a = 1 OR a = 2 OR (b = 3 AND c = 4)")
+            .unwrap_or_default();
         assert_eq!(longest_operator_chain(&tokens), 5);
         let tokens = tokenize("SELECT f(a + b, c + d), e").unwrap_or_default();
         assert_eq!(longest_operator_chain(&tokens), 1);

@@ -1,10 +1,13 @@
 //! SQL analysis: turns statement text into a [`Plan`] — the statement kind and the routing
 //! target that [`Plan::route`] evaluates.
 //!
-//! Steps: tokenize (sqlparser, PostgreSQL dialect); refuse expression chains too long to handle
-//! safely; repair syntax sqlparser misreads; parse; classify each statement; walk queries and
-//! DML (`query`, `expr`) into facts and compile them (`compile`). Two safety rules guard
-//! against a silent wrong shard:
+//! Steps: tokenize (sqlparser, PostgreSQL dialect) and refuse expression chains too long to
+//! handle safely (`lex`); repair syntax sqlparser misreads; parse; classify each statement
+//! (this file); walk queries into facts — `query` (SELECT, set operations, the fact model),
+//! `from` (FROM items, joins, column resolution, WITH), `expr` (conditions and key values),
+//! `dml` (INSERT/UPDATE/DELETE/MERGE) — and compile the facts into a target (`compile`).
+//! `array` decodes array values for `= ANY(...)`. Two safety rules guard against a silent
+//! wrong shard:
 //!
 //! - Text sqlparser cannot parse is routed to the default shard only when it mentions no table
 //!   named in shards.yaml (PostgreSQL then accepts or rejects it); otherwise it is refused.
@@ -14,7 +17,9 @@
 
 mod array;
 mod compile;
+mod dml;
 mod expr;
+mod from;
 mod lex;
 mod query;
 #[cfg(test)]
@@ -23,8 +28,8 @@ mod tests;
 use std::collections::{BTreeSet, HashSet};
 
 use sqlparser::ast::{
-    CopySource, CopyTarget, DiscardObject, Expr, ObjectName, Query, Reset, Set, Statement, TransactionAccessMode,
-    TransactionIsolationLevel, TransactionMode,
+    CopySource, CopyTarget, DiscardObject, Expr, ObjectName, Query, Reset, Set, Statement,
+    TransactionAccessMode, TransactionIsolationLevel, TransactionMode,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -40,27 +45,38 @@ use query::{name_parts, norm, TableKind, Walker};
 pub(crate) fn analyze(config: &Config, sql: &str) -> Plan {
     let tokens = match lex::tokenize(sql) {
         Ok(tokens) => tokens,
-        Err(e) => return unparseable(config, sql, None, &e),
+        Err(e) => return unparseable(config, sql, None, &e, PARSE_ERROR),
     };
     if lex::longest_operator_chain(&tokens) > lex::MAX_OPERATOR_CHAIN {
         let why = format!(
             "more than {} operators chained in one expression; use IN (...) or = ANY($1) for long lists",
             lex::MAX_OPERATOR_CHAIN
         );
-        return unparseable(config, sql, Some(&tokens), &why);
+        return unparseable(config, sql, Some(&tokens), &why, TOO_COMPLEX);
     }
     let mentioned = lex::configured_words(config, &tokens);
     let repaired = lex::repair(tokens.clone());
-    let statements = match Parser::new(&PostgreSqlDialect {}).with_tokens_with_locations(repaired).parse_statements() {
+    let statements = match Parser::new(&PostgreSqlDialect {})
+        .with_tokens_with_locations(repaired)
+        .parse_statements()
+    {
         Ok(statements) => statements,
-        Err(e) => return unparseable(config, sql, Some(&tokens), &e.to_string()),
+        Err(e) => return unparseable(config, sql, Some(&tokens), &e.to_string(), PARSE_ERROR),
     };
 
     let mut analyses: Vec<Analysis> = statements.iter().map(|s| statement(config, s)).collect();
     let checked = analyses.iter().any(|a| a.visited.is_some());
     if checked {
-        let visited: HashSet<&String> = analyses.iter().filter_map(|a| a.visited.as_ref()).flatten().collect();
-        let missed: Vec<String> = mentioned.iter().filter(|m| !visited.contains(m)).cloned().collect();
+        let visited: HashSet<&String> = analyses
+            .iter()
+            .filter_map(|a| a.visited.as_ref())
+            .flatten()
+            .collect();
+        let missed: Vec<String> = mentioned
+            .iter()
+            .filter(|m| !visited.contains(m))
+            .cloned()
+            .collect();
         if !missed.is_empty() {
             let err = RouteError::new(
                 "0A000",
@@ -100,6 +116,11 @@ pub(crate) fn analyze(config: &Config, sql: &str) -> Plan {
     }
 }
 
+/// SQLSTATE for text sqlparser rejects (syntax_error).
+const PARSE_ERROR: &str = "42601";
+/// SQLSTATE for text too complex to analyse safely (statement_too_complex).
+const TOO_COMPLEX: &str = "54001";
+
 /// What one parsed statement turned into.
 struct Analysis {
     kind: StatementKind,
@@ -118,22 +139,33 @@ impl Analysis {
     }
 
     fn handled(kind: StatementKind) -> Analysis {
-        Analysis::fixed(kind, Target::Anywhere("handled by the proxy: the client's backend or the default shard".into()))
+        Analysis::fixed(
+            kind,
+            Target::Anywhere(
+                "handled by the proxy: the client's backend or the default shard".into(),
+            ),
+        )
     }
 
     fn unsupported(message: impl Into<String>) -> Analysis {
-        Analysis::fixed(StatementKind::Unsupported, Target::Error(RouteError::new("0A000", message)))
+        Analysis::fixed(
+            StatementKind::Unsupported,
+            Target::Error(RouteError::new("0A000", message)),
+        )
     }
 
     fn ddl() -> Analysis {
-        Analysis::fixed(StatementKind::Ddl, Target::AllShards("schema change: every shard, so schemas stay identical".into()))
+        Analysis::fixed(
+            StatementKind::Ddl,
+            Target::AllShards("schema change: every shard, so schemas stay identical".into()),
+        )
     }
 }
 
 /// Classifies one statement and builds its target.
 fn statement(config: &Config, stmt: &Statement) -> Analysis {
     match stmt {
-        Statement::Query(q) => read_or_write(config, q),
+        Statement::Query(q) => concatenated_read(config, q),
         Statement::Insert(insert) => walked(config, StatementKind::Write, |w| w.walk_insert(insert).alts),
         Statement::Update(update) => walked(config, StatementKind::Write, |w| w.walk_update(update).alts),
         Statement::Delete(delete) => walked(config, StatementKind::Write, |w| w.walk_delete(delete).alts),
@@ -282,7 +314,10 @@ fn statement(config: &Config, stmt: &Statement) -> Analysis {
 fn call(config: &Config, function: &sqlparser::ast::Function) -> Analysis {
     let mut w = Walker::new(config);
     w.walk_function(function);
-    let configured = w.occs.iter().find(|o| matches!(o.kind, TableKind::Sharded | TableKind::Reference));
+    let configured = w
+        .occs
+        .iter()
+        .find(|o| matches!(o.kind, TableKind::Sharded | TableKind::Reference));
     let target = match (configured, w.error.take()) {
         (Some(o), _) => Target::Error(RouteError::new(
             "0A000",
@@ -299,7 +334,11 @@ fn call(config: &Config, function: &sqlparser::ast::Function) -> Analysis {
 }
 
 /// Walks a statement with a fresh walker and compiles the facts.
-fn walked<'a>(config: &'a Config, kind: StatementKind, walk: impl FnOnce(&mut Walker<'a>) -> Vec<query::Alt>) -> Analysis {
+fn walked<'a>(
+    config: &'a Config,
+    kind: StatementKind,
+    walk: impl FnOnce(&mut Walker<'a>) -> Vec<query::Alt>,
+) -> Analysis {
     let mut w = Walker::new(config);
     let alts = walk(&mut w);
     let mut top = alts;
@@ -321,10 +360,21 @@ fn walked<'a>(config: &'a Config, kind: StatementKind, walk: impl FnOnce(&mut Wa
 /// SELECT / VALUES / WITH: a read, unless it writes (data-modifying WITH) or locks rows, or
 /// creates a table (`SELECT … INTO`).
 fn read_or_write(config: &Config, q: &Query) -> Analysis {
+    read_or_write_checked(config, q, false)
+}
+
+/// [`read_or_write`]; `concatenated`: the result rows are concatenated, not merged, so the
+/// top-level SELECT must not aggregate across shards either.
+fn read_or_write_checked(config: &Config, q: &Query, concatenated: bool) -> Analysis {
     let mut w = Walker::new(config);
+    w.check_next = concatenated;
     let out = w.walk_query(q);
     if w.select_into {
-        let sharded = w.occs.iter().find(|o| o.kind == TableKind::Sharded).map(|o| o.name.clone());
+        let sharded = w
+            .occs
+            .iter()
+            .find(|o| o.kind == TableKind::Sharded)
+            .map(|o| o.name.clone());
         let mut visited = w.visited;
         for target in select_into_targets(q) {
             for part in name_parts(&target) {
@@ -338,7 +388,9 @@ fn read_or_write(config: &Config, q: &Query) -> Analysis {
             Some(table) => Target::Error(create_from_sharded(&table)),
             None => match w.error {
                 Some(e) => Target::Error(e),
-                None => Target::Default("SELECT INTO creates a table, which lives on the default shard".into()),
+                None => Target::Default(
+                    "SELECT INTO creates a table, which lives on the default shard".into(),
+                ),
             },
         };
         return Analysis {
@@ -352,7 +404,11 @@ fn read_or_write(config: &Config, q: &Query) -> Analysis {
         top = w.cross(top, dml);
     }
     let target = compile::compile(&w, &top);
-    let kind = if w.writes || w.locks { StatementKind::Write } else { StatementKind::Read };
+    let kind = if w.writes || w.locks {
+        StatementKind::Write
+    } else {
+        StatementKind::Read
+    };
     Analysis {
         kind,
         target,
@@ -392,17 +448,39 @@ fn create_as(config: &Config, query: &Query, name: &ObjectName) -> Analysis {
     let mut w = Walker::new(config);
     w.visit_name(name);
     let _ = w.walk_query(query);
-    let sharded = w.occs.iter().find(|o| o.kind == TableKind::Sharded).map(|o| o.name.clone());
+    let sharded = w
+        .occs
+        .iter()
+        .find(|o| o.kind == TableKind::Sharded)
+        .map(|o| o.name.clone());
     let target = match (sharded, w.error.take()) {
         (Some(table), _) => Target::Error(create_from_sharded(&table)),
         (None, Some(e)) => Target::Error(e),
-        (None, None) => Target::Default("creates a table from a query over unsharded tables: default shard".into()),
+        (None, None) => Target::Default(
+            "creates a table from a query over unsharded tables: default shard".into(),
+        ),
     };
     Analysis {
         kind: StatementKind::Ddl,
         target,
         visited: Some(w.visited),
     }
+}
+
+/// A top-level query. Rows from several shards are concatenated (the proxy does not merge
+/// ORDER BY, LIMIT or aggregates across shards yet), so a query that orders, limits,
+/// aggregates or de-duplicates must stay on one shard rather than give a wrong answer.
+fn concatenated_read(config: &Config, q: &Query) -> Analysis {
+    let mut a = read_or_write_checked(config, q, true);
+    if q.order_by.is_some() {
+        if let Target::Keyed(k) = &mut a.target {
+            k.single_only = Some(RouteError::new(
+                "0A000",
+                "ORDER BY across several shards is not supported yet; restrict the query to one shard key, or sort on the client",
+            ));
+        }
+    }
+    a
 }
 
 /// `DECLARE c CURSOR FOR query`: routed like the query, on one shard only.
@@ -422,7 +500,11 @@ fn cursor(config: &Config, stmts: &[sqlparser::ast::Declare]) -> Analysis {
 
 /// COPY: `FROM STDIN` into one shard only; `TO STDOUT` from every shard holding the rows.
 fn copy(config: &Config, source: &CopySource, to: bool, target: &CopyTarget) -> Analysis {
-    let kind = if to { StatementKind::CopyOut } else { StatementKind::CopyIn };
+    let kind = if to {
+        StatementKind::CopyOut
+    } else {
+        StatementKind::CopyIn
+    };
     if !matches!(target, CopyTarget::Stdin | CopyTarget::Stdout) {
         let mut a = Analysis::fixed(
             kind,
@@ -437,16 +519,40 @@ fn copy(config: &Config, source: &CopySource, to: bool, target: &CopyTarget) -> 
     }
     match source {
         CopySource::Query(query) => {
-            let mut a = read_or_write(config, query);
+            // COPY output is concatenated shard by shard: aggregation, DISTINCT, LIMIT and
+            // ORDER BY of the query only hold when it runs on one shard.
+            let mut a = read_or_write_checked(config, query, true);
+            if query.order_by.is_some() {
+                if let Target::Keyed(k) = &mut a.target {
+                    k.single_only = Some(RouteError::new(
+                        "0A000",
+                        "COPY (query ORDER BY …) TO STDOUT cannot keep the order across several shards; restrict the query to one shard or sort after copying",
+                    ));
+                }
+            }
             a.kind = kind;
             a
         }
-        CopySource::Table { table_name, columns } => {
+        CopySource::Table {
+            table_name,
+            columns,
+        } => {
             let parts = name_parts(table_name);
-            let key = parts.last().map(|i| i.value.to_ascii_lowercase()).unwrap_or_default();
-            let schema = parts.len().checked_sub(2).and_then(|i| parts.get(i)).map(|s| norm(s));
+            let key = parts
+                .last()
+                .map(|i| i.value.to_ascii_lowercase())
+                .unwrap_or_default();
+            let schema = parts
+                .len()
+                .checked_sub(2)
+                .and_then(|i| parts.get(i))
+                .map(|s| norm(s));
             let catalog = matches!(schema.as_deref(), Some("pg_catalog" | "information_schema"));
-            let rule = if catalog { None } else { config.tables.get(&key) };
+            let rule = if catalog {
+                None
+            } else {
+                config.tables.get(&key)
+            };
             let name = parts.last().map(|i| norm(i)).unwrap_or_default();
             let _ = columns;
             let target = match rule.map(|r| &r.sharding) {
@@ -485,7 +591,11 @@ fn copy(config: &Config, source: &CopySource, to: bool, target: &CopyTarget) -> 
 
 /// A GUC name as PostgreSQL spells it: lower case, dotted parts joined.
 fn guc_name(name: &ObjectName) -> String {
-    name_parts(name).iter().map(|i| i.value.to_ascii_lowercase()).collect::<Vec<_>>().join(".")
+    name_parts(name)
+        .iter()
+        .map(|i| i.value.to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// `SET …` variants.
@@ -570,7 +680,13 @@ fn set_statement(set: &Set) -> Analysis {
 /// Text sqlparser cannot parse (or will not parse safely). Utility statements are recognised by
 /// their first words; anything else goes to the default shard only if it mentions no
 /// configured table.
-fn unparseable(config: &Config, sql: &str, tokens: Option<&[TokenWithSpan]>, why: &str) -> Plan {
+fn unparseable(
+    config: &Config,
+    sql: &str,
+    tokens: Option<&[TokenWithSpan]>,
+    why: &str,
+    sqlstate: &'static str,
+) -> Plan {
     let words = match tokens {
         Some(t) => lex::leading_words(t, 3),
         None => lex::leading_words_raw(sql, 3),
@@ -578,26 +694,44 @@ fn unparseable(config: &Config, sql: &str, tokens: Option<&[TokenWithSpan]>, why
     let word = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
     let handled = |kind: StatementKind| Plan {
         kind,
-        target: Target::Anywhere("handled by the proxy: the client's backend or the default shard".into()),
+        target: Target::Anywhere(
+            "handled by the proxy: the client's backend or the default shard".into(),
+        ),
         parts: Vec::new(),
     };
     match (word(0), word(1), word(2)) {
         ("PREPARE", "TRANSACTION", _) | ("COMMIT" | "ROLLBACK", "PREPARED", _) | ("MOVE", _, _) => {
             return handled(StatementKind::TransactionControl)
         }
-        ("RESET", "TIME", "ZONE") => return handled(StatementKind::Reset { name: "timezone".into() }),
+        ("RESET", "TIME", "ZONE") => {
+            return handled(StatementKind::Reset {
+                name: "timezone".into(),
+            })
+        }
         ("RESET", "SESSION", "AUTHORIZATION") => {
             return handled(StatementKind::Reset {
                 name: "session_authorization".into(),
             })
         }
         ("SET", "CONSTRAINTS", _) => return handled(StatementKind::SetLocal),
+        ("SHOW", _, _) => return handled(StatementKind::Show),
+        ("SET" | "RESET", _, _) => {
+            // Session state shardline cannot follow would be lost between backends.
+            return Plan {
+                kind: StatementKind::Unsupported,
+                target: Target::Error(RouteError::new(
+                    "0A000",
+                    format!("shardline could not parse this {} statement ({why}); use SET name = value or RESET name", word(0)),
+                )),
+                parts: Vec::new(),
+            };
+        }
         _ => {}
     }
     let kind = match word(0) {
         "SELECT" | "VALUES" | "TABLE" | "WITH" => StatementKind::Read,
-        "CREATE" | "ALTER" | "DROP" | "TRUNCATE" | "COMMENT" | "GRANT" | "REVOKE" | "REINDEX" | "CLUSTER" | "VACUUM"
-        | "ANALYZE" | "SECURITY" | "IMPORT" => StatementKind::Ddl,
+        "CREATE" | "ALTER" | "DROP" | "TRUNCATE" | "COMMENT" | "GRANT" | "REVOKE" | "REINDEX"
+        | "CLUSTER" | "VACUUM" | "ANALYZE" | "SECURITY" | "IMPORT" => StatementKind::Ddl,
         "COPY" => {
             let upper = sql.to_ascii_uppercase();
             if upper.contains("STDIN") {
@@ -608,23 +742,50 @@ fn unparseable(config: &Config, sql: &str, tokens: Option<&[TokenWithSpan]>, why
         }
         _ => StatementKind::Write,
     };
-    let mentioned: BTreeSet<String> = match tokens {
-        Some(t) => lex::configured_words(config, t),
-        None => lex::configured_words_raw(config, sql),
-    };
-    let target = if let Some(first) = mentioned.iter().next() {
+    // Every whole word counts, including inside strings and comments: a `DO` block or a
+    // function body can reach a sharded table from a dollar-quoted string.
+    let mentioned: BTreeSet<String> = lex::configured_words_raw(config, sql);
+    // Maintenance and schema changes that carry no query go to every shard whatever they
+    // name; `CREATE` may carry a query (CREATE TABLE … AS), so it follows the mention rule.
+    let maintenance = matches!(
+        word(0),
+        "VACUUM"
+            | "ANALYZE"
+            | "REINDEX"
+            | "CLUSTER"
+            | "ALTER"
+            | "DROP"
+            | "TRUNCATE"
+            | "COMMENT"
+            | "GRANT"
+            | "REVOKE"
+            | "SECURITY"
+    );
+    let target = if maintenance {
+        Target::AllShards(
+            "schema change or maintenance shardline could not parse: every shard".into(),
+        )
+    } else if let Some(first) = mentioned.iter().next() {
         let what = match config.tables.get(first).map(|r| &r.sharding) {
             Some(crate::config::Sharding::Reference) => "reference table",
             _ => "sharded table",
         };
+        let verb = if sqlstate == TOO_COMPLEX {
+            "analyse"
+        } else {
+            "parse"
+        };
         Target::Error(RouteError::new(
-            "42601",
+            sqlstate,
             format!(
-                "shardline could not parse this statement ({why}), and it mentions {what} {first}, so it cannot be routed safely; rewrite it in syntax shardline understands"
+                "shardline could not {verb} this statement ({why}), and it mentions {what} {first}, so it cannot be routed safely; rewrite it in syntax shardline understands"
             ),
         ))
     } else if kind == StatementKind::Ddl {
-        Target::AllShards("schema change shardline could not parse, mentioning no configured table: every shard".into())
+        Target::AllShards(
+            "schema change shardline could not parse, mentioning no configured table: every shard"
+                .into(),
+        )
     } else {
         Target::Default(format!(
             "statement shardline could not parse ({why}), mentioning no configured table: default shard"

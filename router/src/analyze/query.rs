@@ -24,14 +24,13 @@
 use std::collections::HashSet;
 
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, Cte, Delete, Expr, FromTable, Ident, Insert, Join, JoinConstraint, JoinOperator,
-    Merge, ObjectName, ObjectNamePart, OnConflictAction, OnInsert, OrderBy, OrderByKind, Query, Select,
-    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, SetOperator, SetQuantifier, Statement, TableAlias,
-    TableFactor, TableObject, TableWithJoins, Update, UpdateTableFromKind, Values,
+    Expr, Ident, ObjectName, ObjectNamePart, OrderBy, OrderByKind, Query, Select, SelectItem,
+    SelectItemQualifiedWildcardKind, SetExpr, SetOperator, SetQuantifier, Statement, TableAlias,
+    Values,
 };
 
 use super::expr::KeyExpr;
-use crate::config::{Config, Sharding};
+use crate::config::Config;
 use crate::plan::RouteError;
 
 /// Index of an occurrence in [`Walker::occs`].
@@ -42,7 +41,7 @@ pub(super) type LevelId = usize;
 /// Most alternatives one statement may produce (cross products of `UNION ALL`s multiply).
 const MAX_ALTERNATIVES: usize = 256;
 /// Most table occurrences one statement may produce (CTEs are re-walked per reference).
-const MAX_OCCURRENCES: usize = 10_000;
+pub(super) const MAX_OCCURRENCES: usize = 10_000;
 
 /// How a table is placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +82,84 @@ pub(super) struct Level {
 pub(super) struct Alt {
     pub anchors: Vec<OccId>,
     pub levels: Vec<LevelId>,
+    /// The rows are aggregated, de-duplicated or limited inside a subquery across shard keys,
+    /// which only works when they all come from one shard.
+    pub single: bool,
 }
+
+impl Alt {
+    /// An alternative with no anchors yet, filtered by `level`.
+    pub(super) fn at(level: LevelId) -> Alt {
+        Alt {
+            anchors: Vec::new(),
+            levels: vec![level],
+            single: false,
+        }
+    }
+}
+
+/// What a SELECT list computes, collected while walking its expressions.
+#[derive(Debug, Default)]
+struct Aggregation<'a> {
+    /// An aggregate function call (count, sum, ...).
+    aggregate: bool,
+    /// Window specifications of window function calls.
+    windows: Vec<&'a sqlparser::ast::WindowSpec>,
+    /// A window function referring to a named window.
+    named_window: bool,
+}
+
+/// Aggregate functions of PostgreSQL, by name (calls with FILTER or WITHIN GROUP count too).
+const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "array_agg",
+    "string_agg",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "json_objectagg",
+    "json_arrayagg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "variance",
+    "var_pop",
+    "var_samp",
+    "corr",
+    "covar_pop",
+    "covar_samp",
+    "regr_avgx",
+    "regr_avgy",
+    "regr_count",
+    "regr_intercept",
+    "regr_r2",
+    "regr_slope",
+    "regr_sxx",
+    "regr_sxy",
+    "regr_syy",
+    "percentile_cont",
+    "percentile_disc",
+    "mode",
+    "rank",
+    "dense_rank",
+    "percent_rank",
+    "cume_dist",
+    "xmlagg",
+    "range_agg",
+    "range_intersect_agg",
+    "any_value",
+];
 
 /// A condition on shard keys, over occurrences.
 #[derive(Debug, Clone)]
@@ -92,7 +168,11 @@ pub(super) enum Formula {
     True,
     /// The key of (each of) `occs` is one of `keys`. `insert` marks the rows of an INSERT,
     /// where a NULL key is an error rather than "no row".
-    Atom { occs: Vec<OccId>, keys: Vec<KeyExpr>, insert: bool },
+    Atom {
+        occs: Vec<OccId>,
+        keys: Vec<KeyExpr>,
+        insert: bool,
+    },
     And(Vec<Formula>),
     Or(Vec<Formula>),
 }
@@ -119,7 +199,7 @@ impl Columns {
         self.known.iter().find(|(n, _)| n == name).map(|(_, l)| l)
     }
 
-    fn add(&mut self, name: String, lineage: Vec<OccId>) {
+    pub(super) fn add(&mut self, name: String, lineage: Vec<OccId>) {
         if let Some((_, existing)) = self.known.iter_mut().find(|(n, _)| *n == name) {
             existing.extend(lineage);
         } else {
@@ -127,7 +207,7 @@ impl Columns {
         }
     }
 
-    fn merge(&mut self, other: &Columns) {
+    pub(super) fn merge(&mut self, other: &Columns) {
         for (name, lineage) in &other.known {
             self.add(name.clone(), lineage.clone());
         }
@@ -135,7 +215,7 @@ impl Columns {
     }
 
     /// Applies a `AS t(a, b, …)` column alias list: positional renaming.
-    fn rename(self, names: &[String]) -> Columns {
+    pub(super) fn rename(self, names: &[String]) -> Columns {
         if names.is_empty() {
             return self;
         }
@@ -166,35 +246,36 @@ pub(super) struct QueryOut {
 
 /// A FROM item visible to column references.
 #[derive(Debug, Clone)]
-struct Item {
+pub(super) struct Item {
     /// Exposed name: the alias, or the table's unqualified name.
-    name: Option<String>,
+    pub name: Option<String>,
     /// The underlying table's unqualified name, when not aliased.
-    table: Option<String>,
-    columns: Columns,
+    pub table: Option<String>,
+    pub columns: Columns,
 }
 
 /// The items of one level, for column resolution.
 #[derive(Debug, Clone)]
-struct ScopeLevel {
-    level: LevelId,
-    items: Vec<Item>,
+pub(super) struct ScopeLevel {
+    pub level: LevelId,
+    pub items: Vec<Item>,
 }
 
 /// A WITH query visible by name.
 #[derive(Debug, Clone)]
-struct CteBinding<'a> {
-    name: String,
-    query: &'a Query,
-    alias_columns: Vec<String>,
+pub(super) struct CteBinding<'a> {
+    pub name: String,
+    pub query: &'a Query,
+    pub alias_columns: Vec<String>,
     /// Scope depth at the definition: the body sees only those outer levels.
-    scope_depth: usize,
-    /// Position in the CTE stack: the body sees only earlier bindings (and itself if recursive).
-    position: usize,
-    recursive: bool,
+    pub scope_depth: usize,
+    /// How many bindings of the CTE stack the body sees: earlier ones, or with RECURSIVE the
+    /// whole list (itself included).
+    pub visible: usize,
+    pub recursive: bool,
     /// For data-modifying CTEs, walked once at the definition: the RETURNING columns.
-    dml_columns: Option<Columns>,
-    refs: usize,
+    pub dml_columns: Option<Columns>,
+    pub refs: usize,
 }
 
 /// The analysis state of one statement.
@@ -221,10 +302,17 @@ pub(super) struct Walker<'a> {
     pub single_only: Option<RouteError>,
     /// The statement writes to this reference table (so must run on every shard).
     pub reference_write: Option<String>,
-    scopes: Vec<ScopeLevel>,
-    ctes: Vec<CteBinding<'a>>,
+    pub(super) scopes: Vec<ScopeLevel>,
+    pub(super) ctes: Vec<CteBinding<'a>>,
     /// Indexes of CTE bindings whose bodies are being walked (to spot recursive references).
-    walking_ctes: Vec<usize>,
+    pub(super) walking_ctes: Vec<usize>,
+    /// Set just before walking a query whose rows are combined by an outer query (derived
+    /// table, CTE, IN subquery, COPY): its aggregation must not span shards.
+    pub check_next: bool,
+    /// Aggregation seen in the SELECT lists being walked, innermost last.
+    aggregations: Vec<Aggregation<'a>>,
+    /// References of CTEs to themselves seen so far (recursive CTEs).
+    pub(super) self_refs: usize,
 }
 
 /// Normalises an identifier as PostgreSQL does: unquoted names fold to lower case.
@@ -260,6 +348,9 @@ impl<'a> Walker<'a> {
             scopes: Vec::new(),
             ctes: Vec::new(),
             walking_ctes: Vec::new(),
+            check_next: false,
+            aggregations: Vec::new(),
+            self_refs: 0,
         }
     }
 
@@ -278,13 +369,21 @@ impl<'a> Walker<'a> {
         }
     }
 
+    /// Marks an alias and its column names as looked at.
+    pub(super) fn visit_alias(&mut self, alias: &TableAlias) {
+        self.visit(&alias.name);
+        for column in &alias.columns {
+            self.visit(&column.name);
+        }
+    }
+
     pub(super) fn visit_name(&mut self, name: &ObjectName) {
         for part in name_parts(name) {
             self.visit(part);
         }
     }
 
-    fn new_level(&mut self) -> LevelId {
+    pub(super) fn new_level(&mut self) -> LevelId {
         self.levels.push(Level::default());
         self.levels.len() - 1
     }
@@ -294,21 +393,32 @@ impl<'a> Walker<'a> {
         self.scopes.last().map(|s| s.level)
     }
 
-    fn push_scope(&mut self, level: LevelId) {
-        self.scopes.push(ScopeLevel { level, items: Vec::new() });
+    pub(super) fn push_scope(&mut self, level: LevelId) {
+        self.scopes.push(ScopeLevel {
+            level,
+            items: Vec::new(),
+        });
     }
 
-    fn pop_scope(&mut self) {
+    pub(super) fn pop_scope(&mut self) {
         self.scopes.pop();
     }
 
-    fn add_item(&mut self, item: Item) {
+    pub(super) fn add_item(&mut self, item: Item) {
         if let Some(scope) = self.scopes.last_mut() {
             scope.items.push(item);
         }
     }
 
-    fn items_len(&self) -> usize {
+    /// Gives the last FROM item an alias (`INSERT INTO t AS alias`).
+    pub(super) fn rename_last_item(&mut self, alias: &str) {
+        if let Some(item) = self.scopes.last_mut().and_then(|s| s.items.last_mut()) {
+            item.name = Some(alias.to_owned());
+            item.table = None;
+        }
+    }
+
+    pub(super) fn items_len(&self) -> usize {
         self.scopes.last().map_or(0, |s| s.items.len())
     }
 
@@ -324,7 +434,9 @@ impl<'a> Walker<'a> {
     /// Records that the levels of `alts` are evaluated inside the current level (their rows do
     /// not bound the current alternative).
     pub(super) fn nest(&mut self, alts: &[Alt]) {
-        let Some(parent) = self.current_level() else { return };
+        let Some(parent) = self.current_level() else {
+            return;
+        };
         for alt in alts {
             for level in &alt.levels {
                 if *level != parent {
@@ -356,457 +468,11 @@ impl<'a> Walker<'a> {
                 let mut alt = l.clone();
                 alt.anchors.extend(&r.anchors);
                 alt.levels.extend(&r.levels);
+                alt.single |= r.single;
                 out.push(alt);
             }
         }
         out
-    }
-
-    // -----------------------------------------------------------------------------------------
-    // Tables
-    // -----------------------------------------------------------------------------------------
-
-    /// Classifies a table name.
-    fn classify(&self, parts: &[&Ident]) -> (TableKind, Option<String>) {
-        let Some(last) = parts.last() else {
-            return (TableKind::Unlisted, None);
-        };
-        let schema = parts.len().checked_sub(2).and_then(|i| parts.get(i)).map(|s| norm(s));
-        if matches!(schema.as_deref(), Some("pg_catalog" | "information_schema")) {
-            return (TableKind::Catalog, None);
-        }
-        let key = last.value.to_ascii_lowercase();
-        if let Some(rule) = self.config.tables.get(&key) {
-            let kind = match rule.sharding {
-                Sharding::Reference => TableKind::Reference,
-                Sharding::Hash { .. } | Sharding::Range { .. } => TableKind::Sharded,
-            };
-            return (kind, Some(key));
-        }
-        if schema.is_none() && key.starts_with("pg_") {
-            return (TableKind::Catalog, None);
-        }
-        (TableKind::Unlisted, None)
-    }
-
-    /// Registers an occurrence of a table in the current level and makes it visible.
-    fn table_occurrence(
-        &mut self,
-        name: &'a ObjectName,
-        alias: Option<&'a TableAlias>,
-        mandatory: bool,
-        alts: &mut [Alt],
-    ) -> Option<OccId> {
-        self.visit_name(name);
-        let parts = name_parts(name);
-        let last = parts.last().map(|i| norm(i)).unwrap_or_default();
-        let (kind, rule) = self.classify(&parts);
-        if self.occs.len() >= MAX_OCCURRENCES {
-            self.fail("54001", "statement too complex for shardline to route: too many table references");
-            return None;
-        }
-        let level = self.current_level().unwrap_or(0);
-        let id = self.occs.len();
-        self.occs.push(Occ {
-            name: last.clone(),
-            rule: rule.clone(),
-            kind,
-        });
-        if let Some(l) = self.levels.get_mut(level) {
-            l.occs.push(id);
-        }
-        let mut columns = Columns::open();
-        if kind == TableKind::Sharded {
-            if let Some(column) = rule.as_ref().and_then(|r| self.config.tables.get(r)).and_then(|r| r.key_column()) {
-                columns.known.push((column.to_owned(), vec![id]));
-            }
-            if mandatory {
-                for alt in alts.iter_mut() {
-                    alt.anchors.push(id);
-                }
-            }
-        }
-        let alias_columns: Vec<String> = alias.map(|a| a.columns.iter().map(|c| norm(&c.name)).collect()).unwrap_or_default();
-        if !alias_columns.is_empty() {
-            // Renamed columns: we cannot tell which one is the key.
-            columns = Columns::open();
-        }
-        self.add_item(Item {
-            name: Some(alias.map_or(last.clone(), |a| norm(&a.name))),
-            table: if alias.is_none() { Some(last) } else { None },
-            columns,
-        });
-        Some(id)
-    }
-
-    /// Walks one FROM item. `mandatory` items bound the rows of the current alternatives.
-    fn factor(&mut self, factor: &'a TableFactor, mandatory: bool, alts: &mut Vec<Alt>) {
-        match factor {
-            TableFactor::Table { name, alias, args, .. } => {
-                if let Some(args) = args {
-                    // A set-returning function: walk its arguments. (`ONLY (t)` parses this way.)
-                    self.visit_name(name);
-                    let mut only_table = None;
-                    if name_parts(name).first().is_some_and(|p| p.quote_style.is_none() && p.value.eq_ignore_ascii_case("only")) {
-                        if let [sqlparser::ast::FunctionArg::Unnamed(sqlparser::ast::FunctionArgExpr::Expr(Expr::Identifier(t)))] =
-                            args.args.as_slice()
-                        {
-                            only_table = Some(t);
-                        }
-                    }
-                    if let Some(t) = only_table {
-                        self.fail(
-                            "42601",
-                            format!("shardline cannot read `ONLY ({})`; write `ONLY {}` without parentheses", t.value, t.value),
-                        );
-                        return;
-                    }
-                    for arg in &args.args {
-                        self.function_arg(arg);
-                    }
-                    self.add_item(Item {
-                        name: Some(alias.as_ref().map_or_else(|| name_parts(name).last().map(|i| norm(i)).unwrap_or_default(), |a| norm(&a.name))),
-                        table: None,
-                        columns: Columns::open(),
-                    });
-                    return;
-                }
-                let parts = name_parts(name);
-                if let [single] = parts.as_slice() {
-                    if let Some(index) = self.find_cte(&norm(single)) {
-                        self.visit(single);
-                        self.cte_reference(index, alias.as_ref(), mandatory, alts);
-                        return;
-                    }
-                }
-                self.table_occurrence(name, alias.as_ref(), mandatory, alts);
-            }
-            TableFactor::Derived { subquery, alias, .. } => {
-                let out = self.walk_query(subquery);
-                let names: Vec<String> = alias.as_ref().map(|a| a.columns.iter().map(|c| norm(&c.name)).collect()).unwrap_or_default();
-                let columns = out.columns.clone().rename(&names);
-                if mandatory {
-                    let current = std::mem::take(alts);
-                    *alts = self.cross(current, out.alts);
-                } else {
-                    self.nest(&out.alts);
-                }
-                self.add_item(Item {
-                    name: alias.as_ref().map(|a| norm(&a.name)),
-                    table: None,
-                    columns,
-                });
-            }
-            TableFactor::NestedJoin { table_with_joins, .. } => {
-                self.table_with_joins(table_with_joins, mandatory, alts);
-            }
-            TableFactor::UNNEST { alias, array_exprs, .. } => {
-                for e in array_exprs {
-                    self.walk_expr(e);
-                }
-                self.add_item(Item {
-                    name: alias.as_ref().map(|a| norm(&a.name)),
-                    table: None,
-                    columns: Columns::open(),
-                });
-            }
-            TableFactor::Function { name, args, alias, .. } => {
-                self.visit_name(name);
-                for arg in args {
-                    self.function_arg(arg);
-                }
-                self.add_item(Item {
-                    name: alias.as_ref().map(|a| norm(&a.name)),
-                    table: None,
-                    columns: Columns::open(),
-                });
-            }
-            TableFactor::TableFunction { expr, alias } => {
-                self.walk_expr(expr);
-                self.add_item(Item {
-                    name: alias.as_ref().map(|a| norm(&a.name)),
-                    table: None,
-                    columns: Columns::open(),
-                });
-            }
-            _ => {
-                // Dialect-specific constructs PostgreSQL does not have. Nothing is visited, so a
-                // configured table inside makes the mention check refuse the statement.
-                self.add_item(Item {
-                    name: None,
-                    table: None,
-                    columns: Columns::open(),
-                });
-            }
-        }
-    }
-
-    /// Walks `a JOIN b ON … LEFT JOIN c …`.
-    pub(super) fn table_with_joins(&mut self, twj: &'a TableWithJoins, mandatory: bool, alts: &mut Vec<Alt>) {
-        // A RIGHT or FULL join makes everything to its left nullable.
-        let nullable_left_from = twj.joins.iter().rposition(|j| {
-            matches!(
-                j.join_operator,
-                JoinOperator::Right(_) | JoinOperator::RightOuter(_) | JoinOperator::FullOuter(_) | JoinOperator::RightSemi(_) | JoinOperator::RightAnti(_)
-            )
-        });
-        let first_item = self.items_len();
-        let left_mandatory = mandatory && nullable_left_from.is_none();
-        self.factor(&twj.relation, left_mandatory, alts);
-        for (i, join) in twj.joins.iter().enumerate() {
-            let later_right = nullable_left_from.is_some_and(|r| r > i);
-            let (inner, constraint) = join_kind(join);
-            let factor_mandatory = mandatory && inner && !later_right;
-            let left_end = self.items_len();
-            self.factor(&join.relation, factor_mandatory, alts);
-            match constraint {
-                Some(JoinConstraint::On(expr)) => {
-                    // Only a mandatory inner join's ON filters rows; outer joins still link keys.
-                    let formula = self.formula(expr, factor_mandatory, true, if factor_mandatory { Some(&mut *alts) } else { None });
-                    if factor_mandatory {
-                        self.add_formula(formula);
-                    }
-                }
-                Some(JoinConstraint::Using(columns)) => {
-                    for column in columns {
-                        if let Some(ident) = name_parts(column).last() {
-                            self.visit(ident);
-                            let name = norm(ident);
-                            let left = self.lineage_in_items(first_item, left_end, &name);
-                            let right = self.lineage_in_items(left_end, self.items_len(), &name);
-                            self.link(&left, &right);
-                        }
-                    }
-                }
-                Some(JoinConstraint::Natural) => {
-                    // NATURAL joins every common column, so shard keys with the same name link.
-                    let end = self.items_len();
-                    let known: Vec<(String, Vec<OccId>)> = self
-                        .scopes
-                        .last()
-                        .map(|s| s.items.get(left_end..end).unwrap_or_default().iter().flat_map(|i| i.columns.known.clone()).collect())
-                        .unwrap_or_default();
-                    for (name, right) in known {
-                        let left = self.lineage_in_items(first_item, left_end, &name);
-                        self.link(&left, &right);
-                    }
-                }
-                Some(JoinConstraint::None) | None => {}
-            }
-        }
-    }
-
-    /// Key lineage of `column` among items `from..to` of the current level.
-    fn lineage_in_items(&self, from: usize, to: usize, column: &str) -> Vec<OccId> {
-        let Some(scope) = self.scopes.last() else { return Vec::new() };
-        scope
-            .items
-            .get(from..to)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|i| i.columns.get(column))
-            .flatten()
-            .copied()
-            .collect()
-    }
-
-    /// Links the shard keys of two sets of occurrences where their tables are co-located.
-    pub(super) fn link(&mut self, left: &[OccId], right: &[OccId]) {
-        for a in left {
-            for b in right {
-                if a != b && self.colocated(*a, *b) {
-                    self.links.push((*a, *b));
-                }
-            }
-        }
-    }
-
-    /// Whether two occurrences' tables are placed identically (same kind, key type, shard list or
-    /// ranges), so equal keys are always on the same shard.
-    fn colocated(&self, a: OccId, b: OccId) -> bool {
-        let rule = |o: OccId| self.occs.get(o).and_then(|o| o.rule.as_ref()).and_then(|r| self.config.tables.get(r));
-        let (Some(ra), Some(rb)) = (rule(a), rule(b)) else { return false };
-        match (&ra.sharding, &rb.sharding) {
-            (
-                Sharding::Hash { key_type: ta, shards: sa, .. },
-                Sharding::Hash { key_type: tb, shards: sb, .. },
-            ) => ta == tb && sa == sb,
-            (
-                Sharding::Range { key_type: ta, ranges: ra, .. },
-                Sharding::Range { key_type: tb, ranges: rb, .. },
-            ) => {
-                ta == tb
-                    && ra.len() == rb.len()
-                    && ra.iter().zip(rb).all(|(x, y)| x.shard == y.shard && x.from == y.from && x.to == y.to)
-            }
-            _ => false,
-        }
-    }
-
-    // -----------------------------------------------------------------------------------------
-    // Column resolution
-    // -----------------------------------------------------------------------------------------
-
-    /// The sharded occurrences whose shard key a column reference denotes (empty when it is
-    /// another column, or when it cannot be resolved with certainty).
-    pub(super) fn resolve_column(&mut self, parts: &[Ident]) -> Vec<OccId> {
-        for p in parts {
-            self.visit(p);
-        }
-        let names: Vec<String> = parts.iter().map(norm).collect();
-        match names.as_slice() {
-            [column] => {
-                for scope in self.scopes.iter().rev() {
-                    let mut found: Vec<&Item> = scope.items.iter().filter(|i| i.columns.get(column).is_some()).collect();
-                    match found.len() {
-                        1 => return found.pop().and_then(|i| i.columns.get(column)).cloned().unwrap_or_default(),
-                        0 if scope.items.iter().any(|i| i.columns.open) => return Vec::new(),
-                        0 => continue,
-                        _ => return Vec::new(),
-                    }
-                }
-                Vec::new()
-            }
-            [.., qualifier, column] => {
-                let table_form = names.len() > 2;
-                for scope in self.scopes.iter().rev() {
-                    let item = scope.items.iter().rev().find(|i| {
-                        if table_form {
-                            i.table.as_deref() == Some(qualifier.as_str())
-                        } else {
-                            i.name.as_deref() == Some(qualifier.as_str())
-                        }
-                    });
-                    if let Some(item) = item {
-                        return item.columns.get(column).cloned().unwrap_or_default();
-                    }
-                }
-                Vec::new()
-            }
-            [] => Vec::new(),
-        }
-    }
-
-    // -----------------------------------------------------------------------------------------
-    // CTEs
-    // -----------------------------------------------------------------------------------------
-
-    fn find_cte(&self, name: &str) -> Option<usize> {
-        self.ctes.iter().rposition(|c| c.name == name)
-    }
-
-    /// Makes the CTEs of a WITH clause visible; data-modifying ones are walked right away.
-    fn bind_ctes(&mut self, ctes: &'a [Cte], recursive: bool) -> usize {
-        let first = self.ctes.len();
-        for cte in ctes {
-            self.visit(&cte.alias.name);
-            let position = self.ctes.len();
-            let binding = CteBinding {
-                name: norm(&cte.alias.name),
-                query: &cte.query,
-                alias_columns: cte.alias.columns.iter().map(|c| norm(&c.name)).collect(),
-                scope_depth: self.scopes.len(),
-                position,
-                recursive,
-                dml_columns: None,
-                refs: 0,
-            };
-            let dml = matches!(
-                *cte.query.body,
-                SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
-            );
-            self.ctes.push(binding);
-            if dml {
-                self.writes = true;
-                let out = self.walk_query(&cte.query);
-                let renamed = out.columns.rename(&cte.alias.columns.iter().map(|c| norm(&c.name)).collect::<Vec<_>>());
-                self.dml_alts.push(out.alts);
-                if let Some(b) = self.ctes.get_mut(position) {
-                    b.dml_columns = Some(renamed);
-                }
-            }
-        }
-        first
-    }
-
-    /// Unbinds CTEs from `first` on; SELECT CTEs never referenced are still looked at, so the
-    /// mention check knows their tables were seen (PostgreSQL does not run them).
-    fn unbind_ctes(&mut self, first: usize) {
-        let unused: Vec<usize> = (first..self.ctes.len())
-            .filter(|i| self.ctes.get(*i).is_some_and(|c| c.refs == 0 && c.dml_columns.is_none()))
-            .collect();
-        for index in unused {
-            let (occs, levels, links) = (self.occs.len(), self.levels.len(), self.links.len());
-            let error = self.error.clone();
-            let single_only = self.single_only.clone();
-            self.walk_cte_body(index);
-            self.occs.truncate(occs);
-            self.levels.truncate(levels);
-            self.links.truncate(links);
-            self.error = error;
-            self.single_only = single_only;
-        }
-        self.ctes.truncate(first);
-    }
-
-    /// Walks a CTE body in the scope of its definition.
-    fn walk_cte_body(&mut self, index: usize) -> QueryOut {
-        let Some(binding) = self.ctes.get(index).cloned() else {
-            return QueryOut::default();
-        };
-        let visible = if binding.recursive { binding.position + 1 } else { binding.position };
-        let saved_scopes = self.scopes.split_off(binding.scope_depth.min(self.scopes.len()));
-        let saved_ctes = self.ctes.split_off(visible.min(self.ctes.len()));
-        self.walking_ctes.push(index);
-        let out = self.walk_query(binding.query);
-        self.walking_ctes.pop();
-        self.ctes.extend(saved_ctes);
-        self.scopes.extend(saved_scopes);
-        out
-    }
-
-    /// A FROM reference to a CTE.
-    fn cte_reference(&mut self, index: usize, alias: Option<&'a TableAlias>, mandatory: bool, alts: &mut Vec<Alt>) {
-        let Some(binding) = self.ctes.get_mut(index) else { return };
-        binding.refs += 1;
-        let binding = binding.clone();
-        let exposed = alias.map_or_else(|| binding.name.clone(), |a| norm(&a.name));
-        let alias_names: Vec<String> = alias.map(|a| a.columns.iter().map(|c| norm(&c.name)).collect()).unwrap_or_default();
-        let columns = if let Some(columns) = &binding.dml_columns {
-            if binding.refs > 1 && self.single_only.is_none() {
-                self.single_only = Some(RouteError::new(
-                    "0A000",
-                    format!(
-                        "the data-modifying WITH query {} is used more than once, which shardline can only run on a single shard; restrict it by the shard key or split the statement",
-                        binding.name
-                    ),
-                ));
-            }
-            columns.clone()
-        } else if self.walking_ctes.contains(&index) || binding.recursive {
-            // A recursive CTE: its rows depend on earlier iterations, which may come from any
-            // shard, so its tables must stay on one shard (they are walked as nested).
-            if !self.walking_ctes.contains(&index) {
-                let out = self.walk_cte_body(index);
-                self.nest(&out.alts);
-            }
-            Columns::open()
-        } else {
-            let out = self.walk_cte_body(index);
-            let columns = out.columns.rename(&binding.alias_columns);
-            if mandatory {
-                let current = std::mem::take(alts);
-                *alts = self.cross(current, out.alts);
-            } else {
-                self.nest(&out.alts);
-            }
-            columns
-        };
-        self.add_item(Item {
-            name: Some(exposed),
-            table: None,
-            columns: columns.rename(&alias_names),
-        });
     }
 
     // -----------------------------------------------------------------------------------------
@@ -815,6 +481,7 @@ impl<'a> Walker<'a> {
 
     /// Walks a query (WITH, body, ORDER BY, LIMIT).
     pub(super) fn walk_query(&mut self, query: &'a Query) -> QueryOut {
+        let check = std::mem::take(&mut self.check_next);
         let first_cte = match &query.with {
             Some(with) => self.bind_ctes(&with.cte_tables, with.recursive),
             None => self.ctes.len(),
@@ -823,12 +490,20 @@ impl<'a> Walker<'a> {
             self.locks = true;
         }
         let out = match query.body.as_ref() {
-            SetExpr::Select(select) => self.walk_select(select, query.order_by.as_ref(), Some(query)),
+            SetExpr::Select(select) => {
+                self.walk_select(select, query.order_by.as_ref(), Some(query), check)
+            }
             body => {
-                let mut out = self.walk_set_expr(body);
+                let mut out = self.walk_set_expr(body, check);
+                if check && (query.limit_clause.is_some() || query.fetch.is_some()) {
+                    for alt in &mut out.alts {
+                        alt.single |= !alt.anchors.is_empty();
+                    }
+                }
                 // ORDER BY / LIMIT of a set operation: evaluated once per result, in a level of
                 // their own that belongs to every alternative.
-                if query.order_by.is_some() || query.limit_clause.is_some() || query.fetch.is_some() {
+                if query.order_by.is_some() || query.limit_clause.is_some() || query.fetch.is_some()
+                {
                     let level = self.new_level();
                     self.push_scope(level);
                     self.add_item(Item {
@@ -849,8 +524,16 @@ impl<'a> Walker<'a> {
         out
     }
 
-    fn order_and_limit(&mut self, order_by: Option<&'a OrderBy>, query: Option<&'a Query>) {
-        if let Some(OrderBy { kind: OrderByKind::Expressions(exprs), .. }) = order_by {
+    pub(super) fn order_and_limit(
+        &mut self,
+        order_by: Option<&'a OrderBy>,
+        query: Option<&'a Query>,
+    ) {
+        if let Some(OrderBy {
+            kind: OrderByKind::Expressions(exprs),
+            ..
+        }) = order_by
+        {
             for e in exprs {
                 self.walk_expr(&e.expr);
             }
@@ -858,7 +541,11 @@ impl<'a> Walker<'a> {
         if let Some(query) = query {
             if let Some(limit) = &query.limit_clause {
                 match limit {
-                    sqlparser::ast::LimitClause::LimitOffset { limit, offset, limit_by } => {
+                    sqlparser::ast::LimitClause::LimitOffset {
+                        limit,
+                        offset,
+                        limit_by,
+                    } => {
                         if let Some(l) = limit {
                             self.walk_expr(l);
                         }
@@ -883,20 +570,34 @@ impl<'a> Walker<'a> {
         }
     }
 
-    fn walk_set_expr(&mut self, body: &'a SetExpr) -> QueryOut {
+    /// Walks a query body. `check`: its rows are combined by an outer query (see
+    /// [`Walker::check_next`]); branches of set operations always are.
+    pub(super) fn walk_set_expr(&mut self, body: &'a SetExpr, check: bool) -> QueryOut {
         match body {
-            SetExpr::Select(select) => self.walk_select(select, None, None),
-            SetExpr::Query(query) => self.walk_query(query),
-            SetExpr::SetOperation { left, op, set_quantifier, right } => {
-                let l = self.walk_set_expr(left);
-                let r = self.walk_set_expr(right);
+            SetExpr::Select(select) => self.walk_select(select, None, None, check),
+            SetExpr::Query(query) => {
+                self.check_next = check;
+                self.walk_query(query)
+            }
+            SetExpr::SetOperation {
+                left,
+                op,
+                set_quantifier,
+                right,
+            } => {
+                let l = self.walk_set_expr(left, true);
+                let r = self.walk_set_expr(right, true);
                 let mut columns = l.columns.clone();
-                if !l.columns.open && !r.columns.open && l.columns.known.len() == r.columns.known.len() {
+                if !l.columns.open
+                    && !r.columns.open
+                    && l.columns.known.len() == r.columns.known.len()
+                {
                     for (mine, theirs) in columns.known.iter_mut().zip(&r.columns.known) {
                         mine.1.extend(&theirs.1);
                     }
                 }
-                let union_all = matches!(op, SetOperator::Union) && matches!(set_quantifier, SetQuantifier::All);
+                let union_all = matches!(op, SetOperator::Union)
+                    && matches!(set_quantifier, SetQuantifier::All);
                 let alts = if union_all {
                     let mut alts = l.alts;
                     alts.extend(r.alts);
@@ -919,10 +620,7 @@ impl<'a> Walker<'a> {
             SetExpr::Table(table) => {
                 let level = self.new_level();
                 self.push_scope(level);
-                let mut alts = vec![Alt {
-                    anchors: Vec::new(),
-                    levels: vec![level],
-                }];
+                let mut alts = vec![Alt::at(level)];
                 if let Some(name) = &table.table_name {
                     let mut parts = Vec::new();
                     if let Some(schema) = &table.schema_name {
@@ -933,10 +631,12 @@ impl<'a> Walker<'a> {
                     // The name is built here, so walk a leaked-free local copy by value.
                     self.table_by_value(object, &mut alts);
                 }
-                let columns = self.scopes.last().map(|s| s.items.iter().fold(Columns::default(), |mut c, i| {
-                    c.merge(&i.columns);
-                    c
-                }));
+                let columns = self.scopes.last().map(|s| {
+                    s.items.iter().fold(Columns::default(), |mut c, i| {
+                        c.merge(&i.columns);
+                        c
+                    })
+                });
                 self.pop_scope();
                 QueryOut {
                     columns: columns.unwrap_or_else(Columns::open),
@@ -951,7 +651,7 @@ impl<'a> Walker<'a> {
     }
 
     /// `TABLE name` inside a query: like `SELECT * FROM name`.
-    fn table_by_value(&mut self, name: ObjectName, alts: &mut [Alt]) {
+    pub(super) fn table_by_value(&mut self, name: ObjectName, alts: &mut [Alt]) {
         let parts: Vec<&Ident> = name_parts(&name);
         for p in &parts {
             self.visit(p);
@@ -970,7 +670,11 @@ impl<'a> Walker<'a> {
         }
         let mut columns = Columns::open();
         if kind == TableKind::Sharded {
-            if let Some(column) = rule.as_ref().and_then(|r| self.config.tables.get(r)).and_then(|r| r.key_column()) {
+            if let Some(column) = rule
+                .as_ref()
+                .and_then(|r| self.config.tables.get(r))
+                .and_then(|r| r.key_column())
+            {
                 columns.known.push((column.to_owned(), vec![id]));
             }
             for alt in alts.iter_mut() {
@@ -984,7 +688,7 @@ impl<'a> Walker<'a> {
         });
     }
 
-    fn walk_values(&mut self, values: &'a Values) -> QueryOut {
+    pub(super) fn walk_values(&mut self, values: &'a Values) -> QueryOut {
         let level = self.new_level();
         self.push_scope(level);
         let mut width = 0;
@@ -997,25 +701,29 @@ impl<'a> Walker<'a> {
         self.pop_scope();
         QueryOut {
             columns: Columns {
-                known: (1..=width).map(|i| (format!("column{i}"), Vec::new())).collect(),
+                known: (1..=width)
+                    .map(|i| (format!("column{i}"), Vec::new()))
+                    .collect(),
                 open: false,
             },
-            alts: vec![Alt {
-                anchors: Vec::new(),
-                levels: vec![level],
-            }],
+            alts: vec![Alt::at(level)],
         }
     }
 
     /// Walks one SELECT. `order_by` and `query` carry the enclosing query's ORDER BY and LIMIT,
     /// which may refer to this SELECT's FROM items.
-    fn walk_select(&mut self, select: &'a Select, order_by: Option<&'a OrderBy>, query: Option<&'a Query>) -> QueryOut {
+    pub(super) fn walk_select(
+        &mut self,
+        select: &'a Select,
+        order_by: Option<&'a OrderBy>,
+        query: Option<&'a Query>,
+        check: bool,
+    ) -> QueryOut {
+        let (occs_before, links_before) = (self.occs.len(), self.links.len());
+        self.aggregations.push(Aggregation::default());
         let level = self.new_level();
         self.push_scope(level);
-        let mut alts = vec![Alt {
-            anchors: Vec::new(),
-            levels: vec![level],
-        }];
+        let mut alts = vec![Alt::at(level)];
         for twj in &select.from {
             self.table_with_joins(twj, true, &mut alts);
         }
@@ -1052,12 +760,136 @@ impl<'a> Walker<'a> {
             }
         }
         self.order_and_limit(order_by, query);
+        let aggregation = self.aggregations.pop().unwrap_or_default();
+        if check
+            && !self.rows_stay_on_their_shard(
+                select,
+                query,
+                &aggregation,
+                &columns,
+                &alts,
+                occs_before,
+                links_before,
+            )
+        {
+            for alt in &mut alts {
+                alt.single = true;
+            }
+        }
         self.pop_scope();
         QueryOut { columns, alts }
     }
 
+    /// Records a function call of the SELECT list being walked.
+    pub(super) fn note_function(&mut self, f: &'a sqlparser::ast::Function) {
+        let Some(current) = self.aggregations.last_mut() else {
+            return;
+        };
+        match &f.over {
+            Some(sqlparser::ast::WindowType::WindowSpec(spec)) => current.windows.push(spec),
+            Some(sqlparser::ast::WindowType::NamedWindow(_)) => current.named_window = true,
+            None => {
+                let name = name_parts(&f.name)
+                    .last()
+                    .map(|i| i.value.to_ascii_lowercase())
+                    .unwrap_or_default();
+                if AGGREGATES.contains(&name.as_str())
+                    || f.filter.is_some()
+                    || !f.within_group.is_empty()
+                {
+                    current.aggregate = true;
+                }
+            }
+        }
+    }
+
+    /// Whether a SELECT whose rows an outer query combines computes each row from one shard
+    /// key's rows only: no aggregation, DISTINCT, window or LIMIT across keys. Grouping or
+    /// partitioning by the shard key, or correlation to the outer query on the key, keeps rows
+    /// local; the proxy merges aggregation only at the top level.
+    #[allow(clippy::too_many_arguments)]
+    fn rows_stay_on_their_shard(
+        &mut self,
+        select: &'a Select,
+        query: Option<&'a Query>,
+        aggregation: &Aggregation<'a>,
+        columns: &Columns,
+        alts: &[Alt],
+        occs_before: usize,
+        links_before: usize,
+    ) -> bool {
+        let anchors: HashSet<OccId> = alts
+            .iter()
+            .flat_map(|a| a.anchors.iter().copied())
+            .collect();
+        if anchors.is_empty() {
+            return true;
+        }
+        let limited = query.is_some_and(|q| q.limit_clause.is_some() || q.fetch.is_some());
+        let grouped = match &select.group_by {
+            sqlparser::ast::GroupByExpr::Expressions(exprs, _) => !exprs.is_empty(),
+            sqlparser::ast::GroupByExpr::All(_) => true,
+        };
+        let distinct = matches!(
+            select.distinct,
+            Some(sqlparser::ast::Distinct::Distinct | sqlparser::ast::Distinct::On(_))
+        );
+        if !(limited
+            || grouped
+            || distinct
+            || aggregation.aggregate
+            || aggregation.named_window
+            || !aggregation.windows.is_empty())
+        {
+            return true;
+        }
+        // Correlated on the shard key: computed once per outer key, on that key's shard.
+        let correlated = self
+            .links
+            .get(links_before..)
+            .unwrap_or_default()
+            .iter()
+            .any(|(a, b)| {
+                (anchors.contains(a) && *b < occs_before)
+                    || (anchors.contains(b) && *a < occs_before)
+            });
+        if correlated {
+            return true;
+        }
+        if limited || aggregation.named_window {
+            return false;
+        }
+        let output_has_key = columns
+            .known
+            .iter()
+            .any(|(_, lineage)| lineage.iter().any(|o| anchors.contains(o)));
+        let keyed = |w: &mut Walker<'a>, exprs: &'a [Expr]| {
+            exprs
+                .iter()
+                .any(|e| w.key_ref(e).iter().any(|o| anchors.contains(o)))
+        };
+        if grouped {
+            let by_key = match &select.group_by {
+                sqlparser::ast::GroupByExpr::Expressions(exprs, _) => keyed(self, exprs),
+                sqlparser::ast::GroupByExpr::All(_) => output_has_key,
+            };
+            if !by_key {
+                return false;
+            }
+        } else if aggregation.aggregate {
+            return false;
+        }
+        match &select.distinct {
+            Some(sqlparser::ast::Distinct::Distinct) if !output_has_key => return false,
+            Some(sqlparser::ast::Distinct::On(exprs)) if !keyed(self, exprs) => return false,
+            _ => {}
+        }
+        let windows = aggregation.windows.clone();
+        windows.iter().all(|spec| keyed(self, &spec.partition_by))
+    }
+
     /// Output columns of a projection (and walks its expressions).
-    fn projection(&mut self, items: &'a [SelectItem]) -> Columns {
+    pub(super) fn projection(&mut self, items: &'a [SelectItem]) -> Columns {
         let mut columns = Columns::default();
         for item in items {
             match item {
@@ -1070,6 +902,7 @@ impl<'a> Walker<'a> {
                     }
                 }
                 SelectItem::ExprWithAlias { expr, alias } => {
+                    self.visit(alias);
                     self.walk_expr(expr);
                     let lineage = self.key_ref(expr);
                     columns.add(norm(alias), lineage);
@@ -1077,11 +910,16 @@ impl<'a> Walker<'a> {
                 SelectItem::ExprWithAliases { expr, aliases } => {
                     self.walk_expr(expr);
                     for alias in aliases {
+                        self.visit(alias);
                         columns.add(norm(alias), Vec::new());
                     }
                 }
                 SelectItem::Wildcard(_) => {
-                    let all = self.scopes.last().map(|s| s.items.clone()).unwrap_or_default();
+                    let all = self
+                        .scopes
+                        .last()
+                        .map(|s| s.items.clone())
+                        .unwrap_or_default();
                     for item in &all {
                         columns.merge(&item.columns);
                     }
@@ -1090,10 +928,12 @@ impl<'a> Walker<'a> {
                     SelectItemQualifiedWildcardKind::ObjectName(name) => {
                         self.visit_name(name);
                         let qualifier = name_parts(name).last().map(|i| norm(i));
-                        let item = self
-                            .scopes
-                            .last()
-                            .and_then(|s| s.items.iter().find(|i| i.name.is_some() && i.name == qualifier).cloned());
+                        let item = self.scopes.last().and_then(|s| {
+                            s.items
+                                .iter()
+                                .find(|i| i.name.is_some() && i.name == qualifier)
+                                .cloned()
+                        });
                         match item {
                             Some(item) => columns.merge(&item.columns),
                             None => columns.open = true,
@@ -1107,413 +947,6 @@ impl<'a> Walker<'a> {
             }
         }
         columns
-    }
-
-    // -----------------------------------------------------------------------------------------
-    // DML
-    // -----------------------------------------------------------------------------------------
-
-    /// The target of a DML statement: registers the occurrence as an anchor.
-    fn dml_target(&mut self, name: &'a ObjectName, alias: Option<&'a TableAlias>, alts: &mut [Alt]) -> Option<OccId> {
-        let id = self.table_occurrence(name, alias, true, alts)?;
-        if let Some(occ) = self.occs.get(id) {
-            if occ.kind == TableKind::Reference && self.reference_write.is_none() {
-                self.reference_write = Some(occ.name.clone());
-            }
-        }
-        Some(id)
-    }
-
-    pub(super) fn walk_update(&mut self, update: &'a Update) -> QueryOut {
-        self.writes = true;
-        let level = self.new_level();
-        self.push_scope(level);
-        let mut alts = vec![Alt {
-            anchors: Vec::new(),
-            levels: vec![level],
-        }];
-        let target = match &update.table.relation {
-            TableFactor::Table { name, alias, args: None, .. } => self.dml_target(name, alias.as_ref(), &mut alts),
-            other => {
-                self.factor(other, true, &mut alts);
-                None
-            }
-        };
-        for join in &update.table.joins {
-            self.factor(&join.relation, true, &mut alts);
-        }
-        if let Some(from) = &update.from {
-            let tables = match from {
-                UpdateTableFromKind::BeforeSet(t) | UpdateTableFromKind::AfterSet(t) => t,
-            };
-            for twj in tables {
-                self.table_with_joins(twj, true, &mut alts);
-            }
-        }
-        if let Some(selection) = &update.selection {
-            let formula = self.formula(selection, true, true, Some(&mut alts));
-            self.add_formula(formula);
-        }
-        self.assignments(&update.assignments, target, None);
-        let columns = match &update.returning {
-            Some(items) => self.projection(items),
-            None => Columns::default(),
-        };
-        self.pop_scope();
-        QueryOut { columns, alts }
-    }
-
-    /// Checks SET targets for the shard key and walks the values. `excluded` is the alias of
-    /// the proposed row in `ON CONFLICT DO UPDATE`, whose own key may be assigned back.
-    fn assignments(&mut self, assignments: &'a [Assignment], target: Option<OccId>, excluded: Option<&str>) {
-        let key_column = target
-            .and_then(|t| self.occs.get(t))
-            .filter(|o| o.kind == TableKind::Sharded)
-            .and_then(|o| o.rule.as_ref())
-            .and_then(|r| self.config.tables.get(r))
-            .and_then(|r| r.key_column())
-            .map(str::to_owned);
-        for assignment in assignments {
-            let (columns, values): (Vec<&ObjectName>, Vec<&Expr>) = match (&assignment.target, &assignment.value) {
-                (AssignmentTarget::ColumnName(c), v) => (vec![c], vec![v]),
-                (AssignmentTarget::Tuple(cs), Expr::Tuple(vs)) if cs.len() == vs.len() => (cs.iter().collect(), vs.iter().collect()),
-                (AssignmentTarget::Tuple(cs), v) => (cs.iter().collect(), vec![v]),
-            };
-            self.walk_expr(&assignment.value);
-            for (i, column) in columns.iter().enumerate() {
-                self.visit_name(column);
-                let Some(last) = name_parts(column).last().map(|i| norm(i)) else { continue };
-                let (Some(key), Some(target)) = (&key_column, target) else { continue };
-                if &last != key {
-                    continue;
-                }
-                let value = if values.len() == columns.len() { values.get(i).copied() } else { None };
-                self.key_assignment(target, key, value, excluded);
-            }
-        }
-    }
-
-    /// `SET key = value` on a sharded table: fine when the value is the row's own key (or the
-    /// proposed row's key in ON CONFLICT); a literal or parameter is checked at routing time
-    /// (the row must stay on its shard); anything else cannot be routed.
-    fn key_assignment(&mut self, target: OccId, key: &str, value: Option<&'a Expr>, excluded: Option<&str>) {
-        let table = self.occs.get(target).map(|o| o.name.clone()).unwrap_or_default();
-        let refuse = |w: &mut Walker<'a>| {
-            w.fail(
-                "0A000",
-                format!("changing the shard key {table}.{key} with UPDATE is not supported: the row would have to move to another shard; move the row by DELETE and INSERT"),
-            );
-        };
-        let Some(value) = value else { return refuse(self) };
-        if let Some(parts) = column_parts(value) {
-            let names: Vec<String> = parts.iter().map(norm).collect();
-            let same_column = names.last().map(String::as_str) == Some(key)
-                && (names.len() == 1
-                    || names.get(names.len() - 2).is_some_and(|q| Some(q.as_str()) == excluded || *q == table));
-            if same_column {
-                return;
-            }
-            return refuse(self);
-        }
-        match super::expr::key_value(value) {
-            Some(expr) if excluded.is_none() => {
-                if self.key_update.is_some() {
-                    return refuse(self);
-                }
-                self.key_update = Some((target, expr));
-            }
-            _ => refuse(self),
-        }
-    }
-
-    pub(super) fn walk_delete(&mut self, delete: &'a Delete) -> QueryOut {
-        self.writes = true;
-        let level = self.new_level();
-        self.push_scope(level);
-        let mut alts = vec![Alt {
-            anchors: Vec::new(),
-            levels: vec![level],
-        }];
-        let tables = match &delete.from {
-            FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
-        };
-        for twj in tables {
-            match &twj.relation {
-                TableFactor::Table { name, alias, args: None, .. } => {
-                    self.dml_target(name, alias.as_ref(), &mut alts);
-                }
-                other => self.factor(other, true, &mut alts),
-            }
-            for join in &twj.joins {
-                self.factor(&join.relation, true, &mut alts);
-            }
-        }
-        for name in &delete.tables {
-            self.visit_name(name);
-        }
-        if let Some(using) = &delete.using {
-            for twj in using {
-                self.table_with_joins(twj, true, &mut alts);
-            }
-        }
-        if let Some(selection) = &delete.selection {
-            let formula = self.formula(selection, true, true, Some(&mut alts));
-            self.add_formula(formula);
-        }
-        let columns = match &delete.returning {
-            Some(items) => self.projection(items),
-            None => Columns::default(),
-        };
-        self.pop_scope();
-        QueryOut { columns, alts }
-    }
-
-    pub(super) fn walk_insert(&mut self, insert: &'a Insert) -> QueryOut {
-        self.writes = true;
-        let level = self.new_level();
-        self.push_scope(level);
-        let mut alts = vec![Alt {
-            anchors: Vec::new(),
-            levels: vec![level],
-        }];
-        let alias = insert.table_alias.as_ref().map(|a| norm(&a.alias));
-        let target = match &insert.table {
-            TableObject::TableName(name) => {
-                let id = self.dml_target(name, None, &mut alts);
-                if let (Some(alias), Some(scope)) = (&alias, self.scopes.last_mut()) {
-                    if let Some(item) = scope.items.last_mut() {
-                        item.name = Some(alias.clone());
-                        item.table = None;
-                    }
-                }
-                id
-            }
-            TableObject::TableFunction(f) => {
-                self.walk_function(f);
-                None
-            }
-            TableObject::TableQuery(q) => {
-                let out = self.walk_query(q);
-                self.nest(&out.alts);
-                None
-            }
-        };
-        let target_occ = target.and_then(|t| self.occs.get(t).cloned());
-        let sharded = target_occ.as_ref().filter(|o| o.kind == TableKind::Sharded);
-        let key_column = sharded
-            .and_then(|o| o.rule.as_ref())
-            .and_then(|r| self.config.tables.get(r))
-            .and_then(|r| r.key_column())
-            .map(str::to_owned);
-        let table_name = target_occ.as_ref().map(|o| o.name.clone()).unwrap_or_default();
-        for c in &insert.columns {
-            self.visit_name(c);
-        }
-
-        match &insert.source {
-            Some(source) => {
-                let rows = match source.body.as_ref() {
-                    SetExpr::Values(values) if source.with.is_none() => Some(values),
-                    _ => None,
-                };
-                match (rows, &key_column) {
-                    (Some(values), Some(key)) => {
-                        let position = insert
-                            .columns
-                            .iter()
-                            .position(|c| name_parts(c).last().map(|i| norm(i)).as_deref() == Some(key.as_str()));
-                        for row in &values.rows {
-                            for e in row.iter() {
-                                self.walk_expr(e);
-                            }
-                        }
-                        match position {
-                            None if insert.columns.is_empty() => self.fail(
-                                "0A000",
-                                format!("INSERT into sharded table {table_name} needs an explicit column list (INSERT INTO {table_name} ({key}, …) VALUES …) so shardline can find the shard key {key}"),
-                            ),
-                            None => self.fail(
-                                "0A000",
-                                format!("INSERT into sharded table {table_name} must set the shard key column {key}; shardline cannot route the row otherwise"),
-                            ),
-                            Some(position) => {
-                                let mut keys = Vec::with_capacity(values.rows.len());
-                                for row in &values.rows {
-                                    match row.get(position).and_then(super::expr::key_value) {
-                                        Some(k) => keys.push(k),
-                                        None => {
-                                            self.fail(
-                                                "0A000",
-                                                format!("the shard key {table_name}.{key} in an INSERT must be a literal or a $n parameter, not an expression (DEFAULT and function calls cannot be routed); compute the key in the application"),
-                                            );
-                                            break;
-                                        }
-                                    }
-                                }
-                                if values.rows.len() > 1 {
-                                    self.single_only = Some(RouteError::new(
-                                        "0A000",
-                                        "multi-row INSERT whose rows belong to different shards is not supported yet; insert the rows separately",
-                                    ));
-                                }
-                                if let Some(t) = target {
-                                    self.add_formula(Formula::Atom {
-                                        occs: vec![t],
-                                        keys,
-                                        insert: true,
-                                    });
-                                }
-                            }
-                        }
-                    }
-                    (_, Some(_)) => {
-                        let out = self.walk_query(source);
-                        self.nest(&out.alts);
-                        self.fail(
-                            "0A000",
-                            format!("INSERT … SELECT into sharded table {table_name} is not supported yet; insert the rows with INSERT … VALUES"),
-                        );
-                    }
-                    (_, None) => {
-                        let out = self.walk_query(source);
-                        alts = self.cross(alts, out.alts);
-                    }
-                }
-            }
-            None => {
-                if let Some(key) = &key_column {
-                    self.fail(
-                        "0A000",
-                        format!("INSERT into sharded table {table_name} must set the shard key column {key}; DEFAULT VALUES cannot be routed"),
-                    );
-                }
-            }
-        }
-
-        if let Some(OnInsert::OnConflict(on_conflict)) = &insert.on {
-            if let OnConflictAction::DoUpdate(update) = &on_conflict.action {
-                let level = self.new_level();
-                self.push_scope(level);
-                if let Some(occ) = &target_occ {
-                    let mut columns = Columns::open();
-                    if let Some(key) = &key_column {
-                        columns.known.push((key.clone(), vec![target.unwrap_or(0)]));
-                    }
-                    self.add_item(Item {
-                        name: Some(alias.clone().unwrap_or_else(|| occ.name.clone())),
-                        table: Some(occ.name.clone()),
-                        columns: columns.clone(),
-                    });
-                    self.add_item(Item {
-                        name: Some("excluded".into()),
-                        table: None,
-                        columns,
-                    });
-                }
-                let excluded = "excluded";
-                self.assignments(&update.assignments, target, Some(excluded));
-                if let Some(selection) = &update.selection {
-                    self.walk_expr(selection);
-                }
-                self.pop_scope();
-                if let Some(l) = self.levels.get_mut(level) {
-                    l.nested_in = Some(alts.first().and_then(|a| a.levels.first().copied()).unwrap_or(level));
-                }
-            }
-        }
-        let columns = match &insert.returning {
-            Some(items) => self.projection(items),
-            None => Columns::default(),
-        };
-        self.pop_scope();
-        QueryOut { columns, alts }
-    }
-
-    /// MERGE: the target is refused when sharded over several shards (key values of inserted
-    /// rows come from the source and cannot be checked here yet).
-    pub(super) fn walk_merge(&mut self, merge: &'a Merge) -> QueryOut {
-        self.writes = true;
-        let level = self.new_level();
-        self.push_scope(level);
-        let mut alts = vec![Alt {
-            anchors: Vec::new(),
-            levels: vec![level],
-        }];
-        let target = match &merge.table {
-            TableFactor::Table { name, alias, args: None, .. } => self.dml_target(name, alias.as_ref(), &mut alts),
-            other => {
-                self.factor(other, true, &mut alts);
-                None
-            }
-        };
-        self.factor(&merge.source, true, &mut alts);
-        let _links_only = self.formula(&merge.on, false, true, None);
-        for clause in &merge.clauses {
-            if let Some(p) = &clause.predicate {
-                self.walk_expr(p);
-            }
-            match &clause.action {
-                sqlparser::ast::MergeAction::Insert(insert) => {
-                    for c in &insert.columns {
-                        self.visit_name(c);
-                    }
-                    if let sqlparser::ast::MergeInsertKind::Values(values) = &insert.kind {
-                        for row in &values.rows {
-                            for e in row.iter() {
-                                self.walk_expr(e);
-                            }
-                        }
-                    }
-                }
-                sqlparser::ast::MergeAction::Update(update) => {
-                    if let sqlparser::ast::MergeUpdateKind::Set(assignments) = &update.kind {
-                        for a in assignments {
-                            let columns: Vec<&ObjectName> = match &a.target {
-                                AssignmentTarget::ColumnName(c) => vec![c],
-                                AssignmentTarget::Tuple(cs) => cs.iter().collect(),
-                            };
-                            for c in columns {
-                                self.visit_name(c);
-                            }
-                            self.walk_expr(&a.value);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        if let Some(occ) = target.and_then(|t| self.occs.get(t)) {
-            if occ.kind == TableKind::Sharded {
-                self.single_only = Some(RouteError::new(
-                    "0A000",
-                    format!("MERGE into sharded table {} is not supported yet when it spans several shards; use INSERT … ON CONFLICT, UPDATE or DELETE", occ.name),
-                ));
-            }
-        }
-        self.pop_scope();
-        QueryOut {
-            columns: Columns::open(),
-            alts,
-        }
-    }
-}
-
-/// The join type's innerness and its constraint.
-fn join_kind(join: &Join) -> (bool, Option<&JoinConstraint>) {
-    match &join.join_operator {
-        JoinOperator::Join(c) | JoinOperator::Inner(c) | JoinOperator::CrossJoin(c) | JoinOperator::StraightJoin(c) => (true, Some(c)),
-        JoinOperator::Semi(c) | JoinOperator::LeftSemi(c) | JoinOperator::Anti(c) | JoinOperator::LeftAnti(c) => (false, Some(c)),
-        JoinOperator::Left(c)
-        | JoinOperator::LeftOuter(c)
-        | JoinOperator::Right(c)
-        | JoinOperator::RightOuter(c)
-        | JoinOperator::FullOuter(c)
-        | JoinOperator::RightSemi(c)
-        | JoinOperator::RightAnti(c) => (false, Some(c)),
-        JoinOperator::AsOf { constraint, .. } => (false, Some(constraint)),
-        JoinOperator::CrossApply | JoinOperator::OuterApply | JoinOperator::ArrayJoin | JoinOperator::LeftArrayJoin | JoinOperator::InnerArrayJoin => {
-            (false, None)
-        }
     }
 }
 

@@ -257,9 +257,17 @@ impl fmt::Display for Config {
         }
         writeln!(f, "shards:")?;
         for (id, s) in self.shards.iter().enumerate() {
-            let default = if id == self.default_shard { "  [default]" } else { "" };
+            let default = if id == self.default_shard {
+                "  [default]"
+            } else {
+                ""
+            };
             let db = s.database.as_deref().unwrap_or("<client's database>");
-            writeln!(f, "  {id}: {} at {}:{} db {db}{default}", s.name, s.host, s.port)?;
+            writeln!(
+                f,
+                "  {id}: {} at {}:{} db {db}{default}",
+                s.name, s.host, s.port
+            )?;
         }
         writeln!(f, "tables:")?;
         let mut names: Vec<&String> = self.tables.keys().collect();
@@ -267,15 +275,38 @@ impl fmt::Display for Config {
         for name in names {
             let rule = &self.tables[name];
             match &rule.sharding {
-                Sharding::Hash { column, key_type, shards } => {
-                    let list: Vec<&str> = shards.iter().map(|s| self.shards[*s].name.as_str()).collect();
-                    writeln!(f, "  {name}: hash({column} {key_type}) over {}", list.join(", "))?;
+                Sharding::Hash {
+                    column,
+                    key_type,
+                    shards,
+                } => {
+                    let list: Vec<&str> = shards
+                        .iter()
+                        .map(|s| self.shards[*s].name.as_str())
+                        .collect();
+                    writeln!(
+                        f,
+                        "  {name}: hash({column} {key_type}) over {}",
+                        list.join(", ")
+                    )?;
                 }
-                Sharding::Range { column, key_type, ranges } => {
+                Sharding::Range {
+                    column,
+                    key_type,
+                    ranges,
+                } => {
                     writeln!(f, "  {name}: range({column} {key_type})")?;
                     for r in ranges {
-                        let show = |b: &Option<KeyValue>| b.as_ref().map_or("unbounded".to_owned(), |v| v.to_string());
-                        writeln!(f, "    [{}, {}) -> {}", show(&r.from), show(&r.to), self.shards[r.shard].name)?;
+                        let show = |b: &Option<KeyValue>| {
+                            b.as_ref().map_or("unbounded".to_owned(), |v| v.to_string())
+                        };
+                        writeln!(
+                            f,
+                            "    [{}, {}) -> {}",
+                            show(&r.from),
+                            show(&r.to),
+                            self.shards[r.shard].name
+                        )?;
                     }
                 }
                 Sharding::Reference => writeln!(f, "  {name}: reference (on every shard)")?,

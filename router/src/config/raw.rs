@@ -28,7 +28,11 @@ pub struct RawConfig {
 }
 
 fn default_listen() -> Spanned<String> {
-    Spanned::new("127.0.0.1:6432".to_owned(), serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN)
+    Spanned::new(
+        "127.0.0.1:6432".to_owned(),
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
 }
 
 /// `pool:` section; every field optional.

@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde_saphyr::Spanned;
 
 use super::raw::{RawConfig, RawRange, RawTable, Scalar};
-use super::{AuthMethod, Config, KeyRange, PoolMode, PoolSettings, Shard, Sharding, TableRule, User};
+use super::{
+    AuthMethod, Config, KeyRange, PoolMode, PoolSettings, Shard, Sharding, TableRule, User,
+};
 use crate::key::{KeyType, KeyValue};
 
 /// Why a `shards.yaml` was rejected: each problem with the line it was found on.
@@ -58,18 +60,33 @@ impl Problems {
     }
 
     fn general(&mut self, message: impl Into<String>) {
-        self.0.push(Problem { line: None, message: message.into() });
+        self.0.push(Problem {
+            line: None,
+            message: message.into(),
+        });
     }
 }
 
 pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
     let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError {
-        problems: vec![Problem { line: None, message: e.to_string() }],
+        problems: vec![Problem {
+            line: None,
+            message: e.to_string(),
+        }],
     })?;
     let mut problems = Problems::default();
 
-    if raw.listen.value.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-        problems.at(&raw.listen, format!("listen {:?} is not host:port", raw.listen.value));
+    if raw
+        .listen
+        .value
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_none()
+    {
+        problems.at(
+            &raw.listen,
+            format!("listen {:?} is not host:port", raw.listen.value),
+        );
     }
 
     let pool = pool_settings(&raw, &mut problems);
@@ -78,8 +95,14 @@ pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
     let mut shards = Vec::new();
     let mut shard_ids = HashMap::new();
     for s in &raw.shards {
-        if shard_ids.insert(s.name.value.clone(), shards.len()).is_some() {
-            problems.at(&s.name, format!("shard {:?} is defined twice", s.name.value));
+        if shard_ids
+            .insert(s.name.value.clone(), shards.len())
+            .is_some()
+        {
+            problems.at(
+                &s.name,
+                format!("shard {:?} is defined twice", s.name.value),
+            );
         }
         shards.push(Shard {
             name: s.name.value.clone(),
@@ -94,7 +117,10 @@ pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
 
     let default_shard = match &raw.default_shard {
         Some(name) => shard_ids.get(&name.value).copied().unwrap_or_else(|| {
-            problems.at(name, format!("default_shard {:?} is not one of the shards", name.value));
+            problems.at(
+                name,
+                format!("default_shard {:?} is not one of the shards", name.value),
+            );
             0
         }),
         None => 0,
@@ -102,7 +128,13 @@ pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
 
     let mut tables = HashMap::new();
     for t in &raw.tables {
-        let key = t.name.value.rsplit('.').next().unwrap_or(&t.name.value).to_ascii_lowercase();
+        let key = t
+            .name
+            .value
+            .rsplit('.')
+            .next()
+            .unwrap_or(&t.name.value)
+            .to_ascii_lowercase();
         if let Some(rule) = table_rule(t, &shard_ids, &mut problems) {
             if tables.insert(key, rule).is_some() {
                 problems.at(&t.name, format!("table {:?} is listed twice", t.name.value));
@@ -111,7 +143,9 @@ pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
     }
 
     if !problems.0.is_empty() {
-        return Err(ConfigError { problems: problems.0 });
+        return Err(ConfigError {
+            problems: problems.0,
+        });
     }
     Ok(Config {
         listen: raw.listen.value,
@@ -129,7 +163,10 @@ fn pool_mode(name: &Spanned<String>, problems: &mut Problems) -> PoolMode {
         "transaction" => PoolMode::Transaction,
         "session" => PoolMode::Session,
         other => {
-            problems.at(name, format!("pool mode {other:?} is not `transaction` or `session`"));
+            problems.at(
+                name,
+                format!("pool mode {other:?} is not `transaction` or `session`"),
+            );
             PoolMode::Transaction
         }
     }
@@ -138,7 +175,10 @@ fn pool_mode(name: &Spanned<String>, problems: &mut Problems) -> PoolMode {
 fn pool_settings(raw: &RawConfig, problems: &mut Problems) -> PoolSettings {
     let p = &raw.pool;
     let settings = PoolSettings {
-        mode: p.mode.as_ref().map_or(PoolMode::Transaction, |m| pool_mode(m, problems)),
+        mode: p
+            .mode
+            .as_ref()
+            .map_or(PoolMode::Transaction, |m| pool_mode(m, problems)),
         size: p.size.unwrap_or(20),
         min_idle: p.min_idle.unwrap_or(0),
         checkout_timeout: Duration::from_millis(p.checkout_timeout_ms.unwrap_or(5_000)),
@@ -169,7 +209,10 @@ fn users(raw: &RawConfig, problems: &mut Problems) -> Vec<User> {
             Some("trust") => AuthMethod::Trust,
             Some(other) => {
                 if let Some(a) = &u.auth {
-                    problems.at(a, format!("auth {other:?} is not scram-sha-256, md5 or trust"));
+                    problems.at(
+                        a,
+                        format!("auth {other:?} is not scram-sha-256, md5 or trust"),
+                    );
                 }
                 AuthMethod::Trust
             }
@@ -179,11 +222,20 @@ fn users(raw: &RawConfig, problems: &mut Problems) -> Vec<User> {
                 problems.at(verifier, "scram_verifier must look like SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey> (as in pg_authid)");
             }
             if auth == AuthMethod::Md5 && u.password.is_none() {
-                problems.at(verifier, "md5 auth needs a cleartext `password`, not a scram_verifier");
+                problems.at(
+                    verifier,
+                    "md5 auth needs a cleartext `password`, not a scram_verifier",
+                );
             }
         }
         if auth != AuthMethod::Trust && u.password.is_none() && u.scram_verifier.is_none() {
-            problems.at(name, format!("user {:?} needs a `password` or a `scram_verifier` (or auth: trust)", name.value));
+            problems.at(
+                name,
+                format!(
+                    "user {:?} needs a `password` or a `scram_verifier` (or auth: trust)",
+                    name.value
+                ),
+            );
         }
         if u.password.is_none() && u.server_password.is_none() {
             problems.at(name, format!(
@@ -206,13 +258,20 @@ fn users(raw: &RawConfig, problems: &mut Problems) -> Vec<User> {
     users
 }
 
-fn table_rule(t: &RawTable, shard_ids: &HashMap<String, usize>, problems: &mut Problems) -> Option<TableRule> {
+fn table_rule(
+    t: &RawTable,
+    shard_ids: &HashMap<String, usize>,
+    problems: &mut Problems,
+) -> Option<TableRule> {
     let name = t.name.value.clone();
     let sharding = match t.sharding.value.as_str() {
         "reference" => Sharding::Reference,
         kind @ ("hash" | "range") => {
             let Some(column) = &t.column else {
-                problems.at(&t.name, format!("table {name:?} is sharded by {kind} but has no `column`"));
+                problems.at(
+                    &t.name,
+                    format!("table {name:?} is sharded by {kind} but has no `column`"),
+                );
                 return None;
             };
             let key_type = match &t.key_type {
@@ -224,36 +283,77 @@ fn table_rule(t: &RawTable, shard_ids: &HashMap<String, usize>, problems: &mut P
             };
             let column = column.value.to_ascii_lowercase();
             if kind == "hash" {
-                let shards = match &t.shards {
+                let shards: Vec<usize> = match &t.shards {
                     None => (0..shard_ids.len()).collect(),
-                    Some(names) => names.iter().filter_map(|n| resolve(n, shard_ids, problems)).collect(),
+                    Some(names) => names
+                        .iter()
+                        .filter_map(|n| resolve(n, shard_ids, problems))
+                        .collect(),
                 };
-                Sharding::Hash { column, key_type, shards }
-            } else {
-                let ranges = ranges(&name, key_type, t.ranges.as_deref().unwrap_or_default(), shard_ids, problems);
-                if t.ranges.as_ref().is_none_or(|r| r.is_empty()) {
-                    problems.at(&t.name, format!("range table {name:?} needs a non-empty `ranges:` list"));
+                if shards.is_empty() {
+                    problems.at(
+                        &t.name,
+                        format!("hash table {name:?} needs at least one shard"),
+                    );
+                    return None;
                 }
-                Sharding::Range { column, key_type, ranges }
+                Sharding::Hash {
+                    column,
+                    key_type,
+                    shards,
+                }
+            } else {
+                let ranges = ranges(
+                    &name,
+                    key_type,
+                    t.ranges.as_deref().unwrap_or_default(),
+                    shard_ids,
+                    problems,
+                );
+                if t.ranges.as_ref().is_none_or(|r| r.is_empty()) {
+                    problems.at(
+                        &t.name,
+                        format!("range table {name:?} needs a non-empty `ranges:` list"),
+                    );
+                }
+                Sharding::Range {
+                    column,
+                    key_type,
+                    ranges,
+                }
             }
         }
         other => {
-            problems.at(&t.sharding, format!("sharding {other:?} is not hash, range or reference"));
+            problems.at(
+                &t.sharding,
+                format!("sharding {other:?} is not hash, range or reference"),
+            );
             return None;
         }
     };
     Some(TableRule { name, sharding })
 }
 
-fn resolve(name: &Spanned<String>, shard_ids: &HashMap<String, usize>, problems: &mut Problems) -> Option<usize> {
+fn resolve(
+    name: &Spanned<String>,
+    shard_ids: &HashMap<String, usize>,
+    problems: &mut Problems,
+) -> Option<usize> {
     let id = shard_ids.get(&name.value).copied();
     if id.is_none() {
-        problems.at(name, format!("shard {:?} is not defined under `shards:`", name.value));
+        problems.at(
+            name,
+            format!("shard {:?} is not defined under `shards:`", name.value),
+        );
     }
     id
 }
 
-fn bound(b: &Option<Spanned<Scalar>>, key_type: KeyType, problems: &mut Problems) -> Option<KeyValue> {
+fn bound(
+    b: &Option<Spanned<Scalar>>,
+    key_type: KeyType,
+    problems: &mut Problems,
+) -> Option<KeyValue> {
     let b = b.as_ref()?;
     let text = match &b.value {
         Scalar::Int(i) => i.to_string(),
@@ -279,10 +379,17 @@ fn ranges(
     for r in raw {
         let from = bound(&r.from, key_type, problems);
         let to = bound(&r.to, key_type, problems);
-        let Some(shard) = resolve(&r.shard, shard_ids, problems) else { continue };
+        let Some(shard) = resolve(&r.shard, shard_ids, problems) else {
+            continue;
+        };
         if let (Some(f), Some(t)) = (&from, &to) {
             if f.compare(t).is_none_or(|o| o.is_ge()) {
-                problems.at(&r.shard, format!("range [{f}, {t}) of table {table:?} is empty: `from` must be below `to`"));
+                problems.at(
+                    &r.shard,
+                    format!(
+                        "range [{f}, {t}) of table {table:?} is empty: `from` must be below `to`"
+                    ),
+                );
                 continue;
             }
         }
@@ -303,7 +410,12 @@ fn ranges(
             (Some(to), Some(from)) => to.compare(from).is_some_and(|o| o.is_gt()),
         };
         if overlaps {
-            problems.at(&raw_next.shard, format!("ranges of table {table:?} overlap; each key must belong to exactly one range"));
+            problems.at(
+                &raw_next.shard,
+                format!(
+                    "ranges of table {table:?} overlap; each key must belong to exactly one range"
+                ),
+            );
         }
     }
     out.into_iter().map(|(r, _)| r).collect()
@@ -329,10 +441,15 @@ mod tests {
             Err(e) => panic!("valid config rejected: {e}"),
         };
         assert_eq!(cfg.shards.len(), 2);
-        assert!(matches!(cfg.table("public.USERS").map(|t| &t.sharding), Some(Sharding::Hash { .. })));
+        assert!(matches!(
+            cfg.table("public.USERS").map(|t| &t.sharding),
+            Some(Sharding::Hash { .. })
+        ));
         let events = cfg.table("events").map(|t| t.shard_for(&KeyValue::Int(99)));
         assert_eq!(events, Some(Ok(0)));
-        let events = cfg.table("events").map(|t| t.shard_for(&KeyValue::Int(100)));
+        let events = cfg
+            .table("events")
+            .map(|t| t.shard_for(&KeyValue::Int(100)));
         assert_eq!(events, Some(Ok(1)));
     }
 
@@ -355,13 +472,22 @@ mod tests {
                 Err(e) => e,
             };
             let found = err.problems.iter().find(|p| p.message.contains(needle));
-            assert_eq!(found.and_then(|p| p.line), Some(*line), "{err} for\n{tables}");
+            assert_eq!(
+                found.and_then(|p| p.line),
+                Some(*line),
+                "{err} for\n{tables}"
+            );
         }
     }
 
     #[test]
     fn syntax_errors_are_reported_not_panicked() {
-        for text in ["users: [", "shards: 5", "\t- :", "users:\n  - name: a\n    unknown: 1\nshards: []"] {
+        for text in [
+            "users: [",
+            "shards: 5",
+            "\t- :",
+            "users:\n  - name: a\n    unknown: 1\nshards: []",
+        ] {
             assert!(build(text).is_err(), "{text:?}");
         }
     }
