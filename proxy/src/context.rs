@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arc_swap::ArcSwap;
 use shardline_router::{Config, Plan};
 
+use crate::backend::conn::BackendTarget;
 use crate::backend::pool::Pools;
 use crate::cancel::CancelRegistry;
 use crate::client::auth::Credentials;
@@ -30,6 +31,9 @@ pub struct ProxyContext {
     pub cancels: CancelRegistry,
     plans: Mutex<PlanCache>,
     next_version: AtomicU64,
+    /// Parameters each shard target reported at its first login, reported to clients at
+    /// theirs (so a login does not need a free backend).
+    server_params: Mutex<HashMap<BackendTarget, Vec<(String, String)>>>,
 }
 
 #[derive(Default)]
@@ -52,6 +56,7 @@ impl ProxyContext {
             cancels: CancelRegistry::default(),
             plans: Mutex::new(PlanCache::default()),
             next_version: AtomicU64::new(2),
+            server_params: Mutex::new(HashMap::new()),
         })
     }
 
@@ -70,6 +75,23 @@ impl ProxyContext {
             version,
         }));
         version
+    }
+
+    /// Server parameters remembered for `target`, if a login already learned them.
+    pub fn server_params(&self, target: &BackendTarget) -> Option<Vec<(String, String)>> {
+        self.server_params
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(target)
+            .cloned()
+    }
+
+    /// Remembers the parameters `target` reported.
+    pub fn remember_server_params(&self, target: BackendTarget, params: Vec<(String, String)>) {
+        self.server_params
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(target, params);
     }
 
     /// The routing plan of `sql` under `loaded`, analysed once per config version.

@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::backend::conn::BackendError;
+use crate::backend::pool::CheckoutError;
 use crate::context::ProxyContext;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::{FrameError, FrameReader};
@@ -234,11 +235,22 @@ async fn probe_default_shard(
             .clone()
             .unwrap_or_else(|| database.to_owned()),
     };
+    if let Some(params) = ctx.server_params(&target) {
+        return Ok(params);
+    }
     match ctx.pools.checkout(&target, &config.pool).await {
-        Ok(conn) => Ok(conn.server_params.clone()),
-        Err(crate::backend::pool::CheckoutError::Backend(BackendError::Refused(frame))) => {
+        Ok(conn) => {
+            let params = conn.server_params.clone();
+            ctx.remember_server_params(target, params.clone());
+            Ok(params)
+        }
+        Err(CheckoutError::Backend(BackendError::Refused(frame))) => {
             Err(Probe::Refused(msg::error_naming_shard(&frame, &shard.name)))
         }
+        Err(e @ CheckoutError::Exhausted { .. }) => Err(Probe::Refused(msg::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            &format!("shard {}: {e}", shard.name),
+        ))),
         Err(e) => Err(Probe::Failed(format!(
             "could not connect to shard {} at {}:{}: {e}",
             shard.name, shard.host, shard.port

@@ -114,6 +114,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         len >= 4 && self.buf.len() > len as usize
     }
 
+    /// Puts a message back in front of the input, to be read again.
+    pub fn unread(&mut self, frame: Frame) {
+        let mut buf = BytesMut::with_capacity(frame.bytes.len() + self.buf.len());
+        buf.extend_from_slice(&frame.bytes);
+        buf.extend_from_slice(&self.buf);
+        self.buf = buf;
+    }
+
     /// Whether anything (bytes or end of stream) is buffered on an idle connection, where
     /// nothing should be. The caller provides a non-blocking read of the underlying stream.
     pub fn idle_input(

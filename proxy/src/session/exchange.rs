@@ -213,11 +213,19 @@ where
                 out.flush().await.map_err(ExchangeError::Client)?;
                 relay_copy_in(backend, client).await?;
                 if reply == Reply::Execute {
-                    // The backend ignored the `Sync` that followed `Execute` while it was in
-                    // COPY; the client sends another one after `CopyDone`.
-                    if let Some(pos) = queue.iter().position(|e| e.reply() == Some(Reply::Sync)) {
-                        queue.remove(pos);
-                        outcome.awaiting_sync = true;
+                    // In the extended protocol the backend ignored the `Sync` that followed
+                    // `Execute` while it was copying; clients send another one right after
+                    // `CopyDone`, and that one ends the segment.
+                    let next = client.read().await.map_err(ExchangeError::ClientFrame)?;
+                    if next.tag() == b'S' {
+                        backend.send(next.bytes()).await?;
+                    } else {
+                        client.unread(next);
+                        if let Some(pos) = queue.iter().position(|e| e.reply() == Some(Reply::Sync))
+                        {
+                            queue.remove(pos);
+                            outcome.awaiting_sync = true;
+                        }
                     }
                 }
                 continue;
