@@ -26,15 +26,12 @@ enum Item {
         statement: Arc<Statement>,
         unnamed: bool,
     },
-    Bind {
+    /// `Bind` or `Describe` of a statement: renamed to the statement's backend name.
+    UsesStatement {
         frame: Frame,
         statement: Arc<Statement>,
         unnamed: bool,
-    },
-    DescribeStatement {
-        frame: Frame,
-        statement: Arc<Statement>,
-        unnamed: bool,
+        reply: Reply,
     },
     Execute {
         frame: Frame,
@@ -162,10 +159,11 @@ impl Session {
                     }
                     portals.insert(view.portal.to_vec(), statement.clone());
                     let unnamed = view.statement.is_empty();
-                    Item::Bind {
+                    Item::UsesStatement {
                         frame,
                         statement,
                         unnamed,
+                        reply: Reply::Bind,
                     }
                 }
                 b'D' => {
@@ -175,10 +173,11 @@ impl Session {
                             return Ok(Err(unknown_statement(view.name)));
                         };
                         let unnamed = view.name.is_empty();
-                        Item::DescribeStatement {
+                        Item::UsesStatement {
                             frame,
                             statement,
                             unnamed,
+                            reply: Reply::DescribeStatement,
                         }
                     } else {
                         Item::Forward {
@@ -279,9 +278,11 @@ impl Session {
         for item in &segment.items {
             match item {
                 Item::Parse { .. } => out.extend_from_slice(&msg::empty(tag::PARSE_COMPLETE)),
-                Item::Bind { .. } => out.extend_from_slice(&msg::empty(tag::BIND_COMPLETE)),
+                Item::UsesStatement {
+                    reply: Reply::Bind, ..
+                } => out.extend_from_slice(&msg::empty(tag::BIND_COMPLETE)),
                 Item::CloseStatement => out.extend_from_slice(&msg::empty(tag::CLOSE_COMPLETE)),
-                Item::DescribeStatement { .. } => {
+                Item::UsesStatement { .. } => {
                     out.extend_from_slice(&[tag::PARAMETER_DESCRIPTION, 0, 0, 0, 6, 0, 0]);
                     out.extend_from_slice(&msg::empty(tag::NO_DATA));
                 }
@@ -372,10 +373,11 @@ fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>, VecDeque<E
                     });
                 }
             }
-            Item::Bind {
+            Item::UsesStatement {
                 frame,
                 statement,
                 unnamed,
+                reply,
             } => {
                 preparer.ensure(conn, statement, *unnamed, &mut out, &mut queue);
                 let name = if *unnamed {
@@ -383,28 +385,8 @@ fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>, VecDeque<E
                 } else {
                     statement.server_name()
                 };
-                match BindView::new(frame) {
-                    Ok(view) => out.push(view.retarget(frame, &name)),
-                    Err(_) => out.push(frame.bytes().clone()),
-                }
-                queue.push_back(Expect::relay(Reply::Bind));
-            }
-            Item::DescribeStatement {
-                frame,
-                statement,
-                unnamed,
-            } => {
-                preparer.ensure(conn, statement, *unnamed, &mut out, &mut queue);
-                let name = if *unnamed {
-                    Vec::new()
-                } else {
-                    statement.server_name()
-                };
-                match TargetView::new(frame) {
-                    Ok(view) => out.push(view.rebuild(b'D', &name)),
-                    Err(_) => out.push(frame.bytes().clone()),
-                }
-                queue.push_back(Expect::relay(Reply::DescribeStatement));
+                out.push(renamed(frame, &name));
+                queue.push_back(Expect::relay(*reply));
             }
             Item::Execute { frame, statement } => {
                 out.push(frame.bytes().clone());
@@ -426,6 +408,16 @@ fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>, VecDeque<E
         }
     }
     (out, queue)
+}
+
+/// A `Bind` or `Describe` frame naming statement `name` instead of the client's name.
+fn renamed(frame: &Frame, name: &[u8]) -> Bytes {
+    let rebuilt = match frame.tag() {
+        b'B' => BindView::new(frame).map(|view| view.retarget(frame, name)),
+        _ => TargetView::new(frame).map(|view| view.rebuild(b'D', name)),
+    };
+    // Both were parsed successfully when the segment was read.
+    rebuilt.unwrap_or_else(|_| frame.bytes().clone())
 }
 
 /// Makes sure a statement exists on the backend before a message uses it.

@@ -11,6 +11,7 @@
 //! way PostgreSQL fails one on error. In transaction pooling mode a backend goes back to its
 //! pool whenever it reports `ReadyForQuery` idle.
 
+mod attach;
 mod batch;
 mod exchange;
 mod local;
@@ -18,17 +19,17 @@ mod output;
 mod scatter;
 pub mod settings;
 mod statements;
+mod transaction;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use shardline_router::config::PoolMode;
 use shardline_router::{Route, RouteError, ShardId, StatementKind};
 use tokio::net::tcp::OwnedReadHalf;
 
-use crate::backend::conn::{BackendError, BackendTarget};
-use crate::backend::pool::{CheckoutError, Pooled, Pools};
+use crate::backend::pool::{Pooled, Pools};
 use crate::cancel::CancelTargets;
 use crate::context::{Loaded, ProxyContext};
 use crate::protocol::backend::{self as msg, sqlstate};
@@ -38,6 +39,7 @@ use exchange::{apply_effects, Effect, ExchangeError, Expect, Outcome, Reply};
 pub use output::ClientOutput;
 use settings::Settings;
 use statements::ClientStatements;
+use transaction::Transaction;
 
 /// Who the client is, as established at startup.
 #[derive(Debug, Clone)]
@@ -91,34 +93,6 @@ pub enum SessionEnd {
     ClientIo(#[from] std::io::Error),
     #[error("a shard connection failed inside a transaction: {0}")]
     BackendLost(String),
-}
-
-/// Transaction state as the client sees it.
-#[derive(Debug, Default)]
-struct Transaction {
-    /// `BEGIN` (and `SET LOCAL`s) held until the first routed statement.
-    held: Vec<String>,
-    /// Shard the open transaction runs on.
-    shard: Option<ShardId>,
-    /// The proxy refused a statement inside the transaction: like PostgreSQL, everything but
-    /// `ROLLBACK` now fails.
-    failed: bool,
-    /// Client settings when the transaction began, restored if it rolls back.
-    settings_before: Option<Settings>,
-}
-
-impl Transaction {
-    fn open(&self) -> bool {
-        !self.held.is_empty() || self.shard.is_some()
-    }
-
-    fn status(&self) -> u8 {
-        match (self.failed, self.open()) {
-            (true, _) => b'E',
-            (false, true) => b'T',
-            (false, false) => b'I',
-        }
-    }
 }
 
 /// A logged-in client.
@@ -223,13 +197,6 @@ impl Session {
         Ok(())
     }
 
-    /// Refuses a statement inside a transaction: the transaction is failed, as in PostgreSQL.
-    fn fail_transaction(&mut self) {
-        if self.tx.open() {
-            self.tx.failed = true;
-        }
-    }
-
     async fn simple_query(&mut self, frame: Frame) -> Result<(), SessionEnd> {
         let loaded = self.ctx.snapshot();
         let sql = match query_text(&frame) {
@@ -310,49 +277,6 @@ impl Session {
         }
     }
 
-    /// A multi-shard statement cannot join a single-shard transaction (two-phase commit is
-    /// not built yet).
-    fn check_scatter_allowed(&mut self, shards: &[ShardId]) -> Result<(), ClientError> {
-        if !self.tx.open() {
-            return Ok(());
-        }
-        self.fail_transaction();
-        let names = self.shard_names(shards);
-        Err(ClientError::new(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            format!(
-                "this statement needs shards {names}, but a transaction can only use one shard; run it outside the transaction block"
-            ),
-        ))
-    }
-
-    fn shard_names(&self, shards: &[ShardId]) -> String {
-        let loaded = self.ctx.snapshot();
-        let names: Vec<&str> = shards
-            .iter()
-            .filter_map(|s| loaded.config.shards.get(*s).map(|s| s.name.as_str()))
-            .collect();
-        names.join(", ")
-    }
-
-    /// Checks that a statement for `shard` may run in the current transaction.
-    fn check_pinned(&mut self, shard: ShardId) -> Result<(), ClientError> {
-        match self.tx.shard {
-            Some(pinned) if pinned != shard => {
-                self.fail_transaction();
-                let (pinned_name, wanted) =
-                    (self.shard_names(&[pinned]), self.shard_names(&[shard]));
-                Err(ClientError::new(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    format!(
-                        "this transaction runs on shard {pinned_name}, but this statement needs shard {wanted}; a transaction must stay on one shard (keep its statements on one shard key, or split it)"
-                    ),
-                ))
-            }
-            _ => Ok(()),
-        }
-    }
-
     /// Runs messages on one shard's backend: attaches it, brings its settings in line with the
     /// client's, sends any held `BEGIN`, then sends what `build` makes for that backend and
     /// relays the answers.
@@ -391,19 +315,34 @@ impl Session {
                 return self.fail(e).await;
             }
         };
-        let mut out = BytesMut::new();
-        let mut queue = VecDeque::new();
-        self.prelude(&mut conn, &mut out, &mut queue, start_held);
-        let (messages, expects) = build(&mut conn);
-        for m in messages {
-            out.extend_from_slice(&m);
-        }
-        queue.extend(expects);
+        let (out, mut queue) = self.compose(&mut conn, start_held, build);
         let result = match conn.send(&out).await {
             Ok(()) => exchange::drive(&mut conn, &mut queue, &mut self.out, &mut self.input).await,
             Err(e) => Err(ExchangeError::Backend(e)),
         };
         self.finish(shard, conn, result).await
+    }
+
+    /// Everything a backend is sent for one exchange — settings sync, held `BEGIN`, then what
+    /// `build` makes — and the matching answer queue.
+    fn compose<F>(
+        &mut self,
+        conn: &mut Pooled,
+        start_held: bool,
+        build: F,
+    ) -> (BytesMut, VecDeque<Expect>)
+    where
+        F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
+    {
+        let mut out = BytesMut::new();
+        let mut queue = VecDeque::new();
+        self.prelude(conn, &mut out, &mut queue, start_held);
+        let (messages, expects) = build(conn);
+        for m in messages {
+            out.extend_from_slice(&m);
+        }
+        queue.extend(expects);
+        (out, queue)
     }
 
     /// Settings sync and held `BEGIN`, prepended to what a backend is sent.
@@ -501,145 +440,12 @@ impl Session {
         Ok(())
     }
 
-    fn keep_or_release(&mut self, shard: ShardId, conn: Pooled, busy: bool) {
-        if busy || self.awaiting_sync || self.identity.pool_mode == PoolMode::Session {
-            self.conns.insert(shard, conn);
-        } else {
-            self.forget_cancel_key(&conn);
-            drop(conn);
-        }
-    }
-
-    /// The backend for `shard`: the one already held, or a fresh checkout.
-    async fn attach(&mut self, loaded: &Loaded, shard: ShardId) -> Result<Pooled, ClientError> {
-        if let Some(conn) = self.conns.remove(&shard) {
-            return Ok(conn);
-        }
-        let target = self.target(loaded, shard)?;
-        let name = loaded
-            .config
-            .shards
-            .get(shard)
-            .map_or("?", |s| s.name.as_str());
-        let conn = self
-            .ctx
-            .pools
-            .checkout(&target, &loaded.config.pool)
-            .await
-            .map_err(|e| checkout_error(name, &target, e))?;
-        self.cancel_targets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(conn.cancel_key);
-        Ok(conn)
-    }
-
-    fn target(&self, loaded: &Loaded, shard: ShardId) -> Result<BackendTarget, ClientError> {
-        let config = &loaded.config;
-        let s = config.shards.get(shard).ok_or_else(|| {
-            ClientError::new(sqlstate::INTERNAL, "shard vanished from the config")
-        })?;
-        let user = config.user(&self.identity.user).ok_or_else(|| {
-            ClientError::new(
-                sqlstate::INVALID_AUTHORIZATION,
-                "user was removed from shards.yaml",
-            )
-        })?;
-        Ok(BackendTarget {
-            host: s.host.clone(),
-            port: s.port,
-            user: user.name.clone(),
-            password: user.backend_password().map(str::to_owned),
-            database: s
-                .database
-                .clone()
-                .unwrap_or_else(|| self.identity.database.clone()),
-        })
-    }
-
-    fn forget_cancel_key(&self, conn: &Pooled) {
-        let mut targets = self
-            .cancel_targets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        targets.retain(|k| *k != conn.cancel_key);
-    }
-
-    /// Returns every held backend at disconnect. Backends inside a transaction are dropped;
-    /// session-mode backends are reset with `DISCARD ALL` so nothing leaks to the next client.
-    async fn release_all(&mut self) {
-        let in_transaction = self.tx.open() || self.awaiting_sync;
-        for (_, mut conn) in std::mem::take(&mut self.conns) {
-            if in_transaction {
-                conn.broken = true;
-            } else if self.identity.pool_mode == PoolMode::Session {
-                reset_session(&mut conn).await;
-            }
-            if conn.broken {
-                Pools::discard(conn);
-            }
-        }
-        self.cancel_targets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-    }
-
-    /// Finishes backends held after a `Flush` on other shards than `shard`: their pipeline
-    /// segment is over once the client moves elsewhere, so they get a `Sync` and go back.
-    async fn settle_others(&mut self, shard: ShardId) {
-        if self.tx.shard.is_some() || self.identity.pool_mode == PoolMode::Session {
-            return;
-        }
-        let others: Vec<ShardId> = self.conns.keys().copied().filter(|s| *s != shard).collect();
-        for other in others {
-            let Some(mut conn) = self.conns.remove(&other) else {
-                continue;
-            };
-            let settled =
-                conn.send(&msg::empty(b'S')).await.is_ok() && drain_to_ready(&mut conn).await;
-            self.forget_cancel_key(&conn);
-            if !settled {
-                Pools::discard(conn);
-            }
-        }
-    }
-
     async fn function_call(&mut self, frame: Frame) -> Result<(), SessionEnd> {
         let loaded = self.ctx.snapshot();
         let shard = self.tx.shard.unwrap_or(loaded.config.default_shard);
         let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);
         self.exchange(&loaded, shard, |_| (vec![frame.into_bytes()], queue))
             .await
-    }
-}
-
-/// Clears a session-mode backend's state before it serves another client.
-async fn reset_session(conn: &mut Pooled) {
-    let ok = conn
-        .send(&local::query_message("DISCARD ALL"))
-        .await
-        .is_ok()
-        && drain_to_ready(conn).await;
-    if ok {
-        conn.prepared.clear();
-        conn.settings = Some(Settings::new());
-    } else {
-        conn.broken = true;
-    }
-}
-
-/// Reads and drops a backend's answers up to `ReadyForQuery`; false if the backend failed or
-/// is still in a transaction.
-async fn drain_to_ready(conn: &mut Pooled) -> bool {
-    loop {
-        match conn.read().await {
-            Ok(frame) if frame.tag() == msg::tag::READY_FOR_QUERY => {
-                return msg::ready_status(&frame) == b'I'
-            }
-            Ok(_) => {}
-            Err(_) => return false,
-        }
     }
 }
 
@@ -675,25 +481,5 @@ fn effect_of(kind: &StatementKind) -> Option<Effect> {
         StatementKind::Reset { name } => Some(Effect::Reset { name: name.clone() }),
         StatementKind::ResetAll => Some(Effect::ResetAll),
         _ => None,
-    }
-}
-
-fn checkout_error(shard: &str, target: &BackendTarget, e: CheckoutError) -> ClientError {
-    match e {
-        CheckoutError::Exhausted { .. } => {
-            ClientError::new(sqlstate::TOO_MANY_CONNECTIONS, format!("shard {shard}: {e}"))
-        }
-        CheckoutError::Backend(BackendError::Refused(frame)) => ClientError {
-            sqlstate: sqlstate::CANNOT_CONNECT,
-            message: String::new(),
-            frame: Some(msg::error_naming_shard(&frame, shard)),
-        },
-        other => ClientError::new(
-            sqlstate::CONNECTION_FAILURE,
-            format!(
-                "could not connect to shard {shard} at {}:{}: {other}; check that the shard is up and shards.yaml points at it",
-                target.host, target.port
-            ),
-        ),
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use shardline_router::ShardId;
 
 use super::exchange::{completes, Expect, Mode, Reply};
@@ -57,31 +57,13 @@ impl Session {
         for &shard in shards {
             match self.attach(loaded, shard).await {
                 Ok(mut conn) => {
-                    let mut bytes = BytesMut::new();
-                    let mut queue = VecDeque::new();
-                    self.prelude(&mut conn, &mut bytes, &mut queue, true);
-                    let (messages, expects) = build(&mut conn);
-                    for m in messages {
-                        bytes.extend_from_slice(&m);
-                    }
-                    queue.extend(expects);
+                    let (bytes, queue) = self.compose(&mut conn, true, |c| build(c));
                     let name = loaded
                         .config
                         .shards
                         .get(shard)
                         .map_or_else(String::new, |s| s.name.clone());
-                    if let Err(e) = conn.send(&bytes).await {
-                        let error = lost(&name, &e);
-                        legs.push(Leg {
-                            shard,
-                            name,
-                            conn,
-                            queue,
-                            skipping: false,
-                        });
-                        self.release_legs(legs);
-                        return self.fail(error).await;
-                    }
+                    let sent = conn.send(&bytes).await;
                     legs.push(Leg {
                         shard,
                         name,
@@ -89,6 +71,11 @@ impl Session {
                         queue,
                         skipping: false,
                     });
+                    if let Err(e) = sent {
+                        let error = lost(&legs[legs.len() - 1].name, &e);
+                        self.release_legs(legs);
+                        return self.fail(error).await;
+                    }
                 }
                 Err(e) => {
                     self.release_legs(legs);

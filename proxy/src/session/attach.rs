@@ -1,0 +1,177 @@
+//! Which backends a session holds: checking them out of the pools, returning them when the
+//! transaction ends (or keeping them in session mode), and cleaning them up at disconnect.
+
+use std::sync::PoisonError;
+
+use shardline_router::config::PoolMode;
+use shardline_router::ShardId;
+
+use super::settings::Settings;
+use super::{local, ClientError, Session};
+use crate::backend::conn::{BackendError, BackendTarget};
+use crate::backend::pool::{CheckoutError, Pooled, Pools};
+use crate::context::Loaded;
+use crate::protocol::backend::{self as msg, sqlstate};
+
+impl Session {
+    pub(super) fn keep_or_release(&mut self, shard: ShardId, conn: Pooled, busy: bool) {
+        if busy || self.awaiting_sync || self.identity.pool_mode == PoolMode::Session {
+            self.conns.insert(shard, conn);
+        } else {
+            self.forget_cancel_key(&conn);
+            drop(conn);
+        }
+    }
+
+    /// The backend for `shard`: the one already held, or a fresh checkout.
+    pub(super) async fn attach(
+        &mut self,
+        loaded: &Loaded,
+        shard: ShardId,
+    ) -> Result<Pooled, ClientError> {
+        if let Some(conn) = self.conns.remove(&shard) {
+            return Ok(conn);
+        }
+        let target = self.target(loaded, shard)?;
+        let name = loaded
+            .config
+            .shards
+            .get(shard)
+            .map_or("?", |s| s.name.as_str());
+        let conn = self
+            .ctx
+            .pools
+            .checkout(&target, &loaded.config.pool)
+            .await
+            .map_err(|e| checkout_error(name, &target, e))?;
+        self.cancel_targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn.cancel_key);
+        Ok(conn)
+    }
+
+    pub(super) fn target(
+        &self,
+        loaded: &Loaded,
+        shard: ShardId,
+    ) -> Result<BackendTarget, ClientError> {
+        let config = &loaded.config;
+        let s = config.shards.get(shard).ok_or_else(|| {
+            ClientError::new(sqlstate::INTERNAL, "shard vanished from the config")
+        })?;
+        let user = config.user(&self.identity.user).ok_or_else(|| {
+            ClientError::new(
+                sqlstate::INVALID_AUTHORIZATION,
+                "user was removed from shards.yaml",
+            )
+        })?;
+        Ok(BackendTarget {
+            host: s.host.clone(),
+            port: s.port,
+            user: user.name.clone(),
+            password: user.backend_password().map(str::to_owned),
+            database: s
+                .database
+                .clone()
+                .unwrap_or_else(|| self.identity.database.clone()),
+        })
+    }
+
+    pub(super) fn forget_cancel_key(&self, conn: &Pooled) {
+        let mut targets = self
+            .cancel_targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        targets.retain(|k| *k != conn.cancel_key);
+    }
+
+    /// Returns every held backend at disconnect. Backends inside a transaction are dropped;
+    /// session-mode backends are reset with `DISCARD ALL` so nothing leaks to the next client.
+    pub(super) async fn release_all(&mut self) {
+        let in_transaction = self.tx.open() || self.awaiting_sync;
+        for (_, mut conn) in std::mem::take(&mut self.conns) {
+            if in_transaction {
+                conn.broken = true;
+            } else if self.identity.pool_mode == PoolMode::Session {
+                reset_session(&mut conn).await;
+            }
+            if conn.broken {
+                Pools::discard(conn);
+            }
+        }
+        self.cancel_targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Finishes backends held after a `Flush` on other shards than `shard`: their pipeline
+    /// segment is over once the client moves elsewhere, so they get a `Sync` and go back.
+    pub(super) async fn settle_others(&mut self, shard: ShardId) {
+        if self.tx.shard.is_some() || self.identity.pool_mode == PoolMode::Session {
+            return;
+        }
+        let others: Vec<ShardId> = self.conns.keys().copied().filter(|s| *s != shard).collect();
+        for other in others {
+            let Some(mut conn) = self.conns.remove(&other) else {
+                continue;
+            };
+            let settled =
+                conn.send(&msg::empty(b'S')).await.is_ok() && drain_to_ready(&mut conn).await;
+            self.forget_cancel_key(&conn);
+            if !settled {
+                Pools::discard(conn);
+            }
+        }
+    }
+}
+
+/// Clears a session-mode backend's state before it serves another client.
+pub(super) async fn reset_session(conn: &mut Pooled) {
+    let ok = conn
+        .send(&local::query_message("DISCARD ALL"))
+        .await
+        .is_ok()
+        && drain_to_ready(conn).await;
+    if ok {
+        conn.prepared.clear();
+        conn.settings = Some(Settings::new());
+    } else {
+        conn.broken = true;
+    }
+}
+
+/// Reads and drops a backend's answers up to `ReadyForQuery`; false if the backend failed or
+/// is still in a transaction.
+pub(super) async fn drain_to_ready(conn: &mut Pooled) -> bool {
+    loop {
+        match conn.read().await {
+            Ok(frame) if frame.tag() == msg::tag::READY_FOR_QUERY => {
+                return msg::ready_status(&frame) == b'I'
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+pub(super) fn checkout_error(shard: &str, target: &BackendTarget, e: CheckoutError) -> ClientError {
+    match e {
+        CheckoutError::Exhausted { .. } => {
+            ClientError::new(sqlstate::TOO_MANY_CONNECTIONS, format!("shard {shard}: {e}"))
+        }
+        CheckoutError::Backend(BackendError::Refused(frame)) => ClientError {
+            sqlstate: sqlstate::CANNOT_CONNECT,
+            message: String::new(),
+            frame: Some(msg::error_naming_shard(&frame, shard)),
+        },
+        other => ClientError::new(
+            sqlstate::CONNECTION_FAILURE,
+            format!(
+                "could not connect to shard {shard} at {}:{}: {other}; check that the shard is up and shards.yaml points at it",
+                target.host, target.port
+            ),
+        ),
+    }
+}
