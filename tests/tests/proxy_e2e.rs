@@ -4,7 +4,7 @@
 //! session settings follow the client across backends.
 
 use shardline_router::KeyValue;
-use shardline_tests::TestCluster;
+use shardline_tests::{connect, TestCluster};
 use tokio_postgres::error::SqlState;
 
 const SCHEMA: &str = "CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL, balance numeric DEFAULT 0);
@@ -207,6 +207,23 @@ async fn session_settings_follow_the_client_across_backends() -> anyhow::Result<
             .query_one("SELECT current_setting('application_name')", &[])
             .await?;
         assert_eq!(row.get::<_, String>(0), "settings-test");
+    }
+    // Startup parameters (application_name, options -c …) hold in every transaction too.
+    let conninfo = format!(
+        "{} application_name=startup-app options='-c statement_timeout=4321 -c DateStyle=German'",
+        cluster.proxy_conninfo()
+    );
+    let started = connect(&conninfo).await?;
+    for _ in 0..10 {
+        noisy
+            .batch_execute("SET application_name = 'noise'; SET DateStyle = 'ISO'")
+            .await?;
+        let row = started
+            .query_one("SELECT current_setting('statement_timeout'), current_setting('application_name'), current_setting('DateStyle')", &[])
+            .await?;
+        assert_eq!(row.get::<_, String>(0), "4321ms");
+        assert_eq!(row.get::<_, String>(1), "startup-app");
+        assert_eq!(row.get::<_, String>(2), "German, DMY");
     }
     client.batch_execute("RESET statement_timeout").await?;
     let row = client.query_one("SHOW statement_timeout", &[]).await?;

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use super::expr::KeyExpr;
-use super::query::{Alt, Formula, LevelId, OccId, TableKind, Walker};
+use super::value::KeyExpr;
+use super::walker::{Alt, Formula, LevelId, OccId, TableKind, Walker};
 use crate::key::KeyType;
 use crate::plan::{
     join_names, null_key, Branch, ClassInfo, KeySrc, KeyUpdate, Keyed, Restr, RouteError, Target,

@@ -3,12 +3,12 @@
 
 use sqlparser::ast::{
     Assignment, AssignmentTarget, Delete, Expr, FromTable, Insert, Merge, ObjectName,
-    OnConflictAction, OnInsert, SetExpr, TableAlias, TableFactor, TableObject, Update,
+    OnConflictAction, OnInsert, SelectItem, SetExpr, TableAlias, TableFactor, TableObject, Update,
     UpdateTableFromKind,
 };
 
-use super::expr::key_value;
-use super::query::{
+use super::value::key_value;
+use super::walker::{
     column_parts, name_parts, norm, Alt, Columns, Formula, Item, OccId, QueryOut, TableKind, Walker,
 };
 use crate::plan::RouteError;
@@ -30,23 +30,44 @@ impl<'a> Walker<'a> {
         Some(id)
     }
 
-    pub(super) fn walk_update(&mut self, update: &'a Update) -> QueryOut {
-        self.writes = true;
-        let level = self.new_level();
-        self.push_scope(level);
-        let mut alts = vec![Alt::at(level)];
-        let target = match &update.table.relation {
+    /// The table a DML statement writes: a plain table is its target (see
+    /// [`Walker::dml_target`]); anything else is walked like a FROM item.
+    fn dml_relation(&mut self, relation: &'a TableFactor, alts: &mut Vec<Alt>) -> Option<OccId> {
+        match relation {
             TableFactor::Table {
                 name,
                 alias,
                 args: None,
                 ..
-            } => self.dml_target(name, alias.as_ref(), &mut alts),
+            } => self.dml_target(name, alias.as_ref(), alts),
             other => {
-                self.factor(other, true, &mut alts);
+                self.factor(other, true, alts);
                 None
             }
+        }
+    }
+
+    /// Opens the level of a DML statement (which writes) and returns its one alternative.
+    fn begin_dml(&mut self) -> Vec<Alt> {
+        self.writes = true;
+        let level = self.new_level();
+        self.push_scope(level);
+        vec![Alt::at(level)]
+    }
+
+    /// Closes the level of a DML statement; its RETURNING list gives the output columns.
+    fn end_dml(&mut self, returning: Option<&'a [SelectItem]>, alts: Vec<Alt>) -> QueryOut {
+        let columns = match returning {
+            Some(items) => self.projection(items),
+            None => Columns::default(),
         };
+        self.pop_scope();
+        QueryOut { columns, alts }
+    }
+
+    pub(super) fn walk_update(&mut self, update: &'a Update) -> QueryOut {
+        let mut alts = self.begin_dml();
+        let target = self.dml_relation(&update.table.relation, &mut alts);
         for join in &update.table.joins {
             self.factor(&join.relation, true, &mut alts);
         }
@@ -63,12 +84,7 @@ impl<'a> Walker<'a> {
             self.add_formula(formula);
         }
         self.assignments(&update.assignments, target, false);
-        let columns = match &update.returning {
-            Some(items) => self.projection(items),
-            None => Columns::default(),
-        };
-        self.pop_scope();
-        QueryOut { columns, alts }
+        self.end_dml(update.returning.as_deref(), alts)
     }
 
     /// Checks SET targets for the shard key and walks the values. `on_conflict`: the SET of
@@ -161,25 +177,12 @@ impl<'a> Walker<'a> {
     }
 
     pub(super) fn walk_delete(&mut self, delete: &'a Delete) -> QueryOut {
-        self.writes = true;
-        let level = self.new_level();
-        self.push_scope(level);
-        let mut alts = vec![Alt::at(level)];
+        let mut alts = self.begin_dml();
         let tables = match &delete.from {
             FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
         };
         for twj in tables {
-            match &twj.relation {
-                TableFactor::Table {
-                    name,
-                    alias,
-                    args: None,
-                    ..
-                } => {
-                    self.dml_target(name, alias.as_ref(), &mut alts);
-                }
-                other => self.factor(other, true, &mut alts),
-            }
+            self.dml_relation(&twj.relation, &mut alts);
             for join in &twj.joins {
                 self.factor(&join.relation, true, &mut alts);
             }
@@ -196,19 +199,11 @@ impl<'a> Walker<'a> {
             let formula = self.formula(selection, true, true, Some(&mut alts));
             self.add_formula(formula);
         }
-        let columns = match &delete.returning {
-            Some(items) => self.projection(items),
-            None => Columns::default(),
-        };
-        self.pop_scope();
-        QueryOut { columns, alts }
+        self.end_dml(delete.returning.as_deref(), alts)
     }
 
     pub(super) fn walk_insert(&mut self, insert: &'a Insert) -> QueryOut {
-        self.writes = true;
-        let level = self.new_level();
-        self.push_scope(level);
-        let mut alts = vec![Alt::at(level)];
+        let mut alts = self.begin_dml();
         if let Some(alias) = &insert.table_alias {
             self.visit(&alias.alias);
         }
@@ -366,33 +361,14 @@ impl<'a> Walker<'a> {
                 }
             }
         }
-        let columns = match &insert.returning {
-            Some(items) => self.projection(items),
-            None => Columns::default(),
-        };
-        self.pop_scope();
-        QueryOut { columns, alts }
+        self.end_dml(insert.returning.as_deref(), alts)
     }
 
     /// MERGE: the target is refused when sharded over several shards (key values of inserted
     /// rows come from the source and cannot be checked here yet).
     pub(super) fn walk_merge(&mut self, merge: &'a Merge) -> QueryOut {
-        self.writes = true;
-        let level = self.new_level();
-        self.push_scope(level);
-        let mut alts = vec![Alt::at(level)];
-        let target = match &merge.table {
-            TableFactor::Table {
-                name,
-                alias,
-                args: None,
-                ..
-            } => self.dml_target(name, alias.as_ref(), &mut alts),
-            other => {
-                self.factor(other, true, &mut alts);
-                None
-            }
-        };
+        let mut alts = self.begin_dml();
+        let target = self.dml_relation(&merge.table, &mut alts);
         self.factor(&merge.source, true, &mut alts);
         let _links_only = self.formula(&merge.on, false, true, None);
         for clause in &merge.clauses {
