@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # pgbench -S (select-only) straight against one shard and through shardline, in the same run,
 # for the simple, extended and prepared protocols. Prints TPS, the proxy/direct ratio and the
-# proxy's CPU time per transaction (utime+stime from /proc/<pid>/stat).
+# proxy's CPU time per transaction (utime+stime from /proc/<pid>/stat). When pgbouncer is
+# installed, the same load through pgbouncer (transaction pooling, to shard 0) is shown too.
 #
 #   bash bench/pgbench_proxy.sh [seconds per run, default 10] [clients, default 8]
 set -euo pipefail
@@ -18,7 +19,11 @@ BIN=${CARGO_TARGET_DIR:-target}/release/shardline
 
 "$BIN" demo --shards 4 --port "$PORT" --dir "$DIR" >"$DIR/demo.log" 2>&1 &
 DEMO=$!
-cleanup() { kill -INT "$DEMO" 2>/dev/null || true; wait "$DEMO" 2>/dev/null || true; rm -rf "$DIR"; }
+PGB_PID=
+cleanup() {
+  [ -n "$PGB_PID" ] && kill "$(cat "$DIR/pgbouncer.pid" 2>/dev/null)" 2>/dev/null
+  kill -INT "$DEMO" 2>/dev/null || true; wait "$DEMO" 2>/dev/null || true; rm -rf "$DIR"
+}
 trap cleanup EXIT
 for _ in $(seq 1 120); do
   grep -q "shardline is ready" "$DIR/demo.log" 2>/dev/null && break
@@ -41,10 +46,34 @@ cat >"$DIR/select.sql" <<'SQL'
 SELECT name FROM users WHERE id = :id;
 SQL
 
+# Optional reference: pgbouncer in front of shard 0.
+PGB_PORT=$((PORT + 100))
+if command -v pgbouncer >/dev/null 2>&1; then
+  cat >"$DIR/pgbouncer.ini" <<INI
+[databases]
+app = host=127.0.0.1 port=$SHARD0 dbname=app
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGB_PORT
+auth_type = plain
+auth_file = $DIR/users.txt
+pool_mode = transaction
+default_pool_size = 20
+unix_socket_dir =
+logfile = $DIR/pgbouncer.log
+pidfile = $DIR/pgbouncer.pid
+INI
+  echo '"app" "app"' >"$DIR/users.txt"
+  chown -R postgres "$DIR" 2>/dev/null || true
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- pgbouncer -d "$DIR/pgbouncer.ini"; else pgbouncer -d "$DIR/pgbouncer.ini"; fi
+  PGB_PID=started
+  sleep 1
+fi
+
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 
-printf "%-9s %12s %12s %7s %18s\n" mode "direct TPS" "proxy TPS" ratio "proxy CPU us/tx"
+printf "%-9s %12s %12s %7s %18s %15s\n" mode "direct TPS" "proxy TPS" ratio "proxy CPU us/tx" "pgbouncer TPS"
 for mode in simple extended prepared; do
   direct=$(pgbench -n -h 127.0.0.1 -p "$SHARD0" -U app -c "$CLIENTS" -j 2 -T "$SECS" -M "$mode" -f "$DIR/select.sql" app 2>/dev/null \
     | awk '/^tps/ {print $3; exit}')
@@ -53,7 +82,14 @@ for mode in simple extended prepared; do
   after=$(cpu_ticks "$PROXY_PID")
   proxy=$(echo "$out" | awk '/^tps/ {print $3; exit}')
   txs=$(echo "$out" | awk -F': ' '/actually processed/ {split($2, a, "/"); print a[1]; exit}')
-  awk -v d="$direct" -v p="$proxy" -v t="$txs" -v c=$((after - before)) -v hz="$HZ" -v m="$mode" 'BEGIN {
+  pgb="-"
+  if [ -n "$PGB_PID" ]; then
+    # pgbouncer before 1.21 cannot run protocol-level prepared statements in transaction mode.
+    pgb=$(pgbench -n -h 127.0.0.1 -p "$PGB_PORT" -U app -c "$CLIENTS" -j 2 -T "$SECS" -M "$mode" -f "$DIR/select.sql" app 2>/dev/null \
+      | awk '/^tps/ {printf "%.0f", $3; exit}' || true)
+    [ -n "$pgb" ] || pgb="fails"
+  fi
+  awk -v d="$direct" -v p="$proxy" -v t="$txs" -v c=$((after - before)) -v hz="$HZ" -v m="$mode" -v b="$pgb" 'BEGIN {
     us = (t > 0) ? c * 1000000 / hz / t : 0;
-    printf "%-9s %12.0f %12.0f %7.2f %18.1f\n", m, d, p, (d > 0 ? p / d : 0), us }'
+    printf "%-9s %12.0f %12.0f %7.2f %18.1f %15s\n", m, d, p, (d > 0 ? p / d : 0), us, b }'
 done

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
+use deadpool::managed::{
+    self, Metrics, Object, PoolError, QueueMode, RecycleError, RecycleResult, Timeouts,
+};
 use deadpool::Runtime;
 use shardline_router::config::PoolSettings;
 
@@ -82,8 +84,12 @@ impl Pools {
             target: target.clone(),
             settings: settings.clone(),
         };
+        // LIFO, as PgBouncer does: the most recently used connection serves next, so a few
+        // warm backends do the work (their caches and prepared statements stay hot) and the
+        // rest age out through the idle timeout.
         let pool = Pool::builder(manager)
             .max_size(settings.size)
+            .queue_mode(QueueMode::Lifo)
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|_| CheckoutError::Closed)?;
