@@ -9,6 +9,7 @@ pub mod hash;
 pub mod key;
 pub mod params;
 pub mod plan;
+pub mod split;
 
 mod analyze;
 

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use shardline::localpg::{free_ports, ClusterOptions, LocalCluster};
 use shardline::Proxy;
-use shardline_router::Config;
+use shardline_router::config::TableRule;
+use shardline_router::{Config, KeyValue};
 use tokio_postgres::{Client, NoTls};
 
 /// Shards plus a proxy, for one test.
@@ -118,6 +119,19 @@ impl TestCluster {
             .get(i)
             .ok_or_else(|| anyhow::anyhow!("no shard {i}"))?;
         connect(&server.app_conninfo()).await
+    }
+
+    /// The sharding rule of `table` in this cluster's config.
+    pub fn rule(&self, table: &str) -> anyhow::Result<TableRule> {
+        self.config
+            .table(table)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("table {table} is not in the test config"))
+    }
+
+    /// The shard the router places integer key `key` of `table` on.
+    pub fn shard_of(&self, table: &str, key: i64) -> anyhow::Result<usize> {
+        Ok(self.rule(table)?.shard_for(&KeyValue::Int(key))?)
     }
 
     /// Number of shards.

@@ -186,11 +186,7 @@ async fn a_down_shard_fails_only_its_statements() -> anyhow::Result<()> {
     client
         .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text)")
         .await?;
-    let rule = cluster
-        .config
-        .table("users")
-        .ok_or_else(|| anyhow::anyhow!("no rule"))?
-        .clone();
+    let rule = cluster.rule("users")?;
     let on = |shard: usize| {
         (1..1000i64)
             .find(|k| rule.shard_for(&shardline_router::KeyValue::Int(*k)).ok() == Some(shard))

@@ -18,6 +18,7 @@ mod local;
 mod output;
 mod scatter;
 pub mod settings;
+mod split;
 mod statements;
 mod transaction;
 
@@ -240,8 +241,18 @@ impl Session {
         let route = match route {
             Ok(route) => route,
             Err(e) => {
+                // A multi-row INSERT whose rows belong to different shards runs as one
+                // atomic statement per shard.
+                let split = (plan.kind == StatementKind::Write)
+                    .then(|| shardline_router::split::split_insert(&loaded.config, &sql))
+                    .flatten();
+                let error = match split {
+                    Some(Ok(parts)) => return self.insert_split(&loaded, parts).await,
+                    Some(Err(split_error)) => split_error,
+                    None => e,
+                };
                 self.fail_transaction();
-                return self.fail(e.into()).await;
+                return self.fail(error.into()).await;
             }
         };
         let effects = match plan.kind {

@@ -30,7 +30,7 @@ mod settings;
 #[cfg(test)]
 mod tests;
 mod unparseable;
-mod value;
+pub(crate) mod value;
 mod visit;
 mod walked;
 mod walker;

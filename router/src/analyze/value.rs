@@ -7,7 +7,7 @@ use crate::key::KeyType;
 
 /// A shard-key value as written in the statement, before the key type reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum KeyExpr {
+pub(crate) enum KeyExpr {
     /// A literal's text (numbers normalised to decimal).
     Literal(String),
     /// Literal NULL.
@@ -105,7 +105,7 @@ fn placeholder(text: &str) -> Option<usize> {
 }
 
 /// A shard-key value written as a literal or parameter, seen through harmless casts.
-pub(super) fn key_value(expr: &Expr) -> Option<KeyExpr> {
+pub(crate) fn key_value(expr: &Expr) -> Option<KeyExpr> {
     match strip_nested(expr) {
         Expr::Value(v) => match &v.value {
             Value::Number(text, _) => Some(KeyExpr::Literal(number_text(text))),

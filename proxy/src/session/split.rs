@@ -1,0 +1,261 @@
+//! A multi-row `INSERT` whose rows belong to different shards, run as one atomic statement.
+//!
+//! The router splits the statement into one `INSERT` per shard. Each part runs in its own
+//! transaction on its shard; when every part succeeded, each transaction is prepared
+//! (`PREPARE TRANSACTION`) and then committed (`COMMIT PREPARED`). If any part or any prepare
+//! fails, every shard rolls back, so the client's statement either happened everywhere or
+//! nowhere — never partly, as a multi-row `INSERT` on one server never does.
+//!
+//! A prepared transaction whose `COMMIT PREPARED` fails (the shard went away between the two
+//! phases) stays durable on its shard under a `shardline_` name; the client is told which, so an
+//! operator can commit it.
+
+use bytes::{Bytes, BytesMut};
+use shardline_router::split::InsertPart;
+use shardline_router::ShardId;
+
+use super::{local, ClientError, Session, SessionEnd};
+use crate::backend::pool::{Pooled, Pools};
+use crate::context::Loaded;
+use crate::protocol::backend::{self as msg, sqlstate, tag};
+
+/// What one shard answered to its part.
+#[derive(Default)]
+struct PartResult {
+    row_description: Option<Bytes>,
+    rows: Vec<Bytes>,
+    tag: Option<String>,
+    error: Option<Bytes>,
+}
+
+/// One shard's part in flight.
+struct Part {
+    shard: ShardId,
+    name: String,
+    conn: Pooled,
+}
+
+impl Session {
+    /// Runs the parts of a split `INSERT` atomically across their shards.
+    pub(super) async fn insert_split(
+        &mut self,
+        loaded: &Loaded,
+        parts: Vec<InsertPart>,
+    ) -> Result<(), SessionEnd> {
+        let shards: Vec<ShardId> = parts.iter().map(|p| p.shard).collect();
+        if let Err(e) = self.check_scatter_allowed(&shards) {
+            return self.fail(e).await;
+        }
+        let gid = format!("shardline_{:016x}", rand::random::<u64>());
+        let mut running = Vec::with_capacity(parts.len());
+        let mut results = Vec::with_capacity(parts.len());
+        let mut failure: Option<ClientError> = None;
+        for part in &parts {
+            let name = loaded
+                .config
+                .shards
+                .get(part.shard)
+                .map_or_else(String::new, |s| s.name.clone());
+            let mut conn = match self.attach(loaded, part.shard).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            let (mut out, queue) =
+                self.compose(&mut conn, true, |_| (Vec::new(), Default::default()));
+            out.extend_from_slice(&local::query_message("BEGIN"));
+            out.extend_from_slice(&local::query_message(&part.sql));
+            let cycles = queue.len() + 2;
+            let result = match conn.send(&out).await {
+                Ok(()) => collect(&mut conn, cycles).await,
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(result) => {
+                    if let (None, Some(error)) = (&failure, &result.error) {
+                        failure = Some(shard_error(error, &name));
+                    }
+                    results.push(result);
+                }
+                Err(e) => {
+                    conn.broken = true;
+                    failure.get_or_insert_with(|| lost(&name, &e));
+                }
+            }
+            running.push(Part {
+                shard: part.shard,
+                name,
+                conn,
+            });
+            if failure.is_some() {
+                break;
+            }
+        }
+
+        if failure.is_none() {
+            failure = self.prepare_all(&mut running, &gid).await;
+            if failure.is_none() {
+                failure = commit_all(&mut running, &gid).await;
+                if failure.is_none() {
+                    self.release_parts(running);
+                    return self.send_merged(results).await;
+                }
+            }
+        } else {
+            for part in &mut running {
+                finish_quietly(&mut part.conn, "ROLLBACK").await;
+            }
+        }
+        self.release_parts(running);
+        match failure {
+            Some(error) => self.fail(error).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Phase one: every part's transaction is prepared, or every one is rolled back.
+    async fn prepare_all(&mut self, running: &mut [Part], gid: &str) -> Option<ClientError> {
+        let mut failure = None;
+        let mut prepared = Vec::new();
+        for (i, part) in running.iter_mut().enumerate() {
+            let sql = format!("PREPARE TRANSACTION '{gid}_{i}'");
+            match run(&mut part.conn, &sql).await {
+                Ok(None) => prepared.push(i),
+                Ok(Some(error)) => {
+                    failure = Some(shard_error(&error, &part.name));
+                    break;
+                }
+                Err(e) => {
+                    part.conn.broken = true;
+                    failure = Some(lost(&part.name, &e));
+                    break;
+                }
+            }
+        }
+        if failure.is_some() {
+            for (i, part) in running.iter_mut().enumerate() {
+                if prepared.contains(&i) {
+                    finish_quietly(&mut part.conn, &format!("ROLLBACK PREPARED '{gid}_{i}'")).await;
+                } else {
+                    finish_quietly(&mut part.conn, "ROLLBACK").await;
+                }
+            }
+        }
+        failure
+    }
+
+    /// One `RowDescription`, every shard's `RETURNING` rows, one summed `CommandComplete`.
+    async fn send_merged(&mut self, results: Vec<PartResult>) -> Result<(), SessionEnd> {
+        let mut out = BytesMut::new();
+        if let Some(description) = results.iter().find_map(|r| r.row_description.clone()) {
+            out.extend_from_slice(&description);
+        }
+        let mut tags = Vec::new();
+        for result in results {
+            for row in result.rows {
+                out.extend_from_slice(&row);
+            }
+            tags.extend(result.tag);
+        }
+        out.extend_from_slice(&msg::command_complete(&msg::sum_tags(&tags)));
+        out.extend_from_slice(&msg::ready_for_query(self.tx.status()));
+        self.out.push(&out).await?;
+        Ok(self.out.flush().await?)
+    }
+
+    fn release_parts(&mut self, parts: Vec<Part>) {
+        for part in parts {
+            if part.conn.broken {
+                self.forget_cancel_key(&part.conn);
+                Pools::discard(part.conn);
+            } else {
+                self.keep_or_release(part.shard, part.conn, false);
+            }
+        }
+    }
+}
+
+/// Phase two: commits every prepared part. A failure here leaves that part prepared (durable,
+/// awaiting `COMMIT PREPARED`), which the error names.
+async fn commit_all(running: &mut [Part], gid: &str) -> Option<ClientError> {
+    let mut in_doubt = Vec::new();
+    for (i, part) in running.iter_mut().enumerate() {
+        let name = format!("{gid}_{i}");
+        let committed = matches!(
+            run(&mut part.conn, &format!("COMMIT PREPARED '{name}'")).await,
+            Ok(None)
+        );
+        if !committed {
+            part.conn.broken = true;
+            tracing::error!(shard = %part.name, transaction = %name, "COMMIT PREPARED failed; the transaction stays prepared on the shard");
+            in_doubt.push(format!("{name} on shard {}", part.name));
+        }
+    }
+    (!in_doubt.is_empty()).then(|| {
+        ClientError::new(
+            "40003",
+            format!(
+                "the INSERT was prepared on every shard but could not be committed on all: run COMMIT PREPARED for {} (the rows are durable there, nothing was lost)",
+                in_doubt.join(", ")
+            ),
+        )
+    })
+}
+
+/// Runs one statement; `Ok(Some(error))` when the shard answered with an error.
+async fn run(conn: &mut Pooled, sql: &str) -> Result<Option<Bytes>, String> {
+    conn.send(&local::query_message(sql))
+        .await
+        .map_err(|e| e.to_string())?;
+    collect(conn, 1).await.map(|r| r.error)
+}
+
+/// Sends a statement that must not fail the caller (cleanup); a failure marks the connection
+/// broken so the pool drops it.
+async fn finish_quietly(conn: &mut Pooled, sql: &str) {
+    if !matches!(run(conn, sql).await, Ok(None)) {
+        conn.broken = true;
+    }
+}
+
+/// Reads `cycles` simple-query answers (each ending with `ReadyForQuery`), keeping the rows and
+/// tag of the last and the first error of any.
+async fn collect(conn: &mut Pooled, cycles: usize) -> Result<PartResult, String> {
+    let mut result = PartResult::default();
+    let mut remaining = cycles;
+    while remaining > 0 {
+        let frame = conn.read().await.map_err(|e| e.to_string())?;
+        let last = remaining == 1;
+        match frame.tag() {
+            tag::READY_FOR_QUERY => remaining -= 1,
+            tag::ERROR_RESPONSE => {
+                result.error.get_or_insert_with(|| frame.bytes().clone());
+            }
+            tag::ROW_DESCRIPTION if last => result.row_description = Some(frame.into_bytes()),
+            tag::DATA_ROW if last => result.rows.push(frame.into_bytes()),
+            tag::COMMAND_COMPLETE if last => result.tag = Some(msg::command_tag(&frame).to_owned()),
+            _ => {}
+        }
+    }
+    Ok(result)
+}
+
+fn shard_error(error: &Bytes, shard: &str) -> ClientError {
+    ClientError {
+        sqlstate: sqlstate::INTERNAL,
+        message: String::new(),
+        frame: Some(msg::error_naming_shard(
+            &crate::protocol::Frame::from_bytes(error.clone()),
+            shard,
+        )),
+    }
+}
+
+fn lost(shard: &str, e: &str) -> ClientError {
+    ClientError::new(
+        sqlstate::CONNECTION_FAILURE,
+        format!("lost the connection to shard {shard}: {e}"),
+    )
+}

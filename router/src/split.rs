@@ -1,0 +1,190 @@
+//! Splitting a multi-row `INSERT … VALUES` whose rows belong to different shards into one
+//! `INSERT` per shard, each carrying only that shard's rows.
+//!
+//! The split is computed from the statement itself, never guessed: the target must be a
+//! sharded table, the column list must name the shard key, and every row's key must be a
+//! literal. Anything else (parameters, `INSERT … SELECT`, CTEs) is left to the router's
+//! normal answer. Running the parts atomically is the proxy's job (two-phase commit).
+
+use std::collections::BTreeMap;
+
+use sqlparser::ast::{SetExpr, Statement, TableObject};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::analyze::value::{key_value, KeyExpr};
+use crate::config::{Config, ShardId};
+use crate::plan::RouteError;
+
+/// The rows of a split `INSERT` that go to one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InsertPart {
+    pub shard: ShardId,
+    /// An `INSERT` with only this shard's rows (same columns, `ON CONFLICT`, `RETURNING`).
+    pub sql: String,
+    pub rows: usize,
+}
+
+/// Splits `sql` by shard. `None` when the statement is not a multi-row `INSERT` this module
+/// can split (the router's own route or error then applies); an error when a row cannot be
+/// placed (NULL key, bad literal, key outside every range).
+pub fn split_insert(config: &Config, sql: &str) -> Option<Result<Vec<InsertPart>, RouteError>> {
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    if statements.len() != 1 {
+        return None;
+    }
+    let Some(Statement::Insert(insert)) = statements.pop() else {
+        return None;
+    };
+    let TableObject::TableName(name) = &insert.table else {
+        return None;
+    };
+    let table = name.0.last()?.as_ident()?.value.clone();
+    let rule = config.table(&table)?;
+    let key_column = rule.key_column()?;
+    let key_type = rule.key_type()?;
+    let source = insert.source.as_ref()?;
+    if source.with.is_some() || source.order_by.is_some() || source.limit_clause.is_some() {
+        return None;
+    }
+    let SetExpr::Values(values) = source.body.as_ref() else {
+        return None;
+    };
+    if values.rows.len() < 2 {
+        return None;
+    }
+    let position = insert.columns.iter().position(|c| {
+        c.0.last()
+            .and_then(|p| p.as_ident())
+            .is_some_and(|i| i.value.eq_ignore_ascii_case(key_column))
+    })?;
+
+    let mut by_shard: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
+    for (index, row) in values.rows.iter().enumerate() {
+        let text = match row.get(position).and_then(key_value)? {
+            KeyExpr::Literal(text) => text,
+            KeyExpr::Null => {
+                return Some(Err(RouteError::new(
+                    "23502",
+                    format!("row {} of the INSERT has a NULL shard key {table}.{key_column}; every row needs a key", index + 1),
+                )))
+            }
+            KeyExpr::Invalid(reason) => return Some(Err(RouteError::new("22P02", reason))),
+            KeyExpr::Param(_) | KeyExpr::ParamArray(_) => return None,
+        };
+        let shard = key_type
+            .parse_text(&text)
+            .map_err(|e| RouteError::new("22P02", e.to_string()))
+            .and_then(|key| {
+                rule.shard_for(&key)
+                    .map_err(|e| RouteError::new("22023", e.to_string()))
+            });
+        match shard {
+            Ok(shard) => by_shard.entry(shard).or_default().push(index),
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    let parts = by_shard
+        .into_iter()
+        .map(|(shard, rows)| {
+            let mut part = insert.clone();
+            if let Some(source) = part.source.as_mut() {
+                if let SetExpr::Values(values) = source.body.as_mut() {
+                    let all = std::mem::take(&mut values.rows);
+                    values.rows = all
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(i, _)| rows.contains(i))
+                        .map(|(_, row)| row)
+                        .collect();
+                }
+            }
+            InsertPart {
+                shard,
+                sql: Statement::Insert(part).to_string(),
+                rows: rows.len(),
+            }
+        })
+        .collect();
+    Some(Ok(parts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KeyValue;
+
+    fn config() -> Config {
+        let yaml = "users: [{name: app, password: app}]\nshards: [{name: s0, port: 1}, {name: s1, port: 2}, {name: s2, port: 3}]\ntables:\n  - {name: users, sharding: hash, column: id}\n  - {name: countries, sharding: reference}\n";
+        match Config::from_yaml(yaml) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn rows_go_to_their_shards_and_nothing_is_lost() {
+        let config = config();
+        let rule = config.table("users").cloned();
+        let ids: Vec<i64> = (1..=30).collect();
+        let values: Vec<String> = ids.iter().map(|i| format!("({i}, 'u{i}')")).collect();
+        let sql = format!(
+            "INSERT INTO users (id, name) VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
+            values.join(", ")
+        );
+        let parts = match split_insert(&config, &sql) {
+            Some(Ok(parts)) => parts,
+            other => panic!("not split: {other:?}"),
+        };
+        assert!(parts.len() > 1);
+        let mut seen = Vec::new();
+        for part in &parts {
+            assert!(
+                part.sql.ends_with("DO NOTHING RETURNING id"),
+                "{}",
+                part.sql
+            );
+            let reparsed = Parser::parse_sql(&PostgreSqlDialect {}, &part.sql).map(|s| s.len());
+            assert_eq!(reparsed, Ok(1));
+            for id in &ids {
+                if part.sql.contains(&format!("({id}, 'u{id}')")) {
+                    let shard = rule.as_ref().map(|r| r.shard_for(&KeyValue::Int(*id)));
+                    assert_eq!(shard, Some(Ok(part.shard)), "id {id}");
+                    seen.push(*id);
+                }
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, ids);
+        assert_eq!(parts.iter().map(|p| p.rows).sum::<usize>(), ids.len());
+    }
+
+    #[test]
+    fn only_literal_multi_row_inserts_into_sharded_tables_split() {
+        let config = config();
+        for sql in [
+            "INSERT INTO users (id, name) VALUES (1, 'a')",
+            "INSERT INTO users (id, name) VALUES ($1, 'a'), ($2, 'b')",
+            "INSERT INTO users (id, name) SELECT 1, 'a'",
+            "INSERT INTO countries (code) VALUES ('a'), ('b')",
+            "WITH x AS (SELECT 1) INSERT INTO users (id) VALUES (1), (2)",
+            "not sql at all",
+        ] {
+            assert_eq!(split_insert(&config, sql), None, "{sql}");
+        }
+        let null = split_insert(
+            &config,
+            "INSERT INTO users (id, name) VALUES (1, 'a'), (NULL, 'b')",
+        );
+        assert!(
+            matches!(
+                null,
+                Some(Err(RouteError {
+                    sqlstate: "23502",
+                    ..
+                }))
+            ),
+            "{null:?}"
+        );
+    }
+}
