@@ -5,6 +5,7 @@
 //! be unit-tested, fuzzed and asked for without running the statement.
 
 pub mod config;
+pub mod copy;
 pub mod hash;
 pub mod key;
 pub mod params;

@@ -13,6 +13,7 @@
 
 mod attach;
 mod batch;
+mod copy_in;
 mod exchange;
 mod local;
 mod output;
@@ -241,6 +242,17 @@ impl Session {
         let route = match route {
             Ok(route) => route,
             Err(e) => {
+                // COPY into a sharded table: each row goes to its shard.
+                if plan.kind == StatementKind::CopyIn {
+                    match shardline_router::copy::copy_into(&loaded.config, &sql) {
+                        Some(Ok(spec)) => return self.copy_split(&loaded, &sql, spec).await,
+                        Some(Err(copy_error)) => {
+                            self.fail_transaction();
+                            return self.fail(copy_error.into()).await;
+                        }
+                        None => {}
+                    }
+                }
                 // A multi-row INSERT whose rows belong to different shards runs as one
                 // atomic statement per shard.
                 let split = (plan.kind == StatementKind::Write)

@@ -29,10 +29,10 @@ struct PartResult {
 }
 
 /// One shard's part in flight.
-struct Part {
-    shard: ShardId,
-    name: String,
-    conn: Pooled,
+pub(super) struct Part {
+    pub(super) shard: ShardId,
+    pub(super) name: String,
+    pub(super) conn: Pooled,
 }
 
 impl Session {
@@ -116,7 +116,11 @@ impl Session {
     }
 
     /// Phase one: every part's transaction is prepared, or every one is rolled back.
-    async fn prepare_all(&mut self, running: &mut [Part], gid: &str) -> Option<ClientError> {
+    pub(super) async fn prepare_all(
+        &mut self,
+        running: &mut [Part],
+        gid: &str,
+    ) -> Option<ClientError> {
         let mut failure = None;
         let mut prepared = Vec::new();
         for (i, part) in running.iter_mut().enumerate() {
@@ -165,7 +169,7 @@ impl Session {
         Ok(self.out.flush().await?)
     }
 
-    fn release_parts(&mut self, parts: Vec<Part>) {
+    pub(super) fn release_parts(&mut self, parts: Vec<Part>) {
         for part in parts {
             if part.conn.broken {
                 self.forget_cancel_key(&part.conn);
@@ -179,7 +183,7 @@ impl Session {
 
 /// Phase two: commits every prepared part. A failure here leaves that part prepared (durable,
 /// awaiting `COMMIT PREPARED`), which the error names.
-async fn commit_all(running: &mut [Part], gid: &str) -> Option<ClientError> {
+pub(super) async fn commit_all(running: &mut [Part], gid: &str) -> Option<ClientError> {
     let mut in_doubt = Vec::new();
     for (i, part) in running.iter_mut().enumerate() {
         let name = format!("{gid}_{i}");
@@ -205,7 +209,7 @@ async fn commit_all(running: &mut [Part], gid: &str) -> Option<ClientError> {
 }
 
 /// Runs one statement; `Ok(Some(error))` when the shard answered with an error.
-async fn run(conn: &mut Pooled, sql: &str) -> Result<Option<Bytes>, String> {
+pub(super) async fn run(conn: &mut Pooled, sql: &str) -> Result<Option<Bytes>, String> {
     conn.send(&local::query_message(sql))
         .await
         .map_err(|e| e.to_string())?;
@@ -214,7 +218,7 @@ async fn run(conn: &mut Pooled, sql: &str) -> Result<Option<Bytes>, String> {
 
 /// Sends a statement that must not fail the caller (cleanup); a failure marks the connection
 /// broken so the pool drops it.
-async fn finish_quietly(conn: &mut Pooled, sql: &str) {
+pub(super) async fn finish_quietly(conn: &mut Pooled, sql: &str) {
     if !matches!(run(conn, sql).await, Ok(None)) {
         conn.broken = true;
     }
@@ -242,7 +246,7 @@ async fn collect(conn: &mut Pooled, cycles: usize) -> Result<PartResult, String>
     Ok(result)
 }
 
-fn shard_error(error: &Bytes, shard: &str) -> ClientError {
+pub(super) fn shard_error(error: &Bytes, shard: &str) -> ClientError {
     ClientError {
         sqlstate: sqlstate::INTERNAL,
         message: String::new(),
@@ -253,7 +257,7 @@ fn shard_error(error: &Bytes, shard: &str) -> ClientError {
     }
 }
 
-fn lost(shard: &str, e: &str) -> ClientError {
+pub(super) fn lost(shard: &str, e: &str) -> ClientError {
     ClientError::new(
         sqlstate::CONNECTION_FAILURE,
         format!("lost the connection to shard {shard}: {e}"),

@@ -1,0 +1,470 @@
+//! `COPY … FROM STDIN` into a sharded table: every shard holding the table runs the same COPY
+//! inside a transaction, and each row of the client's stream goes to the shard that owns its
+//! key. The shards' transactions commit together with two-phase commit, so the COPY loads all
+//! of its rows or none, as on one server.
+
+use std::collections::HashMap;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use shardline_router::copy::{trim_line_end, CopyFormat, CopyInto, RowSplitter};
+use shardline_router::ShardId;
+
+use super::split::{finish_quietly, lost, shard_error, Part};
+use super::{local, ClientError, Session, SessionEnd};
+use crate::backend::pool::Pooled;
+use crate::context::Loaded;
+use crate::protocol::backend::{self as msg, sqlstate, tag};
+use crate::protocol::FrameError;
+
+/// Rows are sent to a shard in `CopyData` messages of about this size.
+const BATCH_BYTES: usize = 64 * 1024;
+
+impl Session {
+    /// Runs a COPY FROM STDIN whose rows are spread over the shards of `spec.rule`.
+    pub(super) async fn copy_split(
+        &mut self,
+        loaded: &Loaded,
+        sql: &str,
+        spec: CopyInto,
+    ) -> Result<(), SessionEnd> {
+        let shards = spec.rule.shards(loaded.config.shards.len());
+        if let Err(e) = self.check_scatter_allowed(&shards) {
+            return self.fail(e).await;
+        }
+        let mut parts: Vec<Part> = Vec::with_capacity(shards.len());
+        let started = self
+            .start_copies(loaded, sql, &spec, &shards, &mut parts)
+            .await;
+        let (copy_in_response, position) = match started {
+            Ok(Some((response, columns))) => match spec.key_position(&columns) {
+                Some(position) => (response, position),
+                None => {
+                    let copying = parts.len();
+                    let error = ClientError::new(
+                        "0A000",
+                        "COPY into a sharded table must include its shard key column",
+                    );
+                    return self.abandon_copy(parts, copying, error).await;
+                }
+            },
+            Ok(None) => {
+                let error =
+                    ClientError::new(sqlstate::INTERNAL, "the table has no shards to copy into");
+                return self.abandon_copy(parts, 0, error).await;
+            }
+            Err((copying, error)) => return self.abandon_copy(parts, copying, error).await,
+        };
+        self.out.push(&copy_in_response).await?;
+        self.out.flush().await?;
+
+        let index: HashMap<ShardId, usize> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.shard, i))
+            .collect();
+        let mut router = RowRouter::new(&spec, position, parts.len());
+        let mut client_failed = None;
+        loop {
+            let frame = match self.input.read().await {
+                Ok(frame) => frame,
+                Err(FrameError::Closed) => {
+                    self.release_parts_broken(parts);
+                    return Err(SessionEnd::Disconnected);
+                }
+                Err(e) => {
+                    self.release_parts_broken(parts);
+                    return Err(SessionEnd::Protocol(e.to_string()));
+                }
+            };
+            match frame.tag() {
+                b'd' => router.push(frame.body(), &index),
+                b'c' => break,
+                b'f' => {
+                    let reason = String::from_utf8_lossy(
+                        frame.body().strip_suffix(&[0]).unwrap_or(frame.body()),
+                    )
+                    .into_owned();
+                    client_failed = Some(ClientError::new(
+                        "57014",
+                        format!("COPY from stdin failed: {reason}"),
+                    ));
+                    break;
+                }
+                // Flush and Sync are ignored during COPY, as PostgreSQL does.
+                _ => {}
+            }
+            if router.error.is_none() {
+                for (i, batch) in router.full_batches() {
+                    if let Err(e) = parts[i].conn.send(&batch).await {
+                        router.error = Some(lost(&parts[i].name, &e.to_string()));
+                    }
+                }
+            }
+        }
+        let copying = parts.len();
+        let failure = match (client_failed, router.finish(&index)) {
+            (Some(e), _) | (None, Err(e)) => Err((copying, e)),
+            // After end_copies no shard is in COPY any more, whatever happened.
+            (None, Ok(())) => self
+                .end_copies(&mut parts, router.all_batches())
+                .await
+                .map_err(|e| (0, e)),
+        };
+        match failure {
+            Err((copying, error)) => self.abandon_copy(parts, copying, error).await,
+            Ok(()) => self.commit_copy(parts, router.total).await,
+        }
+    }
+
+    /// Starts `BEGIN; COPY …` on every shard; returns the first `CopyInResponse` and the
+    /// table's columns (for a COPY without a column list). `Ok(None)` after answering the client
+    /// with a shard's error.
+    async fn start_copies(
+        &mut self,
+        loaded: &Loaded,
+        sql: &str,
+        spec: &CopyInto,
+        shards: &[ShardId],
+        parts: &mut Vec<Part>,
+    ) -> Result<Option<(Bytes, Vec<String>)>, (usize, ClientError)> {
+        let mut response = None;
+        let mut columns = Vec::new();
+        let mut wants_columns = spec.columns.is_empty();
+        for &shard in shards {
+            let name = loaded
+                .config
+                .shards
+                .get(shard)
+                .map_or_else(String::new, |s| s.name.clone());
+            let mut conn = self
+                .attach(loaded, shard)
+                .await
+                .map_err(|e| (parts.len(), e))?;
+            let (mut out, queue) =
+                self.compose(&mut conn, true, |_| (Vec::new(), Default::default()));
+            if wants_columns {
+                out.extend_from_slice(&local::query_message(&columns_query(&spec.table)));
+            }
+            out.extend_from_slice(&local::query_message("BEGIN"));
+            out.extend_from_slice(&local::query_message(sql));
+            let sent = conn.send(&out).await;
+            parts.push(Part {
+                shard,
+                name: name.clone(),
+                conn,
+            });
+            // From here on a failure leaves this last part outside COPY.
+            let copying = parts.len() - 1;
+            let Some(part) = parts.last_mut() else { break };
+            sent.map_err(|e| (copying, lost(&name, &e.to_string())))?;
+            let answer = await_copy_in(
+                &mut part.conn,
+                queue.len() + 1 + usize::from(wants_columns),
+                wants_columns,
+            )
+            .await;
+            match answer {
+                Ok(CopyStart::Ready {
+                    response: r,
+                    columns: c,
+                }) => {
+                    response.get_or_insert(r);
+                    if wants_columns {
+                        columns = c;
+                        wants_columns = false;
+                    }
+                }
+                Ok(CopyStart::Refused(error)) => return Err((copying, shard_error(&error, &name))),
+                Err(e) => {
+                    part.conn.broken = true;
+                    return Err((copying, lost(&name, &e)));
+                }
+            }
+        }
+        Ok(response.map(|r| (r, columns)))
+    }
+
+    /// Ends every shard's COPY and checks the counts.
+    async fn end_copies(
+        &mut self,
+        parts: &mut [Part],
+        batches: Vec<(usize, Bytes)>,
+    ) -> Result<(), ClientError> {
+        for (i, batch) in batches {
+            parts[i]
+                .conn
+                .send(&batch)
+                .await
+                .map_err(|e| lost(&parts[i].name, &e.to_string()))?;
+        }
+        let mut failure = None;
+        for part in parts.iter_mut() {
+            let done = part.conn.send(&msg::empty(tag::COPY_DONE)).await;
+            let result = match done {
+                Ok(()) => read_to_ready(&mut part.conn).await,
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(None) => {}
+                Ok(Some(error)) => {
+                    failure.get_or_insert_with(|| shard_error(&error, &part.name));
+                }
+                Err(e) => {
+                    part.conn.broken = true;
+                    failure.get_or_insert_with(|| lost(&part.name, &e));
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    async fn commit_copy(&mut self, mut parts: Vec<Part>, rows: u64) -> Result<(), SessionEnd> {
+        let gid = format!("shardline_{:016x}", rand::random::<u64>());
+        let mut failure = self.prepare_all(&mut parts, &gid).await;
+        if failure.is_none() {
+            failure = super::split::commit_all(&mut parts, &gid).await;
+        }
+        self.release_parts(parts);
+        match failure {
+            Some(error) => self.fail(error).await,
+            None => {
+                self.out
+                    .push(&msg::command_complete(&format!("COPY {rows}")))
+                    .await?;
+                self.out
+                    .push(&msg::ready_for_query(self.tx.status()))
+                    .await?;
+                Ok(self.out.flush().await?)
+            }
+        }
+    }
+
+    /// Rolls every shard back and reports `error`; the first `copying` parts are still in
+    /// COPY and end it with `CopyFail` first.
+    async fn abandon_copy(
+        &mut self,
+        mut parts: Vec<Part>,
+        copying: usize,
+        error: ClientError,
+    ) -> Result<(), SessionEnd> {
+        for (i, part) in parts.iter_mut().enumerate() {
+            if part.conn.broken {
+                continue;
+            }
+            if i < copying {
+                let mut fail = BytesMut::new();
+                fail.put_u8(b'f');
+                fail.put_i32(4 + 18);
+                fail.put_slice(b"shardline aborted\0");
+                let ended = part.conn.send(&fail).await.is_ok()
+                    && read_to_ready(&mut part.conn).await.is_ok();
+                if !ended {
+                    part.conn.broken = true;
+                    continue;
+                }
+            }
+            finish_quietly(&mut part.conn, "ROLLBACK").await;
+        }
+        self.release_parts(parts);
+        self.fail(error).await
+    }
+
+    fn release_parts_broken(&mut self, mut parts: Vec<Part>) {
+        for part in &mut parts {
+            part.conn.broken = true;
+        }
+        self.release_parts(parts);
+    }
+}
+
+/// Sends each row to its shard's buffer.
+struct RowRouter<'a> {
+    spec: &'a CopyInto,
+    position: usize,
+    splitter: RowSplitter,
+    buffers: Vec<BytesMut>,
+    header_pending: bool,
+    total: u64,
+    error: Option<ClientError>,
+}
+
+impl<'a> RowRouter<'a> {
+    fn new(spec: &'a CopyInto, position: usize, shards: usize) -> Self {
+        RowRouter {
+            spec,
+            position,
+            splitter: RowSplitter::new(spec.format.clone()),
+            buffers: vec![BytesMut::new(); shards],
+            header_pending: matches!(spec.format, CopyFormat::Csv { header: true, .. }),
+            total: 0,
+            error: None,
+        }
+    }
+
+    fn push(&mut self, data: &[u8], index: &HashMap<ShardId, usize>) {
+        let mut rows = Vec::new();
+        self.splitter.push(data, |row| rows.push(row.to_vec()));
+        for row in rows {
+            self.route(&row, index);
+        }
+    }
+
+    fn route(&mut self, row: &[u8], index: &HashMap<ShardId, usize>) {
+        if self.error.is_some() {
+            return;
+        }
+        if self.header_pending {
+            // The header line goes to every shard, whose COPY expects it.
+            self.header_pending = false;
+            for buffer in &mut self.buffers {
+                buffer.extend_from_slice(row);
+            }
+            return;
+        }
+        let line = trim_line_end(row);
+        if line == b"\\." {
+            return;
+        }
+        let placed =
+            self.spec
+                .key_of(line, self.position)
+                .and_then(|key| self.spec.rule.shard_for(&key).map_err(|e| e.to_string()))
+                .and_then(|shard| {
+                    index.get(&shard).copied().ok_or_else(|| {
+                        format!("shard {shard} does not hold table {}", self.spec.table)
+                    })
+                });
+        match placed {
+            Ok(i) => {
+                self.buffers[i].extend_from_slice(row);
+                self.total += 1;
+            }
+            Err(reason) => {
+                self.error = Some(ClientError::new(
+                    "22P02",
+                    format!("{reason}; no row of this COPY was loaded"),
+                ));
+            }
+        }
+    }
+
+    /// Buffers that reached the batch size, framed as `CopyData`.
+    fn full_batches(&mut self) -> Vec<(usize, Bytes)> {
+        self.take_batches(BATCH_BYTES)
+    }
+
+    /// Everything still buffered.
+    fn all_batches(&mut self) -> Vec<(usize, Bytes)> {
+        self.take_batches(1)
+    }
+
+    fn take_batches(&mut self, threshold: usize) -> Vec<(usize, Bytes)> {
+        let mut out = Vec::new();
+        for (i, buffer) in self.buffers.iter_mut().enumerate() {
+            if buffer.len() >= threshold {
+                let data = buffer.split();
+                let mut message = BytesMut::with_capacity(data.len() + 5);
+                message.put_u8(tag::COPY_DATA);
+                message.put_i32(data.len() as i32 + 4);
+                message.put_slice(&data);
+                out.push((i, message.freeze()));
+            }
+        }
+        out
+    }
+
+    /// Routes a last row without a line end; the routing error, if any row had one.
+    fn finish(&mut self, index: &HashMap<ShardId, usize>) -> Result<(), ClientError> {
+        let splitter = std::mem::replace(
+            &mut self.splitter,
+            RowSplitter::new(self.spec.format.clone()),
+        );
+        let rest = splitter.finish();
+        if !rest.is_empty() {
+            let mut row = rest;
+            row.push(b'\n');
+            self.route(&row, index);
+        }
+        self.error.take().map_or(Ok(()), Err)
+    }
+}
+
+/// How a shard answered `BEGIN; COPY … FROM STDIN`.
+enum CopyStart {
+    Ready {
+        response: Bytes,
+        columns: Vec<String>,
+    },
+    Refused(Bytes),
+}
+
+/// Reads the answers before `CopyInResponse`: `cycles` simple queries ending in
+/// `ReadyForQuery` (settings, the optional column query, `BEGIN`), then the COPY's start.
+async fn await_copy_in(
+    conn: &mut Pooled,
+    cycles: usize,
+    collect_columns: bool,
+) -> Result<CopyStart, String> {
+    let mut remaining = cycles;
+    let mut columns = Vec::new();
+    let mut error = None;
+    loop {
+        let frame = conn.read().await.map_err(|e| e.to_string())?;
+        match frame.tag() {
+            tag::READY_FOR_QUERY if remaining > 0 => remaining -= 1,
+            tag::READY_FOR_QUERY => {
+                return Ok(CopyStart::Refused(error.unwrap_or_else(|| {
+                    msg::error(sqlstate::INTERNAL, "COPY did not start")
+                })))
+            }
+            tag::ERROR_RESPONSE => {
+                error.get_or_insert_with(|| frame.bytes().clone());
+            }
+            tag::DATA_ROW if collect_columns => {
+                if let Some(name) = first_text_column(frame.body()) {
+                    columns.push(name.to_ascii_lowercase());
+                }
+            }
+            tag::COPY_IN_RESPONSE => {
+                return Ok(match error {
+                    Some(e) => CopyStart::Refused(e),
+                    None => CopyStart::Ready {
+                        response: frame.into_bytes(),
+                        columns,
+                    },
+                })
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reads up to `ReadyForQuery`, returning the first error.
+async fn read_to_ready(conn: &mut Pooled) -> Result<Option<Bytes>, String> {
+    let mut error = None;
+    loop {
+        let frame = conn.read().await.map_err(|e| e.to_string())?;
+        match frame.tag() {
+            tag::READY_FOR_QUERY => return Ok(error),
+            tag::ERROR_RESPONSE => {
+                error.get_or_insert_with(|| frame.bytes().clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The table's column names in order, for a COPY without a column list.
+fn columns_query(table: &str) -> String {
+    format!(
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = {}::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        super::settings::quote_literal(table)
+    )
+}
+
+/// The first column of a `DataRow` as text.
+fn first_text_column(body: &[u8]) -> Option<String> {
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let value = body.get(6..6 + usize::try_from(len).ok()?)?;
+    String::from_utf8(value.to_vec()).ok()
+}
