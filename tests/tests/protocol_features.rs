@@ -76,9 +76,12 @@ async fn copy_in_and_out_on_one_shard() -> anyhow::Result<()> {
     }
     assert_eq!(String::from_utf8(out)?, "0\tnote 0\n1\tnote 1\n2\tnote 2\n");
 
-    // COPY FROM STDIN into a table spread over several shards is refused (rows are not split
-    // yet), and the connection stays usable.
-    let refused = client.batch_execute("COPY users FROM STDIN").await.err();
+    // Binary COPY into a table spread over several shards cannot be split by row: refused,
+    // and the connection stays usable.
+    let refused = client
+        .batch_execute("COPY users FROM STDIN (FORMAT binary)")
+        .await
+        .err();
     assert_eq!(
         refused.and_then(|e| e.code().cloned()),
         Some(SqlState::FEATURE_NOT_SUPPORTED)
