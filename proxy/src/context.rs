@@ -1,5 +1,6 @@
 //! State shared by every client connection: the current config, pools, credentials, cancel
-//! registry and the plan cache.
+//! registry, the plan cache, and the operations side (statistics, pause switch, shutdown
+//! phase, connected clients, config source and metrics).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,13 +13,21 @@ use crate::backend::conn::BackendTarget;
 use crate::backend::pool::Pools;
 use crate::cancel::CancelRegistry;
 use crate::client::auth::Credentials;
+use crate::clients::Clients;
+use crate::metrics::Metrics;
+use crate::pause::PauseGate;
+use crate::reload::ConfigSource;
+use crate::shutdown::Shutdown;
+use crate::stats::QueryStats;
 
 /// Most plans kept before the cache is cleared (bounded memory under literal-heavy workloads).
 const PLAN_CACHE_LIMIT: usize = 10_000;
 
 /// One loaded configuration with everything derived from it.
 pub struct Loaded {
+    /// The validated config.
     pub config: Config,
+    /// SCRAM material of its users.
     pub credentials: Credentials,
     /// Increases with every successful load; plans are cached per version.
     pub version: u64,
@@ -27,13 +36,27 @@ pub struct Loaded {
 /// Everything a session needs from the proxy as a whole.
 pub struct ProxyContext {
     current: ArcSwap<Loaded>,
+    /// Backend connection pools.
     pub pools: Pools,
+    /// Client cancel keys and the backends they reach.
     pub cancels: CancelRegistry,
     plans: Mutex<PlanCache>,
     next_version: AtomicU64,
     /// Parameters each shard target reported at its first login, reported to clients at
     /// theirs (so a login does not need a free backend).
     server_params: Mutex<HashMap<BackendTarget, Vec<(String, String)>>>,
+    /// Statements, errors and transactions per shard.
+    pub stats: QueryStats,
+    /// `PAUSE` / `RESUME`, checked before each new transaction.
+    pub pause: PauseGate,
+    /// Where the proxy is in its life (running, draining, closed).
+    pub shutdown: Shutdown,
+    /// Connected clients.
+    pub clients: Arc<Clients>,
+    /// The config file and how reloading it went.
+    pub source: ConfigSource,
+    /// The Prometheus registry behind `/metrics`.
+    pub metrics: Metrics,
 }
 
 #[derive(Default)]
@@ -43,20 +66,30 @@ struct PlanCache {
 }
 
 impl ProxyContext {
-    /// A context serving `config` as version 1.
-    pub fn new(config: Config) -> Arc<ProxyContext> {
+    /// A context serving `config` (read from `source`) as version 1.
+    pub fn new(config: Config, source: ConfigSource) -> Arc<ProxyContext> {
         let credentials = Credentials::from_config(&config);
+        let pools = Pools::default();
+        let stats = QueryStats::default();
+        let clients = Arc::new(Clients::default());
+        let metrics = Metrics::new(&pools, &stats, &clients, &source);
         Arc::new(ProxyContext {
             current: ArcSwap::from_pointee(Loaded {
                 config,
                 credentials,
                 version: 1,
             }),
-            pools: Pools::default(),
+            pools,
             cancels: CancelRegistry::default(),
             plans: Mutex::new(PlanCache::default()),
             next_version: AtomicU64::new(2),
             server_params: Mutex::new(HashMap::new()),
+            stats,
+            pause: PauseGate::default(),
+            shutdown: Shutdown::default(),
+            clients,
+            source,
+            metrics,
         })
     }
 

@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use shardline_router::Config;
 
 use crate::localpg::{ClusterOptions, LocalCluster};
 use crate::Proxy;
@@ -15,20 +14,31 @@ use crate::Proxy;
 /// Options of the `demo` command.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
+    /// Number of shards.
     pub shards: usize,
+    /// Proxy port; shard `i` listens on `port + 1 + i`, metrics on `port + 1000`.
     pub port: u16,
+    /// Directory for data and the effective `shards.yaml`.
     pub dir: PathBuf,
 }
 
 /// The demo's `shards.yaml`: `users` and `orders` hashed and co-located, `events` split by
-/// range, `countries` a reference table. With 4 shards on port 6432 this is the repository's
+/// range, `countries` a reference table, the admin console for `admin`/`admin` and metrics on
+/// `port + 1000` (when that is a port). With 4 shards on port 6432 this is the repository's
 /// `shards.yaml`.
 pub fn demo_config(port: u16, shard_ports: &[u16]) -> String {
+    let metrics = port
+        .checked_add(1000)
+        .map(|m| format!("metrics_listen: 127.0.0.1:{m}\n"))
+        .unwrap_or_default();
     let mut yaml = format!(
         "# Written by `shardline demo`; see shards.yaml in the repository for every option.\n\
          listen: 127.0.0.1:{port}\n\
+         {metrics}\
+         shutdown_grace_s: 30\n\
          pool:\n  mode: transaction\n  size: 20\n  min_idle: 1\n  checkout_timeout_ms: 5000\n\
          users:\n  - name: app\n    password: app\n    auth: scram-sha-256\n\
+         \x20 - name: admin\n    password: admin\n    admin: true\n\
          shards:\n"
     );
     for (i, p) in shard_ports.iter().enumerate() {
@@ -55,7 +65,8 @@ pub fn demo_config(port: u16, shard_ports: &[u16]) -> String {
     yaml
 }
 
-/// Runs the demo until Ctrl-C, then stops everything it started.
+/// Runs the demo until Ctrl-C (SIGINT), SIGTERM or the admin `SHUTDOWN`, then stops
+/// everything it started. Edits to the demo's `shards.yaml` are reloaded while it runs.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     anyhow::ensure!(opts.shards >= 1, "--shards must be at least 1");
     let dir = absolute(&opts.dir)?;
@@ -80,9 +91,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let config_path = dir.join("shards.yaml");
     std::fs::write(&config_path, &yaml)
         .with_context(|| format!("could not write {}", config_path.display()))?;
-    let config =
-        Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("demo config is invalid: {e}"))?;
-    let proxy = match Proxy::start(config).await {
+    let proxy = match Proxy::start_from_file(&config_path, true).await {
         Ok(p) => p,
         Err(e) => {
             let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
@@ -102,15 +111,22 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     for (i, p) in ports.iter().enumerate() {
         println!("  shard{i}:       psql \"postgres://app:app@127.0.0.1:{p}/app\"");
     }
-    println!("  config:       {}", config_path.display());
+    println!(
+        "  admin:        psql \"postgres://admin:admin@127.0.0.1:{}/shardline\" -c 'SHOW SHARDS'",
+        proxy.addr.port()
+    );
+    if let Some(metrics) = proxy.metrics_addr {
+        println!("  metrics:      http://{metrics}/metrics and http://{metrics}/health");
+    }
+    println!(
+        "  config:       {} (edits are applied live)",
+        config_path.display()
+    );
     println!("press Ctrl-C to stop");
-    tokio::signal::ctrl_c()
-        .await
-        .context("could not wait for Ctrl-C")?;
+    let served = crate::signals::serve_until_stopped(proxy).await;
     println!("stopping ...");
-    proxy.stop().await;
     tokio::task::spawn_blocking(move || cluster.stop()).await??;
-    Ok(())
+    served
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
@@ -124,6 +140,7 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shardline_router::Config;
 
     #[test]
     fn demo_config_is_valid_for_any_shard_count() {

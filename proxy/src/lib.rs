@@ -4,15 +4,29 @@
 //! to the shard that owns its key, or to every shard with the answers merged. The layout
 //! follows the path of a connection: [`server`] accepts, [`client`] logs in, [`session`] runs
 //! the protocol loop over [`protocol`] frames, and [`backend`] holds pooled shard connections.
+//!
+//! Operations: [`reload`] re-reads `shards.yaml`, [`admin`] is the console on database
+//! `shardline`, [`metrics`] serves `/metrics` and `/health` ([`health`]), [`stats`] counts
+//! statements per shard, [`pause`] holds new transactions, [`shutdown`] drains and closes, and
+//! [`signals`] maps process signals onto them.
 
+pub mod admin;
 pub mod backend;
 pub mod cancel;
 pub mod client;
+pub mod clients;
 pub mod context;
 pub mod demo;
+pub mod health;
 pub mod localpg;
+pub mod metrics;
+pub mod pause;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 pub mod session;
+pub mod shutdown;
+pub mod signals;
+pub mod stats;
 
 pub use server::Proxy;

@@ -1,11 +1,11 @@
 //! The `shardline` command: serve a cluster, run the local demo, or check a config.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use shardline::demo::{self, DemoOptions};
-use shardline::Proxy;
+use shardline::{signals, Proxy};
 use shardline_router::Config;
 
 /// A sharding proxy for PostgreSQL.
@@ -18,6 +18,9 @@ struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long)]
     log_json: bool,
+    /// Do not watch the config file; reload only on SIGHUP or the admin RELOAD.
+    #[arg(long)]
+    no_watch: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -54,7 +57,7 @@ fn main() -> ExitCode {
                     Some(Command::Demo { shards, port, dir }) => {
                         demo::run(DemoOptions { shards, port, dir }).await
                     }
-                    _ => serve(&cli.config).await,
+                    _ => serve(&cli.config, !cli.no_watch).await,
                 }
             }),
             Err(e) => Err(e.into()),
@@ -82,23 +85,17 @@ fn init_logging(json: bool) {
     }
 }
 
-fn load(path: &PathBuf) -> anyhow::Result<Config> {
+fn check(path: &PathBuf) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("could not read {}: {e}", path.display()))?;
-    Config::from_yaml(&text).map_err(|e| anyhow::anyhow!("{} is invalid: {e}", path.display()))
-}
-
-fn check(path: &PathBuf) -> anyhow::Result<()> {
-    let config = load(path)?;
+    let config = Config::from_yaml(&text)
+        .map_err(|e| anyhow::anyhow!("{} is invalid: {e}", path.display()))?;
     println!("{} is valid.\n", path.display());
     print!("{config}");
     Ok(())
 }
 
-async fn serve(path: &PathBuf) -> anyhow::Result<()> {
-    let config = load(path)?;
-    let proxy = Proxy::start(config).await?;
-    tokio::signal::ctrl_c().await?;
-    proxy.stop().await;
-    Ok(())
+async fn serve(path: &Path, watch: bool) -> anyhow::Result<()> {
+    let proxy = Proxy::start_from_file(path, watch).await?;
+    signals::serve_until_stopped(proxy).await
 }

@@ -1,76 +1,178 @@
-//! The listener: accepts clients and runs each on its own task, plus the pool maintenance
-//! task. [`Proxy::start`] is what the binary, the demo and the tests all use.
+//! The listener and the proxy's background tasks: accepting clients (each on its own task),
+//! pool maintenance and warm-up, the metrics server, the config watcher and the shutdown
+//! driver. [`Proxy::start`] and [`Proxy::start_from_file`] are what the binary, the demo and
+//! the tests use.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use shardline_router::Config;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::context::ProxyContext;
+use crate::reload::watch::ConfigWatcher;
+use crate::reload::{ConfigSource, ReloadOutcome};
+use crate::shutdown::Phase;
 
-/// How often idle connections are evicted and `min_idle` is topped up.
+/// How often idle connections are evicted, `min_idle` is topped up and shards are probed.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A running proxy.
 pub struct Proxy {
     /// The address it listens on (useful when the config asked for port 0).
     pub addr: SocketAddr,
+    /// The address of the `/metrics` and `/health` server, when the config enables it.
+    pub metrics_addr: Option<SocketAddr>,
+    /// State shared with every session.
     pub ctx: Arc<ProxyContext>,
-    shutdown: watch::Sender<bool>,
-    accept_task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+    _watcher: Option<ConfigWatcher>,
 }
 
 impl Proxy {
-    /// Binds the configured address and starts serving.
+    /// Serves `config`, given in memory (there is no file to reload).
     pub async fn start(config: Config) -> anyhow::Result<Proxy> {
-        let listener = TcpListener::bind(&config.listen)
-            .await
-            .with_context(|| format!("could not listen on {}", config.listen))?;
+        Self::launch(config, ConfigSource::in_memory(), None).await
+    }
+
+    /// Serves the config in the file at `path`, reloading it on `RELOAD`, on SIGHUP (through
+    /// [`crate::signals`]) and, when `watch` is set, whenever the file changes.
+    pub async fn start_from_file(path: &Path, watch: bool) -> anyhow::Result<Proxy> {
+        let path = if path.is_absolute() {
+            path.to_owned()
+        } else {
+            std::env::current_dir()
+                .context("could not find the current directory")?
+                .join(path)
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("could not read {}", path.display()))?;
+        let config = Config::from_yaml(&text)
+            .map_err(|e| anyhow::anyhow!("{} is invalid: {e}", path.display()))?;
+        let source = ConfigSource::file(path.clone(), text);
+        Self::launch(config, source, watch.then_some(path)).await
+    }
+
+    async fn launch(
+        config: Config,
+        source: ConfigSource,
+        watch: Option<PathBuf>,
+    ) -> anyhow::Result<Proxy> {
+        let listener = bind(&config.listen).await?;
         let addr = listener.local_addr()?;
-        let ctx = ProxyContext::new(config);
-        let (shutdown, mut stop) = watch::channel(false);
-        let accept_ctx = ctx.clone();
-        let accept_task = tokio::spawn(async move {
-            let mut maintenance = tokio::time::interval(MAINTENANCE_INTERVAL);
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => {
-                            tokio::spawn(crate::client::serve(accept_ctx.clone(), stream));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    },
-                    _ = maintenance.tick() => {
-                        let ctx = accept_ctx.clone();
-                        tokio::spawn(async move {
-                            let settings = ctx.snapshot().config.pool.clone();
-                            ctx.pools.maintain(&settings).await;
-                        });
-                    }
-                    _ = stop.changed() => break,
-                }
-            }
-        });
-        tracing::info!(%addr, "shardline listening");
+        let metrics = match &config.metrics_listen {
+            Some(address) => Some(bind(address).await?),
+            None => None,
+        };
+        let metrics_addr = metrics.as_ref().map(TcpListener::local_addr).transpose()?;
+        let ctx = ProxyContext::new(config, source);
+        let mut tasks = vec![
+            tokio::spawn(accept(listener, ctx.clone())),
+            tokio::spawn(maintain(ctx.clone())),
+            tokio::spawn({
+                let ctx = ctx.clone();
+                async move { crate::shutdown::drive(&ctx).await }
+            }),
+        ];
+        if let Some(listener) = metrics {
+            tasks.push(tokio::spawn(crate::metrics::http::serve(
+                listener,
+                ctx.clone(),
+            )));
+        }
+        let watcher = match watch {
+            Some(path) => Some(crate::reload::watch::watch(ctx.clone(), &path)?),
+            None => None,
+        };
+        match metrics_addr {
+            Some(metrics) => tracing::info!(%addr, %metrics, "shardline listening"),
+            None => tracing::info!(%addr, "shardline listening"),
+        }
         Ok(Proxy {
             addr,
+            metrics_addr,
             ctx,
-            shutdown,
-            accept_task,
+            tasks,
+            _watcher: watcher,
         })
     }
 
-    /// Stops accepting new clients; sessions already running finish on their own.
+    /// Reads the config file again and serves it if valid (what SIGHUP and `RELOAD` do).
+    pub async fn reload(&self) -> ReloadOutcome {
+        let ctx = self.ctx.clone();
+        match tokio::task::spawn_blocking(move || crate::reload::reload(&ctx)).await {
+            Ok(outcome) => outcome,
+            Err(e) => ReloadOutcome::Rejected {
+                error: format!("the reload task failed: {e}"),
+            },
+        }
+    }
+
+    /// Starts a graceful shutdown: stop accepting, let transactions finish within the grace
+    /// period, then close.
+    pub fn shutdown(&self) {
+        if self.ctx.shutdown.begin() {
+            tracing::info!("shutdown requested");
+        }
+    }
+
+    /// Waits until the proxy has shut down.
+    pub async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Shuts down gracefully and waits until done.
     pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
-        let _ = self.accept_task.await;
+        self.shutdown();
+        self.wait().await;
+    }
+}
+
+async fn bind(address: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("could not listen on {address}"))
+}
+
+/// Accepts clients until a shutdown begins; the listener closes then, so new connections are
+/// refused while transactions drain.
+async fn accept(listener: TcpListener, ctx: Arc<ProxyContext>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(crate::client::serve(ctx.clone(), stream));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = ctx.shutdown.reached(Phase::Draining) => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("stopped accepting clients");
+}
+
+/// Evicts idle connections, keeps `min_idle` warm, retires pools the config no longer uses
+/// and probes shards not known to be up, every second until a shutdown begins.
+async fn maintain(ctx: Arc<ProxyContext>) {
+    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = ctx.shutdown.reached(Phase::Draining) => return,
+        }
+        let settings = ctx.snapshot().config.pool.clone();
+        ctx.pools.maintain(&settings).await;
+        crate::reload::retire_unused(&ctx);
+        crate::health::warm(&ctx).await;
     }
 }

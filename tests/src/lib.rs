@@ -3,6 +3,8 @@
 //!
 //! Everything started here is stopped and deleted when the [`TestCluster`] is dropped.
 
+pub mod ops;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -33,13 +33,26 @@ pub struct CancelKey {
 }
 
 /// Where and as whom to connect.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct BackendTarget {
     pub host: String,
     pub port: u16,
     pub user: String,
     pub password: Option<String>,
     pub database: String,
+}
+
+impl std::fmt::Debug for BackendTarget {
+    /// Everything but the password, which must never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("database", &self.database)
+            .finish()
+    }
 }
 
 /// Why a backend connection failed.

@@ -2,26 +2,42 @@
 //!
 //! Built on `deadpool::managed`: it bounds the pool, queues waiters fairly and times out
 //! checkouts. Our [`Manager`] decides what a healthy connection is (not broken, not past its
-//! lifetime or idle timeout); a maintenance task evicts idle connections and keeps `min_idle`
-//! warm.
+//! lifetime or idle timeout) and reports every connection it opens or lets go to the
+//! [`Backends`] registry; a maintenance task evicts idle connections and keeps `min_idle` warm.
+//!
+//! When a reload removes or re-addresses a shard, the pools of targets the new config no longer
+//! names are *retired*: their idle connections close at once, busy ones finish their
+//! transaction and are closed when they come back, and the pool is forgotten once empty.
+//! Pools of the other shards are not touched.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{
-    self, Metrics, Object, PoolError, QueueMode, RecycleError, RecycleResult, Timeouts,
+    self, Metrics, Object, PoolError, QueueMode, RecycleError, RecycleResult, Status, Timeouts,
 };
 use deadpool::Runtime;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use shardline_router::config::PoolSettings;
 
 use super::conn::{Backend, BackendError, BackendTarget};
+use super::registry::{address, Backends};
 
 /// Creates and checks [`Backend`] connections for one pool.
-#[derive(Debug)]
 pub struct Manager {
     target: BackendTarget,
     settings: PoolSettings,
+    id: u64,
+    backends: Arc<Backends>,
+    checkout_wait: Histogram,
+    checkout_failures: Counter,
 }
 
 impl managed::Manager for Manager {
@@ -29,7 +45,21 @@ impl managed::Manager for Manager {
     type Error = BackendError;
 
     async fn create(&self) -> Result<Backend, BackendError> {
-        Backend::connect(&self.target, self.settings.connect_timeout).await
+        match Backend::connect(&self.target, self.settings.connect_timeout).await {
+            Ok(conn) => {
+                self.backends.opened(&conn, &self.target, self.id);
+                Ok(conn)
+            }
+            Err(e) => {
+                // A shard that answers with an error (unknown database, too many connections)
+                // is reachable; only failures to reach it count against its health.
+                if !matches!(e, BackendError::Refused(_)) {
+                    self.backends
+                        .failed(&self.target.host, self.target.port, e.to_string());
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn recycle(&self, conn: &mut Backend, metrics: &Metrics) -> RecycleResult<BackendError> {
@@ -44,6 +74,10 @@ impl managed::Manager for Manager {
         }
         Ok(())
     }
+
+    fn detach(&self, conn: &mut Backend) {
+        self.backends.closed(conn);
+    }
 }
 
 /// One pool of connections to one shard as one user to one database.
@@ -55,34 +89,123 @@ pub type Pooled = Object<Manager>;
 /// Why no connection could be checked out.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
+    /// Every connection stayed busy for the whole checkout timeout.
     #[error("all {size} connections to the shard are busy and none freed up within {waited:?}; raise pool.size or pool.checkout_timeout_ms in shards.yaml, or reduce load")]
-    Exhausted { size: usize, waited: Duration },
+    Exhausted {
+        /// The pool's size.
+        size: usize,
+        /// How long the checkout waited.
+        waited: Duration,
+    },
+    /// Opening a new connection failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The pool was closed (shutdown).
     #[error("the pool is closed")]
     Closed,
 }
 
-/// Every pool the proxy has opened, by target.
-#[derive(Debug, Default)]
+/// What an operator sees of one pool.
+#[derive(Debug, Clone)]
+pub struct PoolView {
+    /// Number given to the pool when it was created; a rebuilt pool gets a new one.
+    pub id: u64,
+    /// Shard host (the target's password is never shown).
+    pub host: String,
+    /// Shard port.
+    pub port: u16,
+    /// User the pool logs in as.
+    pub user: String,
+    /// Database on the shard.
+    pub database: String,
+    /// The config no longer names this target: it only finishes its busy connections.
+    pub retired: bool,
+    /// Size, idle and waiting counts from the pool.
+    pub status: Status,
+}
+
+impl PoolView {
+    /// Connections checked out right now.
+    pub fn in_use(&self) -> usize {
+        self.status.size.saturating_sub(self.status.available)
+    }
+}
+
+/// Labels of per-address pool metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    /// `host:port` of the shard.
+    pub backend: String,
+}
+
+/// Every pool the proxy has open, by target, and the retired ones still draining.
 pub struct Pools {
     pools: Mutex<HashMap<BackendTarget, Pool>>,
+    retired: Mutex<Vec<Pool>>,
+    next_id: AtomicU64,
+    backends: Arc<Backends>,
+    checkout_wait: Family<BackendLabels, Histogram, fn() -> Histogram>,
+    checkout_failures: Family<BackendLabels, Counter>,
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        Pools {
+            pools: Mutex::default(),
+            retired: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            backends: Arc::default(),
+            checkout_wait: Family::new_with_constructor(wait_histogram),
+            checkout_failures: Family::default(),
+        }
+    }
+}
+
+fn wait_histogram() -> Histogram {
+    // 50 µs .. ~6.5 s
+    Histogram::new(exponential_buckets(0.000_05, 4.0, 9))
 }
 
 impl Pools {
+    /// The registry of open connections and address health.
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
+    /// Adds the pool metrics (checkout wait time and failures) to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "shardline_pool_checkout_wait_seconds",
+            "Time sessions waited for a backend connection",
+            self.checkout_wait.clone(),
+        );
+        registry.register(
+            "shardline_pool_checkout_failures",
+            "Checkouts that failed (pool exhausted, shard unreachable or refusing)",
+            self.checkout_failures.clone(),
+        );
+    }
+
     /// The pool for `target`, created on first use.
     pub fn pool(
         &self,
         target: &BackendTarget,
         settings: &PoolSettings,
     ) -> Result<Pool, CheckoutError> {
-        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pools = lock(&self.pools);
         if let Some(pool) = pools.get(target) {
             return Ok(pool.clone());
         }
+        let labels = BackendLabels {
+            backend: address(&target.host, target.port),
+        };
         let manager = Manager {
             target: target.clone(),
             settings: settings.clone(),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            backends: self.backends.clone(),
+            checkout_wait: self.checkout_wait.get_or_create_owned(&labels),
+            checkout_failures: self.checkout_failures.get_or_create_owned(&labels),
         };
         // LIFO, as PgBouncer does: the most recently used connection serves next, so a few
         // warm backends do the work (their caches and prepared statements stay hot) and the
@@ -103,36 +226,57 @@ impl Pools {
         target: &BackendTarget,
         settings: &PoolSettings,
     ) -> Result<Pooled, CheckoutError> {
-        let pool = self.pool(target, settings)?;
         let timeouts = Timeouts {
             wait: Some(settings.checkout_timeout),
             create: Some(settings.connect_timeout),
             recycle: Some(settings.connect_timeout),
         };
-        pool.timeout_get(&timeouts).await.map_err(|e| match e {
-            PoolError::Timeout(_) => CheckoutError::Exhausted {
-                size: settings.size,
-                waited: settings.checkout_timeout,
-            },
-            PoolError::Backend(b) => CheckoutError::Backend(b),
-            PoolError::PostCreateHook(_) | PoolError::Closed | PoolError::NoRuntimeSpecified => {
-                CheckoutError::Closed
+        let started = Instant::now();
+        let mut retried = false;
+        loop {
+            let pool = self.pool(target, settings)?;
+            let result = pool.timeout_get(&timeouts).await;
+            if matches!(result, Err(PoolError::Closed)) && !retried {
+                // A reload retired the pool between lookup and checkout (the session still
+                // runs on the config it started with): a fresh pool serves this request.
+                retried = true;
+                continue;
             }
-        })
+            let manager = pool.manager();
+            manager
+                .checkout_wait
+                .observe(started.elapsed().as_secs_f64());
+            if result.is_err() {
+                manager.checkout_failures.inc();
+            }
+            return result.map_err(|e| match e {
+                PoolError::Timeout(_) => CheckoutError::Exhausted {
+                    size: settings.size,
+                    waited: settings.checkout_timeout,
+                },
+                PoolError::Backend(b) => CheckoutError::Backend(b),
+                PoolError::PostCreateHook(_)
+                | PoolError::Closed
+                | PoolError::NoRuntimeSpecified => CheckoutError::Closed,
+            });
+        }
     }
 
-    /// Evicts idle connections and tops pools up to `min_idle`; run periodically.
+    /// Evicts idle connections, applies the configured pool size, tops pools up to
+    /// `min_idle`, and forgets retired pools that have closed their last connection; run
+    /// periodically.
     pub async fn maintain(&self, settings: &PoolSettings) {
-        let pools: Vec<Pool> = {
-            let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-            pools.values().cloned().collect()
-        };
+        lock(&self.retired).retain(|pool| pool.status().size > 0);
+        let pools: Vec<Pool> = lock(&self.pools).values().cloned().collect();
         for pool in pools {
             let idle_timeout = settings.idle_timeout;
             let max_lifetime = settings.max_lifetime;
             pool.retain(|conn, metrics| {
                 metrics.last_used() < idle_timeout && conn.created.elapsed() < max_lifetime
             });
+            if pool.status().max_size != settings.size {
+                pool.resize(settings.size);
+            }
             let status = pool.status();
             let mut warm = Vec::new();
             for _ in status.size..settings.min_idle.min(status.max_size) {
@@ -147,10 +291,82 @@ impl Pools {
         }
     }
 
+    /// Retires every pool whose target `keep` rejects: idle connections close now, busy ones
+    /// when their transaction ends. Returns how many pools were retired.
+    pub fn retire(&self, keep: impl Fn(&BackendTarget) -> bool) -> usize {
+        let gone: Vec<(BackendTarget, Pool)> = {
+            let mut pools = lock(&self.pools);
+            let targets: Vec<BackendTarget> = pools.keys().filter(|t| !keep(t)).cloned().collect();
+            targets
+                .into_iter()
+                .filter_map(|t| pools.remove(&t).map(|p| (t, p)))
+                .collect()
+        };
+        let count = gone.len();
+        for (target, pool) in gone {
+            // `retain` lets the manager see the idle connections go; `close` then drops every
+            // busy one as it comes back.
+            pool.retain(|_, _| false);
+            pool.close();
+            let busy = pool.status().size;
+            tracing::info!(
+                backend = %address(&target.host, target.port),
+                user = %target.user,
+                database = %target.database,
+                busy,
+                "retiring a pool: idle connections close now, busy ones when their transaction ends"
+            );
+            lock(&self.retired).push(pool);
+        }
+        count
+    }
+
+    /// Every pool, open and retired, in creation order.
+    pub fn views(&self) -> Vec<PoolView> {
+        let view = |pool: &Pool, retired: bool| {
+            let target = &pool.manager().target;
+            PoolView {
+                id: pool.manager().id,
+                host: target.host.clone(),
+                port: target.port,
+                user: target.user.clone(),
+                database: target.database.clone(),
+                retired,
+                status: pool.status(),
+            }
+        };
+        let mut views: Vec<PoolView> = lock(&self.pools).values().map(|p| view(p, false)).collect();
+        views.extend(lock(&self.retired).iter().map(|p| view(p, true)));
+        views.sort_by_key(|v| v.id);
+        views
+    }
+
+    /// Connections checked out of any pool right now (transactions in flight, in
+    /// transaction pooling).
+    pub fn in_use(&self) -> usize {
+        self.views().iter().map(PoolView::in_use).sum()
+    }
+
+    /// Address and process id of the idle connections of every pool.
+    pub fn idle_keys(&self) -> Vec<(SocketAddr, i32)> {
+        let mut keys = Vec::new();
+        for pool in lock(&self.pools).values() {
+            pool.retain(|conn, _| {
+                keys.push((conn.cancel_key.addr, conn.cancel_key.pid));
+                true
+            });
+        }
+        keys
+    }
+
     /// Removes a broken connection from its pool instead of returning it.
     pub fn discard(conn: Pooled) {
         drop(Object::take(conn));
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Shared handle to the proxy's pools.

@@ -1,6 +1,7 @@
 //! A client connection from accept to login: TLS/GSS negotiation (declined for now), cancel
 //! requests, the startup packet, authentication, and the greeting a server sends
-//! (`ParameterStatus`, `BackendKeyData`, `ReadyForQuery`). Then the session takes over.
+//! (`ParameterStatus`, `BackendKeyData`, `ReadyForQuery`). Then the session takes over, or
+//! the admin console for an admin user asking for database `shardline`.
 
 pub mod auth;
 
@@ -11,12 +12,16 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::admin;
 use crate::backend::conn::BackendError;
 use crate::backend::pool::CheckoutError;
+use crate::cancel::CancelTargets;
+use crate::clients::ClientKind;
 use crate::context::ProxyContext;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::{FrameError, FrameReader};
 use crate::session::{settings, ClientOutput, Identity, Session, SessionEnd};
+use crate::shutdown::Phase;
 
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
@@ -41,12 +46,21 @@ const REPORTED: &[&str] = &[
     "in_hot_standby",
 ];
 
-/// Serves one accepted connection to the end.
+/// Serves one accepted connection to the end, or until shutdown closes it.
 pub async fn serve(ctx: Arc<ProxyContext>, stream: TcpStream) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    tokio::select! {
+        () = connection(&ctx, stream, &peer) => {}
+        () = ctx.shutdown.reached(Phase::Closed) => {
+            tracing::info!(%peer, "client connection closed by shutdown");
+        }
+    }
+}
+
+async fn connection(ctx: &Arc<ProxyContext>, stream: TcpStream, peer: &str) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
@@ -54,8 +68,19 @@ pub async fn serve(ctx: Arc<ProxyContext>, stream: TcpStream) {
     let loaded = ctx.snapshot();
     let mut input = FrameReader::new(read, loaded.config.max_message_bytes as usize);
     let mut out = ClientOutput::new(write);
-    match login(&ctx, &mut input, &mut out).await {
-        Ok(Some((identity, pid, targets))) => {
+    match login(ctx, &mut input, &mut out).await {
+        Ok(Some(LoggedIn::App {
+            identity,
+            pid,
+            targets,
+        })) => {
+            let _listed = ctx.clients.add(
+                peer.to_owned(),
+                identity.user.clone(),
+                identity.database.clone(),
+                ClientKind::App,
+                targets.clone(),
+            );
             tracing::info!(%peer, user = %identity.user, database = %identity.database, "client logged in");
             let session = Session::new(ctx.clone(), input, out, identity, targets);
             match session.run().await {
@@ -66,9 +91,38 @@ pub async fn serve(ctx: Arc<ProxyContext>, stream: TcpStream) {
             }
             ctx.cancels.unregister(pid);
         }
+        Ok(Some(LoggedIn::Console { user })) => {
+            let _listed = ctx.clients.add(
+                peer.to_owned(),
+                user.clone(),
+                admin::DATABASE.to_owned(),
+                ClientKind::Console,
+                CancelTargets::default(),
+            );
+            tracing::info!(%peer, %user, "admin console login");
+            match admin::serve(ctx.clone(), input, out).await {
+                Ok(()) => tracing::info!(%peer, "admin console disconnected"),
+                Err(e) => tracing::warn!(%peer, error = %e, "admin console session ended"),
+            }
+        }
         Ok(None) => {}
-        Err(e) => tracing::info!(%peer, error = %e, "client login failed"),
+        Err(e) => {
+            ctx.clients.login_failed();
+            tracing::info!(%peer, error = %e, "client login failed");
+        }
     }
+}
+
+/// A completed login.
+enum LoggedIn {
+    /// A client of the shards, with its proxy cancel key and the backends it will use.
+    App {
+        identity: Identity,
+        pid: i32,
+        targets: CancelTargets,
+    },
+    /// An admin user on the console.
+    Console { user: String },
 }
 
 /// Why a login did not complete.
@@ -92,7 +146,7 @@ async fn login(
     ctx: &Arc<ProxyContext>,
     input: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
     out: &mut ClientOutput,
-) -> Result<Option<(Identity, i32, crate::cancel::CancelTargets)>, LoginError> {
+) -> Result<Option<LoggedIn>, LoginError> {
     let packet = loop {
         let packet = match input.read_startup().await {
             Ok(p) => p,
@@ -162,6 +216,21 @@ async fn login(
     if let Err(e) = auth::authenticate(input, out.stream(), &user, &loaded.credentials).await {
         return Err(refuse(out, e.sqlstate, &e.message).await);
     }
+    match (user.admin, database == admin::DATABASE) {
+        (true, true) => {
+            admin::greet(out).await?;
+            return Ok(Some(LoggedIn::Console { user: user_name }));
+        }
+        (false, true) => {
+            let text = format!("user \"{user_name}\" may not use the shardline admin console; connect as a user marked `admin: true` in shards.yaml");
+            return Err(refuse(out, sqlstate::INVALID_AUTHORIZATION, &text).await);
+        }
+        (true, false) => {
+            let text = format!("user \"{user_name}\" is an admin user and may only connect to database \"{}\" (the admin console)", admin::DATABASE);
+            return Err(refuse(out, sqlstate::INVALID_AUTHORIZATION, &text).await);
+        }
+        (false, false) => {}
+    }
 
     // Check the database exists (and warm the pool) on the default shard, and learn the server
     // parameters to report.
@@ -201,7 +270,11 @@ async fn login(
         pool_mode,
         startup_settings,
     };
-    Ok(Some((identity, pid, targets)))
+    Ok(Some(LoggedIn::App {
+        identity,
+        pid,
+        targets,
+    }))
 }
 
 enum Probe {

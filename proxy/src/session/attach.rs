@@ -32,6 +32,7 @@ impl Session {
         if let Some(conn) = self.conns.remove(&shard) {
             return Ok(conn);
         }
+        self.ctx.pause.wait(loaded, shard).await;
         let target = self.target(loaded, shard)?;
         let name = loaded
             .config

@@ -31,9 +31,26 @@ impl Session {
         if let Err(e) = self.check_scatter_allowed(&shards) {
             return self.fail(e).await;
         }
+        let started = std::time::Instant::now();
+        let result = self.copy_rows(loaded, sql, &spec, &shards).await;
+        let ok = matches!(result, Ok(true));
+        self.ctx
+            .stats
+            .record_scatter(loaded, &shards, ok, started.elapsed());
+        result.map(|_| ())
+    }
+
+    /// The COPY itself; `Ok(true)` when every row was committed.
+    async fn copy_rows(
+        &mut self,
+        loaded: &Loaded,
+        sql: &str,
+        spec: &CopyInto,
+        shards: &[ShardId],
+    ) -> Result<bool, SessionEnd> {
         let mut parts: Vec<Part> = Vec::with_capacity(shards.len());
         let started = self
-            .start_copies(loaded, sql, &spec, &shards, &mut parts)
+            .start_copies(loaded, sql, spec, shards, &mut parts)
             .await;
         let (copy_in_response, position) = match started {
             Ok(Some((response, columns))) => match spec.key_position(&columns) {
@@ -62,7 +79,7 @@ impl Session {
             .enumerate()
             .map(|(i, p)| (p.shard, i))
             .collect();
-        let mut router = RowRouter::new(&spec, position, parts.len());
+        let mut router = RowRouter::new(spec, position, parts.len());
         let mut client_failed = None;
         loop {
             let frame = match self.input.read().await {
@@ -218,7 +235,8 @@ impl Session {
         failure.map_or(Ok(()), Err)
     }
 
-    async fn commit_copy(&mut self, mut parts: Vec<Part>, rows: u64) -> Result<(), SessionEnd> {
+    /// Commits every shard's COPY; `Ok(true)` when it did.
+    async fn commit_copy(&mut self, mut parts: Vec<Part>, rows: u64) -> Result<bool, SessionEnd> {
         let gid = format!("shardline_{:016x}", rand::random::<u64>());
         let mut failure = self.prepare_all(&mut parts, &gid).await;
         if failure.is_none() {
@@ -226,7 +244,7 @@ impl Session {
         }
         self.release_parts(parts);
         match failure {
-            Some(error) => self.fail(error).await,
+            Some(error) => self.fail(error).await.map(|()| false),
             None => {
                 self.out
                     .push(&msg::command_complete(&format!("COPY {rows}")))
@@ -234,7 +252,8 @@ impl Session {
                 self.out
                     .push(&msg::ready_for_query(self.tx.status()))
                     .await?;
-                Ok(self.out.flush().await?)
+                self.out.flush().await?;
+                Ok(true)
             }
         }
     }
@@ -246,7 +265,7 @@ impl Session {
         mut parts: Vec<Part>,
         copying: usize,
         error: ClientError,
-    ) -> Result<(), SessionEnd> {
+    ) -> Result<bool, SessionEnd> {
         for (i, part) in parts.iter_mut().enumerate() {
             if part.conn.broken {
                 continue;
@@ -266,7 +285,7 @@ impl Session {
             finish_quietly(&mut part.conn, "ROLLBACK").await;
         }
         self.release_parts(parts);
-        self.fail(error).await
+        self.fail(error).await.map(|()| false)
     }
 
     fn release_parts_broken(&mut self, mut parts: Vec<Part>) {

@@ -105,6 +105,8 @@ pub struct Outcome {
     pub awaiting_sync: bool,
     /// The last `CommandComplete` tag seen (to tell a `ROLLBACK` from a `COMMIT`).
     pub last_tag: Option<String>,
+    /// The shard answered a client message with an error.
+    pub failed: bool,
 }
 
 /// Why an exchange failed.
@@ -193,6 +195,7 @@ where
                     );
                     backend.settings = None;
                 } else {
+                    outcome.failed = true;
                     out.push(frame.bytes())
                         .await
                         .map_err(ExchangeError::Client)?;

@@ -327,6 +327,7 @@ impl Session {
     where
         F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
     {
+        let started = std::time::Instant::now();
         if let Err(e) = self.check_pinned(shard) {
             return self.fail(e).await;
         }
@@ -343,6 +344,12 @@ impl Session {
             Ok(()) => exchange::drive(&mut conn, &mut queue, &mut self.out, &mut self.input).await,
             Err(e) => Err(ExchangeError::Backend(e)),
         };
+        let (ok, ended) = result
+            .as_ref()
+            .map_or((false, false), |o| (!o.failed, o.ready == Some(b'I')));
+        self.ctx
+            .stats
+            .record_query(loaded, shard, ok, ended, started.elapsed());
         self.finish(shard, conn, result).await
     }
 

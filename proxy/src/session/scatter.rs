@@ -53,6 +53,7 @@ impl Session {
     where
         F: FnMut(&mut Backend) -> (Vec<Bytes>, VecDeque<Expect>),
     {
+        let started = std::time::Instant::now();
         let mut legs = Vec::with_capacity(shards.len());
         for &shard in shards {
             match self.attach(loaded, shard).await {
@@ -84,6 +85,9 @@ impl Session {
             }
         }
         let result = self.merge(&mut legs).await;
+        self.ctx
+            .stats
+            .record_scatter(loaded, shards, result.is_ok(), started.elapsed());
         self.release_legs(legs);
         match result {
             Ok(()) => Ok(()),

@@ -46,6 +46,7 @@ impl Session {
         if let Err(e) = self.check_scatter_allowed(&shards) {
             return self.fail(e).await;
         }
+        let started = std::time::Instant::now();
         let gid = format!("shardline_{:016x}", rand::random::<u64>());
         let mut running = Vec::with_capacity(parts.len());
         let mut results = Vec::with_capacity(parts.len());
@@ -100,6 +101,9 @@ impl Session {
                 failure = commit_all(&mut running, &gid).await;
                 if failure.is_none() {
                     self.release_parts(running);
+                    self.ctx
+                        .stats
+                        .record_scatter(loaded, &shards, true, started.elapsed());
                     return self.send_merged(results).await;
                 }
             }
@@ -109,6 +113,9 @@ impl Session {
             }
         }
         self.release_parts(running);
+        self.ctx
+            .stats
+            .record_scatter(loaded, &shards, false, started.elapsed());
         match failure {
             Some(error) => self.fail(error).await,
             None => Ok(()),

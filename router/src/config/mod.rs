@@ -33,6 +33,10 @@ pub struct Config {
     pub default_shard: ShardId,
     /// Sharding rules by unqualified, lower-cased table name.
     pub tables: HashMap<String, TableRule>,
+    /// Address of the HTTP server for `/metrics` and `/health`, as `host:port`; none if unset.
+    pub metrics_listen: Option<String>,
+    /// How long a graceful shutdown lets transactions finish before closing them.
+    pub shutdown_grace: Duration,
 }
 
 /// How backends are shared between clients.
@@ -65,7 +69,9 @@ pub enum AuthMethod {
 }
 
 /// A user clients may log in as; the proxy logs in to shards as the same user.
-#[derive(Debug, Clone)]
+///
+/// `Debug` leaves the secrets out, so a user (or a whole [`Config`]) can be logged safely.
+#[derive(Clone)]
 pub struct User {
     pub name: String,
     pub auth: AuthMethod,
@@ -77,6 +83,23 @@ pub struct User {
     pub server_password: Option<String>,
     /// Overrides the pool mode for this user.
     pub pool_mode: Option<PoolMode>,
+    /// An operator of the admin console (database `shardline`); such a user reaches no shard.
+    pub admin: bool,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |secret: &Option<String>| secret.as_ref().map(|_| "<hidden>");
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("auth", &self.auth)
+            .field("password", &hidden(&self.password))
+            .field("scram_verifier", &hidden(&self.scram_verifier))
+            .field("server_password", &hidden(&self.server_password))
+            .field("pool_mode", &self.pool_mode)
+            .field("admin", &self.admin)
+            .finish()
+    }
 }
 
 /// One shard: a plain PostgreSQL server.
@@ -245,6 +268,9 @@ impl fmt::Display for Config {
     /// A human summary of what the config means, printed by `shardline check`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "listen: {}", self.listen)?;
+        let metrics = self.metrics_listen.as_deref().unwrap_or("off");
+        writeln!(f, "metrics and health: {metrics}")?;
+        writeln!(f, "shutdown grace: {:?}", self.shutdown_grace)?;
         let p = &self.pool;
         writeln!(
             f,
@@ -253,7 +279,8 @@ impl fmt::Display for Config {
         )?;
         writeln!(f, "users:")?;
         for u in &self.users {
-            writeln!(f, "  {} ({:?} auth)", u.name, u.auth)?;
+            let role = if u.admin { ", admin console only" } else { "" };
+            writeln!(f, "  {} ({:?} auth{role})", u.name, u.auth)?;
         }
         writeln!(f, "shards:")?;
         for (id, s) in self.shards.iter().enumerate() {

@@ -25,6 +25,12 @@ pub struct RawConfig {
     pub default_shard: Option<Spanned<String>>,
     #[serde(default)]
     pub tables: Vec<RawTable>,
+    /// `host:port` of the HTTP server for `/metrics` and `/health`; none when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<Spanned<String>>,
+    /// Seconds a graceful shutdown waits for transactions to finish.
+    #[serde(default)]
+    pub shutdown_grace_s: Option<u64>,
 }
 
 fn default_listen() -> Spanned<String> {
@@ -63,6 +69,9 @@ pub struct RawUser {
     pub auth: Option<Spanned<String>>,
     #[serde(default)]
     pub pool_mode: Option<Spanned<String>>,
+    /// May use the admin console (database `shardline`) and nothing else.
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// One entry of `shards:`.

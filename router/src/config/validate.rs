@@ -46,6 +46,9 @@ impl std::error::Error for ConfigError {}
 /// Default largest frontend message: 64 MiB, enough for big COPY rows and bulk INSERTs.
 const DEFAULT_MAX_MESSAGE_BYTES: u32 = 64 * 1024 * 1024;
 
+/// Default time a graceful shutdown gives transactions to finish.
+const DEFAULT_SHUTDOWN_GRACE_S: u64 = 30;
+
 /// Collects problems while validating, so an operator sees all of them at once.
 #[derive(Default)]
 struct Problems(Vec<Problem>);
@@ -76,17 +79,25 @@ pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
     })?;
     let mut problems = Problems::default();
 
-    if raw
-        .listen
-        .value
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse::<u16>().ok())
-        .is_none()
-    {
+    if !is_host_port(&raw.listen.value) {
         problems.at(
             &raw.listen,
             format!("listen {:?} is not host:port", raw.listen.value),
         );
+    }
+
+    if let Some(metrics) = &raw.metrics_listen {
+        if !is_host_port(&metrics.value) {
+            problems.at(
+                metrics,
+                format!("metrics_listen {:?} is not host:port", metrics.value),
+            );
+        } else if metrics.value == raw.listen.value && !metrics.value.ends_with(":0") {
+            problems.at(
+                metrics,
+                "metrics_listen must differ from listen (the metrics server is HTTP)",
+            );
+        }
     }
 
     let pool = pool_settings(&raw, &mut problems);
@@ -155,7 +166,18 @@ pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
         shards,
         default_shard,
         tables,
+        metrics_listen: raw.metrics_listen.map(|m| m.value),
+        shutdown_grace: Duration::from_secs(
+            raw.shutdown_grace_s.unwrap_or(DEFAULT_SHUTDOWN_GRACE_S),
+        ),
     })
+}
+
+/// True for `host:port` with a numeric port.
+fn is_host_port(text: &str) -> bool {
+    text.rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_some()
 }
 
 fn pool_mode(name: &Spanned<String>, problems: &mut Problems) -> PoolMode {
@@ -237,7 +259,7 @@ fn users(raw: &RawConfig, problems: &mut Problems) -> Vec<User> {
                 ),
             );
         }
-        if u.password.is_none() && u.server_password.is_none() {
+        if !u.admin && u.password.is_none() && u.server_password.is_none() {
             problems.at(name, format!(
                 "user {:?} has no cleartext password to log in to the shards with; set `server_password`",
                 name.value
@@ -250,6 +272,7 @@ fn users(raw: &RawConfig, problems: &mut Problems) -> Vec<User> {
             scram_verifier: u.scram_verifier.as_ref().map(|v| v.value.clone()),
             server_password: u.server_password.clone(),
             pool_mode: u.pool_mode.as_ref().map(|m| pool_mode(m, problems)),
+            admin: u.admin,
         });
     }
     if users.is_empty() {
@@ -478,6 +501,37 @@ mod tests {
                 "{err} for\n{tables}"
             );
         }
+    }
+
+    #[test]
+    fn operations_settings_load_and_are_checked() {
+        let with_admin = BASE.replace(
+            "shards:",
+            "  - name: ops\n    password: secret\n    admin: true\nshards:",
+        );
+        let cfg = build(&format!(
+            "metrics_listen: 127.0.0.1:7432\nshutdown_grace_s: 5\n{with_admin}"
+        ));
+        let cfg = match cfg {
+            Ok(c) => c,
+            Err(e) => panic!("valid config rejected: {e}"),
+        };
+        assert_eq!(cfg.metrics_listen.as_deref(), Some("127.0.0.1:7432"));
+        assert_eq!(cfg.shutdown_grace, Duration::from_secs(5));
+        assert!(cfg.user("ops").is_some_and(|u| u.admin));
+        assert!(cfg.user("app").is_some_and(|u| !u.admin));
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+
+        let defaults = build(BASE).map(|c| (c.metrics_listen, c.shutdown_grace));
+        assert_eq!(defaults, Ok((None, Duration::from_secs(30))));
+
+        let err = build(&format!("metrics_listen: nowhere\n{BASE}")).err();
+        assert_eq!(err.map(|e| e.problems[0].line), Some(Some(1)));
+        let err = build(&format!(
+            "listen: 127.0.0.1:6432\nmetrics_listen: 127.0.0.1:6432\n{BASE}"
+        ));
+        assert!(err.is_err());
     }
 
     #[test]

@@ -1,0 +1,135 @@
+//! Connected clients, for `SHOW CLIENTS`, `SHOW SERVERS` (which backend serves whom) and the
+//! connection metrics. A client is listed from login until its connection closes: the
+//! [`ClientGuard`] returned at registration removes it when dropped.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::backend::conn::CancelKey;
+use crate::cancel::CancelTargets;
+
+/// What a client connected for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// Queries routed to shards.
+    App,
+    /// The admin console.
+    Console,
+}
+
+/// One connected client.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Number given at login, unique for the life of the proxy.
+    pub id: u64,
+    /// `ip:port` the client connects from.
+    pub peer: String,
+    /// User it logged in as.
+    pub user: String,
+    /// Database it asked for.
+    pub database: String,
+    /// Application or console.
+    pub kind: ClientKind,
+    /// When it logged in.
+    pub connected: Instant,
+    /// Backends the client holds right now (their cancel keys).
+    pub backends: CancelTargets,
+}
+
+impl ClientInfo {
+    /// Cancel keys (address and process id) of the backends the client holds right now.
+    pub fn held(&self) -> Vec<CancelKey> {
+        self.backends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// Every connected client.
+#[derive(Default)]
+pub struct Clients {
+    next_id: AtomicU64,
+    list: Mutex<BTreeMap<u64, ClientInfo>>,
+    logins: Family<OutcomeLabel, Counter>,
+}
+
+/// Keeps a client listed; dropping it removes the client.
+pub struct ClientGuard {
+    clients: Arc<Clients>,
+    id: u64,
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.clients.lock().remove(&self.id);
+    }
+}
+
+impl Clients {
+    /// Adds the login counter to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "shardline_client_logins",
+            "Client logins by outcome (ok, failed)",
+            self.logins.clone(),
+        );
+    }
+
+    /// Lists a client that just logged in.
+    pub fn add(
+        self: &Arc<Self>,
+        peer: String,
+        user: String,
+        database: String,
+        kind: ClientKind,
+        backends: CancelTargets,
+    ) -> ClientGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        self.logins
+            .get_or_create(&OutcomeLabel { outcome: "ok" })
+            .inc();
+        let info = ClientInfo {
+            id,
+            peer,
+            user,
+            database,
+            kind,
+            connected: Instant::now(),
+            backends,
+        };
+        self.lock().insert(id, info);
+        ClientGuard {
+            clients: self.clone(),
+            id,
+        }
+    }
+
+    /// Counts a login that failed.
+    pub fn login_failed(&self) {
+        self.logins
+            .get_or_create(&OutcomeLabel { outcome: "failed" })
+            .inc();
+    }
+
+    /// Every connected client, by id.
+    pub fn list(&self) -> Vec<ClientInfo> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientInfo>> {
+        self.list.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,250 @@
+//! Query statistics per shard and route kind: what `SHOW STATS` prints and `/metrics` exports.
+//!
+//! The session reports each exchange once it ends ([`QueryStats::record_query`] for a
+//! single-shard statement, [`QueryStats::record_scatter`] for one sent to several shards).
+//! Counters are looked up by shard name without allocating, so recording costs a hash lookup
+//! under a read lock and a few atomic increments.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use shardline_router::ShardId;
+
+use crate::context::Loaded;
+
+/// How a statement was routed.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+enum RouteKind {
+    /// To one shard.
+    Single,
+    /// To several shards at once, answers merged.
+    Scatter,
+}
+
+impl RouteKind {
+    /// The label value: `single` or `scatter`.
+    fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Single => "single",
+            RouteKind::Scatter => "scatter",
+        }
+    }
+}
+
+impl EncodeLabelValue for RouteKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardRoute {
+    shard: String,
+    route: RouteKind,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabel {
+    shard: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: RouteKind,
+}
+
+/// Counters of one shard, shared with the metric families.
+struct ShardCounters {
+    single: Counter,
+    scatter: Counter,
+    single_errors: Counter,
+    scatter_errors: Counter,
+    transactions: Counter,
+    busy_micros: AtomicU64,
+}
+
+/// Totals of one shard, as `SHOW STATS` prints them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardTotals {
+    /// Statements that went to this shard alone.
+    pub single: u64,
+    /// Multi-shard statements this shard took part in.
+    pub scatter: u64,
+    /// Statements (either kind) that failed on or because of this shard.
+    pub errors: u64,
+    /// Transactions that ended on this shard (an autocommit statement is one).
+    pub transactions: u64,
+    /// Time spent in statements on this shard, in microseconds.
+    pub busy_micros: u64,
+}
+
+/// Statistics of every shard the proxy has sent statements to.
+pub struct QueryStats {
+    shards: RwLock<HashMap<String, Arc<ShardCounters>>>,
+    queries: Family<ShardRoute, Counter>,
+    errors: Family<ShardRoute, Counter>,
+    transactions: Family<ShardLabel, Counter>,
+    single_latency: Histogram,
+    scatter_latency: Histogram,
+    latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~26 s
+    Histogram::new(exponential_buckets(0.000_1, 4.0, 10))
+}
+
+impl Default for QueryStats {
+    fn default() -> Self {
+        let latency: Family<RouteLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        QueryStats {
+            shards: RwLock::default(),
+            queries: Family::default(),
+            errors: Family::default(),
+            transactions: Family::default(),
+            single_latency: latency.get_or_create_owned(&RouteLabel {
+                route: RouteKind::Single,
+            }),
+            scatter_latency: latency.get_or_create_owned(&RouteLabel {
+                route: RouteKind::Scatter,
+            }),
+            latency,
+        }
+    }
+}
+
+impl QueryStats {
+    /// Adds the query metrics to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "shardline_queries",
+            "Statements sent to shards, by shard and route kind (a scatter counts on each shard)",
+            self.queries.clone(),
+        );
+        registry.register(
+            "shardline_query_errors",
+            "Statements that failed, by shard and route kind",
+            self.errors.clone(),
+        );
+        registry.register(
+            "shardline_transactions",
+            "Transactions that ended on each shard (autocommit statements included)",
+            self.transactions.clone(),
+        );
+        registry.register(
+            "shardline_query_duration_seconds",
+            "Time from sending a statement to its last answer, by route kind",
+            self.latency.clone(),
+        );
+    }
+
+    /// Records one exchange with shard `shard`: whether it succeeded, whether the backend
+    /// ended up outside a transaction (the transaction, or autocommit statement, ended), and
+    /// how long it took.
+    pub fn record_query(
+        &self,
+        loaded: &Loaded,
+        shard: ShardId,
+        ok: bool,
+        ended_transaction: bool,
+        elapsed: Duration,
+    ) {
+        let Some(name) = loaded.config.shards.get(shard).map(|s| s.name.as_str()) else {
+            return;
+        };
+        let counters = self.counters(name);
+        counters.single.inc();
+        if !ok {
+            counters.single_errors.inc();
+        }
+        if ended_transaction {
+            counters.transactions.inc();
+        }
+        counters.add_busy(elapsed);
+        self.single_latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one statement sent to every shard of `shards` at once (outside a transaction,
+    /// so it ends one on each).
+    pub fn record_scatter(&self, loaded: &Loaded, shards: &[ShardId], ok: bool, elapsed: Duration) {
+        for shard in shards {
+            let Some(name) = loaded.config.shards.get(*shard).map(|s| s.name.as_str()) else {
+                continue;
+            };
+            let counters = self.counters(name);
+            counters.scatter.inc();
+            if !ok {
+                counters.scatter_errors.inc();
+            }
+            counters.transactions.inc();
+            counters.add_busy(elapsed);
+        }
+        self.scatter_latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Totals per shard name, sorted by name.
+    pub fn totals(&self) -> Vec<(String, ShardTotals)> {
+        let shards = self.shards.read().unwrap_or_else(PoisonError::into_inner);
+        let mut rows: Vec<(String, ShardTotals)> = shards
+            .iter()
+            .map(|(name, c)| {
+                let totals = ShardTotals {
+                    single: c.single.get(),
+                    scatter: c.scatter.get(),
+                    errors: c.single_errors.get() + c.scatter_errors.get(),
+                    transactions: c.transactions.get(),
+                    busy_micros: c.busy_micros.load(Ordering::Relaxed),
+                };
+                (name.clone(), totals)
+            })
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+
+    fn counters(&self, shard: &str) -> Arc<ShardCounters> {
+        if let Some(c) = self
+            .shards
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(shard)
+        {
+            return c.clone();
+        }
+        let route = |route| ShardRoute {
+            shard: shard.to_owned(),
+            route,
+        };
+        let created = Arc::new(ShardCounters {
+            single: self.queries.get_or_create_owned(&route(RouteKind::Single)),
+            scatter: self.queries.get_or_create_owned(&route(RouteKind::Scatter)),
+            single_errors: self.errors.get_or_create_owned(&route(RouteKind::Single)),
+            scatter_errors: self.errors.get_or_create_owned(&route(RouteKind::Scatter)),
+            transactions: self.transactions.get_or_create_owned(&ShardLabel {
+                shard: shard.to_owned(),
+            }),
+            busy_micros: AtomicU64::new(0),
+        });
+        self.shards
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(shard.to_owned())
+            .or_insert(created)
+            .clone()
+    }
+}
+
+impl ShardCounters {
+    fn add_busy(&self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.busy_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+}

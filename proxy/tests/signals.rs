@@ -1,0 +1,183 @@
+//! The `shardline` process and its signals, as an operator uses them: SIGHUP reloads the
+//! config, SIGTERM lets an open transaction commit before the process exits, and a second
+//! SIGTERM stops at once.
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use shardline::localpg::{free_port, free_ports, ClusterOptions, LocalCluster};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+/// A running `shardline` process, killed if the test ends early.
+struct Shardline(Child);
+
+impl Drop for Shardline {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Shardline {
+    fn start(config: &Path) -> anyhow::Result<Shardline> {
+        let child = Command::new(env!("CARGO_BIN_EXE_shardline"))
+            .arg("--config")
+            .arg(config)
+            .arg("--no-watch")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Shardline(child))
+    }
+
+    fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.0.id().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} failed");
+        Ok(())
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    async fn exit(&mut self, limit: Duration) -> anyhow::Result<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait()? {
+                return Ok(status);
+            }
+            anyhow::ensure!(started.elapsed() < limit, "shardline did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn config(port: u16, shard_port: u16, grace_s: u64, pool_size: usize) -> String {
+    format!(
+        "listen: 127.0.0.1:{port}\nshutdown_grace_s: {grace_s}\npool:\n  size: {pool_size}\n\
+         users:\n  - {{name: app, password: app}}\n  - {{name: admin, password: admin, admin: true}}\n\
+         shards:\n  - {{name: s0, host: 127.0.0.1, port: {shard_port}, database: app}}\n"
+    )
+}
+
+async fn connect(conninfo: &str) -> anyhow::Result<Client> {
+    let (client, connection) = tokio_postgres::connect(conninfo, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Connects, retrying while the process starts.
+async fn connect_when_up(conninfo: &str) -> anyhow::Result<Client> {
+    let started = Instant::now();
+    loop {
+        match connect(conninfo).await {
+            Ok(client) => return Ok(client),
+            Err(e) if started.elapsed() > Duration::from_secs(30) => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn config_value(admin: &Client, key: &str) -> anyhow::Result<String> {
+    for message in admin.simple_query("SHOW CONFIG").await? {
+        if let SimpleQueryMessage::Row(row) = message {
+            if row.get(0) == Some(key) {
+                return Ok(row.get(1).unwrap_or_default().to_owned());
+            }
+        }
+    }
+    anyhow::bail!("SHOW CONFIG has no {key}")
+}
+
+/// One shard, a config file for it, and the file's directory.
+async fn shard(label: &str) -> anyhow::Result<(LocalCluster, tempfile::TempDir)> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("shardline-signals-{label}"))
+        .tempdir()?;
+    let mut opts = ClusterOptions::new(dir.path().join("data"), free_ports(1));
+    opts.keep_data = false;
+    opts.reuse_existing = false;
+    let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(&opts)).await??;
+    Ok((cluster, dir))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_and_sigterm_lets_an_open_transaction_commit() -> anyhow::Result<()> {
+    let (cluster, dir) = shard("term").await?;
+    let shard_port = cluster.ports()[0];
+    let port = free_port();
+    let path = dir.path().join("shards.yaml");
+    std::fs::write(&path, config(port, shard_port, 30, 20))?;
+    let mut proxy = Shardline::start(&path)?;
+    let app_info = format!("host=127.0.0.1 port={port} user=app password=app dbname=app");
+    let admin_info =
+        format!("host=127.0.0.1 port={port} user=admin password=admin dbname=shardline");
+    let admin = connect_when_up(&admin_info).await?;
+    assert_eq!(config_value(&admin, "version").await?, "1");
+
+    // --no-watch: the edit waits for SIGHUP.
+    std::fs::write(&path, config(port, shard_port, 30, 5))?;
+    proxy.signal("HUP")?;
+    let started = Instant::now();
+    while config_value(&admin, "version").await? != "2" {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "SIGHUP did not reload"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(config_value(&admin, "pool_size").await?, "5");
+
+    let app = connect_when_up(&app_info).await?;
+    app.batch_execute("CREATE TABLE t (id int); BEGIN; INSERT INTO t VALUES (1)")
+        .await?;
+    proxy.signal("TERM")?;
+    let started = Instant::now();
+    while connect(&app_info).await.is_ok() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(5),
+            "still accepting after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.batch_execute("INSERT INTO t VALUES (2); COMMIT")
+        .await?;
+    let status = proxy.exit(Duration::from_secs(20)).await?;
+    assert!(status.success(), "{status}");
+
+    let direct = connect(&cluster.servers()[0].app_conninfo()).await?;
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM t", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_stops_at_once() -> anyhow::Result<()> {
+    let (cluster, dir) = shard("twice").await?;
+    let port = free_port();
+    let path = dir.path().join("shards.yaml");
+    std::fs::write(&path, config(port, cluster.ports()[0], 600, 20))?;
+    let mut proxy = Shardline::start(&path)?;
+    let app = connect_when_up(&format!(
+        "host=127.0.0.1 port={port} user=app password=app dbname=app"
+    ))
+    .await?;
+    app.batch_execute("BEGIN; SELECT 1").await?;
+    proxy.signal("TERM")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        proxy.0.try_wait()?.is_none(),
+        "exited with a transaction open"
+    );
+    proxy.signal("TERM")?;
+    let status = proxy.exit(Duration::from_secs(10)).await?;
+    assert!(!status.success(), "a cut-short shutdown reports failure");
+    assert!(app.batch_execute("COMMIT").await.is_err());
+    Ok(())
+}
