@@ -62,7 +62,22 @@ pub struct ProxyContext {
 #[derive(Default)]
 struct PlanCache {
     version: u64,
+    /// Plans by exact statement text.
     plans: HashMap<Box<str>, Arc<Plan>>,
+    /// Plans by literal-free text (see `shardline_router::normalize`); `None` marks a shape
+    /// that does not parse, whose statements are planned by their exact text instead.
+    shapes: HashMap<Box<str>, Option<Arc<Plan>>>,
+}
+
+impl PlanCache {
+    /// Starts over when the config changed or the cache is full.
+    fn prepare(&mut self, version: u64) {
+        if self.version != version || self.plans.len() + self.shapes.len() >= PLAN_CACHE_LIMIT {
+            self.plans.clear();
+            self.shapes.clear();
+            self.version = version;
+        }
+    }
 }
 
 impl ProxyContext {
@@ -139,11 +154,39 @@ impl ProxyContext {
         }
         let plan = Arc::new(shardline_router::plan(&loaded.config, sql));
         let mut cache = self.plans.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.version != loaded.version || cache.plans.len() >= PLAN_CACHE_LIMIT {
-            cache.plans.clear();
-            cache.version = loaded.version;
-        }
+        cache.prepare(loaded.version);
         cache.plans.insert(sql.into(), plan.clone());
         plan
+    }
+
+    /// The plan of a simple-protocol statement, shared by every statement of the same shape
+    /// (constants replaced by parameters), and the constants to route it with.
+    pub fn plan_simple(&self, loaded: &Loaded, sql: &str) -> (Arc<Plan>, Vec<String>) {
+        let Some(shape) = shardline_router::normalize::normalize(sql) else {
+            return (self.plan(loaded, sql), Vec::new());
+        };
+        let cached = {
+            let cache = self.plans.lock().unwrap_or_else(PoisonError::into_inner);
+            (cache.version == loaded.version)
+                .then(|| cache.shapes.get(shape.text.as_str()).cloned())
+                .flatten()
+        };
+        let plan = match cached {
+            Some(plan) => plan,
+            None => {
+                let plan = shardline_router::normalize::parses(&shape.text)
+                    .then(|| Arc::new(shardline_router::plan(&loaded.config, &shape.text)));
+                let mut cache = self.plans.lock().unwrap_or_else(PoisonError::into_inner);
+                cache.prepare(loaded.version);
+                cache
+                    .shapes
+                    .insert(shape.text.as_str().into(), plan.clone());
+                plan
+            }
+        };
+        match plan {
+            Some(plan) => (plan, shape.literals),
+            None => (self.plan(loaded, sql), Vec::new()),
+        }
     }
 }

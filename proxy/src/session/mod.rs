@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use shardline_router::config::PoolMode;
-use shardline_router::{Route, RouteError, ShardId, StatementKind};
+use shardline_router::{Param, Route, RouteError, ShardId, StatementKind};
 use tokio::net::tcp::OwnedReadHalf;
 
 use crate::backend::pool::{Pooled, Pools};
@@ -212,7 +212,9 @@ impl Session {
                     .await
             }
         };
-        let plan = self.ctx.plan(&loaded, &sql);
+        let (plan, literals) = self.ctx.plan_simple(&loaded, &sql);
+        let literal_params: Vec<Param<'_>> =
+            literals.iter().map(|l| Param::Text(l.as_bytes())).collect();
         if let Some(reply) = self.answer_locally(&plan.kind, &sql) {
             self.out.push(&reply).await?;
             self.out
@@ -237,7 +239,7 @@ impl Session {
         }
         let route = match (follows_session(&plan.kind), self.tx.shard) {
             (true, Some(shard)) => Ok(Route::Single(shard)),
-            _ => plan.route(&loaded.config, &()),
+            _ => plan.route(&loaded.config, &literal_params),
         };
         let route = match route {
             Ok(route) => route,
