@@ -23,6 +23,7 @@ use crate::protocol::Frame;
 /// One client message of a segment, with what the proxy learned from it.
 enum Item {
     Parse {
+        frame: Frame,
         statement: Arc<Statement>,
         unnamed: bool,
     },
@@ -141,9 +142,11 @@ impl Session {
                     let statement =
                         self.statements
                             .define(view.name, view.query, view.param_types, plan);
+                    let unnamed = view.name.is_empty();
                     Item::Parse {
+                        frame,
                         statement,
-                        unnamed: view.name.is_empty(),
+                        unnamed,
                     }
                 }
                 b'B' => {
@@ -345,16 +348,19 @@ fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>, VecDeque<E
     for item in items {
         match item {
             Item::Parse {
-                statement,
+                frame,
                 unnamed: true,
+                ..
             } => {
-                out.push(build_parse(b"", &statement.query, &statement.param_types));
+                // The unnamed statement keeps its name: the client's bytes go as they are.
+                out.push(frame.bytes().clone());
                 queue.push_back(Expect::relay(Reply::Parse));
                 preparer.unnamed_ready = true;
             }
             Item::Parse {
                 statement,
                 unnamed: false,
+                ..
             } => {
                 if conn.prepared.contains(&statement.id) || !preparer.preparing.insert(statement.id)
                 {
@@ -380,12 +386,11 @@ fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>, VecDeque<E
                 reply,
             } => {
                 preparer.ensure(conn, statement, *unnamed, &mut out, &mut queue);
-                let name = if *unnamed {
-                    Vec::new()
+                if *unnamed {
+                    out.push(frame.bytes().clone());
                 } else {
-                    statement.server_name()
-                };
-                out.push(renamed(frame, &name));
+                    out.push(renamed(frame, &statement.server_name()));
+                }
                 queue.push_back(Expect::relay(*reply));
             }
             Item::Execute { frame, statement } => {

@@ -29,19 +29,35 @@ impl Statement {
     }
 }
 
-/// Ids of every distinct (query, parameter types) seen by this process.
-type StatementIds = Mutex<HashMap<(Box<str>, Box<[u8]>), u64>>;
+/// Ids of every distinct (query, parameter types) seen by this process, by query then types
+/// (two levels, so a lookup borrows the client's bytes instead of copying them).
+#[derive(Default)]
+struct StatementIds {
+    by_query: HashMap<Box<str>, HashMap<Box<[u8]>, u64>>,
+    next: u64,
+}
 
 /// Interns (query, parameter types) into small ids.
 fn intern(query: &str, param_types: &[u8]) -> u64 {
-    static IDS: OnceLock<StatementIds> = OnceLock::new();
+    static IDS: OnceLock<Mutex<StatementIds>> = OnceLock::new();
     let mut ids = IDS
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let next = ids.len() as u64 + 1;
-    *ids.entry((query.into(), param_types.into()))
-        .or_insert(next)
+    if let Some(id) = ids
+        .by_query
+        .get(query)
+        .and_then(|types| types.get(param_types))
+    {
+        return *id;
+    }
+    ids.next += 1;
+    let id = ids.next;
+    ids.by_query
+        .entry(query.into())
+        .or_default()
+        .insert(param_types.into(), id);
+    id
 }
 
 /// The statements one client has prepared, by the client's names (`""` is the unnamed one).
@@ -59,6 +75,15 @@ impl ClientStatements {
         param_types: &[u8],
         plan: Arc<Plan>,
     ) -> Arc<Statement> {
+        if let Some(existing) = self.by_name.get(name) {
+            // Drivers re-parse the same unnamed statement for every execution.
+            if &*existing.query == query
+                && existing.param_types == param_types
+                && Arc::ptr_eq(&existing.plan, &plan)
+            {
+                return existing.clone();
+            }
+        }
         let statement = Arc::new(Statement {
             id: intern(query, param_types),
             query: query.into(),
