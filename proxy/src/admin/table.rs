@@ -44,6 +44,8 @@ pub struct Table {
     pub columns: &'static [&'static str],
     /// Rows, one value per column.
     pub rows: Vec<Vec<String>>,
+    /// `CommandComplete` tag; `SHOW` gets the row count appended, as PgBouncer does.
+    pub tag: &'static str,
 }
 
 impl Table {
@@ -52,7 +54,14 @@ impl Table {
         Table {
             columns,
             rows: Vec::new(),
+            tag: "SHOW",
         }
+    }
+
+    /// The same table completed with another tag (e.g. `EXPLAIN`).
+    pub fn with_tag(mut self, tag: &'static str) -> Table {
+        self.tag = tag;
+        self
     }
 
     /// Adds a row; it should have one value per column.
@@ -101,10 +110,11 @@ impl Reply {
                     let count = i16::try_from(row.len()).unwrap_or(i16::MAX);
                     put(&mut buf, &DataRow::new(data, count));
                 }
-                put(
-                    &mut buf,
-                    &CommandComplete::new(format!("SHOW {}", table.rows.len())),
-                );
+                let tag = match table.tag {
+                    "SHOW" => format!("SHOW {}", table.rows.len()),
+                    other => other.to_owned(),
+                };
+                put(&mut buf, &CommandComplete::new(tag));
             }
             Reply::Done { tag, notices } => {
                 for notice in notices {

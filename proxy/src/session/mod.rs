@@ -15,6 +15,7 @@ mod attach;
 mod batch;
 mod copy_in;
 mod exchange;
+mod introspect;
 mod local;
 mod output;
 mod scatter;
@@ -212,6 +213,13 @@ impl Session {
                     .await
             }
         };
+        if let Some(reply) = self.explain_route(&loaded, &sql) {
+            self.out.push(&reply).await?;
+            self.out
+                .push(&msg::ready_for_query(self.tx.status()))
+                .await?;
+            return Ok(self.out.flush().await?);
+        }
         let (plan, literals) = self.ctx.plan_simple(&loaded, &sql);
         let literal_params: Vec<Param<'_>> =
             literals.iter().map(|l| Param::Text(l.as_bytes())).collect();
@@ -269,6 +277,9 @@ impl Session {
                 return self.fail(error.into()).await;
             }
         };
+        if let Some(notice) = self.route_notice(&loaded, &plan, &route, &literal_params) {
+            self.out.push(&notice).await?;
+        }
         let effects = match plan.kind {
             StatementKind::Compound => plan.parts().iter().map(effect_of).collect(),
             ref kind => vec![effect_of(kind)],

@@ -1,0 +1,100 @@
+//! Route introspection: where would a statement go, and why — without running it.
+//!
+//! `EXPLAIN (ROUTE) <statement>` answers with one row: the shards and the router's reasoning.
+//! It reads like PostgreSQL's own `EXPLAIN (option) …`, which PostgreSQL would reject for the
+//! unknown option `ROUTE`, so it never shadows a real command. With the session setting
+//! `shardline.show_route` on (`SET shardline.show_route = on`; PostgreSQL accepts dotted custom
+//! settings), every simple-protocol statement is preceded by a NOTICE naming its shards.
+
+use bytes::Bytes;
+use shardline_router::{Config, Param, Plan, Route};
+
+use super::Session;
+use crate::admin::table::{Reply, Table};
+use crate::context::Loaded;
+use crate::protocol::backend as msg;
+
+/// The statement inside `EXPLAIN (ROUTE) …`, if `sql` is one.
+fn explained_statement(sql: &str) -> Option<&str> {
+    let rest = strip_word(sql.trim_start(), "explain")?.trim_start();
+    let rest = rest.strip_prefix('(')?.trim_start();
+    let rest = strip_word(rest, "route")?.trim_start();
+    Some(rest.strip_prefix(')')?.trim_start())
+}
+
+/// `text` without a leading case-insensitive `word`.
+fn strip_word<'a>(text: &'a str, word: &str) -> Option<&'a str> {
+    let head = text.get(..word.len())?;
+    head.eq_ignore_ascii_case(word).then(|| &text[word.len()..])
+}
+
+/// Shard names of a route.
+fn route_names(config: &Config, route: &Route) -> String {
+    let ids: Vec<usize> = match route {
+        Route::Single(shard) => vec![*shard],
+        Route::Multi(shards) => shards.clone(),
+    };
+    let names: Vec<&str> = ids
+        .iter()
+        .filter_map(|id| config.shards.get(*id).map(|s| s.name.as_str()))
+        .collect();
+    names.join(", ")
+}
+
+impl Session {
+    /// The answer to `EXPLAIN (ROUTE) …`, or `None` when `sql` is something else.
+    pub(super) fn explain_route(&self, loaded: &Loaded, sql: &str) -> Option<Bytes> {
+        let statement = explained_statement(sql)?;
+        let (plan, literals) = self.ctx.plan_simple(loaded, statement);
+        let params: Vec<Param<'_>> = literals.iter().map(|l| Param::Text(l.as_bytes())).collect();
+        let mut table = Table::new(&["shards", "explanation"]).with_tag("EXPLAIN");
+        let shards = match plan.route(&loaded.config, &params) {
+            Ok(route) => route_names(&loaded.config, &route),
+            Err(e) => format!("error {}", e.sqlstate),
+        };
+        table.push(vec![shards, plan.explain(&loaded.config, &params)]);
+        Some(Reply::Table(table).encode())
+    }
+
+    /// A NOTICE naming the shards of a statement, when the client asked for them.
+    pub(super) fn route_notice(
+        &self,
+        loaded: &Loaded,
+        plan: &Plan,
+        route: &Route,
+        params: &[Param<'_>],
+    ) -> Option<Bytes> {
+        let setting = self.settings.get("shardline.show_route")?;
+        let on = matches!(
+            setting.trim_matches('\'').to_ascii_lowercase().as_str(),
+            "on" | "true" | "1" | "yes"
+        );
+        on.then(|| {
+            msg::notice(&format!(
+                "shardline: {} ({})",
+                route_names(&loaded.config, route),
+                plan.explain(&loaded.config, &params.to_vec())
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_explain_route_only() {
+        assert_eq!(
+            explained_statement("EXPLAIN (ROUTE) SELECT 1"),
+            Some("SELECT 1")
+        );
+        assert_eq!(
+            explained_statement("  explain ( route )select 1"),
+            Some("select 1")
+        );
+        assert_eq!(explained_statement("EXPLAIN SELECT 1"), None);
+        assert_eq!(explained_statement("EXPLAIN (ANALYZE) SELECT 1"), None);
+        assert_eq!(explained_statement("EXPLAIN (ROUTED) SELECT 1"), None);
+    }
+}

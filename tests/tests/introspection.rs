@@ -1,0 +1,104 @@
+//! Route introspection: `EXPLAIN (ROUTE) …` names the shards a statement would use without
+//! running it, and `shardline.show_route` makes every statement announce its shards.
+
+use shardline_tests::TestCluster;
+use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
+
+fn first_row(messages: &[SimpleQueryMessage]) -> Option<(String, String)> {
+    messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => Some((row.get(0)?.to_owned(), row.get(1)?.to_owned())),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_route_names_the_shards_without_running_the_statement() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("explain", 4).await?;
+    let client = cluster.client().await?;
+    client
+        .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text)")
+        .await?;
+    let names: Vec<String> = cluster
+        .config
+        .shards
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+
+    for id in [1i64, 42, 1000, 77777] {
+        let messages = client
+            .simple_query(&format!(
+                "EXPLAIN (ROUTE) SELECT name FROM users WHERE id = {id}"
+            ))
+            .await?;
+        let (shards, why) = first_row(&messages).ok_or_else(|| anyhow::anyhow!("no row"))?;
+        assert_eq!(shards, names[cluster.shard_of("users", id)?], "{why}");
+        assert!(why.contains("hash"), "{why}");
+    }
+    let messages = client
+        .simple_query("EXPLAIN (ROUTE) SELECT name FROM users")
+        .await?;
+    let (shards, _) = first_row(&messages).ok_or_else(|| anyhow::anyhow!("no row"))?;
+    assert_eq!(shards, names.join(", "));
+
+    // Nothing ran: an EXPLAIN (ROUTE) of a DELETE leaves the row in place.
+    client
+        .execute("INSERT INTO users (id, name) VALUES (5, 'kept')", &[])
+        .await?;
+    client
+        .simple_query("EXPLAIN (ROUTE) DELETE FROM users WHERE id = 5")
+        .await?;
+    let kept: i64 = client
+        .query_one("SELECT count(*) FROM users WHERE id = 5", &[])
+        .await?
+        .get(0);
+    assert_eq!(kept, 1);
+
+    // A statement that cannot be routed explains why instead of failing.
+    let messages = client
+        .simple_query("EXPLAIN (ROUTE) SELECT count(*) FROM users")
+        .await?;
+    let (shards, why) = first_row(&messages).ok_or_else(|| anyhow::anyhow!("no row"))?;
+    assert_eq!(shards, "error 0A000", "{why}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn show_route_setting_sends_a_notice_per_statement() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("shownotice", 2).await?;
+    let (client, mut connection) =
+        tokio_postgres::connect(&cluster.proxy_conninfo(), tokio_postgres::NoTls).await?;
+    let (tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = futures::StreamExt::next(&mut messages).await {
+            if let AsyncMessage::Notice(notice) = message {
+                let _ = tx.send(notice.message().to_owned());
+            }
+        }
+    });
+    client
+        .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text)")
+        .await?;
+    client.batch_execute("SELECT 1").await?;
+    assert!(
+        notices.try_recv().is_err(),
+        "no notice while the setting is off"
+    );
+    client
+        .batch_execute("SET shardline.show_route = on")
+        .await?;
+    client
+        .batch_execute("SELECT name FROM users WHERE id = 3")
+        .await?;
+    let shard = cluster.config.shards[cluster.shard_of("users", 3)?]
+        .name
+        .clone();
+    let notice = tokio::time::timeout(std::time::Duration::from_secs(5), notices.recv()).await?;
+    let notice = notice.ok_or_else(|| anyhow::anyhow!("no notice"))?;
+    assert!(
+        notice.starts_with(&format!("shardline: {shard} (")),
+        "{notice}"
+    );
+    Ok(())
+}
