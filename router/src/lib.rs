@@ -8,6 +8,7 @@ pub mod config;
 pub mod copy;
 pub mod hash;
 pub mod key;
+pub mod merge;
 pub mod normalize;
 pub mod params;
 pub mod plan;

@@ -156,6 +156,12 @@ impl Session {
                     };
                     if !follows_session(&statement.plan.kind) {
                         match statement.plan.route(&loaded.config, &view.params()) {
+                            Ok(Route::Multi(_)) if statement.plan.merge.is_some() => {
+                                return Ok(Err(ClientError::new(
+                                    sqlstate::FEATURE_NOT_SUPPORTED,
+                                    "ORDER BY or LIMIT across several shards is merged in the simple query protocol only for now; restrict the statement to one shard key",
+                                )))
+                            }
                             Ok(route) => segment.routes.push(route),
                             Err(e) => return Ok(Err(e.into())),
                         }

@@ -17,6 +17,8 @@ mod copy_in;
 mod exchange;
 mod introspect;
 mod local;
+mod order;
+mod ordered;
 mod output;
 mod scatter;
 pub mod settings;
@@ -299,6 +301,10 @@ impl Session {
                 .await
             }
             Route::Multi(shards) => {
+                if let Some(spec) = &plan.merge {
+                    // ORDER BY / LIMIT: a streaming merge of the shards' sorted results.
+                    return self.merge_ordered(&loaded, &shards, &sql, spec).await;
+                }
                 if let Err(e) = self.check_scatter_allowed(&shards) {
                     return self.fail(e).await;
                 }

@@ -105,13 +105,21 @@ pub(crate) fn analyze(config: &Config, sql: &str) -> Plan {
             kind: StatementKind::Empty,
             target: Target::Anywhere("empty query: default shard".into()),
             parts: Vec::new(),
+            merge: None,
         },
         1 => {
             let a = analyses.remove(0);
+            let merge = match statements.first() {
+                Some(Statement::Query(q)) if a.kind == StatementKind::Read => {
+                    crate::merge::merge_spec(q).map(|(spec, _)| spec)
+                }
+                _ => None,
+            };
             Plan {
                 kind: a.kind,
                 target: a.target,
                 parts: Vec::new(),
+                merge,
             }
         }
         _ => {
@@ -120,6 +128,7 @@ pub(crate) fn analyze(config: &Config, sql: &str) -> Plan {
                 kind: StatementKind::Compound,
                 target: Target::Compound(analyses.into_iter().map(|a| a.target).collect()),
                 parts,
+                merge: None,
             }
         }
     }

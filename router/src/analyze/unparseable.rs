@@ -31,6 +31,7 @@ pub(super) fn unparseable(
             "handled by the proxy: the client's backend or the default shard".into(),
         ),
         parts: Vec::new(),
+        merge: None,
     };
     match (word(0), word(1), word(2)) {
         ("PREPARE", "TRANSACTION", _) | ("COMMIT" | "ROLLBACK", "PREPARED", _) | ("MOVE", _, _) => {
@@ -57,6 +58,7 @@ pub(super) fn unparseable(
                     format!("shardline could not parse this {} statement ({why}); use SET name = value or RESET name", word(0)),
                 )),
                 parts: Vec::new(),
+                merge: None,
             };
         }
         _ => {}
@@ -128,5 +130,6 @@ pub(super) fn unparseable(
         kind,
         target,
         parts: Vec::new(),
+        merge: None,
     }
 }

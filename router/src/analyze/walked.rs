@@ -167,6 +167,14 @@ pub(super) fn create_as(config: &Config, query: &Query, name: &ObjectName) -> An
 /// ORDER BY, LIMIT or aggregates across shards yet), so a query that orders, limits,
 /// aggregates or de-duplicates must stay on one shard rather than give a wrong answer.
 pub(super) fn concatenated_read(config: &Config, q: &Query) -> Analysis {
+    if crate::merge::merge_spec(q).is_some() {
+        // The proxy merges the shards' ordered streams and applies LIMIT/OFFSET itself, so
+        // only the rest of the query must be shard-local.
+        let mut unordered = q.clone();
+        unordered.order_by = None;
+        unordered.limit_clause = None;
+        return read_or_write_checked(config, &unordered, true);
+    }
     let mut a = read_or_write_checked(config, q, true);
     if q.order_by.is_some() {
         if let Target::Keyed(k) = &mut a.target {

@@ -43,6 +43,8 @@ pub struct Plan {
     pub kind: StatementKind,
     pub(crate) target: Target,
     pub(crate) parts: Vec<StatementKind>,
+    /// For a read with ORDER BY or LIMIT: how the proxy merges it when it spans shards.
+    pub merge: Option<crate::merge::MergeSpec>,
 }
 
 /// Where a statement runs.

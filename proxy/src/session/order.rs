@@ -1,0 +1,274 @@
+//! Comparing text-format values the way PostgreSQL orders them, for merging sorted shard
+//! results: integers and floats numerically, numeric as exact decimals, dates and timestamps
+//! as instants, text and uuid bytewise (the shards' collation must be C for text keys; the
+//! merge checks it).
+
+use std::cmp::Ordering;
+
+use shardline_router::merge::SortKey;
+
+/// How one sort column's values compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    Integer,
+    Float,
+    Numeric,
+    /// Bytewise: text under the C collation, uuid, bool.
+    Bytes,
+    /// date, timestamp, timestamptz in ISO style.
+    Instant,
+}
+
+impl Comparison {
+    /// The comparison for a PostgreSQL type OID, if the merge supports it.
+    pub fn for_type(oid: u32) -> Option<(Comparison, bool)> {
+        // The flag says the type compares by collation (needs a C-collation database).
+        Some(match oid {
+            20 | 21 | 23 | 26 => (Comparison::Integer, false),
+            700 | 701 => (Comparison::Float, false),
+            1700 => (Comparison::Numeric, false),
+            16 | 2950 => (Comparison::Bytes, false),
+            25 | 1042 | 1043 | 19 => (Comparison::Bytes, true),
+            1082 | 1114 | 1184 => (Comparison::Instant, false),
+            _ => return None,
+        })
+    }
+
+    /// Orders two non-NULL values; `None` when a value does not read as its type.
+    fn compare(self, a: &[u8], b: &[u8]) -> Option<Ordering> {
+        match self {
+            Comparison::Bytes => Some(a.cmp(b)),
+            Comparison::Integer => Some(parse::<i64>(a)?.cmp(&parse::<i64>(b)?)),
+            Comparison::Float => Some(parse::<f64>(a)?.total_cmp(&parse::<f64>(b)?)),
+            Comparison::Numeric => {
+                compare_numeric(std::str::from_utf8(a).ok()?, std::str::from_utf8(b).ok()?)
+            }
+            Comparison::Instant => Some(instant(a)?.cmp(&instant(b)?)),
+        }
+    }
+}
+
+fn parse<T: std::str::FromStr>(bytes: &[u8]) -> Option<T> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+/// Orders two values of one sort key, NULL placement and direction applied.
+pub fn compare_key(
+    key: &SortKey,
+    comparison: Comparison,
+    a: Option<&[u8]>,
+    b: Option<&[u8]>,
+) -> Option<Ordering> {
+    let ordering = match (a, b) {
+        (None, None) => return Some(Ordering::Equal),
+        (None, Some(_)) => {
+            return Some(if key.nulls_first {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            })
+        }
+        (Some(_), None) => {
+            return Some(if key.nulls_first {
+                Ordering::Greater
+            } else {
+                Ordering::Less
+            })
+        }
+        (Some(a), Some(b)) => comparison.compare(a, b)?,
+    };
+    Some(if key.descending {
+        ordering.reverse()
+    } else {
+        ordering
+    })
+}
+
+/// Exact comparison of PostgreSQL numeric text (`-12.50`, `NaN`, `Infinity`).
+fn compare_numeric(a: &str, b: &str) -> Option<Ordering> {
+    // Finite values rank between -Infinity and Infinity; NaN sorts above everything.
+    let special = |s: &str| match s {
+        "-Infinity" => Some(-1),
+        "Infinity" => Some(1),
+        "NaN" => Some(2),
+        _ => None,
+    };
+    if special(a).is_some() || special(b).is_some() {
+        return Some(special(a).unwrap_or(0).cmp(&special(b).unwrap_or(0)));
+    }
+    let (neg_a, ma) = split_sign(a);
+    let (neg_b, mb) = split_sign(b);
+    let zero_a = ma.bytes().all(|c| c == b'0' || c == b'.');
+    let zero_b = mb.bytes().all(|c| c == b'0' || c == b'.');
+    let sign = |neg: bool, zero: bool| {
+        if zero {
+            0
+        } else if neg {
+            -1
+        } else {
+            1
+        }
+    };
+    let (sa, sb) = (sign(neg_a, zero_a), sign(neg_b, zero_b));
+    if sa != sb {
+        return Some(sa.cmp(&sb));
+    }
+    let magnitude = compare_magnitude(ma, mb)?;
+    Some(if sa < 0 {
+        magnitude.reverse()
+    } else {
+        magnitude
+    })
+}
+
+fn split_sign(s: &str) -> (bool, &str) {
+    match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    }
+}
+
+/// Compares two unsigned decimal strings.
+fn compare_magnitude(a: &str, b: &str) -> Option<Ordering> {
+    let (ia, fa) = a.split_once('.').unwrap_or((a, ""));
+    let (ib, fb) = b.split_once('.').unwrap_or((b, ""));
+    if !(ia
+        .bytes()
+        .chain(fa.bytes())
+        .chain(ib.bytes())
+        .chain(fb.bytes()))
+    .all(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    let ia = ia.trim_start_matches('0');
+    let ib = ib.trim_start_matches('0');
+    let by_integer = ia.len().cmp(&ib.len()).then_with(|| ia.cmp(ib));
+    if by_integer != Ordering::Equal {
+        return Some(by_integer);
+    }
+    let fa = fa.trim_end_matches('0');
+    let fb = fb.trim_end_matches('0');
+    Some(fa.cmp(fb))
+}
+
+/// An ISO date/timestamp[tz] as (days, microseconds) in UTC; ±infinity at the ends.
+fn instant(bytes: &[u8]) -> Option<(i64, i64)> {
+    let s = std::str::from_utf8(bytes).ok()?;
+    match s {
+        "infinity" => return Some((i64::MAX, 0)),
+        "-infinity" => return Some((i64::MIN, 0)),
+        _ => {}
+    }
+    let (date, rest) = s.split_at(s.len().min(10));
+    let mut parts = date.split('-');
+    let year: i64 = parts.next()?.parse().ok()?;
+    let month: i64 = parts.next()?.parse().ok()?;
+    let day: i64 = parts.next()?.parse().ok()?;
+    if date.len() != 10 || rest.ends_with(" BC") {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let rest = rest.trim_start();
+    if rest.is_empty() {
+        return Some((days, 0));
+    }
+    // HH:MM:SS[.ffffff][±HH[:MM[:SS]]]
+    let offset_at = rest[8.min(rest.len())..]
+        .find(['+', '-'])
+        .map(|i| i + 8.min(rest.len()));
+    let (time, offset) = match offset_at {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.split(':');
+    let (h, m, sec): (i64, i64, i64) = (
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+    );
+    let micros_fraction: i64 = if fraction.is_empty() {
+        0
+    } else {
+        format!("{fraction:0<6}").get(..6)?.parse().ok()?
+    };
+    let mut micros = ((h * 60 + m) * 60 + sec) * 1_000_000 + micros_fraction;
+    if !offset.is_empty() {
+        let negative = offset.starts_with('-');
+        let mut o = offset[1..].split(':');
+        let oh: i64 = o.next()?.parse().ok()?;
+        let om: i64 = o.next().map_or(Some(0), |x| x.parse().ok())?;
+        let os: i64 = o.next().map_or(Some(0), |x| x.parse().ok())?;
+        let shift = ((oh * 60 + om) * 60 + os) * 1_000_000;
+        micros += if negative { shift } else { -shift };
+    }
+    let day_micros = 86_400 * 1_000_000;
+    Some((
+        days + micros.div_euclid(day_micros),
+        micros.rem_euclid(day_micros),
+    ))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numerics_compare_exactly() {
+        let ordered = [
+            "-Infinity",
+            "-100.5",
+            "-2",
+            "-0.001",
+            "0",
+            "0.00",
+            "0.5",
+            "2",
+            "10",
+            "10.000001",
+            "Infinity",
+            "NaN",
+        ];
+        for (i, a) in ordered.iter().enumerate() {
+            for (j, b) in ordered.iter().enumerate() {
+                let equal_zero = (*a == "0" && *b == "0.00") || (*a == "0.00" && *b == "0");
+                let want = if equal_zero {
+                    Ordering::Equal
+                } else {
+                    i.cmp(&j)
+                };
+                assert_eq!(compare_numeric(a, b), Some(want), "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn instants_compare_across_offsets() {
+        let a = instant(b"2024-03-10 12:00:00+02");
+        let b = instant(b"2024-03-10 11:30:00+00");
+        assert!(a < b, "{a:?} {b:?}");
+        assert!(instant(b"2024-03-10") < instant(b"2024-03-10 00:00:00.5"));
+        assert!(instant(b"1999-12-31 23:59:59.999999") < instant(b"2000-01-01"));
+        assert!(
+            instant(b"-infinity") < instant(b"1970-01-01")
+                && instant(b"infinity") > instant(b"9999-12-31")
+        );
+        assert_eq!(
+            instant(b"2024-01-01 00:00:00-05:30"),
+            instant(b"2024-01-01 05:30:00+00")
+        );
+        assert_eq!(instant(b"0044-03-15 BC"), None);
+    }
+}

@@ -1,0 +1,440 @@
+//! `ORDER BY` / `LIMIT` across shards: a streaming k-way merge.
+//!
+//! Every shard runs the query sorted (with `LIMIT limit+offset` and any hidden sort columns,
+//! see `shardline_router::merge`); the proxy holds one row per shard, repeatedly sends the
+//! smallest, and reads the next row from that shard. Memory stays at one row per shard plus
+//! the socket buffers, whatever the result size. `OFFSET` and `LIMIT` are applied to the merged
+//! stream; once the limit is reached the remaining rows are read and dropped so the backends
+//! end their queries cleanly.
+
+use std::cmp::Ordering;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use shardline_router::merge::MergeSpec;
+use shardline_router::ShardId;
+
+use super::order::{compare_key, Comparison};
+use super::split::lost;
+use super::{local, ClientError, Session, SessionEnd};
+use crate::backend::pool::{Pooled, Pools};
+use crate::context::Loaded;
+use crate::protocol::backend::{self as msg, sqlstate, tag};
+use crate::protocol::Frame;
+
+/// One shard's sorted stream.
+struct Stream {
+    shard: ShardId,
+    name: String,
+    conn: Pooled,
+    /// The shard's current row, not yet sent.
+    head: Option<Frame>,
+    /// The shard has sent its `CommandComplete` (or failed) and only `ReadyForQuery` is left.
+    exhausted: bool,
+}
+
+/// What went wrong while merging.
+enum MergeFailure {
+    Client(std::io::Error),
+    Query(ClientError),
+}
+
+impl From<std::io::Error> for MergeFailure {
+    fn from(e: std::io::Error) -> Self {
+        MergeFailure::Client(e)
+    }
+}
+
+impl Session {
+    /// Runs a multi-shard `SELECT … ORDER BY … [LIMIT …]` and merges the sorted results.
+    pub(super) async fn merge_ordered(
+        &mut self,
+        loaded: &Loaded,
+        shards: &[ShardId],
+        sql: &str,
+        spec: &MergeSpec,
+    ) -> Result<(), SessionEnd> {
+        if let Err(e) = self.check_scatter_allowed(shards) {
+            return self.fail(e).await;
+        }
+        let text = shardline_router::merge::shard_sql(sql).unwrap_or_else(|| sql.to_owned());
+        let mut streams = Vec::with_capacity(shards.len());
+        let mut failure = None;
+        for (i, &shard) in shards.iter().enumerate() {
+            let name = loaded
+                .config
+                .shards
+                .get(shard)
+                .map_or_else(String::new, |s| s.name.clone());
+            let mut conn = match self.attach(loaded, shard).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            let (mut out, prelude) =
+                self.compose(&mut conn, true, |_| (Vec::new(), Default::default()));
+            // The first shard also says how text compares there.
+            if i == 0 {
+                out.extend_from_slice(&local::query_message("SHOW lc_collate"));
+            }
+            out.extend_from_slice(&local::query_message(&text));
+            let skip = prelude.len();
+            let sent = conn.send(&out).await;
+            let mut stream = Stream {
+                shard,
+                name,
+                conn,
+                head: None,
+                exhausted: false,
+            };
+            let ready = match sent {
+                Ok(()) => skip_cycles(&mut stream.conn, skip).await,
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = ready {
+                stream.conn.broken = true;
+                failure = Some(lost(&stream.name, &e));
+                streams.push(stream);
+                break;
+            }
+            streams.push(stream);
+        }
+        let result = match failure {
+            Some(error) => Err(MergeFailure::Query(error)),
+            None => self.stream_merged(&mut streams, spec).await,
+        };
+        let drained = drain(&mut streams).await;
+        self.release_streams(streams);
+        match result {
+            Ok(rows) if drained => {
+                self.out
+                    .push(&msg::command_complete(&format!("SELECT {rows}")))
+                    .await?;
+                self.out
+                    .push(&msg::ready_for_query(self.tx.status()))
+                    .await?;
+                Ok(self.out.flush().await?)
+            }
+            Ok(_) => {
+                self.fail(ClientError::new(
+                    sqlstate::CONNECTION_FAILURE,
+                    "lost a shard connection while finishing the query",
+                ))
+                .await
+            }
+            Err(MergeFailure::Client(e)) => Err(SessionEnd::ClientIo(e)),
+            Err(MergeFailure::Query(error)) => self.fail(error).await,
+        }
+    }
+
+    /// Reads descriptions, then merges rows to the client; returns how many rows were sent.
+    async fn stream_merged(
+        &mut self,
+        streams: &mut [Stream],
+        spec: &MergeSpec,
+    ) -> Result<u64, MergeFailure> {
+        let collation = match streams.first_mut() {
+            Some(first) => read_collation(first).await?,
+            None => return Ok(0),
+        };
+        let mut description = None;
+        for stream in streams.iter_mut() {
+            let frame = next_message(stream).await?;
+            match frame.as_ref().map(Frame::tag) {
+                Some(tag::ROW_DESCRIPTION) => description = description.or(frame),
+                _ => {
+                    return Err(MergeFailure::Query(ClientError::new(
+                        sqlstate::INTERNAL,
+                        "a shard did not describe the rows of an ordered query",
+                    )))
+                }
+            }
+        }
+        let Some(description) = description else {
+            return Ok(0);
+        };
+        let (types, visible) = describe(&description, spec.hidden).ok_or_else(|| {
+            MergeFailure::Query(ClientError::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                "malformed RowDescription from a shard",
+            ))
+        })?;
+        let mut keys = Vec::with_capacity(spec.order.len());
+        for key in &spec.order {
+            let column = spec
+                .column_of(key, types.len())
+                .ok_or_else(|| unsupported("a sort column is missing from the shard's rows"))?;
+            let (comparison, collated) = Comparison::for_type(types[column])
+                .ok_or_else(|| unsupported(&format!("ORDER BY on a column of type oid {} across shards is not supported yet; sort by a number, text, date or timestamp column, or restrict the query to one shard", types[column])))?;
+            if collated && !matches!(collation.as_str(), "C" | "POSIX" | "C.UTF-8" | "C.utf8") {
+                return Err(unsupported(&format!(
+                    "ORDER BY on text across shards needs the shards' collation to be C (it is {collation}); restrict the query to one shard or sort on the client"
+                )));
+            }
+            keys.push((*key, column, comparison));
+        }
+        self.out
+            .push(&strip_description(&description, visible))
+            .await?;
+
+        for stream in streams.iter_mut() {
+            advance(stream).await?;
+        }
+        let mut skipped = 0;
+        let mut sent = 0u64;
+        loop {
+            if spec.limit.is_some_and(|limit| sent >= limit) {
+                return Ok(sent);
+            }
+            let mut best: Option<usize> = None;
+            for (i, stream) in streams.iter().enumerate() {
+                let Some(row) = &stream.head else { continue };
+                let better = match best.and_then(|b| streams[b].head.as_ref()) {
+                    None => true,
+                    Some(current) => compare_rows(&keys, row, current)? == Ordering::Less,
+                };
+                if better {
+                    best = Some(i);
+                }
+            }
+            let Some(best) = best else { return Ok(sent) };
+            let row = streams[best].head.take();
+            if let Some(row) = row {
+                if skipped < spec.offset {
+                    skipped += 1;
+                } else {
+                    self.out
+                        .push(&strip_row(&row, visible, spec.hidden))
+                        .await?;
+                    sent += 1;
+                }
+            }
+            advance(&mut streams[best]).await?;
+        }
+    }
+
+    fn release_streams(&mut self, streams: Vec<Stream>) {
+        for stream in streams {
+            if stream.conn.broken || !stream.exhausted {
+                self.forget_cancel_key(&stream.conn);
+                Pools::discard(stream.conn);
+            } else {
+                self.keep_or_release(stream.shard, stream.conn, false);
+            }
+        }
+    }
+}
+
+fn unsupported(message: &str) -> MergeFailure {
+    MergeFailure::Query(ClientError::new(sqlstate::FEATURE_NOT_SUPPORTED, message))
+}
+
+/// Reads and drops `cycles` answers ending in `ReadyForQuery` (the settings sync).
+async fn skip_cycles(conn: &mut Pooled, cycles: usize) -> Result<(), String> {
+    let mut remaining = cycles;
+    while remaining > 0 {
+        let frame = conn.read().await.map_err(|e| e.to_string())?;
+        if frame.tag() == tag::READY_FOR_QUERY {
+            remaining -= 1;
+        }
+    }
+    Ok(())
+}
+
+/// The answer to `SHOW lc_collate` on the first shard.
+async fn read_collation(stream: &mut Stream) -> Result<String, MergeFailure> {
+    let mut collation = String::new();
+    loop {
+        let frame = stream
+            .conn
+            .read()
+            .await
+            .map_err(|e| MergeFailure::Query(lost(&stream.name, &e.to_string())))?;
+        match frame.tag() {
+            tag::DATA_ROW => collation = first_field(frame.body()).unwrap_or_default(),
+            tag::READY_FOR_QUERY => return Ok(collation),
+            _ => {}
+        }
+    }
+}
+
+/// The next message of a stream's query that matters: a description, a row, or `None` at the
+/// end of its rows. A shard error becomes the merge's error, naming the shard.
+async fn next_message(stream: &mut Stream) -> Result<Option<Frame>, MergeFailure> {
+    if stream.exhausted {
+        return Ok(None);
+    }
+    loop {
+        let frame = stream
+            .conn
+            .read()
+            .await
+            .map_err(|e| MergeFailure::Query(lost(&stream.name, &e.to_string())))?;
+        match frame.tag() {
+            tag::ROW_DESCRIPTION | tag::DATA_ROW => return Ok(Some(frame)),
+            tag::COMMAND_COMPLETE | tag::EMPTY_QUERY => {
+                stream.exhausted = true;
+                return Ok(None);
+            }
+            tag::ERROR_RESPONSE => {
+                stream.exhausted = true;
+                return Err(MergeFailure::Query(ClientError {
+                    sqlstate: sqlstate::INTERNAL,
+                    message: String::new(),
+                    frame: Some(msg::error_naming_shard(&frame, &stream.name)),
+                }));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Loads the stream's next row into `head`.
+async fn advance(stream: &mut Stream) -> Result<(), MergeFailure> {
+    stream.head = next_message(stream).await?;
+    Ok(())
+}
+
+/// Reads every stream to its `ReadyForQuery`, so its backend can serve again. False if a
+/// connection failed.
+async fn drain(streams: &mut [Stream]) -> bool {
+    let mut clean = true;
+    for stream in streams.iter_mut() {
+        if stream.conn.broken {
+            clean = false;
+            continue;
+        }
+        loop {
+            match stream.conn.read().await {
+                Ok(frame) if frame.tag() == tag::READY_FOR_QUERY => {
+                    stream.exhausted = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    stream.conn.broken = true;
+                    clean = false;
+                    break;
+                }
+            }
+        }
+    }
+    clean
+}
+
+/// Column type OIDs of a `RowDescription`, and how many columns the client sees.
+fn describe(frame: &Frame, hidden: usize) -> Option<(Vec<u32>, usize)> {
+    let body = frame.body();
+    let count = usize::from(u16::from_be_bytes(body.get(..2)?.try_into().ok()?));
+    let mut types = Vec::with_capacity(count);
+    let mut at = 2;
+    for _ in 0..count {
+        let name_end = at + body.get(at..)?.iter().position(|b| *b == 0)?;
+        let fixed = body.get(name_end + 1..name_end + 19)?;
+        types.push(u32::from_be_bytes(fixed[6..10].try_into().ok()?));
+        at = name_end + 19;
+    }
+    Some((types, count.checked_sub(hidden)?))
+}
+
+/// A `RowDescription` with only its first `visible` fields.
+fn strip_description(frame: &Frame, visible: usize) -> Bytes {
+    let body = frame.body();
+    let mut at = 2;
+    for _ in 0..visible {
+        match body
+            .get(at..)
+            .and_then(|rest| rest.iter().position(|b| *b == 0))
+        {
+            Some(end) => at += end + 19,
+            None => return frame.bytes().clone(),
+        }
+    }
+    rebuild(
+        tag::ROW_DESCRIPTION,
+        visible,
+        body.get(2..at).unwrap_or_default(),
+    )
+}
+
+/// A `DataRow` without its trailing `hidden` values.
+fn strip_row(frame: &Frame, visible: usize, hidden: usize) -> Bytes {
+    if hidden == 0 {
+        return frame.bytes().clone();
+    }
+    let body = frame.body();
+    let mut at = 2;
+    for _ in 0..visible {
+        let Some(len) = body
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(i32::from_be_bytes)
+        else {
+            return frame.bytes().clone();
+        };
+        at += 4 + usize::try_from(len).unwrap_or(0);
+    }
+    rebuild(tag::DATA_ROW, visible, body.get(2..at).unwrap_or_default())
+}
+
+fn rebuild(message: u8, count: usize, fields: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(fields.len() + 7);
+    out.put_u8(message);
+    out.put_i32(i32::try_from(fields.len() + 6).unwrap_or(i32::MAX));
+    out.put_u16(u16::try_from(count).unwrap_or(u16::MAX));
+    out.put_slice(fields);
+    out.freeze()
+}
+
+/// Value `column` of a `DataRow` (`None` for NULL).
+fn field(frame: &Frame, column: usize) -> Option<Option<&[u8]>> {
+    let body = frame.body();
+    let mut at = 2;
+    for i in 0..=column {
+        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        let value = if len < 0 {
+            None
+        } else {
+            let end = at + usize::try_from(len).ok()?;
+            let v = body.get(at..end)?;
+            at = end;
+            Some(v)
+        };
+        if i == column {
+            return Some(value);
+        }
+    }
+    None
+}
+
+fn first_field(body: &[u8]) -> Option<String> {
+    let len = usize::try_from(i32::from_be_bytes(body.get(2..6)?.try_into().ok()?)).ok()?;
+    String::from_utf8(body.get(6..6 + len)?.to_vec()).ok()
+}
+
+/// Orders two rows by the sort keys.
+fn compare_rows(
+    keys: &[(shardline_router::merge::SortKey, usize, Comparison)],
+    a: &Frame,
+    b: &Frame,
+) -> Result<Ordering, MergeFailure> {
+    for (key, column, comparison) in keys {
+        let (va, vb) = match (field(a, *column), field(b, *column)) {
+            (Some(va), Some(vb)) => (va, vb),
+            _ => {
+                return Err(MergeFailure::Query(ClientError::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "malformed DataRow from a shard",
+                )))
+            }
+        };
+        let ordering = compare_key(key, *comparison, va, vb)
+            .ok_or_else(|| unsupported("a sort value across shards could not be compared (only ISO dates, finite numbers and text in C collation are merged); restrict the query to one shard"))?;
+        if ordering != Ordering::Equal {
+            return Ok(ordering);
+        }
+    }
+    Ok(Ordering::Equal)
+}

@@ -1,0 +1,287 @@
+//! Merging ordered results from several shards: the `ORDER BY` keys as output columns, and the
+//! `LIMIT`/`OFFSET` to apply after the merge.
+//!
+//! Each shard sorts its own rows; the proxy merges the sorted streams. An ordering expression
+//! that is not an output column is added to the shard query as a hidden trailing column, which
+//! the proxy strips before the client sees the rows. `LIMIT n OFFSET m` becomes `LIMIT n+m` on
+//! each shard (any of them may hold the first rows) and is applied exactly after the merge.
+
+use sqlparser::ast::{
+    Expr, Ident, LimitClause, OrderByKind, OrderBySort, Query, SelectItem, SetExpr, Statement,
+    Value,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+/// Which column of a shard's row a sort key reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortColumn {
+    /// A column the client sees (0-based).
+    Output(usize),
+    /// The i-th hidden column appended for sorting.
+    Hidden(usize),
+}
+
+/// One sort key of the merged result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortKey {
+    pub column: SortColumn,
+    pub descending: bool,
+    pub nulls_first: bool,
+}
+
+/// How to merge a multi-shard ordered query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeSpec {
+    pub order: Vec<SortKey>,
+    /// Rows to return after skipping `offset`; `None` for all.
+    pub limit: Option<u64>,
+    pub offset: u64,
+    /// Trailing columns added for sorting, to strip from every row.
+    pub hidden: usize,
+}
+
+/// Name of the `i`-th hidden sort column.
+fn hidden_name(i: usize) -> String {
+    format!("shardline_sort_{i}")
+}
+
+/// A literal non-negative integer.
+fn literal_count(expr: &Expr) -> Option<u64> {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => n.parse().ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Whether `item` is the output column `name` refers to.
+fn names_column(item: &SelectItem, name: &str) -> bool {
+    match item {
+        SelectItem::ExprWithAlias { alias, .. } => alias.value.eq_ignore_ascii_case(name),
+        SelectItem::UnnamedExpr(Expr::Identifier(id)) => id.value.eq_ignore_ascii_case(name),
+        SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => parts
+            .last()
+            .is_some_and(|p| p.value.eq_ignore_ascii_case(name)),
+        _ => false,
+    }
+}
+
+/// The merge of `query` (its ORDER BY and LIMIT), and the query each shard should run: without
+/// OFFSET, with `LIMIT limit+offset` and hidden sort columns. `None` when the query has neither
+/// ORDER BY nor LIMIT, or has a shape the proxy cannot merge (then the router refuses it).
+pub(crate) fn merge_spec(query: &Query) -> Option<(MergeSpec, Query)> {
+    if query.order_by.is_none() && query.limit_clause.is_none() {
+        return None;
+    }
+    if query.fetch.is_some() || query.with.is_some() {
+        return None;
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let plain = select.distinct.is_none()
+        && select.having.is_none()
+        && select.named_window.is_empty()
+        && matches!(&select.group_by, sqlparser::ast::GroupByExpr::Expressions(e, _) if e.is_empty());
+    if !plain {
+        return None;
+    }
+    let (limit, offset) = match &query.limit_clause {
+        None => (None, 0),
+        Some(LimitClause::LimitOffset {
+            limit,
+            offset,
+            limit_by,
+        }) if limit_by.is_empty() => {
+            let limit = match limit {
+                None => None,
+                Some(e) => Some(literal_count(e)?),
+            };
+            let offset = match offset {
+                None => 0,
+                Some(o) => literal_count(&o.value)?,
+            };
+            (limit, offset)
+        }
+        Some(_) => return None,
+    };
+
+    let mut shard_query = query.clone();
+    let mut hidden = Vec::new();
+    let mut order = Vec::new();
+    if let Some(order_by) = &query.order_by {
+        let OrderByKind::Expressions(items) = &order_by.kind else {
+            return None;
+        };
+        let visible = select.projection.len();
+        let has_wildcard = select.projection.iter().any(|i| {
+            matches!(
+                i,
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+            )
+        });
+        for item in items {
+            let descending = match &item.options.sort {
+                None | Some(OrderBySort::Asc) => false,
+                Some(OrderBySort::Desc) => true,
+                Some(OrderBySort::Using(_)) => return None,
+            };
+            let nulls_first = item.options.nulls_first.unwrap_or(descending);
+            let ordinal = literal_count(&item.expr)
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| *n >= 1);
+            let column = match (ordinal, &item.expr) {
+                // With a wildcard the ordinal's column is unknown here; sort on a copy.
+                (Some(n), _) if !has_wildcard && n <= visible => SortColumn::Output(n - 1),
+                (Some(_), _) => return None,
+                (None, Expr::Identifier(id)) if !has_wildcard => {
+                    match select
+                        .projection
+                        .iter()
+                        .position(|p| names_column(p, &id.value))
+                    {
+                        Some(position) => SortColumn::Output(position),
+                        None => hidden_column(&mut hidden, &item.expr),
+                    }
+                }
+                (None, expr) => match select
+                    .projection
+                    .iter()
+                    .position(|p| matches!(p, SelectItem::UnnamedExpr(e) if e == expr))
+                {
+                    Some(position) if !has_wildcard => SortColumn::Output(position),
+                    _ => hidden_column(&mut hidden, expr),
+                },
+            };
+            order.push(SortKey {
+                column,
+                descending,
+                nulls_first,
+            });
+        }
+        if let SetExpr::Select(shard_select) = shard_query.body.as_mut() {
+            for (i, expr) in hidden.into_iter().enumerate() {
+                shard_select.projection.push(SelectItem::ExprWithAlias {
+                    expr,
+                    alias: Ident::new(hidden_name(i)),
+                });
+            }
+        }
+    }
+    shard_query.limit_clause = limit.map(|l| LimitClause::LimitOffset {
+        limit: Some(Expr::value(Value::Number((l + offset).to_string(), false))),
+        offset: None,
+        limit_by: Vec::new(),
+    });
+    let hidden = match &shard_query.body.as_ref() {
+        SetExpr::Select(s) => s.projection.len() - select.projection.len(),
+        _ => 0,
+    };
+    Some((
+        MergeSpec {
+            order,
+            limit,
+            offset,
+            hidden,
+        },
+        shard_query,
+    ))
+}
+
+fn hidden_column(hidden: &mut Vec<Expr>, expr: &Expr) -> SortColumn {
+    hidden.push(expr.clone());
+    SortColumn::Hidden(hidden.len() - 1)
+}
+
+impl MergeSpec {
+    /// The column a key reads in a shard row of `width` columns (hidden ones come last).
+    pub fn column_of(&self, key: &SortKey, width: usize) -> Option<usize> {
+        match key.column {
+            SortColumn::Output(n) => (n < width.saturating_sub(self.hidden)).then_some(n),
+            SortColumn::Hidden(i) => (width >= self.hidden).then(|| width - self.hidden + i),
+        }
+    }
+}
+
+/// The statement each shard runs for a merged query, or `None` when the client's text can be
+/// sent unchanged.
+pub fn shard_sql(sql: &str) -> Option<String> {
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    if statements.len() != 1 {
+        return None;
+    }
+    let Some(Statement::Query(query)) = statements.pop() else {
+        return None;
+    };
+    let (spec, shard_query) = merge_spec(&query)?;
+    let changed = spec.hidden > 0 || spec.offset > 0 || spec.limit.is_some();
+    changed.then(|| shard_query.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(sql: &str) -> Option<(MergeSpec, String)> {
+        let Ok(mut statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+            return None;
+        };
+        let Some(Statement::Query(query)) = statements.pop() else {
+            return None;
+        };
+        merge_spec(&query).map(|(s, q)| (s, q.to_string()))
+    }
+
+    #[test]
+    fn order_keys_map_to_output_columns() {
+        let (s, q) = spec("SELECT id, name FROM users ORDER BY name DESC, 1 LIMIT 10 OFFSET 5")
+            .unwrap_or_else(|| panic!());
+        assert_eq!(
+            s.order,
+            vec![
+                SortKey {
+                    column: SortColumn::Output(1),
+                    descending: true,
+                    nulls_first: true
+                },
+                SortKey {
+                    column: SortColumn::Output(0),
+                    descending: false,
+                    nulls_first: false
+                }
+            ]
+        );
+        assert_eq!((s.limit, s.offset, s.hidden), (Some(10), 5, 0));
+        assert!(q.ends_with("ORDER BY name DESC, 1 LIMIT 15"), "{q}");
+    }
+
+    #[test]
+    fn sort_expressions_outside_the_output_become_hidden_columns() {
+        let (s, q) = spec("SELECT * FROM users ORDER BY created_at NULLS FIRST, id")
+            .unwrap_or_else(|| panic!());
+        assert_eq!(s.hidden, 2);
+        assert!(
+            q.contains("created_at AS shardline_sort_0, id AS shardline_sort_1"),
+            "{q}"
+        );
+        assert_eq!(s.column_of(&s.order[0], 7), Some(5));
+        assert_eq!(s.column_of(&s.order[1], 7), Some(6));
+        assert!(s.order[0].nulls_first);
+    }
+
+    #[test]
+    fn unmergeable_shapes_are_left_alone() {
+        for sql in [
+            "SELECT DISTINCT id FROM users ORDER BY id",
+            "SELECT id, count(*) FROM users GROUP BY id ORDER BY id",
+            "SELECT id FROM users ORDER BY id LIMIT $1",
+            "SELECT id FROM users UNION ALL SELECT id FROM users ORDER BY 1",
+            "SELECT id FROM users",
+        ] {
+            assert_eq!(spec(sql), None, "{sql}");
+        }
+    }
+}
