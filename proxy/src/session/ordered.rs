@@ -242,15 +242,21 @@ async fn skip_cycles(conn: &mut Pooled, cycles: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The stream's next message; a lost connection names the shard.
+async fn read(stream: &mut Stream) -> Result<Frame, MergeFailure> {
+    let name = &stream.name;
+    stream
+        .conn
+        .read()
+        .await
+        .map_err(|e| MergeFailure::Query(lost(name, &e.to_string())))
+}
+
 /// The answer to `SHOW lc_collate` on the first shard.
 async fn read_collation(stream: &mut Stream) -> Result<String, MergeFailure> {
     let mut collation = String::new();
     loop {
-        let frame = stream
-            .conn
-            .read()
-            .await
-            .map_err(|e| MergeFailure::Query(lost(&stream.name, &e.to_string())))?;
+        let frame = read(stream).await?;
         match frame.tag() {
             tag::DATA_ROW => collation = first_field(frame.body()).unwrap_or_default(),
             tag::READY_FOR_QUERY => return Ok(collation),
@@ -266,11 +272,7 @@ async fn next_message(stream: &mut Stream) -> Result<Option<Frame>, MergeFailure
         return Ok(None);
     }
     loop {
-        let frame = stream
-            .conn
-            .read()
-            .await
-            .map_err(|e| MergeFailure::Query(lost(&stream.name, &e.to_string())))?;
+        let frame = read(stream).await?;
         match frame.tag() {
             tag::ROW_DESCRIPTION | tag::DATA_ROW => return Ok(Some(frame)),
             tag::COMMAND_COMPLETE | tag::EMPTY_QUERY => {
