@@ -4,6 +4,7 @@
 //! Every routing decision is a pure function of (config, statement text, parameters), so it can
 //! be unit-tested, fuzzed and asked for without running the statement.
 
+pub mod combine;
 pub mod config;
 pub mod copy;
 pub mod hash;

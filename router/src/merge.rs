@@ -47,13 +47,36 @@ fn hidden_name(i: usize) -> String {
 }
 
 /// A literal non-negative integer.
-fn literal_count(expr: &Expr) -> Option<u64> {
+pub(crate) fn literal_count(expr: &Expr) -> Option<u64> {
     match expr {
         Expr::Value(v) => match &v.value {
             Value::Number(n, _) => n.parse().ok(),
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// A query's literal `LIMIT` and `OFFSET` (`None` when either is not a literal number).
+pub(crate) fn limit_offset(query: &Query) -> Option<(Option<u64>, u64)> {
+    match &query.limit_clause {
+        None => Some((None, 0)),
+        Some(LimitClause::LimitOffset {
+            limit,
+            offset,
+            limit_by,
+        }) if limit_by.is_empty() => {
+            let limit = match limit {
+                None => None,
+                Some(e) => Some(literal_count(e)?),
+            };
+            let offset = match offset {
+                None => 0,
+                Some(o) => literal_count(&o.value)?,
+            };
+            Some((limit, offset))
+        }
+        Some(_) => None,
     }
 }
 
@@ -89,25 +112,7 @@ pub(crate) fn merge_spec(query: &Query) -> Option<(MergeSpec, Query)> {
     if !plain {
         return None;
     }
-    let (limit, offset) = match &query.limit_clause {
-        None => (None, 0),
-        Some(LimitClause::LimitOffset {
-            limit,
-            offset,
-            limit_by,
-        }) if limit_by.is_empty() => {
-            let limit = match limit {
-                None => None,
-                Some(e) => Some(literal_count(e)?),
-            };
-            let offset = match offset {
-                None => 0,
-                Some(o) => literal_count(&o.value)?,
-            };
-            (limit, offset)
-        }
-        Some(_) => return None,
-    };
+    let (limit, offset) = limit_offset(query)?;
 
     let mut shard_query = query.clone();
     let mut hidden = Vec::new();

@@ -118,9 +118,10 @@ fn queries() -> Vec<String> {
     queries
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn ordered_queries_match_one_postgres() -> anyhow::Result<()> {
-    let cluster = TestCluster::start("ordered", 4).await?;
+/// A 4-shard cluster and a plain database `oracle` on shard 0's server, loaded with the same
+/// rows (the cluster through the proxy).
+async fn loaded_cluster(label: &str) -> anyhow::Result<(TestCluster, Client, Client)> {
+    let cluster = TestCluster::start(label, 4).await?;
     let admin = connect(&cluster.pg.servers()[0].superuser_conninfo()).await?;
     admin
         .batch_execute("CREATE DATABASE oracle OWNER app")
@@ -137,6 +138,12 @@ async fn ordered_queries_match_one_postgres() -> anyhow::Result<()> {
         oracle.batch_execute(&statement).await?;
         proxy.batch_execute(&statement).await?;
     }
+    Ok((cluster, oracle, proxy))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ordered_queries_match_one_postgres() -> anyhow::Result<()> {
+    let (_cluster, oracle, proxy) = loaded_cluster("ordered").await?;
     let queries = queries();
     for q in &queries {
         let want = rows(&oracle, q).await?;
@@ -162,5 +169,46 @@ async fn ordered_queries_match_one_postgres() -> anyhow::Result<()> {
         err.and_then(|e| e.code().cloned()),
         Some(tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aggregates_match_one_postgres() -> anyhow::Result<()> {
+    let (_cluster, oracle, proxy) = loaded_cluster("aggregates").await?;
+    // (query, whether its order is defined; unordered results compare as multisets)
+    let queries: &[(&str, bool)] = &[
+        ("SELECT count(*) FROM users", true),
+        ("SELECT count(score), sum(score), min(score), max(score), sum(balance), min(balance), max(balance), min(name), max(name), min(created), max(created), min(id), max(id) FROM users", true),
+        ("SELECT count(*), sum(score), max(name) FROM users WHERE id < 0", true),
+        ("SELECT name, count(*), sum(score), min(balance) FROM users GROUP BY name ORDER BY name NULLS FIRST", true),
+        ("SELECT flag, count(*) FROM users GROUP BY flag ORDER BY 1", true),
+        ("SELECT score, count(*) AS n FROM users WHERE id > 100 GROUP BY score ORDER BY n DESC, score LIMIT 5", true),
+        ("SELECT name, max(balance) FROM users GROUP BY 1 ORDER BY 2 DESC NULLS LAST, 1 LIMIT 3 OFFSET 1", true),
+        ("SELECT score, sum(balance), count(name) FROM users GROUP BY score", false),
+        ("SELECT created::date AS day, count(*) FROM users GROUP BY 1 ORDER BY day DESC", true),
+        ("SELECT count(*) FROM (SELECT DISTINCT id FROM users) t", true),
+    ];
+    for (q, ordered) in queries {
+        let mut want = rows(&oracle, q).await?;
+        let mut got = rows(&proxy, q).await?;
+        if !ordered {
+            want.sort();
+            got.sort();
+        }
+        assert!(got == want, "{q}:\n got {got:?}\nwant {want:?}");
+    }
+    // Aggregates that cannot be combined exactly are refused, not approximated.
+    for q in [
+        "SELECT avg(score) FROM users",
+        "SELECT count(DISTINCT name) FROM users",
+        "SELECT sum(score::float8) FROM users",
+    ] {
+        let err = proxy.simple_query(q).await.err();
+        assert_eq!(
+            err.and_then(|e| e.code().cloned()),
+            Some(tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED),
+            "{q}"
+        );
+    }
     Ok(())
 }

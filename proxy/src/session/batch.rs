@@ -156,10 +156,13 @@ impl Session {
                     };
                     if !follows_session(&statement.plan.kind) {
                         match statement.plan.route(&loaded.config, &view.params()) {
-                            Ok(Route::Multi(_)) if statement.plan.merge.is_some() => {
+                            Ok(Route::Multi(_))
+                                if statement.plan.merge.is_some()
+                                    || statement.plan.aggregate.is_some() =>
+                            {
                                 return Ok(Err(ClientError::new(
                                     sqlstate::FEATURE_NOT_SUPPORTED,
-                                    "ORDER BY or LIMIT across several shards is merged in the simple query protocol only for now; restrict the statement to one shard key",
+                                    "ORDER BY, LIMIT and aggregates across several shards are merged in the simple query protocol only for now; restrict the statement to one shard key",
                                 )))
                             }
                             Ok(route) => segment.routes.push(route),

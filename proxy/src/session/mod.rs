@@ -11,12 +11,14 @@
 //! way PostgreSQL fails one on error. In transaction pooling mode a backend goes back to its
 //! pool whenever it reports `ReadyForQuery` idle.
 
+mod aggregate;
 mod attach;
 mod batch;
 mod copy_in;
 mod exchange;
 mod introspect;
 mod local;
+mod numeric;
 mod order;
 mod ordered;
 mod output;
@@ -301,9 +303,17 @@ impl Session {
                 .await
             }
             Route::Multi(shards) => {
+                if let Some(spec) = &plan.aggregate {
+                    // count/sum/min/max, grouped or not: the shards' groups are combined.
+                    return self
+                        .gather(&loaded, &shards, &sql, ordered::Gather::Combined(spec))
+                        .await;
+                }
                 if let Some(spec) = &plan.merge {
                     // ORDER BY / LIMIT: a streaming merge of the shards' sorted results.
-                    return self.merge_ordered(&loaded, &shards, &sql, spec).await;
+                    return self
+                        .gather(&loaded, &shards, &sql, ordered::Gather::Ordered(spec))
+                        .await;
                 }
                 if let Err(e) = self.check_scatter_allowed(&shards) {
                     return self.fail(e).await;

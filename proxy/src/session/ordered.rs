@@ -22,7 +22,7 @@ use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::Frame;
 
 /// One shard's sorted stream.
-struct Stream {
+pub(super) struct Stream {
     shard: ShardId,
     name: String,
     conn: Pooled,
@@ -32,8 +32,17 @@ struct Stream {
     exhausted: bool,
 }
 
+/// How the rows of a multi-shard read are put together.
+#[derive(Clone, Copy)]
+pub(super) enum Gather<'a> {
+    /// A streaming merge of sorted results.
+    Ordered(&'a MergeSpec),
+    /// Groups combined from partial aggregates.
+    Combined(&'a shardline_router::combine::AggregateSpec),
+}
+
 /// What went wrong while merging.
-enum MergeFailure {
+pub(super) enum MergeFailure {
     Client(std::io::Error),
     Query(ClientError),
 }
@@ -45,20 +54,41 @@ impl From<std::io::Error> for MergeFailure {
 }
 
 impl Session {
-    /// Runs a multi-shard `SELECT … ORDER BY … [LIMIT …]` and merges the sorted results.
-    pub(super) async fn merge_ordered(
+    /// Runs a multi-shard read whose rows the proxy must merge (`ORDER BY`/`LIMIT`) or combine
+    /// (aggregates) rather than concatenate.
+    pub(super) async fn gather(
         &mut self,
         loaded: &Loaded,
         shards: &[ShardId],
         sql: &str,
-        spec: &MergeSpec,
+        gather: Gather<'_>,
     ) -> Result<(), SessionEnd> {
         if let Err(e) = self.check_scatter_allowed(shards) {
             return self.fail(e).await;
         }
-        let text = shardline_router::merge::shard_sql(sql).unwrap_or_else(|| sql.to_owned());
+        let rewritten = match gather {
+            Gather::Ordered(_) => shardline_router::merge::shard_sql(sql),
+            Gather::Combined(_) => shardline_router::combine::shard_sql(sql),
+        };
+        let text = rewritten.unwrap_or_else(|| sql.to_owned());
+        let (mut streams, failure) = self.open_streams(loaded, shards, &text).await;
+        let result = match (failure, gather) {
+            (Some(error), _) => Err(MergeFailure::Query(error)),
+            (None, Gather::Ordered(spec)) => self.stream_merged(&mut streams, spec).await,
+            (None, Gather::Combined(spec)) => self.combine_streams(&mut streams, spec).await,
+        };
+        self.finish_streams(streams, result).await
+    }
+
+    /// Sends `text` to every shard in `shards` (the first also reports its collation) and
+    /// returns the streams opened, with the error that stopped opening more, if any.
+    pub(super) async fn open_streams(
+        &mut self,
+        loaded: &Loaded,
+        shards: &[ShardId],
+        text: &str,
+    ) -> (Vec<Stream>, Option<ClientError>) {
         let mut streams = Vec::with_capacity(shards.len());
-        let mut failure = None;
         for (i, &shard) in shards.iter().enumerate() {
             let name = loaded
                 .config
@@ -67,10 +97,7 @@ impl Session {
                 .map_or_else(String::new, |s| s.name.clone());
             let mut conn = match self.attach(loaded, shard).await {
                 Ok(conn) => conn,
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+                Err(e) => return (streams, Some(e)),
             };
             let (mut out, prelude) =
                 self.compose(&mut conn, true, |_| (Vec::new(), Default::default()));
@@ -78,7 +105,7 @@ impl Session {
             if i == 0 {
                 out.extend_from_slice(&local::query_message("SHOW lc_collate"));
             }
-            out.extend_from_slice(&local::query_message(&text));
+            out.extend_from_slice(&local::query_message(text));
             let skip = prelude.len();
             let sent = conn.send(&out).await;
             let mut stream = Stream {
@@ -94,16 +121,22 @@ impl Session {
             };
             if let Err(e) = ready {
                 stream.conn.broken = true;
-                failure = Some(lost(&stream.name, &e));
+                let error = lost(&stream.name, &e);
                 streams.push(stream);
-                break;
+                return (streams, Some(error));
             }
             streams.push(stream);
         }
-        let result = match failure {
-            Some(error) => Err(MergeFailure::Query(error)),
-            None => self.stream_merged(&mut streams, spec).await,
-        };
+        (streams, None)
+    }
+
+    /// Drains and releases the streams, then completes the statement (`SELECT n`) or reports
+    /// its error.
+    pub(super) async fn finish_streams(
+        &mut self,
+        mut streams: Vec<Stream>,
+        result: Result<u64, MergeFailure>,
+    ) -> Result<(), SessionEnd> {
         let drained = drain(&mut streams).await;
         self.release_streams(streams);
         match result {
@@ -134,24 +167,7 @@ impl Session {
         streams: &mut [Stream],
         spec: &MergeSpec,
     ) -> Result<u64, MergeFailure> {
-        let collation = match streams.first_mut() {
-            Some(first) => read_collation(first).await?,
-            None => return Ok(0),
-        };
-        let mut description = None;
-        for stream in streams.iter_mut() {
-            let frame = next_message(stream).await?;
-            match frame.as_ref().map(Frame::tag) {
-                Some(tag::ROW_DESCRIPTION) => description = description.or(frame),
-                _ => {
-                    return Err(MergeFailure::Query(ClientError::new(
-                        sqlstate::INTERNAL,
-                        "a shard did not describe the rows of an ordered query",
-                    )))
-                }
-            }
-        }
-        let Some(description) = description else {
+        let Some((collation, description)) = read_header(streams).await? else {
             return Ok(0);
         };
         let (types, visible) = describe(&description, spec.hidden).ok_or_else(|| {
@@ -226,8 +242,33 @@ impl Session {
     }
 }
 
-fn unsupported(message: &str) -> MergeFailure {
+pub(super) fn unsupported(message: &str) -> MergeFailure {
     MergeFailure::Query(ClientError::new(sqlstate::FEATURE_NOT_SUPPORTED, message))
+}
+
+/// The first shard's collation and the row description every shard sends first; `None` when
+/// there are no shards.
+pub(super) async fn read_header(
+    streams: &mut [Stream],
+) -> Result<Option<(String, Frame)>, MergeFailure> {
+    let collation = match streams.first_mut() {
+        Some(first) => read_collation(first).await?,
+        None => return Ok(None),
+    };
+    let mut description = None;
+    for stream in streams.iter_mut() {
+        match next_message(stream).await? {
+            Some(frame) if frame.tag() == tag::ROW_DESCRIPTION => {
+                description = description.or(Some(frame))
+            }
+            _ => {
+                return Err(unsupported(
+                    "a shard did not describe the rows of a merged query",
+                ))
+            }
+        }
+    }
+    Ok(description.map(|d| (collation, d)))
 }
 
 /// Reads and drops `cycles` answers ending in `ReadyForQuery` (the settings sync).
@@ -267,7 +308,7 @@ async fn read_collation(stream: &mut Stream) -> Result<String, MergeFailure> {
 
 /// The next message of a stream's query that matters: a description, a row, or `None` at the
 /// end of its rows. A shard error becomes the merge's error, naming the shard.
-async fn next_message(stream: &mut Stream) -> Result<Option<Frame>, MergeFailure> {
+pub(super) async fn next_message(stream: &mut Stream) -> Result<Option<Frame>, MergeFailure> {
     if stream.exhausted {
         return Ok(None);
     }
@@ -326,7 +367,7 @@ async fn drain(streams: &mut [Stream]) -> bool {
 }
 
 /// Column type OIDs of a `RowDescription`, and how many columns the client sees.
-fn describe(frame: &Frame, hidden: usize) -> Option<(Vec<u32>, usize)> {
+pub(super) fn describe(frame: &Frame, hidden: usize) -> Option<(Vec<u32>, usize)> {
     let body = frame.body();
     let count = usize::from(u16::from_be_bytes(body.get(..2)?.try_into().ok()?));
     let mut types = Vec::with_capacity(count);
@@ -380,7 +421,7 @@ fn strip_row(frame: &Frame, visible: usize, hidden: usize) -> Bytes {
     rebuild(tag::DATA_ROW, visible, body.get(2..at).unwrap_or_default())
 }
 
-fn rebuild(message: u8, count: usize, fields: &[u8]) -> Bytes {
+pub(super) fn rebuild(message: u8, count: usize, fields: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(fields.len() + 7);
     out.put_u8(message);
     out.put_i32(i32::try_from(fields.len() + 6).unwrap_or(i32::MAX));
@@ -390,7 +431,7 @@ fn rebuild(message: u8, count: usize, fields: &[u8]) -> Bytes {
 }
 
 /// Value `column` of a `DataRow` (`None` for NULL).
-fn field(frame: &Frame, column: usize) -> Option<Option<&[u8]>> {
+pub(super) fn field(frame: &Frame, column: usize) -> Option<Option<&[u8]>> {
     let body = frame.body();
     let mut at = 2;
     for i in 0..=column {

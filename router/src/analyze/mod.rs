@@ -106,13 +106,17 @@ pub(crate) fn analyze(config: &Config, sql: &str) -> Plan {
             target: Target::Anywhere("empty query: default shard".into()),
             parts: Vec::new(),
             merge: None,
+            aggregate: None,
         },
         1 => {
             let a = analyses.remove(0);
-            let merge = match statements.first() {
-                Some(Statement::Query(q)) if a.kind == StatementKind::Read => {
-                    crate::merge::merge_spec(q).map(|(spec, _)| spec)
-                }
+            let query = match statements.first() {
+                Some(Statement::Query(q)) if a.kind == StatementKind::Read => Some(q),
+                _ => None,
+            };
+            let aggregate = query.and_then(|q| crate::combine::aggregate_spec(q));
+            let merge = match (&aggregate, query) {
+                (None, Some(q)) => crate::merge::merge_spec(q).map(|(spec, _)| spec),
                 _ => None,
             };
             Plan {
@@ -120,6 +124,7 @@ pub(crate) fn analyze(config: &Config, sql: &str) -> Plan {
                 target: a.target,
                 parts: Vec::new(),
                 merge,
+                aggregate,
             }
         }
         _ => {
@@ -129,6 +134,7 @@ pub(crate) fn analyze(config: &Config, sql: &str) -> Plan {
                 target: Target::Compound(analyses.into_iter().map(|a| a.target).collect()),
                 parts,
                 merge: None,
+                aggregate: None,
             }
         }
     }

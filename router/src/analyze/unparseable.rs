@@ -32,6 +32,7 @@ pub(super) fn unparseable(
         ),
         parts: Vec::new(),
         merge: None,
+        aggregate: None,
     };
     match (word(0), word(1), word(2)) {
         ("PREPARE", "TRANSACTION", _) | ("COMMIT" | "ROLLBACK", "PREPARED", _) | ("MOVE", _, _) => {
@@ -59,6 +60,7 @@ pub(super) fn unparseable(
                 )),
                 parts: Vec::new(),
                 merge: None,
+        aggregate: None,
             };
         }
         _ => {}
@@ -131,5 +133,6 @@ pub(super) fn unparseable(
         target,
         parts: Vec::new(),
         merge: None,
+        aggregate: None,
     }
 }

@@ -167,6 +167,10 @@ pub(super) fn create_as(config: &Config, query: &Query, name: &ObjectName) -> An
 /// ORDER BY, LIMIT or aggregates across shards yet), so a query that orders, limits,
 /// aggregates or de-duplicates must stay on one shard rather than give a wrong answer.
 pub(super) fn concatenated_read(config: &Config, q: &Query) -> Analysis {
+    if crate::combine::aggregate_spec(q).is_some() {
+        // The proxy combines the shards' groups; routing depends on FROM and WHERE only.
+        return read_or_write_checked(config, &crate::combine::routing_query(q), true);
+    }
     if crate::merge::merge_spec(q).is_some() {
         // The proxy merges the shards' ordered streams and applies LIMIT/OFFSET itself, so
         // only the rest of the query must be shard-local.

@@ -45,6 +45,8 @@ pub struct Plan {
     pub(crate) parts: Vec<StatementKind>,
     /// For a read with ORDER BY or LIMIT: how the proxy merges it when it spans shards.
     pub merge: Option<crate::merge::MergeSpec>,
+    /// For a read with combinable aggregates: how the proxy combines the shards' groups.
+    pub aggregate: Option<crate::combine::AggregateSpec>,
 }
 
 /// Where a statement runs.

@@ -1,0 +1,205 @@
+//! Aggregates across shards: every shard returns its groups with partial `count`/`sum`/`min`/
+//! `max` values, and the proxy combines them per group — counts and sums added exactly, the
+//! extreme of the extremes kept — then orders and limits the combined rows. Memory is bounded by
+//! the number of groups, not by the rows the shards scanned.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use bytes::BufMut;
+use shardline_router::combine::{AggregateSpec, Combine};
+
+use super::numeric;
+use super::order::{compare_key, Comparison};
+use super::ordered::{
+    describe, field, next_message, read_header, rebuild, unsupported, MergeFailure, Stream,
+};
+use super::{ClientError, Session};
+use crate::protocol::backend::tag;
+
+/// One column's values, owned.
+type Values = Vec<Option<Vec<u8>>>;
+
+/// How each column is read and combined, from its type.
+struct Column {
+    combine: Combine,
+    comparison: Comparison,
+    /// `sum` over `numeric` (exact decimal addition) rather than over `bigint`.
+    numeric_sum: bool,
+}
+
+impl Session {
+    /// Reads every shard's groups, combines them, and sends the ordered, limited result.
+    pub(super) async fn combine_streams(
+        &mut self,
+        streams: &mut [Stream],
+        spec: &AggregateSpec,
+    ) -> Result<u64, MergeFailure> {
+        let Some((collation, description)) = read_header(streams).await? else {
+            return Ok(0);
+        };
+        let (types, _) = describe(&description, 0)
+            .ok_or_else(|| unsupported("malformed RowDescription from a shard"))?;
+        if types.len() != spec.columns.len() {
+            return Err(unsupported(
+                "the shards' rows do not match the aggregate query",
+            ));
+        }
+        let columns = spec
+            .columns
+            .iter()
+            .zip(&types)
+            .map(|(combine, oid)| column(*combine, *oid, &collation))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut groups: Vec<Values> = Vec::new();
+        let mut index: HashMap<Values, usize> = HashMap::new();
+        for stream in streams.iter_mut() {
+            while let Some(row) = next_message(stream).await? {
+                let values: Values = (0..columns.len())
+                    .map(|i| field(&row, i).map(|v| v.map(<[u8]>::to_vec)))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| unsupported("malformed DataRow from a shard"))?;
+                let key: Values = columns
+                    .iter()
+                    .zip(&values)
+                    .filter(|(c, _)| c.combine == Combine::Group)
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                match index.get(&key) {
+                    Some(&g) => {
+                        for (i, c) in columns.iter().enumerate() {
+                            groups[g][i] = combine(c, groups[g][i].take(), values[i].clone())?;
+                        }
+                    }
+                    None => {
+                        index.insert(key, groups.len());
+                        groups.push(values);
+                    }
+                }
+            }
+        }
+
+        let mut failure = None;
+        groups.sort_by(|a, b| {
+            for key in &spec.order {
+                let shardline_router::merge::SortColumn::Output(i) = key.column else {
+                    continue;
+                };
+                let Some(c) = columns.get(i) else { continue };
+                match compare_key(key, c.comparison, a[i].as_deref(), b[i].as_deref()) {
+                    Some(Ordering::Equal) => {}
+                    Some(o) => return o,
+                    None => failure = Some(()),
+                }
+            }
+            Ordering::Equal
+        });
+        if failure.is_some() {
+            return Err(unsupported("an aggregate result could not be ordered across shards; restrict the query to one shard"));
+        }
+        self.out.push(description.bytes()).await?;
+        let mut sent = 0u64;
+        let selected = groups
+            .iter()
+            .skip(usize::try_from(spec.offset).unwrap_or(usize::MAX))
+            .take(
+                spec.limit
+                    .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)),
+            );
+        for values in selected {
+            let mut fields = Vec::new();
+            for v in values {
+                match v {
+                    Some(bytes) => {
+                        fields.put_i32(i32::try_from(bytes.len()).unwrap_or(i32::MAX));
+                        fields.put_slice(bytes);
+                    }
+                    None => fields.put_i32(-1),
+                }
+            }
+            self.out
+                .push(&rebuild(tag::DATA_ROW, values.len(), &fields))
+                .await?;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+}
+
+/// How a column of type `oid` combines, or why it cannot.
+fn column(combine: Combine, oid: u32, collation: &str) -> Result<Column, MergeFailure> {
+    let c_collation = matches!(collation, "C" | "POSIX" | "C.UTF-8" | "C.utf8");
+    let typed = Comparison::for_type(oid);
+    let (comparison, numeric_sum) = match combine {
+        Combine::Count => (Comparison::Integer, false),
+        Combine::Sum => match oid {
+            20 | 21 | 23 => (Comparison::Integer, false),
+            1700 => (Comparison::Numeric, true),
+            _ => return Err(unsupported(&format!("sum() of type oid {oid} across shards is not combined exactly (floating point, intervals, money); restrict the query to one shard"))),
+        },
+        Combine::Min | Combine::Max => match typed {
+            Some((c, collated)) if !collated || c_collation => (c, false),
+            Some(_) => return Err(unsupported(&format!("min()/max() of text across shards needs the shards' collation to be C (it is {collation})"))),
+            None => return Err(unsupported(&format!("min()/max() of type oid {oid} across shards is not supported yet"))),
+        },
+        // Groups match by their text; types whose equal values can print differently (numeric
+        // scales, floats) would split a group.
+        Combine::Group => match typed {
+            Some((c, collated)) if !matches!(c, Comparison::Numeric | Comparison::Float) && (!collated || c_collation) => (c, false),
+            _ => return Err(unsupported(&format!("GROUP BY a column of type oid {oid} across shards is not supported yet; group by an integer, text (C collation), uuid, bool, date or timestamp column"))),
+        },
+    };
+    Ok(Column {
+        combine,
+        comparison,
+        numeric_sum,
+    })
+}
+
+/// One column's combined value from two partial values.
+fn combine(
+    column: &Column,
+    current: Option<Vec<u8>>,
+    next: Option<Vec<u8>>,
+) -> Result<Option<Vec<u8>>, MergeFailure> {
+    let (a, b) = match (current, next) {
+        (None, other) | (other, None) => return Ok(other),
+        (Some(a), Some(b)) => (a, b),
+    };
+    let text = |v: &[u8]| String::from_utf8(v.to_vec()).ok();
+    Ok(Some(match column.combine {
+        Combine::Group => a,
+        Combine::Count | Combine::Sum if !column.numeric_sum => {
+            let sum = text(&a)
+                .and_then(|x| x.parse::<i64>().ok())
+                .zip(text(&b).and_then(|y| y.parse::<i64>().ok()))
+                .and_then(|(x, y)| x.checked_add(y))
+                .ok_or_else(|| {
+                    MergeFailure::Query(ClientError::new("22003", "bigint out of range"))
+                })?;
+            sum.to_string().into_bytes()
+        }
+        Combine::Count | Combine::Sum => text(&a)
+            .zip(text(&b))
+            .and_then(|(x, y)| numeric::add(&x, &y))
+            .ok_or_else(|| unsupported("a numeric sum from a shard could not be read"))?
+            .into_bytes(),
+        Combine::Min | Combine::Max => {
+            let key = shardline_router::merge::SortKey {
+                column: shardline_router::merge::SortColumn::Output(0),
+                descending: column.combine == Combine::Max,
+                nulls_first: false,
+            };
+            match compare_key(&key, column.comparison, Some(&a), Some(&b)) {
+                Some(Ordering::Greater) => b,
+                Some(_) => a,
+                None => {
+                    return Err(unsupported(
+                        "a min()/max() value from a shard could not be compared",
+                    ))
+                }
+            }
+        }
+    }))
+}

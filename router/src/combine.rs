@@ -1,0 +1,239 @@
+//! Aggregates across shards: which output columns are `GROUP BY` keys and which are
+//! `count`/`sum`/`min`/`max` values the proxy combines from every shard's partial result, and
+//! the ordering and `LIMIT` to apply to the combined rows.
+//!
+//! Each shard runs the query without `ORDER BY`/`LIMIT` and returns one row per group; the proxy
+//! adds counts and sums and keeps the smallest/largest values per group. Shapes that cannot be
+//! combined this way (`avg`, `DISTINCT` aggregates, `HAVING`, group keys not in the output) are
+//! left to the router, which refuses them.
+
+use sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, OrderByKind, OrderBySort,
+    Query, SelectItem, SetExpr, Statement, Value,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::merge::{limit_offset, literal_count, SortColumn, SortKey};
+
+/// How one output column of a grouped query is combined across shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combine {
+    /// A `GROUP BY` key: rows with equal keys are one group.
+    Group,
+    Count,
+    Sum,
+    Min,
+    Max,
+}
+
+/// How to combine an aggregate query's per-shard results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregateSpec {
+    pub columns: Vec<Combine>,
+    /// Ordering of the combined rows, by output column.
+    pub order: Vec<SortKey>,
+    pub limit: Option<u64>,
+    pub offset: u64,
+}
+
+/// The aggregate a call is, if it can be combined.
+fn combinable(expr: &Expr) -> Option<Combine> {
+    let Expr::Function(f) = expr else { return None };
+    if f.filter.is_some() || f.over.is_some() || !f.within_group.is_empty() || f.name.0.len() != 1 {
+        return None;
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    if list.duplicate_treatment.is_some() || !list.clauses.is_empty() || list.args.len() != 1 {
+        return None;
+    }
+    let star = matches!(
+        list.args[0],
+        FunctionArg::Unnamed(FunctionArgExpr::Wildcard)
+    );
+    let name = f.name.0[0].as_ident()?.value.to_ascii_lowercase();
+    match (name.as_str(), star) {
+        ("count", _) => Some(Combine::Count),
+        ("sum", false) => Some(Combine::Sum),
+        ("min", false) => Some(Combine::Min),
+        ("max", false) => Some(Combine::Max),
+        _ => None,
+    }
+}
+
+/// The combination of `query`, or `None` when it does not aggregate or cannot be combined.
+pub(crate) fn aggregate_spec(query: &Query) -> Option<AggregateSpec> {
+    if query.with.is_some() || query.fetch.is_some() {
+        return None;
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    if select.distinct.is_some() || select.having.is_some() || !select.named_window.is_empty() {
+        return None;
+    }
+    let GroupByExpr::Expressions(group_by, modifiers) = &select.group_by else {
+        return None;
+    };
+    if !modifiers.is_empty() {
+        return None;
+    }
+    let outputs: Vec<(&Expr, Option<&str>)> = select
+        .projection
+        .iter()
+        .map(|item| match item {
+            SelectItem::UnnamedExpr(e) => Some((e, None)),
+            SelectItem::ExprWithAlias { expr, alias } => Some((expr, Some(alias.value.as_str()))),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    // Every GROUP BY key must be an output column (by ordinal or expression).
+    let mut keys = Vec::new();
+    for g in group_by {
+        let position = match literal_count(g) {
+            Some(n) => usize::try_from(n).ok().filter(|n| (1..=outputs.len()).contains(n))? - 1,
+            None => outputs.iter().position(|(e, alias)| *e == g || matches!(g, Expr::Identifier(id) if alias.is_some_and(|a| a.eq_ignore_ascii_case(&id.value))))?,
+        };
+        keys.push(position);
+    }
+    let mut columns = Vec::with_capacity(outputs.len());
+    for (i, (expr, _)) in outputs.iter().enumerate() {
+        columns.push(match combinable(expr) {
+            Some(c) => c,
+            None if keys.contains(&i) => Combine::Group,
+            None => return None,
+        });
+    }
+    if !columns.iter().any(|c| *c != Combine::Group) {
+        return None;
+    }
+
+    let mut order = Vec::new();
+    if let Some(order_by) = &query.order_by {
+        let OrderByKind::Expressions(items) = &order_by.kind else {
+            return None;
+        };
+        for item in items {
+            let descending = match &item.options.sort {
+                None | Some(OrderBySort::Asc) => false,
+                Some(OrderBySort::Desc) => true,
+                Some(OrderBySort::Using(_)) => return None,
+            };
+            let column = match literal_count(&item.expr) {
+                Some(n) => usize::try_from(n).ok().filter(|n| (1..=outputs.len()).contains(n))? - 1,
+                None => outputs.iter().position(|(e, alias)| {
+                    **e == item.expr || matches!(&item.expr, Expr::Identifier(id) if alias.is_some_and(|a| a.eq_ignore_ascii_case(&id.value)))
+                })?,
+            };
+            order.push(SortKey {
+                column: SortColumn::Output(column),
+                descending,
+                nulls_first: item.options.nulls_first.unwrap_or(descending),
+            });
+        }
+    }
+    let (limit, offset) = limit_offset(query)?;
+    Some(AggregateSpec {
+        columns,
+        order,
+        limit,
+        offset,
+    })
+}
+
+/// The query as the router should analyse it for routing: the same FROM and WHERE, without the
+/// aggregation the proxy takes over.
+pub(crate) fn routing_query(query: &Query) -> Query {
+    let mut q = query.clone();
+    q.order_by = None;
+    q.limit_clause = None;
+    if let SetExpr::Select(select) = q.body.as_mut() {
+        select.projection = vec![SelectItem::UnnamedExpr(Expr::value(Value::Number(
+            "1".into(),
+            false,
+        )))];
+        select.group_by = GroupByExpr::Expressions(Vec::new(), Vec::new());
+    }
+    q
+}
+
+/// The statement each shard runs for a combined aggregate: without ORDER BY and LIMIT (every
+/// group is needed before the combined rows can be ordered and cut).
+pub fn shard_sql(sql: &str) -> Option<String> {
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    if statements.len() != 1 {
+        return None;
+    }
+    let Some(Statement::Query(mut query)) = statements.pop() else {
+        return None;
+    };
+    aggregate_spec(&query)?;
+    if query.order_by.is_none() && query.limit_clause.is_none() {
+        return None;
+    }
+    query.order_by = None;
+    query.limit_clause = None;
+    Some(query.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(sql: &str) -> Option<AggregateSpec> {
+        let Ok(mut statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+            return None;
+        };
+        let Some(Statement::Query(query)) = statements.pop() else {
+            return None;
+        };
+        aggregate_spec(&query)
+    }
+
+    #[test]
+    fn recognises_combinable_aggregates() {
+        let s = spec("SELECT name, count(*), sum(score) AS total, min(id), max(name) FROM users GROUP BY name ORDER BY total DESC LIMIT 3");
+        let s = s.unwrap_or_else(|| panic!("not combinable"));
+        assert_eq!(
+            s.columns,
+            vec![
+                Combine::Group,
+                Combine::Count,
+                Combine::Sum,
+                Combine::Min,
+                Combine::Max
+            ]
+        );
+        assert_eq!(s.order[0].column, SortColumn::Output(2));
+        assert_eq!(s.limit, Some(3));
+        assert!(spec("SELECT count(*) FROM users").is_some());
+        assert!(spec("SELECT score, count(*) FROM users GROUP BY 1 ORDER BY 1").is_some());
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_combined() {
+        for sql in [
+            "SELECT avg(score) FROM users",
+            "SELECT count(DISTINCT name) FROM users",
+            "SELECT name, count(*) FROM users GROUP BY name HAVING count(*) > 1",
+            "SELECT count(*) FROM users GROUP BY name",
+            "SELECT name, score, count(*) FROM users GROUP BY name",
+            "SELECT id FROM users",
+            "SELECT sum(score) FILTER (WHERE score > 0) FROM users",
+        ] {
+            assert_eq!(spec(sql), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn shards_run_the_query_without_order_and_limit() {
+        assert_eq!(
+            shard_sql("SELECT name, count(*) FROM users GROUP BY name ORDER BY 2 DESC LIMIT 5")
+                .as_deref(),
+            Some("SELECT name, count(*) FROM users GROUP BY name")
+        );
+        assert_eq!(shard_sql("SELECT count(*) FROM users"), None);
+    }
+}
