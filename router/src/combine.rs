@@ -3,9 +3,10 @@
 //! the ordering and `LIMIT` to apply to the combined rows.
 //!
 //! Each shard runs the query without `ORDER BY`/`LIMIT` and returns one row per group; the proxy
-//! adds counts and sums and keeps the smallest/largest values per group. Shapes that cannot be
-//! combined this way (`avg`, `DISTINCT` aggregates, `HAVING`, group keys not in the output) are
-//! left to the router, which refuses them.
+//! adds counts and sums and keeps the smallest/largest values per group. `SELECT DISTINCT` is the
+//! same with every output column a key and no aggregate. Shapes that cannot be combined this way
+//! (`avg`, `DISTINCT` aggregates, `DISTINCT ON`, `HAVING`, group keys not in the output) are left
+//! to the router, which refuses them.
 
 use sqlparser::ast::{
     Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, OrderByKind, OrderBySort,
@@ -71,7 +72,13 @@ pub(crate) fn aggregate_spec(query: &Query) -> Option<AggregateSpec> {
     let SetExpr::Select(select) = query.body.as_ref() else {
         return None;
     };
-    if select.distinct.is_some() || select.having.is_some() || !select.named_window.is_empty() {
+    // `SELECT DISTINCT a, b` is a grouping by every output column with no aggregate.
+    let distinct = match &select.distinct {
+        None => false,
+        Some(sqlparser::ast::Distinct::Distinct) => true,
+        Some(_) => return None,
+    };
+    if select.having.is_some() || !select.named_window.is_empty() {
         return None;
     }
     let GroupByExpr::Expressions(group_by, modifiers) = &select.group_by else {
@@ -90,7 +97,14 @@ pub(crate) fn aggregate_spec(query: &Query) -> Option<AggregateSpec> {
         })
         .collect::<Option<_>>()?;
     // Every GROUP BY key must be an output column (by ordinal or expression).
-    let mut keys = Vec::new();
+    let mut keys: Vec<usize> = if distinct {
+        (0..outputs.len()).collect()
+    } else {
+        Vec::new()
+    };
+    if distinct && !group_by.is_empty() {
+        return None;
+    }
     for g in group_by {
         let position = match literal_count(g) {
             Some(n) => usize::try_from(n).ok().filter(|n| (1..=outputs.len()).contains(n))? - 1,
@@ -101,12 +115,13 @@ pub(crate) fn aggregate_spec(query: &Query) -> Option<AggregateSpec> {
     let mut columns = Vec::with_capacity(outputs.len());
     for (i, (expr, _)) in outputs.iter().enumerate() {
         columns.push(match combinable(expr) {
+            Some(_) if distinct => return None,
             Some(c) => c,
             None if keys.contains(&i) => Combine::Group,
             None => return None,
         });
     }
-    if !columns.iter().any(|c| *c != Combine::Group) {
+    if !distinct && !columns.iter().any(|c| *c != Combine::Group) {
         return None;
     }
 
@@ -155,6 +170,7 @@ pub(crate) fn routing_query(query: &Query) -> Query {
             false,
         )))];
         select.group_by = GroupByExpr::Expressions(Vec::new(), Vec::new());
+        select.distinct = None;
     }
     q
 }
@@ -214,7 +230,10 @@ mod tests {
 
     #[test]
     fn refuses_what_cannot_be_combined() {
+        assert!(spec("SELECT DISTINCT name, score FROM users ORDER BY 1 LIMIT 3").is_some());
         for sql in [
+            "SELECT DISTINCT ON (name) name, score FROM users",
+            "SELECT DISTINCT count(*) FROM users",
             "SELECT avg(score) FROM users",
             "SELECT count(DISTINCT name) FROM users",
             "SELECT name, count(*) FROM users GROUP BY name HAVING count(*) > 1",

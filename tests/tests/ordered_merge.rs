@@ -251,6 +251,9 @@ async fn aggregates_match_one_postgres() -> anyhow::Result<()> {
         ("SELECT score, sum(balance), count(name) FROM users GROUP BY score", false),
         ("SELECT created::date AS day, count(*) FROM users GROUP BY 1 ORDER BY day DESC", true),
         ("SELECT count(*) FROM (SELECT DISTINCT id FROM users) t", true),
+        ("SELECT DISTINCT name FROM users ORDER BY name NULLS FIRST", true),
+        ("SELECT DISTINCT flag, score FROM users", false),
+        ("SELECT DISTINCT score FROM users WHERE score > 0 ORDER BY 1 DESC LIMIT 4 OFFSET 2", true),
     ];
     for (q, ordered) in queries {
         let mut want = rows(&oracle, q).await?;
