@@ -26,12 +26,19 @@ pub enum Combine {
     Sum,
     Min,
     Max,
+    /// `avg(x)`: the shard returns `sum(x)` here and `count(x)` in hidden column `count`.
+    Avg {
+        count: usize,
+    },
 }
 
 /// How to combine an aggregate query's per-shard results.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AggregateSpec {
+    /// Every column the shards return: the client's, then hidden `count` columns of averages.
     pub columns: Vec<Combine>,
+    /// How many leading columns the client sees.
+    pub visible: usize,
     /// Ordering of the combined rows, by output column.
     pub order: Vec<SortKey>,
     pub limit: Option<u64>,
@@ -60,6 +67,8 @@ fn combinable(expr: &Expr) -> Option<Combine> {
         ("sum", false) => Some(Combine::Sum),
         ("min", false) => Some(Combine::Min),
         ("max", false) => Some(Combine::Max),
+        // The hidden count column's index is filled in by the caller.
+        ("avg", false) => Some(Combine::Avg { count: 0 }),
         _ => None,
     }
 }
@@ -113,14 +122,23 @@ pub(crate) fn aggregate_spec(query: &Query) -> Option<AggregateSpec> {
         keys.push(position);
     }
     let mut columns = Vec::with_capacity(outputs.len());
+    let mut averages = 0;
     for (i, (expr, _)) in outputs.iter().enumerate() {
         columns.push(match combinable(expr) {
             Some(_) if distinct => return None,
+            Some(Combine::Avg { .. }) => {
+                averages += 1;
+                Combine::Avg {
+                    count: outputs.len() + averages - 1,
+                }
+            }
             Some(c) => c,
             None if keys.contains(&i) => Combine::Group,
             None => return None,
         });
     }
+    let visible = columns.len();
+    columns.extend(std::iter::repeat_n(Combine::Count, averages));
     if !distinct && !columns.iter().any(|c| *c != Combine::Group) {
         return None;
     }
@@ -152,6 +170,7 @@ pub(crate) fn aggregate_spec(query: &Query) -> Option<AggregateSpec> {
     let (limit, offset) = limit_offset(query)?;
     Some(AggregateSpec {
         columns,
+        visible,
         order,
         limit,
         offset,
@@ -185,12 +204,42 @@ pub fn shard_sql(sql: &str) -> Option<String> {
     let Some(Statement::Query(mut query)) = statements.pop() else {
         return None;
     };
-    aggregate_spec(&query)?;
-    if query.order_by.is_none() && query.limit_clause.is_none() {
+    let spec = aggregate_spec(&query)?;
+    let averages = spec.columns.len() > spec.visible;
+    if query.order_by.is_none() && query.limit_clause.is_none() && !averages {
         return None;
     }
     query.order_by = None;
     query.limit_clause = None;
+    if let SetExpr::Select(select) = query.body.as_mut() {
+        let mut counts = Vec::new();
+        for item in &mut select.projection {
+            let (expr, alias) = match item {
+                SelectItem::UnnamedExpr(e) => (e, None),
+                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.clone())),
+                _ => continue,
+            };
+            let Expr::Function(f) = expr else { continue };
+            if combinable(&Expr::Function(f.clone())) != Some(Combine::Avg { count: 0 }) {
+                continue;
+            }
+            // avg(x) becomes sum(x), still named like the average; count(x) goes last.
+            let mut count = f.clone();
+            count.name =
+                sqlparser::ast::ObjectName::from(vec![sqlparser::ast::Ident::new("count")]);
+            counts.push(SelectItem::ExprWithAlias {
+                expr: Expr::Function(count),
+                alias: sqlparser::ast::Ident::new(format!("shardline_avg_count_{}", counts.len())),
+            });
+            f.name = sqlparser::ast::ObjectName::from(vec![sqlparser::ast::Ident::new("sum")]);
+            let alias = alias.unwrap_or_else(|| sqlparser::ast::Ident::new("avg"));
+            *item = SelectItem::ExprWithAlias {
+                expr: expr.clone(),
+                alias,
+            };
+        }
+        select.projection.extend(counts);
+    }
     Some(query.to_string())
 }
 
@@ -231,10 +280,21 @@ mod tests {
     #[test]
     fn refuses_what_cannot_be_combined() {
         assert!(spec("SELECT DISTINCT name, score FROM users ORDER BY 1 LIMIT 3").is_some());
+        let avg = spec("SELECT name, avg(score) FROM users GROUP BY name")
+            .unwrap_or_else(|| panic!("avg"));
+        assert_eq!(
+            avg.columns,
+            vec![Combine::Group, Combine::Avg { count: 2 }, Combine::Count]
+        );
+        assert_eq!(avg.visible, 2);
+        assert_eq!(
+            shard_sql("SELECT name, avg(score) AS a FROM users GROUP BY name ORDER BY a").as_deref(),
+            Some("SELECT name, sum(score) AS a, count(score) AS shardline_avg_count_0 FROM users GROUP BY name")
+        );
         for sql in [
             "SELECT DISTINCT ON (name) name, score FROM users",
             "SELECT DISTINCT count(*) FROM users",
-            "SELECT avg(score) FROM users",
+            "SELECT avg(DISTINCT score) FROM users",
             "SELECT count(DISTINCT name) FROM users",
             "SELECT name, count(*) FROM users GROUP BY name HAVING count(*) > 1",
             "SELECT count(*) FROM users GROUP BY name",

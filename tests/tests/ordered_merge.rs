@@ -252,6 +252,9 @@ async fn aggregates_match_one_postgres() -> anyhow::Result<()> {
         ("SELECT created::date AS day, count(*) FROM users GROUP BY 1 ORDER BY day DESC", true),
         ("SELECT count(*) FROM (SELECT DISTINCT id FROM users) t", true),
         ("SELECT DISTINCT name FROM users ORDER BY name NULLS FIRST", true),
+        ("SELECT avg(score), avg(balance), avg(id) FROM users", true),
+        ("SELECT avg(score) FROM users WHERE id < 0", true),
+        ("SELECT name, avg(balance), avg(score) AS s, count(*) FROM users GROUP BY name ORDER BY s DESC NULLS LAST, name NULLS FIRST", true),
         ("SELECT DISTINCT flag, score FROM users", false),
         ("SELECT DISTINCT score FROM users WHERE score > 0 ORDER BY 1 DESC LIMIT 4 OFFSET 2", true),
     ];
@@ -266,7 +269,7 @@ async fn aggregates_match_one_postgres() -> anyhow::Result<()> {
     }
     // Aggregates that cannot be combined exactly are refused, not approximated.
     for q in [
-        "SELECT avg(score) FROM users",
+        "SELECT avg(score::float8) FROM users",
         "SELECT count(DISTINCT name) FROM users",
         "SELECT sum(score::float8) FROM users",
     ] {

@@ -80,6 +80,7 @@ impl Session {
             }
         }
 
+        finish_averages(&mut groups, spec)?;
         let mut failure = None;
         groups.sort_by(|a, b| {
             for key in &spec.order {
@@ -98,7 +99,9 @@ impl Session {
         if failure.is_some() {
             return Err(unsupported("an aggregate result could not be ordered across shards; restrict the query to one shard"));
         }
-        self.out.push(description.bytes()).await?;
+        self.out
+            .push(&visible_description(&description, spec))
+            .await?;
         let mut sent = 0u64;
         let selected = groups
             .iter()
@@ -127,12 +130,80 @@ impl Session {
     }
 }
 
+/// Replaces each average's combined sum by `sum / count` (as PostgreSQL prints `avg`), and drops
+/// the hidden count columns.
+fn finish_averages(groups: &mut [Values], spec: &AggregateSpec) -> Result<(), MergeFailure> {
+    for values in groups.iter_mut() {
+        for (i, combine) in spec.columns.iter().enumerate().take(spec.visible) {
+            let Combine::Avg { count } = combine else {
+                continue;
+            };
+            let count: u64 = values
+                .get(*count)
+                .and_then(|c| c.as_deref())
+                .and_then(|c| std::str::from_utf8(c).ok())
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let sum = values[i]
+                .as_deref()
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .map(str::to_owned);
+            values[i] = match sum {
+                Some(sum) if count > 0 => Some(
+                    numeric::average(&sum, count)
+                        .ok_or_else(|| unsupported("an average from a shard could not be read"))?
+                        .into_bytes(),
+                ),
+                _ => None,
+            };
+        }
+        values.truncate(spec.visible);
+    }
+    Ok(())
+}
+
+/// The shards' row description as the client should see it: hidden columns dropped, averages
+/// typed `numeric`.
+fn visible_description(frame: &crate::protocol::Frame, spec: &AggregateSpec) -> bytes::Bytes {
+    let body = frame.body();
+    let mut fields = Vec::new();
+    let mut at = 2;
+    for combine in spec.columns.iter().take(spec.visible) {
+        let Some(end) = body
+            .get(at..)
+            .and_then(|rest| rest.iter().position(|b| *b == 0))
+        else {
+            return frame.bytes().clone();
+        };
+        let Some(field) = body.get(at..at + end + 19) else {
+            return frame.bytes().clone();
+        };
+        let mut field = field.to_vec();
+        if matches!(combine, Combine::Avg { .. }) {
+            // type oid numeric, size -1 (variable), no type modifier
+            let fixed = end + 1;
+            field[fixed + 6..fixed + 10].copy_from_slice(&1700u32.to_be_bytes());
+            field[fixed + 10..fixed + 12].copy_from_slice(&(-1i16).to_be_bytes());
+            field[fixed + 12..fixed + 16].copy_from_slice(&(-1i32).to_be_bytes());
+        }
+        fields.extend_from_slice(&field);
+        at += end + 19;
+    }
+    rebuild(tag::ROW_DESCRIPTION, spec.visible, &fields)
+}
+
 /// How a column of type `oid` combines, or why it cannot.
 fn column(combine: Combine, oid: u32, collation: &str) -> Result<Column, MergeFailure> {
     let c_collation = matches!(collation, "C" | "POSIX" | "C.UTF-8" | "C.utf8");
     let typed = Comparison::for_type(oid);
     let (comparison, numeric_sum) = match combine {
         Combine::Count => (Comparison::Integer, false),
+        // An average is ordered by its final numeric value; its sum adds like `sum`.
+        Combine::Avg { .. } => match oid {
+            20 | 21 | 23 => (Comparison::Numeric, false),
+            1700 => (Comparison::Numeric, true),
+            _ => return Err(unsupported(&format!("avg() of type oid {oid} across shards is not combined exactly (floating point, intervals); restrict the query to one shard"))),
+        },
         Combine::Sum => match oid {
             20 | 21 | 23 => (Comparison::Integer, false),
             1700 => (Comparison::Numeric, true),
@@ -170,7 +241,7 @@ fn combine(
     let text = |v: &[u8]| String::from_utf8(v.to_vec()).ok();
     Ok(Some(match column.combine {
         Combine::Group => a,
-        Combine::Count | Combine::Sum if !column.numeric_sum => {
+        Combine::Count | Combine::Sum | Combine::Avg { .. } if !column.numeric_sum => {
             let sum = text(&a)
                 .and_then(|x| x.parse::<i64>().ok())
                 .zip(text(&b).and_then(|y| y.parse::<i64>().ok()))
@@ -180,7 +251,7 @@ fn combine(
                 })?;
             sum.to_string().into_bytes()
         }
-        Combine::Count | Combine::Sum => text(&a)
+        Combine::Count | Combine::Sum | Combine::Avg { .. } => text(&a)
             .zip(text(&b))
             .and_then(|(x, y)| numeric::add(&x, &y))
             .ok_or_else(|| unsupported("a numeric sum from a shard could not be read"))?

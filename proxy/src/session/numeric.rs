@@ -1,6 +1,7 @@
-//! Exact addition of PostgreSQL `numeric` values in text form, for combining `sum()` across
-//! shards: no floating point, the result scale is the larger input scale, as PostgreSQL's own
-//! numeric addition gives.
+//! Exact arithmetic on PostgreSQL `numeric` values in text form, for combining aggregates across
+//! shards without floating point: addition (`sum`), whose scale is the larger input scale, and
+//! the division of `avg`, whose scale and rounding follow PostgreSQL's `select_div_scale` and
+//! `div_var` (at least 16 significant digits, half away from zero).
 
 /// `a + b` for numeric text (`-12.50`, `NaN`, `Infinity`); `None` if either is not numeric.
 pub fn add(a: &str, b: &str) -> Option<String> {
@@ -116,6 +117,85 @@ fn format_decimal(negative: bool, digits: &[u8], scale: usize) -> String {
     s
 }
 
+/// `sum / count` as PostgreSQL's `avg` prints it; `None` for a non-numeric sum.
+pub fn average(sum: &str, count: u64) -> Option<String> {
+    if count == 0 {
+        return None;
+    }
+    if matches!(sum, "NaN" | "Infinity" | "-Infinity") {
+        return Some(sum.to_owned());
+    }
+    let (negative, int, frac) = parts(sum)?;
+    let count_digits = count.to_string();
+    let (weight1, first1) = weight_and_first(int, frac);
+    let (weight2, first2) = weight_and_first(&count_digits, "");
+    let mut qweight = weight1 - weight2;
+    if first1 <= first2 {
+        qweight -= 1;
+    }
+    let rscale = (16 - qweight * 4).max(frac.len() as i64).clamp(0, 1000) as usize;
+    // (int.frac * 10^rscale) / count, with the numerator as decimal digits.
+    let mut numerator: Vec<u8> = int.bytes().chain(frac.bytes()).map(|c| c - b'0').collect();
+    numerator.extend(std::iter::repeat_n(0, rscale - frac.len()));
+    let mut quotient = Vec::with_capacity(numerator.len());
+    let mut remainder: u128 = 0;
+    for d in numerator {
+        remainder = remainder * 10 + u128::from(d);
+        quotient.push((remainder / u128::from(count)) as u8);
+        remainder %= u128::from(count);
+    }
+    if remainder * 2 >= u128::from(count) {
+        // Round half away from zero: add one unit in the last place.
+        let mut i = quotient.len();
+        loop {
+            if i == 0 {
+                quotient.insert(0, 1);
+                break;
+            }
+            i -= 1;
+            if quotient[i] == 9 {
+                quotient[i] = 0;
+            } else {
+                quotient[i] += 1;
+                break;
+            }
+        }
+    }
+    if quotient.len() < rscale + 1 {
+        let pad = rscale + 1 - quotient.len();
+        quotient.splice(0..0, std::iter::repeat_n(0, pad));
+    }
+    Some(format_decimal(negative, &quotient, rscale))
+}
+
+/// PostgreSQL's numeric weight (base-10000 digit position) and first non-zero base-10000 digit
+/// of a magnitude; `(0, 0)` for zero.
+fn weight_and_first(int: &str, frac: &str) -> (i64, u32) {
+    let int = int.trim_start_matches('0');
+    if !int.is_empty() {
+        let head = match int.len() % 4 {
+            0 => 4,
+            n => n,
+        };
+        let groups = int.len().div_ceil(4) as i64;
+        return (groups - 1, int[..head].parse().unwrap_or(0));
+    }
+    let mut padded = frac.to_owned();
+    while !padded.len().is_multiple_of(4) {
+        padded.push('0');
+    }
+    for (j, group) in padded.as_bytes().chunks(4).enumerate() {
+        let value: u32 = std::str::from_utf8(group)
+            .ok()
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0);
+        if value != 0 {
+            return (-(j as i64) - 1, value);
+        }
+    }
+    (0, 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +221,31 @@ mod tests {
             assert_eq!(add(a, b).as_deref(), Some(want), "{a} + {b}");
         }
         assert_eq!(add("1x", "1"), None);
+    }
+
+    #[test]
+    fn averages_like_postgres() {
+        // Values printed by PostgreSQL 15.18 for avg() / numeric division of the same inputs.
+        let cases = [
+            ("3", 2, "1.5000000000000000"),
+            ("30", 2, "15.0000000000000000"),
+            ("10", 3, "3.3333333333333333"),
+            ("20", 3, "6.6666666666666667"),
+            ("-20", 3, "-6.6666666666666667"),
+            ("0", 5, "0.00000000000000000000"),
+            ("12345678", 7, "1763668.285714285714"),
+            ("0.001", 3, "0.00033333333333333333"),
+            ("123456789012", 7, "17636684144.57142857"),
+            ("5", 123456, "0.000040500259201658890617"),
+            ("1.50", 4, "0.37500000000000000000"),
+            ("100000", 1, "100000.000000000000"),
+        ];
+        for (sum, count, want) in cases {
+            assert_eq!(
+                average(sum, count).as_deref(),
+                Some(want),
+                "{sum} / {count}"
+            );
+        }
     }
 }
