@@ -97,6 +97,9 @@ pub struct Backend {
     pub created: Instant,
     /// Set when the connection can no longer be trusted; the pool drops it.
     pub broken: bool,
+    /// The last thing the server said was `ReadyForQuery` idle: nothing is in flight and no
+    /// transaction is open. Only such a connection may serve another client.
+    pub idle: bool,
 }
 
 impl Backend {
@@ -132,6 +135,7 @@ impl Backend {
             prepared: HashSet::new(),
             created: Instant::now(),
             broken: false,
+            idle: false,
         };
         match tokio::time::timeout(timeout, backend.startup(target)).await {
             Err(_) => Err(BackendError::Timeout(addr_text)),
@@ -231,14 +235,17 @@ impl Backend {
     /// Reads the next message from the shard.
     pub async fn read(&mut self) -> Result<Frame, BackendError> {
         let frame = self.reader.read().await;
-        if frame.is_err() {
-            self.broken = true;
+        match &frame {
+            Ok(f) if f.tag() == tag::READY_FOR_QUERY => self.idle = f.body().first() == Some(&b'I'),
+            Ok(_) => {}
+            Err(_) => self.broken = true,
         }
         Ok(frame?)
     }
 
     /// Writes bytes (one or many messages) to the shard.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        self.idle = false;
         let written = self.writer.write_all(bytes).await;
         if written.is_err() {
             self.broken = true;

@@ -66,6 +66,13 @@ impl managed::Manager for Manager {
         if conn.broken || conn.closed_while_idle() {
             return Err(RecycleError::message("connection is broken"));
         }
+        if !conn.idle {
+            // Returned mid-statement or inside a transaction (a client cut off by a shutdown,
+            // a task that ended early): never hand that state to another client.
+            return Err(RecycleError::message(
+                "connection was not idle when returned",
+            ));
+        }
         if conn.created.elapsed() > self.settings.max_lifetime {
             return Err(RecycleError::message("connection reached max_lifetime"));
         }
