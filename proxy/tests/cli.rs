@@ -36,7 +36,12 @@ fn check_explains_a_valid_file_and_names_the_line_of_a_bad_one() -> std::io::Res
 
 #[test]
 fn demo_serves_psql_and_stops_on_ctrl_c() -> std::io::Result<()> {
-    let port = free_port();
+    // The demo uses port, port+1.. for the shards and port+1000 for metrics: all must be free.
+    let bindable = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let port = (0..50)
+        .map(|_| free_port())
+        .find(|p| *p < 60_000 && [1, 2, 1000].iter().all(|d| bindable(p + d)))
+        .unwrap_or_else(free_port);
     let dir = std::env::temp_dir().join(format!("shardline-demo-test-{}", std::process::id()));
     let mut demo = shardline()
         .args([
@@ -49,7 +54,9 @@ fn demo_serves_psql_and_stops_on_ctrl_c() -> std::io::Result<()> {
         ])
         .arg(&dir)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(
+            std::env::temp_dir().join(format!("shardline-demo-test-{}.log", std::process::id())),
+        )?))
         .spawn()?;
     let stdout = demo
         .stdout
@@ -67,7 +74,11 @@ fn demo_serves_psql_and_stops_on_ctrl_c() -> std::io::Result<()> {
             break;
         }
     }
-    assert!(ready, "demo did not report ready");
+    let log = std::fs::read_to_string(
+        std::env::temp_dir().join(format!("shardline-demo-test-{}.log", std::process::id())),
+    )
+    .unwrap_or_default();
+    assert!(ready, "demo did not report ready:\n{log}");
 
     let psql = Command::new("psql")
         .env("PGPASSWORD", "app")
