@@ -14,23 +14,14 @@ DIR=$(mktemp -d /tmp/shardline-bench.XXXXXX)
 chmod 755 "$DIR"
 export PGPASSWORD=app
 
-cargo build --release --quiet --bin shardline
-BIN=${CARGO_TARGET_DIR:-target}/release/shardline
-
-"$BIN" demo --shards 4 --port "$PORT" --dir "$DIR" >"$DIR/demo.log" 2>&1 &
-DEMO=$!
+# shellcheck source=bench/demo.sh
+. bench/demo.sh
 PGB_PID=
 cleanup() {
   [ -n "$PGB_PID" ] && kill "$(cat "$DIR/pgbouncer.pid" 2>/dev/null)" 2>/dev/null
-  kill -INT "$DEMO" 2>/dev/null || true; wait "$DEMO" 2>/dev/null || true; rm -rf "$DIR"
+  stop_demo
 }
 trap cleanup EXIT
-for _ in $(seq 1 120); do
-  grep -q "shardline is ready" "$DIR/demo.log" 2>/dev/null && break
-  sleep 0.5
-done
-grep -q "shardline is ready" "$DIR/demo.log" || { cat "$DIR/demo.log"; exit 1; }
-PROXY_PID=$(pgrep -f "$BIN demo --shards 4 --port $PORT" | head -1)
 SHARD0=$((PORT + 1))
 
 # Select-only load on `users`, hash-sharded by id in the demo config. Every shard gets the

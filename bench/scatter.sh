@@ -14,13 +14,9 @@ DIR=$(mktemp -d /tmp/shardline-scatter.XXXXXX)
 chmod 755 "$DIR"
 export PGPASSWORD=app
 
-cargo build --release --quiet --bin shardline
-BIN=${CARGO_TARGET_DIR:-target}/release/shardline
-"$BIN" demo --shards 4 --port "$PORT" --dir "$DIR" >"$DIR/demo.log" 2>&1 &
-DEMO=$!
-trap 'kill -INT "$DEMO" 2>/dev/null || true; wait "$DEMO" 2>/dev/null || true; rm -rf "$DIR"' EXIT
-for _ in $(seq 1 120); do grep -q "shardline is ready" "$DIR/demo.log" 2>/dev/null && break; sleep 0.5; done
-PROXY_PID=$(pgrep -f "$BIN demo --shards 4 --port $PORT" | head -1)
+# shellcheck source=bench/demo.sh
+. bench/demo.sh
+trap stop_demo EXIT
 
 # `users` is hash-sharded in the demo config; each shard is loaded directly with its own
 # interleaved ids (placement does not matter for reads without a key).

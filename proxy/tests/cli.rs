@@ -11,6 +11,28 @@ fn shardline() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shardline"))
 }
 
+/// Runs psql as app/app against 127.0.0.1:`port`, one `-c` per command.
+fn psql(port: u16, commands: &[&str]) -> std::io::Result<std::process::Output> {
+    let mut cmd = Command::new("psql");
+    cmd.env("PGPASSWORD", "app")
+        .args([
+            "-X",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "app",
+            "-d",
+            "app",
+            "-p",
+        ])
+        .arg(port.to_string());
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    cmd.output()
+}
+
 #[test]
 fn check_explains_a_valid_file_and_names_the_line_of_a_bad_one() -> std::io::Result<()> {
     let repo_config = concat!(env!("CARGO_MANIFEST_DIR"), "/../shards.yaml");
@@ -80,32 +102,19 @@ fn demo_serves_psql_and_stops_on_ctrl_c() -> std::io::Result<()> {
     .unwrap_or_default();
     assert!(ready, "demo did not report ready:\n{log}");
 
-    let psql = Command::new("psql")
-        .env("PGPASSWORD", "app")
-        .args([
-            "-X",
-            "-At",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "app",
-            "-d",
-            "app",
-            "-p",
-            &port.to_string(),
-        ])
-        .args([
-            "-c",
+    let session = psql(
+        port,
+        &[
             "CREATE TABLE users (id bigint PRIMARY KEY, name text)",
-        ])
-        .args(["-c", "INSERT INTO users (id, name) VALUES (42, 'demo')"])
-        .args(["-c", "SELECT name FROM users WHERE id = 42"])
-        .output()?;
-    let out = String::from_utf8_lossy(&psql.stdout);
+            "INSERT INTO users (id, name) VALUES (42, 'demo')",
+            "SELECT name FROM users WHERE id = 42",
+        ],
+    )?;
+    let out = String::from_utf8_lossy(&session.stdout);
     assert!(
-        psql.status.success(),
+        session.status.success(),
         "{}",
-        String::from_utf8_lossy(&psql.stderr)
+        String::from_utf8_lossy(&session.stderr)
     );
     assert!(out.lines().any(|l| l == "demo"), "{out}");
     assert!(
@@ -118,23 +127,7 @@ fn demo_serves_psql_and_stops_on_ctrl_c() -> std::io::Result<()> {
     Command::new("kill").args(["-INT", &pid]).status()?;
     let status = demo.wait()?;
     assert!(status.success(), "demo exited with {status}");
-    let still_up = Command::new("psql")
-        .env("PGPASSWORD", "app")
-        .args([
-            "-X",
-            "-At",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "app",
-            "-d",
-            "app",
-            "-c",
-            "SELECT 1",
-            "-p",
-            &(port + 1).to_string(),
-        ])
-        .output()?;
+    let still_up = psql(port + 1, &["SELECT 1"])?;
     assert!(
         !still_up.status.success(),
         "shard 0 still running after the demo stopped"

@@ -136,6 +136,27 @@ impl TestCluster {
         Ok(self.rule(table)?.shard_for(&KeyValue::Int(key))?)
     }
 
+    /// Runs psql as app/app through the proxy (stopping at the first error) with extra
+    /// arguments; returns (success, stdout, stderr).
+    pub fn psql(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+        run(std::process::Command::new("psql")
+            .env("PGPASSWORD", "app")
+            .args([
+                "-X",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "app",
+                "-d",
+                "app",
+                "-p",
+            ])
+            .arg(self.port().to_string())
+            .args(args))
+    }
+
     /// Number of shards.
     pub fn shard_count(&self) -> usize {
         self.pg.servers().len()

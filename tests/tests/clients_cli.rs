@@ -6,25 +6,6 @@ use std::process::Command;
 use shardline_router::KeyValue;
 use shardline_tests::{run, TestCluster};
 
-fn psql(cluster: &TestCluster, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
-    run(Command::new("psql")
-        .env("PGPASSWORD", "app")
-        .args([
-            "-X",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "app",
-            "-d",
-            "app",
-            "-p",
-        ])
-        .arg(cluster.port().to_string())
-        .args(args))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn psql_script_runs_through_the_proxy() -> anyhow::Result<()> {
     let cluster = TestCluster::start("psql", 3).await?;
@@ -41,12 +22,12 @@ async fn psql_script_runs_through_the_proxy() -> anyhow::Result<()> {
         SELECT current_database(), current_user;
     ";
     // The multi-row INSERT may span shards: it is split and committed atomically.
-    let (ok, out, err) = psql(&cluster, &["-At", "-c", "SELECT 1"])?;
+    let (ok, out, err) = cluster.psql(&["-At", "-c", "SELECT 1"])?;
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "1");
     let path = std::env::temp_dir().join(format!("shardline-psql-{}.sql", std::process::id()));
     std::fs::write(&path, script)?;
-    let (ok, out, err) = psql(&cluster, &["-At", "-f", &path.to_string_lossy()])?;
+    let (ok, out, err) = cluster.psql(&["-At", "-f", &path.to_string_lossy()])?;
     let _ = std::fs::remove_file(&path);
     assert!(ok, "psql failed: {err}\n{out}");
     let lines: Vec<&str> = out.lines().collect();
@@ -56,10 +37,7 @@ async fn psql_script_runs_through_the_proxy() -> anyhow::Result<()> {
     assert!(lines.contains(&"UPDATE 3"), "{out}");
     assert!(lines.contains(&"app|app"), "{out}");
     // Cross-shard aggregates are not merged yet: refused, never a wrong answer.
-    let (ok, _, err) = psql(
-        &cluster,
-        &["-At", "-c", "SELECT count(DISTINCT name) FROM users"],
-    )?;
+    let (ok, _, err) = cluster.psql(&["-At", "-c", "SELECT count(DISTINCT name) FROM users"])?;
     assert!(!ok && err.contains("cannot merge yet"), "{err}");
     Ok(())
 }

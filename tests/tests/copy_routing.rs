@@ -2,30 +2,8 @@
 //! owns its key (checked on each shard directly), in text and CSV, with or without a column
 //! list; a row that cannot be placed fails the whole COPY and no shard keeps any row.
 
-use std::process::Command;
-
 use shardline_router::KeyValue;
-use shardline_tests::{run, TestCluster};
-
-fn psql(cluster: &TestCluster, command: &str) -> anyhow::Result<(bool, String, String)> {
-    run(Command::new("psql")
-        .env("PGPASSWORD", "app")
-        .args([
-            "-X",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "app",
-            "-d",
-            "app",
-            "-p",
-        ])
-        .arg(cluster.port().to_string())
-        .args(["-c", command]))
-}
+use shardline_tests::TestCluster;
 
 /// Rows of `table` per shard, read from each shard directly, with the router's placement checked.
 async fn placed_rows(
@@ -79,10 +57,11 @@ async fn copy_rows_go_to_their_shards() -> anyhow::Result<()> {
     }
     let file = dir.join("users.txt");
     std::fs::write(&file, &text)?;
-    let (ok, out, err) = psql(
-        &cluster,
+    let (ok, out, err) = cluster.psql(&[
+        "-At",
+        "-c",
         &format!("\\copy users (name, id) from '{}'", file.display()),
-    )?;
+    ])?;
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "COPY 3000");
     assert_eq!(placed_rows(&cluster, "users", "id", false).await?, 3000);
@@ -100,7 +79,11 @@ async fn copy_rows_go_to_their_shards() -> anyhow::Result<()> {
             .map(|i| format!("{i}\tn{i}\n"))
             .collect::<String>(),
     )?;
-    let (ok, out, err) = psql(&cluster, &format!("\\copy users from '{}'", file.display()))?;
+    let (ok, out, err) = cluster.psql(&[
+        "-At",
+        "-c",
+        &format!("\\copy users from '{}'", file.display()),
+    ])?;
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "COPY 500");
     assert_eq!(placed_rows(&cluster, "users", "id", false).await?, 3500);
@@ -114,13 +97,14 @@ async fn copy_rows_go_to_their_shards() -> anyhow::Result<()> {
     }
     let file = dir.join("accounts.csv");
     std::fs::write(&file, &csv)?;
-    let (ok, out, err) = psql(
-        &cluster,
+    let (ok, out, err) = cluster.psql(&[
+        "-At",
+        "-c",
         &format!(
             "\\copy accounts from '{}' with (format csv, header true)",
             file.display()
         ),
-    )?;
+    ])?;
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "COPY 1000");
     assert_eq!(
@@ -139,19 +123,21 @@ async fn copy_rows_go_to_their_shards() -> anyhow::Result<()> {
     // A NULL key: the whole COPY fails and nothing of it stays on any shard.
     let file = dir.join("bad.txt");
     std::fs::write(&file, "900001\tok\n900002\tok\n\\N\tbad\n900003\tok\n")?;
-    let (ok, _, err) = psql(
-        &cluster,
+    let (ok, _, err) = cluster.psql(&[
+        "-At",
+        "-c",
         &format!("\\copy users (id, name) from '{}'", file.display()),
-    )?;
+    ])?;
     assert!(!ok && err.contains("NULL shard key"), "{err}");
     assert_eq!(placed_rows(&cluster, "users", "id", false).await?, 3500);
     // A duplicate key on one shard: the shards that succeeded roll back too.
     let file = dir.join("dup.txt");
     std::fs::write(&file, "900001\tok\n900002\tok\n77\tduplicate\n900003\tok\n")?;
-    let (ok, _, err) = psql(
-        &cluster,
+    let (ok, _, err) = cluster.psql(&[
+        "-At",
+        "-c",
         &format!("\\copy users (id, name) from '{}'", file.display()),
-    )?;
+    ])?;
     assert!(!ok && err.contains("duplicate key"), "{err}");
     assert_eq!(placed_rows(&cluster, "users", "id", false).await?, 3500);
     for i in 0..cluster.shard_count() {

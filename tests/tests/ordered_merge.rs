@@ -25,6 +25,21 @@ async fn rows(client: &Client, sql: &str) -> anyhow::Result<Rows> {
         .collect())
 }
 
+/// The row with id `k` through the extended protocol (a bound int8 parameter), as text.
+async fn keyed_row(client: &Client, k: i64) -> anyhow::Result<Vec<String>> {
+    let sql = "SELECT id, name, score::text, balance::text FROM users WHERE id = $1";
+    Ok(client
+        .query(sql, &[&k])
+        .await?
+        .iter()
+        .map(|r| {
+            let values: (i64, Option<String>, Option<String>, Option<String>) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            format!("{values:?}")
+        })
+        .collect())
+}
+
 /// Deterministic test data: ties, NULLs, negative numbers, several time zones.
 fn inserts() -> Vec<String> {
     let mut statements = Vec::new();
@@ -183,39 +198,8 @@ async fn ordered_queries_match_one_postgres() -> anyhow::Result<()> {
     }
     // The same single-shard reads in the extended protocol, with a bound parameter.
     for k in [1i64, 7, 150, 999, 1500, 2000] {
-        let sql = "SELECT id, name, score::text, balance::text FROM users WHERE id = $1";
-        let want: Vec<String> = oracle
-            .query(sql, &[&k])
-            .await?
-            .iter()
-            .map(|r| {
-                format!(
-                    "{:?}",
-                    (
-                        r.get::<_, i64>(0),
-                        r.get::<_, Option<String>>(1),
-                        r.get::<_, Option<String>>(2),
-                        r.get::<_, Option<String>>(3)
-                    )
-                )
-            })
-            .collect();
-        let got: Vec<String> = proxy
-            .query(sql, &[&k])
-            .await?
-            .iter()
-            .map(|r| {
-                format!(
-                    "{:?}",
-                    (
-                        r.get::<_, i64>(0),
-                        r.get::<_, Option<String>>(1),
-                        r.get::<_, Option<String>>(2),
-                        r.get::<_, Option<String>>(3)
-                    )
-                )
-            })
-            .collect();
+        let want = keyed_row(&oracle, k).await?;
+        let got = keyed_row(&proxy, k).await?;
         assert_eq!(got, want, "extended protocol, id = {k}");
     }
     println!(

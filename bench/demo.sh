@@ -1,0 +1,20 @@
+# Sourced by the bench scripts: builds shardline, starts `shardline demo` with 4 shards on
+# $PORT in $DIR, waits until it is ready, and sets BIN, DEMO (its pid) and PROXY_PID.
+# The caller's EXIT trap must call stop_demo.
+cargo build --release --quiet --bin shardline
+BIN=${CARGO_TARGET_DIR:-target}/release/shardline
+"$BIN" demo --shards 4 --port "$PORT" --dir "$DIR" >"$DIR/demo.log" 2>&1 &
+DEMO=$!
+
+stop_demo() {
+  kill -INT "$DEMO" 2>/dev/null || true
+  wait "$DEMO" 2>/dev/null || true
+  rm -rf "$DIR"
+}
+
+for _ in $(seq 1 120); do
+  grep -q "shardline is ready" "$DIR/demo.log" 2>/dev/null && break
+  sleep 0.5
+done
+grep -q "shardline is ready" "$DIR/demo.log" || { cat "$DIR/demo.log"; stop_demo; exit 1; }
+PROXY_PID=$(pgrep -f "$BIN demo --shards 4 --port $PORT" | head -1)
