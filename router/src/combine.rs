@@ -4,9 +4,10 @@
 //!
 //! Each shard runs the query without `ORDER BY`/`LIMIT` and returns one row per group; the proxy
 //! adds counts and sums and keeps the smallest/largest values per group. `SELECT DISTINCT` is the
-//! same with every output column a key and no aggregate. Shapes that cannot be combined this way
-//! (`avg`, `DISTINCT` aggregates, `DISTINCT ON`, `HAVING`, group keys not in the output) are left
-//! to the router, which refuses them.
+//! same with every output column a key and no aggregate. `avg` is split into a sum and a hidden
+//! count; `HAVING` is evaluated by the proxy on the combined groups (see `having`). Shapes that
+//! cannot be combined this way (`DISTINCT` aggregates, `DISTINCT ON`, group keys not in the
+//! output) are left to the router, which refuses them.
 
 use sqlparser::ast::{
     Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, OrderByKind, OrderBySort,
@@ -15,7 +16,9 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use crate::merge::{limit_offset, literal_count, SortColumn, SortKey};
+use crate::having::Predicate;
+use crate::merge::{literal_count, row_window, RowWindow, SortColumn, SortKey};
+use crate::placeholders::ShardStatement;
 
 /// How one output column of a grouped query is combined across shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,12 +44,13 @@ pub struct AggregateSpec {
     pub visible: usize,
     /// Ordering of the combined rows, by output column.
     pub order: Vec<SortKey>,
-    pub limit: Option<u64>,
-    pub offset: u64,
+    pub window: RowWindow,
+    /// The `HAVING` condition, over the combined columns.
+    pub having: Option<Predicate>,
 }
 
 /// The aggregate a call is, if it can be combined.
-fn combinable(expr: &Expr) -> Option<Combine> {
+pub(crate) fn combinable(expr: &Expr) -> Option<Combine> {
     let Expr::Function(f) = expr else { return None };
     if f.filter.is_some() || f.over.is_some() || !f.within_group.is_empty() || f.name.0.len() != 1 {
         return None;
@@ -75,6 +79,11 @@ fn combinable(expr: &Expr) -> Option<Combine> {
 
 /// The combination of `query`, or `None` when it does not aggregate or cannot be combined.
 pub(crate) fn aggregate_spec(query: &Query) -> Option<AggregateSpec> {
+    analyse(query).map(|(spec, _)| spec)
+}
+
+/// The combination of `query` and the expressions of its hidden `HAVING` columns.
+fn analyse(query: &Query) -> Option<(AggregateSpec, Vec<Expr>)> {
     if query.with.is_some() || query.fetch.is_some() {
         return None;
     }
@@ -87,7 +96,7 @@ pub(crate) fn aggregate_spec(query: &Query) -> Option<AggregateSpec> {
         Some(sqlparser::ast::Distinct::Distinct) => true,
         Some(_) => return None,
     };
-    if select.having.is_some() || !select.named_window.is_empty() {
+    if !select.named_window.is_empty() || (distinct && select.having.is_some()) {
         return None;
     }
     let GroupByExpr::Expressions(group_by, modifiers) = &select.group_by else {
@@ -139,6 +148,17 @@ pub(crate) fn aggregate_spec(query: &Query) -> Option<AggregateSpec> {
     }
     let visible = columns.len();
     columns.extend(std::iter::repeat_n(Combine::Count, averages));
+    let mut hidden = Vec::new();
+    let having = match &select.having {
+        None => None,
+        Some(expr) => Some(crate::having::predicate(
+            expr,
+            group_by,
+            columns.len(),
+            &mut hidden,
+        )?),
+    };
+    columns.extend(hidden.iter().map(|(_, c)| *c));
     if !distinct && !columns.iter().any(|c| *c != Combine::Group) {
         return None;
     }
@@ -167,14 +187,15 @@ pub(crate) fn aggregate_spec(query: &Query) -> Option<AggregateSpec> {
             });
         }
     }
-    let (limit, offset) = limit_offset(query)?;
-    Some(AggregateSpec {
+    let window = row_window(query)?;
+    let spec = AggregateSpec {
         columns,
         visible,
         order,
-        limit,
-        offset,
-    })
+        window,
+        having,
+    };
+    Some((spec, hidden.into_iter().map(|(e, _)| e).collect()))
 }
 
 /// The query as the router should analyse it for routing: the same FROM and WHERE, without the
@@ -190,13 +211,15 @@ pub(crate) fn routing_query(query: &Query) -> Query {
         )))];
         select.group_by = GroupByExpr::Expressions(Vec::new(), Vec::new());
         select.distinct = None;
+        select.having = None;
     }
     q
 }
 
 /// The statement each shard runs for a combined aggregate: without ORDER BY and LIMIT (every
-/// group is needed before the combined rows can be ordered and cut).
-pub fn shard_sql(sql: &str) -> Option<String> {
+/// group is needed before the combined rows can be ordered and cut), averages split into sum
+/// and count, parameters of the dropped clauses removed.
+pub fn shard_statement(sql: &str) -> Option<ShardStatement> {
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
     if statements.len() != 1 {
         return None;
@@ -204,11 +227,7 @@ pub fn shard_sql(sql: &str) -> Option<String> {
     let Some(Statement::Query(mut query)) = statements.pop() else {
         return None;
     };
-    let spec = aggregate_spec(&query)?;
-    let averages = spec.columns.len() > spec.visible;
-    if query.order_by.is_none() && query.limit_clause.is_none() && !averages {
-        return None;
-    }
+    let (_, having_columns) = analyse(&query)?;
     query.order_by = None;
     query.limit_clause = None;
     if let SetExpr::Select(select) = query.body.as_mut() {
@@ -239,8 +258,15 @@ pub fn shard_sql(sql: &str) -> Option<String> {
             };
         }
         select.projection.extend(counts);
+        select.having = None;
+        for (i, expr) in having_columns.into_iter().enumerate() {
+            select.projection.push(SelectItem::ExprWithAlias {
+                expr,
+                alias: sqlparser::ast::Ident::new(format!("shardline_having_{i}")),
+            });
+        }
     }
-    Some(query.to_string())
+    ShardStatement::renumbered(&query.to_string())
 }
 
 #[cfg(test)]
@@ -272,7 +298,7 @@ mod tests {
             ]
         );
         assert_eq!(s.order[0].column, SortColumn::Output(2));
-        assert_eq!(s.limit, Some(3));
+        assert_eq!(s.window.limit, Some(crate::merge::Count::Literal(3)));
         assert!(spec("SELECT count(*) FROM users").is_some());
         assert!(spec("SELECT score, count(*) FROM users GROUP BY 1 ORDER BY 1").is_some());
     }
@@ -296,7 +322,9 @@ mod tests {
             "SELECT DISTINCT count(*) FROM users",
             "SELECT avg(DISTINCT score) FROM users",
             "SELECT count(DISTINCT name) FROM users",
-            "SELECT name, count(*) FROM users GROUP BY name HAVING count(*) > 1",
+            "SELECT name, count(*) FROM users GROUP BY name HAVING avg(score) > 1",
+            "SELECT name, count(*) FROM users GROUP BY name HAVING score > 1",
+            "SELECT DISTINCT name FROM users HAVING count(*) > 1",
             "SELECT count(*) FROM users GROUP BY name",
             "SELECT name, score, count(*) FROM users GROUP BY name",
             "SELECT id FROM users",
@@ -307,12 +335,74 @@ mod tests {
     }
 
     #[test]
+    fn having_reads_hidden_columns_the_proxy_combines() {
+        let sql = "SELECT name, count(*) FROM users GROUP BY name HAVING count(*) > $1 AND (sum(score) <= -5 OR name IS NULL) ORDER BY 2";
+        let s = spec(sql).unwrap_or_else(|| panic!("HAVING not combined"));
+        assert_eq!(
+            s.columns,
+            vec![
+                Combine::Group,
+                Combine::Count,
+                Combine::Count,
+                Combine::Sum,
+                Combine::Group
+            ]
+        );
+        assert_eq!(s.visible, 2);
+        use crate::having::{CompareOp, Operand, Predicate};
+        assert_eq!(
+            s.having,
+            Some(Predicate::And(
+                Box::new(Predicate::Compare(
+                    Operand::Column(2),
+                    CompareOp::Gt,
+                    Operand::Param(0)
+                )),
+                Box::new(Predicate::Or(
+                    Box::new(Predicate::Compare(
+                        Operand::Column(3),
+                        CompareOp::LtEq,
+                        Operand::Literal("-5".into())
+                    )),
+                    Box::new(Predicate::IsNull {
+                        column: 4,
+                        negated: false
+                    })
+                ))
+            ))
+        );
+        assert_eq!(
+            shard_statement(sql),
+            Some(ShardStatement {
+                sql: "SELECT name, count(*), count(*) AS shardline_having_0, sum(score) AS shardline_having_1, name AS shardline_having_2 FROM users GROUP BY name".into(),
+                params: Vec::new(),
+            })
+        );
+    }
+
+    fn shard_sql(sql: &str) -> Option<String> {
+        shard_statement(sql).map(|s| s.sql)
+    }
+
+    #[test]
     fn shards_run_the_query_without_order_and_limit() {
         assert_eq!(
             shard_sql("SELECT name, count(*) FROM users GROUP BY name ORDER BY 2 DESC LIMIT 5")
                 .as_deref(),
             Some("SELECT name, count(*) FROM users GROUP BY name")
         );
-        assert_eq!(shard_sql("SELECT count(*) FROM users"), None);
+        assert_eq!(
+            shard_sql("SELECT count(*) FROM users").as_deref(),
+            Some("SELECT count(*) FROM users")
+        );
+        assert_eq!(
+            shard_statement(
+                "SELECT name, count(*) FROM users WHERE score > $1 GROUP BY name LIMIT $2 OFFSET $3"
+            ),
+            Some(ShardStatement {
+                sql: "SELECT name, count(*) FROM users WHERE score > $1 GROUP BY name".into(),
+                params: vec![0],
+            })
+        );
     }
 }

@@ -8,10 +8,12 @@ pub mod combine;
 pub mod config;
 pub mod copy;
 pub mod hash;
+pub mod having;
 pub mod key;
 pub mod merge;
 pub mod normalize;
 pub mod params;
+pub mod placeholders;
 pub mod plan;
 pub mod split;
 

@@ -13,6 +13,10 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+use crate::params::{Param, Params};
+use crate::placeholders::ShardStatement;
+use crate::plan::RouteError;
+
 /// Which column of a shard's row a sort key reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SortColumn {
@@ -34,9 +38,7 @@ pub struct SortKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergeSpec {
     pub order: Vec<SortKey>,
-    /// Rows to return after skipping `offset`; `None` for all.
-    pub limit: Option<u64>,
-    pub offset: u64,
+    pub window: RowWindow,
     /// Trailing columns added for sorting, to strip from every row.
     pub hidden: usize,
 }
@@ -57,25 +59,124 @@ pub(crate) fn literal_count(expr: &Expr) -> Option<u64> {
     }
 }
 
-/// A query's literal `LIMIT` and `OFFSET` (`None` when either is not a literal number).
-pub(crate) fn limit_offset(query: &Query) -> Option<(Option<u64>, u64)> {
+/// A `LIMIT` or `OFFSET` count as the statement writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    Literal(u64),
+    /// Bound at execution: the 0-based index of the parameter.
+    Param(usize),
+}
+
+/// The `LIMIT`/`OFFSET` of a merged or combined query, before its parameters are bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowWindow {
+    pub limit: Option<Count>,
+    pub offset: Option<Count>,
+}
+
+/// The rows to return once the window's parameters are known.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Slice {
+    /// Rows to return after skipping `offset`; `None` for all.
+    pub limit: Option<u64>,
+    pub offset: u64,
+}
+
+impl RowWindow {
+    /// The slice for one execution; a negative or unreadable bound count is the error
+    /// PostgreSQL gives for it.
+    pub fn bind(&self, params: &dyn Params) -> Result<Slice, RouteError> {
+        let limit = match self.limit {
+            None => None,
+            Some(count) => count_value(count, params, "LIMIT", "2201W")?,
+        };
+        let offset = match self.offset {
+            None => 0,
+            Some(count) => count_value(count, params, "OFFSET", "2201X")?.unwrap_or(0),
+        };
+        Ok(Slice { limit, offset })
+    }
+}
+
+/// The value of a count; `None` for a NULL parameter (no limit, no offset).
+fn count_value(
+    count: Count,
+    params: &dyn Params,
+    clause: &str,
+    negative_state: &'static str,
+) -> Result<Option<u64>, RouteError> {
+    let index = match count {
+        Count::Literal(n) => return Ok(Some(n)),
+        Count::Param(index) => index,
+    };
+    let value: Option<i64> = match params.get(index) {
+        None => {
+            return Err(RouteError::new(
+                "08P01",
+                format!(
+                    "{clause} uses parameter ${} but the Bind supplies fewer parameters",
+                    index + 1
+                ),
+            ))
+        }
+        Some(Param::Null) => return Ok(None),
+        Some(Param::Text(text)) => std::str::from_utf8(text)
+            .ok()
+            .and_then(|t| t.trim().parse().ok()),
+        Some(Param::Binary(bytes)) => match bytes.len() {
+            8 => bytes.try_into().ok().map(i64::from_be_bytes),
+            4 => bytes.try_into().ok().map(i32::from_be_bytes).map(i64::from),
+            2 => bytes.try_into().ok().map(i16::from_be_bytes).map(i64::from),
+            _ => None,
+        },
+    };
+    match value {
+        Some(n) if n >= 0 => Ok(u64::try_from(n).ok()),
+        Some(_) => Err(RouteError::new(
+            negative_state,
+            format!("{clause} must not be negative"),
+        )),
+        None => Err(RouteError::new(
+            "22P02",
+            format!("{clause} parameter ${} is not an integer", index + 1),
+        )),
+    }
+}
+
+/// A `LIMIT`/`OFFSET` operand: a literal, a parameter, or `NULL` (no bound).
+fn count_of(expr: &Expr) -> Option<Option<Count>> {
+    if let Some(n) = literal_count(expr) {
+        return Some(Some(Count::Literal(n)));
+    }
+    let Expr::Value(v) = expr else { return None };
+    match &v.value {
+        Value::Null => Some(None),
+        Value::Placeholder(p) => {
+            let n: usize = p.strip_prefix('$')?.parse().ok()?;
+            Some(Some(Count::Param(n.checked_sub(1)?)))
+        }
+        _ => None,
+    }
+}
+
+/// A query's `LIMIT` and `OFFSET` (`None` when either is neither a number nor a parameter).
+pub(crate) fn row_window(query: &Query) -> Option<RowWindow> {
     match &query.limit_clause {
-        None => Some((None, 0)),
+        None => Some(RowWindow::default()),
         Some(LimitClause::LimitOffset {
             limit,
             offset,
             limit_by,
-        }) if limit_by.is_empty() => {
-            let limit = match limit {
+        }) if limit_by.is_empty() => Some(RowWindow {
+            limit: match limit {
                 None => None,
-                Some(e) => Some(literal_count(e)?),
-            };
-            let offset = match offset {
-                None => 0,
-                Some(o) => literal_count(&o.value)?,
-            };
-            Some((limit, offset))
-        }
+                Some(e) => count_of(e)?,
+            },
+            offset: match offset {
+                None => None,
+                Some(o) => count_of(&o.value)?,
+            },
+        }),
         Some(_) => None,
     }
 }
@@ -112,7 +213,7 @@ pub(crate) fn merge_spec(query: &Query) -> Option<(MergeSpec, Query)> {
     if !plain {
         return None;
     }
-    let (limit, offset) = limit_offset(query)?;
+    let window = row_window(query)?;
 
     let mut shard_query = query.clone();
     let mut hidden = Vec::new();
@@ -176,11 +277,8 @@ pub(crate) fn merge_spec(query: &Query) -> Option<(MergeSpec, Query)> {
             }
         }
     }
-    shard_query.limit_clause = limit.map(|l| LimitClause::LimitOffset {
-        limit: Some(Expr::value(Value::Number((l + offset).to_string(), false))),
-        offset: None,
-        limit_by: Vec::new(),
-    });
+    // The shards' LIMIT depends on bound values; `shard_statement` sets it per execution.
+    shard_query.limit_clause = None;
     let hidden = match &shard_query.body.as_ref() {
         SetExpr::Select(s) => s.projection.len() - select.projection.len(),
         _ => 0,
@@ -188,8 +286,7 @@ pub(crate) fn merge_spec(query: &Query) -> Option<(MergeSpec, Query)> {
     Some((
         MergeSpec {
             order,
-            limit,
-            offset,
+            window,
             hidden,
         },
         shard_query,
@@ -211,9 +308,10 @@ impl MergeSpec {
     }
 }
 
-/// The statement each shard runs for a merged query, or `None` when the client's text can be
-/// sent unchanged.
-pub fn shard_sql(sql: &str) -> Option<String> {
+/// The statement each shard runs for a merged query: hidden sort columns added, `OFFSET`
+/// dropped and `LIMIT` raised to the slice's limit+offset (any shard may hold the first rows),
+/// parameters the proxy applied itself removed. `None` when `sql` is not a merged query.
+pub fn shard_statement(sql: &str, slice: Slice) -> Option<ShardStatement> {
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
     if statements.len() != 1 {
         return None;
@@ -221,9 +319,16 @@ pub fn shard_sql(sql: &str) -> Option<String> {
     let Some(Statement::Query(query)) = statements.pop() else {
         return None;
     };
-    let (spec, shard_query) = merge_spec(&query)?;
-    let changed = spec.hidden > 0 || spec.offset > 0 || spec.limit.is_some();
-    changed.then(|| shard_query.to_string())
+    let (_, mut shard_query) = merge_spec(&query)?;
+    shard_query.limit_clause = slice.limit.map(|l| LimitClause::LimitOffset {
+        limit: Some(Expr::value(Value::Number(
+            l.saturating_add(slice.offset).to_string(),
+            false,
+        ))),
+        offset: None,
+        limit_by: Vec::new(),
+    });
+    ShardStatement::renumbered(&shard_query.to_string())
 }
 
 #[cfg(test)]
@@ -259,8 +364,75 @@ mod tests {
                 }
             ]
         );
-        assert_eq!((s.limit, s.offset, s.hidden), (Some(10), 5, 0));
-        assert!(q.ends_with("ORDER BY name DESC, 1 LIMIT 15"), "{q}");
+        assert_eq!(
+            s.window,
+            RowWindow {
+                limit: Some(Count::Literal(10)),
+                offset: Some(Count::Literal(5))
+            }
+        );
+        assert_eq!(s.hidden, 0);
+        assert!(q.ends_with("ORDER BY name DESC, 1"), "{q}");
+        let slice = s.window.bind(&());
+        assert_eq!(
+            slice,
+            Ok(Slice {
+                limit: Some(10),
+                offset: 5
+            })
+        );
+        let statement = slice.ok().and_then(|slice| {
+            shard_statement(
+                "SELECT id, name FROM users ORDER BY name DESC, 1 LIMIT 10 OFFSET 5",
+                slice,
+            )
+        });
+        assert!(
+            statement.is_some_and(|s| s.sql.ends_with("ORDER BY name DESC, 1 LIMIT 15")),
+            "pushed-down limit"
+        );
+    }
+
+    #[test]
+    fn bound_limits_are_pushed_down_as_values() {
+        let sql = "SELECT id FROM users WHERE score > $1 ORDER BY id LIMIT $2 OFFSET $3";
+        let (s, _) = spec(sql).unwrap_or_else(|| panic!());
+        let params = [
+            Param::Text(b"7"),
+            Param::Binary(&20i64.to_be_bytes()),
+            Param::Text(b"5"),
+        ];
+        let slice = s.window.bind(&params.to_vec());
+        assert_eq!(
+            slice,
+            Ok(Slice {
+                limit: Some(20),
+                offset: 5
+            })
+        );
+        let statement = slice.ok().and_then(|slice| shard_statement(sql, slice));
+        assert_eq!(
+            statement,
+            Some(ShardStatement {
+                sql: "SELECT id FROM users WHERE score > $1 ORDER BY id LIMIT 25".into(),
+                params: vec![0],
+            })
+        );
+        let negative = s
+            .window
+            .bind(&vec![Param::Null, Param::Text(b"-1"), Param::Null]);
+        assert!(
+            matches!(
+                negative,
+                Err(RouteError {
+                    sqlstate: "2201W",
+                    ..
+                })
+            ),
+            "{negative:?}"
+        );
+        let unbounded = s.window.bind(&vec![Param::Null; 3]);
+        assert_eq!(unbounded, Ok(Slice::default()));
     }
 
     #[test]
@@ -282,7 +454,7 @@ mod tests {
         for sql in [
             "SELECT DISTINCT id FROM users ORDER BY id",
             "SELECT id, count(*) FROM users GROUP BY id ORDER BY id",
-            "SELECT id FROM users ORDER BY id LIMIT $1",
+            "SELECT id FROM users ORDER BY id LIMIT $1 + 1",
             "SELECT id FROM users UNION ALL SELECT id FROM users ORDER BY 1",
             "SELECT id FROM users",
         ] {

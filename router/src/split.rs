@@ -3,8 +3,9 @@
 //!
 //! The split is computed from the statement itself, never guessed: the target must be a
 //! sharded table, the column list must name the shard key, and every row's key must be a
-//! literal. Anything else (parameters, `INSERT … SELECT`, CTEs) is left to the router's
-//! normal answer. Running the parts atomically is the proxy's job (two-phase commit).
+//! literal or a bound parameter. Anything else (`INSERT … SELECT`, CTEs, keys computed by
+//! expressions) is left to the router's normal answer. Each part keeps only the parameters its
+//! rows use, renumbered. Running the parts atomically is the proxy's job (two-phase commit).
 
 use std::collections::BTreeMap;
 
@@ -14,21 +15,29 @@ use sqlparser::parser::Parser;
 
 use crate::analyze::value::{key_value, KeyExpr};
 use crate::config::{Config, ShardId};
+use crate::params::{Param, Params};
+use crate::placeholders::ShardStatement;
 use crate::plan::RouteError;
 
 /// The rows of a split `INSERT` that go to one shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InsertPart {
     pub shard: ShardId,
-    /// An `INSERT` with only this shard's rows (same columns, `ON CONFLICT`, `RETURNING`).
-    pub sql: String,
+    /// An `INSERT` with only this shard's rows (same columns, `ON CONFLICT`, `RETURNING`) and
+    /// the client parameters those rows use.
+    pub statement: ShardStatement,
     pub rows: usize,
 }
 
-/// Splits `sql` by shard. `None` when the statement is not a multi-row `INSERT` this module
-/// can split (the router's own route or error then applies); an error when a row cannot be
-/// placed (NULL key, bad literal, key outside every range).
-pub fn split_insert(config: &Config, sql: &str) -> Option<Result<Vec<InsertPart>, RouteError>> {
+/// Splits `sql` by shard, reading parameter keys from `params`. `None` when the statement is
+/// not a multi-row `INSERT` this module can split (the router's own route or error then
+/// applies); an error when a row cannot be placed (NULL key, bad value, key outside every
+/// range).
+pub fn split_insert(
+    config: &Config,
+    sql: &str,
+    params: &dyn Params,
+) -> Option<Result<Vec<InsertPart>, RouteError>> {
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
     if statements.len() != 1 {
         return None;
@@ -61,19 +70,32 @@ pub fn split_insert(config: &Config, sql: &str) -> Option<Result<Vec<InsertPart>
 
     let mut by_shard: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
     for (index, row) in values.rows.iter().enumerate() {
-        let text = match row.get(position).and_then(key_value)? {
-            KeyExpr::Literal(text) => text,
-            KeyExpr::Null => {
-                return Some(Err(RouteError::new(
-                    "23502",
-                    format!("row {} of the INSERT has a NULL shard key {table}.{key_column}; every row needs a key", index + 1),
-                )))
-            }
-            KeyExpr::Invalid(reason) => return Some(Err(RouteError::new("22P02", reason))),
-            KeyExpr::Param(_) | KeyExpr::ParamArray(_) => return None,
+        let null_key = || {
+            RouteError::new(
+                "23502",
+                format!("row {} of the INSERT has a NULL shard key {table}.{key_column}; every row needs a key", index + 1),
+            )
         };
-        let shard = key_type
-            .parse_text(&text)
+        let key = match row.get(position).and_then(key_value)? {
+            KeyExpr::Literal(text) => key_type.parse_text(&text),
+            KeyExpr::Param(i) => match params.get(i)? {
+                Param::Text(text) => match std::str::from_utf8(text) {
+                    Ok(text) => key_type.parse_text(text),
+                    Err(_) => {
+                        return Some(Err(RouteError::new(
+                            "22021",
+                            format!("parameter ${} is not valid UTF-8", i + 1),
+                        )))
+                    }
+                },
+                Param::Binary(bytes) => key_type.parse_binary(bytes),
+                Param::Null => return Some(Err(null_key())),
+            },
+            KeyExpr::Null => return Some(Err(null_key())),
+            KeyExpr::Invalid(reason) => return Some(Err(RouteError::new("22P02", reason))),
+            KeyExpr::ParamArray(_) => return None,
+        };
+        let shard = key
             .map_err(|e| RouteError::new("22P02", e.to_string()))
             .and_then(|key| {
                 rule.shard_for(&key)
@@ -99,13 +121,13 @@ pub fn split_insert(config: &Config, sql: &str) -> Option<Result<Vec<InsertPart>
                         .collect();
                 }
             }
-            InsertPart {
+            Some(InsertPart {
                 shard,
-                sql: Statement::Insert(part).to_string(),
+                statement: ShardStatement::renumbered(&Statement::Insert(part).to_string())?,
                 rows: rows.len(),
-            }
+            })
         })
-        .collect();
+        .collect::<Option<Vec<_>>>()?;
     Some(Ok(parts))
 }
 
@@ -132,22 +154,19 @@ mod tests {
             "INSERT INTO users (id, name) VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
             values.join(", ")
         );
-        let parts = match split_insert(&config, &sql) {
+        let parts = match split_insert(&config, &sql, &()) {
             Some(Ok(parts)) => parts,
             other => panic!("not split: {other:?}"),
         };
         assert!(parts.len() > 1);
         let mut seen = Vec::new();
         for part in &parts {
-            assert!(
-                part.sql.ends_with("DO NOTHING RETURNING id"),
-                "{}",
-                part.sql
-            );
-            let reparsed = Parser::parse_sql(&PostgreSqlDialect {}, &part.sql).map(|s| s.len());
+            let sql = &part.statement.sql;
+            assert!(sql.ends_with("DO NOTHING RETURNING id"), "{sql}");
+            let reparsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).map(|s| s.len());
             assert_eq!(reparsed, Ok(1));
             for id in &ids {
-                if part.sql.contains(&format!("({id}, 'u{id}')")) {
+                if sql.contains(&format!("({id}, 'u{id}')")) {
                     let shard = rule.as_ref().map(|r| r.shard_for(&KeyValue::Int(*id)));
                     assert_eq!(shard, Some(Ok(part.shard)), "id {id}");
                     seen.push(*id);
@@ -160,21 +179,64 @@ mod tests {
     }
 
     #[test]
-    fn only_literal_multi_row_inserts_into_sharded_tables_split() {
+    fn parameter_keys_split_with_their_parameters_renumbered() {
+        let config = config();
+        let rule = config.table("users").cloned();
+        let ids: Vec<i64> = (1..=12).collect();
+        let rows: Vec<String> = (0..ids.len())
+            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let sql = format!("INSERT INTO users (id, name) VALUES {}", rows.join(", "));
+        let keys: Vec<[u8; 8]> = ids.iter().map(|id| id.to_be_bytes()).collect();
+        let names: Vec<String> = ids.iter().map(|id| format!("u{id}")).collect();
+        let params: Vec<Param<'_>> = keys
+            .iter()
+            .zip(&names)
+            .flat_map(|(k, n)| [Param::Binary(k), Param::Text(n.as_bytes())])
+            .collect();
+        let parts = match split_insert(&config, &sql, &params) {
+            Some(Ok(parts)) => parts,
+            other => panic!("not split: {other:?}"),
+        };
+        let mut seen = Vec::new();
+        for part in &parts {
+            assert_eq!(part.statement.params.len(), 2 * part.rows);
+            for pair in part.statement.params.chunks(2) {
+                let id = ids[pair[0] / 2];
+                assert_eq!(pair[1], pair[0] + 1);
+                let shard = rule.as_ref().map(|r| r.shard_for(&KeyValue::Int(id)));
+                assert_eq!(shard, Some(Ok(part.shard)), "id {id}");
+                seen.push(id);
+            }
+            let last = format!("${}", part.statement.params.len());
+            assert!(
+                part.statement.sql.ends_with(&format!("{last})")),
+                "{}",
+                part.statement.sql
+            );
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, ids);
+    }
+
+    #[test]
+    fn only_multi_row_inserts_with_plain_keys_split() {
         let config = config();
         for sql in [
             "INSERT INTO users (id, name) VALUES (1, 'a')",
             "INSERT INTO users (id, name) VALUES ($1, 'a'), ($2, 'b')",
+            "INSERT INTO users (id, name) VALUES ($1 + 1, 'a'), (2, 'b')",
             "INSERT INTO users (id, name) SELECT 1, 'a'",
             "INSERT INTO countries (code) VALUES ('a'), ('b')",
             "WITH x AS (SELECT 1) INSERT INTO users (id) VALUES (1), (2)",
             "not sql at all",
         ] {
-            assert_eq!(split_insert(&config, sql), None, "{sql}");
+            assert_eq!(split_insert(&config, sql, &()), None, "{sql}");
         }
         let null = split_insert(
             &config,
             "INSERT INTO users (id, name) VALUES (1, 'a'), (NULL, 'b')",
+            &(),
         );
         assert!(
             matches!(

@@ -1,11 +1,119 @@
-//! Differential test of the ordered merge: the same rows loaded into one plain PostgreSQL
-//! database and, through the proxy, into four shards; every ORDER BY / LIMIT / OFFSET query must
-//! return the same rows in the same order from both.
+//! Differential test of the ordered merge and the combined aggregates: the same rows loaded
+//! into one plain PostgreSQL database and, through the proxy, into four shards; every query must
+//! return the same rows (in the same order when it has one) from both, in the simple protocol,
+//! in the extended protocol with text results, and in the extended protocol with binary
+//! results (compared byte for byte).
 
+use shardline_tests::wire::{extended_text, trusting_proxy};
 use shardline_tests::{connect, TestCluster};
+use tokio::net::TcpStream;
+use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 type Rows = Vec<Vec<Option<String>>>;
+
+/// A value exactly as the server sent it in binary.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Raw(Option<Vec<u8>>);
+
+impl<'a> FromSql<'a> for Raw {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(Some(raw.to_vec())))
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(None))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// Rows of an extended-protocol query with binary results, and the column types.
+async fn binary_rows(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> anyhow::Result<(Vec<Vec<Raw>>, Vec<Type>)> {
+    let rows = client
+        .query(sql, params)
+        .await
+        .map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
+    let types = rows
+        .first()
+        .map(|r| r.columns().iter().map(|c| c.type_().clone()).collect())
+        .unwrap_or_default();
+    let values = rows
+        .iter()
+        .map(|r| (0..r.len()).map(|i| r.try_get::<_, Raw>(i)).collect())
+        .collect::<Result<_, _>>()?;
+    Ok((values, types))
+}
+
+/// A parameterised query: its text, its parameters as text and as typed values, and the same
+/// query with the values written in.
+type BoundCase<'a> = (&'a str, Vec<String>, Vec<&'a (dyn ToSql + Sync)>, String);
+
+/// The proxy and the oracle, reached in every protocol the test compares.
+struct Sides {
+    oracle: Client,
+    proxy: Client,
+    /// A byte-level connection to a proxy over the same shards (text extended protocol).
+    wire: TcpStream,
+    _wire_proxy: shardline::Proxy,
+}
+
+impl Sides {
+    /// Checks one query in all three protocols; `literal` is `sql` with the parameters
+    /// written in, for the oracle's simple protocol.
+    async fn check(
+        &mut self,
+        sql: &str,
+        text_params: &[Option<&str>],
+        params: &[&(dyn ToSql + Sync)],
+        literal: &str,
+        ordered: bool,
+    ) -> anyhow::Result<()> {
+        let settle = |mut rows: Rows| {
+            if !ordered {
+                rows.sort();
+            }
+            rows
+        };
+        let want = settle(rows(&self.oracle, literal).await?);
+        if text_params.is_empty() {
+            let got = settle(rows(&self.proxy, sql).await?);
+            anyhow::ensure!(
+                got == want,
+                "simple protocol: {sql}\n got {got:?}\nwant {want:?}"
+            );
+        }
+        let got = extended_text(&mut self.wire, sql, text_params)
+            .await?
+            .map_err(|e| anyhow::anyhow!("extended text: {sql}: {e}"))?;
+        let got = settle(got);
+        anyhow::ensure!(
+            got == want,
+            "extended protocol, text: {sql}\n got {got:?}\nwant {want:?}"
+        );
+        let (mut want, want_types) = binary_rows(&self.oracle, sql, params).await?;
+        let (mut got, got_types) = binary_rows(&self.proxy, sql, params).await?;
+        if !ordered {
+            want.sort();
+            got.sort();
+        }
+        anyhow::ensure!(
+            got_types == want_types || got.is_empty(),
+            "column types of {sql}: {got_types:?} vs {want_types:?}"
+        );
+        anyhow::ensure!(
+            got == want,
+            "extended protocol, binary: {sql}\n got {got:?}\nwant {want:?}"
+        );
+        Ok(())
+    }
+}
 
 async fn rows(client: &Client, sql: &str) -> anyhow::Result<Rows> {
     let messages = client
@@ -21,21 +129,6 @@ async fn rows(client: &Client, sql: &str) -> anyhow::Result<Rows> {
                     .collect(),
             ),
             _ => None,
-        })
-        .collect())
-}
-
-/// The row with id `k` through the extended protocol (a bound int8 parameter), as text.
-async fn keyed_row(client: &Client, k: i64) -> anyhow::Result<Vec<String>> {
-    let sql = "SELECT id, name, score::text, balance::text FROM users WHERE id = $1";
-    Ok(client
-        .query(sql, &[&k])
-        .await?
-        .iter()
-        .map(|r| {
-            let values: (i64, Option<String>, Option<String>, Option<String>) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
-            format!("{values:?}")
         })
         .collect())
 }
@@ -135,7 +228,7 @@ fn queries() -> Vec<String> {
 
 /// A 4-shard cluster and a plain database `oracle` on shard 0's server, loaded with the same
 /// rows (the cluster through the proxy).
-async fn loaded_cluster(label: &str) -> anyhow::Result<(TestCluster, Client, Client)> {
+async fn loaded_cluster(label: &str) -> anyhow::Result<(TestCluster, Sides)> {
     let cluster = TestCluster::start(label, 4).await?;
     let admin = connect(&cluster.pg.servers()[0].superuser_conninfo()).await?;
     admin
@@ -153,24 +246,25 @@ async fn loaded_cluster(label: &str) -> anyhow::Result<(TestCluster, Client, Cli
         oracle.batch_execute(&statement).await?;
         proxy.batch_execute(&statement).await?;
     }
-    Ok((cluster, oracle, proxy))
+    let wire_proxy = trusting_proxy(&cluster).await?;
+    let wire = shardline_tests::wire::login(wire_proxy.addr.port()).await?;
+    let sides = Sides {
+        oracle,
+        proxy,
+        wire,
+        _wire_proxy: wire_proxy,
+    };
+    Ok((cluster, sides))
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ordered_queries_match_one_postgres() -> anyhow::Result<()> {
-    let (_cluster, oracle, proxy) = loaded_cluster("ordered").await?;
+    let (_cluster, mut sides) = loaded_cluster("ordered").await?;
     let queries = queries();
     for q in &queries {
-        let want = rows(&oracle, q).await?;
-        let got = rows(&proxy, q).await?;
-        assert_eq!(got.len(), want.len(), "row count of {q}");
-        assert!(
-            got == want,
-            "rows differ for {q}:\nfirst differing: {:?}",
-            got.iter().zip(&want).find(|(g, w)| g != w)
-        );
+        sides.check(q, &[], &[], q, true).await?;
     }
-    // Key-restricted and IN-list reads (one shard or several), simple protocol.
+    // Key-restricted and IN-list reads (one shard or several).
     let mut keyed = Vec::new();
     for k in [1, 7, 150, 999, 1500, 2000, 2001] {
         keyed.push(format!("SELECT * FROM users WHERE id = {k}"));
@@ -192,37 +286,56 @@ async fn ordered_queries_match_one_postgres() -> anyhow::Result<()> {
         keyed.push(format!("SELECT id, created FROM users WHERE id BETWEEN {k} AND {} ORDER BY created DESC, id LIMIT 4", k + 40));
     }
     for q in &keyed {
-        let want = rows(&oracle, q).await?;
-        let got = rows(&proxy, q).await?;
-        assert!(got == want, "rows differ for {q}");
+        sides.check(q, &[], &[], q, true).await?;
     }
-    // The same single-shard reads in the extended protocol, with a bound parameter.
-    for k in [1i64, 7, 150, 999, 1500, 2000] {
-        let want = keyed_row(&oracle, k).await?;
-        let got = keyed_row(&proxy, k).await?;
-        assert_eq!(got, want, "extended protocol, id = {k}");
+    // Bound parameters: keys, filters, LIMIT and OFFSET (an ORM's `id = ANY($1)`).
+    let mut bound = 0;
+    for (k, limit, offset) in [
+        (1i64, 5i64, 0i64),
+        (150, 20, 7),
+        (999, 1, 300),
+        (1500, 0, 0),
+    ] {
+        let ids: Vec<i64> = (0..12).map(|i| k + i * 37).collect();
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let (floor, above) = ((k % 40 - 10) as i32, 2000 - k);
+        let cases: Vec<BoundCase> = vec![
+            (
+                "SELECT id, name FROM users WHERE id = ANY($1) ORDER BY name NULLS FIRST, id",
+                vec![format!("{{{list}}}")],
+                vec![&ids],
+                format!("SELECT id, name FROM users WHERE id = ANY('{{{list}}}') ORDER BY name NULLS FIRST, id"),
+            ),
+            (
+                "SELECT id, score, balance FROM users WHERE score > $1 ORDER BY balance DESC, id LIMIT $2 OFFSET $3",
+                vec![(k % 40 - 10).to_string(), limit.to_string(), offset.to_string()],
+                vec![&floor, &limit, &offset],
+                format!("SELECT id, score, balance FROM users WHERE score > {} ORDER BY balance DESC, id LIMIT {limit} OFFSET {offset}", k % 40 - 10),
+            ),
+            (
+                "SELECT name, count(*), sum(balance), avg(score), min(created) FROM users WHERE id = ANY($1) OR id > $2 GROUP BY name ORDER BY 2 DESC, 1 NULLS FIRST LIMIT $3",
+                vec![format!("{{{list}}}"), (2000 - k).to_string(), limit.to_string()],
+                vec![&ids, &above, &limit],
+                format!("SELECT name, count(*), sum(balance), avg(score), min(created) FROM users WHERE id = ANY('{{{list}}}') OR id > {} GROUP BY name ORDER BY 2 DESC, 1 NULLS FIRST LIMIT {limit}", 2000 - k),
+            ),
+        ];
+        for (sql, text, params, literal) in &cases {
+            let text: Vec<Option<&str>> = text.iter().map(|t| Some(t.as_str())).collect();
+            sides.check(sql, &text, params, literal, true).await?;
+            bound += 1;
+        }
     }
     println!(
-        "differential: {} ordered queries and {} keyed queries matched a single PostgreSQL",
+        "differential: {} ordered, {} keyed and {bound} parameterised queries matched a single PostgreSQL in the simple protocol, the extended protocol with text results and with binary results",
         queries.len(),
         keyed.len()
-    );
-
-    // Extended protocol: not merged yet, refused rather than answered out of order.
-    let err = proxy
-        .query("SELECT id FROM users ORDER BY id LIMIT 5", &[])
-        .await
-        .err();
-    assert_eq!(
-        err.and_then(|e| e.code().cloned()),
-        Some(tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
     );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn aggregates_match_one_postgres() -> anyhow::Result<()> {
-    let (_cluster, oracle, proxy) = loaded_cluster("aggregates").await?;
+    let (_cluster, mut sides) = loaded_cluster("aggregates").await?;
     // (query, whether its order is defined; unordered results compare as multisets)
     let queries: &[(&str, bool)] = &[
         ("SELECT count(*) FROM users", true),
@@ -241,15 +354,24 @@ async fn aggregates_match_one_postgres() -> anyhow::Result<()> {
         ("SELECT name, avg(balance), avg(score) AS s, count(*) FROM users GROUP BY name ORDER BY s DESC NULLS LAST, name NULLS FIRST", true),
         ("SELECT DISTINCT flag, score FROM users", false),
         ("SELECT DISTINCT score FROM users WHERE score > 0 ORDER BY 1 DESC LIMIT 4 OFFSET 2", true),
+        ("SELECT name, count(*) FROM users GROUP BY name HAVING count(*) > 300 ORDER BY 1 NULLS FIRST", true),
+        ("SELECT score, sum(balance) FROM users GROUP BY score HAVING sum(balance) < 0 AND max(name) <> 'zed' OR score IS NULL", false),
+        ("SELECT flag, count(*) FROM users GROUP BY flag HAVING min(created) > '2024-03-01 00:00:00+00'", false),
+        ("SELECT score, count(*) FROM users GROUP BY score HAVING NOT (count(*) < 40) ORDER BY score NULLS FIRST", true),
+        ("SELECT name, avg(score) FROM users GROUP BY name HAVING sum(score) >= -5.5 AND count(score) <> 0 ORDER BY 2 DESC", true),
     ];
     for (q, ordered) in queries {
-        let mut want = rows(&oracle, q).await?;
-        let mut got = rows(&proxy, q).await?;
-        if !ordered {
-            want.sort();
-            got.sort();
-        }
-        assert!(got == want, "{q}:\n got {got:?}\nwant {want:?}");
+        sides.check(q, &[], &[], q, *ordered).await?;
+    }
+    // HAVING with bound parameters.
+    for (floor, at_least, limit) in [(0i64, 300i64, 3i64), (500, 1, 10), (1999, 0, 1)] {
+        let sql = "SELECT name, count(*) FROM users WHERE id > $1 GROUP BY name HAVING count(*) >= $2 ORDER BY 2 DESC, 1 NULLS FIRST LIMIT $3";
+        let literal = format!("SELECT name, count(*) FROM users WHERE id > {floor} GROUP BY name HAVING count(*) >= {at_least} ORDER BY 2 DESC, 1 NULLS FIRST LIMIT {limit}");
+        let text = [floor, at_least, limit].map(|v| v.to_string());
+        let text: Vec<Option<&str>> = text.iter().map(|t| Some(t.as_str())).collect();
+        sides
+            .check(sql, &text, &[&floor, &at_least, &limit], &literal, true)
+            .await?;
     }
     // Aggregates that cannot be combined exactly are refused, not approximated.
     for q in [
@@ -257,7 +379,7 @@ async fn aggregates_match_one_postgres() -> anyhow::Result<()> {
         "SELECT count(DISTINCT name) FROM users",
         "SELECT sum(score::float8) FROM users",
     ] {
-        let err = proxy.simple_query(q).await.err();
+        let err = sides.proxy.simple_query(q).await.err();
         assert_eq!(
             err.and_then(|e| e.code().cloned()),
             Some(tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED),

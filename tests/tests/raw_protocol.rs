@@ -1,75 +1,9 @@
 //! Byte-level protocol checks that drivers rely on but tokio-postgres does not exercise:
 //! `Flush` in the middle of an extended-protocol segment, and garbage after login.
 
-use std::time::Duration;
-
+use shardline_tests::wire::{cstr, login, message, read_message, read_until, trusting_proxy};
 use shardline_tests::TestCluster;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// A message: tag, length, body.
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
-fn cstr(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
-/// Reads one backend message.
-async fn read_message(stream: &mut TcpStream) -> anyhow::Result<(u8, Vec<u8>)> {
-    let mut header = [0u8; 5];
-    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut header)).await??;
-    let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-    let mut body = vec![0u8; len.saturating_sub(4)];
-    stream.read_exact(&mut body).await?;
-    Ok((header[0], body))
-}
-
-/// Reads messages up to and including one with tag `until`, returning their tags.
-async fn read_until(stream: &mut TcpStream, until: u8) -> anyhow::Result<Vec<u8>> {
-    let mut tags = Vec::new();
-    loop {
-        let (tag, _) = read_message(stream).await?;
-        tags.push(tag);
-        if tag == until {
-            return Ok(tags);
-        }
-    }
-}
-
-/// Logs in as `app` to a proxy that trusts it.
-async fn login(port: u16) -> anyhow::Result<TcpStream> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-    let mut body = 196608i32.to_be_bytes().to_vec();
-    for part in ["user", "app", "database", "app", ""] {
-        body.extend(cstr(part));
-    }
-    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    packet.extend(body);
-    stream.write_all(&packet).await?;
-    let tags = read_until(&mut stream, b'Z').await?;
-    assert_eq!(
-        tags.first(),
-        Some(&b'R'),
-        "expected AuthenticationOk first: {tags:?}"
-    );
-    Ok(stream)
-}
-
-async fn trusting_proxy(cluster: &TestCluster) -> anyhow::Result<shardline::Proxy> {
-    let yaml = cluster.yaml.replace(
-        "{name: app, password: app}",
-        "{name: app, password: app, auth: trust}",
-    );
-    let config = shardline_router::Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
-    shardline::Proxy::start(config).await
-}
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn flush_mid_segment_then_bind_and_sync() -> anyhow::Result<()> {

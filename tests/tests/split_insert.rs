@@ -20,32 +20,10 @@ fn rows_and_tag(messages: &[SimpleQueryMessage]) -> (Vec<String>, Option<u64>) {
     (rows, tag)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn multi_row_insert_is_split_by_shard_and_atomic() -> anyhow::Result<()> {
-    let cluster = TestCluster::start("split", 4).await?;
-    let client = cluster.client().await?;
-    client
-        .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL)")
-        .await?;
+/// Checks every row of `users` on every shard is on the shard its key hashes to, and no
+/// prepared transaction was left behind; returns how many rows there are.
+async fn placed_rows(cluster: &TestCluster) -> anyhow::Result<usize> {
     let rule = cluster.rule("users")?;
-
-    let ids: Vec<i64> = (1..=40).map(|i| i * 31 - 7).collect();
-    let values: Vec<String> = ids.iter().map(|i| format!("({i}, 'n{i}')")).collect();
-    let sql = format!(
-        "INSERT INTO users (id, name) VALUES {} RETURNING id",
-        values.join(", ")
-    );
-    let messages = client.simple_query(&sql).await?;
-    let (mut returned, tag) = rows_and_tag(&messages);
-    returned.sort_by_key(|r| r.parse::<i64>().unwrap_or_default());
-    let expected: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-    assert_eq!(returned, expected, "RETURNING rows from every shard");
-    assert_eq!(
-        tag,
-        Some(ids.len() as u64),
-        "one CommandComplete with the total count"
-    );
-
     let mut total = 0;
     for i in 0..cluster.shard_count() {
         let shard = cluster.shard(i).await?;
@@ -67,6 +45,35 @@ async fn multi_row_insert_is_split_by_shard_and_atomic() -> anyhow::Result<()> {
             "no prepared transaction left behind on shard {i}"
         );
     }
+    Ok(total)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multi_row_insert_is_split_by_shard_and_atomic() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("split", 4).await?;
+    let client = cluster.client().await?;
+    client
+        .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL)")
+        .await?;
+
+    let ids: Vec<i64> = (1..=40).map(|i| i * 31 - 7).collect();
+    let values: Vec<String> = ids.iter().map(|i| format!("({i}, 'n{i}')")).collect();
+    let sql = format!(
+        "INSERT INTO users (id, name) VALUES {} RETURNING id",
+        values.join(", ")
+    );
+    let messages = client.simple_query(&sql).await?;
+    let (mut returned, tag) = rows_and_tag(&messages);
+    returned.sort_by_key(|r| r.parse::<i64>().unwrap_or_default());
+    let expected: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    assert_eq!(returned, expected, "RETURNING rows from every shard");
+    assert_eq!(
+        tag,
+        Some(ids.len() as u64),
+        "one CommandComplete with the total count"
+    );
+
+    let total = placed_rows(&cluster).await?;
     assert_eq!(total, ids.len());
 
     // One row collides on its shard: the whole statement fails and no new row appears anywhere.
@@ -84,18 +91,8 @@ async fn multi_row_insert_is_split_by_shard_and_atomic() -> anyhow::Result<()> {
         err.and_then(|e| e.code().cloned()),
         Some(SqlState::UNIQUE_VIOLATION)
     );
-    let mut after = 0;
-    for i in 0..cluster.shard_count() {
-        let n: i64 = cluster
-            .shard(i)
-            .await?
-            .query_one("SELECT count(*) FROM users", &[])
-            .await?
-            .get(0);
-        after += n;
-    }
     assert_eq!(
-        after as usize,
+        placed_rows(&cluster).await?,
         ids.len(),
         "a failed split INSERT must not leave rows behind"
     );
@@ -120,5 +117,66 @@ async fn multi_row_insert_is_split_by_shard_and_atomic() -> anyhow::Result<()> {
         "{code:?}"
     );
     tx.rollback().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bound_multi_row_insert_is_split_in_the_extended_protocol() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("split-extended", 4).await?;
+    let client = cluster.client().await?;
+    client
+        .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL)")
+        .await?;
+    let rows = 30;
+    let placeholders: Vec<String> = (0..rows)
+        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+        .collect();
+    let insert = client
+        .prepare(&format!(
+            "INSERT INTO users (id, name) VALUES {} RETURNING id, name",
+            placeholders.join(", ")
+        ))
+        .await?;
+    let mut expected = Vec::new();
+    for batch in 0..3i64 {
+        let ids: Vec<i64> = (0..rows as i64)
+            .map(|i| batch * 1000 + i * 17 + 3)
+            .collect();
+        let names: Vec<String> = ids.iter().map(|id| format!("user {id}")).collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = ids
+            .iter()
+            .zip(&names)
+            .flat_map(|(id, name)| [id as _, name as _])
+            .collect();
+        let returned = client.query(&insert, &params).await?;
+        let mut got: Vec<(i64, String)> = returned.iter().map(|r| (r.get(0), r.get(1))).collect();
+        got.sort();
+        let want: Vec<(i64, String)> = ids.iter().copied().zip(names).collect();
+        assert_eq!(
+            got, want,
+            "RETURNING rows of batch {batch} from every shard"
+        );
+        expected.extend(ids);
+    }
+    assert_eq!(placed_rows(&cluster).await?, expected.len());
+
+    // A duplicate on one shard fails the whole statement; the client keeps working.
+    let two = client
+        .prepare("INSERT INTO users (id, name) VALUES ($1, 'a'), ($2, 'b'), ($3, 'c')")
+        .await?;
+    let err = client
+        .execute(&two, &[&5_000_001i64, &5_000_002i64, &expected[0]])
+        .await
+        .err();
+    assert_eq!(
+        err.and_then(|e| e.code().cloned()),
+        Some(SqlState::UNIQUE_VIOLATION)
+    );
+    assert_eq!(placed_rows(&cluster).await?, expected.len());
+    let inserted = client
+        .execute(&two, &[&5_000_001i64, &5_000_002i64, &5_000_003i64])
+        .await?;
+    assert_eq!(inserted, 3, "summed row count");
+    assert_eq!(placed_rows(&cluster).await?, expected.len() + 3);
     Ok(())
 }

@@ -118,6 +118,16 @@ pub fn build_parse(name: &[u8], query: &str, param_types: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// Whether value `index` is in binary under a message's format codes: none means all text, one
+/// code applies to every value, otherwise one code per value.
+pub fn is_binary(formats: &[i16], index: usize) -> bool {
+    match formats {
+        [] => false,
+        [all] => *all == 1,
+        each => each.get(index) == Some(&1),
+    }
+}
+
 /// A `Bind` message: portal, statement, and the parameters with their formats.
 #[derive(Debug, Clone)]
 pub struct BindView<'a> {
@@ -125,6 +135,8 @@ pub struct BindView<'a> {
     pub statement: &'a [u8],
     formats: Vec<i16>,
     values: Vec<Option<&'a [u8]>>,
+    /// Result column format codes: none (all text), one for all columns, or one per column.
+    pub result_formats: Vec<i16>,
     /// Offset in the body where the fields after the statement name start.
     tail_offset: usize,
 }
@@ -154,11 +166,16 @@ impl<'a> BindView<'a> {
                 _ => return c.fail("negative parameter length"),
             });
         }
+        let nresults = c.count()?;
+        let result_formats = (0..nresults)
+            .map(|_| c.i16())
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(BindView {
             portal,
             statement,
             formats,
             values,
+            result_formats,
             tail_offset,
         })
     }
@@ -168,19 +185,43 @@ impl<'a> BindView<'a> {
         self.values
             .iter()
             .enumerate()
-            .map(|(i, v)| {
-                let binary = match self.formats.len() {
-                    0 => false,
-                    1 => self.formats[0] == 1,
-                    _ => self.formats[i] == 1,
-                };
-                match (v, binary) {
-                    (None, _) => Param::Null,
-                    (Some(b), true) => Param::Binary(b),
-                    (Some(b), false) => Param::Text(b),
-                }
+            .map(|(i, v)| match (v, is_binary(&self.formats, i)) {
+                (None, _) => Param::Null,
+                (Some(b), true) => Param::Binary(b),
+                (Some(b), false) => Param::Text(b),
             })
             .collect()
+    }
+
+    /// A `Bind` of the unnamed statement into the unnamed portal carrying only the parameters
+    /// `params` (client indexes, in the new order), with the given result formats: how a
+    /// rewritten statement is bound on a shard.
+    pub fn subset(&self, params: &[usize], result_formats: &[i16]) -> Bytes {
+        let mut buf = BytesMut::new();
+        buf.put_u8(b'B');
+        buf.put_i32(0);
+        buf.put_slice(b"\0\0");
+        buf.put_i16(i16::try_from(params.len()).unwrap_or(i16::MAX));
+        for &i in params {
+            buf.put_i16(i16::from(is_binary(&self.formats, i)));
+        }
+        buf.put_i16(i16::try_from(params.len()).unwrap_or(i16::MAX));
+        for &i in params {
+            match self.values.get(i).copied().flatten() {
+                Some(value) => {
+                    buf.put_i32(i32::try_from(value.len()).unwrap_or(i32::MAX));
+                    buf.put_slice(value);
+                }
+                None => buf.put_i32(-1),
+            }
+        }
+        buf.put_i16(i16::try_from(result_formats.len()).unwrap_or(i16::MAX));
+        for &f in result_formats {
+            buf.put_i16(f);
+        }
+        let len = i32::try_from(buf.len() - 1).unwrap_or(i32::MAX);
+        buf[1..5].copy_from_slice(&len.to_be_bytes());
+        buf.freeze()
     }
 
     /// The same `Bind` aimed at another statement name.
@@ -239,6 +280,40 @@ impl<'a> TargetView<'a> {
 /// Portal name of an `Execute` message.
 pub fn execute_portal(frame: &Frame) -> Result<&[u8], Malformed> {
     Cursor::new(frame.body(), "Execute").cstr()
+}
+
+/// The row limit of an `Execute` message (0 for all rows).
+pub fn execute_max_rows(frame: &Frame) -> Result<i32, Malformed> {
+    let mut c = Cursor::new(frame.body(), "Execute");
+    c.cstr()?;
+    c.i32()
+}
+
+/// The parameter-type bytes of a `Parse` (count, then OIDs) for the parameters `params` of the
+/// original, in that order; parameters the client left untyped stay untyped (0).
+pub fn param_types_subset(param_types: &[u8], params: &[usize]) -> Vec<u8> {
+    let declared = |i: usize| -> [u8; 4] {
+        param_types
+            .get(2 + 4 * i..6 + 4 * i)
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or([0; 4])
+    };
+    let mut out = Vec::with_capacity(2 + 4 * params.len());
+    out.extend_from_slice(
+        &i16::try_from(params.len())
+            .unwrap_or(i16::MAX)
+            .to_be_bytes(),
+    );
+    for &i in params {
+        out.extend_from_slice(&declared(i));
+    }
+    out
+}
+
+/// `Describe` of the unnamed portal, `Execute` of it for all rows, and `Sync`: the tail of a
+/// statement the proxy runs on a shard in the extended protocol.
+pub fn describe_execute_sync() -> &'static [u8] {
+    b"D\0\0\0\x06P\0E\0\0\0\x09\0\0\0\0\0S\0\0\0\x04"
 }
 
 #[cfg(test)]

@@ -9,13 +9,18 @@ use std::collections::HashMap;
 use bytes::BufMut;
 use shardline_router::combine::{AggregateSpec, Combine};
 
-use super::numeric;
-use super::order::{compare_key, Comparison};
+use shardline_router::merge::Slice;
+use shardline_router::Param;
+
+use super::gather::Delivery;
+use super::order::{compare_key, Comparison, ValueOrder};
 use super::ordered::{
     describe, field, next_message, read_header, rebuild, unsupported, MergeFailure, Stream,
 };
+use super::{binary, having, numeric};
 use super::{ClientError, Session};
 use crate::protocol::backend::tag;
+use crate::protocol::frontend::is_binary;
 
 /// One column's values, owned.
 type Values = Vec<Option<Vec<u8>>>;
@@ -23,7 +28,8 @@ type Values = Vec<Option<Vec<u8>>>;
 /// How each column is read and combined, from its type.
 struct Column {
     combine: Combine,
-    comparison: Comparison,
+    /// How values compare, in the format the shards send this column.
+    order: ValueOrder,
     /// `sum` over `numeric` (exact decimal addition) rather than over `bigint`.
     numeric_sum: bool,
 }
@@ -34,6 +40,10 @@ impl Session {
         &mut self,
         streams: &mut [Stream],
         spec: &AggregateSpec,
+        slice: Slice,
+        formats: &[i16],
+        delivery: &Delivery,
+        params: &[Param<'_>],
     ) -> Result<u64, MergeFailure> {
         let Some((collation, description)) = read_header(streams).await? else {
             return Ok(0);
@@ -49,7 +59,8 @@ impl Session {
             .columns
             .iter()
             .zip(&types)
-            .map(|(combine, oid)| column(*combine, *oid, &collation))
+            .enumerate()
+            .map(|(i, (combine, oid))| column(*combine, *oid, &collation, is_binary(formats, i)))
             .collect::<Result<Vec<_>, _>>()?;
 
         let mut groups: Vec<Values> = Vec::new();
@@ -81,6 +92,19 @@ impl Session {
         }
 
         finish_averages(&mut groups, spec)?;
+        if let Some(predicate) = &spec.having {
+            let comparisons: Vec<Comparison> = columns.iter().map(|c| c.order.comparison).collect();
+            let mut kept = Vec::with_capacity(groups.len());
+            for values in groups {
+                if having::keep(predicate, &values, &comparisons, params)? {
+                    kept.push(values);
+                }
+            }
+            groups = kept;
+        }
+        for values in &mut groups {
+            values.truncate(spec.visible);
+        }
         let mut failure = None;
         groups.sort_by(|a, b| {
             for key in &spec.order {
@@ -88,7 +112,7 @@ impl Session {
                     continue;
                 };
                 let Some(c) = columns.get(i) else { continue };
-                match compare_key(key, c.comparison, a[i].as_deref(), b[i].as_deref()) {
+                match compare_key(key, c.order, a[i].as_deref(), b[i].as_deref()) {
                     Some(Ordering::Equal) => {}
                     Some(o) => return o,
                     None => failure = Some(()),
@@ -99,20 +123,33 @@ impl Session {
         if failure.is_some() {
             return Err(unsupported("an aggregate result could not be ordered across shards; restrict the query to one shard"));
         }
-        self.out
-            .push(&visible_description(&description, spec))
-            .await?;
+        if delivery.describe {
+            self.out
+                .push(&visible_description(&description, spec, delivery))
+                .await?;
+        }
         let mut sent = 0u64;
         let selected = groups
             .iter()
-            .skip(usize::try_from(spec.offset).unwrap_or(usize::MAX))
+            .skip(usize::try_from(slice.offset).unwrap_or(usize::MAX))
             .take(
-                spec.limit
+                slice
+                    .limit
                     .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)),
             );
         for values in selected {
             let mut fields = Vec::new();
-            for v in values {
+            for (i, v) in values.iter().enumerate() {
+                let encoded;
+                let v = match (v, &columns[i].combine) {
+                    (Some(text), Combine::Count | Combine::Sum | Combine::Avg { .. })
+                        if delivery.binary(i) =>
+                    {
+                        encoded = encode_binary(text, types[i], columns[i].combine)?;
+                        Some(&encoded)
+                    }
+                    (v, _) => v.as_ref(),
+                };
                 match v {
                     Some(bytes) => {
                         fields.put_i32(i32::try_from(bytes.len()).unwrap_or(i32::MAX));
@@ -130,8 +167,7 @@ impl Session {
     }
 }
 
-/// Replaces each average's combined sum by `sum / count` (as PostgreSQL prints `avg`), and drops
-/// the hidden count columns.
+/// Replaces each average's combined sum by `sum / count` (as PostgreSQL prints `avg`).
 fn finish_averages(groups: &mut [Values], spec: &AggregateSpec) -> Result<(), MergeFailure> {
     for values in groups.iter_mut() {
         for (i, combine) in spec.columns.iter().enumerate().take(spec.visible) {
@@ -157,18 +193,39 @@ fn finish_averages(groups: &mut [Values], spec: &AggregateSpec) -> Result<(), Me
                 _ => None,
             };
         }
-        values.truncate(spec.visible);
     }
     Ok(())
 }
 
+/// A combined count, sum or average (exact text) in binary: `bigint` or `numeric` as the
+/// column's type says.
+fn encode_binary(text: &[u8], oid: u32, combine: Combine) -> Result<Vec<u8>, MergeFailure> {
+    let text = std::str::from_utf8(text).ok();
+    let encoded = match (combine, oid) {
+        (Combine::Avg { .. }, _) | (_, 1700) => text.and_then(binary::numeric_binary),
+        (_, 20) => text
+            .and_then(|t| t.parse::<i64>().ok())
+            .map(|n| n.to_be_bytes().to_vec()),
+        _ => None,
+    };
+    encoded.ok_or_else(|| {
+        unsupported(&format!(
+            "a combined aggregate of type oid {oid} cannot be sent in binary; request text results or restrict the query to one shard"
+        ))
+    })
+}
+
 /// The shards' row description as the client should see it: hidden columns dropped, averages
-/// typed `numeric`.
-fn visible_description(frame: &crate::protocol::Frame, spec: &AggregateSpec) -> bytes::Bytes {
+/// typed `numeric`, formats as the client asked.
+fn visible_description(
+    frame: &crate::protocol::Frame,
+    spec: &AggregateSpec,
+    delivery: &Delivery,
+) -> bytes::Bytes {
     let body = frame.body();
     let mut fields = Vec::new();
     let mut at = 2;
-    for combine in spec.columns.iter().take(spec.visible) {
+    for (i, combine) in spec.columns.iter().take(spec.visible).enumerate() {
         let Some(end) = body
             .get(at..)
             .and_then(|rest| rest.iter().position(|b| *b == 0))
@@ -186,14 +243,21 @@ fn visible_description(frame: &crate::protocol::Frame, spec: &AggregateSpec) -> 
             field[fixed + 10..fixed + 12].copy_from_slice(&(-1i16).to_be_bytes());
             field[fixed + 12..fixed + 16].copy_from_slice(&(-1i32).to_be_bytes());
         }
+        let format = i16::from(delivery.binary(i));
+        field[end + 17..end + 19].copy_from_slice(&format.to_be_bytes());
         fields.extend_from_slice(&field);
         at += end + 19;
     }
     rebuild(tag::ROW_DESCRIPTION, spec.visible, &fields)
 }
 
-/// How a column of type `oid` combines, or why it cannot.
-fn column(combine: Combine, oid: u32, collation: &str) -> Result<Column, MergeFailure> {
+/// How a column of type `oid`, sent by the shards in binary or text, combines, or why it cannot.
+fn column(
+    combine: Combine,
+    oid: u32,
+    collation: &str,
+    binary: bool,
+) -> Result<Column, MergeFailure> {
     let c_collation = matches!(collation, "C" | "POSIX" | "C.UTF-8" | "C.utf8");
     let typed = Comparison::for_type(oid);
     let (comparison, numeric_sum) = match combine {
@@ -223,7 +287,7 @@ fn column(combine: Combine, oid: u32, collation: &str) -> Result<Column, MergeFa
     };
     Ok(Column {
         combine,
-        comparison,
+        order: ValueOrder { comparison, binary },
         numeric_sum,
     })
 }
@@ -262,7 +326,7 @@ fn combine(
                 descending: column.combine == Combine::Max,
                 nulls_first: false,
             };
-            match compare_key(&key, column.comparison, Some(&a), Some(&b)) {
+            match compare_key(&key, column.order, Some(&a), Some(&b)) {
                 Some(Ordering::Greater) => b,
                 Some(_) => a,
                 None => {

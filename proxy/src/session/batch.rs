@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use shardline_router::split::{split_insert, InsertPart};
 use shardline_router::{Route, ShardId, StatementKind};
 
 use super::exchange::{Expect, Mode, Reply};
@@ -21,7 +22,7 @@ use crate::protocol::frontend::{
 use crate::protocol::Frame;
 
 /// One client message of a segment, with what the proxy learned from it.
-enum Item {
+pub(super) enum Item {
     Parse {
         frame: Frame,
         statement: Arc<Statement>,
@@ -46,11 +47,21 @@ enum Item {
 }
 
 /// A segment after routing.
-struct Segment {
-    items: Vec<Item>,
+pub(super) struct Segment {
+    pub(super) items: Vec<Item>,
     routes: Vec<Route>,
     /// Kinds of the statements the segment executes.
     kinds: Vec<StatementKind>,
+    /// Set when the proxy assembles the bound statement's result from several shards.
+    pub(super) assembly: Option<Assembly>,
+}
+
+/// How a bound statement's result is assembled from several shards.
+pub(super) enum Assembly {
+    /// Merged (`ORDER BY`/`LIMIT`) or combined (aggregates) rows.
+    Gather,
+    /// A multi-row `INSERT` split by shard and committed atomically.
+    Split(Vec<InsertPart>),
 }
 
 impl Session {
@@ -103,6 +114,9 @@ impl Session {
                 .await?;
             }
             Route::Multi(shards) => {
+                if segment.assembly.is_some() {
+                    return self.run_assembled(&loaded, &shards, segment).await;
+                }
                 if let Err(e) = self.check_scatter_allowed(&shards) {
                     return self.fail_segment(e).await;
                 }
@@ -132,6 +146,7 @@ impl Session {
             items: Vec::with_capacity(frames.len()),
             routes: Vec::new(),
             kinds: Vec::new(),
+            assembly: None,
         };
         let mut portals: HashMap<Vec<u8>, Arc<Statement>> = HashMap::new();
         for frame in frames {
@@ -155,18 +170,32 @@ impl Session {
                         return Ok(Err(unknown_statement(view.statement)));
                     };
                     if !follows_session(&statement.plan.kind) {
-                        match statement.plan.route(&loaded.config, &view.params()) {
-                            Ok(Route::Multi(_))
+                        let params = view.params();
+                        match statement.plan.route(&loaded.config, &params) {
+                            Ok(Route::Multi(shards))
                                 if statement.plan.merge.is_some()
                                     || statement.plan.aggregate.is_some() =>
                             {
-                                return Ok(Err(ClientError::new(
-                                    sqlstate::FEATURE_NOT_SUPPORTED,
-                                    "ORDER BY, LIMIT and aggregates across several shards are merged in the simple query protocol only for now; restrict the statement to one shard key",
-                                )))
+                                segment.assembly = Some(Assembly::Gather);
+                                segment.routes.push(Route::Multi(shards));
                             }
                             Ok(route) => segment.routes.push(route),
-                            Err(e) => return Ok(Err(e.into())),
+                            Err(e) => {
+                                let split = (statement.plan.kind == StatementKind::Write)
+                                    .then(|| {
+                                        split_insert(&loaded.config, &statement.query, &params)
+                                    })
+                                    .flatten();
+                                match split {
+                                    Some(Ok(parts)) => {
+                                        let shards = parts.iter().map(|p| p.shard).collect();
+                                        segment.routes.push(Route::Multi(shards));
+                                        segment.assembly = Some(Assembly::Split(parts));
+                                    }
+                                    Some(Err(split_error)) => return Ok(Err(split_error.into())),
+                                    None => return Ok(Err(e.into())),
+                                }
+                            }
                         }
                     }
                     portals.insert(view.portal.to_vec(), statement.clone());
@@ -330,7 +359,7 @@ impl Session {
     }
 
     /// Ends a segment with an error: PostgreSQL skips to `Sync` and answers `ReadyForQuery`.
-    async fn fail_segment(&mut self, error: ClientError) -> Result<(), SessionEnd> {
+    pub(super) async fn fail_segment(&mut self, error: ClientError) -> Result<(), SessionEnd> {
         self.out.push(&error.bytes()).await?;
         self.out
             .push(&msg::ready_for_query(self.tx.status()))

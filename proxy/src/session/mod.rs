@@ -12,10 +12,14 @@
 //! pool whenever it reports `ReadyForQuery` idle.
 
 mod aggregate;
+mod assembled;
 mod attach;
 mod batch;
+mod binary;
 mod copy_in;
 mod exchange;
+mod gather;
+mod having;
 mod introspect;
 mod local;
 mod numeric;
@@ -270,10 +274,17 @@ impl Session {
                 // A multi-row INSERT whose rows belong to different shards runs as one
                 // atomic statement per shard.
                 let split = (plan.kind == StatementKind::Write)
-                    .then(|| shardline_router::split::split_insert(&loaded.config, &sql))
+                    .then(|| shardline_router::split::split_insert(&loaded.config, &sql, &()))
                     .flatten();
                 let error = match split {
-                    Some(Ok(parts)) => return self.insert_split(&loaded, parts).await,
+                    Some(Ok(parts)) => {
+                        let source = gather::Source::Simple {
+                            sql: &sql,
+                            literals: &literal_params,
+                        };
+                        let delivery = gather::Delivery::simple();
+                        return self.insert_split(&loaded, parts, &source, &delivery).await;
+                    }
                     Some(Err(split_error)) => split_error,
                     None => e,
                 };
@@ -303,17 +314,14 @@ impl Session {
                 .await
             }
             Route::Multi(shards) => {
-                if let Some(spec) = &plan.aggregate {
-                    // count/sum/min/max, grouped or not: the shards' groups are combined.
-                    return self
-                        .gather(&loaded, &shards, &sql, ordered::Gather::Combined(spec))
-                        .await;
-                }
-                if let Some(spec) = &plan.merge {
-                    // ORDER BY / LIMIT: a streaming merge of the shards' sorted results.
-                    return self
-                        .gather(&loaded, &shards, &sql, ordered::Gather::Ordered(spec))
-                        .await;
+                if let Some(how) = gather::Gather::of(&plan) {
+                    // Aggregates combined, or ORDER BY / LIMIT merged from sorted streams.
+                    let source = gather::Source::Simple {
+                        sql: &sql,
+                        literals: &literal_params,
+                    };
+                    let delivery = gather::Delivery::simple();
+                    return self.gather(&loaded, &shards, source, how, delivery).await;
                 }
                 if let Err(e) = self.check_scatter_allowed(&shards) {
                     return self.fail(e).await;

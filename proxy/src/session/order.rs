@@ -1,16 +1,20 @@
-//! Comparing text-format values the way PostgreSQL orders them, for merging sorted shard
-//! results: integers and floats numerically, numeric as exact decimals, dates and timestamps
-//! as instants, text and uuid bytewise (the shards' collation must be C for text keys; the
-//! merge checks it).
+//! Comparing values the way PostgreSQL orders them, for merging sorted shard results, in text
+//! or binary format: integers and floats numerically, numeric as exact decimals, dates and
+//! timestamps as instants, text and uuid bytewise (the shards' collation must be C for text
+//! keys; the merge checks it).
 
 use std::cmp::Ordering;
 
 use shardline_router::merge::SortKey;
 
+use super::binary;
+
 /// How one sort column's values compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Comparison {
     Integer,
+    /// `oid`: unsigned 32-bit.
+    Unsigned,
     Float,
     Numeric,
     /// Bytewise: text under the C collation, uuid, bool.
@@ -24,7 +28,8 @@ impl Comparison {
     pub fn for_type(oid: u32) -> Option<(Comparison, bool)> {
         // The flag says the type compares by collation (needs a C-collation database).
         Some(match oid {
-            20 | 21 | 23 | 26 => (Comparison::Integer, false),
+            20 | 21 | 23 => (Comparison::Integer, false),
+            26 => (Comparison::Unsigned, false),
             700 | 701 => (Comparison::Float, false),
             1700 => (Comparison::Numeric, false),
             16 | 2950 => (Comparison::Bytes, false),
@@ -34,16 +39,49 @@ impl Comparison {
         })
     }
 
-    /// Orders two non-NULL values; `None` when a value does not read as its type.
+    /// Orders two non-NULL text values; `None` when a value does not read as its type.
     fn compare(self, a: &[u8], b: &[u8]) -> Option<Ordering> {
         match self {
             Comparison::Bytes => Some(a.cmp(b)),
             Comparison::Integer => Some(parse::<i64>(a)?.cmp(&parse::<i64>(b)?)),
+            Comparison::Unsigned => Some(parse::<u64>(a)?.cmp(&parse::<u64>(b)?)),
             Comparison::Float => Some(parse::<f64>(a)?.total_cmp(&parse::<f64>(b)?)),
             Comparison::Numeric => {
                 compare_numeric(std::str::from_utf8(a).ok()?, std::str::from_utf8(b).ok()?)
             }
             Comparison::Instant => Some(instant(a)?.cmp(&instant(b)?)),
+        }
+    }
+}
+
+/// How one column's values compare: by type, in the format the shard sent them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValueOrder {
+    pub comparison: Comparison,
+    pub binary: bool,
+}
+
+impl ValueOrder {
+    /// Orders two non-NULL values; `None` when a value does not read as its type.
+    pub fn compare(self, a: &[u8], b: &[u8]) -> Option<Ordering> {
+        if !self.binary {
+            return self.comparison.compare(a, b);
+        }
+        match self.comparison {
+            // text under C, uuid and bool compare bytewise in binary as in text.
+            Comparison::Bytes => Some(a.cmp(b)),
+            // date is a 4-byte day count, timestamps 8-byte microsecond counts.
+            Comparison::Integer | Comparison::Instant => {
+                Some(binary::integer(a)?.cmp(&binary::integer(b)?))
+            }
+            Comparison::Unsigned => {
+                let read = |v: &[u8]| v.try_into().ok().map(u32::from_be_bytes);
+                Some(read(a)?.cmp(&read(b)?))
+            }
+            Comparison::Float => Some(binary::float(a)?.total_cmp(&binary::float(b)?)),
+            Comparison::Numeric => {
+                compare_numeric(&binary::numeric_text(a)?, &binary::numeric_text(b)?)
+            }
         }
     }
 }
@@ -55,7 +93,7 @@ fn parse<T: std::str::FromStr>(bytes: &[u8]) -> Option<T> {
 /// Orders two values of one sort key, NULL placement and direction applied.
 pub fn compare_key(
     key: &SortKey,
-    comparison: Comparison,
+    order: ValueOrder,
     a: Option<&[u8]>,
     b: Option<&[u8]>,
 ) -> Option<Ordering> {
@@ -75,7 +113,7 @@ pub fn compare_key(
                 Ordering::Less
             })
         }
-        (Some(a), Some(b)) => comparison.compare(a, b)?,
+        (Some(a), Some(b)) => order.compare(a, b)?,
     };
     Some(if key.descending {
         ordering.reverse()
@@ -270,5 +308,47 @@ mod tests {
             instant(b"2024-01-01 05:30:00+00")
         );
         assert_eq!(instant(b"0044-03-15 BC"), None);
+    }
+
+    #[test]
+    fn binary_values_order_like_their_text() {
+        let text = |comparison| ValueOrder {
+            comparison,
+            binary: false,
+        };
+        let bin = |comparison| ValueOrder {
+            comparison,
+            binary: true,
+        };
+        let ints: [i64; 4] = [i64::MIN, -3, 0, 70_000];
+        for a in ints {
+            for b in ints {
+                let want = text(Comparison::Integer)
+                    .compare(a.to_string().as_bytes(), b.to_string().as_bytes());
+                assert_eq!(
+                    bin(Comparison::Integer).compare(&a.to_be_bytes(), &b.to_be_bytes()),
+                    want
+                );
+            }
+        }
+        let oid = |n: u32| n.to_be_bytes();
+        assert_eq!(
+            bin(Comparison::Unsigned).compare(&oid(3_000_000_000), &oid(5)),
+            Some(Ordering::Greater)
+        );
+        let numerics = ["-10.5", "-0.001", "0", "2", "2.50", "10000.0001", "NaN"];
+        for a in numerics {
+            for b in numerics {
+                let (ba, bb) = (binary::numeric_binary(a), binary::numeric_binary(b));
+                let got = ba
+                    .zip(bb)
+                    .and_then(|(x, y)| bin(Comparison::Numeric).compare(&x, &y));
+                assert_eq!(got, compare_numeric(a, b), "{a} vs {b}");
+            }
+        }
+        assert_eq!(
+            bin(Comparison::Float).compare(&(-1.5f64).to_be_bytes(), &f64::NAN.to_be_bytes()),
+            Some(Ordering::Less)
+        );
     }
 }

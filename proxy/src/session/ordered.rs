@@ -10,15 +10,17 @@
 use std::cmp::Ordering;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use shardline_router::merge::MergeSpec;
+use shardline_router::merge::{MergeSpec, Slice};
 use shardline_router::ShardId;
 
-use super::order::{compare_key, Comparison};
+use super::gather::Delivery;
+use super::order::{compare_key, Comparison, ValueOrder};
 use super::split::lost;
-use super::{local, ClientError, Session, SessionEnd};
+use super::{local, ClientError, Session};
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
+use crate::protocol::frontend::is_binary;
 use crate::protocol::Frame;
 
 /// One shard's sorted stream.
@@ -30,15 +32,6 @@ pub(super) struct Stream {
     head: Option<Frame>,
     /// The shard has sent its `CommandComplete` (or failed) and only `ReadyForQuery` is left.
     exhausted: bool,
-}
-
-/// How the rows of a multi-shard read are put together.
-#[derive(Clone, Copy)]
-pub(super) enum Gather<'a> {
-    /// A streaming merge of sorted results.
-    Ordered(&'a MergeSpec),
-    /// Groups combined from partial aggregates.
-    Combined(&'a shardline_router::combine::AggregateSpec),
 }
 
 /// What went wrong while merging.
@@ -54,39 +47,14 @@ impl From<std::io::Error> for MergeFailure {
 }
 
 impl Session {
-    /// Runs a multi-shard read whose rows the proxy must merge (`ORDER BY`/`LIMIT`) or combine
-    /// (aggregates) rather than concatenate.
-    pub(super) async fn gather(
-        &mut self,
-        loaded: &Loaded,
-        shards: &[ShardId],
-        sql: &str,
-        gather: Gather<'_>,
-    ) -> Result<(), SessionEnd> {
-        if let Err(e) = self.check_scatter_allowed(shards) {
-            return self.fail(e).await;
-        }
-        let rewritten = match gather {
-            Gather::Ordered(_) => shardline_router::merge::shard_sql(sql),
-            Gather::Combined(_) => shardline_router::combine::shard_sql(sql),
-        };
-        let text = rewritten.unwrap_or_else(|| sql.to_owned());
-        let (mut streams, failure) = self.open_streams(loaded, shards, &text).await;
-        let result = match (failure, gather) {
-            (Some(error), _) => Err(MergeFailure::Query(error)),
-            (None, Gather::Ordered(spec)) => self.stream_merged(&mut streams, spec).await,
-            (None, Gather::Combined(spec)) => self.combine_streams(&mut streams, spec).await,
-        };
-        self.finish_streams(streams, result).await
-    }
-
-    /// Sends `text` to every shard in `shards` (the first also reports its collation) and
-    /// returns the streams opened, with the error that stopped opening more, if any.
+    /// Sends `request` (a query, or an extended-protocol execution ending in `Sync`) to every
+    /// shard in `shards` (the first also reports its collation) and returns the streams
+    /// opened, with the error that stopped opening more, if any.
     pub(super) async fn open_streams(
         &mut self,
         loaded: &Loaded,
         shards: &[ShardId],
-        text: &str,
+        request: &[u8],
     ) -> (Vec<Stream>, Option<ClientError>) {
         let mut streams = Vec::with_capacity(shards.len());
         for (i, &shard) in shards.iter().enumerate() {
@@ -105,7 +73,7 @@ impl Session {
             if i == 0 {
                 out.extend_from_slice(&local::query_message("SHOW lc_collate"));
             }
-            out.extend_from_slice(&local::query_message(text));
+            out.extend_from_slice(request);
             let skip = prelude.len();
             let sent = conn.send(&out).await;
             let mut stream = Stream {
@@ -130,42 +98,32 @@ impl Session {
         (streams, None)
     }
 
-    /// Drains and releases the streams, then completes the statement (`SELECT n`) or reports
-    /// its error.
-    pub(super) async fn finish_streams(
+    /// Reads the streams to their ends and releases their backends; a stream that cannot be
+    /// read to its end turns a success into an error, since the backend state is unknown.
+    pub(super) async fn close_streams(
         &mut self,
         mut streams: Vec<Stream>,
         result: Result<u64, MergeFailure>,
-    ) -> Result<(), SessionEnd> {
+    ) -> Result<u64, MergeFailure> {
         let drained = drain(&mut streams).await;
         self.release_streams(streams);
         match result {
-            Ok(rows) if drained => {
-                self.out
-                    .push(&msg::command_complete(&format!("SELECT {rows}")))
-                    .await?;
-                self.out
-                    .push(&msg::ready_for_query(self.tx.status()))
-                    .await?;
-                Ok(self.out.flush().await?)
-            }
-            Ok(_) => {
-                self.fail(ClientError::new(
-                    sqlstate::CONNECTION_FAILURE,
-                    "lost a shard connection while finishing the query",
-                ))
-                .await
-            }
-            Err(MergeFailure::Client(e)) => Err(SessionEnd::ClientIo(e)),
-            Err(MergeFailure::Query(error)) => self.fail(error).await,
+            Ok(_) if !drained => Err(MergeFailure::Query(ClientError::new(
+                sqlstate::CONNECTION_FAILURE,
+                "lost a shard connection while finishing the query",
+            ))),
+            other => other,
         }
     }
 
     /// Reads descriptions, then merges rows to the client; returns how many rows were sent.
-    async fn stream_merged(
+    pub(super) async fn stream_merged(
         &mut self,
         streams: &mut [Stream],
         spec: &MergeSpec,
+        slice: Slice,
+        formats: &[i16],
+        delivery: &Delivery,
     ) -> Result<u64, MergeFailure> {
         let Some((collation, description)) = read_header(streams).await? else {
             return Ok(0);
@@ -188,11 +146,17 @@ impl Session {
                     "ORDER BY on text across shards needs the shards' collation to be C (it is {collation}); restrict the query to one shard or sort on the client"
                 )));
             }
-            keys.push((*key, column, comparison));
+            let order = ValueOrder {
+                comparison,
+                binary: is_binary(formats, column),
+            };
+            keys.push((*key, column, order));
         }
-        self.out
-            .push(&strip_description(&description, visible))
-            .await?;
+        if delivery.describe {
+            self.out
+                .push(&strip_description(&description, visible))
+                .await?;
+        }
 
         for stream in streams.iter_mut() {
             advance(stream).await?;
@@ -200,7 +164,7 @@ impl Session {
         let mut skipped = 0;
         let mut sent = 0u64;
         loop {
-            if spec.limit.is_some_and(|limit| sent >= limit) {
+            if slice.limit.is_some_and(|limit| sent >= limit) {
                 return Ok(sent);
             }
             let mut best: Option<usize> = None;
@@ -217,7 +181,7 @@ impl Session {
             let Some(best) = best else { return Ok(sent) };
             let row = streams[best].head.take();
             if let Some(row) = row {
-                if skipped < spec.offset {
+                if skipped < slice.offset {
                     skipped += 1;
                 } else {
                     self.out
@@ -459,11 +423,11 @@ fn first_field(body: &[u8]) -> Option<String> {
 
 /// Orders two rows by the sort keys.
 fn compare_rows(
-    keys: &[(shardline_router::merge::SortKey, usize, Comparison)],
+    keys: &[(shardline_router::merge::SortKey, usize, ValueOrder)],
     a: &Frame,
     b: &Frame,
 ) -> Result<Ordering, MergeFailure> {
-    for (key, column, comparison) in keys {
+    for (key, column, order) in keys {
         let (va, vb) = match (field(a, *column), field(b, *column)) {
             (Some(va), Some(vb)) => (va, vb),
             _ => {
@@ -473,7 +437,7 @@ fn compare_rows(
                 )))
             }
         };
-        let ordering = compare_key(key, *comparison, va, vb)
+        let ordering = compare_key(key, *order, va, vb)
             .ok_or_else(|| unsupported("a sort value across shards could not be compared (only ISO dates, finite numbers and text in C collation are merged); restrict the query to one shard"))?;
         if ordering != Ordering::Equal {
             return Ok(ordering);

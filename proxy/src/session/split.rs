@@ -14,6 +14,8 @@ use bytes::{Bytes, BytesMut};
 use shardline_router::split::InsertPart;
 use shardline_router::ShardId;
 
+use super::gather::{Delivery, Source};
+use super::ordered::MergeFailure;
 use super::{local, ClientError, Session, SessionEnd};
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
@@ -36,15 +38,18 @@ pub(super) struct Part {
 }
 
 impl Session {
-    /// Runs the parts of a split `INSERT` atomically across their shards.
+    /// Runs the parts of a split `INSERT` atomically across their shards, in the client's
+    /// protocol (`source`), answering as `delivery` says.
     pub(super) async fn insert_split(
         &mut self,
         loaded: &Loaded,
         parts: Vec<InsertPart>,
+        source: &Source<'_>,
+        delivery: &Delivery,
     ) -> Result<(), SessionEnd> {
         let shards: Vec<ShardId> = parts.iter().map(|p| p.shard).collect();
         if let Err(e) = self.check_scatter_allowed(&shards) {
-            return self.fail(e).await;
+            return self.complete(Err(MergeFailure::Query(e)), delivery).await;
         }
         let started = std::time::Instant::now();
         let gid = format!("shardline_{:016x}", rand::random::<u64>());
@@ -67,7 +72,7 @@ impl Session {
             let (mut out, queue) =
                 self.compose(&mut conn, true, |_| (Vec::new(), Default::default()));
             out.extend_from_slice(&local::query_message("BEGIN"));
-            out.extend_from_slice(&local::query_message(&part.sql));
+            out.extend_from_slice(&source.request(&part.statement, &delivery.formats));
             let cycles = queue.len() + 2;
             let result = match conn.send(&out).await {
                 Ok(()) => collect(&mut conn, cycles).await,
@@ -104,7 +109,7 @@ impl Session {
                     self.ctx
                         .stats
                         .record_scatter(loaded, &shards, true, started.elapsed());
-                    return self.send_merged(results).await;
+                    return self.send_merged(results, delivery).await;
                 }
             }
         } else {
@@ -117,7 +122,10 @@ impl Session {
             .stats
             .record_scatter(loaded, &shards, false, started.elapsed());
         match failure {
-            Some(error) => self.fail(error).await,
+            Some(error) => {
+                self.complete(Err(MergeFailure::Query(error)), delivery)
+                    .await
+            }
             None => Ok(()),
         }
     }
@@ -157,10 +165,16 @@ impl Session {
         failure
     }
 
-    /// One `RowDescription`, every shard's `RETURNING` rows, one summed `CommandComplete`.
-    async fn send_merged(&mut self, results: Vec<PartResult>) -> Result<(), SessionEnd> {
+    /// One `RowDescription` (if the client asked), every shard's `RETURNING` rows, one summed
+    /// `CommandComplete`.
+    async fn send_merged(
+        &mut self,
+        results: Vec<PartResult>,
+        delivery: &Delivery,
+    ) -> Result<(), SessionEnd> {
         let mut out = BytesMut::new();
-        if let Some(description) = results.iter().find_map(|r| r.row_description.clone()) {
+        let description = results.iter().find_map(|r| r.row_description.clone());
+        if let (true, Some(description)) = (delivery.describe, description) {
             out.extend_from_slice(&description);
         }
         let mut tags = Vec::new();
@@ -170,10 +184,8 @@ impl Session {
             }
             tags.extend(result.tag);
         }
-        out.extend_from_slice(&msg::command_complete(&msg::sum_tags(&tags)));
-        out.extend_from_slice(&msg::ready_for_query(self.tx.status()));
         self.out.push(&out).await?;
-        Ok(self.out.flush().await?)
+        self.complete(Ok(msg::sum_tags(&tags)), delivery).await
     }
 
     pub(super) fn release_parts(&mut self, parts: Vec<Part>) {
@@ -231,8 +243,8 @@ pub(super) async fn finish_quietly(conn: &mut Pooled, sql: &str) {
     }
 }
 
-/// Reads `cycles` simple-query answers (each ending with `ReadyForQuery`), keeping the rows and
-/// tag of the last and the first error of any.
+/// Reads `cycles` answers (each ending with `ReadyForQuery`), keeping the rows and tag of the
+/// last and the first error of any.
 async fn collect(conn: &mut Pooled, cycles: usize) -> Result<PartResult, String> {
     let mut result = PartResult::default();
     let mut remaining = cycles;

@@ -1,0 +1,154 @@
+//! Extended-protocol segments whose one statement the proxy assembles from several shards (a
+//! merged or combined read, a split `INSERT`): the client's other messages are answered here,
+//! in order, around the assembled result, since no single backend runs the client's statement.
+
+use bytes::BytesMut;
+use shardline_router::ShardId;
+
+use super::batch::{Assembly, Item, Segment};
+use super::exchange::Reply;
+use super::gather::{Delivery, Gather, Source};
+use super::ordered::MergeFailure;
+use super::statements::Statement;
+use super::{ClientError, Session, SessionEnd};
+use crate::context::Loaded;
+use crate::protocol::backend::{self as msg, sqlstate, tag};
+use crate::protocol::frontend::{execute_max_rows, BindView};
+use crate::protocol::Frame;
+
+/// The client's messages of an assembled segment, sorted into what comes before the result
+/// and what after.
+struct Layout<'a> {
+    /// Replies owed before the result (`ParseComplete`, `BindComplete`, `CloseComplete`).
+    before: BytesMut,
+    bind: &'a Frame,
+    statement: &'a Statement,
+    describe: bool,
+    after: BytesMut,
+    ready: bool,
+}
+
+impl Session {
+    /// Runs a segment holding one statement the proxy assembles from `shards`.
+    pub(super) async fn run_assembled(
+        &mut self,
+        loaded: &Loaded,
+        shards: &[ShardId],
+        segment: Segment,
+    ) -> Result<(), SessionEnd> {
+        let layout = match layout(&segment.items) {
+            Ok(layout) => layout,
+            Err(error) => return self.fail_segment(error).await,
+        };
+        let statement = layout.statement;
+        let view = match BindView::new(layout.bind) {
+            Ok(view) => view,
+            Err(_) => {
+                let error = ClientError::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "the Bind of this segment could not be read again",
+                );
+                return self.fail_segment(error).await;
+            }
+        };
+        self.out.push(&layout.before).await?;
+        let source = Source::Extended {
+            sql: &statement.query,
+            param_types: &statement.param_types,
+            bind: &view,
+        };
+        let delivery = Delivery {
+            describe: layout.describe,
+            formats: view.result_formats.clone(),
+            after: layout.after.freeze(),
+            ready: layout.ready,
+        };
+        match (&segment.assembly, Gather::of(&statement.plan)) {
+            (Some(Assembly::Split(parts)), _) => {
+                self.insert_split(loaded, parts.clone(), &source, &delivery)
+                    .await
+            }
+            (_, Some(how)) => self.gather(loaded, shards, source, how, delivery).await,
+            (_, None) => {
+                let error = ClientError::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "this statement cannot be assembled from several shards; restrict it to one shard key",
+                );
+                self.complete(Err(MergeFailure::Query(error)), &delivery)
+                    .await
+            }
+        }
+    }
+}
+
+/// Sorts the segment's messages around its one `Execute`, refusing shapes whose replies could
+/// not be given in order without a single backend running the statement.
+fn layout(items: &[Item]) -> Result<Layout<'_>, ClientError> {
+    let refuse = |what: &str| {
+        ClientError::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("{what} in the same pipeline segment as a statement that runs on several shards is not supported; send a Sync after it"),
+        )
+    };
+    let mut before = BytesMut::new();
+    let mut after = BytesMut::new();
+    let mut bind = None;
+    let mut describe = false;
+    let mut executed = false;
+    let mut ready = false;
+    for item in items {
+        let replies = if executed { &mut after } else { &mut before };
+        match item {
+            Item::Parse { .. } if !executed => {
+                replies.extend_from_slice(&msg::empty(tag::PARSE_COMPLETE))
+            }
+            Item::UsesStatement {
+                frame,
+                statement,
+                reply: Reply::Bind,
+                ..
+            } if !executed && bind.is_none() => {
+                replies.extend_from_slice(&msg::empty(tag::BIND_COMPLETE));
+                bind = Some((frame, statement.as_ref()));
+            }
+            Item::Forward {
+                reply: Some(Reply::DescribePortal),
+                ..
+            } if bind.is_some() && !executed => describe = true,
+            Item::Execute { frame, .. } if bind.is_some() && !executed => {
+                if execute_max_rows(frame).unwrap_or(0) != 0 {
+                    return Err(refuse(
+                        "fetching a multi-shard result in parts (Execute with a row limit)",
+                    ));
+                }
+                executed = true;
+            }
+            Item::CloseStatement
+            | Item::Forward {
+                reply: Some(Reply::Close),
+                ..
+            } => replies.extend_from_slice(&msg::empty(tag::CLOSE_COMPLETE)),
+            Item::Forward {
+                reply: Some(Reply::Sync),
+                ..
+            } => ready = true,
+            Item::Forward { reply: None, .. } => {}
+            Item::UsesStatement {
+                reply: Reply::DescribeStatement,
+                ..
+            } => return Err(refuse("describing a statement")),
+            _ => return Err(refuse("another statement")),
+        }
+    }
+    match (bind, executed) {
+        (Some((bind, statement)), true) => Ok(Layout {
+            before,
+            bind,
+            statement,
+            describe,
+            after,
+            ready,
+        }),
+        _ => Err(refuse("a Bind without its Execute")),
+    }
+}
