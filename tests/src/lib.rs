@@ -137,6 +137,44 @@ impl TestCluster {
         Ok(self.rule(table)?.shard_for(&KeyValue::Int(key))?)
     }
 
+    /// Counts the rows of `table` on every shard, read from each shard directly, checking that
+    /// each is on the shard the router places its `key` column on (`text_key`: the key is
+    /// text, else an integer) and that no prepared transaction was left behind.
+    pub async fn placed_rows(
+        &self,
+        table: &str,
+        key: &str,
+        text_key: bool,
+    ) -> anyhow::Result<usize> {
+        let rule = self.rule(table)?;
+        let mut total = 0;
+        for i in 0..self.shard_count() {
+            let shard = self.shard(i).await?;
+            for row in shard
+                .query(&format!("SELECT {key}::text FROM {table}"), &[])
+                .await?
+            {
+                let value: String = row.get(0);
+                let key_value = if text_key {
+                    KeyValue::Text(value.clone())
+                } else {
+                    KeyValue::Int(value.parse()?)
+                };
+                anyhow::ensure!(
+                    rule.shard_for(&key_value)? == i,
+                    "{table} row {value} is on shard {i}, not where the router places it"
+                );
+                total += 1;
+            }
+            let prepared: i64 = shard
+                .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+                .await?
+                .get(0);
+            anyhow::ensure!(prepared == 0, "prepared transactions left on shard {i}");
+        }
+        Ok(total)
+    }
+
     /// Runs psql as app/app through the proxy (stopping at the first error) with extra
     /// arguments; returns (success, stdout, stderr).
     pub fn psql(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {

@@ -2,40 +2,7 @@
 //! owns its key (checked on each shard directly), in text and CSV, with or without a column
 //! list; a row that cannot be placed fails the whole COPY and no shard keeps any row.
 
-use shardline_router::KeyValue;
 use shardline_tests::TestCluster;
-
-/// Rows of `table` per shard, read from each shard directly, with the router's placement checked.
-async fn placed_rows(
-    cluster: &TestCluster,
-    table: &str,
-    key: &str,
-    text_key: bool,
-) -> anyhow::Result<usize> {
-    let rule = cluster.rule(table)?;
-    let mut total = 0;
-    for i in 0..cluster.shard_count() {
-        let shard = cluster.shard(i).await?;
-        for row in shard
-            .query(&format!("SELECT {key}::text FROM {table}"), &[])
-            .await?
-        {
-            let value: String = row.get(0);
-            let key_value = if text_key {
-                KeyValue::Text(value.clone())
-            } else {
-                KeyValue::Int(value.parse()?)
-            };
-            assert_eq!(
-                rule.shard_for(&key_value)?,
-                i,
-                "{table} row {value} is on shard {i}"
-            );
-            total += 1;
-        }
-    }
-    Ok(total)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn copy_rows_go_to_their_shards() -> anyhow::Result<()> {
@@ -64,7 +31,7 @@ async fn copy_rows_go_to_their_shards() -> anyhow::Result<()> {
     ])?;
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "COPY 3000");
-    assert_eq!(placed_rows(&cluster, "users", "id", false).await?, 3000);
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, 3000);
     let name: String = client
         .query_one("SELECT name FROM users WHERE id = 77", &[])
         .await?
@@ -86,7 +53,7 @@ async fn copy_rows_go_to_their_shards() -> anyhow::Result<()> {
     ])?;
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "COPY 500");
-    assert_eq!(placed_rows(&cluster, "users", "id", false).await?, 3500);
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, 3500);
 
     // CSV with a header, quoted delimiters and newlines, text keys.
     let mut csv = String::from("email,note,n\n");
@@ -107,10 +74,7 @@ async fn copy_rows_go_to_their_shards() -> anyhow::Result<()> {
     ])?;
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "COPY 1000");
-    assert_eq!(
-        placed_rows(&cluster, "accounts", "email", true).await?,
-        1000
-    );
+    assert_eq!(cluster.placed_rows("accounts", "email", true).await?, 1000);
     let note: String = client
         .query_one(
             "SELECT note FROM accounts WHERE email = 'user5@example.com'",
@@ -129,7 +93,7 @@ async fn copy_rows_go_to_their_shards() -> anyhow::Result<()> {
         &format!("\\copy users (id, name) from '{}'", file.display()),
     ])?;
     assert!(!ok && err.contains("NULL shard key"), "{err}");
-    assert_eq!(placed_rows(&cluster, "users", "id", false).await?, 3500);
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, 3500);
     // A duplicate key on one shard: the shards that succeeded roll back too.
     let file = dir.join("dup.txt");
     std::fs::write(&file, "900001\tok\n900002\tok\n77\tduplicate\n900003\tok\n")?;
@@ -139,7 +103,7 @@ async fn copy_rows_go_to_their_shards() -> anyhow::Result<()> {
         &format!("\\copy users (id, name) from '{}'", file.display()),
     ])?;
     assert!(!ok && err.contains("duplicate key"), "{err}");
-    assert_eq!(placed_rows(&cluster, "users", "id", false).await?, 3500);
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, 3500);
     for i in 0..cluster.shard_count() {
         let prepared: i64 = cluster
             .shard(i)
@@ -150,5 +114,54 @@ async fn copy_rows_go_to_their_shards() -> anyhow::Result<()> {
         assert_eq!(prepared, 0);
     }
     std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn extended_protocol_copy_routes_rows_and_keeps_the_session_in_step() -> anyhow::Result<()> {
+    use futures::SinkExt;
+
+    let cluster = TestCluster::start("copy-extended", 3).await?;
+    let client = cluster.client().await?;
+    client
+        .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text)")
+        .await?;
+    // tokio-postgres runs COPY through Bind/Execute/Sync, then CopyData…, CopyDone, Sync.
+    for round in 0..3i64 {
+        let sink = client.copy_in("COPY users (id, name) FROM STDIN").await?;
+        futures::pin_mut!(sink);
+        let rows: String = (0..1000)
+            .map(|i| format!("{}\tround {round}\n", round * 1000 + i + 1))
+            .collect();
+        sink.send(bytes::Bytes::from(rows)).await?;
+        let copied = sink.finish().await?;
+        assert_eq!(copied, 1000, "COPY row count of round {round}");
+        // The session is in step: a query right after the COPY gets its own answer.
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM users", &[])
+            .await?
+            .get(0);
+        assert_eq!(n, (round + 1) * 1000);
+    }
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, 3000);
+
+    // A row that collides fails the whole COPY, nothing is kept, and the client goes on.
+    let sink = client.copy_in("COPY users (id, name) FROM STDIN").await?;
+    futures::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(
+        b"5001\tnew\n5002\tnew\n7\tduplicate\n",
+    ))
+    .await?;
+    let err = sink.finish().await.err();
+    assert_eq!(
+        err.and_then(|e| e.code().cloned()),
+        Some(tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+    );
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, 3000);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM users", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 3000);
     Ok(())
 }

@@ -2,7 +2,6 @@
 //! shard, committed atomically: every row lands on exactly its shard (checked on each shard
 //! directly), RETURNING rows come back merged, and a failure on one shard leaves no row on any.
 
-use shardline_router::KeyValue;
 use shardline_tests::TestCluster;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::SimpleQueryMessage;
@@ -18,34 +17,6 @@ fn rows_and_tag(messages: &[SimpleQueryMessage]) -> (Vec<String>, Option<u64>) {
         }
     }
     (rows, tag)
-}
-
-/// Checks every row of `users` on every shard is on the shard its key hashes to, and no
-/// prepared transaction was left behind; returns how many rows there are.
-async fn placed_rows(cluster: &TestCluster) -> anyhow::Result<usize> {
-    let rule = cluster.rule("users")?;
-    let mut total = 0;
-    for i in 0..cluster.shard_count() {
-        let shard = cluster.shard(i).await?;
-        for row in shard.query("SELECT id FROM users", &[]).await? {
-            let id: i64 = row.get(0);
-            assert_eq!(
-                rule.shard_for(&KeyValue::Int(id))?,
-                i,
-                "row {id} on shard {i}"
-            );
-            total += 1;
-        }
-        let prepared: i64 = shard
-            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
-            .await?
-            .get(0);
-        assert_eq!(
-            prepared, 0,
-            "no prepared transaction left behind on shard {i}"
-        );
-    }
-    Ok(total)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,7 +44,7 @@ async fn multi_row_insert_is_split_by_shard_and_atomic() -> anyhow::Result<()> {
         "one CommandComplete with the total count"
     );
 
-    let total = placed_rows(&cluster).await?;
+    let total = cluster.placed_rows("users", "id", false).await?;
     assert_eq!(total, ids.len());
 
     // One row collides on its shard: the whole statement fails and no new row appears anywhere.
@@ -92,7 +63,7 @@ async fn multi_row_insert_is_split_by_shard_and_atomic() -> anyhow::Result<()> {
         Some(SqlState::UNIQUE_VIOLATION)
     );
     assert_eq!(
-        placed_rows(&cluster).await?,
+        cluster.placed_rows("users", "id", false).await?,
         ids.len(),
         "a failed split INSERT must not leave rows behind"
     );
@@ -158,7 +129,10 @@ async fn bound_multi_row_insert_is_split_in_the_extended_protocol() -> anyhow::R
         );
         expected.extend(ids);
     }
-    assert_eq!(placed_rows(&cluster).await?, expected.len());
+    assert_eq!(
+        cluster.placed_rows("users", "id", false).await?,
+        expected.len()
+    );
 
     // A duplicate on one shard fails the whole statement; the client keeps working.
     let two = client
@@ -172,11 +146,17 @@ async fn bound_multi_row_insert_is_split_in_the_extended_protocol() -> anyhow::R
         err.and_then(|e| e.code().cloned()),
         Some(SqlState::UNIQUE_VIOLATION)
     );
-    assert_eq!(placed_rows(&cluster).await?, expected.len());
+    assert_eq!(
+        cluster.placed_rows("users", "id", false).await?,
+        expected.len()
+    );
     let inserted = client
         .execute(&two, &[&5_000_001i64, &5_000_002i64, &5_000_003i64])
         .await?;
     assert_eq!(inserted, 3, "summed row count");
-    assert_eq!(placed_rows(&cluster).await?, expected.len() + 3);
+    assert_eq!(
+        cluster.placed_rows("users", "id", false).await?,
+        expected.len() + 3
+    );
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Extended-protocol segments whose one statement the proxy assembles from several shards (a
-//! merged or combined read, a split `INSERT`): the client's other messages are answered here,
+//! merged or combined read, a split `INSERT`, a `COPY` into a sharded table): the client's
+//! other messages are answered here,
 //! in order, around the assembled result, since no single backend runs the client's statement.
 
 use bytes::BytesMut;
@@ -62,10 +63,15 @@ impl Session {
             formats: view.result_formats.clone(),
             after: layout.after.freeze(),
             ready: layout.ready,
+            extended: true,
         };
         match (&segment.assembly, Gather::of(&statement.plan)) {
             (Some(Assembly::Split(parts)), _) => {
                 self.insert_split(loaded, parts.clone(), &source, &delivery)
+                    .await
+            }
+            (Some(Assembly::Copy(spec)), _) => {
+                self.copy_split(loaded, &statement.query, spec, &delivery)
                     .await
             }
             (_, Some(how)) => self.gather(loaded, shards, source, how, delivery).await,

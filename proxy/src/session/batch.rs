@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use shardline_router::copy::{copy_into, CopyInto};
 use shardline_router::split::{split_insert, InsertPart};
 use shardline_router::{Route, ShardId, StatementKind};
 
@@ -62,6 +63,8 @@ pub(super) enum Assembly {
     Gather,
     /// A multi-row `INSERT` split by shard and committed atomically.
     Split(Vec<InsertPart>),
+    /// `COPY … FROM STDIN` into a sharded table, each row sent to its shard.
+    Copy(CopyInto),
 }
 
 impl Session {
@@ -180,6 +183,17 @@ impl Session {
                                 segment.routes.push(Route::Multi(shards));
                             }
                             Ok(route) => segment.routes.push(route),
+                            Err(e) if statement.plan.kind == StatementKind::CopyIn => {
+                                match copy_into(&loaded.config, &statement.query) {
+                                    Some(Ok(spec)) => {
+                                        let shards = spec.rule.shards(loaded.config.shards.len());
+                                        segment.routes.push(Route::Multi(shards));
+                                        segment.assembly = Some(Assembly::Copy(spec));
+                                    }
+                                    Some(Err(copy_error)) => return Ok(Err(copy_error.into())),
+                                    None => return Ok(Err(e.into())),
+                                }
+                            }
                             Err(e) => {
                                 let split = (statement.plan.kind == StatementKind::Write)
                                     .then(|| {

@@ -9,6 +9,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use shardline_router::copy::{trim_line_end, CopyFormat, CopyInto, RowSplitter};
 use shardline_router::ShardId;
 
+use super::gather::Delivery;
+use super::ordered::MergeFailure;
 use super::split::{finish_quietly, lost, shard_error, Part};
 use super::{local, ClientError, Session, SessionEnd};
 use crate::backend::pool::Pooled;
@@ -21,18 +23,22 @@ const BATCH_BYTES: usize = 64 * 1024;
 
 impl Session {
     /// Runs a COPY FROM STDIN whose rows are spread over the shards of `spec.rule`.
+    /// `delivery` says how to end the statement if it fails before the copy starts; once it
+    /// has started, an extended-protocol client's `Sync` sent with the COPY no longer counts
+    /// (PostgreSQL ignores it during copy-in) and the client sends another after `CopyDone`.
     pub(super) async fn copy_split(
         &mut self,
         loaded: &Loaded,
         sql: &str,
-        spec: CopyInto,
+        spec: &CopyInto,
+        delivery: &Delivery,
     ) -> Result<(), SessionEnd> {
         let shards = spec.rule.shards(loaded.config.shards.len());
         if let Err(e) = self.check_scatter_allowed(&shards) {
-            return self.fail(e).await;
+            return self.complete(Err(MergeFailure::Query(e)), delivery).await;
         }
         let started = std::time::Instant::now();
-        let result = self.copy_rows(loaded, sql, &spec, &shards).await;
+        let result = self.copy_rows(loaded, sql, spec, &shards, delivery).await;
         let ok = matches!(result, Ok(true));
         self.ctx
             .stats
@@ -47,6 +53,7 @@ impl Session {
         sql: &str,
         spec: &CopyInto,
         shards: &[ShardId],
+        delivery: &Delivery,
     ) -> Result<bool, SessionEnd> {
         let mut parts: Vec<Part> = Vec::with_capacity(shards.len());
         let started = self
@@ -61,18 +68,24 @@ impl Session {
                         "0A000",
                         "COPY into a sharded table must include its shard key column",
                     );
-                    return self.abandon_copy(parts, copying, error).await;
+                    return self.abandon_copy(parts, copying, error, delivery).await;
                 }
             },
             Ok(None) => {
                 let error =
                     ClientError::new(sqlstate::INTERNAL, "the table has no shards to copy into");
-                return self.abandon_copy(parts, 0, error).await;
+                return self.abandon_copy(parts, 0, error, delivery).await;
             }
-            Err((copying, error)) => return self.abandon_copy(parts, copying, error).await,
+            Err((copying, error)) => {
+                return self.abandon_copy(parts, copying, error, delivery).await
+            }
         };
         self.out.push(&copy_in_response).await?;
         self.out.flush().await?;
+        let delivery = &Delivery {
+            ready: !delivery.extended,
+            ..delivery.clone()
+        };
 
         let index: HashMap<ShardId, usize> = parts
             .iter()
@@ -128,8 +141,8 @@ impl Session {
                 .map_err(|e| (0, e)),
         };
         match failure {
-            Err((copying, error)) => self.abandon_copy(parts, copying, error).await,
-            Ok(()) => self.commit_copy(parts, router.total).await,
+            Err((copying, error)) => self.abandon_copy(parts, copying, error, delivery).await,
+            Ok(()) => self.commit_copy(parts, router.total, delivery).await,
         }
     }
 
@@ -236,26 +249,25 @@ impl Session {
     }
 
     /// Commits every shard's COPY; `Ok(true)` when it did.
-    async fn commit_copy(&mut self, mut parts: Vec<Part>, rows: u64) -> Result<bool, SessionEnd> {
+    async fn commit_copy(
+        &mut self,
+        mut parts: Vec<Part>,
+        rows: u64,
+        delivery: &Delivery,
+    ) -> Result<bool, SessionEnd> {
         let gid = format!("shardline_{:016x}", rand::random::<u64>());
         let mut failure = self.prepare_all(&mut parts, &gid).await;
         if failure.is_none() {
             failure = super::split::commit_all(&mut parts, &gid).await;
         }
         self.release_parts(parts);
-        match failure {
-            Some(error) => self.fail(error).await.map(|()| false),
-            None => {
-                self.out
-                    .push(&msg::command_complete(&format!("COPY {rows}")))
-                    .await?;
-                self.out
-                    .push(&msg::ready_for_query(self.tx.status()))
-                    .await?;
-                self.out.flush().await?;
-                Ok(true)
-            }
-        }
+        let committed = failure.is_none();
+        let result = match failure {
+            Some(error) => Err(MergeFailure::Query(error)),
+            None => Ok(format!("COPY {rows}")),
+        };
+        self.complete(result, delivery).await?;
+        Ok(committed)
     }
 
     /// Rolls every shard back and reports `error`; the first `copying` parts are still in
@@ -265,6 +277,7 @@ impl Session {
         mut parts: Vec<Part>,
         copying: usize,
         error: ClientError,
+        delivery: &Delivery,
     ) -> Result<bool, SessionEnd> {
         for (i, part) in parts.iter_mut().enumerate() {
             if part.conn.broken {
@@ -285,7 +298,9 @@ impl Session {
             finish_quietly(&mut part.conn, "ROLLBACK").await;
         }
         self.release_parts(parts);
-        self.fail(error).await.map(|()| false)
+        self.complete(Err(MergeFailure::Query(error)), delivery)
+            .await
+            .map(|()| false)
     }
 
     fn release_parts_broken(&mut self, mut parts: Vec<Part>) {

@@ -92,6 +92,7 @@ impl Source<'_> {
 }
 
 /// What the client is owed besides the rows.
+#[derive(Clone)]
 pub(super) struct Delivery {
     /// Send the row description (always in the simple protocol; on `Describe` in the extended).
     pub describe: bool,
@@ -102,6 +103,8 @@ pub(super) struct Delivery {
     pub after: Bytes,
     /// End with `ReadyForQuery` (the simple protocol, or a `Sync` in the extended).
     pub ready: bool,
+    /// The client speaks the extended protocol.
+    pub extended: bool,
 }
 
 impl Delivery {
@@ -112,6 +115,7 @@ impl Delivery {
             formats: Vec::new(),
             after: Bytes::new(),
             ready: true,
+            extended: false,
         }
     }
 

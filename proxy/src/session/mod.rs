@@ -263,7 +263,10 @@ impl Session {
                 // COPY into a sharded table: each row goes to its shard.
                 if plan.kind == StatementKind::CopyIn {
                     match shardline_router::copy::copy_into(&loaded.config, &sql) {
-                        Some(Ok(spec)) => return self.copy_split(&loaded, &sql, spec).await,
+                        Some(Ok(spec)) => {
+                            let delivery = gather::Delivery::simple();
+                            return self.copy_split(&loaded, &sql, &spec, &delivery).await;
+                        }
                         Some(Err(copy_error)) => {
                             self.fail_transaction();
                             return self.fail(copy_error.into()).await;
