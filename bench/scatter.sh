@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Scatter-gather through shardline on a 4-shard demo cluster:
-#  1. `SELECT … ORDER BY … LIMIT 100` across 4 shards vs the same query on each shard alone
-#     (ratio to the slowest shard);
+#  1. `SELECT … ORDER BY … LIMIT 100` and `SELECT count(*)` across 4 shards vs the same query
+#     on each shard alone (ratio to the slowest shard);
 #  2. a large ordered cross-shard result streamed through the proxy, with the proxy's peak RSS
 #     (VmHWM) before and after, to show the merge holds a bounded amount per shard.
 #
@@ -35,23 +35,27 @@ time_query() { # port, query, runs -> ms per run
   echo $(( (end - start) / 1000000 / $3 ))
 }
 
-Q="SELECT id, name FROM users ORDER BY score DESC, id LIMIT 100"
-printf "%-44s %10s\n" "query: ORDER BY score DESC, id LIMIT 100" "ms/run"
-slowest=0
-for i in 0 1 2 3; do
-  ms=$(time_query $((PORT + 1 + i)) "$Q" 10)
-  printf "%-44s %10s\n" "shard$i alone" "$ms"
-  [ "$ms" -gt "$slowest" ] && slowest=$ms
-done
-ms=$(time_query "$PORT" "$Q" 10)
-printf "%-44s %10s\n" "through shardline (4 shards)" "$ms"
-awk -v p="$ms" -v s="$slowest" 'BEGIN { if (s > 0) printf "ratio to the slowest shard: %.2f\n", p / s }'
+compare_query() { # label, query: each shard alone, then through the proxy, and the ratio
+  local slowest=0 ms
+  printf "%-44s %10s\n" "query: $1" "ms/run"
+  for i in 0 1 2 3; do
+    ms=$(time_query $((PORT + 1 + i)) "$2" 10)
+    printf "%-44s %10s\n" "shard$i alone" "$ms"
+    [ "$ms" -gt "$slowest" ] && slowest=$ms
+  done
+  ms=$(time_query "$PORT" "$2" 10)
+  printf "%-44s %10s\n" "through shardline (4 shards)" "$ms"
+  awk -v p="$ms" -v s="$slowest" 'BEGIN { if (s > 0) printf "ratio to the slowest shard: %.2f\n\n", p / s }'
+}
+
+compare_query "ORDER BY score DESC, id LIMIT 100" \
+  "SELECT id, name FROM users ORDER BY score DESC, id LIMIT 100"
+compare_query "count(*)" "SELECT count(*) FROM users"
 
 before=$(awk '/VmHWM/ {print $2}' "/proc/$PROXY_PID/status")
 start=$(date +%s%N)
 psql -X -q -At -h 127.0.0.1 -p "$PORT" -U app app -c "SELECT id, name, score FROM users ORDER BY id" | wc -l >"$DIR/count"
 end=$(date +%s%N)
 after=$(awk '/VmHWM/ {print $2}' "/proc/$PROXY_PID/status")
-echo
 echo "streamed $(cat "$DIR/count") ordered rows across 4 shards in $(( (end - start) / 1000000 )) ms"
 echo "proxy peak RSS (VmHWM): ${before} kB before, ${after} kB after"
