@@ -1,0 +1,384 @@
+// PostgreSQL JDBC through shardline: java -cp postgresql.jar JdbcClient.java URL
+//
+// The common scenario of docs/compatibility.md, step for step as tests/clients/python/scenario.py.
+// pgjdbc speaks only the extended protocol; with prepareThreshold=1 every PreparedStatement is
+// a named server-side statement from its first execution, which the proxy must re-prepare on
+// whichever backend a later transaction gets. Report lines on stdout: `version`, `ok <step>`,
+// `fail <step>: <why>`, read by run.sh.
+
+import java.math.BigDecimal;
+import java.net.URI;
+import java.sql.Array;
+import java.sql.Connection;
+import java.sql.DriverManager;
+import java.sql.PreparedStatement;
+import java.sql.ResultSet;
+import java.sql.SQLException;
+import java.sql.Statement;
+import java.sql.Types;
+import java.time.OffsetDateTime;
+import java.time.ZoneOffset;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HexFormat;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeMap;
+import java.util.UUID;
+import org.postgresql.util.PGobject;
+
+public class JdbcClient {
+    static final int ROWS = 16;
+    static final long NULL_ID = pow7(17);
+    static final long TX_ID = 100, ROLLBACK_ID = 101;
+    static final String[] DDL = {
+        "DROP TABLE IF EXISTS orders",
+        "DROP TABLE IF EXISTS users",
+        "CREATE TABLE users (id int8 PRIMARY KEY, n4 int4, name text, uid uuid, amount numeric,"
+            + " ts timestamptz, flag bool, blob bytea, doc jsonb, tags text[], nums int4[])",
+        "CREATE TABLE orders (user_id int8 NOT NULL, n int4 NOT NULL, PRIMARY KEY (user_id, n))",
+    };
+    static final String INSERT = "INSERT INTO users (id, n4, name, uid, amount, ts, flag, blob, doc, tags, nums)"
+        + " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    static final String SELECT_ROW =
+        "SELECT id, n4, name, uid, amount, ts, flag, blob, doc, tags, nums FROM users WHERE id = ?";
+    static final String SELECT_NAME = "SELECT name FROM users WHERE id = ?";
+    static final String LOOKUP = "SELECT id FROM users WHERE name = ?"; // no key: runs on every shard
+
+    static long pow7(int i) {
+        long v = 1;
+        for (int n = 0; n < i; n++) v *= 7;
+        return v;
+    }
+
+    /** Row i of the scenario, in the Java types pgjdbc returns (arrays as lists, bytea as hex). */
+    static List<Object> makeRow(int i, long key) {
+        // jsonb comes back as text in PostgreSQL's canonical form (keys by length, then bytes),
+        // which this input already is, so the text is compared exactly.
+        String doc = "{\"i\": " + i + ", \"s\": \"ünï\", \"tags\": [\"x\", \"y\"], \"nested\": {\"ok\": true, \"none\": null}}";
+        return Arrays.asList(
+            key, -1000 * i, "user " + i + ": it's \"ünï\" \\ ✓",
+            UUID.fromString(String.format("00000000-0000-4000-8000-%012d", i)),
+            new BigDecimal(i + "9876543210.012340"),
+            OffsetDateTime.of(2024, 2, 29, 12, i, 56, 789_012_000, ZoneOffset.UTC),
+            i % 2 == 0, HexFormat.of().formatHex(new byte[] {0, (byte) i, (byte) 255, 39, 92}), doc,
+            Arrays.asList("a", "b,c", "q\"d", null), Arrays.asList(i, -i, 0));
+    }
+
+    static List<Object> nullRow(long key) {
+        List<Object> row = new ArrayList<>(Arrays.asList(new Object[11]));
+        row.set(0, key);
+        return row;
+    }
+
+    static void bind(Connection conn, PreparedStatement ps, List<Object> row) throws SQLException {
+        ps.setLong(1, (Long) row.get(0));
+        if (row.get(1) == null) {
+            int[] types = {Types.INTEGER, Types.VARCHAR, Types.OTHER, Types.NUMERIC, Types.TIMESTAMP_WITH_TIMEZONE,
+                Types.BOOLEAN, Types.BINARY, Types.OTHER, Types.ARRAY, Types.ARRAY};
+            for (int c = 0; c < types.length; c++) ps.setNull(c + 2, types[c]);
+            return;
+        }
+        ps.setInt(2, (Integer) row.get(1));
+        ps.setString(3, (String) row.get(2));
+        ps.setObject(4, row.get(3));
+        ps.setBigDecimal(5, (BigDecimal) row.get(4));
+        ps.setObject(6, row.get(5));
+        ps.setBoolean(7, (Boolean) row.get(6));
+        ps.setBytes(8, HexFormat.of().parseHex((String) row.get(7)));
+        PGobject json = new PGobject();
+        json.setType("jsonb");
+        json.setValue((String) row.get(8));
+        ps.setObject(9, json);
+        ps.setArray(10, conn.createArrayOf("text", ((List<?>) row.get(9)).toArray()));
+        ps.setArray(11, conn.createArrayOf("int4", ((List<?>) row.get(10)).toArray()));
+    }
+
+    static List<Object> fetchRow(ResultSet rs) throws SQLException {
+        byte[] blob = rs.getBytes(8);
+        return Arrays.asList(
+            rs.getObject(1), rs.getObject(2), rs.getObject(3), rs.getObject(4), rs.getBigDecimal(5),
+            rs.getObject(6, OffsetDateTime.class), rs.getObject(7), blob == null ? null : HexFormat.of().formatHex(blob),
+            rs.getString(9), list(rs.getArray(10)), list(rs.getArray(11)));
+    }
+
+    static List<Object> list(Array a) throws SQLException {
+        return a == null ? null : Arrays.asList((Object[]) a.getArray());
+    }
+
+    static void check(boolean cond, String what) {
+        if (!cond) throw new AssertionError(what);
+    }
+
+    /** Compares a value read once with the expected one. */
+    static void checkEq(Object got, Object want, String what) {
+        if (!got.equals(want)) throw new AssertionError(what + ": got " + got + ", expected " + want);
+    }
+
+    interface Body {
+        void run() throws Exception;
+    }
+
+    static void expectSqlstate(Body body, String want) throws Exception {
+        try {
+            body.run();
+        } catch (SQLException e) {
+            check(want.equals(e.getSQLState()), "expected SQLSTATE " + want + ", got " + e.getSQLState() + ": " + e.getMessage());
+            return;
+        }
+        throw new AssertionError("expected SQLSTATE " + want + ", but the statement succeeded");
+    }
+
+    static boolean failed = false;
+
+    static void step(String name, Body body) {
+        try {
+            body.run();
+            System.out.println("ok " + name);
+        } catch (Exception | AssertionError e) {
+            failed = true;
+            Throwable cause = e;
+            if (e instanceof SQLException && ((SQLException) e).getNextException() != null) {
+                cause = ((SQLException) e).getNextException(); // a batch's error names its statement only
+            }
+            String msg = cause.getClass().getSimpleName() + ": " + cause.getMessage();
+            msg = msg.replaceAll("\\s+", " ");
+            System.out.println("fail " + name + ": " + msg.substring(0, Math.min(300, msg.length())));
+        }
+    }
+
+    static Connection conn;
+    static TreeMap<Long, List<Object>> present = new TreeMap<>();
+
+    static List<List<Object>> read(long key) throws SQLException {
+        try (PreparedStatement ps = conn.prepareStatement(SELECT_ROW)) {
+            ps.setLong(1, key);
+            List<List<Object>> rows = new ArrayList<>();
+            try (ResultSet rs = ps.executeQuery()) {
+                while (rs.next()) rows.add(fetchRow(rs));
+            }
+            return rows;
+        }
+    }
+
+    static List<Object> column(String sql, Object... params) throws SQLException {
+        try (PreparedStatement ps = conn.prepareStatement(sql)) {
+            for (int i = 0; i < params.length; i++) ps.setObject(i + 1, params[i]);
+            List<Object> values = new ArrayList<>();
+            try (ResultSet rs = ps.executeQuery()) {
+                while (rs.next()) values.add(rs.getObject(1));
+            }
+            return values;
+        }
+    }
+
+    static int update(String sql, Object... params) throws SQLException {
+        try (PreparedStatement ps = conn.prepareStatement(sql)) {
+            for (int i = 0; i < params.length; i++) ps.setObject(i + 1, params[i]);
+            return ps.executeUpdate();
+        }
+    }
+
+    public static void main(String[] args) throws Exception {
+        URI uri = URI.create(args[0]);
+        String[] auth = uri.getUserInfo().split(":");
+        String url = "jdbc:postgresql://" + uri.getHost() + ":" + uri.getPort() + uri.getPath() + "?prepareThreshold=1";
+        System.out.println("version " + org.postgresql.Driver.class.getPackage().getImplementationVersion()
+            + " (Java " + System.getProperty("java.version") + ")");
+
+        step("connect", () -> conn = DriverManager.getConnection(url, auth[0], auth[1]));
+        if (conn == null) System.exit(1);
+
+        Map<Long, List<Object>> rows = new LinkedHashMap<>();
+        for (int i = 1; i <= ROWS; i++) rows.put(pow7(i), makeRow(i, pow7(i)));
+        rows.put(NULL_ID, nullRow(NULL_ID));
+        present.putAll(rows);
+        long[] keys = rows.keySet().stream().mapToLong(Long::longValue).toArray();
+
+        step("ddl", () -> {
+            try (Statement st = conn.createStatement()) {
+                for (String sql : DDL) st.execute(sql);
+            }
+        });
+        step("insert", () -> {
+            try (PreparedStatement ps = conn.prepareStatement(INSERT)) {
+                for (List<Object> row : rows.values()) {
+                    bind(conn, ps, row);
+                    check(ps.executeUpdate() == 1, "row count for id " + row.get(0));
+                }
+            }
+        });
+        step("read_back", () -> {
+            for (Map.Entry<Long, List<Object>> e : rows.entrySet()) {
+                List<List<Object>> got = read(e.getKey());
+                check(got.equals(List.of(e.getValue())), "id " + e.getKey() + ": read " + got + ", inserted " + e.getValue());
+            }
+        });
+        step("update", () -> {
+            long key = keys[0];
+            check(update("UPDATE users SET name = ?, n4 = n4 + 1 WHERE id = ?", "renamed ✓", key) == 1, "update count");
+            List<Object> row = new ArrayList<>(present.get(key));
+            row.set(2, "renamed ✓");
+            row.set(1, (Integer) row.get(1) + 1);
+            present.put(key, row);
+            checkEq(read(key), List.of(row), "after update");
+        });
+        step("delete", () -> {
+            long key = keys[1];
+            check(update("DELETE FROM users WHERE id = ?", key) == 1, "delete count");
+            present.remove(key);
+            check(read(key).isEmpty(), "row still there after delete");
+        });
+        step("tx_commit", () -> {
+            conn.setAutoCommit(false);
+            try {
+                update("INSERT INTO users (id, name) VALUES (?, ?)", TX_ID, "in tx");
+                update("INSERT INTO orders (user_id, n) VALUES (?, 1), (?, 2)", TX_ID, TX_ID);
+                update("UPDATE users SET n4 = 7 WHERE id = ?", TX_ID);
+                conn.commit();
+            } finally {
+                conn.setAutoCommit(true);
+            }
+            List<Object> row = nullRow(TX_ID);
+            row.set(1, 7);
+            row.set(2, "in tx");
+            present.put(TX_ID, row);
+            checkEq(read(TX_ID), List.of(row), "committed row");
+            List<Object> orders = column("SELECT count(*) FROM orders WHERE user_id = ?", TX_ID);
+            check(orders.equals(List.of(2L)), "orders after commit: " + orders);
+        });
+        step("tx_rollback", () -> {
+            conn.setAutoCommit(false);
+            try {
+                update("INSERT INTO users (id, name) VALUES (?, ?)", ROLLBACK_ID, "rolled back");
+                update("INSERT INTO orders (user_id, n) VALUES (?, 1)", ROLLBACK_ID);
+                check(column(SELECT_NAME, ROLLBACK_ID).size() == 1, "row invisible inside its transaction");
+            } finally {
+                conn.rollback();
+                conn.setAutoCommit(true);
+            }
+            check(read(ROLLBACK_ID).isEmpty(), "rolled-back row is there");
+            List<Object> orders = column("SELECT count(*) FROM orders WHERE user_id = ?", ROLLBACK_ID);
+            check(orders.equals(List.of(0L)), "orders after rollback: " + orders);
+        });
+        step("order_limit", () -> {
+            List<Object> got = column("SELECT id FROM users ORDER BY id DESC LIMIT 5");
+            List<Object> want = new ArrayList<Object>(present.descendingKeySet()).subList(0, 5);
+            check(got.equals(want), "got " + got + ", expected " + want);
+        });
+        step("count", () -> {
+            List<Object> got = column("SELECT count(*) FROM users");
+            check(got.equals(List.of((long) present.size())), "count " + got + ", expected " + present.size());
+        });
+        step("prepared_reuse", () -> {
+            // One PreparedStatement (a named server statement, prepareThreshold=1), executed in
+            // 24 transactions, so the proxy's backend changes in between.
+            List<Long> ids = new ArrayList<>(present.keySet());
+            try (PreparedStatement ps = conn.prepareStatement(SELECT_NAME)) {
+                conn.setAutoCommit(false);
+                try {
+                    for (int n = 0; n < 24; n++) {
+                        long key = ids.get(n % ids.size());
+                        ps.setLong(1, key);
+                        List<Object> got = new ArrayList<>();
+                        try (ResultSet rs = ps.executeQuery()) {
+                            while (rs.next()) got.add(rs.getString(1));
+                        }
+                        conn.commit();
+                        check(got.equals(Arrays.asList(present.get(key).get(2))), "id " + key + ": " + got);
+                    }
+                } finally {
+                    conn.setAutoCommit(true);
+                }
+            }
+        });
+        step("second_connection", () -> {
+            // A statement over every shard (a lookup without the key) runs twice on this
+            // connection, then on a second one, as an application's connection pool does, with
+            // the count and a read by key: the proxy shares server-side prepared statements
+            // between clients.
+            long key = keys[2];
+            Object name = present.get(key).get(2);
+            checkEq(column(LOOKUP, name), List.of(key), "lookup by name");
+            checkEq(column(LOOKUP, name), List.of(key), "lookup by name, again");
+            Connection first = conn;
+            try (Connection other = DriverManager.getConnection(url, auth[0], auth[1])) {
+                conn = other;
+                checkEq(column(LOOKUP, name), List.of(key), "second connection, lookup by name");
+                List<Object> got = column("SELECT count(*) FROM users");
+                check(got.equals(List.of((long) present.size())), "count " + got + ", expected " + present.size());
+                checkEq(read(key), List.of(present.get(key)), "id " + key);
+            } finally {
+                conn = first;
+            }
+        });
+        step("unique_violation", () -> {
+            long key = keys[2];
+            expectSqlstate(() -> update("INSERT INTO users (id) VALUES (?)", key), "23505");
+            check(column(SELECT_NAME, key).equals(List.of(present.get(key).get(2))), "connection unusable after the error");
+        });
+        step("set_timeout", () -> {
+            // current_setting() from a row runs on that row's shard: the SET must follow the client.
+            List<Long> ids = new ArrayList<>();
+            for (long k : keys) if (k != NULL_ID && present.containsKey(k) && ids.size() < 6) ids.add(k);
+            String show = "SELECT current_setting('statement_timeout') FROM users WHERE id = ?";
+            try (Statement st = conn.createStatement()) {
+                st.execute("SET statement_timeout = '150ms'");
+                try {
+                    for (long key : ids) checkEq(column(show, key), List.of("150ms"), "id " + key + ": statement_timeout");
+                    for (long key : ids.subList(0, 3)) {
+                        long start = System.nanoTime();
+                        expectSqlstate(() -> column("SELECT pg_sleep(3) FROM users WHERE id = ?", key), "57014");
+                        check(System.nanoTime() - start < 2_500_000_000L, "the timeout did not stop the sleep");
+                    }
+                } finally {
+                    st.execute("RESET statement_timeout");
+                }
+            }
+            for (long key : ids) checkEq(column(show, key), List.of("0"), "id " + key + ": statement_timeout after RESET");
+        });
+        step("cancel", () -> {
+            // Statement.cancel() from another thread sends a CancelRequest.
+            long key = keys[2];
+            long start = System.nanoTime();
+            try (PreparedStatement ps = conn.prepareStatement("SELECT pg_sleep(5) FROM users WHERE id = ?")) {
+                ps.setLong(1, key);
+                Thread canceller = new Thread(() -> {
+                    try {
+                        Thread.sleep(300);
+                        ps.cancel();
+                    } catch (Exception e) {
+                        throw new RuntimeException(e);
+                    }
+                });
+                canceller.start();
+                try {
+                    expectSqlstate(ps::executeQuery, "57014");
+                } finally {
+                    canceller.join();
+                }
+            }
+            check(System.nanoTime() - start < 4_000_000_000L, "the cancel did not stop the sleep");
+            check(column(SELECT_NAME, key).equals(List.of(present.get(key).get(2))), "connection unusable after the cancel");
+        });
+        step("batch_insert", () -> {
+            // addBatch/executeBatch: pgjdbc sends every row's Bind/Execute, then one Sync.
+            Map<Long, List<Object>> batch = new LinkedHashMap<>();
+            for (int i = 1; i <= 8; i++) batch.put(-pow7(i), makeRow(i, -pow7(i)));
+            try (PreparedStatement ps = conn.prepareStatement(INSERT)) {
+                for (List<Object> row : batch.values()) {
+                    bind(conn, ps, row);
+                    ps.addBatch();
+                }
+                int[] counts = ps.executeBatch();
+                check(Arrays.stream(counts).allMatch(c -> c == 1), "row counts " + Arrays.toString(counts));
+            }
+            for (Map.Entry<Long, List<Object>> e : batch.entrySet()) {
+                checkEq(read(e.getKey()), List.of(e.getValue()), "id " + e.getKey());
+            }
+        });
+        conn.close();
+        System.exit(failed ? 1 : 0);
+    }
+}

@@ -1,0 +1,266 @@
+// node-postgres (pg) through shardline: node pg_client.js URL
+//
+// The common scenario of docs/compatibility.md, step for step as tests/clients/python/scenario.py.
+// pg sends every query with parameters through the extended protocol as an unnamed statement
+// (a named one when the query has a `name`), and one without parameters as a simple Query.
+// Report lines on stdout: `version`, `ok <step>`, `fail <step>: <why>`, read by run.sh.
+'use strict'
+
+const { isDeepStrictEqual } = require('node:util')
+const pg = require('pg')
+
+const url = process.argv[2]
+// TimeZone as a startup parameter: timestamptz comes back as text in UTC, compared exactly
+// (a JavaScript Date would drop the microseconds).
+const config = { connectionString: url, options: '-c TimeZone=UTC' }
+pg.types.setTypeParser(20, (v) => BigInt(v)) // int8
+pg.types.setTypeParser(1184, (v) => v) // timestamptz as its text
+
+const ROWS = 16
+const KEYS = Array.from({ length: ROWS }, (_, i) => 7n ** BigInt(i + 1))
+const NULL_ID = 7n ** 17n
+const BATCH_KEYS = Array.from({ length: 8 }, (_, i) => -(7n ** BigInt(i + 1)))
+const TX_ID = 100n
+const ROLLBACK_ID = 101n
+const COLUMNS = ['id', 'n4', 'name', 'uid', 'amount', 'ts', 'flag', 'blob', 'doc', 'tags', 'nums']
+const DDL = [
+  'DROP TABLE IF EXISTS orders',
+  'DROP TABLE IF EXISTS users',
+  'CREATE TABLE users (id int8 PRIMARY KEY, n4 int4, name text, uid uuid, amount numeric,' +
+    ' ts timestamptz, flag bool, blob bytea, doc jsonb, tags text[], nums int4[])',
+  'CREATE TABLE orders (user_id int8 NOT NULL, n int4 NOT NULL, PRIMARY KEY (user_id, n))',
+]
+const INSERT =
+  'INSERT INTO users (id, n4, name, uid, amount, ts, flag, blob, doc, tags, nums)' +
+  ' VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)'
+const SELECT_ROW = `SELECT ${COLUMNS.join(', ')} FROM users WHERE id = $1`
+const SELECT_NAME = 'SELECT name FROM users WHERE id = $1'
+const LOOKUP = 'SELECT id FROM users WHERE name = $1' // no key: runs on every shard
+
+const pad = (n, w) => String(n).padStart(w, '0')
+
+// Row i, in the form the driver returns it with the parsers above.
+function makeRow(i, key = 7n ** BigInt(i)) {
+  return {
+    id: key,
+    n4: -1000 * i,
+    name: `user ${i}: it's "ünï" \\ ✓`,
+    uid: `00000000-0000-4000-8000-${pad(i, 12)}`,
+    amount: `${i}9876543210.012340`,
+    ts: `2024-02-29 12:${pad(i, 2)}:56.789012+00`,
+    flag: i % 2 === 0,
+    blob: Buffer.from([0, i, 255, 39, 92]),
+    doc: { i, s: 'ünï', tags: ['x', 'y'], nested: { ok: true, none: null } },
+    tags: ['a', 'b,c', 'q"d', null],
+    nums: [i, -i, 0],
+  }
+}
+const nullRow = (key) => Object.fromEntries(COLUMNS.map((c) => [c, c === 'id' ? key : null]))
+const params = (row) => COLUMNS.map((c) => (c === 'doc' && row.doc !== null ? JSON.stringify(row.doc) : row[c]))
+
+function check(cond, what) {
+  if (!cond) throw new Error(what)
+}
+const show = (v) => JSON.stringify(v, (_, x) => (typeof x === 'bigint' ? `${x}n` : x))
+
+async function expectSqlstate(promise, want) {
+  try {
+    await promise
+  } catch (e) {
+    check(e.code === want, `expected SQLSTATE ${want}, got ${e.code}: ${e.message}`)
+    return
+  }
+  throw new Error(`expected SQLSTATE ${want}, but the statement succeeded`)
+}
+
+async function main() {
+  console.log(`version ${require('pg/package.json').version}`)
+  let failed = false
+  const step = async (name, fn) => {
+    try {
+      const note = await fn()
+      console.log(`ok ${name}${note ? ` (${note})` : ''}`)
+    } catch (e) {
+      failed = true
+      console.log(`fail ${name}: ${String(e.message || e).replace(/\s+/g, ' ').slice(0, 300)}`)
+    }
+  }
+
+  const client = new pg.Client(config)
+  await step('connect', async () => {
+    await client.connect()
+  })
+  if (failed) process.exit(1)
+
+  const rows = new Map(KEYS.map((k, i) => [k, makeRow(i + 1)]))
+  rows.set(NULL_ID, nullRow(NULL_ID))
+  const present = new Map(rows) // what the table should hold: the oracle of the later steps
+  const read = async (key) => (await client.query(SELECT_ROW, [key])).rows
+  const names = async (key) => (await client.query(SELECT_NAME, [key])).rows.map((r) => r.name)
+
+  await step('ddl', async () => {
+    for (const sql of DDL) await client.query(sql)
+  })
+  await step('insert', async () => {
+    for (const [key, row] of rows) {
+      const res = await client.query(INSERT, params(row))
+      check(res.rowCount === 1, `id ${key}: row count ${res.rowCount}`)
+    }
+  })
+  await step('read_back', async () => {
+    for (const [key, row] of rows) {
+      const got = await read(key)
+      check(isDeepStrictEqual(got, [row]), `id ${key}: read ${show(got)}, inserted ${show(row)}`)
+    }
+  })
+  await step('update', async () => {
+    const key = KEYS[0]
+    const res = await client.query('UPDATE users SET name = $1, n4 = n4 + 1 WHERE id = $2', ['renamed ✓', key])
+    check(res.rowCount === 1, 'update count')
+    present.set(key, { ...present.get(key), name: 'renamed ✓', n4: present.get(key).n4 + 1 })
+    const got = await read(key)
+    check(isDeepStrictEqual(got, [present.get(key)]), `after update: ${show(got)}`)
+  })
+  await step('delete', async () => {
+    const key = KEYS[1]
+    check((await client.query('DELETE FROM users WHERE id = $1', [key])).rowCount === 1, 'delete count')
+    present.delete(key)
+    check((await read(key)).length === 0, 'row still there after delete')
+  })
+  await step('tx_commit', async () => {
+    await client.query('BEGIN')
+    await client.query('INSERT INTO users (id, name) VALUES ($1, $2)', [TX_ID, 'in tx'])
+    await client.query('INSERT INTO orders (user_id, n) VALUES ($1, 1), ($1, 2)', [TX_ID])
+    await client.query('UPDATE users SET n4 = 7 WHERE id = $1', [TX_ID])
+    await client.query('COMMIT')
+    present.set(TX_ID, { ...nullRow(TX_ID), name: 'in tx', n4: 7 })
+    const got = await read(TX_ID)
+    check(isDeepStrictEqual(got, [present.get(TX_ID)]), `committed row: ${show(got)}`)
+    const orders = await client.query('SELECT count(*) AS n FROM orders WHERE user_id = $1', [TX_ID])
+    check(orders.rows[0].n === 2n, `orders after commit: ${show(orders.rows)}`)
+  })
+  await step('tx_rollback', async () => {
+    await client.query('BEGIN')
+    await client.query('INSERT INTO users (id, name) VALUES ($1, $2)', [ROLLBACK_ID, 'rolled back'])
+    await client.query('INSERT INTO orders (user_id, n) VALUES ($1, 1)', [ROLLBACK_ID])
+    check((await names(ROLLBACK_ID)).length === 1, 'row invisible inside its transaction')
+    await client.query('ROLLBACK')
+    check((await read(ROLLBACK_ID)).length === 0, 'rolled-back row is there')
+    const orders = await client.query('SELECT count(*) AS n FROM orders WHERE user_id = $1', [ROLLBACK_ID])
+    check(orders.rows[0].n === 0n, `orders after rollback: ${show(orders.rows)}`)
+  })
+  const sortedDesc = () => [...present.keys()].sort((a, b) => (a < b ? 1 : a > b ? -1 : 0))
+  await step('order_limit', async () => {
+    const got = (await client.query('SELECT id FROM users ORDER BY id DESC LIMIT 5')).rows.map((r) => r.id)
+    check(isDeepStrictEqual(got, sortedDesc().slice(0, 5)), `got ${show(got)}`)
+  })
+  await step('count', async () => {
+    const got = (await client.query('SELECT count(*) AS n FROM users')).rows[0].n
+    check(got === BigInt(present.size), `count ${got}, expected ${present.size}`)
+  })
+  await step('prepared_reuse', async () => {
+    // A named statement: pg prepares it once per connection and then only binds it; each
+    // execution is its own transaction, so the proxy's backend changes in between.
+    const keys = sortedDesc().reverse()
+    for (let n = 0; n < 24; n++) {
+      const key = keys[n % keys.length]
+      await client.query('BEGIN')
+      const res = await client.query({ name: 'user_name', text: SELECT_NAME, values: [key] })
+      await client.query('COMMIT')
+      check(isDeepStrictEqual(res.rows, [{ name: present.get(key).name }]), `id ${key}: ${show(res.rows)}`)
+    }
+  })
+  await step('second_connection', async () => {
+    // A statement over every shard (a lookup without the key) runs twice on this connection,
+    // then on a second one, as an application's connection pool does, with the count and a
+    // read by key: the proxy shares server-side prepared statements between clients.
+    const key = KEYS[2]
+    const other = new pg.Client(config)
+    await other.connect()
+    try {
+      for (const conn of [client, client, other]) {
+        const ids = (await conn.query(LOOKUP, [present.get(key).name])).rows.map((r) => r.id)
+        check(isDeepStrictEqual(ids, [key]), `lookup by name: ${show(ids)}`)
+      }
+      const n = (await other.query('SELECT count(*) AS n FROM users')).rows[0].n
+      check(n === BigInt(present.size), `count ${n}, expected ${present.size}`)
+      const got = (await other.query(SELECT_ROW, [key])).rows
+      check(isDeepStrictEqual(got, [present.get(key)]), `id ${key}: read ${show(got)}`)
+    } finally {
+      await other.end()
+    }
+  })
+  await step('unique_violation', async () => {
+    const key = KEYS[2]
+    await expectSqlstate(client.query('INSERT INTO users (id) VALUES ($1)', [key]), '23505')
+    check(isDeepStrictEqual(await names(key), [present.get(key).name]), 'connection unusable after the error')
+  })
+  await step('set_timeout', async () => {
+    // current_setting() from a row runs on that row's shard: the SET must follow the client.
+    const keys = KEYS.filter((k) => present.has(k)).slice(0, 6)
+    const setting = async (key) =>
+      (await client.query("SELECT current_setting('statement_timeout') AS t FROM users WHERE id = $1", [key])).rows
+    await client.query("SET statement_timeout = '150ms'")
+    try {
+      for (const key of keys) {
+        const got = await setting(key)
+        check(isDeepStrictEqual(got, [{ t: '150ms' }]), `id ${key}: statement_timeout is ${show(got)}`)
+      }
+      for (const key of keys.slice(0, 3)) {
+        const start = Date.now()
+        await expectSqlstate(client.query('SELECT pg_sleep(3) FROM users WHERE id = $1', [key]), '57014')
+        check(Date.now() - start < 2500, 'the timeout did not stop the sleep')
+      }
+    } finally {
+      await client.query('RESET statement_timeout')
+    }
+    for (const key of keys) {
+      const got = await setting(key)
+      check(isDeepStrictEqual(got, [{ t: '0' }]), `id ${key}: after RESET statement_timeout is ${show(got)}`)
+    }
+  })
+  await step('cancel', async () => {
+    // pg cancels a running query from a second Client, which sends the CancelRequest.
+    const key = KEYS[2]
+    const start = Date.now()
+    const query = new pg.Query('SELECT pg_sleep(5) FROM users WHERE id = $1', [key])
+    const done = new Promise((resolve, reject) => {
+      query.on('end', resolve)
+      query.on('error', reject)
+    })
+    client.query(query)
+    const timer = setTimeout(() => new pg.Client(config).cancel(client, query), 300)
+    try {
+      await expectSqlstate(done, '57014')
+    } finally {
+      clearTimeout(timer)
+    }
+    check(Date.now() - start < 4000, 'the cancel did not stop the sleep')
+    check(isDeepStrictEqual(await names(key), [present.get(key).name]), 'connection unusable after the cancel')
+  })
+  await step('batch_insert', async () => {
+    // pg's pipeline mode: every insert is sent at once, each with its own Sync.
+    const batch = new Map(BATCH_KEYS.map((k, i) => [k, makeRow(i + 1, k)]))
+    const piped = new pg.Client({ ...config, pipeline: true })
+    await piped.connect()
+    try {
+      const results = await Promise.all([...batch.values()].map((row) => piped.query(INSERT, params(row))))
+      check(results.every((r) => r.rowCount === 1), `row counts ${results.map((r) => r.rowCount)}`)
+    } finally {
+      await piped.end()
+    }
+    for (const [key, row] of batch) {
+      const got = await read(key)
+      check(isDeepStrictEqual(got, [row]), `id ${key}: read ${show(got)}, inserted ${show(row)}`)
+    }
+    return 'pipeline mode'
+  })
+
+  await client.end()
+  process.exit(failed ? 1 : 0)
+}
+
+main().catch((e) => {
+  console.log(`fail crashed: ${e.stack}`)
+  process.exit(1)
+})

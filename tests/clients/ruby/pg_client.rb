@@ -1,0 +1,283 @@
+# ruby-pg through shardline: ruby pg_client.rb URL {exec_params|prepared}
+#
+# The common scenario of docs/compatibility.md, step for step as tests/clients/python/scenario.py.
+# exec_params: every statement with parameters through PG::Connection#exec_params (an unnamed
+# statement). prepared: each such statement prepared once per connection with #prepare and run
+# with #exec_prepared, so the proxy must re-prepare it on whichever backend a transaction gets.
+# Values go both ways through ruby-pg's basic type maps, which load pg_type on connect.
+# Report lines on stdout: `version`, `ok <step>`, `fail <step>: <why>`, read by run.sh.
+
+require 'bigdecimal'
+require 'pg'
+
+URL, MODE = ARGV
+$stdout.sync = true
+
+ROWS = 16
+KEYS = (1..ROWS).map { |i| 7**i }
+NULL_ID = 7**17
+BATCH_KEYS = (1..8).map { |i| -(7**i) }
+TX_ID = 100
+ROLLBACK_ID = 101
+COLUMNS = %w[id n4 name uid amount ts flag blob doc tags nums].freeze
+DDL = [
+  'DROP TABLE IF EXISTS orders',
+  'DROP TABLE IF EXISTS users',
+  'CREATE TABLE users (id int8 PRIMARY KEY, n4 int4, name text, uid uuid, amount numeric,' \
+  ' ts timestamptz, flag bool, blob bytea, doc jsonb, tags text[], nums int4[])',
+  'CREATE TABLE orders (user_id int8 NOT NULL, n int4 NOT NULL, PRIMARY KEY (user_id, n))'
+].freeze
+INSERT = 'INSERT INTO users (id, n4, name, uid, amount, ts, flag, blob, doc, tags, nums)' \
+         ' VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)'
+SELECT_ROW = "SELECT #{COLUMNS.join(', ')} FROM users WHERE id = $1"
+SELECT_NAME = 'SELECT name FROM users WHERE id = $1'
+LOOKUP = 'SELECT id FROM users WHERE name = $1' # no key: runs on every shard
+
+# Row i of the scenario, as the type maps return it (numeric as its exact text).
+def make_row(i, key = 7**i)
+  [key, -1000 * i, "user #{i}: it's \"ünï\" \\ ✓", format('00000000-0000-4000-8000-%012d', i),
+   "#{i}9876543210.012340", Time.utc(2024, 2, 29, 12, i, Rational(56_789_012, 1_000_000)), i.even?,
+   [0, i, 255, 39, 92].pack('C*'), { 'i' => i, 's' => 'ünï', 'tags' => %w[x y], 'nested' => { 'ok' => true, 'none' => nil } },
+   ['a', 'b,c', 'q"d', nil], [i, -i, 0]]
+end
+
+# Binds a row: bytea needs ruby-pg's BinaryData wrapper (a plain String is sent as text).
+def bind(row)
+  row.each_with_index.map { |v, c| COLUMNS[c] == 'blob' && v ? PG::BasicTypeMapForQueries::BinaryData.new(v) : v }
+end
+
+# Raised inside Connection#transaction to roll it back (ruby-pg issues the ROLLBACK).
+class Rollback < StandardError; end
+
+def null_row(key)
+  [key] + [nil] * (COLUMNS.size - 1)
+end
+
+# A connection whose values go both ways through ruby-pg's basic type maps.
+def connect(url)
+  conn = PG.connect(url)
+  registry = PG::BasicTypeRegistry.new.register_default_types
+  conn.type_map_for_queries = PG::BasicTypeMapForQueries.new(conn, registry: registry)
+  results = PG::BasicTypeMapForResults.new(conn, registry: registry)
+  # numeric as its text, so that its scale is compared too (BigDecimal drops trailing zeros).
+  results.add_coder(PG::TextDecoder::String.new(oid: 1700, name: 'numeric'))
+  results.add_coder(PG::TextDecoder::String.new(oid: 2950, name: 'uuid')) # no uuid decoder in 1.4
+  conn.type_map_for_results = results
+  conn
+end
+
+class Scenario
+  def initialize(conn, mode)
+    @conn = conn
+    @mode = mode
+    @prepared = {}
+    @failed = false
+  end
+
+  attr_reader :failed
+
+  # Runs a statement with parameters the way this mode does.
+  def run(sql, params = [])
+    return @conn.exec(sql) if params.empty?
+    return @conn.exec_params(sql, params) if @mode == 'exec_params'
+
+    name = (@prepared[sql] ||= "s#{@prepared.size}".tap { |n| @conn.prepare(n, sql) })
+    @conn.exec_prepared(name, params)
+  end
+
+  def close
+    @conn.close
+  end
+
+  def query(sql, params = [])
+    run(sql, params).values
+  end
+
+  def step(name)
+    note = yield
+    puts "ok #{name}#{note.is_a?(String) ? " (#{note})" : ''}"
+  rescue StandardError => e
+    @failed = true
+    puts "fail #{name}: #{"#{e.class}: #{e.message}".split.join(' ')[0, 300]}"
+  end
+
+  def check(cond, what)
+    raise what unless cond
+  end
+
+  def expect_sqlstate(want)
+    yield
+    raise "expected SQLSTATE #{want}, but the statement succeeded"
+  rescue PG::Error => e
+    got = e.result&.error_field(PG::PG_DIAG_SQLSTATE)
+    check(got == want, "expected SQLSTATE #{want}, got #{got}: #{e.message}")
+  end
+
+  def read(key)
+    query(SELECT_ROW, [key])
+  end
+
+  def names(key)
+    query(SELECT_NAME, [key]).map(&:first)
+  end
+
+  def run_all
+    rows = KEYS.each_with_index.to_h { |k, i| [k, make_row(i + 1)] }
+    rows[NULL_ID] = null_row(NULL_ID)
+    present = rows.dup # what the table should hold: the oracle of the later steps
+
+    step('ddl') { DDL.each { |sql| @conn.exec(sql) } }
+    step('insert') do
+      rows.each { |key, row| check(run(INSERT, bind(row)).cmd_tuples == 1, "id #{key}: row count") }
+    end
+    step('read_back') do
+      rows.each { |key, row| check(read(key) == [row], "id #{key}: read #{read(key).inspect}, inserted #{row.inspect}") }
+    end
+    step('update') do
+      key = KEYS[0]
+      check(run('UPDATE users SET name = $1, n4 = n4 + 1 WHERE id = $2', ['renamed ✓', key]).cmd_tuples == 1, 'update count')
+      present[key] = present[key].dup.tap { |r| r[2] = 'renamed ✓'; r[1] += 1 }
+      check(read(key) == [present[key]], "after update: #{read(key).inspect}")
+    end
+    step('delete') do
+      key = KEYS[1]
+      check(run('DELETE FROM users WHERE id = $1', [key]).cmd_tuples == 1, 'delete count')
+      present.delete(key)
+      check(read(key).empty?, 'row still there after delete')
+    end
+    step('tx_commit') do
+      @conn.transaction do
+        run('INSERT INTO users (id, name) VALUES ($1, $2)', [TX_ID, 'in tx'])
+        run('INSERT INTO orders (user_id, n) VALUES ($1, 1), ($1, 2)', [TX_ID])
+        run('UPDATE users SET n4 = 7 WHERE id = $1', [TX_ID])
+      end
+      present[TX_ID] = null_row(TX_ID).tap { |r| r[1] = 7; r[2] = 'in tx' }
+      check(read(TX_ID) == [present[TX_ID]], "committed row: #{read(TX_ID).inspect}")
+      orders = query('SELECT count(*) FROM orders WHERE user_id = $1', [TX_ID])
+      check(orders == [[2]], "orders after commit: #{orders.inspect}")
+    end
+    step('tx_rollback') do
+      begin
+        @conn.transaction do
+          run('INSERT INTO users (id, name) VALUES ($1, $2)', [ROLLBACK_ID, 'rolled back'])
+          run('INSERT INTO orders (user_id, n) VALUES ($1, 1)', [ROLLBACK_ID])
+          check(names(ROLLBACK_ID).size == 1, 'row invisible inside its transaction')
+          raise Rollback
+        end
+      rescue Rollback
+        nil
+      end
+      check(read(ROLLBACK_ID).empty?, 'rolled-back row is there')
+      orders = query('SELECT count(*) FROM orders WHERE user_id = $1', [ROLLBACK_ID])
+      check(orders == [[0]], "orders after rollback: #{orders.inspect}")
+    end
+    step('order_limit') do
+      got = query('SELECT id FROM users ORDER BY id DESC LIMIT 5').map(&:first)
+      check(got == present.keys.sort.reverse.first(5), "got #{got.inspect}")
+    end
+    step('count') do
+      got = query('SELECT count(*) FROM users')
+      check(got == [[present.size]], "count #{got.inspect}, expected #{present.size}")
+    end
+    step('prepared_reuse') do
+      # The same statement in 24 transactions, so the proxy's backend changes in between.
+      keys = present.keys.sort
+      24.times do |n|
+        key = keys[n % keys.size]
+        got = @conn.transaction { names(key) }
+        check(got == [present[key][2]], "id #{key}: #{got.inspect}")
+      end
+      @mode == 'prepared' ? 'exec_prepared' : 'exec_params: unnamed statements'
+    end
+    step('second_connection') do
+      # A statement over every shard (a lookup without the key) runs twice on this
+      # connection, then on a second one, as an application's connection pool does, with the
+      # count and a read by key: the proxy shares server-side prepared statements between
+      # clients.
+      other = Scenario.new(connect(URL), @mode)
+      begin
+        [self, self, other].each do |s|
+          got = s.query(LOOKUP, [present[KEYS[2]][2]])
+          check(got == [[KEYS[2]]], "lookup by name: #{got.inspect}")
+        end
+        got = other.query('SELECT count(*) FROM users')
+        check(got == [[present.size]], "count #{got.inspect}, expected #{present.size}")
+        check(other.read(KEYS[2]) == [present[KEYS[2]]], "id #{KEYS[2]}: read #{other.read(KEYS[2]).inspect}")
+      ensure
+        other.close
+      end
+    end
+    step('unique_violation') do
+      key = KEYS[2]
+      expect_sqlstate('23505') { run('INSERT INTO users (id) VALUES ($1)', [key]) }
+      check(names(key) == [present[key][2]], 'connection unusable after the error')
+    end
+    step('set_timeout') do
+      # current_setting() from a row runs on that row's shard: the SET must follow the client.
+      keys = KEYS.select { |k| present.key?(k) }.first(6)
+      show = "SELECT current_setting('statement_timeout') FROM users WHERE id = $1"
+      @conn.exec("SET statement_timeout = '150ms'")
+      begin
+        keys.each { |k| check(query(show, [k]) == [['150ms']], "id #{k}: statement_timeout is #{query(show, [k]).inspect}") }
+        keys.first(3).each do |k|
+          start = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+          expect_sqlstate('57014') { run('SELECT pg_sleep(3) FROM users WHERE id = $1', [k]) }
+          check(Process.clock_gettime(Process::CLOCK_MONOTONIC) - start < 2.5, 'the timeout did not stop the sleep')
+        end
+      ensure
+        @conn.exec('RESET statement_timeout')
+      end
+      keys.each { |k| check(query(show, [k]) == [['0']], "id #{k}: after RESET statement_timeout is #{query(show, [k]).inspect}") }
+    end
+    step('cancel') do
+      # PG::Connection#cancel from another thread sends a CancelRequest.
+      key = KEYS[2]
+      start = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      canceller = Thread.new { sleep 0.3; @conn.cancel }
+      expect_sqlstate('57014') { run('SELECT pg_sleep(5) FROM users WHERE id = $1', [key]) }
+      canceller.join
+      check(Process.clock_gettime(Process::CLOCK_MONOTONIC) - start < 4, 'the cancel did not stop the sleep')
+      check(names(key) == [present[key][2]], 'connection unusable after the cancel')
+    end
+    step('batch_insert') do
+      # libpq's pipeline mode: every row's statement is sent, then one Sync.
+      batch = BATCH_KEYS.each_with_index.to_h { |k, i| [k, make_row(i + 1, k)] }
+      @conn.enter_pipeline_mode
+      begin
+        batch.each_value { |row| @conn.send_query_params(INSERT, bind(row)) }
+        @conn.pipeline_sync
+        counts = []
+        error = nil
+        loop do # every result up to the Sync, before the first error is raised
+          res = @conn.get_result
+          next if res.nil? # the end of one statement's results
+          break if res.result_status == PG::PGRES_PIPELINE_SYNC
+
+          error ||= res.error_message unless res.error_message.empty?
+          counts << res.cmd_tuples
+        end
+        raise error if error
+
+        check(counts == [1] * batch.size, "row counts #{counts.inspect}")
+      ensure
+        @conn.exit_pipeline_mode
+      end
+      batch.each { |key, row| check(read(key) == [row], "id #{key}: read #{read(key).inspect}") }
+      'pipeline mode'
+    end
+  end
+end
+
+puts "version #{PG::VERSION} (libpq #{PG.library_version})"
+conn = nil
+begin
+  conn = connect(URL)
+  puts 'ok connect'
+rescue StandardError => e
+  puts "fail connect: #{e.class}: #{e.message.split.join(' ')}"
+  exit 1
+end
+scenario = Scenario.new(conn, MODE)
+scenario.run_all
+conn.close
+exit(scenario.failed ? 1 : 0)
