@@ -5,5 +5,3 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --test-threads=2
-# Real drivers (psycopg, asyncpg, JDBC, node-postgres, ruby-pg, sqlx, ...) against the demo.
-bash tests/clients/run.sh
