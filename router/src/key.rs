@@ -75,18 +75,17 @@ impl KeyType {
             reason,
         };
         match (self, bytes.len()) {
-            (KeyType::Int2, 2) => Ok(KeyValue::Int(
-                i16::from_be_bytes([bytes[0], bytes[1]]).into(),
-            )),
-            (KeyType::Int4 | KeyType::Int2, 4) | (KeyType::Int8, 4) => {
-                let mut b = [0u8; 4];
-                b.copy_from_slice(bytes);
-                Ok(KeyValue::Int(i32::from_be_bytes(b).into()))
-            }
-            (KeyType::Int8 | KeyType::Int4, 8) => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(bytes);
-                self.int_key(i64::from_be_bytes(b))
+            // Drivers bind an integer at the width of its value, not of the column
+            // (psycopg 3 sends a small int8 key as int2), so any width is decoded
+            // and then checked against the column's range.
+            (KeyType::Int2 | KeyType::Int4 | KeyType::Int8, 2 | 4 | 8) => {
+                let value = match *bytes {
+                    [a, b] => i16::from_be_bytes([a, b]).into(),
+                    [a, b, c, d] => i32::from_be_bytes([a, b, c, d]).into(),
+                    [a, b, c, d, e, f, g, h] => i64::from_be_bytes([a, b, c, d, e, f, g, h]),
+                    _ => return Err(err("wrong length for an integer")),
+                };
+                self.int_key(value)
                     .ok_or_else(|| err("out of range for the column type"))
             }
             (KeyType::Int2 | KeyType::Int4 | KeyType::Int8, _) => {
@@ -217,6 +216,13 @@ mod tests {
             KeyType::Int4.parse_binary(&9i32.to_be_bytes()),
             Ok(KeyValue::Int(9))
         );
+        assert_eq!(
+            KeyType::Int8.parse_binary(&(-3i16).to_be_bytes()),
+            Ok(KeyValue::Int(-3))
+        );
+        assert!(KeyType::Int2
+            .parse_binary(&70_000i32.to_be_bytes())
+            .is_err());
         assert!(KeyType::Int4.parse_binary(&[1, 2, 3]).is_err());
         assert!(KeyType::Int4.parse_binary(&i64::MAX.to_be_bytes()).is_err());
     }

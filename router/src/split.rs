@@ -27,6 +27,8 @@ pub struct InsertPart {
     /// the client parameters those rows use.
     pub statement: ShardStatement,
     pub rows: usize,
+    /// The statement has a `RETURNING` clause (answers with rows).
+    pub returning: bool,
 }
 
 /// Splits `sql` by shard, reading parameter keys from `params`. `None` when the statement is
@@ -125,6 +127,7 @@ pub fn split_insert(
                 shard,
                 statement: ShardStatement::renumbered(&Statement::Insert(part).to_string())?,
                 rows: rows.len(),
+                returning: insert.returning.is_some(),
             })
         })
         .collect::<Option<Vec<_>>>()?;

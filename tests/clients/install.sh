@@ -18,6 +18,7 @@ dpkg -s ruby-pg >/dev/null 2>&1 || need_apt+=(ruby-pg)
 [ -f /usr/share/java/postgresql.jar ] || need_apt+=(libpostgresql-jdbc-java)
 command -v javac >/dev/null 2>&1 || need_apt+=(openjdk-17-jdk-headless)
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "tests/clients: missing Debian packages, install them as root: apt-get install ${need_apt[*]}" >&2

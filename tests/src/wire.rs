@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::TestCluster;
 
@@ -24,7 +24,7 @@ pub fn cstr(s: &str) -> Vec<u8> {
 }
 
 /// Reads one backend message: tag and body.
-pub async fn read_message(stream: &mut TcpStream) -> anyhow::Result<(u8, Vec<u8>)> {
+pub async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> anyhow::Result<(u8, Vec<u8>)> {
     let mut header = [0u8; 5];
     tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut header)).await??;
     let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
@@ -34,7 +34,10 @@ pub async fn read_message(stream: &mut TcpStream) -> anyhow::Result<(u8, Vec<u8>
 }
 
 /// Reads messages up to and including one with tag `until`, returning their tags.
-pub async fn read_until(stream: &mut TcpStream, until: u8) -> anyhow::Result<Vec<u8>> {
+pub async fn read_until<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    until: u8,
+) -> anyhow::Result<Vec<u8>> {
     let mut tags = Vec::new();
     loop {
         let (tag, _) = read_message(stream).await?;
@@ -48,19 +51,44 @@ pub async fn read_until(stream: &mut TcpStream, until: u8) -> anyhow::Result<Vec
 /// Logs in as `app` to a proxy that trusts it (see [`trusting_proxy`]).
 pub async fn login(port: u16) -> anyhow::Result<TcpStream> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    start_session(&mut stream, "app", "app").await?;
+    Ok(stream)
+}
+
+/// Logs in as `user` to `database` of a PostgreSQL server through its Unix socket (trusted
+/// by the test servers' `pg_hba.conf`): the byte-level client's oracle.
+pub async fn login_socket(
+    server: &shardline::localpg::LocalServer,
+    user: &str,
+    database: &str,
+) -> anyhow::Result<UnixStream> {
+    let path = server
+        .socket_dir()
+        .join(format!(".s.PGSQL.{}", server.port()));
+    let mut stream = UnixStream::connect(path).await?;
+    start_session(&mut stream, user, database).await?;
+    Ok(stream)
+}
+
+/// Sends the startup message and reads up to the first `ReadyForQuery`, which must follow
+/// `AuthenticationOk` (no password is asked).
+async fn start_session<S>(stream: &mut S, user: &str, database: &str) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut body = 196608i32.to_be_bytes().to_vec();
-    for part in ["user", "app", "database", "app", ""] {
+    for part in ["user", user, "database", database, ""] {
         body.extend(cstr(part));
     }
     let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
     packet.extend(body);
     stream.write_all(&packet).await?;
-    let tags = read_until(&mut stream, b'Z').await?;
+    let tags = read_until(stream, b'Z').await?;
     anyhow::ensure!(
         tags.first() == Some(&b'R'),
         "expected AuthenticationOk first: {tags:?}"
     );
-    Ok(stream)
+    Ok(())
 }
 
 /// A second proxy over the cluster's shards that lets `app` in without a password, so the

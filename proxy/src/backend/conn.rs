@@ -100,6 +100,10 @@ pub struct Backend {
     /// The last thing the server said was `ReadyForQuery` idle: nothing is in flight and no
     /// transaction is open. Only such a connection may serve another client.
     pub idle: bool,
+    /// Extended-protocol messages were sent since the last `Sync`: the server holds an
+    /// implicit transaction open for them and answers nothing more until `Sync` or `Flush`
+    /// ends the pipeline. Such a connection belongs to its client until then.
+    pub unsynced: bool,
 }
 
 impl Backend {
@@ -136,6 +140,7 @@ impl Backend {
             created: Instant::now(),
             broken: false,
             idle: false,
+            unsynced: false,
         };
         match tokio::time::timeout(timeout, backend.startup(target)).await {
             Err(_) => Err(BackendError::Timeout(addr_text)),
@@ -246,10 +251,43 @@ impl Backend {
     /// Writes bytes (one or many messages) to the shard.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
         self.idle = false;
+        match last_message_tag(bytes) {
+            Some(b'P' | b'B' | b'D' | b'E' | b'C' | b'H') => self.unsynced = true,
+            Some(b'S' | b'Q' | b'F') => self.unsynced = false,
+            // COPY data, `CopyDone` and `CopyFail` continue whatever was started.
+            _ => {}
+        }
         let written = self.writer.write_all(bytes).await;
         if written.is_err() {
             self.broken = true;
         }
         Ok(written?)
+    }
+}
+
+/// Type of the last complete message in `bytes` (which holds whole messages back to back).
+fn last_message_tag(bytes: &[u8]) -> Option<u8> {
+    let mut at = 0;
+    let mut last = None;
+    while let Some(header) = bytes.get(at..at + 5) {
+        last = Some(header[0]);
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        at += 1 + len;
+    }
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_message_tag;
+
+    #[test]
+    fn last_tag_walks_message_lengths() {
+        let parse = [b'P', 0, 0, 0, 8, 0, 1, 2, 3];
+        let sync = [b'S', 0, 0, 0, 4];
+        let both: Vec<u8> = parse.iter().chain(sync.iter()).copied().collect();
+        assert_eq!(last_message_tag(&both), Some(b'S'));
+        assert_eq!(last_message_tag(&parse), Some(b'P'));
+        assert_eq!(last_message_tag(&[]), None);
     }
 }

@@ -316,12 +316,48 @@ pub fn describe_execute_sync() -> &'static [u8] {
     b"D\0\0\0\x06P\0E\0\0\0\x09\0\0\0\0\0S\0\0\0\x04"
 }
 
+/// `Sync`: ends a pipeline; the server answers `ReadyForQuery`.
+pub const SYNC: &[u8] = b"S\0\0\0\x04";
+
+/// `Flush`: asks the server to send what it has without ending the pipeline.
+pub const FLUSH: &[u8] = b"H\0\0\0\x04";
+
+/// `BEGIN` run through the unnamed statement and portal. Inside a pipeline it turns the
+/// implicit transaction (with what already ran in it) into an explicit one, which the proxy
+/// can then prepare and commit on several shards together.
+pub const BEGIN_IN_PIPELINE: &[u8] =
+    b"P\0\0\0\x0d\0BEGIN\0\0\0B\0\0\0\x0c\0\0\0\0\0\0\0\0E\0\0\0\x09\0\0\0\0\0";
+
+/// `Execute` of a portal that never exists: the server fails it, which aborts the pipeline's
+/// implicit transaction (or the open transaction) exactly as the client's failed statement
+/// would have on a single server.
+pub const ABORT_PIPELINE: &[u8] = b"E\0\0\0\x18shardline abort\0\0\0\0\0";
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn frame(bytes: Bytes) -> Frame {
         Frame::from_bytes(bytes)
+    }
+
+    #[test]
+    fn fixed_messages_have_their_lengths() {
+        for bytes in [SYNC, FLUSH, BEGIN_IN_PIPELINE, ABORT_PIPELINE] {
+            let mut at = 0;
+            while at < bytes.len() {
+                let len = u32::from_be_bytes([
+                    bytes[at + 1],
+                    bytes[at + 2],
+                    bytes[at + 3],
+                    bytes[at + 4],
+                ]) as usize;
+                at += 1 + len;
+            }
+            assert_eq!(at, bytes.len(), "{bytes:?}");
+        }
+        let parse = Frame::from_bytes(Bytes::from_static(&BEGIN_IN_PIPELINE[..14]));
+        assert_eq!(ParseView::new(&parse).map(|v| v.query).ok(), Some("BEGIN"));
     }
 
     #[test]

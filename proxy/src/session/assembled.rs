@@ -37,9 +37,12 @@ impl Session {
         shards: &[ShardId],
         segment: Segment,
     ) -> Result<(), SessionEnd> {
-        let layout = match layout(&segment.items) {
+        // A split INSERT without RETURNING answers no rows, so a row limit cannot cut it
+        // (pgjdbc's batched inserts send one).
+        let rowless = matches!(&segment.assembly, Some(Assembly::Split(parts)) if !parts.iter().any(|p| p.returning));
+        let layout = match layout(&segment.items, rowless) {
             Ok(layout) => layout,
-            Err(error) => return self.fail_segment(error).await,
+            Err(error) => return self.fail(error).await,
         };
         let statement = layout.statement;
         let view = match BindView::new(layout.bind) {
@@ -49,7 +52,7 @@ impl Session {
                     sqlstate::PROTOCOL_VIOLATION,
                     "the Bind of this segment could not be read again",
                 );
-                return self.fail_segment(error).await;
+                return self.fail(error).await;
             }
         };
         self.out.push(&layout.before).await?;
@@ -89,7 +92,7 @@ impl Session {
 
 /// Sorts the segment's messages around its one `Execute`, refusing shapes whose replies could
 /// not be given in order without a single backend running the statement.
-fn layout(items: &[Item]) -> Result<Layout<'_>, ClientError> {
+fn layout(items: &[Item], rowless: bool) -> Result<Layout<'_>, ClientError> {
     let refuse = |what: &str| {
         ClientError::new(
             sqlstate::FEATURE_NOT_SUPPORTED,
@@ -122,7 +125,7 @@ fn layout(items: &[Item]) -> Result<Layout<'_>, ClientError> {
                 ..
             } if bind.is_some() && !executed => describe = true,
             Item::Execute { frame, .. } if bind.is_some() && !executed => {
-                if execute_max_rows(frame).unwrap_or(0) != 0 {
+                if !rowless && execute_max_rows(frame).unwrap_or(0) != 0 {
                     return Err(refuse(
                         "fetching a multi-shard result in parts (Execute with a row limit)",
                     ));

@@ -15,7 +15,11 @@ use crate::protocol::backend::{self as msg, sqlstate};
 
 impl Session {
     pub(super) fn keep_or_release(&mut self, shard: ShardId, conn: Pooled, busy: bool) {
-        if busy || self.awaiting_sync || self.identity.pool_mode == PoolMode::Session {
+        if busy
+            || conn.unsynced
+            || self.awaiting_sync
+            || self.identity.pool_mode == PoolMode::Session
+        {
             self.conns.insert(shard, conn);
         } else {
             self.forget_cancel_key(&conn);
@@ -92,7 +96,8 @@ impl Session {
     pub(super) async fn release_all(&mut self) {
         let in_transaction = self.tx.open() || self.awaiting_sync;
         for (_, mut conn) in std::mem::take(&mut self.conns) {
-            if in_transaction {
+            // PostgreSQL rolls back what a client leaves open: closing the backend does that.
+            if in_transaction || conn.unsynced {
                 conn.broken = true;
             } else if self.identity.pool_mode == PoolMode::Session {
                 reset_session(&mut conn).await;
@@ -110,7 +115,10 @@ impl Session {
     /// Finishes backends held after a `Flush` on other shards than `shard`: their pipeline
     /// segment is over once the client moves elsewhere, so they get a `Sync` and go back.
     pub(super) async fn settle_others(&mut self, shard: ShardId) {
-        if self.tx.shard.is_some() || self.identity.pool_mode == PoolMode::Session {
+        if self.tx.shard.is_some()
+            || self.spread.is_some()
+            || self.identity.pool_mode == PoolMode::Session
+        {
             return;
         }
         let others: Vec<ShardId> = self.conns.keys().copied().filter(|s| *s != shard).collect();
@@ -146,13 +154,16 @@ pub(super) async fn reset_session(conn: &mut Pooled) {
 /// Reads and drops a backend's answers up to `ReadyForQuery`; false if the backend failed or
 /// is still in a transaction.
 pub(super) async fn drain_to_ready(conn: &mut Pooled) -> bool {
+    ready_status(conn).await == Some(b'I')
+}
+
+/// Reads and drops a backend's answers up to `ReadyForQuery` and returns its transaction
+/// status; `None` if the backend failed.
+pub(super) async fn ready_status(conn: &mut Pooled) -> Option<u8> {
     loop {
-        match conn.read().await {
-            Ok(frame) if frame.tag() == msg::tag::READY_FOR_QUERY => {
-                return msg::ready_status(&frame) == b'I'
-            }
-            Ok(_) => {}
-            Err(_) => return false,
+        let frame = conn.read().await.ok()?;
+        if frame.tag() == msg::tag::READY_FOR_QUERY {
+            return Some(msg::ready_status(&frame));
         }
     }
 }

@@ -50,9 +50,10 @@ pub(super) enum Item {
 /// A segment after routing.
 pub(super) struct Segment {
     pub(super) items: Vec<Item>,
-    routes: Vec<Route>,
+    /// Where each routed `Bind` sends its statement, by the `Bind`'s index in `items`.
+    pub(super) routes: Vec<(usize, Route)>,
     /// Kinds of the statements the segment executes.
-    kinds: Vec<StatementKind>,
+    pub(super) kinds: Vec<StatementKind>,
     /// Set when the proxy assembles the bound statement's result from several shards.
     pub(super) assembly: Option<Assembly>,
 }
@@ -71,10 +72,17 @@ impl Session {
     /// Runs the collected extended-protocol segment.
     pub(super) async fn run_batch(&mut self) -> Result<(), SessionEnd> {
         let frames = std::mem::take(&mut self.batch);
+        self.segment_open = frames.last().is_some_and(|f| f.tag() == b'H');
+        let result = self.run_segment(frames).await;
+        self.segment_open = false;
+        result
+    }
+
+    async fn run_segment(&mut self, frames: Vec<Frame>) -> Result<(), SessionEnd> {
         let loaded = self.ctx.snapshot();
         let segment = match self.read_segment(&loaded, frames) {
             Ok(Ok(segment)) => segment,
-            Ok(Err(error)) => return self.fail_segment(error).await,
+            Ok(Err(error)) => return self.fail(error).await,
             Err(malformed) => {
                 let text = malformed.to_string();
                 self.out
@@ -94,17 +102,20 @@ impl Session {
                 .iter()
                 .all(|k| matches!(k, StatementKind::Commit | StatementKind::Rollback));
             if !(ends && self.tx.shard.is_some() && !segment.kinds.is_empty()) {
-                return self.fail_segment(local::aborted()).await;
+                return self.fail(local::aborted()).await;
             }
             // Roll the shard's transaction back first; the client's COMMIT then ends nothing.
             self.tx.failed = false;
             self.tx.held.push("ROLLBACK".to_owned());
         }
+        if self.needs_spread(&segment) {
+            return self.run_spread(&loaded, segment).await;
+        }
         let route = match self.segment_route(&loaded, &segment) {
             Ok(route) => route,
             Err(error) => {
                 self.fail_transaction();
-                return self.fail_segment(error).await;
+                return self.fail(error).await;
             }
         };
         let items = &segment.items;
@@ -121,7 +132,7 @@ impl Session {
                     return self.run_assembled(&loaded, &shards, segment).await;
                 }
                 if let Err(e) = self.check_scatter_allowed(&shards) {
-                    return self.fail_segment(e).await;
+                    return self.fail(e).await;
                 }
                 self.scatter_segment(&loaded, &shards, items).await?;
             }
@@ -180,14 +191,18 @@ impl Session {
                                     || statement.plan.aggregate.is_some() =>
                             {
                                 segment.assembly = Some(Assembly::Gather);
-                                segment.routes.push(Route::Multi(shards));
+                                segment
+                                    .routes
+                                    .push((segment.items.len(), Route::Multi(shards)));
                             }
-                            Ok(route) => segment.routes.push(route),
+                            Ok(route) => segment.routes.push((segment.items.len(), route)),
                             Err(e) if statement.plan.kind == StatementKind::CopyIn => {
                                 match copy_into(&loaded.config, &statement.query) {
                                     Some(Ok(spec)) => {
                                         let shards = spec.rule.shards(loaded.config.shards.len());
-                                        segment.routes.push(Route::Multi(shards));
+                                        segment
+                                            .routes
+                                            .push((segment.items.len(), Route::Multi(shards)));
                                         segment.assembly = Some(Assembly::Copy(spec));
                                     }
                                     Some(Err(copy_error)) => return Ok(Err(copy_error.into())),
@@ -203,7 +218,9 @@ impl Session {
                                 match split {
                                     Some(Ok(parts)) => {
                                         let shards = parts.iter().map(|p| p.shard).collect();
-                                        segment.routes.push(Route::Multi(shards));
+                                        segment
+                                            .routes
+                                            .push((segment.items.len(), Route::Multi(shards)));
                                         segment.assembly = Some(Assembly::Split(parts));
                                     }
                                     Some(Err(split_error)) => return Ok(Err(split_error.into())),
@@ -284,7 +301,7 @@ impl Session {
         };
         let mut shards = BTreeSet::new();
         let mut multi = false;
-        for route in &segment.routes {
+        for (_, route) in &segment.routes {
             match route {
                 Route::Single(s) => {
                     shards.insert(*s);
@@ -304,7 +321,7 @@ impl Session {
             _ => Err(ClientError::new(
                 sqlstate::FEATURE_NOT_SUPPORTED,
                 format!(
-                    "the statements sent before this Sync need shards {}; statements up to a Sync run as one transaction, which must stay on one shard; send a Sync after each statement",
+                    "the statements sent before this Sync need shards {}; a transaction block stays on one shard, and a statement that runs on several shards must be the only one before its Sync",
                     self.shard_names(&shards.into_iter().collect::<Vec<_>>())
                 ),
             )),
@@ -371,15 +388,6 @@ impl Session {
         }
         Some(Bytes::from(out))
     }
-
-    /// Ends a segment with an error: PostgreSQL skips to `Sync` and answers `ReadyForQuery`.
-    pub(super) async fn fail_segment(&mut self, error: ClientError) -> Result<(), SessionEnd> {
-        self.out.push(&error.bytes()).await?;
-        self.out
-            .push(&msg::ready_for_query(self.tx.status()))
-            .await?;
-        Ok(self.out.flush().await?)
-    }
 }
 
 fn unknown_statement(name: &[u8]) -> ClientError {
@@ -393,7 +401,7 @@ fn unknown_statement(name: &[u8]) -> ClientError {
 }
 
 /// The messages one backend is sent for a segment, and the matching answer queue.
-fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>, VecDeque<Expect>) {
+pub(super) fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>, VecDeque<Expect>) {
     let mut out = Vec::with_capacity(items.len() + 2);
     let mut queue = VecDeque::with_capacity(items.len() + 2);
     let mut preparer = Preparer::default();

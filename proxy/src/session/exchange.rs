@@ -107,6 +107,8 @@ pub struct Outcome {
     pub last_tag: Option<String>,
     /// The shard answered a client message with an error.
     pub failed: bool,
+    /// The shard failed a message and ignores everything up to the `Sync` it was not sent yet.
+    pub skipping: bool,
 }
 
 /// Why an exchange failed.
@@ -271,6 +273,7 @@ where
             queue.pop_front();
         }
     }
+    outcome.skipping = skipping;
     Ok(outcome)
 }
 

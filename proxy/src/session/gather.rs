@@ -178,8 +178,13 @@ impl Session {
                 self.out.push(&delivery.after).await?;
             }
             Err(MergeFailure::Client(e)) => return Err(SessionEnd::ClientIo(e)),
-            // After an error PostgreSQL skips the rest up to `Sync`.
-            Err(MergeFailure::Query(error)) => self.out.push(&error.bytes()).await?,
+            Err(MergeFailure::Query(error)) if delivery.ready => return self.fail(error).await,
+            // After an error PostgreSQL skips the rest up to `Sync`, which is still to come
+            // (after a `Flush`, or after an extended-protocol COPY's data).
+            Err(MergeFailure::Query(error)) => {
+                self.out.push(&error.bytes()).await?;
+                self.skip_to_sync = true;
+            }
         }
         if delivery.ready {
             self.out

@@ -26,6 +26,7 @@ mod numeric;
 mod order;
 mod ordered;
 mod output;
+mod pipeline;
 mod scatter;
 pub mod settings;
 mod split;
@@ -122,6 +123,13 @@ pub struct Session {
     cancel_targets: CancelTargets,
     /// Extended-protocol messages since the last `Sync`/`Flush`.
     batch: Vec<Frame>,
+    /// The segment being run ended with `Flush`: its pipeline goes on after it.
+    segment_open: bool,
+    /// A statement of the current pipeline failed: like PostgreSQL, the proxy ignores the
+    /// client's messages up to `Sync`.
+    skip_to_sync: bool,
+    /// The current pipeline runs on several shards (see [`pipeline`]).
+    spread: Option<pipeline::Spread>,
 }
 
 impl Session {
@@ -145,6 +153,9 @@ impl Session {
             awaiting_sync: false,
             cancel_targets,
             batch: Vec::new(),
+            segment_open: false,
+            skip_to_sync: false,
+            spread: None,
         }
     }
 
@@ -174,6 +185,17 @@ impl Session {
                 }
                 Err(FrameError::Io(e)) => return Err(SessionEnd::ClientIo(e)),
             };
+            if self.skip_to_sync {
+                match frame.tag() {
+                    b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => continue,
+                    b'S' => {
+                        self.skip_to_sync = false;
+                        self.end_failed_pipeline().await?;
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
             match frame.tag() {
                 b'Q' => self.simple_query(frame).await?,
                 b'P' | b'B' | b'D' | b'E' | b'C' => self.batch.push(frame),
@@ -198,14 +220,16 @@ impl Session {
         }
     }
 
-    /// Sends an error followed by `ReadyForQuery` (simple-protocol style ending).
+    /// Answers the current request with an error. Inside a pipeline that goes on (the segment
+    /// ended with `Flush`), the client's messages are then ignored up to `Sync`, as PostgreSQL
+    /// does; otherwise the pipeline ends here with `ReadyForQuery`.
     async fn fail(&mut self, error: ClientError) -> Result<(), SessionEnd> {
         self.out.push(&error.bytes()).await?;
-        self.out
-            .push(&msg::ready_for_query(self.tx.status()))
-            .await?;
-        self.out.flush().await?;
-        Ok(())
+        if self.segment_open {
+            self.skip_to_sync = true;
+            return Ok(self.out.flush().await?);
+        }
+        self.end_failed_pipeline().await
     }
 
     async fn simple_query(&mut self, frame: Frame) -> Result<(), SessionEnd> {
@@ -489,6 +513,9 @@ impl Session {
             }
         }
         self.awaiting_sync = outcome.awaiting_sync;
+        if outcome.skipping {
+            self.skip_to_sync = true;
+        }
         match outcome.ready {
             Some(b'I') => {
                 // A transaction still held (nothing routed yet) stays open for the client.

@@ -19,6 +19,7 @@ use crate::backend::conn::{Backend, BackendError};
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
+use crate::protocol::Frame;
 
 /// One shard taking part in a scatter.
 struct Leg {
@@ -28,6 +29,9 @@ struct Leg {
     queue: VecDeque<Expect>,
     /// The shard failed a message and ignores everything up to `Sync`.
     skipping: bool,
+    /// A message the proxy sent on the client's behalf (a statement the backend lacked) failed:
+    /// the client must see this error.
+    failure: Option<Bytes>,
 }
 
 /// What one client message produced across the shards.
@@ -59,6 +63,7 @@ impl Session {
             match self.attach(loaded, shard).await {
                 Ok(mut conn) => {
                     let (bytes, queue) = self.compose(&mut conn, true, |c| build(c));
+                    let queue = alike_on_every_shard(queue);
                     let name = loaded
                         .config
                         .shards
@@ -71,6 +76,7 @@ impl Session {
                         conn,
                         queue,
                         skipping: false,
+                        failure: None,
                     });
                     if let Err(e) = sent {
                         let error = lost(&legs[legs.len() - 1].name, &e);
@@ -104,8 +110,19 @@ impl Session {
             for leg in legs.iter_mut() {
                 let next = next_client_entry(leg).await?;
                 entry = entry.or(next);
+                if let Some(error) = leg.failure.take() {
+                    if !failed {
+                        let error = msg::error_naming_shard(&Frame::from_bytes(error), &leg.name);
+                        self.out.push(&error).await.map_err(MergeError::Client)?;
+                        failed = true;
+                    }
+                }
             }
-            let Some(entry) = entry else { return Ok(()) };
+            let Some(entry) = entry else {
+                // An error not yet followed by `Sync`: the client's next messages are ignored.
+                self.skip_to_sync |= failed;
+                return Ok(());
+            };
             let reply = match entry {
                 Expect::Local(bytes) => {
                     if !failed {
@@ -250,6 +267,34 @@ fn lost(shard: &str, e: &BackendError) -> ClientError {
     )
 }
 
+/// One backend's queue with every client `Parse` of a named statement turned into a silent
+/// prepare and a local `ParseComplete`. Backends that already have the statement answer the
+/// client's `Parse` locally; this makes the others answer it the same way, so every leg's
+/// queue lists the same client messages in the same order.
+fn alike_on_every_shard(queue: VecDeque<Expect>) -> VecDeque<Expect> {
+    let mut alike = VecDeque::with_capacity(queue.len());
+    for entry in queue {
+        match entry {
+            Expect::Sent {
+                reply: Reply::Parse,
+                mode: Mode::Relay,
+                effects,
+                prepares: Some(id),
+            } => {
+                alike.push_back(Expect::Sent {
+                    reply: Reply::Parse,
+                    mode: Mode::Swallow,
+                    effects,
+                    prepares: Some(id),
+                });
+                alike.push_back(Expect::Local(msg::empty(tag::PARSE_COMPLETE)));
+            }
+            other => alike.push_back(other),
+        }
+    }
+    alike
+}
+
 /// Answers injected messages silently and returns the next entry that belongs to a client
 /// message, or `None` when the leg has nothing more to answer.
 async fn next_client_entry(leg: &mut Leg) -> Result<Option<Expect>, MergeError> {
@@ -275,6 +320,7 @@ async fn next_client_entry(leg: &mut Leg) -> Result<Option<Expect>, MergeError> 
             match frame.tag() {
                 tag::ERROR_RESPONSE if reply != Reply::Cycle => {
                     leg.skipping = true;
+                    leg.failure = Some(frame.into_bytes());
                     break;
                 }
                 tag::ERROR_RESPONSE => leg.conn.settings = None,

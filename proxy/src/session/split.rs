@@ -174,8 +174,12 @@ impl Session {
     ) -> Result<(), SessionEnd> {
         let mut out = BytesMut::new();
         let description = results.iter().find_map(|r| r.row_description.clone());
-        if let (true, Some(description)) = (delivery.describe, description) {
-            out.extend_from_slice(&description);
+        match (delivery.describe, description) {
+            (true, Some(description)) => out.extend_from_slice(&description),
+            // No RETURNING: a described portal returns no rows, as PostgreSQL's `NoData`
+            // says (the simple protocol has no Describe to answer).
+            (true, None) if delivery.extended => out.extend_from_slice(&msg::empty(tag::NO_DATA)),
+            _ => {}
         }
         let mut tags = Vec::new();
         for result in results {
@@ -220,7 +224,7 @@ pub(super) async fn commit_all(running: &mut [Part], gid: &str) -> Option<Client
         ClientError::new(
             "40003",
             format!(
-                "the INSERT was prepared on every shard but could not be committed on all: run COMMIT PREPARED for {} (the rows are durable there, nothing was lost)",
+                "the transaction was prepared on every shard but could not be committed on all: run COMMIT PREPARED for {} (its changes are durable there, nothing was lost)",
                 in_doubt.join(", ")
             ),
         )

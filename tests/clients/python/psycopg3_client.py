@@ -30,7 +30,17 @@ class Psycopg3:
         return self.conn.execute(sql, params or None, prepare=self.prepare_flag)
 
     def query(self, sql, params=()):
-        return self._run(sql, params).fetchall()
+        try:
+            return self._run(sql, params).fetchall()
+        except psycopg.Error:
+            if self.pipeline:
+                # As with PostgreSQL itself, a pipeline that met an error ignores everything
+                # up to its next Sync; the application syncs to go on.
+                try:
+                    self.pipeline.sync()
+                except psycopg.Error:
+                    pass
+            raise
 
     def execute(self, sql, params=()):
         cur = self._run(sql, params)

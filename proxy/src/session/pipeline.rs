@@ -1,0 +1,345 @@
+//! Pipelines: the extended-protocol messages a client sends up to one `Sync`, which
+//! PostgreSQL runs as one implicit transaction.
+//!
+//! Most pipelines touch one shard and run there as they are. A pipeline whose statements need
+//! different shards (a driver's batch API: `executemany`, `executeBatch`, pipeline mode) is
+//! *spread*: on each shard it reaches, the proxy turns the implicit transaction into an
+//! explicit one (`BEGIN` run inside the pipeline also takes in what already ran there), runs
+//! each statement on its shard in the client's order, and at the client's `Sync` commits every
+//! shard together with two-phase commit — or rolls every shard back if any statement failed.
+//! The client sees one server: its answers in order, one `ReadyForQuery`, all or nothing.
+//!
+//! After an error PostgreSQL ignores a pipeline's messages up to `Sync`; so does the proxy
+//! (`skip_to_sync`), and at that `Sync` it aborts whatever the pipeline left open on its
+//! backends before answering the one `ReadyForQuery`.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::ops::Range;
+
+use bytes::Bytes;
+use shardline_router::{Route, ShardId, StatementKind};
+
+use super::attach::ready_status;
+use super::batch::{build_messages, Item, Segment};
+use super::exchange::{Expect, Reply};
+use super::split::{commit_all, finish_quietly, run, Part};
+use super::{ClientError, Session, SessionEnd};
+use crate::backend::pool::{Pooled, Pools};
+use crate::context::Loaded;
+use crate::protocol::backend::{self as msg, sqlstate};
+use crate::protocol::frontend::{ABORT_PIPELINE, BEGIN_IN_PIPELINE, FLUSH, SYNC};
+
+/// A pipeline running on several shards, each inside a transaction the proxy opened.
+#[derive(Debug, Default)]
+pub(super) struct Spread {
+    /// Shards whose backend runs this pipeline's transaction.
+    joined: BTreeSet<ShardId>,
+    /// Where the last statement ran: messages that name no shard go there.
+    last: Option<ShardId>,
+}
+
+/// Consecutive messages of a segment that end with one `Execute`, and where they run.
+struct Unit {
+    items: Range<usize>,
+    route: Option<Route>,
+}
+
+impl Session {
+    /// Whether `segment` must run spread: outside a transaction block, its statements (with
+    /// what this pipeline already ran) need more than one shard, each statement one shard.
+    pub(super) fn needs_spread(&self, segment: &Segment) -> bool {
+        if self.spread.is_some() {
+            return true;
+        }
+        if self.tx.open() || segment.assembly.is_some() || controls_transactions(segment) {
+            return false;
+        }
+        let mut shards: BTreeSet<ShardId> = self.unsynced_shards().into_iter().collect();
+        for (_, route) in &segment.routes {
+            match route {
+                Route::Single(shard) => shards.insert(*shard),
+                Route::Multi(_) => return false,
+            };
+        }
+        shards.len() > 1
+    }
+
+    /// Runs a segment of a spread pipeline, statement by statement on each one's shard; at the
+    /// segment's `Sync` the pipeline commits everywhere or nowhere.
+    pub(super) async fn run_spread(
+        &mut self,
+        loaded: &Loaded,
+        segment: Segment,
+    ) -> Result<(), SessionEnd> {
+        if self.spread.is_none() {
+            let mut spread = Spread::default();
+            // Backends that already ran part of this pipeline keep it: `BEGIN` takes it in.
+            for shard in self.unsynced_shards() {
+                if let Err(error) = self.begin_on_held(shard).await {
+                    self.spread = Some(spread);
+                    return self.fail(error).await;
+                }
+                spread.joined.insert(shard);
+                spread.last = Some(shard);
+            }
+            self.spread = Some(spread);
+        }
+        if controls_transactions(&segment) {
+            let error = ClientError::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "a transaction block cannot start or end in a pipeline whose statements need several shards; send a Sync before BEGIN",
+            );
+            return self.fail(error).await;
+        }
+        for unit in units(&segment) {
+            if self.skip_to_sync {
+                break;
+            }
+            let shard = match unit.route {
+                Some(Route::Single(shard)) => shard,
+                Some(Route::Multi(shards)) => {
+                    let error = ClientError::new(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!(
+                            "a statement that needs shards {} cannot run in a pipeline whose other statements need other shards; send a Sync before it",
+                            self.shard_names(&shards)
+                        ),
+                    );
+                    return self.fail(error).await;
+                }
+                None => self
+                    .spread
+                    .as_ref()
+                    .and_then(|s| s.last)
+                    .unwrap_or(loaded.config.default_shard),
+            };
+            let begin = self.spread.as_mut().is_some_and(|s| s.joined.insert(shard));
+            if let Some(spread) = self.spread.as_mut() {
+                spread.last = Some(shard);
+            }
+            let items = &segment.items[unit.items];
+            self.exchange_with(loaded, shard, true, |conn| {
+                let mut out = Vec::with_capacity(items.len() + 2);
+                let mut queue = VecDeque::with_capacity(items.len() + 3);
+                if begin {
+                    out.push(Bytes::from_static(BEGIN_IN_PIPELINE));
+                    queue.extend([Reply::Parse, Reply::Bind, Reply::Execute].map(Expect::swallow));
+                }
+                let (messages, expects) = build_messages(items, conn);
+                out.extend(messages);
+                queue.extend(expects);
+                out.push(Bytes::from_static(FLUSH));
+                (out, queue)
+            })
+            .await?;
+        }
+        if !self.segment_open {
+            if self.skip_to_sync {
+                self.skip_to_sync = false;
+                return self.end_failed_pipeline().await;
+            }
+            return self.commit_spread().await;
+        }
+        Ok(self.out.flush().await?)
+    }
+
+    /// Joins a backend that ran part of the pipeline before it spread.
+    async fn begin_on_held(&mut self, shard: ShardId) -> Result<(), ClientError> {
+        let name = self.shard_names(&[shard]);
+        let Some(conn) = self.conns.get_mut(&shard) else {
+            return Ok(());
+        };
+        let mut bytes = BEGIN_IN_PIPELINE.to_vec();
+        bytes.extend_from_slice(FLUSH);
+        let began = conn.send(&bytes).await.is_ok() && read_completions(conn, 3).await;
+        if began {
+            Ok(())
+        } else {
+            Err(ClientError::new(
+                sqlstate::CONNECTION_FAILURE,
+                format!("shard {name} could not join the pipeline's transaction"),
+            ))
+        }
+    }
+
+    /// The spread pipeline's `Sync`: every shard's transaction commits (prepared first when
+    /// there are several), or none does.
+    async fn commit_spread(&mut self) -> Result<(), SessionEnd> {
+        let mut parts = self.take_spread_parts();
+        let mut failure = None;
+        for part in &mut parts {
+            if !matches!(sync(&mut part.conn).await, Some(b'T')) {
+                failure = Some(ClientError::new(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!(
+                        "shard {} lost the pipeline's transaction; nothing was committed",
+                        part.name
+                    ),
+                ));
+                break;
+            }
+        }
+        if failure.is_some() {
+            for part in &mut parts {
+                finish_quietly(&mut part.conn, "ROLLBACK").await;
+            }
+        } else if let [only] = parts.as_mut_slice() {
+            failure = match run(&mut only.conn, "COMMIT").await {
+                Ok(None) => None,
+                Ok(Some(error)) => Some(super::split::shard_error(&error, &only.name)),
+                Err(e) => Some(super::split::lost(&only.name, &e)),
+            };
+        } else {
+            let gid = format!("shardline_{:016x}", rand::random::<u64>());
+            failure = self.prepare_all(&mut parts, &gid).await;
+            if failure.is_none() {
+                failure = commit_all(&mut parts, &gid).await;
+            }
+        }
+        self.release_parts(parts);
+        if let Some(error) = failure {
+            self.out.push(&error.bytes()).await?;
+        }
+        self.out.push(&msg::ready_for_query(b'I')).await?;
+        Ok(self.out.flush().await?)
+    }
+
+    /// The backends of the spread pipeline, taken from the session.
+    fn take_spread_parts(&mut self) -> Vec<Part> {
+        let joined = self.spread.take().map(|s| s.joined).unwrap_or_default();
+        let mut parts = Vec::with_capacity(joined.len());
+        for shard in joined {
+            let name = self.shard_names(&[shard]);
+            if let Some(conn) = self.conns.remove(&shard) {
+                parts.push(Part { shard, name, conn });
+            }
+        }
+        parts
+    }
+
+    /// Ends a pipeline that failed, at its `Sync`: whatever it left open on backends is
+    /// aborted, then the client gets its one `ReadyForQuery`.
+    pub(super) async fn end_failed_pipeline(&mut self) -> Result<(), SessionEnd> {
+        let mut parts = self.take_spread_parts();
+        for part in &mut parts {
+            sync(&mut part.conn).await;
+            finish_quietly(&mut part.conn, "ROLLBACK").await;
+        }
+        self.release_parts(parts);
+        let mut status = self.tx.status();
+        for shard in self.unsynced_shards() {
+            let Some(mut conn) = self.conns.remove(&shard) else {
+                continue;
+            };
+            let mut bytes = ABORT_PIPELINE.to_vec();
+            bytes.extend_from_slice(SYNC);
+            let ended = match conn.send(&bytes).await {
+                Ok(()) => ready_status(&mut conn).await,
+                Err(_) => None,
+            };
+            match ended {
+                Some(b'I') => self.keep_or_release(shard, conn, false),
+                Some(backend_status) => {
+                    if backend_status == b'E' {
+                        status = b'E';
+                    }
+                    self.keep_or_release(shard, conn, true);
+                }
+                None => self.drop_backend(conn),
+            }
+        }
+        self.out.push(&msg::ready_for_query(status)).await?;
+        Ok(self.out.flush().await?)
+    }
+
+    /// Shards whose held backend is inside this pipeline (sent messages not yet synced).
+    fn unsynced_shards(&self) -> Vec<ShardId> {
+        self.conns
+            .iter()
+            .filter(|(_, conn)| conn.unsynced)
+            .map(|(shard, _)| *shard)
+            .collect()
+    }
+
+    /// Lets a backend go whose state is unknown: the pool closes it.
+    pub(super) fn drop_backend(&mut self, mut conn: Pooled) {
+        conn.broken = true;
+        self.forget_cancel_key(&conn);
+        Pools::discard(conn);
+    }
+}
+
+/// Whether the segment begins or ends a transaction block.
+fn controls_transactions(segment: &Segment) -> bool {
+    segment.kinds.iter().any(|k| {
+        matches!(
+            k,
+            StatementKind::Begin
+                | StatementKind::Commit
+                | StatementKind::Rollback
+                | StatementKind::TransactionControl
+        )
+    })
+}
+
+/// Cuts a segment after each `Execute`; the closing `Sync` or `Flush` is left out (the spread
+/// sends its own `Flush` after each unit and handles `Sync` itself).
+fn units(segment: &Segment) -> Vec<Unit> {
+    let mut end = segment.items.len();
+    while end > 0
+        && matches!(
+            segment.items[end - 1],
+            Item::Forward {
+                reply: None | Some(Reply::Sync),
+                ..
+            }
+        )
+    {
+        end -= 1;
+    }
+    let mut units = Vec::new();
+    let mut start = 0;
+    for (i, item) in segment.items[..end].iter().enumerate() {
+        if matches!(item, Item::Execute { .. }) || i + 1 == end {
+            let route = segment
+                .routes
+                .iter()
+                .find(|(at, _)| (start..=i).contains(at))
+                .map(|(_, route)| route.clone());
+            units.push(Unit {
+                items: start..i + 1,
+                route,
+            });
+            start = i + 1;
+        }
+    }
+    units
+}
+
+/// Sends `Sync` and returns the transaction status the backend reports.
+async fn sync(conn: &mut Pooled) -> Option<u8> {
+    conn.send(SYNC).await.ok()?;
+    ready_status(conn).await
+}
+
+/// Reads the answers to `count` messages that each end with one completion message; false
+/// on an error or a lost backend.
+async fn read_completions(conn: &mut Pooled, count: usize) -> bool {
+    let mut remaining = count;
+    while remaining > 0 {
+        match conn.read().await {
+            Ok(frame) if frame.tag() == msg::tag::ERROR_RESPONSE => return false,
+            Ok(frame)
+                if matches!(
+                    frame.tag(),
+                    msg::tag::PARSE_COMPLETE | msg::tag::BIND_COMPLETE | msg::tag::COMMAND_COMPLETE
+                ) =>
+            {
+                remaining -= 1
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}

@@ -1,0 +1,367 @@
+//! Extended-protocol pipelines (many statements before one `Sync`) through the proxy, compared
+//! message by message with the same bytes sent to a plain PostgreSQL database (the oracle):
+//! batches whose statements need different shards commit on every shard or on none, an error
+//! ends the pipeline with exactly one `ReadyForQuery`, and named statements that run on every
+//! shard can be prepared by many connections and executed again.
+
+use shardline_tests::wire::{cstr, login, login_socket, message, read_message, trusting_proxy};
+use shardline_tests::{connect, TestCluster};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+const INSERT: &str = "INSERT INTO users (id, name) VALUES ($1, $2)";
+
+/// One answer, reduced to what must match between the proxy and PostgreSQL: its type, and the
+/// command tag, SQLSTATE or row it carries (error texts differ: the proxy names the shard).
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    Tag(char),
+    Complete(String),
+    Error(String),
+    Row(Vec<u8>),
+    Ready(char),
+}
+
+/// How many answers to read after sending a pipeline.
+#[derive(Clone, Copy)]
+enum Until {
+    /// Up to this many `ReadyForQuery` (one per `Sync`).
+    Syncs(usize),
+    /// Exactly this many answers (after a `Flush` nothing marks the end).
+    Answers(usize),
+}
+
+/// Sends `bytes` and reads the answers.
+async fn transcript<S>(stream: &mut S, bytes: &[u8], until: Until) -> anyhow::Result<Vec<Answer>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream.write_all(bytes).await?;
+    let mut answers = Vec::new();
+    let mut ready = 0;
+    loop {
+        let done = match until {
+            Until::Syncs(n) => ready == n,
+            Until::Answers(n) => answers.len() == n,
+        };
+        if done {
+            return Ok(answers);
+        }
+        let (tag, body) = read_message(stream).await?;
+        answers.push(match tag {
+            b'C' => Answer::Complete(String::from_utf8_lossy(&body).trim_end_matches('\0').into()),
+            b'E' => Answer::Error(error_code(&body)),
+            b'D' => Answer::Row(body),
+            b'Z' => {
+                ready += 1;
+                Answer::Ready(body.first().copied().unwrap_or(b'?') as char)
+            }
+            b'N' | b'S' => continue,
+            other => Answer::Tag(other as char),
+        });
+    }
+}
+
+fn error_code(body: &[u8]) -> String {
+    body.split(|b| *b == 0)
+        .find_map(|field| field.strip_prefix(b"C"))
+        .map(|code| String::from_utf8_lossy(code).into_owned())
+        .unwrap_or_default()
+}
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut body = cstr(name);
+    body.extend(cstr(sql));
+    body.extend_from_slice(&0i16.to_be_bytes());
+    message(b'P', &body)
+}
+
+/// `Bind` of `statement` to the unnamed portal with text parameters and text results.
+fn bind(statement: &str, params: &[&str]) -> Vec<u8> {
+    let mut body = cstr("");
+    body.extend(cstr(statement));
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        body.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        body.extend_from_slice(p.as_bytes());
+    }
+    body.extend_from_slice(&0i16.to_be_bytes());
+    message(b'B', &body)
+}
+
+fn execute(max_rows: i32) -> Vec<u8> {
+    let mut body = cstr("");
+    body.extend_from_slice(&max_rows.to_be_bytes());
+    message(b'E', &body)
+}
+
+fn describe_portal() -> Vec<u8> {
+    message(b'D', b"P\0")
+}
+
+fn sync() -> Vec<u8> {
+    message(b'S', &[])
+}
+
+fn flush() -> Vec<u8> {
+    message(b'H', &[])
+}
+
+/// `Bind` + `Execute` of the unnamed INSERT for each key.
+fn inserts(keys: &[i64], name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for key in keys {
+        out.extend(bind("", &[&key.to_string(), name]));
+        out.extend(execute(0));
+    }
+    out
+}
+
+/// The proxy's byte-level connection and the oracle's, fed the same bytes.
+struct Sides<P, O> {
+    proxy: P,
+    oracle: O,
+}
+
+impl<P, O> Sides<P, O>
+where
+    P: AsyncRead + AsyncWrite + Unpin,
+    O: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Sends `bytes` to both and checks that they answer alike; returns the answers.
+    async fn same(
+        &mut self,
+        what: &str,
+        bytes: &[u8],
+        syncs: usize,
+    ) -> anyhow::Result<Vec<Answer>> {
+        self.compare(what, bytes, Until::Syncs(syncs)).await
+    }
+
+    /// [`Sides::same`] for a pipeline that ends with `Flush` and gets `answers` answers.
+    async fn same_flushed(
+        &mut self,
+        what: &str,
+        bytes: &[u8],
+        answers: usize,
+    ) -> anyhow::Result<()> {
+        self.compare(what, bytes, Until::Answers(answers))
+            .await
+            .map(drop)
+    }
+
+    async fn compare(
+        &mut self,
+        what: &str,
+        bytes: &[u8],
+        until: Until,
+    ) -> anyhow::Result<Vec<Answer>> {
+        let want = transcript(&mut self.oracle, bytes, until).await?;
+        let got = transcript(&mut self.proxy, bytes, until).await?;
+        assert_eq!(got, want, "{what}: the proxy answered unlike PostgreSQL");
+        Ok(got)
+    }
+}
+
+/// The unnamed statement `sql` without parameters, executed, and `Sync`.
+fn run_once(sql: &str) -> Vec<u8> {
+    let mut out = parse("", sql);
+    out.extend(bind("", &[]));
+    out.extend(execute(0));
+    out.extend(sync());
+    out
+}
+
+/// A 4-shard cluster with an empty sharded `users` table, a trusting proxy for the byte-level
+/// client, and the oracle: database `oracle` on shard 0's server with the same table.
+async fn users_cluster(
+    label: &str,
+) -> anyhow::Result<(TestCluster, shardline::Proxy, Sides<TcpStream, UnixStream>)> {
+    let cluster = TestCluster::start(label, 4).await?;
+    let admin = connect(&cluster.pg.servers()[0].superuser_conninfo()).await?;
+    admin
+        .batch_execute("CREATE DATABASE oracle OWNER app")
+        .await?;
+    let ddl = "CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL)";
+    cluster.client().await?.batch_execute(ddl).await?;
+    let wire_proxy = trusting_proxy(&cluster).await?;
+    let mut sides = Sides {
+        proxy: login(wire_proxy.addr.port()).await?,
+        oracle: login_socket(&cluster.pg.servers()[0], "app", "oracle").await?,
+    };
+    transcript(&mut sides.oracle, &run_once(ddl), Until::Syncs(1)).await?;
+    Ok((cluster, wire_proxy, sides))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelines_answer_like_postgres_and_commit_on_every_shard_or_none() -> anyhow::Result<()> {
+    let (cluster, _wire_proxy, mut sides) = users_cluster("pipelines").await?;
+
+    // Twelve keys over all four shards, one Sync: every row commits.
+    let keys: Vec<i64> = (1..=12).map(|i| i * 7919).collect();
+    let shards: std::collections::BTreeSet<usize> = keys
+        .iter()
+        .map(|k| cluster.shard_of("users", *k))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(shards.len(), 4, "the batch must need every shard");
+    let mut batch = parse("", INSERT);
+    batch.extend(inserts(&keys, "batch"));
+    batch.extend(sync());
+    let answers = sides.same("a batch over four shards", &batch, 1).await?;
+    assert_eq!(answers.last(), Some(&Answer::Ready('I')));
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, keys.len());
+
+    // A duplicate key in the middle of a batch: the error, nothing after it, one
+    // ReadyForQuery — and no row of the batch on any shard.
+    let fresh: Vec<i64> = (1..=6).map(|i| 1_000_000 + i * 104_729).collect();
+    let mut failing = parse("", INSERT);
+    failing.extend(inserts(&fresh[..3], "fresh"));
+    failing.extend(inserts(&keys[..1], "duplicate"));
+    failing.extend(inserts(&fresh[3..], "fresh"));
+    failing.extend(sync());
+    let answers = sides
+        .same("a batch with a duplicate key", &failing, 1)
+        .await?;
+    assert!(
+        answers.contains(&Answer::Error("23505".into())),
+        "{answers:?}"
+    );
+    assert_eq!(
+        cluster.placed_rows("users", "id", false).await?,
+        keys.len(),
+        "a failed batch must leave no row on any shard"
+    );
+
+    // A pipeline spread over Flushes: answers arrive at each Flush, the Sync commits all.
+    let spread: Vec<i64> = (1..=4).map(|i| 2_000_000 + i * 15_485_863).collect();
+    let mut first = parse("", INSERT);
+    first.extend(inserts(&spread[..2], "flushed"));
+    first.extend(flush());
+    sides
+        .same_flushed("answers up to the first Flush", &first, 5)
+        .await?;
+    let mut rest = inserts(&spread[2..], "flushed");
+    rest.extend(sync());
+    sides
+        .same("the rest of a flushed pipeline", &rest, 1)
+        .await?;
+    assert_eq!(
+        cluster.placed_rows("users", "id", false).await?,
+        keys.len() + spread.len()
+    );
+
+    // An error after a Flush rolls back what ran before it on other shards.
+    let doomed: Vec<i64> = (1..=3).map(|i| 3_000_000 + i * 32_452_843).collect();
+    let mut first = parse("", INSERT);
+    first.extend(inserts(&doomed, "doomed"));
+    first.extend(flush());
+    sides
+        .same_flushed("answers up to the Flush", &first, 7)
+        .await?;
+    let mut rest = inserts(&keys[1..2], "duplicate");
+    rest.extend(inserts(&[4_000_000], "skipped"));
+    rest.extend(sync());
+    sides.same("an error after a Flush", &rest, 1).await?;
+    assert_eq!(
+        cluster.placed_rows("users", "id", false).await?,
+        keys.len() + spread.len(),
+        "rows of a pipeline that failed after a Flush must be rolled back on every shard"
+    );
+
+    // pgjdbc's rewritten batch: one multi-row INSERT executed with a row limit of 1.
+    let rewritten = "INSERT INTO users (id, name) VALUES ($1, $2), ($3, $4), ($5, $6)";
+    let ids = ["5000011", "5000012", "5000013"];
+    let mut jdbc = parse("", rewritten);
+    jdbc.extend(bind("", &[ids[0], "jdbc", ids[1], "jdbc", ids[2], "jdbc"]));
+    jdbc.extend(describe_portal());
+    jdbc.extend(execute(1));
+    jdbc.extend(sync());
+    sides
+        .same("a multi-row INSERT with a row limit", &jdbc, 1)
+        .await?;
+
+    // The same rows on both sides.
+    let every_row = run_once("SELECT id, name FROM users ORDER BY id");
+    sides.same("every row", &every_row, 1).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_before_sync_and_statements_on_every_shard() -> anyhow::Result<()> {
+    let (cluster, wire_proxy, mut sides) = users_cluster("pipeline-errors").await?;
+    let port = wire_proxy.addr.port();
+    let server = &cluster.pg.servers()[0];
+    let mut rows = parse("", INSERT);
+    rows.extend(inserts(&[11, 22, 33, 44, 55, 66], "same"));
+    rows.extend(sync());
+    sides.same("rows", &rows, 1).await?;
+
+    // A named statement that runs on every shard (no key), prepared by one connection and
+    // then by a second one, as a connection pool does; then executed again without Parse.
+    let lookup = "SELECT id FROM users WHERE name = $1 ORDER BY id";
+    let unordered = "SELECT count(*) FROM users WHERE name = $1";
+    for round in 0..2 {
+        let mut named = parse("s_every", unordered);
+        named.extend(bind("s_every", &["same"]));
+        named.extend(describe_portal());
+        named.extend(execute(0));
+        named.extend(sync());
+        sides
+            .same(&format!("named statement, connection {round}"), &named, 1)
+            .await?;
+        let mut again = bind("s_every", &["same"]);
+        again.extend(execute(0));
+        again.extend(sync());
+        sides
+            .same(
+                &format!("named statement executed again, connection {round}"),
+                &again,
+                1,
+            )
+            .await?;
+        let mut merged = parse("s_merged", lookup);
+        merged.extend(bind("s_merged", &["same"]));
+        merged.extend(describe_portal());
+        merged.extend(execute(0));
+        merged.extend(sync());
+        sides
+            .same(
+                &format!("named merged statement, connection {round}"),
+                &merged,
+                1,
+            )
+            .await?;
+        sides = Sides {
+            proxy: login(port).await?,
+            oracle: login_socket(server, "app", "oracle").await?,
+        };
+    }
+
+    // The proxy refuses a key it cannot read before the Sync: one error, the rest ignored
+    // up to the Sync, one ReadyForQuery, and the connection in step afterwards.
+    let mut refused = parse("", INSERT);
+    refused.extend(bind("", &["not a number", "bad"]));
+    refused.extend(execute(0));
+    refused.extend(inserts(&[77], "skipped"));
+    refused.extend(flush());
+    sides.proxy.write_all(&refused).await?;
+    let (tag, body) = read_message(&mut sides.proxy).await?;
+    assert_eq!((tag, error_code(&body).as_str()), (b'E', "22P02"));
+    let count = run_once("SELECT count(*) FROM users");
+    let mut after = sync();
+    after.extend(count.clone());
+    let answers = transcript(&mut sides.proxy, &after, Until::Syncs(2)).await?;
+    let want = transcript(&mut sides.oracle, &count, Until::Syncs(1)).await?;
+    assert_eq!(
+        answers[0],
+        Answer::Ready('I'),
+        "one ReadyForQuery for the Sync"
+    );
+    assert_eq!(
+        answers[1..],
+        want[..],
+        "the next statement answered in step"
+    );
+    Ok(())
+}
