@@ -1,7 +1,11 @@
 //! The resharding engine: moves keys between shards while the application keeps writing.
 //!
-//! The engine is not built yet (issue 5). This is the argument it will be built to, written
-//! before the code as the design card asks; review it before reviewing the code.
+//! This is the argument the engine is built to, written before the code as the design card
+//! asks; review it before reviewing the code. Built so far: the layout comparison
+//! ([`layout`]), the catalog ([`catalog`], `schema/catalog.sql`), `plan` ([`plan`]), and `start`'s
+//! table creation and `FOR SHARE` backfill with resumable progress plus `abort`'s removal of
+//! copies ([`backfill`]), driven by the `shardline-reshard` CLI. Not yet: the proxies' dual
+//! writes, verify, cutover with the fence, cleanup.
 //!
 //! # Roles
 //! - The **old owner** of a moving key stays the source of truth until cutover.
@@ -58,13 +62,8 @@
 //! old owner in batches; abort (before cutover) switches proxies out of dual-write and deletes
 //! what was copied from the new owners.
 
-/// The resharding phases, in the order a migration goes through them.
-pub const PHASES: [&str; 7] = [
-    "plan",
-    "prepare",
-    "dual-write",
-    "backfill",
-    "verify",
-    "cutover",
-    "cleanup",
-];
+pub mod backfill;
+pub mod catalog;
+pub mod layout;
+pub mod plan;
+pub mod shards;

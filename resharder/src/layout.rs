@@ -1,0 +1,271 @@
+//! What a migration moves: the tables whose sharding differs between the source and the
+//! target `shards.yaml`, and for each key, whether it moves and from which shard to which.
+//!
+//! Shards are matched between the two files by name, so a target layout may add shards,
+//! drop shards that end up owning nothing, or keep them. Placement is the router's own
+//! (`TableRule::shard_for`), the function every proxy routes with.
+
+use std::collections::BTreeMap;
+
+use shardline_router::config::{Sharding, TableRule};
+use shardline_router::{Config, KeyType, KeyValue};
+
+/// Why two layouts cannot be migrated between.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LayoutError {
+    #[error("table {table} is sharded in the source layout but not in the target; a migration keeps every sharded table sharded on the same key")]
+    TableDropped { table: String },
+    #[error("table {table} is keyed on {source_key} in the source layout and on {target_key} in the target; a migration moves rows, it cannot change a table's key")]
+    KeyChanged {
+        table: String,
+        source_key: String,
+        target_key: String,
+    },
+    #[error("the target layout changes nothing: every sharded table places every key where the source does")]
+    NothingMoves,
+    #[error("the target layout names shard {shard}, which its `shards:` list lacks")]
+    UnknownShard { shard: String },
+}
+
+/// One table whose rows move.
+#[derive(Debug, Clone)]
+pub struct TableMove {
+    pub table: String,
+    pub key_column: String,
+    pub key_type: KeyType,
+    source: TableRule,
+    target: TableRule,
+    /// Names of the source shards holding rows of the table, in source shard order.
+    pub source_shards: Vec<String>,
+    /// Names of the target shards that will hold rows of the table.
+    pub target_shards: Vec<String>,
+    source_names: Vec<String>,
+    target_names: Vec<String>,
+}
+
+/// Where one key lives before and after the migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+}
+
+impl Placement<'_> {
+    /// The key changes shard.
+    pub fn moves(&self) -> bool {
+        self.from != self.to
+    }
+}
+
+impl TableMove {
+    /// The key's owner in the source and in the target layout.
+    pub fn place(&self, key: &KeyValue) -> Result<Placement<'_>, String> {
+        let from = self.source.shard_for(key).map_err(|e| e.to_string())?;
+        let to = self.target.shard_for(key).map_err(|e| e.to_string())?;
+        Ok(Placement {
+            from: &self.source_names[from],
+            to: &self.target_names[to],
+        })
+    }
+
+    /// Reads a key from its text form (as `key::text` prints it).
+    pub fn parse_key(&self, text: &str) -> Result<KeyValue, String> {
+        self.key_type.parse_text(text).map_err(|e| e.to_string())
+    }
+}
+
+/// The migration from one layout to another.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub source: Config,
+    pub target: Config,
+    /// Tables whose placement changes, by name.
+    pub tables: Vec<TableMove>,
+}
+
+impl Layout {
+    /// Compares two layouts; an error when they cannot be migrated between or nothing moves.
+    pub fn between(source: Config, target: Config) -> Result<Layout, LayoutError> {
+        let source_names: Vec<String> = source.shards.iter().map(|s| s.name.clone()).collect();
+        let target_names: Vec<String> = target.shards.iter().map(|s| s.name.clone()).collect();
+        let sorted: BTreeMap<&String, &TableRule> = source.tables.iter().collect();
+        let mut tables = Vec::new();
+        for (name, rule) in sorted {
+            let (Some(key_column), Some(key_type)) = (rule.key_column(), rule.key_type()) else {
+                continue;
+            };
+            let Some(target_rule) = target.table(name) else {
+                return Err(LayoutError::TableDropped {
+                    table: name.clone(),
+                });
+            };
+            if target_rule.key_column() != Some(key_column)
+                || target_rule.key_type() != Some(key_type)
+            {
+                return Err(LayoutError::KeyChanged {
+                    table: name.clone(),
+                    source_key: format!("{key_column} ({key_type})"),
+                    target_key: target_rule
+                        .key_column()
+                        .map_or_else(|| "nothing".to_owned(), |c| c.to_owned()),
+                });
+            }
+            if same_placement(rule, target_rule, &source_names, &target_names) {
+                continue;
+            }
+            let names = |rule: &TableRule, all: &[String]| -> Vec<String> {
+                rule.shards(all.len())
+                    .into_iter()
+                    .filter_map(|id| all.get(id).cloned())
+                    .collect()
+            };
+            tables.push(TableMove {
+                table: name.clone(),
+                key_column: key_column.to_owned(),
+                key_type,
+                source_shards: names(rule, &source_names),
+                target_shards: names(target_rule, &target_names),
+                source: rule.clone(),
+                target: target_rule.clone(),
+                source_names: source_names.clone(),
+                target_names: target_names.clone(),
+            });
+        }
+        if tables.is_empty() {
+            return Err(LayoutError::NothingMoves);
+        }
+        Ok(Layout {
+            source,
+            target,
+            tables,
+        })
+    }
+
+    /// The table move for `table`, if it moves.
+    pub fn table(&self, table: &str) -> Option<&TableMove> {
+        self.tables.iter().find(|t| t.table == table)
+    }
+}
+
+/// Whether two rules place every key on the same-named shard.
+fn same_placement(a: &TableRule, b: &TableRule, a_names: &[String], b_names: &[String]) -> bool {
+    let names = |ids: &[usize], all: &[String]| -> Vec<String> {
+        ids.iter().filter_map(|id| all.get(*id).cloned()).collect()
+    };
+    match (&a.sharding, &b.sharding) {
+        (Sharding::Hash { shards: x, .. }, Sharding::Hash { shards: y, .. }) => {
+            names(x, a_names) == names(y, b_names)
+        }
+        (Sharding::Range { ranges: x, .. }, Sharding::Range { ranges: y, .. }) => {
+            x.len() == y.len()
+                && x.iter().zip(y).all(|(r, s)| {
+                    r.from == s.from && r.to == s.to && a_names.get(r.shard) == b_names.get(s.shard)
+                })
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(shards: usize, users: &str) -> Config {
+        let mut yaml = String::from(
+            "listen: 127.0.0.1:6432\nusers:\n  - {name: app, password: app}\nshards:\n",
+        );
+        for i in 0..shards {
+            yaml.push_str(&format!(
+                "  - {{name: shard{i}, host: 127.0.0.1, port: {}}}\n",
+                5500 + i
+            ));
+        }
+        yaml.push_str("tables:\n");
+        yaml.push_str(users);
+        match Config::from_yaml(&yaml) {
+            Ok(config) => config,
+            Err(e) => panic!("test config: {e}\n{yaml}"),
+        }
+    }
+
+    fn hash(shards: usize) -> Config {
+        let list: Vec<String> = (0..shards).map(|i| format!("shard{i}")).collect();
+        config(
+            shards,
+            &format!(
+                "  - {{name: users, sharding: hash, column: id, type: int8, shards: [{}]}}\n",
+                list.join(", ")
+            ),
+        )
+    }
+
+    #[test]
+    fn hash_two_to_four_moves_about_half_of_the_keys_to_the_new_shards() {
+        let layout = match Layout::between(hash(2), hash(4)) {
+            Ok(layout) => layout,
+            Err(e) => panic!("{e}"),
+        };
+        let users = layout.table("users");
+        assert!(users.is_some());
+        let Some(users) = users else { return };
+        let mut moved = 0;
+        for id in 0..10_000i64 {
+            let placement = users.place(&KeyValue::Int(id));
+            assert!(placement.is_ok());
+            let Ok(placement) = placement else { return };
+            if placement.moves() {
+                moved += 1;
+                assert!(
+                    placement.to == "shard2" || placement.to == "shard3",
+                    "key {id} moves to {}, an old shard",
+                    placement.to
+                );
+            }
+        }
+        assert!((4_000..6_000).contains(&moved), "{moved} of 10000 moved");
+    }
+
+    #[test]
+    fn same_layout_moves_nothing_and_key_changes_are_refused() {
+        assert_eq!(
+            Layout::between(hash(2), hash(2)).err(),
+            Some(LayoutError::NothingMoves)
+        );
+        let rekeyed = config(
+            2,
+            "  - {name: users, sharding: hash, column: name, type: text}\n",
+        );
+        assert!(matches!(
+            Layout::between(hash(2), rekeyed).err(),
+            Some(LayoutError::KeyChanged { .. })
+        ));
+    }
+
+    #[test]
+    fn a_range_split_moves_only_the_split_off_part() {
+        let before = config(
+            2,
+            "  - {name: users, sharding: range, column: id, type: int8, ranges: [{to: 1000, shard: shard0}, {from: 1000, shard: shard1}]}\n",
+        );
+        let after = config(
+            3,
+            "  - {name: users, sharding: range, column: id, type: int8, ranges: [{to: 1000, shard: shard0}, {from: 1000, to: 5000, shard: shard1}, {from: 5000, shard: shard2}]}\n",
+        );
+        let layout = Layout::between(before, after);
+        assert!(layout.is_ok(), "{:?}", layout.err());
+        let Ok(layout) = layout else { return };
+        let Some(users) = layout.table("users") else {
+            panic!("users moves")
+        };
+        for (id, moves) in [
+            (5, false),
+            (1000, false),
+            (4999, false),
+            (5000, true),
+            (90_000, true),
+        ] {
+            let placement = users.place(&KeyValue::Int(id));
+            assert_eq!(placement.map(|p| p.moves()), Ok(moves), "key {id}");
+        }
+    }
+}

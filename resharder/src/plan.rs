@@ -1,0 +1,109 @@
+//! `plan`: which keys move from which shard to which, counted on the source shards.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use tokio_postgres::types::ToSql;
+
+use crate::layout::{Layout, TableMove};
+use crate::shards::{connect, ident, Login};
+
+/// Rows of one table that move from one shard to another.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Flow {
+    pub table: String,
+    pub from: String,
+    pub to: String,
+    pub rows: u64,
+}
+
+/// Counts the moving rows of every table, reading each source shard's keys.
+pub async fn count_flows(layout: &Layout, login: &Login) -> anyhow::Result<Vec<Flow>> {
+    let mut flows = Vec::new();
+    for table in &layout.tables {
+        for source in &table.source_shards {
+            let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+            for_each_key(layout, login, table, source, |key_text| {
+                let key = table.parse_key(key_text)?;
+                let to = table.place(&key)?.to;
+                if to != source {
+                    *counts.entry(to.to_owned()).or_default() += 1;
+                }
+                Ok(())
+            })
+            .await?;
+            flows.extend(counts.into_iter().map(|(to, rows)| Flow {
+                table: table.table.clone(),
+                from: source.clone(),
+                to,
+                rows,
+            }));
+        }
+    }
+    Ok(flows)
+}
+
+/// Streams the keys (as text) of `table` on shard `shard` through `each`.
+pub async fn for_each_key<F>(
+    layout: &Layout,
+    login: &Login,
+    table: &TableMove,
+    shard: &str,
+    mut each: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(&str) -> Result<(), String>,
+{
+    let config = if layout.source.shard_id(shard).is_some() {
+        &layout.source
+    } else {
+        &layout.target
+    };
+    let client = connect(config, shard, login).await?;
+    let sql = format!(
+        "SELECT {}::text FROM {}",
+        ident(&table.key_column),
+        ident(&table.table)
+    );
+    let rows = client
+        .query_raw(&sql, std::iter::empty::<&(dyn ToSql + Sync)>())
+        .await?;
+    futures::pin_mut!(rows);
+    while let Some(row) = rows.try_next().await? {
+        let key: Option<&str> = row.get(0);
+        if let Some(key) = key {
+            each(key).map_err(|e| anyhow::anyhow!("table {}: {e}", table.table))?;
+        }
+    }
+    Ok(())
+}
+
+/// The plan as a table, with an estimate of the backfill's duration at `rows_per_second`.
+pub fn render(flows: &[Flow], rows_per_second: u64) -> String {
+    let mut out = String::from("table      from       to         rows\n");
+    let mut total = 0;
+    for flow in flows {
+        out.push_str(&format!(
+            "{:<10} {:<10} {:<10} {}\n",
+            flow.table, flow.from, flow.to, flow.rows
+        ));
+        total += flow.rows;
+    }
+    let seconds = total / rows_per_second.max(1);
+    out.push_str(&format!(
+        "{total} rows move; backfill at {rows_per_second} rows/s takes about {}\n",
+        humanize(Duration::from_secs(seconds))
+    ));
+    out
+}
+
+fn humanize(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "under a second".to_owned(),
+        1..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}

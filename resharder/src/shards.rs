@@ -1,0 +1,144 @@
+//! Connections from the resharder to the shards of a layout, and what it reads about a table
+//! before moving its rows.
+
+use anyhow::{bail, Context};
+use shardline_router::Config;
+use tokio_postgres::{Client, NoTls};
+
+/// How the resharder logs in to shards.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub user: String,
+    pub password: Option<String>,
+    /// Database for shards whose entry in shards.yaml names none.
+    pub database: String,
+}
+
+impl Login {
+    /// The login of `user` (or of the first non-admin user) from `config`.
+    pub fn from_config(config: &Config, user: Option<&str>) -> anyhow::Result<Login> {
+        let found = match user {
+            Some(name) => config.user(name),
+            None => config.users.iter().find(|u| !u.admin),
+        };
+        let Some(found) = found else {
+            bail!("no such user in the source shards.yaml; pass --user with one of its users");
+        };
+        Ok(Login {
+            user: found.name.clone(),
+            password: found.backend_password().map(str::to_owned),
+            database: found.name.clone(),
+        })
+    }
+}
+
+/// A connection to shard `name` of `config`.
+pub async fn connect(config: &Config, name: &str, login: &Login) -> anyhow::Result<Client> {
+    let shard = config
+        .shards
+        .iter()
+        .find(|s| s.name == name)
+        .with_context(|| format!("shard {name} is not in the layout"))?;
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&shard.host)
+        .port(shard.port)
+        .user(&login.user)
+        .dbname(shard.database.as_deref().unwrap_or(&login.database))
+        .application_name("shardline-reshard");
+    if let Some(password) = &login.password {
+        pg.password(password);
+    }
+    let (client, connection) = pg.connect(NoTls).await.with_context(|| {
+        format!(
+            "could not connect to shard {name} at {}:{}",
+            shard.host, shard.port
+        )
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("connection to a shard ended: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// `name` as a quoted SQL identifier.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The columns of a table and the key that identifies its rows.
+#[derive(Debug, Clone)]
+pub struct TableShape {
+    pub columns: Vec<String>,
+    /// Columns of the primary key, or of a unique index when there is none.
+    pub unique_key: Vec<String>,
+}
+
+impl TableShape {
+    /// Reads the shape of `table` on a shard; an error naming the fix when the table has no
+    /// primary or unique key (rows could not be copied idempotently).
+    pub async fn read(client: &Client, table: &str) -> anyhow::Result<TableShape> {
+        let exists: Option<String> = client
+            .query_one("SELECT to_regclass($1)::text", &[&ident(table)])
+            .await?
+            .get(0);
+        if exists.is_none() {
+            bail!("table {table} does not exist on the source shard");
+        }
+        let columns = client
+            .query(
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                &[&ident(table)],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let unique_key: Vec<String> = client
+            .query(
+                "SELECT a.attname::text FROM pg_index i \
+                 JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, pos) ON true \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                 WHERE i.indexrelid = ( \
+                     SELECT indexrelid FROM pg_index \
+                     WHERE indrelid = $1::text::regclass AND indisunique AND indpred IS NULL AND indexprs IS NULL \
+                     ORDER BY indisprimary DESC, indexrelid LIMIT 1) \
+                 ORDER BY k.pos",
+                &[&ident(table)],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if unique_key.is_empty() {
+            bail!("table {table} has no primary key or unique key; resharding copies rows by key and needs one: add a primary key first");
+        }
+        Ok(TableShape {
+            columns,
+            unique_key,
+        })
+    }
+
+    /// An upsert of a JSON array of row images (`row_to_json` output) into `table`: rows that
+    /// exist are overwritten, so applying an image twice changes nothing.
+    pub fn upsert_sql(&self, table: &str) -> String {
+        let key: Vec<String> = self.unique_key.iter().map(|c| ident(c)).collect();
+        let updates: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| !self.unique_key.contains(c))
+            .map(|c| format!("{0} = EXCLUDED.{0}", ident(c)))
+            .collect();
+        let on_conflict = if updates.is_empty() {
+            "DO NOTHING".to_owned()
+        } else {
+            format!("DO UPDATE SET {}", updates.join(", "))
+        };
+        format!(
+            "INSERT INTO {t} SELECT * FROM json_populate_recordset(NULL::{t}, $1::text::json) ON CONFLICT ({}) {on_conflict}",
+            key.join(", "),
+            t = ident(table),
+        )
+    }
+}

@@ -1,0 +1,193 @@
+//! `shardline-reshard` against real shards: hash 2 → 4 for `users`. The plan's counts agree
+//! with PostgreSQL's own hash partitioning; `start` creates the table on the new shards with
+//! its indexes and copies exactly the moving rows, also when killed (SIGKILL) mid-copy and
+//! started again; `abort` leaves the source as it was and the new shards without copies.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use shardline_router::{Config, KeyValue};
+use shardline_tests::{connect, scratch_dir, TestCluster};
+
+const USERS_ALL: &str = "{name: users, sharding: hash, column: id, type: int8}";
+const USERS_TWO: &str = "{name: users, sharding: hash, column: id, type: int8, shards: [s0, s1]}";
+const DDL: &str = "CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL, score int CHECK (score >= 0), created timestamptz DEFAULT now()); CREATE INDEX users_name ON users (name)";
+
+fn reshard(args: &[&str], dir: &Path) -> anyhow::Result<(bool, String)> {
+    let output = Command::new(env!("CARGO_BIN_EXE_shardline-reshard"))
+        .args(args)
+        .args(["--from", &dir.join("from.yaml").to_string_lossy()])
+        .current_dir(dir)
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((output.status.success(), text))
+}
+
+/// Row images (`row_to_json`) of `users` on shard `i`, by id.
+async fn images(cluster: &TestCluster, i: usize) -> anyhow::Result<BTreeMap<i64, String>> {
+    let shard = cluster.shard(i).await?;
+    let rows = shard
+        .query("SELECT id, row_to_json(u)::text FROM users u", &[])
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hash_two_to_four_plan_start_resume_abort() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("reshard-cli", 4).await?;
+    let dir = scratch_dir("reshard-cli-files");
+    std::fs::create_dir_all(&dir)?;
+    let source_yaml = cluster.yaml.replace(USERS_ALL, USERS_TWO);
+    std::fs::write(dir.join("from.yaml"), &source_yaml)?;
+    std::fs::write(dir.join("to.yaml"), &cluster.yaml)?;
+    let source = Config::from_yaml(&source_yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let target = cluster.config.clone();
+
+    // The table exists on the two source shards only; rows arrive through a proxy serving the
+    // source layout.
+    for i in 0..2 {
+        cluster.shard(i).await?.batch_execute(DDL).await?;
+    }
+    let proxy = shardline::Proxy::start(source.clone()).await?;
+    let app = connect(&format!(
+        "host=127.0.0.1 port={} user=app password=app dbname=app",
+        proxy.addr.port()
+    ))
+    .await?;
+    let ids: Vec<i64> = (1..=3000).map(|i| i * 7 + (i % 13)).collect();
+    for chunk in ids.chunks(500) {
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|id| format!("({id}, 'user {id}', {})", id % 100))
+            .collect();
+        app.batch_execute(&format!(
+            "INSERT INTO users (id, name, score) VALUES {}",
+            values.join(", ")
+        ))
+        .await?;
+    }
+    let before: Vec<BTreeMap<i64, String>> =
+        futures::future::try_join_all((0..2).map(|i| images(&cluster, i))).await?;
+    assert_eq!(before.iter().map(BTreeMap::len).sum::<usize>(), ids.len());
+
+    // Oracle: PostgreSQL's own hash partitioning into 4 says which keys leave each shard.
+    let oracle = cluster.shard(0).await?;
+    oracle
+        .batch_execute(
+            "CREATE TABLE oracle_parts (id bigint) PARTITION BY HASH (id); \
+             CREATE TABLE oracle_p0 PARTITION OF oracle_parts FOR VALUES WITH (MODULUS 4, REMAINDER 0); \
+             CREATE TABLE oracle_p1 PARTITION OF oracle_parts FOR VALUES WITH (MODULUS 4, REMAINDER 1); \
+             CREATE TABLE oracle_p2 PARTITION OF oracle_parts FOR VALUES WITH (MODULUS 4, REMAINDER 2); \
+             CREATE TABLE oracle_p3 PARTITION OF oracle_parts FOR VALUES WITH (MODULUS 4, REMAINDER 3);",
+        )
+        .await?;
+    oracle
+        .execute(
+            "INSERT INTO oracle_parts SELECT unnest($1::int8[])",
+            &[&ids],
+        )
+        .await?;
+    let mut expected_moves = Vec::new();
+    for (from, to) in [("s0", "s2"), ("s1", "s3")] {
+        let n: i64 = oracle
+            .query_one(&format!("SELECT count(*) FROM oracle_p{}", &to[1..]), &[])
+            .await?
+            .get(0);
+        expected_moves.push(format!("users      {from:<10} {to:<10} {n}"));
+    }
+
+    let (ok, plan) = reshard(&["plan", "--to", "to.yaml"], &dir)?;
+    assert!(ok, "{plan}");
+    for line in &expected_moves {
+        assert!(plan.contains(line), "plan lacks {line:?}:\n{plan}");
+    }
+
+    // Start slowly, kill it mid-copy, start again: it resumes and finishes.
+    let mut slow = Command::new(env!("CARGO_BIN_EXE_shardline-reshard"))
+        .args(["start", "--to", "to.yaml", "--batch", "50", "--rate", "600"])
+        .args(["--from", &dir.join("from.yaml").to_string_lossy()])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    slow.kill()?; // SIGKILL
+    slow.wait()?;
+    let (ok, status) = reshard(&["status"], &dir)?;
+    assert!(ok && status.contains("Started"), "{status}");
+    let (ok, out) = reshard(&["start", "--to", "to.yaml", "--batch", "200"], &dir)?;
+    assert!(ok, "{out}");
+    let (ok, status) = reshard(&["status"], &dir)?;
+    assert!(ok && status.contains("Backfilled"), "{status}");
+
+    // Every moving row is on its new owner with the same image; the new shards hold nothing
+    // else; the table was created there with its index and check constraint.
+    let mut copied = 0;
+    for i in 2..4 {
+        let on_target = images(&cluster, i).await?;
+        for (id, image) in &on_target {
+            let owner = target.tables["users"].shard_for(&KeyValue::Int(*id))?;
+            assert_eq!(
+                owner, i,
+                "row {id} copied to shard {i}, which does not own it"
+            );
+            let original = before.iter().find_map(|m| m.get(id));
+            assert_eq!(original, Some(image), "row {id} differs from its source");
+        }
+        copied += on_target.len();
+        let shard = cluster.shard(i).await?;
+        let index: i64 = shard
+            .query_one("SELECT count(*) FROM pg_indexes WHERE tablename = 'users' AND indexname = 'users_name'", &[])
+            .await?
+            .get(0);
+        assert_eq!(index, 1, "index users_name created on shard {i}");
+        let refused = shard
+            .execute(
+                "INSERT INTO users (id, name, score) VALUES (-1, 'x', -5)",
+                &[],
+            )
+            .await;
+        assert!(
+            refused.is_err(),
+            "the check constraint must exist on shard {i}"
+        );
+    }
+    let moving = ids
+        .iter()
+        .filter(|id| {
+            let key = KeyValue::Int(**id);
+            source.tables["users"].shard_for(&key).ok()
+                != target.tables["users"].shard_for(&key).ok()
+        })
+        .count();
+    assert_eq!(copied, moving, "exactly the moving rows are copied, once");
+
+    // Abort: the copies go, the source is untouched.
+    let (ok, out) = reshard(&["abort", "--to", "to.yaml"], &dir)?;
+    assert!(ok, "{out}");
+    for i in 2..4 {
+        assert!(
+            images(&cluster, i).await?.is_empty(),
+            "copies left on shard {i}"
+        );
+    }
+    for (i, image) in before.iter().enumerate() {
+        assert_eq!(
+            &images(&cluster, i).await?,
+            image,
+            "source shard {i} changed"
+        );
+    }
+    let (ok, status) = reshard(&["status"], &dir)?;
+    assert!(
+        ok && status.contains("no migration in progress"),
+        "{status}"
+    );
+    Ok(())
+}
