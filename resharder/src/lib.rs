@@ -4,8 +4,9 @@
 //! asks; review it before reviewing the code. Built so far: the layout comparison
 //! ([`layout`]), the catalog ([`catalog`], `schema/catalog.sql`), `plan` ([`plan`]), and `start`'s
 //! table creation and `FOR SHARE` backfill with resumable progress plus `abort`'s removal of
-//! copies ([`backfill`]), driven by the `shardline-reshard` CLI. Not yet: the proxies' dual
-//! writes, verify, cutover with the fence, cleanup.
+//! copies ([`backfill`]), `verify` with repair ([`verify`], row by row for now, not yet per key
+//! range), driven by the `shardline-reshard` CLI. Not yet: the proxies' dual writes, cutover
+//! with the fence, cleanup.
 //!
 //! # Roles
 //! - The **old owner** of a moving key stays the source of truth until cutover.
@@ -67,3 +68,4 @@ pub mod catalog;
 pub mod layout;
 pub mod plan;
 pub mod shards;
+pub mod verify;

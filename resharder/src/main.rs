@@ -9,8 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use shardline_resharder::backfill::{self, Pace};
 use shardline_resharder::catalog::{Catalog, Phase};
 use shardline_resharder::layout::Layout;
-use shardline_resharder::plan;
 use shardline_resharder::shards::{connect, Login};
+use shardline_resharder::{plan, verify};
 use shardline_router::Config;
 
 /// Online resharding for shardline: compare two layouts, copy the rows that move, resume
@@ -40,6 +40,9 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         rate: u64,
     },
+    /// Compare every moving row on its old owner with its copy on the new owner (an md5 of
+    /// each row), copy again what differs, delete copies whose row is gone, and report.
+    Verify(Layouts),
     /// Show the migration in progress and its copy progress (from any terminal).
     Status(Source),
     /// Give up the migration in progress before cutover: remove the copied rows from the
@@ -137,6 +140,33 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 migration.id
             );
             Ok(())
+        }
+        Command::Verify(layouts) => {
+            let (layout, login, _) = load(&layouts)?;
+            let found = verify::verify(&layout, &login, true).await?;
+            let after = verify::verify(&layout, &login, false).await?;
+            println!("table      shard      expected  missing  differing  extra  after repair");
+            for (before, after) in found.iter().zip(&after) {
+                println!(
+                    "{:<10} {:<10} {:>8} {:>8} {:>10} {:>6}  {}",
+                    before.table,
+                    before.shard,
+                    before.expected,
+                    before.missing,
+                    before.differing,
+                    before.extra,
+                    if after.exact() {
+                        "exact"
+                    } else {
+                        "STILL DIFFERS"
+                    }
+                );
+            }
+            if after.iter().all(verify::Report::exact) {
+                Ok(())
+            } else {
+                anyhow::bail!("copies still differ after repair; are the moving tables being written? run verify again")
+            }
         }
         Command::Status(source) => {
             let (config, _) = read_config(&source.from)?;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 
 use crate::layout::{Layout, TableMove};
 use crate::shards::{connect, ident, Login};
@@ -55,26 +56,43 @@ pub async fn for_each_key<F>(
 where
     F: FnMut(&str) -> Result<(), String>,
 {
+    let sql = format!(
+        "SELECT {}::text FROM {}",
+        ident(&table.key_column),
+        ident(&table.table)
+    );
+    for_each_row(layout, login, shard, &sql, |row| {
+        match row.get::<_, Option<&str>>(0) {
+            Some(key) => each(key).map_err(|e| anyhow::anyhow!("table {}: {e}", table.table)),
+            None => Ok(()),
+        }
+    })
+    .await
+}
+
+/// Streams the rows `sql` returns on shard `shard` (of either layout) through `each`.
+pub async fn for_each_row<F>(
+    layout: &Layout,
+    login: &Login,
+    shard: &str,
+    sql: &str,
+    mut each: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(&Row) -> anyhow::Result<()>,
+{
     let config = if layout.source.shard_id(shard).is_some() {
         &layout.source
     } else {
         &layout.target
     };
     let client = connect(config, shard, login).await?;
-    let sql = format!(
-        "SELECT {}::text FROM {}",
-        ident(&table.key_column),
-        ident(&table.table)
-    );
     let rows = client
-        .query_raw(&sql, std::iter::empty::<&(dyn ToSql + Sync)>())
+        .query_raw(sql, std::iter::empty::<&(dyn ToSql + Sync)>())
         .await?;
     futures::pin_mut!(rows);
     while let Some(row) = rows.try_next().await? {
-        let key: Option<&str> = row.get(0);
-        if let Some(key) = key {
-            each(key).map_err(|e| anyhow::anyhow!("table {}: {e}", table.table))?;
-        }
+        each(&row)?;
     }
     Ok(())
 }

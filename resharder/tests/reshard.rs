@@ -168,6 +168,53 @@ async fn hash_two_to_four_plan_start_resume_abort() -> anyhow::Result<()> {
         .count();
     assert_eq!(copied, moving, "exactly the moving rows are copied, once");
 
+    // Verify finds nothing to repair; then damage the copies three ways and it repairs them.
+    let (ok, out) = reshard(&["verify", "--to", "to.yaml"], &dir)?;
+    assert!(ok, "{out}");
+    assert!(!out.contains("STILL"), "{out}");
+    let s2 = cluster.shard(2).await?;
+    let damaged = s2
+        .query("SELECT id FROM users ORDER BY id LIMIT 3", &[])
+        .await?;
+    let damaged: Vec<i64> = damaged.iter().map(|r| r.get(0)).collect();
+    s2.execute("DELETE FROM users WHERE id = $1", &[&damaged[0]])
+        .await?;
+    s2.execute(
+        "UPDATE users SET name = 'wrong' WHERE id = $1",
+        &[&damaged[1]],
+    )
+    .await?;
+    cluster
+        .shard(0)
+        .await?
+        .execute("DELETE FROM users WHERE id = $1", &[&damaged[2]])
+        .await?;
+    let (ok, out) = reshard(&["verify", "--to", "to.yaml"], &dir)?;
+    assert!(ok, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("users") && l.contains("s2"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        line.ends_with("1 1 1 exact"),
+        "missing 1, differing 1, extra 1, repaired: {out}"
+    );
+    let repaired = images(&cluster, 2).await?;
+    assert_eq!(repaired.get(&damaged[0]), before[0].get(&damaged[0]));
+    assert_eq!(repaired.get(&damaged[1]), before[0].get(&damaged[1]));
+    assert!(
+        !repaired.contains_key(&damaged[2]),
+        "the copy of a deleted row goes"
+    );
+    let before = {
+        let mut now = before;
+        now[0].remove(&damaged[2]);
+        now
+    };
+
     // Abort: the copies go, the source is untouched.
     let (ok, out) = reshard(&["abort", "--to", "to.yaml"], &dir)?;
     assert!(ok, "{out}");
