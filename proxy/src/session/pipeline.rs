@@ -54,6 +54,10 @@ impl Session {
         if self.tx.open() || segment.assembly.is_some() || controls_transactions(segment) {
             return false;
         }
+        // The common segment (one statement, nothing left unsynced) decides without allocating.
+        if segment.routes.len() <= 1 && !self.conns.values().any(|conn| conn.unsynced) {
+            return false;
+        }
         let mut shards: BTreeSet<ShardId> = self.unsynced_shards().into_iter().collect();
         for (_, route) in &segment.routes {
             match route {
