@@ -34,3 +34,23 @@ CREATE TABLE IF NOT EXISTS shardline.backfill (
     done        boolean NOT NULL DEFAULT false,
     PRIMARY KEY (migration, table_name, source)
 );
+
+-- The shape of each moving table (read from a source shard when the migration starts): what
+-- proxies need to apply row images to new owners without asking the shards.
+CREATE TABLE IF NOT EXISTS shardline.moving_tables (
+    migration  bigint NOT NULL REFERENCES shardline.migrations (id),
+    table_name text NOT NULL,
+    columns    text[] NOT NULL,
+    unique_key text[] NOT NULL,
+    PRIMARY KEY (migration, table_name)
+);
+
+-- Which proxy confirmed which phase, and when: the resharder advances a phase only when every
+-- proxy it was told about has confirmed the previous one.
+CREATE TABLE IF NOT EXISTS shardline.confirmations (
+    migration    bigint NOT NULL REFERENCES shardline.migrations (id),
+    proxy        text NOT NULL,
+    phase        text NOT NULL,
+    confirmed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (migration, proxy, phase)
+);

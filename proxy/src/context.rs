@@ -10,11 +10,13 @@ use arc_swap::ArcSwap;
 use shardline_router::{Config, Plan};
 
 use crate::backend::conn::BackendTarget;
+use crate::admin::reshard::Confirmed;
 use crate::backend::pool::Pools;
 use crate::cancel::CancelRegistry;
 use crate::client::auth::Credentials;
 use crate::clients::Clients;
 use crate::metrics::Metrics;
+use crate::migration::{Active, MigrationGate};
 use crate::pause::PauseGate;
 use crate::reload::ConfigSource;
 use crate::shutdown::Shutdown;
@@ -25,8 +27,11 @@ const PLAN_CACHE_LIMIT: usize = 10_000;
 
 /// One loaded configuration with everything derived from it.
 pub struct Loaded {
-    /// The validated config.
+    /// The config served: `shards.yaml` with the running migration's overlay (see
+    /// [`shardline_router::migration::Layout::overlay`]).
     pub config: Config,
+    /// The resharding migration this proxy takes part in, if any.
+    pub migration: Option<Arc<Active>>,
     /// SCRAM material of its users.
     pub credentials: Credentials,
     /// Increases with every successful load; plans are cached per version.
@@ -36,6 +41,13 @@ pub struct Loaded {
 /// Everything a session needs from the proxy as a whole.
 pub struct ProxyContext {
     current: ArcSwap<Loaded>,
+    /// `shards.yaml` as last loaded, before any migration overlay; swaps are serialised by
+    /// this lock so a reload and a migration change cannot lose each other's update.
+    file: Mutex<(Arc<Config>, Option<Arc<Active>>)>,
+    /// Draining and holding writes for resharding.
+    pub gate: MigrationGate,
+    /// The migration whose dual writes this proxy confirmed.
+    pub confirmed: Confirmed,
     /// Backend connection pools.
     pub pools: Pools,
     /// Client cancel keys and the backends they reach.
@@ -90,10 +102,14 @@ impl ProxyContext {
         let metrics = Metrics::new(&pools, &stats, &clients, &source);
         Arc::new(ProxyContext {
             current: ArcSwap::from_pointee(Loaded {
-                config,
+                config: config.clone(),
+                migration: None,
                 credentials,
                 version: 1,
             }),
+            file: Mutex::new((Arc::new(config), None)),
+            gate: MigrationGate::default(),
+            confirmed: Confirmed::default(),
             pools,
             cancels: CancelRegistry::default(),
             plans: Mutex::new(PlanCache::default()),
@@ -113,12 +129,36 @@ impl ProxyContext {
         self.current.load_full()
     }
 
-    /// Replaces the config; requests already running keep the snapshot they took.
+    /// Replaces the config read from `shards.yaml`; requests already running keep the snapshot
+    /// they took. A running migration's overlay is applied to it, so a reload keeps the phase.
     pub fn replace(&self, config: Config) -> u64 {
+        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        file.0 = Arc::new(config);
+        self.publish(&file)
+    }
+
+    /// Serves `migration` (read from the catalog) on top of the current `shards.yaml`.
+    pub fn set_migration(&self, migration: Option<Active>) -> u64 {
+        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        file.1 = migration.map(Arc::new);
+        self.publish(&file)
+    }
+
+    /// `shards.yaml` as last loaded, without the migration overlay.
+    pub fn file_config(&self) -> Arc<Config> {
+        self.file.lock().unwrap_or_else(PoisonError::into_inner).0.clone()
+    }
+
+    fn publish(&self, (file, migration): &(Arc<Config>, Option<Arc<Active>>)) -> u64 {
+        let config = match migration {
+            Some(active) => active.layout.overlay(file, active.phase),
+            None => Config::clone(file),
+        };
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         let credentials = Credentials::from_config(&config);
         self.current.store(Arc::new(Loaded {
             config,
+            migration: migration.clone(),
             credentials,
             version,
         }));

@@ -7,7 +7,7 @@
 //!
 //! Operations: [`reload`] re-reads `shards.yaml`, [`admin`] is the console on database
 //! `shardline`, [`metrics`] serves `/metrics` and `/health` ([`health`]), [`stats`] counts
-//! statements per shard, [`pause`] holds new transactions, [`shutdown`] drains and closes, and
+//! statements per shard, [`pause`] holds new transactions, [`migration`] takes part in resharding, [`shutdown`] drains and closes, and
 //! [`signals`] maps process signals onto them.
 
 pub mod admin;
@@ -20,6 +20,7 @@ pub mod demo;
 pub mod health;
 pub mod localpg;
 pub mod metrics;
+pub mod migration;
 pub mod pause;
 pub mod protocol;
 pub mod reload;

@@ -70,6 +70,7 @@ impl Proxy {
         };
         let metrics_addr = metrics.as_ref().map(TcpListener::local_addr).transpose()?;
         let ctx = ProxyContext::new(config, source);
+        resume_migration(&ctx).await;
         let mut tasks = vec![
             tokio::spawn(accept(listener, ctx.clone())),
             tokio::spawn(maintain(ctx.clone())),
@@ -174,5 +175,22 @@ async fn maintain(ctx: Arc<ProxyContext>) {
         ctx.pools.maintain(&settings).await;
         crate::reload::retire_unused(&ctx);
         crate::health::warm(&ctx).await;
+    }
+}
+
+/// Comes back in the phase of a migration recorded in the catalog. A proxy that cannot read
+/// the catalog serves its `shards.yaml` and says so; the resharder's `RESHARD` tells it later,
+/// and the final verify of cutover repairs any write it missed.
+async fn resume_migration(ctx: &ProxyContext) {
+    match crate::migration::catalog::read(&ctx.file_config()).await {
+        Ok(Some(migration)) => {
+            tracing::info!(migration = migration.id, phase = migration.phase.as_str(), "serving a resharding migration recorded in the catalog");
+            if migration.phase.dual_writes() {
+                ctx.confirmed.set(Some(migration.id));
+            }
+            ctx.set_migration(Some(migration));
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not read the resharding catalog; serving shards.yaml as it is until RESHARD"),
     }
 }

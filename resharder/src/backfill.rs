@@ -11,9 +11,10 @@ use indicatif::ProgressBar;
 use shardline_router::Config;
 
 use crate::catalog::{Catalog, Migration};
-use crate::layout::{Layout, TableMove};
+use shardline_router::migration::{Layout, TableMove};
 use crate::plan::for_each_key;
-use crate::shards::{connect, ident, Login, TableShape};
+use crate::shards::{connect, read_shape, Login};
+use shardline_router::migration::images::ident;
 
 /// How fast and in what batches rows are copied.
 #[derive(Debug, Clone, Copy)]
@@ -206,7 +207,7 @@ impl<'a> Copier<'a> {
         source: &'a str,
     ) -> anyhow::Result<Copier<'a>> {
         let source_client = connect(&layout.source, source, login).await?;
-        let shape = TableShape::read(&source_client, &table.table).await?;
+        let shape = read_shape(&source_client, &table.table).await?;
         let mut targets = BTreeMap::new();
         for target in &table.target_shards {
             if target != source {

@@ -2,39 +2,15 @@
 //! shard: what the resharder resumes from after a crash.
 
 use anyhow::{bail, Context};
+pub use shardline_router::migration::Phase;
+use shardline_router::migration::images::TableShape;
 use tokio_postgres::Client;
 
 /// The catalog's SQL, installed idempotently before the first migration.
 pub const CATALOG_SQL: &str = include_str!("../../schema/catalog.sql");
 
-/// Where a migration stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Tables created on the target shards; the backfill runs or can be resumed.
-    Started,
-    /// Every moving row was copied.
-    Backfilled,
-    /// Given up before cutover: the old layout stands, copies removed.
-    Aborted,
-}
-
-impl Phase {
-    fn as_str(self) -> &'static str {
-        match self {
-            Phase::Started => "started",
-            Phase::Backfilled => "backfilled",
-            Phase::Aborted => "aborted",
-        }
-    }
-
-    fn parse(text: &str) -> anyhow::Result<Phase> {
-        Ok(match text {
-            "started" => Phase::Started,
-            "backfilled" => Phase::Backfilled,
-            "aborted" => Phase::Aborted,
-            other => bail!("the catalog holds phase {other:?}, which this shardline-reshard does not know; use the version that started the migration"),
-        })
-    }
+fn parse_phase(text: &str) -> anyhow::Result<Phase> {
+    Phase::parse(text).with_context(|| format!("the catalog holds phase {text:?}, which this shardline-reshard does not know; use the version that started the migration"))
 }
 
 /// A migration as the catalog records it.
@@ -85,7 +61,7 @@ impl Catalog {
                 id: row.get(0),
                 source_yaml: row.get(1),
                 target_yaml: row.get(2),
-                phase: Phase::parse(row.get(3))?,
+                phase: parse_phase(row.get(3))?,
             })
         })
         .transpose()
@@ -169,6 +145,30 @@ impl Catalog {
                  last_key = coalesce(EXCLUDED.last_key, shardline.backfill.last_key), \
                  rows_copied = shardline.backfill.rows_copied + EXCLUDED.rows_copied, done = EXCLUDED.done",
                 &[&id, &table, &source, &last_key, &copied, &done],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records the shape of a moving table for the proxies (once; a resumed start keeps it).
+    pub async fn record_shape(&self, id: i64, table: &str, shape: &TableShape) -> anyhow::Result<()> {
+        self.client
+            .execute(
+                "INSERT INTO shardline.moving_tables (migration, table_name, columns, unique_key) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&id, &table, &shape.columns, &shape.unique_key],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records that `proxy` confirmed `phase`.
+    pub async fn record_confirmation(&self, id: i64, proxy: &str, phase: Phase) -> anyhow::Result<()> {
+        self.client
+            .execute(
+                "INSERT INTO shardline.confirmations (migration, proxy, phase) VALUES ($1, $2, $3) \
+                 ON CONFLICT (migration, proxy, phase) DO UPDATE SET confirmed_at = now()",
+                &[&id, &proxy, &phase.as_str()],
             )
             .await?;
         Ok(())

@@ -65,7 +65,9 @@
 
 pub mod backfill;
 pub mod catalog;
-pub mod layout;
+pub mod cutover;
 pub mod plan;
+pub mod proxies;
+pub mod resolve;
 pub mod shards;
 pub mod verify;

@@ -7,9 +7,13 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use shardline_resharder::backfill::{self, Pace};
-use shardline_resharder::catalog::{Catalog, Phase};
-use shardline_resharder::layout::Layout;
-use shardline_resharder::shards::{connect, Login};
+use std::time::Duration;
+
+use shardline_resharder::catalog::{Catalog, Migration, Phase};
+use shardline_resharder::proxies::Proxies;
+use shardline_resharder::{cutover, resolve};
+use shardline_router::migration::Layout;
+use shardline_resharder::shards::{connect, read_shape, Login};
 use shardline_resharder::{plan, verify};
 use shardline_router::Config;
 
@@ -33,6 +37,8 @@ enum Command {
     Start {
         #[command(flatten)]
         layouts: Layouts,
+        #[command(flatten)]
+        proxies: ProxyArgs,
         /// Rows read from a source shard per batch.
         #[arg(long, default_value_t = 1000)]
         batch: i64,
@@ -43,11 +49,46 @@ enum Command {
     /// Compare every moving row on its old owner with its copy on the new owner (an md5 of
     /// each row), copy again what differs, delete copies whose row is gone, and report.
     Verify(Layouts),
+    /// Switch the moving keys to their new owners: hold writes to them on every proxy (other
+    /// keys and all reads go on), make the copies exact, fence the old owners, switch every
+    /// proxy's routing, resume. Prints how long writes were held; gives up and resumes the
+    /// old routing if that would exceed --max-pause-ms.
+    Cutover {
+        #[command(flatten)]
+        layouts: Layouts,
+        #[command(flatten)]
+        proxies: ProxyArgs,
+        /// Longest time writes to moving keys may be held, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        max_pause_ms: u64,
+    },
+    /// After cutover: delete the moved rows from their old shards, in batches.
+    Cleanup {
+        #[command(flatten)]
+        layouts: Layouts,
+        /// Rows deleted per transaction.
+        #[arg(long, default_value_t = 1000)]
+        batch: i64,
+    },
     /// Show the migration in progress and its copy progress (from any terminal).
     Status(Source),
-    /// Give up the migration in progress before cutover: remove the copied rows from the
-    /// target shards; the source layout stays as it is.
-    Abort(Layouts),
+    /// Give up the migration in progress before cutover: proxies stop dual writes, the copied
+    /// rows are removed from the target shards; the source layout stays as it is.
+    Abort {
+        #[command(flatten)]
+        layouts: Layouts,
+        #[command(flatten)]
+        proxies: ProxyArgs,
+    },
+}
+
+/// The proxies serving the cluster.
+#[derive(Args)]
+struct ProxyArgs {
+    /// Admin address (host:port) of a proxy serving the cluster; repeat for each one. Every
+    /// listed proxy must confirm a phase before the migration moves on.
+    #[arg(long = "proxy", value_name = "HOST:PORT")]
+    addresses: Vec<String>,
 }
 
 /// The layouts a migration goes between.
@@ -108,10 +149,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Start {
             layouts,
+            proxies,
             batch,
             rate,
         } => {
             let (layout, login, texts) = load(&layouts)?;
+            let proxies = Proxies::new(proxies.addresses, &layout.source)?;
             let catalog = open_catalog(&layout.source, &login).await?;
             let migration = catalog.start(&texts.0, &texts.1).await?;
             println!(
@@ -119,6 +162,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 migration.id
             );
             backfill::prepare_targets(&layout, &login).await?;
+            for table in &layout.tables {
+                let source = connect(&layout.source, &table.source_shards[0], &login).await?;
+                let shape = read_shape(&source, &table.table).await?;
+                catalog.record_shape(migration.id, &table.table, &shape).await?;
+            }
+            if migration.phase == Phase::Started {
+                proxies.confirm(Phase::Started).await?;
+                for address in proxies.addresses() {
+                    catalog.record_confirmation(migration.id, address, Phase::Started).await?;
+                }
+                println!(
+                    "migration {}: {} proxies dual-write the moving keys",
+                    migration.id,
+                    proxies.addresses().len()
+                );
+            }
             let flows = plan::count_flows(&layout, &login).await?;
             let total: u64 = flows.iter().map(|f| f.rows).sum();
             let bar = ProgressBar::new(total).with_style(
@@ -143,30 +202,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Verify(layouts) => {
             let (layout, login, _) = load(&layouts)?;
+            let resolved = resolve::resolve(&layout, &login, resolve::SETTLED).await?;
+            if resolved != resolve::Resolved::default() {
+                println!("in-doubt dual writes: {resolved:?}");
+            }
             let found = verify::verify(&layout, &login, true).await?;
-            let after = verify::verify(&layout, &login, false).await?;
-            println!("table      shard      expected  missing  differing  extra  after repair");
-            for (before, after) in found.iter().zip(&after) {
+            println!("table      shard      expected  missing  differing  extra");
+            for r in &found {
                 println!(
-                    "{:<10} {:<10} {:>8} {:>8} {:>10} {:>6}  {}",
-                    before.table,
-                    before.shard,
-                    before.expected,
-                    before.missing,
-                    before.differing,
-                    before.extra,
-                    if after.exact() {
-                        "exact"
-                    } else {
-                        "STILL DIFFERS"
-                    }
+                    "{:<10} {:<10} {:>8} {:>8} {:>10} {:>6}",
+                    r.table, r.shard, r.expected, r.missing, r.differing, r.extra
                 );
             }
-            if after.iter().all(verify::Report::exact) {
-                Ok(())
-            } else {
-                anyhow::bail!("copies still differ after repair; are the moving tables being written? run verify again")
-            }
+            let repaired: u64 = found.iter().map(|r| r.missing + r.differing + r.extra).sum();
+            println!("{repaired} rows repaired; every moving row's copy now equals its old owner's row");
+            Ok(())
         }
         Command::Status(source) => {
             let (config, _) = read_config(&source.from)?;
@@ -188,15 +238,75 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Abort(layouts) => {
+        Command::Cutover {
+            layouts,
+            proxies,
+            max_pause_ms,
+        } => {
             let (layout, login, _) = load(&layouts)?;
+            let proxies = Proxies::new(proxies.addresses, &layout.source)?;
+            let catalog = open_catalog(&layout.source, &login).await?;
+            let migration = in_progress(&catalog).await?;
+            let done = cutover::cutover(
+                &layout,
+                &login,
+                &catalog,
+                &migration,
+                &proxies,
+                Duration::from_millis(max_pause_ms),
+            )
+            .await?;
+            for address in proxies.addresses() {
+                catalog.record_confirmation(migration.id, address, Phase::Cutover).await?;
+            }
+            let repaired: u64 = done.reports.iter().map(|r| r.missing + r.differing + r.extra).sum();
+            for r in done.reports.iter().filter(|r| !r.exact()) {
+                println!(
+                    "final check repaired {} on {}: {} missing, {} differing, {} extra",
+                    r.table, r.shard, r.missing, r.differing, r.extra
+                );
+            }
+            println!(
+                "migration {}: cutover done; writes to moving keys were paused for {} ms; {repaired} rows needed repair at the final check",
+                migration.id,
+                done.paused.as_millis()
+            );
+            println!("install the target layout as shards.yaml on every proxy (RELOAD), then run cleanup");
+            Ok(())
+        }
+        Command::Cleanup { layouts, batch } => {
+            let (layout, login, _) = load(&layouts)?;
+            let catalog = open_catalog(&layout.source, &login).await?;
+            let migration = in_progress(&catalog).await?;
+            if migration.phase != Phase::Cutover {
+                anyhow::bail!("migration {} is in phase {}; cleanup follows cutover", migration.id, migration.phase);
+            }
+            let bar = ProgressBar::new_spinner().with_style(
+                ProgressStyle::with_template("{spinner} cleanup: {pos} rows deleted, {per_sec}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            let deleted = cutover::cleanup(&layout, &login, batch.max(1), &bar).await?;
+            bar.finish();
+            catalog.set_phase(migration.id, Phase::Done).await?;
+            println!("migration {} done: {deleted} moved rows deleted from their old shards", migration.id);
+            Ok(())
+        }
+        Command::Abort { layouts, proxies } => {
+            let (layout, login, _) = load(&layouts)?;
+            let proxies = Proxies::new(proxies.addresses, &layout.source)?;
             let catalog = open_catalog(&layout.source, &login).await?;
             let Some(migration) = catalog.in_progress().await? else {
                 println!("no migration in progress");
                 return Ok(());
             };
-            let removed = backfill::remove_copies(&layout, &login).await?;
+            if migration.phase.routes_by_target() {
+                anyhow::bail!("migration {} is past cutover; it can no longer be aborted", migration.id);
+            }
+            // Proxies stop dual writes before the copies go, so none comes back.
             catalog.set_phase(migration.id, Phase::Aborted).await?;
+            proxies.broadcast("RESHARD").await?;
+            resolve::resolve(&layout, &login, resolve::SETTLED).await?;
+            let removed = backfill::remove_copies(&layout, &login).await?;
             println!(
                 "migration {} aborted: {removed} copied rows removed from the target shards",
                 migration.id
@@ -221,6 +331,13 @@ fn read_config(path: &Path) -> anyhow::Result<(Config, String)> {
     let config =
         Config::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok((config, text))
+}
+
+async fn in_progress(catalog: &Catalog) -> anyhow::Result<Migration> {
+    catalog
+        .in_progress()
+        .await?
+        .context("no migration in progress; run start first")
 }
 
 async fn open_catalog(config: &Config, login: &Login) -> anyhow::Result<Catalog> {

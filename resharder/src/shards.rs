@@ -2,6 +2,7 @@
 //! before moving its rows.
 
 use anyhow::{bail, Context};
+use shardline_router::migration::images::{ident, TableShape};
 use shardline_router::Config;
 use tokio_postgres::{Client, NoTls};
 
@@ -62,23 +63,9 @@ pub async fn connect(config: &Config, name: &str, login: &Login) -> anyhow::Resu
     Ok(client)
 }
 
-/// `name` as a quoted SQL identifier.
-pub fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// The columns of a table and the key that identifies its rows.
-#[derive(Debug, Clone)]
-pub struct TableShape {
-    pub columns: Vec<String>,
-    /// Columns of the primary key, or of a unique index when there is none.
-    pub unique_key: Vec<String>,
-}
-
-impl TableShape {
-    /// Reads the shape of `table` on a shard; an error naming the fix when the table has no
-    /// primary or unique key (rows could not be copied idempotently).
-    pub async fn read(client: &Client, table: &str) -> anyhow::Result<TableShape> {
+/// Reads the shape of `table` on a shard; an error naming the fix when the table has no
+/// primary or unique key (rows could not be copied idempotently).
+pub async fn read_shape(client: &Client, table: &str) -> anyhow::Result<TableShape> {
         let exists: Option<String> = client
             .query_one("SELECT to_regclass($1)::text", &[&ident(table)])
             .await?
@@ -118,27 +105,4 @@ impl TableShape {
             columns,
             unique_key,
         })
-    }
-
-    /// An upsert of a JSON array of row images (`row_to_json` output) into `table`: rows that
-    /// exist are overwritten, so applying an image twice changes nothing.
-    pub fn upsert_sql(&self, table: &str) -> String {
-        let key: Vec<String> = self.unique_key.iter().map(|c| ident(c)).collect();
-        let updates: Vec<String> = self
-            .columns
-            .iter()
-            .filter(|c| !self.unique_key.contains(c))
-            .map(|c| format!("{0} = EXCLUDED.{0}", ident(c)))
-            .collect();
-        let on_conflict = if updates.is_empty() {
-            "DO NOTHING".to_owned()
-        } else {
-            format!("DO UPDATE SET {}", updates.join(", "))
-        };
-        format!(
-            "INSERT INTO {t} SELECT * FROM json_populate_recordset(NULL::{t}, $1::text::json) ON CONFLICT ({}) {on_conflict}",
-            key.join(", "),
-            t = ident(table),
-        )
-    }
 }

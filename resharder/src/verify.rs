@@ -1,12 +1,25 @@
-//! `verify`: compares the moving rows on their old owners with the copies on their new owners,
-//! row by row (an md5 of each row's image), and repairs what differs by copying the old
-//! owner's image again or deleting a copy the old owner no longer has.
+//! `verify`: compares the moving rows on their old owners with the copies on their new owners
+//! and repairs what differs, range by range while the application writes.
+//!
+//! Each key range of a source shard is read in key order `FOR SHARE` inside a transaction, so
+//! its rows cannot change on the old owner while the same range is read on the new owners and
+//! compared image by image (`row_to_json`). A copy that is missing or differs is overwritten
+//! with the old owner's image. A copy whose row the old owner lacks is deleted only after the
+//! key is locked as dual writes lock it and found still absent, so a row inserted meanwhile is
+//! never deleted from its new owner. Differences found while a dual write is between its two
+//! commits are repaired with the image it is committing anyway, so repairs are always safe.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use crate::layout::{Layout, TableMove};
-use crate::plan::for_each_row;
-use crate::shards::{connect, ident, Login, TableShape};
+use anyhow::Context;
+use shardline_router::migration::images::{ident, lock_keys_sql};
+use shardline_router::migration::{Layout, TableMove};
+use tokio_postgres::Client;
+
+use crate::shards::{connect, read_shape, Login};
+
+/// Rows compared per range.
+const RANGE_ROWS: i64 = 2_000;
 
 /// What verify found for one table on one new owner.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -15,144 +28,192 @@ pub struct Report {
     pub shard: String,
     /// Moving rows the old owners hold.
     pub expected: u64,
-    /// Rows the new owner lacks.
+    /// Rows the new owner lacked.
     pub missing: u64,
-    /// Rows whose copy differs from the old owner's row.
+    /// Rows whose copy differed from the old owner's row.
     pub differing: u64,
     /// Copies whose row the old owners no longer hold.
     pub extra: u64,
 }
 
 impl Report {
-    /// The new owner holds exactly the old owners' moving rows.
+    /// The new owner held exactly the old owners' moving rows.
     pub fn exact(&self) -> bool {
         self.missing == 0 && self.differing == 0 && self.extra == 0
     }
 }
 
-/// Row digests by key, as text.
-type Digests = BTreeMap<String, String>;
-
 /// Compares every moving table; with `repair`, fixes each difference found.
 pub async fn verify(layout: &Layout, login: &Login, repair: bool) -> anyhow::Result<Vec<Report>> {
     let mut reports = Vec::new();
     for table in &layout.tables {
-        let mut expected: BTreeMap<String, Digests> = BTreeMap::new();
-        let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for source in &table.source_shards {
-            for (key, digest) in digests(layout, login, table, source).await? {
-                let to = table
-                    .place(&table.parse_key(&key).map_err(anyhow::Error::msg)?)
-                    .map_err(anyhow::Error::msg)?
-                    .to
-                    .to_owned();
-                if &to != source {
-                    sources.entry(source.clone()).or_default().push(key.clone());
-                    expected.entry(to).or_default().insert(key, digest);
-                }
-            }
-        }
+        let mut targets = BTreeMap::new();
         for target in &table.target_shards {
-            let want = expected.remove(target).unwrap_or_default();
-            let mut have = Digests::new();
-            for (key, digest) in digests(layout, login, table, target).await? {
-                let from = table
-                    .place(&table.parse_key(&key).map_err(anyhow::Error::msg)?)
-                    .map_err(anyhow::Error::msg)?
-                    .from;
-                if from != target {
-                    have.insert(key, digest);
-                }
-            }
-            let mut report = Report {
+            let client = connect(&layout.target, target, login).await?;
+            let report = Report {
                 table: table.table.clone(),
                 shard: target.clone(),
-                expected: want.len() as u64,
                 ..Report::default()
             };
-            let mut recopy = BTreeSet::new();
-            for (key, digest) in &want {
-                match have.remove(key) {
-                    None => {
-                        report.missing += 1;
-                        recopy.insert(key.clone());
-                    }
-                    Some(copy) if &copy != digest => {
-                        report.differing += 1;
-                        recopy.insert(key.clone());
-                    }
-                    Some(_) => {}
-                }
-            }
-            let extra: Vec<String> = have.into_keys().collect();
-            report.extra = extra.len() as u64;
-            if repair && !report.exact() {
-                repair_target(layout, login, table, target, &sources, &recopy, &extra).await?;
-            }
-            reports.push(report);
+            targets.insert(target.clone(), (client, report));
         }
+        for source in &table.source_shards {
+            let client = connect(&layout.source, source, login).await?;
+            let upsert = read_shape(&client, &table.table).await?.upsert_sql(&table.table);
+            let range = Ranges {
+                table,
+                source,
+                client,
+                upsert,
+                repair,
+            };
+            range.compare_all(&mut targets).await?;
+        }
+        reports.extend(targets.into_values().map(|(_, report)| report));
     }
     Ok(reports)
 }
 
-/// Every row's key and the md5 of its image on `shard`.
-async fn digests(
-    layout: &Layout,
-    login: &Login,
-    table: &TableMove,
-    shard: &str,
-) -> anyhow::Result<Vec<(String, String)>> {
-    let sql = format!(
-        "SELECT t.{}::text, md5(row_to_json(t)::text) FROM {} AS t",
-        ident(&table.key_column),
-        ident(&table.table)
-    );
-    let mut out = Vec::new();
-    for_each_row(layout, login, shard, &sql, |row| {
-        if let Some(key) = row.get::<_, Option<String>>(0) {
-            out.push((key, row.get(1)));
-        }
-        Ok(())
-    })
-    .await?;
-    Ok(out)
+/// Walks one source shard's rows of one table range by range.
+struct Ranges<'a> {
+    table: &'a TableMove,
+    source: &'a str,
+    client: Client,
+    upsert: String,
+    repair: bool,
 }
 
-/// Copies the old owners' images of `recopy` to `target` again and deletes `extra` there.
-async fn repair_target(
-    layout: &Layout,
-    login: &Login,
-    table: &TableMove,
-    target: &str,
-    sources: &BTreeMap<String, Vec<String>>,
-    recopy: &BTreeSet<String>,
-    extra: &[String],
-) -> anyhow::Result<()> {
-    let target_client = connect(&layout.target, target, login).await?;
-    let any_keys = format!(
-        "t.{} = ANY($1::text[]::{}[])",
-        ident(&table.key_column),
-        table.key_type
-    );
-    for (source, keys) in sources {
-        let wanted: Vec<&String> = keys.iter().filter(|k| recopy.contains(*k)).collect();
-        if wanted.is_empty() {
-            continue;
-        }
-        let client = connect(&layout.source, source, login).await?;
-        let shape = TableShape::read(&client, &table.table).await?;
-        let sql = format!(
-            "SELECT coalesce(json_agg(row_to_json(t)), '[]')::text FROM {} AS t WHERE {any_keys}",
-            ident(&table.table)
+impl Ranges<'_> {
+    async fn compare_all(
+        &self,
+        targets: &mut BTreeMap<String, (Client, Report)>,
+    ) -> anyhow::Result<()> {
+        let key = format!("t.{}", ident(&self.table.key_column));
+        let t = ident(&self.table.table);
+        let kt = self.table.key_type;
+        let read_source = format!(
+            "SELECT {key}::text, row_to_json(t)::text FROM {t} AS t \
+             WHERE $1::text IS NULL OR {key} > $1::text::{kt} ORDER BY {key} LIMIT {RANGE_ROWS} FOR SHARE"
         );
-        let images: String = client.query_one(&sql, &[&wanted]).await?.get(0);
-        target_client
-            .execute(&shape.upsert_sql(&table.table), &[&images])
+        let read_target = format!(
+            "SELECT {key}::text, row_to_json(t)::text FROM {t} AS t \
+             WHERE ($1::text IS NULL OR {key} > $1::text::{kt}) AND ($2::text IS NULL OR {key} <= $2::text::{kt})"
+        );
+        let mut after: Option<String> = None;
+        loop {
+            self.client.batch_execute("BEGIN").await?;
+            let rows = self.client.query(&read_source, &[&after]).await?;
+            let full = rows.len() as i64 == RANGE_ROWS;
+            let upper: Option<String> = if full { rows.last().map(|r| r.get(0)) } else { None };
+            // The old owner's moving rows of this range, by new owner.
+            let mut wanted: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+            for row in &rows {
+                let key_text: String = row.get(0);
+                let to = self.owner_after(&key_text)?;
+                if to != self.source {
+                    wanted.entry(to).or_default().insert(key_text, row.get(1));
+                }
+            }
+            for (target, (client, report)) in targets.iter_mut() {
+                if target == self.source {
+                    continue;
+                }
+                let mut want = wanted.remove(target).unwrap_or_default();
+                report.expected += want.len() as u64;
+                let mut recopy = Vec::new();
+                let mut extra = Vec::new();
+                for row in client.query(&read_target, &[&after, &upper]).await? {
+                    let key_text: String = row.get(0);
+                    if self.owner_before(&key_text)? != self.source {
+                        continue;
+                    }
+                    let image: String = row.get(1);
+                    match want.remove(&key_text) {
+                        None => extra.push(key_text),
+                        Some(expected) if expected != image => {
+                            report.differing += 1;
+                            recopy.push(expected);
+                        }
+                        Some(_) => {}
+                    }
+                }
+                report.missing += want.len() as u64;
+                recopy.extend(want.into_values());
+                report.extra += extra.len() as u64;
+                if self.repair {
+                    self.repair(client, recopy, extra).await.with_context(|| {
+                        format!("could not repair {} on shard {target}", self.table.table)
+                    })?;
+                }
+            }
+            self.client.batch_execute("COMMIT").await?;
+            match upper {
+                Some(last) => after = Some(last),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Overwrites copies with `images` and deletes the copies of `extra` keys the old owner
+    /// still lacks once they are locked.
+    async fn repair(
+        &self,
+        target: &Client,
+        images: Vec<String>,
+        extra: Vec<String>,
+    ) -> anyhow::Result<()> {
+        if !images.is_empty() {
+            target
+                .execute(&self.upsert, &[&format!("[{}]", images.join(","))])
+                .await?;
+        }
+        if extra.is_empty() {
+            return Ok(());
+        }
+        let keys = extra
+            .iter()
+            .map(|k| self.table.parse_key(k).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        self.client
+            .batch_execute(&lock_keys_sql(&self.table.table, &keys))
             .await?;
+        let t = ident(&self.table.table);
+        let key = ident(&self.table.key_column);
+        let kt = self.table.key_type;
+        let present: Vec<String> = self
+            .client
+            .query(
+                &format!("SELECT row_to_json(t)::text FROM {t} AS t WHERE t.{key} = ANY($1::text[]::{kt}[]) FOR SHARE"),
+                &[&extra],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        target
+            .execute(
+                &format!(
+                    "DELETE FROM {t} AS d WHERE d.{key} = ANY($1::text[]::{kt}[]) \
+                     AND NOT d.{key} = ANY(ARRAY(SELECT (r ->> $3)::{kt} FROM json_array_elements($2::text::json) AS r))"
+                ),
+                &[&extra, &format!("[{}]", present.join(",")), &self.table.key_column],
+            )
+            .await?;
+        if !present.is_empty() {
+            target
+                .execute(&self.upsert, &[&format!("[{}]", present.join(","))])
+                .await?;
+        }
+        Ok(())
     }
-    if !extra.is_empty() {
-        let sql = format!("DELETE FROM {} AS t WHERE {any_keys}", ident(&table.table));
-        target_client.execute(&sql, &[&extra]).await?;
+
+    fn owner_after(&self, key_text: &str) -> anyhow::Result<String> {
+        let key = self.table.parse_key(key_text).map_err(anyhow::Error::msg)?;
+        Ok(self.table.place(&key).map_err(anyhow::Error::msg)?.to.to_owned())
     }
-    Ok(())
+
+    fn owner_before(&self, key_text: &str) -> anyhow::Result<String> {
+        let key = self.table.parse_key(key_text).map_err(anyhow::Error::msg)?;
+        Ok(self.table.place(&key).map_err(anyhow::Error::msg)?.from.to_owned())
+    }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::reshard::Reshard;
 use super::show;
 use super::table::Reply;
 use crate::backend::registry::shard_at;
@@ -10,7 +11,7 @@ use crate::context::ProxyContext;
 use crate::reload::{reload, ReloadOutcome};
 
 /// Every command, for the hint of an unknown one.
-pub const HELP: &str = "commands: SHOW SHARDS | SHOW POOLS | SHOW CLIENTS | SHOW SERVERS | SHOW STATS | SHOW CONFIG | SHOW VERSION | RELOAD | PAUSE [shard] | RESUME [shard] | SHUTDOWN";
+pub const HELP: &str = "commands: SHOW SHARDS | SHOW POOLS | SHOW CLIENTS | SHOW SERVERS | SHOW STATS | SHOW CONFIG | SHOW VERSION | RELOAD | PAUSE [shard] | RESUME [shard] | RESHARD | RESHARD PAUSE [ms] | RESHARD RESUME | SHUTDOWN";
 
 const SYNTAX_ERROR: &str = "42601";
 const UNDEFINED_OBJECT: &str = "42704";
@@ -33,6 +34,8 @@ pub enum Command {
     Resume(Option<String>),
     /// `SHUTDOWN`: graceful shutdown.
     Shutdown,
+    /// `RESHARD …`: resharding steps driven by the resharder.
+    Reshard(Reshard),
     /// `SET ...`, which drivers send at connect; accepted and ignored.
     Set,
 }
@@ -77,6 +80,7 @@ pub fn parse(text: &str) -> Result<Command, Reply> {
         ["PAUSE"] | ["PAUSE", _] => Command::Pause(shard(words.get(1))),
         ["RESUME"] | ["RESUME", _] => Command::Resume(shard(words.get(1))),
         ["SHUTDOWN"] => Command::Shutdown,
+        ["RESHARD", rest @ ..] => Command::Reshard(Reshard::parse(rest).ok_or_else(|| unknown(text))?),
         ["SET", ..] => Command::Set,
         _ => return Err(unknown(text)),
     };
@@ -131,6 +135,7 @@ pub async fn run(ctx: &Arc<ProxyContext>, command: Command) -> Reply {
             }
         }
         Command::Set => Reply::done("SET"),
+        Command::Reshard(command) => super::reshard::run(ctx, command).await,
     }
 }
 

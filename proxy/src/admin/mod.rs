@@ -1,9 +1,10 @@
 //! The admin console: a client that logs in to database `shardline` as an admin user of
 //! `shards.yaml` talks to the proxy itself, PgBouncer style, with `psql` or any driver's simple
-//! query. The console answers `SHOW ...`, `RELOAD`, `PAUSE`, `RESUME` and `SHUTDOWN`
+//! query. The console answers `SHOW ...`, `RELOAD`, `PAUSE`, `RESUME`, `SHUTDOWN` and the resharder's `RESHARD` ([`reshard`])
 //! ([`commands`]) with tables of text columns ([`show`], [`table`]).
 
 pub mod commands;
+pub mod reshard;
 pub mod show;
 pub mod table;
 

@@ -48,6 +48,9 @@ pub mod sqlstate {
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const INVALID_TRANSACTION_STATE: &str = "25000";
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    pub const OBJECT_NOT_IN_STATE: &str = "55000";
+    pub const TRANSACTION_ROLLBACK: &str = "40000";
     pub const INTERNAL: &str = "XX000";
 }
 

@@ -11,6 +11,7 @@ use shardline_router::copy::{copy_into, CopyInto};
 use shardline_router::split::{split_insert, InsertPart};
 use shardline_router::{Route, ShardId, StatementKind};
 
+use super::dual::{moving_keys, several_shards, DualKeys};
 use super::exchange::{Expect, Mode, Reply};
 use super::statements::Statement;
 use super::{effect_of, follows_session, local, ClientError, Session, SessionEnd};
@@ -56,6 +57,15 @@ pub(super) struct Segment {
     pub(super) kinds: Vec<StatementKind>,
     /// Set when the proxy assembles the bound statement's result from several shards.
     pub(super) assembly: Option<Assembly>,
+    /// Moving keys the segment writes while a resharding migration dual-writes.
+    pub(super) dual: Option<DualKeys>,
+}
+
+/// What became of a segment.
+enum Segmented {
+    Ran,
+    /// It writes moving keys and a cutover holds such writes: run it again afterwards.
+    HeldByCutover,
 }
 
 /// How a bound statement's result is assembled from several shards.
@@ -73,14 +83,40 @@ impl Session {
     pub(super) async fn run_batch(&mut self) -> Result<(), SessionEnd> {
         let frames = std::mem::take(&mut self.batch);
         self.segment_open = frames.last().is_some_and(|f| f.tag() == b'H');
-        let result = self.run_segment(frames).await;
+        let loaded = self.ctx.snapshot();
+        // During a migration the segment may have to be read again after a cutover's pause.
+        let again = loaded.migration.is_some().then(|| frames.clone());
+        let mut result = self.run_segment(loaded, frames).await;
+        if let (Ok(Segmented::HeldByCutover), Some(frames)) = (&result, again) {
+            self.ctx.gate.resumed().await;
+            result = self.run_segment(self.ctx.snapshot(), frames).await;
+        }
         self.segment_open = false;
-        result
+        result.map(|_| ())
     }
 
-    async fn run_segment(&mut self, frames: Vec<Frame>) -> Result<(), SessionEnd> {
-        let loaded = self.ctx.snapshot();
+    /// Runs a segment, unless it writes moving keys while a cutover holds such writes: then it
+    /// is left for the caller to run again, re-planned, once the cutover is over.
+    async fn run_segment(
+        &mut self,
+        loaded: Arc<Loaded>,
+        frames: Vec<Frame>,
+    ) -> Result<Segmented, SessionEnd> {
         let segment = match self.read_segment(&loaded, frames) {
+            Ok(Ok(segment)) if segment.dual.is_some() && self.ctx.gate.holds(&self.dual_ticket) => {
+                return Ok(Segmented::HeldByCutover)
+            }
+            other => other,
+        };
+        self.run_read_segment(&loaded, segment).await.map(|()| Segmented::Ran)
+    }
+
+    async fn run_read_segment(
+        &mut self,
+        loaded: &Loaded,
+        segment: Result<Result<Segment, ClientError>, Malformed>,
+    ) -> Result<(), SessionEnd> {
+        let mut segment = match segment {
             Ok(Ok(segment)) => segment,
             Ok(Err(error)) => return self.fail(error).await,
             Err(malformed) => {
@@ -108,10 +144,28 @@ impl Session {
             self.tx.failed = false;
             self.tx.held.push("ROLLBACK".to_owned());
         }
-        if self.needs_spread(&segment) {
-            return self.run_spread(&loaded, segment).await;
+        if !self.tx.dual.is_empty()
+            && !self.tx.failed_on_shard
+            && !self.segment_open
+            && segment.routes.is_empty()
+            && segment.kinds.contains(&StatementKind::Commit)
+        {
+            if let Some(old) = self.tx.shard {
+                let items = &segment.items;
+                return self
+                    .commit_dual(loaded, old, |conn| build_messages(items, conn))
+                    .await;
+            }
         }
-        let route = match self.segment_route(&loaded, &segment) {
+        let dual = segment.dual.take();
+        if dual.is_some() && self.needs_spread(&segment) {
+            self.fail_transaction();
+            return self.fail(several_shards()).await;
+        }
+        if self.needs_spread(&segment) {
+            return self.run_spread(loaded, segment).await;
+        }
+        let route = match self.segment_route(loaded, &segment) {
             Ok(route) => route,
             Err(error) => {
                 self.fail_transaction();
@@ -119,22 +173,31 @@ impl Session {
             }
         };
         let items = &segment.items;
+        if let Some(keys) = dual {
+            let Route::Single(old) = route else {
+                self.fail_transaction();
+                return self.fail(several_shards()).await;
+            };
+            self.dual_write(loaded, old, keys, |conn| build_messages(items, conn))
+                .await?;
+            return Ok(self.out.flush().await?);
+        }
         match route {
             Route::Single(shard) => {
                 let touches_data = !segment.routes.is_empty();
-                self.exchange_with(&loaded, shard, touches_data, |conn| {
+                self.exchange_with(loaded, shard, touches_data, |conn| {
                     build_messages(items, conn)
                 })
                 .await?;
             }
             Route::Multi(shards) => {
                 if segment.assembly.is_some() {
-                    return self.run_assembled(&loaded, &shards, segment).await;
+                    return self.run_assembled(loaded, &shards, segment).await;
                 }
                 if let Err(e) = self.check_scatter_allowed(&shards) {
                     return self.fail(e).await;
                 }
-                self.scatter_segment(&loaded, &shards, items).await?;
+                self.scatter_segment(loaded, &shards, items).await?;
             }
         }
         Ok(self.out.flush().await?)
@@ -161,6 +224,7 @@ impl Session {
             routes: Vec::new(),
             kinds: Vec::new(),
             assembly: None,
+            dual: None,
         };
         let mut portals: HashMap<Vec<u8>, Arc<Statement>> = HashMap::new();
         for frame in frames {
@@ -185,6 +249,11 @@ impl Session {
                     };
                     if !follows_session(&statement.plan.kind) {
                         let params = view.params();
+                        match moving_keys(loaded, &statement.plan, &params) {
+                            Ok(Some(keys)) => segment.dual.get_or_insert_with(Default::default).merge(keys),
+                            Ok(None) => {}
+                            Err(e) => return Ok(Err(e)),
+                        }
                         match statement.plan.route(&loaded.config, &params) {
                             Ok(Route::Multi(shards))
                                 if statement.plan.merge.is_some()

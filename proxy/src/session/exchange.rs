@@ -45,6 +45,10 @@ pub enum Mode {
     Relay,
     /// A message the proxy injected: drop its answers.
     Swallow,
+    /// A client message whose answers are relayed except the final `ReadyForQuery`, which the
+    /// proxy sends itself once it has finished the work the message started (a dual write's
+    /// commit on both owners).
+    Held,
 }
 
 /// One entry of the queue that mirrors what was sent to a backend.
@@ -170,13 +174,10 @@ where
             queue.pop_front();
             continue;
         }
-        let relay = matches!(
-            front,
-            Expect::Sent {
-                mode: Mode::Relay,
-                ..
-            }
-        );
+        let (relay, held) = match front {
+            Expect::Sent { mode, .. } => (*mode != Mode::Swallow, *mode == Mode::Held),
+            Expect::Local(_) => (false, false),
+        };
         let frame = backend.read().await?;
         let frame_tag = frame.tag();
         match frame_tag {
@@ -238,7 +239,7 @@ where
             tag::COPY_BOTH_RESPONSE => return Err(ExchangeError::Unsupported('W')),
             _ => {}
         }
-        if relay {
+        if relay && !(held && frame_tag == tag::READY_FOR_QUERY) {
             out.push(frame.bytes())
                 .await
                 .map_err(ExchangeError::Client)?;
@@ -257,7 +258,7 @@ where
             let status = msg::ready_status(&frame);
             outcome.ready = Some(status);
             skipping = false;
-            if relay {
+            if relay && !held {
                 out.flush().await.map_err(ExchangeError::Client)?;
             }
         }

@@ -17,6 +17,7 @@ mod attach;
 mod batch;
 mod binary;
 mod copy_in;
+mod dual;
 mod exchange;
 mod gather;
 mod having;
@@ -52,6 +53,8 @@ pub use output::ClientOutput;
 use settings::Settings;
 use statements::ClientStatements;
 use transaction::Transaction;
+
+use crate::migration::Ticket;
 
 /// Who the client is, as established at startup.
 #[derive(Debug, Clone)]
@@ -130,6 +133,19 @@ pub struct Session {
     skip_to_sync: bool,
     /// The current pipeline runs on several shards (see [`pipeline`]).
     spread: Option<pipeline::Spread>,
+    /// Held while a transaction runs: resharding waits for older ones before dual writes.
+    write_ticket: Option<Ticket>,
+    /// Held while a transaction writes moving keys: a cutover waits for it.
+    dual_ticket: Option<Ticket>,
+}
+
+/// How an exchange left the backend, for callers that go on from there.
+#[derive(Debug)]
+struct Settled {
+    /// Status of its last `ReadyForQuery`.
+    ready: u8,
+    /// Its last command tag.
+    last_tag: Option<String>,
 }
 
 impl Session {
@@ -156,6 +172,8 @@ impl Session {
             segment_open: false,
             skip_to_sync: false,
             spread: None,
+            write_ticket: None,
+            dual_ticket: None,
         }
     }
 
@@ -196,6 +214,22 @@ impl Session {
                     _ => {}
                 }
             }
+            if self.write_ticket.is_none() {
+                self.write_ticket = Some(self.ctx.gate.writes.ticket());
+            }
+            if !self.serve_one(frame).await? {
+                return Ok(());
+            }
+            if !self.tx.open() && self.spread.is_none() && self.conns.values().all(|c| !c.unsynced) {
+                self.write_ticket = None;
+                self.dual_ticket = None;
+            }
+        }
+    }
+
+    /// Handles one client message; false when the client said goodbye.
+    async fn serve_one(&mut self, frame: Frame) -> Result<bool, SessionEnd> {
+        {
             match frame.tag() {
                 b'Q' => self.simple_query(frame).await?,
                 b'P' | b'B' | b'D' | b'E' | b'C' => self.batch.push(frame),
@@ -204,7 +238,7 @@ impl Session {
                     self.run_batch().await?;
                 }
                 b'F' => self.function_call(frame).await?,
-                b'X' => return Ok(()),
+                b'X' => return Ok(false),
                 // COPY messages outside COPY (e.g. after the proxy refused the COPY) are
                 // ignored, as PostgreSQL ignores them after an error.
                 b'd' | b'c' | b'f' => {}
@@ -218,6 +252,7 @@ impl Session {
                 }
             }
         }
+        Ok(true)
     }
 
     /// Answers the current request with an error. Inside a pipeline that goes on (the segment
@@ -277,12 +312,37 @@ impl Session {
             }
             return self.fail(local::aborted()).await;
         }
+        if plan.kind == StatementKind::Commit && !self.tx.dual.is_empty() && !self.tx.failed_on_shard
+        {
+            if let Some(old) = self.tx.shard {
+                let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);
+                return self
+                    .commit_dual(&loaded, old, |_| (vec![frame.into_bytes()], queue))
+                    .await;
+            }
+        }
+        let dual = match dual::moving_keys(&loaded, &plan, &literal_params) {
+            Ok(dual) => dual,
+            Err(e) => {
+                self.fail_transaction();
+                return self.fail(e).await;
+            }
+        };
+        if dual.is_some() && self.ctx.gate.holds(&self.dual_ticket) {
+            // A cutover holds writes to moving keys; afterwards they may route elsewhere.
+            self.ctx.gate.resumed().await;
+            return Box::pin(self.simple_query(frame)).await;
+        }
         let route = match (follows_session(&plan.kind), self.tx.shard) {
             (true, Some(shard)) => Ok(Route::Single(shard)),
             _ => plan.route(&loaded.config, &literal_params),
         };
         let route = match route {
             Ok(route) => route,
+            Err(_) if dual.is_some() => {
+                self.fail_transaction();
+                return self.fail(dual::several_shards()).await;
+            }
             Err(e) => {
                 // COPY into a sharded table: each row goes to its shard.
                 if plan.kind == StatementKind::CopyIn {
@@ -326,6 +386,21 @@ impl Session {
             StatementKind::Compound => plan.parts().iter().map(effect_of).collect(),
             ref kind => vec![effect_of(kind)],
         };
+        if let Some(keys) = dual {
+            let Route::Single(old) = route else {
+                self.fail_transaction();
+                return self.fail(dual::several_shards()).await;
+            };
+            let queue = VecDeque::from([Expect::Sent {
+                reply: Reply::Cycle,
+                mode: exchange::Mode::Relay,
+                effects,
+                prepares: None,
+            }]);
+            return self
+                .dual_write(&loaded, old, keys, |_| (vec![frame.into_bytes()], queue))
+                .await;
+        }
         match route {
             Route::Single(shard) => {
                 let queue = VecDeque::from([Expect::Sent {
@@ -391,16 +466,33 @@ impl Session {
     where
         F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
     {
+        self.exchange_settled(loaded, shard, start_held, build)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Session::exchange_with`], telling how the backend was left (`None` when the exchange
+    /// failed and the client was answered).
+    async fn exchange_settled<F>(
+        &mut self,
+        loaded: &Loaded,
+        shard: ShardId,
+        start_held: bool,
+        build: F,
+    ) -> Result<Option<Settled>, SessionEnd>
+    where
+        F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
+    {
         let started = std::time::Instant::now();
         if let Err(e) = self.check_pinned(shard) {
-            return self.fail(e).await;
+            return self.fail(e).await.map(|()| None);
         }
         self.settle_others(shard).await;
         let mut conn = match self.attach(loaded, shard).await {
             Ok(conn) => conn,
             Err(e) => {
                 self.fail_transaction();
-                return self.fail(e).await;
+                return self.fail(e).await.map(|()| None);
             }
         };
         let (out, mut queue) = self.compose(&mut conn, start_held, build);
@@ -468,7 +560,7 @@ impl Session {
         shard: ShardId,
         mut conn: Pooled,
         result: Result<Outcome, ExchangeError>,
-    ) -> Result<(), SessionEnd> {
+    ) -> Result<Option<Settled>, SessionEnd> {
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(ExchangeError::Client(e)) => {
@@ -495,7 +587,8 @@ impl Session {
                 }
                 return self
                     .fail(ClientError::new(sqlstate::CONNECTION_FAILURE, text))
-                    .await;
+                    .await
+                    .map(|()| None);
             }
         };
         let rolled_back =
@@ -516,6 +609,10 @@ impl Session {
         if outcome.skipping {
             self.skip_to_sync = true;
         }
+        let settled = outcome.ready.map(|ready| Settled {
+            ready,
+            last_tag: outcome.last_tag.clone(),
+        });
         match outcome.ready {
             Some(b'I') => {
                 // A transaction still held (nothing routed yet) stays open for the client.
@@ -524,8 +621,9 @@ impl Session {
                 }
                 self.keep_or_release(shard, conn, false);
             }
-            Some(_) => {
+            Some(status) => {
                 self.tx.shard = Some(shard);
+                self.tx.failed_on_shard = status == b'E';
                 if self.tx.settings_before.is_none() {
                     self.tx.settings_before = Some(self.settings.clone());
                 }
@@ -534,7 +632,7 @@ impl Session {
             // Answers after `Flush`, or mid-COPY: the backend is in the middle of something.
             None => self.keep_or_release(shard, conn, true),
         }
-        Ok(())
+        Ok(settled)
     }
 
     async fn function_call(&mut self, frame: Frame) -> Result<(), SessionEnd> {

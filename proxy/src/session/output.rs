@@ -13,6 +13,15 @@ const HIGH_WATER: usize = 64 * 1024;
 pub struct ClientOutput {
     stream: OwnedWriteHalf,
     buf: BytesMut,
+    /// Bumped by every write to the socket, so a [`Mark`] knows whether it can still rewind.
+    writes: u64,
+}
+
+/// A point in the output to go back to, while nothing after it has reached the client.
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    writes: u64,
+    len: usize,
 }
 
 impl ClientOutput {
@@ -21,6 +30,7 @@ impl ClientOutput {
         ClientOutput {
             stream,
             buf: BytesMut::with_capacity(HIGH_WATER),
+            writes: 0,
         }
     }
 
@@ -36,10 +46,27 @@ impl ClientOutput {
     /// Writes out everything queued.
     pub async fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
+            self.writes += 1;
             self.stream.write_all(&self.buf).await?;
             self.buf.clear();
         }
         self.stream.flush().await
+    }
+
+    /// The current end of the output.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            writes: self.writes,
+            len: self.buf.len(),
+        }
+    }
+
+    /// Drops what was queued after `mark`, unless some of it was already written out (a
+    /// result larger than the buffer); answers that were sent stay sent.
+    pub fn rewind(&mut self, mark: Mark) {
+        if mark.writes == self.writes {
+            self.buf.truncate(mark.len);
+        }
     }
 
     /// The raw socket, for the startup phase.

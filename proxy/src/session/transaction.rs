@@ -3,6 +3,7 @@
 
 use shardline_router::ShardId;
 
+use super::dual::DualKeys;
 use super::settings::Settings;
 use super::{ClientError, Session};
 use crate::protocol::backend::sqlstate;
@@ -19,6 +20,12 @@ pub(super) struct Transaction {
     pub(super) failed: bool,
     /// Client settings when the transaction began, restored if it rolls back.
     pub(super) settings_before: Option<Settings>,
+    /// Moving keys the transaction wrote during a resharding migration, copied to their new
+    /// owners when it commits.
+    pub(super) dual: DualKeys,
+    /// The shard reported the transaction failed (`ReadyForQuery` status `E`): its `COMMIT`
+    /// only rolls back.
+    pub(super) failed_on_shard: bool,
 }
 
 impl Transaction {

@@ -18,8 +18,21 @@ impl<'a> Eval<'a> {
         src: &KeySrc,
         out: &mut ShardSet,
     ) -> Result<(), RouteError> {
+        self.key_values(class, src, &mut |value| {
+            out.insert(place(rule, value)?);
+            Ok(())
+        })
+    }
+
+    /// Calls `each` with every key value one key source stands for (none for NULL).
+    pub(super) fn key_values(
+        &mut self,
+        class: &ClassInfo,
+        src: &KeySrc,
+        each: &mut dyn FnMut(&KeyValue) -> Result<(), RouteError>,
+    ) -> Result<(), RouteError> {
         match src {
-            KeySrc::Value(v) => out.insert(place(rule, v)?),
+            KeySrc::Value(v) => each(v)?,
             KeySrc::Null => {}
             KeySrc::Fail(e) => return Err(e.clone()),
             KeySrc::Param(i) | KeySrc::InsertParam(i) => match self.param(*i)? {
@@ -35,12 +48,12 @@ impl<'a> Eval<'a> {
                     let text = utf8_param(bytes, "parameter", *i, class)?;
                     let value = class.key_type.parse_text(text).map_err(invalid_key)?;
                     self.note(*i, &value);
-                    out.insert(place(rule, &value)?);
+                    each(&value)?;
                 }
                 Param::Binary(bytes) => {
                     let value = class.key_type.parse_binary(bytes).map_err(invalid_key)?;
                     self.note(*i, &value);
-                    out.insert(place(rule, &value)?);
+                    each(&value)?;
                 }
             },
             KeySrc::ParamArray(i) => {
@@ -73,7 +86,7 @@ impl<'a> Eval<'a> {
                         .push(format!("${} = {{{}}}", i + 1, shown.join(",")));
                 }
                 for value in &values {
-                    out.insert(place(rule, value)?);
+                    each(value)?;
                 }
             }
         }

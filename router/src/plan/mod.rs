@@ -18,6 +18,7 @@
 
 mod eval;
 mod keys;
+mod named;
 mod shard_set;
 mod target;
 
@@ -27,6 +28,7 @@ use crate::config::{Config, ShardId};
 use crate::params::Params;
 
 use eval::Eval;
+pub use named::NamedKeys;
 use shard_set::ShardSet;
 pub(crate) use target::{Branch, ClassInfo, KeySrc, KeyUpdate, Keyed, Restr, Target};
 

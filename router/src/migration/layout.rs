@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use shardline_router::config::{Sharding, TableRule};
-use shardline_router::{Config, KeyType, KeyValue};
+use crate::config::{Sharding, TableRule};
+use crate::{Config, KeyType, KeyValue};
 
 /// Why two layouts cannot be migrated between.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -63,9 +63,19 @@ impl TableMove {
         let from = self.source.shard_for(key).map_err(|e| e.to_string())?;
         let to = self.target.shard_for(key).map_err(|e| e.to_string())?;
         Ok(Placement {
-            from: &self.source_names[from],
-            to: &self.target_names[to],
+            from: self.source_names.get(from).map_or("?", String::as_str),
+            to: self.target_names.get(to).map_or("?", String::as_str),
         })
+    }
+
+    /// The table's rule in the target layout.
+    pub fn target_rule(&self) -> &TableRule {
+        &self.target
+    }
+
+    /// The name of target shard `id`.
+    pub fn target_name(&self, id: usize) -> Option<&str> {
+        self.target_names.get(id).map(String::as_str)
     }
 
     /// Reads a key from its text form (as `key::text` prints it).

@@ -1,0 +1,102 @@
+//! Reading the migration from the catalog (`schema/catalog.sql`) on the default shard: at
+//! start, so a restarted proxy comes back in the phase the migration is in, and on the admin
+//! `RESHARD`, which the resharder sends at every phase change.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context};
+use shardline_router::migration::images::TableShape;
+use shardline_router::migration::{Layout, Phase};
+use shardline_router::Config;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use super::Active;
+
+/// The latest migration that was not aborted, if the catalog records one. `config` is the
+/// proxy's own `shards.yaml`: the catalog lives on its default shard, read as its first
+/// non-admin user.
+pub async fn read(config: &Config) -> anyhow::Result<Option<Active>> {
+    let shard = config
+        .shards
+        .get(config.default_shard)
+        .context("the config has no default shard")?;
+    let user = config
+        .users
+        .iter()
+        .find(|u| !u.admin)
+        .context("shards.yaml lists no non-admin user to read the migration catalog with")?;
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&shard.host)
+        .port(shard.port)
+        .user(&user.name)
+        .dbname(shard.database.as_deref().unwrap_or(&user.name))
+        .application_name("shardline")
+        .connect_timeout(std::time::Duration::from_secs(5));
+    if let Some(password) = user.backend_password() {
+        pg.password(password);
+    }
+    let (client, connection) = pg.connect(NoTls).await.with_context(|| {
+        format!(
+            "could not reach the default shard {} at {}:{} to read the migration catalog",
+            shard.name, shard.host, shard.port
+        )
+    })?;
+    let connection = tokio::spawn(connection);
+    let result = async {
+        let row = match client
+            .query_opt(
+                "SELECT id, source_yaml, target_yaml, phase FROM shardline.migrations \
+                 WHERE phase <> 'aborted' ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .await
+        {
+            Ok(row) => row,
+            // No catalog: no migration ever ran.
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(row) = row else { return Ok(None) };
+        let id: i64 = row.get(0);
+        let phase_text: String = row.get(3);
+        let Some(phase) = Phase::parse(&phase_text) else {
+            bail!("the catalog holds phase {phase_text:?}, which this shardline does not know");
+        };
+        let parse = |text: &str, which: &str| {
+            Config::from_yaml(text)
+                .map_err(|e| anyhow::anyhow!("the {which} layout of migration {id} is invalid: {e}"))
+        };
+        let source = parse(row.get(1), "source")?;
+        let target = parse(row.get(2), "target")?;
+        let layout = Layout::between(source, target)
+            .with_context(|| format!("migration {id} in the catalog"))?;
+        let shapes = client
+            .query(
+                "SELECT table_name, columns, unique_key FROM shardline.moving_tables WHERE migration = $1",
+                &[&id],
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                (
+                    row.get::<_, String>(0),
+                    TableShape {
+                        columns: row.get(1),
+                        unique_key: row.get(2),
+                    },
+                )
+            })
+            .collect::<HashMap<_, _>>();
+        Ok(Some(Active {
+            id,
+            phase,
+            layout,
+            shapes,
+        }))
+    }
+    .await;
+    drop(client);
+    let _ = connection.await;
+    result
+}

@@ -1,0 +1,505 @@
+//! Dual writes while a resharding migration runs (the argument is in the
+//! `shardline-resharder` crate's docs).
+//!
+//! A write to a key that moves runs on its old owner, inside a transaction (the client's, or
+//! one the proxy opens around an autocommit statement). When that transaction commits, the
+//! proxy first locks the moving keys it wrote on the old owner, reads their current rows (the
+//! row images) and applies them to each new owner in a transaction it prepares there
+//! (`PREPARE TRANSACTION`, named after the old owner's transaction id); then the old owner
+//! commits, and the new owners' prepared transactions are committed — or rolled back if the old
+//! owner did not commit. The old owner's commit is the decision: a prepared copy left behind by
+//! a crash is resolved by asking the old owner whether that transaction committed
+//! (`pg_xact_status`), so the two owners never diverge silently.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use shardline_router::migration::images::{lock_keys_sql, read_images_sql};
+use shardline_router::{KeyValue, Params, Plan, ShardId, StatementKind};
+
+use super::exchange::{Expect, Mode, Reply};
+use super::ordered::field;
+use super::split::{finish_quietly, lost, run, shard_error, Part};
+use super::{ClientError, Session, SessionEnd};
+use crate::backend::pool::Pooled;
+use crate::context::Loaded;
+use super::output::Mark;
+use crate::protocol::backend::{self as msg, sqlstate, tag};
+
+/// Prefix of the prepared transactions of dual writes on new owners.
+pub const GID_PREFIX: &str = "sl_dw";
+
+/// Moving keys a transaction wrote, by table, each with its new owner.
+#[derive(Debug, Default)]
+pub(super) struct DualKeys {
+    tables: BTreeMap<String, Vec<(KeyValue, ShardId)>>,
+}
+
+impl DualKeys {
+    pub(super) fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    pub(super) fn merge(&mut self, other: DualKeys) {
+        for (table, keys) in other.tables {
+            let mine = self.tables.entry(table).or_default();
+            for key in keys {
+                if !mine.contains(&key) {
+                    mine.push(key);
+                }
+            }
+        }
+    }
+}
+
+/// The moving keys `plan` writes with `params`, or why it may not run while the migration
+/// dual-writes: writes to a moving table must name their keys and stay on one shard.
+pub(super) fn moving_keys(
+    loaded: &Loaded,
+    plan: &Plan,
+    params: &dyn Params,
+) -> Result<Option<DualKeys>, ClientError> {
+    let Some(active) = loaded.migration.as_deref().filter(|m| m.phase.dual_writes()) else {
+        return Ok(None);
+    };
+    let writes = match &plan.kind {
+        StatementKind::Write | StatementKind::CopyIn | StatementKind::Ddl => true,
+        StatementKind::Compound => plan
+            .parts()
+            .iter()
+            .any(|k| matches!(k, StatementKind::Write | StatementKind::Ddl)),
+        _ => false,
+    };
+    if !writes {
+        return Ok(None);
+    }
+    let ends_transactions = plan.parts().iter().any(|k| {
+        matches!(
+            k,
+            StatementKind::Begin | StatementKind::Commit | StatementKind::Rollback
+        )
+    });
+    let named = plan.named_keys(&loaded.config, params)?;
+    let mut found = DualKeys::default();
+    for class in named {
+        for table in &class.tables {
+            let Some((moving, _)) = active.moving(table) else {
+                continue;
+            };
+            let refuse = |what: &str| {
+                ClientError::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "table {table} is being resharded (migration {}, phase {}): {what}",
+                        active.id, active.phase
+                    ),
+                )
+            };
+            if plan.kind != StatementKind::Write && plan.kind != StatementKind::Compound {
+                return Err(refuse("COPY and schema changes on it wait until the migration ends"));
+            }
+            if ends_transactions {
+                return Err(refuse(
+                    "send BEGIN and COMMIT as statements of their own around writes to it, not in one query string with them",
+                ));
+            }
+            let Some(keys) = &class.keys else {
+                return Err(refuse(&format!(
+                    "a write to it must name its keys ({} = …) until the cutover",
+                    moving.key_column
+                )));
+            };
+            for key in keys {
+                let placement = moving
+                    .place(key)
+                    .map_err(|e| ClientError::new(sqlstate::INVALID_PARAMETER_VALUE, e))?;
+                let serving = loaded.config.table(table).and_then(|r| r.shard_for(key).ok());
+                if serving != loaded.config.shard_id(placement.from) {
+                    return Err(ClientError::new(
+                        sqlstate::OBJECT_NOT_IN_STATE,
+                        format!(
+                            "this proxy's shards.yaml places key {key} of {table} elsewhere than migration {}'s source layout (shard {}); serve the source layout until the cutover",
+                            active.id, placement.from
+                        ),
+                    ));
+                }
+                if !placement.moves() {
+                    continue;
+                }
+                let owner = loaded.config.shard_id(placement.to).ok_or_else(|| {
+                    ClientError::new(
+                        sqlstate::INTERNAL,
+                        format!("shard {} of the target layout has no pool", placement.to),
+                    )
+                })?;
+                let entry = found.tables.entry(moving.table.clone()).or_default();
+                if !entry.iter().any(|(k, _)| k == key) {
+                    entry.push((key.clone(), owner));
+                }
+            }
+        }
+    }
+    Ok((!found.is_empty()).then_some(found))
+}
+
+/// The refusal of a dual write that would need several shards at once.
+pub(super) fn several_shards() -> ClientError {
+    ClientError::new(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        "while its table is being resharded, a write to moving keys must stay on one shard; send one statement per shard key",
+    )
+}
+
+/// Makes the proxy, not the backend, answer the last `ReadyForQuery` of an exchange.
+fn hold_ready(queue: &mut VecDeque<Expect>) {
+    for expect in queue.iter_mut().rev() {
+        if let Expect::Sent {
+            reply: Reply::Sync | Reply::Cycle,
+            mode,
+            ..
+        } = expect
+        {
+            if *mode == Mode::Relay {
+                *mode = Mode::Held;
+                return;
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Runs a write to moving keys on their old owner `old`: inside the client's transaction
+    /// (the keys join it, copied at its `COMMIT`), or, in autocommit, in a transaction of its
+    /// own that commits on both owners before the client hears `ReadyForQuery`.
+    pub(super) async fn dual_write<F>(
+        &mut self,
+        loaded: &Loaded,
+        old: ShardId,
+        keys: DualKeys,
+        build: F,
+    ) -> Result<(), SessionEnd>
+    where
+        F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
+    {
+        self.dual_ticket = Some(self.ctx.gate.enter(self.dual_ticket.take()).await);
+        if self.tx.open() {
+            self.tx.dual.merge(keys);
+            return self.exchange(loaded, old, build).await;
+        }
+        if self.segment_open {
+            return self
+                .fail(ClientError::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "while its table is being resharded, an autocommit write to a moving key must end its pipeline with Sync, not Flush",
+                ))
+                .await;
+        }
+        let mark = self.out.mark();
+        let settled = self
+            .exchange_settled(loaded, old, true, |conn| {
+                let (mut messages, mut queue) = build(conn);
+                messages.insert(0, super::local::query_message("BEGIN"));
+                queue.push_front(Expect::swallow(Reply::Cycle));
+                hold_ready(&mut queue);
+                (messages, queue)
+            })
+            .await?;
+        match settled {
+            // The exchange failed and answered the client itself.
+            None => Ok(()),
+            Some(s) if s.ready == b'T' => {
+                self.tx.dual = keys;
+                self.commit_implicit(loaded, old, mark).await
+            }
+            // The statement failed; its error was relayed.
+            Some(_) => {
+                self.abandon(old).await;
+                self.ready_idle().await
+            }
+        }
+    }
+
+    /// Ends the client's transaction on `old` with its moving keys copied, committing it
+    /// with the client's own `COMMIT` (what `build` makes): phase one on the new owners, the
+    /// old owner's commit, phase two; the client hears `ReadyForQuery` after all of it.
+    pub(super) async fn commit_dual<F>(
+        &mut self,
+        loaded: &Loaded,
+        old: ShardId,
+        build: F,
+    ) -> Result<(), SessionEnd>
+    where
+        F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
+    {
+        let mark = self.out.mark();
+        let Some(copies) = self.prepare_or_abandon(loaded, old, mark).await? else {
+            return Ok(());
+        };
+        let settled = self
+            .exchange_settled(loaded, old, true, |conn| {
+                let (messages, mut queue) = build(conn);
+                hold_ready(&mut queue);
+                (messages, queue)
+            })
+            .await;
+        match settled {
+            Ok(Some(s)) => {
+                let committed = s.ready == b'I' && s.last_tag.as_deref() == Some("COMMIT");
+                self.settle_copies(copies, Some(committed)).await;
+                self.ready_idle().await
+            }
+            // The old owner's answer was lost: whether it committed is known only there, so
+            // the copies stay prepared for the resolver, which asks it.
+            other => {
+                self.settle_copies(copies, None).await;
+                other.map(|_| ())
+            }
+        }
+    }
+
+    /// Commits the transaction the proxy opened around an autocommit write on `old`; if that
+    /// fails, the statement's answers since `mark` give way to the error.
+    async fn commit_implicit(
+        &mut self,
+        loaded: &Loaded,
+        old: ShardId,
+        mark: Mark,
+    ) -> Result<(), SessionEnd> {
+        let Some(copies) = self.prepare_or_abandon(loaded, old, mark).await? else {
+            return Ok(());
+        };
+        let committed = self.commit_quietly(old).await;
+        self.settle_copies(copies, Some(committed)).await;
+        if !committed {
+            self.out.rewind(mark);
+            self.out
+                .push(&msg::error(
+                    sqlstate::TRANSACTION_ROLLBACK,
+                    "the write was rolled back because its shard could not commit it; nothing was written, retry it",
+                ))
+                .await?;
+        }
+        self.ready_idle().await
+    }
+
+    /// Phase one for the transaction's moving keys; on failure the transaction is rolled back
+    /// and the client told why (answers since `mark` dropped), and `None` returned.
+    async fn prepare_or_abandon(
+        &mut self,
+        loaded: &Loaded,
+        old: ShardId,
+        mark: Mark,
+    ) -> Result<Option<Vec<Part>>, SessionEnd> {
+        let keys = std::mem::take(&mut self.tx.dual);
+        match self.prepare_copies(loaded, old, &keys).await {
+            Ok(copies) => Ok(Some(copies)),
+            Err(error) => {
+                self.abandon(old).await;
+                self.out.rewind(mark);
+                self.out.push(&error.bytes()).await?;
+                self.ready_idle().await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Phase one: reads the images of `keys` on the old owner (locking the keys first) and
+    /// applies them to each new owner in a prepared transaction.
+    async fn prepare_copies(
+        &mut self,
+        loaded: &Loaded,
+        old: ShardId,
+        keys: &DualKeys,
+    ) -> Result<Vec<Part>, ClientError> {
+        let active = loaded.migration.clone().ok_or_else(|| {
+            ClientError::new(sqlstate::INTERNAL, "the migration ended during a dual write")
+        })?;
+        let old_name = shard_name(loaded, old);
+        let Some(conn) = self.conns.get_mut(&old) else {
+            return Err(ClientError::new(
+                sqlstate::INTERNAL,
+                "the transaction's backend is gone",
+            ));
+        };
+        let xid = query_rows(conn, &old_name, "SELECT pg_current_xact_id()::text")
+            .await?
+            .first()
+            .and_then(|row| row.first().cloned().flatten())
+            .ok_or_else(|| ClientError::new(sqlstate::INTERNAL, "no transaction id"))?;
+        // Per new owner, the statements that make its rows of the moving keys exact.
+        let mut applies: BTreeMap<ShardId, Vec<String>> = BTreeMap::new();
+        for (table, table_keys) in &keys.tables {
+            let Some((moving, shape)) = active.moving(table) else {
+                continue;
+            };
+            let all: Vec<KeyValue> = table_keys.iter().map(|(k, _)| k.clone()).collect();
+            query_rows(conn, &old_name, &lock_keys_sql(table, &all)).await?;
+            let sql = read_images_sql(table, &moving.key_column, moving.key_type, &all);
+            let images = query_rows(conn, &old_name, &sql).await?;
+            let mut owners: BTreeMap<ShardId, Vec<KeyValue>> = BTreeMap::new();
+            for (key, owner) in table_keys {
+                owners.entry(*owner).or_default().push(key.clone());
+            }
+            for (owner, owned) in owners {
+                let texts: Vec<String> = owned.iter().map(ToString::to_string).collect();
+                let rows: Vec<String> = images
+                    .iter()
+                    .filter(|row| row.first().and_then(Option::as_ref).is_some_and(|k| texts.contains(k)))
+                    .filter_map(|row| row.get(1).cloned().flatten())
+                    .collect();
+                applies.entry(owner).or_default().push(shape.apply_sql(
+                    table,
+                    &moving.key_column,
+                    moving.key_type,
+                    &owned,
+                    &rows,
+                ));
+            }
+        }
+        let mut prepared: Vec<Part> = Vec::new();
+        for (owner, statements) in applies {
+            let name = shard_name(loaded, owner);
+            let gid = format!("{GID_PREFIX}:{xid}:{old_name}:{name}");
+            let attached = self.attach(loaded, owner).await;
+            let failure = match attached {
+                Err(e) => Some(e),
+                Ok(mut conn) => {
+                    let sql = format!(
+                        "BEGIN; {}; PREPARE TRANSACTION {}",
+                        statements.join("; "),
+                        super::settings::quote_literal(&gid)
+                    );
+                    let failure = match run(&mut conn, &sql).await {
+                        Ok(None) => None,
+                        Ok(Some(error)) => {
+                            finish_quietly(&mut conn, "ROLLBACK").await;
+                            Some(shard_error(&error, &name))
+                        }
+                        Err(e) => {
+                            conn.broken = true;
+                            Some(lost(&name, &e))
+                        }
+                    };
+                    let part = Part {
+                        shard: owner,
+                        name: gid,
+                        conn,
+                    };
+                    if failure.is_none() {
+                        prepared.push(part);
+                    } else {
+                        self.release_parts(vec![part]);
+                    }
+                    failure
+                }
+            };
+            if let Some(error) = failure {
+                self.settle_copies(prepared, Some(false)).await;
+                return Err(error);
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// Phase two: commits (`Some(true)`) or rolls back (`Some(false)`) the prepared copies,
+    /// or leaves them prepared for the resolver (`None`, outcome unknown).
+    async fn settle_copies(&mut self, mut copies: Vec<Part>, committed: Option<bool>) {
+        if let Some(committed) = committed {
+            let verb = if committed { "COMMIT" } else { "ROLLBACK" };
+            for part in &mut copies {
+                let sql = format!(
+                    "{verb} PREPARED {}",
+                    super::settings::quote_literal(&part.name)
+                );
+                if !matches!(run(&mut part.conn, &sql).await, Ok(None)) {
+                    part.conn.broken = true;
+                    tracing::error!(transaction = %part.name, "{verb} PREPARED of a dual write failed; the resolver will finish it");
+                }
+            }
+        }
+        self.release_parts(copies);
+    }
+
+    /// Rolls back the transaction on `old` and forgets it.
+    async fn abandon(&mut self, old: ShardId) {
+        if let Some(mut conn) = self.conns.remove(&old) {
+            finish_quietly(&mut conn, "ROLLBACK").await;
+            self.end_transaction(old, conn);
+        }
+    }
+
+    /// Commits the transaction the proxy opened on `old`; true when it committed.
+    async fn commit_quietly(&mut self, old: ShardId) -> bool {
+        let Some(mut conn) = self.conns.remove(&old) else {
+            return false;
+        };
+        let committed = matches!(run(&mut conn, "COMMIT").await, Ok(None));
+        if !committed {
+            conn.broken = true;
+        }
+        self.end_transaction(old, conn);
+        committed
+    }
+
+    fn end_transaction(&mut self, shard: ShardId, conn: Pooled) {
+        self.tx = super::transaction::Transaction::default();
+        if conn.broken {
+            self.release_parts(vec![Part {
+                shard,
+                name: String::new(),
+                conn,
+            }]);
+        } else {
+            self.keep_or_release(shard, conn, false);
+        }
+    }
+
+    async fn ready_idle(&mut self) -> Result<(), SessionEnd> {
+        self.out.push(&msg::ready_for_query(b'I')).await?;
+        Ok(self.out.flush().await?)
+    }
+}
+
+fn shard_name(loaded: &Loaded, shard: ShardId) -> String {
+    loaded
+        .config
+        .shards
+        .get(shard)
+        .map_or_else(|| format!("#{shard}"), |s| s.name.clone())
+}
+
+/// Runs one query and returns its rows as text; a shard error becomes the client's error.
+async fn query_rows(
+    conn: &mut Pooled,
+    shard: &str,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>, ClientError> {
+    conn.send(&super::local::query_message(sql))
+        .await
+        .map_err(|e| lost(shard, &e.to_string()))?;
+    let mut rows = Vec::new();
+    let mut error = None;
+    loop {
+        let frame = conn.read().await.map_err(|e| lost(shard, &e.to_string()))?;
+        match frame.tag() {
+            tag::DATA_ROW => {
+                let mut row = Vec::new();
+                let mut column = 0;
+                while let Some(value) = field(&frame, column) {
+                    row.push(value.map(|v| String::from_utf8_lossy(v).into_owned()));
+                    column += 1;
+                }
+                rows.push(row);
+            }
+            tag::ERROR_RESPONSE => {
+                error.get_or_insert_with(|| frame.bytes().clone());
+            }
+            tag::READY_FOR_QUERY => break,
+            _ => {}
+        }
+    }
+    match error {
+        Some(error) => Err(shard_error(&error, shard)),
+        None => Ok(rows),
+    }
+}
