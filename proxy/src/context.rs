@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arc_swap::ArcSwap;
 use shardline_router::{Config, Plan};
 
-use crate::backend::conn::BackendTarget;
 use crate::admin::reshard::Confirmed;
+use crate::backend::conn::BackendTarget;
 use crate::backend::pool::Pools;
 use crate::cancel::CancelRegistry;
 use crate::client::auth::Credentials;
@@ -146,7 +146,11 @@ impl ProxyContext {
 
     /// `shards.yaml` as last loaded, without the migration overlay.
     pub fn file_config(&self) -> Arc<Config> {
-        self.file.lock().unwrap_or_else(PoisonError::into_inner).0.clone()
+        self.file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone()
     }
 
     fn publish(&self, (file, migration): &(Arc<Config>, Option<Arc<Active>>)) -> u64 {

@@ -74,6 +74,7 @@ impl Proxy {
         let mut tasks = vec![
             tokio::spawn(accept(listener, ctx.clone())),
             tokio::spawn(maintain(ctx.clone())),
+            tokio::spawn(crate::migration::resolver::run(ctx.clone())),
             tokio::spawn({
                 let ctx = ctx.clone();
                 async move { crate::shutdown::drive(&ctx).await }
@@ -184,13 +185,19 @@ async fn maintain(ctx: Arc<ProxyContext>) {
 async fn resume_migration(ctx: &ProxyContext) {
     match crate::migration::catalog::read(&ctx.file_config()).await {
         Ok(Some(migration)) => {
-            tracing::info!(migration = migration.id, phase = migration.phase.as_str(), "serving a resharding migration recorded in the catalog");
+            tracing::info!(
+                migration = migration.id,
+                phase = migration.phase.as_str(),
+                "serving a resharding migration recorded in the catalog"
+            );
             if migration.phase.dual_writes() {
                 ctx.confirmed.set(Some(migration.id));
             }
             ctx.set_migration(Some(migration));
         }
         Ok(None) => {}
-        Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not read the resharding catalog; serving shards.yaml as it is until RESHARD"),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "could not read the resharding catalog; serving shards.yaml as it is until RESHARD")
+        }
     }
 }

@@ -11,10 +11,10 @@ use indicatif::ProgressBar;
 use shardline_router::Config;
 
 use crate::catalog::{Catalog, Migration};
-use shardline_router::migration::{Layout, TableMove};
 use crate::plan::for_each_key;
 use crate::shards::{connect, read_shape, Login};
 use shardline_router::migration::images::ident;
+use shardline_router::migration::{Layout, TableMove};
 
 /// How fast and in what batches rows are copied.
 #[derive(Debug, Clone, Copy)]

@@ -2,8 +2,8 @@
 //! shard: what the resharder resumes from after a crash.
 
 use anyhow::{bail, Context};
-pub use shardline_router::migration::Phase;
 use shardline_router::migration::images::TableShape;
+pub use shardline_router::migration::Phase;
 use tokio_postgres::Client;
 
 /// The catalog's SQL, installed idempotently before the first migration.
@@ -151,7 +151,12 @@ impl Catalog {
     }
 
     /// Records the shape of a moving table for the proxies (once; a resumed start keeps it).
-    pub async fn record_shape(&self, id: i64, table: &str, shape: &TableShape) -> anyhow::Result<()> {
+    pub async fn record_shape(
+        &self,
+        id: i64,
+        table: &str,
+        shape: &TableShape,
+    ) -> anyhow::Result<()> {
         self.client
             .execute(
                 "INSERT INTO shardline.moving_tables (migration, table_name, columns, unique_key) \
@@ -163,7 +168,12 @@ impl Catalog {
     }
 
     /// Records that `proxy` confirmed `phase`.
-    pub async fn record_confirmation(&self, id: i64, proxy: &str, phase: Phase) -> anyhow::Result<()> {
+    pub async fn record_confirmation(
+        &self,
+        id: i64,
+        proxy: &str,
+        phase: Phase,
+    ) -> anyhow::Result<()> {
         self.client
             .execute(
                 "INSERT INTO shardline.confirmations (migration, proxy, phase) VALUES ($1, $2, $3) \

@@ -1,67 +1,92 @@
 //! The resharding engine: moves keys between shards while the application keeps writing.
 //!
-//! This is the argument the engine is built to, written before the code as the design card
-//! asks; review it before reviewing the code. Built so far: the layout comparison
-//! ([`layout`]), the catalog ([`catalog`], `schema/catalog.sql`), `plan` ([`plan`]), and `start`'s
-//! table creation and `FOR SHARE` backfill with resumable progress plus `abort`'s removal of
-//! copies ([`backfill`]), `verify` with repair ([`verify`], row by row for now, not yet per key
-//! range), driven by the `shardline-reshard` CLI. Not yet: the proxies' dual writes, cutover
-//! with the fence, cleanup.
+//! This is the argument the engine and the proxies are built to; review it before the code.
+//! The pieces: what moves and the SQL both sides run on shards live in
+//! `shardline_router::migration` (layout, row images, fence, in-doubt rules); the proxies'
+//! part is `shardline::migration` and `shardline::session::dual`; this crate holds the catalog
+//! ([`catalog`]), `plan` ([`plan`]), the backfill ([`backfill`]), `verify` ([`verify`]),
+//! `cutover` and `cleanup` ([`cutover`]), the in-doubt resolver ([`resolve`]) and the proxies'
+//! consoles ([`proxies`]), driven by the `shardline-reshard` CLI.
 //!
 //! # Roles
-//! - The **old owner** of a moving key stays the source of truth until cutover.
-//! - The **catalog** (`schema/`, a `shardline` schema on the default shard) holds the
-//!   migration: the target layout, the phase, per-range backfill progress and checksums, each
-//!   proxy's confirmed phase, and the commit decisions of dual-write transactions. Nothing that
-//!   decides correctness lives only in memory: a killed resharder re-reads the phase and resumes;
-//!   a restarted proxy reads the phase at start and comes back dual-writing if it must. The
-//!   migration is kept apart from `shards.yaml`, so an operator's reload cannot undo a phase.
-//! - **Proxies** are driven only through their admin console; the resharder advances a phase
-//!   when every listed proxy has confirmed it, and stops naming the one it cannot reach.
+//! - The **old owner** of a moving key is the source of truth until cutover; reads go there.
+//! - The **catalog** (`schema/catalog.sql`, schema `shardline` on the default shard) holds the
+//!   migration: both layouts, the phase, backfill progress, the moving tables' shapes and each
+//!   proxy's confirmations. The phase decides what proxies do, so a killed resharder resumes
+//!   from it and a restarted proxy reads it at start. It is kept apart from `shards.yaml`: a
+//!   proxy serves its file with the migration's overlay on top, so a reload keeps the phase.
+//! - **Proxies** are driven through their admin consoles (`RESHARD`, `RESHARD PAUSE`,
+//!   `RESHARD RESUME`); a phase moves on only when every listed proxy confirmed it, and the
+//!   resharder stops naming the proxy it cannot reach.
 //!
-//! # Dual writes: row images, not re-executed statements
-//! While a migration runs, a write to a moving key runs on the old owner only; then, in the same
-//! old-owner transaction, the proxy reads the current row of every moving key the transaction
-//! touched (`SELECT … WHERE key = ANY(…)`, which sees the transaction's own writes) and applies
-//! that image to the new owner: an upsert of the row, or a delete when it no longer exists.
-//! Re-executing the client's statement on the new owner would diverge wherever the row has not
-//! been copied yet (`UPDATE … SET n = n + 1` matches nothing there; `INSERT … ON CONFLICT DO
-//! UPDATE` inserts instead of updating); copying the old owner's result cannot. Writes that name
-//! no key on a table being moved are refused during the migration with a message saying so.
+//! # Dual writes: row images, decided by the old owner's commit
+//! A write to a moving key runs on its old owner only, inside a transaction (the client's, or
+//! one the proxy opens around an autocommit statement); the proxy notes which moving keys the
+//! statement names. At commit the proxy, still inside that transaction on the old owner:
+//! 1. takes transaction-level advisory locks on those keys, in key order. Row locks cannot
+//!    serialise a key that has no row (an `UPDATE` that matched nothing, a delete of an absent
+//!    key); these locks make two transactions writing the same key reach the new owner in the
+//!    order they commit on the old one;
+//! 2. reads the current rows of the keys (`row_to_json`, `FOR SHARE`) — the images;
+//! 3. on each new owner, in a transaction of its own, makes the key's rows exactly the images
+//!    (delete what the images lack, upsert the rest) and `PREPARE TRANSACTION`s it under a name
+//!    holding the old owner's transaction id;
+//! 4. commits on the old owner — this is the decision — then `COMMIT PREPARED` on the new
+//!    owners (or `ROLLBACK PREPARED` if the old owner did not commit); the client hears
+//!    `ReadyForQuery` only after that.
 //!
-//! Both sides commit with two-phase commit: prepare on the old owner, prepare on the new, record
-//! the decision in the catalog, `COMMIT PREPARED` on both. A failure before the decision rolls
-//! both back; after it, recovery (resharder or proxy start) commits whatever is still prepared
-//! under a recorded decision and rolls back the rest. There is never a committed write on one
-//! owner whose image is missing on the other without a catalog record that repairs it.
+//! Copying images instead of re-running the statement keeps the copy right where the row was
+//! not copied yet (`UPDATE … SET n = n + 1` would match nothing there, an upsert would insert
+//! instead of update). A crash between 3 and 4 leaves a prepared copy whose fate the old owner
+//! knows: the resolver (every proxy, every 2 s, and the resharder before `verify` and under the
+//! cutover's pause) commits it if `pg_xact_status` of the old owner's transaction says
+//! committed, rolls it back if aborted, and waits while it runs. So a write is never on one
+//! owner without its image committed or prepared-and-decided on the other: no silent
+//! divergence. Writes to a moving table that name no key, that need several shards, `COPY`
+//! into it and DDL on it are refused during the migration with a message saying why.
+//!
+//! Switching dual writes on, `RESHARD` answers only when every transaction that began before
+//! the switch has ended, so the backfill, which starts after every proxy confirmed, sees
+//! every write that was not dual-written.
 //!
 //! # Backfill against concurrent writes
-//! Each batch runs in a transaction on the old owner: `SELECT … WHERE key in range ORDER BY key
-//! LIMIT n FOR SHARE`, upsert the rows into the new owner and commit there, then commit (release)
-//! the old owner. So:
-//! - an `UPDATE`/`DELETE` of a row in the batch waits for the share lock, i.e. until the batch is
-//!   on the new owner, and its dual write then replaces or deletes that image: no lost update;
-//! - a row deleted before the batch read is not read, and one deleted after is deleted on the new
-//!   owner by its dual write: no resurrected row;
-//! - an `INSERT` racing the batch either committed before the read (read and upserted with the
-//!   same image: idempotent) or is not seen (its own dual write carries it); a prepared but not
-//!   yet committed dual-write insert makes the batch's upsert wait on the unique index and then
-//!   overwrite with the same committed image.
+//! Each batch runs in a transaction on the old owner: `SELECT … ORDER BY key LIMIT n FOR SHARE`,
+//! upsert the moving rows into their new owners (committed there), then commit the old owner.
+//! - An `UPDATE`/`DELETE` of a row in the batch waits for the share lock, i.e. until the batch
+//!   is on the new owner; its dual write then replaces or deletes that image: no lost update.
+//! - A row deleted before the batch read is not read; one deleted after is deleted on the new
+//!   owner by its dual write: no resurrected row.
+//! - An `INSERT` racing the batch either committed before the read (read and upserted with the
+//!   same image: idempotent) or is not seen (its own dual write carries it); a dual write whose
+//!   copy is prepared but not yet committed makes the batch's upsert wait on it, then overwrite
+//!   it with the same committed image.
+//! Progress (last key copied) is committed to the catalog after each batch, so a killed
+//! backfill resumes at the next key and repeats at most one batch, harmlessly.
 //!
-//! Progress (last key copied per range) is committed to the catalog after each batch, so a
-//! killed backfill resumes at the next key and repeats at most one batch, harmlessly.
+//! # Verify, cutover, cleanup
+//! Verify compares ranges of keys: each range is read `FOR SHARE` on the old owner while the
+//! same range is read on the new owners and compared image by image; what differs is
+//! overwritten with the old owner's image. A copy without a row on the old owner is deleted only
+//! after its key is locked as dual writes lock it and the row is still absent.
 //!
-//! # Verify and cutover
-//! Verify compares per-range counts and checksums of the moving keys, reading the old owner
-//! `FOR SHARE` range by range, and re-copies ranges that differ. Cutover asks every proxy to hold
-//! new writes to the moving keys only (other keys and all reads keep flowing), waits for
-//! in-flight transactions on them to finish, verifies the last ranges, installs the **fence**
-//! on the old owner (a trigger refusing writes to keys it no longer owns, so a proxy that missed
-//! the switch gets an error and writes nothing), switches every proxy's routing, and resumes. If
-//! that takes longer than the bound (default 2 s), it removes the fence, resumes the old routing
-//! and reports, rather than block writers longer. Cleanup then deletes the moved rows from the
-//! old owner in batches; abort (before cutover) switches proxies out of dual-write and deletes
-//! what was copied from the new owners.
+//! Cutover: repair with verify while writes flow and prepare the fences; then every proxy holds
+//! new writes to the moving keys only (reads and other keys flow) and drains the running
+//! ones; under that pause the resharder resolves in-doubt writes, compares per-table counts
+//! and 64-bit checksums of the moving rows against the copies (repairing row by row only if
+//! they differ), arms the fence on each old owner (a trigger refusing writes to keys the shard
+//! no longer owns, so a proxy that missed the switch gets an error and writes nothing), records
+//! the phase — the commit point — and switches and resumes every proxy. If the pause reaches
+//! its bound (default 2 s) before the commit point, the fences go, the old routing resumes and
+//! the operator is told. Cleanup deletes moved rows from old owners in batches through the
+//! fence (`shardline.cleanup`), which stays. Abort (before cutover) records the abort, turns
+//! the proxies' dual writes off, resolves in-doubt writes and deletes the copies.
+//!
+//! # Assumptions
+//! Dual-writing transactions run at `READ COMMITTED` (PostgreSQL's default): at
+//! `REPEATABLE READ` a changed row's image read `FOR SHARE` fails with a serialization error
+//! (the client retries), but a row another transaction inserted after the snapshot is invisible
+//! to the image, so the copy of that key would be deleted on the new owner; `verify` and the
+//! cutover's checksum check find such a difference and repair it from the old owner.
 
 pub mod backfill;
 pub mod catalog;

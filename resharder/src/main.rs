@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use shardline_resharder::catalog::{Catalog, Migration, Phase};
 use shardline_resharder::proxies::Proxies;
+use shardline_resharder::shards::{connect, read_shape, Connections, Login};
 use shardline_resharder::{cutover, resolve};
-use shardline_router::migration::Layout;
-use shardline_resharder::shards::{connect, read_shape, Login};
 use shardline_resharder::{plan, verify};
+use shardline_router::migration::Layout;
 use shardline_router::Config;
 
 /// Online resharding for shardline: compare two layouts, copy the rows that move, resume
@@ -165,12 +165,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             for table in &layout.tables {
                 let source = connect(&layout.source, &table.source_shards[0], &login).await?;
                 let shape = read_shape(&source, &table.table).await?;
-                catalog.record_shape(migration.id, &table.table, &shape).await?;
+                catalog
+                    .record_shape(migration.id, &table.table, &shape)
+                    .await?;
             }
             if migration.phase == Phase::Started {
                 proxies.confirm(Phase::Started).await?;
                 for address in proxies.addresses() {
-                    catalog.record_confirmation(migration.id, address, Phase::Started).await?;
+                    catalog
+                        .record_confirmation(migration.id, address, Phase::Started)
+                        .await?;
                 }
                 println!(
                     "migration {}: {} proxies dual-write the moving keys",
@@ -202,11 +206,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Verify(layouts) => {
             let (layout, login, _) = load(&layouts)?;
-            let resolved = resolve::resolve(&layout, &login, resolve::SETTLED).await?;
+            let shards = Connections::new(&layout, &login);
+            let resolved = resolve::resolve(&layout, &shards, resolve::SETTLED).await?;
             if resolved != resolve::Resolved::default() {
                 println!("in-doubt dual writes: {resolved:?}");
             }
-            let found = verify::verify(&layout, &login, true).await?;
+            let found = verify::verify(&layout, &shards, true).await?;
             println!("table      shard      expected  missing  differing  extra");
             for r in &found {
                 println!(
@@ -214,8 +219,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     r.table, r.shard, r.expected, r.missing, r.differing, r.extra
                 );
             }
-            let repaired: u64 = found.iter().map(|r| r.missing + r.differing + r.extra).sum();
-            println!("{repaired} rows repaired; every moving row's copy now equals its old owner's row");
+            let repaired: u64 = found
+                .iter()
+                .map(|r| r.missing + r.differing + r.extra)
+                .sum();
+            println!(
+                "{repaired} rows repaired; every moving row's copy now equals its old owner's row"
+            );
             Ok(())
         }
         Command::Status(source) => {
@@ -257,9 +267,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )
             .await?;
             for address in proxies.addresses() {
-                catalog.record_confirmation(migration.id, address, Phase::Cutover).await?;
+                catalog
+                    .record_confirmation(migration.id, address, Phase::Cutover)
+                    .await?;
             }
-            let repaired: u64 = done.reports.iter().map(|r| r.missing + r.differing + r.extra).sum();
+            let repaired: u64 = done
+                .reports
+                .iter()
+                .map(|r| r.missing + r.differing + r.extra)
+                .sum();
             for r in done.reports.iter().filter(|r| !r.exact()) {
                 println!(
                     "final check repaired {} on {}: {} missing, {} differing, {} extra",
@@ -279,7 +295,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let catalog = open_catalog(&layout.source, &login).await?;
             let migration = in_progress(&catalog).await?;
             if migration.phase != Phase::Cutover {
-                anyhow::bail!("migration {} is in phase {}; cleanup follows cutover", migration.id, migration.phase);
+                anyhow::bail!(
+                    "migration {} is in phase {}; cleanup follows cutover",
+                    migration.id,
+                    migration.phase
+                );
             }
             let bar = ProgressBar::new_spinner().with_style(
                 ProgressStyle::with_template("{spinner} cleanup: {pos} rows deleted, {per_sec}")
@@ -288,7 +308,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let deleted = cutover::cleanup(&layout, &login, batch.max(1), &bar).await?;
             bar.finish();
             catalog.set_phase(migration.id, Phase::Done).await?;
-            println!("migration {} done: {deleted} moved rows deleted from their old shards", migration.id);
+            println!(
+                "migration {} done: {deleted} moved rows deleted from their old shards",
+                migration.id
+            );
             Ok(())
         }
         Command::Abort { layouts, proxies } => {
@@ -300,12 +323,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 return Ok(());
             };
             if migration.phase.routes_by_target() {
-                anyhow::bail!("migration {} is past cutover; it can no longer be aborted", migration.id);
+                anyhow::bail!(
+                    "migration {} is past cutover; it can no longer be aborted",
+                    migration.id
+                );
             }
             // Proxies stop dual writes before the copies go, so none comes back.
             catalog.set_phase(migration.id, Phase::Aborted).await?;
             proxies.broadcast("RESHARD").await?;
-            resolve::resolve(&layout, &login, resolve::SETTLED).await?;
+            resolve::resolve(
+                &layout,
+                &Connections::new(&layout, &login),
+                resolve::SETTLED,
+            )
+            .await?;
             let removed = backfill::remove_copies(&layout, &login).await?;
             println!(
                 "migration {} aborted: {removed} copied rows removed from the target shards",

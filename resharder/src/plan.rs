@@ -7,9 +7,9 @@ use futures::TryStreamExt;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use shardline_router::migration::{Layout, TableMove};
 use crate::shards::{connect, Login};
 use shardline_router::migration::images::ident;
+use shardline_router::migration::{Layout, TableMove};
 
 /// Rows of one table that move from one shard to another.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

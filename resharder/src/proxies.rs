@@ -5,7 +5,11 @@
 use anyhow::{bail, Context};
 use shardline_router::migration::Phase;
 use shardline_router::Config;
-use tokio_postgres::{NoTls, SimpleQueryMessage};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 /// The admin database of a shardline proxy.
 const ADMIN_DATABASE: &str = "shardline";
@@ -15,6 +19,8 @@ pub struct Proxies {
     addresses: Vec<String>,
     user: String,
     password: Option<String>,
+    /// Console connections, opened once: a cutover's pause must not wait for logins.
+    open: Mutex<HashMap<String, Arc<Client>>>,
 }
 
 impl Proxies {
@@ -26,6 +32,7 @@ impl Proxies {
                 addresses,
                 user: String::new(),
                 password: None,
+                open: Mutex::new(HashMap::new()),
             });
         }
         let Some(admin) = admin else {
@@ -35,6 +42,7 @@ impl Proxies {
             addresses,
             user: admin.name.clone(),
             password: admin.password.clone(),
+            open: Mutex::new(HashMap::new()),
         })
     }
 
@@ -72,8 +80,40 @@ impl Proxies {
         }
     }
 
+    /// Logs in to every proxy's console now, so later commands do not wait for logins.
+    pub async fn connect_all(&self) -> anyhow::Result<()> {
+        for address in &self.addresses {
+            self.client(address).await?;
+        }
+        Ok(())
+    }
+
     /// Runs one console command on the proxy at `address`; the first row's values.
     pub async fn command(&self, address: &str, command: &str) -> anyhow::Result<Vec<String>> {
+        let client = self.client(address).await?;
+        let messages = client
+            .simple_query(command)
+            .await
+            .with_context(|| format!("proxy {address} refused {command}"))?;
+        Ok(messages
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(
+                    (0..row.len())
+                        .map(|i| row.get(i).unwrap_or_default().to_owned())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .unwrap_or_default())
+    }
+
+    /// The console connection to the proxy at `address`, opened on first use.
+    async fn client(&self, address: &str) -> anyhow::Result<Arc<Client>> {
+        let mut open = self.open.lock().await;
+        if let Some(client) = open.get(address).filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
         let (host, port) = address
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
@@ -91,23 +131,9 @@ impl Proxies {
         let (client, connection) = pg.connect(NoTls).await.with_context(|| {
             format!("could not reach proxy {address}; start it (or leave it out of --proxy if it is gone for good) and run this step again")
         })?;
-        let connection = tokio::spawn(connection);
-        let result = client
-            .simple_query(command)
-            .await
-            .with_context(|| format!("proxy {address} refused {command}"));
-        drop(client);
-        let _ = connection.await;
-        Ok(result?
-            .iter()
-            .find_map(|m| match m {
-                SimpleQueryMessage::Row(row) => Some(
-                    (0..row.len())
-                        .map(|i| row.get(i).unwrap_or_default().to_owned())
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .unwrap_or_default())
+        tokio::spawn(connection);
+        let client = Arc::new(client);
+        open.insert(address.to_owned(), client.clone());
+        Ok(client)
     }
 }

@@ -1,16 +1,15 @@
-//! Finishing dual writes a crash left half done. A proxy prepares the copy of a dual write on
-//! the new owner (`PREPARE TRANSACTION 'sl_dw:<xid>:<old owner>:<new owner>'`) before the old
-//! owner commits; the old owner's commit is the decision. So a prepared copy is committed when
-//! transaction `xid` committed on the old owner, rolled back when it aborted, and left alone
-//! while it is still running.
+//! Finishing dual writes a crash left half done, as `shardline_router::migration::indoubt`
+//! decides: a prepared copy is committed when its old owner's transaction committed, rolled
+//! back when it aborted, and left alone while it still runs. The proxies do the same in the
+//! background; the resharder does it before verifying and under the cutover's pause.
 
 use std::time::Duration;
 
 use anyhow::Context;
+use shardline_router::migration::{indoubt, Layout};
 use tokio_postgres::error::SqlState;
-use shardline_router::migration::Layout;
 
-use crate::shards::{connect, Login};
+use crate::shards::Connections;
 
 /// How old a prepared dual write must be before the resolver takes it over from its proxy.
 pub const SETTLED: Duration = Duration::from_secs(5);
@@ -26,58 +25,49 @@ pub struct Resolved {
 
 /// Resolves the in-doubt dual writes on the target shards of `layout` prepared at least
 /// `min_age` ago (younger ones are normally being finished by their proxy right now).
-pub async fn resolve(layout: &Layout, login: &Login, min_age: Duration) -> anyhow::Result<Resolved> {
+pub async fn resolve(
+    layout: &Layout,
+    shards: &Connections<'_>,
+    min_age: Duration,
+) -> anyhow::Result<Resolved> {
     let mut resolved = Resolved::default();
-    let mut targets: Vec<&String> = layout.tables.iter().flat_map(|t| &t.target_shards).collect();
+    let mut targets: Vec<&String> = layout
+        .tables
+        .iter()
+        .flat_map(|t| &t.target_shards)
+        .collect();
     targets.sort();
     targets.dedup();
     for target in targets {
-        let client = connect(&layout.target, target, login).await?;
+        let client = shards.get(target).await?;
         let gids: Vec<String> = client
-            .query(
-                "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'sl\\_dw:%' AND database = current_database() \
-                 AND prepared <= now() - make_interval(secs => $1)",
-                &[&min_age.as_secs_f64()],
-            )
+            .query(indoubt::LIST_SQL, &[&min_age.as_secs_f64()])
             .await?
             .iter()
             .map(|row| row.get(0))
             .collect();
         for gid in gids {
-            let mut parts = gid.splitn(4, ':');
-            let (Some(_), Some(xid), Some(old)) = (parts.next(), parts.next(), parts.next()) else {
+            let Some((xid, old)) = indoubt::parse_gid(&gid) else {
                 continue;
             };
-            let source = connect(&layout.source, old, login)
+            let source = shards
+                .get(old)
                 .await
                 .with_context(|| format!("in-doubt dual write {gid} needs its old owner {old}"))?;
-            let status: Option<String> = source
-                .query_one("SELECT pg_xact_status($1::text::xid8)::text", &[&xid])
-                .await?
-                .get(0);
-            let verb = match status.as_deref() {
-                Some("committed") => {
-                    resolved.committed += 1;
-                    "COMMIT"
-                }
-                Some("aborted") => {
-                    resolved.rolled_back += 1;
-                    "ROLLBACK"
-                }
-                _ => {
-                    resolved.pending += 1;
-                    continue;
-                }
+            let status: Option<String> =
+                source.query_one(indoubt::STATUS_SQL, &[&xid]).await?.get(0);
+            let Some(sql) = indoubt::verdict(&gid, status.as_deref()) else {
+                resolved.pending += 1;
+                continue;
             };
-            let finished = client
-                .batch_execute(&format!("{verb} PREPARED '{}'", gid.replace('\'', "''")))
-                .await;
-            match finished {
-                Ok(()) => {}
+            match client.batch_execute(&sql).await {
+                Ok(()) if sql.starts_with("COMMIT") => resolved.committed += 1,
+                Ok(()) => resolved.rolled_back += 1,
                 // Its proxy finished it first.
                 Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => {}
                 Err(e) => {
-                    return Err(e).with_context(|| format!("could not finish in-doubt dual write {gid}"))
+                    return Err(e)
+                        .with_context(|| format!("could not finish in-doubt dual write {gid}"))
                 }
             }
         }

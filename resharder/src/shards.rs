@@ -3,7 +3,10 @@
 
 use anyhow::{bail, Context};
 use shardline_router::migration::images::{ident, TableShape};
+use shardline_router::migration::Layout;
 use shardline_router::Config;
+use std::collections::HashMap;
+use std::sync::Arc;
 use tokio_postgres::{Client, NoTls};
 
 /// How the resharder logs in to shards.
@@ -66,14 +69,14 @@ pub async fn connect(config: &Config, name: &str, login: &Login) -> anyhow::Resu
 /// Reads the shape of `table` on a shard; an error naming the fix when the table has no
 /// primary or unique key (rows could not be copied idempotently).
 pub async fn read_shape(client: &Client, table: &str) -> anyhow::Result<TableShape> {
-        let exists: Option<String> = client
-            .query_one("SELECT to_regclass($1)::text", &[&ident(table)])
-            .await?
-            .get(0);
-        if exists.is_none() {
-            bail!("table {table} does not exist on the source shard");
-        }
-        let columns = client
+    let exists: Option<String> = client
+        .query_one("SELECT to_regclass($1)::text", &[&ident(table)])
+        .await?
+        .get(0);
+    if exists.is_none() {
+        bail!("table {table} does not exist on the source shard");
+    }
+    let columns = client
             .query(
                 "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
                 &[&ident(table)],
@@ -82,7 +85,7 @@ pub async fn read_shape(client: &Client, table: &str) -> anyhow::Result<TableSha
             .iter()
             .map(|row| row.get(0))
             .collect();
-        let unique_key: Vec<String> = client
+    let unique_key: Vec<String> = client
             .query(
                 "SELECT a.attname::text FROM pg_index i \
                  JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, pos) ON true \
@@ -98,11 +101,48 @@ pub async fn read_shape(client: &Client, table: &str) -> anyhow::Result<TableSha
             .iter()
             .map(|row| row.get(0))
             .collect();
-        if unique_key.is_empty() {
-            bail!("table {table} has no primary key or unique key; resharding copies rows by key and needs one: add a primary key first");
+    if unique_key.is_empty() {
+        bail!("table {table} has no primary key or unique key; resharding copies rows by key and needs one: add a primary key first");
+    }
+    Ok(TableShape {
+        columns,
+        unique_key,
+    })
+}
+
+/// Connections to the shards of both layouts, opened once and reused: the cutover's pause
+/// must not wait for logins.
+pub struct Connections<'a> {
+    layout: &'a Layout,
+    login: &'a Login,
+    open: tokio::sync::Mutex<HashMap<String, Arc<Client>>>,
+}
+
+impl<'a> Connections<'a> {
+    /// No connection is opened until one is asked for.
+    pub fn new(layout: &'a Layout, login: &'a Login) -> Connections<'a> {
+        Connections {
+            layout,
+            login,
+            open: tokio::sync::Mutex::new(HashMap::new()),
         }
-        Ok(TableShape {
-            columns,
-            unique_key,
-        })
+    }
+
+    /// The connection to shard `name` (of either layout).
+    pub async fn get(&self, name: &str) -> anyhow::Result<Arc<Client>> {
+        let mut open = self.open.lock().await;
+        if let Some(client) = open.get(name) {
+            if !client.is_closed() {
+                return Ok(client.clone());
+            }
+        }
+        let config = if self.layout.source.shard_id(name).is_some() {
+            &self.layout.source
+        } else {
+            &self.layout.target
+        };
+        let client = Arc::new(connect(config, name, self.login).await?);
+        open.insert(name.to_owned(), client.clone());
+        Ok(client)
+    }
 }

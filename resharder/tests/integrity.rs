@@ -69,7 +69,9 @@ impl Migration {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn parse(yaml: &str) -> anyhow::Result<Config> {
@@ -87,7 +89,11 @@ async fn setup(
 ) -> anyhow::Result<(Migration, Config, Config, Vec<Client>)> {
     let base = cluster
         .yaml
-        .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"))
+        // A restarted proxy should not keep its old clients waiting long.
+        .replace(
+            "listen: 127.0.0.1:0",
+            &format!("listen: 127.0.0.1:{port}\nshutdown_grace_s: 2"),
+        )
         .replacen("users:\n", &format!("users:\n{ADMIN}"), 1);
     let source_yaml = with_table(&base, source_rule);
     let target_yaml = with_table(&base, target_rule);
@@ -96,7 +102,9 @@ async fn setup(
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("from.yaml"), &source_yaml)?;
     std::fs::write(dir.join("to.yaml"), &target_yaml)?;
-    let rule = source.table("items").ok_or_else(|| anyhow::anyhow!("no items rule"))?;
+    let rule = source
+        .table("items")
+        .ok_or_else(|| anyhow::anyhow!("no items rule"))?;
     let mut shards = Vec::new();
     for i in 0..cluster.shard_count() {
         let shard = cluster.shard(i).await?;
@@ -124,21 +132,22 @@ async fn wait_for(mut child: Child) -> anyhow::Result<()> {
 }
 
 /// Asserts the outcome and prints the counts the issue asks for.
-async fn check(
-    workload: Workload,
-    shards: &[Client],
-    target: &Config,
-) -> anyhow::Result<()> {
+async fn check(workload: Workload, shards: &[Client], target: &Config) -> anyhow::Result<()> {
     let report = workload.stop().await?;
     println!("{report}");
     for (code, example) in &report.error_examples {
         println!("  error {code}: {example}");
     }
-    let rule = target.table("items").ok_or_else(|| anyhow::anyhow!("no items rule"))?;
+    let rule = target
+        .table("items")
+        .ok_or_else(|| anyhow::anyhow!("no items rule"))?;
     let placement = check_placement(&report, shards, owner_by(rule)).await?;
     println!("{placement}");
     assert!(report.acked > 500, "the workload barely ran: {report}");
-    assert!(report.is_clean(), "the workload saw a wrong answer: {report}");
+    assert!(
+        report.is_clean(),
+        "the workload saw a wrong answer: {report}"
+    );
     assert!(placement.is_perfect(), "{placement}");
     Ok(())
 }
@@ -149,7 +158,8 @@ fn paused_ms(cutover_output: &str) -> Option<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn hash_two_to_four_under_load_with_resharder_killed_and_proxy_restarted() -> anyhow::Result<()> {
+async fn hash_two_to_four_under_load_with_resharder_killed_and_proxy_restarted(
+) -> anyhow::Result<()> {
     let cluster = TestCluster::start("integrity-hash", 4).await?;
     let port = free_port()?;
     let (migration, source, target, shards) = setup(
@@ -179,7 +189,10 @@ async fn hash_two_to_four_under_load_with_resharder_killed_and_proxy_restarted()
     killed.kill()?;
     killed.wait()?;
     let status = migration.run("status", &[])?;
-    assert!(status.contains("Started") || status.contains("started"), "{status}");
+    assert!(
+        status.contains("Started") || status.contains("started"),
+        "{status}"
+    );
     workload.progress(200, Duration::from_secs(60)).await?;
 
     // The proxy restarts during dual writes and comes back dual-writing from the catalog.
@@ -187,7 +200,11 @@ async fn hash_two_to_four_under_load_with_resharder_killed_and_proxy_restarted()
     proxy = shardline::Proxy::start(source.clone()).await?;
     let served = proxy.ctx.snapshot();
     let phase = served.migration.as_ref().map(|m| m.phase.as_str());
-    assert_eq!(phase, Some("started"), "a restarted proxy serves the catalog's phase");
+    assert_eq!(
+        phase,
+        Some("started"),
+        "a restarted proxy serves the catalog's phase"
+    );
     workload.progress(200, Duration::from_secs(60)).await?;
 
     wait_for(migration.spawn("start", &["--batch", "200"])?).await?;
@@ -196,7 +213,8 @@ async fn hash_two_to_four_under_load_with_resharder_killed_and_proxy_restarted()
     assert!(!verified.contains("STILL DIFFERS"), "{verified}");
 
     let cutover = migration.run("cutover", &[])?;
-    let paused = paused_ms(&cutover).ok_or_else(|| anyhow::anyhow!("no pause printed: {cutover}"))?;
+    let paused =
+        paused_ms(&cutover).ok_or_else(|| anyhow::anyhow!("no pause printed: {cutover}"))?;
     println!("cutover paused writes to moving keys for {paused} ms");
     workload.progress(300, Duration::from_secs(60)).await?;
     migration.run("cleanup", &["--batch", "100"])?;
@@ -231,7 +249,8 @@ async fn range_split_under_load_and_a_stale_proxy_is_fenced() -> anyhow::Result<
     stale_config.listen = "127.0.0.1:0".to_owned();
     let stale = shardline::Proxy::start(stale_config).await?;
     let cutover = migration.run("cutover", &[])?;
-    let paused = paused_ms(&cutover).ok_or_else(|| anyhow::anyhow!("no pause printed: {cutover}"))?;
+    let paused =
+        paused_ms(&cutover).ok_or_else(|| anyhow::anyhow!("no pause printed: {cutover}"))?;
     println!("cutover paused writes to moving keys for {paused} ms");
     workload.progress(300, Duration::from_secs(60)).await?;
     migration.run("cleanup", &[])?;
@@ -249,7 +268,9 @@ async fn range_split_under_load_and_a_stale_proxy_is_fenced() -> anyhow::Result<
             &[&moved],
         )
         .await;
-    let error = refused.err().ok_or_else(|| anyhow::anyhow!("the stale proxy wrote a moved key"))?;
+    let error = refused
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("the stale proxy wrote a moved key"))?;
     println!("stale proxy: {error:?}");
     assert_eq!(error.code().map(|c| c.code()), Some("55000"), "{error:?}");
     let left: i64 = shards[old]

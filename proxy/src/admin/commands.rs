@@ -80,7 +80,9 @@ pub fn parse(text: &str) -> Result<Command, Reply> {
         ["PAUSE"] | ["PAUSE", _] => Command::Pause(shard(words.get(1))),
         ["RESUME"] | ["RESUME", _] => Command::Resume(shard(words.get(1))),
         ["SHUTDOWN"] => Command::Shutdown,
-        ["RESHARD", rest @ ..] => Command::Reshard(Reshard::parse(rest).ok_or_else(|| unknown(text))?),
+        ["RESHARD", rest @ ..] => {
+            Command::Reshard(Reshard::parse(rest).ok_or_else(|| unknown(text))?)
+        }
         ["SET", ..] => Command::Set,
         _ => return Err(unknown(text)),
     };

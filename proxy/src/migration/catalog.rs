@@ -5,10 +5,13 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, Context};
+use shardline_router::config::Shard;
 use shardline_router::migration::images::TableShape;
 use shardline_router::migration::{Layout, Phase};
 use shardline_router::Config;
+use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
 use tokio_postgres::NoTls;
 
 use super::Active;
@@ -21,28 +24,7 @@ pub async fn read(config: &Config) -> anyhow::Result<Option<Active>> {
         .shards
         .get(config.default_shard)
         .context("the config has no default shard")?;
-    let user = config
-        .users
-        .iter()
-        .find(|u| !u.admin)
-        .context("shards.yaml lists no non-admin user to read the migration catalog with")?;
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(&shard.host)
-        .port(shard.port)
-        .user(&user.name)
-        .dbname(shard.database.as_deref().unwrap_or(&user.name))
-        .application_name("shardline")
-        .connect_timeout(std::time::Duration::from_secs(5));
-    if let Some(password) = user.backend_password() {
-        pg.password(password);
-    }
-    let (client, connection) = pg.connect(NoTls).await.with_context(|| {
-        format!(
-            "could not reach the default shard {} at {}:{} to read the migration catalog",
-            shard.name, shard.host, shard.port
-        )
-    })?;
-    let connection = tokio::spawn(connection);
+    let (client, connection) = connect(config, shard).await?;
     let result = async {
         let row = match client
             .query_opt(
@@ -99,4 +81,34 @@ pub async fn read(config: &Config) -> anyhow::Result<Option<Active>> {
     drop(client);
     let _ = connection.await;
     result
+}
+
+/// A control connection (not pooled) to `shard` as the first non-admin user of `config`; the
+/// task driving it ends when the client is dropped.
+pub async fn connect(
+    config: &Config,
+    shard: &Shard,
+) -> anyhow::Result<(Client, JoinHandle<Result<(), tokio_postgres::Error>>)> {
+    let user = config
+        .users
+        .iter()
+        .find(|u| !u.admin)
+        .context("shards.yaml lists no non-admin user for the proxy's control connections")?;
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&shard.host)
+        .port(shard.port)
+        .user(&user.name)
+        .dbname(shard.database.as_deref().unwrap_or(&user.name))
+        .application_name("shardline")
+        .connect_timeout(std::time::Duration::from_secs(5));
+    if let Some(password) = user.backend_password() {
+        pg.password(password);
+    }
+    let (client, connection) = pg.connect(NoTls).await.with_context(|| {
+        format!(
+            "could not reach shard {} at {}:{}",
+            shard.name, shard.host, shard.port
+        )
+    })?;
+    Ok((client, tokio::spawn(connection)))
 }

@@ -6,6 +6,7 @@
 //! the moving keys during cutover ([`MigrationGate`]).
 
 pub mod catalog;
+pub mod resolver;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,7 +36,11 @@ pub struct Active {
 impl Active {
     /// The move of `table` (any case, possibly schema-qualified), if its rows move.
     pub fn moving(&self, table: &str) -> Option<(&TableMove, &TableShape)> {
-        let name = table.rsplit('.').next().unwrap_or(table).to_ascii_lowercase();
+        let name = table
+            .rsplit('.')
+            .next()
+            .unwrap_or(table)
+            .to_ascii_lowercase();
         let moving = self.layout.table(&name)?;
         Some((moving, self.shapes.get(&name)?))
     }

@@ -108,7 +108,9 @@ impl Session {
             }
             other => other,
         };
-        self.run_read_segment(&loaded, segment).await.map(|()| Segmented::Ran)
+        self.run_read_segment(&loaded, segment)
+            .await
+            .map(|()| Segmented::Ran)
     }
 
     async fn run_read_segment(
@@ -250,7 +252,10 @@ impl Session {
                     if !follows_session(&statement.plan.kind) {
                         let params = view.params();
                         match moving_keys(loaded, &statement.plan, &params) {
-                            Ok(Some(keys)) => segment.dual.get_or_insert_with(Default::default).merge(keys),
+                            Ok(Some(keys)) => segment
+                                .dual
+                                .get_or_insert_with(Default::default)
+                                .merge(keys),
                             Ok(None) => {}
                             Err(e) => return Ok(Err(e)),
                         }

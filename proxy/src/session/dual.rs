@@ -15,19 +15,17 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use shardline_router::migration::images::{lock_keys_sql, read_images_sql};
+use shardline_router::migration::indoubt;
 use shardline_router::{KeyValue, Params, Plan, ShardId, StatementKind};
 
 use super::exchange::{Expect, Mode, Reply};
 use super::ordered::field;
+use super::output::Mark;
 use super::split::{finish_quietly, lost, run, shard_error, Part};
 use super::{ClientError, Session, SessionEnd};
 use crate::backend::pool::Pooled;
 use crate::context::Loaded;
-use super::output::Mark;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
-
-/// Prefix of the prepared transactions of dual writes on new owners.
-pub const GID_PREFIX: &str = "sl_dw";
 
 /// Moving keys a transaction wrote, by table, each with its new owner.
 #[derive(Debug, Default)]
@@ -59,7 +57,11 @@ pub(super) fn moving_keys(
     plan: &Plan,
     params: &dyn Params,
 ) -> Result<Option<DualKeys>, ClientError> {
-    let Some(active) = loaded.migration.as_deref().filter(|m| m.phase.dual_writes()) else {
+    let Some(active) = loaded
+        .migration
+        .as_deref()
+        .filter(|m| m.phase.dual_writes())
+    else {
         return Ok(None);
     };
     let writes = match &plan.kind {
@@ -96,7 +98,9 @@ pub(super) fn moving_keys(
                 )
             };
             if plan.kind != StatementKind::Write && plan.kind != StatementKind::Compound {
-                return Err(refuse("COPY and schema changes on it wait until the migration ends"));
+                return Err(refuse(
+                    "COPY and schema changes on it wait until the migration ends",
+                ));
             }
             if ends_transactions {
                 return Err(refuse(
@@ -113,7 +117,10 @@ pub(super) fn moving_keys(
                 let placement = moving
                     .place(key)
                     .map_err(|e| ClientError::new(sqlstate::INVALID_PARAMETER_VALUE, e))?;
-                let serving = loaded.config.table(table).and_then(|r| r.shard_for(key).ok());
+                let serving = loaded
+                    .config
+                    .table(table)
+                    .and_then(|r| r.shard_for(key).ok());
                 if serving != loaded.config.shard_id(placement.from) {
                     return Err(ClientError::new(
                         sqlstate::OBJECT_NOT_IN_STATE,
@@ -312,7 +319,10 @@ impl Session {
         keys: &DualKeys,
     ) -> Result<Vec<Part>, ClientError> {
         let active = loaded.migration.clone().ok_or_else(|| {
-            ClientError::new(sqlstate::INTERNAL, "the migration ended during a dual write")
+            ClientError::new(
+                sqlstate::INTERNAL,
+                "the migration ended during a dual write",
+            )
         })?;
         let old_name = shard_name(loaded, old);
         let Some(conn) = self.conns.get_mut(&old) else {
@@ -344,7 +354,11 @@ impl Session {
                 let texts: Vec<String> = owned.iter().map(ToString::to_string).collect();
                 let rows: Vec<String> = images
                     .iter()
-                    .filter(|row| row.first().and_then(Option::as_ref).is_some_and(|k| texts.contains(k)))
+                    .filter(|row| {
+                        row.first()
+                            .and_then(Option::as_ref)
+                            .is_some_and(|k| texts.contains(k))
+                    })
                     .filter_map(|row| row.get(1).cloned().flatten())
                     .collect();
                 applies.entry(owner).or_default().push(shape.apply_sql(
@@ -359,7 +373,7 @@ impl Session {
         let mut prepared: Vec<Part> = Vec::new();
         for (owner, statements) in applies {
             let name = shard_name(loaded, owner);
-            let gid = format!("{GID_PREFIX}:{xid}:{old_name}:{name}");
+            let gid = indoubt::gid(&xid, &old_name, &name);
             let attached = self.attach(loaded, owner).await;
             let failure = match attached {
                 Err(e) => Some(e),

@@ -220,7 +220,8 @@ impl Session {
             if !self.serve_one(frame).await? {
                 return Ok(());
             }
-            if !self.tx.open() && self.spread.is_none() && self.conns.values().all(|c| !c.unsynced) {
+            if !self.tx.open() && self.spread.is_none() && self.conns.values().all(|c| !c.unsynced)
+            {
                 self.write_ticket = None;
                 self.dual_ticket = None;
             }
@@ -312,7 +313,9 @@ impl Session {
             }
             return self.fail(local::aborted()).await;
         }
-        if plan.kind == StatementKind::Commit && !self.tx.dual.is_empty() && !self.tx.failed_on_shard
+        if plan.kind == StatementKind::Commit
+            && !self.tx.dual.is_empty()
+            && !self.tx.failed_on_shard
         {
             if let Some(old) = self.tx.shard {
                 let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);

@@ -7,7 +7,7 @@
 //! reproduces) for hash tables, plain comparisons for ranges. Cleanup, which must delete moved
 //! rows from the old owner, passes by setting `shardline.cleanup` for its transaction.
 
-use crate::config::Sharding;
+use crate::config::{Sharding, TableRule};
 use crate::key::KeyType;
 
 use super::images::{ident, literal};
@@ -19,8 +19,9 @@ pub const TRIGGER: &str = "shardline_fence";
 /// The setting that lets cleanup delete moved rows through the fence.
 pub const CLEANUP_SETTING: &str = "shardline.cleanup";
 
-/// SQL installing the fence of `table` on the shard named `shard`, for migration `migration`.
-pub fn install_sql(table: &TableMove, shard: &str, migration: i64) -> String {
+/// SQL creating (not yet arming) the fence of `table` on the shard named `shard`, for
+/// migration `migration`: run before the cutover's pause, so the pause only arms it.
+pub fn prepare_sql(table: &TableMove, shard: &str, migration: i64) -> String {
     let key = ident(&table.key_column);
     let owns = |row: &str| owned_condition(table, shard, &format!("{row}.{key}"));
     let refuse = |row: &str| {
@@ -38,13 +39,9 @@ pub fn install_sql(table: &TableMove, shard: &str, migration: i64) -> String {
     format!(
         "CREATE SCHEMA IF NOT EXISTS shardline;\n\
          {parent}\n\
-         CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body};\n\
-         DROP TRIGGER IF EXISTS {TRIGGER} ON {t};\n\
-         CREATE TRIGGER {TRIGGER} BEFORE INSERT OR UPDATE OR DELETE ON {t} \
-         FOR EACH ROW EXECUTE FUNCTION {function}();",
+         CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body};",
         parent = hash_parent_sql(table.key_type),
         function = function_name(&table.table),
-        t = ident(&table.table),
         body = literal(&format!(
             "BEGIN\n\
                IF coalesce(current_setting({setting}, true), '') <> 'on' THEN\n\
@@ -63,6 +60,17 @@ pub fn install_sql(table: &TableMove, shard: &str, migration: i64) -> String {
     )
 }
 
+/// SQL arming the prepared fence of `table`: from its commit on, writes to keys the shard no
+/// longer owns fail.
+pub fn arm_sql(table: &str) -> String {
+    format!(
+        "DROP TRIGGER IF EXISTS {TRIGGER} ON {t}; CREATE TRIGGER {TRIGGER} BEFORE INSERT OR UPDATE OR DELETE ON {t} \
+         FOR EACH ROW EXECUTE FUNCTION {function}();",
+        t = ident(table),
+        function = function_name(table),
+    )
+}
+
 /// SQL removing the fence of `table` (when a cutover backs out).
 pub fn remove_sql(table: &str) -> String {
     format!(
@@ -76,9 +84,9 @@ fn function_name(table: &str) -> String {
     format!("shardline.{}", ident(&format!("fence_{table}")))
 }
 
-/// An empty hash-partitioned table whose partition key has the key's type: the parent
-/// `satisfies_hash_partition` needs to hash a value as a hash partition of that type would.
-fn hash_parent_sql(key_type: KeyType) -> String {
+/// An empty hash-partitioned table whose partition key has the key's type (in schema
+/// `shardline`, which must exist): the parent `satisfies_hash_partition` needs to hash a value as a hash partition of that type would.
+pub fn hash_parent_sql(key_type: KeyType) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS shardline.hash_{key_type} (k {key_type}) PARTITION BY HASH (k);"
     )
@@ -87,13 +95,38 @@ fn hash_parent_sql(key_type: KeyType) -> String {
 /// SQL true when the key `expr` belongs to shard `shard` in the target layout (cleanup
 /// deletes the rows for which it is false).
 pub fn owned_condition(table: &TableMove, shard: &str, expr: &str) -> String {
+    owned_in(
+        table.target_rule(),
+        &|id| table.target_name(id),
+        shard,
+        expr,
+    )
+}
+
+/// SQL true when the key `expr` belonged to shard `shard` in the source layout.
+pub fn owned_before_condition(table: &TableMove, shard: &str, expr: &str) -> String {
+    owned_in(
+        table.source_rule(),
+        &|id| table.source_name(id),
+        shard,
+        expr,
+    )
+}
+
+/// SQL true when `rule` places the key `expr` on the shard named `shard`.
+fn owned_in<'a>(
+    rule: &TableRule,
+    name_of: &dyn Fn(usize) -> Option<&'a str>,
+    shard: &str,
+    expr: &str,
+) -> String {
     let mut owned = Vec::new();
-    match &table.target_rule().sharding {
+    match &rule.sharding {
         Sharding::Hash {
             key_type, shards, ..
         } => {
             for (remainder, id) in shards.iter().enumerate() {
-                if table.target_name(*id) == Some(shard) {
+                if name_of(*id) == Some(shard) {
                     owned.push(format!(
                         "satisfies_hash_partition('shardline.hash_{key_type}'::regclass, {}, {remainder}, {expr})",
                         shards.len()
@@ -104,10 +137,7 @@ pub fn owned_condition(table: &TableMove, shard: &str, expr: &str) -> String {
         Sharding::Range {
             key_type, ranges, ..
         } => {
-            for range in ranges
-                .iter()
-                .filter(|r| table.target_name(r.shard) == Some(shard))
-            {
+            for range in ranges.iter().filter(|r| name_of(r.shard) == Some(shard)) {
                 let mut bounds = Vec::new();
                 if let Some(from) = &range.from {
                     bounds.push(format!(

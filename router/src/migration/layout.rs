@@ -73,6 +73,16 @@ impl TableMove {
         &self.target
     }
 
+    /// The table's rule in the source layout.
+    pub fn source_rule(&self) -> &TableRule {
+        &self.source
+    }
+
+    /// The name of source shard `id`.
+    pub fn source_name(&self, id: usize) -> Option<&str> {
+        self.source_names.get(id).map(String::as_str)
+    }
+
     /// The name of target shard `id`.
     pub fn target_name(&self, id: usize) -> Option<&str> {
         self.target_names.get(id).map(String::as_str)

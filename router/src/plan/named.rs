@@ -187,10 +187,13 @@ mod tests {
             .collect()
     }
 
+    /// A statement, its parameters, and the keys it names (`None`: unrestricted).
+    type Case<'a> = (&'a str, Vec<Param<'a>>, Option<Vec<i64>>);
+
     #[test]
     fn writes_name_their_keys() {
         let users = vec!["users".to_owned()];
-        let cases: Vec<(&str, Vec<Param<'_>>, Option<Vec<i64>>)> = vec![
+        let cases: Vec<Case<'_>> = vec![
             ("INSERT INTO users (id, name) VALUES (7, 'a')", vec![], Some(vec![7])),
             ("INSERT INTO users (id, name) VALUES (7, 'a'), (9, 'b')", vec![], Some(vec![7, 9])),
             ("UPDATE users SET name = 'x' WHERE id = $1", vec![Param::Text(b"42")], Some(vec![42])),
