@@ -329,7 +329,7 @@ cutover_run() { # RUN-NUMBER
   t0=$(now_ns)
   run_step "$d/verify.log" "$RESHARD_BIN" verify "${steps[@]}"
   secs=$(secs_since "$t0")
-  row "verify (idle; cutover repeats it in the pause)" "$copied" "$secs" "$(rate "$copied" "$secs")"
+  row "verify (idle, row by row, all moving rows)" "$copied" "$secs" "$(rate "$copied" "$secs")"
   grep -q "^0 rows repaired" "$d/verify.log" \
     || problem "verify after an idle backfill repaired rows: $(tail -1 "$d/verify.log") (see $d/verify.log)"
 
