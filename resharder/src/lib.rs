@@ -60,6 +60,7 @@
 //!   same image: idempotent) or is not seen (its own dual write carries it); a dual write whose
 //!   copy is prepared but not yet committed makes the batch's upsert wait on it, then overwrite
 //!   it with the same committed image.
+//!
 //! Progress (last key copied) is committed to the catalog after each batch, so a killed
 //! backfill resumes at the next key and repeats at most one batch, harmlessly.
 //!

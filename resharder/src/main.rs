@@ -17,9 +17,10 @@ use shardline_resharder::{plan, verify};
 use shardline_router::migration::Layout;
 use shardline_router::Config;
 
-/// Online resharding for shardline: compare two layouts, copy the rows that move, resume
-/// after a crash. Migration state lives in the `shardline` schema on the source layout's
-/// default shard.
+/// Online resharding for shardline: plan, start (dual writes and backfill), verify, cutover,
+/// cleanup — or abort — a move of rows between two layouts while the application writes.
+/// Migration state lives in the `shardline` schema on the source layout's default shard, so
+/// every step can be run again after a crash.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -32,8 +33,9 @@ enum Command {
     /// Print which rows of which tables move from which shard to which, and how long the copy
     /// should take. Changes nothing.
     Plan(Layouts),
-    /// Create the moving tables on their target shards and copy the moving rows. Run it again
-    /// after Ctrl-C or a crash: it resumes at the next key.
+    /// Create the moving tables on their target shards, switch every --proxy to dual writes of
+    /// the moving keys (each must confirm), then copy the moving rows with a progress bar. Run
+    /// it again after Ctrl-C or a crash: it resumes at the next key.
     Start {
         #[command(flatten)]
         layouts: Layouts,
@@ -46,8 +48,9 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         rate: u64,
     },
-    /// Compare every moving row on its old owner with its copy on the new owner (an md5 of
-    /// each row), copy again what differs, delete copies whose row is gone, and report.
+    /// Compare the moving rows on their old owners with their copies, key range by key range
+    /// (each range locked briefly on the old owner), copy again what differs, delete copies
+    /// whose row is gone, and report per table and shard. Safe while the application writes.
     Verify(Layouts),
     /// Switch the moving keys to their new owners: hold writes to them on every proxy (other
     /// keys and all reads go on), make the copies exact, fence the old owners, switch every

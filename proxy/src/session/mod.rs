@@ -28,6 +28,7 @@ mod order;
 mod ordered;
 mod output;
 mod pipeline;
+mod relay;
 mod scatter;
 pub mod settings;
 mod split;
@@ -37,18 +38,18 @@ mod transaction;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use shardline_router::config::PoolMode;
 use shardline_router::{Param, Route, RouteError, ShardId, StatementKind};
 use tokio::net::tcp::OwnedReadHalf;
 
-use crate::backend::pool::{Pooled, Pools};
+use crate::backend::pool::Pooled;
 use crate::cancel::CancelTargets;
-use crate::context::{Loaded, ProxyContext};
+use crate::context::ProxyContext;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::frontend::query_text;
 use crate::protocol::{Frame, FrameError, FrameReader};
-use exchange::{apply_effects, Effect, ExchangeError, Expect, Outcome, Reply};
+use exchange::{Effect, Expect, Reply};
 pub use output::ClientOutput;
 use settings::Settings;
 use statements::ClientStatements;
@@ -440,202 +441,6 @@ impl Session {
                 self.scatter(&loaded, &shards, build).await
             }
         }
-    }
-
-    /// Runs messages on one shard's backend: attaches it, brings its settings in line with the
-    /// client's, sends any held `BEGIN`, then sends what `build` makes for that backend and
-    /// relays the answers.
-    async fn exchange<F>(
-        &mut self,
-        loaded: &Loaded,
-        shard: ShardId,
-        build: F,
-    ) -> Result<(), SessionEnd>
-    where
-        F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
-    {
-        self.exchange_with(loaded, shard, true, build).await
-    }
-
-    /// [`Session::exchange`], optionally leaving a held `BEGIN` held (for messages that do not
-    /// touch data, such as a lone `Parse`, which must not decide the transaction's shard).
-    async fn exchange_with<F>(
-        &mut self,
-        loaded: &Loaded,
-        shard: ShardId,
-        start_held: bool,
-        build: F,
-    ) -> Result<(), SessionEnd>
-    where
-        F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
-    {
-        self.exchange_settled(loaded, shard, start_held, build)
-            .await
-            .map(|_| ())
-    }
-
-    /// [`Session::exchange_with`], telling how the backend was left (`None` when the exchange
-    /// failed and the client was answered).
-    async fn exchange_settled<F>(
-        &mut self,
-        loaded: &Loaded,
-        shard: ShardId,
-        start_held: bool,
-        build: F,
-    ) -> Result<Option<Settled>, SessionEnd>
-    where
-        F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
-    {
-        let started = std::time::Instant::now();
-        if let Err(e) = self.check_pinned(shard) {
-            return self.fail(e).await.map(|()| None);
-        }
-        self.settle_others(shard).await;
-        let mut conn = match self.attach(loaded, shard).await {
-            Ok(conn) => conn,
-            Err(e) => {
-                self.fail_transaction();
-                return self.fail(e).await.map(|()| None);
-            }
-        };
-        let (out, mut queue) = self.compose(&mut conn, start_held, build);
-        let result = match conn.send(&out).await {
-            Ok(()) => exchange::drive(&mut conn, &mut queue, &mut self.out, &mut self.input).await,
-            Err(e) => Err(ExchangeError::Backend(e)),
-        };
-        let (ok, ended) = result
-            .as_ref()
-            .map_or((false, false), |o| (!o.failed, o.ready == Some(b'I')));
-        self.ctx
-            .stats
-            .record_query(loaded, shard, ok, ended, started.elapsed());
-        self.finish(shard, conn, result).await
-    }
-
-    /// Everything a backend is sent for one exchange — settings sync, held `BEGIN`, then what
-    /// `build` makes — and the matching answer queue.
-    fn compose<F>(
-        &mut self,
-        conn: &mut Pooled,
-        start_held: bool,
-        build: F,
-    ) -> (BytesMut, VecDeque<Expect>)
-    where
-        F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
-    {
-        let mut out = BytesMut::new();
-        let mut queue = VecDeque::new();
-        self.prelude(conn, &mut out, &mut queue, start_held);
-        let (messages, expects) = build(conn);
-        for m in messages {
-            out.extend_from_slice(&m);
-        }
-        queue.extend(expects);
-        (out, queue)
-    }
-
-    /// Settings sync and held `BEGIN`, prepended to what a backend is sent.
-    fn prelude(
-        &mut self,
-        conn: &mut Pooled,
-        out: &mut BytesMut,
-        queue: &mut VecDeque<Expect>,
-        start_held: bool,
-    ) {
-        if let Some(sql) = settings::sync_sql(conn.settings.as_ref(), &self.settings) {
-            out.extend_from_slice(&local::query_message(&sql));
-            queue.push_back(Expect::swallow(Reply::Cycle));
-            conn.settings = Some(self.settings.clone());
-        }
-        if start_held && !self.tx.held.is_empty() {
-            let sql = std::mem::take(&mut self.tx.held).join(";");
-            out.extend_from_slice(&local::query_message(&sql));
-            queue.push_back(Expect::swallow(Reply::Cycle));
-            if self.tx.settings_before.is_none() {
-                self.tx.settings_before = Some(self.settings.clone());
-            }
-        }
-    }
-
-    /// Records what an exchange did and returns or keeps the backend.
-    async fn finish(
-        &mut self,
-        shard: ShardId,
-        mut conn: Pooled,
-        result: Result<Outcome, ExchangeError>,
-    ) -> Result<Option<Settled>, SessionEnd> {
-        let outcome = match result {
-            Ok(outcome) => outcome,
-            Err(ExchangeError::Client(e)) => {
-                conn.broken = true;
-                Pools::discard(conn);
-                return Err(SessionEnd::ClientIo(e));
-            }
-            Err(ExchangeError::ClientFrame(e)) => {
-                conn.broken = true;
-                Pools::discard(conn);
-                return Err(SessionEnd::Protocol(e.to_string()));
-            }
-            Err(e) => {
-                conn.broken = true;
-                Pools::discard(conn);
-                let name = self.shard_names(&[shard]);
-                let text = format!("lost the connection to shard {name}: {e}");
-                if self.tx.open() {
-                    self.out
-                        .push(&msg::fatal(sqlstate::CONNECTION_FAILURE, &text))
-                        .await?;
-                    self.out.flush().await?;
-                    return Err(SessionEnd::BackendLost(text));
-                }
-                return self
-                    .fail(ClientError::new(sqlstate::CONNECTION_FAILURE, text))
-                    .await
-                    .map(|()| None);
-            }
-        };
-        let rolled_back =
-            outcome.ready == Some(b'I') && outcome.last_tag.as_deref() == Some("ROLLBACK");
-        if rolled_back {
-            // Settings changed inside the transaction are undone with it.
-            if let Some(before) = self.tx.settings_before.take() {
-                self.settings = before;
-            }
-            conn.settings = None;
-        } else {
-            apply_effects(&mut self.settings, &outcome.effects);
-            if let Some(applied) = conn.settings.as_mut() {
-                apply_effects(applied, &outcome.effects);
-            }
-        }
-        self.awaiting_sync = outcome.awaiting_sync;
-        if outcome.skipping {
-            self.skip_to_sync = true;
-        }
-        let settled = outcome.ready.map(|ready| Settled {
-            ready,
-            last_tag: outcome.last_tag.clone(),
-        });
-        match outcome.ready {
-            Some(b'I') => {
-                // A transaction still held (nothing routed yet) stays open for the client.
-                if self.tx.held.is_empty() {
-                    self.tx = Transaction::default();
-                }
-                self.keep_or_release(shard, conn, false);
-            }
-            Some(status) => {
-                self.tx.shard = Some(shard);
-                self.tx.failed_on_shard = status == b'E';
-                if self.tx.settings_before.is_none() {
-                    self.tx.settings_before = Some(self.settings.clone());
-                }
-                self.keep_or_release(shard, conn, true);
-            }
-            // Answers after `Flush`, or mid-COPY: the backend is in the middle of something.
-            None => self.keep_or_release(shard, conn, true),
-        }
-        Ok(settled)
     }
 
     async fn function_call(&mut self, frame: Frame) -> Result<(), SessionEnd> {
