@@ -166,7 +166,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             backfill::prepare_targets(&layout, &login).await?;
             for table in &layout.tables {
-                let source = connect(&layout.source, &table.source_shards[0], &login).await?;
+                let first = table.source_shards.first().with_context(|| {
+                    format!(
+                        "table {} has no source shard in the source layout",
+                        table.table
+                    )
+                })?;
+                let source = connect(&layout.source, first, &login).await?;
                 let shape = read_shape(&source, &table.table).await?;
                 catalog
                     .record_shape(migration.id, &table.table, &shape)

@@ -31,14 +31,7 @@ pub async fn resolve(
     min_age: Duration,
 ) -> anyhow::Result<Resolved> {
     let mut resolved = Resolved::default();
-    let mut targets: Vec<&String> = layout
-        .tables
-        .iter()
-        .flat_map(|t| &t.target_shards)
-        .collect();
-    targets.sort();
-    targets.dedup();
-    for target in targets {
+    for target in layout.receiving_shards() {
         let client = shards.get(target).await?;
         let gids: Vec<String> = client
             .query(indoubt::LIST_SQL, &[&min_age.as_secs_f64()])

@@ -184,7 +184,7 @@ impl Ranges<'_> {
             let mut wanted: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
             for row in &rows {
                 let key_text: String = row.get(0);
-                let to = self.owner_after(&key_text)?;
+                let (_, to) = self.owners(&key_text)?;
                 if to != self.source {
                     wanted.entry(to).or_default().insert(key_text, row.get(1));
                 }
@@ -199,7 +199,7 @@ impl Ranges<'_> {
                 let mut extra = Vec::new();
                 for row in client.query(&read_target, &[&after, &upper]).await? {
                     let key_text: String = row.get(0);
-                    if self.owner_before(&key_text)? != self.source {
+                    if self.owners(&key_text)?.0 != self.source {
                         continue;
                     }
                     let image: String = row.get(1);
@@ -282,23 +282,10 @@ impl Ranges<'_> {
         Ok(())
     }
 
-    fn owner_after(&self, key_text: &str) -> anyhow::Result<String> {
+    /// The key's old and new owner, by name.
+    fn owners(&self, key_text: &str) -> anyhow::Result<(String, String)> {
         let key = self.table.parse_key(key_text).map_err(anyhow::Error::msg)?;
-        Ok(self
-            .table
-            .place(&key)
-            .map_err(anyhow::Error::msg)?
-            .to
-            .to_owned())
-    }
-
-    fn owner_before(&self, key_text: &str) -> anyhow::Result<String> {
-        let key = self.table.parse_key(key_text).map_err(anyhow::Error::msg)?;
-        Ok(self
-            .table
-            .place(&key)
-            .map_err(anyhow::Error::msg)?
-            .from
-            .to_owned())
+        let placement = self.table.place(&key).map_err(anyhow::Error::msg)?;
+        Ok((placement.from.to_owned(), placement.to.to_owned()))
     }
 }

@@ -33,15 +33,7 @@ pub async fn run(ctx: Arc<ProxyContext>) {
         let Some(active) = loaded.migration.as_deref() else {
             continue;
         };
-        let mut targets: Vec<&String> = active
-            .layout
-            .tables
-            .iter()
-            .flat_map(|t| &t.target_shards)
-            .collect();
-        targets.sort();
-        targets.dedup();
-        for target in targets {
+        for target in active.layout.receiving_shards() {
             if let Err(e) = resolve_on(&loaded.config, target).await {
                 tracing::warn!(shard = %target, error = %format!("{e:#}"), "could not resolve in-doubt dual writes");
             }

@@ -23,7 +23,7 @@ use super::ordered::field;
 use super::output::Mark;
 use super::split::{finish_quietly, lost, run, shard_error, Part};
 use super::{ClientError, Session, SessionEnd};
-use crate::backend::pool::Pooled;
+use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
 
@@ -458,11 +458,8 @@ impl Session {
     fn end_transaction(&mut self, shard: ShardId, conn: Pooled) {
         self.tx = super::transaction::Transaction::default();
         if conn.broken {
-            self.release_parts(vec![Part {
-                shard,
-                name: String::new(),
-                conn,
-            }]);
+            self.forget_cancel_key(&conn);
+            Pools::discard(conn);
         } else {
             self.keep_or_release(shard, conn, false);
         }

@@ -161,6 +161,18 @@ impl Layout {
         })
     }
 
+    /// Every shard that receives rows of some moving table, once each, by name.
+    pub fn receiving_shards(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .tables
+            .iter()
+            .flat_map(|t| t.target_shards.iter().map(String::as_str))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
     /// The table move for `table`, if it moves.
     pub fn table(&self, table: &str) -> Option<&TableMove> {
         self.tables.iter().find(|t| t.table == table)
