@@ -12,6 +12,7 @@ use sqlparser::parser::Parser;
 use crate::config::{Config, TableRule};
 use crate::key::KeyValue;
 use crate::plan::RouteError;
+use crate::sqlstate;
 
 /// How the rows of a COPY stream are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +84,7 @@ fn format(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<CopyFor
     let single_byte = |c: char| {
         u8::try_from(u32::from(c)).map_err(|_| {
             RouteError::new(
-                "0A000",
+                sqlstate::FEATURE_NOT_SUPPORTED,
                 "COPY delimiter, quote and escape must be single-byte characters",
             )
         })
@@ -144,7 +145,7 @@ fn format(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<CopyFor
 }
 
 fn binary() -> RouteError {
-    RouteError::new("0A000", "COPY … FROM STDIN in binary format into a sharded table is not supported; use the text or CSV format")
+    RouteError::new(sqlstate::FEATURE_NOT_SUPPORTED, "COPY … FROM STDIN in binary format into a sharded table is not supported; use the text or CSV format")
 }
 
 impl CopyInto {

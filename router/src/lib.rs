@@ -17,6 +17,8 @@ pub mod params;
 pub mod placeholders;
 pub mod plan;
 pub mod split;
+pub mod sqlstate;
+pub mod value;
 
 mod analyze;
 

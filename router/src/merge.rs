@@ -16,6 +16,7 @@ use sqlparser::parser::Parser;
 use crate::params::{Param, Params};
 use crate::placeholders::ShardStatement;
 use crate::plan::RouteError;
+use crate::sqlstate;
 
 /// Which column of a shard's row a sort key reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,11 +89,19 @@ impl RowWindow {
     pub fn bind(&self, params: &dyn Params) -> Result<Slice, RouteError> {
         let limit = match self.limit {
             None => None,
-            Some(count) => count_value(count, params, "LIMIT", "2201W")?,
+            Some(count) => {
+                count_value(count, params, "LIMIT", sqlstate::INVALID_ROW_COUNT_IN_LIMIT)?
+            }
         };
         let offset = match self.offset {
             None => 0,
-            Some(count) => count_value(count, params, "OFFSET", "2201X")?.unwrap_or(0),
+            Some(count) => count_value(
+                count,
+                params,
+                "OFFSET",
+                sqlstate::INVALID_ROW_COUNT_IN_OFFSET,
+            )?
+            .unwrap_or(0),
         };
         Ok(Slice { limit, offset })
     }
@@ -112,7 +121,7 @@ fn count_value(
     let value: Option<i64> = match params.get(index) {
         None => {
             return Err(RouteError::new(
-                "08P01",
+                sqlstate::PROTOCOL_VIOLATION,
                 format!(
                     "{clause} uses parameter ${} but the Bind supplies fewer parameters",
                     index + 1
@@ -137,7 +146,7 @@ fn count_value(
             format!("{clause} must not be negative"),
         )),
         None => Err(RouteError::new(
-            "22P02",
+            sqlstate::INVALID_TEXT_REPRESENTATION,
             format!("{clause} parameter ${} is not an integer", index + 1),
         )),
     }

@@ -18,6 +18,7 @@ use crate::config::{Config, ShardId};
 use crate::params::{Param, Params};
 use crate::placeholders::ShardStatement;
 use crate::plan::RouteError;
+use crate::sqlstate;
 
 /// The rows of a split `INSERT` that go to one shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +75,7 @@ pub fn split_insert(
     for (index, row) in values.rows.iter().enumerate() {
         let null_key = || {
             RouteError::new(
-                "23502",
+                sqlstate::NOT_NULL_VIOLATION,
                 format!("row {} of the INSERT has a NULL shard key {table}.{key_column}; every row needs a key", index + 1),
             )
         };
@@ -85,7 +86,7 @@ pub fn split_insert(
                     Ok(text) => key_type.parse_text(text),
                     Err(_) => {
                         return Some(Err(RouteError::new(
-                            "22021",
+                            sqlstate::CHARACTER_NOT_IN_REPERTOIRE,
                             format!("parameter ${} is not valid UTF-8", i + 1),
                         )))
                     }
@@ -94,14 +95,19 @@ pub fn split_insert(
                 Param::Null => return Some(Err(null_key())),
             },
             KeyExpr::Null => return Some(Err(null_key())),
-            KeyExpr::Invalid(reason) => return Some(Err(RouteError::new("22P02", reason))),
+            KeyExpr::Invalid(reason) => {
+                return Some(Err(RouteError::new(
+                    sqlstate::INVALID_TEXT_REPRESENTATION,
+                    reason,
+                )))
+            }
             KeyExpr::ParamArray(_) => return None,
         };
         let shard = key
-            .map_err(|e| RouteError::new("22P02", e.to_string()))
+            .map_err(|e| RouteError::new(sqlstate::INVALID_TEXT_REPRESENTATION, e.to_string()))
             .and_then(|key| {
                 rule.shard_for(&key)
-                    .map_err(|e| RouteError::new("22023", e.to_string()))
+                    .map_err(|e| RouteError::new(sqlstate::INVALID_PARAMETER_VALUE, e.to_string()))
             });
         match shard {
             Ok(shard) => by_shard.entry(shard).or_default().push(index),

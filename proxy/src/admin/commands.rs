@@ -9,14 +9,10 @@ use super::table::Reply;
 use crate::backend::registry::shard_at;
 use crate::context::ProxyContext;
 use crate::reload::{reload, ReloadOutcome};
+use shardline_router::sqlstate;
 
 /// Every command, for the hint of an unknown one.
 pub const HELP: &str = "commands: SHOW SHARDS | SHOW POOLS | SHOW CLIENTS | SHOW SERVERS | SHOW STATS | SHOW CONFIG | SHOW VERSION | RELOAD | PAUSE [shard] | RESUME [shard] | RESHARD | RESHARD PAUSE [ms] | RESHARD RESUME | SHUTDOWN";
-
-const SYNTAX_ERROR: &str = "42601";
-const UNDEFINED_OBJECT: &str = "42704";
-const CONFIG_FILE_ERROR: &str = "F0000";
-const OBJECT_NOT_IN_STATE: &str = "55000";
 
 /// How often `PAUSE` checks whether running transactions finished.
 const PAUSE_POLL: Duration = Duration::from_millis(20);
@@ -91,7 +87,7 @@ pub fn parse(text: &str) -> Result<Command, Reply> {
 
 fn unknown(text: &str) -> Reply {
     Reply::Error {
-        sqlstate: SYNTAX_ERROR,
+        sqlstate: sqlstate::SYNTAX_ERROR,
         message: format!("unknown admin console command: {}", text.trim()),
         hint: Some(HELP.to_owned()),
     }
@@ -120,7 +116,7 @@ pub async fn run(ctx: &Arc<ProxyContext>, command: Command) -> Reply {
                     tracing::info!(shard = shard.as_deref().unwrap_or("all"), "resumed");
                     Reply::done("RESUME")
                 }
-                Err(e) => Reply::error(OBJECT_NOT_IN_STATE, e.to_string()),
+                Err(e) => Reply::error(sqlstate::OBJECT_NOT_IN_STATE, e.to_string()),
             }
         }
         Command::Shutdown => {
@@ -161,7 +157,7 @@ async fn run_reload(ctx: &Arc<ProxyContext>) -> Reply {
             )],
         },
         ReloadOutcome::Rejected { error } => Reply::Error {
-            sqlstate: CONFIG_FILE_ERROR,
+            sqlstate: sqlstate::CONFIG_FILE_ERROR,
             message: error,
             hint: Some(format!(
                 "the previous config (version {}) keeps serving; fix the file and RELOAD again",
@@ -227,7 +223,7 @@ fn check_shard(ctx: &ProxyContext, shard: Option<&str>) -> Option<Reply> {
         .map(|s| s.name.as_str())
         .collect();
     Some(Reply::Error {
-        sqlstate: UNDEFINED_OBJECT,
+        sqlstate: sqlstate::UNDEFINED_OBJECT,
         message: format!("there is no shard named {name}"),
         hint: Some(format!("the shards are: {}", names.join(", "))),
     })
@@ -247,7 +243,7 @@ mod tests {
         for bad in ["", "SHOW TABLES", "SELECT 1", "PAUSE a b", "RELOAD now"] {
             match parse(bad) {
                 Err(Reply::Error { sqlstate, hint, .. }) => {
-                    assert_eq!(sqlstate, SYNTAX_ERROR);
+                    assert_eq!(sqlstate, sqlstate::SYNTAX_ERROR);
                     assert_eq!(hint.as_deref(), Some(HELP));
                 }
                 other => panic!("{bad}: {other:?}"),

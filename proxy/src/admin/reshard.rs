@@ -13,16 +13,13 @@ use std::time::Duration;
 
 use super::table::{Reply, Table};
 use crate::context::ProxyContext;
+use shardline_router::sqlstate;
 
 /// How long `RESHARD` waits for transactions that began before dual writes.
 pub const SWITCH_DRAIN: Duration = Duration::from_secs(30);
 
 /// The longest pause `RESHARD PAUSE` accepts.
 const MAX_PAUSE: Duration = Duration::from_secs(60);
-
-const OBJECT_NOT_IN_STATE: &str = "55000";
-const CANNOT_CONNECT: &str = "08001";
-const INVALID_PARAMETER: &str = "22023";
 
 /// A `RESHARD` command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,13 +66,13 @@ pub async fn run(ctx: &ProxyContext, command: Reshard) -> Reply {
     match command {
         Reshard::Refresh => refresh(ctx).await,
         Reshard::Pause(limit) if limit > MAX_PAUSE => Reply::error(
-            INVALID_PARAMETER,
+            sqlstate::INVALID_PARAMETER_VALUE,
             format!("RESHARD PAUSE takes at most {} ms", MAX_PAUSE.as_millis()),
         ),
         Reshard::Pause(limit) => match ctx.gate.pause(limit).await {
             Ok(()) => Reply::done("RESHARD PAUSE"),
             Err(running) => Reply::error(
-                OBJECT_NOT_IN_STATE,
+                sqlstate::OBJECT_NOT_IN_STATE,
                 format!(
                     "{running} transactions writing moving keys were still running after {} ms; writes resumed",
                     limit.as_millis()
@@ -93,7 +90,7 @@ async fn refresh(ctx: &ProxyContext) -> Reply {
     let file = ctx.file_config();
     let migration = match crate::migration::catalog::read(&file).await {
         Ok(migration) => migration,
-        Err(e) => return Reply::error(CANNOT_CONNECT, format!("{e:#}")),
+        Err(e) => return Reply::error(sqlstate::CANNOT_CONNECT, format!("{e:#}")),
     };
     let (id, phase) = match &migration {
         Some(m) => (Some(m.id), Some(m.phase)),
@@ -104,7 +101,7 @@ async fn refresh(ctx: &ProxyContext) -> Reply {
     if dual && ctx.confirmed.get() != id {
         if let Err(running) = ctx.gate.writes.drain(SWITCH_DRAIN).await {
             return Reply::error(
-                OBJECT_NOT_IN_STATE,
+                sqlstate::OBJECT_NOT_IN_STATE,
                 format!(
                     "dual writes are on, but {running} transactions that began before are still open after {} s; end them (or wait) and run RESHARD again",
                     SWITCH_DRAIN.as_secs()

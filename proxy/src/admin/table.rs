@@ -8,6 +8,7 @@ use pgwire::messages::response::{
     CommandComplete, EmptyQueryResponse, ErrorResponse, NoticeResponse,
 };
 use pgwire::messages::Message;
+use shardline_router::sqlstate;
 
 /// PostgreSQL's `text` type.
 const TEXT_OID: u32 = 25;
@@ -120,7 +121,12 @@ impl Reply {
                 for notice in notices {
                     put(
                         &mut buf,
-                        &NoticeResponse::new(fields("NOTICE", "00000", notice, None)),
+                        &NoticeResponse::new(fields(
+                            "NOTICE",
+                            sqlstate::SUCCESSFUL_COMPLETION,
+                            notice,
+                            None,
+                        )),
                     );
                 }
                 put(&mut buf, &CommandComplete::new((*tag).to_owned()));

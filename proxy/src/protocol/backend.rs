@@ -36,23 +36,8 @@ pub mod tag {
     pub const ROW_DESCRIPTION: u8 = b'T';
 }
 
-/// SQLSTATE codes the proxy itself raises.
-pub mod sqlstate {
-    pub const PROTOCOL_VIOLATION: &str = "08P01";
-    pub const CONNECTION_FAILURE: &str = "08006";
-    pub const CANNOT_CONNECT: &str = "08001";
-    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
-    pub const INVALID_AUTHORIZATION: &str = "28000";
-    pub const INVALID_PASSWORD: &str = "28P01";
-    pub const TOO_MANY_CONNECTIONS: &str = "53300";
-    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
-    pub const ADMIN_SHUTDOWN: &str = "57P01";
-    pub const INVALID_TRANSACTION_STATE: &str = "25000";
-    pub const INVALID_PARAMETER_VALUE: &str = "22023";
-    pub const OBJECT_NOT_IN_STATE: &str = "55000";
-    pub const TRANSACTION_ROLLBACK: &str = "40000";
-    pub const INTERNAL: &str = "XX000";
-}
+/// The SQLSTATE table, shared with the router and the admin console.
+pub use shardline_router::sqlstate;
 
 fn encode(message: &impl Message) -> Bytes {
     let mut buf = BytesMut::with_capacity(message.message_length() + 1);
@@ -86,7 +71,7 @@ fn error_with_severity(severity: &str, code: &str, message: &str) -> Bytes {
 
 /// A `NoticeResponse` with severity NOTICE.
 pub fn notice(message: &str) -> Bytes {
-    notice_with_severity("NOTICE", "00000", message)
+    notice_with_severity("NOTICE", sqlstate::SUCCESSFUL_COMPLETION, message)
 }
 
 /// A `NoticeResponse` with severity WARNING.

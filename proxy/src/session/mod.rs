@@ -1,61 +1,47 @@
-//! One client session after login: the protocol loop.
+//! One client session after login: the protocol loop, as read → decide → execute.
 //!
-//! The loop reads the client's messages, asks the router where each statement goes, attaches
-//! backends from the pools, and relays answers. Simple-protocol `Query` messages are handled
-//! one at a time; extended-protocol messages are collected up to `Sync` or `Flush` (one
-//! pipeline segment, one implicit transaction) and routed together once the `Bind` parameters
-//! are known.
+//! The loop reads the client's messages. A simple-protocol `Query` is handled at once
+//! ([`simple`]); extended-protocol messages are collected up to `Sync` or `Flush` (one
+//! pipeline segment, one implicit transaction) and handled together once the `Bind` parameters
+//! are known ([`extended`]). Either way the request is routed and handed to the one pure
+//! decision ([`decide`]), whose [`Action`](decide::Action) an executor carries out: locally
+//! ([`local`]), on one shard ([`link`]), or on several ([`multi`]). What the session remembers
+//! between requests is plain values in [`state`].
 //!
 //! Transactions: `BEGIN` is held until the first routed statement, whose shard the
 //! transaction is then pinned to; a statement needing another shard fails the transaction the
 //! way PostgreSQL fails one on error. In transaction pooling mode a backend goes back to its
 //! pool whenever it reports `ReadyForQuery` idle.
 
-mod aggregate;
-mod assembled;
-mod attach;
-mod batch;
-mod binary;
-mod copy_in;
-mod dual;
-mod exchange;
-mod gather;
-mod having;
-mod introspect;
+mod decide;
+mod error;
+mod extended;
+mod link;
 mod local;
-mod numeric;
-mod order;
-mod ordered;
-mod output;
-mod pipeline;
-mod relay;
-mod scatter;
-pub mod settings;
-mod split;
-mod statements;
-mod transaction;
+mod multi;
+mod simple;
+mod state;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use shardline_router::config::PoolMode;
-use shardline_router::{Param, Route, RouteError, ShardId, StatementKind};
+use shardline_router::ShardId;
 use tokio::net::tcp::OwnedReadHalf;
 
 use crate::backend::pool::Pooled;
 use crate::cancel::CancelTargets;
-use crate::context::ProxyContext;
-use crate::protocol::backend::{self as msg, sqlstate};
-use crate::protocol::frontend::query_text;
-use crate::protocol::{Frame, FrameError, FrameReader};
-use exchange::{Effect, Expect, Reply};
-pub use output::ClientOutput;
-use settings::Settings;
-use statements::ClientStatements;
-use transaction::Transaction;
-
+use crate::context::{Loaded, ProxyContext};
 use crate::migration::Ticket;
+use crate::protocol::backend::{self as msg, sqlstate};
+use crate::protocol::{Frame, FrameError, FrameReader};
+use decide::Facts;
+pub use error::ClientError;
+pub use link::output::ClientOutput;
+pub use state::settings;
+use state::settings::Settings;
+use state::statements::ClientStatements;
+use state::transaction::Transaction;
 
 /// Who the client is, as established at startup.
 #[derive(Debug, Clone)]
@@ -65,37 +51,6 @@ pub struct Identity {
     pub pool_mode: PoolMode,
     /// Settings from the startup packet: what `RESET ALL` / `DISCARD ALL` return to.
     pub startup_settings: Settings,
-}
-
-/// An error the client should see, with a SQLSTATE.
-#[derive(Debug, Clone)]
-pub struct ClientError {
-    pub sqlstate: &'static str,
-    pub message: String,
-    /// A full `ErrorResponse` from a shard to pass on instead.
-    pub frame: Option<Bytes>,
-}
-
-impl ClientError {
-    fn new(sqlstate: &'static str, message: impl Into<String>) -> Self {
-        ClientError {
-            sqlstate,
-            message: message.into(),
-            frame: None,
-        }
-    }
-
-    fn bytes(&self) -> Bytes {
-        self.frame
-            .clone()
-            .unwrap_or_else(|| msg::error(self.sqlstate, &self.message))
-    }
-}
-
-impl From<RouteError> for ClientError {
-    fn from(e: RouteError) -> Self {
-        ClientError::new(e.sqlstate, e.message)
-    }
 }
 
 /// Why a session ended.
@@ -132,21 +87,12 @@ pub struct Session {
     /// A statement of the current pipeline failed: like PostgreSQL, the proxy ignores the
     /// client's messages up to `Sync`.
     skip_to_sync: bool,
-    /// The current pipeline runs on several shards (see [`pipeline`]).
-    spread: Option<pipeline::Spread>,
+    /// The current pipeline runs on several shards (see [`extended::pipeline`]).
+    spread: Option<extended::pipeline::Spread>,
     /// Held while a transaction runs: resharding waits for older ones before dual writes.
     write_ticket: Option<Ticket>,
     /// Held while a transaction writes moving keys: a cutover waits for it.
     dual_ticket: Option<Ticket>,
-}
-
-/// How an exchange left the backend, for callers that go on from there.
-#[derive(Debug)]
-struct Settled {
-    /// Status of its last `ReadyForQuery`.
-    ready: u8,
-    /// Its last command tag.
-    last_tag: Option<String>,
 }
 
 impl Session {
@@ -269,220 +215,27 @@ impl Session {
         self.end_failed_pipeline().await
     }
 
-    async fn simple_query(&mut self, frame: Frame) -> Result<(), SessionEnd> {
-        let loaded = self.ctx.snapshot();
-        let sql = match query_text(&frame) {
-            Ok(sql) => sql.to_owned(),
-            Err(e) => {
-                return self
-                    .fail(ClientError::new(
-                        sqlstate::PROTOCOL_VIOLATION,
-                        e.to_string(),
-                    ))
-                    .await
-            }
+    /// The session's state as the decision reads it.
+    fn facts<'a>(&'a self, loaded: &'a Loaded) -> Facts<'a> {
+        let unsynced = if self.conns.values().any(|conn| conn.unsynced) {
+            self.unsynced_shards()
+        } else {
+            Vec::new()
         };
-        if let Some(reply) = self.explain_route(&loaded, &sql) {
-            self.out.push(&reply).await?;
-            self.out
-                .push(&msg::ready_for_query(self.tx.status()))
-                .await?;
-            return Ok(self.out.flush().await?);
-        }
-        let (plan, literals) = self.ctx.plan_simple(&loaded, &sql);
-        let literal_params: Vec<Param<'_>> =
-            literals.iter().map(|l| Param::Text(l.as_bytes())).collect();
-        if let Some(reply) = self.answer_locally(&plan.kind, &sql) {
-            self.out.push(&reply).await?;
-            self.out
-                .push(&msg::ready_for_query(self.tx.status()))
-                .await?;
-            return Ok(self.out.flush().await?);
-        }
-        if self.tx.failed {
-            if let (Some(shard), StatementKind::Commit | StatementKind::Rollback) =
-                (self.tx.shard, &plan.kind)
-            {
-                // Like PostgreSQL, ending a failed transaction rolls it back, whatever was asked.
-                self.tx.failed = false;
-                let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);
-                return self
-                    .exchange(&loaded, shard, |_| {
-                        (vec![local::query_message("ROLLBACK")], queue)
-                    })
-                    .await;
-            }
-            return self.fail(local::aborted()).await;
-        }
-        if plan.kind == StatementKind::Commit
-            && !self.tx.dual.is_empty()
-            && !self.tx.failed_on_shard
-        {
-            if let Some(old) = self.tx.shard {
-                let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);
-                return self
-                    .commit_dual(&loaded, old, |_| (vec![frame.into_bytes()], queue))
-                    .await;
-            }
-        }
-        let dual = match dual::moving_keys(&loaded, &plan, &literal_params) {
-            Ok(dual) => dual,
-            Err(e) => {
-                self.fail_transaction();
-                return self.fail(e).await;
-            }
-        };
-        if dual.is_some() && self.ctx.gate.holds(&self.dual_ticket) {
-            // A cutover holds writes to moving keys; afterwards they may route elsewhere.
-            self.ctx.gate.resumed().await;
-            return Box::pin(self.simple_query(frame)).await;
-        }
-        let route = match (follows_session(&plan.kind), self.tx.shard) {
-            (true, Some(shard)) => Ok(Route::Single(shard)),
-            _ => plan.route(&loaded.config, &literal_params),
-        };
-        let route = match route {
-            Ok(route) => route,
-            Err(_) if dual.is_some() => {
-                self.fail_transaction();
-                return self.fail(dual::several_shards()).await;
-            }
-            Err(e) => {
-                // COPY into a sharded table: each row goes to its shard.
-                if plan.kind == StatementKind::CopyIn {
-                    match shardline_router::copy::copy_into(&loaded.config, &sql) {
-                        Some(Ok(spec)) => {
-                            let delivery = gather::Delivery::simple();
-                            return self.copy_split(&loaded, &sql, &spec, &delivery).await;
-                        }
-                        Some(Err(copy_error)) => {
-                            self.fail_transaction();
-                            return self.fail(copy_error.into()).await;
-                        }
-                        None => {}
-                    }
-                }
-                // A multi-row INSERT whose rows belong to different shards runs as one
-                // atomic statement per shard.
-                let split = (plan.kind == StatementKind::Write)
-                    .then(|| shardline_router::split::split_insert(&loaded.config, &sql, &()))
-                    .flatten();
-                let error = match split {
-                    Some(Ok(parts)) => {
-                        let source = gather::Source::Simple {
-                            sql: &sql,
-                            literals: &literal_params,
-                        };
-                        let delivery = gather::Delivery::simple();
-                        return self.insert_split(&loaded, parts, &source, &delivery).await;
-                    }
-                    Some(Err(split_error)) => split_error,
-                    None => e,
-                };
-                self.fail_transaction();
-                return self.fail(error.into()).await;
-            }
-        };
-        if let Some(notice) = self.route_notice(&loaded, &plan, &route, &literal_params) {
-            self.out.push(&notice).await?;
-        }
-        let effects = match plan.kind {
-            StatementKind::Compound => plan.parts().iter().map(effect_of).collect(),
-            ref kind => vec![effect_of(kind)],
-        };
-        if let Some(keys) = dual {
-            let Route::Single(old) = route else {
-                self.fail_transaction();
-                return self.fail(dual::several_shards()).await;
-            };
-            let queue = VecDeque::from([Expect::Sent {
-                reply: Reply::Cycle,
-                mode: exchange::Mode::Relay,
-                effects,
-                prepares: None,
-            }]);
-            return self
-                .dual_write(&loaded, old, keys, |_| (vec![frame.into_bytes()], queue))
-                .await;
-        }
-        match route {
-            Route::Single(shard) => {
-                let queue = VecDeque::from([Expect::Sent {
-                    reply: Reply::Cycle,
-                    mode: exchange::Mode::Relay,
-                    effects,
-                    prepares: None,
-                }]);
-                let touches_data = !follows_session(&plan.kind);
-                self.exchange_with(&loaded, shard, touches_data, |_| {
-                    (vec![frame.into_bytes()], queue)
-                })
-                .await
-            }
-            Route::Multi(shards) => {
-                if let Some(how) = gather::Gather::of(&plan) {
-                    // Aggregates combined, or ORDER BY / LIMIT merged from sorted streams.
-                    let source = gather::Source::Simple {
-                        sql: &sql,
-                        literals: &literal_params,
-                    };
-                    let delivery = gather::Delivery::simple();
-                    return self.gather(&loaded, &shards, source, how, delivery).await;
-                }
-                if let Err(e) = self.check_scatter_allowed(&shards) {
-                    return self.fail(e).await;
-                }
-                let build = |_: &mut crate::backend::conn::Backend| {
-                    (
-                        vec![frame.clone().into_bytes()],
-                        VecDeque::from([Expect::relay(Reply::Cycle)]),
-                    )
-                };
-                self.scatter(&loaded, &shards, build).await
-            }
+        Facts {
+            config: &loaded.config,
+            tx: &self.tx,
+            held: self.conns.keys().min().copied(),
+            unsynced,
+            spread: self.spread.is_some(),
+            awaiting_sync: self.awaiting_sync,
+            segment_open: self.segment_open,
+            cutover_holds: self.ctx.gate.holds(&self.dual_ticket),
         }
     }
 
-    async fn function_call(&mut self, frame: Frame) -> Result<(), SessionEnd> {
-        let loaded = self.ctx.snapshot();
-        let shard = self.tx.shard.unwrap_or(loaded.config.default_shard);
-        let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);
-        self.exchange(&loaded, shard, |_| (vec![frame.into_bytes()], queue))
-            .await
-    }
-}
-
-/// Statements about the session or transaction rather than data: they run wherever the
-/// client's transaction runs (the default shard outside one).
-fn follows_session(kind: &StatementKind) -> bool {
-    matches!(
-        kind,
-        StatementKind::Begin
-            | StatementKind::Commit
-            | StatementKind::Rollback
-            | StatementKind::TransactionControl
-            | StatementKind::Set { .. }
-            | StatementKind::SetLocal
-            | StatementKind::Reset { .. }
-            | StatementKind::ResetAll
-            | StatementKind::DiscardAll
-            | StatementKind::Show
-            | StatementKind::Empty
-    )
-}
-
-/// The setting change a statement makes when it succeeds.
-fn effect_of(kind: &StatementKind) -> Option<Effect> {
-    match kind {
-        StatementKind::Set { name, value } if value.eq_ignore_ascii_case("default") => {
-            Some(Effect::Reset { name: name.clone() })
-        }
-        StatementKind::Set { name, value } => Some(Effect::Set {
-            name: name.clone(),
-            value: value.clone(),
-        }),
-        StatementKind::Reset { name } => Some(Effect::Reset { name: name.clone() }),
-        StatementKind::ResetAll => Some(Effect::ResetAll),
-        _ => None,
+    /// The names of `shards`, for messages.
+    fn shard_names(&self, shards: &[ShardId]) -> String {
+        decide::shard_names(&self.ctx.snapshot().config, shards)
     }
 }

@@ -9,6 +9,7 @@ use crate::key::KeyType;
 use crate::plan::{
     join_names, null_key, Branch, ClassInfo, KeySrc, KeyUpdate, Keyed, Restr, RouteError, Target,
 };
+use crate::sqlstate;
 
 /// Union-find over occurrences.
 struct Classes {
@@ -70,7 +71,7 @@ pub(super) fn compile(w: &Walker<'_>, alts: &[Alt]) -> Target {
             .find(|o| matches!(o.kind, TableKind::Sharded | TableKind::Unlisted));
         return match other {
             Some(o) => Target::Error(RouteError::new(
-                "0A000",
+                sqlstate::FEATURE_NOT_SUPPORTED,
                 format!(
                     "a write to reference table {table} must produce the same rows on every shard, so it cannot read {} table {}; compute the values in the application or write them literally",
                     if o.kind == TableKind::Sharded { "sharded" } else { "unlisted" },
@@ -362,14 +363,20 @@ fn key_src(key: &KeyExpr, key_type: KeyType, insert: bool, column: &str) -> KeyS
     match key {
         KeyExpr::Literal(text) => match key_type.parse_text(text) {
             Ok(v) => KeySrc::Value(v),
-            Err(e) => KeySrc::Fail(RouteError::new("22P02", e.to_string())),
+            Err(e) => KeySrc::Fail(RouteError::new(
+                sqlstate::INVALID_TEXT_REPRESENTATION,
+                e.to_string(),
+            )),
         },
         KeyExpr::Null if insert => KeySrc::Fail(null_key(column)),
         KeyExpr::Null => KeySrc::Null,
         KeyExpr::Param(i) if insert => KeySrc::InsertParam(*i),
         KeyExpr::Param(i) => KeySrc::Param(*i),
         KeyExpr::ParamArray(i) => KeySrc::ParamArray(*i),
-        KeyExpr::Invalid(why) => KeySrc::Fail(RouteError::new("22P02", why.clone())),
+        KeyExpr::Invalid(why) => KeySrc::Fail(RouteError::new(
+            sqlstate::INVALID_TEXT_REPRESENTATION,
+            why.clone(),
+        )),
     }
 }
 

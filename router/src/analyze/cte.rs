@@ -5,6 +5,7 @@ use sqlparser::ast::{Cte, SetExpr, TableAlias};
 
 use super::walker::{norm, Alt, Columns, CteBinding, Item, QueryOut, Walker};
 use crate::plan::RouteError;
+use crate::sqlstate;
 
 impl<'a> Walker<'a> {
     pub(super) fn find_cte(&self, name: &str) -> Option<usize> {
@@ -133,7 +134,7 @@ impl<'a> Walker<'a> {
         let columns = if let Some(columns) = &binding.dml_columns {
             if binding.refs > 1 && self.single_only.is_none() {
                 self.single_only = Some(RouteError::new(
-                    "0A000",
+                    sqlstate::FEATURE_NOT_SUPPORTED,
                     format!(
                         "the data-modifying WITH query {} is used more than once, which shardline can only run on a single shard; restrict it by the shard key or split the statement",
                         binding.name

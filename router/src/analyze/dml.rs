@@ -12,6 +12,7 @@ use super::walker::{
     column_parts, name_parts, norm, Alt, Columns, Formula, Item, OccId, QueryOut, TableKind, Walker,
 };
 use crate::plan::RouteError;
+use crate::sqlstate;
 
 impl<'a> Walker<'a> {
     /// The target of a DML statement: registers the occurrence as an anchor.
@@ -150,7 +151,7 @@ impl<'a> Walker<'a> {
             .unwrap_or_default();
         let refuse = |w: &mut Walker<'a>| {
             w.fail(
-                "0A000",
+                sqlstate::FEATURE_NOT_SUPPORTED,
                 format!("changing the shard key {table}.{key} with UPDATE is not supported: the row would have to move to another shard; move the row by DELETE and INSERT"),
             );
         };
@@ -259,11 +260,11 @@ impl<'a> Walker<'a> {
                         }
                         match position {
                             None if insert.columns.is_empty() => self.fail(
-                                "0A000",
+                                sqlstate::FEATURE_NOT_SUPPORTED,
                                 format!("INSERT into sharded table {table_name} needs an explicit column list (INSERT INTO {table_name} ({key}, …) VALUES …) so shardline can find the shard key {key}"),
                             ),
                             None => self.fail(
-                                "0A000",
+                                sqlstate::FEATURE_NOT_SUPPORTED,
                                 format!("INSERT into sharded table {table_name} must set the shard key column {key}; shardline cannot route the row otherwise"),
                             ),
                             Some(position) => {
@@ -273,7 +274,7 @@ impl<'a> Walker<'a> {
                                         Some(k) => keys.push(k),
                                         None => {
                                             self.fail(
-                                                "0A000",
+                                                sqlstate::FEATURE_NOT_SUPPORTED,
                                                 format!("the shard key {table_name}.{key} in an INSERT must be a literal or a $n parameter, not an expression (DEFAULT and function calls cannot be routed); compute the key in the application"),
                                             );
                                             break;
@@ -282,7 +283,7 @@ impl<'a> Walker<'a> {
                                 }
                                 if values.rows.len() > 1 {
                                     self.single_only = Some(RouteError::new(
-                                        "0A000",
+                                        sqlstate::FEATURE_NOT_SUPPORTED,
                                         "multi-row INSERT whose rows belong to different shards is not supported yet; insert the rows separately",
                                     ));
                                 }
@@ -300,7 +301,7 @@ impl<'a> Walker<'a> {
                         let out = self.walk_query(source);
                         self.nest(&out.alts);
                         self.fail(
-                            "0A000",
+                            sqlstate::FEATURE_NOT_SUPPORTED,
                             format!("INSERT … SELECT into sharded table {table_name} is not supported yet; insert the rows with INSERT … VALUES"),
                         );
                     }
@@ -313,7 +314,7 @@ impl<'a> Walker<'a> {
             None => {
                 if let Some(key) = &key_column {
                     self.fail(
-                        "0A000",
+                        sqlstate::FEATURE_NOT_SUPPORTED,
                         format!("INSERT into sharded table {table_name} must set the shard key column {key}; DEFAULT VALUES cannot be routed"),
                     );
                 }
@@ -408,7 +409,7 @@ impl<'a> Walker<'a> {
         if let Some(occ) = target.and_then(|t| self.occs.get(t)) {
             if occ.kind == TableKind::Sharded {
                 self.single_only = Some(RouteError::new(
-                    "0A000",
+                    sqlstate::FEATURE_NOT_SUPPORTED,
                     format!("MERGE into sharded table {} is not supported yet when it spans several shards; use INSERT … ON CONFLICT, UPDATE or DELETE", occ.name),
                 ));
             }

@@ -10,6 +10,7 @@ use super::walker::{
     name_parts, norm, Alt, Columns, Item, Occ, OccId, TableKind, Walker, MAX_OCCURRENCES,
 };
 use crate::config::Sharding;
+use crate::sqlstate;
 
 impl<'a> Walker<'a> {
     // -----------------------------------------------------------------------------------------
@@ -60,7 +61,7 @@ impl<'a> Walker<'a> {
         let (kind, rule) = self.classify(&parts);
         if self.occs.len() >= MAX_OCCURRENCES {
             self.fail(
-                "54001",
+                sqlstate::STATEMENT_TOO_COMPLEX,
                 "statement too complex for shardline to route: too many table references",
             );
             return None;
@@ -158,7 +159,7 @@ impl<'a> Walker<'a> {
                     }
                     if let Some(t) = only_table {
                         self.fail(
-                            "42601",
+                            sqlstate::SYNTAX_ERROR,
                             format!("shardline cannot read `ONLY ({})`; write `ONLY {}` without parentheses", t.value, t.value),
                         );
                         return;

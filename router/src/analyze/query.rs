@@ -9,6 +9,7 @@ use sqlparser::ast::{
 
 use super::aggregate::Aggregation;
 use super::walker::{name_parts, norm, Alt, Columns, Item, QueryOut, Walker, MAX_ALTERNATIVES};
+use crate::sqlstate;
 
 impl<'a> Walker<'a> {
     /// Walks a query (WITH, body, ORDER BY, LIMIT).
@@ -134,7 +135,7 @@ impl<'a> Walker<'a> {
                     let mut alts = l.alts;
                     alts.extend(r.alts);
                     if alts.len() > MAX_ALTERNATIVES {
-                        self.fail("54001", "statement too complex for shardline to route: too many UNION ALL branches; split it");
+                        self.fail(sqlstate::STATEMENT_TOO_COMPLEX, "statement too complex for shardline to route: too many UNION ALL branches; split it");
                     }
                     alts
                 } else {
@@ -176,7 +177,10 @@ impl<'a> Walker<'a> {
                 }
             }
             _ => {
-                self.fail("0A000", "shardline does not support this kind of query");
+                self.fail(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "shardline does not support this kind of query",
+                );
                 QueryOut::default()
             }
         }

@@ -9,6 +9,7 @@ use sqlparser::tokenizer::TokenWithSpan;
 use super::{lex, TOO_COMPLEX};
 use crate::config::Config;
 use crate::plan::{Plan, RouteError, StatementKind, Target};
+use crate::sqlstate;
 
 /// Text sqlparser cannot parse (or will not parse safely). Utility statements are recognised by
 /// their first words; anything else goes to the default shard only if it mentions no
@@ -55,7 +56,7 @@ pub(super) fn unparseable(
             return Plan {
                 kind: StatementKind::Unsupported,
                 target: Target::Error(RouteError::new(
-                    "0A000",
+                    sqlstate::FEATURE_NOT_SUPPORTED,
                     format!("shardline could not parse this {} statement ({why}); use SET name = value or RESET name", word(0)),
                 )),
                 parts: Vec::new(),

@@ -12,6 +12,7 @@ use super::walker::{name_parts, norm, Alt, TableKind, Walker};
 use super::Analysis;
 use crate::config::Config;
 use crate::plan::{RouteError, StatementKind, Target};
+use crate::sqlstate;
 
 /// CALL runs a procedure on the default shard; arguments that read configured tables would
 /// be evaluated there too, which is only right for unsharded tables.
@@ -24,7 +25,7 @@ pub(super) fn call(config: &Config, function: &sqlparser::ast::Function) -> Anal
         .find(|o| matches!(o.kind, TableKind::Sharded | TableKind::Reference));
     let target = match (configured, w.error.take()) {
         (Some(o), _) => Target::Error(RouteError::new(
-            "0A000",
+            sqlstate::FEATURE_NOT_SUPPORTED,
             format!("CALL runs on the default shard, so its arguments cannot read configured table {}; compute them first", o.name),
         )),
         (None, Some(e)) => Target::Error(e),
@@ -131,7 +132,7 @@ fn select_into_targets(q: &Query) -> Vec<ObjectName> {
 
 fn create_from_sharded(table: &str) -> RouteError {
     RouteError::new(
-        "0A000",
+        sqlstate::FEATURE_NOT_SUPPORTED,
         format!(
             "creating a table from a query over sharded table {table} (CREATE TABLE … AS, SELECT … INTO, CREATE MATERIALIZED VIEW) is not supported; create the table first, then fill it with INSERT"
         ),
@@ -183,7 +184,7 @@ pub(super) fn concatenated_read(config: &Config, q: &Query) -> Analysis {
     if q.order_by.is_some() {
         if let Target::Keyed(k) = &mut a.target {
             k.single_only = Some(RouteError::new(
-                "0A000",
+                sqlstate::FEATURE_NOT_SUPPORTED,
                 "ORDER BY across several shards is not supported yet; restrict the query to one shard key, or sort on the client",
             ));
         }
@@ -199,7 +200,7 @@ pub(super) fn cursor(config: &Config, stmts: &[sqlparser::ast::Declare]) -> Anal
     let mut a = read_or_write(config, query);
     if let Target::Keyed(k) = &mut a.target {
         k.single_only = Some(RouteError::new(
-            "0A000",
+            sqlstate::FEATURE_NOT_SUPPORTED,
             "a cursor must stay on one shard: restrict its query by the shard key, or read without a cursor",
         ));
     }
@@ -222,7 +223,7 @@ pub(super) fn copy(
         let mut a = Analysis::fixed(
             kind,
             Target::Error(RouteError::new(
-                "0A000",
+                sqlstate::FEATURE_NOT_SUPPORTED,
                 "COPY to or from a file or program on the server is not supported through shardline; use COPY … FROM STDIN or COPY … TO STDOUT",
             )),
         );
@@ -238,7 +239,7 @@ pub(super) fn copy(
             if query.order_by.is_some() {
                 if let Target::Keyed(k) = &mut a.target {
                     k.single_only = Some(RouteError::new(
-                        "0A000",
+                        sqlstate::FEATURE_NOT_SUPPORTED,
                         "COPY (query ORDER BY …) TO STDOUT cannot keep the order across several shards; restrict the query to one shard or sort after copying",
                     ));
                 }
@@ -272,7 +273,7 @@ pub(super) fn copy(
                 None => Target::Default(format!("COPY of table {name}, which is not in shards.yaml: default shard")),
                 Some(crate::config::Sharding::Reference) if to => Target::Anywhere(format!("COPY from reference table {name}: any shard (the default)")),
                 Some(crate::config::Sharding::Reference) => Target::Error(RouteError::new(
-                    "0A000",
+                    sqlstate::FEATURE_NOT_SUPPORTED,
                     format!("COPY into reference table {name} is not supported yet (it must reach every shard); use INSERT"),
                 )),
                 Some(_) => {
@@ -285,15 +286,15 @@ pub(super) fn copy(
                                 let out = w.walk_query(query);
                                 if !to {
                                     w.single_only = Some(RouteError::new(
-                                        "0A000",
+                                        sqlstate::FEATURE_NOT_SUPPORTED,
                                         format!("COPY into sharded table {name} is not supported yet; use INSERT"),
                                     ));
                                 }
                                 compile::compile(&w, &out.alts)
                             }
-                            _ => Target::Error(RouteError::new("42601", format!("shardline could not read the table name {table_name}"))),
+                            _ => Target::Error(RouteError::new(sqlstate::SYNTAX_ERROR, format!("shardline could not read the table name {table_name}"))),
                         },
-                        Err(e) => Target::Error(RouteError::new("42601", format!("shardline could not read the table name {table_name}: {e}"))),
+                        Err(e) => Target::Error(RouteError::new(sqlstate::SYNTAX_ERROR, format!("shardline could not read the table name {table_name}: {e}"))),
                     }
                 }
             };

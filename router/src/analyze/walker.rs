@@ -31,6 +31,7 @@ use super::aggregate::Aggregation;
 use super::value::KeyExpr;
 use crate::config::Config;
 use crate::plan::RouteError;
+use crate::sqlstate;
 
 /// Index of an occurrence in [`Walker::occs`].
 pub(super) type OccId = usize;
@@ -393,7 +394,7 @@ impl<'a> Walker<'a> {
         }
         if left.len().saturating_mul(right.len()) > MAX_ALTERNATIVES {
             self.fail(
-                "54001",
+                sqlstate::STATEMENT_TOO_COMPLEX,
                 "statement too complex for shardline to route: too many UNION ALL combinations; split it into simpler statements",
             );
             return left;

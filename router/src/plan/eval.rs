@@ -4,6 +4,7 @@
 
 use crate::config::{Config, ShardId, TableRule};
 use crate::params::Params;
+use crate::sqlstate;
 
 use super::shard_set::{all_shards, table_shards};
 use super::target::{Branch, KeyUpdate, Keyed, Restr, Target};
@@ -132,7 +133,7 @@ impl<'a> Eval<'a> {
                 }
                 if union.len() > 1 {
                     return Err(RouteError::new(
-                        "0A000",
+                        sqlstate::FEATURE_NOT_SUPPORTED,
                         format!(
                             "a multi-statement query must stay on one shard, but this one needs {}; send the statements separately",
                             self.names(&union)
@@ -155,7 +156,7 @@ impl<'a> Eval<'a> {
                 Some(rule) if rule.key_column().is_some() => rules.push(rule),
                 _ => {
                     return Err(RouteError::new(
-                        "55000",
+                        sqlstate::OBJECT_NOT_IN_STATE,
                         format!(
                             "the sharding of table {} changed since this statement was planned; prepare the statement again",
                             class.tables.first().map_or("?", String::as_str)
@@ -185,7 +186,7 @@ impl<'a> Eval<'a> {
                 (1, Some(id)) if result.contains(id) => {}
                 _ => {
                     return Err(RouteError::new(
-                        "0A000",
+                        sqlstate::FEATURE_NOT_SUPPORTED,
                         format!(
                             "part of this statement reads {} while another part must run on exactly one shard; split the statement",
                             self.names(&result)
@@ -256,7 +257,7 @@ impl<'a> Eval<'a> {
                         .get(*class)
                         .map_or_else(String::new, |c| join_names(&c.tables));
                     return Err(RouteError::new(
-                        "0A000",
+                        sqlstate::FEATURE_NOT_SUPPORTED,
                         format!(
                             "this query aggregates, de-duplicates or limits rows of {tables} (aggregates, GROUP BY, DISTINCT, LIMIT, window functions) across {}, which shardline cannot merge yet: restrict it to one shard key or group by the shard key",
                             self.names(set)
@@ -278,7 +279,7 @@ impl<'a> Eval<'a> {
                 (None, _) if set.is_empty() => {}
                 (None, _) => {
                     return Err(RouteError::new(
-                        "0A000",
+                        sqlstate::FEATURE_NOT_SUPPORTED,
                         format!(
                             "{} would read {}; a subquery that is not joined to the outer rows on the shard key must stay on one shard: restrict it by {} or run it separately",
                             self.pin_text(k, branch, Pin::Subquery(*class)),
@@ -289,7 +290,7 @@ impl<'a> Eval<'a> {
                 }
                 (Some(id), Some((other, existing))) if *existing != id => {
                     return Err(RouteError::new(
-                        "0A000",
+                        sqlstate::FEATURE_NOT_SUPPORTED,
                         format!(
                             "{} needs shard {} but {} needs shard {}; shardline cannot combine rows from different shards in one statement",
                             self.pin_text(k, branch, Pin::Subquery(*class)),
@@ -321,7 +322,7 @@ impl<'a> Eval<'a> {
                     Pin::Subquery(_) => "restrict both to the same shard key or run the subquery separately",
                 };
                 Err(RouteError::new(
-                    "0A000",
+                    sqlstate::FEATURE_NOT_SUPPORTED,
                     format!(
                         "{} ({}), but sharded table {tables} is read on {}; {advice}",
                         self.pin_text(k, branch, what),
@@ -357,7 +358,7 @@ impl<'a> Eval<'a> {
         };
         if name(a) == name(b) {
             return RouteError::new(
-                "0A000",
+                sqlstate::FEATURE_NOT_SUPPORTED,
                 format!(
                     "this statement combines rows of {} from different shards (a self-join, UNION, INTERSECT or EXCEPT not linked by the shard key), which is not supported; link them by the shard key, use UNION ALL, or split the statement",
                     name(a)
@@ -365,7 +366,7 @@ impl<'a> Eval<'a> {
             );
         }
         RouteError::new(
-            "0A000",
+            sqlstate::FEATURE_NOT_SUPPORTED,
             format!(
                 "cross-shard join of {} and {} is not supported; join co-located tables on their shard key",
                 name(a),
@@ -387,7 +388,7 @@ impl<'a> Eval<'a> {
             .map_or("the shard key", |c| c.column.as_str());
         let err = || {
             RouteError::new(
-                "0A000",
+                sqlstate::FEATURE_NOT_SUPPORTED,
                 format!(
                     "changing the shard key {column} with UPDATE is not supported when the row could move to another shard; move the row by DELETE and INSERT"
                 ),

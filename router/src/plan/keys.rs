@@ -4,6 +4,7 @@
 use crate::config::{ShardId, Sharding, TableRule};
 use crate::key::{KeyError, KeyValue};
 use crate::params::Param;
+use crate::sqlstate;
 
 use super::eval::Eval;
 use super::target::{ClassInfo, KeySrc};
@@ -63,7 +64,7 @@ impl<'a> Eval<'a> {
                         let text = utf8_param(bytes, "array parameter", *i, class)?;
                         let elements = crate::analyze::parse_text_array(text).map_err(|why| {
                             RouteError::new(
-                                "22P02",
+                                sqlstate::INVALID_TEXT_REPRESENTATION,
                                 format!("malformed array parameter ${}: {why}", i + 1),
                             )
                         })?;
@@ -73,7 +74,7 @@ impl<'a> Eval<'a> {
                         let elements =
                             crate::analyze::parse_binary_array(bytes).map_err(|why| {
                                 RouteError::new(
-                                    "22P02",
+                                    sqlstate::INVALID_TEXT_REPRESENTATION,
                                     format!("malformed binary array parameter ${}: {why}", i + 1),
                                 )
                             })?;
@@ -96,7 +97,7 @@ impl<'a> Eval<'a> {
     fn param(&self, index: usize) -> Result<Param<'a>, RouteError> {
         self.params.get(index).ok_or_else(|| {
             RouteError::new(
-                "08P01",
+                sqlstate::PROTOCOL_VIOLATION,
                 format!(
                     "the statement uses parameter ${} but the Bind message did not supply it",
                     index + 1
@@ -117,7 +118,7 @@ fn place(rule: &TableRule, key: &KeyValue) -> Result<ShardId, RouteError> {
     if let Sharding::Hash { shards, .. } = &rule.sharding {
         if shards.is_empty() {
             return Err(RouteError::new(
-                "55000",
+                sqlstate::OBJECT_NOT_IN_STATE,
                 format!(
                     "hash table {} has an empty shard list in shards.yaml; list its shards",
                     rule.name
@@ -126,7 +127,7 @@ fn place(rule: &TableRule, key: &KeyValue) -> Result<ShardId, RouteError> {
         }
     }
     rule.shard_for(key)
-        .map_err(|e| RouteError::new("22023", e.to_string()))
+        .map_err(|e| RouteError::new(sqlstate::INVALID_PARAMETER_VALUE, e.to_string()))
 }
 
 /// A text-format parameter as UTF-8; `what` names it in the error ("parameter", "array
@@ -139,7 +140,7 @@ fn utf8_param<'p>(
 ) -> Result<&'p str, RouteError> {
     std::str::from_utf8(bytes).map_err(|_| {
         RouteError::new(
-            "22021",
+            sqlstate::CHARACTER_NOT_IN_REPERTOIRE,
             format!(
                 "{what} ${} for shard key {} is not valid UTF-8",
                 index + 1,
@@ -164,5 +165,5 @@ fn parse_elements<T>(
 
 /// A value that is not a valid shard key of its type (invalid_text_representation).
 fn invalid_key(e: KeyError) -> RouteError {
-    RouteError::new("22P02", e.to_string())
+    RouteError::new(sqlstate::INVALID_TEXT_REPRESENTATION, e.to_string())
 }

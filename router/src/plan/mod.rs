@@ -26,6 +26,7 @@ use std::fmt;
 
 use crate::config::{Config, ShardId};
 use crate::params::Params;
+use crate::sqlstate;
 
 use eval::Eval;
 pub use named::NamedKeys;
@@ -231,7 +232,7 @@ fn shard_name(config: &Config, id: ShardId) -> String {
 /// The error for an inserted row without a shard key.
 pub(crate) fn null_key(column: &str) -> RouteError {
     RouteError::new(
-        "23502",
+        sqlstate::NOT_NULL_VIOLATION,
         format!("null value in shard key column {column}: every row of a sharded table needs a shard key"),
     )
 }

@@ -13,13 +13,13 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use shardline_router::ShardId;
 
-use super::exchange::{completes, Expect, Mode, Reply};
-use super::{ClientError, Session, SessionEnd};
-use crate::backend::conn::{Backend, BackendError};
+use crate::backend::conn::Backend;
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::Frame;
+use crate::session::link::exchange::{completes, Expect, Mode, Reply};
+use crate::session::{ClientError, Session, SessionEnd};
 
 /// One shard taking part in a scatter.
 struct Leg {
@@ -48,7 +48,7 @@ struct Merged {
 
 impl Session {
     /// Sends what `build` makes to each shard in `shards` and merges the answers.
-    pub(super) async fn scatter<F>(
+    pub(crate) async fn scatter<F>(
         &mut self,
         loaded: &Loaded,
         shards: &[ShardId],
@@ -79,7 +79,7 @@ impl Session {
                         failure: None,
                     });
                     if let Err(e) = sent {
-                        let error = lost(&legs[legs.len() - 1].name, &e);
+                        let error = ClientError::lost_shard(&legs[legs.len() - 1].name, e);
                         self.release_legs(legs);
                         return self.fail(error).await;
                     }
@@ -183,7 +183,7 @@ impl Session {
                 .conn
                 .read()
                 .await
-                .map_err(|e| MergeError::Shard(lost(&leg.name, &e)))?;
+                .map_err(|e| MergeError::Shard(ClientError::lost_shard(&leg.name, e)))?;
             let frame_tag = frame.tag();
             let pass = match frame_tag {
                 tag::DATA_ROW | tag::COPY_DATA => merged.error.is_none(),
@@ -260,13 +260,6 @@ enum MergeError {
     Shard(ClientError),
 }
 
-fn lost(shard: &str, e: &BackendError) -> ClientError {
-    ClientError::new(
-        sqlstate::CONNECTION_FAILURE,
-        format!("lost the connection to shard {shard}: {e}"),
-    )
-}
-
 /// One backend's queue with every client `Parse` of a named statement turned into a silent
 /// prepare and a local `ParseComplete`. Backends that already have the statement answer the
 /// client's `Parse` locally; this makes the others answer it the same way, so every leg's
@@ -316,7 +309,7 @@ async fn next_client_entry(leg: &mut Leg) -> Result<Option<Expect>, MergeError> 
                 .conn
                 .read()
                 .await
-                .map_err(|e| MergeError::Shard(lost(&leg.name, &e)))?;
+                .map_err(|e| MergeError::Shard(ClientError::lost_shard(&leg.name, e)))?;
             match frame.tag() {
                 tag::ERROR_RESPONSE if reply != Reply::Cycle => {
                     leg.skipping = true;

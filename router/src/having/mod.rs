@@ -7,6 +7,10 @@
 //! and parameters, `IS [NOT] NULL`, `AND`, `OR`, `NOT` and parentheses. Anything else leaves the
 //! query uncombined, and the router refuses it with a clear error.
 
+mod eval;
+
+pub use eval::keep;
+
 use sqlparser::ast::{BinaryOperator, Expr, UnaryOperator, Value};
 
 use crate::combine::{combinable, Combine};

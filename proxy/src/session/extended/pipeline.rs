@@ -17,60 +17,40 @@ use std::collections::{BTreeSet, VecDeque};
 use std::ops::Range;
 
 use bytes::Bytes;
-use shardline_router::{Route, ShardId, StatementKind};
+use shardline_router::ShardId;
 
-use super::attach::ready_status;
-use super::batch::{build_messages, Item, Segment};
-use super::exchange::{Expect, Reply};
-use super::split::{commit_all, finish_quietly, run, Part};
-use super::{ClientError, Session, SessionEnd};
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::frontend::{ABORT_PIPELINE, BEGIN_IN_PIPELINE, FLUSH, SYNC};
+use crate::session::decide::Target;
+use crate::session::extended::messages::build_messages;
+use crate::session::extended::segment::{Item, Segment};
+use crate::session::link::attach::ready_status;
+use crate::session::link::exchange::{Expect, Reply};
+use crate::session::multi::twophase::{commit_parts, finish_quietly, roll_back_parts, Part};
+use crate::session::{ClientError, Session, SessionEnd};
 
 /// A pipeline running on several shards, each inside a transaction the proxy opened.
 #[derive(Debug, Default)]
-pub(super) struct Spread {
+pub(crate) struct Spread {
     /// Shards whose backend runs this pipeline's transaction.
     joined: BTreeSet<ShardId>,
     /// Where the last statement ran: messages that name no shard go there.
     last: Option<ShardId>,
 }
 
-/// Consecutive messages of a segment that end with one `Execute`, and where they run.
+/// Consecutive messages of a segment that end with one `Execute`, and the shard they run on
+/// (the decision spreads a segment only when each statement needs one shard).
 struct Unit {
     items: Range<usize>,
-    route: Option<Route>,
+    target: Option<ShardId>,
 }
 
 impl Session {
-    /// Whether `segment` must run spread: outside a transaction block, its statements (with
-    /// what this pipeline already ran) need more than one shard, each statement one shard.
-    pub(super) fn needs_spread(&self, segment: &Segment) -> bool {
-        if self.spread.is_some() {
-            return true;
-        }
-        if self.tx.open() || segment.assembly.is_some() || controls_transactions(segment) {
-            return false;
-        }
-        // The common segment (one statement, nothing left unsynced) decides without allocating.
-        if segment.routes.len() <= 1 && !self.conns.values().any(|conn| conn.unsynced) {
-            return false;
-        }
-        let mut shards: BTreeSet<ShardId> = self.unsynced_shards().into_iter().collect();
-        for (_, route) in &segment.routes {
-            match route {
-                Route::Single(shard) => shards.insert(*shard),
-                Route::Multi(_) => return false,
-            };
-        }
-        shards.len() > 1
-    }
-
     /// Runs a segment of a spread pipeline, statement by statement on each one's shard; at the
     /// segment's `Sync` the pipeline commits everywhere or nowhere.
-    pub(super) async fn run_spread(
+    pub(crate) async fn run_spread(
         &mut self,
         loaded: &Loaded,
         segment: Segment,
@@ -88,29 +68,12 @@ impl Session {
             }
             self.spread = Some(spread);
         }
-        if controls_transactions(&segment) {
-            let error = ClientError::new(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                "a transaction block cannot start or end in a pipeline whose statements need several shards; send a Sync before BEGIN",
-            );
-            return self.fail(error).await;
-        }
         for unit in units(&segment) {
             if self.skip_to_sync {
                 break;
             }
-            let shard = match unit.route {
-                Some(Route::Single(shard)) => shard,
-                Some(Route::Multi(shards)) => {
-                    let error = ClientError::new(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        format!(
-                            "a statement that needs shards {} cannot run in a pipeline whose other statements need other shards; send a Sync before it",
-                            self.shard_names(&shards)
-                        ),
-                    );
-                    return self.fail(error).await;
-                }
+            let shard = match unit.target {
+                Some(shard) => shard,
                 None => self
                     .spread
                     .as_ref()
@@ -184,21 +147,9 @@ impl Session {
             }
         }
         if failure.is_some() {
-            for part in &mut parts {
-                finish_quietly(&mut part.conn, "ROLLBACK").await;
-            }
-        } else if let [only] = parts.as_mut_slice() {
-            failure = match run(&mut only.conn, "COMMIT").await {
-                Ok(None) => None,
-                Ok(Some(error)) => Some(super::split::shard_error(&error, &only.name)),
-                Err(e) => Some(super::split::lost(&only.name, &e)),
-            };
+            roll_back_parts(&mut parts).await;
         } else {
-            let gid = format!("shardline_{:016x}", rand::random::<u64>());
-            failure = self.prepare_all(&mut parts, &gid).await;
-            if failure.is_none() {
-                failure = commit_all(&mut parts, &gid).await;
-            }
+            failure = commit_parts(&mut parts).await;
         }
         self.release_parts(parts);
         if let Some(error) = failure {
@@ -223,7 +174,7 @@ impl Session {
 
     /// Ends a pipeline that failed, at its `Sync`: whatever it left open on backends is
     /// aborted, then the client gets its one `ReadyForQuery`.
-    pub(super) async fn end_failed_pipeline(&mut self) -> Result<(), SessionEnd> {
+    pub(crate) async fn end_failed_pipeline(&mut self) -> Result<(), SessionEnd> {
         let mut parts = self.take_spread_parts();
         for part in &mut parts {
             sync(&mut part.conn).await;
@@ -257,7 +208,7 @@ impl Session {
     }
 
     /// Shards whose held backend is inside this pipeline (sent messages not yet synced).
-    fn unsynced_shards(&self) -> Vec<ShardId> {
+    pub(crate) fn unsynced_shards(&self) -> Vec<ShardId> {
         self.conns
             .iter()
             .filter(|(_, conn)| conn.unsynced)
@@ -266,24 +217,11 @@ impl Session {
     }
 
     /// Lets a backend go whose state is unknown: the pool closes it.
-    pub(super) fn drop_backend(&mut self, mut conn: Pooled) {
+    pub(crate) fn drop_backend(&mut self, mut conn: Pooled) {
         conn.broken = true;
         self.forget_cancel_key(&conn);
         Pools::discard(conn);
     }
-}
-
-/// Whether the segment begins or ends a transaction block.
-fn controls_transactions(segment: &Segment) -> bool {
-    segment.kinds.iter().any(|k| {
-        matches!(
-            k,
-            StatementKind::Begin
-                | StatementKind::Commit
-                | StatementKind::Rollback
-                | StatementKind::TransactionControl
-        )
-    })
 }
 
 /// Cuts a segment after each `Execute`; the closing `Sync` or `Flush` is left out (the spread
@@ -305,14 +243,17 @@ fn units(segment: &Segment) -> Vec<Unit> {
     let mut start = 0;
     for (i, item) in segment.items[..end].iter().enumerate() {
         if matches!(item, Item::Execute { .. }) || i + 1 == end {
-            let route = segment
-                .routes
+            let target = segment
+                .routed
                 .iter()
                 .find(|(at, _)| (start..=i).contains(at))
-                .map(|(_, route)| route.clone());
+                .and_then(|(_, target)| match target {
+                    Target::Shard(shard) => Some(*shard),
+                    _ => None,
+                });
             units.push(Unit {
                 items: start..i + 1,
-                route,
+                target,
             });
             start = i + 1;
         }

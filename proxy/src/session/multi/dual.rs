@@ -16,146 +16,17 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 use shardline_router::migration::images::{lock_keys_sql, read_images_sql};
 use shardline_router::migration::indoubt;
-use shardline_router::{KeyValue, Params, Plan, ShardId, StatementKind};
+use shardline_router::{KeyValue, ShardId};
 
-use super::exchange::{Expect, Mode, Reply};
-use super::ordered::field;
-use super::output::Mark;
-use super::split::{finish_quietly, lost, run, shard_error, Part};
-use super::{ClientError, Session, SessionEnd};
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
-
-/// Moving keys a transaction wrote, by table, each with its new owner.
-#[derive(Debug, Default)]
-pub(super) struct DualKeys {
-    tables: BTreeMap<String, Vec<(KeyValue, ShardId)>>,
-}
-
-impl DualKeys {
-    pub(super) fn is_empty(&self) -> bool {
-        self.tables.is_empty()
-    }
-
-    pub(super) fn merge(&mut self, other: DualKeys) {
-        for (table, keys) in other.tables {
-            let mine = self.tables.entry(table).or_default();
-            for key in keys {
-                if !mine.contains(&key) {
-                    mine.push(key);
-                }
-            }
-        }
-    }
-}
-
-/// The moving keys `plan` writes with `params`, or why it may not run while the migration
-/// dual-writes: writes to a moving table must name their keys and stay on one shard.
-pub(super) fn moving_keys(
-    loaded: &Loaded,
-    plan: &Plan,
-    params: &dyn Params,
-) -> Result<Option<DualKeys>, ClientError> {
-    let Some(active) = loaded
-        .migration
-        .as_deref()
-        .filter(|m| m.phase.dual_writes())
-    else {
-        return Ok(None);
-    };
-    let writes = match &plan.kind {
-        StatementKind::Write | StatementKind::CopyIn | StatementKind::Ddl => true,
-        StatementKind::Compound => plan
-            .parts()
-            .iter()
-            .any(|k| matches!(k, StatementKind::Write | StatementKind::Ddl)),
-        _ => false,
-    };
-    if !writes {
-        return Ok(None);
-    }
-    let ends_transactions = plan.parts().iter().any(|k| {
-        matches!(
-            k,
-            StatementKind::Begin | StatementKind::Commit | StatementKind::Rollback
-        )
-    });
-    let named = plan.named_keys(&loaded.config, params)?;
-    let mut found = DualKeys::default();
-    for class in named {
-        for table in &class.tables {
-            let Some((moving, _)) = active.moving(table) else {
-                continue;
-            };
-            let refuse = |what: &str| {
-                ClientError::new(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    format!(
-                        "table {table} is being resharded (migration {}, phase {}): {what}",
-                        active.id, active.phase
-                    ),
-                )
-            };
-            if plan.kind != StatementKind::Write && plan.kind != StatementKind::Compound {
-                return Err(refuse(
-                    "COPY and schema changes on it wait until the migration ends",
-                ));
-            }
-            if ends_transactions {
-                return Err(refuse(
-                    "send BEGIN and COMMIT as statements of their own around writes to it, not in one query string with them",
-                ));
-            }
-            let Some(keys) = &class.keys else {
-                return Err(refuse(&format!(
-                    "a write to it must name its keys ({} = …) until the cutover",
-                    moving.key_column
-                )));
-            };
-            for key in keys {
-                let placement = moving
-                    .place(key)
-                    .map_err(|e| ClientError::new(sqlstate::INVALID_PARAMETER_VALUE, e))?;
-                let serving = loaded
-                    .config
-                    .table(table)
-                    .and_then(|r| r.shard_for(key).ok());
-                if serving != loaded.config.shard_id(placement.from) {
-                    return Err(ClientError::new(
-                        sqlstate::OBJECT_NOT_IN_STATE,
-                        format!(
-                            "this proxy's shards.yaml places key {key} of {table} elsewhere than migration {}'s source layout (shard {}); serve the source layout until the cutover",
-                            active.id, placement.from
-                        ),
-                    ));
-                }
-                if !placement.moves() {
-                    continue;
-                }
-                let owner = loaded.config.shard_id(placement.to).ok_or_else(|| {
-                    ClientError::new(
-                        sqlstate::INTERNAL,
-                        format!("shard {} of the target layout has no pool", placement.to),
-                    )
-                })?;
-                let entry = found.tables.entry(moving.table.clone()).or_default();
-                if !entry.iter().any(|(k, _)| k == key) {
-                    entry.push((key.clone(), owner));
-                }
-            }
-        }
-    }
-    Ok((!found.is_empty()).then_some(found))
-}
-
-/// The refusal of a dual write that would need several shards at once.
-pub(super) fn several_shards() -> ClientError {
-    ClientError::new(
-        sqlstate::FEATURE_NOT_SUPPORTED,
-        "while its table is being resharded, a write to moving keys must stay on one shard; send one statement per shard key",
-    )
-}
+use crate::session::link::exchange::{Expect, Mode, Reply};
+use crate::session::link::output::Mark;
+use crate::session::multi::ordered::field;
+use crate::session::multi::twophase::{finish_quietly, run, Part};
+use crate::session::state::transaction::DualKeys;
+use crate::session::{ClientError, Session, SessionEnd};
 
 /// Makes the proxy, not the backend, answer the last `ReadyForQuery` of an exchange.
 fn hold_ready(queue: &mut VecDeque<Expect>) {
@@ -178,7 +49,7 @@ impl Session {
     /// Runs a write to moving keys on their old owner `old`: inside the client's transaction
     /// (the keys join it, copied at its `COMMIT`), or, in autocommit, in a transaction of its
     /// own that commits on both owners before the client hears `ReadyForQuery`.
-    pub(super) async fn dual_write<F>(
+    pub(crate) async fn dual_write<F>(
         &mut self,
         loaded: &Loaded,
         old: ShardId,
@@ -205,7 +76,7 @@ impl Session {
         let settled = self
             .exchange_settled(loaded, old, true, |conn| {
                 let (mut messages, mut queue) = build(conn);
-                messages.insert(0, super::local::query_message("BEGIN"));
+                messages.insert(0, crate::session::local::query_message("BEGIN"));
                 queue.push_front(Expect::swallow(Reply::Cycle));
                 hold_ready(&mut queue);
                 (messages, queue)
@@ -229,7 +100,7 @@ impl Session {
     /// Ends the client's transaction on `old` with its moving keys copied, committing it
     /// with the client's own `COMMIT` (what `build` makes): phase one on the new owners, the
     /// old owner's commit, phase two; the client hears `ReadyForQuery` after all of it.
-    pub(super) async fn commit_dual<F>(
+    pub(crate) async fn commit_dual<F>(
         &mut self,
         loaded: &Loaded,
         old: ShardId,
@@ -381,17 +252,17 @@ impl Session {
                     let sql = format!(
                         "BEGIN; {}; PREPARE TRANSACTION {}",
                         statements.join("; "),
-                        super::settings::quote_literal(&gid)
+                        crate::session::state::settings::quote_literal(&gid)
                     );
                     let failure = match run(&mut conn, &sql).await {
                         Ok(None) => None,
                         Ok(Some(error)) => {
                             finish_quietly(&mut conn, "ROLLBACK").await;
-                            Some(shard_error(&error, &name))
+                            Some(ClientError::from_shard(&error, &name))
                         }
                         Err(e) => {
                             conn.broken = true;
-                            Some(lost(&name, &e))
+                            Some(ClientError::lost_shard(&name, e))
                         }
                     };
                     let part = Part {
@@ -423,7 +294,7 @@ impl Session {
             for part in &mut copies {
                 let sql = format!(
                     "{verb} PREPARED {}",
-                    super::settings::quote_literal(&part.name)
+                    crate::session::state::settings::quote_literal(&part.name)
                 );
                 if !matches!(run(&mut part.conn, &sql).await, Ok(None)) {
                     part.conn.broken = true;
@@ -456,7 +327,7 @@ impl Session {
     }
 
     fn end_transaction(&mut self, shard: ShardId, conn: Pooled) {
-        self.tx = super::transaction::Transaction::default();
+        self.tx = crate::session::state::transaction::Transaction::default();
         if conn.broken {
             self.forget_cancel_key(&conn);
             Pools::discard(conn);
@@ -485,13 +356,16 @@ async fn query_rows(
     shard: &str,
     sql: &str,
 ) -> Result<Vec<Vec<Option<String>>>, ClientError> {
-    conn.send(&super::local::query_message(sql))
+    conn.send(&crate::session::local::query_message(sql))
         .await
-        .map_err(|e| lost(shard, &e.to_string()))?;
+        .map_err(|e| ClientError::lost_shard(shard, e.to_string()))?;
     let mut rows = Vec::new();
     let mut error = None;
     loop {
-        let frame = conn.read().await.map_err(|e| lost(shard, &e.to_string()))?;
+        let frame = conn
+            .read()
+            .await
+            .map_err(|e| ClientError::lost_shard(shard, e.to_string()))?;
         match frame.tag() {
             tag::DATA_ROW => {
                 let mut row = Vec::new();
@@ -510,7 +384,7 @@ async fn query_rows(
         }
     }
     match error {
-        Some(error) => Err(shard_error(&error, shard)),
+        Some(error) => Err(ClientError::from_shard(&error, shard)),
         None => Ok(rows),
     }
 }

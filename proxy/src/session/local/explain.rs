@@ -7,12 +7,13 @@
 //! settings), every simple-protocol statement is preceded by a NOTICE naming its shards.
 
 use bytes::Bytes;
-use shardline_router::{Config, Param, Plan, Route};
+use shardline_router::{Config, Param, Plan, Route, ShardId};
 
-use super::Session;
 use crate::admin::table::{Reply, Table};
 use crate::context::Loaded;
 use crate::protocol::backend as msg;
+use crate::session::decide::shard_names;
+use crate::session::Session;
 
 /// The statement inside `EXPLAIN (ROUTE) …`, if `sql` is one.
 fn explained_statement(sql: &str) -> Option<&str> {
@@ -30,20 +31,15 @@ fn strip_word<'a>(text: &'a str, word: &str) -> Option<&'a str> {
 
 /// Shard names of a route.
 fn route_names(config: &Config, route: &Route) -> String {
-    let ids: Vec<usize> = match route {
-        Route::Single(shard) => vec![*shard],
-        Route::Multi(shards) => shards.clone(),
-    };
-    let names: Vec<&str> = ids
-        .iter()
-        .filter_map(|id| config.shards.get(*id).map(|s| s.name.as_str()))
-        .collect();
-    names.join(", ")
+    match route {
+        Route::Single(shard) => shard_names(config, &[*shard]),
+        Route::Multi(shards) => shard_names(config, shards),
+    }
 }
 
 impl Session {
     /// The answer to `EXPLAIN (ROUTE) …`, or `None` when `sql` is something else.
-    pub(super) fn explain_route(&self, loaded: &Loaded, sql: &str) -> Option<Bytes> {
+    pub(crate) fn explain_route(&self, loaded: &Loaded, sql: &str) -> Option<Bytes> {
         let statement = explained_statement(sql)?;
         let (plan, literals) = self.ctx.plan_simple(loaded, statement);
         let params: Vec<Param<'_>> = literals.iter().map(|l| Param::Text(l.as_bytes())).collect();
@@ -57,11 +53,11 @@ impl Session {
     }
 
     /// A NOTICE naming the shards of a statement, when the client asked for them.
-    pub(super) fn route_notice(
+    pub(crate) fn route_notice(
         &self,
         loaded: &Loaded,
         plan: &Plan,
-        route: &Route,
+        shards: &[ShardId],
         params: &[Param<'_>],
     ) -> Option<Bytes> {
         let setting = self.settings.get("shardline.show_route")?;
@@ -72,7 +68,7 @@ impl Session {
         on.then(|| {
             msg::notice(&format!(
                 "shardline: {} ({})",
-                route_names(&loaded.config, route),
+                shard_names(&loaded.config, shards),
                 plan.explain(&loaded.config, &params.to_vec())
             ))
         })

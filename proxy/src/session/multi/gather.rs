@@ -13,17 +13,17 @@ use shardline_router::merge::{MergeSpec, Slice};
 use shardline_router::placeholders::ShardStatement;
 use shardline_router::{Param, Params, Plan, ShardId};
 
-use super::ordered::MergeFailure;
-use super::{local, ClientError, Session, SessionEnd};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::frontend::{
     build_parse, describe_execute_sync, is_binary, param_types_subset, BindView,
 };
+use crate::session::multi::ordered::MergeFailure;
+use crate::session::{local, ClientError, Session, SessionEnd};
 
 /// How the rows of a multi-shard read are put together.
 #[derive(Clone, Copy)]
-pub(super) enum Gather<'a> {
+pub(crate) enum Gather<'a> {
     /// A streaming merge of sorted results.
     Ordered(&'a MergeSpec),
     /// Groups combined from partial aggregates.
@@ -43,7 +43,7 @@ impl Gather<'_> {
 }
 
 /// The statement to gather, as the client sent it.
-pub(super) enum Source<'a> {
+pub(crate) enum Source<'a> {
     /// A simple-protocol query, with the constants the plan cache took out of its text as
     /// parameters of the cached plan (see `shardline_router::normalize`).
     Simple {
@@ -93,7 +93,7 @@ impl Source<'_> {
 
 /// What the client is owed besides the rows.
 #[derive(Clone)]
-pub(super) struct Delivery {
+pub(crate) struct Delivery {
     /// Send the row description (always in the simple protocol; on `Describe` in the extended).
     pub describe: bool,
     /// The client's result format codes from `Bind`: none (all text), one for all, or one per
@@ -128,7 +128,7 @@ impl Delivery {
 impl Session {
     /// Runs a multi-shard read whose rows the proxy must merge (`ORDER BY`/`LIMIT`) or combine
     /// (aggregates) rather than concatenate.
-    pub(super) async fn gather(
+    pub(crate) async fn gather(
         &mut self,
         loaded: &Loaded,
         shards: &[ShardId],
@@ -137,9 +137,7 @@ impl Session {
         delivery: Delivery,
     ) -> Result<(), SessionEnd> {
         let params = source.params();
-        let prepared = self
-            .check_scatter_allowed(shards)
-            .and_then(|()| shard_request(&source, &params, gather, &delivery));
+        let prepared = shard_request(&source, &params, gather, &delivery);
         let (request, slice, formats) = match prepared {
             Ok(prepared) => prepared,
             Err(error) => {
@@ -167,7 +165,7 @@ impl Session {
 
     /// Completes a statement the proxy assembled from several shards (`tag`) or reports its
     /// error, then answers what followed it.
-    pub(super) async fn complete(
+    pub(crate) async fn complete(
         &mut self,
         result: Result<String, MergeFailure>,
         delivery: &Delivery,

@@ -5,9 +5,8 @@
 
 use std::cmp::Ordering;
 
-use shardline_router::merge::SortKey;
-
 use super::binary;
+use crate::merge::SortKey;
 
 /// How one sort column's values compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,21 +1,34 @@
 //! Extended-protocol segments whose one statement the proxy assembles from several shards (a
 //! merged or combined read, a split `INSERT`, a `COPY` into a sharded table): the client's
-//! other messages are answered here,
-//! in order, around the assembled result, since no single backend runs the client's statement.
+//! other messages are answered here, in order, around the assembled result, since no single
+//! backend runs the client's statement.
 
 use bytes::BytesMut;
+use shardline_router::copy::CopyInto;
+use shardline_router::split::InsertPart;
 use shardline_router::ShardId;
 
-use super::batch::{Assembly, Item, Segment};
-use super::exchange::Reply;
-use super::gather::{Delivery, Gather, Source};
-use super::ordered::MergeFailure;
-use super::statements::Statement;
-use super::{ClientError, Session, SessionEnd};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::frontend::{execute_max_rows, BindView};
 use crate::protocol::Frame;
+use crate::session::extended::segment::{Item, Segment};
+use crate::session::link::exchange::Reply;
+use crate::session::multi::gather::{Delivery, Gather, Source};
+use crate::session::multi::ordered::MergeFailure;
+use crate::session::state::statements::Statement;
+use crate::session::{ClientError, Session, SessionEnd};
+
+/// How the segment's one statement is assembled, as decided.
+#[derive(Clone, Copy)]
+pub(crate) enum Assembled<'a> {
+    /// Rows merged or aggregates combined from these shards.
+    Gather(&'a [ShardId]),
+    /// A split multi-row `INSERT`.
+    Split(&'a [InsertPart]),
+    /// A `COPY` into a sharded table.
+    Copy(&'a CopyInto),
+}
 
 /// The client's messages of an assembled segment, sorted into what comes before the result
 /// and what after.
@@ -30,16 +43,16 @@ struct Layout<'a> {
 }
 
 impl Session {
-    /// Runs a segment holding one statement the proxy assembles from `shards`.
-    pub(super) async fn run_assembled(
+    /// Runs a segment holding one statement the proxy assembles as `how` says.
+    pub(crate) async fn run_assembled(
         &mut self,
         loaded: &Loaded,
-        shards: &[ShardId],
-        segment: Segment,
+        how: Assembled<'_>,
+        segment: &Segment,
     ) -> Result<(), SessionEnd> {
         // A split INSERT without RETURNING answers no rows, so a row limit cannot cut it
         // (pgjdbc's batched inserts send one).
-        let rowless = matches!(&segment.assembly, Some(Assembly::Split(parts)) if !parts.iter().any(|p| p.returning));
+        let rowless = matches!(how, Assembled::Split(parts) if !parts.iter().any(|p| p.returning));
         let layout = match layout(&segment.items, rowless) {
             Ok(layout) => layout,
             Err(error) => return self.fail(error).await,
@@ -68,17 +81,19 @@ impl Session {
             ready: layout.ready,
             extended: true,
         };
-        match (&segment.assembly, Gather::of(&statement.plan)) {
-            (Some(Assembly::Split(parts)), _) => {
-                self.insert_split(loaded, parts.clone(), &source, &delivery)
+        match (how, Gather::of(&statement.plan)) {
+            (Assembled::Split(parts), _) => {
+                self.insert_split(loaded, parts.to_vec(), &source, &delivery)
                     .await
             }
-            (Some(Assembly::Copy(spec)), _) => {
+            (Assembled::Copy(spec), _) => {
                 self.copy_split(loaded, &statement.query, spec, &delivery)
                     .await
             }
-            (_, Some(how)) => self.gather(loaded, shards, source, how, delivery).await,
-            (_, None) => {
+            (Assembled::Gather(shards), Some(gather)) => {
+                self.gather(loaded, shards, source, gather, delivery).await
+            }
+            (Assembled::Gather(_), None) => {
                 let error = ClientError::new(
                     sqlstate::FEATURE_NOT_SUPPORTED,
                     "this statement cannot be assembled from several shards; restrict it to one shard key",

@@ -10,11 +10,11 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::output::ClientOutput;
-use super::settings::Settings;
 use crate::backend::conn::{Backend, BackendError};
 use crate::protocol::backend::{self as msg, tag};
 use crate::protocol::{Frame, FrameError, FrameReader};
+use crate::session::link::output::ClientOutput;
+use crate::session::state::settings::Effect;
 
 /// The kind of a message sent to a backend, which decides what ends its answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,14 +28,6 @@ pub enum Reply {
     Sync,
     /// A simple-protocol `Query` or a `FunctionCall`: answers end with `ReadyForQuery`.
     Cycle,
-}
-
-/// A session-setting change to record once its statement succeeds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Effect {
-    Set { name: String, value: String },
-    Reset { name: String },
-    ResetAll,
 }
 
 /// What to do with the answers to one message sent to a backend.
@@ -291,21 +283,6 @@ where
         backend.send(frame.bytes()).await?;
         if matches!(frame.tag(), b'c' | b'f') {
             return Ok(());
-        }
-    }
-}
-
-/// Applies recorded effects to a settings map.
-pub fn apply_effects(settings: &mut Settings, effects: &[Effect]) {
-    for effect in effects {
-        match effect {
-            Effect::Set { name, value } => {
-                settings.insert(name.clone(), value.clone());
-            }
-            Effect::Reset { name } => {
-                settings.remove(name);
-            }
-            Effect::ResetAll => settings.clear(),
         }
     }
 }

@@ -13,18 +13,17 @@ use bytes::{BufMut, Bytes, BytesMut};
 use shardline_router::merge::{MergeSpec, Slice};
 use shardline_router::ShardId;
 
-use super::gather::Delivery;
-use super::order::{compare_key, Comparison, ValueOrder};
-use super::split::lost;
-use super::{local, ClientError, Session};
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::frontend::is_binary;
 use crate::protocol::Frame;
+use crate::session::multi::gather::Delivery;
+use crate::session::{local, ClientError, Session};
+use shardline_router::value::order::{compare_key, Comparison, ValueOrder};
 
 /// One shard's sorted stream.
-pub(super) struct Stream {
+pub(crate) struct Stream {
     shard: ShardId,
     name: String,
     conn: Pooled,
@@ -35,7 +34,7 @@ pub(super) struct Stream {
 }
 
 /// What went wrong while merging.
-pub(super) enum MergeFailure {
+pub(crate) enum MergeFailure {
     Client(std::io::Error),
     Query(ClientError),
 }
@@ -50,7 +49,7 @@ impl Session {
     /// Sends `request` (a query, or an extended-protocol execution ending in `Sync`) to every
     /// shard in `shards` (the first also reports its collation) and returns the streams
     /// opened, with the error that stopped opening more, if any.
-    pub(super) async fn open_streams(
+    pub(crate) async fn open_streams(
         &mut self,
         loaded: &Loaded,
         shards: &[ShardId],
@@ -89,7 +88,7 @@ impl Session {
             };
             if let Err(e) = ready {
                 stream.conn.broken = true;
-                let error = lost(&stream.name, &e);
+                let error = ClientError::lost_shard(&stream.name, e);
                 streams.push(stream);
                 return (streams, Some(error));
             }
@@ -100,7 +99,7 @@ impl Session {
 
     /// Reads the streams to their ends and releases their backends; a stream that cannot be
     /// read to its end turns a success into an error, since the backend state is unknown.
-    pub(super) async fn close_streams(
+    pub(crate) async fn close_streams(
         &mut self,
         mut streams: Vec<Stream>,
         result: Result<u64, MergeFailure>,
@@ -117,7 +116,7 @@ impl Session {
     }
 
     /// Reads descriptions, then merges rows to the client; returns how many rows were sent.
-    pub(super) async fn stream_merged(
+    pub(crate) async fn stream_merged(
         &mut self,
         streams: &mut [Stream],
         spec: &MergeSpec,
@@ -206,13 +205,13 @@ impl Session {
     }
 }
 
-pub(super) fn unsupported(message: &str) -> MergeFailure {
+pub(crate) fn unsupported(message: &str) -> MergeFailure {
     MergeFailure::Query(ClientError::new(sqlstate::FEATURE_NOT_SUPPORTED, message))
 }
 
 /// The first shard's collation and the row description every shard sends first; `None` when
 /// there are no shards.
-pub(super) async fn read_header(
+pub(crate) async fn read_header(
     streams: &mut [Stream],
 ) -> Result<Option<(String, Frame)>, MergeFailure> {
     let collation = match streams.first_mut() {
@@ -254,7 +253,7 @@ async fn read(stream: &mut Stream) -> Result<Frame, MergeFailure> {
         .conn
         .read()
         .await
-        .map_err(|e| MergeFailure::Query(lost(name, &e.to_string())))
+        .map_err(|e| MergeFailure::Query(ClientError::lost_shard(name, e.to_string())))
 }
 
 /// The answer to `SHOW lc_collate` on the first shard.
@@ -272,7 +271,7 @@ async fn read_collation(stream: &mut Stream) -> Result<String, MergeFailure> {
 
 /// The next message of a stream's query that matters: a description, a row, or `None` at the
 /// end of its rows. A shard error becomes the merge's error, naming the shard.
-pub(super) async fn next_message(stream: &mut Stream) -> Result<Option<Frame>, MergeFailure> {
+pub(crate) async fn next_message(stream: &mut Stream) -> Result<Option<Frame>, MergeFailure> {
     if stream.exhausted {
         return Ok(None);
     }
@@ -331,7 +330,7 @@ async fn drain(streams: &mut [Stream]) -> bool {
 }
 
 /// Column type OIDs of a `RowDescription`, and how many columns the client sees.
-pub(super) fn describe(frame: &Frame, hidden: usize) -> Option<(Vec<u32>, usize)> {
+pub(crate) fn describe(frame: &Frame, hidden: usize) -> Option<(Vec<u32>, usize)> {
     let body = frame.body();
     let count = usize::from(u16::from_be_bytes(body.get(..2)?.try_into().ok()?));
     let mut types = Vec::with_capacity(count);
@@ -385,7 +384,7 @@ fn strip_row(frame: &Frame, visible: usize, hidden: usize) -> Bytes {
     rebuild(tag::DATA_ROW, visible, body.get(2..at).unwrap_or_default())
 }
 
-pub(super) fn rebuild(message: u8, count: usize, fields: &[u8]) -> Bytes {
+pub(crate) fn rebuild(message: u8, count: usize, fields: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(fields.len() + 7);
     out.put_u8(message);
     out.put_i32(i32::try_from(fields.len() + 6).unwrap_or(i32::MAX));
@@ -395,7 +394,7 @@ pub(super) fn rebuild(message: u8, count: usize, fields: &[u8]) -> Bytes {
 }
 
 /// Value `column` of a `DataRow` (`None` for NULL).
-pub(super) fn field(frame: &Frame, column: usize) -> Option<Option<&[u8]>> {
+pub(crate) fn field(frame: &Frame, column: usize) -> Option<Option<&[u8]>> {
     let body = frame.body();
     let mut at = 2;
     for i in 0..=column {

@@ -3,21 +3,20 @@
 
 use std::cmp::Ordering;
 
-use shardline_router::having::{CompareOp, Operand, Predicate};
-use shardline_router::Param;
-
-use super::binary;
-use super::order::{Comparison, ValueOrder};
-use super::ordered::{unsupported, MergeFailure};
+use super::{CompareOp, Operand, Predicate};
+use crate::sqlstate;
+use crate::value::binary;
+use crate::value::order::{Comparison, ValueOrder};
+use crate::{Param, RouteError};
 
 /// Whether a combined group passes `predicate`. `values` are the group's text values (hidden
 /// `HAVING` columns are always text), `comparisons` how each column compares.
-pub(super) fn keep(
+pub fn keep(
     predicate: &Predicate,
     values: &[Option<Vec<u8>>],
     comparisons: &[Comparison],
     params: &[Param<'_>],
-) -> Result<bool, MergeFailure> {
+) -> Result<bool, RouteError> {
     let group = Group {
         values,
         comparisons,
@@ -33,7 +32,7 @@ struct Group<'a> {
 }
 
 impl Group<'_> {
-    fn eval(&self, predicate: &Predicate) -> Result<Option<bool>, MergeFailure> {
+    fn eval(&self, predicate: &Predicate) -> Result<Option<bool>, RouteError> {
         Ok(match predicate {
             Predicate::And(a, b) => match (self.eval(a)?, self.eval(b)?) {
                 (Some(false), _) | (_, Some(false)) => Some(false),
@@ -63,7 +62,7 @@ impl Group<'_> {
                     binary: false,
                 };
                 let ordering = order.compare(&a, &b).ok_or_else(|| {
-                    unsupported("a HAVING comparison across shards could not read its values; restrict the query to one shard")
+                    unsupported_having("a HAVING comparison across shards could not read its values; restrict the query to one shard")
                 })?;
                 Some(match op {
                     CompareOp::Lt => ordering == Ordering::Less,
@@ -89,7 +88,7 @@ impl Group<'_> {
     }
 
     /// The operand's text value (`None` for NULL).
-    fn value(&self, operand: &Operand) -> Result<Option<Vec<u8>>, MergeFailure> {
+    fn value(&self, operand: &Operand) -> Result<Option<Vec<u8>>, RouteError> {
         Ok(match operand {
             Operand::Column(column) => self.values.get(*column).cloned().flatten(),
             Operand::Literal(text) => Some(text.as_bytes().to_vec()),
@@ -99,7 +98,7 @@ impl Group<'_> {
                 Some(Param::Binary(bytes)) => Some(
                     binary::integer(bytes)
                         .ok_or_else(|| {
-                            unsupported(
+                            unsupported_having(
                                 "a binary HAVING parameter must be an integer; send it as text",
                             )
                         })?
@@ -109,4 +108,8 @@ impl Group<'_> {
             },
         })
     }
+}
+
+fn unsupported_having(message: &str) -> RouteError {
+    RouteError::new(sqlstate::FEATURE_NOT_SUPPORTED, message)
 }

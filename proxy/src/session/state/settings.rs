@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use shardline_router::StatementKind;
+
 /// Startup parameters that are connection metadata, not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
@@ -106,6 +108,45 @@ pub fn sync_sql(applied: Option<&Settings>, wanted: &Settings) -> Option<String>
         }
     }
     (!sql.is_empty()).then_some(sql)
+}
+
+/// A session-setting change to record once its statement succeeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Set { name: String, value: String },
+    Reset { name: String },
+    ResetAll,
+}
+
+/// The setting change a statement makes when it succeeds.
+pub fn effect_of(kind: &StatementKind) -> Option<Effect> {
+    match kind {
+        StatementKind::Set { name, value } if value.eq_ignore_ascii_case("default") => {
+            Some(Effect::Reset { name: name.clone() })
+        }
+        StatementKind::Set { name, value } => Some(Effect::Set {
+            name: name.clone(),
+            value: value.clone(),
+        }),
+        StatementKind::Reset { name } => Some(Effect::Reset { name: name.clone() }),
+        StatementKind::ResetAll => Some(Effect::ResetAll),
+        _ => None,
+    }
+}
+
+/// Applies recorded effects to a settings map.
+pub fn apply_effects(settings: &mut Settings, effects: &[Effect]) {
+    for effect in effects {
+        match effect {
+            Effect::Set { name, value } => {
+                settings.insert(name.clone(), value.clone());
+            }
+            Effect::Reset { name } => {
+                settings.remove(name);
+            }
+            Effect::ResetAll => settings.clear(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,17 +10,20 @@ use bytes::BufMut;
 use shardline_router::combine::{AggregateSpec, Combine};
 
 use shardline_router::merge::Slice;
+use shardline_router::sqlstate;
 use shardline_router::Param;
 
-use super::gather::Delivery;
-use super::order::{compare_key, Comparison, ValueOrder};
-use super::ordered::{
-    describe, field, next_message, read_header, rebuild, unsupported, MergeFailure, Stream,
-};
-use super::{binary, having, numeric};
-use super::{ClientError, Session};
 use crate::protocol::backend::tag;
 use crate::protocol::frontend::is_binary;
+use crate::session::multi::gather::Delivery;
+use crate::session::multi::ordered::{
+    describe, field, next_message, read_header, rebuild, unsupported, MergeFailure, Stream,
+};
+use crate::session::{ClientError, Session};
+use shardline_router::having;
+use shardline_router::value::binary;
+use shardline_router::value::numeric;
+use shardline_router::value::order::{compare_key, Comparison, ValueOrder};
 
 /// One column's values, owned.
 type Values = Vec<Option<Vec<u8>>>;
@@ -36,7 +39,7 @@ struct Column {
 
 impl Session {
     /// Reads every shard's groups, combines them, and sends the ordered, limited result.
-    pub(super) async fn combine_streams(
+    pub(crate) async fn combine_streams(
         &mut self,
         streams: &mut [Stream],
         spec: &AggregateSpec,
@@ -96,7 +99,9 @@ impl Session {
             let comparisons: Vec<Comparison> = columns.iter().map(|c| c.order.comparison).collect();
             let mut kept = Vec::with_capacity(groups.len());
             for values in groups {
-                if having::keep(predicate, &values, &comparisons, params)? {
+                if having::keep(predicate, &values, &comparisons, params)
+                    .map_err(|e| MergeFailure::Query(e.into()))?
+                {
                     kept.push(values);
                 }
             }
@@ -311,7 +316,10 @@ fn combine(
                 .zip(text(&b).and_then(|y| y.parse::<i64>().ok()))
                 .and_then(|(x, y)| x.checked_add(y))
                 .ok_or_else(|| {
-                    MergeFailure::Query(ClientError::new("22003", "bigint out of range"))
+                    MergeFailure::Query(ClientError::new(
+                        sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+                        "bigint out of range",
+                    ))
                 })?;
             sum.to_string().into_bytes()
         }

@@ -8,18 +8,29 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 use shardline_router::ShardId;
 
-use super::exchange::{self, apply_effects, ExchangeError, Expect, Outcome, Reply};
-use super::transaction::Transaction;
-use super::{local, settings, ClientError, Session, SessionEnd, Settled};
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate};
+use crate::session::link::exchange::{self, ExchangeError, Expect, Outcome, Reply};
+use crate::session::state::settings;
+use crate::session::state::settings::apply_effects;
+use crate::session::state::transaction::Transaction;
+use crate::session::{local, ClientError, Session, SessionEnd};
+
+/// How an exchange left the backend, for callers that go on from there.
+#[derive(Debug)]
+pub(crate) struct Settled {
+    /// Status of its last `ReadyForQuery`.
+    pub(crate) ready: u8,
+    /// Its last command tag.
+    pub(crate) last_tag: Option<String>,
+}
 
 impl Session {
     /// Runs messages on one shard's backend: attaches it, brings its settings in line with the
     /// client's, sends any held `BEGIN`, then sends what `build` makes for that backend and
     /// relays the answers.
-    pub(super) async fn exchange<F>(
+    pub(crate) async fn exchange<F>(
         &mut self,
         loaded: &Loaded,
         shard: ShardId,
@@ -33,7 +44,7 @@ impl Session {
 
     /// [`Session::exchange`], optionally leaving a held `BEGIN` held (for messages that do not
     /// touch data, such as a lone `Parse`, which must not decide the transaction's shard).
-    pub(super) async fn exchange_with<F>(
+    pub(crate) async fn exchange_with<F>(
         &mut self,
         loaded: &Loaded,
         shard: ShardId,
@@ -50,7 +61,7 @@ impl Session {
 
     /// [`Session::exchange_with`], telling how the backend was left (`None` when the exchange
     /// failed and the client was answered).
-    pub(super) async fn exchange_settled<F>(
+    pub(crate) async fn exchange_settled<F>(
         &mut self,
         loaded: &Loaded,
         shard: ShardId,
@@ -61,14 +72,11 @@ impl Session {
         F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
     {
         let started = std::time::Instant::now();
-        if let Err(e) = self.check_pinned(shard) {
-            return self.fail(e).await.map(|()| None);
-        }
         self.settle_others(shard).await;
         let mut conn = match self.attach(loaded, shard).await {
             Ok(conn) => conn,
             Err(e) => {
-                self.fail_transaction();
+                self.tx.fail();
                 return self.fail(e).await.map(|()| None);
             }
         };
@@ -88,7 +96,7 @@ impl Session {
 
     /// Everything a backend is sent for one exchange — settings sync, held `BEGIN`, then what
     /// `build` makes — and the matching answer queue.
-    pub(super) fn compose<F>(
+    pub(crate) fn compose<F>(
         &mut self,
         conn: &mut Pooled,
         start_held: bool,
@@ -109,7 +117,7 @@ impl Session {
     }
 
     /// Settings sync and held `BEGIN`, prepended to what a backend is sent.
-    pub(super) fn prelude(
+    pub(crate) fn prelude(
         &mut self,
         conn: &mut Pooled,
         out: &mut BytesMut,
@@ -132,7 +140,7 @@ impl Session {
     }
 
     /// Records what an exchange did and returns or keeps the backend.
-    pub(super) async fn finish(
+    pub(crate) async fn finish(
         &mut self,
         shard: ShardId,
         mut conn: Pooled,

@@ -9,14 +9,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 use shardline_router::copy::{trim_line_end, CopyFormat, CopyInto, RowSplitter};
 use shardline_router::ShardId;
 
-use super::gather::Delivery;
-use super::ordered::MergeFailure;
-use super::split::{finish_quietly, lost, shard_error, Part};
-use super::{local, ClientError, Session, SessionEnd};
 use crate::backend::pool::Pooled;
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::FrameError;
+use crate::session::multi::gather::Delivery;
+use crate::session::multi::ordered::MergeFailure;
+use crate::session::multi::twophase::{commit_parts, finish_quietly, Part};
+use crate::session::{local, ClientError, Session, SessionEnd};
 
 /// Rows are sent to a shard in `CopyData` messages of about this size.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -26,7 +26,7 @@ impl Session {
     /// `delivery` says how to end the statement if it fails before the copy starts; once it
     /// has started, an extended-protocol client's `Sync` sent with the COPY no longer counts
     /// (PostgreSQL ignores it during copy-in) and the client sends another after `CopyDone`.
-    pub(super) async fn copy_split(
+    pub(crate) async fn copy_split(
         &mut self,
         loaded: &Loaded,
         sql: &str,
@@ -34,9 +34,6 @@ impl Session {
         delivery: &Delivery,
     ) -> Result<(), SessionEnd> {
         let shards = spec.rule.shards(loaded.config.shards.len());
-        if let Err(e) = self.check_scatter_allowed(&shards) {
-            return self.complete(Err(MergeFailure::Query(e)), delivery).await;
-        }
         let started = std::time::Instant::now();
         let result = self.copy_rows(loaded, sql, spec, &shards, delivery).await;
         let ok = matches!(result, Ok(true));
@@ -65,7 +62,7 @@ impl Session {
                 None => {
                     let copying = parts.len();
                     let error = ClientError::new(
-                        "0A000",
+                        sqlstate::FEATURE_NOT_SUPPORTED,
                         "COPY into a sharded table must include its shard key column",
                     );
                     return self.abandon_copy(parts, copying, error, delivery).await;
@@ -115,7 +112,7 @@ impl Session {
                     )
                     .into_owned();
                     client_failed = Some(ClientError::new(
-                        "57014",
+                        sqlstate::QUERY_CANCELED,
                         format!("COPY from stdin failed: {reason}"),
                     ));
                     break;
@@ -126,7 +123,7 @@ impl Session {
             if router.error.is_none() {
                 for (i, batch) in router.full_batches() {
                     if let Err(e) = parts[i].conn.send(&batch).await {
-                        router.error = Some(lost(&parts[i].name, &e.to_string()));
+                        router.error = Some(ClientError::lost_shard(&parts[i].name, e.to_string()));
                     }
                 }
             }
@@ -186,7 +183,7 @@ impl Session {
             // From here on a failure leaves this last part outside COPY.
             let copying = parts.len() - 1;
             let Some(part) = parts.last_mut() else { break };
-            sent.map_err(|e| (copying, lost(&name, &e.to_string())))?;
+            sent.map_err(|e| (copying, ClientError::lost_shard(&name, e.to_string())))?;
             let answer = await_copy_in(
                 &mut part.conn,
                 queue.len() + 1 + usize::from(wants_columns),
@@ -204,10 +201,12 @@ impl Session {
                         wants_columns = false;
                     }
                 }
-                Ok(CopyStart::Refused(error)) => return Err((copying, shard_error(&error, &name))),
+                Ok(CopyStart::Refused(error)) => {
+                    return Err((copying, ClientError::from_shard(&error, &name)))
+                }
                 Err(e) => {
                     part.conn.broken = true;
-                    return Err((copying, lost(&name, &e)));
+                    return Err((copying, ClientError::lost_shard(&name, e)));
                 }
             }
         }
@@ -225,7 +224,7 @@ impl Session {
                 .conn
                 .send(&batch)
                 .await
-                .map_err(|e| lost(&parts[i].name, &e.to_string()))?;
+                .map_err(|e| ClientError::lost_shard(&parts[i].name, e.to_string()))?;
         }
         let mut failure = None;
         for part in parts.iter_mut() {
@@ -237,11 +236,11 @@ impl Session {
             match result {
                 Ok(None) => {}
                 Ok(Some(error)) => {
-                    failure.get_or_insert_with(|| shard_error(&error, &part.name));
+                    failure.get_or_insert_with(|| ClientError::from_shard(&error, &part.name));
                 }
                 Err(e) => {
                     part.conn.broken = true;
-                    failure.get_or_insert_with(|| lost(&part.name, &e));
+                    failure.get_or_insert_with(|| ClientError::lost_shard(&part.name, e));
                 }
             }
         }
@@ -255,11 +254,7 @@ impl Session {
         rows: u64,
         delivery: &Delivery,
     ) -> Result<bool, SessionEnd> {
-        let gid = format!("shardline_{:016x}", rand::random::<u64>());
-        let mut failure = self.prepare_all(&mut parts, &gid).await;
-        if failure.is_none() {
-            failure = super::split::commit_all(&mut parts, &gid).await;
-        }
+        let failure = commit_parts(&mut parts).await;
         self.release_parts(parts);
         let committed = failure.is_none();
         let result = match failure {
@@ -375,7 +370,7 @@ impl<'a> RowRouter<'a> {
             }
             Err(reason) => {
                 self.error = Some(ClientError::new(
-                    "22P02",
+                    sqlstate::INVALID_TEXT_REPRESENTATION,
                     format!("{reason}; no row of this COPY was loaded"),
                 ));
             }
@@ -492,7 +487,7 @@ async fn read_to_ready(conn: &mut Pooled) -> Result<Option<Bytes>, String> {
 fn columns_query(table: &str) -> String {
     format!(
         "SELECT attname::text FROM pg_attribute WHERE attrelid = {}::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-        super::settings::quote_literal(table)
+        crate::session::state::settings::quote_literal(table)
     )
 }
 

@@ -6,15 +6,15 @@ use std::sync::PoisonError;
 use shardline_router::config::PoolMode;
 use shardline_router::ShardId;
 
-use super::settings::Settings;
-use super::{local, ClientError, Session};
 use crate::backend::conn::{BackendError, BackendTarget};
 use crate::backend::pool::{CheckoutError, Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate};
+use crate::session::state::settings::Settings;
+use crate::session::{local, ClientError, Session};
 
 impl Session {
-    pub(super) fn keep_or_release(&mut self, shard: ShardId, conn: Pooled, busy: bool) {
+    pub(crate) fn keep_or_release(&mut self, shard: ShardId, conn: Pooled, busy: bool) {
         if busy
             || conn.unsynced
             || self.awaiting_sync
@@ -28,7 +28,7 @@ impl Session {
     }
 
     /// The backend for `shard`: the one already held, or a fresh checkout.
-    pub(super) async fn attach(
+    pub(crate) async fn attach(
         &mut self,
         loaded: &Loaded,
         shard: ShardId,
@@ -56,7 +56,7 @@ impl Session {
         Ok(conn)
     }
 
-    pub(super) fn target(
+    pub(crate) fn target(
         &self,
         loaded: &Loaded,
         shard: ShardId,
@@ -83,7 +83,7 @@ impl Session {
         })
     }
 
-    pub(super) fn forget_cancel_key(&self, conn: &Pooled) {
+    pub(crate) fn forget_cancel_key(&self, conn: &Pooled) {
         let mut targets = self
             .cancel_targets
             .lock()
@@ -93,7 +93,7 @@ impl Session {
 
     /// Returns every held backend at disconnect. Backends inside a transaction are dropped;
     /// session-mode backends are reset with `DISCARD ALL` so nothing leaks to the next client.
-    pub(super) async fn release_all(&mut self) {
+    pub(crate) async fn release_all(&mut self) {
         let in_transaction = self.tx.open() || self.awaiting_sync;
         for (_, mut conn) in std::mem::take(&mut self.conns) {
             // PostgreSQL rolls back what a client leaves open: closing the backend does that.
@@ -114,7 +114,7 @@ impl Session {
 
     /// Finishes backends held after a `Flush` on other shards than `shard`: their pipeline
     /// segment is over once the client moves elsewhere, so they get a `Sync` and go back.
-    pub(super) async fn settle_others(&mut self, shard: ShardId) {
+    pub(crate) async fn settle_others(&mut self, shard: ShardId) {
         if self.tx.shard.is_some()
             || self.spread.is_some()
             || self.identity.pool_mode == PoolMode::Session
@@ -137,7 +137,7 @@ impl Session {
 }
 
 /// Clears a session-mode backend's state before it serves another client.
-pub(super) async fn reset_session(conn: &mut Pooled) {
+pub(crate) async fn reset_session(conn: &mut Pooled) {
     let ok = conn
         .send(&local::query_message("DISCARD ALL"))
         .await
@@ -153,13 +153,13 @@ pub(super) async fn reset_session(conn: &mut Pooled) {
 
 /// Reads and drops a backend's answers up to `ReadyForQuery`; false if the backend failed or
 /// is still in a transaction.
-pub(super) async fn drain_to_ready(conn: &mut Pooled) -> bool {
+pub(crate) async fn drain_to_ready(conn: &mut Pooled) -> bool {
     ready_status(conn).await == Some(b'I')
 }
 
 /// Reads and drops a backend's answers up to `ReadyForQuery` and returns its transaction
 /// status; `None` if the backend failed.
-pub(super) async fn ready_status(conn: &mut Pooled) -> Option<u8> {
+pub(crate) async fn ready_status(conn: &mut Pooled) -> Option<u8> {
     loop {
         let frame = conn.read().await.ok()?;
         if frame.tag() == msg::tag::READY_FOR_QUERY {
@@ -168,7 +168,7 @@ pub(super) async fn ready_status(conn: &mut Pooled) -> Option<u8> {
     }
 }
 
-pub(super) fn checkout_error(shard: &str, target: &BackendTarget, e: CheckoutError) -> ClientError {
+pub(crate) fn checkout_error(shard: &str, target: &BackendTarget, e: CheckoutError) -> ClientError {
     match e {
         CheckoutError::Exhausted { .. } => {
             ClientError::new(sqlstate::TOO_MANY_CONNECTIONS, format!("shard {shard}: {e}"))

@@ -1,0 +1,433 @@
+//! The decision: what the session does with what the client sent, as a pure function.
+//!
+//! A request — one simple-protocol `Query`, or one extended-protocol segment (the messages up to
+//! `Sync` or `Flush`) — is first routed statement by statement ([`route`]: the router's plan, the
+//! statement's parameters and the resharding migration say where its work goes). Then
+//! [`decide`] weighs the routed request against the session's state (its transaction, the
+//! backends it holds, the pipeline it is in) and returns one [`Action`]: answer locally, run on
+//! one shard, scatter, gather, split an `INSERT`, spread a pipeline, dual-write, or refuse with a
+//! SQLSTATE. Both protocols call the same two functions; executors carry the action out. No I/O
+//! happens here, so every branch is unit-tested without a socket (`tests.rs`).
+
+mod local;
+mod moving;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeSet;
+
+use shardline_router::copy::{copy_into, CopyInto};
+use shardline_router::split::{split_insert, InsertPart};
+use shardline_router::{Config, Params, Plan, Route, ShardId, StatementKind};
+
+use crate::context::Loaded;
+use crate::protocol::backend::sqlstate;
+use crate::session::state::transaction::DualKeys;
+use crate::session::state::transaction::Transaction;
+use crate::session::ClientError;
+pub(crate) use local::{local_answer, LocalAnswer, TxPhase};
+pub(crate) use moving::moving_keys;
+
+/// Where one statement's work goes, before the session's state is taken into account.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    /// Transaction control, settings, `SHOW`: wherever the session's transaction runs.
+    Session,
+    /// One shard.
+    Shard(ShardId),
+    /// Every listed shard; rows are concatenated and counts summed.
+    Scatter(Vec<ShardId>),
+    /// Every listed shard; the proxy merges sorted rows or combines aggregates.
+    Gather(Vec<ShardId>),
+    /// A multi-row `INSERT` whose rows belong to different shards, one part per shard.
+    Split(Vec<InsertPart>),
+    /// `COPY … FROM STDIN` into a sharded table, each row to its shard.
+    Copy(CopyInto),
+}
+
+impl Target {
+    /// The shards the target names; `None` for [`Target::Session`].
+    pub(crate) fn shards(&self, config: &Config) -> Option<Vec<ShardId>> {
+        match self {
+            Target::Session => None,
+            Target::Shard(shard) => Some(vec![*shard]),
+            Target::Scatter(shards) | Target::Gather(shards) => Some(shards.clone()),
+            Target::Split(parts) => Some(parts.iter().map(|p| p.shard).collect()),
+            Target::Copy(spec) => Some(spec.rule.shards(config.shards.len())),
+        }
+    }
+
+    /// The proxy assembles the statement's one result from several shards.
+    fn assembled(&self) -> bool {
+        matches!(self, Target::Gather(_) | Target::Split(_) | Target::Copy(_))
+    }
+}
+
+/// Statements about the session or the transaction rather than data: they run wherever the
+/// client's transaction runs (a held backend or the default shard outside one).
+pub(crate) fn follows_session(kind: &StatementKind) -> bool {
+    matches!(
+        kind,
+        StatementKind::Begin
+            | StatementKind::Commit
+            | StatementKind::Rollback
+            | StatementKind::TransactionControl
+            | StatementKind::Set { .. }
+            | StatementKind::SetLocal
+            | StatementKind::Reset { .. }
+            | StatementKind::ResetAll
+            | StatementKind::DiscardAll
+            | StatementKind::Show
+            | StatementKind::Empty
+    )
+}
+
+/// Routes one statement: its [`Target`], and the moving keys it writes while a resharding
+/// migration dual-writes. `sql` is the statement's text (a split `INSERT` and a `COPY` are
+/// re-read from it); `params` its parameters (or the literals the plan cache took out).
+pub(crate) fn route(
+    loaded: &Loaded,
+    plan: &Plan,
+    sql: &str,
+    params: &dyn Params,
+) -> Result<(Target, Option<DualKeys>), ClientError> {
+    if follows_session(&plan.kind) {
+        return Ok((Target::Session, None));
+    }
+    let dual = moving_keys(loaded, plan, params)?;
+    let target = match plan.route(&loaded.config, params) {
+        Ok(Route::Single(shard)) => Target::Shard(shard),
+        Ok(Route::Multi(shards)) if plan.merge.is_some() || plan.aggregate.is_some() => {
+            Target::Gather(shards)
+        }
+        Ok(Route::Multi(shards)) => Target::Scatter(shards),
+        // A dual write must name its keys on one shard; nothing below can make it one.
+        Err(_) if dual.is_some() => return Err(moving::several_shards()),
+        Err(e) if plan.kind == StatementKind::CopyIn => match copy_into(&loaded.config, sql) {
+            Some(spec) => Target::Copy(spec?),
+            None => return Err(e.into()),
+        },
+        Err(e) if plan.kind == StatementKind::Write => {
+            match split_insert(&loaded.config, sql, params) {
+                Some(parts) => Target::Split(parts?),
+                None => return Err(e.into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok((target, dual))
+}
+
+/// What the client sent, routed.
+#[derive(Debug)]
+pub(crate) struct Request<'a> {
+    /// An extended-protocol segment (else one simple-protocol query).
+    pub extended: bool,
+    /// The kinds of the statements it executes, in order.
+    pub kinds: &'a [StatementKind],
+    /// Its statements that touch data, each with the position of its message and its target.
+    pub routed: &'a [(usize, Target)],
+    /// Moving keys its statements write during a resharding migration.
+    pub dual: bool,
+    /// The first statement that could not be routed, and why.
+    pub refusal: Option<&'a ClientError>,
+}
+
+/// The session's state, as far as the decision needs it.
+#[derive(Debug)]
+pub(crate) struct Facts<'a> {
+    pub config: &'a Config,
+    pub tx: &'a Transaction,
+    /// A shard whose backend the session holds outside a transaction (session pooling, or a
+    /// pipeline not yet synced).
+    pub held: Option<ShardId>,
+    /// Shards whose backend is inside the current pipeline (messages sent, no `Sync` yet).
+    pub unsynced: Vec<ShardId>,
+    /// The current pipeline already runs spread over several shards.
+    pub spread: bool,
+    /// An extended-protocol `COPY` ended and its backend waits for the client's `Sync`.
+    pub awaiting_sync: bool,
+    /// The segment ends with `Flush`: its pipeline goes on after it.
+    pub segment_open: bool,
+    /// A resharding cutover holds writes to moving keys right now.
+    pub cutover_holds: bool,
+}
+
+/// What the session does with a request.
+#[derive(Debug)]
+pub(crate) enum Action<'a> {
+    /// The proxy answers every statement itself ([`local_answer`]).
+    Local,
+    /// Ends a transaction the shard already failed: it is rolled back there, whatever the
+    /// client's `COMMIT` or `ROLLBACK` said.
+    EndFailed { shard: ShardId },
+    /// Commits a transaction that wrote moving keys: on the new owners, then the old one.
+    CommitDual { old: ShardId },
+    /// Waits until the resharding cutover lets writes to moving keys go on, then decides again.
+    AwaitCutover,
+    /// Runs on one shard. `starts_transaction` is false for messages that touch no data (a
+    /// lone `Parse`, `SET`, `SHOW`), which must not decide a held transaction's shard.
+    Single {
+        shard: ShardId,
+        starts_transaction: bool,
+    },
+    /// Runs on the old owner of the moving keys it writes and copies them to the new owners.
+    DualWrite { old: ShardId },
+    /// Runs on every listed shard; answers concatenated.
+    Scatter(&'a [ShardId]),
+    /// Runs on every listed shard; rows merged or aggregates combined.
+    Gather(&'a [ShardId]),
+    /// A split multi-row `INSERT`, committed on every shard or none.
+    Split(&'a [InsertPart]),
+    /// A `COPY` whose rows go to their shards, committed on every shard or none.
+    Copy(&'a CopyInto),
+    /// A pipeline whose statements need different shards, run statement by statement and
+    /// committed together at its `Sync`.
+    Spread,
+    /// Refuses the request with this error (failing the transaction, as PostgreSQL does).
+    Refuse(ClientError),
+}
+
+impl Action<'_> {
+    /// The shards the action runs the client's statement on, for `shardline.show_route`.
+    pub(crate) fn shards(&self) -> Option<Vec<ShardId>> {
+        match self {
+            Action::Single { shard, .. } | Action::DualWrite { old: shard } => Some(vec![*shard]),
+            Action::Scatter(shards) | Action::Gather(shards) => Some(shards.to_vec()),
+            _ => None,
+        }
+    }
+}
+
+/// Decides what to do with `request` given the session's state.
+pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a> {
+    let tx = facts.tx;
+    // A refused statement ends the request where it stands: what preceded it is not answered
+    // on its own.
+    let whole = request.refusal.is_none();
+    if whole && !facts.awaiting_sync && answers_locally(request.kinds, TxPhase::of(tx)) {
+        return Action::Local;
+    }
+    if tx.failed {
+        let ends = |k: &StatementKind| matches!(k, StatementKind::Commit | StatementKind::Rollback);
+        return match tx.shard {
+            Some(shard) if !request.kinds.is_empty() && request.kinds.iter().all(ends) => {
+                Action::EndFailed { shard }
+            }
+            _ => Action::Refuse(local::aborted()),
+        };
+    }
+    if let Some(error) = request.refusal {
+        return Action::Refuse(error.clone());
+    }
+    if let Some(old) = tx.shard {
+        let commits = request.kinds.contains(&StatementKind::Commit);
+        if commits
+            && !tx.dual.is_empty()
+            && !tx.failed_on_shard
+            && request.routed.is_empty()
+            && !facts.segment_open
+        {
+            return Action::CommitDual { old };
+        }
+    }
+    if request.dual && facts.cutover_holds {
+        return Action::AwaitCutover;
+    }
+    if request.extended && spreads(request, facts) {
+        if request.dual {
+            return Action::Refuse(moving::several_shards());
+        }
+        if controls_transactions(request.kinds) {
+            return Action::Refuse(ClientError::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "a transaction block cannot start or end in a pipeline whose statements need several shards; send a Sync before BEGIN",
+            ));
+        }
+        if let Some((_, target)) = request
+            .routed
+            .iter()
+            .find(|(_, t)| !matches!(t, Target::Shard(_)))
+        {
+            return Action::Refuse(ClientError::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "a statement that needs shards {} cannot run in a pipeline whose other statements need other shards; send a Sync before it",
+                    shard_names(facts.config, &target.shards(facts.config).unwrap_or_default())
+                ),
+            ));
+        }
+        return Action::Spread;
+    }
+    let target = match combined_target(request, facts) {
+        Ok(target) => target,
+        Err(error) => return Action::Refuse(error),
+    };
+    let shard = match target {
+        Ok(shard) => shard,
+        Err(_) if request.dual => return Action::Refuse(moving::several_shards()),
+        Err(target) => {
+            if tx.open() {
+                let shards = target.shards(facts.config).unwrap_or_default();
+                return Action::Refuse(scatter_in_transaction(facts.config, &shards));
+            }
+            return match target {
+                Target::Gather(shards) => Action::Gather(shards),
+                Target::Split(parts) => Action::Split(parts),
+                Target::Copy(spec) => Action::Copy(spec),
+                Target::Scatter(shards) => Action::Scatter(shards),
+                // Resolved to a shard by `combined_target`.
+                Target::Session | Target::Shard(_) => Action::Refuse(ClientError::new(
+                    sqlstate::INTERNAL,
+                    "a single-shard target was not resolved",
+                )),
+            };
+        }
+    };
+    let starts_transaction = !request.routed.is_empty();
+    if let Some(pinned) = tx.shard.filter(|pinned| *pinned != shard) {
+        return Action::Refuse(pinned_elsewhere(facts.config, pinned, shard));
+    }
+    if request.dual {
+        return Action::DualWrite { old: shard };
+    }
+    Action::Single {
+        shard,
+        starts_transaction,
+    }
+}
+
+/// Whether every statement of the request is one the proxy answers itself, taking the
+/// transaction's phase from statement to statement.
+fn answers_locally(kinds: &[StatementKind], mut phase: TxPhase) -> bool {
+    if kinds.is_empty() {
+        return false;
+    }
+    for kind in kinds {
+        match local_answer(kind, "", phase) {
+            Some(answer) => phase = answer.next_phase(phase),
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Whether an extended-protocol segment must run spread: outside a transaction block, its
+/// statements (with what its pipeline already ran) need more than one shard, each statement
+/// one shard.
+fn spreads(request: &Request<'_>, facts: &Facts<'_>) -> bool {
+    if facts.spread {
+        return true;
+    }
+    if facts.tx.open()
+        || controls_transactions(request.kinds)
+        || request.routed.iter().any(|(_, t)| t.assembled())
+    {
+        return false;
+    }
+    // The common segment (one statement, nothing left unsynced) decides without allocating.
+    if request.routed.len() <= 1 && facts.unsynced.is_empty() {
+        return false;
+    }
+    let mut shards: BTreeSet<ShardId> = facts.unsynced.iter().copied().collect();
+    for (_, target) in request.routed {
+        match target {
+            Target::Shard(shard) => shards.insert(*shard),
+            _ => return false,
+        };
+    }
+    shards.len() > 1
+}
+
+/// Whether any statement begins or ends a transaction block.
+fn controls_transactions(kinds: &[StatementKind]) -> bool {
+    kinds.iter().any(|k| {
+        matches!(
+            k,
+            StatementKind::Begin
+                | StatementKind::Commit
+                | StatementKind::Rollback
+                | StatementKind::TransactionControl
+        )
+    })
+}
+
+/// Where the whole request runs: one shard (`Ok(Ok)`), or the one multi-shard target of its
+/// only statement (`Ok(Err)`). A request is one implicit transaction, so its statements must
+/// share a shard unless it is a single statement that needs several.
+fn combined_target<'a>(
+    request: &Request<'a>,
+    facts: &Facts<'_>,
+) -> Result<Result<ShardId, &'a Target>, ClientError> {
+    let session_shard = || {
+        facts
+            .tx
+            .shard
+            .or(facts.held)
+            .unwrap_or(facts.config.default_shard)
+    };
+    if facts.awaiting_sync || request.routed.is_empty() {
+        return Ok(Ok(session_shard()));
+    }
+    if let [(_, only)] = request.routed {
+        return Ok(match only {
+            Target::Session => Ok(session_shard()),
+            Target::Shard(shard) => Ok(*shard),
+            other => Err(other),
+        });
+    }
+    let mut shards = BTreeSet::new();
+    for (_, target) in request.routed {
+        match target {
+            Target::Session => {}
+            target => shards.extend(target.shards(facts.config).unwrap_or_default()),
+        }
+    }
+    let single = request
+        .routed
+        .iter()
+        .all(|(_, t)| matches!(t, Target::Shard(_) | Target::Session));
+    match (single, shards.len()) {
+        (true, 0) => Ok(Ok(session_shard())),
+        (true, 1) => Ok(Ok(shards.into_iter().next().unwrap_or_default())),
+        _ => Err(ClientError::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "the statements sent before this Sync need shards {}; a transaction block stays on one shard, and a statement that runs on several shards must be the only one before its Sync",
+                shard_names(facts.config, &shards.into_iter().collect::<Vec<_>>())
+            ),
+        )),
+    }
+}
+
+/// The names of `shards`, comma-separated, for messages.
+pub(crate) fn shard_names(config: &Config, shards: &[ShardId]) -> String {
+    let names: Vec<&str> = shards
+        .iter()
+        .filter_map(|s| config.shards.get(*s).map(|s| s.name.as_str()))
+        .collect();
+    names.join(", ")
+}
+
+/// The refusal of a multi-shard statement inside a transaction block.
+fn scatter_in_transaction(config: &Config, shards: &[ShardId]) -> ClientError {
+    ClientError::new(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        format!(
+            "this statement needs shards {}, but a transaction can only use one shard; run it outside the transaction block",
+            shard_names(config, shards)
+        ),
+    )
+}
+
+/// The refusal of a statement for another shard than the transaction's.
+fn pinned_elsewhere(config: &Config, pinned: ShardId, wanted: ShardId) -> ClientError {
+    ClientError::new(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        format!(
+            "this transaction runs on shard {}, but this statement needs shard {}; a transaction must stay on one shard (keep its statements on one shard key, or split it)",
+            shard_names(config, &[pinned]),
+            shard_names(config, &[wanted])
+        ),
+    )
+}

@@ -1,0 +1,63 @@
+//! Errors a client is shown: one of the proxy's own (a SQLSTATE and a message that says what
+//! to do) or a shard's `ErrorResponse` passed on with the shard named.
+
+use std::fmt::Display;
+
+use bytes::Bytes;
+use shardline_router::RouteError;
+
+use crate::protocol::backend::{self as msg, sqlstate};
+use crate::protocol::Frame;
+
+/// An error the client should see, with a SQLSTATE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientError {
+    pub sqlstate: &'static str,
+    pub message: String,
+    /// A full `ErrorResponse` from a shard to pass on instead.
+    pub frame: Option<Bytes>,
+}
+
+impl ClientError {
+    /// An error of the proxy's own.
+    pub fn new(sqlstate: &'static str, message: impl Into<String>) -> Self {
+        ClientError {
+            sqlstate,
+            message: message.into(),
+            frame: None,
+        }
+    }
+
+    /// A shard's `ErrorResponse`, passed on with the shard's name added to its message.
+    pub fn from_shard(error: &Bytes, shard: &str) -> Self {
+        ClientError {
+            sqlstate: sqlstate::INTERNAL,
+            message: String::new(),
+            frame: Some(msg::error_naming_shard(
+                &Frame::from_bytes(error.clone()),
+                shard,
+            )),
+        }
+    }
+
+    /// The connection to `shard` broke while the proxy used it.
+    pub fn lost_shard(shard: &str, cause: impl Display) -> Self {
+        ClientError::new(
+            sqlstate::CONNECTION_FAILURE,
+            format!("lost the connection to shard {shard}: {cause}"),
+        )
+    }
+
+    /// The `ErrorResponse` the client is sent.
+    pub fn bytes(&self) -> Bytes {
+        self.frame
+            .clone()
+            .unwrap_or_else(|| msg::error(self.sqlstate, &self.message))
+    }
+}
+
+impl From<RouteError> for ClientError {
+    fn from(e: RouteError) -> Self {
+        ClientError::new(e.sqlstate, e.message)
+    }
+}

@@ -1,0 +1,186 @@
+//! Running an extended-protocol segment: read it, decide, carry the action out.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::context::Loaded;
+use crate::protocol::backend::{self as msg, sqlstate, tag};
+use crate::protocol::Frame;
+use crate::session::decide::{decide, Action};
+use crate::session::extended::assembled::Assembled;
+use crate::session::extended::messages::build_messages;
+use crate::session::extended::segment::Item;
+use crate::session::link::exchange::Reply;
+use crate::session::{ClientError, Session, SessionEnd};
+
+/// What became of a segment.
+enum Segmented {
+    Ran,
+    /// It writes moving keys and a cutover holds such writes: run it again afterwards.
+    HeldByCutover,
+}
+
+impl Session {
+    /// Runs the collected extended-protocol segment.
+    pub(crate) async fn run_batch(&mut self) -> Result<(), SessionEnd> {
+        let frames = std::mem::take(&mut self.batch);
+        self.segment_open = frames.last().is_some_and(|f| f.tag() == b'H');
+        let loaded = self.ctx.snapshot();
+        // During a migration the segment may have to be read again after a cutover's pause.
+        let again = loaded.migration.is_some().then(|| frames.clone());
+        let mut result = self.run_segment(&loaded, frames).await;
+        if let (Ok(Segmented::HeldByCutover), Some(frames)) = (&result, again) {
+            self.ctx.gate.resumed().await;
+            result = self.run_segment(&self.ctx.snapshot(), frames).await;
+        }
+        self.segment_open = false;
+        result.map(|_| ())
+    }
+
+    /// Reads, decides and runs a segment.
+    async fn run_segment(
+        &mut self,
+        loaded: &Arc<Loaded>,
+        frames: Vec<Frame>,
+    ) -> Result<Segmented, SessionEnd> {
+        let mut segment = match self.read_segment(loaded, frames) {
+            Ok(segment) => segment,
+            Err(malformed) => {
+                let text = malformed.to_string();
+                self.out
+                    .push(&msg::fatal(sqlstate::PROTOCOL_VIOLATION, &text))
+                    .await?;
+                self.out.flush().await?;
+                return Err(SessionEnd::Protocol(text));
+            }
+        };
+        let action = decide(&segment.request(), &self.facts(loaded));
+        // Owned, so the segment can be handed on whole.
+        let action = match action {
+            Action::AwaitCutover => return Ok(Segmented::HeldByCutover),
+            Action::DualWrite { old } => {
+                let keys = segment.dual.take().unwrap_or_default();
+                let items = &segment.items;
+                self.dual_write(loaded, old, keys, |conn| build_messages(items, conn))
+                    .await?;
+                self.out.flush().await?;
+                return Ok(Segmented::Ran);
+            }
+            Action::Spread => {
+                self.run_spread(loaded, segment).await?;
+                return Ok(Segmented::Ran);
+            }
+            other => other,
+        };
+        let items = &segment.items;
+        match action {
+            Action::Local => {
+                let replies = self.answer_segment_locally(items);
+                self.out.push(&replies).await?;
+                return Ok(self.out.flush().await.map(|()| Segmented::Ran)?);
+            }
+            Action::Refuse(error) => {
+                self.tx.fail();
+                self.fail(error).await?;
+                return Ok(Segmented::Ran);
+            }
+            Action::EndFailed { shard } => {
+                // The shard's transaction is rolled back first; the client's COMMIT then ends
+                // nothing.
+                self.tx.failed = false;
+                self.tx.held.push("ROLLBACK".to_owned());
+                self.exchange(loaded, shard, |conn| build_messages(items, conn))
+                    .await?;
+            }
+            Action::CommitDual { old } => {
+                self.commit_dual(loaded, old, |conn| build_messages(items, conn))
+                    .await?;
+                return Ok(Segmented::Ran);
+            }
+            Action::Single {
+                shard,
+                starts_transaction,
+            } => {
+                self.exchange_with(loaded, shard, starts_transaction, |conn| {
+                    build_messages(items, conn)
+                })
+                .await?;
+            }
+            Action::Scatter(shards) => {
+                self.scatter(loaded, shards, |conn| build_messages(items, conn))
+                    .await?;
+            }
+            Action::Gather(shards) => {
+                return self
+                    .run_assembled(loaded, Assembled::Gather(shards), &segment)
+                    .await
+                    .map(|()| Segmented::Ran);
+            }
+            Action::Split(parts) => {
+                return self
+                    .run_assembled(loaded, Assembled::Split(parts), &segment)
+                    .await
+                    .map(|()| Segmented::Ran);
+            }
+            Action::Copy(spec) => {
+                return self
+                    .run_assembled(loaded, Assembled::Copy(spec), &segment)
+                    .await
+                    .map(|()| Segmented::Ran);
+            }
+            Action::AwaitCutover | Action::DualWrite { .. } | Action::Spread => {
+                let error = ClientError::new(sqlstate::INTERNAL, "a segment was decided twice");
+                self.fail(error).await?;
+                return Ok(Segmented::Ran);
+            }
+        }
+        self.out.flush().await?;
+        Ok(Segmented::Ran)
+    }
+
+    /// The replies to a segment the proxy answers itself ([`Action::Local`]), in order.
+    fn answer_segment_locally(&mut self, items: &[Item]) -> Bytes {
+        let mut out = Vec::new();
+        for item in items {
+            match item {
+                Item::Parse { .. } => out.extend_from_slice(&msg::empty(tag::PARSE_COMPLETE)),
+                Item::UsesStatement {
+                    reply: Reply::Bind, ..
+                } => out.extend_from_slice(&msg::empty(tag::BIND_COMPLETE)),
+                Item::CloseStatement => out.extend_from_slice(&msg::empty(tag::CLOSE_COMPLETE)),
+                Item::UsesStatement { .. } => {
+                    out.extend_from_slice(&[tag::PARAMETER_DESCRIPTION, 0, 0, 0, 6, 0, 0]);
+                    out.extend_from_slice(&msg::empty(tag::NO_DATA));
+                }
+                Item::Execute {
+                    statement: Some(statement),
+                    ..
+                } => match self.answer_locally(&statement.plan.kind, &statement.query) {
+                    Some(reply) => out.extend_from_slice(&reply),
+                    None => out.extend_from_slice(&msg::error(
+                        sqlstate::INVALID_TRANSACTION_STATE,
+                        "transaction control statement is not valid here",
+                    )),
+                },
+                Item::Execute {
+                    statement: None, ..
+                } => {}
+                Item::Forward {
+                    reply: Some(Reply::DescribePortal),
+                    ..
+                } => out.extend_from_slice(&msg::empty(tag::NO_DATA)),
+                Item::Forward {
+                    reply: Some(Reply::Close),
+                    ..
+                } => out.extend_from_slice(&msg::empty(tag::CLOSE_COMPLETE)),
+                Item::Forward {
+                    reply: Some(Reply::Sync),
+                    ..
+                } => out.extend_from_slice(&msg::ready_for_query(self.tx.status())),
+                Item::Forward { .. } => {}
+            }
+        }
+        Bytes::from(out)
+    }
+}

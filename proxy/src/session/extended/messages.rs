@@ -1,0 +1,142 @@
+//! The messages a backend is sent for an extended-protocol segment: the client's own, with
+//! client statement names turned into proxy names, statements the backend lacks prepared first
+//! (silently), and a `Parse` of a statement it already has answered with a local
+//! `ParseComplete`; and the matching queue of expected answers.
+
+use std::collections::{HashSet, VecDeque};
+
+use bytes::Bytes;
+
+use crate::backend::conn::Backend;
+use crate::protocol::backend::{self as msg, tag};
+use crate::protocol::frontend::{build_parse, BindView, TargetView};
+use crate::protocol::Frame;
+use crate::session::extended::segment::Item;
+use crate::session::link::exchange::{Expect, Mode, Reply};
+use crate::session::state::settings::effect_of;
+use crate::session::state::statements::Statement;
+
+/// The messages one backend is sent for a segment, and the matching answer queue.
+pub(crate) fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>, VecDeque<Expect>) {
+    let mut out = Vec::with_capacity(items.len() + 2);
+    let mut queue = VecDeque::with_capacity(items.len() + 2);
+    let mut preparer = Preparer::default();
+    for item in items {
+        match item {
+            Item::Parse {
+                frame,
+                unnamed: true,
+                ..
+            } => {
+                // The unnamed statement keeps its name: the client's bytes go as they are.
+                out.push(frame.bytes().clone());
+                queue.push_back(Expect::relay(Reply::Parse));
+                preparer.unnamed_ready = true;
+            }
+            Item::Parse {
+                statement,
+                unnamed: false,
+                ..
+            } => {
+                if conn.prepared.contains(&statement.id) || !preparer.preparing.insert(statement.id)
+                {
+                    queue.push_back(Expect::Local(msg::empty(tag::PARSE_COMPLETE)));
+                } else {
+                    out.push(build_parse(
+                        &statement.server_name(),
+                        &statement.query,
+                        &statement.param_types,
+                    ));
+                    queue.push_back(Expect::Sent {
+                        reply: Reply::Parse,
+                        mode: Mode::Relay,
+                        effects: Vec::new(),
+                        prepares: Some(statement.id),
+                    });
+                }
+            }
+            Item::UsesStatement {
+                frame,
+                statement,
+                unnamed,
+                reply,
+            } => {
+                preparer.ensure(conn, statement, *unnamed, &mut out, &mut queue);
+                if *unnamed {
+                    out.push(frame.bytes().clone());
+                } else {
+                    out.push(renamed(frame, &statement.server_name()));
+                }
+                queue.push_back(Expect::relay(*reply));
+            }
+            Item::Execute { frame, statement } => {
+                out.push(frame.bytes().clone());
+                let effects = vec![statement.as_ref().and_then(|s| effect_of(&s.plan.kind))];
+                queue.push_back(Expect::Sent {
+                    reply: Reply::Execute,
+                    mode: Mode::Relay,
+                    effects,
+                    prepares: None,
+                });
+            }
+            Item::CloseStatement => queue.push_back(Expect::Local(msg::empty(tag::CLOSE_COMPLETE))),
+            Item::Forward { frame, reply } => {
+                out.push(frame.bytes().clone());
+                if let Some(reply) = reply {
+                    queue.push_back(Expect::relay(*reply));
+                }
+            }
+        }
+    }
+    (out, queue)
+}
+
+/// A `Bind` or `Describe` frame naming statement `name` instead of the client's name.
+fn renamed(frame: &Frame, name: &[u8]) -> Bytes {
+    let rebuilt = match frame.tag() {
+        b'B' => BindView::new(frame).map(|view| view.retarget(frame, name)),
+        _ => TargetView::new(frame).map(|view| view.rebuild(b'D', name)),
+    };
+    // Both were parsed successfully when the segment was read.
+    rebuilt.unwrap_or_else(|_| frame.bytes().clone())
+}
+
+/// Makes sure a statement exists on the backend before a message uses it.
+#[derive(Default)]
+struct Preparer {
+    /// Statements this segment prepares before the backend has confirmed them.
+    preparing: HashSet<u64>,
+    /// The unnamed statement on the backend is the one the client last parsed.
+    unnamed_ready: bool,
+}
+
+impl Preparer {
+    fn ensure(
+        &mut self,
+        conn: &Backend,
+        statement: &Statement,
+        unnamed: bool,
+        out: &mut Vec<Bytes>,
+        queue: &mut VecDeque<Expect>,
+    ) {
+        if unnamed {
+            if !self.unnamed_ready {
+                out.push(build_parse(b"", &statement.query, &statement.param_types));
+                queue.push_back(Expect::swallow(Reply::Parse));
+                self.unnamed_ready = true;
+            }
+        } else if !conn.prepared.contains(&statement.id) && self.preparing.insert(statement.id) {
+            out.push(build_parse(
+                &statement.server_name(),
+                &statement.query,
+                &statement.param_types,
+            ));
+            queue.push_back(Expect::Sent {
+                reply: Reply::Parse,
+                mode: Mode::Swallow,
+                effects: Vec::new(),
+                prepares: Some(statement.id),
+            });
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Reading an extended-protocol segment: its messages are interpreted in order (a `Parse`
+//! defines a client statement, a `Bind` names one and carries the parameters its route needs)
+//! and every statement that touches data is routed with [`decide::route`], ready for the
+//! decision.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use shardline_router::StatementKind;
+
+use crate::context::Loaded;
+use crate::protocol::backend::sqlstate;
+use crate::protocol::frontend::{execute_portal, BindView, Malformed, ParseView, TargetView};
+use crate::protocol::Frame;
+use crate::session::decide::{self, Request, Target};
+use crate::session::link::exchange::Reply;
+use crate::session::state::statements::Statement;
+use crate::session::state::transaction::DualKeys;
+use crate::session::{ClientError, Session};
+
+/// One client message of a segment, with what the proxy learned from it.
+pub(crate) enum Item {
+    Parse {
+        frame: Frame,
+        statement: Arc<Statement>,
+        unnamed: bool,
+    },
+    /// `Bind` or `Describe` of a statement: renamed to the statement's backend name.
+    UsesStatement {
+        frame: Frame,
+        statement: Arc<Statement>,
+        unnamed: bool,
+        reply: Reply,
+    },
+    Execute {
+        frame: Frame,
+        statement: Option<Arc<Statement>>,
+    },
+    CloseStatement,
+    Forward {
+        frame: Frame,
+        reply: Option<Reply>,
+    },
+}
+
+/// A segment, read and routed.
+pub(crate) struct Segment {
+    pub(crate) items: Vec<Item>,
+    /// Where each `Bind` of a statement that touches data sends it, by the `Bind`'s index in
+    /// `items`.
+    pub(crate) routed: Vec<(usize, Target)>,
+    /// Kinds of the statements the segment executes.
+    pub(crate) kinds: Vec<StatementKind>,
+    /// Moving keys the segment writes while a resharding migration dual-writes.
+    pub(crate) dual: Option<DualKeys>,
+    /// The first statement that could not be routed; the messages after it were not read, as
+    /// PostgreSQL skips them after an error.
+    pub(crate) refusal: Option<ClientError>,
+}
+
+impl Segment {
+    /// The segment as the decision sees it.
+    pub(crate) fn request(&self) -> Request<'_> {
+        Request {
+            extended: true,
+            kinds: &self.kinds,
+            routed: &self.routed,
+            dual: self.dual.is_some(),
+            refusal: self.refusal.as_ref(),
+        }
+    }
+}
+
+impl Session {
+    /// Interprets the segment's messages and routes its statements.
+    pub(crate) fn read_segment(
+        &mut self,
+        loaded: &Loaded,
+        frames: Vec<Frame>,
+    ) -> Result<Segment, Malformed> {
+        let mut segment = Segment {
+            items: Vec::with_capacity(frames.len()),
+            routed: Vec::new(),
+            kinds: Vec::new(),
+            dual: None,
+            refusal: None,
+        };
+        let mut portals: HashMap<Vec<u8>, Arc<Statement>> = HashMap::new();
+        for frame in frames {
+            let item = match frame.tag() {
+                b'P' => {
+                    let view = ParseView::new(&frame)?;
+                    let plan = self.ctx.plan(loaded, view.query);
+                    let statement =
+                        self.statements
+                            .define(view.name, view.query, view.param_types, plan);
+                    let unnamed = view.name.is_empty();
+                    Item::Parse {
+                        frame,
+                        statement,
+                        unnamed,
+                    }
+                }
+                b'B' => {
+                    let view = BindView::new(&frame)?;
+                    let Some(statement) = self.statements.get(view.statement) else {
+                        segment.refusal = Some(unknown_statement(view.statement));
+                        break;
+                    };
+                    let plan = &statement.plan;
+                    match decide::route(loaded, plan, &statement.query, &view.params()) {
+                        Ok((Target::Session, _)) => {}
+                        Ok((target, dual)) => {
+                            segment.routed.push((segment.items.len(), target));
+                            if let Some(keys) = dual {
+                                segment
+                                    .dual
+                                    .get_or_insert_with(Default::default)
+                                    .merge(keys);
+                            }
+                        }
+                        Err(error) => {
+                            segment.refusal = Some(error);
+                            break;
+                        }
+                    }
+                    portals.insert(view.portal.to_vec(), statement.clone());
+                    let unnamed = view.statement.is_empty();
+                    Item::UsesStatement {
+                        frame,
+                        statement,
+                        unnamed,
+                        reply: Reply::Bind,
+                    }
+                }
+                b'D' => {
+                    let view = TargetView::new(&frame)?;
+                    if view.kind == b'S' {
+                        let Some(statement) = self.statements.get(view.name) else {
+                            segment.refusal = Some(unknown_statement(view.name));
+                            break;
+                        };
+                        let unnamed = view.name.is_empty();
+                        Item::UsesStatement {
+                            frame,
+                            statement,
+                            unnamed,
+                            reply: Reply::DescribeStatement,
+                        }
+                    } else {
+                        Item::Forward {
+                            frame,
+                            reply: Some(Reply::DescribePortal),
+                        }
+                    }
+                }
+                b'E' => {
+                    let statement = portals.get(execute_portal(&frame)?).cloned();
+                    segment
+                        .kinds
+                        .extend(statement.as_ref().map(|s| s.plan.kind.clone()));
+                    Item::Execute { frame, statement }
+                }
+                b'C' => {
+                    let view = TargetView::new(&frame)?;
+                    if view.kind == b'S' {
+                        self.statements.close(view.name);
+                        Item::CloseStatement
+                    } else {
+                        Item::Forward {
+                            frame,
+                            reply: Some(Reply::Close),
+                        }
+                    }
+                }
+                b'S' => Item::Forward {
+                    frame,
+                    reply: Some(Reply::Sync),
+                },
+                _ => Item::Forward { frame, reply: None },
+            };
+            segment.items.push(item);
+        }
+        Ok(segment)
+    }
+}
+
+fn unknown_statement(name: &[u8]) -> ClientError {
+    ClientError::new(
+        sqlstate::INVALID_SQL_STATEMENT_NAME,
+        format!(
+            "prepared statement \"{}\" does not exist",
+            String::from_utf8_lossy(name)
+        ),
+    )
+}

@@ -1,0 +1,74 @@
+//! Answers the proxy gives itself: the [`LocalAnswer`]s the decision chose (a held `BEGIN` and
+//! what follows it before any shard, `DISCARD ALL`, `COMMIT` outside a transaction), applied to
+//! the session's state, and route introspection ([`explain`]).
+
+pub(crate) mod explain;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use shardline_router::StatementKind;
+
+use crate::protocol::backend::{self as msg, sqlstate};
+use crate::session::decide::{local_answer, LocalAnswer, TxPhase};
+use crate::session::state::settings::{apply_effects, effect_of};
+use crate::session::Session;
+
+/// A simple-protocol `Query` message.
+pub fn query_message(sql: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(sql.len() + 6);
+    buf.put_u8(b'Q');
+    buf.put_i32(sql.len() as i32 + 5);
+    buf.put_slice(sql.as_bytes());
+    buf.put_u8(0);
+    buf.freeze()
+}
+
+impl Session {
+    /// Answers `kind` (whose text is `sql`) without a backend when the proxy can, updating the
+    /// session's state, and returns what the client is sent.
+    pub(crate) fn answer_locally(&mut self, kind: &StatementKind, sql: &str) -> Option<Bytes> {
+        let answer = local_answer(kind, sql, TxPhase::of(&self.tx))?;
+        let tag = match answer {
+            LocalAnswer::HoldBegin => {
+                self.tx.held.push(sql.to_owned());
+                self.tx.settings_before = Some(self.settings.clone());
+                "BEGIN"
+            }
+            LocalAnswer::HoldSetting { tag } => {
+                self.tx.held.push(sql.to_owned());
+                if self.tx.settings_before.is_none() {
+                    self.tx.settings_before = Some(self.settings.clone());
+                }
+                if let Some(effect) = effect_of(kind) {
+                    apply_effects(&mut self.settings, &[effect]);
+                }
+                tag
+            }
+            LocalAnswer::EndHeld { commit } => {
+                let tx = std::mem::take(&mut self.tx);
+                if commit {
+                    "COMMIT"
+                } else {
+                    if let Some(before) = tx.settings_before {
+                        self.settings = before;
+                    }
+                    "ROLLBACK"
+                }
+            }
+            LocalAnswer::NoTransaction { tag } => {
+                let mut reply = BytesMut::new();
+                reply.extend_from_slice(&msg::warning(
+                    sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+                    "there is no transaction in progress",
+                ));
+                reply.extend_from_slice(&msg::command_complete(tag));
+                return Some(reply.freeze());
+            }
+            LocalAnswer::Discard { tag } => {
+                self.statements.clear();
+                self.settings = self.identity.startup_settings.clone();
+                tag
+            }
+        };
+        Some(msg::command_complete(tag))
+    }
+}

@@ -1,0 +1,17 @@
+//! Executors for statements that need several shards: the same messages everywhere with the
+//! answers concatenated ([`scatter`]), rows merged in order or aggregates combined ([`gather`],
+//! [`ordered`], [`aggregate`]), a multi-row `INSERT` split by shard ([`split_insert`]), `COPY`
+//! rows sent to their shards ([`copy_in`]), and writes of moving keys during resharding
+//! ([`dual`]). The writes commit everywhere or nowhere through [`twophase`].
+//!
+//! Each pairs with the router module that plans it: `ordered` ↔ `shardline_router::merge`,
+//! `aggregate` ↔ `combine`, `split_insert` ↔ `split`, `copy_in` ↔ `copy`, `dual` ↔ `migration`.
+
+pub(crate) mod aggregate;
+pub(crate) mod copy_in;
+pub(crate) mod dual;
+pub(crate) mod gather;
+pub(crate) mod ordered;
+pub(crate) mod scatter;
+pub(crate) mod split_insert;
+pub(crate) mod twophase;

@@ -1,0 +1,130 @@
+//! A multi-row `INSERT` whose rows belong to different shards, run as one atomic statement.
+//!
+//! The router splits the statement into one `INSERT` per shard (`shardline_router::split`).
+//! Each part runs in its own transaction on its shard, and they commit together through
+//! [`twophase`](crate::session::multi::twophase): if any part fails, every shard rolls back, so
+//! the client's statement happens everywhere or nowhere — never partly, as a multi-row `INSERT`
+//! on one server never does.
+
+use bytes::BytesMut;
+use shardline_router::split::InsertPart;
+use shardline_router::ShardId;
+
+use crate::context::Loaded;
+use crate::protocol::backend::{self as msg, tag};
+use crate::session::multi::gather::{Delivery, Source};
+use crate::session::multi::ordered::MergeFailure;
+use crate::session::multi::twophase::{collect, commit_parts, roll_back_parts, Answer, Part};
+use crate::session::{local, ClientError, Session, SessionEnd};
+
+impl Session {
+    /// Runs the parts of a split `INSERT` atomically across their shards, in the client's
+    /// protocol (`source`), answering as `delivery` says.
+    pub(crate) async fn insert_split(
+        &mut self,
+        loaded: &Loaded,
+        parts: Vec<InsertPart>,
+        source: &Source<'_>,
+        delivery: &Delivery,
+    ) -> Result<(), SessionEnd> {
+        let shards: Vec<ShardId> = parts.iter().map(|p| p.shard).collect();
+        let started = std::time::Instant::now();
+        let mut running = Vec::with_capacity(parts.len());
+        let mut results = Vec::with_capacity(parts.len());
+        let mut failure: Option<ClientError> = None;
+        for part in &parts {
+            let name = loaded
+                .config
+                .shards
+                .get(part.shard)
+                .map_or_else(String::new, |s| s.name.clone());
+            let mut conn = match self.attach(loaded, part.shard).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            let (mut out, queue) =
+                self.compose(&mut conn, true, |_| (Vec::new(), Default::default()));
+            out.extend_from_slice(&local::query_message("BEGIN"));
+            out.extend_from_slice(&source.request(&part.statement, &delivery.formats));
+            let cycles = queue.len() + 2;
+            let result = match conn.send(&out).await {
+                Ok(()) => collect(&mut conn, cycles).await,
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(result) => {
+                    if let (None, Some(error)) = (&failure, &result.error) {
+                        failure = Some(ClientError::from_shard(error, &name));
+                    }
+                    results.push(result);
+                }
+                Err(e) => {
+                    conn.broken = true;
+                    failure.get_or_insert_with(|| ClientError::lost_shard(&name, e));
+                }
+            }
+            running.push(Part {
+                shard: part.shard,
+                name,
+                conn,
+            });
+            if failure.is_some() {
+                break;
+            }
+        }
+
+        if failure.is_none() {
+            failure = commit_parts(&mut running).await;
+            if failure.is_none() {
+                self.release_parts(running);
+                self.ctx
+                    .stats
+                    .record_scatter(loaded, &shards, true, started.elapsed());
+                return self.send_merged(results, delivery).await;
+            }
+        } else {
+            roll_back_parts(&mut running).await;
+        }
+        self.release_parts(running);
+        self.ctx
+            .stats
+            .record_scatter(loaded, &shards, false, started.elapsed());
+        match failure {
+            Some(error) => {
+                self.complete(Err(MergeFailure::Query(error)), delivery)
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// One `RowDescription` (if the client asked), every shard's `RETURNING` rows, one summed
+    /// `CommandComplete`.
+    async fn send_merged(
+        &mut self,
+        results: Vec<Answer>,
+        delivery: &Delivery,
+    ) -> Result<(), SessionEnd> {
+        let mut out = BytesMut::new();
+        let description = results.iter().find_map(|r| r.row_description.clone());
+        match (delivery.describe, description) {
+            (true, Some(description)) => out.extend_from_slice(&description),
+            // No RETURNING: a described portal returns no rows, as PostgreSQL's `NoData`
+            // says (the simple protocol has no Describe to answer).
+            (true, None) if delivery.extended => out.extend_from_slice(&msg::empty(tag::NO_DATA)),
+            _ => {}
+        }
+        let mut tags = Vec::new();
+        for result in results {
+            for row in result.rows {
+                out.extend_from_slice(&row);
+            }
+            tags.extend(result.tag);
+        }
+        self.out.push(&out).await?;
+        self.complete(Ok(msg::sum_tags(&tags)), delivery).await
+    }
+}

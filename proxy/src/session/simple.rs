@@ -1,0 +1,166 @@
+//! The simple query protocol: one `Query` message is read, routed, decided and carried out,
+//! ending with one `ReadyForQuery`. `FunctionCall` messages (libpq's large objects) follow the
+//! session to its shard.
+
+use std::collections::VecDeque;
+
+use shardline_router::{Param, StatementKind};
+
+use crate::protocol::backend::{self as msg, sqlstate};
+use crate::protocol::frontend::query_text;
+use crate::protocol::Frame;
+use crate::session::decide::{self, decide, Action, Request, Target};
+use crate::session::link::exchange::{Expect, Mode, Reply};
+use crate::session::local::query_message;
+use crate::session::multi::gather::{Delivery, Gather, Source};
+use crate::session::state::settings::effect_of;
+use crate::session::{ClientError, Session, SessionEnd};
+
+impl Session {
+    /// Answers one simple-protocol `Query`.
+    pub(crate) async fn simple_query(&mut self, frame: Frame) -> Result<(), SessionEnd> {
+        let loaded = self.ctx.snapshot();
+        let sql = match query_text(&frame) {
+            Ok(sql) => sql.to_owned(),
+            Err(e) => {
+                let error = ClientError::new(sqlstate::PROTOCOL_VIOLATION, e.to_string());
+                return self.fail(error).await;
+            }
+        };
+        if let Some(reply) = self.explain_route(&loaded, &sql) {
+            return self.answer(&reply).await;
+        }
+        let (plan, literals) = self.ctx.plan_simple(&loaded, &sql);
+        let params: Vec<Param<'_>> = literals.iter().map(|l| Param::Text(l.as_bytes())).collect();
+        let (routed, dual, refusal) = match decide::route(&loaded, &plan, &sql, &params) {
+            Ok((Target::Session, _)) => (None, None, None),
+            Ok((target, dual)) => (Some((0, target)), dual, None),
+            Err(error) => (None, None, Some(error)),
+        };
+        let request = Request {
+            extended: false,
+            kinds: std::slice::from_ref(&plan.kind),
+            routed: routed.as_slice(),
+            dual: dual.is_some(),
+            refusal: refusal.as_ref(),
+        };
+        let action = decide(&request, &self.facts(&loaded));
+        if let Some(shards) = action.shards() {
+            if let Some(notice) = self.route_notice(&loaded, &plan, &shards, &params) {
+                self.out.push(&notice).await?;
+            }
+        }
+        let effects = match plan.kind {
+            StatementKind::Compound => plan.parts().iter().map(effect_of).collect(),
+            ref kind => vec![effect_of(kind)],
+        };
+        let relayed = || {
+            VecDeque::from([Expect::Sent {
+                reply: Reply::Cycle,
+                mode: Mode::Relay,
+                effects,
+                prepares: None,
+            }])
+        };
+        match action {
+            Action::Local => match self.answer_locally(&plan.kind, &sql) {
+                Some(reply) => self.answer(&reply).await,
+                None => self.fail(internal("a local answer went missing")).await,
+            },
+            Action::Refuse(error) => {
+                self.tx.fail();
+                self.fail(error).await
+            }
+            Action::EndFailed { shard } => {
+                // Like PostgreSQL, ending a failed transaction rolls it back, whatever was asked.
+                self.tx.failed = false;
+                let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);
+                self.exchange(&loaded, shard, |_| (vec![query_message("ROLLBACK")], queue))
+                    .await
+            }
+            Action::CommitDual { old } => {
+                let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);
+                self.commit_dual(&loaded, old, |_| (vec![frame.into_bytes()], queue))
+                    .await
+            }
+            Action::AwaitCutover => {
+                // A cutover holds writes to moving keys; afterwards they may route elsewhere.
+                self.ctx.gate.resumed().await;
+                Box::pin(self.simple_query(frame)).await
+            }
+            Action::DualWrite { old } => {
+                let keys = dual.unwrap_or_default();
+                let queue = relayed();
+                self.dual_write(&loaded, old, keys, |_| (vec![frame.into_bytes()], queue))
+                    .await
+            }
+            Action::Single {
+                shard,
+                starts_transaction,
+            } => {
+                let queue = relayed();
+                self.exchange_with(&loaded, shard, starts_transaction, |_| {
+                    (vec![frame.into_bytes()], queue)
+                })
+                .await
+            }
+            Action::Scatter(shards) => {
+                let build = |_: &mut crate::backend::conn::Backend| {
+                    (
+                        vec![frame.clone().into_bytes()],
+                        VecDeque::from([Expect::relay(Reply::Cycle)]),
+                    )
+                };
+                self.scatter(&loaded, shards, build).await
+            }
+            Action::Gather(shards) => {
+                let Some(how) = Gather::of(&plan) else {
+                    return self.fail(internal("a gathered read lost its plan")).await;
+                };
+                let source = Source::Simple {
+                    sql: &sql,
+                    literals: &params,
+                };
+                self.gather(&loaded, shards, source, how, Delivery::simple())
+                    .await
+            }
+            Action::Split(parts) => {
+                let source = Source::Simple {
+                    sql: &sql,
+                    literals: &params,
+                };
+                self.insert_split(&loaded, parts.to_vec(), &source, &Delivery::simple())
+                    .await
+            }
+            Action::Copy(spec) => {
+                self.copy_split(&loaded, &sql, spec, &Delivery::simple())
+                    .await
+            }
+            Action::Spread => self.fail(internal("a query string cannot spread")).await,
+        }
+    }
+
+    /// Sends a reply the proxy made and the `ReadyForQuery` that ends the query.
+    async fn answer(&mut self, reply: &[u8]) -> Result<(), SessionEnd> {
+        self.out.push(reply).await?;
+        self.out
+            .push(&msg::ready_for_query(self.tx.status()))
+            .await?;
+        Ok(self.out.flush().await?)
+    }
+
+    /// Runs a `FunctionCall` where the session's transaction runs (the default shard outside
+    /// one).
+    pub(crate) async fn function_call(&mut self, frame: Frame) -> Result<(), SessionEnd> {
+        let loaded = self.ctx.snapshot();
+        let shard = self.tx.shard.unwrap_or(loaded.config.default_shard);
+        let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);
+        self.exchange(&loaded, shard, |_| (vec![frame.into_bytes()], queue))
+            .await
+    }
+}
+
+/// An error for a state the decision rules out.
+fn internal(what: &str) -> ClientError {
+    ClientError::new(sqlstate::INTERNAL, what)
+}
