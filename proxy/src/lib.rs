@@ -3,12 +3,14 @@
 //! Clients connect as to PostgreSQL; each statement is routed by the `shardline-router` crate
 //! to the shard that owns its key, or to every shard with the answers merged. The layout
 //! follows the path of a connection: [`server`] accepts, [`client`] logs in, [`session`] runs
-//! the protocol loop over [`protocol`] frames, and [`backend`] holds pooled shard connections.
+//! the protocol loop over [`protocol`] frames — each request read, decided by one pure function
+//! into an action, and carried out by that action's executor — and [`backend`] holds pooled
+//! shard connections.
 //!
 //! Operations: [`reload`] re-reads `shards.yaml`, [`admin`] is the console on database
 //! `shardline`, [`metrics`] serves `/metrics` and `/health` ([`health`]), [`stats`] counts
-//! statements per shard, [`pause`] holds new transactions, [`migration`] takes part in resharding, [`shutdown`] drains and closes, and
-//! [`signals`] maps process signals onto them.
+//! statements per shard, [`pause`] holds new transactions, [`migration`] takes part in resharding,
+//! [`shutdown`] drains and closes, and [`signals`] maps process signals onto them.
 
 pub mod admin;
 pub mod backend;

@@ -42,17 +42,7 @@ pub(crate) fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>,
                 {
                     queue.push_back(Expect::Local(msg::empty(tag::PARSE_COMPLETE)));
                 } else {
-                    out.push(build_parse(
-                        &statement.server_name(),
-                        &statement.query,
-                        &statement.param_types,
-                    ));
-                    queue.push_back(Expect::Sent {
-                        reply: Reply::Parse,
-                        mode: Mode::Relay,
-                        effects: Vec::new(),
-                        prepares: Some(statement.id),
-                    });
+                    prepare_named(statement, Mode::Relay, &mut out, &mut queue);
                 }
             }
             Item::UsesStatement {
@@ -126,17 +116,27 @@ impl Preparer {
                 self.unnamed_ready = true;
             }
         } else if !conn.prepared.contains(&statement.id) && self.preparing.insert(statement.id) {
-            out.push(build_parse(
-                &statement.server_name(),
-                &statement.query,
-                &statement.param_types,
-            ));
-            queue.push_back(Expect::Sent {
-                reply: Reply::Parse,
-                mode: Mode::Swallow,
-                effects: Vec::new(),
-                prepares: Some(statement.id),
-            });
+            prepare_named(statement, Mode::Swallow, out, queue);
         }
     }
+}
+
+/// A `Parse` of `statement` under its proxy name, whose answer is handled as `mode` says.
+fn prepare_named(
+    statement: &Statement,
+    mode: Mode,
+    out: &mut Vec<Bytes>,
+    queue: &mut VecDeque<Expect>,
+) {
+    out.push(build_parse(
+        &statement.server_name(),
+        &statement.query,
+        &statement.param_types,
+    ));
+    queue.push_back(Expect::Sent {
+        reply: Reply::Parse,
+        mode,
+        effects: Vec::new(),
+        prepares: Some(statement.id),
+    });
 }

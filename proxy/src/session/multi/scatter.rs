@@ -34,6 +34,16 @@ struct Leg {
     failure: Option<Bytes>,
 }
 
+impl Leg {
+    /// The shard's next message; a broken connection is the shard's failure.
+    async fn read(&mut self) -> Result<Frame, MergeError> {
+        self.conn
+            .read()
+            .await
+            .map_err(|e| MergeError::Shard(ClientError::lost_shard(&self.name, e)))
+    }
+}
+
 /// What one client message produced across the shards.
 #[derive(Default)]
 struct Merged {
@@ -179,11 +189,7 @@ impl Session {
     ) -> Result<(), MergeError> {
         let mut statement = 0;
         loop {
-            let frame = leg
-                .conn
-                .read()
-                .await
-                .map_err(|e| MergeError::Shard(ClientError::lost_shard(&leg.name, e)))?;
+            let frame = leg.read().await?;
             let frame_tag = frame.tag();
             let pass = match frame_tag {
                 tag::DATA_ROW | tag::COPY_DATA => merged.error.is_none(),
@@ -305,11 +311,7 @@ async fn next_client_entry(leg: &mut Leg) -> Result<Option<Expect>, MergeError> 
             continue;
         }
         loop {
-            let frame = leg
-                .conn
-                .read()
-                .await
-                .map_err(|e| MergeError::Shard(ClientError::lost_shard(&leg.name, e)))?;
+            let frame = leg.read().await?;
             match frame.tag() {
                 tag::ERROR_RESPONSE if reply != Reply::Cycle => {
                     leg.skipping = true;
