@@ -10,7 +10,7 @@
 //! Operations: [`reload`] re-reads `shards.yaml`, [`admin`] is the console on database
 //! `shardline`, [`metrics`] serves `/metrics` and `/health` ([`health`]), [`stats`] counts
 //! statements per shard, [`pause`] holds new transactions, [`migration`] takes part in resharding,
-//! [`shutdown`] drains and closes, and [`signals`] maps process signals onto them.
+//! [`resolver`] finishes two-phase commits a crash left in doubt, [`shutdown`] drains and closes, and [`signals`] maps process signals onto them.
 
 pub mod admin;
 pub mod backend;
@@ -26,6 +26,7 @@ pub mod migration;
 pub mod pause;
 pub mod protocol;
 pub mod reload;
+pub mod resolver;
 pub mod server;
 pub mod session;
 pub mod shutdown;

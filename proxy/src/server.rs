@@ -74,7 +74,7 @@ impl Proxy {
         let mut tasks = vec![
             tokio::spawn(accept(listener, ctx.clone())),
             tokio::spawn(maintain(ctx.clone())),
-            tokio::spawn(crate::migration::resolver::run(ctx.clone())),
+            tokio::spawn(crate::resolver::run(ctx.clone())),
             tokio::spawn({
                 let ctx = ctx.clone();
                 async move { crate::shutdown::drive(&ctx).await }

@@ -1,4 +1,4 @@
-//! Finishing dual writes a crash left half done, as `shardline_router::migration::indoubt`
+//! Finishing dual writes a crash left half done, as `shardline_router::indoubt`
 //! decides: a prepared copy is committed when its old owner's transaction committed, rolled
 //! back when it aborted, and left alone while it still runs. The proxies do the same in the
 //! background; the resharder does it before verifying and under the cutover's pause.
@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use shardline_router::migration::{indoubt, Layout};
+use shardline_router::indoubt;
+use shardline_router::migration::Layout;
 use tokio_postgres::error::SqlState;
 
 use crate::shards::Connections;

@@ -106,7 +106,7 @@ async fn rows_land_on_their_shard_and_read_back() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn transactions_stay_on_one_shard_and_errors_keep_their_sqlstate() -> anyhow::Result<()> {
+async fn transactions_fail_whole_and_errors_keep_their_sqlstate() -> anyhow::Result<()> {
     let cluster = TestCluster::start("tx", 4).await?;
     let mut client = cluster.client().await?;
     client.batch_execute(SCHEMA).await?;
@@ -135,15 +135,18 @@ async fn transactions_stay_on_one_shard_and_errors_keep_their_sqlstate() -> anyh
     .ok();
     tx.rollback().await?;
 
-    // A statement for another shard fails the transaction; nothing of it is committed.
+    // Another shard joins the transaction; a failure on one shard fails all of it, and
+    // nothing of it is committed on either.
     let tx = client.transaction().await?;
     tx.execute("UPDATE users SET name = 'changed' WHERE id = $1", &[&a])
         .await?;
+    tx.execute("INSERT INTO users (id, name) VALUES ($1, 'x')", &[&other])
+        .await?;
     let err = tx
-        .execute("INSERT INTO users (id, name) VALUES ($1, 'x')", &[&other])
+        .execute("INSERT INTO users (id, name) VALUES ($1, 'dup')", &[&same])
         .await;
     let code = err.as_ref().err().and_then(|e| e.code().cloned());
-    assert_eq!(code, Some(SqlState::FEATURE_NOT_SUPPORTED), "{err:?}");
+    assert_eq!(code, Some(SqlState::UNIQUE_VIOLATION), "{err:?}");
     let after = tx.query("SELECT 1", &[]).await;
     assert_eq!(
         after.err().and_then(|e| e.code().cloned()),

@@ -230,6 +230,10 @@ pub fn config(ctx: &ProxyContext) -> Table {
             c.pool.checkout_timeout.as_millis().to_string(),
         ),
         ("shutdown_grace_s", c.shutdown_grace.as_secs().to_string()),
+        (
+            "cross_shard_transactions",
+            c.cross_shard_transactions.to_string(),
+        ),
         ("shards", c.shards.len().to_string()),
         ("tables", c.tables.len().to_string()),
         ("paused", paused),

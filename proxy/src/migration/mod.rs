@@ -6,7 +6,6 @@
 //! the moving keys during cutover ([`MigrationGate`]).
 
 pub mod catalog;
-pub mod resolver;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -11,7 +11,6 @@ use crate::protocol::frontend::query_text;
 use crate::protocol::Frame;
 use crate::session::decide::{self, decide, Action, Request, Target};
 use crate::session::link::exchange::{Expect, Mode, Reply};
-use crate::session::local::query_message;
 use crate::session::multi::gather::{Delivery, Gather, Source};
 use crate::session::state::settings::effect_of;
 use crate::session::{ClientError, Session, SessionEnd};
@@ -45,10 +44,8 @@ impl Session {
             refusal: refusal.as_ref(),
         };
         let action = decide(&request, &self.facts(&loaded));
-        if let Some(shards) = action.shards() {
-            if let Some(notice) = self.route_notice(&loaded, &plan, &shards, &params) {
-                self.out.push(&notice).await?;
-            }
+        if let Some(notice) = self.route_notice(&loaded, &plan, &action, &params) {
+            self.out.push(&notice).await?;
         }
         let effects = match plan.kind {
             StatementKind::Compound => plan.parts().iter().map(effect_of).collect(),
@@ -70,13 +67,6 @@ impl Session {
             Action::Refuse(error) => {
                 self.tx.fail();
                 self.fail(error).await
-            }
-            Action::EndFailed { shard } => {
-                // Like PostgreSQL, ending a failed transaction rolls it back, whatever was asked.
-                self.tx.failed = false;
-                let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);
-                self.exchange(&loaded, shard, |_| (vec![query_message("ROLLBACK")], queue))
-                    .await
             }
             Action::CommitDual { old } => {
                 let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);
@@ -136,6 +126,19 @@ impl Session {
                 self.copy_split(&loaded, &sql, spec, &Delivery::simple())
                     .await
             }
+            Action::Everywhere => {
+                let build = |_: &mut crate::backend::conn::Backend| {
+                    (
+                        vec![frame.clone().into_bytes()],
+                        VecDeque::from([Expect::relay(Reply::Cycle)]),
+                    )
+                };
+                self.everywhere(&loaded, &plan.kind, &sql, build).await
+            }
+            Action::Finish { commit } => match self.finish_transaction(commit).await {
+                Ok(tag) => self.answer(&msg::command_complete(tag)).await,
+                Err(error) => self.fail(error).await,
+            },
             Action::Spread => self.fail(internal("a query string cannot spread")).await,
         }
     }
@@ -153,7 +156,7 @@ impl Session {
     /// one).
     pub(crate) async fn function_call(&mut self, frame: Frame) -> Result<(), SessionEnd> {
         let loaded = self.ctx.snapshot();
-        let shard = self.tx.shard.unwrap_or(loaded.config.default_shard);
+        let shard = self.tx.home().unwrap_or(loaded.config.default_shard);
         let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);
         self.exchange(&loaded, shard, |_| (vec![frame.into_bytes()], queue))
             .await

@@ -44,7 +44,7 @@ use sqlparser::parser::Parser;
 pub(crate) use array::{parse_binary_array, parse_text_array};
 
 use crate::config::Config;
-use crate::plan::{join_names, Plan, RouteError, StatementKind, Target};
+use crate::plan::{join_names, Plan, RouteError, SavepointOp, StatementKind, Target};
 use settings::{guc_name, set_statement};
 use unparseable::unparseable;
 use walked::{call, concatenated_read, copy, create_as, cursor, walked};
@@ -206,9 +206,12 @@ fn statement(config: &Config, stmt: &Statement) -> Analysis {
         Statement::StartTransaction { .. } => Analysis::handled(StatementKind::Begin),
         Statement::Commit { .. } => Analysis::handled(StatementKind::Commit),
         Statement::Rollback { savepoint: None, .. } => Analysis::handled(StatementKind::Rollback),
-        Statement::Rollback { savepoint: Some(_), .. } | Statement::Savepoint { .. } | Statement::ReleaseSavepoint { .. } => {
-            Analysis::handled(StatementKind::TransactionControl)
-        }
+        Statement::Savepoint { name } => savepoint(SavepointOp::Define, name),
+        Statement::ReleaseSavepoint { name } => savepoint(SavepointOp::Release, name),
+        Statement::Rollback {
+            savepoint: Some(name),
+            ..
+        } => savepoint(SavepointOp::RollbackTo, name),
         Statement::Fetch { .. } | Statement::Close { .. } => Analysis::handled(StatementKind::TransactionControl),
         Statement::Set(set) => set_statement(set),
         Statement::Reset(reset) => Analysis::handled(match &reset.reset {
@@ -331,4 +334,13 @@ fn statement(config: &Config, stmt: &Statement) -> Analysis {
         | Statement::Analyze(_) => Analysis::ddl(),
         _ => Analysis::unsupported("shardline does not know how to route this kind of statement"),
     }
+}
+
+/// A savepoint command, its name folded as PostgreSQL folds identifiers.
+fn savepoint(op: SavepointOp, name: &sqlparser::ast::Ident) -> Analysis {
+    let name = match name.quote_style {
+        Some(_) => name.value.clone(),
+        None => name.value.to_lowercase(),
+    };
+    Analysis::handled(StatementKind::Savepoint { op, name })
 }

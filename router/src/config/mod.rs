@@ -37,6 +37,9 @@ pub struct Config {
     pub metrics_listen: Option<String>,
     /// How long a graceful shutdown lets transactions finish before closing them.
     pub shutdown_grace: Duration,
+    /// A transaction block may span shards (two-phase commit when several wrote); when false,
+    /// a statement that needs another shard than the transaction's is refused.
+    pub cross_shard_transactions: bool,
 }
 
 /// How backends are shared between clients.

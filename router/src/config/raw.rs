@@ -31,6 +31,9 @@ pub struct RawConfig {
     /// Seconds a graceful shutdown waits for transactions to finish.
     #[serde(default)]
     pub shutdown_grace_s: Option<u64>,
+    /// Whether a transaction block may span shards (default true).
+    #[serde(default)]
+    pub cross_shard_transactions: Option<bool>,
 }
 
 fn default_listen() -> Spanned<String> {

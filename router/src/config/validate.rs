@@ -170,6 +170,7 @@ pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
         shutdown_grace: Duration::from_secs(
             raw.shutdown_grace_s.unwrap_or(DEFAULT_SHUTDOWN_GRACE_S),
         ),
+        cross_shard_transactions: raw.cross_shard_transactions.unwrap_or(true),
     })
 }
 

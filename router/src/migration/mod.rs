@@ -8,7 +8,6 @@
 
 pub mod fence;
 pub mod images;
-pub mod indoubt;
 pub mod layout;
 
 pub use layout::{Layout, LayoutError, Placement, TableMove};

@@ -71,6 +71,17 @@ pub struct RouteError {
     pub message: String,
 }
 
+/// What a savepoint command does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SavepointOp {
+    /// `SAVEPOINT name`.
+    Define,
+    /// `RELEASE [SAVEPOINT] name`.
+    Release,
+    /// `ROLLBACK TO [SAVEPOINT] name`.
+    RollbackTo,
+}
+
 /// The kind of a statement, so the proxy knows whether to track it (transactions, session
 /// settings, prepared statements) or just forward it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,9 +92,16 @@ pub enum StatementKind {
     Commit,
     /// `ROLLBACK` / `ABORT` (not `ROLLBACK TO SAVEPOINT`).
     Rollback,
-    /// `SAVEPOINT`, `RELEASE`, `ROLLBACK TO`, `PREPARE TRANSACTION`, `COMMIT/ROLLBACK PREPARED`,
-    /// and cursor commands (`FETCH`, `MOVE`, `CLOSE`) that must reach the backend the client holds.
+    /// `PREPARE TRANSACTION`, `COMMIT/ROLLBACK PREPARED`, and cursor commands (`FETCH`, `MOVE`,
+    /// `CLOSE`) that must reach the backend the client holds.
     TransactionControl,
+    /// `SAVEPOINT name`, `RELEASE [SAVEPOINT] name`, `ROLLBACK TO [SAVEPOINT] name`: they reach
+    /// every shard of the transaction, and a shard that joins later has them replayed.
+    Savepoint {
+        op: SavepointOp,
+        /// The savepoint, folded as PostgreSQL folds identifiers.
+        name: String,
+    },
     /// Session-level `SET name = value`; `name` is lower-cased, `value` is SQL text to replay as
     /// `SET name = <value>`.
     Set {

@@ -3,7 +3,7 @@
 //! transaction, `COMMIT`/`ROLLBACK` outside any, and `DISCARD ALL` / `DEALLOCATE ALL`, which in
 //! transaction pooling must clear the client's state, not a shared backend's.
 
-use shardline_router::StatementKind;
+use shardline_router::{SavepointOp, StatementKind};
 
 use crate::protocol::backend::sqlstate;
 use crate::session::state::transaction::Transaction;
@@ -23,7 +23,7 @@ pub(crate) enum TxPhase {
 impl TxPhase {
     /// The phase of `tx`.
     pub(crate) fn of(tx: &Transaction) -> TxPhase {
-        match (tx.shard, tx.held.is_empty()) {
+        match (tx.home(), tx.replay.is_empty()) {
             (Some(_), _) => TxPhase::Started,
             (None, false) => TxPhase::Held { failed: tx.failed },
             (None, true) => TxPhase::Idle,
@@ -39,6 +39,9 @@ pub(crate) enum LocalAnswer {
     /// `SET`, `RESET`, `SET LOCAL` inside a held transaction: held with it, replayed when it
     /// reaches a shard, undone if it rolls back.
     HoldSetting { tag: &'static str },
+    /// A savepoint command inside a held transaction: recorded, replayed when it reaches a
+    /// shard. `ROLLBACK TO` also ends a failure of the held transaction.
+    HoldSavepoint { op: SavepointOp },
     /// `COMMIT`/`ROLLBACK` of a held transaction: it ends without a shard. A failed one, or a
     /// `ROLLBACK`, undoes its settings and answers `ROLLBACK`.
     EndHeld { commit: bool },
@@ -55,6 +58,7 @@ impl LocalAnswer {
         match self {
             LocalAnswer::HoldBegin => TxPhase::Held { failed: false },
             LocalAnswer::HoldSetting { .. } => phase,
+            LocalAnswer::HoldSavepoint { .. } => TxPhase::Held { failed: false },
             LocalAnswer::EndHeld { .. }
             | LocalAnswer::NoTransaction { .. }
             | LocalAnswer::Discard { .. } => TxPhase::Idle,
@@ -80,6 +84,16 @@ pub(crate) fn local_answer(kind: &StatementKind, sql: &str, phase: TxPhase) -> O
         (StatementKind::Reset { .. } | StatementKind::ResetAll, _) if held => {
             LocalAnswer::HoldSetting { tag: "RESET" }
         }
+        (StatementKind::Savepoint { op, .. }, _) if held => LocalAnswer::HoldSavepoint { op: *op },
+        (
+            StatementKind::Savepoint {
+                op: SavepointOp::RollbackTo,
+                ..
+            },
+            TxPhase::Held { failed: true },
+        ) => LocalAnswer::HoldSavepoint {
+            op: SavepointOp::RollbackTo,
+        },
         (StatementKind::DiscardAll, TxPhase::Idle) => {
             let deallocate = sql
                 .trim_start()

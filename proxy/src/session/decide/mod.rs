@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 
 use shardline_router::copy::{copy_into, CopyInto};
 use shardline_router::split::{split_insert, InsertPart};
-use shardline_router::{Config, Params, Plan, Route, ShardId, StatementKind};
+use shardline_router::{Config, Params, Plan, Route, SavepointOp, ShardId, StatementKind};
 
 use crate::context::Loaded;
 use crate::protocol::backend::sqlstate;
@@ -72,6 +72,7 @@ pub(crate) fn follows_session(kind: &StatementKind) -> bool {
             | StatementKind::Commit
             | StatementKind::Rollback
             | StatementKind::TransactionControl
+            | StatementKind::Savepoint { .. }
             | StatementKind::Set { .. }
             | StatementKind::SetLocal
             | StatementKind::Reset { .. }
@@ -158,9 +159,6 @@ pub(crate) struct Facts<'a> {
 pub(crate) enum Action<'a> {
     /// The proxy answers every statement itself ([`local_answer`]).
     Local,
-    /// Ends a transaction the shard already failed: it is rolled back there, whatever the
-    /// client's `COMMIT` or `ROLLBACK` said.
-    EndFailed { shard: ShardId },
     /// Commits a transaction that wrote moving keys: on the new owners, then the old one.
     CommitDual { old: ShardId },
     /// Waits until the resharding cutover lets writes to moving keys go on, then decides again.
@@ -181,9 +179,14 @@ pub(crate) enum Action<'a> {
     Split(&'a [InsertPart]),
     /// A `COPY` whose rows go to their shards, committed on every shard or none.
     Copy(&'a CopyInto),
-    /// A pipeline whose statements need different shards, run statement by statement and
-    /// committed together at its `Sync`.
+    /// A pipeline whose statements need different shards, run statement by statement; outside
+    /// a transaction block its shards commit together at its `Sync`.
     Spread,
+    /// Runs on every shard of the transaction: a savepoint command or `SET LOCAL`.
+    Everywhere,
+    /// Ends a transaction on every shard it spans: commits on all of them or none, or rolls all
+    /// of them back (a failed transaction always rolls back).
+    Finish { commit: bool },
     /// Refuses the request with this error (failing the transaction, as PostgreSQL does).
     Refuse(ClientError),
 }
@@ -209,65 +212,32 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
         return Action::Local;
     }
     if tx.failed {
-        let ends = |k: &StatementKind| matches!(k, StatementKind::Commit | StatementKind::Rollback);
-        return match tx.shard {
-            Some(shard) if !request.kinds.is_empty() && request.kinds.iter().all(ends) => {
-                Action::EndFailed { shard }
-            }
-            _ => Action::Refuse(local::aborted()),
-        };
+        return in_failed_transaction(request);
     }
     if let Some(error) = request.refusal {
         return Action::Refuse(error.clone());
     }
-    if let Some(old) = tx.shard {
-        let commits = request.kinds.contains(&StatementKind::Commit);
-        if commits
-            && !tx.dual.is_empty()
-            && !tx.failed_on_shard
-            && request.routed.is_empty()
-            && !facts.segment_open
-        {
-            return Action::CommitDual { old };
+    if !tx.shards.is_empty() {
+        if let Some(action) = transaction_wide(request, facts) {
+            return action;
         }
     }
     if request.dual && facts.cutover_holds {
         return Action::AwaitCutover;
     }
     if request.extended && spreads(request, facts) {
-        if request.dual {
-            return Action::Refuse(moving::several_shards());
-        }
-        if controls_transactions(request.kinds) {
-            return Action::Refuse(ClientError::new(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                "a transaction block cannot start or end in a pipeline whose statements need several shards; send a Sync before BEGIN",
-            ));
-        }
-        if let Some((_, target)) = request
-            .routed
-            .iter()
-            .find(|(_, t)| !matches!(t, Target::Shard(_)))
-        {
-            return Action::Refuse(ClientError::new(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                format!(
-                    "a statement that needs shards {} cannot run in a pipeline whose other statements need other shards; send a Sync before it",
-                    shard_names(facts.config, &target.shards(facts.config).unwrap_or_default())
-                ),
-            ));
-        }
-        return Action::Spread;
+        return spread(request, facts);
     }
     let target = match combined_target(request, facts) {
         Ok(target) => target,
         Err(error) => return Action::Refuse(error),
     };
+    let moving = request.dual || !tx.dual.is_empty();
     let shard = match target {
         Ok(shard) => shard,
-        Err(_) if request.dual => return Action::Refuse(moving::several_shards()),
+        Err(_) if moving => return Action::Refuse(moving::several_shards()),
         Err(target) => {
-            if tx.open() {
+            if tx.open() && !facts.config.cross_shard_transactions {
                 let shards = target.shards(facts.config).unwrap_or_default();
                 return Action::Refuse(scatter_in_transaction(facts.config, &shards));
             }
@@ -285,8 +255,13 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
         }
     };
     let starts_transaction = !request.routed.is_empty();
-    if let Some(pinned) = tx.shard.filter(|pinned| *pinned != shard) {
-        return Action::Refuse(pinned_elsewhere(facts.config, pinned, shard));
+    let joins = starts_transaction && tx.home().is_some_and(|_| !tx.shards.contains(&shard));
+    if joins && moving {
+        return Action::Refuse(moving::several_shards());
+    }
+    if joins && !facts.config.cross_shard_transactions {
+        let home = tx.home().unwrap_or_default();
+        return Action::Refuse(pinned_elsewhere(facts.config, home, shard));
     }
     if request.dual {
         return Action::DualWrite { old: shard };
@@ -295,6 +270,87 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
         shard,
         starts_transaction,
     }
+}
+
+/// A request inside a transaction that already failed: only its end, or a `ROLLBACK TO
+/// SAVEPOINT` that undoes the failure, may run.
+fn in_failed_transaction<'a>(request: &Request<'a>) -> Action<'a> {
+    let ends = |k: &StatementKind| matches!(k, StatementKind::Commit | StatementKind::Rollback);
+    let kinds = request.kinds;
+    if !kinds.is_empty() && kinds.iter().all(ends) {
+        // Like PostgreSQL, ending a failed transaction rolls it back, whatever was asked.
+        return Action::Finish { commit: false };
+    }
+    let rolls_back_to = matches!(
+        kinds,
+        [StatementKind::Savepoint {
+            op: SavepointOp::RollbackTo,
+            ..
+        }]
+    );
+    if rolls_back_to && request.refusal.is_none() {
+        return Action::Everywhere;
+    }
+    Action::Refuse(local::aborted())
+}
+
+/// Statements that concern the whole transaction once shards take part in it: its end, and
+/// savepoints and `SET LOCAL`, which every participant must see.
+fn transaction_wide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Option<Action<'a>> {
+    let tx = facts.tx;
+    let kinds = request.kinds;
+    let scoped =
+        |k: &StatementKind| matches!(k, StatementKind::Savepoint { .. } | StatementKind::SetLocal);
+    let several = tx.shards.len() > 1;
+    if !kinds.is_empty() && request.routed.is_empty() && !facts.segment_open {
+        match kinds {
+            [StatementKind::Commit] if !several && !tx.dual.is_empty() => {
+                return tx.home().map(|old| Action::CommitDual { old });
+            }
+            [StatementKind::Commit] if several => return Some(Action::Finish { commit: true }),
+            [StatementKind::Rollback] if several => return Some(Action::Finish { commit: false }),
+            _ => {}
+        }
+    }
+    if !kinds.iter().any(scoped) {
+        return None;
+    }
+    if kinds.iter().all(scoped) && request.routed.is_empty() {
+        return Some(Action::Everywhere);
+    }
+    several.then(|| {
+        Action::Refuse(ClientError::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "in a transaction that spans shards, send SAVEPOINT, RELEASE, ROLLBACK TO and SET LOCAL before a Sync of their own",
+        ))
+    })
+}
+
+/// A pipeline segment that runs statement by statement on each one's shard, or why it cannot.
+fn spread<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a> {
+    if request.dual || !facts.tx.dual.is_empty() {
+        return Action::Refuse(moving::several_shards());
+    }
+    if controls_transactions(request.kinds) {
+        return Action::Refuse(ClientError::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "a transaction block cannot start or end in a pipeline whose statements need several shards; send a Sync before BEGIN",
+        ));
+    }
+    if let Some((_, target)) = request
+        .routed
+        .iter()
+        .find(|(_, t)| !matches!(t, Target::Shard(_)))
+    {
+        return Action::Refuse(ClientError::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "a statement that needs shards {} cannot run in a pipeline whose other statements need other shards; send a Sync before it",
+                shard_names(facts.config, &target.shards(facts.config).unwrap_or_default())
+            ),
+        ));
+    }
+    Action::Spread
 }
 
 /// Whether every statement of the request is one the proxy answers itself, taking the
@@ -319,11 +375,18 @@ fn spreads(request: &Request<'_>, facts: &Facts<'_>) -> bool {
     if facts.spread {
         return true;
     }
-    if facts.tx.open()
-        || controls_transactions(request.kinds)
-        || request.routed.iter().any(|(_, t)| t.assembled())
-    {
+    if controls_transactions(request.kinds) || request.routed.iter().any(|(_, t)| t.assembled()) {
         return false;
+    }
+    if facts.tx.open() {
+        // Inside a transaction block the shards join the transaction; the segment spreads when
+        // its own statements need several.
+        let mut shards = request.routed.iter().filter_map(|(_, t)| match t {
+            Target::Shard(shard) => Some(*shard),
+            _ => None,
+        });
+        let first = shards.next();
+        return facts.config.cross_shard_transactions && shards.any(|s| Some(s) != first);
     }
     // The common segment (one statement, nothing left unsynced) decides without allocating.
     if request.routed.len() <= 1 && facts.unsynced.is_empty() {
@@ -362,7 +425,7 @@ fn combined_target<'a>(
     let session_shard = || {
         facts
             .tx
-            .shard
+            .home()
             .or(facts.held)
             .unwrap_or(facts.config.default_shard)
     };

@@ -12,6 +12,7 @@ use crate::session::extended::assembled::Assembled;
 use crate::session::extended::messages::build_messages;
 use crate::session::extended::segment::Item;
 use crate::session::link::exchange::Reply;
+use crate::session::state::statements::Statement;
 use crate::session::{ClientError, Session, SessionEnd};
 
 /// What became of a segment.
@@ -76,22 +77,49 @@ impl Session {
         let items = &segment.items;
         match action {
             Action::Local => {
-                let replies = self.answer_segment_locally(items);
+                let replies = self.segment_replies(items, |session, statement| {
+                    session
+                        .answer_locally(&statement.plan.kind, &statement.query)
+                        .unwrap_or_else(|| {
+                            msg::error(
+                                sqlstate::INVALID_TRANSACTION_STATE,
+                                "transaction control statement is not valid here",
+                            )
+                        })
+                });
                 self.out.push(&replies).await?;
                 return Ok(self.out.flush().await.map(|()| Segmented::Ran)?);
+            }
+            Action::Finish { commit } => {
+                let reply = match self.finish_transaction(commit).await {
+                    Ok(tag) => msg::command_complete(tag),
+                    Err(error) => error.bytes(),
+                };
+                let replies = self.segment_replies(items, |_, _| reply.clone());
+                self.out.push(&replies).await?;
+                return Ok(self.out.flush().await.map(|()| Segmented::Ran)?);
+            }
+            Action::Everywhere => {
+                let Some(kind) = segment.kinds.first() else {
+                    return Ok(Segmented::Ran);
+                };
+                let sql = match items.iter().find_map(|item| match item {
+                    Item::Execute {
+                        statement: Some(statement),
+                        ..
+                    } => Some(statement.query.clone()),
+                    _ => None,
+                }) {
+                    Some(sql) => sql,
+                    None => return Ok(Segmented::Ran),
+                };
+                self.everywhere(loaded, kind, &sql, |conn| build_messages(items, conn))
+                    .await?;
             }
             Action::Refuse(error) => {
                 self.tx.fail();
                 self.fail(error).await?;
                 return Ok(Segmented::Ran);
-            }
-            Action::EndFailed { shard } => {
-                // The shard's transaction is rolled back first; the client's COMMIT then ends
-                // nothing.
-                self.tx.failed = false;
-                self.tx.held.push("ROLLBACK".to_owned());
-                self.exchange(loaded, shard, |conn| build_messages(items, conn))
-                    .await?;
             }
             Action::CommitDual { old } => {
                 self.commit_dual(loaded, old, |conn| build_messages(items, conn))
@@ -139,10 +167,27 @@ impl Session {
         Ok(Segmented::Ran)
     }
 
-    /// The replies to a segment the proxy answers itself ([`Action::Local`]), in order.
-    fn answer_segment_locally(&mut self, items: &[Item]) -> Bytes {
+    /// The replies to a segment the proxy answers itself, in order; `execute` answers each
+    /// executed statement. After an error the replies up to `Sync` are left out, as PostgreSQL
+    /// skips those messages.
+    fn segment_replies<F>(&mut self, items: &[Item], mut execute: F) -> Bytes
+    where
+        F: FnMut(&mut Self, &Statement) -> Bytes,
+    {
         let mut out = Vec::new();
+        let mut skipping = false;
         for item in items {
+            if skipping
+                && !matches!(
+                    item,
+                    Item::Forward {
+                        reply: Some(Reply::Sync),
+                        ..
+                    }
+                )
+            {
+                continue;
+            }
             match item {
                 Item::Parse { .. } => out.extend_from_slice(&msg::empty(tag::PARSE_COMPLETE)),
                 Item::UsesStatement {
@@ -156,13 +201,11 @@ impl Session {
                 Item::Execute {
                     statement: Some(statement),
                     ..
-                } => match self.answer_locally(&statement.plan.kind, &statement.query) {
-                    Some(reply) => out.extend_from_slice(&reply),
-                    None => out.extend_from_slice(&msg::error(
-                        sqlstate::INVALID_TRANSACTION_STATE,
-                        "transaction control statement is not valid here",
-                    )),
-                },
+                } => {
+                    let reply = execute(self, statement);
+                    skipping = reply.first() == Some(&tag::ERROR_RESPONSE);
+                    out.extend_from_slice(&reply);
+                }
                 Item::Execute {
                     statement: None, ..
                 } => {}
@@ -177,7 +220,10 @@ impl Session {
                 Item::Forward {
                     reply: Some(Reply::Sync),
                     ..
-                } => out.extend_from_slice(&msg::ready_for_query(self.tx.status())),
+                } => {
+                    skipping = false;
+                    out.extend_from_slice(&msg::ready_for_query(self.tx.status()));
+                }
                 Item::Forward { .. } => {}
             }
         }

@@ -38,6 +38,9 @@ pub(crate) struct Spread {
     joined: BTreeSet<ShardId>,
     /// Where the last statement ran: messages that name no shard go there.
     last: Option<ShardId>,
+    /// The pipeline runs inside the client's transaction block: its shards join that
+    /// transaction, and its `Sync` ends nothing.
+    in_transaction: bool,
 }
 
 /// Consecutive messages of a segment that end with one `Execute`, and the shard they run on
@@ -55,6 +58,12 @@ impl Session {
         loaded: &Loaded,
         segment: Segment,
     ) -> Result<(), SessionEnd> {
+        if self.spread.is_none() && self.tx.open() {
+            self.spread = Some(Spread {
+                in_transaction: true,
+                ..Spread::default()
+            });
+        }
         if self.spread.is_none() {
             let mut spread = Spread::default();
             // Backends that already ran part of this pipeline keep it: `BEGIN` takes it in.
@@ -80,7 +89,10 @@ impl Session {
                     .and_then(|s| s.last)
                     .unwrap_or(loaded.config.default_shard),
             };
-            let begin = self.spread.as_mut().is_some_and(|s| s.joined.insert(shard));
+            let begin = self
+                .spread
+                .as_mut()
+                .is_some_and(|s| s.joined.insert(shard) && !s.in_transaction);
             if let Some(spread) = self.spread.as_mut() {
                 spread.last = Some(shard);
             }
@@ -104,6 +116,9 @@ impl Session {
             if self.skip_to_sync {
                 self.skip_to_sync = false;
                 return self.end_failed_pipeline().await;
+            }
+            if self.spread.as_ref().is_some_and(|s| s.in_transaction) {
+                return self.sync_spread().await;
             }
             return self.commit_spread().await;
         }
@@ -159,6 +174,33 @@ impl Session {
         Ok(self.out.flush().await?)
     }
 
+    /// The `Sync` of a spread pipeline inside the client's transaction: every shard it ran on
+    /// is synced and stays in the transaction; a shard that failed fails the transaction.
+    async fn sync_spread(&mut self) -> Result<(), SessionEnd> {
+        let joined = self.spread.take().map(|s| s.joined).unwrap_or_default();
+        for shard in joined {
+            let Some(mut conn) = self.conns.remove(&shard) else {
+                continue;
+            };
+            match sync(&mut conn).await {
+                Some(status) => {
+                    if status != b'T' {
+                        self.tx.fail();
+                    }
+                    self.keep_or_release(shard, conn, true);
+                }
+                None => {
+                    self.tx.fail();
+                    self.drop_backend(conn);
+                }
+            }
+        }
+        self.out
+            .push(&msg::ready_for_query(self.tx.status()))
+            .await?;
+        Ok(self.out.flush().await?)
+    }
+
     /// The backends of the spread pipeline, taken from the session.
     fn take_spread_parts(&mut self) -> Vec<Part> {
         let joined = self.spread.take().map(|s| s.joined).unwrap_or_default();
@@ -175,6 +217,12 @@ impl Session {
     /// Ends a pipeline that failed, at its `Sync`: whatever it left open on backends is
     /// aborted, then the client gets its one `ReadyForQuery`.
     pub(crate) async fn end_failed_pipeline(&mut self) -> Result<(), SessionEnd> {
+        if self.spread.as_ref().is_some_and(|s| s.in_transaction) {
+            // Inside the client's transaction the failure fails the transaction, which its
+            // ROLLBACK ends on every shard.
+            self.tx.fail();
+            return self.sync_spread().await;
+        }
         let mut parts = self.take_spread_parts();
         for part in &mut parts {
             sync(&mut part.conn).await;

@@ -16,6 +16,7 @@ use crate::session::{local, ClientError, Session};
 impl Session {
     pub(crate) fn keep_or_release(&mut self, shard: ShardId, conn: Pooled, busy: bool) {
         if busy
+            || self.tx.shards.contains(&shard)
             || conn.unsynced
             || self.awaiting_sync
             || self.identity.pool_mode == PoolMode::Session
@@ -115,10 +116,7 @@ impl Session {
     /// Finishes backends held after a `Flush` on other shards than `shard`: their pipeline
     /// segment is over once the client moves elsewhere, so they get a `Sync` and go back.
     pub(crate) async fn settle_others(&mut self, shard: ShardId) {
-        if self.tx.shard.is_some()
-            || self.spread.is_some()
-            || self.identity.pool_mode == PoolMode::Session
-        {
+        if self.tx.open() || self.spread.is_some() || self.identity.pool_mode == PoolMode::Session {
             return;
         }
         let others: Vec<ShardId> = self.conns.keys().copied().filter(|s| *s != shard).collect();

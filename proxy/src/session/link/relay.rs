@@ -80,7 +80,7 @@ impl Session {
                 return self.fail(e).await.map(|()| None);
             }
         };
-        let (out, mut queue) = self.compose(&mut conn, start_held, build);
+        let (out, mut queue) = self.compose(shard, &mut conn, start_held, build);
         let result = match conn.send(&out).await {
             Ok(()) => exchange::drive(&mut conn, &mut queue, &mut self.out, &mut self.input).await,
             Err(e) => Err(ExchangeError::Backend(e)),
@@ -98,6 +98,7 @@ impl Session {
     /// `build` makes — and the matching answer queue.
     pub(crate) fn compose<F>(
         &mut self,
+        shard: ShardId,
         conn: &mut Pooled,
         start_held: bool,
         build: F,
@@ -107,7 +108,7 @@ impl Session {
     {
         let mut out = BytesMut::new();
         let mut queue = VecDeque::new();
-        self.prelude(conn, &mut out, &mut queue, start_held);
+        self.prelude(shard, conn, &mut out, &mut queue, start_held);
         let (messages, expects) = build(conn);
         for m in messages {
             out.extend_from_slice(&m);
@@ -116,26 +117,45 @@ impl Session {
         (out, queue)
     }
 
-    /// Settings sync and held `BEGIN`, prepended to what a backend is sent.
+    /// Settings sync and, for a shard joining the client's transaction, what the transaction
+    /// replays (its `BEGIN`, `SET LOCAL`s and savepoints), prepended to what a backend is sent.
+    /// `joins` is false for messages that touch no data, which must not start the transaction
+    /// on a shard.
     pub(crate) fn prelude(
         &mut self,
+        shard: ShardId,
         conn: &mut Pooled,
         out: &mut BytesMut,
         queue: &mut VecDeque<Expect>,
-        start_held: bool,
+        joins: bool,
     ) {
         if let Some(sql) = settings::sync_sql(conn.settings.as_ref(), &self.settings) {
             out.extend_from_slice(&local::query_message(&sql));
             queue.push_back(Expect::swallow(Reply::Cycle));
             conn.settings = Some(self.settings.clone());
         }
-        if start_held && !self.tx.held.is_empty() {
-            let sql = std::mem::take(&mut self.tx.held).join(";");
-            out.extend_from_slice(&local::query_message(&sql));
+        if joins && self.tx.open() && !self.tx.shards.contains(&shard) {
+            out.extend_from_slice(&local::query_message(&self.tx.join_sql()));
             queue.push_back(Expect::swallow(Reply::Cycle));
+            self.tx.shards.insert(shard);
             if self.tx.settings_before.is_none() {
                 self.tx.settings_before = Some(self.settings.clone());
             }
+        }
+    }
+
+    /// Notes that `shard`'s backend reported no transaction. If it took part in the client's
+    /// transaction, that transaction ended there (its `COMMIT` or `ROLLBACK` ran on its only
+    /// shard); were others still in it, the client's transaction can no longer commit whole,
+    /// so it is failed. A transaction still held (nothing routed yet) stays open.
+    pub(crate) fn left_transaction(&mut self, shard: ShardId) {
+        if !self.tx.shards.remove(&shard) {
+            return;
+        }
+        if self.tx.shards.is_empty() {
+            self.tx = Transaction::default();
+        } else {
+            self.tx.failed = true;
         }
     }
 
@@ -200,15 +220,14 @@ impl Session {
         });
         match outcome.ready {
             Some(b'I') => {
-                // A transaction still held (nothing routed yet) stays open for the client.
-                if self.tx.held.is_empty() {
-                    self.tx = Transaction::default();
-                }
+                self.left_transaction(shard);
                 self.keep_or_release(shard, conn, false);
             }
             Some(status) => {
-                self.tx.shard = Some(shard);
-                self.tx.failed_on_shard = status == b'E';
+                self.tx.shards.insert(shard);
+                if status == b'E' {
+                    self.tx.failed = true;
+                }
                 if self.tx.settings_before.is_none() {
                     self.tx.settings_before = Some(self.settings.clone());
                 }

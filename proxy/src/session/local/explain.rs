@@ -7,12 +7,12 @@
 //! settings), every simple-protocol statement is preceded by a NOTICE naming its shards.
 
 use bytes::Bytes;
-use shardline_router::{Config, Param, Plan, Route, ShardId};
+use shardline_router::{Config, Param, Plan, Route};
 
 use crate::admin::table::{Reply, Table};
 use crate::context::Loaded;
 use crate::protocol::backend as msg;
-use crate::session::decide::shard_names;
+use crate::session::decide::{shard_names, Action};
 use crate::session::Session;
 
 /// The statement inside `EXPLAIN (ROUTE) …`, if `sql` is one.
@@ -52,12 +52,13 @@ impl Session {
         Some(Reply::Table(table).encode())
     }
 
-    /// A NOTICE naming the shards of a statement, when the client asked for them.
+    /// A NOTICE naming the shards `action` runs a statement on, when the client asked for
+    /// them.
     pub(crate) fn route_notice(
         &self,
         loaded: &Loaded,
         plan: &Plan,
-        shards: &[ShardId],
+        action: &Action<'_>,
         params: &[Param<'_>],
     ) -> Option<Bytes> {
         let setting = self.settings.get("shardline.show_route")?;
@@ -65,13 +66,12 @@ impl Session {
             setting.trim_matches('\'').to_ascii_lowercase().as_str(),
             "on" | "true" | "1" | "yes"
         );
-        on.then(|| {
-            msg::notice(&format!(
-                "shardline: {} ({})",
-                shard_names(&loaded.config, shards),
-                plan.explain(&loaded.config, &params.to_vec())
-            ))
-        })
+        let shards = action.shards().filter(|_| on)?;
+        Some(msg::notice(&format!(
+            "shardline: {} ({})",
+            shard_names(&loaded.config, &shards),
+            plan.explain(&loaded.config, &params.to_vec())
+        )))
     }
 }
 

@@ -5,7 +5,7 @@
 pub(crate) mod explain;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use shardline_router::StatementKind;
+use shardline_router::{SavepointOp, StatementKind};
 
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::session::decide::{local_answer, LocalAnswer, TxPhase};
@@ -29,12 +29,12 @@ impl Session {
         let answer = local_answer(kind, sql, TxPhase::of(&self.tx))?;
         let tag = match answer {
             LocalAnswer::HoldBegin => {
-                self.tx.held.push(sql.to_owned());
+                self.tx.replay.push(sql.to_owned());
                 self.tx.settings_before = Some(self.settings.clone());
                 "BEGIN"
             }
             LocalAnswer::HoldSetting { tag } => {
-                self.tx.held.push(sql.to_owned());
+                self.tx.replay.push(sql.to_owned());
                 if self.tx.settings_before.is_none() {
                     self.tx.settings_before = Some(self.settings.clone());
                 }
@@ -42,6 +42,25 @@ impl Session {
                     apply_effects(&mut self.settings, &[effect]);
                 }
                 tag
+            }
+            LocalAnswer::HoldSavepoint { op } => {
+                let StatementKind::Savepoint { name, .. } = kind else {
+                    return None;
+                };
+                if op != SavepointOp::Define && !self.tx.has_savepoint(name) {
+                    self.tx.fail();
+                    return Some(msg::error(
+                        sqlstate::INVALID_SAVEPOINT_SPECIFICATION,
+                        &format!("savepoint \"{name}\" does not exist"),
+                    ));
+                }
+                self.tx.record_savepoint(op, name);
+                self.tx.failed = false;
+                match op {
+                    SavepointOp::Define => "SAVEPOINT",
+                    SavepointOp::Release => "RELEASE",
+                    SavepointOp::RollbackTo => "ROLLBACK",
+                }
             }
             LocalAnswer::EndHeld { commit } => {
                 let tx = std::mem::take(&mut self.tx);

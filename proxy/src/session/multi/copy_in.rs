@@ -15,7 +15,7 @@ use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::FrameError;
 use crate::session::multi::gather::Delivery;
 use crate::session::multi::ordered::MergeFailure;
-use crate::session::multi::twophase::{commit_parts, finish_quietly, Part};
+use crate::session::multi::twophase::Part;
 use crate::session::{local, ClientError, Session, SessionEnd};
 
 /// Rows are sent to a shard in `CopyData` messages of about this size.
@@ -168,11 +168,13 @@ impl Session {
                 .await
                 .map_err(|e| (parts.len(), e))?;
             let (mut out, queue) =
-                self.compose(&mut conn, true, |_| (Vec::new(), Default::default()));
+                self.compose(shard, &mut conn, true, |_| (Vec::new(), Default::default()));
             if wants_columns {
                 out.extend_from_slice(&local::query_message(&columns_query(&spec.table)));
             }
-            out.extend_from_slice(&local::query_message("BEGIN"));
+            let begin = self.part_begin();
+            let cycles = queue.len() + usize::from(begin.is_some()) + usize::from(wants_columns);
+            out.extend_from_slice(&begin.unwrap_or_default());
             out.extend_from_slice(&local::query_message(sql));
             let sent = conn.send(&out).await;
             parts.push(Part {
@@ -184,12 +186,7 @@ impl Session {
             let copying = parts.len() - 1;
             let Some(part) = parts.last_mut() else { break };
             sent.map_err(|e| (copying, ClientError::lost_shard(&name, e.to_string())))?;
-            let answer = await_copy_in(
-                &mut part.conn,
-                queue.len() + 1 + usize::from(wants_columns),
-                wants_columns,
-            )
-            .await;
+            let answer = await_copy_in(&mut part.conn, cycles, wants_columns).await;
             match answer {
                 Ok(CopyStart::Ready {
                     response: r,
@@ -250,12 +247,11 @@ impl Session {
     /// Commits every shard's COPY; `Ok(true)` when it did.
     async fn commit_copy(
         &mut self,
-        mut parts: Vec<Part>,
+        parts: Vec<Part>,
         rows: u64,
         delivery: &Delivery,
     ) -> Result<bool, SessionEnd> {
-        let failure = commit_parts(&mut parts).await;
-        self.release_parts(parts);
+        let failure = self.settle_parts(parts).await;
         let committed = failure.is_none();
         let result = match failure {
             Some(error) => Err(MergeFailure::Query(error)),
@@ -287,12 +283,10 @@ impl Session {
                     && read_to_ready(&mut part.conn).await.is_ok();
                 if !ended {
                     part.conn.broken = true;
-                    continue;
                 }
             }
-            finish_quietly(&mut part.conn, "ROLLBACK").await;
         }
-        self.release_parts(parts);
+        self.abandon_parts(parts).await;
         self.complete(Err(MergeFailure::Query(error)), delivery)
             .await
             .map(|()| false)

@@ -14,8 +14,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
+use shardline_router::indoubt::{self, Kind};
 use shardline_router::migration::images::{lock_keys_sql, read_images_sql};
-use shardline_router::migration::indoubt;
 use shardline_router::{KeyValue, ShardId};
 
 use crate::backend::pool::{Pooled, Pools};
@@ -244,7 +244,7 @@ impl Session {
         let mut prepared: Vec<Part> = Vec::new();
         for (owner, statements) in applies {
             let name = shard_name(loaded, owner);
-            let gid = indoubt::gid(&xid, &old_name, &name);
+            let gid = indoubt::gid(Kind::DualWrite, &xid, &old_name, &name);
             let attached = self.attach(loaded, owner).await;
             let failure = match attached {
                 Err(e) => Some(e),

@@ -170,6 +170,10 @@ impl Session {
         result: Result<String, MergeFailure>,
         delivery: &Delivery,
     ) -> Result<(), SessionEnd> {
+        if matches!(result, Err(MergeFailure::Query(_))) {
+            // A statement that fails inside a transaction block fails the block.
+            self.tx.fail();
+        }
         match result {
             Ok(tag) => {
                 self.out.push(&msg::command_complete(&tag)).await?;

@@ -2,7 +2,8 @@
 //! answers concatenated ([`scatter`]), rows merged in order or aggregates combined ([`gather`],
 //! [`ordered`], [`aggregate`]), a multi-row `INSERT` split by shard ([`split_insert`]), `COPY`
 //! rows sent to their shards ([`copy_in`]), and writes of moving keys during resharding
-//! ([`dual`]). The writes commit everywhere or nowhere through [`twophase`].
+//! ([`dual`]). The writes commit everywhere or nowhere through [`twophase`], and so does a
+//! transaction block that spans shards ([`transaction`]).
 //!
 //! Each pairs with the router module that plans it: `ordered` ↔ `shardline_router::merge`,
 //! `aggregate` ↔ `combine`, `split_insert` ↔ `split`, `copy_in` ↔ `copy`, `dual` ↔ `migration`.
@@ -14,4 +15,5 @@ pub(crate) mod gather;
 pub(crate) mod ordered;
 pub(crate) mod scatter;
 pub(crate) mod split_insert;
+pub(crate) mod transaction;
 pub(crate) mod twophase;

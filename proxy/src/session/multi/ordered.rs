@@ -67,7 +67,7 @@ impl Session {
                 Err(e) => return (streams, Some(e)),
             };
             let (mut out, prelude) =
-                self.compose(&mut conn, true, |_| (Vec::new(), Default::default()));
+                self.compose(shard, &mut conn, true, |_| (Vec::new(), Default::default()));
             // The first shard also says how text compares there.
             if i == 0 {
                 out.extend_from_slice(&local::query_message("SHOW lc_collate"));

@@ -54,6 +54,8 @@ struct Merged {
     error: Option<Bytes>,
     copy_done: bool,
     ready: bool,
+    /// A shard reported its transaction failed (`ReadyForQuery` status `E`).
+    failed_transaction: bool,
 }
 
 impl Session {
@@ -72,7 +74,7 @@ impl Session {
         for &shard in shards {
             match self.attach(loaded, shard).await {
                 Ok(mut conn) => {
-                    let (bytes, queue) = self.compose(&mut conn, true, |c| build(c));
+                    let (bytes, queue) = self.compose(shard, &mut conn, true, |c| build(c));
                     let queue = alike_on_every_shard(queue);
                     let name = loaded
                         .config
@@ -171,8 +173,12 @@ impl Session {
             }
             if merged.ready {
                 failed = false;
+                if merged.failed_transaction {
+                    // Inside the client's transaction: a failure on one shard fails it all.
+                    self.tx.fail();
+                }
                 self.out
-                    .push(&msg::ready_for_query(b'I'))
+                    .push(&msg::ready_for_query(self.tx.status()))
                     .await
                     .map_err(MergeError::Client)?;
                 self.out.flush().await.map_err(MergeError::Client)?;
@@ -219,6 +225,7 @@ impl Session {
                 }
                 tag::READY_FOR_QUERY => {
                     merged.ready = true;
+                    merged.failed_transaction |= msg::ready_status(&frame) == b'E';
                     leg.skipping = false;
                     false
                 }

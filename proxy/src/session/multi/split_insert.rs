@@ -14,8 +14,8 @@ use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, tag};
 use crate::session::multi::gather::{Delivery, Source};
 use crate::session::multi::ordered::MergeFailure;
-use crate::session::multi::twophase::{collect, commit_parts, roll_back_parts, Answer, Part};
-use crate::session::{local, ClientError, Session, SessionEnd};
+use crate::session::multi::twophase::{collect, Answer, Part};
+use crate::session::{ClientError, Session, SessionEnd};
 
 impl Session {
     /// Runs the parts of a split `INSERT` atomically across their shards, in the client's
@@ -45,11 +45,13 @@ impl Session {
                     break;
                 }
             };
-            let (mut out, queue) =
-                self.compose(&mut conn, true, |_| (Vec::new(), Default::default()));
-            out.extend_from_slice(&local::query_message("BEGIN"));
+            let (mut out, queue) = self.compose(part.shard, &mut conn, true, |_| {
+                (Vec::new(), Default::default())
+            });
+            let begin = self.part_begin();
+            let cycles = queue.len() + usize::from(begin.is_some()) + 1;
+            out.extend_from_slice(&begin.unwrap_or_default());
             out.extend_from_slice(&source.request(&part.statement, &delivery.formats));
-            let cycles = queue.len() + 2;
             let result = match conn.send(&out).await {
                 Ok(()) => collect(&mut conn, cycles).await,
                 Err(e) => Err(e.to_string()),
@@ -77,18 +79,16 @@ impl Session {
         }
 
         if failure.is_none() {
-            failure = commit_parts(&mut running).await;
+            failure = self.settle_parts(running).await;
             if failure.is_none() {
-                self.release_parts(running);
                 self.ctx
                     .stats
                     .record_scatter(loaded, &shards, true, started.elapsed());
                 return self.send_merged(results, delivery).await;
             }
         } else {
-            roll_back_parts(&mut running).await;
+            self.abandon_parts(running).await;
         }
-        self.release_parts(running);
         self.ctx
             .stats
             .record_scatter(loaded, &shards, false, started.elapsed());

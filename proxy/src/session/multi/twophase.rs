@@ -1,17 +1,18 @@
 //! The kit every multi-shard write commits with: each shard's part runs in a transaction of its
-//! own; when every part succeeded they are prepared (`PREPARE TRANSACTION`) and then committed
-//! (`COMMIT PREPARED`), so the work happens on every shard or on none. One part commits in one
-//! phase, as PostgreSQL would.
-//!
-//! A prepared transaction whose `COMMIT PREPARED` fails (the shard went away between the two
-//! phases) stays durable on its shard under a `shardline_` name; the client is told which, so an
-//! operator can commit it.
+//! own; when every part succeeded, one part (the decider) commits and the others follow its
+//! decision through two-phase commit ([`commit_parts`]), so the work happens on every shard or
+//! on none, even across a crash of the proxy. One part commits in one phase, as PostgreSQL
+//! would.
 
 use bytes::Bytes;
+use shardline_router::indoubt::{self, Kind};
 use shardline_router::ShardId;
 
 use crate::backend::pool::{Pooled, Pools};
 use crate::protocol::backend::{self as msg, sqlstate, tag};
+use crate::protocol::Frame;
+use crate::session::multi::ordered::field;
+use crate::session::state::settings::quote_literal;
 use crate::session::{local, ClientError, Session};
 
 /// One shard's part of a multi-shard write, running inside a transaction on its backend.
@@ -32,38 +33,33 @@ pub(crate) struct Answer {
     pub(crate) error: Option<Bytes>,
 }
 
-/// A fresh name for one distributed transaction; part `i` is prepared as `<name>_<i>`.
-pub(crate) fn transaction_name() -> String {
-    format!("shardline_{:016x}", rand::random::<u64>())
-}
-
-/// Commits every part: in one phase when there is one, else prepared everywhere first. On a
-/// failure before the decision every part is rolled back; the error says what happened.
+/// Commits every part: in one phase when there is one; else the first part decides. The
+/// others are prepared (`PREPARE TRANSACTION`) under names that carry the decider's xid
+/// (`shardline_router::indoubt`), the decider commits in one phase, and the others are then
+/// committed (`COMMIT PREPARED`). A failure before the decision rolls every part back and is
+/// returned. After the decision the transaction is committed whatever happens: a part whose
+/// `COMMIT PREPARED` fails stays prepared until the resolver finishes it from the decider's
+/// status, which is logged, not returned.
 pub(crate) async fn commit_parts(parts: &mut [Part]) -> Option<ClientError> {
-    if let [only] = parts {
-        return match run(&mut only.conn, "COMMIT").await {
-            Ok(None) => None,
-            Ok(Some(error)) => Some(ClientError::from_shard(&error, &only.name)),
-            Err(e) => {
-                only.conn.broken = true;
-                Some(ClientError::lost_shard(&only.name, e))
-            }
-        };
+    let (decider, others) = parts.split_first_mut()?;
+    if others.is_empty() {
+        return commit_one(decider).await.err();
     }
-    let gid = transaction_name();
-    prepare_all(parts, &gid)
-        .await
-        .or(commit_all(parts, &gid).await)
-}
-
-/// Phase one: every part's transaction is prepared, or every one is rolled back.
-async fn prepare_all(parts: &mut [Part], gid: &str) -> Option<ClientError> {
+    let xid = match query_value(decider, indoubt::DECIDER_XID_SQL).await {
+        Ok(xid) => xid,
+        Err(error) => {
+            roll_back_parts(parts).await;
+            return Some(error);
+        }
+    };
+    let decider_name = decider.name.clone();
+    let gid = |part: &Part| indoubt::gid(Kind::Transaction, &xid, &decider_name, &part.name);
+    let mut prepared = 0;
     let mut failure = None;
-    let mut prepared = Vec::new();
-    for (i, part) in parts.iter_mut().enumerate() {
-        let sql = format!("PREPARE TRANSACTION '{gid}_{i}'");
+    for part in others.iter_mut() {
+        let sql = format!("PREPARE TRANSACTION {}", quote_literal(&gid(part)));
         match run(&mut part.conn, &sql).await {
-            Ok(None) => prepared.push(i),
+            Ok(None) => prepared += 1,
             Ok(Some(error)) => {
                 failure = Some(ClientError::from_shard(&error, &part.name));
                 break;
@@ -75,43 +71,74 @@ async fn prepare_all(parts: &mut [Part], gid: &str) -> Option<ClientError> {
             }
         }
     }
-    if failure.is_some() {
-        for (i, part) in parts.iter_mut().enumerate() {
-            if prepared.contains(&i) {
-                finish_quietly(&mut part.conn, &format!("ROLLBACK PREPARED '{gid}_{i}'")).await;
-            } else {
-                finish_quietly(&mut part.conn, "ROLLBACK").await;
-            }
+    if failure.is_none() {
+        failure = commit_one(decider).await.err();
+    }
+    let committed = failure.is_none();
+    let verb = if committed { "COMMIT" } else { "ROLLBACK" };
+    for (i, part) in others.iter_mut().enumerate() {
+        if i >= prepared {
+            finish_quietly(&mut part.conn, "ROLLBACK").await;
+            continue;
+        }
+        let name = gid(part);
+        let sql = format!("{verb} PREPARED {}", quote_literal(&name));
+        if !matches!(run(&mut part.conn, &sql).await, Ok(None)) {
+            part.conn.broken = true;
+            tracing::error!(shard = %part.name, transaction = %name, "{verb} PREPARED failed; the resolver finishes it from the decider's status");
         }
     }
     failure
 }
 
-/// Phase two: commits every prepared part. A failure here leaves that part prepared (durable,
-/// awaiting `COMMIT PREPARED`), which the error names.
-async fn commit_all(parts: &mut [Part], gid: &str) -> Option<ClientError> {
-    let mut in_doubt = Vec::new();
-    for (i, part) in parts.iter_mut().enumerate() {
-        let name = format!("{gid}_{i}");
-        let committed = matches!(
-            run(&mut part.conn, &format!("COMMIT PREPARED '{name}'")).await,
-            Ok(None)
-        );
-        if !committed {
+/// Commits one part in one phase. If its connection breaks the outcome is unknown: the error
+/// says so (the resolver settles the other parts from this part's status either way).
+pub(crate) async fn commit_one(part: &mut Part) -> Result<(), ClientError> {
+    match run(&mut part.conn, "COMMIT").await {
+        Ok(None) => Ok(()),
+        Ok(Some(error)) => Err(ClientError::from_shard(&error, &part.name)),
+        Err(e) => {
             part.conn.broken = true;
-            tracing::error!(shard = %part.name, transaction = %name, "COMMIT PREPARED failed; the transaction stays prepared on the shard");
-            in_doubt.push(format!("{name} on shard {}", part.name));
+            Err(ClientError::new(
+                sqlstate::STATEMENT_COMPLETION_UNKNOWN,
+                format!(
+                    "lost the connection to shard {} while it committed ({e}); whether the transaction committed is not known (the other shards follow its outcome)",
+                    part.name
+                ),
+            ))
         }
     }
-    (!in_doubt.is_empty()).then(|| {
-        ClientError::new(
-            sqlstate::STATEMENT_COMPLETION_UNKNOWN,
-            format!(
-                "the transaction was prepared on every shard but could not be committed on all: run COMMIT PREPARED for {} (its changes are durable there, nothing was lost)",
-                in_doubt.join(", ")
-            ),
-        )
-    })
+}
+
+/// The one value a one-row query returns on a part's backend.
+pub(crate) async fn query_value(part: &mut Part, sql: &str) -> Result<String, ClientError> {
+    let sent = part.conn.send(&local::query_message(sql)).await;
+    let answer = match sent {
+        Ok(()) => collect(&mut part.conn, 1).await,
+        Err(e) => Err(e.to_string()),
+    };
+    let answer = answer.map_err(|e| {
+        part.conn.broken = true;
+        ClientError::lost_shard(&part.name, e)
+    })?;
+    if let Some(error) = answer.error {
+        return Err(ClientError::from_shard(&error, &part.name));
+    }
+    answer
+        .rows
+        .first()
+        .and_then(|row| {
+            field(&Frame::from_bytes(row.clone()), 0)
+                .flatten()
+                .map(<[u8]>::to_vec)
+        })
+        .and_then(|value| String::from_utf8(value).ok())
+        .ok_or_else(|| {
+            ClientError::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("shard {} answered {sql} without a value", part.name),
+            )
+        })
 }
 
 /// Rolls every part back, quietly.
@@ -160,6 +187,35 @@ pub(crate) async fn collect(conn: &mut Pooled, cycles: usize) -> Result<Answer, 
 }
 
 impl Session {
+    /// What a part's backend is sent before its statement: `BEGIN` for a transaction of the
+    /// statement's own, nothing inside the client's transaction (the shard joined it).
+    pub(crate) fn part_begin(&self) -> Option<Bytes> {
+        (!self.tx.open()).then(|| local::query_message("BEGIN"))
+    }
+
+    /// Ends the parts of a statement that succeeded everywhere: committed together, or, inside
+    /// the client's transaction, left to its `COMMIT`. Returns the error that rolled them back.
+    pub(crate) async fn settle_parts(&mut self, mut parts: Vec<Part>) -> Option<ClientError> {
+        let failure = if self.tx.open() {
+            None
+        } else {
+            commit_parts(&mut parts).await
+        };
+        self.release_parts(parts);
+        failure
+    }
+
+    /// Ends the parts of a statement that failed: rolled back, or, inside the client's
+    /// transaction, left failed with it until its `ROLLBACK`.
+    pub(crate) async fn abandon_parts(&mut self, mut parts: Vec<Part>) {
+        if self.tx.open() {
+            self.tx.fail();
+        } else {
+            roll_back_parts(&mut parts).await;
+        }
+        self.release_parts(parts);
+    }
+
     /// Gives the parts' backends back: broken ones are closed, the rest released (or kept in
     /// session mode).
     pub(crate) fn release_parts(&mut self, parts: Vec<Part>) {

@@ -1,36 +1,83 @@
-//! The client's transaction as the proxy tracks it: a held `BEGIN`, the shard the transaction
-//! runs on, and the failed state after the proxy refused a statement inside one.
+//! The client's transaction as the proxy tracks it: what a shard joining it must replay (the
+//! client's `BEGIN`, `SET LOCAL`s and savepoints still in force), the shards taking part, and
+//! the failed state after a shard or the proxy refused a statement inside it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use shardline_router::{KeyValue, ShardId};
+use shardline_router::{KeyValue, SavepointOp, ShardId};
 
 use crate::session::state::settings::Settings;
+
+/// What a joining shard is sent when the client's `BEGIN` text is not known (the client began
+/// its transaction inside a multi-statement query string).
+const PLAIN_BEGIN: &str = "BEGIN";
 
 /// Transaction state as the client sees it.
 #[derive(Debug, Default)]
 pub(crate) struct Transaction {
-    /// `BEGIN` (and `SET LOCAL`s) held until the first routed statement.
-    pub(crate) held: Vec<String>,
-    /// Shard the open transaction runs on.
-    pub(crate) shard: Option<ShardId>,
-    /// The proxy refused a statement inside the transaction: like PostgreSQL, everything but
-    /// `ROLLBACK` now fails.
+    /// The client's `BEGIN` and the transaction-scoped statements still in force after it
+    /// (`SET LOCAL`, `SET` inside the block, savepoints), in order: what a shard that joins the
+    /// transaction runs first, so it behaves as if it had been there from the start.
+    pub(crate) replay: Vec<String>,
+    /// Shards taking part, each through a backend this session holds.
+    pub(crate) shards: BTreeSet<ShardId>,
+    /// A statement inside the transaction failed (on a shard, or refused by the proxy): like
+    /// PostgreSQL, everything but its end or `ROLLBACK TO SAVEPOINT` now fails.
     pub(crate) failed: bool,
     /// Client settings when the transaction began, restored if it rolls back.
     pub(crate) settings_before: Option<Settings>,
     /// Moving keys the transaction wrote during a resharding migration, copied to their new
     /// owners when it commits.
     pub(crate) dual: DualKeys,
-    /// The shard reported the transaction failed (`ReadyForQuery` status `E`): its `COMMIT`
-    /// only rolls back.
-    pub(crate) failed_on_shard: bool,
 }
 
 impl Transaction {
-    /// A transaction block is open (held or running on a shard).
+    /// A transaction block is open (held or running on shards).
     pub(crate) fn open(&self) -> bool {
-        !self.held.is_empty() || self.shard.is_some()
+        !self.replay.is_empty() || !self.shards.is_empty()
+    }
+
+    /// The shard the transaction started on, where statements about the session go.
+    pub(crate) fn home(&self) -> Option<ShardId> {
+        self.shards.first().copied()
+    }
+
+    /// What a shard joining the transaction runs first, as one query string.
+    pub(crate) fn join_sql(&self) -> String {
+        if self.replay.is_empty() {
+            PLAIN_BEGIN.to_owned()
+        } else {
+            self.replay.join(";")
+        }
+    }
+
+    /// Records a savepoint command that reached every shard (or was held), so later joiners
+    /// replay what is still in force: `RELEASE` keeps what the savepoint covered but not the
+    /// savepoint; `ROLLBACK TO` forgets everything after it, as PostgreSQL does.
+    pub(crate) fn record_savepoint(&mut self, op: SavepointOp, name: &str) {
+        let defines = |entry: &String| savepoint_defined(entry).is_some_and(|n| n == name);
+        match op {
+            SavepointOp::Define => self.replay.push(format!("SAVEPOINT {}", quote_name(name))),
+            SavepointOp::Release => {
+                if let Some(at) = self.replay.iter().rposition(defines) {
+                    let mut kept: Vec<String> = self.replay.drain(at..).collect();
+                    kept.retain(|entry| savepoint_defined(entry).is_none());
+                    self.replay.extend(kept);
+                }
+            }
+            SavepointOp::RollbackTo => {
+                if let Some(at) = self.replay.iter().rposition(defines) {
+                    self.replay.truncate(at + 1);
+                }
+            }
+        }
+    }
+
+    /// Whether a savepoint of this name is in force.
+    pub(crate) fn has_savepoint(&self, name: &str) -> bool {
+        self.replay
+            .iter()
+            .any(|entry| savepoint_defined(entry).is_some_and(|n| n == name))
     }
 
     /// Fails an open transaction, as PostgreSQL does on an error: everything but its end is
@@ -49,6 +96,17 @@ impl Transaction {
             (false, false) => b'I',
         }
     }
+}
+
+/// The savepoint a replayed `SAVEPOINT` entry defines.
+fn savepoint_defined(entry: &str) -> Option<String> {
+    let quoted = entry.strip_prefix("SAVEPOINT \"")?.strip_suffix('"')?;
+    Some(quoted.replace("\"\"", "\""))
+}
+
+/// A savepoint name as a quoted identifier.
+fn quote_name(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Moving keys a transaction wrote, by table, each with its new owner.

@@ -1,6 +1,7 @@
 //! Statement kinds: what the proxy is told each statement is.
 
 use super::*;
+use crate::plan::SavepointOp;
 
 #[test]
 fn classifies_statements() {
@@ -16,9 +17,41 @@ fn classifies_statements() {
         ("END", StatementKind::Commit),
         ("ROLLBACK", StatementKind::Rollback),
         ("ABORT", StatementKind::Rollback),
-        ("ROLLBACK TO SAVEPOINT a", StatementKind::TransactionControl),
-        ("SAVEPOINT a", StatementKind::TransactionControl),
-        ("RELEASE SAVEPOINT a", StatementKind::TransactionControl),
+        (
+            "ROLLBACK TO SAVEPOINT a",
+            StatementKind::Savepoint {
+                op: SavepointOp::RollbackTo,
+                name: "a".into(),
+            },
+        ),
+        (
+            "SAVEPOINT Outer_1",
+            StatementKind::Savepoint {
+                op: SavepointOp::Define,
+                name: "outer_1".into(),
+            },
+        ),
+        (
+            "SAVEPOINT \"Quoted\"",
+            StatementKind::Savepoint {
+                op: SavepointOp::Define,
+                name: "Quoted".into(),
+            },
+        ),
+        (
+            "RELEASE SAVEPOINT a",
+            StatementKind::Savepoint {
+                op: SavepointOp::Release,
+                name: "a".into(),
+            },
+        ),
+        (
+            "RELEASE a",
+            StatementKind::Savepoint {
+                op: SavepointOp::Release,
+                name: "a".into(),
+            },
+        ),
         ("PREPARE TRANSACTION 'x'", StatementKind::TransactionControl),
         ("COMMIT PREPARED 'x'", StatementKind::TransactionControl),
         ("ROLLBACK PREPARED 'x'", StatementKind::TransactionControl),

@@ -1,6 +1,6 @@
 //! Routed requests and session states decided into actions.
 
-use shardline_router::{plan, KeyValue, ShardId, StatementKind};
+use shardline_router::{plan, KeyValue, SavepointOp, ShardId, StatementKind};
 
 use super::*;
 
@@ -9,10 +9,9 @@ use super::*;
 struct State {
     /// `BEGIN` held, nothing routed yet.
     held: bool,
-    /// The transaction runs on this shard.
-    pinned: Option<ShardId>,
+    /// Shards taking part in the transaction.
+    joined: Vec<ShardId>,
     failed: bool,
-    failed_on_shard: bool,
     /// The transaction wrote moving keys.
     wrote_moving: bool,
     held_backend: Option<ShardId>,
@@ -26,13 +25,12 @@ struct State {
 impl State {
     fn transaction(&self) -> Transaction {
         let mut tx = Transaction {
-            shard: self.pinned,
             failed: self.failed,
-            failed_on_shard: self.failed_on_shard,
             ..Transaction::default()
         };
+        tx.shards.extend(self.joined.iter().copied());
         if self.held {
-            tx.held.push("BEGIN".to_owned());
+            tx.replay.push("BEGIN".to_owned());
         }
         if self.wrote_moving {
             tx.dual
@@ -56,7 +54,16 @@ fn held() -> State {
 
 fn pinned(shard: ShardId) -> State {
     State {
-        pinned: Some(shard),
+        joined: vec![shard],
+        held: true,
+        ..State::default()
+    }
+}
+
+fn across(shards: &[ShardId]) -> State {
+    State {
+        joined: shards.to_vec(),
+        held: true,
         ..State::default()
     }
 }
@@ -70,6 +77,8 @@ struct Case {
     routed: Vec<Target>,
     dual: bool,
     refusal: Option<&'static str>,
+    /// Served with `cross_shard_transactions: false`.
+    one_shard_transactions: bool,
     expected: &'static str,
 }
 
@@ -82,6 +91,7 @@ fn simple(name: &'static str, state: State, kind: StatementKind, target: Option<
         routed: target.into_iter().collect(),
         dual: false,
         refusal: None,
+        one_shard_transactions: false,
         expected: "",
     }
 }
@@ -103,6 +113,11 @@ fn segment(
 impl Case {
     fn expect(mut self, expected: &'static str) -> Case {
         self.expected = expected;
+        self
+    }
+
+    fn one_shard_transactions(mut self) -> Case {
+        self.one_shard_transactions = true;
         self
     }
 
@@ -134,6 +149,12 @@ fn decides_every_action_and_refusal() {
     let copy = match routed("COPY users FROM STDIN") {
         Ok((target @ Target::Copy(_), _)) => target,
         other => panic!("not a copy: {other:?}"),
+    };
+    let mut one_shard = config.clone();
+    one_shard.cross_shard_transactions = false;
+    let savepoint = |op| StatementKind::Savepoint {
+        op,
+        name: "s1".into(),
     };
     let scatter = || Target::Scatter(vec![0, 1, 2, 3]);
     let gather = || Target::Gather(vec![0, 1, 2, 3]);
@@ -274,7 +295,7 @@ fn decides_every_action_and_refusal() {
             Commit,
             None,
         )
-        .expect("end-failed s2"),
+        .expect("finish rollback"),
         simple(
             "a read in a failed transaction",
             State {
@@ -308,35 +329,172 @@ fn decides_every_action_and_refusal() {
         )
         .refused_by_router("26000")
         .expect("refuse 26000"),
-        simple("another shard than the pinned one", pinned(1), Read, one(2)).expect("refuse 0A000"),
+        // Transactions across shards.
+        simple(
+            "another shard joins the transaction",
+            pinned(1),
+            Read,
+            one(2),
+        )
+        .expect("single s2"),
         simple(
             "a scatter inside a transaction",
             pinned(1),
             Read,
             Some(scatter()),
         )
-        .expect("refuse 0A000"),
-        simple("a gather after a held BEGIN", held(), Read, Some(gather())).expect("refuse 0A000"),
+        .expect("scatter s0,s1,s2,s3"),
+        simple("a gather after a held BEGIN", held(), Read, Some(gather()))
+            .expect("gather s0,s1,s2,s3"),
         simple(
             "a split INSERT inside a transaction",
             pinned(0),
             Write,
-            Some(split),
+            Some(split.clone()),
         )
-        .expect("refuse 0A000"),
+        .expect("split"),
         simple(
             "a COPY inside a transaction",
             held(),
             StatementKind::CopyIn,
-            Some(copy),
+            Some(copy.clone()),
         )
-        .expect("refuse 0A000"),
+        .expect("copy"),
         segment(
-            "two shards inside a transaction",
+            "two shards in one segment of a transaction",
             held(),
             vec![Read, Read],
             vec![Target::Shard(1), Target::Shard(2)],
         )
+        .expect("spread"),
+        segment(
+            "two statements on one new shard of a transaction",
+            pinned(0),
+            vec![Read, Write],
+            vec![Target::Shard(2), Target::Shard(2)],
+        )
+        .expect("single s2"),
+        simple(
+            "COMMIT of a transaction on two shards",
+            across(&[0, 2]),
+            Commit,
+            None,
+        )
+        .expect("finish commit"),
+        simple(
+            "ROLLBACK of a transaction on two shards",
+            across(&[0, 2]),
+            Rollback,
+            None,
+        )
+        .expect("finish rollback"),
+        simple(
+            "COMMIT of a transaction on one shard",
+            pinned(2),
+            Commit,
+            None,
+        )
+        .expect("single s2 (no data)"),
+        simple(
+            "SAVEPOINT in a running transaction",
+            pinned(2),
+            savepoint(SavepointOp::Define),
+            None,
+        )
+        .expect("everywhere"),
+        simple("SET LOCAL on two shards", across(&[1, 3]), SetLocal, None).expect("everywhere"),
+        simple(
+            "SAVEPOINT after a held BEGIN",
+            held(),
+            savepoint(SavepointOp::Define),
+            None,
+        )
+        .expect("local"),
+        simple(
+            "ROLLBACK TO in a failed transaction",
+            State {
+                failed: true,
+                ..across(&[0, 1])
+            },
+            savepoint(SavepointOp::RollbackTo),
+            None,
+        )
+        .expect("everywhere"),
+        simple(
+            "RELEASE in a failed transaction",
+            State {
+                failed: true,
+                ..across(&[0, 1])
+            },
+            savepoint(SavepointOp::Release),
+            None,
+        )
+        .expect("refuse 25P02"),
+        simple(
+            "ROLLBACK TO in a failed held transaction",
+            State {
+                failed: true,
+                ..held()
+            },
+            savepoint(SavepointOp::RollbackTo),
+            None,
+        )
+        .expect("local"),
+        segment(
+            "SAVEPOINT beside a write, on two shards",
+            across(&[0, 1]),
+            vec![savepoint(SavepointOp::Define), Write],
+            vec![Target::Shard(1)],
+        )
+        .expect("refuse 0A000"),
+        // ... or refused, as configured.
+        simple(
+            "another shard, one-shard transactions",
+            pinned(1),
+            Read,
+            one(2),
+        )
+        .one_shard_transactions()
+        .expect("refuse 0A000"),
+        simple(
+            "a scatter, one-shard transactions",
+            pinned(1),
+            Read,
+            Some(scatter()),
+        )
+        .one_shard_transactions()
+        .expect("refuse 0A000"),
+        simple(
+            "a gather after BEGIN, one-shard transactions",
+            held(),
+            Read,
+            Some(gather()),
+        )
+        .one_shard_transactions()
+        .expect("refuse 0A000"),
+        simple(
+            "a split INSERT, one-shard transactions",
+            pinned(0),
+            Write,
+            Some(split),
+        )
+        .one_shard_transactions()
+        .expect("refuse 0A000"),
+        simple(
+            "a COPY, one-shard transactions",
+            held(),
+            StatementKind::CopyIn,
+            Some(copy),
+        )
+        .one_shard_transactions()
+        .expect("refuse 0A000"),
+        segment(
+            "two shards in a segment, one-shard transactions",
+            held(),
+            vec![Read, Read],
+            vec![Target::Shard(1), Target::Shard(2)],
+        )
+        .one_shard_transactions()
         .expect("refuse 0A000"),
         segment(
             "a scatter beside another statement",
@@ -407,16 +565,34 @@ fn decides_every_action_and_refusal() {
         )
         .expect("commit-dual s1"),
         simple(
-            "COMMIT of such a transaction the shard failed",
+            "COMMIT of such a transaction that failed",
             State {
                 wrote_moving: true,
-                failed_on_shard: true,
+                failed: true,
                 ..pinned(1)
             },
             Commit,
             None,
         )
-        .expect("single s1 (no data)"),
+        .expect("finish rollback"),
+        simple(
+            "a write of a moving key in a transaction on another shard",
+            pinned(0),
+            Write,
+            one(1),
+        )
+        .dual()
+        .expect("refuse 0A000"),
+        simple(
+            "another shard after writing moving keys",
+            State {
+                wrote_moving: true,
+                ..pinned(1)
+            },
+            Read,
+            one(2),
+        )
+        .expect("refuse 0A000"),
     ];
     for case in cases {
         let tx = case.state.transaction();
@@ -430,7 +606,11 @@ fn decides_every_action_and_refusal() {
             refusal: refusal.as_ref(),
         };
         let facts = Facts {
-            config,
+            config: if case.one_shard_transactions {
+                &one_shard
+            } else {
+                config
+            },
             tx: &tx,
             held: case.state.held_backend,
             unsynced: case.state.unsynced,

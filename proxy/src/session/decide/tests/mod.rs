@@ -90,7 +90,9 @@ pub(super) fn target_text(loaded: &Loaded, target: &Target) -> String {
 pub(super) fn action_text(action: &Action<'_>) -> String {
     match action {
         Action::Local => "local".to_owned(),
-        Action::EndFailed { shard } => format!("end-failed s{shard}"),
+        Action::Finish { commit: true } => "finish commit".to_owned(),
+        Action::Finish { commit: false } => "finish rollback".to_owned(),
+        Action::Everywhere => "everywhere".to_owned(),
         Action::CommitDual { old } => format!("commit-dual s{old}"),
         Action::AwaitCutover => "await-cutover".to_owned(),
         Action::Single {

@@ -1,0 +1,149 @@
+//! Statements about the client's transaction block once shards take part in it: savepoints
+//! and `SET LOCAL`, which reach every shard of the transaction and are recorded for shards that
+//! join later ([`Session::everywhere`]), and its end ([`Session::finish_transaction`]).
+//!
+//! `ROLLBACK` (or the end of a failed transaction) rolls every shard back. `COMMIT` first asks
+//! each shard whether the transaction wrote there (`pg_current_xact_id_if_assigned()`): shards
+//! that wrote nothing commit in one phase first (a failure there still rolls everything back);
+//! then the shards that wrote commit together — in one phase when only one wrote, else through
+//! two-phase commit decided by one of them ([`twophase::commit_parts`]). The client hears
+//! `COMMIT` only once the decision is durable.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use shardline_router::{SavepointOp, ShardId, StatementKind};
+
+use crate::backend::conn::Backend;
+use crate::context::Loaded;
+use crate::protocol::backend::sqlstate;
+use crate::session::link::exchange::Expect;
+use crate::session::multi::twophase::{self, commit_parts, roll_back_parts, Part};
+use crate::session::state::transaction::Transaction;
+use crate::session::SessionEnd;
+use crate::session::{ClientError, Session};
+
+/// Whether a shard's transaction has written anything.
+const WROTE_SQL: &str = "SELECT pg_current_xact_id_if_assigned() IS NOT NULL";
+
+impl Session {
+    /// Runs a savepoint command or `SET LOCAL` (`kind`, text `sql`) on every shard of the
+    /// transaction, with the messages `build` makes, and records it for shards that join later.
+    /// A `ROLLBACK TO` ends the transaction's failure when every shard accepts it.
+    pub(crate) async fn everywhere<F>(
+        &mut self,
+        loaded: &Loaded,
+        kind: &StatementKind,
+        sql: &str,
+        mut build: F,
+    ) -> Result<(), SessionEnd>
+    where
+        F: FnMut(&mut Backend) -> (Vec<Bytes>, VecDeque<Expect>),
+    {
+        if matches!(
+            kind,
+            StatementKind::Savepoint {
+                op: SavepointOp::RollbackTo,
+                ..
+            }
+        ) {
+            // A shard that refuses it fails the transaction again.
+            self.tx.failed = false;
+        }
+        let shards: Vec<ShardId> = self.tx.shards.iter().copied().collect();
+        match shards.as_slice() {
+            [only] => self.exchange(loaded, *only, |conn| build(conn)).await?,
+            _ => self.scatter(loaded, &shards, build).await?,
+        }
+        if !self.tx.failed {
+            match kind {
+                StatementKind::Savepoint { op, name } => self.tx.record_savepoint(*op, name),
+                _ => self.tx.replay.push(sql.to_owned()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the client's transaction on every shard it spans; returns the command tag
+    /// (`COMMIT`, or `ROLLBACK` when it was rolled back) or the error that rolled it back.
+    /// Either way the transaction is over afterwards.
+    pub(crate) async fn finish_transaction(
+        &mut self,
+        commit: bool,
+    ) -> Result<&'static str, ClientError> {
+        let commit = commit && !self.tx.failed;
+        let tx = std::mem::take(&mut self.tx);
+        let (mut parts, missing) = self.take_parts(&tx);
+        let result = match (commit, missing) {
+            (false, _) => {
+                roll_back_parts(&mut parts).await;
+                Ok("ROLLBACK")
+            }
+            (true, Some(shard)) => {
+                roll_back_parts(&mut parts).await;
+                Err(ClientError::new(
+                    sqlstate::TRANSACTION_ROLLBACK,
+                    format!("the connection to shard {shard} was lost during the transaction; it was rolled back on every shard"),
+                ))
+            }
+            (true, None) => commit_everywhere(&mut parts).await.map(|()| "COMMIT"),
+        };
+        if result != Ok("COMMIT") {
+            // Settings changed inside the transaction are undone with it, on the client and on
+            // the backends (which are synced afresh next time).
+            if let Some(before) = tx.settings_before {
+                self.settings = before;
+            }
+            for part in &mut parts {
+                part.conn.settings = None;
+            }
+        }
+        self.release_parts(parts);
+        result
+    }
+
+    /// The transaction's backends as parts, and the name of a shard whose backend is gone.
+    fn take_parts(&mut self, tx: &Transaction) -> (Vec<Part>, Option<String>) {
+        let mut parts = Vec::with_capacity(tx.shards.len());
+        let mut missing = None;
+        for &shard in &tx.shards {
+            let name = self.shard_names(&[shard]);
+            match self.conns.remove(&shard) {
+                Some(conn) => parts.push(Part { shard, name, conn }),
+                None => missing = Some(name),
+            }
+        }
+        (parts, missing)
+    }
+}
+
+/// Commits `parts`: those that wrote nothing first, then the writers together.
+async fn commit_everywhere(parts: &mut [Part]) -> Result<(), ClientError> {
+    let mut writers = BTreeSet::new();
+    for part in parts.iter_mut() {
+        match twophase::query_value(part, WROTE_SQL).await {
+            Ok(value) if value == "t" => {
+                writers.insert(part.shard);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                roll_back_parts(parts).await;
+                return Err(error);
+            }
+        }
+    }
+    // Writers first, in shard order (the first decides), then the shards that only read.
+    parts.sort_by_key(|part| !writers.contains(&part.shard));
+    let (writing, reading) = parts.split_at_mut(writers.len());
+    for i in 0..reading.len() {
+        if let Err(error) = twophase::commit_one(&mut reading[i]).await {
+            roll_back_parts(writing).await;
+            roll_back_parts(&mut reading[i + 1..]).await;
+            return Err(error);
+        }
+    }
+    match commit_parts(writing).await {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,439 @@
+//! Transaction blocks that span shards, against real PostgreSQL shards: shards join as
+//! statements need them, every kind of statement sees the transaction's own writes, savepoints
+//! reach shards that join later, COMMIT happens on every shard or none, and a two-phase commit a
+//! crash left in doubt is finished from its decider's fate. Each test checks the shards
+//! directly, never only through the proxy.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use shardline_tests::{sqlstate, TestCluster};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// The rows of a simple query's first column.
+fn column(messages: &[SimpleQueryMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs one statement and returns its first column.
+async fn query(client: &Client, sql: &str) -> anyhow::Result<Vec<String>> {
+    Ok(column(&client.simple_query(sql).await?))
+}
+
+/// Keys of `users`, one on each of `count` different shards.
+fn keys_on_distinct_shards(cluster: &TestCluster, count: usize) -> anyhow::Result<Vec<i64>> {
+    let mut keys = Vec::new();
+    let mut shards = Vec::new();
+    for key in 1..10_000 {
+        let shard = cluster.shard_of("users", key)?;
+        if !shards.contains(&shard) {
+            shards.push(shard);
+            keys.push(key);
+            if keys.len() == count {
+                return Ok(keys);
+            }
+        }
+    }
+    anyhow::bail!("fewer than {count} shards hold users keys")
+}
+
+/// Every id of `users`, read from each shard directly.
+async fn ids_on_shards(cluster: &TestCluster) -> anyhow::Result<Vec<i64>> {
+    let mut ids = Vec::new();
+    for i in 0..cluster.shard_count() {
+        for row in cluster
+            .shard(i)
+            .await?
+            .query("SELECT id FROM users", &[])
+            .await?
+        {
+            ids.push(row.get::<_, i64>(0));
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+async fn users_table(client: &Client) -> anyhow::Result<()> {
+    client
+        .batch_execute(
+            "CREATE TABLE users (id bigint PRIMARY KEY, name text, balance bigint NOT NULL DEFAULT 0)",
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_spans_shards_sees_its_writes_and_commits_or_rolls_back_everywhere(
+) -> anyhow::Result<()> {
+    let cluster = TestCluster::start("tx-span", 4).await?;
+    let client = cluster.client().await?;
+    users_table(&client).await?;
+    let keys = keys_on_distinct_shards(&cluster, 3)?;
+    let (a, b, c) = (keys[0], keys[1], keys[2]);
+
+    // Rolled back: nothing anywhere, though every kind of statement ran inside.
+    client.simple_query("BEGIN").await?;
+    client
+        .simple_query(&format!("INSERT INTO users (id, name) VALUES ({a}, 'a')"))
+        .await?;
+    client
+        .simple_query(&format!("INSERT INTO users (id, name) VALUES ({b}, 'b')"))
+        .await?;
+    assert_eq!(query(&client, "SELECT count(*) FROM users").await?, ["2"]);
+    assert_eq!(
+        query(&client, "SELECT id FROM users ORDER BY id").await?,
+        [a.min(b).to_string(), a.max(b).to_string()],
+        "a merged read sees the transaction's own writes on both shards"
+    );
+    client
+        .simple_query("UPDATE users SET name = 'scattered'")
+        .await?;
+    client
+        .simple_query(&format!(
+            "INSERT INTO users (id, name) VALUES ({c}, 'split'), ({}, 'split')",
+            c + 10_000
+        ))
+        .await?;
+    assert_eq!(query(&client, "SELECT count(*) FROM users").await?, ["4"]);
+    client.simple_query("ROLLBACK").await?;
+    assert!(
+        ids_on_shards(&cluster).await?.is_empty(),
+        "nothing left after ROLLBACK"
+    );
+    assert_eq!(query(&client, "SELECT count(*) FROM users").await?, ["0"]);
+
+    // Committed: every row on its shard, nothing prepared left behind.
+    client
+        .simple_query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await?;
+    for key in [a, b, c] {
+        client
+            .simple_query(&format!("INSERT INTO users (id, name) VALUES ({key}, 'k')"))
+            .await?;
+    }
+    client.simple_query("COMMIT").await?;
+    let mut expected = vec![a, b, c];
+    expected.sort_unstable();
+    assert_eq!(ids_on_shards(&cluster).await?, expected);
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, 3);
+
+    // Schema changes and data in one transaction, rolled back: no table on any shard.
+    client.simple_query("BEGIN").await?;
+    client
+        .simple_query("CREATE TABLE orders (user_id bigint, total int)")
+        .await?;
+    client
+        .simple_query(&format!(
+            "INSERT INTO orders (user_id, total) VALUES ({a}, 1), ({b}, 2)"
+        ))
+        .await?;
+    client.simple_query("ROLLBACK").await?;
+    for i in 0..cluster.shard_count() {
+        let found: Option<String> = cluster
+            .shard(i)
+            .await?
+            .query_one("SELECT to_regclass('orders')::text", &[])
+            .await?
+            .get(0);
+        assert_eq!(found, None, "orders exists on shard {i} after ROLLBACK");
+    }
+
+    // A failure on one shard fails the whole transaction; its COMMIT rolls back everywhere.
+    client.simple_query("BEGIN").await?;
+    client
+        .simple_query(&format!("UPDATE users SET name = 'changed' WHERE id = {a}"))
+        .await?;
+    let duplicate = client
+        .simple_query(&format!("INSERT INTO users (id) VALUES ({b})"))
+        .await
+        .err();
+    assert_eq!(
+        duplicate.as_ref().and_then(|e| e.code()),
+        Some(&SqlState::UNIQUE_VIOLATION)
+    );
+    let after = client
+        .simple_query(&format!("SELECT name FROM users WHERE id = {c}"))
+        .await
+        .err();
+    assert_eq!(
+        after.as_ref().and_then(|e| e.code()),
+        Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+        "another shard refuses to go on after a failure elsewhere"
+    );
+    let ended = client.simple_query("COMMIT").await?;
+    assert!(ended
+        .iter()
+        .all(|m| !matches!(m, SimpleQueryMessage::Row(_))));
+    assert_eq!(
+        query(&client, &format!("SELECT name FROM users WHERE id = {a}")).await?,
+        ["k"],
+        "the failed transaction's update on the other shard was rolled back"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn savepoints_reach_shards_that_join_later() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("tx-savepoint", 4).await?;
+    let client = cluster.client().await?;
+    users_table(&client).await?;
+    let keys = keys_on_distinct_shards(&cluster, 4)?;
+    let (a, b, c, d) = (keys[0], keys[1], keys[2], keys[3]);
+    let insert = |key: i64| format!("INSERT INTO users (id, name) VALUES ({key}, 'v')");
+
+    client.simple_query("BEGIN").await?;
+    client.simple_query("SAVEPOINT before_all").await?;
+    client.simple_query(&insert(a)).await?;
+    client.simple_query("SAVEPOINT s1").await?;
+    // Shard of b joins now: s1 must exist there for the ROLLBACK TO below.
+    client.simple_query(&insert(b)).await?;
+    client.simple_query("ROLLBACK TO SAVEPOINT s1").await?;
+    client.simple_query(&insert(c)).await?;
+    client.simple_query("RELEASE SAVEPOINT s1").await?;
+    // A failure, undone by ROLLBACK TO: the transaction goes on.
+    client.simple_query("SAVEPOINT s2").await?;
+    let duplicate = client.simple_query(&insert(a)).await.err();
+    assert_eq!(
+        duplicate.as_ref().and_then(|e| e.code()),
+        Some(&SqlState::UNIQUE_VIOLATION)
+    );
+    client.simple_query("ROLLBACK TO s2").await?;
+    // The shard of d joins after all of it and must know s2 but not s1.
+    client.simple_query(&insert(d)).await?;
+    client.simple_query("ROLLBACK TO s2").await?;
+    client.simple_query(&insert(d)).await?;
+    let released = client.simple_query("RELEASE s1").await.err();
+    assert!(released.is_some(), "s1 was released and must be gone");
+    client.simple_query("ROLLBACK TO before_all").await?;
+    client.simple_query(&insert(b)).await?;
+    client.simple_query("COMMIT").await?;
+    assert_eq!(ids_on_shards(&cluster).await?, vec![b]);
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bank_transfers_across_shards_keep_the_total() -> anyhow::Result<()> {
+    const ACCOUNTS: i64 = 24;
+    const CLIENTS: usize = 8;
+    const TRANSFERS: usize = 25;
+    let cluster = TestCluster::start("tx-bank", 4).await?;
+    let setup = cluster.client().await?;
+    users_table(&setup).await?;
+    let values: Vec<String> = (1..=ACCOUNTS).map(|i| format!("({i}, 1000)")).collect();
+    setup
+        .simple_query(&format!(
+            "INSERT INTO users (id, balance) VALUES {}",
+            values.join(", ")
+        ))
+        .await?;
+
+    let mut tasks = Vec::new();
+    for worker in 0..CLIENTS {
+        let client = cluster.client().await?;
+        tasks.push(tokio::spawn(async move {
+            let mut deltas: BTreeMap<i64, i64> = BTreeMap::new();
+            for n in 0..TRANSFERS {
+                let seed = (worker * 7919 + n * 104_729) as i64;
+                let from = seed % ACCOUNTS + 1;
+                let to = (seed / 7 + 1) % ACCOUNTS + 1;
+                if from == to {
+                    continue;
+                }
+                let amount = seed % 50 + 1;
+                let commit = n % 5 != 4;
+                // Rows are locked in id order, so transfers cannot deadlock across shards.
+                let mut moves = [(from, -amount), (to, amount)];
+                moves.sort_unstable();
+                if worker % 2 == 0 {
+                    client.simple_query("BEGIN").await?;
+                    for (id, delta) in moves {
+                        client
+                            .simple_query(&format!(
+                                "UPDATE users SET balance = balance + {delta} WHERE id = {id}"
+                            ))
+                            .await?;
+                    }
+                    client
+                        .simple_query(if commit { "COMMIT" } else { "ROLLBACK" })
+                        .await?;
+                } else {
+                    // Extended protocol: a prepared statement bound per account.
+                    let update = client
+                        .prepare("UPDATE users SET balance = balance + $2 WHERE id = $1")
+                        .await?;
+                    client.batch_execute("BEGIN").await?;
+                    for (id, delta) in moves {
+                        client.execute(&update, &[&id, &delta]).await?;
+                    }
+                    client
+                        .batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+                        .await?;
+                }
+                if commit {
+                    for (id, delta) in moves {
+                        *deltas.entry(id).or_default() += delta;
+                    }
+                }
+            }
+            anyhow::Ok(deltas)
+        }));
+    }
+    let mut expected: BTreeMap<i64, i64> = (1..=ACCOUNTS).map(|i| (i, 1000)).collect();
+    for task in tasks {
+        for (id, delta) in task.await?? {
+            *expected.entry(id).or_default() += delta;
+        }
+    }
+    let mut found = BTreeMap::new();
+    for i in 0..cluster.shard_count() {
+        for row in cluster
+            .shard(i)
+            .await?
+            .query("SELECT id, balance FROM users", &[])
+            .await?
+        {
+            found.insert(row.get::<_, i64>(0), row.get::<_, i64>(1));
+        }
+    }
+    assert_eq!(
+        found, expected,
+        "every acknowledged transfer, and only those"
+    );
+    assert_eq!(
+        query(&setup, "SELECT sum(balance) FROM users").await?,
+        [(ACCOUNTS * 1000).to_string()]
+    );
+    assert_eq!(
+        cluster.placed_rows("users", "id", false).await?,
+        ACCOUNTS as usize
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_inside_a_transaction_spans_shards() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("tx-pipeline", 4).await?;
+    let mut client = cluster.client().await?;
+    users_table(&client).await?;
+    let keys = keys_on_distinct_shards(&cluster, 3)?;
+    let insert = client
+        .prepare("INSERT INTO users (id, name) VALUES ($1, 'p')")
+        .await?;
+    client.batch_execute("BEGIN").await?;
+    // tokio-postgres pipelines these: one segment whose statements need three shards.
+    let params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 1]> =
+        keys.iter().map(|key| [key as _]).collect();
+    let futures = params.iter().map(|p| client.execute(&insert, p));
+    for done in futures::future::join_all(futures).await {
+        assert_eq!(done?, 1);
+    }
+    let counted: i64 = client
+        .query_one("SELECT count(*) FROM users", &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        counted, 3,
+        "the pipeline's writes are visible inside the transaction"
+    );
+    client.batch_execute("ROLLBACK").await?;
+    assert!(ids_on_shards(&cluster).await?.is_empty());
+
+    let transaction = client.build_transaction().start().await?;
+    let futures = params.iter().map(|p| transaction.execute(&insert, p));
+    for done in futures::future::join_all(futures).await {
+        done?;
+    }
+    transaction.commit().await?;
+    let mut expected = keys.clone();
+    expected.sort_unstable();
+    assert_eq!(ids_on_shards(&cluster).await?, expected);
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, 3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_shard_transactions_when_configured() -> anyhow::Result<()> {
+    let cluster =
+        TestCluster::start_with("tx-one-shard", 2, "cross_shard_transactions: false\n").await?;
+    let client = cluster.client().await?;
+    users_table(&client).await?;
+    let keys = keys_on_distinct_shards(&cluster, 2)?;
+    client.simple_query("BEGIN").await?;
+    client
+        .simple_query(&format!("INSERT INTO users (id) VALUES ({})", keys[0]))
+        .await?;
+    let refused = client
+        .simple_query(&format!("INSERT INTO users (id) VALUES ({})", keys[1]))
+        .await
+        .err()
+        .map(anyhow::Error::from);
+    assert_eq!(
+        refused.as_ref().and_then(sqlstate),
+        Some(SqlState::FEATURE_NOT_SUPPORTED)
+    );
+    client.simple_query("ROLLBACK").await?;
+    assert!(ids_on_shards(&cluster).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_doubt_prepared_transactions_follow_their_decider() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("tx-indoubt", 2).await?;
+    users_table(&cluster.client().await?).await?;
+    let decider = cluster.shard(0).await?;
+    let participant = cluster.shard(1).await?;
+    // What a proxy killed between the decider's commit (or abort) and COMMIT PREPARED leaves.
+    let mut prepared = Vec::new();
+    for (id, decided) in [(11_i64, "COMMIT"), (12, "ROLLBACK")] {
+        decider.batch_execute("BEGIN").await?;
+        let xid: String = decider
+            .query_one("SELECT pg_current_xact_id()::text", &[])
+            .await?
+            .get(0);
+        decider.batch_execute(decided).await?;
+        let gid = format!("sl_tx:{xid}:s0:s1");
+        participant
+            .batch_execute(&format!(
+                "BEGIN; INSERT INTO users (id) VALUES ({id}); PREPARE TRANSACTION '{gid}'"
+            ))
+            .await?;
+        prepared.push(gid);
+    }
+    // The resolver takes over prepared transactions older than a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let left: i64 = participant
+            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+            .await?
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{left} of {prepared:?} still prepared"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ids: Vec<i64> = participant
+        .query("SELECT id FROM users", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![11],
+        "committed decider: kept; aborted decider: rolled back"
+    );
+    Ok(())
+}
