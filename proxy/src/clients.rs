@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 
 use crate::backend::conn::CancelKey;
 use crate::cancel::CancelTargets;
+use crate::deadlock::DeadlockFlag;
 
 /// What a client connected for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +42,8 @@ pub struct ClientInfo {
     pub connected: Instant,
     /// Backends the client holds right now (their cancel keys).
     pub backends: CancelTargets,
+    /// Set when the deadlock detector cancelled the client's statement.
+    pub deadlock: DeadlockFlag,
 }
 
 impl ClientInfo {
@@ -96,6 +99,7 @@ impl Clients {
         database: String,
         kind: ClientKind,
         backends: CancelTargets,
+        deadlock: DeadlockFlag,
     ) -> ClientGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         self.logins
@@ -109,6 +113,7 @@ impl Clients {
             kind,
             connected: Instant::now(),
             backends,
+            deadlock,
         };
         self.lock().insert(id, info);
         ClientGuard {
@@ -122,6 +127,18 @@ impl Clients {
         self.logins
             .get_or_create(&OutcomeLabel { outcome: "failed" })
             .inc();
+    }
+
+    /// The clients that hold backends on several shards right now (only they can take part in
+    /// a deadlock that crosses shards): id, backends, deadlock flag.
+    pub fn holding_several(&self) -> Vec<(u64, Vec<CancelKey>, DeadlockFlag)> {
+        self.lock()
+            .values()
+            .filter_map(|client| {
+                let keys = client.held();
+                (keys.len() > 1).then(|| (client.id, keys, client.deadlock.clone()))
+            })
+            .collect()
     }
 
     /// Every connected client, by id.

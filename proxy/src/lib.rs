@@ -10,7 +10,8 @@
 //! Operations: [`reload`] re-reads `shards.yaml`, [`admin`] is the console on database
 //! `shardline`, [`metrics`] serves `/metrics` and `/health` ([`health`]), [`stats`] counts
 //! statements per shard, [`pause`] holds new transactions, [`migration`] takes part in resharding,
-//! [`resolver`] finishes two-phase commits a crash left in doubt, [`shutdown`] drains and closes, and [`signals`] maps process signals onto them.
+//! [`resolver`] finishes two-phase commits a crash left in doubt, [`deadlock`] breaks cycles of
+//! lock waits that cross shards, [`shutdown`] drains and closes, and [`signals`] maps process signals onto them.
 
 pub mod admin;
 pub mod backend;
@@ -18,6 +19,7 @@ pub mod cancel;
 pub mod client;
 pub mod clients;
 pub mod context;
+pub mod deadlock;
 pub mod demo;
 pub mod health;
 pub mod localpg;

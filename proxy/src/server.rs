@@ -75,6 +75,7 @@ impl Proxy {
             tokio::spawn(accept(listener, ctx.clone())),
             tokio::spawn(maintain(ctx.clone())),
             tokio::spawn(crate::resolver::run(ctx.clone())),
+            tokio::spawn(crate::deadlock::run(ctx.clone())),
             tokio::spawn({
                 let ctx = ctx.clone();
                 async move { crate::shutdown::drive(&ctx).await }

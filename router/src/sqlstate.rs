@@ -44,6 +44,8 @@ pub const INVALID_PASSWORD: &str = "28P01";
 pub const TRANSACTION_ROLLBACK: &str = "40000";
 /// `40003`: whether the transaction committed everywhere is not known to the client.
 pub const STATEMENT_COMPLETION_UNKNOWN: &str = "40003";
+/// `40P01`: a deadlock, broken by cancelling one of its transactions' statements.
+pub const DEADLOCK_DETECTED: &str = "40P01";
 /// `42601`: text shardline (or the console) cannot read.
 pub const SYNTAX_ERROR: &str = "42601";
 /// `42704`: a name the console does not know.

@@ -437,3 +437,54 @@ async fn in_doubt_prepared_transactions_follow_their_decider() -> anyhow::Result
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deadlock_across_shards_is_broken_with_40p01() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("tx-deadlock", 2).await?;
+    let setup = cluster.client().await?;
+    users_table(&setup).await?;
+    let keys = keys_on_distinct_shards(&cluster, 2)?;
+    let (a, b) = (keys[0], keys[1]);
+    setup
+        .simple_query(&format!(
+            "INSERT INTO users (id, name) VALUES ({a}, 'a'), ({b}, 'b')"
+        ))
+        .await?;
+    let first = cluster.client().await?;
+    let second = cluster.client().await?;
+    let update = |id: i64, name: &str| format!("UPDATE users SET name = '{name}' WHERE id = {id}");
+    first.simple_query("BEGIN").await?;
+    first.simple_query(&update(a, "first")).await?;
+    second.simple_query("BEGIN").await?;
+    second.simple_query(&update(b, "second")).await?;
+    // Each now waits for the other, on the other shard: neither shard sees a cycle.
+    let first_waits = tokio::spawn({
+        let sql = update(b, "first");
+        async move { first.simple_query(&sql).await.map(|_| first) }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let broken = tokio::time::timeout(
+        Duration::from_secs(20),
+        second.simple_query(&update(a, "second")),
+    )
+    .await?;
+    assert_eq!(
+        broken.err().as_ref().and_then(|e| e.code()),
+        Some(&SqlState::T_R_DEADLOCK_DETECTED),
+        "the younger transaction is the victim"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    second.simple_query("ROLLBACK").await?;
+    let first = tokio::time::timeout(Duration::from_secs(10), first_waits).await???;
+    first.simple_query("COMMIT").await?;
+    assert_eq!(
+        query(
+            &setup,
+            &format!("SELECT name FROM users WHERE id IN ({a}, {b}) ORDER BY id")
+        )
+        .await?,
+        ["first", "first"]
+    );
+    Ok(())
+}

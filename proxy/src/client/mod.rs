@@ -80,6 +80,7 @@ async fn connection(ctx: &Arc<ProxyContext>, stream: TcpStream, peer: &str) {
                 identity.database.clone(),
                 ClientKind::App,
                 targets.clone(),
+                out.deadlock_flag(),
             );
             tracing::info!(%peer, user = %identity.user, database = %identity.database, "client logged in");
             let session = Session::new(ctx.clone(), input, out, identity, targets);
@@ -98,6 +99,7 @@ async fn connection(ctx: &Arc<ProxyContext>, stream: TcpStream, peer: &str) {
                 admin::DATABASE.to_owned(),
                 ClientKind::Console,
                 CancelTargets::default(),
+                out.deadlock_flag(),
             );
             tracing::info!(%peer, %user, "admin console login");
             match admin::serve(ctx.clone(), input, out).await {

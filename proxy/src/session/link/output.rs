@@ -1,9 +1,13 @@
 //! Buffered output to the client: answers are collected and written in large chunks, and
 //! flushed when the client is about to wait for them (`ReadyForQuery`, COPY, `Flush`).
 
+use std::sync::atomic::Ordering;
+
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
+
+use crate::deadlock::{deadlock_error, DeadlockFlag};
 
 /// Above this many buffered bytes the output is written out without waiting for a flush point.
 const HIGH_WATER: usize = 64 * 1024;
@@ -15,6 +19,9 @@ pub struct ClientOutput {
     buf: BytesMut,
     /// Bumped by every write to the socket, so a [`Mark`] knows whether it can still rewind.
     writes: u64,
+    /// Set when the deadlock detector cancelled this client's statement: the cancellation's
+    /// error is then reported as the deadlock it broke.
+    deadlock: DeadlockFlag,
 }
 
 /// A point in the output to go back to, while nothing after it has reached the client.
@@ -31,11 +38,24 @@ impl ClientOutput {
             stream,
             buf: BytesMut::with_capacity(HIGH_WATER),
             writes: 0,
+            deadlock: DeadlockFlag::default(),
         }
+    }
+
+    /// The flag the deadlock detector sets on this client.
+    pub fn deadlock_flag(&self) -> DeadlockFlag {
+        self.deadlock.clone()
     }
 
     /// Queues bytes, writing out when the buffer is large.
     pub async fn push(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.deadlock.load(Ordering::Acquire) {
+            if let Some(error) = deadlock_error(bytes) {
+                self.deadlock.store(false, Ordering::Release);
+                self.buf.extend_from_slice(&error);
+                return Ok(());
+            }
+        }
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= HIGH_WATER {
             self.flush().await?;
