@@ -137,13 +137,15 @@ pub fn completes(reply: Reply, frame_tag: u8) -> bool {
     }
 }
 
-/// Drives one backend through `queue`, writing what the client should see to `out`.
-/// Stops when the queue is empty.
+/// Drives one backend through `queue`, writing what the client should see to `out`; each
+/// relayed `ReadyForQuery` carries `status` when given, else the backend's own. Stops when the
+/// queue is empty.
 pub async fn drive<R>(
     backend: &mut Backend,
     queue: &mut VecDeque<Expect>,
     out: &mut ClientOutput,
     client: &mut FrameReader<R>,
+    status: Option<u8>,
 ) -> Result<Outcome, ExchangeError>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -232,9 +234,11 @@ where
             _ => {}
         }
         if relay && !(held && frame_tag == tag::READY_FOR_QUERY) {
-            out.push(frame.bytes())
-                .await
-                .map_err(ExchangeError::Client)?;
+            match status.filter(|_| frame_tag == tag::READY_FOR_QUERY) {
+                Some(status) => out.push(&msg::ready_for_query(status)).await,
+                None => out.push(frame.bytes()).await,
+            }
+            .map_err(ExchangeError::Client)?;
         }
         if frame_tag == tag::COMMAND_COMPLETE {
             outcome.last_tag = Some(msg::command_tag(&frame).to_owned());

@@ -82,7 +82,21 @@ impl Session {
         };
         let (out, mut queue) = self.compose(shard, &mut conn, start_held, build);
         let result = match conn.send(&out).await {
-            Ok(()) => exchange::drive(&mut conn, &mut queue, &mut self.out, &mut self.input).await,
+            Ok(()) => {
+                // A message run outside the client's transaction block (it touches no data,
+                // and the transaction has not reached this shard) must not tell the client its
+                // transaction is gone: its `ReadyForQuery` carries the client's status.
+                let outside = self.tx.open() && !self.tx.shards.contains(&shard);
+                let status = outside.then(|| self.tx.status());
+                exchange::drive(
+                    &mut conn,
+                    &mut queue,
+                    &mut self.out,
+                    &mut self.input,
+                    status,
+                )
+                .await
+            }
             Err(e) => Err(ExchangeError::Backend(e)),
         };
         let (ok, ended) = result
