@@ -32,8 +32,10 @@ impl Kind {
     }
 }
 
-/// shardline's prepared transactions on a shard older than `$1` seconds.
-pub const LIST_SQL: &str = "SELECT gid FROM pg_prepared_xacts \
+/// shardline's prepared transactions on a shard older than `$1` seconds: name and age in
+/// seconds.
+pub const LIST_SQL: &str = "SELECT gid, extract(epoch FROM now() - prepared)::float8 \
+     FROM pg_prepared_xacts \
      WHERE (gid LIKE 'sl\\_dw:%' OR gid LIKE 'sl\\_tx:%') \
      AND database = current_database() AND prepared <= now() - make_interval(secs => $1)";
 

@@ -67,6 +67,10 @@ const COLUMNS: &[(&str, &[&str])] = &[
     ),
     ("SHOW CONFIG", &["key", "value"]),
     ("SHOW VERSION", &["version"]),
+    (
+        "SHOW INDOUBT",
+        &["shard", "gid", "age_s", "decider", "decider_status", "fate"],
+    ),
 ];
 
 const SCHEMA: &str = "CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL)";

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use shardline_tests::ops::{console, ops_yaml, show, ConfigFile};
 use shardline_tests::{sqlstate, TestCluster};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -408,6 +409,22 @@ async fn in_doubt_prepared_transactions_follow_their_decider() -> anyhow::Result
             .await?;
         prepared.push(gid);
     }
+    // The admin console lists them with their fate before the resolver acts.
+    let file = ConfigFile::new("tx-indoubt", &ops_yaml(&cluster, ""))?;
+    let proxy = file.serve(false).await?;
+    let admin = console(proxy.addr.port()).await?;
+    let listed = show(&admin, "SHOW INDOUBT").await?.records();
+    let fates: Vec<(String, String)> = listed
+        .iter()
+        .map(|r| (r["gid"].clone(), r["fate"].clone()))
+        .collect();
+    assert_eq!(
+        fates,
+        [
+            (prepared[0].clone(), "commit".to_owned()),
+            (prepared[1].clone(), "roll back".to_owned())
+        ]
+    );
     // The resolver takes over prepared transactions older than a few seconds.
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {

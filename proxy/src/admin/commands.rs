@@ -12,7 +12,7 @@ use crate::reload::{reload, ReloadOutcome};
 use shardline_router::sqlstate;
 
 /// Every command, for the hint of an unknown one.
-pub const HELP: &str = "commands: SHOW SHARDS | SHOW POOLS | SHOW CLIENTS | SHOW SERVERS | SHOW STATS | SHOW CONFIG | SHOW VERSION | RELOAD | PAUSE [shard] | RESUME [shard] | RESHARD | RESHARD PAUSE [ms] | RESHARD RESUME | SHUTDOWN";
+pub const HELP: &str = "commands: SHOW SHARDS | SHOW POOLS | SHOW CLIENTS | SHOW SERVERS | SHOW STATS | SHOW CONFIG | SHOW VERSION | SHOW INDOUBT | RELOAD | PAUSE [shard] | RESUME [shard] | RESHARD | RESHARD PAUSE [ms] | RESHARD RESUME | SHUTDOWN";
 
 /// How often `PAUSE` checks whether running transactions finished.
 const PAUSE_POLL: Duration = Duration::from_millis(20);
@@ -53,6 +53,8 @@ pub enum Topic {
     Config,
     /// `SHOW VERSION`.
     Version,
+    /// `SHOW INDOUBT`: shardline's prepared transactions on the shards and their fate.
+    InDoubt,
 }
 
 /// Parses one statement (no `;`), case-insensitively; shard names keep their case.
@@ -70,6 +72,7 @@ pub fn parse(text: &str) -> Result<Command, Reply> {
             "STATS" => Topic::Stats,
             "CONFIG" => Topic::Config,
             "VERSION" => Topic::Version,
+            "INDOUBT" => Topic::InDoubt,
             _ => return Err(unknown(text)),
         }),
         ["RELOAD"] => Command::Reload,
@@ -104,6 +107,7 @@ pub async fn run(ctx: &Arc<ProxyContext>, command: Command) -> Reply {
             Topic::Stats => show::stats(ctx),
             Topic::Config => show::config(ctx),
             Topic::Version => show::version(),
+            Topic::InDoubt => show::in_doubt(ctx).await,
         }),
         Command::Reload => run_reload(ctx).await,
         Command::Pause(shard) => pause(ctx, shard).await,

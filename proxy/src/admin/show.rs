@@ -99,6 +99,30 @@ pub fn clients(ctx: &ProxyContext) -> Table {
     table
 }
 
+/// `SHOW INDOUBT`: every prepared transaction of shardline's on the shards (left by a proxy
+/// that stopped mid-commit, or one still committing), its decider's status and what the
+/// resolver will do with it.
+pub async fn in_doubt(ctx: &ProxyContext) -> Table {
+    let loaded = ctx.snapshot();
+    let mut table = Table::new(&["shard", "gid", "age_s", "decider", "decider_status", "fate"]);
+    for transaction in crate::resolver::in_doubt(&loaded.config).await {
+        let fate = match transaction.verdict.as_deref() {
+            Some(sql) if sql.starts_with("COMMIT") => "commit",
+            Some(_) => "roll back",
+            None => "wait for the decider",
+        };
+        table.push(vec![
+            transaction.shard,
+            transaction.gid,
+            format!("{:.0}", transaction.age_s),
+            transaction.decider,
+            transaction.decider_status,
+            fate.to_owned(),
+        ]);
+    }
+    table
+}
+
 /// `SHOW SERVERS`: every open backend connection and the client it serves, if any.
 pub fn servers(ctx: &ProxyContext) -> Table {
     let loaded = ctx.snapshot();
