@@ -6,8 +6,6 @@
 use sqlparser::ast::{
     CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Statement,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use crate::config::{Config, TableRule};
 use crate::key::KeyValue;
@@ -43,7 +41,7 @@ pub struct CopyInto {
 /// Recognises a COPY of rows into a sharded table. `None` for any other statement (the
 /// router's own route applies); an error for COPY forms that cannot be split (binary format).
 pub fn copy_into(config: &Config, sql: &str) -> Option<Result<CopyInto, RouteError>> {
-    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut statements = crate::analyze::parse_repaired(sql)?;
     if statements.len() != 1 {
         return None;
     }
@@ -463,6 +461,9 @@ mod tests {
             }
         ));
         assert_eq!(s.key_position(&["name".into(), "id".into()]), Some(1));
+        // pgbench -i's spelling of boolean options.
+        let s = spec("copy users from stdin with (freeze on, format csv, header off)");
+        assert!(matches!(s.format, CopyFormat::Csv { header: false, .. }));
         assert!(copy_into(&config(), "COPY other FROM STDIN").is_none());
         assert!(copy_into(&config(), "COPY users TO STDOUT").is_none());
         assert!(matches!(

@@ -505,3 +505,42 @@ async fn a_deadlock_across_shards_is_broken_with_40p01() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn truncate_and_copy_in_one_transaction_as_pgbench_init_does() -> anyhow::Result<()> {
+    use futures::SinkExt;
+    let cluster = TestCluster::start("tx-copy", 4).await?;
+    let client = cluster.client().await?;
+    users_table(&client).await?;
+    client
+        .simple_query("INSERT INTO users (id) VALUES (1), (2), (3), (4), (5)")
+        .await?;
+    for commit in [false, true] {
+        client.batch_execute("BEGIN").await?;
+        client.batch_execute("TRUNCATE users").await?;
+        // FREEZE is only allowed because every shard truncated the table in this transaction.
+        let sink = client
+            .copy_in("COPY users (id, name) FROM STDIN WITH (FREEZE ON)")
+            .await?;
+        futures::pin_mut!(sink);
+        let rows: String = (1..=500).map(|i| format!("{}\tcopied\n", i * 7)).collect();
+        sink.send(bytes::Bytes::from(rows)).await?;
+        assert_eq!(sink.finish().await?, 500);
+        let seen: i64 = client
+            .query_one("SELECT count(*) FROM users", &[])
+            .await?
+            .get(0);
+        assert_eq!(seen, 500, "the transaction sees its own COPY");
+        client
+            .batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+            .await?;
+        let expected = if commit { 500 } else { 5 };
+        assert_eq!(
+            cluster.placed_rows("users", "id", false).await?,
+            expected,
+            "after {}",
+            if commit { "COMMIT" } else { "ROLLBACK" }
+        );
+    }
+    Ok(())
+}

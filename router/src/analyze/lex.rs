@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
-use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace};
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace, Word};
 
 use crate::config::Config;
 
@@ -101,12 +101,18 @@ fn counts_as_operator(token: &Token) -> bool {
 /// - `FROM ONLY t` / `UPDATE ONLY t` / `JOIN ONLY t`: sqlparser reads `ONLY` as a table named
 ///   "only" aliased `t` (a silent misroute), or fails. `ONLY` does not matter for routing.
 /// - `TABLE t` as a statement: rewritten to `SELECT * FROM t`.
+/// - `COPY … (FREEZE ON, HEADER OFF)`: sqlparser knows only `TRUE`/`FALSE` after a boolean
+///   COPY option (`pgbench -i` sends `freeze on`).
 pub(super) fn repair(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len() + 4);
     let mut at_statement_start = true;
     for t in tokens {
         if let Token::Word(w) = &t.token {
             if w.quote_style.is_none() && w.keyword == Keyword::ONLY && previous_allows_only(&out) {
+                continue;
+            }
+            if let Some(value) = copy_boolean(w, &out) {
+                out.push(TokenWithSpan::wrap(Token::make_keyword(value)));
                 continue;
             }
             if w.quote_style.is_none() && w.keyword == Keyword::TABLE && at_statement_start {
@@ -125,6 +131,32 @@ pub(super) fn repair(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
         out.push(t);
     }
     out
+}
+
+/// `TRUE` or `FALSE` for an `ON` or `OFF` that follows a boolean COPY option.
+fn copy_boolean(word: &Word, out: &[TokenWithSpan]) -> Option<&'static str> {
+    if word.quote_style.is_some() {
+        return None;
+    }
+    let value = match word.value.to_ascii_lowercase().as_str() {
+        "on" => "TRUE",
+        "off" => "FALSE",
+        _ => return None,
+    };
+    match out
+        .iter()
+        .rev()
+        .find(|t| !is_blank(&t.token))
+        .map(|t| &t.token)
+    {
+        Some(Token::Word(option))
+            if option.quote_style.is_none()
+                && matches!(option.keyword, Keyword::FREEZE | Keyword::HEADER) =>
+        {
+            Some(value)
+        }
+        _ => None,
+    }
 }
 
 /// Whether an `ONLY` following the tokens so far is the inheritance keyword before a table name.

@@ -51,6 +51,16 @@ use walked::{call, concatenated_read, copy, create_as, cursor, walked};
 use walker::{name_parts, norm};
 
 /// Plans one Query/Parse text. Never panics; problems end up in the plan's target.
+/// The statements of `sql` as the analysis parses them (with the token repairs of
+/// [`lex::repair`]); `None` when they cannot be parsed.
+pub(crate) fn parse_repaired(sql: &str) -> Option<Vec<Statement>> {
+    let tokens = lex::repair(lex::tokenize(sql).ok()?);
+    Parser::new(&PostgreSqlDialect {})
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
+        .ok()
+}
+
 pub(crate) fn analyze(config: &Config, sql: &str) -> Plan {
     let tokens = match lex::tokenize(sql) {
         Ok(tokens) => tokens,
@@ -242,7 +252,7 @@ fn statement(config: &Config, stmt: &Statement) -> Analysis {
         }),
         Statement::Deallocate { name, .. } => {
             if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") {
-                Analysis::handled(StatementKind::DiscardAll)
+                Analysis::handled(StatementKind::DeallocateAll)
             } else {
                 Analysis::unsupported(
                     "SQL-level DEALLOCATE of a named statement is not supported through shardline; close protocol-level statements with a Close message, or use DEALLOCATE ALL",

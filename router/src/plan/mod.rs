@@ -120,8 +120,11 @@ pub enum StatementKind {
     },
     /// `RESET ALL`.
     ResetAll,
-    /// `DISCARD ALL`, `DEALLOCATE ALL`: the proxy forgets the client's prepared statements.
+    /// `DISCARD ALL`: the proxy forgets the client's prepared statements and settings.
     DiscardAll,
+    /// `DEALLOCATE [PREPARE] ALL`: the proxy forgets the client's prepared statements (inside a
+    /// transaction block too, where PostgreSQL allows it).
+    DeallocateAll,
     /// `SHOW x`.
     Show,
     /// `SELECT`, `VALUES`, `TABLE`, read-only `WITH`.

@@ -16,17 +16,17 @@ pub(crate) enum TxPhase {
     Idle,
     /// `BEGIN` held: no statement has reached a shard yet.
     Held { failed: bool },
-    /// The transaction runs on a shard.
-    Started,
+    /// The transaction runs on shards.
+    Started { failed: bool },
 }
 
 impl TxPhase {
     /// The phase of `tx`.
     pub(crate) fn of(tx: &Transaction) -> TxPhase {
-        match (tx.home(), tx.replay.is_empty()) {
-            (Some(_), _) => TxPhase::Started,
-            (None, false) => TxPhase::Held { failed: tx.failed },
-            (None, true) => TxPhase::Idle,
+        match (tx.home(), tx.begin.is_some()) {
+            (Some(_), _) => TxPhase::Started { failed: tx.failed },
+            (None, true) => TxPhase::Held { failed: tx.failed },
+            (None, false) => TxPhase::Idle,
         }
     }
 }
@@ -47,9 +47,11 @@ pub(crate) enum LocalAnswer {
     EndHeld { commit: bool },
     /// `COMMIT`/`ROLLBACK` outside a transaction: PostgreSQL's warning and the tag.
     NoTransaction { tag: &'static str },
-    /// `DISCARD ALL` or `DEALLOCATE ALL` outside a transaction: the client's statements and
-    /// settings are reset.
-    Discard { tag: &'static str },
+    /// `DISCARD ALL` outside a transaction: the client's statements and settings are reset.
+    DiscardAll,
+    /// `DEALLOCATE ALL` outside a failed transaction: the client's statements are forgotten
+    /// (the proxy's statements on shared backends stay, under their proxy names).
+    DeallocateAll,
 }
 
 impl LocalAnswer {
@@ -59,15 +61,16 @@ impl LocalAnswer {
             LocalAnswer::HoldBegin => TxPhase::Held { failed: false },
             LocalAnswer::HoldSetting { .. } => phase,
             LocalAnswer::HoldSavepoint { .. } => TxPhase::Held { failed: false },
+            LocalAnswer::DeallocateAll => phase,
             LocalAnswer::EndHeld { .. }
             | LocalAnswer::NoTransaction { .. }
-            | LocalAnswer::Discard { .. } => TxPhase::Idle,
+            | LocalAnswer::DiscardAll => TxPhase::Idle,
         }
     }
 }
 
-/// The answer the proxy gives `kind` (whose text is `sql`) itself in `phase`, if it does.
-pub(crate) fn local_answer(kind: &StatementKind, sql: &str, phase: TxPhase) -> Option<LocalAnswer> {
+/// The answer the proxy gives `kind` itself in `phase`, if it does.
+pub(crate) fn local_answer(kind: &StatementKind, phase: TxPhase) -> Option<LocalAnswer> {
     let held = matches!(phase, TxPhase::Held { failed: false });
     Some(match (kind, phase) {
         (StatementKind::Begin, TxPhase::Idle) => LocalAnswer::HoldBegin,
@@ -94,19 +97,11 @@ pub(crate) fn local_answer(kind: &StatementKind, sql: &str, phase: TxPhase) -> O
         ) => LocalAnswer::HoldSavepoint {
             op: SavepointOp::RollbackTo,
         },
-        (StatementKind::DiscardAll, TxPhase::Idle) => {
-            let deallocate = sql
-                .trim_start()
-                .get(..10)
-                .is_some_and(|w| w.eq_ignore_ascii_case("deallocate"));
-            LocalAnswer::Discard {
-                tag: if deallocate {
-                    "DEALLOCATE ALL"
-                } else {
-                    "DISCARD ALL"
-                },
-            }
-        }
+        (StatementKind::DiscardAll, TxPhase::Idle) => LocalAnswer::DiscardAll,
+        (
+            StatementKind::DeallocateAll,
+            TxPhase::Idle | TxPhase::Held { failed: false } | TxPhase::Started { failed: false },
+        ) => LocalAnswer::DeallocateAll,
         _ => return None,
     })
 }

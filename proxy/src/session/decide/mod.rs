@@ -78,6 +78,7 @@ pub(crate) fn follows_session(kind: &StatementKind) -> bool {
             | StatementKind::Reset { .. }
             | StatementKind::ResetAll
             | StatementKind::DiscardAll
+            | StatementKind::DeallocateAll
             | StatementKind::Show
             | StatementKind::Empty
     )
@@ -208,7 +209,10 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
     // A refused statement ends the request where it stands: what preceded it is not answered
     // on its own.
     let whole = request.refusal.is_none();
-    if whole && !facts.awaiting_sync && answers_locally(request.kinds, TxPhase::of(tx)) {
+    // Inside a pipeline that already ran statements (not synced yet), a `BEGIN` or `COMMIT`
+    // belongs to the shards running it, as PostgreSQL folds them into the implicit transaction.
+    let mid_pipeline = facts.awaiting_sync || facts.spread || !facts.unsynced.is_empty();
+    if whole && !mid_pipeline && answers_locally(request.kinds, TxPhase::of(tx)) {
         return Action::Local;
     }
     if tx.failed {
@@ -360,7 +364,7 @@ fn answers_locally(kinds: &[StatementKind], mut phase: TxPhase) -> bool {
         return false;
     }
     for kind in kinds {
-        match local_answer(kind, "", phase) {
+        match local_answer(kind, phase) {
             Some(answer) => phase = answer.next_phase(phase),
             None => return false,
         }

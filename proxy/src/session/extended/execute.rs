@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use shardline_router::{ShardId, StatementKind};
 
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
@@ -134,6 +135,7 @@ impl Session {
                     build_messages(items, conn)
                 })
                 .await?;
+                self.note_begin(shard, items);
             }
             Action::Scatter(shards) => {
                 self.scatter(loaded, shards, |conn| build_messages(items, conn))
@@ -165,6 +167,28 @@ impl Session {
         }
         self.out.flush().await?;
         Ok(Segmented::Ran)
+    }
+
+    /// After a segment that ran the client's `BEGIN` on `shard` (with other statements, or in
+    /// the middle of a pipeline), records the transaction block the shard is now in, with the
+    /// `BEGIN` that shards joining it later replay.
+    fn note_begin(&mut self, shard: ShardId, items: &[Item]) {
+        let begin = items.iter().find_map(|item| match item {
+            Item::Execute {
+                statement: Some(statement),
+                ..
+            } if statement.plan.kind == StatementKind::Begin => Some(statement.query.to_string()),
+            _ => None,
+        });
+        let Some(begin) = begin else {
+            return;
+        };
+        let in_block = self.tx.shards.contains(&shard)
+            || self.conns.get(&shard).is_some_and(|conn| conn.unsynced);
+        if in_block {
+            self.tx.shards.insert(shard);
+            self.tx.begin.get_or_insert(begin);
+        }
     }
 
     /// The replies to a segment the proxy answers itself, in order; `execute` answers each

@@ -26,10 +26,10 @@ impl Session {
     /// Answers `kind` (whose text is `sql`) without a backend when the proxy can, updating the
     /// session's state, and returns what the client is sent.
     pub(crate) fn answer_locally(&mut self, kind: &StatementKind, sql: &str) -> Option<Bytes> {
-        let answer = local_answer(kind, sql, TxPhase::of(&self.tx))?;
+        let answer = local_answer(kind, TxPhase::of(&self.tx))?;
         let tag = match answer {
             LocalAnswer::HoldBegin => {
-                self.tx.replay.push(sql.to_owned());
+                self.tx.begin = Some(sql.to_owned());
                 self.tx.settings_before = Some(self.settings.clone());
                 "BEGIN"
             }
@@ -82,10 +82,14 @@ impl Session {
                 reply.extend_from_slice(&msg::command_complete(tag));
                 return Some(reply.freeze());
             }
-            LocalAnswer::Discard { tag } => {
+            LocalAnswer::DiscardAll => {
                 self.statements.clear();
                 self.settings = self.identity.startup_settings.clone();
-                tag
+                "DISCARD ALL"
+            }
+            LocalAnswer::DeallocateAll => {
+                self.statements.clear();
+                "DEALLOCATE ALL"
             }
         };
         Some(msg::command_complete(tag))

@@ -15,8 +15,10 @@ const PLAIN_BEGIN: &str = "BEGIN";
 /// Transaction state as the client sees it.
 #[derive(Debug, Default)]
 pub(crate) struct Transaction {
-    /// The client's `BEGIN` and the transaction-scoped statements still in force after it
-    /// (`SET LOCAL`, `SET` inside the block, savepoints), in order: what a shard that joins the
+    /// The client's `BEGIN` (with its options), once it asked for a transaction block.
+    pub(crate) begin: Option<String>,
+    /// The transaction-scoped statements still in force after `BEGIN` (`SET LOCAL`, `SET`
+    /// inside the block, savepoints), in order. With `begin`, what a shard that joins the
     /// transaction runs first, so it behaves as if it had been there from the start.
     pub(crate) replay: Vec<String>,
     /// Shards taking part, each through a backend this session holds.
@@ -34,7 +36,7 @@ pub(crate) struct Transaction {
 impl Transaction {
     /// A transaction block is open (held or running on shards).
     pub(crate) fn open(&self) -> bool {
-        !self.replay.is_empty() || !self.shards.is_empty()
+        self.begin.is_some() || !self.shards.is_empty()
     }
 
     /// The shard the transaction started on, where statements about the session go.
@@ -44,11 +46,11 @@ impl Transaction {
 
     /// What a shard joining the transaction runs first, as one query string.
     pub(crate) fn join_sql(&self) -> String {
-        if self.replay.is_empty() {
-            PLAIN_BEGIN.to_owned()
-        } else {
-            self.replay.join(";")
-        }
+        let begin = self.begin.as_deref().unwrap_or(PLAIN_BEGIN);
+        std::iter::once(begin)
+            .chain(self.replay.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(";")
     }
 
     /// Records a savepoint command that reached every shard (or was held), so later joiners

@@ -138,8 +138,8 @@ fn classifies_statements() {
         ),
         ("RESET ALL", StatementKind::ResetAll),
         ("DISCARD ALL", StatementKind::DiscardAll),
-        ("DEALLOCATE ALL", StatementKind::DiscardAll),
-        ("DEALLOCATE PREPARE ALL", StatementKind::DiscardAll),
+        ("DEALLOCATE ALL", StatementKind::DeallocateAll),
+        ("DEALLOCATE PREPARE ALL", StatementKind::DeallocateAll),
         ("DEALLOCATE stmt1", StatementKind::Unsupported),
         (
             "SET SESSION AUTHORIZATION bob",

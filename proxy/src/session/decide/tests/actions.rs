@@ -30,7 +30,7 @@ impl State {
         };
         tx.shards.extend(self.joined.iter().copied());
         if self.held {
-            tx.replay.push("BEGIN".to_owned());
+            tx.begin = Some("BEGIN".to_owned());
         }
         if self.wrote_moving {
             tx.dual
@@ -329,6 +329,36 @@ fn decides_every_action_and_refusal() {
         )
         .refused_by_router("26000")
         .expect("refuse 26000"),
+        simple(
+            "DEALLOCATE ALL inside a transaction",
+            pinned(1),
+            StatementKind::DeallocateAll,
+            None,
+        )
+        .expect("local"),
+        segment(
+            "BEGIN in the middle of a pipeline on one shard",
+            State {
+                unsynced: vec![2],
+                held_backend: Some(2),
+                ..idle()
+            },
+            vec![Begin],
+            vec![],
+        )
+        .expect("single s2 (no data)"),
+        segment(
+            "BEGIN in a pipeline spread over shards",
+            State {
+                spread: true,
+                unsynced: vec![1, 2],
+                held_backend: Some(1),
+                ..idle()
+            },
+            vec![Begin, Write],
+            vec![Target::Shard(3)],
+        )
+        .expect("refuse 0A000"),
         // Transactions across shards.
         simple(
             "another shard joins the transaction",
