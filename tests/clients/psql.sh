@@ -61,6 +61,10 @@ COLS="id, n4, name, uid, amount, ts, flag, blob, doc, tags, nums"
 NULL_ID=$((7 ** 17))
 TX_ID=100
 ROLLBACK_ID=101
+# Inserted by the cross-shard transactions, committed and rolled back: four consecutive keys
+# land on several of the 4 shards.
+CROSS_IDS=(900001 900002 900003 900004)
+CROSS_ROLLBACK_IDS=(900011 900012 900013 900014)
 declare -A ROWS   # key -> expected row text: what was inserted
 declare -A PRESENT # what the table should hold: the oracle of the later steps
 for i in $(seq 1 16); do ROWS[$((7 ** i))]=$(row "$i"); done
@@ -126,6 +130,44 @@ SQL
   expect "inside the transaction" 1 "$got" || return 1
   expect "rolled-back row" "" "$(read_rows $ROLLBACK_ID)" || return 1
   expect "orders" 0 "$(q -c "SELECT count(*) FROM orders WHERE user_id = $ROLLBACK_ID")"
+}
+# count_range FIRST LAST: the query counting the users with keys from FIRST to LAST (every shard).
+count_range() { echo "SELECT count(*) FROM users WHERE id BETWEEN $1 AND $2;"; }
+tx_cross_shard() {
+  # One transaction holds a backend on each shard its keys need, reads its own writes from all
+  # of them and commits them together.
+  local k n4 got first=${CROSS_IDS[0]} last=${CROSS_IDS[-1]}
+  got=$(q -q <<SQL
+BEGIN;
+$(for k in "${CROSS_IDS[@]}"; do echo "INSERT INTO users (id, name) VALUES ($k, 'cross shard');"; done)
+UPDATE users SET n4 = 7 WHERE id = $last;
+$(count_range "$first" "$last")
+COMMIT;
+SQL
+  ) || { echo "$got"; return 1; }
+  expect "count inside the transaction" "${#CROSS_IDS[@]}" "$got" || return 1
+  for k in "${CROSS_IDS[@]}"; do
+    n4='(null)'
+    [ "$k" = "$last" ] && n4=7
+    PRESENT[$k]=$(null_row "$k" | awk -F'\t' -v OFS='\t' -v n4="$n4" '{$2 = n4; $3 = "cross shard"; print}')
+    expect "id $k after commit" "${PRESENT[$k]}" "$(read_rows "$k")" || return 1
+  done
+  # A savepoint after the first insert: the shards that join later get it replayed, and
+  # ROLLBACK TO SAVEPOINT undoes the two inserts after it on whichever shards they ran.
+  first=${CROSS_ROLLBACK_IDS[0]} last=${CROSS_ROLLBACK_IDS[-1]}
+  got=$(q -q <<SQL
+BEGIN;
+INSERT INTO users (id, name) VALUES ($first, 'rolled back');
+SAVEPOINT cross_shard;
+$(for k in "${CROSS_ROLLBACK_IDS[@]:1:2}"; do echo "INSERT INTO users (id, name) VALUES ($k, 'rolled back');"; done)
+ROLLBACK TO SAVEPOINT cross_shard;
+INSERT INTO users (id, name) VALUES ($last, 'rolled back');
+$(count_range "$first" "$last")
+ROLLBACK;
+SQL
+  ) || { echo "$got"; return 1; }
+  expect "count after ROLLBACK TO SAVEPOINT" 2 "$got" || return 1
+  expect "count after ROLLBACK" 0 "$(count_range "$first" "$last" | q)"
 }
 order_limit() {
   expect "top 5" "$(printf '%s\n' "${!PRESENT[@]}" | sort -n -r | head -5)" \
@@ -200,8 +242,8 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 step connect connect
 [ $FAILED = 0 ] || exit 1
-for s in ddl insert read_back update delete tx_commit tx_rollback order_limit count prepared_reuse \
-  unique_violation set_timeout cancel batch_insert; do
+for s in ddl insert read_back update delete tx_commit tx_rollback tx_cross_shard order_limit count \
+  prepared_reuse unique_violation set_timeout cancel batch_insert; do
   step "$s" "$s"
 done
 exit $FAILED

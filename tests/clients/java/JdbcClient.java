@@ -14,6 +14,7 @@ import java.sql.DriverManager;
 import java.sql.PreparedStatement;
 import java.sql.ResultSet;
 import java.sql.SQLException;
+import java.sql.Savepoint;
 import java.sql.Statement;
 import java.sql.Types;
 import java.time.OffsetDateTime;
@@ -32,6 +33,10 @@ public class JdbcClient {
     static final int ROWS = 16;
     static final long NULL_ID = pow7(17);
     static final long TX_ID = 100, ROLLBACK_ID = 101;
+    // Inserted by the cross-shard transactions, committed and rolled back: four consecutive keys
+    // land on several of the 4 shards.
+    static final long[] CROSS_IDS = {900001, 900002, 900003, 900004};
+    static final long[] CROSS_ROLLBACK_IDS = {900011, 900012, 900013, 900014};
     static final String[] DDL = {
         "DROP TABLE IF EXISTS orders",
         "DROP TABLE IF EXISTS users",
@@ -45,6 +50,7 @@ public class JdbcClient {
         "SELECT id, n4, name, uid, amount, ts, flag, blob, doc, tags, nums FROM users WHERE id = ?";
     static final String SELECT_NAME = "SELECT name FROM users WHERE id = ?";
     static final String LOOKUP = "SELECT id FROM users WHERE name = ?"; // no key: runs on every shard
+    static final String COUNT_RANGE = "SELECT count(*) FROM users WHERE id BETWEEN ? AND ?"; // hashed keys: every shard
 
     static long pow7(int i) {
         long v = 1;
@@ -261,6 +267,46 @@ public class JdbcClient {
             check(read(ROLLBACK_ID).isEmpty(), "rolled-back row is there");
             List<Object> orders = column("SELECT count(*) FROM orders WHERE user_id = ?", ROLLBACK_ID);
             check(orders.equals(List.of(0L)), "orders after rollback: " + orders);
+        });
+        step("tx_cross_shard", () -> {
+            // One transaction holds a backend on each shard its keys need, reads its own writes
+            // from all of them and commits them together.
+            String insert = "INSERT INTO users (id, name) VALUES (?, ?)";
+            long first = CROSS_IDS[0], last = CROSS_IDS[CROSS_IDS.length - 1];
+            conn.setAutoCommit(false);
+            try {
+                for (long key : CROSS_IDS) update(insert, key, "cross shard");
+                update("UPDATE users SET n4 = 7 WHERE id = ?", last);
+                checkEq(column(COUNT_RANGE, first, last), List.of((long) CROSS_IDS.length), "count inside the transaction");
+                conn.commit();
+            } finally {
+                conn.setAutoCommit(true);
+            }
+            for (long key : CROSS_IDS) {
+                List<Object> row = nullRow(key);
+                if (key == last) row.set(1, 7);
+                row.set(2, "cross shard");
+                present.put(key, row);
+                checkEq(read(key), List.of(row), "id " + key + " after commit");
+            }
+
+            // A savepoint after the first insert: the shards that join later get it replayed,
+            // and ROLLBACK TO SAVEPOINT undoes the two inserts after it on whichever shards they ran.
+            first = CROSS_ROLLBACK_IDS[0];
+            last = CROSS_ROLLBACK_IDS[CROSS_ROLLBACK_IDS.length - 1];
+            conn.setAutoCommit(false);
+            try {
+                update(insert, first, "rolled back");
+                Savepoint savepoint = conn.setSavepoint("cross_shard");
+                for (int i = 1; i < CROSS_ROLLBACK_IDS.length - 1; i++) update(insert, CROSS_ROLLBACK_IDS[i], "rolled back");
+                conn.rollback(savepoint);
+                update(insert, last, "rolled back");
+                checkEq(column(COUNT_RANGE, first, last), List.of(2L), "count after ROLLBACK TO SAVEPOINT");
+            } finally {
+                conn.rollback();
+                conn.setAutoCommit(true);
+            }
+            checkEq(column(COUNT_RANGE, first, last), List.of(0L), "count after ROLLBACK");
         });
         step("order_limit", () -> {
             List<Object> got = column("SELECT id FROM users ORDER BY id DESC LIMIT 5");

@@ -22,6 +22,10 @@ const NULL_ID = 7n ** 17n
 const BATCH_KEYS = Array.from({ length: 8 }, (_, i) => -(7n ** BigInt(i + 1)))
 const TX_ID = 100n
 const ROLLBACK_ID = 101n
+// Inserted by the cross-shard transactions, committed and rolled back: four consecutive keys
+// land on several of the 4 shards.
+const CROSS_IDS = Array.from({ length: 4 }, (_, i) => 900001n + BigInt(i))
+const CROSS_ROLLBACK_IDS = Array.from({ length: 4 }, (_, i) => 900011n + BigInt(i))
 const COLUMNS = ['id', 'n4', 'name', 'uid', 'amount', 'ts', 'flag', 'blob', 'doc', 'tags', 'nums']
 const DDL = [
   'DROP TABLE IF EXISTS orders',
@@ -36,6 +40,7 @@ const INSERT =
 const SELECT_ROW = `SELECT ${COLUMNS.join(', ')} FROM users WHERE id = $1`
 const SELECT_NAME = 'SELECT name FROM users WHERE id = $1'
 const LOOKUP = 'SELECT id FROM users WHERE name = $1' // no key: runs on every shard
+const COUNT_RANGE = 'SELECT count(*) AS n FROM users WHERE id BETWEEN $1 AND $2' // hashed keys: every shard
 
 const pad = (n, w) => String(n).padStart(w, '0')
 
@@ -148,6 +153,38 @@ async function main() {
     check((await read(ROLLBACK_ID)).length === 0, 'rolled-back row is there')
     const orders = await client.query('SELECT count(*) AS n FROM orders WHERE user_id = $1', [ROLLBACK_ID])
     check(orders.rows[0].n === 0n, `orders after rollback: ${show(orders.rows)}`)
+  })
+  await step('tx_cross_shard', async () => {
+    // One transaction holds a backend on each shard its keys need, reads its own writes from
+    // all of them and commits them together.
+    const insertNamed = (key, name) => client.query('INSERT INTO users (id, name) VALUES ($1, $2)', [key, name])
+    const countRange = async (ids) => (await client.query(COUNT_RANGE, [ids[0], ids.at(-1)])).rows[0].n
+    const last = CROSS_IDS.at(-1)
+    await client.query('BEGIN')
+    for (const key of CROSS_IDS) await insertNamed(key, 'cross shard')
+    await client.query('UPDATE users SET n4 = 7 WHERE id = $1', [last])
+    const inside = await countRange(CROSS_IDS)
+    check(inside === BigInt(CROSS_IDS.length), `count inside the transaction: ${inside}`)
+    await client.query('COMMIT')
+    for (const key of CROSS_IDS) {
+      present.set(key, { ...nullRow(key), name: 'cross shard', n4: key === last ? 7 : null })
+      const got = await read(key)
+      check(isDeepStrictEqual(got, [present.get(key)]), `id ${key} after commit: ${show(got)}`)
+    }
+
+    // A savepoint after the first insert: the shards that join later get it replayed, and
+    // ROLLBACK TO SAVEPOINT undoes the two inserts after it on whichever shards they ran.
+    await client.query('BEGIN')
+    await insertNamed(CROSS_ROLLBACK_IDS[0], 'rolled back')
+    await client.query('SAVEPOINT cross_shard')
+    for (const key of CROSS_ROLLBACK_IDS.slice(1, -1)) await insertNamed(key, 'rolled back')
+    await client.query('ROLLBACK TO SAVEPOINT cross_shard')
+    await insertNamed(CROSS_ROLLBACK_IDS.at(-1), 'rolled back')
+    const kept = await countRange(CROSS_ROLLBACK_IDS)
+    check(kept === 2n, `count after ROLLBACK TO SAVEPOINT: ${kept}`)
+    await client.query('ROLLBACK')
+    const after = await countRange(CROSS_ROLLBACK_IDS)
+    check(after === 0n, `count after ROLLBACK: ${after}`)
   })
   const sortedDesc = () => [...present.keys()].sort((a, b) => (a < b ? 1 : a > b ? -1 : 0))
   await step('order_limit', async () => {

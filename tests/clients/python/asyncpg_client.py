@@ -62,6 +62,15 @@ class Asyncpg:
         self.run(tx.commit() if commit else tx.rollback())
         return result
 
+    def rollback_to_savepoint(self, body):
+        # asyncpg makes a transaction started inside another a savepoint.
+        savepoint = self.conn.transaction()
+        self.run(savepoint.start())
+        try:
+            body()
+        finally:
+            self.run(savepoint.rollback())
+
     def prepare(self, sql):
         stmt = self.run(self.conn.prepare(numbered(sql)))
         return lambda params: [tuple(r) for r in self.run(stmt.fetch(*params))]

@@ -59,6 +59,12 @@ class Psycopg2:
         finally:
             self.conn.autocommit = True
 
+    def rollback_to_savepoint(self, body):
+        # psycopg2 has no savepoint API: the statements themselves.
+        self.execute("SAVEPOINT cross_shard")
+        body()
+        self.execute("ROLLBACK TO SAVEPOINT cross_shard")
+
     def prepare(self, sql):
         return lambda params: self.query(sql, params)
 

@@ -72,6 +72,13 @@ class Psycopg3:
                 raise psycopg.Rollback()
         return result
 
+    def rollback_to_savepoint(self, body):
+        # A transaction() block inside another is a savepoint; Rollback ends it with
+        # ROLLBACK TO SAVEPOINT.
+        with self.conn.transaction():
+            body()
+            raise psycopg.Rollback()
+
     def prepare(self, sql):
         return lambda params: self.conn.execute(sql, params, prepare=self.prepare_flag).fetchall()
 

@@ -1,10 +1,10 @@
 """The common client scenario (docs/compatibility.md), written once for the Python drivers.
 
 Each driver module (psycopg3_client.py, psycopg2_client.py, asyncpg_client.py) supplies a small
-adapter: how to run a statement, a transaction, a prepared statement and a cancel, and how to
-turn the driver's values into the plain Python values compared here. The scenario itself, the
-rows and the report format are the same for every driver, and mirror the node, Java, Ruby and
-Rust clients step by step.
+adapter: how to run a statement, a transaction, a savepoint, a prepared statement and a cancel,
+and how to turn the driver's values into the plain Python values compared here. The scenario
+itself, the rows and the report format are the same for every driver, and mirror the node, Java,
+Ruby and Rust clients step by step.
 
 Report format on stdout, read by tests/clients/run.sh:
     version <text>        the driver's version
@@ -26,6 +26,10 @@ NULL_ID = 7**17  # one row whose every other column is NULL
 BATCH_KEYS = [-(7**i) for i in range(1, 9)]  # rows inserted by the driver's batch API, last
 TX_ID = 100  # inserted by the committed transaction
 ROLLBACK_ID = 101  # inserted by the rolled-back transaction
+# Inserted by the cross-shard transactions, committed and rolled back: four consecutive keys
+# land on several of the 4 shards.
+CROSS_IDS = list(range(900001, 900005))
+CROSS_ROLLBACK_IDS = list(range(900011, 900015))
 
 COLUMNS = ["id", "n4", "name", "uid", "amount", "ts", "flag", "blob", "doc", "tags", "nums"]
 
@@ -43,6 +47,7 @@ INSERT = (
 SELECT_ROW = f"SELECT {', '.join(COLUMNS)} FROM users WHERE id = %s"
 SELECT_NAME = "SELECT name FROM users WHERE id = %s"
 LOOKUP = "SELECT id FROM users WHERE name = %s"  # no key: runs on every shard
+COUNT_RANGE = "SELECT count(*) FROM users WHERE id BETWEEN %s AND %s"  # hashed keys: every shard
 
 
 def make_row(i, key=None):
@@ -186,6 +191,45 @@ def run(version, connect):
         orders = adapter.query("SELECT count(*) FROM orders WHERE user_id = %s", (ROLLBACK_ID,))
         check(orders[0][0] == 0, f"orders after rollback: {orders}")
 
+    def tx_cross_shard():
+        # One transaction holds a backend on each shard its keys need, reads its own writes
+        # from all of them and commits them together.
+        first, last = CROSS_IDS[0], CROSS_IDS[-1]
+
+        def body():
+            for key in CROSS_IDS:
+                adapter.execute("INSERT INTO users (id, name) VALUES (%s, %s)", (key, "cross shard"))
+            adapter.execute("UPDATE users SET n4 = 7 WHERE id = %s", (last,))
+            got = adapter.query(COUNT_RANGE, (first, last))
+            check(got[0][0] == len(CROSS_IDS), f"count inside the transaction: {got}")
+
+        adapter.transaction(body, commit=True)
+        for key in CROSS_IDS:
+            present[key] = dict(null_row(), id=key, name="cross shard", n4=7 if key == last else None)
+            check(read(key) == [present[key]], f"id {key} after commit: {read(key)}")
+
+        # A savepoint after the first insert: the shards that join later get it replayed, and
+        # ROLLBACK TO SAVEPOINT undoes the two inserts after it on whichever shards they ran.
+        first, last = CROSS_ROLLBACK_IDS[0], CROSS_ROLLBACK_IDS[-1]
+
+        def insert_named(key):
+            adapter.execute("INSERT INTO users (id, name) VALUES (%s, %s)", (key, "rolled back"))
+
+        def after_savepoint():
+            for key in CROSS_ROLLBACK_IDS[1:-1]:
+                insert_named(key)
+
+        def rolled_back():
+            insert_named(first)
+            adapter.rollback_to_savepoint(after_savepoint)
+            insert_named(last)
+            got = adapter.query(COUNT_RANGE, (first, last))
+            check(got[0][0] == 2, f"count after ROLLBACK TO SAVEPOINT: {got}")
+
+        adapter.transaction(rolled_back, commit=False)
+        got = adapter.query(COUNT_RANGE, (first, last))
+        check(got[0][0] == 0, f"count after ROLLBACK: {got}")
+
     def order_limit():
         got = [r[0] for r in adapter.query("SELECT id FROM users ORDER BY id DESC LIMIT 5")]
         check(got == sorted(present, reverse=True)[:5], f"got {got}")
@@ -274,6 +318,7 @@ def run(version, connect):
         ("delete", delete),
         ("tx_commit", tx_commit),
         ("tx_rollback", tx_rollback),
+        ("tx_cross_shard", tx_cross_shard),
         ("order_limit", order_limit),
         ("count", count),
         ("prepared_reuse", prepared_reuse),

@@ -19,6 +19,10 @@ NULL_ID = 7**17
 BATCH_KEYS = (1..8).map { |i| -(7**i) }
 TX_ID = 100
 ROLLBACK_ID = 101
+# Inserted by the cross-shard transactions, committed and rolled back: four consecutive keys
+# land on several of the 4 shards.
+CROSS_IDS = (900_001..900_004).to_a
+CROSS_ROLLBACK_IDS = (900_011..900_014).to_a
 COLUMNS = %w[id n4 name uid amount ts flag blob doc tags nums].freeze
 DDL = [
   'DROP TABLE IF EXISTS orders',
@@ -32,6 +36,7 @@ INSERT = 'INSERT INTO users (id, n4, name, uid, amount, ts, flag, blob, doc, tag
 SELECT_ROW = "SELECT #{COLUMNS.join(', ')} FROM users WHERE id = $1"
 SELECT_NAME = 'SELECT name FROM users WHERE id = $1'
 LOOKUP = 'SELECT id FROM users WHERE name = $1' # no key: runs on every shard
+COUNT_RANGE = 'SELECT count(*) FROM users WHERE id BETWEEN $1 AND $2' # hashed keys: every shard
 
 # Row i of the scenario, as the type maps return it (numeric as its exact text).
 def make_row(i, key = 7**i)
@@ -121,6 +126,10 @@ class Scenario
     query(SELECT_NAME, [key]).map(&:first)
   end
 
+  def count_range(ids)
+    query(COUNT_RANGE, [ids.first, ids.last])
+  end
+
   def run_all
     rows = KEYS.each_with_index.to_h { |k, i| [k, make_row(i + 1)] }
     rows[NULL_ID] = null_row(NULL_ID)
@@ -170,6 +179,41 @@ class Scenario
       check(read(ROLLBACK_ID).empty?, 'rolled-back row is there')
       orders = query('SELECT count(*) FROM orders WHERE user_id = $1', [ROLLBACK_ID])
       check(orders == [[0]], "orders after rollback: #{orders.inspect}")
+    end
+    step('tx_cross_shard') do
+      # One transaction holds a backend on each shard its keys need, reads its own writes from
+      # all of them and commits them together.
+      insert = 'INSERT INTO users (id, name) VALUES ($1, $2)'
+      @conn.transaction do
+        CROSS_IDS.each { |key| run(insert, [key, 'cross shard']) }
+        run('UPDATE users SET n4 = 7 WHERE id = $1', [CROSS_IDS.last])
+        got = count_range(CROSS_IDS)
+        check(got == [[CROSS_IDS.size]], "count inside the transaction: #{got.inspect}")
+      end
+      CROSS_IDS.each do |key|
+        present[key] = null_row(key).tap { |r| r[1] = 7 if key == CROSS_IDS.last; r[2] = 'cross shard' }
+        check(read(key) == [present[key]], "id #{key} after commit: #{read(key).inspect}")
+      end
+
+      # A savepoint after the first insert: the shards that join later get it replayed, and
+      # ROLLBACK TO SAVEPOINT undoes the two inserts after it on whichever shards they ran.
+      # ruby-pg has no savepoint API: the statements themselves.
+      begin
+        @conn.transaction do
+          run(insert, [CROSS_ROLLBACK_IDS.first, 'rolled back'])
+          @conn.exec('SAVEPOINT cross_shard')
+          CROSS_ROLLBACK_IDS[1..-2].each { |key| run(insert, [key, 'rolled back']) }
+          @conn.exec('ROLLBACK TO SAVEPOINT cross_shard')
+          run(insert, [CROSS_ROLLBACK_IDS.last, 'rolled back'])
+          got = count_range(CROSS_ROLLBACK_IDS)
+          check(got == [[2]], "count after ROLLBACK TO SAVEPOINT: #{got.inspect}")
+          raise Rollback
+        end
+      rescue Rollback
+        nil
+      end
+      got = count_range(CROSS_ROLLBACK_IDS)
+      check(got == [[0]], "count after ROLLBACK: #{got.inspect}")
     end
     step('order_limit') do
       got = query('SELECT id FROM users ORDER BY id DESC LIMIT 5').map(&:first)

@@ -211,8 +211,17 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
     let whole = request.refusal.is_none();
     // Inside a pipeline that already ran statements (not synced yet), a `BEGIN` or `COMMIT`
     // belongs to the shards running it, as PostgreSQL folds them into the implicit transaction.
-    let mid_pipeline = facts.awaiting_sync || facts.spread || !facts.unsynced.is_empty();
-    if whole && !mid_pipeline && answers_locally(request.kinds, TxPhase::of(tx)) {
+    let mid_pipeline = facts.spread || !facts.unsynced.is_empty();
+    let moves_transaction = controls_transactions(request.kinds)
+        || request
+            .kinds
+            .iter()
+            .any(|k| matches!(k, StatementKind::Savepoint { .. }));
+    if whole
+        && !facts.awaiting_sync
+        && !(mid_pipeline && moves_transaction)
+        && answers_locally(request.kinds, TxPhase::of(tx))
+    {
         return Action::Local;
     }
     if tx.failed {
@@ -322,6 +331,14 @@ fn transaction_wide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Option<Acti
     if kinds.iter().all(scoped) && request.routed.is_empty() {
         return Some(Action::Everywhere);
     }
+    let one_shard_each = request
+        .routed
+        .iter()
+        .all(|(_, t)| matches!(t, Target::Shard(_)));
+    if several && request.extended && one_shard_each && facts.config.cross_shard_transactions {
+        // Statement by statement: the savepoints reach every shard, the rest their own.
+        return Some(Action::Spread);
+    }
     several.then(|| {
         Action::Refuse(ClientError::new(
             sqlstate::FEATURE_NOT_SUPPORTED,
@@ -335,7 +352,12 @@ fn spread<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a> {
     if request.dual || !facts.tx.dual.is_empty() {
         return Action::Refuse(moving::several_shards());
     }
-    if controls_transactions(request.kinds) {
+    // A BEGIN takes the pipeline so far into a transaction block; ending one is not split.
+    let begins_only = request
+        .kinds
+        .iter()
+        .all(|k| !controls_transactions(std::slice::from_ref(k)) || *k == StatementKind::Begin);
+    if controls_transactions(request.kinds) && (facts.tx.open() || !begins_only) {
         return Action::Refuse(ClientError::new(
             sqlstate::FEATURE_NOT_SUPPORTED,
             "a transaction block cannot start or end in a pipeline whose statements need several shards; send a Sync before BEGIN",

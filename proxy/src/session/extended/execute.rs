@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use shardline_router::{ShardId, StatementKind};
+use shardline_router::ShardId;
 
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
@@ -11,6 +11,7 @@ use crate::protocol::Frame;
 use crate::session::decide::{decide, Action};
 use crate::session::extended::assembled::Assembled;
 use crate::session::extended::messages::build_messages;
+use crate::session::extended::pipeline::begin_statement;
 use crate::session::extended::segment::Item;
 use crate::session::link::exchange::Reply;
 use crate::session::state::statements::Statement;
@@ -135,7 +136,7 @@ impl Session {
                     build_messages(items, conn)
                 })
                 .await?;
-                self.note_begin(shard, items);
+                self.note_transaction(shard, items);
             }
             Action::Scatter(shards) => {
                 self.scatter(loaded, shards, |conn| build_messages(items, conn))
@@ -169,32 +170,36 @@ impl Session {
         Ok(Segmented::Ran)
     }
 
-    /// After a segment that ran the client's `BEGIN` on `shard` (with other statements, or in
-    /// the middle of a pipeline), records the transaction block the shard is now in, with the
-    /// `BEGIN` that shards joining it later replay.
-    fn note_begin(&mut self, shard: ShardId, items: &[Item]) {
-        let begin = items.iter().find_map(|item| match item {
-            Item::Execute {
+    /// After a segment ran on `shard`, records what it did to the client's transaction block
+    /// that shards joining it later must replay: a `BEGIN` that ran with other statements or in
+    /// the middle of a pipeline (the shard is now in the block), savepoints and `SET LOCAL`.
+    fn note_transaction(&mut self, shard: ShardId, items: &[Item]) {
+        if let Some(begin) = begin_statement(items) {
+            let in_block = self.tx.shards.contains(&shard)
+                || self.conns.get(&shard).is_some_and(|conn| conn.unsynced);
+            if in_block {
+                self.tx.shards.insert(shard);
+                self.tx.begin.get_or_insert(begin);
+            }
+        }
+        if !self.tx.shards.contains(&shard) || self.tx.failed {
+            return;
+        }
+        for item in items {
+            if let Item::Execute {
                 statement: Some(statement),
                 ..
-            } if statement.plan.kind == StatementKind::Begin => Some(statement.query.to_string()),
-            _ => None,
-        });
-        let Some(begin) = begin else {
-            return;
-        };
-        let in_block = self.tx.shards.contains(&shard)
-            || self.conns.get(&shard).is_some_and(|conn| conn.unsynced);
-        if in_block {
-            self.tx.shards.insert(shard);
-            self.tx.begin.get_or_insert(begin);
+            } = item
+            {
+                self.tx.record(&statement.plan.kind, &statement.query);
+            }
         }
     }
 
     /// The replies to a segment the proxy answers itself, in order; `execute` answers each
     /// executed statement. After an error the replies up to `Sync` are left out, as PostgreSQL
     /// skips those messages.
-    fn segment_replies<F>(&mut self, items: &[Item], mut execute: F) -> Bytes
+    pub(crate) fn segment_replies<F>(&mut self, items: &[Item], mut execute: F) -> Bytes
     where
         F: FnMut(&mut Self, &Statement) -> Bytes,
     {

@@ -17,18 +17,19 @@ use std::collections::{BTreeSet, VecDeque};
 use std::ops::Range;
 
 use bytes::Bytes;
-use shardline_router::ShardId;
+use shardline_router::{ShardId, StatementKind};
 
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::frontend::{ABORT_PIPELINE, BEGIN_IN_PIPELINE, FLUSH, SYNC};
-use crate::session::decide::Target;
+use crate::session::decide::{local_answer, Target, TxPhase};
 use crate::session::extended::messages::build_messages;
 use crate::session::extended::segment::{Item, Segment};
 use crate::session::link::attach::ready_status;
-use crate::session::link::exchange::{Expect, Reply};
+use crate::session::link::exchange::{Expect, Mode, Reply};
 use crate::session::multi::twophase::{commit_parts, finish_quietly, roll_back_parts, Part};
+use crate::session::state::statements::Statement;
 use crate::session::{ClientError, Session, SessionEnd};
 
 /// A pipeline running on several shards, each inside a transaction the proxy opened.
@@ -97,6 +98,31 @@ impl Session {
                 spread.last = Some(shard);
             }
             let items = &segment.items[unit.items];
+            let in_transaction = self.spread.as_ref().is_some_and(|s| s.in_transaction);
+            if let (true, Some(kind)) = (in_transaction, transaction_scoped(items)) {
+                self.everywhere_in_spread(loaded, items, &kind).await?;
+                continue;
+            }
+            let local = executed(items)
+                .is_some_and(|s| local_answer(&s.plan.kind, TxPhase::of(&self.tx)).is_some());
+            if local && begin_statement(items).is_none() {
+                // `DEALLOCATE ALL` and the like: the proxy's answer, in its place in the stream.
+                let replies = self.segment_replies(items, |session, statement| {
+                    session
+                        .answer_locally(&statement.plan.kind, &statement.query)
+                        .unwrap_or_default()
+                });
+                self.out.push(&replies).await?;
+                continue;
+            }
+            if let Some(begin) = begin_statement(items) {
+                // BEGIN inside the pipeline makes what it ran so far, on every shard, part of
+                // the client's transaction block, as PostgreSQL does on one server.
+                self.begin_in_spread(begin);
+                let replies = self.segment_replies(items, |_, _| msg::command_complete("BEGIN"));
+                self.out.push(&replies).await?;
+                continue;
+            }
             self.exchange_with(loaded, shard, true, |conn| {
                 let mut out = Vec::with_capacity(items.len() + 2);
                 let mut queue = VecDeque::with_capacity(items.len() + 3);
@@ -123,6 +149,52 @@ impl Session {
             return self.commit_spread().await;
         }
         Ok(self.out.flush().await?)
+    }
+
+    /// Runs a savepoint command or `SET LOCAL` of a spread pipeline on every shard of the
+    /// transaction; the client hears the answers of one of them. It is recorded for shards that
+    /// join later (a shard that refused it fails the transaction at the `Sync`).
+    async fn everywhere_in_spread(
+        &mut self,
+        loaded: &Loaded,
+        items: &[Item],
+        kind: &StatementKind,
+    ) -> Result<(), SessionEnd> {
+        let shards: Vec<ShardId> = self.tx.shards.iter().copied().collect();
+        for (i, &shard) in shards.iter().enumerate() {
+            let heard = i + 1 == shards.len();
+            if let Some(spread) = self.spread.as_mut() {
+                spread.joined.insert(shard);
+            }
+            self.exchange_with(loaded, shard, true, |conn| {
+                let (mut out, expects) = build_messages(items, conn);
+                out.push(Bytes::from_static(FLUSH));
+                let queue = if heard { expects } else { silenced(expects) };
+                (out, queue)
+            })
+            .await?;
+        }
+        if let Some(statement) = executed(items) {
+            self.tx.record(kind, &statement.query);
+        }
+        Ok(())
+    }
+
+    /// Turns the spread pipeline into the client's transaction block, begun by `begin`: its
+    /// shards are the transaction's, and its `Sync` will end nothing.
+    fn begin_in_spread(&mut self, begin: String) {
+        let Some(spread) = self.spread.as_mut() else {
+            return;
+        };
+        if spread.in_transaction {
+            return;
+        }
+        spread.in_transaction = true;
+        self.tx.shards.extend(spread.joined.iter().copied());
+        self.tx.begin = Some(begin);
+        if self.tx.settings_before.is_none() {
+            self.tx.settings_before = Some(self.settings.clone());
+        }
     }
 
     /// Joins a backend that ran part of the pipeline before it spread.
@@ -270,6 +342,56 @@ impl Session {
         self.forget_cancel_key(&conn);
         Pools::discard(conn);
     }
+}
+
+/// The kind of the savepoint command or `SET LOCAL` the messages execute, if they do.
+fn transaction_scoped(items: &[Item]) -> Option<StatementKind> {
+    executed(items).and_then(|statement| {
+        matches!(
+            statement.plan.kind,
+            StatementKind::Savepoint { .. } | StatementKind::SetLocal
+        )
+        .then(|| statement.plan.kind.clone())
+    })
+}
+
+/// The statement the messages execute.
+pub(crate) fn executed(items: &[Item]) -> Option<&Statement> {
+    items.iter().find_map(|item| match item {
+        Item::Execute {
+            statement: Some(statement),
+            ..
+        } => Some(statement.as_ref()),
+        _ => None,
+    })
+}
+
+/// Answers to relay turned into answers to drop: the client hears another shard's.
+fn silenced(queue: VecDeque<Expect>) -> VecDeque<Expect> {
+    queue
+        .into_iter()
+        .filter_map(|entry| match entry {
+            Expect::Local(_) => None,
+            Expect::Sent {
+                reply,
+                effects,
+                prepares,
+                ..
+            } => Some(Expect::Sent {
+                reply,
+                mode: Mode::Swallow,
+                effects,
+                prepares,
+            }),
+        })
+        .collect()
+}
+
+/// The text of a `BEGIN` the messages execute, if they do.
+pub(crate) fn begin_statement(items: &[Item]) -> Option<String> {
+    executed(items)
+        .filter(|statement| statement.plan.kind == StatementKind::Begin)
+        .map(|statement| statement.query.to_string())
 }
 
 /// Cuts a segment after each `Execute`; the closing `Sync` or `Flush` is left out (the spread

@@ -56,10 +56,7 @@ impl Session {
             _ => self.scatter(loaded, &shards, build).await?,
         }
         if !self.tx.failed {
-            match kind {
-                StatementKind::Savepoint { op, name } => self.tx.record_savepoint(*op, name),
-                _ => self.tx.replay.push(sql.to_owned()),
-            }
+            self.tx.record(kind, sql);
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use shardline_router::{KeyValue, SavepointOp, ShardId};
+use shardline_router::{KeyValue, SavepointOp, ShardId, StatementKind};
 
 use crate::session::state::settings::Settings;
 
@@ -72,6 +72,16 @@ impl Transaction {
                     self.replay.truncate(at + 1);
                 }
             }
+        }
+    }
+
+    /// Records a statement that ran on every shard of the transaction: a savepoint command, or
+    /// a `SET LOCAL` (text `sql`) that shards joining later replay.
+    pub(crate) fn record(&mut self, kind: &StatementKind, sql: &str) {
+        match kind {
+            StatementKind::Savepoint { op, name } => self.record_savepoint(*op, name),
+            StatementKind::SetLocal => self.replay.push(sql.to_owned()),
+            _ => {}
         }
     }
 

@@ -11,6 +11,10 @@ use uuid::Uuid;
 pub const ROWS: u32 = 16;
 pub const TX_ID: i64 = 100;
 pub const ROLLBACK_ID: i64 = 101;
+/// Inserted by the cross-shard transactions, committed and rolled back: four consecutive keys
+/// land on several of the 4 shards.
+pub const CROSS_IDS: [i64; 4] = [900_001, 900_002, 900_003, 900_004];
+pub const CROSS_ROLLBACK_IDS: [i64; 4] = [900_011, 900_012, 900_013, 900_014];
 
 pub const DDL: [&str; 4] = [
     "DROP TABLE IF EXISTS orders",
@@ -27,6 +31,8 @@ pub const SELECT_ROW: &str =
 pub const SELECT_NAME: &str = "SELECT name FROM users WHERE id = $1";
 /// No key: runs on every shard.
 pub const LOOKUP: &str = "SELECT id FROM users WHERE name = $1";
+/// Hashed keys: runs on every shard.
+pub const COUNT_RANGE: &str = "SELECT count(*) FROM users WHERE id BETWEEN $1 AND $2";
 pub const SHOW_TIMEOUT: &str =
     "SELECT current_setting('statement_timeout') FROM users WHERE id = $1";
 
@@ -121,6 +127,16 @@ pub fn committed_row() -> Row {
         name: Some("in tx".into()),
         n4: Some(7),
         ..null_row(TX_ID)
+    }
+}
+
+/// A row the committed cross-shard transaction leaves: a name, n4 = 7 on the last key (the one
+/// it updates), NULL otherwise.
+pub fn cross_shard_row(key: i64) -> Row {
+    Row {
+        name: Some("cross shard".into()),
+        n4: (key == CROSS_IDS[CROSS_IDS.len() - 1]).then_some(7),
+        ..null_row(key)
     }
 }
 

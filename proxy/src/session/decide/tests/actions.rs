@@ -337,6 +337,17 @@ fn decides_every_action_and_refusal() {
         )
         .expect("local"),
         segment(
+            "DEALLOCATE ALL in the middle of a pipeline",
+            State {
+                unsynced: vec![2],
+                held_backend: Some(2),
+                ..idle()
+            },
+            vec![StatementKind::DeallocateAll],
+            vec![],
+        )
+        .expect("local"),
+        segment(
             "BEGIN in the middle of a pipeline on one shard",
             State {
                 unsynced: vec![2],
@@ -357,6 +368,18 @@ fn decides_every_action_and_refusal() {
             },
             vec![Begin, Write],
             vec![Target::Shard(3)],
+        )
+        .expect("spread"),
+        segment(
+            "COMMIT in a pipeline spread over shards",
+            State {
+                spread: true,
+                unsynced: vec![1, 2],
+                held_backend: Some(1),
+                ..idle()
+            },
+            vec![Commit],
+            vec![],
         )
         .expect("refuse 0A000"),
         // Transactions across shards.
@@ -476,7 +499,7 @@ fn decides_every_action_and_refusal() {
             vec![savepoint(SavepointOp::Define), Write],
             vec![Target::Shard(1)],
         )
-        .expect("refuse 0A000"),
+        .expect("spread"),
         // ... or refused, as configured.
         simple(
             "another shard, one-shard transactions",
@@ -534,12 +557,12 @@ fn decides_every_action_and_refusal() {
         )
         .expect("refuse 0A000"),
         segment(
-            "BEGIN inside a spread pipeline",
+            "ROLLBACK inside a spread pipeline",
             State {
                 spread: true,
                 ..idle()
             },
-            vec![Begin, Write],
+            vec![Rollback, Write],
             vec![Target::Shard(2)],
         )
         .expect("refuse 0A000"),

@@ -60,6 +60,24 @@ async fn names(conn: &mut PgConnection, key: i64) -> anyhow::Result<Vec<Option<S
         .await?)
 }
 
+async fn insert_named(conn: &mut PgConnection, key: i64, name: &str) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO users (id, name) VALUES ($1, $2)")
+        .bind(key)
+        .bind(name)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// How many users have a key between the first and the last of `ids`.
+async fn count_range(conn: &mut PgConnection, ids: &[i64]) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(COUNT_RANGE)
+        .bind(ids[0])
+        .bind(ids[ids.len() - 1])
+        .fetch_one(conn)
+        .await?)
+}
+
 async fn setting(conn: &mut PgConnection, key: i64) -> anyhow::Result<Vec<String>> {
     Ok(sqlx::query_scalar(SHOW_TIMEOUT)
         .bind(key)
@@ -229,6 +247,52 @@ async fn scenario(url: &str, conn: &mut PgConnection, report: &mut Report) {
         Ok(None)
     };
     report.record("tx_rollback", r.await);
+
+    let r = async {
+        // One transaction holds a backend on each shard its keys need, reads its own writes
+        // from all of them and commits them together.
+        let mut tx = Connection::begin(&mut *conn).await?;
+        for key in CROSS_IDS {
+            insert_named(&mut tx, key, "cross shard").await?;
+        }
+        sqlx::query("UPDATE users SET n4 = 7 WHERE id = $1")
+            .bind(CROSS_IDS[CROSS_IDS.len() - 1])
+            .execute(&mut *tx)
+            .await?;
+        let inside = count_range(&mut tx, &CROSS_IDS).await?;
+        ensure!(
+            inside == CROSS_IDS.len() as i64,
+            "count inside the transaction: {inside}"
+        );
+        tx.commit().await?;
+        for key in CROSS_IDS {
+            let row = cross_shard_row(key);
+            present.insert(key, row.clone());
+            let got = read(conn, key).await?;
+            ensure!(got == [row], "id {key} after commit: {got:?}");
+        }
+
+        // A savepoint after the first insert: the shards that join later get it replayed, and
+        // ROLLBACK TO SAVEPOINT undoes the two inserts after it on whichever shards they ran.
+        // sqlx makes a transaction begun inside another a savepoint.
+        let (first, rest) = CROSS_ROLLBACK_IDS.split_first().context("keys")?;
+        let (last, middle) = rest.split_last().context("keys")?;
+        let mut tx = Connection::begin(&mut *conn).await?;
+        insert_named(&mut tx, *first, "rolled back").await?;
+        let mut savepoint = Connection::begin(&mut *tx).await?;
+        for &key in middle {
+            insert_named(&mut savepoint, key, "rolled back").await?;
+        }
+        savepoint.rollback().await?;
+        insert_named(&mut tx, *last, "rolled back").await?;
+        let kept = count_range(&mut tx, &CROSS_ROLLBACK_IDS).await?;
+        ensure!(kept == 2, "count after ROLLBACK TO SAVEPOINT: {kept}");
+        tx.rollback().await?;
+        let after = count_range(conn, &CROSS_ROLLBACK_IDS).await?;
+        ensure!(after == 0, "count after ROLLBACK: {after}");
+        Ok(None)
+    };
+    report.record("tx_cross_shard", r.await);
 
     let r = async {
         let got: Vec<i64> = sqlx::query_scalar("SELECT id FROM users ORDER BY id DESC LIMIT 5")

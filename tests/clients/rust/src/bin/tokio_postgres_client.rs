@@ -62,6 +62,24 @@ async fn names(client: &impl GenericClient, key: i64) -> anyhow::Result<Vec<Opti
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+async fn insert_named(client: &impl GenericClient, key: i64, name: &str) -> anyhow::Result<()> {
+    client
+        .execute(
+            "INSERT INTO users (id, name) VALUES ($1, $2)",
+            &[&key, &name],
+        )
+        .await?;
+    Ok(())
+}
+
+/// How many users have a key between the first and the last of `ids`.
+async fn count_range(client: &impl GenericClient, ids: &[i64]) -> anyhow::Result<i64> {
+    let row = client
+        .query_one(COUNT_RANGE, &[&ids[0], &ids[ids.len() - 1]])
+        .await?;
+    Ok(row.get(0))
+}
+
 async fn setting(client: &Client, key: i64) -> anyhow::Result<Vec<String>> {
     let rows = client.query(SHOW_TIMEOUT, &[&key]).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -238,6 +256,52 @@ async fn scenario(url: &str, client: &mut Client, report: &mut Report) {
         Ok(None)
     };
     report.record("tx_rollback", r.await);
+
+    let r = async {
+        // One transaction holds a backend on each shard its keys need, reads its own writes
+        // from all of them and commits them together.
+        let tx = client.transaction().await?;
+        for key in CROSS_IDS {
+            insert_named(&tx, key, "cross shard").await?;
+        }
+        tx.execute(
+            "UPDATE users SET n4 = 7 WHERE id = $1",
+            &[&CROSS_IDS[CROSS_IDS.len() - 1]],
+        )
+        .await?;
+        let inside = count_range(&tx, &CROSS_IDS).await?;
+        ensure!(
+            inside == CROSS_IDS.len() as i64,
+            "count inside the transaction: {inside}"
+        );
+        tx.commit().await?;
+        for key in CROSS_IDS {
+            let row = cross_shard_row(key);
+            present.insert(key, row.clone());
+            let got = read(client, key).await?;
+            ensure!(got == [row], "id {key} after commit: {got:?}");
+        }
+
+        // A savepoint after the first insert: the shards that join later get it replayed, and
+        // ROLLBACK TO SAVEPOINT undoes the two inserts after it on whichever shards they ran.
+        let (first, rest) = CROSS_ROLLBACK_IDS.split_first().context("keys")?;
+        let (last, middle) = rest.split_last().context("keys")?;
+        let mut tx = client.transaction().await?;
+        insert_named(&tx, *first, "rolled back").await?;
+        let savepoint = tx.savepoint("cross_shard").await?;
+        for &key in middle {
+            insert_named(&savepoint, key, "rolled back").await?;
+        }
+        savepoint.rollback().await?;
+        insert_named(&tx, *last, "rolled back").await?;
+        let kept = count_range(&tx, &CROSS_ROLLBACK_IDS).await?;
+        ensure!(kept == 2, "count after ROLLBACK TO SAVEPOINT: {kept}");
+        tx.rollback().await?;
+        let after = count_range(client, &CROSS_ROLLBACK_IDS).await?;
+        ensure!(after == 0, "count after ROLLBACK: {after}");
+        Ok(None)
+    };
+    report.record("tx_cross_shard", r.await);
 
     let r = async {
         let got: Vec<i64> = client
