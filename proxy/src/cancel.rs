@@ -56,18 +56,18 @@ impl CancelRegistry {
             }
         };
         for key in targets {
-            let mut buf = BytesMut::new();
-            postgres_protocol::message::frontend::cancel_request(key.pid, key.secret, &mut buf);
-            match TcpStream::connect(key.addr).await {
-                Ok(mut stream) => {
-                    if let Err(e) = stream.write_all(&buf).await {
-                        tracing::warn!(error = %e, backend = %key.addr, "could not send cancel request");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, backend = %key.addr, "could not connect to cancel a query")
-                }
+            if let Err(e) = send_cancel(&key).await {
+                tracing::warn!(error = %e, backend = %key.addr, "could not send a cancel request");
             }
         }
     }
+}
+
+/// Asks the backend of `key` to cancel what it is running (a `CancelRequest` on a connection
+/// of its own).
+pub async fn send_cancel(key: &CancelKey) -> std::io::Result<()> {
+    let mut buf = BytesMut::new();
+    postgres_protocol::message::frontend::cancel_request(key.pid, key.secret, &mut buf);
+    let mut stream = TcpStream::connect(key.addr).await?;
+    stream.write_all(&buf).await
 }

@@ -3,7 +3,7 @@
 //! [`ClientGuard`] returned at registration removes it when dropped.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -14,7 +14,10 @@ use prometheus_client::registry::Registry;
 
 use crate::backend::conn::CancelKey;
 use crate::cancel::CancelTargets;
-use crate::deadlock::DeadlockFlag;
+
+/// Set on a client whose statement the deadlock detector cancelled, until its session has
+/// reported the deadlock (see `crate::deadlock`).
+pub type DeadlockFlag = Arc<AtomicBool>;
 
 /// What a client connected for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

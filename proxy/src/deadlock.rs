@@ -14,17 +14,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use shardline_router::sqlstate;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::backend::conn::CancelKey;
 use crate::backend::registry::shard_at;
+use crate::cancel::send_cancel;
 use crate::context::ProxyContext;
 use crate::migration::catalog::connect;
 use crate::protocol::backend as msg;
@@ -37,10 +36,6 @@ const INTERVAL: Duration = Duration::from_secs(1);
 /// Who blocks whom on one shard, for the pids asked about: `(waiting pid, blocking pids)`.
 const BLOCKERS_SQL: &str =
     "SELECT pid, pg_blocking_pids(pid) FROM unnest($1::int4[]) AS pid WHERE cardinality(pg_blocking_pids(pid)) > 0";
-
-/// Set on a client whose statement the detector cancelled, until its session has reported the
-/// deadlock.
-pub type DeadlockFlag = Arc<AtomicBool>;
 
 /// One wait: `waiter`'s backend `key` waits on `shard` for a lock `blocker` holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,16 +183,7 @@ async fn detect(ctx: &ProxyContext) -> anyhow::Result<()> {
         shard = victim.shard,
         "deadlock across shards: cancelling the youngest transaction's statement"
     );
-    cancel(&victim.key).await
-}
-
-/// Sends a `CancelRequest` for the backend of `key`.
-async fn cancel(key: &CancelKey) -> anyhow::Result<()> {
-    let mut buf = BytesMut::new();
-    postgres_protocol::message::frontend::cancel_request(key.pid, key.secret, &mut buf);
-    let mut stream = TcpStream::connect(key.addr).await?;
-    stream.write_all(&buf).await?;
-    Ok(())
+    Ok(send_cancel(&victim.key).await?)
 }
 
 #[cfg(test)]

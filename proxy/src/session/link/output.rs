@@ -7,7 +7,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 
-use crate::deadlock::{deadlock_error, DeadlockFlag};
+use crate::clients::DeadlockFlag;
+use crate::deadlock::deadlock_error;
 
 /// Above this many buffered bytes the output is written out without waiting for a flush point.
 const HIGH_WATER: usize = 64 * 1024;
