@@ -2,56 +2,13 @@
 //! config, SIGTERM lets an open transaction commit before the process exits, and a second
 //! SIGTERM stops at once.
 
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use shardline::localpg::{free_port, free_ports, ClusterOptions, LocalCluster};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
-
-/// A running `shardline` process, killed if the test ends early.
-struct Shardline(Child);
-
-impl Drop for Shardline {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Shardline {
-    fn start(config: &Path) -> anyhow::Result<Shardline> {
-        let child = Command::new(env!("CARGO_BIN_EXE_shardline"))
-            .arg("--config")
-            .arg(config)
-            .arg("--no-watch")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        Ok(Shardline(child))
-    }
-
-    fn signal(&self, name: &str) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.0.id().to_string())
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -{name} failed");
-        Ok(())
-    }
-
-    /// Waits for the process to exit, at most `limit`.
-    async fn exit(&mut self, limit: Duration) -> anyhow::Result<ExitStatus> {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.0.try_wait()? {
-                return Ok(status);
-            }
-            anyhow::ensure!(started.elapsed() < limit, "shardline did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
+use support::{connect, connect_when_up, Shardline};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 fn config(port: u16, shard_port: u16, grace_s: u64, pool_size: usize) -> String {
     format!(
@@ -59,26 +16,6 @@ fn config(port: u16, shard_port: u16, grace_s: u64, pool_size: usize) -> String 
          users:\n  - {{name: app, password: app}}\n  - {{name: admin, password: admin, admin: true}}\n\
          shards:\n  - {{name: s0, host: 127.0.0.1, port: {shard_port}, database: app}}\n"
     )
-}
-
-async fn connect(conninfo: &str) -> anyhow::Result<Client> {
-    let (client, connection) = tokio_postgres::connect(conninfo, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
-}
-
-/// Connects, retrying while the process starts.
-async fn connect_when_up(conninfo: &str) -> anyhow::Result<Client> {
-    let started = Instant::now();
-    loop {
-        match connect(conninfo).await {
-            Ok(client) => return Ok(client),
-            Err(e) if started.elapsed() > Duration::from_secs(30) => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 async fn config_value(admin: &Client, key: &str) -> anyhow::Result<String> {
