@@ -1,6 +1,9 @@
 //! What the process tests share: the `shardline` binary run as an operator runs it, and
 //! clients that wait for it to come up.
 
+// Each test file is a crate of its own and uses only part of this module.
+#![allow(dead_code)]
+
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
