@@ -175,7 +175,16 @@ where
         let frame = backend.read().await?;
         let frame_tag = frame.tag();
         match frame_tag {
-            tag::NOTICE_RESPONSE | tag::PARAMETER_STATUS | tag::NOTIFICATION => {
+            // A setting the proxy replayed (a held `SET` reaching the shard, the client's
+            // settings brought to a backend) reports its value as if the client had sent it:
+            // the client learns it now, as PostgreSQL would have told it at the `SET`.
+            tag::PARAMETER_STATUS => {
+                out.push(frame.bytes())
+                    .await
+                    .map_err(ExchangeError::Client)?;
+                continue;
+            }
+            tag::NOTICE_RESPONSE | tag::NOTIFICATION => {
                 if relay {
                     out.push(frame.bytes())
                         .await
