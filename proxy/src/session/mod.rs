@@ -8,10 +8,10 @@
 //! ([`local`]), on one shard ([`link`]), or on several ([`multi`]). What the session remembers
 //! between requests is plain values in [`state`].
 //!
-//! Transactions: `BEGIN` is held until the first routed statement, whose shard the
-//! transaction is then pinned to; a statement needing another shard fails the transaction the
-//! way PostgreSQL fails one on error. In transaction pooling mode a backend goes back to its
-//! pool whenever it reports `ReadyForQuery` idle.
+//! Transactions: `BEGIN` is held until the first routed statement; each shard a statement of
+//! the transaction needs then joins it (replaying `BEGIN`, `SET LOCAL`s and open savepoints),
+//! and `COMMIT` ends it on all of them together ([`multi::transaction`]). In transaction
+//! pooling mode a backend goes back to its pool whenever it reports `ReadyForQuery` idle.
 
 mod decide;
 mod error;
