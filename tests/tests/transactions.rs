@@ -544,3 +544,31 @@ async fn truncate_and_copy_in_one_transaction_as_pgbench_init_does() -> anyhow::
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_pooling_spans_shards_too() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_with("tx-session", 3, "pool:\n  mode: session\n").await?;
+    let client = cluster.client().await?;
+    users_table(&client).await?;
+    let keys = keys_on_distinct_shards(&cluster, 3)?;
+    let insert = |key: i64| format!("INSERT INTO users (id, name) VALUES ({key}, 's')");
+    for commit in [false, true] {
+        client.simple_query("BEGIN").await?;
+        client.simple_query(&insert(keys[0])).await?;
+        client.simple_query("SAVEPOINT s").await?;
+        client.simple_query(&insert(keys[1])).await?;
+        client.simple_query("ROLLBACK TO SAVEPOINT s").await?;
+        client.simple_query(&insert(keys[2])).await?;
+        assert_eq!(query(&client, "SELECT count(*) FROM users").await?, ["2"]);
+        client
+            .simple_query(if commit { "COMMIT" } else { "ROLLBACK" })
+            .await?;
+    }
+    let mut expected = vec![keys[0], keys[2]];
+    expected.sort_unstable();
+    assert_eq!(ids_on_shards(&cluster).await?, expected);
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, 2);
+    // The session keeps its backends, out of any transaction, and goes on.
+    assert_eq!(query(&client, "SELECT count(*) FROM users").await?, ["2"]);
+    Ok(())
+}
