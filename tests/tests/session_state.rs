@@ -1,7 +1,7 @@
 //! What a session carries across the proxy as one PostgreSQL would show it, checked byte by
 //! byte against a shard spoken to directly: the `ParameterStatus` a setting change produces,
 //! including a `SET` the proxy held inside a transaction that had not reached a shard yet, and
-//! its revert at `ROLLBACK`.
+//! its revert at `ROLLBACK` (told before the client reads rows written under it).
 
 use shardline_tests::wire::{cstr, login, login_socket, message, read_message, trusting_proxy};
 use shardline_tests::TestCluster;
@@ -66,5 +66,45 @@ async fn a_held_set_reports_its_parameter_status_like_postgres() -> anyhow::Resu
         }
     }
     assert_eq!(told_through, told_direct, "after ROLLBACK");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_across_shards_reports_the_reverted_setting() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("session-revert", 2).await?;
+    let proxy = trusting_proxy(&cluster).await?;
+    let mut through = login(proxy.addr.port()).await?;
+    run(&mut through, "CREATE TABLE users (id bigint PRIMARY KEY)").await?;
+    let first = cluster.shard_of("users", 1)?;
+    let other = (2..1000)
+        .find(|k| cluster.shard_of("users", *k).ok() != Some(first))
+        .ok_or_else(|| anyhow::anyhow!("every key on one shard"))?;
+    let mut direct = login_socket(&cluster.pg.servers()[0], "app", "app").await?;
+    for sql in ["BEGIN", "SET datestyle = German, YMD", "ROLLBACK"] {
+        run(&mut direct, sql).await?;
+    }
+    let (reverted, _) = run(&mut direct, "SHOW datestyle").await?;
+    let mut told = Vec::new();
+    for sql in [
+        "BEGIN".to_owned(),
+        "SET datestyle = German, YMD".to_owned(),
+        "INSERT INTO users (id) VALUES (1)".to_owned(),
+        format!("INSERT INTO users (id) VALUES ({other})"),
+        "ROLLBACK".to_owned(),
+    ] {
+        told.extend(run(&mut through, &sql).await?.0);
+    }
+    // The client may learn of the revert at the ROLLBACK, as from PostgreSQL, or at the latest
+    // before the next rows it reads, which are written in the reverted style.
+    let (before_rows, shown) = run(&mut through, "SHOW datestyle").await?;
+    told.extend(before_rows);
+    let (_, shown_direct) = run(&mut direct, "SHOW datestyle").await?;
+    assert_eq!(shown, shown_direct);
+    assert!(reverted.is_empty(), "SHOW reports nothing new");
+    assert_eq!(
+        told.last(),
+        Some(&shown_direct[0]),
+        "the client was told the setting went back: {told:?}"
+    );
     Ok(())
 }

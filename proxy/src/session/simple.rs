@@ -135,10 +135,14 @@ impl Session {
                 };
                 self.everywhere(&loaded, &plan.kind, &sql, build).await
             }
-            Action::Finish { commit } => match self.finish_transaction(commit).await {
-                Ok(tag) => self.answer(&msg::command_complete(tag)).await,
-                Err(error) => self.fail(error).await,
-            },
+            Action::Finish { commit } => {
+                let (result, reported) = self.finish_transaction(commit).await;
+                self.out.push(&reported.concat()).await?;
+                match result {
+                    Ok(tag) => self.answer(&msg::command_complete(tag)).await,
+                    Err(error) => self.fail(error).await,
+                }
+            }
             Action::Spread => self.fail(internal("a query string cannot spread")).await,
         }
     }

@@ -93,7 +93,9 @@ impl Session {
                 return Ok(self.out.flush().await.map(|()| Segmented::Ran)?);
             }
             Action::Finish { commit } => {
-                let reply = match self.finish_transaction(commit).await {
+                let (result, reported) = self.finish_transaction(commit).await;
+                self.out.push(&reported.concat()).await?;
+                let reply = match result {
                     Ok(tag) => msg::command_complete(tag),
                     Err(error) => error.bytes(),
                 };

@@ -18,7 +18,9 @@ use crate::backend::conn::Backend;
 use crate::context::Loaded;
 use crate::protocol::backend::sqlstate;
 use crate::session::link::exchange::Expect;
-use crate::session::multi::twophase::{self, commit_parts, roll_back_parts, Part};
+use crate::session::multi::twophase::{
+    self, commit_parts, roll_back_parts, roll_back_reporting, Part,
+};
 use crate::session::state::transaction::Transaction;
 use crate::session::SessionEnd;
 use crate::session::{ClientError, Session};
@@ -62,18 +64,20 @@ impl Session {
     }
 
     /// Ends the client's transaction on every shard it spans; returns the command tag
-    /// (`COMMIT`, or `ROLLBACK` when it was rolled back) or the error that rolled it back.
-    /// Either way the transaction is over afterwards.
+    /// (`COMMIT`, or `ROLLBACK` when it was rolled back) or the error that rolled it back, and
+    /// the `ParameterStatus` messages of the settings a rollback reverted, which the client is
+    /// owed. Either way the transaction is over afterwards.
     pub(crate) async fn finish_transaction(
         &mut self,
         commit: bool,
-    ) -> Result<&'static str, ClientError> {
+    ) -> (Result<&'static str, ClientError>, Vec<Bytes>) {
         let commit = commit && !self.tx.failed;
         let tx = std::mem::take(&mut self.tx);
         let (mut parts, missing) = self.take_parts(&tx);
+        let mut reported = Vec::new();
         let result = match (commit, missing) {
             (false, _) => {
-                roll_back_parts(&mut parts).await;
+                reported = roll_back_reporting(&mut parts).await;
                 Ok("ROLLBACK")
             }
             (true, Some(shard)) => {
@@ -96,7 +100,7 @@ impl Session {
             }
         }
         self.release_parts(parts);
-        result
+        (result, reported)
     }
 
     /// The transaction's backends as parts, and the name of a shard whose backend is gone.

@@ -31,6 +31,8 @@ pub(crate) struct Answer {
     pub(crate) tag: Option<String>,
     /// The first error of any statement.
     pub(crate) error: Option<Bytes>,
+    /// `ParameterStatus` messages: settings the statements changed (or a rollback reverted).
+    pub(crate) reported: Vec<Bytes>,
 }
 
 /// Commits every part: in one phase when there is one; else the first part decides. The
@@ -141,6 +143,26 @@ pub(crate) async fn query_value(part: &mut Part, sql: &str) -> Result<String, Cl
         })
 }
 
+/// Rolls every part back and returns the `ParameterStatus` messages of the first (the settings
+/// the transaction changed, reverted; every part reverts the same ones).
+pub(crate) async fn roll_back_reporting(parts: &mut [Part]) -> Vec<Bytes> {
+    let mut reported = None;
+    for part in parts {
+        let sent = part.conn.send(&local::query_message("ROLLBACK")).await;
+        let answer = match sent {
+            Ok(()) => collect(&mut part.conn, 1).await.ok(),
+            Err(_) => None,
+        };
+        match answer {
+            Some(answer) if answer.error.is_none() => {
+                reported.get_or_insert(answer.reported);
+            }
+            _ => part.conn.broken = true,
+        }
+    }
+    reported.unwrap_or_default()
+}
+
 /// Rolls every part back, quietly.
 pub(crate) async fn roll_back_parts(parts: &mut [Part]) {
     for part in parts {
@@ -177,6 +199,7 @@ pub(crate) async fn collect(conn: &mut Pooled, cycles: usize) -> Result<Answer, 
             tag::ERROR_RESPONSE => {
                 answer.error.get_or_insert_with(|| frame.bytes().clone());
             }
+            tag::PARAMETER_STATUS => answer.reported.push(frame.into_bytes()),
             tag::ROW_DESCRIPTION if last => answer.row_description = Some(frame.into_bytes()),
             tag::DATA_ROW if last => answer.rows.push(frame.into_bytes()),
             tag::COMMAND_COMPLETE if last => answer.tag = Some(msg::command_tag(&frame).to_owned()),
