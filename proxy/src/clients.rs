@@ -144,6 +144,14 @@ impl Clients {
             .collect()
     }
 
+    /// Whether client `id` still holds the backend of `key`: the backend it held when the
+    /// deadlock detector looked may since have gone back to its pool and to another client.
+    pub fn holds(&self, id: u64, key: &CancelKey) -> bool {
+        self.lock()
+            .get(&id)
+            .is_some_and(|client| client.held().contains(key))
+    }
+
     /// Every connected client, by id.
     pub fn list(&self) -> Vec<ClientInfo> {
         self.lock().values().cloned().collect()

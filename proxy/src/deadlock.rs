@@ -175,6 +175,10 @@ async fn detect(ctx: &ProxyContext) -> anyhow::Result<()> {
     let Some(victim) = find_victim(&waits) else {
         return Ok(());
     };
+    if !ctx.clients.holds(victim.waiter, &victim.key) {
+        // Its transaction ended since: the cycle is gone, and the backend may serve another.
+        return Ok(());
+    }
     if let Some((_, _, flag)) = clients.iter().find(|(id, _, _)| *id == victim.waiter) {
         flag.store(true, Ordering::Release);
     }

@@ -4,6 +4,7 @@
 //! Everything started here is stopped and deleted when the [`TestCluster`] is dropped.
 
 pub mod ops;
+pub mod txn;
 pub mod wire;
 
 use std::path::PathBuf;

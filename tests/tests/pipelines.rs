@@ -251,6 +251,46 @@ async fn pipelines_answer_like_postgres_and_commit_on_every_shard_or_none() -> a
         keys.len() + spread.len()
     );
 
+    // A statement the proxy answers itself after a Flush: the Sync after it still ends (and
+    // commits) what the pipeline ran before on one shard, and on several.
+    let mut placed = keys.len() + spread.len();
+    for batch in [
+        &[6_000_001_i64][..],
+        &[6_000_002, 6_000_003, 6_000_004, 6_000_005][..],
+    ] {
+        let mut first = parse("", INSERT);
+        first.extend(inserts(batch, "before a local answer"));
+        first.extend(flush());
+        sides
+            .same_flushed("inserts before a Flush", &first, 1 + 2 * batch.len())
+            .await?;
+        sides
+            .same("DEALLOCATE ALL and Sync", &run_once("DEALLOCATE ALL"), 1)
+            .await?;
+        placed += batch.len();
+        assert_eq!(cluster.placed_rows("users", "id", false).await?, placed);
+    }
+
+    // Inside a transaction block no shard has joined yet, a pipeline that starts with a
+    // SAVEPOINT and spreads: the savepoint is answered and reaches the shards that join.
+    sides.same("BEGIN", &run_once("BEGIN"), 1).await?;
+    let mut nested = parse("", "SAVEPOINT nested");
+    nested.extend(bind("", &[]));
+    nested.extend(execute(0));
+    nested.extend(parse("", INSERT));
+    nested.extend(inserts(
+        &[7_000_001, 7_000_002, 7_000_003, 7_000_004],
+        "nested",
+    ));
+    nested.extend(sync());
+    sides
+        .same("a savepoint first in a spread pipeline", &nested, 1)
+        .await?;
+    for sql in ["ROLLBACK TO SAVEPOINT nested", "COMMIT"] {
+        sides.same(sql, &run_once(sql), 1).await?;
+    }
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, placed);
+
     // An error after a Flush rolls back what ran before it on other shards.
     let doomed: Vec<i64> = (1..=3).map(|i| 3_000_000 + i * 32_452_843).collect();
     let mut first = parse("", INSERT);
@@ -265,7 +305,7 @@ async fn pipelines_answer_like_postgres_and_commit_on_every_shard_or_none() -> a
     sides.same("an error after a Flush", &rest, 1).await?;
     assert_eq!(
         cluster.placed_rows("users", "id", false).await?,
-        keys.len() + spread.len(),
+        placed,
         "rows of a pipeline that failed after a Flush must be rolled back on every shard"
     );
 

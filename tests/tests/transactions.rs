@@ -8,68 +8,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use shardline_tests::ops::{console, ops_yaml, show, ConfigFile};
+use shardline_tests::txn::{ids_on_shards, keys_on_distinct_shards, query, users_table};
 use shardline_tests::{sqlstate, TestCluster};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, SimpleQueryMessage};
-
-/// The rows of a simple query's first column.
-fn column(messages: &[SimpleQueryMessage]) -> Vec<String> {
-    messages
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Runs one statement and returns its first column.
-async fn query(client: &Client, sql: &str) -> anyhow::Result<Vec<String>> {
-    Ok(column(&client.simple_query(sql).await?))
-}
-
-/// Keys of `users`, one on each of `count` different shards.
-fn keys_on_distinct_shards(cluster: &TestCluster, count: usize) -> anyhow::Result<Vec<i64>> {
-    let mut keys = Vec::new();
-    let mut shards = Vec::new();
-    for key in 1..10_000 {
-        let shard = cluster.shard_of("users", key)?;
-        if !shards.contains(&shard) {
-            shards.push(shard);
-            keys.push(key);
-            if keys.len() == count {
-                return Ok(keys);
-            }
-        }
-    }
-    anyhow::bail!("fewer than {count} shards hold users keys")
-}
-
-/// Every id of `users`, read from each shard directly.
-async fn ids_on_shards(cluster: &TestCluster) -> anyhow::Result<Vec<i64>> {
-    let mut ids = Vec::new();
-    for i in 0..cluster.shard_count() {
-        for row in cluster
-            .shard(i)
-            .await?
-            .query("SELECT id FROM users", &[])
-            .await?
-        {
-            ids.push(row.get::<_, i64>(0));
-        }
-    }
-    ids.sort_unstable();
-    Ok(ids)
-}
-
-async fn users_table(client: &Client) -> anyhow::Result<()> {
-    client
-        .batch_execute(
-            "CREATE TABLE users (id bigint PRIMARY KEY, name text, balance bigint NOT NULL DEFAULT 0)",
-        )
-        .await?;
-    Ok(())
-}
+use tokio_postgres::SimpleQueryMessage;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_spans_shards_sees_its_writes_and_commits_or_rolls_back_everywhere(

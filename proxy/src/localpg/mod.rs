@@ -46,7 +46,7 @@ pub use ports::{free_port, free_ports};
 pub use server::LocalServer;
 pub use tools::{find_pg_bindir, PG_BINDIR_ENV};
 
-use server::{bring_up, stop_server};
+use server::{bring_up, crash_server, restart_server, stop_server};
 use tools::{find_psql, hand_dir_to, running_as_root, Tools, POSTGRES_OS_USER};
 
 /// How to create and run a local cluster: where, on which ports, and which application role
@@ -257,12 +257,31 @@ impl LocalCluster {
     /// Stops one server (to see how the proxy copes with a shard going down); the others keep
     /// running.
     pub fn stop_one(&mut self, index: usize) -> Result<()> {
-        let Some(server) = self.servers.iter_mut().find(|s| s.index == index) else {
-            bail!("there is no local server {index}");
-        };
+        let server = server_at(&mut self.servers, index)?;
         if server.running {
             stop_server(server, &self.tools)?;
             server.running = false;
+        }
+        Ok(())
+    }
+
+    /// Stops one server as a crash would (immediate shutdown: transactions in flight are lost
+    /// unless their commit record was flushed; the next start recovers). For fault tests.
+    pub fn crash_one(&mut self, index: usize) -> Result<()> {
+        let server = server_at(&mut self.servers, index)?;
+        if server.running {
+            crash_server(server, &self.tools)?;
+            server.running = false;
+        }
+        Ok(())
+    }
+
+    /// Starts a server stopped by [`LocalCluster::stop_one`] or [`LocalCluster::crash_one`]
+    /// again, on its data; `opts` are the options the cluster was started with.
+    pub fn restart_one(&mut self, index: usize, opts: &ClusterOptions) -> Result<()> {
+        let server = server_at(&mut self.servers, index)?;
+        if !server.running {
+            restart_server(server, &self.tools, opts)?;
         }
         Ok(())
     }
@@ -292,6 +311,14 @@ impl Drop for LocalCluster {
                 tracing::warn!("stopping local PostgreSQL cluster: {err:#}");
             }
         }
+    }
+}
+
+/// Server `index` of a cluster.
+fn server_at(servers: &mut [LocalServer], index: usize) -> Result<&mut LocalServer> {
+    match servers.iter_mut().find(|s| s.index == index) {
+        Some(server) => Ok(server),
+        None => bail!("there is no local server {index}"),
     }
 }
 

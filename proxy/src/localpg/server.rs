@@ -137,10 +137,15 @@ fn server_is_running(data_dir: &Path, tools: &Tools) -> bool {
 
 /// `pg_ctl stop -m fast -w` on `data_dir`.
 fn pg_ctl_stop(data_dir: &Path, tools: &Tools) -> Result<()> {
+    pg_ctl_stop_mode(data_dir, tools, "fast")
+}
+
+/// `pg_ctl stop -m <mode> -w` on `data_dir`.
+fn pg_ctl_stop_mode(data_dir: &Path, tools: &Tools, mode: &str) -> Result<()> {
     let mut cmd = tools.server_command("pg_ctl");
     cmd.arg("stop").arg("-D").arg(data_dir).args([
         "-m",
-        "fast",
+        mode,
         "-w",
         "-s",
         "-t",
@@ -157,6 +162,24 @@ pub(super) fn stop_server(server: &LocalServer, tools: &Tools) -> Result<()> {
         Err(err) if server_is_running(&server.data_dir, tools) => Err(err),
         _ => Ok(()),
     }
+}
+
+/// Stops one server as a crash would (`pg_ctl stop -m immediate`: no shutdown checkpoint;
+/// the next start runs crash recovery).
+pub(super) fn crash_server(server: &LocalServer, tools: &Tools) -> Result<()> {
+    tracing::debug!(port = server.port, "crashing shard{}", server.index);
+    pg_ctl_stop_mode(&server.data_dir, tools, "immediate")
+}
+
+/// Starts a server of this cluster again on its existing data directory.
+pub(super) fn restart_server(
+    server: &mut LocalServer,
+    tools: &Tools,
+    opts: &ClusterOptions,
+) -> Result<()> {
+    start_server(server, tools, opts)?;
+    server.running = true;
+    Ok(())
 }
 
 /// Prepares, starts and sets up one server.

@@ -39,6 +39,7 @@ impl Session {
         let request = Request {
             extended: false,
             kinds: std::slice::from_ref(&plan.kind),
+            parts: plan.parts(),
             routed: routed.as_slice(),
             dual: dual.is_some(),
             refusal: refusal.as_ref(),
@@ -133,7 +134,7 @@ impl Session {
                         VecDeque::from([Expect::relay(Reply::Cycle)]),
                     )
                 };
-                self.everywhere(&loaded, &plan.kind, &sql, build).await
+                self.everywhere(&loaded, &[(&plan.kind, &sql)], build).await
             }
             Action::Finish { commit } => {
                 let (result, reported) = self.finish_transaction(commit).await;

@@ -36,7 +36,8 @@ pub(super) fn unparseable(
         aggregate: None,
     };
     match (word(0), word(1), word(2)) {
-        ("PREPARE", "TRANSACTION", _) | ("COMMIT" | "ROLLBACK", "PREPARED", _) | ("MOVE", _, _) => {
+        ("PREPARE", "TRANSACTION", _) => return handled(StatementKind::PrepareTransaction),
+        ("COMMIT" | "ROLLBACK", "PREPARED", _) | ("MOVE", _, _) => {
             return handled(StatementKind::TransactionControl)
         }
         ("RESET", "TIME", "ZONE") => {

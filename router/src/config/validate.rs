@@ -115,6 +115,15 @@ pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
                 format!("shard {:?} is defined twice", s.name.value),
             );
         }
+        if !valid_shard_name(&s.name.value) {
+            problems.at(
+                &s.name,
+                format!(
+                    "shard name {:?} must be 1 to {MAX_SHARD_NAME} letters, digits, '_', '-' or '.' (it is part of the names of the shard's prepared transactions)",
+                    s.name.value
+                ),
+            );
+        }
         shards.push(Shard {
             name: s.name.value.clone(),
             host: s.host.clone(),
@@ -445,6 +454,19 @@ fn ranges(
     out.into_iter().map(|(r, _)| r).collect()
 }
 
+/// The longest shard name: two of them and a transaction id must fit in a prepared
+/// transaction's name (at most 200 bytes in PostgreSQL).
+const MAX_SHARD_NAME: usize = 63;
+
+/// Whether a shard name can be part of a prepared transaction's name, where `:` separates
+/// the fields (`shardline_router::indoubt::gid`).
+fn valid_shard_name(name: &str) -> bool {
+    (1..=MAX_SHARD_NAME).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -502,6 +524,23 @@ mod tests {
                 "{err} for\n{tables}"
             );
         }
+    }
+
+    #[test]
+    fn shard_names_fit_prepared_transaction_names() {
+        let long = "s".repeat(MAX_SHARD_NAME + 1);
+        for bad in ["\"s:1\"", "\"s 1\"", "\"\"", long.as_str()] {
+            let err = build(&BASE.replace("name: s1", &format!("name: {bad}")));
+            let lines = err.map(|_| Vec::new()).unwrap_or_else(|e| {
+                e.problems
+                    .iter()
+                    .filter(|p| p.message.contains("shard name"))
+                    .map(|p| p.line)
+                    .collect()
+            });
+            assert_eq!(lines, [Some(7)], "{bad}");
+        }
+        assert!(build(&BASE.replace("name: s1", "name: east-1.b_2")).is_ok());
     }
 
     #[test]

@@ -92,8 +92,10 @@ pub enum StatementKind {
     Commit,
     /// `ROLLBACK` / `ABORT` (not `ROLLBACK TO SAVEPOINT`).
     Rollback,
-    /// `PREPARE TRANSACTION`, `COMMIT/ROLLBACK PREPARED`, and cursor commands (`FETCH`, `MOVE`,
-    /// `CLOSE`) that must reach the backend the client holds.
+    /// `PREPARE TRANSACTION`: ends the transaction block by preparing it for two-phase commit.
+    PrepareTransaction,
+    /// `COMMIT/ROLLBACK PREPARED`, and cursor commands (`FETCH`, `MOVE`, `CLOSE`) that must reach
+    /// the backend the client holds.
     TransactionControl,
     /// `SAVEPOINT name`, `RELEASE [SAVEPOINT] name`, `ROLLBACK TO [SAVEPOINT] name`: they reach
     /// every shard of the transaction, and a shard that joins later has them replayed.
@@ -147,6 +149,18 @@ pub enum StatementKind {
     Compound,
     /// An empty query string (only whitespace, semicolons or comments).
     Empty,
+}
+
+impl StatementKind {
+    /// Whether the statement ends the transaction block it runs in (`COMMIT`, `ROLLBACK`,
+    /// `PREPARE TRANSACTION`): on one shard of a transaction that spans several, it would end
+    /// the transaction there alone.
+    pub fn ends_transaction(&self) -> bool {
+        matches!(
+            self,
+            StatementKind::Commit | StatementKind::Rollback | StatementKind::PrepareTransaction
+        )
+    }
 }
 
 impl Plan {

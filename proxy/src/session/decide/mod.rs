@@ -71,6 +71,7 @@ pub(crate) fn follows_session(kind: &StatementKind) -> bool {
         StatementKind::Begin
             | StatementKind::Commit
             | StatementKind::Rollback
+            | StatementKind::PrepareTransaction
             | StatementKind::TransactionControl
             | StatementKind::Savepoint { .. }
             | StatementKind::Set { .. }
@@ -127,12 +128,27 @@ pub(crate) struct Request<'a> {
     pub extended: bool,
     /// The kinds of the statements it executes, in order.
     pub kinds: &'a [StatementKind],
+    /// The kinds of the statements inside a multi-statement query string
+    /// ([`StatementKind::Compound`]), in order; empty otherwise.
+    pub parts: &'a [StatementKind],
     /// Its statements that touch data, each with the position of its message and its target.
     pub routed: &'a [(usize, Target)],
     /// Moving keys its statements write during a resharding migration.
     pub dual: bool,
     /// The first statement that could not be routed, and why.
     pub refusal: Option<&'a ClientError>,
+}
+
+impl Request<'_> {
+    /// Every statement of the request, those inside a multi-statement query string included.
+    fn statements(&self) -> impl Iterator<Item = &StatementKind> {
+        self.kinds.iter().chain(self.parts)
+    }
+
+    /// Whether a statement of the request ends the transaction block.
+    fn ends_transaction(&self) -> bool {
+        self.statements().any(StatementKind::ends_transaction)
+    }
 }
 
 /// The session's state, as far as the decision needs it.
@@ -272,6 +288,10 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
     if joins && moving {
         return Action::Refuse(moving::several_shards());
     }
+    if joins && request.ends_transaction() {
+        // The shard joining would end the transaction alone, the others left open.
+        return Action::Refuse(end_alone(facts.config, &tx.shards));
+    }
     if joins && !facts.config.cross_shard_transactions {
         let home = tx.home().unwrap_or_default();
         return Action::Refuse(pinned_elsewhere(facts.config, home, shard));
@@ -325,7 +345,15 @@ fn transaction_wide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Option<Acti
             _ => {}
         }
     }
-    if !kinds.iter().any(scoped) {
+    if several && request.ends_transaction() {
+        // Anywhere but alone, the end would reach one shard and leave the others open.
+        return Some(Action::Refuse(end_alone(facts.config, &tx.shards)));
+    }
+    if several && request.dual {
+        // Moving keys are copied to their new owners at a one-shard commit.
+        return Some(Action::Refuse(moving::several_shards()));
+    }
+    if !request.statements().any(scoped) {
         return None;
     }
     if kinds.iter().all(scoped) && request.routed.is_empty() {
@@ -342,7 +370,7 @@ fn transaction_wide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Option<Acti
     several.then(|| {
         Action::Refuse(ClientError::new(
             sqlstate::FEATURE_NOT_SUPPORTED,
-            "in a transaction that spans shards, send SAVEPOINT, RELEASE, ROLLBACK TO and SET LOCAL before a Sync of their own",
+            "in a transaction that spans shards, send SAVEPOINT, RELEASE, ROLLBACK TO and SET LOCAL as queries of their own (in a pipeline, alone before a Sync)",
         ))
     })
 }
@@ -436,6 +464,7 @@ fn controls_transactions(kinds: &[StatementKind]) -> bool {
             StatementKind::Begin
                 | StatementKind::Commit
                 | StatementKind::Rollback
+                | StatementKind::PrepareTransaction
                 | StatementKind::TransactionControl
         )
     })
@@ -496,6 +525,19 @@ pub(crate) fn shard_names(config: &Config, shards: &[ShardId]) -> String {
         .filter_map(|s| config.shards.get(*s).map(|s| s.name.as_str()))
         .collect();
     names.join(", ")
+}
+
+/// The refusal of a transaction's end sent with other statements (or before a `Flush`) while
+/// the transaction spans `shards`, or on a shard joining it.
+fn end_alone(config: &Config, shards: &BTreeSet<ShardId>) -> ClientError {
+    let shards: Vec<ShardId> = shards.iter().copied().collect();
+    ClientError::new(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        format!(
+            "this transaction runs on shards {}: send COMMIT or ROLLBACK as a query of its own (in a pipeline, alone before its Sync), and PREPARE TRANSACTION only in a transaction on one shard",
+            shard_names(config, &shards)
+        ),
+    )
 }
 
 /// The refusal of a multi-shard statement inside a transaction block.

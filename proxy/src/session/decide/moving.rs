@@ -34,12 +34,10 @@ pub(crate) fn moving_keys(
     if !writes {
         return Ok(None);
     }
-    let ends_transactions = plan.parts().iter().any(|k| {
-        matches!(
-            k,
-            StatementKind::Begin | StatementKind::Commit | StatementKind::Rollback
-        )
-    });
+    let ends_transactions = plan
+        .parts()
+        .iter()
+        .any(|k| *k == StatementKind::Begin || k.ends_transaction());
     let named = plan.named_keys(&loaded.config, params)?;
     let mut found = DualKeys::default();
     for class in named {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use shardline_router::ShardId;
+use shardline_router::{ShardId, StatementKind};
 
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
@@ -74,12 +74,25 @@ impl Session {
                 self.run_spread(loaded, segment).await?;
                 return Ok(Segmented::Ran);
             }
-            other => other,
-        };
-        let items = &segment.items;
-        match action {
             Action::Local => {
-                let replies = self.segment_replies(items, |session, statement| {
+                // Mid-pipeline, the segment's `Sync` also ends what the pipeline ran on its
+                // backends: after the proxy's answers it runs as a segment of its own.
+                let mid_pipeline =
+                    self.spread.is_some() || self.conns.values().any(|conn| conn.unsynced);
+                let sync = match (mid_pipeline, segment.items.pop()) {
+                    (
+                        true,
+                        Some(Item::Forward {
+                            frame,
+                            reply: Some(Reply::Sync),
+                        }),
+                    ) => Some(frame),
+                    (_, last) => {
+                        segment.items.extend(last);
+                        None
+                    }
+                };
+                let replies = self.segment_replies(&segment.items, |session, statement| {
                     session
                         .answer_locally(&statement.plan.kind, &statement.query)
                         .unwrap_or_else(|| {
@@ -90,8 +103,15 @@ impl Session {
                         })
                 });
                 self.out.push(&replies).await?;
+                if let Some(sync) = sync {
+                    return Box::pin(self.run_segment(loaded, vec![sync])).await;
+                }
                 return Ok(self.out.flush().await.map(|()| Segmented::Ran)?);
             }
+            other => other,
+        };
+        let items = &segment.items;
+        match action {
             Action::Finish { commit } => {
                 let (result, reported) = self.finish_transaction(commit).await;
                 self.out.push(&reported.concat()).await?;
@@ -104,20 +124,17 @@ impl Session {
                 return Ok(self.out.flush().await.map(|()| Segmented::Ran)?);
             }
             Action::Everywhere => {
-                let Some(kind) = segment.kinds.first() else {
-                    return Ok(Segmented::Ran);
-                };
-                let sql = match items.iter().find_map(|item| match item {
-                    Item::Execute {
-                        statement: Some(statement),
-                        ..
-                    } => Some(statement.query.clone()),
-                    _ => None,
-                }) {
-                    Some(sql) => sql,
-                    None => return Ok(Segmented::Ran),
-                };
-                self.everywhere(loaded, kind, &sql, |conn| build_messages(items, conn))
+                let statements: Vec<(&StatementKind, &str)> = items
+                    .iter()
+                    .filter_map(|item| match item {
+                        Item::Execute {
+                            statement: Some(statement),
+                            ..
+                        } => Some((&statement.plan.kind, &*statement.query)),
+                        _ => None,
+                    })
+                    .collect();
+                self.everywhere(loaded, &statements, |conn| build_messages(items, conn))
                     .await?;
             }
             Action::Refuse(error) => {
@@ -162,7 +179,7 @@ impl Session {
                     .await
                     .map(|()| Segmented::Ran);
             }
-            Action::AwaitCutover | Action::DualWrite { .. } | Action::Spread => {
+            Action::Local | Action::AwaitCutover | Action::DualWrite { .. } | Action::Spread => {
                 let error = ClientError::new(sqlstate::INTERNAL, "a segment was decided twice");
                 self.fail(error).await?;
                 return Ok(Segmented::Ran);

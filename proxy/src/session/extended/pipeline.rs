@@ -98,8 +98,10 @@ impl Session {
                 spread.last = Some(shard);
             }
             let items = &segment.items[unit.items];
-            let in_transaction = self.spread.as_ref().is_some_and(|s| s.in_transaction);
-            if let (true, Some(kind)) = (in_transaction, transaction_scoped(items)) {
+            // Before any shard joined the transaction, the proxy holds these itself (below).
+            let on_shards = self.spread.as_ref().is_some_and(|s| s.in_transaction)
+                && !self.tx.shards.is_empty();
+            if let (true, Some(kind)) = (on_shards, transaction_scoped(items)) {
                 self.everywhere_in_spread(loaded, items, &kind).await?;
                 continue;
             }
@@ -162,6 +164,10 @@ impl Session {
     ) -> Result<(), SessionEnd> {
         let shards: Vec<ShardId> = self.tx.shards.iter().copied().collect();
         for (i, &shard) in shards.iter().enumerate() {
+            if self.skip_to_sync {
+                // A shard refused it: the rest of the pipeline is skipped, as PostgreSQL does.
+                return Ok(());
+            }
             let heard = i + 1 == shards.len();
             if let Some(spread) = self.spread.as_mut() {
                 spread.joined.insert(shard);
@@ -174,7 +180,7 @@ impl Session {
             })
             .await?;
         }
-        if let Some(statement) = executed(items) {
+        if let (false, Some(statement)) = (self.skip_to_sync, executed(items)) {
             self.tx.record(kind, &statement.query);
         }
         Ok(())

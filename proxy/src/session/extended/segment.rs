@@ -64,6 +64,7 @@ impl Segment {
         Request {
             extended: true,
             kinds: &self.kinds,
+            parts: &[],
             routed: &self.routed,
             dual: self.dual.is_some(),
             refusal: self.refusal.as_ref(),

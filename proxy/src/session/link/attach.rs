@@ -11,7 +11,7 @@ use crate::backend::pool::{CheckoutError, Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::session::state::settings::Settings;
-use crate::session::{local, ClientError, Session};
+use crate::session::{decide, local, ClientError, Session};
 
 impl Session {
     pub(crate) fn keep_or_release(&mut self, shard: ShardId, conn: Pooled, busy: bool) {
@@ -36,6 +36,16 @@ impl Session {
     ) -> Result<Pooled, ClientError> {
         if let Some(conn) = self.conns.remove(&shard) {
             return Ok(conn);
+        }
+        if self.tx.shards.contains(&shard) {
+            // The transaction's backend there is gone (its connection failed): a fresh one
+            // would run outside the transaction, committing on its own.
+            self.tx.fail();
+            let name = decide::shard_names(&loaded.config, &[shard]);
+            return Err(ClientError::new(
+                sqlstate::CONNECTION_FAILURE,
+                format!("the connection to shard {name} was lost during the transaction; roll it back and run it again"),
+            ));
         }
         self.ctx.pause.wait(loaded, shard).await;
         let target = self.target(loaded, shard)?;

@@ -160,17 +160,24 @@ impl Session {
 
     /// Notes that `shard`'s backend reported no transaction. If it took part in the client's
     /// transaction, that transaction ended there (its `COMMIT` or `ROLLBACK` ran on its only
-    /// shard); were others still in it, the client's transaction can no longer commit whole,
-    /// so it is failed. A transaction still held (nothing routed yet) stays open.
-    pub(crate) fn left_transaction(&mut self, shard: ShardId) {
+    /// shard). Returns the error that ends the session when other shards were still in it: the
+    /// transaction ended on one shard alone and can no longer end whole. The decision refuses
+    /// every request that could do this; this is the backstop. A transaction still held
+    /// (nothing routed yet) stays open.
+    fn left_transaction(&mut self, shard: ShardId) -> Option<String> {
         if !self.tx.shards.remove(&shard) {
-            return;
+            return None;
         }
         if self.tx.shards.is_empty() {
             self.tx = Transaction::default();
-        } else {
-            self.tx.failed = true;
+            return None;
         }
+        let others: Vec<ShardId> = self.tx.shards.iter().copied().collect();
+        Some(format!(
+            "the transaction ended on shard {} alone while shards {} still took part in it; they are rolled back and the session ends",
+            self.shard_names(&[shard]),
+            self.shard_names(&others)
+        ))
     }
 
     /// Records what an exchange did and returns or keeps the backend.
@@ -234,8 +241,17 @@ impl Session {
         });
         match outcome.ready {
             Some(b'I') => {
-                self.left_transaction(shard);
+                let stranded = self.left_transaction(shard);
                 self.keep_or_release(shard, conn, false);
+                if let Some(text) = stranded {
+                    // Ending the session closes the other shards' backends, which rolls them back.
+                    tracing::error!("{text}");
+                    self.out
+                        .push(&msg::fatal(sqlstate::INTERNAL, &text))
+                        .await?;
+                    self.out.flush().await?;
+                    return Err(SessionEnd::BackendLost(text));
+                }
             }
             Some(status) => {
                 self.tx.shards.insert(shard);

@@ -18,6 +18,7 @@ use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::Frame;
+use crate::session::decide::shard_names;
 use crate::session::link::exchange::{completes, Expect, Mode, Reply};
 use crate::session::{ClientError, Session, SessionEnd};
 
@@ -70,36 +71,38 @@ impl Session {
         F: FnMut(&mut Backend) -> (Vec<Bytes>, VecDeque<Expect>),
     {
         let started = std::time::Instant::now();
-        let mut legs = Vec::with_capacity(shards.len());
+        // Every backend first, so a shard that cannot be reached leaves the others untouched.
+        let mut attached = Vec::with_capacity(shards.len());
         for &shard in shards {
             match self.attach(loaded, shard).await {
-                Ok(mut conn) => {
-                    let (bytes, queue) = self.compose(shard, &mut conn, true, |c| build(c));
-                    let queue = alike_on_every_shard(queue);
-                    let name = loaded
-                        .config
-                        .shards
-                        .get(shard)
-                        .map_or_else(String::new, |s| s.name.clone());
-                    let sent = conn.send(&bytes).await;
-                    legs.push(Leg {
-                        shard,
-                        name,
-                        conn,
-                        queue,
-                        skipping: false,
-                        failure: None,
-                    });
-                    if let Err(e) = sent {
-                        let error = ClientError::lost_shard(&legs[legs.len() - 1].name, e);
-                        self.release_legs(legs);
-                        return self.fail(error).await;
-                    }
-                }
+                Ok(conn) => attached.push((shard, conn)),
                 Err(e) => {
-                    self.release_legs(legs);
+                    for (shard, conn) in attached {
+                        self.keep_or_release(shard, conn, false);
+                    }
+                    self.tx.fail();
                     return self.fail(e).await;
                 }
+            }
+        }
+        let mut legs = Vec::with_capacity(shards.len());
+        for (shard, mut conn) in attached {
+            let (bytes, queue) = self.compose(shard, &mut conn, true, |c| build(c));
+            let name = shard_names(&loaded.config, &[shard]);
+            let sent = conn.send(&bytes).await;
+            legs.push(Leg {
+                shard,
+                name,
+                conn,
+                queue: alike_on_every_shard(queue),
+                skipping: false,
+                failure: None,
+            });
+            if let Err(e) = sent {
+                let error = ClientError::lost_shard(&legs[legs.len() - 1].name, e);
+                self.release_legs(legs);
+                self.tx.fail();
+                return self.fail(error).await;
             }
         }
         let result = self.merge(&mut legs).await;
@@ -110,7 +113,10 @@ impl Session {
         match result {
             Ok(()) => Ok(()),
             Err(MergeError::Client(e)) => Err(SessionEnd::ClientIo(e)),
-            Err(MergeError::Shard(error)) => self.fail(error).await,
+            Err(MergeError::Shard(error)) => {
+                self.tx.fail();
+                self.fail(error).await
+            }
         }
     }
 

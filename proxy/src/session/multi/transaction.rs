@@ -29,26 +29,29 @@ use crate::session::{ClientError, Session};
 const WROTE_SQL: &str = "SELECT pg_current_xact_id_if_assigned() IS NOT NULL";
 
 impl Session {
-    /// Runs a savepoint command or `SET LOCAL` (`kind`, text `sql`) on every shard of the
-    /// transaction, with the messages `build` makes, and records it for shards that join later.
-    /// A `ROLLBACK TO` ends the transaction's failure when every shard accepts it.
+    /// Runs savepoint commands or `SET LOCAL`s (`statements`: each kind with its text) on every
+    /// shard of the transaction, with the messages `build` makes, and records them for shards
+    /// that join later. A `ROLLBACK TO` ends the transaction's failure when every shard accepts
+    /// it.
     pub(crate) async fn everywhere<F>(
         &mut self,
         loaded: &Loaded,
-        kind: &StatementKind,
-        sql: &str,
+        statements: &[(&StatementKind, &str)],
         mut build: F,
     ) -> Result<(), SessionEnd>
     where
         F: FnMut(&mut Backend) -> (Vec<Bytes>, VecDeque<Expect>),
     {
-        if matches!(
-            kind,
-            StatementKind::Savepoint {
-                op: SavepointOp::RollbackTo,
-                ..
-            }
-        ) {
+        let rolls_back_to = |kind: &StatementKind| {
+            matches!(
+                kind,
+                StatementKind::Savepoint {
+                    op: SavepointOp::RollbackTo,
+                    ..
+                }
+            )
+        };
+        if statements.iter().any(|(kind, _)| rolls_back_to(kind)) {
             // A shard that refuses it fails the transaction again.
             self.tx.failed = false;
         }
@@ -58,7 +61,9 @@ impl Session {
             _ => self.scatter(loaded, &shards, build).await?,
         }
         if !self.tx.failed {
-            self.tx.record(kind, sql);
+            for (kind, sql) in statements {
+                self.tx.record(kind, sql);
+            }
         }
         Ok(())
     }
@@ -85,6 +90,15 @@ impl Session {
                 Err(ClientError::new(
                     sqlstate::TRANSACTION_ROLLBACK,
                     format!("the connection to shard {shard} was lost during the transaction; it was rolled back on every shard"),
+                ))
+            }
+            (true, None) if !tx.dual.is_empty() => {
+                // Moving keys are copied to their new owners only by a one-shard commit; the
+                // decision never lets such a transaction spread, so this is a backstop.
+                roll_back_parts(&mut parts).await;
+                Err(ClientError::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "a transaction that wrote keys a resharding migration is moving cannot span shards; it was rolled back on every shard",
                 ))
             }
             (true, None) => commit_everywhere(&mut parts).await.map(|()| "COMMIT"),
@@ -138,9 +152,11 @@ async fn commit_everywhere(parts: &mut [Part]) -> Result<(), ClientError> {
     let (writing, reading) = parts.split_at_mut(writers.len());
     for i in 0..reading.len() {
         if let Err(error) = twophase::commit_one(&mut reading[i]).await {
+            // A shard that only read decides nothing: whatever became of its commit, the
+            // writers roll back.
             roll_back_parts(writing).await;
             roll_back_parts(&mut reading[i + 1..]).await;
-            return Err(error);
+            return Err(error.into_error());
         }
     }
     match commit_parts(writing).await {

@@ -35,17 +35,36 @@ pub(crate) struct Answer {
     pub(crate) reported: Vec<Bytes>,
 }
 
+/// Why a one-phase commit did not succeed.
+pub(crate) enum CommitError {
+    /// The shard refused to commit: its part is rolled back.
+    Aborted(ClientError),
+    /// The connection broke while the shard committed: whether it did is not known.
+    Unknown(ClientError),
+}
+
+impl CommitError {
+    /// The error the client is told.
+    pub(crate) fn into_error(self) -> ClientError {
+        match self {
+            CommitError::Aborted(error) | CommitError::Unknown(error) => error,
+        }
+    }
+}
+
 /// Commits every part: in one phase when there is one; else the first part decides. The
 /// others are prepared (`PREPARE TRANSACTION`) under names that carry the decider's xid
 /// (`shardline_router::indoubt`), the decider commits in one phase, and the others are then
-/// committed (`COMMIT PREPARED`). A failure before the decision rolls every part back and is
-/// returned. After the decision the transaction is committed whatever happens: a part whose
-/// `COMMIT PREPARED` fails stays prepared until the resolver finishes it from the decider's
-/// status, which is logged, not returned.
+/// committed (`COMMIT PREPARED`). A failure before the decision rolls every part back (the
+/// decider too) and is returned. After the decision the transaction is committed whatever
+/// happens: a part whose `COMMIT PREPARED` fails stays prepared until the resolver finishes it
+/// from the decider's status, which is logged, not returned. When the decider's own commit has
+/// an unknown outcome (its connection broke), the prepared parts are left to the resolver,
+/// which follows whatever the decider did, and the unknown outcome is returned.
 pub(crate) async fn commit_parts(parts: &mut [Part]) -> Option<ClientError> {
     let (decider, others) = parts.split_first_mut()?;
     if others.is_empty() {
-        return commit_one(decider).await.err();
+        return commit_one(decider).await.err().map(CommitError::into_error);
     }
     let xid = match query_value(decider, indoubt::DECIDER_XID_SQL).await {
         Ok(xid) => xid,
@@ -60,7 +79,7 @@ pub(crate) async fn commit_parts(parts: &mut [Part]) -> Option<ClientError> {
     let mut failure = None;
     for part in others.iter_mut() {
         let sql = format!("PREPARE TRANSACTION {}", quote_literal(&gid(part)));
-        match run(&mut part.conn, &sql).await {
+        match end_transaction(&mut part.conn, &sql, "PREPARE TRANSACTION").await {
             Ok(None) => prepared += 1,
             Ok(Some(error)) => {
                 failure = Some(ClientError::from_shard(&error, &part.name));
@@ -73,8 +92,20 @@ pub(crate) async fn commit_parts(parts: &mut [Part]) -> Option<ClientError> {
             }
         }
     }
-    if failure.is_none() {
-        failure = commit_one(decider).await.err();
+    if failure.is_some() {
+        // Nothing was decided: the decider's transaction is still open on its backend.
+        finish_quietly(&mut decider.conn, "ROLLBACK").await;
+    } else {
+        match commit_one(decider).await {
+            Ok(()) => {}
+            Err(CommitError::Aborted(error)) => failure = Some(error),
+            Err(CommitError::Unknown(error)) => {
+                for part in others.iter() {
+                    tracing::warn!(shard = %part.name, transaction = %gid(part), "the decider's commit has an unknown outcome; the resolver finishes this prepared transaction from its status");
+                }
+                return Some(error);
+            }
+        }
     }
     let committed = failure.is_none();
     let verb = if committed { "COMMIT" } else { "ROLLBACK" };
@@ -95,19 +126,21 @@ pub(crate) async fn commit_parts(parts: &mut [Part]) -> Option<ClientError> {
 
 /// Commits one part in one phase. If its connection breaks the outcome is unknown: the error
 /// says so (the resolver settles the other parts from this part's status either way).
-pub(crate) async fn commit_one(part: &mut Part) -> Result<(), ClientError> {
-    match run(&mut part.conn, "COMMIT").await {
+pub(crate) async fn commit_one(part: &mut Part) -> Result<(), CommitError> {
+    match end_transaction(&mut part.conn, "COMMIT", "COMMIT").await {
         Ok(None) => Ok(()),
-        Ok(Some(error)) => Err(ClientError::from_shard(&error, &part.name)),
+        Ok(Some(error)) => Err(CommitError::Aborted(ClientError::from_shard(
+            &error, &part.name,
+        ))),
         Err(e) => {
             part.conn.broken = true;
-            Err(ClientError::new(
+            Err(CommitError::Unknown(ClientError::new(
                 sqlstate::STATEMENT_COMPLETION_UNKNOWN,
                 format!(
                     "lost the connection to shard {} while it committed ({e}); whether the transaction committed is not known (the other shards follow its outcome)",
                     part.name
                 ),
-            ))
+            )))
         }
     }
 }
@@ -176,6 +209,30 @@ pub(crate) async fn run(conn: &mut Pooled, sql: &str) -> Result<Option<Bytes>, S
         .await
         .map_err(|e| e.to_string())?;
     collect(conn, 1).await.map(|r| r.error)
+}
+
+/// Runs `COMMIT` or `PREPARE TRANSACTION` and checks that it did what it says: PostgreSQL
+/// answers either, in a transaction that had failed, with the tag `ROLLBACK` and no error.
+async fn end_transaction(
+    conn: &mut Pooled,
+    sql: &str,
+    expected: &str,
+) -> Result<Option<Bytes>, String> {
+    conn.send(&local::query_message(sql))
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer = collect(conn, 1).await?;
+    Ok(match (answer.error, answer.tag) {
+        (Some(error), _) => Some(error),
+        (None, Some(tag)) if tag == expected => None,
+        (None, tag) => Some(msg::error(
+            sqlstate::TRANSACTION_ROLLBACK,
+            &format!(
+                "{sql} answered {} instead of {expected}: the transaction had failed and was rolled back",
+                tag.unwrap_or_default()
+            ),
+        )),
+    })
 }
 
 /// Sends a statement that must not fail the caller (cleanup); a failure marks the connection

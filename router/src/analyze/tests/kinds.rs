@@ -52,7 +52,7 @@ fn classifies_statements() {
                 name: "a".into(),
             },
         ),
-        ("PREPARE TRANSACTION 'x'", StatementKind::TransactionControl),
+        ("PREPARE TRANSACTION 'x'", StatementKind::PrepareTransaction),
         ("COMMIT PREPARED 'x'", StatementKind::TransactionControl),
         ("ROLLBACK PREPARED 'x'", StatementKind::TransactionControl),
         (

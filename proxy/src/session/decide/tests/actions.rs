@@ -74,6 +74,8 @@ struct Case {
     state: State,
     extended: bool,
     kinds: Vec<StatementKind>,
+    /// The statements of a multi-statement query string.
+    parts: Vec<StatementKind>,
     routed: Vec<Target>,
     dual: bool,
     refusal: Option<&'static str>,
@@ -88,6 +90,7 @@ fn simple(name: &'static str, state: State, kind: StatementKind, target: Option<
         state,
         extended: false,
         kinds: vec![kind],
+        parts: Vec::new(),
         routed: target.into_iter().collect(),
         dual: false,
         refusal: None,
@@ -118,6 +121,13 @@ impl Case {
 
     fn one_shard_transactions(mut self) -> Case {
         self.one_shard_transactions = true;
+        self
+    }
+
+    /// A multi-statement query string of these statements.
+    fn compound(mut self, parts: Vec<StatementKind>) -> Case {
+        self.kinds = vec![StatementKind::Compound];
+        self.parts = parts;
         self
     }
 
@@ -500,6 +510,93 @@ fn decides_every_action_and_refusal() {
             vec![Target::Shard(1)],
         )
         .expect("spread"),
+        // A transaction's end reaches every shard of it, or is refused: never one shard alone.
+        simple(
+            "COMMIT in a query string, transaction on two shards",
+            across(&[0, 1]),
+            Write,
+            one(1),
+        )
+        .compound(vec![Write, Commit])
+        .expect("refuse 0A000"),
+        simple(
+            "ROLLBACK in a query string, transaction on two shards",
+            across(&[0, 1]),
+            Read,
+            one(0),
+        )
+        .compound(vec![Read, Rollback])
+        .expect("refuse 0A000"),
+        simple(
+            "COMMIT in a query string on the one shard of the transaction",
+            pinned(1),
+            Write,
+            one(1),
+        )
+        .compound(vec![Write, Commit])
+        .expect("single s1"),
+        simple(
+            "COMMIT in a query string on a shard joining the transaction",
+            pinned(0),
+            Write,
+            one(1),
+        )
+        .compound(vec![Write, Commit])
+        .expect("refuse 0A000"),
+        simple(
+            "SAVEPOINT in a query string, transaction on two shards",
+            across(&[0, 1]),
+            Write,
+            one(1),
+        )
+        .compound(vec![savepoint(SavepointOp::Define), Write])
+        .expect("refuse 0A000"),
+        segment(
+            "COMMIT after a write before one Sync, transaction on two shards",
+            across(&[0, 1]),
+            vec![Write, Commit],
+            vec![Target::Shard(0)],
+        )
+        .expect("refuse 0A000"),
+        segment(
+            "COMMIT after a write before one Sync, on a shard joining",
+            pinned(0),
+            vec![Write, Commit],
+            vec![Target::Shard(2)],
+        )
+        .expect("refuse 0A000"),
+        segment(
+            "COMMIT before a Flush, transaction on two shards",
+            State {
+                segment_open: true,
+                ..across(&[0, 1])
+            },
+            vec![Commit],
+            vec![],
+        )
+        .expect("refuse 0A000"),
+        simple(
+            "PREPARE TRANSACTION, transaction on two shards",
+            across(&[0, 1]),
+            StatementKind::PrepareTransaction,
+            None,
+        )
+        .expect("refuse 0A000"),
+        simple(
+            "PREPARE TRANSACTION, transaction on one shard",
+            pinned(1),
+            StatementKind::PrepareTransaction,
+            None,
+        )
+        .expect("single s1 (no data)"),
+        simple(
+            "a write of moving keys, transaction on two shards",
+            across(&[0, 1]),
+            Write,
+            one(1),
+        )
+        .dual()
+        .expect("refuse 0A000"),
         // ... or refused, as configured.
         simple(
             "another shard, one-shard transactions",
@@ -654,6 +751,7 @@ fn decides_every_action_and_refusal() {
         let request = Request {
             extended: case.extended,
             kinds: &case.kinds,
+            parts: &case.parts,
             routed: &routed,
             dual: case.dual,
             refusal: refusal.as_ref(),
