@@ -40,6 +40,8 @@ pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
 pub const INVALID_AUTHORIZATION: &str = "28000";
 /// `28P01`: a wrong password.
 pub const INVALID_PASSWORD: &str = "28P01";
+/// `3D000`: a database the cluster does not serve.
+pub const INVALID_CATALOG_NAME: &str = "3D000";
 /// `40000`: the transaction was rolled back.
 pub const TRANSACTION_ROLLBACK: &str = "40000";
 /// `40003`: whether the transaction committed everywhere is not known to the client.

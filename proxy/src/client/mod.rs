@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use shardline_router::Config;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -234,6 +235,10 @@ async fn login(
         (false, false) => {}
     }
 
+    if let Some(served) = served_database(&loaded.config).filter(|db| *db != database) {
+        let text = format!("database \"{database}\" does not exist; shardline serves database \"{served}\" (the database its default shard names in shards.yaml)");
+        return Err(refuse(out, sqlstate::INVALID_CATALOG_NAME, &text).await);
+    }
     // Check the database exists (and warm the pool) on the default shard, and learn the server
     // parameters to report.
     let server_params = match probe_default_shard(ctx, &user_name, &database).await {
@@ -277,6 +282,17 @@ async fn login(
         pid,
         targets,
     }))
+}
+
+/// The one database name clients may ask for when the default shard names its database in
+/// `shards.yaml` (every client then reaches that database, whatever it asked for, so a name
+/// that does not match is a mistake to report at login, as PostgreSQL reports it). `None` when
+/// shards use the database the client asks for.
+fn served_database(config: &Config) -> Option<&str> {
+    config
+        .shards
+        .get(config.default_shard)
+        .and_then(|shard| shard.database.as_deref())
 }
 
 enum Probe {

@@ -154,6 +154,13 @@ pub fn error_field(frame: &Frame, code: u8) -> Option<&str> {
     None
 }
 
+/// Whether an `ErrorResponse` ends the backend's connection (severity `FATAL` or `PANIC`):
+/// the server closes the socket after it, as after `pg_terminate_backend` or an idle timeout.
+pub fn ends_connection(frame: &Frame) -> bool {
+    let severity = error_field(frame, b'V').or_else(|| error_field(frame, b'S'));
+    matches!(severity, Some("FATAL" | "PANIC"))
+}
+
 /// The same `ErrorResponse` with the shard's name put in front of its message, so a client of a
 /// multi-shard statement knows where it failed; every other field (SQLSTATE…) is kept.
 pub fn error_naming_shard(frame: &Frame, shard: &str) -> Bytes {

@@ -118,6 +118,10 @@ pub enum ExchangeError {
     ClientFrame(FrameError),
     #[error("the shard sent {0:?}, which the proxy does not support here")]
     Unsupported(char),
+    /// The backend sent a `FATAL` error (terminated by an administrator, an idle timeout, a
+    /// shutdown) and closes its connection; the error is carried to the client.
+    #[error("the shard ended the connection")]
+    Terminated(Frame),
 }
 
 /// Whether `frame` is the last answer to a message of kind `reply`.
@@ -191,6 +195,9 @@ where
                         .map_err(ExchangeError::Client)?;
                 }
                 continue;
+            }
+            tag::ERROR_RESPONSE if msg::ends_connection(&frame) => {
+                return Err(ExchangeError::Terminated(frame));
             }
             tag::ERROR_RESPONSE => {
                 let injected_cycle = !relay && reply == Reply::Cycle;

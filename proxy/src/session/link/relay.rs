@@ -11,6 +11,7 @@ use shardline_router::ShardId;
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate};
+use crate::protocol::Frame;
 use crate::session::link::exchange::{self, ExchangeError, Expect, Outcome, Reply};
 use crate::session::state::settings;
 use crate::session::state::settings::apply_effects;
@@ -180,6 +181,23 @@ impl Session {
         ))
     }
 
+    /// Passes on a backend's `FATAL` error and ends the session, as PostgreSQL closes the
+    /// connection after one: the client learns why (57P01 after `pg_terminate_backend`, 25P03
+    /// after an idle-in-transaction timeout) and reconnects, whatever its transaction held.
+    pub(crate) async fn end_as_terminated(
+        &mut self,
+        shard: ShardId,
+        fatal: &Frame,
+    ) -> Result<Option<Settled>, SessionEnd> {
+        let name = self.shard_names(&[shard]);
+        let text = msg::error_field(fatal, b'M').unwrap_or("").to_owned();
+        self.out
+            .push(&msg::error_naming_shard(fatal, &name))
+            .await?;
+        self.out.flush().await?;
+        Err(SessionEnd::BackendLost(format!("shard {name}: {text}")))
+    }
+
     /// Records what an exchange did and returns or keeps the backend.
     pub(crate) async fn finish(
         &mut self,
@@ -198,6 +216,11 @@ impl Session {
                 conn.broken = true;
                 Pools::discard(conn);
                 return Err(SessionEnd::Protocol(e.to_string()));
+            }
+            Err(ExchangeError::Terminated(fatal)) => {
+                conn.broken = true;
+                Pools::discard(conn);
+                return self.end_as_terminated(shard, &fatal).await;
             }
             Err(e) => {
                 conn.broken = true;

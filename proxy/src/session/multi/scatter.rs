@@ -36,12 +36,19 @@ struct Leg {
 }
 
 impl Leg {
-    /// The shard's next message; a broken connection is the shard's failure.
+    /// The shard's next message; a broken connection, or a `FATAL` error before it breaks, is
+    /// the shard's failure.
     async fn read(&mut self) -> Result<Frame, MergeError> {
-        self.conn
+        let frame = self
+            .conn
             .read()
             .await
-            .map_err(|e| MergeError::Shard(ClientError::lost_shard(&self.name, e)))
+            .map_err(|e| MergeError::Shard(ClientError::lost_shard(&self.name, e)))?;
+        if frame.tag() == tag::ERROR_RESPONSE && msg::ends_connection(&frame) {
+            self.conn.broken = true;
+            return Err(MergeError::Terminated(self.shard, frame));
+        }
+        Ok(frame)
     }
 }
 
@@ -116,6 +123,9 @@ impl Session {
             Err(MergeError::Shard(error)) => {
                 self.tx.fail();
                 self.fail(error).await
+            }
+            Err(MergeError::Terminated(shard, fatal)) => {
+                self.end_as_terminated(shard, &fatal).await.map(|_| ())
             }
         }
     }
@@ -277,6 +287,8 @@ impl Session {
 enum MergeError {
     Client(std::io::Error),
     Shard(ClientError),
+    /// A shard sent a `FATAL` error and closes its connection.
+    Terminated(ShardId, Frame),
 }
 
 /// One backend's queue with every client `Parse` of a named statement turned into a silent
