@@ -405,3 +405,35 @@ async fn errors_before_sync_and_statements_on_every_shard() -> anyhow::Result<()
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_deallocate_of_a_driver_statement_works_as_in_postgres() -> anyhow::Result<()> {
+    let (_cluster, _wire_proxy, mut sides) = users_cluster("deallocate").await?;
+    let query = |sql: &str| message(b'Q', &cstr(sql));
+    let mut define = parse("s1", "SELECT 1");
+    define.extend(sync());
+    let mut use_it = bind("s1", &[]);
+    use_it.extend(execute(0));
+    use_it.extend(sync());
+
+    // Defined by the protocol, dropped by SQL (as psycopg's statement cache does), by both
+    // protocols; then gone, and free to be defined again.
+    for deallocate in [query("DEALLOCATE s1"), run_once("DEALLOCATE PREPARE s1")] {
+        sides.same("Parse s1", &define, 1).await?;
+        sides.same("Bind s1", &use_it, 1).await?;
+        sides.same("DEALLOCATE s1", &deallocate, 1).await?;
+        let answers = sides.same("Bind s1 after DEALLOCATE", &use_it, 1).await?;
+        assert!(
+            answers.contains(&Answer::Error("26000".into())),
+            "{answers:?}"
+        );
+    }
+    // An unknown name fails, and inside a transaction block fails the block.
+    sides
+        .same("DEALLOCATE nope", &query("DEALLOCATE nope"), 1)
+        .await?;
+    for sql in ["BEGIN", "DEALLOCATE nope", "SELECT 1", "ROLLBACK"] {
+        sides.same(sql, &query(sql), 1).await?;
+    }
+    Ok(())
+}

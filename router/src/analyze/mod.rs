@@ -254,9 +254,11 @@ fn statement(config: &Config, stmt: &Statement) -> Analysis {
             if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") {
                 Analysis::handled(StatementKind::DeallocateAll)
             } else {
-                Analysis::unsupported(
-                    "SQL-level DEALLOCATE of a named statement is not supported through shardline; close protocol-level statements with a Close message, or use DEALLOCATE ALL",
-                )
+                let name = match name.quote_style {
+                    Some(_) => name.value.clone(),
+                    None => name.value.to_lowercase(),
+                };
+                Analysis::handled(StatementKind::Deallocate { name })
             }
         }
         Statement::Prepare { .. } | Statement::Execute { .. } => Analysis::unsupported(

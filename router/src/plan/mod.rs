@@ -127,6 +127,12 @@ pub enum StatementKind {
     /// `DEALLOCATE [PREPARE] ALL`: the proxy forgets the client's prepared statements (inside a
     /// transaction block too, where PostgreSQL allows it).
     DeallocateAll,
+    /// `DEALLOCATE [PREPARE] name`: the proxy forgets that one client statement (the client's
+    /// prepared statements live under proxy-chosen names on the backends).
+    Deallocate {
+        /// The statement, folded as PostgreSQL folds identifiers.
+        name: String,
+    },
     /// `SHOW x`.
     Show,
     /// `SELECT`, `VALUES`, `TABLE`, read-only `WITH`.

@@ -52,6 +52,8 @@ pub(crate) enum LocalAnswer {
     /// `DEALLOCATE ALL` outside a failed transaction: the client's statements are forgotten
     /// (the proxy's statements on shared backends stay, under their proxy names).
     DeallocateAll,
+    /// `DEALLOCATE name` outside a failed transaction: that client statement is forgotten.
+    Deallocate,
 }
 
 impl LocalAnswer {
@@ -61,7 +63,7 @@ impl LocalAnswer {
             LocalAnswer::HoldBegin => TxPhase::Held { failed: false },
             LocalAnswer::HoldSetting { .. } => phase,
             LocalAnswer::HoldSavepoint { .. } => TxPhase::Held { failed: false },
-            LocalAnswer::DeallocateAll => phase,
+            LocalAnswer::DeallocateAll | LocalAnswer::Deallocate => phase,
             LocalAnswer::EndHeld { .. }
             | LocalAnswer::NoTransaction { .. }
             | LocalAnswer::DiscardAll => TxPhase::Idle,
@@ -102,6 +104,10 @@ pub(crate) fn local_answer(kind: &StatementKind, phase: TxPhase) -> Option<Local
             StatementKind::DeallocateAll,
             TxPhase::Idle | TxPhase::Held { failed: false } | TxPhase::Started { failed: false },
         ) => LocalAnswer::DeallocateAll,
+        (
+            StatementKind::Deallocate { .. },
+            TxPhase::Idle | TxPhase::Held { failed: false } | TxPhase::Started { failed: false },
+        ) => LocalAnswer::Deallocate,
         _ => return None,
     })
 }

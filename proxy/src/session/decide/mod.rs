@@ -80,6 +80,7 @@ pub(crate) fn follows_session(kind: &StatementKind) -> bool {
             | StatementKind::ResetAll
             | StatementKind::DiscardAll
             | StatementKind::DeallocateAll
+            | StatementKind::Deallocate { .. }
             | StatementKind::Show
             | StatementKind::Empty
     )

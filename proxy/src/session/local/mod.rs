@@ -91,6 +91,21 @@ impl Session {
                 self.statements.clear();
                 "DEALLOCATE ALL"
             }
+            LocalAnswer::Deallocate => {
+                let StatementKind::Deallocate { name } = kind else {
+                    return None;
+                };
+                if self.statements.get(name.as_bytes()).is_none() {
+                    // As PostgreSQL: the error fails a transaction block.
+                    self.tx.fail();
+                    return Some(msg::error(
+                        sqlstate::INVALID_SQL_STATEMENT_NAME,
+                        &format!("prepared statement \"{name}\" does not exist"),
+                    ));
+                }
+                self.statements.close(name.as_bytes());
+                "DEALLOCATE"
+            }
         };
         Some(msg::command_complete(tag))
     }

@@ -140,7 +140,18 @@ fn classifies_statements() {
         ("DISCARD ALL", StatementKind::DiscardAll),
         ("DEALLOCATE ALL", StatementKind::DeallocateAll),
         ("DEALLOCATE PREPARE ALL", StatementKind::DeallocateAll),
-        ("DEALLOCATE stmt1", StatementKind::Unsupported),
+        (
+            "DEALLOCATE _pg3_7",
+            StatementKind::Deallocate {
+                name: "_pg3_7".into(),
+            },
+        ),
+        (
+            "DEALLOCATE PREPARE \"Mixed\"",
+            StatementKind::Deallocate {
+                name: "Mixed".into(),
+            },
+        ),
         (
             "SET SESSION AUTHORIZATION bob",
             StatementKind::Set {

@@ -11,6 +11,9 @@ fn local_answers_follow_the_transaction_phase() {
     let failed = TxPhase::Held { failed: true };
     let started = TxPhase::Started { failed: false };
     let started_failed = TxPhase::Started { failed: true };
+    let deallocate = || StatementKind::Deallocate {
+        name: "_pg3_1".into(),
+    };
     let savepoint = |op| StatementKind::Savepoint {
         op,
         name: "s".into(),
@@ -63,6 +66,9 @@ fn local_answers_follow_the_transaction_phase() {
         (DeallocateAll, held, Some(LocalAnswer::DeallocateAll)),
         (DeallocateAll, started, Some(LocalAnswer::DeallocateAll)),
         (DeallocateAll, started_failed, None),
+        (deallocate(), TxPhase::Idle, Some(LocalAnswer::Deallocate)),
+        (deallocate(), started, Some(LocalAnswer::Deallocate)),
+        (deallocate(), started_failed, None),
         (Read, TxPhase::Idle, None),
         (Read, held, None),
     ];
