@@ -252,6 +252,16 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
             return action;
         }
     }
+    let prepares = request
+        .statements()
+        .any(|k| *k == StatementKind::PrepareTransaction);
+    if prepares
+        && tx
+            .home()
+            .is_some_and(|home| home != facts.config.default_shard)
+    {
+        return Action::Refuse(client_two_phase_elsewhere(facts.config));
+    }
     if request.dual && facts.cutover_holds {
         return Action::AwaitCutover;
     }
@@ -284,7 +294,9 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
             };
         }
     };
-    let starts_transaction = !request.routed.is_empty();
+    // A held BEGIN starts on the shard with the first statement that touches data, or with a
+    // PREPARE TRANSACTION (an empty transaction can be prepared too).
+    let starts_transaction = !request.routed.is_empty() || prepares;
     let joins = starts_transaction && tx.home().is_some_and(|_| !tx.shards.contains(&shard));
     if joins && moving {
         return Action::Refuse(moving::several_shards());
@@ -537,6 +549,19 @@ fn end_alone(config: &Config, shards: &BTreeSet<ShardId>) -> ClientError {
         format!(
             "this transaction runs on shards {}: send COMMIT or ROLLBACK as a query of its own (in a pipeline, alone before its Sync), and PREPARE TRANSACTION only in a transaction on one shard",
             shard_names(config, &shards)
+        ),
+    )
+}
+
+/// The refusal of a client's `PREPARE TRANSACTION` of a transaction on another shard than the
+/// default one: `COMMIT PREPARED`, `ROLLBACK PREPARED` and `pg_prepared_xacts` are served by
+/// the default shard, so only a transaction prepared there can be finished and recovered.
+fn client_two_phase_elsewhere(config: &Config) -> ClientError {
+    ClientError::new(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        format!(
+            "PREPARE TRANSACTION through shardline works for transactions on the default shard ({}), where COMMIT PREPARED and pg_prepared_xacts are served; this one runs on another shard",
+            shard_names(config, &[config.default_shard])
         ),
     )
 }

@@ -583,12 +583,26 @@ fn decides_every_action_and_refusal() {
         )
         .expect("refuse 0A000"),
         simple(
-            "PREPARE TRANSACTION, transaction on one shard",
+            "PREPARE TRANSACTION, transaction on the default shard",
+            pinned(0),
+            StatementKind::PrepareTransaction,
+            None,
+        )
+        .expect("single s0"),
+        simple(
+            "PREPARE TRANSACTION, transaction on another shard",
             pinned(1),
             StatementKind::PrepareTransaction,
             None,
         )
-        .expect("single s1 (no data)"),
+        .expect("refuse 0A000"),
+        simple(
+            "PREPARE TRANSACTION of a held transaction",
+            held(),
+            StatementKind::PrepareTransaction,
+            None,
+        )
+        .expect("single s0"),
         simple(
             "a write of moving keys, transaction on two shards",
             across(&[0, 1]),
