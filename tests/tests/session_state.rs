@@ -108,3 +108,43 @@ async fn a_rollback_across_shards_reports_the_reverted_setting() -> anyhow::Resu
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_to_savepoint_undoes_a_set_on_every_shard_later() -> anyhow::Result<()> {
+    use shardline_tests::txn::{keys_on_distinct_shards, query, users_table};
+    let cluster = TestCluster::start("savepoint-settings", 2).await?;
+    let client = cluster.client().await?;
+    users_table(&client).await?;
+    let keys = keys_on_distinct_shards(&cluster, 2)?;
+    for key in &keys {
+        client
+            .simple_query(&format!("INSERT INTO users (id) VALUES ({key})"))
+            .await?;
+    }
+    let before = query(&client, "SHOW DateStyle").await?;
+    // The SET after the savepoint is undone by ROLLBACK TO, as on one PostgreSQL; the SET
+    // before it stays.
+    client.simple_query("BEGIN").await?;
+    client
+        .simple_query(&format!(
+            "UPDATE users SET name = 'x' WHERE id = {}",
+            keys[0]
+        ))
+        .await?;
+    client
+        .simple_query("SET search_path = public, pg_catalog")
+        .await?;
+    client.simple_query("SAVEPOINT a").await?;
+    client.simple_query("SET DateStyle = 'German, DMY'").await?;
+    client.simple_query("ROLLBACK TO SAVEPOINT a").await?;
+    client.simple_query("COMMIT").await?;
+    // Every shard's backend, in later transactions, has the client's settings as they are now.
+    for key in &keys {
+        let sql = format!(
+            "SELECT current_setting('DateStyle') || ' / ' || current_setting('search_path') FROM users WHERE id = {key}"
+        );
+        let expected = format!("{} / public, pg_catalog", before[0]);
+        assert_eq!(query(&client, &sql).await?, [expected], "key {key}");
+    }
+    Ok(())
+}

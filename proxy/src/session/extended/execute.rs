@@ -210,7 +210,7 @@ impl Session {
                 ..
             } = item
             {
-                self.tx.record(&statement.plan.kind, &statement.query);
+                self.record_in_transaction(&statement.plan.kind, &statement.query);
             }
         }
     }

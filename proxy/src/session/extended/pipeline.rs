@@ -181,7 +181,7 @@ impl Session {
             .await?;
         }
         if let (false, Some(statement)) = (self.skip_to_sync, executed(items)) {
-            self.tx.record(kind, &statement.query);
+            self.record_in_transaction(kind, &statement.query);
         }
         Ok(())
     }

@@ -54,7 +54,8 @@ impl Session {
                         &format!("savepoint \"{name}\" does not exist"),
                     ));
                 }
-                self.tx.record_savepoint(op, name);
+                let restored = self.tx.record_savepoint(op, name, &self.settings);
+                self.restore_settings(restored);
                 self.tx.failed = false;
                 match op {
                     SavepointOp::Define => "SAVEPOINT",

@@ -21,6 +21,7 @@ use crate::session::link::exchange::Expect;
 use crate::session::multi::twophase::{
     self, commit_parts, roll_back_parts, roll_back_reporting, Part,
 };
+use crate::session::state::settings::Settings;
 use crate::session::state::transaction::Transaction;
 use crate::session::SessionEnd;
 use crate::session::{ClientError, Session};
@@ -62,10 +63,32 @@ impl Session {
         }
         if !self.tx.failed {
             for (kind, sql) in statements {
-                self.tx.record(kind, sql);
+                self.record_in_transaction(kind, sql);
             }
         }
         Ok(())
+    }
+
+    /// Records a savepoint command or `SET LOCAL` that ran on every shard of the transaction
+    /// (text `sql`) for shards that join later; a `ROLLBACK TO` also restores the client's
+    /// settings to what they were at the savepoint.
+    pub(crate) fn record_in_transaction(&mut self, kind: &StatementKind, sql: &str) {
+        let restored = self.tx.record(kind, sql, &self.settings);
+        self.restore_settings(restored);
+    }
+
+    /// Puts back the client's settings a `ROLLBACK TO` restored. The participants' backends
+    /// reverted theirs too; they are synced afresh before their next statement.
+    pub(crate) fn restore_settings(&mut self, restored: Option<Settings>) {
+        let Some(restored) = restored.filter(|r| *r != self.settings) else {
+            return;
+        };
+        self.settings = restored;
+        for shard in &self.tx.shards {
+            if let Some(conn) = self.conns.get_mut(shard) {
+                conn.settings = None;
+            }
+        }
     }
 
     /// Ends the client's transaction on every shard it spans; returns the command tag

@@ -28,6 +28,9 @@ pub(crate) struct Transaction {
     pub(crate) failed: bool,
     /// Client settings when the transaction began, restored if it rolls back.
     pub(crate) settings_before: Option<Settings>,
+    /// Client settings when each savepoint still in force was defined, in order: `ROLLBACK TO`
+    /// restores them, as PostgreSQL undoes the `SET`s made after the savepoint.
+    settings_at_savepoints: Vec<Settings>,
     /// Moving keys the transaction wrote during a resharding migration, copied to their new
     /// owners when it commits.
     pub(crate) dual: DualKeys,
@@ -55,33 +58,56 @@ impl Transaction {
 
     /// Records a savepoint command that reached every shard (or was held), so later joiners
     /// replay what is still in force: `RELEASE` keeps what the savepoint covered but not the
-    /// savepoint; `ROLLBACK TO` forgets everything after it, as PostgreSQL does.
-    pub(crate) fn record_savepoint(&mut self, op: SavepointOp, name: &str) {
+    /// savepoint; `ROLLBACK TO` forgets everything after it, as PostgreSQL does, and returns
+    /// the client's settings as they were at the savepoint. `current`: the settings now.
+    pub(crate) fn record_savepoint(
+        &mut self,
+        op: SavepointOp,
+        name: &str,
+        current: &Settings,
+    ) -> Option<Settings> {
         let defines = |entry: &String| savepoint_defined(entry).is_some_and(|n| n == name);
-        match op {
-            SavepointOp::Define => self.replay.push(format!("SAVEPOINT {}", quote_name(name))),
-            SavepointOp::Release => {
-                if let Some(at) = self.replay.iter().rposition(defines) {
-                    let mut kept: Vec<String> = self.replay.drain(at..).collect();
-                    kept.retain(|entry| savepoint_defined(entry).is_none());
-                    self.replay.extend(kept);
-                }
+        let at = match op {
+            SavepointOp::Define => {
+                self.replay.push(format!("SAVEPOINT {}", quote_name(name)));
+                self.settings_at_savepoints.push(current.clone());
+                return None;
             }
-            SavepointOp::RollbackTo => {
-                if let Some(at) = self.replay.iter().rposition(defines) {
-                    self.replay.truncate(at + 1);
-                }
-            }
+            _ => self.replay.iter().rposition(defines)?,
+        };
+        // The savepoint's place among those in force, where its settings are kept.
+        let index = self.replay[..at]
+            .iter()
+            .filter(|entry| savepoint_defined(entry).is_some())
+            .count();
+        if op == SavepointOp::Release {
+            let mut kept: Vec<String> = self.replay.drain(at..).collect();
+            kept.retain(|entry| savepoint_defined(entry).is_none());
+            self.replay.extend(kept);
+            self.settings_at_savepoints.truncate(index);
+            return None;
         }
+        self.replay.truncate(at + 1);
+        self.settings_at_savepoints.truncate(index + 1);
+        self.settings_at_savepoints.get(index).cloned()
     }
 
     /// Records a statement that ran on every shard of the transaction: a savepoint command, or
-    /// a `SET LOCAL` (text `sql`) that shards joining later replay.
-    pub(crate) fn record(&mut self, kind: &StatementKind, sql: &str) {
+    /// a `SET LOCAL` (text `sql`) that shards joining later replay. Returns the settings a
+    /// `ROLLBACK TO` restores.
+    pub(crate) fn record(
+        &mut self,
+        kind: &StatementKind,
+        sql: &str,
+        current: &Settings,
+    ) -> Option<Settings> {
         match kind {
-            StatementKind::Savepoint { op, name } => self.record_savepoint(*op, name),
-            StatementKind::SetLocal => self.replay.push(sql.to_owned()),
-            _ => {}
+            StatementKind::Savepoint { op, name } => self.record_savepoint(*op, name, current),
+            StatementKind::SetLocal => {
+                self.replay.push(sql.to_owned());
+                None
+            }
+            _ => None,
         }
     }
 
@@ -141,5 +167,48 @@ impl DualKeys {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_datestyle(value: &str) -> Settings {
+        Settings::from([("datestyle".to_owned(), value.to_owned())])
+    }
+
+    #[test]
+    fn rollback_to_restores_the_settings_of_its_savepoint() {
+        let mut tx = Transaction::default();
+        let (iso, german, sql) = (
+            with_datestyle("ISO"),
+            with_datestyle("German"),
+            with_datestyle("SQL"),
+        );
+        assert_eq!(tx.record_savepoint(SavepointOp::Define, "a", &iso), None);
+        assert_eq!(tx.record_savepoint(SavepointOp::Define, "b", &german), None);
+        // Back to b: the settings when b was defined; b stays, so again later.
+        assert_eq!(
+            tx.record_savepoint(SavepointOp::RollbackTo, "b", &sql),
+            Some(german.clone())
+        );
+        assert_eq!(
+            tx.record_savepoint(SavepointOp::RollbackTo, "b", &sql),
+            Some(german)
+        );
+        // Releasing b keeps what it covered; back to a restores a's settings.
+        assert_eq!(tx.record_savepoint(SavepointOp::Release, "b", &sql), None);
+        assert_eq!(
+            tx.record_savepoint(SavepointOp::RollbackTo, "a", &sql),
+            Some(iso)
+        );
+        assert_eq!(tx.replay, ["SAVEPOINT \"a\""]);
+        // An unknown savepoint changes nothing.
+        assert_eq!(
+            tx.record_savepoint(SavepointOp::RollbackTo, "zz", &sql),
+            None
+        );
+        assert_eq!(tx.replay, ["SAVEPOINT \"a\""]);
     }
 }

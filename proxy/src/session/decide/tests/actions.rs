@@ -24,10 +24,8 @@ struct State {
 
 impl State {
     fn transaction(&self) -> Transaction {
-        let mut tx = Transaction {
-            failed: self.failed,
-            ..Transaction::default()
-        };
+        let mut tx = Transaction::default();
+        tx.failed = self.failed;
         tx.shards.extend(self.joined.iter().copied());
         if self.held {
             tx.begin = Some("BEGIN".to_owned());
