@@ -106,6 +106,21 @@ async fn a_rollback_across_shards_reports_the_reverted_setting() -> anyhow::Resu
         Some(&shown_direct[0]),
         "the client was told the setting went back: {told:?}"
     );
+
+    // The same with ROLLBACK TO SAVEPOINT in a transaction on both shards: told at once.
+    let mut told = Vec::new();
+    for sql in [
+        "BEGIN".to_owned(),
+        "INSERT INTO users (id) VALUES (1)".to_owned(),
+        format!("INSERT INTO users (id) VALUES ({other})"),
+        "SAVEPOINT a".to_owned(),
+        "SET datestyle = German, YMD".to_owned(),
+        "ROLLBACK TO SAVEPOINT a".to_owned(),
+    ] {
+        told.extend(run(&mut through, &sql).await?.0);
+    }
+    assert_eq!(told.last(), Some(&shown_direct[0]), "{told:?}");
+    run(&mut through, "ROLLBACK").await?;
     Ok(())
 }
 

@@ -64,6 +64,9 @@ struct Merged {
     ready: bool,
     /// A shard reported its transaction failed (`ReadyForQuery` status `E`).
     failed_transaction: bool,
+    /// The shard whose `ParameterStatus` messages the client gets (every shard reports the
+    /// same setting change: a `SET`, or its revert by `ROLLBACK TO`).
+    reporter: Option<ShardId>,
 }
 
 impl Session {
@@ -216,7 +219,7 @@ impl Session {
             let pass = match frame_tag {
                 tag::DATA_ROW | tag::COPY_DATA => merged.error.is_none(),
                 tag::NOTICE_RESPONSE | tag::NOTIFICATION => true,
-                tag::PARAMETER_STATUS => false,
+                tag::PARAMETER_STATUS => *merged.reporter.get_or_insert(leg.shard) == leg.shard,
                 tag::COMMAND_COMPLETE => {
                     if merged.tags.len() <= statement {
                         merged.tags.push(Vec::new());
