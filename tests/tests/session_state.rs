@@ -163,3 +163,32 @@ async fn rollback_to_savepoint_undoes_a_set_on_every_shard_later() -> anyhow::Re
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn show_inside_a_transaction_sees_what_the_transaction_set() -> anyhow::Result<()> {
+    use shardline_tests::txn::query;
+    let cluster = TestCluster::start("show-in-tx", 2).await?;
+    let through = cluster.client().await?;
+    let direct = cluster.shard(0).await?;
+    let script = [
+        "BEGIN",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SET LOCAL statement_timeout = '7s'",
+        "SHOW transaction_isolation",
+        "SHOW statement_timeout",
+        "COMMIT",
+        "SHOW transaction_isolation",
+        "SHOW statement_timeout",
+        "BEGIN ISOLATION LEVEL REPEATABLE READ",
+        "SHOW transaction_isolation",
+        "ROLLBACK",
+    ];
+    for sql in script {
+        assert_eq!(
+            query(&through, sql).await?,
+            query(&direct, sql).await?,
+            "{sql}"
+        );
+    }
+    Ok(())
+}

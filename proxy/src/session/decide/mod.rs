@@ -182,7 +182,7 @@ pub(crate) enum Action<'a> {
     /// Waits until the resharding cutover lets writes to moving keys go on, then decides again.
     AwaitCutover,
     /// Runs on one shard. `starts_transaction` is false for messages that touch no data (a
-    /// lone `Parse`, `SET`, `SHOW`), which must not decide a held transaction's shard.
+    /// lone `Parse`, a `SET`), which must not start a held transaction on a shard.
     Single {
         shard: ShardId,
         starts_transaction: bool,
@@ -294,9 +294,13 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
             };
         }
     };
-    // A held BEGIN starts on the shard with the first statement that touches data, or with a
-    // PREPARE TRANSACTION (an empty transaction can be prepared too).
-    let starts_transaction = !request.routed.is_empty() || prepares;
+    // A held BEGIN starts on the shard with the first statement that touches data, with a
+    // PREPARE TRANSACTION (an empty transaction can be prepared too), or with a SHOW, which
+    // must see what the transaction set (`SET TRANSACTION`, `SET LOCAL`).
+    // (With one-shard transactions a SHOW must not pin the transaction to the default shard.)
+    let shows = facts.config.cross_shard_transactions
+        && request.statements().any(|k| *k == StatementKind::Show);
+    let starts_transaction = !request.routed.is_empty() || prepares || shows;
     let joins = starts_transaction && tx.home().is_some_and(|_| !tx.shards.contains(&shard));
     if joins && moving {
         return Action::Refuse(moving::several_shards());

@@ -595,6 +595,28 @@ fn decides_every_action_and_refusal() {
         )
         .expect("refuse 0A000"),
         simple(
+            "SHOW in a held transaction",
+            held(),
+            StatementKind::Show,
+            None,
+        )
+        .expect("single s0"),
+        simple(
+            "SHOW outside a transaction",
+            idle(),
+            StatementKind::Show,
+            None,
+        )
+        .expect("single s0"),
+        simple(
+            "SHOW, one-shard transactions",
+            held(),
+            StatementKind::Show,
+            None,
+        )
+        .one_shard_transactions()
+        .expect("single s0 (no data)"),
+        simple(
             "PREPARE TRANSACTION of a held transaction",
             held(),
             StatementKind::PrepareTransaction,
