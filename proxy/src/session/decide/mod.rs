@@ -7,120 +7,29 @@
 //! backends it holds, the pipeline it is in) and returns one [`Action`]: answer locally, run on
 //! one shard, scatter, gather, split an `INSERT`, spread a pipeline, dual-write, or refuse with a
 //! SQLSTATE. Both protocols call the same two functions; executors carry the action out. No I/O
-//! happens here, so every branch is unit-tested without a socket (`tests.rs`).
+//! happens here, so every branch is unit-tested without a socket (`tests/`). Routing lives in
+//! `route.rs`, the refusals' messages in `refusal.rs`, local answers in `local.rs`.
 
 mod local;
 mod moving;
+mod refusal;
+mod route;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeSet;
 
-use shardline_router::copy::{copy_into, CopyInto};
-use shardline_router::split::{split_insert, InsertPart};
-use shardline_router::{Config, Params, Plan, Route, SavepointOp, ShardId, StatementKind};
+use shardline_router::copy::CopyInto;
+use shardline_router::split::InsertPart;
+use shardline_router::{Config, SavepointOp, ShardId, StatementKind};
 
-use crate::context::Loaded;
 use crate::protocol::backend::sqlstate;
-use crate::session::state::transaction::DualKeys;
 use crate::session::state::transaction::Transaction;
 use crate::session::ClientError;
 pub(crate) use local::{local_answer, LocalAnswer, TxPhase};
-pub(crate) use moving::moving_keys;
-
-/// Where one statement's work goes, before the session's state is taken into account.
-#[derive(Debug, Clone)]
-pub(crate) enum Target {
-    /// Transaction control, settings, `SHOW`: wherever the session's transaction runs.
-    Session,
-    /// One shard.
-    Shard(ShardId),
-    /// Every listed shard; rows are concatenated and counts summed.
-    Scatter(Vec<ShardId>),
-    /// Every listed shard; the proxy merges sorted rows or combines aggregates.
-    Gather(Vec<ShardId>),
-    /// A multi-row `INSERT` whose rows belong to different shards, one part per shard.
-    Split(Vec<InsertPart>),
-    /// `COPY … FROM STDIN` into a sharded table, each row to its shard.
-    Copy(CopyInto),
-}
-
-impl Target {
-    /// The shards the target names; `None` for [`Target::Session`].
-    pub(crate) fn shards(&self, config: &Config) -> Option<Vec<ShardId>> {
-        match self {
-            Target::Session => None,
-            Target::Shard(shard) => Some(vec![*shard]),
-            Target::Scatter(shards) | Target::Gather(shards) => Some(shards.clone()),
-            Target::Split(parts) => Some(parts.iter().map(|p| p.shard).collect()),
-            Target::Copy(spec) => Some(spec.rule.shards(config.shards.len())),
-        }
-    }
-
-    /// The proxy assembles the statement's one result from several shards.
-    fn assembled(&self) -> bool {
-        matches!(self, Target::Gather(_) | Target::Split(_) | Target::Copy(_))
-    }
-}
-
-/// Statements about the session or the transaction rather than data: they run wherever the
-/// client's transaction runs (a held backend or the default shard outside one).
-pub(crate) fn follows_session(kind: &StatementKind) -> bool {
-    matches!(
-        kind,
-        StatementKind::Begin
-            | StatementKind::Commit
-            | StatementKind::Rollback
-            | StatementKind::PrepareTransaction
-            | StatementKind::TransactionControl
-            | StatementKind::Savepoint { .. }
-            | StatementKind::Set { .. }
-            | StatementKind::SetLocal
-            | StatementKind::Reset { .. }
-            | StatementKind::ResetAll
-            | StatementKind::DiscardAll
-            | StatementKind::DeallocateAll
-            | StatementKind::Deallocate { .. }
-            | StatementKind::Show
-            | StatementKind::Empty
-    )
-}
-
-/// Routes one statement: its [`Target`], and the moving keys it writes while a resharding
-/// migration dual-writes. `sql` is the statement's text (a split `INSERT` and a `COPY` are
-/// re-read from it); `params` its parameters (or the literals the plan cache took out).
-pub(crate) fn route(
-    loaded: &Loaded,
-    plan: &Plan,
-    sql: &str,
-    params: &dyn Params,
-) -> Result<(Target, Option<DualKeys>), ClientError> {
-    if follows_session(&plan.kind) {
-        return Ok((Target::Session, None));
-    }
-    let dual = moving_keys(loaded, plan, params)?;
-    let target = match plan.route(&loaded.config, params) {
-        Ok(Route::Single(shard)) => Target::Shard(shard),
-        Ok(Route::Multi(shards)) if plan.merge.is_some() || plan.aggregate.is_some() => {
-            Target::Gather(shards)
-        }
-        Ok(Route::Multi(shards)) => Target::Scatter(shards),
-        // A dual write must name its keys on one shard; nothing below can make it one.
-        Err(_) if dual.is_some() => return Err(moving::several_shards()),
-        Err(e) if plan.kind == StatementKind::CopyIn => match copy_into(&loaded.config, sql) {
-            Some(spec) => Target::Copy(spec?),
-            None => return Err(e.into()),
-        },
-        Err(e) if plan.kind == StatementKind::Write => {
-            match split_insert(&loaded.config, sql, params) {
-                Some(parts) => Target::Split(parts?),
-                None => return Err(e.into()),
-            }
-        }
-        Err(e) => return Err(e.into()),
-    };
-    Ok((target, dual))
-}
+pub(crate) use refusal::shard_names;
+use refusal::{client_two_phase_elsewhere, end_alone, pinned_elsewhere, scatter_in_transaction};
+pub(crate) use route::{route, Target};
 
 /// What the client sent, routed.
 #[derive(Debug)]
@@ -533,62 +442,4 @@ fn combined_target<'a>(
             ),
         )),
     }
-}
-
-/// The names of `shards`, comma-separated, for messages.
-pub(crate) fn shard_names(config: &Config, shards: &[ShardId]) -> String {
-    let names: Vec<&str> = shards
-        .iter()
-        .filter_map(|s| config.shards.get(*s).map(|s| s.name.as_str()))
-        .collect();
-    names.join(", ")
-}
-
-/// The refusal of a transaction's end sent with other statements (or before a `Flush`) while
-/// the transaction spans `shards`, or on a shard joining it.
-fn end_alone(config: &Config, shards: &BTreeSet<ShardId>) -> ClientError {
-    let shards: Vec<ShardId> = shards.iter().copied().collect();
-    ClientError::new(
-        sqlstate::FEATURE_NOT_SUPPORTED,
-        format!(
-            "this transaction runs on shards {}: send COMMIT or ROLLBACK as a query of its own (in a pipeline, alone before its Sync), and PREPARE TRANSACTION only in a transaction on one shard",
-            shard_names(config, &shards)
-        ),
-    )
-}
-
-/// The refusal of a client's `PREPARE TRANSACTION` of a transaction on another shard than the
-/// default one: `COMMIT PREPARED`, `ROLLBACK PREPARED` and `pg_prepared_xacts` are served by
-/// the default shard, so only a transaction prepared there can be finished and recovered.
-fn client_two_phase_elsewhere(config: &Config) -> ClientError {
-    ClientError::new(
-        sqlstate::FEATURE_NOT_SUPPORTED,
-        format!(
-            "PREPARE TRANSACTION through shardline works for transactions on the default shard ({}), where COMMIT PREPARED and pg_prepared_xacts are served; this one runs on another shard",
-            shard_names(config, &[config.default_shard])
-        ),
-    )
-}
-
-/// The refusal of a multi-shard statement inside a transaction block.
-fn scatter_in_transaction(config: &Config, shards: &[ShardId]) -> ClientError {
-    ClientError::new(
-        sqlstate::FEATURE_NOT_SUPPORTED,
-        format!(
-            "this statement needs shards {}, but a transaction can only use one shard; run it outside the transaction block",
-            shard_names(config, shards)
-        ),
-    )
-}
-
-/// The refusal of a statement for another shard than the transaction's.
-fn pinned_elsewhere(config: &Config, pinned: ShardId, wanted: ShardId) -> ClientError {
-    ClientError::new(
-        sqlstate::FEATURE_NOT_SUPPORTED,
-        format!(
-            "this transaction runs on shard {}, but this statement needs shard {}; a transaction must stay on one shard (keep its statements on one shard key, or split it)",
-            shard_names(config, &[pinned]),
-            shard_names(config, &[wanted])
-        ),
-    )
 }

@@ -11,6 +11,7 @@ use shardline_router::{Config, KeyValue, ShardId};
 
 use super::*;
 use crate::client::auth::Credentials;
+use crate::context::Loaded;
 
 const CONFIG: &str = "
 users:

@@ -1,0 +1,105 @@
+//! Routing: where each statement's work goes ([`Target`]), before the session's state is taken
+//! into account, and the moving keys it writes during a resharding migration.
+
+use shardline_router::copy::{copy_into, CopyInto};
+use shardline_router::split::{split_insert, InsertPart};
+use shardline_router::{Config, Params, Plan, Route, ShardId, StatementKind};
+
+use crate::context::Loaded;
+use crate::session::decide::moving::{self, moving_keys};
+use crate::session::state::transaction::DualKeys;
+use crate::session::ClientError;
+
+/// Where one statement's work goes, before the session's state is taken into account.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    /// Transaction control, settings, `SHOW`: wherever the session's transaction runs.
+    Session,
+    /// One shard.
+    Shard(ShardId),
+    /// Every listed shard; rows are concatenated and counts summed.
+    Scatter(Vec<ShardId>),
+    /// Every listed shard; the proxy merges sorted rows or combines aggregates.
+    Gather(Vec<ShardId>),
+    /// A multi-row `INSERT` whose rows belong to different shards, one part per shard.
+    Split(Vec<InsertPart>),
+    /// `COPY … FROM STDIN` into a sharded table, each row to its shard.
+    Copy(CopyInto),
+}
+
+impl Target {
+    /// The shards the target names; `None` for [`Target::Session`].
+    pub(crate) fn shards(&self, config: &Config) -> Option<Vec<ShardId>> {
+        match self {
+            Target::Session => None,
+            Target::Shard(shard) => Some(vec![*shard]),
+            Target::Scatter(shards) | Target::Gather(shards) => Some(shards.clone()),
+            Target::Split(parts) => Some(parts.iter().map(|p| p.shard).collect()),
+            Target::Copy(spec) => Some(spec.rule.shards(config.shards.len())),
+        }
+    }
+
+    /// The proxy assembles the statement's one result from several shards.
+    pub(super) fn assembled(&self) -> bool {
+        matches!(self, Target::Gather(_) | Target::Split(_) | Target::Copy(_))
+    }
+}
+
+/// Statements about the session or the transaction rather than data: they run wherever the
+/// client's transaction runs (a held backend or the default shard outside one).
+fn follows_session(kind: &StatementKind) -> bool {
+    matches!(
+        kind,
+        StatementKind::Begin
+            | StatementKind::Commit
+            | StatementKind::Rollback
+            | StatementKind::PrepareTransaction
+            | StatementKind::TransactionControl
+            | StatementKind::Savepoint { .. }
+            | StatementKind::Set { .. }
+            | StatementKind::SetLocal
+            | StatementKind::Reset { .. }
+            | StatementKind::ResetAll
+            | StatementKind::DiscardAll
+            | StatementKind::DeallocateAll
+            | StatementKind::Deallocate { .. }
+            | StatementKind::Show
+            | StatementKind::Empty
+    )
+}
+
+/// Routes one statement: its [`Target`], and the moving keys it writes while a resharding
+/// migration dual-writes. `sql` is the statement's text (a split `INSERT` and a `COPY` are
+/// re-read from it); `params` its parameters (or the literals the plan cache took out).
+pub(crate) fn route(
+    loaded: &Loaded,
+    plan: &Plan,
+    sql: &str,
+    params: &dyn Params,
+) -> Result<(Target, Option<DualKeys>), ClientError> {
+    if follows_session(&plan.kind) {
+        return Ok((Target::Session, None));
+    }
+    let dual = moving_keys(loaded, plan, params)?;
+    let target = match plan.route(&loaded.config, params) {
+        Ok(Route::Single(shard)) => Target::Shard(shard),
+        Ok(Route::Multi(shards)) if plan.merge.is_some() || plan.aggregate.is_some() => {
+            Target::Gather(shards)
+        }
+        Ok(Route::Multi(shards)) => Target::Scatter(shards),
+        // A dual write must name its keys on one shard; nothing below can make it one.
+        Err(_) if dual.is_some() => return Err(moving::several_shards()),
+        Err(e) if plan.kind == StatementKind::CopyIn => match copy_into(&loaded.config, sql) {
+            Some(spec) => Target::Copy(spec?),
+            None => return Err(e.into()),
+        },
+        Err(e) if plan.kind == StatementKind::Write => {
+            match split_insert(&loaded.config, sql, params) {
+                Some(parts) => Target::Split(parts?),
+                None => return Err(e.into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok((target, dual))
+}
