@@ -66,7 +66,40 @@ async fn a_held_set_reports_its_parameter_status_like_postgres() -> anyhow::Resu
         }
     }
     assert_eq!(told_through, told_direct, "after ROLLBACK");
+
+    // Told at the SET itself, as PostgreSQL tells it: a driver encodes its next query by
+    // client_encoding (psycopg does), so learning it later is too late.
+    for sql in ["BEGIN", "SET client_encoding = latin9", "ROLLBACK"] {
+        let direct_told = report_of(&mut direct, sql, "client_encoding").await?;
+        let through_told = report_of(&mut through, sql, "client_encoding").await?;
+        assert_eq!(through_told, direct_told, "{sql}");
+    }
     Ok(())
+}
+
+/// Runs `sql` and returns the values of `setting` it reported.
+async fn report_of<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    sql: &str,
+    setting: &str,
+) -> anyhow::Result<Vec<String>> {
+    stream.write_all(&message(b'Q', &cstr(sql))).await?;
+    let mut reported = Vec::new();
+    loop {
+        let (tag, body) = read_message(stream).await?;
+        match tag {
+            b'S' => {
+                let mut fields = body.split(|b| *b == 0);
+                if fields.next() == Some(setting.as_bytes()) {
+                    let value = fields.next().unwrap_or_default();
+                    reported.push(String::from_utf8_lossy(value).into_owned());
+                }
+            }
+            b'E' => anyhow::bail!("{sql}: {}", String::from_utf8_lossy(&body)),
+            b'Z' => return Ok(reported),
+            _ => {}
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

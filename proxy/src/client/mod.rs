@@ -21,31 +21,14 @@ use crate::clients::ClientKind;
 use crate::context::ProxyContext;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::{FrameError, FrameReader};
-use crate::session::{settings, ClientOutput, Identity, Session, SessionEnd};
+use crate::session::settings::{self, REPORTED};
+use crate::session::{ClientOutput, Identity, Session, SessionEnd};
 use crate::shutdown::Phase;
 
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
 const CANCEL_REQUEST: i32 = 80_877_102;
 const PROTOCOL_3: i32 = 3 << 16;
-
-/// Parameters reported to clients at startup even if the backend did not (PgBouncer does the
-/// same): drivers look for these.
-const REPORTED: &[&str] = &[
-    "server_version",
-    "server_encoding",
-    "client_encoding",
-    "DateStyle",
-    "IntervalStyle",
-    "TimeZone",
-    "integer_datetimes",
-    "standard_conforming_strings",
-    "application_name",
-    "is_superuser",
-    "session_authorization",
-    "default_transaction_read_only",
-    "in_hot_standby",
-];
 
 /// Serves one accepted connection to the end, or until shutdown closes it.
 pub async fn serve(ctx: Arc<ProxyContext>, stream: TcpStream) {

@@ -24,6 +24,7 @@ use shardline_router::split::InsertPart;
 use shardline_router::{Config, SavepointOp, ShardId, StatementKind};
 
 use crate::protocol::backend::sqlstate;
+use crate::session::state::settings::changes_reported;
 use crate::session::state::transaction::Transaction;
 use crate::session::ClientError;
 pub(crate) use local::{local_answer, LocalAnswer, TxPhase};
@@ -143,11 +144,14 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
             .kinds
             .iter()
             .any(|k| matches!(k, StatementKind::Savepoint { .. }));
-    if whole
-        && !facts.awaiting_sync
-        && !(mid_pipeline && moves_transaction)
-        && answers_locally(request.kinds, TxPhase::of(tx))
-    {
+    // A SET of a reported setting inside a held transaction starts the transaction on the
+    // default shard instead of being held: the client hears the new value (ParameterStatus)
+    // at once, as from PostgreSQL. Not with one-shard transactions, where it would pin it.
+    let reports = facts.config.cross_shard_transactions
+        && tx.begin.is_some()
+        && request.statements().any(changes_reported);
+    let needs_backend = facts.awaiting_sync || reports || (mid_pipeline && moves_transaction);
+    if whole && !needs_backend && answers_locally(request.kinds, TxPhase::of(tx)) {
         return Action::Local;
     }
     if tx.failed {
@@ -204,12 +208,13 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
         }
     };
     // A held BEGIN starts on the shard with the first statement that touches data, with a
-    // PREPARE TRANSACTION (an empty transaction can be prepared too), or with a SHOW, which
-    // must see what the transaction set (`SET TRANSACTION`, `SET LOCAL`).
+    // PREPARE TRANSACTION (an empty transaction can be prepared too), with a SHOW, which
+    // must see what the transaction set (`SET TRANSACTION`, `SET LOCAL`), or with a SET of a
+    // reported setting (above).
     // (With one-shard transactions a SHOW must not pin the transaction to the default shard.)
     let shows = facts.config.cross_shard_transactions
         && request.statements().any(|k| *k == StatementKind::Show);
-    let starts_transaction = !request.routed.is_empty() || prepares || shows;
+    let starts_transaction = !request.routed.is_empty() || prepares || shows || reports;
     let joins = starts_transaction && tx.home().is_some_and(|_| !tx.shards.contains(&shard));
     if joins && moving {
         return Action::Refuse(moving::several_shards());

@@ -110,6 +110,37 @@ pub fn sync_sql(applied: Option<&Settings>, wanted: &Settings) -> Option<String>
     (!sql.is_empty()).then_some(sql)
 }
 
+/// The settings PostgreSQL reports to the client (`ParameterStatus`) at startup and whenever
+/// they change; the proxy reports them at login too, even if the backend did not (PgBouncer
+/// does the same): drivers look for these.
+pub const REPORTED: &[&str] = &[
+    "server_version",
+    "server_encoding",
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "integer_datetimes",
+    "standard_conforming_strings",
+    "application_name",
+    "is_superuser",
+    "session_authorization",
+    "default_transaction_read_only",
+    "in_hot_standby",
+];
+
+/// Whether a statement changes a setting PostgreSQL reports to the client: the client must
+/// hear the new value before its next statement (psycopg encodes query text by
+/// `client_encoding` and parses dates by `DateStyle`), so it has to run on a server at once.
+pub fn changes_reported(kind: &StatementKind) -> bool {
+    let reported = |name: &str| REPORTED.iter().any(|r| r.eq_ignore_ascii_case(name));
+    match kind {
+        StatementKind::Set { name, .. } | StatementKind::Reset { name } => reported(name),
+        StatementKind::ResetAll => true,
+        _ => false,
+    }
+}
+
 /// A session-setting change to record once its statement succeeds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {

@@ -145,6 +145,10 @@ fn decides_every_action_and_refusal() {
     use StatementKind::{Begin, Commit, DiscardAll, Read, ResetAll, Rollback, SetLocal, Write};
     let loaded = loaded();
     let config = &loaded.config;
+    let datestyle = || StatementKind::Set {
+        name: "datestyle".into(),
+        value: "German".into(),
+    };
     let set = || StatementKind::Set {
         name: "search_path".into(),
         value: "app".into(),
@@ -173,7 +177,28 @@ fn decides_every_action_and_refusal() {
         simple("COMMIT outside a transaction", idle(), Commit, None).expect("local"),
         simple("ROLLBACK of a held BEGIN", held(), Rollback, None).expect("local"),
         simple("SET inside a held BEGIN", held(), set(), None).expect("local"),
-        simple("RESET ALL inside a held BEGIN", held(), ResetAll, None).expect("local"),
+        simple(
+            "SET of a reported setting inside a held BEGIN",
+            held(),
+            datestyle(),
+            None,
+        )
+        .expect("single s0"),
+        simple(
+            "the same, one-shard transactions",
+            held(),
+            datestyle(),
+            None,
+        )
+        .one_shard_transactions()
+        .expect("local"),
+        simple(
+            "RESET ALL inside a held BEGIN (it resets reported settings)",
+            held(),
+            ResetAll,
+            None,
+        )
+        .expect("single s0"),
         simple(
             "DISCARD ALL outside a transaction",
             idle(),
