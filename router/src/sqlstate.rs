@@ -32,6 +32,8 @@ pub const INVALID_TRANSACTION_STATE: &str = "25000";
 pub const NO_ACTIVE_SQL_TRANSACTION: &str = "25P01";
 /// `25P02`: a statement after the transaction failed.
 pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
+/// `25P03`: a session idle in its transaction beyond `idle_in_transaction_session_timeout`.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
 /// `3B001`: a savepoint that does not exist.
 pub const INVALID_SAVEPOINT_SPECIFICATION: &str = "3B001";
 /// `26000`: a prepared statement the client never prepared.

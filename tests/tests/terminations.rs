@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use shardline_tests::wire::{cstr, login, message, read_message, trusting_proxy as wire_proxy};
 use shardline_tests::{sqlstate, TestCluster};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -36,21 +37,26 @@ async fn terminated_backends_end_the_client_session_as_postgres_does() -> anyhow
         assert!(closed, "{mode}: the session ends with its backend");
 
         // A transaction left idle beyond idle_in_transaction_session_timeout: the shard ends
-        // the backend; the client hears 25P03 at its next statement.
-        let client = cluster.client().await?;
-        client
-            .simple_query("SET idle_in_transaction_session_timeout = '200ms'")
-            .await?;
-        client.simple_query("BEGIN").await?;
-        client.simple_query("SELECT 1").await?;
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        let (code, closed) = failure(&client, "SELECT 1").await;
-        assert_eq!(
-            code,
-            Some(SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT),
-            "{mode}"
-        );
-        assert!(closed, "{mode}: the session ends with its backend");
+        // the backend. And the same inside a transaction no statement has taken to a shard
+        // yet (psycopg's non-autocommit connection: BEGIN, then the SET): the proxy keeps the
+        // time itself. The client reads 25P03 when it next speaks, then the connection ends.
+        let port = wire_proxy(&cluster).await?;
+        let scripts: [&[&str]; 2] = [
+            &[
+                "SET idle_in_transaction_session_timeout = '200ms'",
+                "BEGIN",
+                "SELECT 1",
+            ],
+            &[
+                "BEGIN",
+                "SET SESSION idle_in_transaction_session_timeout = 100",
+            ],
+        ];
+        for script in scripts {
+            let (code, closed) = idle_ending(port.addr.port(), script).await?;
+            assert_eq!(code, "25P03", "{mode}: {script:?}");
+            assert!(closed, "{mode}: {script:?}: the session ends");
+        }
 
         // Everyone else goes on.
         let other = cluster.client().await?;
@@ -58,4 +64,27 @@ async fn terminated_backends_end_the_client_session_as_postgres_does() -> anyhow
         assert_eq!(two, 2, "{mode}");
     }
     Ok(())
+}
+
+/// Runs `script` over the byte-level protocol, stays idle past the timeout it sets, then sends
+/// one more query: the SQLSTATE of the error it reads, and whether the connection then ends.
+async fn idle_ending(port: u16, script: &[&str]) -> anyhow::Result<(String, bool)> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = login(port).await?;
+    for sql in script {
+        stream.write_all(&message(b'Q', &cstr(sql))).await?;
+        while read_message(&mut stream).await?.0 != b'Z' {}
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The write may already fail: the error is in the socket either way.
+    let _ = stream.write_all(&message(b'Q', &cstr("SELECT 1"))).await;
+    let (tag, body) = read_message(&mut stream).await?;
+    anyhow::ensure!(tag == b'E', "expected an error, got {:?}", tag as char);
+    let code = body
+        .split(|b| *b == 0)
+        .find_map(|field| field.strip_prefix(b"C"))
+        .map(|code| String::from_utf8_lossy(code).into_owned())
+        .unwrap_or_default();
+    let closed = read_message(&mut stream).await.is_err();
+    Ok((code, closed))
 }

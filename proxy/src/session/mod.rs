@@ -24,6 +24,7 @@ mod state;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use shardline_router::config::PoolMode;
 use shardline_router::ShardId;
@@ -64,6 +65,8 @@ pub enum SessionEnd {
     ClientIo(#[from] std::io::Error),
     #[error("a shard connection failed inside a transaction: {0}")]
     BackendLost(String),
+    #[error("idle in a transaction longer than its idle_in_transaction_session_timeout")]
+    IdleInTransaction,
 }
 
 /// A logged-in client.
@@ -133,7 +136,14 @@ impl Session {
 
     async fn serve(&mut self) -> Result<(), SessionEnd> {
         loop {
-            let frame = match self.input.read().await {
+            let read = match self.idle_in_transaction_limit() {
+                Some(limit) => match tokio::time::timeout(limit, self.input.read()).await {
+                    Ok(read) => read,
+                    Err(_) => return self.end_idle_transaction().await,
+                },
+                None => self.input.read().await,
+            };
+            let frame = match read {
                 Ok(f) => f,
                 Err(FrameError::Closed) => return Err(SessionEnd::Disconnected),
                 Err(e @ (FrameError::TooLarge { .. } | FrameError::BadLength(_))) => {
@@ -173,6 +183,29 @@ impl Session {
                 self.dual_ticket = None;
             }
         }
+    }
+
+    /// How long the client may stay idle inside a transaction block: its
+    /// `idle_in_transaction_session_timeout`, enforced by the proxy because a held transaction
+    /// (or one whose backends wait between statements) has no server counting for it.
+    fn idle_in_transaction_limit(&self) -> Option<Duration> {
+        if !self.tx.open() || !self.batch.is_empty() {
+            return None;
+        }
+        let value = self.settings.get("idle_in_transaction_session_timeout")?;
+        settings::duration_of(value, Duration::from_millis(1))
+    }
+
+    /// Ends a session idle in its transaction beyond its limit, as PostgreSQL does: a FATAL
+    /// 25P03, then the connection closes (and the transaction's backends roll back).
+    async fn end_idle_transaction(&mut self) -> Result<(), SessionEnd> {
+        let fatal = msg::fatal(
+            sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+            "terminating connection due to idle-in-transaction timeout",
+        );
+        self.out.push(&fatal).await?;
+        self.out.flush().await?;
+        Err(SessionEnd::IdleInTransaction)
     }
 
     /// Handles one client message; false when the client said goodbye.

@@ -7,6 +7,7 @@
 //! equal, nothing is sent.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use shardline_router::StatementKind;
 
@@ -141,6 +142,29 @@ pub fn changes_reported(kind: &StatementKind) -> bool {
     }
 }
 
+/// A time setting's value (`100`, `'250ms'`, `'1s'`, `'2min'`; a bare number is in
+/// `default_unit`, as PostgreSQL reads it), or `None` when it is zero (off) or unreadable.
+pub fn duration_of(value: &str, default_unit: Duration) -> Option<Duration> {
+    let text = value.trim().trim_matches('\'').trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let unit = match unit.trim() {
+        "" => default_unit,
+        "us" => Duration::from_micros(1),
+        "ms" => Duration::from_millis(1),
+        "s" => Duration::from_secs(1),
+        "min" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        "d" => Duration::from_secs(86_400),
+        _ => return None,
+    };
+    let duration = unit.mul_f64(number);
+    (!duration.is_zero()).then_some(duration)
+}
+
 /// A session-setting change to record once its statement succeeds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -183,6 +207,25 @@ pub fn apply_effects(settings: &mut Settings, effects: &[Effect]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_time_settings_as_postgres_does() {
+        let ms = Duration::from_millis(1);
+        let cases = [
+            ("100", Some(Duration::from_millis(100))),
+            ("'250ms'", Some(Duration::from_millis(250))),
+            ("'1.5s'", Some(Duration::from_millis(1500))),
+            ("'2min'", Some(Duration::from_secs(120))),
+            ("'1 h'", Some(Duration::from_secs(3600))),
+            ("0", None),
+            ("'0s'", None),
+            ("'soon'", None),
+            ("'5 fortnights'", None),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(duration_of(value, ms), expected, "{value}");
+        }
+    }
 
     fn settings(pairs: &[(&str, &str)]) -> Settings {
         pairs
