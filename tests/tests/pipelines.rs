@@ -437,3 +437,30 @@ async fn sql_deallocate_of_a_driver_statement_works_as_in_postgres() -> anyhow::
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_parsed_after_a_schema_change_sees_the_new_schema() -> anyhow::Result<()> {
+    let (_cluster, _wire_proxy, mut sides) = users_cluster("schema-change").await?;
+    let query = |sql: &str| message(b'Q', &cstr(sql));
+    let create = "CREATE TYPE mood AS ENUM ('ok', 'sad'); CREATE TABLE moods (m mood[])";
+    // A named statement, as psycopg prepares it; psycopg deallocates it after a DROP.
+    let mut insert = parse("ins", "INSERT INTO moods VALUES ($1::mood[])");
+    insert.extend(bind("ins", &["{ok}"]));
+    insert.extend(execute(0));
+    insert.extend(sync());
+    sides.same("create", &query(create), 1).await?;
+    sides.same("insert", &insert, 1).await?;
+    // The type is dropped and made again under a new OID: a statement prepared before on a
+    // backend still names the old one; the same text parsed now must not reuse it.
+    let again = format!("DROP TABLE moods; DROP TYPE mood; {create}");
+    sides.same("re-create", &query(&again), 1).await?;
+    sides
+        .same("deallocate", &query("DEALLOCATE ins"), 1)
+        .await?;
+    let answers = sides.same("insert after the change", &insert, 1).await?;
+    assert!(
+        answers.iter().all(|a| !matches!(a, Answer::Error(_))),
+        "{answers:?}"
+    );
+    Ok(())
+}

@@ -37,13 +37,17 @@ struct StatementIds {
     next: u64,
 }
 
+/// The process-wide ids.
+fn ids() -> std::sync::MutexGuard<'static, StatementIds> {
+    static IDS: OnceLock<Mutex<StatementIds>> = OnceLock::new();
+    IDS.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Interns (query, parameter types) into small ids.
 fn intern(query: &str, param_types: &[u8]) -> u64 {
-    static IDS: OnceLock<Mutex<StatementIds>> = OnceLock::new();
-    let mut ids = IDS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let mut ids = ids();
     if let Some(id) = ids
         .by_query
         .get(query)
@@ -58,6 +62,15 @@ fn intern(query: &str, param_types: &[u8]) -> u64 {
         .or_default()
         .insert(param_types.into(), id);
     id
+}
+
+/// Forgets which ids the queries seen so far have, after a schema change went through the
+/// proxy: a statement prepared on a backend before it keeps the types it resolved then (a
+/// dropped and re-created type is "cache lookup failed"), so a query parsed afterwards gets a
+/// fresh id and is prepared anew, as a driver re-preparing it on one server would have it.
+/// Statements clients still hold keep their old ids, as on one server.
+pub fn schema_changed() {
+    ids().by_query.clear();
 }
 
 /// The statements one client has prepared, by the client's names (`""` is the unnamed one).
