@@ -464,3 +464,34 @@ async fn a_statement_parsed_after_a_schema_change_sees_the_new_schema() -> anyho
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_in_a_pipelined_transaction_then_rollback_as_psycopg_sends_it(
+) -> anyhow::Result<()> {
+    let (_cluster, _wire_proxy, mut sides) = users_cluster("pipeline-tx-error").await?;
+    let statement = |sql: &str| {
+        let mut out = parse("", sql);
+        out.extend(bind("", &[]));
+        out.extend(execute(0));
+        out
+    };
+    // psycopg's pipeline, not autocommit, as its trace shows it: BEGIN synced alone; the
+    // failing query and COMMIT before one Sync; then a Sync alone; then ROLLBACK; then a new
+    // transaction.
+    let synced = |sqls: &[&str]| {
+        let mut out: Vec<u8> = sqls.iter().flat_map(|sql| statement(sql)).collect();
+        out.extend(sync());
+        out
+    };
+    sides.same("BEGIN", &synced(&["BEGIN"]), 1).await?;
+    let failing = synced(&["SELECT 1 FROM nosuchtable", "COMMIT"]);
+    sides
+        .same("a failing query and COMMIT", &failing, 1)
+        .await?;
+    sides.same("a Sync alone", &sync(), 1).await?;
+    sides.same("ROLLBACK", &synced(&["ROLLBACK"]), 1).await?;
+    sides.same("BEGIN again", &synced(&["BEGIN"]), 1).await?;
+    sides.same("a query", &synced(&["SELECT 1"]), 1).await?;
+    sides.same("COMMIT", &synced(&["COMMIT"]), 1).await?;
+    Ok(())
+}

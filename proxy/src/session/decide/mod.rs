@@ -155,7 +155,9 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
         return Action::Local;
     }
     if tx.failed {
-        return in_failed_transaction(request);
+        if let Some(action) = in_failed_transaction(request) {
+            return action;
+        }
     }
     if let Some(error) = request.refusal {
         return Action::Refuse(error.clone());
@@ -237,13 +239,18 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
 }
 
 /// A request inside a transaction that already failed: only its end, or a `ROLLBACK TO
-/// SAVEPOINT` that undoes the failure, may run.
-fn in_failed_transaction<'a>(request: &Request<'a>) -> Action<'a> {
+/// SAVEPOINT` that undoes the failure, may run. A request that executes nothing (a `Sync`
+/// alone, as psycopg sends after an error in a pipeline) goes on to the transaction's backend,
+/// which answers it as PostgreSQL does (`None`).
+fn in_failed_transaction<'a>(request: &Request<'a>) -> Option<Action<'a>> {
     let ends = |k: &StatementKind| matches!(k, StatementKind::Commit | StatementKind::Rollback);
     let kinds = request.kinds;
+    if kinds.is_empty() && request.routed.is_empty() && request.refusal.is_none() {
+        return None;
+    }
     if !kinds.is_empty() && kinds.iter().all(ends) {
         // Like PostgreSQL, ending a failed transaction rolls it back, whatever was asked.
-        return Action::Finish { commit: false };
+        return Some(Action::Finish { commit: false });
     }
     let rolls_back_to = matches!(
         kinds,
@@ -253,9 +260,9 @@ fn in_failed_transaction<'a>(request: &Request<'a>) -> Action<'a> {
         }]
     );
     if rolls_back_to && request.refusal.is_none() {
-        return Action::Everywhere;
+        return Some(Action::Everywhere);
     }
-    Action::Refuse(local::aborted())
+    Some(Action::Refuse(local::aborted()))
 }
 
 /// Statements that concern the whole transaction once shards take part in it: its end, and

@@ -223,6 +223,26 @@ fn decides_every_action_and_refusal() {
             None,
         )
         .expect("local"),
+        segment(
+            "a Sync alone in a failed transaction (psycopg after an error in a pipeline)",
+            State {
+                failed: true,
+                ..pinned(2)
+            },
+            vec![],
+            vec![],
+        )
+        .expect("single s2 (no data)"),
+        segment(
+            "a statement in a failed transaction",
+            State {
+                failed: true,
+                ..pinned(2)
+            },
+            vec![Read],
+            vec![Target::Shard(2)],
+        )
+        .expect("refuse 25P02"),
         // Session statements go where the session is.
         simple("SET outside a transaction", idle(), set(), None).expect("single s0 (no data)"),
         simple(
