@@ -493,5 +493,17 @@ async fn an_error_in_a_pipelined_transaction_then_rollback_as_psycopg_sends_it(
     sides.same("BEGIN again", &synced(&["BEGIN"]), 1).await?;
     sides.same("a query", &synced(&["SELECT 1"]), 1).await?;
     sides.same("COMMIT", &synced(&["COMMIT"]), 1).await?;
+
+    // `with conn.transaction()` around nothing but a pipeline sync: BEGIN, Syncs, a Flush
+    // alone, COMMIT: the transaction ends (a Flush alone starts no pipeline on a backend).
+    sides.same("BEGIN", &synced(&["BEGIN"]), 1).await?;
+    sides.same("a Sync alone", &sync(), 1).await?;
+    let mut sync_flush = sync();
+    sync_flush.extend(flush());
+    sides.same("Sync and Flush", &sync_flush, 1).await?;
+    let mut commit = synced(&["COMMIT"]);
+    commit.extend(flush());
+    let answers = sides.same("COMMIT", &commit, 1).await?;
+    assert_eq!(answers.last(), Some(&Answer::Ready('I')));
     Ok(())
 }

@@ -251,11 +251,8 @@ impl Backend {
     /// Writes bytes (one or many messages) to the shard.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
         self.idle = false;
-        match last_message_tag(bytes) {
-            Some(b'P' | b'B' | b'D' | b'E' | b'C' | b'H') => self.unsynced = true,
-            Some(b'S' | b'Q' | b'F') => self.unsynced = false,
-            // COPY data, `CopyDone` and `CopyFail` continue whatever was started.
-            _ => {}
+        if let Some(unsynced) = unsynced_after(bytes) {
+            self.unsynced = unsynced;
         }
         let written = self.writer.write_all(bytes).await;
         if written.is_err() {
@@ -265,29 +262,40 @@ impl Backend {
     }
 }
 
-/// Type of the last complete message in `bytes` (which holds whole messages back to back).
-fn last_message_tag(bytes: &[u8]) -> Option<u8> {
+/// Whether the backend is inside an extended-protocol pipeline (messages sent, no `Sync` yet)
+/// after `bytes` (whole messages back to back), or `None` when they do not change that: a
+/// `Flush` alone starts nothing, and COPY data, `CopyDone` and `CopyFail` continue whatever was
+/// started.
+fn unsynced_after(bytes: &[u8]) -> Option<bool> {
     let mut at = 0;
-    let mut last = None;
+    let mut unsynced = None;
     while let Some(header) = bytes.get(at..at + 5) {
-        last = Some(header[0]);
+        match header[0] {
+            b'P' | b'B' | b'D' | b'E' | b'C' => unsynced = Some(true),
+            b'S' | b'Q' | b'F' => unsynced = Some(false),
+            _ => {}
+        }
         let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
         at += 1 + len;
     }
-    last
+    unsynced
 }
 
 #[cfg(test)]
 mod tests {
-    use super::last_message_tag;
+    use super::unsynced_after;
 
     #[test]
-    fn last_tag_walks_message_lengths() {
+    fn pipeline_state_walks_message_lengths() {
         let parse = [b'P', 0, 0, 0, 8, 0, 1, 2, 3];
         let sync = [b'S', 0, 0, 0, 4];
-        let both: Vec<u8> = parse.iter().chain(sync.iter()).copied().collect();
-        assert_eq!(last_message_tag(&both), Some(b'S'));
-        assert_eq!(last_message_tag(&parse), Some(b'P'));
-        assert_eq!(last_message_tag(&[]), None);
+        let flush = [b'H', 0, 0, 0, 4];
+        let join = |parts: &[&[u8]]| parts.concat();
+        assert_eq!(unsynced_after(&join(&[&parse, &sync])), Some(false));
+        assert_eq!(unsynced_after(&parse), Some(true));
+        assert_eq!(unsynced_after(&join(&[&parse, &flush])), Some(true));
+        assert_eq!(unsynced_after(&flush), None, "a Flush alone starts nothing");
+        assert_eq!(unsynced_after(&join(&[&sync, &flush])), Some(false));
+        assert_eq!(unsynced_after(&[]), None);
     }
 }
