@@ -163,18 +163,25 @@ async fn a_commit_that_fails_before_its_decision_leaves_no_shard_inside_it() -> 
         TestCluster::start_with("tx-failed-prepare", 2, "pool:\n  mode: session\n").await?;
     let client = cluster.client().await?;
     users_table(&client).await?;
+    // A deferred constraint is checked at PREPARE TRANSACTION: two rows with one name on the
+    // shard that does not decide make its PREPARE fail after the decider was asked.
+    client
+        .batch_execute(
+            "ALTER TABLE users ADD CONSTRAINT one_name UNIQUE (name) DEFERRABLE INITIALLY DEFERRED",
+        )
+        .await?;
     let keys = keys_on_distinct_shards(&cluster, 2)?;
+    let twin = (keys[1] + 1..)
+        .find(|k| cluster.shard_of("users", *k).ok() == cluster.shard_of("users", keys[1]).ok())
+        .ok_or_else(|| anyhow::anyhow!("no second key on the shard"))?;
     client.simple_query("BEGIN").await?;
-    for key in &keys {
+    for (key, name) in [(keys[0], "a"), (keys[1], "twin"), (twin, "twin")] {
         client
-            .simple_query(&format!("INSERT INTO users (id, name) VALUES ({key}, 'x')"))
+            .simple_query(&format!(
+                "INSERT INTO users (id, name) VALUES ({key}, '{name}')"
+            ))
             .await?;
     }
-    // PostgreSQL cannot prepare a transaction that used temporary objects, so the shard that
-    // does not decide fails its PREPARE TRANSACTION.
-    client
-        .simple_query("CREATE TEMP TABLE scratch (x int)")
-        .await?;
     let commit = client.simple_query("COMMIT").await;
     assert!(commit.is_err(), "a commit whose PREPARE failed succeeded");
     assert!(ids_on_shards(&cluster).await?.is_empty());
@@ -184,7 +191,7 @@ async fn a_commit_that_fails_before_its_decision_leaves_no_shard_inside_it() -> 
     for key in &keys {
         client
             .simple_query(&format!(
-                "INSERT INTO users (id, name) VALUES ({key}, 'after')"
+                "INSERT INTO users (id, name) VALUES ({key}, 'after {key}')"
             ))
             .await?;
     }

@@ -286,6 +286,12 @@ fn statement(config: &Config, stmt: &Statement) -> Analysis {
                 a.kind = StatementKind::Ddl;
                 a
             }
+            // A temporary table belongs to the session's backend: it is made where the
+            // session's statements on unlisted tables go.
+            None if create.temporary => Analysis::fixed(
+                StatementKind::Ddl,
+                Target::Default("a temporary table lives on the default shard".into()),
+            ),
             None => Analysis::ddl(),
         },
         Statement::CreateView(view) if view.materialized => {

@@ -87,6 +87,13 @@ fn routes_utility_statements() {
         case(" ; -- nothing\n", vec![], e.one(0)),
         // DDL: every shard.
         case("CREATE TABLE t (id int8 PRIMARY KEY)", vec![], e.all()),
+        // ... but a temporary table lives with the session, on the default shard.
+        case("CREATE TEMP TABLE scratch (x int)", vec![], e.one(0)),
+        case(
+            "CREATE TEMPORARY TABLE scratch (x int) ON COMMIT DROP",
+            vec![],
+            e.one(0),
+        ),
         case("CREATE INDEX ON users (name)", vec![], e.all()),
         case("ALTER TABLE users ADD COLUMN age int", vec![], e.all()),
         case("DROP TABLE IF EXISTS t", vec![], e.all()),
