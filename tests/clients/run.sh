@@ -32,23 +32,7 @@ BIN=${CARGO_TARGET_DIR:-target}/debug/shardline
 
 # The demo uses PORT for the proxy, PORT+1.. for the shards and PORT+1000 for metrics.
 free_port() {
-  python3 - <<'PY'
-import random, socket
-
-def free(port):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-while True:
-    port = random.randint(20000, 50000)
-    if all(free(port + d) for d in (0, 1, 2, 3, 4, 1000)):
-        print(port)
-        break
-PY
+  python3 tests/clients/free_port.py 0 1 2 3 4 1000
 }
 
 DIR=$(mktemp -d /tmp/shardline-clients.XXXXXX)
