@@ -428,6 +428,20 @@ async fn sql_deallocate_of_a_driver_statement_works_as_in_postgres() -> anyhow::
             "{answers:?}"
         );
     }
+    // DEALLOCATE ALL after another statement before one Sync runs on the backend: the
+    // proxy's statements there are gone too, and a statement parsed again works.
+    sides.same("Parse s1", &define, 1).await?;
+    sides.same("Bind s1", &use_it, 1).await?;
+    let mut both = parse("", "SELECT 1");
+    both.extend(bind("", &[]));
+    both.extend(execute(0));
+    both.extend(parse("", "DEALLOCATE ALL"));
+    both.extend(bind("", &[]));
+    both.extend(execute(0));
+    both.extend(sync());
+    sides.same("SELECT 1 and DEALLOCATE ALL", &both, 1).await?;
+    sides.same("Parse s1 again", &define, 1).await?;
+    sides.same("Bind s1 again", &use_it, 1).await?;
     // An unknown name fails, and inside a transaction block fails the block.
     sides
         .same("DEALLOCATE nope", &query("DEALLOCATE nope"), 1)

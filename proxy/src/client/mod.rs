@@ -243,7 +243,15 @@ async fn login(
         .collect();
     for (name, value) in &params {
         if let Some(canonical) = REPORTED.iter().find(|r| r.eq_ignore_ascii_case(name)) {
-            reported.insert((*canonical).to_owned(), value.clone());
+            // PostgreSQL reports a DateStyle merged with the server's (`ISO` → `ISO, MDY`).
+            let server = reported.get(*canonical).map(String::as_str);
+            let value = match (*canonical, server) {
+                ("DateStyle", Some(server)) => {
+                    settings::merged_datestyle(value, server).unwrap_or_else(|| value.clone())
+                }
+                _ => value.clone(),
+            };
+            reported.insert((*canonical).to_owned(), value);
         }
     }
     for (name, value) in &reported {
@@ -259,6 +267,7 @@ async fn login(
         database,
         pool_mode,
         startup_settings,
+        reported,
     };
     Ok(Some(LoggedIn::App {
         identity,

@@ -22,7 +22,7 @@ mod multi;
 mod simple;
 mod state;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +52,9 @@ pub struct Identity {
     pub pool_mode: PoolMode,
     /// Settings from the startup packet: what `RESET ALL` / `DISCARD ALL` return to.
     pub startup_settings: Settings,
+    /// The reported settings (`ParameterStatus`) the client was told at login, by their
+    /// canonical names: what `DISCARD ALL` reports again for those the client changed.
+    pub reported: BTreeMap<String, String>,
 }
 
 /// Why a session ended.

@@ -144,11 +144,12 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
             .kinds
             .iter()
             .any(|k| matches!(k, StatementKind::Savepoint { .. }));
-    // A SET of a reported setting inside a held transaction starts the transaction on the
-    // default shard instead of being held: the client hears the new value (ParameterStatus)
+    // A SET of a reported setting inside a held transaction (or after a BEGIN in the same
+    // request) starts the transaction on the default shard instead of being held: the client hears the new value (ParameterStatus)
     // at once, as from PostgreSQL. Not with one-shard transactions, where it would pin it.
+    let begins = tx.begin.is_some() || request.kinds.contains(&StatementKind::Begin);
     let reports = facts.config.cross_shard_transactions
-        && tx.begin.is_some()
+        && begins
         && request.statements().any(changes_reported);
     let needs_backend = facts.awaiting_sync || reports || (mid_pipeline && moves_transaction);
     if whole && !needs_backend && answers_locally(request.kinds, TxPhase::of(tx)) {

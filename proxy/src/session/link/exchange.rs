@@ -105,6 +105,9 @@ pub struct Outcome {
     pub failed: bool,
     /// The shard failed a message and ignores everything up to the `Sync` it was not sent yet.
     pub skipping: bool,
+    /// The client's `DEALLOCATE ALL` or `DISCARD ALL` ran on the backend: the client's
+    /// statements are gone, as on one server.
+    pub forgot_statements: bool,
 }
 
 /// Why an exchange failed.
@@ -257,7 +260,14 @@ where
             .map_err(ExchangeError::Client)?;
         }
         if frame_tag == tag::COMMAND_COMPLETE {
-            outcome.last_tag = Some(msg::command_tag(&frame).to_owned());
+            let command = msg::command_tag(&frame);
+            if matches!(command, "DEALLOCATE ALL" | "DISCARD ALL") {
+                // The backend dropped every prepared statement, the proxy's included (the
+                // client sent it with other statements, so it was not answered locally).
+                backend.prepared.clear();
+                outcome.forgot_statements |= relay;
+            }
+            outcome.last_tag = Some(command.to_owned());
             if let Some(Expect::Sent { effects, .. }) = queue.front_mut() {
                 if !effects.is_empty() {
                     if let Some(effect) = effects.remove(0) {

@@ -255,6 +255,9 @@ impl Session {
             }
         }
         self.awaiting_sync = outcome.awaiting_sync;
+        if outcome.forgot_statements {
+            self.statements.clear();
+        }
         if outcome.skipping {
             self.skip_to_sync = true;
         }

@@ -85,8 +85,19 @@ impl Session {
             }
             LocalAnswer::DiscardAll => {
                 self.statements.clear();
-                self.settings = self.identity.startup_settings.clone();
-                "DISCARD ALL"
+                let before =
+                    std::mem::replace(&mut self.settings, self.identity.startup_settings.clone());
+                // As PostgreSQL, report the reported settings the reset changed, with the
+                // values the client was told at login.
+                let mut reply = BytesMut::new();
+                for (name, value) in &self.identity.reported {
+                    let key = name.to_ascii_lowercase();
+                    if before.get(&key) != self.settings.get(&key) {
+                        reply.extend_from_slice(&msg::parameter_status(name, value));
+                    }
+                }
+                reply.extend_from_slice(&msg::command_complete("DISCARD ALL"));
+                return Some(reply.freeze());
             }
             LocalAnswer::DeallocateAll => {
                 self.statements.clear();

@@ -221,6 +221,9 @@ impl Session {
                 tag::NOTICE_RESPONSE | tag::NOTIFICATION => true,
                 tag::PARAMETER_STATUS => *merged.reporter.get_or_insert(leg.shard) == leg.shard,
                 tag::COMMAND_COMPLETE => {
+                    if matches!(msg::command_tag(&frame), "DEALLOCATE ALL" | "DISCARD ALL") {
+                        leg.conn.prepared.clear();
+                    }
                     if merged.tags.len() <= statement {
                         merged.tags.push(Vec::new());
                     }

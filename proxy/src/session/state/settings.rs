@@ -86,6 +86,10 @@ fn quote_ident(name: &str) -> String {
     }
 }
 
+/// Settings whose `SET` changes only the parts it names (`SET DateStyle = ISO` keeps the
+/// day/month order the backend had), so syncing one starts from the server's default.
+const MERGED_INTO_CURRENT: &[&str] = &["datestyle"];
+
 /// SQL that turns a backend's applied settings (`None`: unknown) into `wanted`, or `None` when
 /// they already match.
 pub fn sync_sql(applied: Option<&Settings>, wanted: &Settings) -> Option<String> {
@@ -100,6 +104,10 @@ pub fn sync_sql(applied: Option<&Settings>, wanted: &Settings) -> Option<String>
     };
     for (name, value) in wanted {
         if applied.get(name) != Some(value) {
+            if MERGED_INTO_CURRENT.contains(&name.as_str()) {
+                // From the server's default, as a fresh session with this value has it.
+                sql.push_str(&format!("RESET {};", quote_ident(name)));
+            }
             sql.push_str(&format!("SET {} = {value};", quote_ident(name)));
         }
     }
@@ -129,6 +137,59 @@ pub const REPORTED: &[&str] = &[
     "default_transaction_read_only",
     "in_hot_standby",
 ];
+
+/// The DateStyle PostgreSQL reports after `value` is set over `current` (`ISO, MDY`): a
+/// DateStyle names an output style, a day/month order or both, and keeps the part it does not
+/// name (`German` alone also means DMY). `None` for a value this does not read (`DEFAULT`).
+pub fn merged_datestyle(value: &str, current: &str) -> Option<String> {
+    let words = |text: &str| -> Vec<String> {
+        text.trim_matches('\'')
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|w| !w.is_empty())
+            .map(str::to_ascii_uppercase)
+            .collect()
+    };
+    let (mut style, mut order) = (None, None);
+    for word in words(current) {
+        match word.as_str() {
+            "ISO" | "SQL" | "POSTGRES" | "GERMAN" => style = Some(word),
+            "YMD" | "DMY" | "MDY" => order = Some(word),
+            _ => {}
+        }
+    }
+    let mut named_order = false;
+    for word in words(value) {
+        match word.as_str() {
+            "ISO" | "SQL" | "POSTGRES" => style = Some(word),
+            "GERMAN" => {
+                style = Some(word);
+                if !named_order {
+                    order = Some("DMY".to_owned());
+                }
+            }
+            "YMD" | "DMY" | "MDY" => {
+                order = Some(word);
+                named_order = true;
+            }
+            "EURO" | "EUROPEAN" => {
+                order = Some("DMY".to_owned());
+                named_order = true;
+            }
+            "US" | "NONEURO" | "NONEUROPEAN" => {
+                order = Some("MDY".to_owned());
+                named_order = true;
+            }
+            _ => return None,
+        }
+    }
+    let style = match style?.as_str() {
+        "ISO" => "ISO",
+        "SQL" => "SQL",
+        "POSTGRES" => "Postgres",
+        _ => "German",
+    };
+    Some(format!("{style}, {}", order?))
+}
 
 /// Whether a statement changes a setting PostgreSQL reports to the client: the client must
 /// hear the new value before its next statement (psycopg encodes query text by
@@ -209,6 +270,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn merges_datestyle_as_postgres_does() {
+        let cases = [
+            ("ISO", "ISO, DMY", Some("ISO, DMY")),
+            ("ISO", "Postgres, MDY", Some("ISO, MDY")),
+            ("'German'", "ISO, MDY", Some("German, DMY")),
+            ("German, YMD", "ISO, MDY", Some("German, YMD")),
+            ("YMD, German", "ISO, MDY", Some("German, YMD")),
+            ("sql, euro", "ISO, MDY", Some("SQL, DMY")),
+            ("Postgres", "ISO, MDY", Some("Postgres, MDY")),
+            ("DEFAULT", "ISO, MDY", None),
+        ];
+        for (value, current, expected) in cases {
+            assert_eq!(
+                merged_datestyle(value, current).as_deref(),
+                expected,
+                "{value} over {current}"
+            );
+        }
+    }
+
+    #[test]
     fn reads_time_settings_as_postgres_does() {
         let ms = Duration::from_millis(1);
         let cases = [
@@ -246,6 +328,13 @@ mod tests {
         assert_eq!(
             sync_sql(None, &Settings::new()).as_deref(),
             Some("RESET ALL;")
+        );
+        // `SET DateStyle = ISO` would keep another client's day/month order.
+        let iso = settings(&[("datestyle", "'ISO'")]);
+        let dmy = settings(&[("datestyle", "'ISO, DMY'")]);
+        assert_eq!(
+            sync_sql(Some(&dmy), &iso).as_deref(),
+            Some("RESET datestyle;SET datestyle = 'ISO';")
         );
     }
 

@@ -184,6 +184,13 @@ fn decides_every_action_and_refusal() {
             None,
         )
         .expect("single s0"),
+        segment(
+            "BEGIN and a SET of a reported setting before one Sync (pgjdbc)",
+            idle(),
+            vec![Begin, datestyle()],
+            vec![],
+        )
+        .expect("single s0"),
         simple(
             "the same, one-shard transactions",
             held(),
