@@ -16,12 +16,16 @@ echo "version $(psql --version | awk '{print $3}')"
 q() { psql -X -At -F $'\t' -P null='(null)' -v ON_ERROR_STOP=1 "$URL" "$@"; }
 
 # step NAME FUNCTION: runs FUNCTION in this shell (its changes to PRESENT must last); it prints
-# a note, or the reason and returns 1 on failure (psql's errors included).
+# a note, or the reason and returns 1 on failure (psql's errors included), or the reason and
+# returns 77 (psql's own exit codes are 0..3) for a part psql cannot express.
 step() {
-  local out
-  if "$2" >"$TMP/step.out" 2>&1; then
+  local out rc=0
+  "$2" >"$TMP/step.out" 2>&1 || rc=$?
+  if [ $rc = 0 ]; then
     out=$(cat "$TMP/step.out")
     echo "ok $1${out:+ ($out)}"
+  elif [ $rc = 77 ]; then
+    echo "skip $1: $(tr -s '\n\t ' ' ' <"$TMP/step.out" | sed 's/ $//')"
   else
     FAILED=1
     out=$(tr -s '\n\t ' ' ' <"$TMP/step.out")
@@ -65,6 +69,9 @@ ROLLBACK_ID=101
 # land on several of the 4 shards.
 CROSS_IDS=(900001 900002 900003 900004)
 CROSS_ROLLBACK_IDS=(900011 900012 900013 900014)
+# Inserted by session_state's transaction that opens with a savepoint: the first is rolled back
+# to it, the second committed.
+SAVEPOINT_IDS=(910001 910002)
 declare -A ROWS   # key -> expected row text: what was inserted
 declare -A PRESENT # what the table should hold: the oracle of the later steps
 for i in $(seq 1 16); do ROWS[$((7 ** i))]=$(row "$i"); done
@@ -212,6 +219,63 @@ set_timeout() {
   expect "session" "${want%$'\n'}" "$got" || return 1
   [ $((SECONDS - start)) -lt 8 ] || { echo "the timeout did not stop the sleeps"; return 1; }
 }
+session_state() {
+  # Session state that the server reports or holds, which a pooling proxy must keep straight:
+  # three cases psycopg's own test suite hit. psql prints what the server sends as text (the
+  # timestamp in the DateStyle's form) and exposes no ParameterStatus; it cannot bind, so the
+  # prepared statement of the third case is reported as a skip once the rest has passed.
+  local before got want iso='2000-01-10 12:00:00' german='10.01.2000 12:00:00' k
+  local ts="SELECT '2000-01-10 12:00'::timestamp;" show="SHOW DateStyle;"
+  before=$(q -c 'SHOW DateStyle') || { echo "$before"; return 1; }
+  # 1. A setting changed inside a transaction, then rolled back; then outside one and reset.
+  got=$(q -q <<SQL
+BEGIN;
+SET DateStyle = 'German, YMD';
+$ts
+$show
+ROLLBACK;
+$ts
+$show
+SET DateStyle = 'German, YMD';
+$ts
+$show
+RESET DateStyle;
+$ts
+$show
+SQL
+  ) || { echo "$got"; return 1; }
+  want=$(printf '%s\n' "$german" "German, YMD" "$iso" "$before" "$german" "German, YMD" "$iso" "$before")
+  expect "DateStyle inside a transaction, after ROLLBACK, outside one, after RESET" "$want" "$got" || return 1
+  # 2. SAVEPOINT as the very first statement of a transaction, rolled back to.
+  got=$(q -q <<SQL
+BEGIN;
+SAVEPOINT session_state;
+INSERT INTO users (id, name) VALUES (${SAVEPOINT_IDS[0]}, 'after a savepoint');
+ROLLBACK TO SAVEPOINT session_state;
+INSERT INTO users (id, name) VALUES (${SAVEPOINT_IDS[1]}, 'after a savepoint');
+COMMIT;
+SQL
+  ) || { echo "$got"; return 1; }
+  k=${SAVEPOINT_IDS[1]}
+  PRESENT[$k]=$(null_row "$k" | awk -F'\t' -v OFS='\t' '{$3 = "after a savepoint"; print}')
+  expect "id ${SAVEPOINT_IDS[0]}, rolled back to the savepoint" "" "$(read_rows "${SAVEPOINT_IDS[0]}")" || return 1
+  expect "id $k after commit" "${PRESENT[$k]}" "$(read_rows "$k")" || return 1
+  expect "count after commit" 1 "$(count_range "${SAVEPOINT_IDS[@]}" | q)" || return 1
+  # 3. DISCARD ALL outside a transaction resets the settings; statements run after it.
+  k=${KEYS[2]}
+  got=$(q -q <<SQL
+SET DateStyle = 'German, YMD';
+DISCARD ALL;
+$ts
+$show
+SELECT name FROM users WHERE id = $k;
+SQL
+  ) || { echo "$got"; return 1; }
+  want=$(printf '%s\n' "$iso" "$before" "$(echo "${PRESENT[$k]}" | cut -f3)")
+  expect "after DISCARD ALL" "$want" "$got" || return 1
+  echo "prepared statement around DISCARD ALL: psql 15 cannot bind (no \\bind), SQL-level PREPARE is refused by shardline; settings checked (the rest passed)"
+  return 77
+}
 cancel() {
   # Ctrl-C (SIGINT) makes psql send a CancelRequest for its running statement.
   local k=${KEYS[2]} start=$SECONDS pid err
@@ -243,7 +307,7 @@ trap 'rm -rf "$TMP"' EXIT
 step connect connect
 [ $FAILED = 0 ] || exit 1
 for s in ddl insert read_back update delete tx_commit tx_rollback tx_cross_shard order_limit count \
-  prepared_reuse unique_violation set_timeout cancel batch_insert; do
+  prepared_reuse unique_violation set_timeout session_state cancel batch_insert; do
   step "$s" "$s"
 done
 exit $FAILED

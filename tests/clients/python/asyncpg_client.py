@@ -75,6 +75,25 @@ class Asyncpg:
         stmt = self.run(self.conn.prepare(numbered(sql)))
         return lambda params: [tuple(r) for r in self.run(stmt.fetch(*params))]
 
+    # session_state: asyncpg reads timestamps in binary, so DateStyle does not change them.
+    reads_any_datestyle = True
+
+    def parameter_status(self, name):
+        return getattr(self.conn.get_settings(), name, None)
+
+    def prepare_explicitly(self, sql):
+        return self.prepare(sql)
+
+    def after_discard_all(self, run, sql, params):
+        # asyncpg does not notice DISCARD ALL: its prepared statements are gone from the server,
+        # which says so (26000) as PostgreSQL does. The application drops asyncpg's statement
+        # cache (reload_schema_state) and prepares again.
+        try:
+            scenario.expect_sqlstate(self, lambda: run(params), "26000")
+        finally:
+            self.run(self.conn.reload_schema_state())
+        return self.prepare(sql), "the old statement fails with 26000; prepared again"
+
     def cancel(self, sql, params):
         # asyncpg's way to cancel: a timeout. It sends a CancelRequest and waits for the server
         # to end the statement (the 57014 it receives is not passed on), then raises TimeoutError.

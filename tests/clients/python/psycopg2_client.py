@@ -71,6 +71,18 @@ class Psycopg2:
     def cancel(self, sql, params):
         scenario.cancel_with_thread(self, self.conn.cancel, sql, params)
 
+    # session_state: psycopg2 parses dates in ISO form only, whatever DateStyle says (it sets
+    # DateStyle ISO at connect when the server has another); under German it reads their text.
+    reads_any_datestyle = False
+    datestyle_note = "psycopg2 parses ISO dates only"
+
+    def parameter_status(self, name):
+        return self.conn.get_parameter_status(name)
+
+    @staticmethod
+    def prepare_explicitly(_sql):
+        return None  # no server-side prepared statements (prepared_note)
+
     @staticmethod
     def step(fn):
         return fn()

@@ -85,6 +85,21 @@ class Psycopg3:
     def cancel(self, sql, params):
         scenario.cancel_with_thread(self, self.conn.cancel_safe, sql, params)
 
+    # session_state: psycopg reads dates as text, parsed by the DateStyle the server reported.
+    reads_any_datestyle = True
+
+    def parameter_status(self, name):
+        return self.conn.info.parameter_status(name)
+
+    def prepare_explicitly(self, sql):
+        return lambda params: self.conn.execute(sql, params, prepare=True).fetchall()
+
+    @staticmethod
+    def after_discard_all(run, _sql, _params):
+        # psycopg sees DISCARD ALL's command tag and forgets its prepared statements: the same
+        # call prepares the statement again.
+        return run, "psycopg prepares it again itself"
+
     def step(self, fn):
         if self.mode != "pipeline":
             return fn()

@@ -30,6 +30,9 @@ ROLLBACK_ID = 101  # inserted by the rolled-back transaction
 # land on several of the 4 shards.
 CROSS_IDS = list(range(900001, 900005))
 CROSS_ROLLBACK_IDS = list(range(900011, 900015))
+# Inserted by session_state's transaction that opens with a savepoint: the first is rolled back
+# to it, the second committed.
+SAVEPOINT_IDS = [910001, 910002]
 
 COLUMNS = ["id", "n4", "name", "uid", "amount", "ts", "flag", "blob", "doc", "tags", "nums"]
 
@@ -48,6 +51,12 @@ SELECT_ROW = f"SELECT {', '.join(COLUMNS)} FROM users WHERE id = %s"
 SELECT_NAME = "SELECT name FROM users WHERE id = %s"
 LOOKUP = "SELECT id FROM users WHERE name = %s"  # no key: runs on every shard
 COUNT_RANGE = "SELECT count(*) FROM users WHERE id BETWEEN %s AND %s"  # hashed keys: every shard
+# session_state: a timestamp read through the driver's own loader, and as the server's text.
+TS_NATIVE = "SELECT '2000-01-10 12:00'::timestamp"
+TS_TEXT = "SELECT '2000-01-10 12:00'::timestamp::text"
+TS_VALUE = datetime(2000, 1, 10, 12, 0)
+TS_TEXT_BY_STYLE = {"ISO": "2000-01-10 12:00:00", "German": "10.01.2000 12:00:00"}
+GERMAN = "German, YMD"
 
 
 def make_row(i, key=None):
@@ -290,6 +299,89 @@ def run(version, connect):
             got = adapter.query("SELECT current_setting('statement_timeout') FROM users WHERE id = %s", (key,))
             check(got == [("0",)], f"id {key}: after RESET statement_timeout is {got}")
 
+    def session_state():
+        # Session state that the server reports or holds, which a pooling proxy must keep
+        # straight: three cases psycopg's own test suite hit. Parts a driver cannot express are
+        # reported as a skip once the rest has passed.
+        skipped = []
+        before = adapter.query("SHOW DateStyle")[0][0]
+
+        def datestyle_is(value, where):
+            # DateStyle is reported with ParameterStatus; drivers that read dates as text
+            # parse them by it (psycopg 3 does). For drivers that read timestamps in binary
+            # (asyncpg) it changes nothing: their reads check the value and that nothing breaks.
+            # The timestamp is read first, as psycopg's tests do: the driver must have been told
+            # before the rows arrive.
+            told = adapter.parameter_status("DateStyle")
+            check(told in (None, value), f"{where}: the driver was told DateStyle {told!r}, not {value!r}")
+            if value == before or adapter.reads_any_datestyle:
+                got = adapter.query(TS_NATIVE)
+                check(got == [(TS_VALUE,)], f"{where}: read {got} under DateStyle {value}")
+            got = adapter.query(TS_TEXT)
+            want = TS_TEXT_BY_STYLE[value.split(",")[0]]
+            check(got == [(want,)], f"{where}: the text of the timestamp is {got}, expected {want}")
+            got = adapter.query("SHOW DateStyle")
+            check(got == [(value,)], f"{where}: SHOW DateStyle is {got}, expected {value}")
+
+        # 1. A setting changed inside a transaction, then rolled back; then outside one and reset.
+        def set_inside():
+            adapter.execute(f"SET DateStyle = '{GERMAN}'")
+            datestyle_is(GERMAN, "after SET inside a transaction")
+
+        adapter.transaction(set_inside, commit=False)
+        datestyle_is(before, "after ROLLBACK")
+        adapter.execute(f"SET DateStyle = '{GERMAN}'")
+        try:
+            datestyle_is(GERMAN, "after SET outside a transaction")
+        finally:
+            adapter.execute("RESET DateStyle")
+        datestyle_is(before, "after RESET")
+        if not adapter.reads_any_datestyle:
+            skipped.append(f"German dates read as text only: {adapter.datestyle_note}")
+
+        # 2. A savepoint as the very first statement of a transaction (the driver's API for
+        # nested transactions where it has one), then rolled back to.
+        rolled_back, kept = SAVEPOINT_IDS
+
+        def insert_named(key):
+            adapter.execute("INSERT INTO users (id, name) VALUES (%s, %s)", (key, "after a savepoint"))
+
+        def savepoint_first():
+            adapter.rollback_to_savepoint(lambda: insert_named(rolled_back))
+            insert_named(kept)
+
+        adapter.transaction(savepoint_first, commit=True)
+        # The count (every shard) first: in a pipeline it must not follow reads of one shard
+        # before a Sync (docs/compatibility.md).
+        got = adapter.query(COUNT_RANGE, (rolled_back, kept))
+        check(got[0][0] == 1, f"count after commit: {got}")
+        present[kept] = dict(null_row(), id=kept, name="after a savepoint")
+        check(read(rolled_back) == [], f"id {rolled_back}, rolled back to the savepoint, is there")
+        check(read(kept) == [present[kept]], f"id {kept} after commit: {read(kept)}")
+
+        # 3. DISCARD ALL outside a transaction: it resets the settings (told to the driver with
+        # ParameterStatus) and drops the prepared statements; a prepared statement runs again.
+        key = KEYS[2]
+        want = [(present[key]["name"],)]
+        how = None
+        run_prepared = adapter.prepare_explicitly(SELECT_NAME)
+        if run_prepared:
+            check(run_prepared((key,)) == want, "before DISCARD ALL")
+        else:
+            skipped.append(f"no prepared statement before DISCARD ALL: {adapter.prepared_note}")
+        adapter.execute(f"SET DateStyle = '{GERMAN}'")
+        adapter.execute("DISCARD ALL")
+        if run_prepared:
+            # First, for drivers that must drop their statement cache before going on.
+            run_prepared, how = adapter.after_discard_all(run_prepared, SELECT_NAME, (key,))
+        datestyle_is(before, "after DISCARD ALL")
+        if run_prepared:
+            check(run_prepared((key,)) == want, f"after DISCARD ALL ({how})")
+        check(adapter.query(SELECT_NAME, (key,)) == want, "a statement after DISCARD ALL")
+        if skipped:
+            raise Skip("; ".join(skipped) + " (the rest passed)")
+        return how
+
     def cancel():
         key = KEYS[2]
         start = time.monotonic()
@@ -325,6 +417,7 @@ def run(version, connect):
         ("second_connection", second_connection),
         ("unique_violation", unique_violation),
         ("set_timeout", set_timeout),
+        ("session_state", session_state),
         ("cancel", cancel),
         ("batch_insert", batch_insert),
     ]

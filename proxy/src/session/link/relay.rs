@@ -249,6 +249,11 @@ impl Session {
             }
             conn.settings = None;
         } else {
+            let starts_transaction = !self.tx.open() && outcome.ready.is_some_and(|r| r != b'I');
+            if starts_transaction && !outcome.effects.is_empty() {
+                // `BEGIN; SET …` in one request: a rollback returns to the settings before it.
+                self.tx.settings_before = Some(self.settings.clone());
+            }
             apply_effects(&mut self.settings, &outcome.effects);
             if let Some(applied) = conn.settings.as_mut() {
                 apply_effects(applied, &outcome.effects);

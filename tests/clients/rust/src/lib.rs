@@ -36,6 +36,38 @@ pub const COUNT_RANGE: &str = "SELECT count(*) FROM users WHERE id BETWEEN $1 AN
 pub const SHOW_TIMEOUT: &str =
     "SELECT current_setting('statement_timeout') FROM users WHERE id = $1";
 
+/// session_state: inserted by the transaction that opens with a savepoint, the first rolled
+/// back to it, the second committed.
+pub const SAVEPOINT_IDS: [i64; 2] = [910_001, 910_002];
+/// A timestamp read as the driver's own type, and as the server's text.
+pub const TS_NATIVE: &str = "SELECT '2000-01-10 12:00'::timestamp";
+pub const TS_TEXT: &str = "SELECT '2000-01-10 12:00'::timestamp::text";
+pub const GERMAN: &str = "German, YMD";
+
+/// The timestamp TS_NATIVE reads.
+pub fn ts_value() -> chrono::NaiveDateTime {
+    chrono::NaiveDate::from_ymd_opt(2000, 1, 10)
+        .and_then(|d| d.and_hms_opt(12, 0, 0))
+        .expect("timestamp")
+}
+
+/// The text of TS_NATIVE's timestamp under DateStyle `style`.
+pub fn ts_text(style: &str) -> &'static str {
+    if style.starts_with("German") {
+        "10.01.2000 12:00:00"
+    } else {
+        "2000-01-10 12:00:00"
+    }
+}
+
+/// The row session_state's committed transaction leaves.
+pub fn savepoint_row(key: i64) -> Row {
+    Row {
+        name: Some("after a savepoint".into()),
+        ..null_row(key)
+    }
+}
+
 /// Row `i` has key 7^i: keys of 2, 4 and 8 bytes, spread over the shards.
 pub fn key(i: u32) -> i64 {
     7i64.pow(i)

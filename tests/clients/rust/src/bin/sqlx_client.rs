@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use shardline_client_tests::*;
 use sqlx::postgres::{PgArguments, PgConnection, PgRow};
 use sqlx::query::Query;
-use sqlx::{Connection, Postgres, QueryBuilder, Row as _};
+use sqlx::{Connection, Executor as _, Postgres, QueryBuilder, Row as _, Statement as _};
 
 type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
 
@@ -83,6 +83,31 @@ async fn setting(conn: &mut PgConnection, key: i64) -> anyhow::Result<Vec<String
         .bind(key)
         .fetch_all(conn)
         .await?)
+}
+
+/// DateStyle is `value`: the timestamp read through sqlx (binary, so DateStyle, which matters
+/// only to drivers that parse dates as text, changes nothing: the read checks the value and that
+/// nothing breaks), its text, and SHOW DateStyle. sqlx does not expose ParameterStatus.
+async fn datestyle_is(conn: &mut PgConnection, value: &str, place: &str) -> anyhow::Result<()> {
+    let got: chrono::NaiveDateTime = sqlx::query_scalar(TS_NATIVE).fetch_one(&mut *conn).await?;
+    ensure!(
+        got == ts_value(),
+        "{place}: read {got} under DateStyle {value}"
+    );
+    let text: String = sqlx::query_scalar(TS_TEXT).fetch_one(&mut *conn).await?;
+    ensure!(
+        text == ts_text(value),
+        "{place}: the text of the timestamp is {text}, expected {}",
+        ts_text(value)
+    );
+    let shown: String = sqlx::query_scalar("SHOW DateStyle")
+        .fetch_one(&mut *conn)
+        .await?;
+    ensure!(
+        shown == value,
+        "{place}: SHOW DateStyle is {shown}, expected {value}"
+    );
+    Ok(())
 }
 
 /// `result` must be a database error with SQLSTATE `want`.
@@ -420,6 +445,83 @@ async fn scenario(url: &str, conn: &mut PgConnection, report: &mut Report) {
         Ok(None)
     };
     report.record("set_timeout", r.await);
+
+    let r = async {
+        // Session state that the server reports or holds, which a pooling proxy must keep
+        // straight: three cases psycopg's own test suite hit.
+        let before: String = sqlx::query_scalar("SHOW DateStyle")
+            .fetch_one(&mut *conn)
+            .await?;
+        let set_german = format!("SET DateStyle = '{GERMAN}'");
+
+        // 1. A setting changed inside a transaction, then rolled back; then outside one and reset.
+        let mut tx = Connection::begin(&mut *conn).await?;
+        sqlx::query(&set_german).execute(&mut *tx).await?;
+        datestyle_is(&mut tx, GERMAN, "after SET inside a transaction").await?;
+        tx.rollback().await?;
+        datestyle_is(conn, &before, "after ROLLBACK").await?;
+        sqlx::query(&set_german).execute(&mut *conn).await?;
+        let checked = datestyle_is(conn, GERMAN, "after SET outside a transaction").await;
+        sqlx::query("RESET DateStyle").execute(&mut *conn).await?;
+        checked?;
+        datestyle_is(conn, &before, "after RESET").await?;
+
+        // 2. A transaction begun inside another (a savepoint) as the very first statement of a
+        // transaction, rolled back.
+        let [rolled_back, kept] = SAVEPOINT_IDS;
+        let mut tx = Connection::begin(&mut *conn).await?;
+        let mut savepoint = Connection::begin(&mut *tx).await?;
+        insert_named(&mut savepoint, rolled_back, "after a savepoint").await?;
+        savepoint.rollback().await?;
+        insert_named(&mut tx, kept, "after a savepoint").await?;
+        tx.commit().await?;
+        present.insert(kept, savepoint_row(kept));
+        ensure!(
+            read(conn, rolled_back).await?.is_empty(),
+            "id {rolled_back}, rolled back to the savepoint, is there"
+        );
+        let got = read(conn, kept).await?;
+        ensure!(
+            got == [savepoint_row(kept)],
+            "id {kept} after commit: {got:?}"
+        );
+        let n = count_range(conn, &SAVEPOINT_IDS).await?;
+        ensure!(n == 1, "count after commit: {n}");
+
+        // 3. DISCARD ALL outside a transaction: it resets the settings and drops the prepared
+        // statements; a prepared statement runs again.
+        let key = keys[2];
+        let want = vec![present[&key].name.clone()];
+        let stmt = (&mut *conn).prepare(SELECT_NAME).await?;
+        let got: Vec<Option<String>> = stmt.query_scalar().bind(key).fetch_all(&mut *conn).await?;
+        ensure!(got == want, "before DISCARD ALL: {got:?}");
+        sqlx::query(&set_german).execute(&mut *conn).await?;
+        sqlx::query("DISCARD ALL").execute(&mut *conn).await?;
+        // sqlx does not notice DISCARD ALL: its cached statements are gone from the server,
+        // which says so (26000) as PostgreSQL does; the application clears sqlx's statement
+        // cache and the statement is prepared again.
+        let stale = stmt
+            .query_scalar::<Option<String>>()
+            .bind(key)
+            .fetch_all(&mut *conn)
+            .await;
+        conn.clear_cached_statements().await?;
+        expect_sqlstate(stale, "26000")?;
+        datestyle_is(conn, &before, "after DISCARD ALL").await?;
+        let stmt = (&mut *conn).prepare(SELECT_NAME).await?;
+        let got: Vec<Option<String>> = stmt.query_scalar().bind(key).fetch_all(&mut *conn).await?;
+        ensure!(got == want, "after DISCARD ALL, prepared again: {got:?}");
+        ensure!(
+            names(conn, key).await? == want,
+            "a statement after DISCARD ALL"
+        );
+        Ok(Some(
+            "binary timestamps; ParameterStatus not exposed: SHOW DateStyle checked; the cached \
+             statement fails with 26000 after DISCARD ALL, clear_cached_statements and prepared again"
+                .to_string(),
+        ))
+    };
+    report.record("session_state", r.await);
 
     report.skip("cancel", "sqlx has no API to cancel a running query");
 

@@ -85,6 +85,30 @@ async fn setting(client: &Client, key: i64) -> anyhow::Result<Vec<String>> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// DateStyle is `value`: the timestamp read through tokio-postgres (binary, so DateStyle, which
+/// matters only to drivers that parse dates as text, changes nothing: the read checks the value
+/// and that nothing breaks), its text, and SHOW DateStyle. tokio-postgres keeps what the server
+/// reported with ParameterStatus on the Connection task, out of reach of the client.
+async fn datestyle_is(client: &impl GenericClient, value: &str, place: &str) -> anyhow::Result<()> {
+    let got: chrono::NaiveDateTime = client.query_one(TS_NATIVE, &[]).await?.get(0);
+    ensure!(
+        got == ts_value(),
+        "{place}: read {got} under DateStyle {value}"
+    );
+    let text: String = client.query_one(TS_TEXT, &[]).await?.get(0);
+    ensure!(
+        text == ts_text(value),
+        "{place}: the text of the timestamp is {text}, expected {}",
+        ts_text(value)
+    );
+    let shown: String = client.query_one("SHOW DateStyle", &[]).await?.get(0);
+    ensure!(
+        shown == value,
+        "{place}: SHOW DateStyle is {shown}, expected {value}"
+    );
+    Ok(())
+}
+
 /// `result` must be an error with SQLSTATE `want`.
 fn expect_sqlstate<T>(
     result: Result<T, tokio_postgres::Error>,
@@ -441,6 +465,81 @@ async fn scenario(url: &str, client: &mut Client, report: &mut Report) {
         Ok(None)
     };
     report.record("set_timeout", r.await);
+
+    let r = async {
+        // Session state that the server reports or holds, which a pooling proxy must keep
+        // straight: three cases psycopg's own test suite hit.
+        let before: String = client.query_one("SHOW DateStyle", &[]).await?.get(0);
+
+        // 1. A setting changed inside a transaction, then rolled back; then outside one and reset.
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!("SET DateStyle = '{GERMAN}'"))
+            .await?;
+        datestyle_is(&tx, GERMAN, "after SET inside a transaction").await?;
+        tx.rollback().await?;
+        datestyle_is(&*client, &before, "after ROLLBACK").await?;
+        client
+            .batch_execute(&format!("SET DateStyle = '{GERMAN}'"))
+            .await?;
+        let checked = datestyle_is(&*client, GERMAN, "after SET outside a transaction").await;
+        client.batch_execute("RESET DateStyle").await?;
+        checked?;
+        datestyle_is(&*client, &before, "after RESET").await?;
+
+        // 2. Transaction::savepoint() as the very first statement of a transaction, rolled back.
+        let [rolled_back, kept] = SAVEPOINT_IDS;
+        let mut tx = client.transaction().await?;
+        let savepoint = tx.savepoint("session_state").await?;
+        insert_named(&savepoint, rolled_back, "after a savepoint").await?;
+        savepoint.rollback().await?;
+        insert_named(&tx, kept, "after a savepoint").await?;
+        tx.commit().await?;
+        present.insert(kept, savepoint_row(kept));
+        ensure!(
+            read(&*client, rolled_back).await?.is_empty(),
+            "id {rolled_back}, rolled back to the savepoint, is there"
+        );
+        let got = read(&*client, kept).await?;
+        ensure!(
+            got == [savepoint_row(kept)],
+            "id {kept} after commit: {got:?}"
+        );
+        let n = count_range(&*client, &SAVEPOINT_IDS).await?;
+        ensure!(n == 1, "count after commit: {n}");
+
+        // 3. DISCARD ALL outside a transaction: it resets the settings and drops the prepared
+        // statements; a prepared statement runs again.
+        let key = keys[2];
+        let want = vec![present[&key].name.clone()];
+        let stmt = client.prepare(SELECT_NAME).await?;
+        let run = |rows: Vec<tokio_postgres::Row>| {
+            rows.iter()
+                .map(|r| r.get(0))
+                .collect::<Vec<Option<String>>>()
+        };
+        let got = run(client.query(&stmt, &[&key]).await?);
+        ensure!(got == want, "before DISCARD ALL: {got:?}");
+        client
+            .batch_execute(&format!("SET DateStyle = '{GERMAN}'"))
+            .await?;
+        client.batch_execute("DISCARD ALL").await?;
+        datestyle_is(&*client, &before, "after DISCARD ALL").await?;
+        // tokio-postgres does not notice DISCARD ALL: the old statement is gone from the server,
+        // which says so (26000) as PostgreSQL does; the application prepares it again.
+        expect_sqlstate(
+            client.query(&stmt, &[&key]).await,
+            &SqlState::INVALID_SQL_STATEMENT_NAME,
+        )?;
+        let stmt = client.prepare(SELECT_NAME).await?;
+        let got = run(client.query(&stmt, &[&key]).await?);
+        ensure!(got == want, "after DISCARD ALL, prepared again: {got:?}");
+        Ok(Some(
+            "binary timestamps; ParameterStatus not exposed by the client: SHOW DateStyle checked; \
+             the old statement fails with 26000 after DISCARD ALL, prepared again"
+                .to_string(),
+        ))
+    };
+    report.record("session_state", r.await);
 
     let r = async {
         let key = keys[2];
