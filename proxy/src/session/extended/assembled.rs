@@ -14,8 +14,8 @@ use crate::protocol::frontend::{execute_max_rows, BindView};
 use crate::protocol::Frame;
 use crate::session::extended::segment::{Item, Segment};
 use crate::session::link::exchange::Reply;
+use crate::session::multi::gather::MergeFailure;
 use crate::session::multi::gather::{Delivery, Gather, Source};
-use crate::session::multi::ordered::MergeFailure;
 use crate::session::state::statements::Statement;
 use crate::session::{ClientError, Session, SessionEnd};
 

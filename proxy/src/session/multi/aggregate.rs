@@ -15,9 +15,9 @@ use shardline_router::Param;
 
 use crate::protocol::backend::tag;
 use crate::protocol::frontend::is_binary;
-use crate::session::multi::gather::Delivery;
+use crate::session::multi::gather::{Delivery, MergeFailure};
 use crate::session::multi::ordered::{
-    describe, field, next_message, read_header, rebuild, unsupported, MergeFailure, Stream,
+    describe, field, next_message, read_header, rebuild, unsupported, Stream,
 };
 use crate::session::{ClientError, Session};
 use shardline_router::having;

@@ -14,7 +14,7 @@ use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::FrameError;
 use crate::session::multi::gather::Delivery;
-use crate::session::multi::ordered::MergeFailure;
+use crate::session::multi::gather::MergeFailure;
 use crate::session::multi::twophase::Part;
 use crate::session::{local, ClientError, Session, SessionEnd};
 

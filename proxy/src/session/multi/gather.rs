@@ -18,7 +18,6 @@ use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::frontend::{
     build_parse, describe_execute_sync, is_binary, param_types_subset, BindView,
 };
-use crate::session::multi::ordered::MergeFailure;
 use crate::session::{local, ClientError, Session, SessionEnd};
 
 /// How the rows of a multi-shard read are put together.
@@ -88,6 +87,19 @@ impl Source<'_> {
                 Bytes::from(out)
             }
         }
+    }
+}
+
+/// What went wrong while assembling a result from several shards (merging rows, combining
+/// aggregates, splitting an `INSERT` or a `COPY`).
+pub(crate) enum MergeFailure {
+    Client(std::io::Error),
+    Query(ClientError),
+}
+
+impl From<std::io::Error> for MergeFailure {
+    fn from(e: std::io::Error) -> Self {
+        MergeFailure::Client(e)
     }
 }
 

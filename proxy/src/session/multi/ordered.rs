@@ -18,7 +18,7 @@ use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::frontend::is_binary;
 use crate::protocol::Frame;
-use crate::session::multi::gather::Delivery;
+use crate::session::multi::gather::{Delivery, MergeFailure};
 use crate::session::{local, ClientError, Session};
 use shardline_router::value::order::{compare_key, Comparison, ValueOrder};
 
@@ -31,18 +31,6 @@ pub(crate) struct Stream {
     head: Option<Frame>,
     /// The shard has sent its `CommandComplete` (or failed) and only `ReadyForQuery` is left.
     exhausted: bool,
-}
-
-/// What went wrong while merging.
-pub(crate) enum MergeFailure {
-    Client(std::io::Error),
-    Query(ClientError),
-}
-
-impl From<std::io::Error> for MergeFailure {
-    fn from(e: std::io::Error) -> Self {
-        MergeFailure::Client(e)
-    }
 }
 
 impl Session {

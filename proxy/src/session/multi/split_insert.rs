@@ -12,8 +12,8 @@ use shardline_router::ShardId;
 
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, tag};
+use crate::session::multi::gather::MergeFailure;
 use crate::session::multi::gather::{Delivery, Source};
-use crate::session::multi::ordered::MergeFailure;
 use crate::session::multi::twophase::{collect, Answer, Part};
 use crate::session::{ClientError, Session, SessionEnd};
 
