@@ -508,6 +508,21 @@ async fn an_error_in_a_pipelined_transaction_then_rollback_as_psycopg_sends_it(
     sides.same("a query", &synced(&["SELECT 1"]), 1).await?;
     sides.same("COMMIT", &synced(&["COMMIT"]), 1).await?;
 
+    // A nested `conn.transaction()` whose body fails: ROLLBACK TO and RELEASE before one Sync
+    // end the failure, and the outer transaction goes on.
+    sides.same("BEGIN", &synced(&["BEGIN"]), 1).await?;
+    sides
+        .same("SAVEPOINT", &synced(&["SAVEPOINT \"_pg3_2\""]), 1)
+        .await?;
+    let failing = synced(&["SELECT 1 FROM nosuchtable"]);
+    sides.same("a failing query", &failing, 1).await?;
+    let back = synced(&["ROLLBACK TO \"_pg3_2\"", "RELEASE \"_pg3_2\""]);
+    sides.same("ROLLBACK TO and RELEASE", &back, 1).await?;
+    sides
+        .same("a query after", &synced(&["SELECT 1"]), 1)
+        .await?;
+    sides.same("COMMIT", &synced(&["COMMIT"]), 1).await?;
+
     // `with conn.transaction()` around nothing but a pipeline sync: BEGIN, Syncs, a Flush
     // alone, COMMIT: the transaction ends (a Flush alone starts no pipeline on a backend).
     sides.same("BEGIN", &synced(&["BEGIN"]), 1).await?;

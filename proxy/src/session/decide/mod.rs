@@ -253,14 +253,19 @@ fn in_failed_transaction<'a>(request: &Request<'a>) -> Option<Action<'a>> {
         // Like PostgreSQL, ending a failed transaction rolls it back, whatever was asked.
         return Some(Action::Finish { commit: false });
     }
-    let rolls_back_to = matches!(
-        kinds,
-        [StatementKind::Savepoint {
+    // `ROLLBACK TO` ends the failure; savepoint commands after it before the same Sync (psycopg
+    // sends `ROLLBACK TO` and `RELEASE` together) run with it, on every shard.
+    let rolls_back_first = matches!(
+        kinds.first(),
+        Some(StatementKind::Savepoint {
             op: SavepointOp::RollbackTo,
             ..
-        }]
+        })
     );
-    if rolls_back_to && request.refusal.is_none() {
+    let scoped = kinds
+        .iter()
+        .all(|k| matches!(k, StatementKind::Savepoint { .. } | StatementKind::SetLocal));
+    if rolls_back_first && scoped && request.routed.is_empty() && request.refusal.is_none() {
         return Some(Action::Everywhere);
     }
     Some(Action::Refuse(local::aborted()))

@@ -533,6 +533,19 @@ fn decides_every_action_and_refusal() {
             None,
         )
         .expect("everywhere"),
+        segment(
+            "ROLLBACK TO and RELEASE before one Sync in a failed transaction (psycopg)",
+            State {
+                failed: true,
+                ..across(&[0, 1])
+            },
+            vec![
+                savepoint(SavepointOp::RollbackTo),
+                savepoint(SavepointOp::Release),
+            ],
+            vec![],
+        )
+        .expect("everywhere"),
         simple(
             "RELEASE in a failed transaction",
             State {
