@@ -13,7 +13,6 @@ use crate::session::decide::{self, decide, Action, Request, Target};
 use crate::session::link::exchange::{Expect, Mode, Reply};
 use crate::session::multi::gather::{Delivery, Gather, Source};
 use crate::session::state::settings::effect_of;
-use crate::session::state::statements::schema_changed;
 use crate::session::{ClientError, Session, SessionEnd};
 
 impl Session {
@@ -61,9 +60,7 @@ impl Session {
                 prepares: None,
             }])
         };
-        let changes_schema =
-            plan.kind == StatementKind::Ddl || plan.parts().contains(&StatementKind::Ddl);
-        let result = match action {
+        match action {
             Action::Local => match self.answer_locally(&plan.kind, &sql) {
                 Some(reply) => self.answer(&reply).await,
                 None => self.fail(internal("a local answer went missing")).await,
@@ -148,11 +145,7 @@ impl Session {
                 }
             }
             Action::Spread => self.fail(internal("a query string cannot spread")).await,
-        };
-        if changes_schema {
-            schema_changed();
         }
-        result
     }
 
     /// Sends a reply the proxy made and the `ReadyForQuery` that ends the query.

@@ -12,9 +12,9 @@ use crate::session::decide::{decide, Action};
 use crate::session::extended::assembled::Assembled;
 use crate::session::extended::messages::build_messages;
 use crate::session::extended::pipeline::begin_statement;
-use crate::session::extended::segment::{Item, Segment};
+use crate::session::extended::segment::Item;
 use crate::session::link::exchange::Reply;
-use crate::session::state::statements::{schema_changed, Statement};
+use crate::session::state::statements::Statement;
 use crate::session::{ClientError, Session, SessionEnd};
 
 /// What became of a segment.
@@ -47,7 +47,7 @@ impl Session {
         loaded: &Arc<Loaded>,
         frames: Vec<Frame>,
     ) -> Result<Segmented, SessionEnd> {
-        let segment = match self.read_segment(loaded, frames) {
+        let mut segment = match self.read_segment(loaded, frames) {
             Ok(segment) => segment,
             Err(malformed) => {
                 let text = malformed.to_string();
@@ -58,20 +58,6 @@ impl Session {
                 return Err(SessionEnd::Protocol(text));
             }
         };
-        let changes_schema = segment.kinds.contains(&StatementKind::Ddl);
-        let result = self.carry_out(loaded, segment).await;
-        if changes_schema {
-            schema_changed();
-        }
-        result
-    }
-
-    /// Decides what to do with a segment and does it.
-    async fn carry_out(
-        &mut self,
-        loaded: &Arc<Loaded>,
-        mut segment: Segment,
-    ) -> Result<Segmented, SessionEnd> {
         let action = decide(&segment.request(), &self.facts(loaded));
         // Owned, so the segment can be handed on whole.
         let action = match action {

@@ -15,6 +15,7 @@ use crate::protocol::backend::{self as msg, tag};
 use crate::protocol::{Frame, FrameError, FrameReader};
 use crate::session::link::output::ClientOutput;
 use crate::session::state::settings::Effect;
+use crate::session::state::statements;
 
 /// The kind of a message sent to a backend, which decides what ends its answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,6 +262,7 @@ where
         }
         if frame_tag == tag::COMMAND_COMPLETE {
             let command = msg::command_tag(&frame);
+            statements::completed(command);
             if matches!(command, "DEALLOCATE ALL" | "DISCARD ALL") {
                 // The backend dropped every prepared statement, the proxy's included (the
                 // client sent it with other statements, so it was not answered locally).

@@ -20,6 +20,7 @@ use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::Frame;
 use crate::session::decide::shard_names;
 use crate::session::link::exchange::{completes, Expect, Mode, Reply};
+use crate::session::state::statements;
 use crate::session::{ClientError, Session, SessionEnd};
 
 /// One shard taking part in a scatter.
@@ -221,7 +222,9 @@ impl Session {
                 tag::NOTICE_RESPONSE | tag::NOTIFICATION => true,
                 tag::PARAMETER_STATUS => *merged.reporter.get_or_insert(leg.shard) == leg.shard,
                 tag::COMMAND_COMPLETE => {
-                    if matches!(msg::command_tag(&frame), "DEALLOCATE ALL" | "DISCARD ALL") {
+                    let command = msg::command_tag(&frame);
+                    statements::completed(command);
+                    if matches!(command, "DEALLOCATE ALL" | "DISCARD ALL") {
                         leg.conn.prepared.clear();
                     }
                     if merged.tags.len() <= statement {

@@ -64,13 +64,17 @@ fn intern(query: &str, param_types: &[u8]) -> u64 {
     id
 }
 
-/// Forgets which ids the queries seen so far have, after a schema change went through the
-/// proxy: a statement prepared on a backend before it keeps the types it resolved then (a
-/// dropped and re-created type is "cache lookup failed"), so a query parsed afterwards gets a
-/// fresh id and is prepared anew, as a driver re-preparing it on one server would have it.
-/// Statements clients still hold keep their old ids, as on one server.
-pub fn schema_changed() {
-    ids().by_query.clear();
+/// Notes a statement a backend completed (its command tag). After a `DROP` or an `ALTER`,
+/// statements prepared on backends before it may name what is gone (a dropped and re-created
+/// type is "cache lookup failed") or return other columns: the queries seen so far forget
+/// their ids, so one parsed afterwards gets a fresh id and is prepared anew, as a driver
+/// re-preparing it on one server would have it (psycopg drops its own cache on the same tags).
+/// Statements clients still hold keep their old ids, as on one server. Creating objects
+/// changes no existing statement, so a workload creating temporary tables keeps its statements.
+pub fn completed(command_tag: &str) {
+    if command_tag.starts_with("DROP ") || command_tag.starts_with("ALTER ") {
+        ids().by_query.clear();
+    }
 }
 
 /// The statements one client has prepared, by the client's names (`""` is the unnamed one).
