@@ -482,7 +482,7 @@ async fn a_statement_parsed_after_a_schema_change_sees_the_new_schema() -> anyho
 #[tokio::test(flavor = "multi_thread")]
 async fn an_error_in_a_pipelined_transaction_then_rollback_as_psycopg_sends_it(
 ) -> anyhow::Result<()> {
-    let (_cluster, _wire_proxy, mut sides) = users_cluster("pipeline-tx-error").await?;
+    let (cluster, _wire_proxy, mut sides) = users_cluster("pipeline-tx-error").await?;
     let statement = |sql: &str| {
         let mut out = parse("", sql);
         out.extend(bind("", &[]));
@@ -522,6 +522,23 @@ async fn an_error_in_a_pipelined_transaction_then_rollback_as_psycopg_sends_it(
         .same("a query after", &synced(&["SELECT 1"]), 1)
         .await?;
     sides.same("COMMIT", &synced(&["COMMIT"]), 1).await?;
+
+    // A transaction that failed on one shard while another holds a healthy backend: a Sync
+    // alone still reports the failed transaction (E), as one PostgreSQL would.
+    let home = cluster.shard_of("users", 1)?;
+    let other = (2..1000)
+        .find(|k| cluster.shard_of("users", *k).ok() != Some(home))
+        .ok_or_else(|| anyhow::anyhow!("every key on one shard"))?;
+    let insert = |key: i64| format!("INSERT INTO users (id, name) VALUES ({key}, 'x')");
+    sides.same("a row", &synced(&[&insert(other)]), 1).await?;
+    sides.same("BEGIN", &synced(&["BEGIN"]), 1).await?;
+    sides.same("a write", &synced(&[&insert(1)]), 1).await?;
+    sides
+        .same("a duplicate", &synced(&[&insert(other)]), 1)
+        .await?;
+    let answers = sides.same("a Sync alone", &sync(), 1).await?;
+    assert_eq!(answers.last(), Some(&Answer::Ready('E')));
+    sides.same("ROLLBACK", &synced(&["ROLLBACK"]), 1).await?;
 
     // `with conn.transaction()` around nothing but a pipeline sync: BEGIN, Syncs, a Flush
     // alone, COMMIT: the transaction ends (a Flush alone starts no pipeline on a backend).

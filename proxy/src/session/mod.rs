@@ -191,8 +191,15 @@ impl Session {
     /// How long the client may stay idle inside a transaction block: its
     /// `idle_in_transaction_session_timeout`, enforced by the proxy because a held transaction
     /// (or one whose backends wait between statements) has no server counting for it.
+    /// Like PostgreSQL's, the clock runs only while the client has its `ReadyForQuery`: not in
+    /// the middle of a pipeline (after a `Flush`, or skipping to `Sync` after an error).
     fn idle_in_transaction_limit(&self) -> Option<Duration> {
-        if !self.tx.open() || !self.batch.is_empty() {
+        let mid_pipeline = !self.batch.is_empty()
+            || self.awaiting_sync
+            || self.skip_to_sync
+            || self.spread.is_some()
+            || self.conns.values().any(|conn| conn.unsynced);
+        if !self.tx.open() || mid_pipeline {
             return None;
         }
         let value = self.settings.get("idle_in_transaction_session_timeout")?;

@@ -92,7 +92,9 @@ pub(crate) enum Action<'a> {
     /// Waits until the resharding cutover lets writes to moving keys go on, then decides again.
     AwaitCutover,
     /// Runs on one shard. `starts_transaction` is false for messages that touch no data (a
-    /// lone `Parse`, a `SET`), which must not start a held transaction on a shard.
+    /// lone `Parse`, a `SET` of an unreported setting), which must not start a held
+    /// transaction on a shard; true for data, `SHOW`, `PREPARE TRANSACTION` and a `SET` of a
+    /// reported setting.
     Single {
         shard: ShardId,
         starts_transaction: bool,
@@ -145,8 +147,9 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
             .iter()
             .any(|k| matches!(k, StatementKind::Savepoint { .. }));
     // A SET of a reported setting inside a held transaction (or after a BEGIN in the same
-    // request) starts the transaction on the default shard instead of being held: the client hears the new value (ParameterStatus)
-    // at once, as from PostgreSQL. Not with one-shard transactions, where it would pin it.
+    // request) starts the transaction on the default shard instead of being held: the client
+    // hears the new value (ParameterStatus) at once, as from PostgreSQL. Not with one-shard
+    // transactions, where it would pin it.
     let begins = tx.begin.is_some() || request.kinds.contains(&StatementKind::Begin);
     let reports = facts.config.cross_shard_transactions
         && begins
@@ -162,6 +165,16 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
     }
     if let Some(error) = request.refusal {
         return Action::Refuse(error.clone());
+    }
+    if request
+        .statements()
+        .any(|k| matches!(k, StatementKind::Deallocate { .. }))
+    {
+        // Backends know the statement under the proxy's name only; the proxy answers it.
+        return Action::Refuse(ClientError::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "send DEALLOCATE of a named statement alone (a query of its own, or alone before a Sync), so the proxy can answer it",
+        ));
     }
     if !tx.shards.is_empty() {
         if let Some(action) = transaction_wide(request, facts) {
@@ -244,7 +257,8 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
 /// alone, as psycopg sends after an error in a pipeline) goes on to the transaction's backend,
 /// which answers it as PostgreSQL does (`None`).
 fn in_failed_transaction<'a>(request: &Request<'a>) -> Option<Action<'a>> {
-    let ends = |k: &StatementKind| matches!(k, StatementKind::Commit | StatementKind::Rollback);
+    // PREPARE TRANSACTION of a failed transaction rolls it back too (tag ROLLBACK).
+    let ends = |k: &StatementKind| k.ends_transaction();
     let kinds = request.kinds;
     if kinds.is_empty() && request.routed.is_empty() && request.refusal.is_none() {
         return None;

@@ -263,9 +263,7 @@ where
         if frame_tag == tag::COMMAND_COMPLETE {
             let command = msg::command_tag(&frame);
             statements::completed(command);
-            if matches!(command, "DEALLOCATE ALL" | "DISCARD ALL") {
-                // The backend dropped every prepared statement, the proxy's included (the
-                // client sent it with other statements, so it was not answered locally).
+            if statements::forgets_every_statement(command) {
                 backend.prepared.clear();
                 outcome.forgot_statements |= relay;
             }

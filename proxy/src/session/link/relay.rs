@@ -87,8 +87,10 @@ impl Session {
                 // A message run outside the client's transaction block (it touches no data,
                 // and the transaction has not reached this shard) must not tell the client its
                 // transaction is gone: its `ReadyForQuery` carries the client's status.
+                // So must a message run in a transaction that failed elsewhere (another shard,
+                // or a refusal): the backend itself still reports a healthy one.
                 let outside = self.tx.open() && !self.tx.shards.contains(&shard);
-                let status = outside.then(|| self.tx.status());
+                let status = (outside || self.tx.failed).then(|| self.tx.status());
                 exchange::drive(
                     &mut conn,
                     &mut queue,

@@ -224,8 +224,9 @@ impl Session {
                 tag::COMMAND_COMPLETE => {
                     let command = msg::command_tag(&frame);
                     statements::completed(command);
-                    if matches!(command, "DEALLOCATE ALL" | "DISCARD ALL") {
+                    if statements::forgets_every_statement(command) {
                         leg.conn.prepared.clear();
+                        self.statements.clear();
                     }
                     if merged.tags.len() <= statement {
                         merged.tags.push(Vec::new());

@@ -222,7 +222,8 @@ pub fn duration_of(value: &str, default_unit: Duration) -> Option<Duration> {
         "d" => Duration::from_secs(86_400),
         _ => return None,
     };
-    let duration = unit.mul_f64(number);
+    // A value too large for a duration (a client may hold any SET) is no limit.
+    let duration = Duration::try_from_secs_f64(unit.as_secs_f64() * number).ok()?;
     (!duration.is_zero()).then_some(duration)
 }
 
@@ -303,6 +304,7 @@ mod tests {
             ("'0s'", None),
             ("'soon'", None),
             ("'5 fortnights'", None),
+            ("99999999999999999999999", None),
         ];
         for (value, expected) in cases {
             assert_eq!(duration_of(value, ms), expected, "{value}");

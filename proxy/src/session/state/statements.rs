@@ -64,6 +64,13 @@ fn intern(query: &str, param_types: &[u8]) -> u64 {
     id
 }
 
+/// Whether a statement that completed on a backend (its command tag) dropped every prepared
+/// statement there, the proxy's included: `DEALLOCATE ALL`, `DISCARD ALL` sent with other
+/// statements (alone they are answered by the proxy).
+pub fn forgets_every_statement(command_tag: &str) -> bool {
+    matches!(command_tag, "DEALLOCATE ALL" | "DISCARD ALL")
+}
+
 /// Notes a statement a backend completed (its command tag). After a `DROP` or an `ALTER`,
 /// statements prepared on backends before it may name what is gone (a dropped and re-created
 /// type is "cache lookup failed") or return other columns: the queries seen so far forget

@@ -250,6 +250,28 @@ fn decides_every_action_and_refusal() {
             vec![Target::Shard(2)],
         )
         .expect("refuse 25P02"),
+        segment(
+            "DEALLOCATE name beside a query before one Sync",
+            idle(),
+            vec![
+                StatementKind::Deallocate {
+                    name: "_pg3_0".into(),
+                },
+                Read,
+            ],
+            vec![Target::Shard(0)],
+        )
+        .expect("refuse 0A000"),
+        simple(
+            "PREPARE TRANSACTION of a failed transaction",
+            State {
+                failed: true,
+                ..pinned(0)
+            },
+            StatementKind::PrepareTransaction,
+            None,
+        )
+        .expect("finish rollback"),
         // Session statements go where the session is.
         simple("SET outside a transaction", idle(), set(), None).expect("single s0 (no data)"),
         simple(
