@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # pgbench -S (select-only) straight against one shard and through shardline, in the same run,
 # for the simple, extended and prepared protocols. Prints TPS, the proxy/direct ratio and the
-# proxy's CPU time per transaction (utime+stime from /proc/<pid>/stat). When pgbouncer is
-# installed, the same load through pgbouncer (transaction pooling, to shard 0) is shown too.
+# proxy's CPU time per transaction split into user + system (utime, stime from
+# /proc/<pid>/stat). When pgbouncer is installed, the same load through pgbouncer (transaction
+# pooling, to shard 0) is shown too, with the proxy/pgbouncer ratio and pgbouncer's CPU.
 #
 #   bash bench/pgbench_proxy.sh [seconds per run, default 10] [clients, default 8]
 set -euo pipefail
@@ -61,26 +62,46 @@ INI
   sleep 1
 fi
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# utime and stime (clock ticks) of a process.
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
+PGB_PROC=
+[ -n "$PGB_PID" ] && PGB_PROC=$(cat "$DIR/pgbouncer.pid" 2>/dev/null || true)
 
-printf "%-9s %12s %12s %7s %18s %15s\n" mode "direct TPS" "proxy TPS" ratio "proxy CPU us/tx" "pgbouncer TPS"
+# Microseconds of user and system CPU per transaction between two cpu_ticks readings.
+per_tx() { # BEFORE AFTER TRANSACTIONS
+  awk -v b="$1" -v a="$2" -v t="$3" -v hz="$HZ" 'BEGIN {
+    split(b, x, " "); split(a, y, " ");
+    if (t > 0) printf "%.1f %.1f", (y[1] - x[1]) * 1e6 / hz / t, (y[2] - x[2]) * 1e6 / hz / t;
+    else printf "- -" }'
+}
+processed() { awk -F': ' '/actually processed/ {split($2, a, "/"); print a[1]; exit}'; }
+tps() { awk '/^tps/ {printf "%.0f", $3; exit}'; }
+
+printf "%-9s %10s %10s %6s %16s %10s %6s %16s\n" mode "direct TPS" "proxy TPS" "/dir" \
+  "proxy us/tx u+s" "pgb TPS" "/pgb" "pgb us/tx u+s"
 for mode in simple extended prepared; do
-  direct=$(pgbench -n -h 127.0.0.1 -p "$SHARD0" -U app -c "$CLIENTS" -j 2 -T "$SECS" -M "$mode" -f "$DIR/select.sql" app 2>/dev/null \
-    | awk '/^tps/ {print $3; exit}')
+  run() { pgbench -n -h 127.0.0.1 -p "$1" -U app -c "$CLIENTS" -j 2 -T "$SECS" -M "$mode" -f "$DIR/select.sql" app 2>/dev/null; }
+  direct=$(run "$SHARD0" | tps)
   before=$(cpu_ticks "$PROXY_PID")
-  out=$(pgbench -n -h 127.0.0.1 -p "$PORT" -U app -c "$CLIENTS" -j 2 -T "$SECS" -M "$mode" -f "$DIR/select.sql" app 2>/dev/null)
+  out=$(run "$PORT")
   after=$(cpu_ticks "$PROXY_PID")
-  proxy=$(echo "$out" | awk '/^tps/ {print $3; exit}')
-  txs=$(echo "$out" | awk -F': ' '/actually processed/ {split($2, a, "/"); print a[1]; exit}')
-  pgb="-"
-  if [ -n "$PGB_PID" ]; then
+  proxy=$(echo "$out" | tps)
+  read -r pu ps <<<"$(per_tx "$before" "$after" "$(echo "$out" | processed)")"
+  pgb="-" gu="-" gs="-"
+  if [ -n "$PGB_PROC" ]; then
     # pgbouncer before 1.21 cannot run protocol-level prepared statements in transaction mode.
-    pgb=$(pgbench -n -h 127.0.0.1 -p "$PGB_PORT" -U app -c "$CLIENTS" -j 2 -T "$SECS" -M "$mode" -f "$DIR/select.sql" app 2>/dev/null \
-      | awk '/^tps/ {printf "%.0f", $3; exit}' || true)
-    [ -n "$pgb" ] || pgb="fails"
+    before=$(cpu_ticks "$PGB_PROC")
+    out=$(run "$PGB_PORT" || true)
+    after=$(cpu_ticks "$PGB_PROC")
+    pgb=$(echo "$out" | tps)
+    if [ -n "$pgb" ]; then
+      read -r gu gs <<<"$(per_tx "$before" "$after" "$(echo "$out" | processed)")"
+    else
+      pgb="fails"
+    fi
   fi
-  awk -v d="$direct" -v p="$proxy" -v t="$txs" -v c=$((after - before)) -v hz="$HZ" -v m="$mode" -v b="$pgb" 'BEGIN {
-    us = (t > 0) ? c * 1000000 / hz / t : 0;
-    printf "%-9s %12.0f %12.0f %7.2f %18.1f %15s\n", m, d, p, (d > 0 ? p / d : 0), us, b }'
+  awk -v m="$mode" -v d="$direct" -v p="$proxy" -v pu="$pu" -v ps="$ps" -v g="$pgb" -v gu="$gu" -v gs="$gs" 'BEGIN {
+    printf "%-9s %10.0f %10.0f %6.2f %16s %10s %6s %16s\n", m, d, p, (d > 0 ? p / d : 0), pu " + " ps,
+      g, (g + 0 > 0 ? sprintf("%.2f", p / g) : "-"), gu " + " gs }'
 done

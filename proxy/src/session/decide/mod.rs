@@ -237,7 +237,9 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
     }
     if joins && request.ends_transaction() {
         // The shard joining would end the transaction alone, the others left open.
-        return Action::Refuse(end_alone(facts.config, &tx.shards));
+        let mut shards = tx.shards.clone();
+        shards.insert(shard);
+        return Action::Refuse(end_alone(facts.config, &shards));
     }
     if joins && !facts.config.cross_shard_transactions {
         let home = tx.home().unwrap_or_default();
@@ -257,14 +259,13 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
 /// alone, as psycopg sends after an error in a pipeline) goes on to the transaction's backend,
 /// which answers it as PostgreSQL does (`None`).
 fn in_failed_transaction<'a>(request: &Request<'a>) -> Option<Action<'a>> {
-    // PREPARE TRANSACTION of a failed transaction rolls it back too (tag ROLLBACK).
-    let ends = |k: &StatementKind| k.ends_transaction();
     let kinds = request.kinds;
     if kinds.is_empty() && request.routed.is_empty() && request.refusal.is_none() {
         return None;
     }
-    if !kinds.is_empty() && kinds.iter().all(ends) {
-        // Like PostgreSQL, ending a failed transaction rolls it back, whatever was asked.
+    if !kinds.is_empty() && kinds.iter().all(StatementKind::ends_transaction) {
+        // Like PostgreSQL, ending a failed transaction rolls it back, whatever was asked
+        // (COMMIT and PREPARE TRANSACTION answer ROLLBACK).
         return Some(Action::Finish { commit: false });
     }
     // `ROLLBACK TO` ends the failure; savepoint commands after it before the same Sync (psycopg
@@ -276,13 +277,19 @@ fn in_failed_transaction<'a>(request: &Request<'a>) -> Option<Action<'a>> {
             ..
         })
     );
-    let scoped = kinds
-        .iter()
-        .all(|k| matches!(k, StatementKind::Savepoint { .. } | StatementKind::SetLocal));
-    if rolls_back_first && scoped && request.routed.is_empty() && request.refusal.is_none() {
+    let all_scoped = kinds.iter().all(transaction_scoped);
+    if rolls_back_first && all_scoped && request.routed.is_empty() && request.refusal.is_none() {
         return Some(Action::Everywhere);
     }
     Some(Action::Refuse(local::aborted()))
+}
+
+/// Savepoint commands and `SET LOCAL`: every shard of the transaction must see them.
+fn transaction_scoped(kind: &StatementKind) -> bool {
+    matches!(
+        kind,
+        StatementKind::Savepoint { .. } | StatementKind::SetLocal
+    )
 }
 
 /// Statements that concern the whole transaction once shards take part in it: its end, and
@@ -290,8 +297,6 @@ fn in_failed_transaction<'a>(request: &Request<'a>) -> Option<Action<'a>> {
 fn transaction_wide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Option<Action<'a>> {
     let tx = facts.tx;
     let kinds = request.kinds;
-    let scoped =
-        |k: &StatementKind| matches!(k, StatementKind::Savepoint { .. } | StatementKind::SetLocal);
     let several = tx.shards.len() > 1;
     if !kinds.is_empty() && request.routed.is_empty() && !facts.segment_open {
         match kinds {
@@ -311,10 +316,10 @@ fn transaction_wide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Option<Acti
         // Moving keys are copied to their new owners at a one-shard commit.
         return Some(Action::Refuse(moving::several_shards()));
     }
-    if !request.statements().any(scoped) {
+    if !request.statements().any(transaction_scoped) {
         return None;
     }
-    if kinds.iter().all(scoped) && request.routed.is_empty() {
+    if kinds.iter().all(transaction_scoped) && request.routed.is_empty() {
         return Some(Action::Everywhere);
     }
     let one_shard_each = request
