@@ -164,11 +164,17 @@ where
     }
 }
 
-/// The unnamed statement `sql` without parameters, executed, and `Sync`.
-fn run_once(sql: &str) -> Vec<u8> {
+/// The unnamed statement `sql` without parameters, executed (no `Sync`).
+fn unsynced(sql: &str) -> Vec<u8> {
     let mut out = parse("", sql);
     out.extend(bind("", &[]));
     out.extend(execute(0));
+    out
+}
+
+/// The unnamed statement `sql` without parameters, executed, and `Sync`.
+fn run_once(sql: &str) -> Vec<u8> {
+    let mut out = unsynced(sql);
     out.extend(sync());
     out
 }
@@ -551,5 +557,98 @@ async fn an_error_in_a_pipelined_transaction_then_rollback_as_psycopg_sends_it(
     commit.extend(flush());
     let answers = sides.same("COMMIT", &commit, 1).await?;
     assert_eq!(answers.last(), Some(&Answer::Ready('I')));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn statements_for_several_shards_share_a_pipeline_as_on_one_server() -> anyhow::Result<()> {
+    let (cluster, _wire_proxy, mut sides) = users_cluster("pipeline-every-shard").await?;
+    let exists = "SELECT count(*) FROM pg_tables WHERE tablename = 'voila'";
+    let tables_on_shards = || async {
+        let mut found = 0;
+        for server in cluster.pg.servers() {
+            let direct = connect(&server.app_conninfo()).await?;
+            found += direct.query_one(exists, &[]).await?.get::<_, i64>(0);
+        }
+        anyhow::Ok(found)
+    };
+
+    // psycopg's test_pipeline_errors_processed_at_exit: the first error is PostgreSQL's
+    // (not a refusal of the DDL beside it), and the DDL after it never runs.
+    for first in ["SELECT * FROM nosuchtable", "SELECT error"] {
+        let mut failing = unsynced(first);
+        failing.extend(unsynced("CREATE TABLE voila ()"));
+        failing.extend(sync());
+        sides
+            .same(&format!("{first} before a DDL statement"), &failing, 1)
+            .await?;
+        assert_eq!(tables_on_shards().await?, 0, "the DDL after an error ran");
+    }
+
+    // DDL beside keyed writes for two shards and a keyless UPDATE: one implicit transaction
+    // over every shard, committed at the Sync.
+    let keys = [8_000_001_i64, 8_000_002, 8_000_003, 8_000_004];
+    let shards: std::collections::BTreeSet<usize> = keys
+        .iter()
+        .map(|k| cluster.shard_of("users", *k))
+        .collect::<Result<_, _>>()?;
+    assert!(shards.len() > 1, "the writes must need several shards");
+    let mut mixed = unsynced("CREATE TABLE voila (id int)");
+    mixed.extend(parse("", INSERT));
+    mixed.extend(inserts(&keys, "mixed"));
+    mixed.extend(parse(
+        "",
+        "UPDATE users SET name = 'updated' WHERE name = $1",
+    ));
+    mixed.extend(bind("", &["mixed"]));
+    mixed.extend(execute(0));
+    mixed.extend(sync());
+    sides
+        .same("DDL, writes and a keyless UPDATE", &mixed, 1)
+        .await?;
+    assert_eq!(tables_on_shards().await?, 4, "the DDL reached every shard");
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, keys.len());
+
+    // The same inside a transaction block begun in the pipeline, then a failure: everything
+    // the pipeline ran is rolled back on every shard.
+    let more = [8_100_001_i64, 8_100_002, 8_100_003];
+    let mut doomed = unsynced("BEGIN");
+    doomed.extend(parse("", INSERT));
+    doomed.extend(inserts(&more, "doomed"));
+    doomed.extend(parse("", "DELETE FROM users WHERE name = $1"));
+    doomed.extend(bind("", &["updated"]));
+    doomed.extend(execute(0));
+    doomed.extend(sync());
+    sides
+        .same("BEGIN, writes and a keyless DELETE", &doomed, 1)
+        .await?;
+    sides
+        .same("a failing statement", &run_once("SELECT 1/0"), 1)
+        .await?;
+    sides.same("COMMIT of it", &run_once("COMMIT"), 1).await?;
+    assert_eq!(
+        cluster.placed_rows("users", "id", false).await?,
+        keys.len(),
+        "a failed transaction left rows behind"
+    );
+    let every_row = run_once("SELECT id, name FROM users ORDER BY id");
+    sides.same("every row", &every_row, 1).await?;
+
+    // A COMMIT among statements on several shards cannot end one shard's part alone: refused
+    // in its place, and nothing of the transaction commits.
+    let mut refused = unsynced("BEGIN");
+    refused.extend(parse("", INSERT));
+    refused.extend(inserts(&more, "refused"));
+    refused.extend(unsynced("COMMIT"));
+    refused.extend(sync());
+    let answers = transcript(&mut sides.proxy, &refused, Until::Syncs(1)).await?;
+    assert!(
+        answers.contains(&Answer::Error("0A000".into())),
+        "{answers:?}"
+    );
+    assert_eq!(answers.last(), Some(&Answer::Ready('E')), "{answers:?}");
+    let rollback = transcript(&mut sides.proxy, &run_once("ROLLBACK"), Until::Syncs(1)).await?;
+    assert_eq!(rollback.last(), Some(&Answer::Ready('I')), "{rollback:?}");
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, keys.len());
     Ok(())
 }

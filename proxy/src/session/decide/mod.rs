@@ -343,30 +343,8 @@ fn spread<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a> {
     if request.dual || !facts.tx.dual.is_empty() {
         return Action::Refuse(moving::several_shards());
     }
-    // A BEGIN takes the pipeline so far into a transaction block; ending one is not split.
-    let begins_only = request
-        .kinds
-        .iter()
-        .all(|k| !controls_transactions(std::slice::from_ref(k)) || *k == StatementKind::Begin);
-    if controls_transactions(request.kinds) && (facts.tx.open() || !begins_only) {
-        return Action::Refuse(ClientError::new(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "a transaction block cannot start or end in a pipeline whose statements need several shards; send a Sync before BEGIN",
-        ));
-    }
-    if let Some((_, target)) = request
-        .routed
-        .iter()
-        .find(|(_, t)| !matches!(t, Target::Shard(_)))
-    {
-        return Action::Refuse(ClientError::new(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            format!(
-                "a statement that needs shards {} cannot run in a pipeline whose other statements need other shards; send a Sync before it",
-                shard_names(facts.config, &target.shards(facts.config).unwrap_or_default())
-            ),
-        ));
-    }
+    // Statements it cannot run (a transaction's end, an assembled read) are refused in their
+    // place, so an error PostgreSQL would report before them still comes first.
     Action::Spread
 }
 
@@ -386,14 +364,23 @@ fn answers_locally(kinds: &[StatementKind], mut phase: TxPhase) -> bool {
 }
 
 /// Whether an extended-protocol segment must run spread: outside a transaction block, its
-/// statements (with what its pipeline already ran) need more than one shard, each statement
-/// one shard.
+/// statements (with what its pipeline already ran) need more than one shard; inside one, its
+/// own statements do. A statement that needs several shards spreads when others share its
+/// pipeline; alone, it runs as it is.
 fn spreads(request: &Request<'_>, facts: &Facts<'_>) -> bool {
     if facts.spread {
         return true;
     }
-    if controls_transactions(request.kinds) || request.routed.iter().any(|(_, t)| t.assembled()) {
+    if !facts.config.cross_shard_transactions && controls_transactions(request.kinds) {
         return false;
+    }
+    let beside_others = request.routed.len() > 1 || !facts.unsynced.is_empty();
+    if request
+        .routed
+        .iter()
+        .any(|(_, t)| !matches!(t, Target::Shard(_)))
+    {
+        return beside_others && (!facts.tx.open() || facts.config.cross_shard_transactions);
     }
     if facts.tx.open() {
         // Inside a transaction block the shards join the transaction; the segment spreads when
@@ -406,15 +393,14 @@ fn spreads(request: &Request<'_>, facts: &Facts<'_>) -> bool {
         return facts.config.cross_shard_transactions && shards.any(|s| Some(s) != first);
     }
     // The common segment (one statement, nothing left unsynced) decides without allocating.
-    if request.routed.len() <= 1 && facts.unsynced.is_empty() {
+    if !beside_others {
         return false;
     }
     let mut shards: BTreeSet<ShardId> = facts.unsynced.iter().copied().collect();
     for (_, target) in request.routed {
-        match target {
-            Target::Shard(shard) => shards.insert(*shard),
-            _ => return false,
-        };
+        if let Target::Shard(shard) = target {
+            shards.insert(*shard);
+        }
     }
     shards.len() > 1
 }

@@ -38,11 +38,6 @@ impl Target {
             Target::Copy(spec) => Some(spec.rule.shards(config.shards.len())),
         }
     }
-
-    /// The proxy assembles the statement's one result from several shards.
-    pub(super) fn assembled(&self) -> bool {
-        matches!(self, Target::Gather(_) | Target::Split(_) | Target::Copy(_))
-    }
 }
 
 /// Statements about the session or the transaction rather than data: they run wherever the

@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::ops::Range;
 
 use bytes::Bytes;
-use shardline_router::{ShardId, StatementKind};
+use shardline_router::{Config, ShardId, StatementKind};
 
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
@@ -44,11 +44,23 @@ pub(crate) struct Spread {
     in_transaction: bool,
 }
 
-/// Consecutive messages of a segment that end with one `Execute`, and the shard they run on
-/// (the decision spreads a segment only when each statement needs one shard).
+/// Consecutive messages of a segment that end with one `Execute`, and where they run.
 struct Unit {
     items: Range<usize>,
-    target: Option<ShardId>,
+    place: Place,
+}
+
+/// Where a unit of a spread pipeline runs.
+enum Place {
+    /// Messages that name no shard: where the last statement ran.
+    Last,
+    Shard(ShardId),
+    /// A statement that runs on every listed shard (DDL, a keyless write or read whose rows are
+    /// concatenated), each joining the pipeline's transaction.
+    Every(Vec<ShardId>),
+    /// A statement whose answer the proxy assembles from several shards (an ordered or
+    /// aggregated read, a multi-row `INSERT` split by shard, `COPY`): refused in its place.
+    Assembled(Vec<ShardId>),
 }
 
 impl Session {
@@ -78,43 +90,48 @@ impl Session {
             }
             self.spread = Some(spread);
         }
-        for unit in units(&segment) {
+        for unit in units(&segment, &loaded.config) {
             if self.skip_to_sync {
                 break;
             }
-            let shard = match unit.target {
-                Some(shard) => shard,
-                None => self
+            let shard = match unit.place {
+                Place::Shard(shard) => shard,
+                Place::Last => self
                     .spread
                     .as_ref()
                     .and_then(|s| s.last)
                     .unwrap_or(loaded.config.default_shard),
+                Place::Every(shards) => {
+                    self.every_shard_in_spread(loaded, &shards, &segment.items[unit.items])
+                        .await?;
+                    continue;
+                }
+                Place::Assembled(shards) => {
+                    let error = ClientError::new(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!(
+                            "a statement whose answer the proxy assembles from shards {} cannot run in a pipeline beside other statements; send a Sync before it",
+                            self.shard_names(&shards)
+                        ),
+                    );
+                    return self.fail(error).await;
+                }
             };
-            let begin = self
-                .spread
-                .as_mut()
-                .is_some_and(|s| s.joined.insert(shard) && !s.in_transaction);
-            if let Some(spread) = self.spread.as_mut() {
-                spread.last = Some(shard);
-            }
             let items = &segment.items[unit.items];
+            if executed(items).is_some_and(|s| ends_or_controls(&s.plan.kind)) {
+                // What ran before it is on several shards; ending it here would end one.
+                return self
+                    .fail(ClientError::new(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "a transaction block cannot end in a pipeline whose statements need several shards; send a Sync before COMMIT or ROLLBACK",
+                    ))
+                    .await;
+            }
             // Before any shard joined the transaction, the proxy holds these itself (below).
             let on_shards = self.spread.as_ref().is_some_and(|s| s.in_transaction)
                 && !self.tx.shards.is_empty();
             if let (true, Some(kind)) = (on_shards, transaction_scoped(items)) {
                 self.everywhere_in_spread(loaded, items, &kind).await?;
-                continue;
-            }
-            let local = executed(items)
-                .is_some_and(|s| local_answer(&s.plan.kind, TxPhase::of(&self.tx)).is_some());
-            if local && begin_statement(items).is_none() {
-                // `DEALLOCATE ALL` and the like: the proxy's answer, in its place in the stream.
-                let replies = self.segment_replies(items, |session, statement| {
-                    session
-                        .answer_locally(&statement.plan.kind, &statement.query)
-                        .unwrap_or_default()
-                });
-                self.out.push(&replies).await?;
                 continue;
             }
             if let Some(begin) = begin_statement(items) {
@@ -124,6 +141,25 @@ impl Session {
                 let replies = self.segment_replies(items, |_, _| msg::command_complete("BEGIN"));
                 self.out.push(&replies).await?;
                 continue;
+            }
+            if executed(items)
+                .is_some_and(|s| local_answer(&s.plan.kind, TxPhase::of(&self.tx)).is_some())
+            {
+                // `DEALLOCATE ALL` and the like: the proxy's answer, in its place in the stream.
+                let replies = self.segment_replies(items, |session, statement| {
+                    session
+                        .answer_locally(&statement.plan.kind, &statement.query)
+                        .unwrap_or_default()
+                });
+                self.out.push(&replies).await?;
+                continue;
+            }
+            let begin = self
+                .spread
+                .as_mut()
+                .is_some_and(|s| s.joined.insert(shard) && !s.in_transaction);
+            if let Some(spread) = self.spread.as_mut() {
+                spread.last = Some(shard);
             }
             self.exchange_with(loaded, shard, true, |conn| {
                 let mut out = Vec::with_capacity(items.len() + 2);
@@ -184,6 +220,41 @@ impl Session {
             self.record_in_transaction(kind, &statement.query);
         }
         Ok(())
+    }
+
+    /// Runs a statement of a spread pipeline on every shard in `shards`, each joining the
+    /// pipeline's transaction first; the client hears one answer, with rows concatenated and
+    /// counts summed.
+    async fn every_shard_in_spread(
+        &mut self,
+        loaded: &Loaded,
+        shards: &[ShardId],
+        items: &[Item],
+    ) -> Result<(), SessionEnd> {
+        let in_transaction = self.spread.as_ref().is_some_and(|s| s.in_transaction);
+        for &shard in shards {
+            let joins = self.spread.as_mut().is_some_and(|s| s.joined.insert(shard));
+            if joins && !in_transaction {
+                self.exchange_with(loaded, shard, true, |_| {
+                    let out = vec![
+                        Bytes::from_static(BEGIN_IN_PIPELINE),
+                        Bytes::from_static(FLUSH),
+                    ];
+                    let queue = [Reply::Parse, Reply::Bind, Reply::Execute].map(Expect::swallow);
+                    (out, queue.into())
+                })
+                .await?;
+                if self.skip_to_sync {
+                    return Ok(());
+                }
+            }
+        }
+        self.scatter(loaded, shards, |conn| {
+            let (mut out, expects) = build_messages(items, conn);
+            out.push(Bytes::from_static(FLUSH));
+            (out, expects)
+        })
+        .await
     }
 
     /// Turns the spread pipeline into the client's transaction block, begun by `begin`: its
@@ -361,6 +432,12 @@ fn transaction_scoped(items: &[Item]) -> Option<StatementKind> {
     })
 }
 
+/// Statements that end the transaction or act on its backend alone (`COMMIT PREPARED`, cursor
+/// commands): a spread pipeline cannot run them on one of its shards.
+fn ends_or_controls(kind: &StatementKind) -> bool {
+    kind.ends_transaction() || *kind == StatementKind::TransactionControl
+}
+
 /// The statement the messages execute.
 pub(crate) fn executed(items: &[Item]) -> Option<&Statement> {
     items.iter().find_map(|item| match item {
@@ -402,7 +479,7 @@ pub(crate) fn begin_statement(items: &[Item]) -> Option<String> {
 
 /// Cuts a segment after each `Execute`; the closing `Sync` or `Flush` is left out (the spread
 /// sends its own `Flush` after each unit and handles `Sync` itself).
-fn units(segment: &Segment) -> Vec<Unit> {
+fn units(segment: &Segment, config: &Config) -> Vec<Unit> {
     let mut end = segment.items.len();
     while end > 0
         && matches!(
@@ -419,17 +496,18 @@ fn units(segment: &Segment) -> Vec<Unit> {
     let mut start = 0;
     for (i, item) in segment.items[..end].iter().enumerate() {
         if matches!(item, Item::Execute { .. }) || i + 1 == end {
-            let target = segment
+            let place = segment
                 .routed
                 .iter()
                 .find(|(at, _)| (start..=i).contains(at))
-                .and_then(|(_, target)| match target {
-                    Target::Shard(shard) => Some(*shard),
-                    _ => None,
+                .map_or(Place::Last, |(_, target)| match target {
+                    Target::Shard(shard) => Place::Shard(*shard),
+                    Target::Scatter(shards) => Place::Every(shards.clone()),
+                    other => Place::Assembled(other.shards(config).unwrap_or_default()),
                 });
             units.push(Unit {
                 items: start..i + 1,
-                target,
+                place,
             });
             start = i + 1;
         }

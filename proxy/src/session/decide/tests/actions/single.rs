@@ -291,7 +291,7 @@ fn decides_statements_and_pipelines() {
         )
         .expect("spread"),
         segment(
-            "COMMIT in a pipeline spread over shards",
+            "COMMIT in a pipeline spread over shards (refused in its place)",
             State {
                 spread: true,
                 unsynced: vec![1, 2],
@@ -301,7 +301,7 @@ fn decides_statements_and_pipelines() {
             vec![Commit],
             vec![],
         )
-        .expect("refuse 0A000"),
+        .expect("spread"),
     ];
     check(&loaded, cases);
 }

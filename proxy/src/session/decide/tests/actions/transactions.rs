@@ -314,14 +314,61 @@ fn decides_transactions_across_shards() {
         .one_shard_transactions()
         .expect("refuse 0A000"),
         segment(
-            "a scatter beside another statement",
+            "a scatter beside another statement spreads (DDL, keyless writes)",
             idle(),
             vec![Read, Read],
             vec![Target::Shard(1), scatter()],
         )
+        .expect("spread"),
+        segment(
+            "a scatter beside another statement, one-shard transactions",
+            held(),
+            vec![Read, Read],
+            vec![Target::Shard(1), scatter()],
+        )
+        .one_shard_transactions()
         .expect("refuse 0A000"),
         segment(
-            "ROLLBACK inside a spread pipeline",
+            "a scatter after a statement the pipeline ran elsewhere",
+            State {
+                unsynced: vec![1],
+                ..idle()
+            },
+            vec![Read],
+            vec![scatter()],
+        )
+        .expect("spread"),
+        segment(
+            "a scatter alone before its Sync runs as it is",
+            idle(),
+            vec![Read],
+            vec![scatter()],
+        )
+        .expect("scatter s0,s1,s2,s3"),
+        segment(
+            "an ordered read beside another statement (refused in its place)",
+            idle(),
+            vec![Read, Read],
+            vec![Target::Shard(1), gather()],
+        )
+        .expect("spread"),
+        segment(
+            "BEGIN and writes for two shards in one segment",
+            idle(),
+            vec![StatementKind::Begin, Write, Write],
+            vec![Target::Shard(1), Target::Shard(2)],
+        )
+        .expect("spread"),
+        segment(
+            "BEGIN and writes for two shards, one-shard transactions",
+            idle(),
+            vec![StatementKind::Begin, Write, Write],
+            vec![Target::Shard(1), Target::Shard(2)],
+        )
+        .one_shard_transactions()
+        .expect("refuse 0A000"),
+        segment(
+            "ROLLBACK inside a spread pipeline (refused in its place)",
             State {
                 spread: true,
                 ..idle()
@@ -329,7 +376,7 @@ fn decides_transactions_across_shards() {
             vec![Rollback, Write],
             vec![Target::Shard(2)],
         )
-        .expect("refuse 0A000"),
+        .expect("spread"),
         segment(
             "a scatter inside a spread pipeline",
             State {
@@ -339,7 +386,7 @@ fn decides_transactions_across_shards() {
             vec![Read],
             vec![scatter()],
         )
-        .expect("refuse 0A000"),
+        .expect("spread"),
         // Resharding: writes of moving keys.
         simple("a write of a moving key", idle(), Write, one(1))
             .dual()
