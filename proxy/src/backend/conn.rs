@@ -19,6 +19,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::protocol::backend::tag;
+use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::{Frame, FrameError, FrameReader};
 
 /// Largest message accepted from a shard (rows can be big; PostgreSQL caps a field at 1 GB).
@@ -107,6 +108,23 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// The `client_encoding` this backend reads and writes text in: the one the proxy set on
+    /// it, or the server's default it reported at login.
+    pub fn client_encoding(&self) -> ClientEncoding {
+        let set = self
+            .settings
+            .as_ref()
+            .and_then(|s| s.get("client_encoding"));
+        let default = || {
+            self.server_params
+                .iter()
+                .find(|(name, _)| name == "client_encoding")
+                .map(|(_, value)| value)
+        };
+        set.or_else(default)
+            .map_or(ClientEncoding::Utf8, |name| ClientEncoding::named(name))
+    }
+
     /// Connects and logs in.
     pub async fn connect(
         target: &BackendTarget,

@@ -70,7 +70,12 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Text of a `Query` message.
+/// Text of a `Query` message, as the client's bytes (in its `client_encoding`).
+pub fn query_bytes(frame: &Frame) -> Result<&[u8], Malformed> {
+    Cursor::new(frame.body(), "Query").cstr()
+}
+
+/// Text of a `Query` message from a client that speaks UTF-8 (the admin console).
 pub fn query_text(frame: &Frame) -> Result<&str, Malformed> {
     let mut c = Cursor::new(frame.body(), "Query");
     let text = c.cstr()?;
@@ -81,7 +86,8 @@ pub fn query_text(frame: &Frame) -> Result<&str, Malformed> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseView<'a> {
     pub name: &'a [u8],
-    pub query: &'a str,
+    /// The query text as the client's bytes (in its `client_encoding`).
+    pub query: &'a [u8],
     /// The bytes after the query: parameter type count and OIDs, kept for re-preparing.
     pub param_types: &'a [u8],
 }
@@ -92,7 +98,6 @@ impl<'a> ParseView<'a> {
         let mut c = Cursor::new(frame.body(), "Parse");
         let name = c.cstr()?;
         let query = c.cstr()?;
-        let query = std::str::from_utf8(query).or_else(|_| c.fail("query is not valid UTF-8"))?;
         let param_types = c.rest;
         let n = c.count()?;
         c.take(n * 4)?;
@@ -104,15 +109,16 @@ impl<'a> ParseView<'a> {
     }
 }
 
-/// Builds a `Parse` that prepares `query` under `name` with the given raw parameter-type bytes.
-pub fn build_parse(name: &[u8], query: &str, param_types: &[u8]) -> Bytes {
+/// Builds a `Parse` that prepares `query` (bytes in the backend's `client_encoding`) under
+/// `name` with the given raw parameter-type bytes.
+pub fn build_parse(name: &[u8], query: &[u8], param_types: &[u8]) -> Bytes {
     let len = 4 + name.len() + 1 + query.len() + 1 + param_types.len();
     let mut buf = BytesMut::with_capacity(len + 1);
     buf.put_u8(b'P');
     buf.put_i32(len as i32);
     buf.put_slice(name);
     buf.put_u8(0);
-    buf.put_slice(query.as_bytes());
+    buf.put_slice(query);
     buf.put_u8(0);
     buf.put_slice(param_types);
     buf.freeze()
@@ -357,18 +363,21 @@ mod tests {
             assert_eq!(at, bytes.len(), "{bytes:?}");
         }
         let parse = Frame::from_bytes(Bytes::from_static(&BEGIN_IN_PIPELINE[..14]));
-        assert_eq!(ParseView::new(&parse).map(|v| v.query).ok(), Some("BEGIN"));
+        assert_eq!(
+            ParseView::new(&parse).map(|v| v.query).ok(),
+            Some(&b"BEGIN"[..])
+        );
     }
 
     #[test]
     fn parse_roundtrips_through_build() {
-        let built = frame(build_parse(b"s1", "SELECT $1", &[0, 1, 0, 0, 0, 20]));
+        let built = frame(build_parse(b"s1", b"SELECT $1", &[0, 1, 0, 0, 0, 20]));
         let view = ParseView::new(&built);
         assert_eq!(
             view,
             Ok(ParseView {
                 name: b"s1",
-                query: "SELECT $1",
+                query: b"SELECT $1",
                 param_types: &[0, 1, 0, 0, 0, 20]
             })
         );

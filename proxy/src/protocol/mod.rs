@@ -2,6 +2,7 @@
 //! and backend messages built or inspected by the proxy. No sockets beyond `AsyncRead`.
 
 pub mod backend;
+pub mod encoding;
 mod frame;
 pub mod frontend;
 

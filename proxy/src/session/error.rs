@@ -7,6 +7,7 @@ use bytes::Bytes;
 use shardline_router::RouteError;
 
 use crate::protocol::backend::{self as msg, sqlstate};
+use crate::protocol::encoding::TextError;
 use crate::protocol::Frame;
 
 /// An error the client should see, with a SQLSTATE.
@@ -53,6 +54,25 @@ impl ClientError {
         self.frame
             .clone()
             .unwrap_or_else(|| msg::error(self.sqlstate, &self.message))
+    }
+}
+
+impl From<TextError> for ClientError {
+    fn from(e: TextError) -> Self {
+        match e {
+            TextError::Invalid => ClientError::new(
+                sqlstate::CHARACTER_NOT_IN_REPERTOIRE,
+                "the query text is not valid in the client_encoding in use; send it in that encoding",
+            ),
+            TextError::Untranslatable => ClientError::new(
+                sqlstate::UNTRANSLATABLE_CHARACTER,
+                "a character of the statement has no equivalent in the client_encoding in use; prepare the statement again",
+            ),
+            TextError::Unsupported => ClientError::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "shardline reads non-ASCII query text in UTF8 or a single-byte client_encoding (LATIN1-10, WIN125x, KOI8…); set client_encoding to UTF8",
+            ),
+        }
     }
 }
 

@@ -35,6 +35,7 @@ use crate::cancel::CancelTargets;
 use crate::context::{Loaded, ProxyContext};
 use crate::migration::Ticket;
 use crate::protocol::backend::{self as msg, sqlstate};
+use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::{Frame, FrameError, FrameReader};
 use decide::Facts;
 pub use error::ClientError;
@@ -256,6 +257,15 @@ impl Session {
             return Ok(self.out.flush().await?);
         }
         self.end_failed_pipeline().await
+    }
+
+    /// The `client_encoding` the client's text arrives in: the one it set, or the one it was
+    /// told at login.
+    fn encoding(&self) -> ClientEncoding {
+        self.settings
+            .get("client_encoding")
+            .or_else(|| self.identity.reported.get("client_encoding"))
+            .map_or(ClientEncoding::Utf8, |name| ClientEncoding::named(name))
     }
 
     /// The session's state as the decision reads it.

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use shardline_router::{Param, StatementKind};
 
 use crate::protocol::backend::{self as msg, sqlstate};
-use crate::protocol::frontend::query_text;
+use crate::protocol::frontend::query_bytes;
 use crate::protocol::Frame;
 use crate::session::decide::{self, decide, Action, Request, Target};
 use crate::session::link::exchange::{Expect, Mode, Reply};
@@ -19,8 +19,11 @@ impl Session {
     /// Answers one simple-protocol `Query`.
     pub(crate) async fn simple_query(&mut self, frame: Frame) -> Result<(), SessionEnd> {
         let loaded = self.ctx.snapshot();
-        let sql = match query_text(&frame) {
-            Ok(sql) => sql.to_owned(),
+        let sql = match query_bytes(&frame) {
+            Ok(bytes) => match self.encoding().decode(bytes) {
+                Ok(sql) => sql.into_owned(),
+                Err(e) => return self.fail(e.into()).await,
+            },
             Err(e) => {
                 let error = ClientError::new(sqlstate::PROTOCOL_VIOLATION, e.to_string());
                 return self.fail(error).await;

@@ -3,6 +3,7 @@
 //! (silently), and a `Parse` of a statement it already has answered with a local
 //! `ParseComplete`; and the matching queue of expected answers.
 
+use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
 
 use bytes::Bytes;
@@ -42,7 +43,7 @@ pub(crate) fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>,
                 {
                     queue.push_back(Expect::Local(msg::empty(tag::PARSE_COMPLETE)));
                 } else {
-                    prepare_named(statement, Mode::Relay, &mut out, &mut queue);
+                    prepare_named(conn, statement, Mode::Relay, &mut out, &mut queue);
                 }
             }
             Item::UsesStatement {
@@ -111,18 +112,35 @@ impl Preparer {
     ) {
         if unnamed {
             if !self.unnamed_ready {
-                out.push(build_parse(b"", &statement.query, &statement.param_types));
+                out.push(build_parse(
+                    b"",
+                    &wire_text(conn, &statement.query),
+                    &statement.param_types,
+                ));
                 queue.push_back(Expect::swallow(Reply::Parse));
                 self.unnamed_ready = true;
             }
         } else if !conn.prepared.contains(&statement.id) && self.preparing.insert(statement.id) {
-            prepare_named(statement, Mode::Swallow, out, queue);
+            prepare_named(conn, statement, Mode::Swallow, out, queue);
         }
     }
 }
 
+/// A statement's text in the encoding `conn` reads it in. The segment's reading refused a
+/// statement whose text the client's current encoding cannot carry, and the backend has the
+/// client's encoding, so the UTF-8 fallback is never sent.
+fn wire_text<'a>(conn: &Backend, text: &'a str) -> Cow<'a, [u8]> {
+    if text.is_ascii() {
+        return Cow::Borrowed(text.as_bytes());
+    }
+    conn.client_encoding()
+        .encode(text)
+        .unwrap_or(Cow::Borrowed(text.as_bytes()))
+}
+
 /// A `Parse` of `statement` under its proxy name, whose answer is handled as `mode` says.
 fn prepare_named(
+    conn: &Backend,
     statement: &Statement,
     mode: Mode,
     out: &mut Vec<Bytes>,
@@ -130,7 +148,7 @@ fn prepare_named(
 ) {
     out.push(build_parse(
         &statement.server_name(),
-        &statement.query,
+        &wire_text(conn, &statement.query),
         &statement.param_types,
     ));
     queue.push_back(Expect::Sent {

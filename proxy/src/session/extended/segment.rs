@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use shardline_router::StatementKind;
+use shardline_router::{Param, StatementKind};
 
 use crate::context::Loaded;
 use crate::protocol::backend::sqlstate;
+use crate::protocol::encoding::{ClientEncoding, TextError};
 use crate::protocol::frontend::{execute_portal, BindView, Malformed, ParseView, TargetView};
 use crate::protocol::Frame;
 use crate::session::decide::{self, Request, Target};
@@ -91,10 +92,17 @@ impl Session {
             let item = match frame.tag() {
                 b'P' => {
                     let view = ParseView::new(&frame)?;
-                    let plan = self.ctx.plan(loaded, view.query);
+                    let query = match self.encoding().decode(view.query) {
+                        Ok(query) => query,
+                        Err(e) => {
+                            segment.refusal = Some(e.into());
+                            break;
+                        }
+                    };
+                    let plan = self.ctx.plan(loaded, &query);
                     let statement =
                         self.statements
-                            .define(view.name, view.query, view.param_types, plan);
+                            .define(view.name, &query, view.param_types, plan);
                     let unnamed = view.name.is_empty();
                     Item::Parse {
                         frame,
@@ -108,8 +116,24 @@ impl Session {
                         segment.refusal = Some(unknown_statement(view.statement));
                         break;
                     };
+                    if !statement.query.is_ascii() {
+                        // Prepared under another `client_encoding` than the one now in use.
+                        if let Err(e) = self.encoding().encode(&statement.query) {
+                            segment.refusal = Some(e.into());
+                            break;
+                        }
+                    }
                     let plan = &statement.plan;
-                    match decide::route(loaded, plan, &statement.query, &view.params()) {
+                    let params = view.params();
+                    let decoded = match decoded_text(self.encoding(), &params) {
+                        Ok(decoded) => decoded,
+                        Err(e) => {
+                            segment.refusal = Some(e.into());
+                            break;
+                        }
+                    };
+                    let params = in_utf8(params, &decoded);
+                    match decide::route(loaded, plan, &statement.query, &params) {
                         Ok((Target::Session, _)) => {}
                         Ok((target, dual)) => {
                             segment.routed.push((segment.items.len(), target));
@@ -194,4 +218,36 @@ fn unknown_statement(name: &[u8]) -> ClientError {
             String::from_utf8_lossy(name)
         ),
     )
+}
+
+/// The text-format parameters the client sent in a non-UTF-8 `client_encoding` with
+/// non-ASCII bytes, decoded (by index), so a text shard key hashes as the shards read it.
+/// Empty in the common case. (Binary values pass as sent: their type decides whether they are
+/// text, which the proxy does not know here.)
+fn decoded_text(
+    encoding: ClientEncoding,
+    params: &[Param<'_>],
+) -> Result<Vec<(usize, String)>, TextError> {
+    if encoding == ClientEncoding::Utf8 {
+        return Ok(Vec::new());
+    }
+    let mut decoded = Vec::new();
+    for (i, param) in params.iter().enumerate() {
+        if let Param::Text(bytes) = param {
+            if !bytes.is_ascii() {
+                decoded.push((i, encoding.decode(bytes)?.into_owned()));
+            }
+        }
+    }
+    Ok(decoded)
+}
+
+/// `params` with the decoded ones in their places.
+fn in_utf8<'a>(mut params: Vec<Param<'a>>, decoded: &'a [(usize, String)]) -> Vec<Param<'a>> {
+    for (i, text) in decoded {
+        if let Some(param) = params.get_mut(*i) {
+            *param = Param::Text(text.as_bytes());
+        }
+    }
+    params
 }

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 use shardline_router::ShardId;
 
+use crate::backend::conn::Backend;
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate};
@@ -147,17 +148,46 @@ impl Session {
         joins: bool,
     ) {
         if let Some(sql) = settings::sync_sql(conn.settings.as_ref(), &self.settings) {
-            out.extend_from_slice(&local::query_message(&sql));
-            queue.push_back(Expect::swallow(Reply::Cycle));
+            // The backend reads the whole string in the encoding it has before it runs.
+            self.push_sql(conn, &sql, out, queue);
             conn.settings = Some(self.settings.clone());
         }
         if joins && self.tx.open() && !self.tx.shards.contains(&shard) {
-            out.extend_from_slice(&local::query_message(&self.tx.join_sql()));
-            queue.push_back(Expect::swallow(Reply::Cycle));
+            self.push_sql(conn, &self.tx.join_sql(), out, queue);
             self.tx.shards.insert(shard);
             if self.tx.settings_before.is_none() {
                 self.tx.settings_before = Some(self.settings.clone());
             }
+        }
+    }
+
+    /// Queues `sql` for `conn`, its answers swallowed, in the encoding the backend reads it in.
+    /// Text that encoding cannot carry (the client changed `client_encoding` since it sent it)
+    /// is read in UTF8, and the client's encoding set again after it.
+    fn push_sql(
+        &self,
+        conn: &Backend,
+        sql: &str,
+        out: &mut BytesMut,
+        queue: &mut VecDeque<Expect>,
+    ) {
+        let messages = match local::query_message_in(conn.client_encoding(), sql) {
+            Ok(message) => vec![message],
+            Err(_) => {
+                let restore = self.settings.get("client_encoding").map_or_else(
+                    || "RESET client_encoding".to_owned(),
+                    |value| format!("SET client_encoding = {value}"),
+                );
+                vec![
+                    local::query_message("SET client_encoding = 'UTF8'"),
+                    local::query_message(sql),
+                    local::query_message(&restore),
+                ]
+            }
+        };
+        for message in messages {
+            out.extend_from_slice(&message);
+            queue.push_back(Expect::swallow(Reply::Cycle));
         }
     }
 

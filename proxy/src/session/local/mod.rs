@@ -8,18 +8,35 @@ use bytes::{BufMut, Bytes, BytesMut};
 use shardline_router::{SavepointOp, StatementKind};
 
 use crate::protocol::backend::{self as msg, sqlstate};
+use crate::protocol::encoding::{ClientEncoding, TextError};
 use crate::session::decide::{local_answer, LocalAnswer, TxPhase};
 use crate::session::state::settings::{apply_effects, effect_of};
 use crate::session::Session;
 
 /// A simple-protocol `Query` message.
 pub fn query_message(sql: &str) -> Bytes {
+    query_message_bytes(sql.as_bytes())
+}
+
+/// A `Query` message of text already in the backend's encoding.
+fn query_message_bytes(sql: &[u8]) -> Bytes {
     let mut buf = BytesMut::with_capacity(sql.len() + 6);
     buf.put_u8(b'Q');
     buf.put_i32(sql.len() as i32 + 5);
-    buf.put_slice(sql.as_bytes());
+    buf.put_slice(sql);
     buf.put_u8(0);
     buf.freeze()
+}
+
+/// A `Query` message running `sql` (the client's text, or SQL made from it) in `encoding`,
+/// the `client_encoding` of the backend it goes to.
+pub fn query_message_in(encoding: ClientEncoding, sql: &str) -> Result<Bytes, TextError> {
+    if sql.is_ascii() {
+        return Ok(query_message(sql));
+    }
+    encoding
+        .encode(sql)
+        .map(|bytes| query_message_bytes(&bytes))
 }
 
 impl Session {

@@ -12,6 +12,7 @@ use shardline_router::ShardId;
 use crate::backend::pool::Pooled;
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
+use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::FrameError;
 use crate::session::multi::gather::Delivery;
 use crate::session::multi::gather::MergeFailure;
@@ -89,7 +90,7 @@ impl Session {
             .enumerate()
             .map(|(i, p)| (p.shard, i))
             .collect();
-        let mut router = RowRouter::new(spec, position, parts.len());
+        let mut router = RowRouter::new(spec, position, parts.len(), self.encoding());
         let mut client_failed = None;
         loop {
             let frame = match self.input.read().await {
@@ -175,7 +176,10 @@ impl Session {
             let begin = self.part_begin();
             let cycles = queue.len() + usize::from(begin.is_some()) + usize::from(wants_columns);
             out.extend_from_slice(&begin.unwrap_or_default());
-            out.extend_from_slice(&local::query_message(sql));
+            match local::query_message_in(self.encoding(), sql) {
+                Ok(copy) => out.extend_from_slice(&copy),
+                Err(e) => return Err((parts.len(), e.into())),
+            }
             let sent = conn.send(&out).await;
             parts.push(Part {
                 shard,
@@ -304,6 +308,8 @@ impl Session {
 struct RowRouter<'a> {
     spec: &'a CopyInto,
     position: usize,
+    /// The client's `client_encoding`: a key is read as PostgreSQL reads it.
+    encoding: ClientEncoding,
     splitter: RowSplitter,
     buffers: Vec<BytesMut>,
     header_pending: bool,
@@ -312,10 +318,11 @@ struct RowRouter<'a> {
 }
 
 impl<'a> RowRouter<'a> {
-    fn new(spec: &'a CopyInto, position: usize, shards: usize) -> Self {
+    fn new(spec: &'a CopyInto, position: usize, shards: usize, encoding: ClientEncoding) -> Self {
         RowRouter {
             spec,
             position,
+            encoding,
             splitter: RowSplitter::new(spec.format.clone()),
             buffers: vec![BytesMut::new(); shards],
             header_pending: matches!(spec.format, CopyFormat::Csv { header: true, .. }),
@@ -348,9 +355,16 @@ impl<'a> RowRouter<'a> {
         if line == b"\\." {
             return;
         }
+        let line = match self.encoding.decode(line) {
+            Ok(line) => line,
+            Err(e) => {
+                self.error = Some(e.into());
+                return;
+            }
+        };
         let placed =
             self.spec
-                .key_of(line, self.position)
+                .key_of(line.as_bytes(), self.position)
                 .and_then(|key| self.spec.rule.shard_for(&key).map_err(|e| e.to_string()))
                 .and_then(|shard| {
                     index.get(&shard).copied().ok_or_else(|| {

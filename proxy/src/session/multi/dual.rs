@@ -11,6 +11,7 @@
 //! a crash is resolved by asking the old owner whether that transaction committed
 //! (`pg_xact_status`), so the two owners never diverge silently.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
@@ -356,7 +357,8 @@ async fn query_rows(
     shard: &str,
     sql: &str,
 ) -> Result<Vec<Vec<Option<String>>>, ClientError> {
-    conn.send(&crate::session::local::query_message(sql))
+    let encoding = conn.client_encoding();
+    conn.send(&crate::session::local::query_message_in(encoding, sql)?)
         .await
         .map_err(|e| ClientError::lost_shard(shard, e.to_string()))?;
     let mut rows = Vec::new();
@@ -371,7 +373,13 @@ async fn query_rows(
                 let mut row = Vec::new();
                 let mut column = 0;
                 while let Some(value) = field(&frame, column) {
-                    row.push(value.map(|v| String::from_utf8_lossy(v).into_owned()));
+                    match value.map(|v| encoding.decode(v)).transpose() {
+                        Ok(text) => row.push(text.map(Cow::into_owned)),
+                        Err(e) => {
+                            // Read on to `ReadyForQuery`, then fail.
+                            error.get_or_insert_with(|| ClientError::from(e).bytes());
+                        }
+                    }
                     column += 1;
                 }
                 rows.push(row);

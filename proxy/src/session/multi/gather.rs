@@ -15,6 +15,7 @@ use shardline_router::{Param, Params, Plan, ShardId};
 
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate};
+use crate::protocol::encoding::{ClientEncoding, TextError};
 use crate::protocol::frontend::{
     build_parse, describe_execute_sync, is_binary, param_types_subset, BindView,
 };
@@ -74,19 +75,26 @@ impl Source<'_> {
 
     /// The messages that run `statement` on a shard, answering in `formats`; both forms end
     /// with one `ReadyForQuery`.
-    pub fn request(&self, statement: &ShardStatement, formats: &[i16]) -> Bytes {
-        match self {
-            Source::Simple { .. } => local::query_message(&statement.sql),
+    /// `encoding` is the shards' `client_encoding` (the client's).
+    pub fn request(
+        &self,
+        statement: &ShardStatement,
+        formats: &[i16],
+        encoding: ClientEncoding,
+    ) -> Result<Bytes, TextError> {
+        Ok(match self {
+            Source::Simple { .. } => local::query_message_in(encoding, &statement.sql)?,
             Source::Extended {
                 param_types, bind, ..
             } => {
                 let types = param_types_subset(param_types, &statement.params);
-                let mut out = build_parse(b"", &statement.sql, &types).to_vec();
+                let sql = encoding.encode(&statement.sql)?;
+                let mut out = build_parse(b"", &sql, &types).to_vec();
                 out.extend_from_slice(&bind.subset(&statement.params, formats));
                 out.extend_from_slice(describe_execute_sync());
                 Bytes::from(out)
             }
-        }
+        })
     }
 }
 
@@ -149,7 +157,7 @@ impl Session {
         delivery: Delivery,
     ) -> Result<(), SessionEnd> {
         let params = source.params();
-        let prepared = shard_request(&source, &params, gather, &delivery);
+        let prepared = shard_request(&source, &params, gather, &delivery, self.encoding());
         let (request, slice, formats) = match prepared {
             Ok(prepared) => prepared,
             Err(error) => {
@@ -216,6 +224,7 @@ fn shard_request(
     params: &[Param<'_>],
     gather: Gather<'_>,
     delivery: &Delivery,
+    encoding: ClientEncoding,
 ) -> Result<(Bytes, Slice, Vec<i16>), ClientError> {
     let params = params.to_vec();
     let params: &dyn Params = &params;
@@ -255,5 +264,9 @@ fn shard_request(
             "this statement cannot be rewritten for the shards; restrict it to one shard key",
         )
     })?;
-    Ok((source.request(&statement, &formats), slice, formats))
+    Ok((
+        source.request(&statement, &formats, encoding)?,
+        slice,
+        formats,
+    ))
 }

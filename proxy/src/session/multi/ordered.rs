@@ -7,6 +7,7 @@
 //! stream; once the limit is reached the remaining rows are read and dropped so the backends
 //! end their queries cleanly.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -16,6 +17,7 @@ use shardline_router::ShardId;
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
+use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::frontend::is_binary;
 use crate::protocol::Frame;
 use crate::session::multi::gather::{Delivery, MergeFailure};
@@ -137,7 +139,10 @@ impl Session {
                 comparison,
                 binary: is_binary(formats, column),
             };
-            keys.push((*key, column, order));
+            // Shards sort text by its UTF-8 bytes; the client's bytes may be in another encoding.
+            let encoding = self.encoding();
+            let decode = (collated && encoding != ClientEncoding::Utf8).then_some(encoding);
+            keys.push((*key, column, order, decode));
         }
         if delivery.describe {
             self.out
@@ -408,13 +413,33 @@ fn first_field(body: &[u8]) -> Option<String> {
     String::from_utf8(body.get(6..6 + len)?.to_vec()).ok()
 }
 
+/// A text value in the client's encoding as UTF-8 bytes, the order the shards sorted it in.
+fn as_utf8(
+    encoding: ClientEncoding,
+    value: Option<&[u8]>,
+) -> Result<Option<Cow<'_, [u8]>>, MergeFailure> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    match encoding.decode(value) {
+        Ok(Cow::Borrowed(text)) => Ok(Some(Cow::Borrowed(text.as_bytes()))),
+        Ok(Cow::Owned(text)) => Ok(Some(Cow::Owned(text.into_bytes()))),
+        Err(e) => Err(MergeFailure::Query(e.into())),
+    }
+}
+
 /// Orders two rows by the sort keys.
 fn compare_rows(
-    keys: &[(shardline_router::merge::SortKey, usize, ValueOrder)],
+    keys: &[(
+        shardline_router::merge::SortKey,
+        usize,
+        ValueOrder,
+        Option<ClientEncoding>,
+    )],
     a: &Frame,
     b: &Frame,
 ) -> Result<Ordering, MergeFailure> {
-    for (key, column, order) in keys {
+    for (key, column, order, decode) in keys {
         let (va, vb) = match (field(a, *column), field(b, *column)) {
             (Some(va), Some(vb)) => (va, vb),
             _ => {
@@ -424,7 +449,11 @@ fn compare_rows(
                 )))
             }
         };
-        let ordering = compare_key(key, *order, va, vb)
+        let (va, vb) = match decode {
+            Some(encoding) => (as_utf8(*encoding, va)?, as_utf8(*encoding, vb)?),
+            None => (va.map(Cow::Borrowed), vb.map(Cow::Borrowed)),
+        };
+        let ordering = compare_key(key, *order, va.as_deref(), vb.as_deref())
             .ok_or_else(|| unsupported("a sort value across shards could not be compared (only ISO dates, finite numbers and text in C collation are merged); restrict the query to one shard"))?;
         if ordering != Ordering::Equal {
             return Ok(ordering);

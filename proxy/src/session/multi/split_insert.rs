@@ -38,6 +38,14 @@ impl Session {
                 .shards
                 .get(part.shard)
                 .map_or_else(String::new, |s| s.name.clone());
+            let request = match source.request(&part.statement, &delivery.formats, self.encoding())
+            {
+                Ok(request) => request,
+                Err(e) => {
+                    failure = Some(e.into());
+                    break;
+                }
+            };
             let mut conn = match self.attach(loaded, part.shard).await {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -51,7 +59,7 @@ impl Session {
             let begin = self.part_begin();
             let cycles = queue.len() + usize::from(begin.is_some()) + 1;
             out.extend_from_slice(&begin.unwrap_or_default());
-            out.extend_from_slice(&source.request(&part.statement, &delivery.formats));
+            out.extend_from_slice(&request);
             let result = match conn.send(&out).await {
                 Ok(()) => collect(&mut conn, cycles).await,
                 Err(e) => Err(e.to_string()),

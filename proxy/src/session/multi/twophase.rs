@@ -205,9 +205,9 @@ pub(crate) async fn roll_back_parts(parts: &mut [Part]) {
 
 /// Runs one statement; `Ok(Some(error))` when the shard answered with an error.
 pub(crate) async fn run(conn: &mut Pooled, sql: &str) -> Result<Option<Bytes>, String> {
-    conn.send(&local::query_message(sql))
-        .await
-        .map_err(|e| e.to_string())?;
+    let message = local::query_message_in(conn.client_encoding(), sql)
+        .map_err(|e| ClientError::from(e).message)?;
+    conn.send(&message).await.map_err(|e| e.to_string())?;
     collect(conn, 1).await.map(|r| r.error)
 }
 

@@ -1,0 +1,194 @@
+//! A client whose `client_encoding` is not UTF8 (LATIN9 here, as psycopg's
+//! `test_query_encode[latin9]` sets it): its query text, parameters and COPY rows are read in
+//! that encoding, so text shard keys are placed where PostgreSQL's hash puts them, and its
+//! answers (rows merged across shards included) are byte for byte what one PostgreSQL server
+//! sends the same client.
+
+use shardline_tests::wire::{cstr, login, login_socket, message, read_message, trusting_proxy};
+use shardline_tests::{connect, TestCluster};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+/// LATIN9 keys: é, €, ï, å, ö, ü, à and one plain ASCII key.
+const KEYS: [&[u8]; 8] = [
+    b"caf\xe9",
+    b"\xa4uro",
+    b"na\xefve",
+    b"\xe5ngstr\xf6m",
+    b"plain",
+    b"\xfcber",
+    b"\xe9t\xe9",
+    b"d\xe9j\xe0",
+];
+
+/// The same keys as UTF-8 text.
+fn key_text(key: &[u8]) -> String {
+    key.iter()
+        .map(|&b| if b == 0xa4 { '\u{20ac}' } else { char::from(b) })
+        .collect()
+}
+
+/// A simple `Query` of raw bytes.
+fn query(sql: &[u8]) -> Vec<u8> {
+    let mut body = sql.to_vec();
+    body.push(0);
+    message(b'Q', &body)
+}
+
+/// Sends `bytes` and reads every message up to `ReadyForQuery`: (tag, body) pairs, notices
+/// and parameter reports left out, errors by SQLSTATE, row descriptions by tag only.
+async fn exchange<S>(stream: &mut S, bytes: &[u8]) -> anyhow::Result<Vec<(u8, Vec<u8>)>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream.write_all(bytes).await?;
+    let mut answers = Vec::new();
+    loop {
+        let (tag, body) = read_message(stream).await?;
+        match tag {
+            b'N' | b'S' => continue,
+            b'E' => {
+                // Only the SQLSTATE: the proxy's messages name shards.
+                let code = body
+                    .split(|b| *b == 0)
+                    .find_map(|field| field.strip_prefix(b"C"))
+                    .unwrap_or_default()
+                    .to_vec();
+                answers.push((tag, code));
+            }
+            // Table OIDs differ between the shards and the oracle database.
+            b'T' => answers.push((tag, Vec::new())),
+            b'Z' => {
+                answers.push((tag, body));
+                return Ok(answers);
+            }
+            _ => answers.push((tag, body)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_latin9_client_is_read_and_answered_as_postgres_would() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("encodings", 4).await?;
+    let ddl = "CREATE TABLE accounts (email text PRIMARY KEY, n int)";
+    cluster.client().await?.batch_execute(ddl).await?;
+    let admin = connect(&cluster.pg.servers()[0].superuser_conninfo()).await?;
+    admin
+        .batch_execute("CREATE DATABASE oracle OWNER app")
+        .await?;
+    let wire_proxy = trusting_proxy(&cluster).await?;
+    let mut proxy = login(wire_proxy.addr.port()).await?;
+    let mut oracle = login_socket(&cluster.pg.servers()[0], "app", "oracle").await?;
+    exchange(&mut oracle, &query(ddl.as_bytes())).await?;
+    let latin9 = query(b"SET client_encoding TO 'LATIN9'");
+    assert_eq!(
+        exchange(&mut proxy, &latin9).await?,
+        exchange(&mut oracle, &latin9).await?
+    );
+
+    // Literals in the simple protocol (one row, then a multi-row INSERT split over shards).
+    let mut split = b"INSERT INTO accounts (email, n) VALUES ".to_vec();
+    for (i, key) in KEYS[..4].iter().enumerate() {
+        let mut one = b"INSERT INTO accounts (email, n) VALUES ('".to_vec();
+        one.extend_from_slice(key);
+        one.extend_from_slice(format!("x', {i})").as_bytes());
+        assert_eq!(
+            exchange(&mut proxy, &query(&one)).await?,
+            exchange(&mut oracle, &query(&one)).await?
+        );
+        if i > 0 {
+            split.extend_from_slice(b", ");
+        }
+        split.extend_from_slice(b"('");
+        split.extend_from_slice(key);
+        split.extend_from_slice(format!("', {i})").as_bytes());
+    }
+    assert_eq!(
+        exchange(&mut proxy, &query(&split)).await?,
+        exchange(&mut oracle, &query(&split)).await?,
+        "a multi-row INSERT over shards"
+    );
+
+    // Text parameters in the extended protocol.
+    let insert = "INSERT INTO accounts (email, n) VALUES ($1, $2)";
+    for (i, key) in KEYS.iter().enumerate().skip(4) {
+        let mut bytes = message(b'P', &[cstr(""), cstr(insert), vec![0, 0]].concat());
+        let mut bind = vec![0u8, 0, 0, 0, 0, 2];
+        for value in [key.to_vec(), i.to_string().into_bytes()] {
+            bind.extend_from_slice(&(value.len() as i32).to_be_bytes());
+            bind.extend_from_slice(&value);
+        }
+        bind.extend_from_slice(&[0, 0]);
+        bytes.extend(message(b'B', &bind));
+        bytes.extend(message(b'E', &[0, 0, 0, 0, 0]));
+        bytes.extend(message(b'S', &[]));
+        assert_eq!(
+            exchange(&mut proxy, &bytes).await?,
+            exchange(&mut oracle, &bytes).await?
+        );
+    }
+
+    // COPY rows in LATIN9.
+    let copy = query(b"COPY accounts (email, n) FROM STDIN");
+    let mut rows = b"copi\xe9\t100\n".to_vec();
+    rows.extend_from_slice(b"\xa4copy\t101\n");
+    let mut data = message(b'd', &rows);
+    data.extend(message(b'c', &[]));
+    for (copy_in, copied) in [
+        copy_rows(&mut proxy, &copy, &data).await?,
+        copy_rows(&mut oracle, &copy, &data).await?,
+    ] {
+        assert_eq!(copy_in, b'G', "COPY starts");
+        assert_eq!(copied.first().map(|(t, _)| *t), Some(b'C'), "{copied:?}");
+    }
+
+    // Every row is where PostgreSQL's hash of its UTF-8 key puts it, and reads back by key
+    // from a UTF8 client.
+    let placed = cluster.placed_rows("accounts", "email", true).await?;
+    assert_eq!(placed, 4 + 4 + 4 + 2);
+    let utf8 = cluster.client().await?;
+    for key in KEYS {
+        let text = key_text(key);
+        let found = utf8
+            .query_opt("SELECT n FROM accounts WHERE email = $1", &[&text])
+            .await?;
+        assert!(found.is_some(), "{text} cannot be found by its key");
+    }
+
+    // Rows merged across shards in ORDER BY come in the order one server gives, in LATIN9.
+    for sql in [
+        &b"SELECT email, n FROM accounts ORDER BY email"[..],
+        b"SELECT email FROM accounts ORDER BY email DESC LIMIT 5",
+        b"SELECT n FROM accounts WHERE email = '\xa4uro'",
+    ] {
+        assert_eq!(
+            exchange(&mut proxy, &query(sql)).await?,
+            exchange(&mut oracle, &query(sql)).await?,
+            "{}",
+            String::from_utf8_lossy(sql)
+        );
+    }
+
+    // Bytes that are not text in the client's encoding: 22021, and the session goes on.
+    let utf8_again = query(b"SET client_encoding TO 'UTF8'");
+    exchange(&mut proxy, &utf8_again).await?;
+    let invalid = exchange(&mut proxy, &query(b"SELECT '\xe9'")).await?;
+    assert_eq!(invalid.first(), Some(&(b'E', b"22021".to_vec())));
+    let after = exchange(&mut proxy, &query(b"SELECT 1")).await?;
+    assert_eq!(after.first().map(|(t, _)| *t), Some(b'T'));
+    Ok(())
+}
+
+/// Runs a `COPY … FROM STDIN` with `data`: the tag of the answer that starts it, and the
+/// answers to the data.
+async fn copy_rows<S>(
+    stream: &mut S,
+    copy: &[u8],
+    data: &[u8],
+) -> anyhow::Result<(u8, Vec<(u8, Vec<u8>)>)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream.write_all(copy).await?;
+    let (tag, _) = read_message(stream).await?;
+    Ok((tag, exchange(stream, data).await?))
+}
