@@ -15,6 +15,7 @@ use crate::backend::pool::Pools;
 use crate::cancel::CancelRegistry;
 use crate::client::auth::Credentials;
 use crate::clients::Clients;
+use crate::keys::KeySource;
 use crate::metrics::Metrics;
 use crate::migration::{Active, MigrationGate};
 use crate::pause::PauseGate;
@@ -69,6 +70,8 @@ pub struct ProxyContext {
     pub source: ConfigSource,
     /// The Prometheus registry behind `/metrics`.
     pub metrics: Metrics,
+    /// Shard keys generated for `INSERT`s that leave them to the table's default.
+    pub keys: KeySource,
 }
 
 #[derive(Default)]
@@ -121,6 +124,7 @@ impl ProxyContext {
             clients,
             source,
             metrics,
+            keys: KeySource::default(),
         })
     }
 

@@ -22,6 +22,7 @@ pub mod context;
 pub mod deadlock;
 pub mod demo;
 pub mod health;
+pub mod keys;
 pub mod localpg;
 pub mod metrics;
 pub mod migration;

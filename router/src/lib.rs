@@ -7,6 +7,7 @@
 pub mod combine;
 pub mod config;
 pub mod copy;
+pub mod generated;
 pub mod hash;
 pub mod having;
 pub mod indoubt;

@@ -27,7 +27,8 @@ pub struct InsertPart {
     /// An `INSERT` with only this shard's rows (same columns, `ON CONFLICT`, `RETURNING`) and
     /// the client parameters those rows use.
     pub statement: ShardStatement,
-    pub rows: usize,
+    /// Which rows of the client's `VALUES` list (0-based, in order) the part inserts.
+    pub rows: Vec<usize>,
     /// The statement has a `RETURNING` clause (answers with rows).
     pub returning: bool,
 }
@@ -132,7 +133,7 @@ pub fn split_insert(
             Some(InsertPart {
                 shard,
                 statement: ShardStatement::renumbered(&Statement::Insert(part).to_string())?,
-                rows: rows.len(),
+                rows,
                 returning: insert.returning.is_some(),
             })
         })
@@ -184,7 +185,7 @@ mod tests {
         }
         seen.sort_unstable();
         assert_eq!(seen, ids);
-        assert_eq!(parts.iter().map(|p| p.rows).sum::<usize>(), ids.len());
+        assert_eq!(parts.iter().map(|p| p.rows.len()).sum::<usize>(), ids.len());
     }
 
     #[test]
@@ -209,7 +210,7 @@ mod tests {
         };
         let mut seen = Vec::new();
         for part in &parts {
-            assert_eq!(part.statement.params.len(), 2 * part.rows);
+            assert_eq!(part.statement.params.len(), 2 * part.rows.len());
             for pair in part.statement.params.chunks(2) {
                 let id = ids[pair[0] / 2];
                 assert_eq!(pair[1], pair[0] + 1);

@@ -20,6 +20,8 @@ pub const INVALID_ROW_COUNT_IN_OFFSET: &str = "2201X";
 pub const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
 /// `22021`: bytes that are not valid in the encoding.
 pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
+/// `2200H`: a generated key past its type's largest value.
+pub const SEQUENCE_GENERATOR_LIMIT_EXCEEDED: &str = "2200H";
 /// `22P05`: a character the target encoding has no equivalent for.
 pub const UNTRANSLATABLE_CHARACTER: &str = "22P05";
 /// `22023`: a parameter value that cannot be used.

@@ -1,7 +1,7 @@
 //! Backend messages: the ones the proxy writes itself (errors, synthesized completions, startup
 //! replies), encoded with pgwire's message types, and cheap inspection of the ones shards send.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use pgwire::messages::response::{
     CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
 };
@@ -96,6 +96,22 @@ pub fn ready_for_query(status: u8) -> Bytes {
         _ => TransactionStatus::Idle,
     };
     encode(&ReadyForQuery::new(status))
+}
+
+/// A `ParameterDescription` without its last `hidden` parameters (the proxy's own, added to
+/// a statement it rewrote).
+pub fn without_last_params(frame: &Frame, hidden: usize) -> Bytes {
+    let body = frame.body();
+    let count = body
+        .get(..2)
+        .map_or(0, |n| usize::from(u16::from_be_bytes([n[0], n[1]])));
+    let kept = count.saturating_sub(hidden);
+    let mut out = BytesMut::with_capacity(7 + 4 * kept);
+    out.put_u8(tag::PARAMETER_DESCRIPTION);
+    out.put_i32(i32::try_from(6 + 4 * kept).unwrap_or(i32::MAX));
+    out.put_u16(u16::try_from(kept).unwrap_or(u16::MAX));
+    out.put_slice(body.get(2..2 + 4 * kept).unwrap_or_default());
+    out.freeze()
 }
 
 /// `CommandComplete` with the given tag.

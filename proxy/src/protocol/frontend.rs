@@ -203,31 +203,27 @@ impl<'a> BindView<'a> {
     /// `params` (client indexes, in the new order), with the given result formats: how a
     /// rewritten statement is bound on a shard.
     pub fn subset(&self, params: &[usize], result_formats: &[i16]) -> Bytes {
-        let mut buf = BytesMut::new();
-        buf.put_u8(b'B');
-        buf.put_i32(0);
-        buf.put_slice(b"\0\0");
-        buf.put_i16(i16::try_from(params.len()).unwrap_or(i16::MAX));
-        for &i in params {
-            buf.put_i16(i16::from(is_binary(&self.formats, i)));
-        }
-        buf.put_i16(i16::try_from(params.len()).unwrap_or(i16::MAX));
-        for &i in params {
-            match self.values.get(i).copied().flatten() {
-                Some(value) => {
-                    buf.put_i32(i32::try_from(value.len()).unwrap_or(i32::MAX));
-                    buf.put_slice(value);
-                }
-                None => buf.put_i32(-1),
-            }
-        }
-        buf.put_i16(i16::try_from(result_formats.len()).unwrap_or(i16::MAX));
-        for &f in result_formats {
-            buf.put_i16(f);
-        }
-        let len = i32::try_from(buf.len() - 1).unwrap_or(i32::MAX);
-        buf[1..5].copy_from_slice(&len.to_be_bytes());
-        buf.freeze()
+        let values: Vec<(bool, Option<&[u8]>)> = params
+            .iter()
+            .map(|&i| {
+                let value = self.values.get(i).copied().flatten();
+                (is_binary(&self.formats, i), value)
+            })
+            .collect();
+        build_bind(b"", b"", &values, result_formats)
+    }
+
+    /// The same `Bind` with `extra` text values after the client's: the keys the proxy
+    /// generated for the parameters it added to the statement.
+    pub fn with_appended(&self, extra: &[String]) -> Bytes {
+        let values: Vec<(bool, Option<&[u8]>)> = (0..self.values.len())
+            .map(|i| {
+                let value = self.values.get(i).copied().flatten();
+                (is_binary(&self.formats, i), value)
+            })
+            .chain(extra.iter().map(|v| (false, Some(v.as_bytes()))))
+            .collect();
+        build_bind(self.portal, self.statement, &values, &self.result_formats)
     }
 
     /// The same `Bind` aimed at another statement name.
@@ -244,6 +240,45 @@ impl<'a> BindView<'a> {
         buf.put_slice(tail);
         buf.freeze()
     }
+}
+
+/// A `Bind` of `portal` to `statement` with `values` (binary?, value; `None` is NULL), one
+/// format code per value.
+fn build_bind(
+    portal: &[u8],
+    statement: &[u8],
+    values: &[(bool, Option<&[u8]>)],
+    result_formats: &[i16],
+) -> Bytes {
+    let mut buf = BytesMut::new();
+    buf.put_u8(b'B');
+    buf.put_i32(0);
+    buf.put_slice(portal);
+    buf.put_u8(0);
+    buf.put_slice(statement);
+    buf.put_u8(0);
+    let count = i16::try_from(values.len()).unwrap_or(i16::MAX);
+    buf.put_i16(count);
+    for (binary, _) in values {
+        buf.put_i16(i16::from(*binary));
+    }
+    buf.put_i16(count);
+    for (_, value) in values {
+        match value {
+            Some(value) => {
+                buf.put_i32(i32::try_from(value.len()).unwrap_or(i32::MAX));
+                buf.put_slice(value);
+            }
+            None => buf.put_i32(-1),
+        }
+    }
+    buf.put_i16(i16::try_from(result_formats.len()).unwrap_or(i16::MAX));
+    for &f in result_formats {
+        buf.put_i16(f);
+    }
+    let len = i32::try_from(buf.len() - 1).unwrap_or(i32::MAX);
+    buf[1..5].copy_from_slice(&len.to_be_bytes());
+    buf.freeze()
 }
 
 /// `Describe` or `Close`: which kind of object (`S`tatement or `P`ortal) and its name.

@@ -16,6 +16,7 @@
 mod decide;
 mod error;
 mod extended;
+mod generated;
 mod link;
 mod local;
 mod multi;

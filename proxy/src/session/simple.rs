@@ -13,7 +13,7 @@ use crate::session::decide::{self, decide, Action, Request, Target};
 use crate::session::link::exchange::{Expect, Mode, Reply};
 use crate::session::multi::gather::{Delivery, Gather, Source};
 use crate::session::state::settings::effect_of;
-use crate::session::{ClientError, Session, SessionEnd};
+use crate::session::{local, ClientError, Session, SessionEnd};
 
 impl Session {
     /// Answers one simple-protocol `Query`.
@@ -39,6 +39,19 @@ impl Session {
             Ok((target, dual)) => (Some((0, target)), dual, None),
             Err(error) => (None, None, Some(error)),
         };
+        if refusal.is_some() {
+            // An INSERT that leaves its shard key to the table's default gets generated keys.
+            match self.with_generated_keys(&loaded, &plan, &sql).await {
+                Ok(Some(keyed)) => match local::query_message_in(self.encoding(), &keyed) {
+                    Ok(query) => {
+                        return Box::pin(self.simple_query(Frame::from_bytes(query))).await
+                    }
+                    Err(e) => return self.fail(e.into()).await,
+                },
+                Ok(None) => {}
+                Err(error) => return self.fail(error).await,
+            }
+        }
         let request = Request {
             extended: false,
             kinds: std::slice::from_ref(&plan.kind),

@@ -103,7 +103,10 @@ fn counts_as_operator(token: &Token) -> bool {
 /// - `TABLE t` as a statement: rewritten to `SELECT * FROM t`.
 /// - `COPY … (FREEZE ON, HEADER OFF)`: sqlparser knows only `TRUE`/`FALSE` after a boolean
 ///   COPY option (`pgbench -i` sends `freeze on`).
+/// - `INSERT … OVERRIDING SYSTEM VALUE` (or `USER VALUE`): sqlparser rejects it; it does not
+///   matter for routing.
 pub(super) fn repair(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let tokens = without_overriding(tokens);
     let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len() + 4);
     let mut at_statement_start = true;
     for t in tokens {
@@ -129,6 +132,38 @@ pub(super) fn repair(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
             at_statement_start = matches!(t.token, Token::SemiColon);
         }
         out.push(t);
+    }
+    out
+}
+
+/// `tokens` without `OVERRIDING SYSTEM VALUE` / `OVERRIDING USER VALUE` clauses.
+fn without_overriding(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let word = |t: &TokenWithSpan, values: &[&str]| match &t.token {
+        Token::Word(w) if w.quote_style.is_none() => {
+            values.iter().any(|v| w.value.eq_ignore_ascii_case(v))
+        }
+        _ => false,
+    };
+    if !tokens.iter().any(|t| word(t, &["OVERRIDING"])) {
+        return tokens;
+    }
+    let mut out = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        if word(&tokens[i], &["OVERRIDING"]) {
+            let words: Vec<usize> = (i + 1..tokens.len())
+                .filter(|&j| !is_blank(&tokens[j].token))
+                .take(2)
+                .collect();
+            if let [kind, value] = words[..] {
+                if word(&tokens[kind], &["SYSTEM", "USER"]) && word(&tokens[value], &["VALUE"]) {
+                    i = value + 1;
+                    continue;
+                }
+            }
+        }
+        out.push(tokens[i].clone());
+        i += 1;
     }
     out
 }
@@ -241,6 +276,11 @@ mod tests {
             ("BEGIN READ ONLY", "BEGIN READ ONLY"),
             ("TABLE users", "SELECT * FROM users"),
             ("SELECT 1; TABLE users", "SELECT 1; SELECT * FROM users"),
+            (
+                "INSERT INTO t (id) OVERRIDING SYSTEM VALUE VALUES (1)",
+                "INSERT INTO t (id)  VALUES (1)",
+            ),
+            ("SELECT overriding FROM t", "SELECT overriding FROM t"),
         ];
         for (input, want) in cases {
             let tokens = tokenize(input).unwrap_or_default();

@@ -180,6 +180,12 @@ impl Plan {
         Ok(placement.into_route(config))
     }
 
+    /// True when `route()` refuses the statement whatever its parameters (an `INSERT` that
+    /// leaves out the shard key, a construct the router cannot place).
+    pub fn always_refused(&self) -> bool {
+        matches!(self.target, Target::Error(_))
+    }
+
     /// True when `route()` depends on parameters (so the proxy must look at Bind).
     pub fn depends_on_params(&self) -> bool {
         self.target.depends_on_params()

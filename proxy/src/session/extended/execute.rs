@@ -47,7 +47,7 @@ impl Session {
         loaded: &Arc<Loaded>,
         frames: Vec<Frame>,
     ) -> Result<Segmented, SessionEnd> {
-        let mut segment = match self.read_segment(loaded, frames) {
+        let mut segment = match self.read_segment(loaded, frames).await {
             Ok(segment) => segment,
             Err(malformed) => {
                 let text = malformed.to_string();

@@ -58,7 +58,15 @@ pub(crate) fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>,
                 } else {
                     out.push(renamed(frame, &statement.server_name()));
                 }
-                queue.push_back(Expect::relay(*reply));
+                match (&statement.generated, reply) {
+                    (Some(keys), Reply::DescribeStatement) => queue.push_back(Expect::Sent {
+                        reply: *reply,
+                        mode: Mode::HideParams(keys.rows),
+                        effects: Vec::new(),
+                        prepares: None,
+                    }),
+                    _ => queue.push_back(Expect::relay(*reply)),
+                }
             }
             Item::Execute { frame, statement } => {
                 out.push(frame.bytes().clone());

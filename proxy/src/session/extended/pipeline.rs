@@ -29,7 +29,7 @@ use crate::session::extended::segment::{Item, Segment};
 use crate::session::link::attach::ready_status;
 use crate::session::link::exchange::{Expect, Mode, Reply};
 use crate::session::multi::twophase::{commit_parts, finish_quietly, roll_back_parts, Part};
-use crate::session::state::statements::Statement;
+use crate::session::state::statements::{self, Statement};
 use crate::session::{ClientError, Session, SessionEnd};
 
 /// A pipeline running on several shards, each inside a transaction the proxy opened.
@@ -377,6 +377,7 @@ impl Session {
             sync(&mut part.conn).await;
             finish_quietly(&mut part.conn, "ROLLBACK").await;
         }
+        statements::undone();
         self.release_parts(parts);
         let mut status = self.tx.status();
         for shard in self.unsynced_shards() {

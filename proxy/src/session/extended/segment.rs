@@ -14,6 +14,7 @@ use crate::protocol::encoding::{ClientEncoding, TextError};
 use crate::protocol::frontend::{execute_portal, BindView, Malformed, ParseView, TargetView};
 use crate::protocol::Frame;
 use crate::session::decide::{self, Request, Target};
+use crate::session::generated::rewritten_parse;
 use crate::session::link::exchange::Reply;
 use crate::session::state::statements::Statement;
 use crate::session::state::transaction::DualKeys;
@@ -75,7 +76,7 @@ impl Segment {
 
 impl Session {
     /// Interprets the segment's messages and routes its statements.
-    pub(crate) fn read_segment(
+    pub(crate) async fn read_segment(
         &mut self,
         loaded: &Loaded,
         frames: Vec<Frame>,
@@ -100,10 +101,51 @@ impl Session {
                         }
                     };
                     let plan = self.ctx.plan(loaded, &query);
-                    let statement =
-                        self.statements
-                            .define(view.name, &query, view.param_types, plan);
+                    let rewritten = if plan.always_refused() {
+                        let types = view.param_types;
+                        match self.rewritten_for_keys(loaded, &plan, &query, types).await {
+                            Ok(rewritten) => rewritten,
+                            Err(e) => {
+                                segment.refusal = Some(e);
+                                break;
+                            }
+                        }
+                    } else {
+                        None
+                    };
                     let unnamed = view.name.is_empty();
+                    let (frame, statement) = match rewritten {
+                        None => {
+                            let statement = self.statements.define(
+                                view.name,
+                                &query,
+                                view.param_types,
+                                plan,
+                                None,
+                            );
+                            (frame, statement)
+                        }
+                        Some(rewritten) => {
+                            // The client's encoding carried the text it came from.
+                            let wire = match self.encoding().encode(&rewritten.query) {
+                                Ok(wire) => wire,
+                                Err(e) => {
+                                    segment.refusal = Some(e.into());
+                                    break;
+                                }
+                            };
+                            let parse = rewritten_parse(view.name, &wire, &rewritten.param_types);
+                            let plan = self.ctx.plan(loaded, &rewritten.query);
+                            let statement = self.statements.define(
+                                view.name,
+                                &rewritten.query,
+                                &rewritten.param_types,
+                                plan,
+                                Some(rewritten.keys),
+                            );
+                            (parse, statement)
+                        }
+                    };
                     Item::Parse {
                         frame,
                         statement,
@@ -111,11 +153,25 @@ impl Session {
                     }
                 }
                 b'B' => {
-                    let view = BindView::new(&frame)?;
+                    let mut bound = None;
+                    let mut view = BindView::new(&frame)?;
                     let Some(statement) = self.statements.get(view.statement) else {
                         segment.refusal = Some(unknown_statement(view.statement));
                         break;
                     };
+                    if let Some(keys) = &statement.generated {
+                        // Fresh keys for this execution, after the client's values.
+                        match self.bind_generated(loaded, keys, &view).await {
+                            Ok(frame) => bound = Some(frame),
+                            Err(e) => {
+                                segment.refusal = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(frame) = &bound {
+                        view = BindView::new(frame)?;
+                    }
                     if !statement.query.is_ascii() {
                         // Prepared under another `client_encoding` than the one now in use.
                         if let Err(e) = self.encoding().encode(&statement.query) {
@@ -152,7 +208,7 @@ impl Session {
                     portals.insert(view.portal.to_vec(), statement.clone());
                     let unnamed = view.statement.is_empty();
                     Item::UsesStatement {
-                        frame,
+                        frame: bound.unwrap_or(frame),
                         statement,
                         unnamed,
                         reply: Reply::Bind,

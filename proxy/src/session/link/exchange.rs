@@ -42,6 +42,9 @@ pub enum Mode {
     /// proxy sends itself once it has finished the work the message started (a dual write's
     /// commit on both owners).
     Held,
+    /// A client's `Describe` of a statement the proxy rewrote to take this many generated keys
+    /// as its last parameters: relayed without them, as the client wrote the statement.
+    HideParams(usize),
 }
 
 /// One entry of the queue that mirrors what was sent to a backend.
@@ -180,6 +183,13 @@ where
             Expect::Sent { mode, .. } => (*mode != Mode::Swallow, *mode == Mode::Held),
             Expect::Local(_) => (false, false),
         };
+        let hidden = match front {
+            Expect::Sent {
+                mode: Mode::HideParams(n),
+                ..
+            } => *n,
+            _ => 0,
+        };
         let frame = backend.read().await?;
         let frame_tag = frame.tag();
         match frame_tag {
@@ -212,6 +222,8 @@ where
                     );
                     backend.settings = None;
                 } else {
+                    // The statement's transaction fails with it, and what it created goes.
+                    statements::undone();
                     outcome.failed = true;
                     out.push(frame.bytes())
                         .await
@@ -256,6 +268,9 @@ where
         if relay && !(held && frame_tag == tag::READY_FOR_QUERY) {
             match status.filter(|_| frame_tag == tag::READY_FOR_QUERY) {
                 Some(status) => out.push(&msg::ready_for_query(status)).await,
+                None if hidden > 0 && frame_tag == tag::PARAMETER_DESCRIPTION => {
+                    out.push(&msg::without_last_params(&frame, hidden)).await
+                }
                 None => out.push(frame.bytes()).await,
             }
             .map_err(ExchangeError::Client)?;

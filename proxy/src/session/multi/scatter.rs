@@ -240,6 +240,7 @@ impl Session {
                     false
                 }
                 tag::ERROR_RESPONSE => {
+                    statements::undone();
                     if merged.error.is_none() {
                         merged.error = Some(msg::error_naming_shard(&frame, &leg.name));
                     }

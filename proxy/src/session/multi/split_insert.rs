@@ -92,7 +92,8 @@ impl Session {
                 self.ctx
                     .stats
                     .record_scatter(loaded, &shards, true, started.elapsed());
-                return self.send_merged(results, delivery).await;
+                let rows: Vec<&[usize]> = parts.iter().map(|p| p.rows.as_slice()).collect();
+                return self.send_merged(results, &rows, delivery).await;
             }
         } else {
             self.abandon_parts(running).await;
@@ -109,11 +110,13 @@ impl Session {
         }
     }
 
-    /// One `RowDescription` (if the client asked), every shard's `RETURNING` rows, one summed
+    /// One `RowDescription` (if the client asked), every shard's `RETURNING` rows in the
+    /// order of the client's `VALUES` list (`rows`: each part's rows in it), one summed
     /// `CommandComplete`.
     async fn send_merged(
         &mut self,
         results: Vec<Answer>,
+        rows: &[&[usize]],
         delivery: &Delivery,
     ) -> Result<(), SessionEnd> {
         let mut out = BytesMut::new();
@@ -126,13 +129,55 @@ impl Session {
             _ => {}
         }
         let mut tags = Vec::new();
+        let mut returned = Vec::with_capacity(results.len());
         for result in results {
-            for row in result.rows {
-                out.extend_from_slice(&row);
-            }
+            returned.push(result.rows);
             tags.extend(result.tag);
+        }
+        for row in in_values_order(returned, rows) {
+            out.extend_from_slice(&row);
         }
         self.out.push(&out).await?;
         self.complete(Ok(msg::sum_tags(&tags)), delivery).await
+    }
+}
+
+/// The parts' `RETURNING` rows in the order of the client's `VALUES` list, as one server
+/// returns them (ORMs match returned keys to their objects by position). When a part returned
+/// fewer rows than it inserted (`ON CONFLICT DO NOTHING` skipped some), which row is which is
+/// unknown, and the parts' rows follow each other.
+fn in_values_order<R>(returned: Vec<Vec<R>>, rows: &[&[usize]]) -> Vec<R> {
+    let total: usize = rows.iter().map(|r| r.len()).sum();
+    let aligned = returned.len() == rows.len()
+        && returned
+            .iter()
+            .zip(rows)
+            .all(|(got, placed)| got.len() == placed.len());
+    if !aligned {
+        return returned.into_iter().flatten().collect();
+    }
+    let mut slots: Vec<Option<R>> = (0..total).map(|_| None).collect();
+    for (got, placed) in returned.into_iter().zip(rows) {
+        for (row, &index) in got.into_iter().zip(placed.iter()) {
+            if let Some(slot) = slots.get_mut(index) {
+                *slot = Some(row);
+            }
+        }
+    }
+    slots.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_values_order;
+
+    #[test]
+    fn returning_rows_come_back_in_values_order() {
+        let returned = vec![vec!["b", "d"], vec!["a", "c"]];
+        let rows: [&[usize]; 2] = [&[1, 3], &[0, 2]];
+        assert_eq!(in_values_order(returned, &rows), ["a", "b", "c", "d"]);
+        // A part that skipped a row: the parts' rows as they came.
+        let returned = vec![vec!["b"], vec!["a", "c"]];
+        assert_eq!(in_values_order(returned, &rows), ["b", "a", "c"]);
     }
 }

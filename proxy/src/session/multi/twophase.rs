@@ -13,6 +13,7 @@ use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::Frame;
 use crate::session::multi::ordered::field;
 use crate::session::state::settings::quote_literal;
+use crate::session::state::statements;
 use crate::session::{local, ClientError, Session};
 
 /// One shard's part of a multi-shard write, running inside a transaction on its backend.
@@ -238,6 +239,9 @@ async fn end_transaction(
 /// Sends a statement that must not fail the caller (cleanup); a failure marks the connection
 /// broken so the pool drops it.
 pub(crate) async fn finish_quietly(conn: &mut Pooled, sql: &str) {
+    if sql.starts_with("ROLLBACK") {
+        statements::undone();
+    }
     if !matches!(run(conn, sql).await, Ok(None)) {
         conn.broken = true;
     }

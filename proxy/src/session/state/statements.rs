@@ -6,10 +6,11 @@
 //! same query share the server-side statement.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
-use shardline_router::Plan;
+use shardline_router::{KeyType, Plan};
 
 /// A statement a client prepared.
 #[derive(Debug)]
@@ -20,6 +21,18 @@ pub struct Statement {
     /// Raw parameter type count and OIDs from the client's Parse.
     pub param_types: Bytes,
     pub plan: Arc<Plan>,
+    /// The proxy rewrote the client's `INSERT` to take generated shard keys as parameters.
+    pub generated: Option<Arc<GeneratedKeys>>,
+}
+
+/// The shard keys the proxy binds to a statement it rewrote (an `INSERT` that left them to
+/// the table's default): one per row, as text parameters after the client's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedKeys {
+    pub table: String,
+    pub column: String,
+    pub key_type: KeyType,
+    pub rows: usize,
 }
 
 impl Statement {
@@ -77,9 +90,27 @@ pub fn forgets_every_statement(command_tag: &str) -> bool {
 /// their ids, so one parsed afterwards gets a fresh id and is prepared anew, as a driver
 /// re-preparing it on one server would have it (psycopg drops its own cache on the same tags).
 /// Statements clients still hold keep their old ids, as on one server. Creating objects
-/// changes no existing statement, so a workload creating temporary tables keeps its statements.
+/// changes no existing statement, so a workload creating temporary tables keeps its statements
+/// — unless the creation is undone ([`undone`]): a `ROLLBACK` (or `ROLLBACK TO`) drops what
+/// was created as surely as a `DROP`.
 pub fn completed(command_tag: &str) {
     if command_tag.starts_with("DROP ") || command_tag.starts_with("ALTER ") {
+        ids().by_query.clear();
+    } else if command_tag.starts_with("CREATE ") {
+        CREATED.store(true, Ordering::Relaxed);
+    } else if command_tag.starts_with("ROLLBACK") {
+        undone();
+    }
+}
+
+/// Objects were created since the statement ids were last renewed.
+static CREATED: AtomicBool = AtomicBool::new(false);
+
+/// Notes that a transaction or a savepoint was rolled back (a `ROLLBACK`, an error that ends
+/// an implicit transaction, the proxy aborting what a client left): if objects were created
+/// since the ids were renewed, they may be gone, so the ids are renewed.
+pub fn undone() {
+    if CREATED.swap(false, Ordering::Relaxed) {
         ids().by_query.clear();
     }
 }
@@ -98,6 +129,7 @@ impl ClientStatements {
         query: &str,
         param_types: &[u8],
         plan: Arc<Plan>,
+        generated: Option<Arc<GeneratedKeys>>,
     ) -> Arc<Statement> {
         if let Some(existing) = self.by_name.get(name) {
             // Drivers re-parse the same unnamed statement for every execution.
@@ -113,6 +145,7 @@ impl ClientStatements {
             query: query.into(),
             param_types: Bytes::copy_from_slice(param_types),
             plan,
+            generated,
         });
         self.by_name.insert(name.to_vec(), statement.clone());
         statement
