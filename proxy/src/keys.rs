@@ -43,6 +43,34 @@ pub enum KeyDefault {
     Uuid,
 }
 
+/// The tables whose keys the proxy generates, as `table.column (kind)` (or `none`).
+pub fn generated_list(survey: &[(String, String, KeyDefault)]) -> String {
+    let listed: Vec<String> = survey
+        .iter()
+        .filter_map(|(table, column, default)| {
+            let kind = match default {
+                KeyDefault::None => return None,
+                KeyDefault::Sequence { always: true } => "identity, always",
+                KeyDefault::Sequence { always: false } => "sequence",
+                KeyDefault::Uuid => "uuid v7",
+            };
+            Some(format!("{table}.{column} ({kind})"))
+        })
+        .collect();
+    if listed.is_empty() {
+        "none".to_owned()
+    } else {
+        listed.join(", ")
+    }
+}
+
+impl KeyDefault {
+    /// A `GENERATED ALWAYS` identity: an explicit key needs `OVERRIDING SYSTEM VALUE`.
+    pub fn always(self) -> bool {
+        matches!(self, KeyDefault::Sequence { always: true })
+    }
+}
+
 /// Reads a key column's catalog entry: `identity` is `pg_attribute.attidentity`, `default`
 /// the column's default expression.
 pub fn classify(key_type: KeyType, identity: &str, default: Option<&str>) -> KeyDefault {
@@ -119,25 +147,38 @@ impl KeySource {
             return Ok(*known);
         }
         let control = self.control(config).await?;
-        let row = connected(&control)?
-            .query_opt(
-                "SELECT a.attidentity::text, pg_get_expr(d.adbin, d.adrelid) \
-                 FROM pg_attribute a LEFT JOIN pg_attrdef d \
-                   ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
-                 WHERE a.attrelid = to_regclass($1) AND a.attname = $2 \
-                   AND NOT a.attisdropped",
-                &[&table, &column],
-            )
-            .await
-            .map_err(|e| catalog_error(&e))?;
+        let columns = [(table.to_owned(), column.to_owned(), key_type)];
+        let found = read_defaults(connected(&control)?, &columns)
+            .await?
+            .pop()
+            .map_or(KeyDefault::None, |(_, _, default)| default);
         drop(control);
-        let found = row.map_or(KeyDefault::None, |row| {
-            classify(key_type, row.get(0), row.get::<_, Option<&str>>(1))
-        });
         if found != KeyDefault::None {
             self.lock_defaults().insert(table.to_owned(), found);
         }
         Ok(found)
+    }
+
+    /// Every sharded table's key column and what it defaults to, read from the default shard:
+    /// which tables get generated keys (`shardline check`, `SHOW CONFIG`).
+    pub async fn survey(
+        &self,
+        config: &Config,
+    ) -> Result<Vec<(String, String, KeyDefault)>, ClientError> {
+        let mut columns: Vec<(String, String, KeyType)> = config
+            .tables
+            .iter()
+            .filter_map(|(name, rule)| {
+                Some((
+                    name.clone(),
+                    rule.key_column()?.to_owned(),
+                    rule.key_type()?,
+                ))
+            })
+            .collect();
+        columns.sort_by(|a, b| a.0.cmp(&b.0));
+        let control = self.control(config).await?;
+        read_defaults(connected(&control)?, &columns).await
     }
 
     /// Forgets what tables' keys default to (after DDL that may have changed it).
@@ -240,6 +281,38 @@ impl KeySource {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// What each (table, key column) defaults to, read from the catalog in one query; a table
+/// that does not exist has no default.
+async fn read_defaults(
+    client: &Client,
+    columns: &[(String, String, KeyType)],
+) -> Result<Vec<(String, String, KeyDefault)>, ClientError> {
+    let tables: Vec<&str> = columns.iter().map(|(t, _, _)| t.as_str()).collect();
+    let names: Vec<&str> = columns.iter().map(|(_, c, _)| c.as_str()).collect();
+    let rows = client
+        .query(
+            "SELECT a.attidentity::text, pg_get_expr(d.adbin, d.adrelid) \
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(tab, col, n) \
+             LEFT JOIN pg_attribute a ON a.attrelid = to_regclass(k.tab) \
+               AND a.attname = k.col AND NOT a.attisdropped \
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             ORDER BY k.n",
+            &[&tables, &names],
+        )
+        .await
+        .map_err(|e| catalog_error(&e))?;
+    Ok(columns
+        .iter()
+        .zip(rows)
+        .map(|((table, column, key_type), row)| {
+            let identity: Option<&str> = row.get(0);
+            let default: Option<&str> = row.get(1);
+            let found = classify(*key_type, identity.unwrap_or_default(), default);
+            (table.clone(), column.clone(), found)
+        })
+        .collect())
 }
 
 /// The largest key of `table` on any shard (0 when empty).

@@ -49,19 +49,17 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
-    let result = match cli.command {
-        Some(Command::Check { file }) => check(&file),
-        other => match tokio::runtime::Runtime::new() {
-            Ok(runtime) => runtime.block_on(async move {
-                match other {
-                    Some(Command::Demo { shards, port, dir }) => {
-                        demo::run(DemoOptions { shards, port, dir }).await
-                    }
-                    _ => serve(&cli.config, !cli.no_watch).await,
+    let result = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(async move {
+            match cli.command {
+                Some(Command::Check { file }) => check(&file).await,
+                Some(Command::Demo { shards, port, dir }) => {
+                    demo::run(DemoOptions { shards, port, dir }).await
                 }
-            }),
-            Err(e) => Err(e.into()),
-        },
+                None => serve(&cli.config, !cli.no_watch).await,
+            }
+        }),
+        Err(e) => Err(e.into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -85,13 +83,25 @@ fn init_logging(json: bool) {
     }
 }
 
-fn check(path: &PathBuf) -> anyhow::Result<()> {
+async fn check(path: &PathBuf) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("could not read {}: {e}", path.display()))?;
     let config = Config::from_yaml(&text)
         .map_err(|e| anyhow::anyhow!("{} is invalid: {e}", path.display()))?;
     println!("{} is valid.\n", path.display());
     print!("{config}");
+    // Which tables get generated keys is the shards' business: ask the default shard.
+    let survey = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        shardline::keys::KeySource::default().survey(&config),
+    )
+    .await;
+    let generated = match survey {
+        Ok(Ok(survey)) => shardline::keys::generated_list(&survey),
+        Ok(Err(e)) => format!("unknown ({})", e.message),
+        Err(_) => "unknown (the default shard did not answer within 10 s)".to_owned(),
+    };
+    println!("\ngenerated keys (INSERTs that leave the key to its default): {generated}");
     Ok(())
 }
 

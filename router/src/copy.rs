@@ -75,6 +75,39 @@ pub fn copy_into(config: &Config, sql: &str) -> Option<Result<CopyInto, RouteErr
     }))
 }
 
+impl CopyInto {
+    /// Whether the column list leaves out the shard key (its default then has to make it).
+    pub fn leaves_out_key(&self) -> bool {
+        !self.columns.is_empty() && self.key_position(&self.columns).is_none()
+    }
+
+    /// The COPY statement `sql` (this COPY) with the shard key first in its column list, and
+    /// this spec to match: the proxy then puts a generated key first in every row.
+    pub fn with_key_first(&self, sql: &str) -> Option<(String, CopyInto)> {
+        let key = self.rule.key_column()?.to_owned();
+        let mut statements = crate::analyze::parse_repaired(sql)?;
+        let Some(Statement::Copy {
+            source: CopySource::Table { columns, .. },
+            ..
+        }) = statements.first_mut()
+        else {
+            return None;
+        };
+        columns.insert(0, sqlparser::ast::Ident::new(&key));
+        let rewritten = statements.first()?.to_string();
+        let mut spec = self.clone();
+        spec.columns.insert(0, key);
+        Some((rewritten, spec))
+    }
+
+    /// The byte that separates fields of a row.
+    pub fn delimiter(&self) -> u8 {
+        match &self.format {
+            CopyFormat::Text { delimiter, .. } | CopyFormat::Csv { delimiter, .. } => *delimiter,
+        }
+    }
+}
+
 fn format(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<CopyFormat, RouteError> {
     let mut csv = false;
     let (mut delimiter, mut null, mut quote, mut escape, mut header) =
@@ -461,6 +494,17 @@ mod tests {
             }
         ));
         assert_eq!(s.key_position(&["name".into(), "id".into()]), Some(1));
+        let keyless = copy_into(&config(), "COPY users (name) FROM STDIN WITH (FORMAT csv)");
+        let Some(Ok(keyless)) = keyless else {
+            panic!("not a COPY into users");
+        };
+        assert!(keyless.leaves_out_key());
+        let (sql, keyed) = keyless
+            .with_key_first("COPY users (name) FROM STDIN WITH (FORMAT csv)")
+            .unwrap_or_else(|| panic!("not rewritten"));
+        assert_eq!(keyed.columns, ["id", "name"]);
+        assert!(sql.starts_with("COPY users (id, name) FROM STDIN"), "{sql}");
+        assert_eq!(keyed.delimiter(), b',');
         // pgbench -i's spelling of boolean options.
         let s = spec("copy users from stdin with (freeze on, format csv, header off)");
         assert!(matches!(s.format, CopyFormat::Csv { header: false, .. }));

@@ -53,8 +53,8 @@ pub fn keyless_insert(config: &Config, sql: &str) -> Option<KeylessInsert> {
     let TableObject::TableName(name) = &insert.table else {
         return None;
     };
-    let table = name.0.last()?.as_ident()?.value.clone();
-    let rule = config.table(&table)?;
+    let rule = config.table(&name.0.last()?.as_ident()?.value)?;
+    let table = rule.name.clone();
     let key_column = rule.key_column()?.to_owned();
     let key_type = rule.key_type()?;
     if insert.columns.is_empty() || names_column(&insert.columns, &key_column) {

@@ -2,10 +2,12 @@
 //! `gen_random_uuid()` default, filled through two proxies at once by `INSERT`s that leave the
 //! key out, in the simple protocol, the extended protocol and with prepared statements: every
 //! key is unique, every row sits on the shard PostgreSQL's hash of its key names, and what
-//! `RETURNING` said is what is stored. A proxy started again hands out no key twice.
+//! `RETURNING` said is what is stored. A proxy started again hands out no key twice, and a
+//! COPY that leaves the key out gets one per row.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use futures::SinkExt;
 use shardline_router::KeyValue;
 use shardline_tests::{connect, sqlstate, TestCluster};
 use tokio_postgres::error::SqlState;
@@ -138,6 +140,34 @@ async fn keys_left_to_the_default_are_generated_unique_and_routed() -> anyhow::R
     assert_eq!(ids.len(), 6);
     assert_eq!(cluster.placed_rows("users", "id", false).await?, total + 16);
 
+    // COPY without the key column (text, and CSV with a header): every row gets a key.
+    for (sql, header, delimiter) in [
+        ("COPY users (name, client, seq) FROM STDIN", "", '\t'),
+        (
+            "COPY users (name, client, seq) FROM STDIN WITH (FORMAT csv, HEADER true)",
+            "name,client,seq\n",
+            ',',
+        ),
+    ] {
+        let mut data = header.to_owned();
+        for seq in 0..1000 {
+            data.push_str(&format!("copied{delimiter}{CLIENTS}{delimiter}{seq}\n"));
+        }
+        let sink = setup.copy_in(sql).await?;
+        futures::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(data)).await?;
+        assert_eq!(sink.finish().await?, 1000, "{sql}");
+    }
+    let copied = total + 16 + 2000;
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, copied);
+    let ids: BTreeSet<i64> = setup
+        .query("SELECT id FROM users", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids.len(), copied, "a key was given to two rows");
+
     // int4 serial, GENERATED ALWAYS identity, and uuid keys.
     for _ in 0..20 {
         setup
@@ -176,6 +206,21 @@ async fn keys_left_to_the_default_are_generated_unique_and_routed() -> anyhow::R
         devices.insert(id.0);
     }
     assert_eq!(devices.len(), 20);
+
+    // EXPLAIN (ROUTE) says the key will be generated.
+    let explained = setup
+        .simple_query("EXPLAIN (ROUTE) INSERT INTO users (name) VALUES ('x')")
+        .await?;
+    let explanation = explained.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(1).map(str::to_owned),
+        _ => None,
+    });
+    assert!(
+        explanation
+            .as_deref()
+            .is_some_and(|e| e.contains("generates each row's key")),
+        "{explanation:?}"
+    );
 
     // A key without a default must still be sent.
     let refused = setup

@@ -105,7 +105,16 @@ pub async fn run(ctx: &Arc<ProxyContext>, command: Command) -> Reply {
             Topic::Clients => show::clients(ctx),
             Topic::Servers => show::servers(ctx),
             Topic::Stats => show::stats(ctx),
-            Topic::Config => show::config(ctx),
+            Topic::Config => {
+                let mut table = show::config(ctx);
+                let survey = ctx.keys.survey(&ctx.snapshot().config).await;
+                let generated = match survey {
+                    Ok(survey) => crate::keys::generated_list(&survey),
+                    Err(e) => format!("unknown ({})", e.message),
+                };
+                table.push(vec!["generated_keys".to_owned(), generated]);
+                table
+            }
             Topic::Version => show::version(),
             Topic::InDoubt => show::in_doubt(ctx).await,
         }),

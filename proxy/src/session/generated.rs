@@ -29,14 +29,14 @@ pub(crate) struct Rewritten {
 }
 
 impl Session {
-    /// The `INSERT` in `sql`, when it leaves out a shard key the proxy generates, and whether
-    /// the key is `GENERATED ALWAYS`.
-    async fn keyless(
+    /// The `INSERT` in `sql`, when it leaves out a shard key the proxy generates, and the
+    /// key's default.
+    pub(crate) async fn keyless(
         &self,
         loaded: &Loaded,
         plan: &Plan,
         sql: &str,
-    ) -> Result<Option<(KeylessInsert, bool)>, ClientError> {
+    ) -> Result<Option<(KeylessInsert, KeyDefault)>, ClientError> {
         if !plan.always_refused() {
             return Ok(None);
         }
@@ -53,11 +53,7 @@ impl Session {
                 keyless.key_type,
             )
             .await?;
-        Ok(match default {
-            KeyDefault::None => None,
-            KeyDefault::Sequence { always } => Some((keyless, always)),
-            KeyDefault::Uuid => Some((keyless, false)),
-        })
+        Ok((default != KeyDefault::None).then_some((keyless, default)))
     }
 
     /// `sql` with generated keys as literals, when it is an `INSERT` that leaves them out.
@@ -67,7 +63,7 @@ impl Session {
         plan: &Plan,
         sql: &str,
     ) -> Result<Option<String>, ClientError> {
-        let Some((keyless, always)) = self.keyless(loaded, plan, sql).await? else {
+        let Some((keyless, default)) = self.keyless(loaded, plan, sql).await? else {
             return Ok(None);
         };
         let keys = self
@@ -81,7 +77,7 @@ impl Session {
                 keyless.rows,
             )
             .await?;
-        Ok(keyless.with_keys(KeysAs::Literals(&keys), always))
+        Ok(keyless.with_keys(KeysAs::Literals(&keys), default.always()))
     }
 
     /// The statement a client's `Parse` of `query` becomes when it leaves out a generated key:
@@ -93,14 +89,15 @@ impl Session {
         query: &str,
         param_types: &[u8],
     ) -> Result<Option<Rewritten>, ClientError> {
-        let Some((keyless, always)) = self.keyless(loaded, plan, query).await? else {
+        let Some((keyless, default)) = self.keyless(loaded, plan, query).await? else {
             return Ok(None);
         };
         let declared = param_types
             .get(..2)
             .map_or(0, |n| usize::from(u16::from_be_bytes([n[0], n[1]])));
         let after = declared.max(keyless.params);
-        let Some(rewritten) = keyless.with_keys(KeysAs::Parameters { after }, always) else {
+        let Some(rewritten) = keyless.with_keys(KeysAs::Parameters { after }, default.always())
+        else {
             return Ok(None);
         };
         let mut types = BytesMut::with_capacity(2 + 4 * (after + keyless.rows));

@@ -29,7 +29,7 @@ impl Session {
                 return self.fail(error).await;
             }
         };
-        if let Some(reply) = self.explain_route(&loaded, &sql) {
+        if let Some(reply) = self.explain_route(&loaded, &sql).await {
             return self.answer(&reply).await;
         }
         let (plan, literals) = self.ctx.plan_simple(&loaded, &sql);

@@ -7,10 +7,12 @@
 //! settings), every simple-protocol statement is preceded by a NOTICE naming its shards.
 
 use bytes::Bytes;
+use shardline_router::generated::KeylessInsert;
 use shardline_router::{Config, Param, Plan, Route};
 
 use crate::admin::table::{Reply, Table};
 use crate::context::Loaded;
+use crate::keys::KeyDefault;
 use crate::protocol::backend as msg;
 use crate::session::decide::{shard_names, Action};
 use crate::session::Session;
@@ -29,6 +31,20 @@ fn strip_word<'a>(text: &'a str, word: &str) -> Option<&'a str> {
     head.eq_ignore_ascii_case(word).then(|| &text[word.len()..])
 }
 
+/// How the keys of an `INSERT` that leaves them out are made.
+fn generated_explanation(keyless: &KeylessInsert, default: KeyDefault) -> String {
+    let (table, column) = (&keyless.table, &keyless.key_column);
+    let source = match default {
+        KeyDefault::Uuid => "a version 7 UUID made by the proxy",
+        _ => "the next key of the proxy's block of shardline.key_blocks",
+    };
+    format!(
+        "{table}.{column} is left to its default: shardline generates each row's key ({source}) and routes the row by it ({} row{})",
+        keyless.rows,
+        if keyless.rows == 1 { "" } else { "s" }
+    )
+}
+
 /// Shard names of a route.
 fn route_names(config: &Config, route: &Route) -> String {
     match route {
@@ -39,11 +55,20 @@ fn route_names(config: &Config, route: &Route) -> String {
 
 impl Session {
     /// The answer to `EXPLAIN (ROUTE) …`, or `None` when `sql` is something else.
-    pub(crate) fn explain_route(&self, loaded: &Loaded, sql: &str) -> Option<Bytes> {
+    pub(crate) async fn explain_route(&self, loaded: &Loaded, sql: &str) -> Option<Bytes> {
         let statement = explained_statement(sql)?;
         let (plan, literals) = self.ctx.plan_simple(loaded, statement);
         let params: Vec<Param<'_>> = literals.iter().map(|l| Param::Text(l.as_bytes())).collect();
         let mut table = Table::new(&["shards", "explanation"]).with_tag("EXPLAIN");
+        if let Ok(Some((keyless, default))) = self.keyless(loaded, &plan, statement).await {
+            let all: Vec<_> = loaded.config.all_shards().collect();
+            let shards = shard_names(&loaded.config, &all);
+            table.push(vec![
+                format!("one of {shards}, by each row's key"),
+                generated_explanation(&keyless, default),
+            ]);
+            return Some(Reply::Table(table).encode());
+        }
         let shards = match plan.route(&loaded.config, &params) {
             Ok(route) => route_names(&loaded.config, &route),
             Err(e) => format!("error {}", e.sqlstate),

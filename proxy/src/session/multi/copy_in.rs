@@ -3,7 +3,7 @@
 //! key. The shards' transactions commit together with two-phase commit, so the COPY loads all
 //! of its rows or none, as on one server.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use shardline_router::copy::{trim_line_end, CopyFormat, CopyInto, RowSplitter};
@@ -11,6 +11,7 @@ use shardline_router::ShardId;
 
 use crate::backend::pool::Pooled;
 use crate::context::Loaded;
+use crate::keys::KeyDefault;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::FrameError;
@@ -36,7 +37,24 @@ impl Session {
     ) -> Result<(), SessionEnd> {
         let shards = spec.rule.shards(loaded.config.shards.len());
         let started = std::time::Instant::now();
-        let result = self.copy_rows(loaded, sql, spec, &shards, delivery).await;
+        let keyed = match self.copy_with_generated_keys(loaded, sql, spec).await {
+            Ok(keyed) => keyed,
+            Err(error) => {
+                return self
+                    .complete(Err(MergeFailure::Query(error)), delivery)
+                    .await
+            }
+        };
+        let result = match &keyed {
+            Some((sql, spec)) => {
+                self.copy_rows(loaded, sql, spec, &shards, true, delivery)
+                    .await
+            }
+            None => {
+                self.copy_rows(loaded, sql, spec, &shards, false, delivery)
+                    .await
+            }
+        };
         let ok = matches!(result, Ok(true));
         self.ctx
             .stats
@@ -44,13 +62,40 @@ impl Session {
         result.map(|_| ())
     }
 
-    /// The COPY itself; `Ok(true)` when every row was committed.
+    /// A COPY whose column list leaves out a shard key the proxy generates, rewritten to take
+    /// the key first in every row (the rows get it as they are routed).
+    async fn copy_with_generated_keys(
+        &self,
+        loaded: &Loaded,
+        sql: &str,
+        spec: &CopyInto,
+    ) -> Result<Option<(String, CopyInto)>, ClientError> {
+        let (Some(column), Some(key_type)) = (spec.rule.key_column(), spec.rule.key_type()) else {
+            return Ok(None);
+        };
+        if !spec.leaves_out_key() {
+            return Ok(None);
+        }
+        let default = self
+            .ctx
+            .keys
+            .default_of(&loaded.config, &spec.rule.name, column, key_type)
+            .await?;
+        if default == KeyDefault::None {
+            return Ok(None);
+        }
+        Ok(spec.with_key_first(sql))
+    }
+
+    /// The COPY itself; `Ok(true)` when every row was committed. With `generated`, the
+    /// proxy puts a new key first in every row.
     async fn copy_rows(
         &mut self,
         loaded: &Loaded,
         sql: &str,
         spec: &CopyInto,
         shards: &[ShardId],
+        generated: bool,
         delivery: &Delivery,
     ) -> Result<bool, SessionEnd> {
         let mut parts: Vec<Part> = Vec::with_capacity(shards.len());
@@ -91,6 +136,9 @@ impl Session {
             .map(|(i, p)| (p.shard, i))
             .collect();
         let mut router = RowRouter::new(spec, position, parts.len(), self.encoding());
+        if generated {
+            router.keys = Some(VecDeque::new());
+        }
         let mut client_failed = None;
         loop {
             let frame = match self.input.read().await {
@@ -105,8 +153,16 @@ impl Session {
                 }
             };
             match frame.tag() {
-                b'd' => router.push(frame.body(), &index),
-                b'c' => break,
+                b'd' => {
+                    let rows = router.split(frame.body());
+                    self.top_up_keys(loaded, &mut router, rows.len()).await;
+                    router.route_rows(rows, &index);
+                }
+                b'c' => {
+                    // The last row may lack its line end: it is routed at the finish.
+                    self.top_up_keys(loaded, &mut router, 1).await;
+                    break;
+                }
                 b'f' => {
                     let reason = String::from_utf8_lossy(
                         frame.body().strip_suffix(&[0]).unwrap_or(frame.body()),
@@ -141,6 +197,29 @@ impl Session {
         match failure {
             Err((copying, error)) => self.abandon_copy(parts, copying, error, delivery).await,
             Ok(()) => self.commit_copy(parts, router.total, delivery).await,
+        }
+    }
+
+    /// Makes sure a COPY that generates keys holds at least `rows` of them.
+    async fn top_up_keys(&self, loaded: &Loaded, router: &mut RowRouter<'_>, rows: usize) {
+        let rule = &router.spec.rule;
+        let (Some(keys), Some(column), Some(key_type)) =
+            (router.keys.as_mut(), rule.key_column(), rule.key_type())
+        else {
+            return;
+        };
+        let missing = rows.saturating_sub(keys.len());
+        if missing == 0 || router.error.is_some() {
+            return;
+        }
+        let generated = self
+            .ctx
+            .keys
+            .generate(&loaded.config, &rule.name, column, key_type, missing)
+            .await;
+        match generated {
+            Ok(generated) => keys.extend(generated),
+            Err(e) => router.error = Some(e),
         }
     }
 
@@ -315,6 +394,8 @@ struct RowRouter<'a> {
     header_pending: bool,
     total: u64,
     error: Option<ClientError>,
+    /// Generated keys, one to put first in each row (a COPY that leaves the key out).
+    keys: Option<VecDeque<String>>,
 }
 
 impl<'a> RowRouter<'a> {
@@ -328,12 +409,18 @@ impl<'a> RowRouter<'a> {
             header_pending: matches!(spec.format, CopyFormat::Csv { header: true, .. }),
             total: 0,
             error: None,
+            keys: None,
         }
     }
 
-    fn push(&mut self, data: &[u8], index: &HashMap<ShardId, usize>) {
+    /// The whole rows `data` completes.
+    fn split(&mut self, data: &[u8]) -> Vec<Vec<u8>> {
         let mut rows = Vec::new();
         self.splitter.push(data, |row| rows.push(row.to_vec()));
+        rows
+    }
+
+    fn route_rows(&mut self, rows: Vec<Vec<u8>>, index: &HashMap<ShardId, usize>) {
         for row in rows {
             self.route(&row, index);
         }
@@ -355,6 +442,24 @@ impl<'a> RowRouter<'a> {
         if line == b"\\." {
             return;
         }
+        let keyed;
+        let (row, line) = match self.keys.as_mut() {
+            None => (row, line),
+            Some(keys) => {
+                let Some(key) = keys.pop_front() else {
+                    self.error = Some(ClientError::new(
+                        sqlstate::INTERNAL,
+                        "the COPY ran out of generated keys",
+                    ));
+                    return;
+                };
+                let mut with_key = key.into_bytes();
+                with_key.push(self.spec.delimiter());
+                with_key.extend_from_slice(row);
+                keyed = with_key;
+                (&keyed[..], trim_line_end(&keyed))
+            }
+        };
         let line = match self.encoding.decode(line) {
             Ok(line) => line,
             Err(e) => {
