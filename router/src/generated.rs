@@ -7,25 +7,38 @@
 //! ([`KeylessInsert::with_keys`]); the rewritten statement is then routed like any other. Pure
 //! functions: where the keys come from is the proxy's business.
 
-use sqlparser::ast::{Ident, ObjectName, SetExpr, Statement, TableObject};
+use sqlparser::ast::{Expr, Ident, ObjectName, SetExpr, Statement, TableObject};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use crate::config::Config;
 use crate::key::KeyType;
 
-/// An `INSERT … VALUES` into a sharded table whose column list leaves out the shard key.
+/// An `INSERT` into a sharded table that leaves its shard key to the column's default: the
+/// column list leaves it out, `VALUES` rows say `DEFAULT` for it, or `DEFAULT VALUES`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeylessInsert {
     /// The table as `shards.yaml` names it.
     pub table: String,
     pub key_column: String,
     pub key_type: KeyType,
-    /// Rows in the `VALUES` list: one key each.
+    /// Rows that need a key: one key each.
     pub rows: usize,
     /// The highest `$n` the statement uses: the keys, when passed as parameters, come after.
     pub params: usize,
     statement: Statement,
+    shape: Shape,
+}
+
+/// Where the generated keys go in the statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Shape {
+    /// A new first column, first in every row.
+    Omitted,
+    /// In place of `DEFAULT` at `position`, in these rows.
+    Defaults { position: usize, rows: Vec<usize> },
+    /// `DEFAULT VALUES`: a one-column, one-row `VALUES` list.
+    DefaultValues,
 }
 
 /// How the rewritten statement carries each row's key.
@@ -57,24 +70,38 @@ pub fn keyless_insert(config: &Config, sql: &str) -> Option<KeylessInsert> {
     let table = rule.name.clone();
     let key_column = rule.key_column()?.to_owned();
     let key_type = rule.key_type()?;
-    if insert.columns.is_empty() || names_column(&insert.columns, &key_column) {
-        return None;
-    }
-    let source = insert.source.as_ref()?;
-    if source.with.is_some() {
-        return None;
-    }
-    let SetExpr::Values(values) = source.body.as_ref() else {
-        return None;
+    let (rows, shape) = match insert.source.as_ref() {
+        None if insert.columns.is_empty() => (1, Shape::DefaultValues),
+        None => return None,
+        Some(source) => {
+            let SetExpr::Values(values) = source.body.as_ref() else {
+                return None;
+            };
+            if source.with.is_some() || insert.columns.is_empty() {
+                return None;
+            }
+            match key_position(&insert.columns, &key_column) {
+                None => (values.rows.len(), Shape::Omitted),
+                Some(position) => {
+                    let rows: Vec<usize> = (0..values.rows.len())
+                        .filter(|&i| values.rows[i].get(position).is_some_and(is_default))
+                        .collect();
+                    if rows.is_empty() {
+                        return None;
+                    }
+                    (rows.len(), Shape::Defaults { position, rows })
+                }
+            }
+        }
     };
-    let params = highest_placeholder(sql);
     Some(KeylessInsert {
         table,
         key_column,
         key_type,
-        rows: values.rows.len(),
-        params,
+        rows,
+        params: highest_placeholder(sql),
         statement,
+        shape,
     })
 }
 
@@ -83,33 +110,52 @@ impl KeylessInsert {
     /// the row; `overriding` adds `OVERRIDING SYSTEM VALUE` (a `GENERATED ALWAYS` identity
     /// column takes no value otherwise).
     pub fn with_keys(&self, keys: KeysAs<'_>, overriding: bool) -> Option<String> {
+        if let KeysAs::Literals(keys) = keys {
+            if keys.len() != self.rows {
+                return None;
+            }
+        }
+        let key = |i: usize| -> Option<Expr> {
+            let text = match keys {
+                KeysAs::Literals(keys) => self.literal(keys.get(i)?)?,
+                KeysAs::Parameters { after } => format!("${}", after.max(self.params) + i + 1),
+            };
+            Parser::new(&PostgreSqlDialect {})
+                .try_with_sql(&text)
+                .ok()?
+                .parse_expr()
+                .ok()
+        };
         let mut statement = self.statement.clone();
         let Statement::Insert(insert) = &mut statement else {
             return None;
         };
-        insert
-            .columns
-            .insert(0, ObjectName::from(vec![Ident::new(&self.key_column)]));
-        let source = insert.source.as_mut()?;
-        let SetExpr::Values(values) = source.body.as_mut() else {
-            return None;
-        };
-        if let KeysAs::Literals(keys) = keys {
-            if keys.len() != values.rows.len() {
-                return None;
+        let column = ObjectName::from(vec![Ident::new(&self.key_column)]);
+        match &self.shape {
+            Shape::Omitted => {
+                insert.columns.insert(0, column);
+                for (i, row) in values_of(insert)?.rows.iter_mut().enumerate() {
+                    row.insert(0, key(i)?);
+                }
             }
-        }
-        for (i, row) in values.rows.iter_mut().enumerate() {
-            let key = match keys {
-                KeysAs::Literals(keys) => self.literal(keys.get(i)?)?,
-                KeysAs::Parameters { after } => format!("${}", after.max(self.params) + i + 1),
-            };
-            let key = Parser::new(&PostgreSqlDialect {})
-                .try_with_sql(&key)
-                .ok()?
-                .parse_expr()
-                .ok()?;
-            row.insert(0, key);
+            Shape::Defaults { position, rows } => {
+                let values = values_of(insert)?;
+                for (i, &row) in rows.iter().enumerate() {
+                    *values.rows.get_mut(row)?.get_mut(*position)? = key(i)?;
+                }
+            }
+            Shape::DefaultValues => {
+                insert.columns = vec![column];
+                let template = format!("INSERT INTO t (k) VALUES ({})", key(0)?);
+                let Statement::Insert(template) =
+                    Parser::parse_sql(&PostgreSqlDialect {}, &template)
+                        .ok()?
+                        .pop()?
+                else {
+                    return None;
+                };
+                insert.source = template.source;
+            }
         }
         let columns = columns_text(&insert.columns);
         let mut sql = statement.to_string();
@@ -133,13 +179,26 @@ impl KeylessInsert {
     }
 }
 
-/// Whether `columns` names `column`.
-fn names_column(columns: &[ObjectName], column: &str) -> bool {
-    columns.iter().any(|c| {
+/// Where `columns` names `column`.
+fn key_position(columns: &[ObjectName], column: &str) -> Option<usize> {
+    columns.iter().position(|c| {
         c.0.last()
             .and_then(|p| p.as_ident())
             .is_some_and(|i| i.value.eq_ignore_ascii_case(column))
     })
+}
+
+/// `DEFAULT` as a `VALUES` item.
+fn is_default(expr: &Expr) -> bool {
+    matches!(expr, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
+}
+
+/// The `VALUES` list of an `INSERT`.
+fn values_of(insert: &mut sqlparser::ast::Insert) -> Option<&mut sqlparser::ast::Values> {
+    match insert.source.as_mut()?.body.as_mut() {
+        SetExpr::Values(values) => Some(values),
+        _ => None,
+    }
 }
 
 /// A column list as sqlparser prints it.
@@ -196,6 +255,34 @@ mod tests {
         assert_eq!(
             keyless.with_keys(KeysAs::Literals(&keys), true).as_deref(),
             Some("INSERT INTO users (id, name, note) OVERRIDING SYSTEM VALUE VALUES (101, 'a', $1), (102, 'b', $2) RETURNING id")
+        );
+    }
+
+    #[test]
+    fn default_in_values_and_default_values_take_keys() {
+        let config = config();
+        let sql = "INSERT INTO users (id, name) VALUES (DEFAULT, 'a'), (7, 'b'), (default, 'c') RETURNING id";
+        let keyless = keyless_insert(&config, sql);
+        let Some(keyless) = keyless else {
+            panic!("DEFAULT keys not found");
+        };
+        assert_eq!(keyless.rows, 2);
+        let keys = ["101".to_owned(), "102".to_owned()];
+        assert_eq!(
+            keyless.with_keys(KeysAs::Literals(&keys), false).as_deref(),
+            Some(
+                "INSERT INTO users (id, name) VALUES (101, 'a'), (7, 'b'), (102, 'c') RETURNING id"
+            )
+        );
+        let keyless = keyless_insert(&config, "INSERT INTO users DEFAULT VALUES RETURNING id");
+        let Some(keyless) = keyless else {
+            panic!("DEFAULT VALUES not found");
+        };
+        assert_eq!(
+            keyless
+                .with_keys(KeysAs::Parameters { after: 0 }, true)
+                .as_deref(),
+            Some("INSERT INTO users (id) OVERRIDING SYSTEM VALUE VALUES ($1) RETURNING id")
         );
     }
 

@@ -158,7 +158,20 @@ async fn keys_left_to_the_default_are_generated_unique_and_routed() -> anyhow::R
         sink.send(bytes::Bytes::from(data)).await?;
         assert_eq!(sink.finish().await?, 1000, "{sql}");
     }
-    let copied = total + 16 + 2000;
+    // DEFAULT for the key, and DEFAULT VALUES (Django's insert of a model with no fields).
+    for sql in [
+        "INSERT INTO users (id, name) VALUES (DEFAULT, $1) RETURNING id",
+        "INSERT INTO users DEFAULT VALUES RETURNING id",
+    ] {
+        let params: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
+            if sql.contains("$1") { &[&"d"] } else { &[] };
+        let id: i64 = setup.query_one(sql, params).await?.get(0);
+        assert!(
+            !returned.contains_key(&id),
+            "{sql}: key {id} handed out again"
+        );
+    }
+    let copied = total + 16 + 2000 + 2;
     assert_eq!(cluster.placed_rows("users", "id", false).await?, copied);
     let ids: BTreeSet<i64> = setup
         .query("SELECT id FROM users", &[])
