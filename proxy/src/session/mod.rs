@@ -269,6 +269,17 @@ impl Session {
             .map_or(ClientEncoding::Utf8, |name| ClientEncoding::named(name))
     }
 
+    /// Text the client sent, as UTF-8: ASCII (nearly every statement) as it is, anything else
+    /// read in its `client_encoding`.
+    fn client_text<'t>(&self, bytes: &'t [u8]) -> Result<std::borrow::Cow<'t, str>, ClientError> {
+        if bytes.is_ascii() {
+            if let Ok(text) = std::str::from_utf8(bytes) {
+                return Ok(std::borrow::Cow::Borrowed(text));
+            }
+        }
+        self.encoding().decode(bytes).map_err(ClientError::from)
+    }
+
     /// The session's state as the decision reads it.
     fn facts<'a>(&'a self, loaded: &'a Loaded) -> Facts<'a> {
         let unsynced = if self.conns.values().any(|conn| conn.unsynced) {

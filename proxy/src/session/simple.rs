@@ -20,9 +20,9 @@ impl Session {
     pub(crate) async fn simple_query(&mut self, frame: Frame) -> Result<(), SessionEnd> {
         let loaded = self.ctx.snapshot();
         let sql = match query_bytes(&frame) {
-            Ok(bytes) => match self.encoding().decode(bytes) {
+            Ok(bytes) => match self.client_text(bytes) {
                 Ok(sql) => sql.into_owned(),
-                Err(e) => return self.fail(e.into()).await,
+                Err(e) => return self.fail(e).await,
             },
             Err(e) => {
                 let error = ClientError::new(sqlstate::PROTOCOL_VIOLATION, e.to_string());

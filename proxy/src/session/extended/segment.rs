@@ -93,10 +93,10 @@ impl Session {
             let item = match frame.tag() {
                 b'P' => {
                     let view = ParseView::new(&frame)?;
-                    let query = match self.encoding().decode(view.query) {
+                    let query = match self.client_text(view.query) {
                         Ok(query) => query,
                         Err(e) => {
-                            segment.refusal = Some(e.into());
+                            segment.refusal = Some(e);
                             break;
                         }
                     };
@@ -172,7 +172,7 @@ impl Session {
                     if let Some(frame) = &bound {
                         view = BindView::new(frame)?;
                     }
-                    if !statement.query.is_ascii() {
+                    if !statement.ascii {
                         // Prepared under another `client_encoding` than the one now in use.
                         if let Err(e) = self.encoding().encode(&statement.query) {
                             segment.refusal = Some(e.into());
@@ -181,7 +181,7 @@ impl Session {
                     }
                     let plan = &statement.plan;
                     let params = view.params();
-                    let decoded = match decoded_text(self.encoding(), &params) {
+                    let decoded = match self.decoded_text(&params) {
                         Ok(decoded) => decoded,
                         Err(e) => {
                             segment.refusal = Some(e.into());
@@ -276,26 +276,30 @@ fn unknown_statement(name: &[u8]) -> ClientError {
     )
 }
 
-/// The text-format parameters the client sent in a non-UTF-8 `client_encoding` with
-/// non-ASCII bytes, decoded (by index), so a text shard key hashes as the shards read it.
-/// Empty in the common case. (Binary values pass as sent: their type decides whether they are
-/// text, which the proxy does not know here.)
-fn decoded_text(
-    encoding: ClientEncoding,
-    params: &[Param<'_>],
-) -> Result<Vec<(usize, String)>, TextError> {
-    if encoding == ClientEncoding::Utf8 {
-        return Ok(Vec::new());
-    }
-    let mut decoded = Vec::new();
-    for (i, param) in params.iter().enumerate() {
-        if let Param::Text(bytes) = param {
-            if !bytes.is_ascii() {
-                decoded.push((i, encoding.decode(bytes)?.into_owned()));
+impl Session {
+    /// The text-format parameters the client sent in a non-UTF-8 `client_encoding` with
+    /// non-ASCII bytes, decoded (by index), so a text shard key hashes as the shards read it.
+    /// Empty in the common case. (Binary values pass as sent: their type decides whether they
+    /// are text, which the proxy does not know here.)
+    fn decoded_text(&self, params: &[Param<'_>]) -> Result<Vec<(usize, String)>, TextError> {
+        let non_ascii = |p: &Param<'_>| matches!(p, Param::Text(bytes) if !bytes.is_ascii());
+        if !params.iter().any(non_ascii) {
+            return Ok(Vec::new());
+        }
+        let encoding = self.encoding();
+        if encoding == ClientEncoding::Utf8 {
+            return Ok(Vec::new());
+        }
+        let mut decoded = Vec::new();
+        for (i, param) in params.iter().enumerate() {
+            if let Param::Text(bytes) = param {
+                if !bytes.is_ascii() {
+                    decoded.push((i, encoding.decode(bytes)?.into_owned()));
+                }
             }
         }
+        Ok(decoded)
     }
-    Ok(decoded)
 }
 
 /// `params` with the decoded ones in their places.

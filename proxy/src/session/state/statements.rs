@@ -23,6 +23,8 @@ pub struct Statement {
     pub plan: Arc<Plan>,
     /// The proxy rewrote the client's `INSERT` to take generated shard keys as parameters.
     pub generated: Option<Arc<GeneratedKeys>>,
+    /// The text is ASCII: the same bytes in every client encoding.
+    pub ascii: bool,
 }
 
 /// The shard keys the proxy binds to a statement it rewrote (an `INSERT` that left them to
@@ -146,6 +148,7 @@ impl ClientStatements {
             param_types: Bytes::copy_from_slice(param_types),
             plan,
             generated,
+            ascii: query.is_ascii(),
         });
         self.by_name.insert(name.to_vec(), statement.clone());
         statement
