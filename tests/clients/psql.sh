@@ -80,9 +80,10 @@ for k in "${!ROWS[@]}"; do PRESENT[$k]=${ROWS[$k]}; done
 KEYS=($(for i in $(seq 1 16); do echo $((7 ** i)); done))
 
 connect() { expect "SELECT 1" 1 "$(q -c 'SELECT 1')"; }
+# users.id is bigserial: generated_keys leaves the key out; the other steps name it.
 ddl() {
   q -q -c "DROP TABLE IF EXISTS orders" -c "DROP TABLE IF EXISTS users" \
-    -c "CREATE TABLE users (id int8 PRIMARY KEY, n4 int4, name text, uid uuid, amount numeric,
+    -c "CREATE TABLE users (id bigserial PRIMARY KEY, n4 int4, name text, uid uuid, amount numeric,
         ts timestamptz, flag bool, blob bytea, doc jsonb, tags text[], nums int4[])" \
     -c "CREATE TABLE orders (user_id int8 NOT NULL, n int4 NOT NULL, PRIMARY KEY (user_id, n))"
 }
@@ -276,6 +277,29 @@ SQL
   echo "prepared statement around DISCARD ALL: psql 15 cannot bind (no \\bind), SQL-level PREPARE is refused by shardline; settings checked (the rest passed)"
   return 77
 }
+generated_keys() {
+  # users.id is bigserial and these inserts leave it out: the proxy generates each key, routes
+  # the row by it and returns it; a read by the returned key (routed to that key's shard) must
+  # find the row. One insert of three rows (RETURNING in VALUES order), then two of one row.
+  local names=() ids=() got k i
+  for i in 1 2 3 4 5; do names+=("generated $i: ünï ✓"); done
+  got=$(q -q <<SQL
+INSERT INTO users (name) VALUES ('${names[0]}'), ('${names[1]}'), ('${names[2]}') RETURNING id;
+INSERT INTO users (name) VALUES ('${names[3]}') RETURNING id;
+INSERT INTO users (name) VALUES ('${names[4]}') RETURNING id;
+SQL
+  ) || { echo "$got"; return 1; }
+  mapfile -t ids <<<"$got"
+  [ "${#ids[@]}" = 5 ] || { echo "5 rows inserted, returned: $got"; return 1; }
+  for k in "${ids[@]}"; do [[ $k =~ ^[0-9]+$ ]] || { echo "ids returned: $got"; return 1; }; done
+  [ -z "$(printf '%s\n' "${ids[@]}" | sort | uniq -d)" ] || { echo "repeated ids returned: $got"; return 1; }
+  for i in "${!ids[@]}"; do
+    k=${ids[$i]}
+    expect "id $k (ids ${ids[*]})" "${names[$i]}" "$(q -c "SELECT name FROM users WHERE id = $k")" || return 1
+    PRESENT[$k]=$(null_row "$k" | awk -F'\t' -v OFS='\t' -v name="${names[$i]}" '{$3 = name; print}')
+  done
+  echo "literals: psql 15 cannot bind"
+}
 cancel() {
   # Ctrl-C (SIGINT) makes psql send a CancelRequest for its running statement.
   local k=${KEYS[2]} start=$SECONDS pid err
@@ -307,7 +331,7 @@ trap 'rm -rf "$TMP"' EXIT
 step connect connect
 [ $FAILED = 0 ] || exit 1
 for s in ddl insert read_back update delete tx_commit tx_rollback tx_cross_shard order_limit count \
-  prepared_reuse unique_violation set_timeout session_state cancel batch_insert; do
+  prepared_reuse unique_violation set_timeout session_state generated_keys cancel batch_insert; do
   step "$s" "$s"
 done
 exit $FAILED

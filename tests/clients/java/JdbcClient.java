@@ -22,6 +22,7 @@ import java.time.OffsetDateTime;
 import java.time.ZoneOffset;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.HashSet;
 import java.util.HexFormat;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -42,7 +43,8 @@ public class JdbcClient {
     static final String[] DDL = {
         "DROP TABLE IF EXISTS orders",
         "DROP TABLE IF EXISTS users",
-        "CREATE TABLE users (id int8 PRIMARY KEY, n4 int4, name text, uid uuid, amount numeric,"
+        // bigserial: generated_keys leaves the key out; the other steps name it.
+        "CREATE TABLE users (id bigserial PRIMARY KEY, n4 int4, name text, uid uuid, amount numeric,"
             + " ts timestamptz, flag bool, blob bytea, doc jsonb, tags text[], nums int4[])",
         "CREATE TABLE orders (user_id int8 NOT NULL, n int4 NOT NULL, PRIMARY KEY (user_id, n))",
     };
@@ -62,6 +64,13 @@ public class JdbcClient {
     static final String TS_TEXT_ISO = "2000-01-10 12:00:00";
     // pgjdbc accepts only a DateStyle that begins with ISO: this one changes the input order.
     static final String OTHER_STYLE = "ISO, DMY";
+    // generated_keys: rows that leave the key to its default, so the proxy generates it.
+    static final String[] GENERATED_NAMES = new String[7];
+    static {
+        for (int i = 0; i < GENERATED_NAMES.length; i++) GENERATED_NAMES[i] = "generated " + (i + 1) + ": ünï ✓";
+    }
+    static final String INSERT_GENERATED = "INSERT INTO users (name) VALUES (?) RETURNING id";
+    static final String INSERT_GENERATED_3 = "INSERT INTO users (name) VALUES (?), (?), (?) RETURNING id";
 
     static long pow7(int i) {
         long v = 1;
@@ -205,6 +214,20 @@ public class JdbcClient {
             while (rs.next()) values.add(rs.getString(1));
         }
         return values;
+    }
+
+    /** The ids in `rs`, one per name in `inserted`: added to `ids`, the names to `names`. */
+    static void returned(ResultSet rs, List<String> inserted, List<Long> ids, List<String> names) throws SQLException {
+        List<Object> got = new ArrayList<>();
+        try (rs) {
+            while (rs.next()) got.add(rs.getObject(1));
+        }
+        check(got.size() == inserted.size(), inserted.size() + " rows inserted, returned " + got);
+        for (Object id : got) {
+            check(id instanceof Long, "id returned: " + id);
+            ids.add((Long) id);
+        }
+        names.addAll(inserted);
     }
 
     static int update(String sql, Object... params) throws SQLException {
@@ -507,6 +530,41 @@ public class JdbcClient {
             checkEq(column(SELECT_NAME, key), want, "a new PreparedStatement after DISCARD ALL");
             throw new Skip("German dates: pgjdbc requires a DateStyle beginning with ISO (checked: it was told"
                 + " German inside a transaction and refused it; ISO, DMY used) (the rest passed)");
+        });
+        step("generated_keys", () -> {
+            // users.id is bigserial and these inserts leave it out: the proxy generates each
+            // key, routes the row by it and returns it; a read by the returned key (routed to
+            // that key's shard) must find the row. One insert of three rows (RETURNING in VALUES
+            // order), one PreparedStatement run twice (named on the server from its first
+            // execution), and getGeneratedKeys twice (pgjdbc appends RETURNING "id").
+            List<Long> ids = new ArrayList<>();
+            List<String> names = new ArrayList<>();
+            List<String> all = Arrays.asList(GENERATED_NAMES);
+            try (PreparedStatement ps = conn.prepareStatement(INSERT_GENERATED_3)) {
+                for (int i = 0; i < 3; i++) ps.setString(i + 1, all.get(i));
+                returned(ps.executeQuery(), all.subList(0, 3), ids, names);
+            }
+            try (PreparedStatement ps = conn.prepareStatement(INSERT_GENERATED)) {
+                for (String name : all.subList(3, 5)) {
+                    ps.setString(1, name);
+                    returned(ps.executeQuery(), List.of(name), ids, names);
+                }
+            }
+            try (PreparedStatement ps = conn.prepareStatement("INSERT INTO users (name) VALUES (?)", new String[] {"id"})) {
+                for (String name : all.subList(5, 7)) {
+                    ps.setString(1, name);
+                    check(ps.executeUpdate() == 1, "row count for " + name);
+                    returned(ps.getGeneratedKeys(), List.of(name), ids, names);
+                }
+            }
+            check(new HashSet<>(ids).size() == ids.size(), "repeated ids returned: " + ids);
+            for (int i = 0; i < ids.size(); i++) {
+                long id = ids.get(i);
+                checkEq(column(SELECT_NAME, id), List.of(names.get(i)), "id " + id + " (ids " + ids + ")");
+                List<Object> row = nullRow(id);
+                row.set(2, names.get(i));
+                present.put(id, row);
+            }
         });
         step("cancel", () -> {
             // Statement.cancel() from another thread sends a CancelRequest.

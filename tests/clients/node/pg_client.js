@@ -30,7 +30,8 @@ const COLUMNS = ['id', 'n4', 'name', 'uid', 'amount', 'ts', 'flag', 'blob', 'doc
 const DDL = [
   'DROP TABLE IF EXISTS orders',
   'DROP TABLE IF EXISTS users',
-  'CREATE TABLE users (id int8 PRIMARY KEY, n4 int4, name text, uid uuid, amount numeric,' +
+  // bigserial: generated_keys leaves the key out; the other steps name it.
+  'CREATE TABLE users (id bigserial PRIMARY KEY, n4 int4, name text, uid uuid, amount numeric,' +
     ' ts timestamptz, flag bool, blob bytea, doc jsonb, tags text[], nums int4[])',
   'CREATE TABLE orders (user_id int8 NOT NULL, n int4 NOT NULL, PRIMARY KEY (user_id, n))',
 ]
@@ -49,6 +50,10 @@ const TS_TEXT = "SELECT '2000-01-10 12:00'::timestamp::text AS ts"
 const TS_VALUE = new Date(2000, 0, 10, 12, 0, 0) // pg reads timestamp without time zone as local time
 const TS_TEXT_BY_STYLE = { ISO: '2000-01-10 12:00:00', German: '10.01.2000 12:00:00' }
 const GERMAN = 'German, YMD'
+// generated_keys: rows that leave the key to its default, so the proxy generates it.
+const GENERATED_NAMES = Array.from({ length: 7 }, (_, i) => `generated ${i + 1}: ünï ✓`)
+const INSERT_GENERATED = 'INSERT INTO users (name) VALUES ($1) RETURNING id'
+const INSERT_GENERATED_3 = 'INSERT INTO users (name) VALUES ($1), ($2), ($3) RETURNING id'
 
 const pad = (n, w) => String(n).padStart(w, '0')
 
@@ -362,6 +367,33 @@ async function main() {
     check(isDeepStrictEqual((await named()).rows.map((r) => r.name), want), 'after DISCARD ALL, parsed again')
     check(isDeepStrictEqual(await names(key), want), 'an unnamed statement after DISCARD ALL')
     throw new Skip(skipped.join('; ') + ' (the rest passed)')
+  })
+  await step('generated_keys', async () => {
+    // users.id is bigserial and these inserts leave it out: the proxy generates each key, routes
+    // the row by it and returns it; a read by the returned key (routed to that key's shard) must
+    // find the row. One insert of three rows (RETURNING in VALUES order), two unnamed
+    // statements, two through a named query.
+    const got = [] // [id, name] of every row inserted
+    const returned = (res, inserted) => {
+      check(res.rows.length === inserted.length, `${inserted.length} rows inserted, returned ${show(res.rows)}`)
+      res.rows.forEach((r, i) => got.push([r.id, inserted[i]]))
+    }
+    const three = GENERATED_NAMES.slice(0, 3)
+    returned(await client.query(INSERT_GENERATED_3, three), three)
+    for (const name of GENERATED_NAMES.slice(3, 5)) {
+      returned(await client.query(INSERT_GENERATED, [name]), [name])
+    }
+    for (const name of GENERATED_NAMES.slice(5, 7)) {
+      returned(await client.query({ name: 'generated_keys', text: INSERT_GENERATED, values: [name] }), [name])
+    }
+    const ids = got.map(([id]) => id)
+    check(ids.every((id) => typeof id === 'bigint'), `ids returned: ${show(ids)}`)
+    check(new Set(ids).size === ids.length, `repeated ids returned: ${show(ids)}`)
+    for (const [id, name] of got) {
+      const read = await names(id)
+      check(isDeepStrictEqual(read, [name]), `id ${id}: read ${show(read)}, inserted ${show(name)} (ids ${show(ids)})`)
+      present.set(id, { ...nullRow(id), name })
+    }
   })
   await step('cancel', async () => {
     // pg cancels a running query from a second Client, which sends the CancelRequest.

@@ -27,7 +27,8 @@ COLUMNS = %w[id n4 name uid amount ts flag blob doc tags nums].freeze
 DDL = [
   'DROP TABLE IF EXISTS orders',
   'DROP TABLE IF EXISTS users',
-  'CREATE TABLE users (id int8 PRIMARY KEY, n4 int4, name text, uid uuid, amount numeric,' \
+  # bigserial: generated_keys leaves the key out; the other steps name it.
+  'CREATE TABLE users (id bigserial PRIMARY KEY, n4 int4, name text, uid uuid, amount numeric,' \
   ' ts timestamptz, flag bool, blob bytea, doc jsonb, tags text[], nums int4[])',
   'CREATE TABLE orders (user_id int8 NOT NULL, n int4 NOT NULL, PRIMARY KEY (user_id, n))'
 ].freeze
@@ -45,6 +46,10 @@ TS_TEXT = "SELECT '2000-01-10 12:00'::timestamp::text"
 TS_VALUE = Time.new(2000, 1, 10, 12, 0, 0) # the type map reads timestamp without time zone as local time
 TS_TEXT_BY_STYLE = { 'ISO' => '2000-01-10 12:00:00', 'German' => '10.01.2000 12:00:00' }.freeze
 GERMAN = 'German, YMD'
+# generated_keys: rows that leave the key to its default, so the proxy generates it.
+GENERATED_NAMES = (1..7).map { |i| "generated #{i}: ünï ✓" }.freeze
+INSERT_GENERATED = 'INSERT INTO users (name) VALUES ($1) RETURNING id'
+INSERT_GENERATED_3 = 'INSERT INTO users (name) VALUES ($1), ($2), ($3) RETURNING id'
 
 # Row i of the scenario, as the type maps return it (numeric as its exact text).
 def make_row(i, key = 7**i)
@@ -367,6 +372,29 @@ class Scenario
       check(@conn.exec_prepared('session_state', [key]).values == want, 'after DISCARD ALL, prepared again')
       check(query(SELECT_NAME, [key]) == want, "a statement after DISCARD ALL (#{@mode})")
       raise Skip, "#{skipped.join('; ')} (the rest passed)"
+    end
+    step('generated_keys') do
+      # users.id is bigserial and these inserts leave it out: the proxy generates each key,
+      # routes the row by it and returns it; a read by the returned key (routed to that key's
+      # shard) must find the row. One insert of three rows (RETURNING in VALUES order), two in
+      # this mode, two through #prepare and #exec_prepared.
+      got = [] # [id, name] of every row inserted
+      returned = lambda do |res, inserted|
+        ids = res.values.map(&:first)
+        check(ids.size == inserted.size, "#{inserted.size} rows inserted, returned #{ids.inspect}")
+        got.concat(ids.zip(inserted))
+      end
+      returned.call(run(INSERT_GENERATED_3, GENERATED_NAMES[0, 3]), GENERATED_NAMES[0, 3])
+      GENERATED_NAMES[3, 2].each { |name| returned.call(run(INSERT_GENERATED, [name]), [name]) }
+      @conn.prepare('generated_keys', INSERT_GENERATED)
+      GENERATED_NAMES[5, 2].each { |name| returned.call(@conn.exec_prepared('generated_keys', [name]), [name]) }
+      ids = got.map(&:first)
+      check(ids.all?(Integer), "ids returned: #{ids.inspect}")
+      check(ids.uniq.size == ids.size, "repeated ids returned: #{ids.inspect}")
+      got.each do |id, name|
+        check(names(id) == [name], "id #{id}: read #{names(id).inspect}, inserted #{name.inspect} (ids #{ids.inspect})")
+        present[id] = null_row(id).tap { |r| r[2] = name }
+      end
     end
     step('cancel') do
       # PG::Connection#cancel from another thread sends a CancelRequest.

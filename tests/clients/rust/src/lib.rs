@@ -2,7 +2,7 @@
 //! (docs/compatibility.md, as in tests/clients/python/scenario.py) and the report lines that
 //! tests/clients/run.sh reads (`version`, `ok <step>`, `fail <step>: <why>`, `skip <step>: <why>`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::json;
@@ -19,7 +19,8 @@ pub const CROSS_ROLLBACK_IDS: [i64; 4] = [900_011, 900_012, 900_013, 900_014];
 pub const DDL: [&str; 4] = [
     "DROP TABLE IF EXISTS orders",
     "DROP TABLE IF EXISTS users",
-    "CREATE TABLE users (id int8 PRIMARY KEY, n4 int4, name text, uid uuid, amount numeric, \
+    // bigserial: generated_keys leaves the key out; the other steps name it.
+    "CREATE TABLE users (id bigserial PRIMARY KEY, n4 int4, name text, uid uuid, amount numeric, \
      ts timestamptz, flag bool, blob bytea, doc jsonb, tags text[], nums int4[])",
     "CREATE TABLE orders (user_id int8 NOT NULL, n int4 NOT NULL, PRIMARY KEY (user_id, n))",
 ];
@@ -43,6 +44,38 @@ pub const SAVEPOINT_IDS: [i64; 2] = [910_001, 910_002];
 pub const TS_NATIVE: &str = "SELECT '2000-01-10 12:00'::timestamp";
 pub const TS_TEXT: &str = "SELECT '2000-01-10 12:00'::timestamp::text";
 pub const GERMAN: &str = "German, YMD";
+
+/// generated_keys: rows that leave the key to its default, so the proxy generates it.
+pub const INSERT_GENERATED: &str = "INSERT INTO users (name) VALUES ($1) RETURNING id";
+pub const INSERT_GENERATED_3: &str =
+    "INSERT INTO users (name) VALUES ($1), ($2), ($3) RETURNING id";
+
+/// The names of generated_keys' rows.
+pub fn generated_names() -> Vec<String> {
+    (1..=7).map(|i| format!("generated {i}: ünï ✓")).collect()
+}
+
+/// generated_keys' `(id, name)` pairs once every id was returned and none repeats.
+pub fn returned_ids(got: Vec<(Option<i64>, String)>) -> anyhow::Result<Vec<(i64, String)>> {
+    let ids: Vec<Option<i64>> = got.iter().map(|(id, _)| *id).collect();
+    let mut seen = BTreeSet::new();
+    anyhow::ensure!(
+        ids.iter().all(|id| id.is_some_and(|id| seen.insert(id))),
+        "a NULL or repeated id returned: {ids:?}"
+    );
+    Ok(got
+        .into_iter()
+        .filter_map(|(id, name)| Some((id?, name)))
+        .collect())
+}
+
+/// The row generated_keys leaves: a name, NULL otherwise.
+pub fn generated_row(key: i64, name: &str) -> Row {
+    Row {
+        name: Some(name.into()),
+        ..null_row(key)
+    }
+}
 
 /// The timestamp TS_NATIVE reads.
 pub fn ts_value() -> chrono::NaiveDateTime {

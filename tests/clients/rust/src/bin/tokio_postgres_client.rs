@@ -542,6 +542,49 @@ async fn scenario(url: &str, client: &mut Client, report: &mut Report) {
     report.record("session_state", r.await);
 
     let r = async {
+        // users.id is bigserial and these inserts leave it out: the proxy generates each key,
+        // routes the row by it and returns it; a read by the returned key (routed to that key's
+        // shard) must find the row. One insert of three rows (RETURNING in VALUES order), two
+        // with `query`, two with one prepared statement, their futures polled together.
+        let inserted = generated_names();
+        let mut got = Vec::new();
+        let rows = client
+            .query(
+                INSERT_GENERATED_3,
+                &[&inserted[0], &inserted[1], &inserted[2]],
+            )
+            .await?;
+        ensure!(rows.len() == 3, "3 rows inserted, {} returned", rows.len());
+        for (row, name) in rows.iter().zip(&inserted[0..3]) {
+            got.push((row.try_get(0)?, name.clone()));
+        }
+        for name in &inserted[3..5] {
+            let row = client.query_one(INSERT_GENERATED, &[name]).await?;
+            got.push((row.try_get(0)?, name.clone()));
+        }
+        let (shared, stmt) = (&*client, &client.prepare(INSERT_GENERATED).await?);
+        let rows = futures::future::try_join_all(
+            inserted[5..7]
+                .iter()
+                .map(|name| async move { shared.query_one(stmt, &[name]).await }),
+        )
+        .await?;
+        for (row, name) in rows.iter().zip(&inserted[5..7]) {
+            got.push((row.try_get(0)?, name.clone()));
+        }
+        for (id, name) in returned_ids(got)? {
+            let read = names(client, id).await?;
+            ensure!(
+                read == [Some(name.clone())],
+                "id {id}: read {read:?}, inserted {name:?}"
+            );
+            present.insert(id, generated_row(id, &name));
+        }
+        Ok(None)
+    };
+    report.record("generated_keys", r.await);
+
+    let r = async {
         let key = keys[2];
         let token = client.cancel_token();
         let canceller = tokio::spawn(async move {
