@@ -634,6 +634,35 @@ async fn statements_for_several_shards_share_a_pipeline_as_on_one_server() -> an
     let every_row = run_once("SELECT id, name FROM users ORDER BY id");
     sides.same("every row", &every_row, 1).await?;
 
+    // asyncpg's way: Parse + Describe + Flush, then Bind + Execute + Sync of a statement whose
+    // rows the proxy merges from every shard; it runs as it is, not as part of a pipeline.
+    for sql in [
+        "SELECT id, name FROM users ORDER BY id",
+        "SELECT count(*) FROM users",
+        "INSERT INTO users (id, name) VALUES ($1, 'a'), ($2, 'b') RETURNING id",
+    ] {
+        let mut prepare = parse("s_asyncpg", sql);
+        prepare.extend(message(b'D', &[b"S".to_vec(), cstr("s_asyncpg")].concat()));
+        prepare.extend(flush());
+        // ParseComplete, ParameterDescription, RowDescription.
+        sides
+            .same_flushed(&format!("{sql}: prepared with a Flush"), &prepare, 3)
+            .await?;
+        let params: &[&str] = if sql.contains("$1") {
+            &["8200001", "8200002"]
+        } else {
+            &[]
+        };
+        let mut run = bind("s_asyncpg", params);
+        run.extend(execute(0));
+        run.extend(sync());
+        run.extend(message(b'C', &[b"S".to_vec(), cstr("s_asyncpg")].concat()));
+        run.extend(sync());
+        sides
+            .same(&format!("{sql}: executed after the Flush"), &run, 2)
+            .await?;
+    }
+
     // A COMMIT among statements on several shards cannot end one shard's part alone: refused
     // in its place, and nothing of the transaction commits.
     let mut refused = unsynced("BEGIN");
@@ -649,6 +678,9 @@ async fn statements_for_several_shards_share_a_pipeline_as_on_one_server() -> an
     assert_eq!(answers.last(), Some(&Answer::Ready('E')), "{answers:?}");
     let rollback = transcript(&mut sides.proxy, &run_once("ROLLBACK"), Until::Syncs(1)).await?;
     assert_eq!(rollback.last(), Some(&Answer::Ready('I')), "{rollback:?}");
-    assert_eq!(cluster.placed_rows("users", "id", false).await?, keys.len());
+    assert_eq!(
+        cluster.placed_rows("users", "id", false).await?,
+        keys.len() + 2
+    );
     Ok(())
 }

@@ -365,8 +365,8 @@ fn answers_locally(kinds: &[StatementKind], mut phase: TxPhase) -> bool {
 
 /// Whether an extended-protocol segment must run spread: outside a transaction block, its
 /// statements (with what its pipeline already ran) need more than one shard; inside one, its
-/// own statements do. A statement that needs several shards spreads when others share its
-/// pipeline; alone, it runs as it is.
+/// own statements do. A statement that needs several shards spreads when other statements
+/// share its segment; alone, it runs as it is.
 fn spreads(request: &Request<'_>, facts: &Facts<'_>) -> bool {
     if facts.spread {
         return true;
@@ -374,14 +374,17 @@ fn spreads(request: &Request<'_>, facts: &Facts<'_>) -> bool {
     if !facts.config.cross_shard_transactions && controls_transactions(request.kinds) {
         return false;
     }
-    let beside_others = request.routed.len() > 1 || !facts.unsynced.is_empty();
     if request
         .routed
         .iter()
         .any(|(_, t)| !matches!(t, Target::Shard(_)))
     {
-        return beside_others && (!facts.tx.open() || facts.config.cross_shard_transactions);
+        // Beside other routed statements of the segment; alone (even after a Flush) it runs
+        // as it is, as drivers that prepare with a Flush first expect.
+        return request.routed.len() > 1
+            && (!facts.tx.open() || facts.config.cross_shard_transactions);
     }
+    let beside_others = request.routed.len() > 1 || !facts.unsynced.is_empty();
     if facts.tx.open() {
         // Inside a transaction block the shards join the transaction; the segment spreads when
         // its own statements need several.

@@ -329,7 +329,7 @@ fn decides_transactions_across_shards() {
         .one_shard_transactions()
         .expect("refuse 0A000"),
         segment(
-            "a scatter after a statement the pipeline ran elsewhere",
+            "a scatter after a statement the pipeline ran elsewhere runs as it is",
             State {
                 unsynced: vec![1],
                 ..idle()
@@ -337,7 +337,17 @@ fn decides_transactions_across_shards() {
             vec![Read],
             vec![scatter()],
         )
-        .expect("spread"),
+        .expect("scatter s0,s1,s2,s3"),
+        segment(
+            "an ordered read after a Flush (a driver's prepare) runs as it is",
+            State {
+                unsynced: vec![0],
+                ..idle()
+            },
+            vec![Read],
+            vec![gather()],
+        )
+        .expect("gather s0,s1,s2,s3"),
         segment(
             "a scatter alone before its Sync runs as it is",
             idle(),
