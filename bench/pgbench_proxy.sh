@@ -62,21 +62,10 @@ INI
   sleep 1
 fi
 
-# utime and stime (clock ticks) of a process.
-cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
+# shellcheck source=bench/measure.sh
+. bench/measure.sh
 PGB_PROC=
 [ -n "$PGB_PID" ] && PGB_PROC=$(cat "$DIR/pgbouncer.pid" 2>/dev/null || true)
-
-# Microseconds of user and system CPU per transaction between two cpu_ticks readings.
-per_tx() { # BEFORE AFTER TRANSACTIONS
-  awk -v b="$1" -v a="$2" -v t="$3" -v hz="$HZ" 'BEGIN {
-    split(b, x, " "); split(a, y, " ");
-    if (t > 0) printf "%.1f %.1f", (y[1] - x[1]) * 1e6 / hz / t, (y[2] - x[2]) * 1e6 / hz / t;
-    else printf "- -" }'
-}
-processed() { awk -F': ' '/actually processed/ {split($2, a, "/"); print a[1]; exit}'; }
-tps() { awk '/^tps/ {printf "%.0f", $3; exit}'; }
 
 printf "%-9s %10s %10s %6s %16s %10s %6s %16s\n" mode "direct TPS" "proxy TPS" "/dir" \
   "proxy us/tx u+s" "pgb TPS" "/pgb" "pgb us/tx u+s"

@@ -235,6 +235,19 @@ async fn keys_left_to_the_default_are_generated_unique_and_routed() -> anyhow::R
         "{explanation:?}"
     );
 
+    // `shardline check` and SHOW CONFIG list the tables whose keys are generated.
+    let survey = cluster.proxy.ctx.keys.survey(&cluster.config).await;
+    let listed = shardline::keys::generated_list(&survey.map_err(|e| anyhow::anyhow!("{e:?}"))?);
+    for table in [
+        "users.id (sequence)",
+        "pgbench_accounts.aid (sequence)",
+        "orders.user_id (identity, always)",
+        "devices.id (uuid v7)",
+    ] {
+        assert!(listed.contains(table), "{table} missing from {listed}");
+    }
+    assert!(!listed.contains("events"), "{listed}");
+
     // A key without a default must still be sent.
     let refused = setup
         .execute("INSERT INTO events (what) VALUES ('x')", &[])

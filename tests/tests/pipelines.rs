@@ -482,6 +482,38 @@ async fn a_statement_parsed_after_a_schema_change_sees_the_new_schema() -> anyho
         answers.iter().all(|a| !matches!(a, Answer::Error(_))),
         "{answers:?}"
     );
+    // psycopg's test_change_type_execute: the type and table made inside a transaction (on
+    // every shard) that rolls back, three times; each round's statement names that round's type.
+    sides
+        .same("drop", &query("DROP TABLE moods; DROP TYPE mood"), 1)
+        .await?;
+    for round in 0..3 {
+        sides
+            .same("deallocate", &query("DEALLOCATE ins"), 1)
+            .await?;
+        for sql in [
+            "BEGIN",
+            "CREATE TYPE mood AS ENUM ('ok', 'sad')",
+            "CREATE TABLE moods (m mood[])",
+        ] {
+            sides
+                .same(&format!("round {round}: {sql}"), &query(sql), 1)
+                .await?;
+        }
+        let answers = sides
+            .same(&format!("round {round}: insert"), &insert, 1)
+            .await?;
+        assert!(
+            answers.iter().all(|a| !matches!(a, Answer::Error(_))),
+            "round {round}: {answers:?}"
+        );
+        sides
+            .same(&format!("round {round}: rollback"), &query("ROLLBACK"), 1)
+            .await?;
+        sides
+            .same("deallocate", &query("DEALLOCATE ins"), 1)
+            .await?;
+    }
     Ok(())
 }
 

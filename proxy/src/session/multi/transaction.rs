@@ -22,6 +22,7 @@ use crate::session::multi::twophase::{
     self, commit_parts, roll_back_parts, roll_back_reporting, Part,
 };
 use crate::session::state::settings::Settings;
+use crate::session::state::statements;
 use crate::session::state::transaction::Transaction;
 use crate::session::SessionEnd;
 use crate::session::{ClientError, Session};
@@ -127,6 +128,8 @@ impl Session {
             (true, None) => commit_everywhere(&mut parts).await.map(|()| "COMMIT"),
         };
         if result != Ok("COMMIT") {
+            // What the transaction created is gone with it.
+            statements::undone();
             // Settings changed inside the transaction are undone with it, on the client and on
             // the backends (which are synced afresh next time).
             if let Some(before) = tx.settings_before {
