@@ -20,6 +20,7 @@ use std::sync::Mutex;
 
 use shardline_router::{Config, KeyType};
 use tokio::sync::Mutex as AsyncMutex;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::protocol::backend::sqlstate;
@@ -237,7 +238,7 @@ impl KeySource {
         let taken = client.query_opt(TAKE, &[&table, &size]).await;
         let missing = match &taken {
             Ok(row) => row.is_none(),
-            Err(e) => e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE),
+            Err(e) => e.code() == Some(&SqlState::UNDEFINED_TABLE),
         };
         if !missing {
             let row = taken.map_err(|e| catalog_error(&e))?;
@@ -245,10 +246,17 @@ impl KeySource {
         }
         // The table's first block: after every key its shards hold.
         let start = largest_key(config, table, column).await? + 1;
-        client
-            .batch_execute(KEYS_SQL)
-            .await
-            .map_err(|e| catalog_error(&e))?;
+        if let Err(e) = client.batch_execute(KEYS_SQL).await {
+            // Another proxy installing it at the same moment makes `IF NOT EXISTS` fail.
+            let raced = [
+                SqlState::UNIQUE_VIOLATION,
+                SqlState::DUPLICATE_TABLE,
+                SqlState::DUPLICATE_SCHEMA,
+            ];
+            if !e.code().is_some_and(|code| raced.contains(code)) {
+                return Err(catalog_error(&e));
+            }
+        }
         client
             .execute(
                 "INSERT INTO shardline.key_blocks VALUES ($1, $2) ON CONFLICT DO NOTHING",
