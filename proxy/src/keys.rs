@@ -24,6 +24,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::protocol::backend::sqlstate;
+use crate::session::state::statements;
 use crate::session::ClientError;
 
 /// Keys a proxy takes from the catalog at a time.
@@ -128,8 +129,9 @@ fn type_limit(key_type: KeyType) -> i64 {
 #[derive(Default)]
 pub struct KeySource {
     /// Tables whose key has a default the proxy stands in for (tables without one are asked
-    /// again: a default may be added later).
-    defaults: Mutex<HashMap<String, KeyDefault>>,
+    /// again: a default may be added later), and the schema generation they were read in
+    /// (a `DROP`, an `ALTER` or a rolled-back `CREATE` through the proxy makes them stale).
+    defaults: Mutex<(u64, HashMap<String, KeyDefault>)>,
     blocks: AsyncMutex<HashMap<String, Block>>,
     /// The control connection to the default shard, kept between block refills.
     control: AsyncMutex<Option<Client>>,
@@ -144,8 +146,15 @@ impl KeySource {
         column: &str,
         key_type: KeyType,
     ) -> Result<KeyDefault, ClientError> {
-        if let Some(known) = self.lock_defaults().get(table) {
-            return Ok(*known);
+        let generation = statements::schema_generation();
+        {
+            let mut defaults = self.lock_defaults();
+            if defaults.0 != generation {
+                *defaults = (generation, HashMap::new());
+            }
+            if let Some(known) = defaults.1.get(table) {
+                return Ok(*known);
+            }
         }
         let control = self.control(config).await?;
         let columns = [(table.to_owned(), column.to_owned(), key_type)];
@@ -154,8 +163,9 @@ impl KeySource {
             .pop()
             .map_or(KeyDefault::None, |(_, _, default)| default);
         drop(control);
-        if found != KeyDefault::None {
-            self.lock_defaults().insert(table.to_owned(), found);
+        let mut defaults = self.lock_defaults();
+        if found != KeyDefault::None && defaults.0 == generation {
+            defaults.1.insert(table.to_owned(), found);
         }
         Ok(found)
     }
@@ -182,11 +192,6 @@ impl KeySource {
         read_defaults(connected(&control)?, &columns).await
     }
 
-    /// Forgets what tables' keys default to (after DDL that may have changed it).
-    pub fn forget_defaults(&self) {
-        self.lock_defaults().clear();
-    }
-
     /// `n` new keys for `table`, as SQL text (integers, or UUIDs without quotes).
     pub async fn generate(
         &self,
@@ -203,7 +208,10 @@ impl KeySource {
         }
         let wanted = i64::try_from(n).map_err(|_| too_many())?;
         let mut blocks = self.blocks.lock().await;
-        let block = blocks.entry(table.to_owned()).or_default();
+        if !blocks.contains_key(table) {
+            blocks.insert(table.to_owned(), Block::default());
+        }
+        let block = blocks.get_mut(table).ok_or_else(no_block)?;
         let range = match block.take(wanted) {
             Some(range) => range,
             None => {
@@ -284,7 +292,7 @@ impl KeySource {
         Ok(control)
     }
 
-    fn lock_defaults(&self) -> std::sync::MutexGuard<'_, HashMap<String, KeyDefault>> {
+    fn lock_defaults(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<String, KeyDefault>)> {
         self.defaults
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -134,8 +134,8 @@ BIN=$RUN/shardline
 
 # The demo uses PORT for the proxy, PORT+1.. for the shards and PORT+1000 for metrics; the
 # session-pooling proxy listens on PORT+5.
-PORT=$(python3 "$REPO/tests/clients/free_port.py" 0 1 2 3 4 5 1000)
-SESSION_PORT=$((PORT + 5))
+PORT=$(python3 "$REPO/tests/clients/free_port.py" 0 1 2 3 4 1000)
+SESSION_PORT=
 DSN_OPTS="user=app password=app dbname=app connect_timeout=10"
 
 DEMO=
@@ -161,6 +161,8 @@ start_demo() { # LOG
   wait_for "$1" "$DEMO" "shardline is ready" || die "the demo did not start"
 }
 start_session_proxy() { # LOG
+  # Chosen now: a port free at the start may since be the local end of a client connection.
+  SESSION_PORT=$(python3 "$REPO/tests/clients/free_port.py" 0)
   sed -e "s/^listen: .*/listen: 127.0.0.1:$SESSION_PORT/" -e '/^metrics_listen:/d' \
     -e 's/^  mode: transaction$/  mode: session/' "$RUN/demo/shards.yaml" >"$RUN/session.yaml"
   grep -q '^  mode: session$' "$RUN/session.yaml" || die "could not set session pooling in $RUN/session.yaml"
@@ -187,7 +189,7 @@ pool_mode() {
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
-echo "shardline demo on port $PORT (shards $((PORT + 1))-$((PORT + 4)), session proxy $SESSION_PORT)"
+echo "shardline demo on port $PORT (shards $((PORT + 1))-$((PORT + 4)); the session-pooling proxy gets a free port when it starts)"
 echo "psycopg tests: ${SELECTED[*]}"
 
 for target in $TARGETS; do

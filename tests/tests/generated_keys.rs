@@ -196,6 +196,22 @@ async fn keys_left_to_the_default_are_generated_unique_and_routed() -> anyhow::R
             .await?,
         20
     );
+    // The same table made again with a GENERATED ALWAYS key: the proxy reads the new default.
+    setup
+        .batch_execute(
+            "DROP TABLE pgbench_accounts;
+             CREATE TABLE pgbench_accounts (aid int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, filler text)",
+        )
+        .await?;
+    setup
+        .execute("INSERT INTO pgbench_accounts (filler) VALUES ('y')", &[])
+        .await?;
+    assert_eq!(
+        cluster
+            .placed_rows("pgbench_accounts", "aid", false)
+            .await?,
+        1
+    );
     assert_eq!(cluster.placed_rows("orders", "user_id", false).await?, 20);
     let rule = cluster.rule("devices")?;
     let mut devices = BTreeSet::new();
@@ -240,7 +256,7 @@ async fn keys_left_to_the_default_are_generated_unique_and_routed() -> anyhow::R
     let listed = shardline::keys::generated_list(&survey.map_err(|e| anyhow::anyhow!("{e:?}"))?);
     for table in [
         "users.id (sequence)",
-        "pgbench_accounts.aid (sequence)",
+        "pgbench_accounts.aid (identity, always)",
         "orders.user_id (identity, always)",
         "devices.id (uuid v7)",
     ] {

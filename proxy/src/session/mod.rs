@@ -21,7 +21,7 @@ mod link;
 mod local;
 mod multi;
 mod simple;
-mod state;
+pub(crate) mod state;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

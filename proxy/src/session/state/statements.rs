@@ -6,7 +6,7 @@
 //! same query share the server-side statement.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
@@ -97,7 +97,7 @@ pub fn forgets_every_statement(command_tag: &str) -> bool {
 /// was created as surely as a `DROP`.
 pub fn completed(command_tag: &str) {
     if command_tag.starts_with("DROP ") || command_tag.starts_with("ALTER ") {
-        ids().by_query.clear();
+        schema_changed();
     } else if command_tag.starts_with("CREATE ") {
         CREATED.store(true, Ordering::Relaxed);
     } else if command_tag.starts_with("ROLLBACK") {
@@ -113,8 +113,23 @@ static CREATED: AtomicBool = AtomicBool::new(false);
 /// since the ids were renewed, they may be gone, so the ids are renewed.
 pub fn undone() {
     if CREATED.swap(false, Ordering::Relaxed) {
-        ids().by_query.clear();
+        schema_changed();
     }
+}
+
+/// Counts the schema changes seen through the proxy (what was read from the catalog before
+/// one may be stale).
+static SCHEMA_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// The schema may have changed: statements get fresh ids, catalog readings a new generation.
+fn schema_changed() {
+    ids().by_query.clear();
+    SCHEMA_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The current schema generation (see [`completed`]).
+pub fn schema_generation() -> u64 {
+    SCHEMA_GENERATION.load(Ordering::Relaxed)
 }
 
 /// The statements one client has prepared, by the client's names (`""` is the unnamed one).
