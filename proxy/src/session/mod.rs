@@ -97,6 +97,8 @@ pub struct Session {
     skip_to_sync: bool,
     /// The current pipeline runs on several shards (see [`extended::pipeline`]).
     spread: Option<extended::pipeline::Spread>,
+    /// Statements rewritten to take generated keys, reused when a driver parses them again.
+    rewrites: generated::Rewrites,
     /// Held while a transaction runs: resharding waits for older ones before dual writes.
     write_ticket: Option<Ticket>,
     /// Held while a transaction writes moving keys: a cutover waits for it.
@@ -127,6 +129,7 @@ impl Session {
             segment_open: false,
             skip_to_sync: false,
             spread: None,
+            rewrites: generated::Rewrites::default(),
             write_ticket: None,
             dual_ticket: None,
         }

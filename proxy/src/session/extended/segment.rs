@@ -141,7 +141,7 @@ impl Session {
                                 &rewritten.query,
                                 &rewritten.param_types,
                                 plan,
-                                Some(rewritten.keys),
+                                Some(rewritten.keys.clone()),
                             );
                             (parse, statement)
                         }
