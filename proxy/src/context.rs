@@ -2,6 +2,7 @@
 //! registry, the plan cache, and the operations side (statistics, pause switch, shutdown
 //! phase, connected clients, config source and metrics).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -209,7 +210,7 @@ impl ProxyContext {
 
     /// The plan of a simple-protocol statement, shared by every statement of the same shape
     /// (constants replaced by parameters), and the constants to route it with.
-    pub fn plan_simple(&self, loaded: &Loaded, sql: &str) -> (Arc<Plan>, Vec<String>) {
+    pub fn plan_simple<'s>(&self, loaded: &Loaded, sql: &'s str) -> (Arc<Plan>, Vec<Cow<'s, str>>) {
         let Some(shape) = shardline_router::normalize::normalize(sql) else {
             return (self.plan(loaded, sql), Vec::new());
         };

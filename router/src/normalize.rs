@@ -7,17 +7,20 @@
 //! text parameters. Other constants (`LIMIT 10`, `uuid '…'`, negative numbers) stay in the text:
 //! they only make the cache key more specific, never the route different.
 
+use std::borrow::Cow;
+
 use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Token, Tokenizer};
+
+use crate::scan::{Kind, Scanner, Token};
 
 /// A statement with its routing-relevant constants replaced by `$1`, `$2`, ….
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Normalized {
+pub struct Normalized<'a> {
+    /// The statement's own text but for the replaced constants: the plan cache's key.
     pub text: String,
     /// The constants, in parameter order, as text parameters carry them.
-    pub literals: Vec<String>,
+    pub literals: Vec<Cow<'a, str>>,
 }
 
 /// What a parenthesis opened.
@@ -28,78 +31,142 @@ enum Group {
     Other,
 }
 
-/// The literal-free form of `sql`, or `None` when it has no constant to replace or is not a
-/// data statement (SET, DDL… are left alone).
-pub fn normalize(sql: &str) -> Option<Normalized> {
-    let dialect = PostgreSqlDialect {};
-    let tokens = Tokenizer::new(&dialect, sql).tokenize().ok()?;
-    let first = tokens.iter().find(|t| !matches!(t, Token::Whitespace(_)))?;
-    let Token::Word(word) = first else {
-        return None;
-    };
-    if !matches!(
-        word.keyword,
-        Keyword::SELECT | Keyword::INSERT | Keyword::UPDATE | Keyword::DELETE | Keyword::WITH
-    ) {
+/// Comparison operators whose constant operand may be a shard key.
+const COMPARISONS: &[&str] = &["=", "<>", "!=", "<", ">", "<=", ">="];
+
+/// The literal-free form of `sql`, or `None` when it has no constant to replace, is not a
+/// data statement (SET, DDL… are left alone), has parameters of its own, or does not scan.
+pub fn normalize(sql: &str) -> Option<Normalized<'_>> {
+    let mut scanner = Scanner::new(sql);
+    let first = significant(&mut scanner)?;
+    let data = first.kind == (Kind::Word { quoted: false })
+        && ["select", "insert", "update", "delete", "with"]
+            .iter()
+            .any(|k| first.text.eq_ignore_ascii_case(k));
+    if !data {
         return None;
     }
-    let mut text = String::with_capacity(sql.len());
+    let mut text = String::with_capacity(sql.len() + 8);
+    text.push_str(first.text);
     let mut literals = Vec::new();
     let mut groups: Vec<Group> = Vec::new();
     // Depth at which a `VALUES` list is open, so `(…), (…)` rows are recognised.
     let mut values_depth: Option<usize> = None;
-    let mut previous: Option<&Token> = None;
-    for token in &tokens {
-        if matches!(token, Token::Placeholder(_)) {
-            return None;
-        }
-        let replace = match token {
-            Token::Number(..) | Token::SingleQuotedString(_) => match previous {
-                Some(
-                    Token::Eq | Token::Neq | Token::Lt | Token::Gt | Token::LtEq | Token::GtEq,
-                ) => true,
-                Some(Token::LParen | Token::Comma) => groups.last() == Some(&Group::List),
-                _ => false,
-            },
+    let mut previous = first;
+    while let Some(token) = scanner.next() {
+        let token = token.ok()?;
+        let constant = match token.kind {
+            Kind::Param => return None,
+            Kind::Number { glued } => !glued,
+            Kind::String => !continues(&scanner),
             _ => false,
         };
+        let replace = constant
+            && match (previous.kind, previous.text) {
+                (Kind::Operator, op) => COMPARISONS.contains(&op),
+                (Kind::Punct, "(" | ",") => groups.last() == Some(&Group::List),
+                _ => false,
+            };
         if replace {
-            literals.push(match token {
-                Token::Number(n, _) => n.clone(),
-                Token::SingleQuotedString(s) => s.clone(),
-                _ => String::new(),
-            });
-            text.push_str(&format!("${}", literals.len()));
+            literals.push(value_of(token));
+            text.push('$');
+            push_decimal(&mut text, literals.len());
         } else {
-            text.push_str(&token.to_string());
+            text.push_str(token.text);
         }
-        match token {
-            Token::LParen => {
-                let list = match previous {
-                    Some(Token::Word(w)) => matches!(w.keyword, Keyword::IN | Keyword::VALUES),
-                    Some(Token::Comma) => values_depth == Some(groups.len()),
+        match (token.kind, token.text) {
+            (Kind::Punct, "(") => {
+                let list = match (previous.kind, previous.text) {
+                    (Kind::Word { quoted: false }, word) => {
+                        word.eq_ignore_ascii_case("in") || word.eq_ignore_ascii_case("values")
+                    }
+                    (Kind::Punct, ",") => values_depth == Some(groups.len()),
                     _ => false,
                 };
-                if matches!(previous, Some(Token::Word(w)) if w.keyword == Keyword::VALUES) {
+                if is_keyword(previous, "values") {
                     values_depth = Some(groups.len());
                 }
                 groups.push(if list { Group::List } else { Group::Other });
             }
-            Token::RParen => {
+            (Kind::Punct, ")") => {
                 groups.pop();
             }
-            Token::Word(w)
-                if values_depth == Some(groups.len()) && w.keyword != Keyword::VALUES =>
+            (Kind::Word { .. }, _)
+                if values_depth == Some(groups.len()) && !is_keyword(token, "values") =>
             {
                 values_depth = None
             }
             _ => {}
         }
-        if !matches!(token, Token::Whitespace(_)) {
-            previous = Some(token);
+        if token.kind != Kind::Blank {
+            previous = token;
         }
     }
     (!literals.is_empty()).then_some(Normalized { text, literals })
+}
+
+/// The next token that is not whitespace or a comment.
+fn significant<'a>(scanner: &mut Scanner<'a>) -> Option<Token<'a>> {
+    scanner
+        .find(|t| {
+            !matches!(
+                t,
+                Ok(Token {
+                    kind: Kind::Blank,
+                    ..
+                })
+            )
+        })?
+        .ok()
+}
+
+/// Whether the string just scanned goes on in the next one: PostgreSQL joins `'a'` and `'b'`
+/// separated by whitespace holding a newline into one constant. Such text is left alone.
+fn continues(scanner: &Scanner<'_>) -> bool {
+    let mut ahead = scanner.clone();
+    let mut newline = false;
+    for token in ahead.by_ref() {
+        match token {
+            Ok(Token {
+                kind: Kind::Blank,
+                text,
+            }) => newline |= text.contains(['\n', '\r']),
+            Ok(Token { kind, .. }) => return newline && kind == Kind::String,
+            Err(()) => return false,
+        }
+    }
+    false
+}
+
+fn is_keyword(token: Token<'_>, keyword: &str) -> bool {
+    token.kind == (Kind::Word { quoted: false }) && token.text.eq_ignore_ascii_case(keyword)
+}
+
+/// A constant's value as a text parameter carries it.
+fn value_of(token: Token<'_>) -> Cow<'_, str> {
+    match token.kind {
+        Kind::String => {
+            let body = token
+                .text
+                .strip_prefix('\'')
+                .and_then(|t| t.strip_suffix('\''))
+                .unwrap_or(token.text);
+            if body.contains('\'') {
+                Cow::Owned(body.replace("''", "'"))
+            } else {
+                Cow::Borrowed(body)
+            }
+        }
+        _ => Cow::Borrowed(token.text),
+    }
+}
+
+/// Appends `n` in decimal, without going through `fmt`.
+fn push_decimal(text: &mut String, n: usize) {
+    if n >= 10 {
+        push_decimal(text, n / 10);
+    }
+    text.push(char::from(b'0' + (n % 10) as u8));
 }
 
 /// Whether `sql` parses; a normalized text that does not is not used.
@@ -148,12 +215,37 @@ mod tests {
             ("SET statement_timeout = 5", None),
             ("SELECT * FROM t WHERE id = $1", None),
             ("SELECT 1", None),
+            (
+                "/* c */ SELECT a FROM t WHERE k=-1 OR k= 2 OR k<>'b' -- 'z'\n AND j->>'f' = E'q' AND k IN ( 3 ,4 )",
+                Some((
+                    "SELECT a FROM t WHERE k=-1 OR k= $1 OR k<>$2 -- 'z'\n AND j->>'f' = E'q' AND k IN ( $3 ,$4 )",
+                    &["2", "b", "3", "4"],
+                )),
+            ),
+            (
+                "WITH x AS (SELECT 1) SELECT * FROM t WHERE k = 1.5e3 AND s = $$a$$ AND n = 0x1F",
+                Some((
+                    "WITH x AS (SELECT 1) SELECT * FROM t WHERE k = $1 AND s = $$a$$ AND n = 0x1F",
+                    &["1.5e3"],
+                )),
+            ),
+            (
+                "delete from \"In\" where \"In\" = 'é' and x in('1')",
+                Some((
+                    "delete from \"In\" where \"In\" = $1 and x in($2)",
+                    &["é", "1"],
+                )),
+            ),
+            // PostgreSQL joins strings split over lines: such text is planned as it is.
+            ("SELECT * FROM t WHERE k = 'a'\n 'b'", None),
+            ("SELECT * FROM t WHERE k = 'unterminated", None),
+            ("  ", None),
         ];
         for (sql, want) in cases {
             let got = normalize(sql);
             let want = want.map(|(text, literals)| Normalized {
                 text: text.to_string(),
-                literals: literals.iter().map(|l| l.to_string()).collect(),
+                literals: literals.iter().map(|l| Cow::Borrowed(*l)).collect(),
             });
             assert_eq!(got, want, "{sql}");
         }
