@@ -227,10 +227,25 @@ impl Pools {
         Ok(pool)
     }
 
-    /// Checks out a connection, waiting at most `settings.checkout_timeout`.
+    /// Checks out a connection to `target`, waiting at most `settings.checkout_timeout`.
     pub async fn checkout(
         &self,
         target: &BackendTarget,
+        settings: &PoolSettings,
+    ) -> Result<Pooled, CheckoutError> {
+        let result = Pools::checkout_from(&self.pool(target, settings)?, settings).await;
+        if matches!(result, Err(CheckoutError::Closed)) {
+            // A reload retired the pool between lookup and checkout (the session still runs
+            // on the config it started with): a fresh pool serves this request.
+            return Pools::checkout_from(&self.pool(target, settings)?, settings).await;
+        }
+        result
+    }
+
+    /// Checks out a connection from `pool`, found earlier with [`Pools::pool`]; `Closed`
+    /// when a reload has retired it since.
+    pub async fn checkout_from(
+        pool: &Pool,
         settings: &PoolSettings,
     ) -> Result<Pooled, CheckoutError> {
         let timeouts = Timeouts {
@@ -239,34 +254,24 @@ impl Pools {
             recycle: Some(settings.connect_timeout),
         };
         let started = Instant::now();
-        let mut retried = false;
-        loop {
-            let pool = self.pool(target, settings)?;
-            let result = pool.timeout_get(&timeouts).await;
-            if matches!(result, Err(PoolError::Closed)) && !retried {
-                // A reload retired the pool between lookup and checkout (the session still
-                // runs on the config it started with): a fresh pool serves this request.
-                retried = true;
-                continue;
-            }
-            let manager = pool.manager();
-            manager
-                .checkout_wait
-                .observe(started.elapsed().as_secs_f64());
-            if result.is_err() {
-                manager.checkout_failures.inc();
-            }
-            return result.map_err(|e| match e {
-                PoolError::Timeout(_) => CheckoutError::Exhausted {
-                    size: settings.size,
-                    waited: settings.checkout_timeout,
-                },
-                PoolError::Backend(b) => CheckoutError::Backend(b),
-                PoolError::PostCreateHook(_)
-                | PoolError::Closed
-                | PoolError::NoRuntimeSpecified => CheckoutError::Closed,
-            });
+        let result = pool.timeout_get(&timeouts).await;
+        let manager = pool.manager();
+        manager
+            .checkout_wait
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            manager.checkout_failures.inc();
         }
+        result.map_err(|e| match e {
+            PoolError::Timeout(_) => CheckoutError::Exhausted {
+                size: settings.size,
+                waited: settings.checkout_timeout,
+            },
+            PoolError::Backend(b) => CheckoutError::Backend(b),
+            PoolError::PostCreateHook(_) | PoolError::Closed | PoolError::NoRuntimeSpecified => {
+                CheckoutError::Closed
+            }
+        })
     }
 
     /// Evicts idle connections, applies the configured pool size, tops pools up to

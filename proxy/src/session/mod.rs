@@ -84,6 +84,8 @@ pub struct Session {
     statements: ClientStatements,
     /// Backends this client holds right now, by shard.
     conns: HashMap<ShardId, Pooled>,
+    /// The pools this client checked out from, found once per config version.
+    known_pools: link::attach::KnownPools,
     tx: Transaction,
     /// An extended-protocol COPY finished; the backend waits for the client's `Sync`.
     awaiting_sync: bool,
@@ -122,6 +124,7 @@ impl Session {
             identity,
             statements: ClientStatements::default(),
             conns: HashMap::new(),
+            known_pools: link::attach::KnownPools::default(),
             tx: Transaction::default(),
             awaiting_sync: false,
             cancel_targets,

@@ -7,7 +7,7 @@ use shardline_router::config::PoolMode;
 use shardline_router::ShardId;
 
 use crate::backend::conn::{BackendError, BackendTarget};
-use crate::backend::pool::{CheckoutError, Pooled, Pools};
+use crate::backend::pool::{CheckoutError, Pool, Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::session::state::settings::Settings;
@@ -48,18 +48,30 @@ impl Session {
             ));
         }
         self.ctx.pause.wait(loaded, shard).await;
-        let target = self.target(loaded, shard)?;
-        let name = loaded
-            .config
-            .shards
-            .get(shard)
-            .map_or("?", |s| s.name.as_str());
-        let conn = self
-            .ctx
-            .pools
-            .checkout(&target, &loaded.config.pool)
-            .await
-            .map_err(|e| checkout_error(name, &target, e))?;
+        let settings = &loaded.config.pool;
+        let known = self.known_pools.get(loaded.version, shard).cloned();
+        let pool = match known {
+            Some(pool) => pool,
+            None => {
+                let target = self.target(loaded, shard)?;
+                let pool = self
+                    .ctx
+                    .pools
+                    .pool(&target, settings)
+                    .map_err(|e| checkout_error(loaded, shard, e))?;
+                self.known_pools
+                    .remember(loaded.version, shard, pool.clone());
+                pool
+            }
+        };
+        let mut checkout = Pools::checkout_from(&pool, settings).await;
+        if matches!(checkout, Err(CheckoutError::Closed)) {
+            // A reload retired the pool since the session found it.
+            self.known_pools.forget(shard);
+            let target = self.target(loaded, shard)?;
+            checkout = self.ctx.pools.checkout(&target, settings).await;
+        }
+        let conn = checkout.map_err(|e| checkout_error(loaded, shard, e))?;
         self.cancel_targets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -176,22 +188,62 @@ pub(crate) async fn ready_status(conn: &mut Pooled) -> Option<u8> {
     }
 }
 
-pub(crate) fn checkout_error(shard: &str, target: &BackendTarget, e: CheckoutError) -> ClientError {
+/// The error a client gets when no backend of `shard` could be checked out.
+pub(crate) fn checkout_error(loaded: &Loaded, shard: ShardId, e: CheckoutError) -> ClientError {
+    let (name, host, port) = loaded.config.shards.get(shard).map_or(("?", "?", 0), |s| {
+        (s.name.as_str(), s.host.as_str(), s.port)
+    });
     match e {
         CheckoutError::Exhausted { .. } => {
-            ClientError::new(sqlstate::TOO_MANY_CONNECTIONS, format!("shard {shard}: {e}"))
+            ClientError::new(sqlstate::TOO_MANY_CONNECTIONS, format!("shard {name}: {e}"))
         }
         CheckoutError::Backend(BackendError::Refused(frame)) => ClientError {
             sqlstate: sqlstate::CANNOT_CONNECT,
             message: String::new(),
-            frame: Some(msg::error_naming_shard(&frame, shard)),
+            frame: Some(msg::error_naming_shard(&frame, name)),
         },
         other => ClientError::new(
             sqlstate::CONNECTION_FAILURE,
             format!(
-                "could not connect to shard {shard} at {}:{}: {other}; check that the shard is up and shards.yaml points at it",
-                target.host, target.port
+                "could not connect to shard {name} at {host}:{port}: {other}; check that the shard is up and shards.yaml points at it"
             ),
         ),
+    }
+}
+
+/// The pool of each shard a session has used, under the config version it was found for:
+/// the next checkout neither builds a target (four strings) nor looks one up by hash.
+#[derive(Default)]
+pub(crate) struct KnownPools {
+    version: u64,
+    by_shard: Vec<Option<Pool>>,
+}
+
+impl KnownPools {
+    /// The pool of `shard` found under config `version`.
+    fn get(&self, version: u64, shard: ShardId) -> Option<&Pool> {
+        if self.version != version {
+            return None;
+        }
+        self.by_shard.get(shard)?.as_ref()
+    }
+
+    /// Remembers `pool` for `shard`, forgetting what an older config version found.
+    fn remember(&mut self, version: u64, shard: ShardId, pool: Pool) {
+        if self.version != version {
+            self.by_shard.clear();
+            self.version = version;
+        }
+        if self.by_shard.len() <= shard {
+            self.by_shard.resize(shard + 1, None);
+        }
+        self.by_shard[shard] = Some(pool);
+    }
+
+    /// Forgets `shard`'s pool (a reload retired it).
+    fn forget(&mut self, shard: ShardId) {
+        if let Some(slot) = self.by_shard.get_mut(shard) {
+            *slot = None;
+        }
     }
 }
