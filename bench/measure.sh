@@ -14,3 +14,31 @@ per_tx() { # BEFORE AFTER TRANSACTIONS
 # Transactions pgbench processed, and its TPS, from its output on stdin.
 processed() { awk -F': ' '/actually processed/ {split($2, a, "/"); print a[1]; exit}'; }
 tps() { awk '/^tps/ {printf "%.0f", $3; exit}'; }
+# Context switches (voluntary and not) of every thread of a process so far.
+ctx_switches() {
+  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}'
+}
+# Resident memory of a process, in kB.
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# RSS growth per client, in kB, of process PID when N idle clients log in to PORT.
+idle_kb_per_client() { # PID PORT N
+  local before after fifo
+  before=$(rss_kb "$1")
+  fifo=$(mktemp -u)
+  mkfifo "$fifo"
+  python3 bench/idle_clients.py 127.0.0.1 "$2" app app app "$3" <"$fifo" >"$fifo.out" 2>&1 &
+  local clients=$!
+  exec {hold}>"$fifo"
+  for _ in $(seq 1 240); do grep -q '^ready' "$fifo.out" && break; sleep 0.5; done
+  if grep -q '^ready' "$fifo.out"; then
+    sleep 1
+    after=$(rss_kb "$1")
+    awk -v b="$before" -v a="$after" -v n="$3" 'BEGIN {printf "%.1f", (a - b) / n}'
+  else
+    printf "failed (%s)" "$(tail -1 "$fifo.out" | cut -c1-80)"
+    kill "$clients" 2>/dev/null || true
+  fi
+  exec {hold}>&-
+  wait "$clients" 2>/dev/null || true
+  rm -f "$fifo" "$fifo.out"
+}

@@ -5,6 +5,9 @@
 # /proc/<pid>/stat). When pgbouncer is installed, the same load through pgbouncer (transaction
 # pooling, to shard 0) is shown too, with the proxy/pgbouncer ratio and pgbouncer's CPU.
 #
+# Also the context switches per transaction of each proxy (all its threads), and the RSS each
+# proxy grows by per idle logged-in client (IDLE clients, default 10,000; IDLE=0 skips it).
+#
 #   bash bench/pgbench_proxy.sh [seconds per run, default 10] [clients, default 8]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +18,8 @@ DIR=$(mktemp -d /tmp/shardline-bench.XXXXXX)
 chmod 755 "$DIR"
 export PGPASSWORD=app
 
+# Idle clients need a file descriptor each in the proxies (inherited from this shell).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # shellcheck source=bench/demo.sh
 . bench/demo.sh
 PGB_PID=
@@ -51,13 +56,15 @@ auth_type = plain
 auth_file = $DIR/users.txt
 pool_mode = transaction
 default_pool_size = 20
+max_client_conn = 20000
 unix_socket_dir =
 logfile = $DIR/pgbouncer.log
 pidfile = $DIR/pgbouncer.pid
 INI
   echo '"app" "app"' >"$DIR/users.txt"
   chown -R postgres "$DIR" 2>/dev/null || true
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- pgbouncer -d "$DIR/pgbouncer.ini"; else pgbouncer -d "$DIR/pgbouncer.ini"; fi
+  start_pgbouncer="ulimit -n \$(ulimit -Hn); exec pgbouncer -d $DIR/pgbouncer.ini"
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- sh -c "$start_pgbouncer"; else sh -c "$start_pgbouncer"; fi
   PGB_PID=started
   sleep 1
 fi
@@ -67,30 +74,41 @@ fi
 PGB_PROC=
 [ -n "$PGB_PID" ] && PGB_PROC=$(cat "$DIR/pgbouncer.pid" 2>/dev/null || true)
 
-printf "%-9s %10s %10s %6s %16s %10s %6s %16s\n" mode "direct TPS" "proxy TPS" "/dir" \
-  "proxy us/tx u+s" "pgb TPS" "/pgb" "pgb us/tx u+s"
+# pgbench through PORT while watching process PROC: "TPS user-us/tx sys-us/tx switches/tx".
+measure() { # PORT PROC MODE
+  local before cs_before out after cs_after
+  before=$(cpu_ticks "$2")
+  cs_before=$(ctx_switches "$2")
+  out=$(pgbench -n -h 127.0.0.1 -p "$1" -U app -c "$CLIENTS" -j 2 -T "$SECS" -M "$3" \
+    -f "$DIR/select.sql" app 2>/dev/null || true)
+  after=$(cpu_ticks "$2")
+  cs_after=$(ctx_switches "$2")
+  local tx
+  tx=$(echo "$out" | processed)
+  if [ -z "$tx" ] || [ "$tx" = 0 ]; then echo "fails - - -"; return; fi
+  echo "$(echo "$out" | tps) $(per_tx "$before" "$after" "$tx")" \
+    "$(awk -v a="$cs_after" -v b="$cs_before" -v t="$tx" 'BEGIN {printf "%.2f", (a - b) / t}')"
+}
+
+printf "%-9s %9s %9s %5s %15s %6s %9s %5s %15s %6s\n" mode "direct" "proxy" "/dir" \
+  "proxy us/tx u+s" "cs/tx" "pgbouncer" "/pgb" "pgb us/tx u+s" "cs/tx"
 for mode in simple extended prepared; do
-  run() { pgbench -n -h 127.0.0.1 -p "$1" -U app -c "$CLIENTS" -j 2 -T "$SECS" -M "$mode" -f "$DIR/select.sql" app 2>/dev/null; }
-  direct=$(run "$SHARD0" | tps)
-  before=$(cpu_ticks "$PROXY_PID")
-  out=$(run "$PORT")
-  after=$(cpu_ticks "$PROXY_PID")
-  proxy=$(echo "$out" | tps)
-  read -r pu ps <<<"$(per_tx "$before" "$after" "$(echo "$out" | processed)")"
-  pgb="-" gu="-" gs="-"
-  if [ -n "$PGB_PROC" ]; then
-    # pgbouncer before 1.21 cannot run protocol-level prepared statements in transaction mode.
-    before=$(cpu_ticks "$PGB_PROC")
-    out=$(run "$PGB_PORT" || true)
-    after=$(cpu_ticks "$PGB_PROC")
-    pgb=$(echo "$out" | tps)
-    if [ -n "$pgb" ]; then
-      read -r gu gs <<<"$(per_tx "$before" "$after" "$(echo "$out" | processed)")"
-    else
-      pgb="fails"
-    fi
-  fi
-  awk -v m="$mode" -v d="$direct" -v p="$proxy" -v pu="$pu" -v ps="$ps" -v g="$pgb" -v gu="$gu" -v gs="$gs" 'BEGIN {
-    printf "%-9s %10.0f %10.0f %6.2f %16s %10s %6s %16s\n", m, d, p, (d > 0 ? p / d : 0), pu " + " ps,
-      g, (g + 0 > 0 ? sprintf("%.2f", p / g) : "-"), gu " + " gs }'
+  direct=$(pgbench -n -h 127.0.0.1 -p "$SHARD0" -U app -c "$CLIENTS" -j 2 -T "$SECS" -M "$mode" \
+    -f "$DIR/select.sql" app 2>/dev/null | tps)
+  read -r proxy pu ps pcs <<<"$(measure "$PORT" "$PROXY_PID" "$mode")"
+  pgb="-" gu="-" gs="-" gcs="-"
+  # pgbouncer before 1.21 cannot run protocol-level prepared statements in transaction mode.
+  [ -n "$PGB_PROC" ] && read -r pgb gu gs gcs <<<"$(measure "$PGB_PORT" "$PGB_PROC" "$mode")"
+  awk -v m="$mode" -v d="$direct" -v p="$proxy" -v pu="$pu" -v ps="$ps" -v pcs="$pcs" \
+    -v g="$pgb" -v gu="$gu" -v gs="$gs" -v gcs="$gcs" 'BEGIN {
+    printf "%-9s %9.0f %9s %5.2f %15s %6s %9s %5s %15s %6s\n", m, d, p, (d > 0 ? p / d : 0),
+      pu " + " ps, pcs, g, (g + 0 > 0 ? sprintf("%.2f", p / g) : "-"), gu " + " gs, gcs }'
 done
+
+# Memory of idle clients: RSS growth of each proxy while IDLE clients stay logged in.
+if [ "${IDLE:-10000}" -gt 0 ]; then
+  proxy_kb=$(idle_kb_per_client "$PROXY_PID" "$PORT" "${IDLE:-10000}")
+  pgb_kb="-"
+  [ -n "$PGB_PROC" ] && pgb_kb=$(idle_kb_per_client "$PGB_PROC" "$PGB_PORT" "${IDLE:-10000}")
+  echo "idle clients: ${IDLE:-10000}; RSS growth per client: shardline $proxy_kb kB, pgbouncer $pgb_kb kB"
+fi

@@ -3,7 +3,7 @@
 //! phase, connected clients, config source and metrics).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -23,6 +23,9 @@ use crate::pause::PauseGate;
 use crate::reload::ConfigSource;
 use crate::shutdown::Shutdown;
 use crate::stats::QueryStats;
+
+/// Most distinct sets of reported settings shared between clients.
+const SHARED_REPORTED_LIMIT: usize = 64;
 
 /// Most plans kept before the cache is cleared (bounded memory under literal-heavy workloads).
 const PLAN_CACHE_LIMIT: usize = 10_000;
@@ -59,6 +62,10 @@ pub struct ProxyContext {
     /// Parameters each shard target reported at its first login, reported to clients at
     /// theirs (so a login does not need a free backend).
     server_params: Mutex<HashMap<BackendTarget, Vec<(String, String)>>>,
+    /// The reported settings clients were told at login, each distinct set kept once: nearly
+    /// every client of a proxy is told the same, and 10,000 idle clients should not hold
+    /// 10,000 copies.
+    reported: Mutex<Vec<Arc<BTreeMap<String, String>>>>,
     /// Statements, errors and transactions per shard.
     pub stats: QueryStats,
     /// `PAUSE` / `RESUME`, checked before each new transaction.
@@ -119,6 +126,7 @@ impl ProxyContext {
             plans: Mutex::new(PlanCache::default()),
             next_version: AtomicU64::new(2),
             server_params: Mutex::new(HashMap::new()),
+            reported: Mutex::default(),
             stats,
             pause: PauseGate::default(),
             shutdown: Shutdown::default(),
@@ -189,6 +197,22 @@ impl ProxyContext {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(target, params);
+    }
+
+    /// `reported`, shared with the clients told the same settings before.
+    pub fn shared_reported(
+        &self,
+        reported: BTreeMap<String, String>,
+    ) -> Arc<BTreeMap<String, String>> {
+        let mut shared = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = shared.iter().find(|known| ***known == reported) {
+            return known.clone();
+        }
+        let reported = Arc::new(reported);
+        if shared.len() < SHARED_REPORTED_LIMIT {
+            shared.push(reported.clone());
+        }
+        reported
     }
 
     /// The routing plan of `sql` under `loaded`, analysed once per config version.

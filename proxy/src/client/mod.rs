@@ -52,7 +52,8 @@ async fn connection(ctx: &Arc<ProxyContext>, stream: TcpStream, peer: &str) {
     let loaded = ctx.snapshot();
     let mut input = FrameReader::new(read, loaded.config.max_message_bytes as usize);
     let mut out = ClientOutput::new(write);
-    match login(ctx, &mut input, &mut out).await {
+    // Boxed, like every request's work: a logged-in session keeps only its own state.
+    match Box::pin(login(ctx, &mut input, &mut out)).await {
         Ok(Some(LoggedIn::App {
             identity,
             pid,
@@ -86,7 +87,7 @@ async fn connection(ctx: &Arc<ProxyContext>, stream: TcpStream, peer: &str) {
                 out.deadlock_flag(),
             );
             tracing::info!(%peer, %user, "admin console login");
-            match admin::serve(ctx.clone(), input, out).await {
+            match Box::pin(admin::serve(ctx.clone(), input, out)).await {
                 Ok(()) => tracing::info!(%peer, "admin console disconnected"),
                 Err(e) => tracing::warn!(%peer, error = %e, "admin console session ended"),
             }
@@ -267,7 +268,7 @@ async fn login(
         database,
         pool_mode,
         startup_settings,
-        reported,
+        reported: ctx.shared_reported(reported),
     };
     Ok(Some(LoggedIn::App {
         identity,
@@ -374,4 +375,23 @@ fn negotiate_protocol(params: &BTreeMap<String, String>) -> Bytes {
     buf.put_i32(body.len() as i32 + 4);
     buf.put_slice(&body);
     buf.freeze()
+}
+#[cfg(test)]
+mod tests {
+    /// Idle clients are cheap only if a connection's task is: the work of each request (and
+    /// the login) runs in a future of its own, so the task holds little more than the session.
+    #[tokio::test]
+    async fn a_connection_task_stays_small() -> Result<(), Box<dyn std::error::Error>> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let stream = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+        let config = shardline_router::Config::from_yaml(
+            "shards:\n  - name: a\n    host: 127.0.0.1\n    port: 1\nusers:\n  - name: app\n    password: app\n",
+        )?;
+        let ctx =
+            crate::context::ProxyContext::new(config, crate::reload::ConfigSource::in_memory());
+        let task = super::serve(ctx, stream);
+        let size = std::mem::size_of_val(&task);
+        assert!(size < 4096, "a connection's future takes {size} bytes");
+        Ok(())
+    }
 }

@@ -53,6 +53,9 @@ impl Frame {
     }
 }
 
+/// Bytes a read asks the socket for at least.
+const READ_CHUNK: usize = 8 * 1024;
+
 /// Reads tagged messages from one side of a connection through a reusable buffer.
 #[derive(Debug)]
 pub struct FrameReader<R> {
@@ -66,8 +69,26 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R, limit: usize) -> Self {
         FrameReader {
             inner,
-            buf: BytesMut::with_capacity(16 * 1024),
+            buf: BytesMut::new(),
             limit,
+        }
+    }
+
+    /// The stream read from.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// Whether no byte is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Frees the buffer when nothing is in it: a connection waiting for its peer then holds
+    /// no memory for reading, and the next read takes a fresh buffer.
+    pub fn release(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
         }
     }
 
@@ -137,7 +158,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     async fn fill(&mut self, wanted: usize) -> Result<(), FrameError> {
         while self.buf.len() < wanted {
-            self.buf.reserve(wanted - self.buf.len());
+            // Read in chunks, so many small messages take one system call.
+            self.buf.reserve((wanted - self.buf.len()).max(READ_CHUNK));
             if self.inner.read_buf(&mut self.buf).await? == 0 {
                 return Err(FrameError::Closed);
             }

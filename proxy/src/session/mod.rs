@@ -56,7 +56,8 @@ pub struct Identity {
     pub startup_settings: Settings,
     /// The reported settings (`ParameterStatus`) the client was told at login, by their
     /// canonical names: what `DISCARD ALL` reports again for those the client changed.
-    pub reported: BTreeMap<String, String>,
+    /// Shared by the clients told the same (see [`ProxyContext::shared_reported`]).
+    pub reported: Arc<BTreeMap<String, String>>,
 }
 
 /// Why a session ended.
@@ -141,18 +142,18 @@ impl Session {
     /// Serves the client until it disconnects.
     pub async fn run(mut self) -> Result<(), SessionEnd> {
         let result = self.serve().await;
-        self.release_all().await;
+        Box::pin(self.release_all()).await;
         result
     }
 
     async fn serve(&mut self) -> Result<(), SessionEnd> {
         loop {
             let read = match self.idle_in_transaction_limit() {
-                Some(limit) => match tokio::time::timeout(limit, self.input.read()).await {
+                Some(limit) => match tokio::time::timeout(limit, self.next_message()).await {
                     Ok(read) => read,
-                    Err(_) => return self.end_idle_transaction().await,
+                    Err(_) => return Box::pin(self.end_idle_transaction()).await,
                 },
-                None => self.input.read().await,
+                None => self.next_message().await,
             };
             let frame = match read {
                 Ok(f) => f,
@@ -176,7 +177,7 @@ impl Session {
                     b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => continue,
                     b'S' => {
                         self.skip_to_sync = false;
-                        self.end_failed_pipeline().await?;
+                        Box::pin(self.end_failed_pipeline()).await?;
                         continue;
                     }
                     _ => {}
@@ -194,6 +195,17 @@ impl Session {
                 self.dual_ticket = None;
             }
         }
+    }
+
+    /// The client's next message. A session waiting for its client holds no buffers: they are
+    /// freed first and taken again when bytes arrive, so idle clients cost little memory.
+    async fn next_message(&mut self) -> Result<Frame, FrameError> {
+        if self.input.is_empty() {
+            self.out.release();
+            self.input.release();
+            self.input.get_ref().readable().await?;
+        }
+        self.input.read().await
     }
 
     /// How long the client may stay idle inside a transaction block: its
@@ -227,16 +239,20 @@ impl Session {
     }
 
     /// Handles one client message; false when the client said goodbye.
+    ///
+    /// The work of a request runs in a future allocated for it (`Box::pin`): the state of
+    /// every way a request can go is large, and a session waiting for its client keeps only
+    /// this loop's.
     async fn serve_one(&mut self, frame: Frame) -> Result<bool, SessionEnd> {
         {
             match frame.tag() {
-                b'Q' => self.simple_query(frame).await?,
+                b'Q' => Box::pin(self.simple_query(frame)).await?,
                 b'P' | b'B' | b'D' | b'E' | b'C' => self.batch.push(frame),
                 b'S' | b'H' => {
                     self.batch.push(frame);
-                    self.run_batch().await?;
+                    Box::pin(self.run_batch()).await?;
                 }
-                b'F' => self.function_call(frame).await?,
+                b'F' => Box::pin(self.function_call(frame)).await?,
                 b'X' => return Ok(false),
                 // COPY messages outside COPY (e.g. after the proxy refused the COPY) are
                 // ignored, as PostgreSQL ignores them after an error.

@@ -13,6 +13,9 @@ use crate::deadlock::deadlock_error;
 /// Above this many buffered bytes the output is written out without waiting for a flush point.
 const HIGH_WATER: usize = 64 * 1024;
 
+/// Bytes taken for the output buffer when a request's first answer is queued.
+const FIRST_CHUNK: usize = 8 * 1024;
+
 /// The client's socket with an output buffer.
 #[derive(Debug)]
 pub struct ClientOutput {
@@ -37,7 +40,7 @@ impl ClientOutput {
     pub fn new(stream: OwnedWriteHalf) -> Self {
         ClientOutput {
             stream,
-            buf: BytesMut::with_capacity(HIGH_WATER),
+            buf: BytesMut::new(),
             writes: 0,
             deadlock: DeadlockFlag::default(),
         }
@@ -57,6 +60,9 @@ impl ClientOutput {
                 return Ok(());
             }
         }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(FIRST_CHUNK);
+        }
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= HIGH_WATER {
             self.flush().await?;
@@ -72,6 +78,14 @@ impl ClientOutput {
             self.buf.clear();
         }
         self.stream.flush().await
+    }
+
+    /// Frees the buffer when everything was written: a session waiting for its client holds
+    /// no memory for answers.
+    pub fn release(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
     }
 
     /// The current end of the output.

@@ -107,7 +107,7 @@ impl Session {
                 // As PostgreSQL, report the reported settings the reset changed, with the
                 // values the client was told at login.
                 let mut reply = BytesMut::new();
-                for (name, value) in &self.identity.reported {
+                for (name, value) in self.identity.reported.iter() {
                     let key = name.to_ascii_lowercase();
                     if before.get(&key) != self.settings.get(&key) {
                         reply.extend_from_slice(&msg::parameter_status(name, value));
