@@ -3,7 +3,8 @@
 # The caller's EXIT trap must call stop_demo.
 cargo build --release --quiet --bin shardline
 BIN=${CARGO_TARGET_DIR:-target}/release/shardline
-"$BIN" demo --shards 4 --port "$PORT" --dir "$DIR" >"$DIR/demo.log" 2>&1 &
+# THREADS sets the proxy's worker threads (default: one per core).
+"$BIN" ${THREADS:+--threads "$THREADS"} demo --shards 4 --port "$PORT" --dir "$DIR" >"$DIR/demo.log" 2>&1 &
 DEMO=$!
 
 stop_demo() {
@@ -17,4 +18,4 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 grep -q "shardline is ready" "$DIR/demo.log" || { cat "$DIR/demo.log"; stop_demo; exit 1; }
-PROXY_PID=$(pgrep -f "$BIN demo --shards 4 --port $PORT" | head -1)
+PROXY_PID=$DEMO

@@ -21,6 +21,10 @@ struct Cli {
     /// Do not watch the config file; reload only on SIGHUP or the admin RELOAD.
     #[arg(long)]
     no_watch: bool,
+    /// Worker threads serving clients (default: one per CPU core). Any thread serves any
+    /// client; give the proxy fewer threads than cores when PostgreSQL shares the machine.
+    #[arg(long, env = "SHARDLINE_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -49,7 +53,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
-    let result = match tokio::runtime::Runtime::new() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.threads {
+        runtime.worker_threads(usize::from(threads));
+    }
+    let result = match runtime.enable_all().build() {
         Ok(runtime) => runtime.block_on(async move {
             match cli.command {
                 Some(Command::Check { file }) => check(&file).await,

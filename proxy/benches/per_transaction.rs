@@ -1,0 +1,101 @@
+//! The proxy's own work per single-shard transaction, without sockets: finding the plan of a
+//! statement (literal scan + plan cache for the simple protocol, the cache alone for a
+//! prepared statement), routing its key, checking the backend's settings, recording the
+//! statistics, and framing the proxy's own messages. Regressions here show without a cluster;
+//! `bench/pgbench_proxy.sh` measures the whole path (sockets, runtime, PostgreSQL).
+//!
+//!     cargo bench -p shardline --bench per_transaction
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use shardline::context::ProxyContext;
+use shardline::protocol::backend as msg;
+use shardline::reload::ConfigSource;
+use shardline::session::settings::sync_sql;
+use shardline_router::{Config, Param, Route};
+
+const CONFIG: &str = "
+shards:
+  - { name: s0, host: 127.0.0.1, port: 5432 }
+  - { name: s1, host: 127.0.0.1, port: 5433 }
+  - { name: s2, host: 127.0.0.1, port: 5434 }
+  - { name: s3, host: 127.0.0.1, port: 5435 }
+tables:
+  - { name: users, sharding: hash, column: id, type: int8 }
+users:
+  - { name: app, password: app }
+";
+
+fn per_transaction(c: &mut Criterion) {
+    let config = match Config::from_yaml(CONFIG) {
+        Ok(config) => config,
+        Err(e) => panic!("the bench config does not load: {e}"),
+    };
+    let ctx = ProxyContext::new(config, ConfigSource::in_memory());
+    let loaded = ctx.snapshot();
+    let mut group = c.benchmark_group("per_transaction");
+
+    let mut id = 0u64;
+    let mut texts: Vec<String> = (0..1024)
+        .map(|i| format!("SELECT name FROM users WHERE id = {}", i * 7919 % 100_000))
+        .collect();
+    texts.shrink_to_fit();
+    group.bench_function("simple: scan, cached plan, route", |b| {
+        b.iter(|| {
+            id = id.wrapping_add(1);
+            let sql = &texts[id as usize % texts.len()];
+            let (plan, literals) = ctx.plan_simple(&loaded, sql);
+            let params: Vec<Param<'_>> =
+                literals.iter().map(|l| Param::Text(l.as_bytes())).collect();
+            let route = plan.route(&loaded.config, &params);
+            assert!(matches!(route, Ok(Route::Single(_))));
+            black_box(route)
+        })
+    });
+
+    let prepared = "SELECT name FROM users WHERE id = $1";
+    group.bench_function("extended: cached plan, route a binary Bind", |b| {
+        b.iter(|| {
+            id = id.wrapping_add(1);
+            let key = (id % 100_000).to_be_bytes();
+            let plan = ctx.plan(&loaded, prepared);
+            let route = plan.route(&loaded.config, &vec![Param::Binary(&key)]);
+            assert!(matches!(route, Ok(Route::Single(_))));
+            black_box(route)
+        })
+    });
+
+    let settings: BTreeMap<String, String> = [
+        ("application_name", "'pgbench'"),
+        ("client_encoding", "'UTF8'"),
+        ("datestyle", "'ISO, MDY'"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let applied = settings.clone();
+    group.bench_function("settings: backend already in line", |b| {
+        b.iter(|| black_box(sync_sql(Some(&applied), &settings)))
+    });
+
+    group.bench_function("stats: record one exchange", |b| {
+        b.iter(|| {
+            ctx.stats
+                .record_query(&loaded, 1, true, true, Duration::from_micros(80))
+        })
+    });
+
+    group.bench_function("framing: CommandComplete + ReadyForQuery", |b| {
+        b.iter(|| {
+            black_box(msg::command_complete("SELECT 1"));
+            black_box(msg::ready_for_query(b'I'))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, per_transaction);
+criterion_main!(benches);
