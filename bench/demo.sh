@@ -1,8 +1,13 @@
 # Sourced by the bench scripts: builds shardline, starts `shardline demo` with 4 shards on
 # $PORT in $DIR, waits until it is ready, and sets BIN, DEMO (its pid) and PROXY_PID.
 # The caller's EXIT trap must call stop_demo.
-cargo build --release --quiet --bin shardline
-BIN=${CARGO_TARGET_DIR:-target}/release/shardline
+# SHARDLINE_BIN runs another build (say, the commit before a change) instead of this tree's.
+if [ -n "${SHARDLINE_BIN:-}" ]; then
+  BIN=$SHARDLINE_BIN
+else
+  cargo build --release --quiet --bin shardline
+  BIN=${CARGO_TARGET_DIR:-target}/release/shardline
+fi
 # THREADS sets the proxy's worker threads (default: one per core).
 "$BIN" ${THREADS:+--threads "$THREADS"} demo --shards 4 --port "$PORT" --dir "$DIR" >"$DIR/demo.log" 2>&1 &
 DEMO=$!
