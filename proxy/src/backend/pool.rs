@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{
-    self, Metrics, Object, PoolError, QueueMode, RecycleError, RecycleResult, Status, Timeouts,
+    self, Metrics, Object, PoolError, QueueMode, RecycleError, RecycleResult, Status, TimeoutType,
+    Timeouts,
 };
 use deadpool::Runtime;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -73,10 +74,12 @@ impl managed::Manager for Manager {
                 "connection was not idle when returned",
             ));
         }
-        if conn.created.elapsed() > self.settings.max_lifetime {
+        let now = Instant::now();
+        if now.saturating_duration_since(conn.created) > self.settings.max_lifetime {
             return Err(RecycleError::message("connection reached max_lifetime"));
         }
-        if metrics.last_used() > self.settings.idle_timeout {
+        let last_used = metrics.recycled.unwrap_or(metrics.created);
+        if now.saturating_duration_since(last_used) > self.settings.idle_timeout {
             return Err(RecycleError::message("connection was idle too long"));
         }
         Ok(())
@@ -248,13 +251,19 @@ impl Pools {
         pool: &Pool,
         settings: &PoolSettings,
     ) -> Result<Pooled, CheckoutError> {
-        let timeouts = Timeouts {
-            wait: Some(settings.checkout_timeout),
+        // `recycle` is a synchronous check: no timer around it. A free connection is taken
+        // without arming the wait timer either; only a checkout that must queue gets one.
+        let mut timeouts = Timeouts {
+            wait: Some(Duration::ZERO),
             create: Some(settings.connect_timeout),
-            recycle: Some(settings.connect_timeout),
+            recycle: None,
         };
         let started = Instant::now();
-        let result = pool.timeout_get(&timeouts).await;
+        let mut result = pool.timeout_get(&timeouts).await;
+        if matches!(result, Err(PoolError::Timeout(TimeoutType::Wait))) {
+            timeouts.wait = Some(settings.checkout_timeout);
+            result = pool.timeout_get(&timeouts).await;
+        }
         let manager = pool.manager();
         manager
             .checkout_wait

@@ -36,7 +36,9 @@ pub async fn serve(ctx: Arc<ProxyContext>, stream: TcpStream) {
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    // Biased: the connection is polled first, and no random branch order is drawn per wake.
     tokio::select! {
+        biased;
         () = connection(&ctx, stream, &peer) => {}
         () = ctx.shutdown.reached(Phase::Closed) => {
             tracing::info!(%peer, "client connection closed by shutdown");

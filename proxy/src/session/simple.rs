@@ -19,9 +19,12 @@ impl Session {
     /// Answers one simple-protocol `Query`.
     pub(crate) async fn simple_query(&mut self, frame: Frame) -> Result<(), SessionEnd> {
         let loaded = self.ctx.snapshot();
+        // The text stays in the client's message (borrowed, when it is UTF-8 already); the
+        // message itself goes on to the shard as it came.
+        let message = frame.bytes().clone();
         let sql = match query_bytes(&frame) {
             Ok(bytes) => match self.client_text(bytes) {
-                Ok(sql) => sql.into_owned(),
+                Ok(sql) => sql,
                 Err(e) => return self.fail(e).await,
             },
             Err(e) => {
@@ -87,18 +90,18 @@ impl Session {
             }
             Action::CommitDual { old } => {
                 let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);
-                self.commit_dual(&loaded, old, |_| (vec![frame.into_bytes()], queue))
+                self.commit_dual(&loaded, old, |_| (vec![message], queue))
                     .await
             }
             Action::AwaitCutover => {
                 // A cutover holds writes to moving keys; afterwards they may route elsewhere.
                 self.ctx.gate.resumed().await;
-                Box::pin(self.simple_query(frame)).await
+                Box::pin(self.simple_query(Frame::from_bytes(message))).await
             }
             Action::DualWrite { old } => {
                 let keys = dual.unwrap_or_default();
                 let queue = relayed();
-                self.dual_write(&loaded, old, keys, |_| (vec![frame.into_bytes()], queue))
+                self.dual_write(&loaded, old, keys, |_| (vec![message], queue))
                     .await
             }
             Action::Single {
@@ -107,14 +110,14 @@ impl Session {
             } => {
                 let queue = relayed();
                 self.exchange_with(&loaded, shard, starts_transaction, |_| {
-                    (vec![frame.into_bytes()], queue)
+                    (vec![message], queue)
                 })
                 .await
             }
             Action::Scatter(shards) => {
                 let build = |_: &mut crate::backend::conn::Backend| {
                     (
-                        vec![frame.clone().into_bytes()],
+                        vec![message.clone()],
                         VecDeque::from([Expect::relay(Reply::Cycle)]),
                     )
                 };
@@ -146,7 +149,7 @@ impl Session {
             Action::Everywhere => {
                 let build = |_: &mut crate::backend::conn::Backend| {
                     (
-                        vec![frame.clone().into_bytes()],
+                        vec![message.clone()],
                         VecDeque::from([Expect::relay(Reply::Cycle)]),
                     )
                 };
