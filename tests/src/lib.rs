@@ -4,6 +4,7 @@
 //! Everything started here is stopped and deleted when the [`TestCluster`] is dropped.
 
 pub mod ops;
+pub mod oracle;
 pub mod txn;
 pub mod wire;
 

@@ -112,30 +112,11 @@ pub async fn extended_text(
     sql: &str,
     params: &[Option<&str>],
 ) -> anyhow::Result<Result<TextRows, String>> {
-    let mut parse = cstr("");
-    parse.extend(cstr(sql));
-    parse.extend_from_slice(&0i16.to_be_bytes());
-    let mut bind = cstr("");
-    bind.extend(cstr(""));
-    bind.extend_from_slice(&0i16.to_be_bytes());
-    bind.extend_from_slice(&(params.len() as i16).to_be_bytes());
-    for p in params {
-        match p {
-            Some(v) => {
-                bind.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                bind.extend_from_slice(v.as_bytes());
-            }
-            None => bind.extend_from_slice(&(-1i32).to_be_bytes()),
-        }
-    }
-    bind.extend_from_slice(&0i16.to_be_bytes());
-    let mut out = message(b'P', &parse);
-    out.extend(message(b'B', &bind));
-    out.extend(message(b'D', b"P\0"));
-    let mut execute = cstr("");
-    execute.extend_from_slice(&0i32.to_be_bytes());
-    out.extend(message(b'E', &execute));
-    out.extend(message(b'S', &[]));
+    let mut out = parse("", sql);
+    out.extend(bind_values("", params));
+    out.extend(describe_portal());
+    out.extend(execute(0));
+    out.extend(sync());
     stream.write_all(&out).await?;
 
     let mut rows = Vec::new();
@@ -177,4 +158,74 @@ fn data_row(body: &[u8]) -> anyhow::Result<Vec<Option<String>>> {
         }
     }
     Ok(values)
+}
+
+/// `Parse` of `sql` as statement `name`, parameter types left to the server.
+pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut body = cstr(name);
+    body.extend(cstr(sql));
+    body.extend_from_slice(&0i16.to_be_bytes());
+    message(b'P', &body)
+}
+
+/// `Bind` of `statement` to the unnamed portal with text parameters and text results.
+pub fn bind(statement: &str, params: &[&str]) -> Vec<u8> {
+    let values: Vec<Option<&str>> = params.iter().copied().map(Some).collect();
+    bind_values(statement, &values)
+}
+
+/// [`bind`] with NULLs (`None`).
+pub fn bind_values(statement: &str, params: &[Option<&str>]) -> Vec<u8> {
+    let mut body = cstr("");
+    body.extend(cstr(statement));
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        match p {
+            Some(v) => {
+                body.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                body.extend_from_slice(v.as_bytes());
+            }
+            None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    body.extend_from_slice(&0i16.to_be_bytes());
+    message(b'B', &body)
+}
+
+/// `Execute` of the unnamed portal; `max_rows` 0 runs it to the end.
+pub fn execute(max_rows: i32) -> Vec<u8> {
+    let mut body = cstr("");
+    body.extend_from_slice(&max_rows.to_be_bytes());
+    message(b'E', &body)
+}
+
+/// `Describe` of the unnamed portal.
+pub fn describe_portal() -> Vec<u8> {
+    message(b'D', b"P\0")
+}
+
+/// `Sync`.
+pub fn sync() -> Vec<u8> {
+    message(b'S', &[])
+}
+
+/// `Flush`.
+pub fn flush() -> Vec<u8> {
+    message(b'H', &[])
+}
+
+/// The unnamed statement `sql` without parameters, executed (no `Sync`).
+pub fn unsynced(sql: &str) -> Vec<u8> {
+    let mut out = parse("", sql);
+    out.extend(bind("", &[]));
+    out.extend(execute(0));
+    out
+}
+
+/// The unnamed statement `sql` without parameters, executed, and `Sync`.
+pub fn run_once(sql: &str) -> Vec<u8> {
+    let mut out = unsynced(sql);
+    out.extend(sync());
+    out
 }

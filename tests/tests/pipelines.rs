@@ -4,109 +4,16 @@
 //! ends the pipeline with exactly one `ReadyForQuery`, and named statements that run on every
 //! shard can be prepared by many connections and executed again.
 
-use shardline_tests::wire::{cstr, login, login_socket, message, read_message, trusting_proxy};
+use shardline_tests::oracle::{error_code, transcript, Answer, Sides, Until};
+use shardline_tests::wire::{
+    bind, cstr, describe_portal, execute, flush, login, login_socket, message, parse, read_message,
+    run_once, sync, trusting_proxy, unsynced,
+};
 use shardline_tests::{connect, TestCluster};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 
 const INSERT: &str = "INSERT INTO users (id, name) VALUES ($1, $2)";
-
-/// One answer, reduced to what must match between the proxy and PostgreSQL: its type, and the
-/// command tag, SQLSTATE or row it carries (error texts differ: the proxy names the shard).
-#[derive(Debug, PartialEq, Eq)]
-enum Answer {
-    Tag(char),
-    Complete(String),
-    Error(String),
-    Row(Vec<u8>),
-    Ready(char),
-}
-
-/// How many answers to read after sending a pipeline.
-#[derive(Clone, Copy)]
-enum Until {
-    /// Up to this many `ReadyForQuery` (one per `Sync`).
-    Syncs(usize),
-    /// Exactly this many answers (after a `Flush` nothing marks the end).
-    Answers(usize),
-}
-
-/// Sends `bytes` and reads the answers.
-async fn transcript<S>(stream: &mut S, bytes: &[u8], until: Until) -> anyhow::Result<Vec<Answer>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    stream.write_all(bytes).await?;
-    let mut answers = Vec::new();
-    let mut ready = 0;
-    loop {
-        let done = match until {
-            Until::Syncs(n) => ready == n,
-            Until::Answers(n) => answers.len() == n,
-        };
-        if done {
-            return Ok(answers);
-        }
-        let (tag, body) = read_message(stream).await?;
-        answers.push(match tag {
-            b'C' => Answer::Complete(String::from_utf8_lossy(&body).trim_end_matches('\0').into()),
-            b'E' => Answer::Error(error_code(&body)),
-            b'D' => Answer::Row(body),
-            b'Z' => {
-                ready += 1;
-                Answer::Ready(body.first().copied().unwrap_or(b'?') as char)
-            }
-            b'N' | b'S' => continue,
-            other => Answer::Tag(other as char),
-        });
-    }
-}
-
-fn error_code(body: &[u8]) -> String {
-    body.split(|b| *b == 0)
-        .find_map(|field| field.strip_prefix(b"C"))
-        .map(|code| String::from_utf8_lossy(code).into_owned())
-        .unwrap_or_default()
-}
-
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    let mut body = cstr(name);
-    body.extend(cstr(sql));
-    body.extend_from_slice(&0i16.to_be_bytes());
-    message(b'P', &body)
-}
-
-/// `Bind` of `statement` to the unnamed portal with text parameters and text results.
-fn bind(statement: &str, params: &[&str]) -> Vec<u8> {
-    let mut body = cstr("");
-    body.extend(cstr(statement));
-    body.extend_from_slice(&0i16.to_be_bytes());
-    body.extend_from_slice(&(params.len() as i16).to_be_bytes());
-    for p in params {
-        body.extend_from_slice(&(p.len() as i32).to_be_bytes());
-        body.extend_from_slice(p.as_bytes());
-    }
-    body.extend_from_slice(&0i16.to_be_bytes());
-    message(b'B', &body)
-}
-
-fn execute(max_rows: i32) -> Vec<u8> {
-    let mut body = cstr("");
-    body.extend_from_slice(&max_rows.to_be_bytes());
-    message(b'E', &body)
-}
-
-fn describe_portal() -> Vec<u8> {
-    message(b'D', b"P\0")
-}
-
-fn sync() -> Vec<u8> {
-    message(b'S', &[])
-}
-
-fn flush() -> Vec<u8> {
-    message(b'H', &[])
-}
 
 /// `Bind` + `Execute` of the unnamed INSERT for each key.
 fn inserts(keys: &[i64], name: &str) -> Vec<u8> {
@@ -115,67 +22,6 @@ fn inserts(keys: &[i64], name: &str) -> Vec<u8> {
         out.extend(bind("", &[&key.to_string(), name]));
         out.extend(execute(0));
     }
-    out
-}
-
-/// The proxy's byte-level connection and the oracle's, fed the same bytes.
-struct Sides<P, O> {
-    proxy: P,
-    oracle: O,
-}
-
-impl<P, O> Sides<P, O>
-where
-    P: AsyncRead + AsyncWrite + Unpin,
-    O: AsyncRead + AsyncWrite + Unpin,
-{
-    /// Sends `bytes` to both and checks that they answer alike; returns the answers.
-    async fn same(
-        &mut self,
-        what: &str,
-        bytes: &[u8],
-        syncs: usize,
-    ) -> anyhow::Result<Vec<Answer>> {
-        self.compare(what, bytes, Until::Syncs(syncs)).await
-    }
-
-    /// [`Sides::same`] for a pipeline that ends with `Flush` and gets `answers` answers.
-    async fn same_flushed(
-        &mut self,
-        what: &str,
-        bytes: &[u8],
-        answers: usize,
-    ) -> anyhow::Result<()> {
-        self.compare(what, bytes, Until::Answers(answers))
-            .await
-            .map(drop)
-    }
-
-    async fn compare(
-        &mut self,
-        what: &str,
-        bytes: &[u8],
-        until: Until,
-    ) -> anyhow::Result<Vec<Answer>> {
-        let want = transcript(&mut self.oracle, bytes, until).await?;
-        let got = transcript(&mut self.proxy, bytes, until).await?;
-        assert_eq!(got, want, "{what}: the proxy answered unlike PostgreSQL");
-        Ok(got)
-    }
-}
-
-/// The unnamed statement `sql` without parameters, executed (no `Sync`).
-fn unsynced(sql: &str) -> Vec<u8> {
-    let mut out = parse("", sql);
-    out.extend(bind("", &[]));
-    out.extend(execute(0));
-    out
-}
-
-/// The unnamed statement `sql` without parameters, executed, and `Sync`.
-fn run_once(sql: &str) -> Vec<u8> {
-    let mut out = unsynced(sql);
-    out.extend(sync());
     out
 }
 
