@@ -13,11 +13,11 @@ use std::time::Duration;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use shardline_router::ShardId;
 
 use crate::context::Loaded;
+use crate::metrics::histogram::DurationHistogram;
 
 /// How a statement was routed.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -91,19 +91,19 @@ pub struct QueryStats {
     queries: Family<ShardRoute, Counter>,
     errors: Family<ShardRoute, Counter>,
     transactions: Family<ShardLabel, Counter>,
-    single_latency: Histogram,
-    scatter_latency: Histogram,
-    latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    single_latency: DurationHistogram,
+    scatter_latency: DurationHistogram,
+    latency: Family<RouteLabel, DurationHistogram, fn() -> DurationHistogram>,
 }
 
-fn latency_histogram() -> Histogram {
+fn latency_histogram() -> DurationHistogram {
     // 100 µs .. ~26 s
-    Histogram::new(exponential_buckets(0.000_1, 4.0, 10))
+    DurationHistogram::exponential(Duration::from_micros(100), 4, 10)
 }
 
 impl Default for QueryStats {
     fn default() -> Self {
-        let latency: Family<RouteLabel, Histogram, fn() -> Histogram> =
+        let latency: Family<RouteLabel, DurationHistogram, fn() -> DurationHistogram> =
             Family::new_with_constructor(latency_histogram);
         QueryStats {
             shards: RwLock::default(),
@@ -169,7 +169,7 @@ impl QueryStats {
             counters.transactions.inc();
         }
         counters.add_busy(elapsed);
-        self.single_latency.observe(elapsed.as_secs_f64());
+        self.single_latency.observe(elapsed);
     }
 
     /// Records one statement sent to every shard of `shards` at once (outside a transaction,
@@ -187,7 +187,7 @@ impl QueryStats {
             counters.transactions.inc();
             counters.add_busy(elapsed);
         }
-        self.scatter_latency.observe(elapsed.as_secs_f64());
+        self.scatter_latency.observe(elapsed);
     }
 
     /// Totals per shard name, sorted by name.

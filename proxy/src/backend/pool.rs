@@ -24,12 +24,12 @@ use deadpool::Runtime;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use shardline_router::config::PoolSettings;
 
 use super::conn::{Backend, BackendError, BackendTarget};
 use super::registry::{address, Backends};
+use crate::metrics::histogram::DurationHistogram;
 
 /// Creates and checks [`Backend`] connections for one pool.
 pub struct Manager {
@@ -37,7 +37,7 @@ pub struct Manager {
     settings: PoolSettings,
     id: u64,
     backends: Arc<Backends>,
-    checkout_wait: Histogram,
+    checkout_wait: DurationHistogram,
     checkout_failures: Counter,
 }
 
@@ -154,7 +154,7 @@ pub struct Pools {
     retired: Mutex<Vec<Pool>>,
     next_id: AtomicU64,
     backends: Arc<Backends>,
-    checkout_wait: Family<BackendLabels, Histogram, fn() -> Histogram>,
+    checkout_wait: Family<BackendLabels, DurationHistogram, fn() -> DurationHistogram>,
     checkout_failures: Family<BackendLabels, Counter>,
 }
 
@@ -171,9 +171,9 @@ impl Default for Pools {
     }
 }
 
-fn wait_histogram() -> Histogram {
-    // 50 µs .. ~6.5 s
-    Histogram::new(exponential_buckets(0.000_05, 4.0, 9))
+fn wait_histogram() -> DurationHistogram {
+    // 50 µs .. ~3.3 s
+    DurationHistogram::exponential(Duration::from_micros(50), 4, 9)
 }
 
 impl Pools {
@@ -265,9 +265,7 @@ impl Pools {
             result = pool.timeout_get(&timeouts).await;
         }
         let manager = pool.manager();
-        manager
-            .checkout_wait
-            .observe(started.elapsed().as_secs_f64());
+        manager.checkout_wait.observe(started.elapsed());
         if result.is_err() {
             manager.checkout_failures.inc();
         }

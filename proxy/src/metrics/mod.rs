@@ -4,6 +4,7 @@
 //! reloads) and are registered here once. Values that describe the present (pool occupancy,
 //! connected clients, config version, shard health) are read from the proxy at each scrape.
 
+pub mod histogram;
 pub mod http;
 
 use prometheus_client::encoding::EncodeLabelSet;
