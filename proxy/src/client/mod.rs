@@ -393,7 +393,7 @@ mod tests {
             crate::context::ProxyContext::new(config, crate::reload::ConfigSource::in_memory());
         let task = super::serve(ctx, stream);
         let size = std::mem::size_of_val(&task);
-        assert!(size < 4096, "a connection's future takes {size} bytes");
+        assert!(size < 2560, "a connection's future takes {size} bytes");
         Ok(())
     }
 }

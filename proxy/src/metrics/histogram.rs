@@ -66,7 +66,11 @@ impl EncodeMetric for DurationHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let inner = &self.inner;
         let seconds = |nanos: u64| nanos as f64 / 1e9;
-        let bounds = inner.bounds.iter().map(|b| seconds(*b)).chain([f64::INFINITY]);
+        let bounds = inner
+            .bounds
+            .iter()
+            .map(|b| seconds(*b))
+            .chain([f64::INFINITY]);
         let buckets: Vec<(f64, u64)> = bounds
             .zip(&inner.counts)
             .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))

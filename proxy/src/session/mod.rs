@@ -140,10 +140,17 @@ impl Session {
     }
 
     /// Serves the client until it disconnects.
-    pub async fn run(mut self) -> Result<(), SessionEnd> {
-        let result = self.serve().await;
-        Box::pin(self.release_all()).await;
-        result
+    ///
+    /// Written as a function returning an `async move` block: an `async fn` taking `self` by
+    /// value keeps the session twice in its future (the argument and its local copy), and
+    /// this future lives as long as the client stays connected.
+    #[allow(clippy::manual_async_fn)] // an `async fn` is what this avoids
+    pub fn run(mut self) -> impl std::future::Future<Output = Result<(), SessionEnd>> + Send {
+        async move {
+            let result = self.serve().await;
+            Box::pin(self.release_all()).await;
+            result
+        }
     }
 
     async fn serve(&mut self) -> Result<(), SessionEnd> {
