@@ -46,7 +46,13 @@ impl managed::Manager for Manager {
     type Error = BackendError;
 
     async fn create(&self) -> Result<Backend, BackendError> {
-        match Backend::connect(&self.target, self.settings.connect_timeout).await {
+        // Boxed: a login's state is large and rare, and every checkout's future would carry it.
+        match Box::pin(Backend::connect(
+            &self.target,
+            self.settings.connect_timeout,
+        ))
+        .await
+        {
             Ok(conn) => {
                 self.backends.opened(&conn, &self.target, self.id);
                 Ok(conn)

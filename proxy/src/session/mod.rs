@@ -286,7 +286,9 @@ impl Session {
             self.skip_to_sync = true;
             return Ok(self.out.flush().await?);
         }
-        self.end_failed_pipeline().await
+        // Boxed: ending a failed pipeline may finish transactions on several shards, and every
+        // request that can fail would otherwise carry that state.
+        Box::pin(self.end_failed_pipeline()).await
     }
 
     /// The `client_encoding` the client's text arrives in: the one it set, or the one it was

@@ -16,7 +16,8 @@ use crate::session::state::settings::effect_of;
 use crate::session::{local, ClientError, Session, SessionEnd};
 
 impl Session {
-    /// Answers one simple-protocol `Query`.
+    /// Answers one simple-protocol `Query`. Every way but the single-shard one runs in a
+    /// future of its own (`Box::pin`), so this one stays small: it is allocated per query.
     pub(crate) async fn simple_query(&mut self, frame: Frame) -> Result<(), SessionEnd> {
         let loaded = self.ctx.snapshot();
         // The text stays in the client's message (borrowed, when it is UTF-8 already); the
@@ -32,7 +33,7 @@ impl Session {
                 return self.fail(error).await;
             }
         };
-        if let Some(reply) = self.explain_route(&loaded, &sql).await {
+        if let Some(reply) = Box::pin(self.explain_route(&loaded, &sql)).await {
             return self.answer(&reply).await;
         }
         let (plan, literals) = self.ctx.plan_simple(&loaded, &sql);
@@ -44,7 +45,7 @@ impl Session {
         };
         if refusal.is_some() {
             // An INSERT that leaves its shard key to the table's default gets generated keys.
-            match self.with_generated_keys(&loaded, &plan, &sql).await {
+            match Box::pin(self.with_generated_keys(&loaded, &plan, &sql)).await {
                 Ok(Some(keyed)) => match local::query_message_in(self.encoding(), &keyed) {
                     Ok(query) => {
                         return Box::pin(self.simple_query(Frame::from_bytes(query))).await
@@ -90,8 +91,7 @@ impl Session {
             }
             Action::CommitDual { old } => {
                 let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);
-                self.commit_dual(&loaded, old, |_| (vec![message], queue))
-                    .await
+                Box::pin(self.commit_dual(&loaded, old, |_| (vec![message], queue))).await
             }
             Action::AwaitCutover => {
                 // A cutover holds writes to moving keys; afterwards they may route elsewhere.
@@ -101,8 +101,7 @@ impl Session {
             Action::DualWrite { old } => {
                 let keys = dual.unwrap_or_default();
                 let queue = relayed();
-                self.dual_write(&loaded, old, keys, |_| (vec![message], queue))
-                    .await
+                Box::pin(self.dual_write(&loaded, old, keys, |_| (vec![message], queue))).await
             }
             Action::Single {
                 shard,
@@ -121,7 +120,7 @@ impl Session {
                         VecDeque::from([Expect::relay(Reply::Cycle)]),
                     )
                 };
-                self.scatter(&loaded, shards, build).await
+                Box::pin(self.scatter(&loaded, shards, build)).await
             }
             Action::Gather(shards) => {
                 let Some(how) = Gather::of(&plan) else {
@@ -131,20 +130,18 @@ impl Session {
                     sql: &sql,
                     literals: &params,
                 };
-                self.gather(&loaded, shards, source, how, Delivery::simple())
-                    .await
+                Box::pin(self.gather(&loaded, shards, source, how, Delivery::simple())).await
             }
             Action::Split(parts) => {
                 let source = Source::Simple {
                     sql: &sql,
                     literals: &params,
                 };
-                self.insert_split(&loaded, parts.to_vec(), &source, &Delivery::simple())
+                Box::pin(self.insert_split(&loaded, parts.to_vec(), &source, &Delivery::simple()))
                     .await
             }
             Action::Copy(spec) => {
-                self.copy_split(&loaded, &sql, spec, &Delivery::simple())
-                    .await
+                Box::pin(self.copy_split(&loaded, &sql, spec, &Delivery::simple())).await
             }
             Action::Everywhere => {
                 let build = |_: &mut crate::backend::conn::Backend| {
@@ -153,10 +150,10 @@ impl Session {
                         VecDeque::from([Expect::relay(Reply::Cycle)]),
                     )
                 };
-                self.everywhere(&loaded, &[(&plan.kind, &sql)], build).await
+                Box::pin(self.everywhere(&loaded, &[(&plan.kind, &sql)], build)).await
             }
             Action::Finish { commit } => {
-                let (result, reported) = self.finish_transaction(commit).await;
+                let (result, reported) = Box::pin(self.finish_transaction(commit)).await;
                 self.out.push(&reported.concat()).await?;
                 match result {
                     Ok(tag) => self.answer(&msg::command_complete(tag)).await,

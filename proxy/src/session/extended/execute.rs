@@ -65,13 +65,13 @@ impl Session {
             Action::DualWrite { old } => {
                 let keys = segment.dual.take().unwrap_or_default();
                 let items = &segment.items;
-                self.dual_write(loaded, old, keys, |conn| build_messages(items, conn))
+                Box::pin(self.dual_write(loaded, old, keys, |conn| build_messages(items, conn)))
                     .await?;
                 self.out.flush().await?;
                 return Ok(Segmented::Ran);
             }
             Action::Spread => {
-                self.run_spread(loaded, segment).await?;
+                Box::pin(self.run_spread(loaded, segment)).await?;
                 return Ok(Segmented::Ran);
             }
             Action::Local => {
@@ -113,7 +113,7 @@ impl Session {
         let items = &segment.items;
         match action {
             Action::Finish { commit } => {
-                let (result, reported) = self.finish_transaction(commit).await;
+                let (result, reported) = Box::pin(self.finish_transaction(commit)).await;
                 self.out.push(&reported.concat()).await?;
                 let reply = match result {
                     Ok(tag) => msg::command_complete(tag),
@@ -134,7 +134,7 @@ impl Session {
                         _ => None,
                     })
                     .collect();
-                self.everywhere(loaded, &statements, |conn| build_messages(items, conn))
+                Box::pin(self.everywhere(loaded, &statements, |conn| build_messages(items, conn)))
                     .await?;
             }
             Action::Refuse(error) => {
@@ -143,8 +143,7 @@ impl Session {
                 return Ok(Segmented::Ran);
             }
             Action::CommitDual { old } => {
-                self.commit_dual(loaded, old, |conn| build_messages(items, conn))
-                    .await?;
+                Box::pin(self.commit_dual(loaded, old, |conn| build_messages(items, conn))).await?;
                 return Ok(Segmented::Ran);
             }
             Action::Single {
@@ -158,24 +157,20 @@ impl Session {
                 self.note_transaction(shard, items);
             }
             Action::Scatter(shards) => {
-                self.scatter(loaded, shards, |conn| build_messages(items, conn))
-                    .await?;
+                Box::pin(self.scatter(loaded, shards, |conn| build_messages(items, conn))).await?;
             }
             Action::Gather(shards) => {
-                return self
-                    .run_assembled(loaded, Assembled::Gather(shards), &segment)
+                return Box::pin(self.run_assembled(loaded, Assembled::Gather(shards), &segment))
                     .await
                     .map(|()| Segmented::Ran);
             }
             Action::Split(parts) => {
-                return self
-                    .run_assembled(loaded, Assembled::Split(parts), &segment)
+                return Box::pin(self.run_assembled(loaded, Assembled::Split(parts), &segment))
                     .await
                     .map(|()| Segmented::Ran);
             }
             Action::Copy(spec) => {
-                return self
-                    .run_assembled(loaded, Assembled::Copy(spec), &segment)
+                return Box::pin(self.run_assembled(loaded, Assembled::Copy(spec), &segment))
                     .await
                     .map(|()| Segmented::Ran);
             }

@@ -103,7 +103,8 @@ impl Session {
                     let plan = self.ctx.plan(loaded, &query);
                     let rewritten = if plan.always_refused() {
                         let types = view.param_types;
-                        match self.rewritten_for_keys(loaded, &plan, &query, types).await {
+                        match Box::pin(self.rewritten_for_keys(loaded, &plan, &query, types)).await
+                        {
                             Ok(rewritten) => rewritten,
                             Err(e) => {
                                 segment.refusal = Some(e);
@@ -161,7 +162,7 @@ impl Session {
                     };
                     if let Some(keys) = &statement.generated {
                         // Fresh keys for this execution, after the client's values.
-                        match self.bind_generated(loaded, keys, &view).await {
+                        match Box::pin(self.bind_generated(loaded, keys, &view)).await {
                             Ok(frame) => bound = Some(frame),
                             Err(e) => {
                                 segment.refusal = Some(e);

@@ -69,7 +69,7 @@ impl Session {
             // A reload retired the pool since the session found it.
             self.known_pools.forget(shard);
             let target = self.target(loaded, shard)?;
-            checkout = self.ctx.pools.checkout(&target, settings).await;
+            checkout = Box::pin(self.ctx.pools.checkout(&target, settings)).await;
         }
         let conn = checkout.map_err(|e| checkout_error(loaded, shard, e))?;
         self.cancel_targets

@@ -230,33 +230,21 @@ impl Session {
         Err(SessionEnd::BackendLost(format!("shard {name}: {text}")))
     }
 
-    /// Records what an exchange did and returns or keeps the backend.
-    pub(crate) async fn finish(
+    /// Answers an exchange that failed: the backend is discarded; the session ends when the
+    /// client's connection failed, the backend's was terminated, or a transaction lost a shard.
+    async fn exchange_failed(
         &mut self,
         shard: ShardId,
         mut conn: Pooled,
-        result: Result<Outcome, ExchangeError>,
+        error: ExchangeError,
     ) -> Result<Option<Settled>, SessionEnd> {
-        let outcome = match result {
-            Ok(outcome) => outcome,
-            Err(ExchangeError::Client(e)) => {
-                conn.broken = true;
-                Pools::discard(conn);
-                return Err(SessionEnd::ClientIo(e));
-            }
-            Err(ExchangeError::ClientFrame(e)) => {
-                conn.broken = true;
-                Pools::discard(conn);
-                return Err(SessionEnd::Protocol(e.to_string()));
-            }
-            Err(ExchangeError::Terminated(fatal)) => {
-                conn.broken = true;
-                Pools::discard(conn);
-                return self.end_as_terminated(shard, &fatal).await;
-            }
-            Err(e) => {
-                conn.broken = true;
-                Pools::discard(conn);
+        conn.broken = true;
+        Pools::discard(conn);
+        match error {
+            ExchangeError::Client(e) => Err(SessionEnd::ClientIo(e)),
+            ExchangeError::ClientFrame(e) => Err(SessionEnd::Protocol(e.to_string())),
+            ExchangeError::Terminated(fatal) => self.end_as_terminated(shard, &fatal).await,
+            e => {
                 let name = self.shard_names(&[shard]);
                 let text = format!("lost the connection to shard {name}: {e}");
                 if self.tx.open() {
@@ -266,11 +254,24 @@ impl Session {
                     self.out.flush().await?;
                     return Err(SessionEnd::BackendLost(text));
                 }
-                return self
-                    .fail(ClientError::new(sqlstate::CONNECTION_FAILURE, text))
+                self.fail(ClientError::new(sqlstate::CONNECTION_FAILURE, text))
                     .await
-                    .map(|()| None);
+                    .map(|()| None)
             }
+        }
+    }
+
+    /// Records what an exchange did and returns or keeps the backend.
+    pub(crate) async fn finish(
+        &mut self,
+        shard: ShardId,
+        mut conn: Pooled,
+        result: Result<Outcome, ExchangeError>,
+    ) -> Result<Option<Settled>, SessionEnd> {
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            // Boxed: the failure paths' state would otherwise weigh on every exchange.
+            Err(e) => return Box::pin(self.exchange_failed(shard, conn, e)).await,
         };
         let rolled_back =
             outcome.ready == Some(b'I') && outcome.last_tag.as_deref() == Some("ROLLBACK");
