@@ -22,7 +22,7 @@ struct Cli {
     #[arg(long)]
     no_watch: bool,
     /// Worker threads serving clients (default: one per CPU core). Any thread serves any
-    /// client; give the proxy fewer threads than cores when PostgreSQL shares the machine.
+    /// client; size it to the cores the proxy may use (see README, Benchmarks: Threads).
     #[arg(long, env = "SHARDLINE_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
     #[command(subcommand)]
