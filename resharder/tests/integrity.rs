@@ -67,12 +67,6 @@ impl Migration {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn parse(yaml: &str) -> anyhow::Result<Config> {
     Config::from_yaml(yaml).map_err(|e| anyhow::anyhow!("{e}\n{yaml}"))
 }
@@ -160,7 +154,7 @@ fn paused_ms(cutover_output: &str) -> Option<u64> {
 async fn hash_two_to_four_under_load_with_resharder_killed_and_proxy_restarted(
 ) -> anyhow::Result<()> {
     let cluster = TestCluster::start("integrity-hash", 4).await?;
-    let port = free_port()?;
+    let port = shardline::localpg::free_port();
     let (migration, source, target, shards) = setup(
         &cluster,
         "integrity-hash-files",
@@ -226,7 +220,7 @@ async fn hash_two_to_four_under_load_with_resharder_killed_and_proxy_restarted(
 #[tokio::test(flavor = "multi_thread")]
 async fn range_split_under_load_and_a_stale_proxy_is_fenced() -> anyhow::Result<()> {
     let cluster = TestCluster::start("integrity-range", 4).await?;
-    let port = free_port()?;
+    let port = shardline::localpg::free_port();
     let (migration, source, target, shards) = setup(
         &cluster,
         "integrity-range-files",
