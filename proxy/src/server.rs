@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use shardline_router::Config;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::context::ProxyContext;
 use crate::reload::watch::ConfigWatcher;
@@ -144,24 +144,40 @@ async fn bind(address: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// Accepts clients until a shutdown begins; the listener closes then, so new connections are
-/// refused while transactions drain.
+/// refused while transactions drain. Client tasks live in a set this task owns: once the
+/// shutdown closes what is left, the set aborts them, so a client task never watches the
+/// shutdown itself (a shared watch polled on every wake-up of every client).
 async fn accept(listener: TcpListener, ctx: Arc<ProxyContext>) {
+    let mut clients = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(crate::client::serve(ctx.clone(), stream));
+                    clients.spawn(crate::client::serve(ctx.clone(), stream));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            // Finished clients are reaped as they end, so the set holds live ones only.
+            Some(_) = clients.join_next() => {}
             () = ctx.shutdown.reached(Phase::Draining) => break,
         }
     }
     drop(listener);
     tracing::info!("stopped accepting clients");
+    let closed = tokio::select! {
+        () = ctx.shutdown.reached(Phase::Closed) => true,
+        () = async { while clients.join_next().await.is_some() {} } => false,
+    };
+    if closed && !clients.is_empty() {
+        tracing::info!(
+            clients = clients.len(),
+            "client connections closed by shutdown"
+        );
+    }
+    clients.shutdown().await;
 }
 
 /// Evicts idle connections, keeps `min_idle` warm, retires pools the config no longer uses

@@ -23,27 +23,20 @@ use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::{FrameError, FrameReader};
 use crate::session::settings::{self, REPORTED};
 use crate::session::{ClientOutput, Identity, Session, SessionEnd};
-use crate::shutdown::Phase;
 
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
 const CANCEL_REQUEST: i32 = 80_877_102;
 const PROTOCOL_3: i32 = 3 << 16;
 
-/// Serves one accepted connection to the end, or until shutdown closes it.
+/// Serves one accepted connection to the end (a shutdown aborts the task; see
+/// `server::accept`).
 pub async fn serve(ctx: Arc<ProxyContext>, stream: TcpStream) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    // Biased: the connection is polled first, and no random branch order is drawn per wake.
-    tokio::select! {
-        biased;
-        () = connection(&ctx, stream, &peer) => {}
-        () = ctx.shutdown.reached(Phase::Closed) => {
-            tracing::info!(%peer, "client connection closed by shutdown");
-        }
-    }
+    connection(&ctx, stream, &peer).await;
 }
 
 async fn connection(ctx: &Arc<ProxyContext>, stream: TcpStream, peer: &str) {

@@ -11,6 +11,7 @@ use crate::protocol::frontend::query_bytes;
 use crate::protocol::Frame;
 use crate::session::decide::{self, decide, Action, Request, Target};
 use crate::session::link::exchange::{Expect, Mode, Reply};
+use crate::session::local::explain::explained_statement;
 use crate::session::multi::gather::{Delivery, Gather, Source};
 use crate::session::state::settings::effect_of;
 use crate::session::{local, ClientError, Session, SessionEnd};
@@ -33,7 +34,8 @@ impl Session {
                 return self.fail(error).await;
             }
         };
-        if let Some(reply) = Box::pin(self.explain_route(&loaded, &sql)).await {
+        if let Some(statement) = explained_statement(&sql) {
+            let reply = Box::pin(self.explain_route(&loaded, statement)).await;
             return self.answer(&reply).await;
         }
         let (plan, literals) = self.ctx.plan_simple(&loaded, &sql);

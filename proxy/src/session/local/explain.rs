@@ -17,8 +17,9 @@ use crate::protocol::backend as msg;
 use crate::session::decide::{shard_names, Action};
 use crate::session::Session;
 
-/// The statement inside `EXPLAIN (ROUTE) …`, if `sql` is one.
-fn explained_statement(sql: &str) -> Option<&str> {
+/// The statement inside `EXPLAIN (ROUTE) …`, if `sql` is one: a cheap check made before any
+/// future is built, since nearly no query is one.
+pub(crate) fn explained_statement(sql: &str) -> Option<&str> {
     let rest = strip_word(sql.trim_start(), "explain")?.trim_start();
     let rest = rest.strip_prefix('(')?.trim_start();
     let rest = strip_word(rest, "route")?.trim_start();
@@ -54,9 +55,8 @@ fn route_names(config: &Config, route: &Route) -> String {
 }
 
 impl Session {
-    /// The answer to `EXPLAIN (ROUTE) …`, or `None` when `sql` is something else.
-    pub(crate) async fn explain_route(&self, loaded: &Loaded, sql: &str) -> Option<Bytes> {
-        let statement = explained_statement(sql)?;
+    /// The answer to `EXPLAIN (ROUTE) <statement>` (see [`explained_statement`]).
+    pub(crate) async fn explain_route(&self, loaded: &Loaded, statement: &str) -> Bytes {
         let (plan, literals) = self.ctx.plan_simple(loaded, statement);
         let params: Vec<Param<'_>> = literals.iter().map(|l| Param::Text(l.as_bytes())).collect();
         let mut table = Table::new(&["shards", "explanation"]).with_tag("EXPLAIN");
@@ -67,14 +67,14 @@ impl Session {
                 format!("one of {shards}, by each row's key"),
                 generated_explanation(&keyless, default),
             ]);
-            return Some(Reply::Table(table).encode());
+            return Reply::Table(table).encode();
         }
         let shards = match plan.route(&loaded.config, &params) {
             Ok(route) => route_names(&loaded.config, &route),
             Err(e) => format!("error {}", e.sqlstate),
         };
         table.push(vec![shards, plan.explain(&loaded.config, &params)]);
-        Some(Reply::Table(table).encode())
+        Reply::Table(table).encode()
     }
 
     /// A NOTICE naming the shards `action` runs a statement on, when the client asked for
