@@ -367,7 +367,7 @@ async fn connect_default(config: &Config) -> Result<Client, ClientError> {
 }
 
 /// An identifier, quoted.
-fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

@@ -84,7 +84,7 @@ pub(crate) fn aggregate_spec(query: &Query) -> Option<AggregateSpec> {
 
 /// The combination of `query` and the expressions of its hidden `HAVING` columns.
 fn analyse(query: &Query) -> Option<(AggregateSpec, Vec<Expr>)> {
-    if query.with.is_some() || query.fetch.is_some() {
+    if query.with.is_some() || query.fetch.is_some() || crate::merge::names_a_collation(query) {
         return None;
     }
     let SetExpr::Select(select) = query.body.as_ref() else {

@@ -18,6 +18,7 @@ pub mod normalize;
 pub mod params;
 pub mod placeholders;
 pub mod plan;
+pub mod pull;
 pub mod scan;
 pub mod split;
 pub mod sqlstate;

@@ -212,6 +212,9 @@ pub(crate) fn merge_spec(query: &Query) -> Option<(MergeSpec, Query)> {
     if query.fetch.is_some() || query.with.is_some() {
         return None;
     }
+    if names_a_collation(query) {
+        return None;
+    }
     let SetExpr::Select(select) = query.body.as_ref() else {
         return None;
     };
@@ -300,6 +303,13 @@ pub(crate) fn merge_spec(query: &Query) -> Option<(MergeSpec, Query)> {
         },
         shard_query,
     ))
+}
+
+/// Whether `query` says `COLLATE` anywhere (conservatively: in a string too): an explicit
+/// collation orders and compares text in a way only PostgreSQL knows, so its rows are neither
+/// merged nor combined by the proxy.
+pub(crate) fn names_a_collation(query: &Query) -> bool {
+    query.to_string().to_ascii_uppercase().contains("COLLATE")
 }
 
 fn hidden_column(hidden: &mut Vec<Expr>, expr: &Expr) -> SortColumn {

@@ -198,6 +198,21 @@ impl TestCluster {
             .args(args))
     }
 
+    /// A plain database `oracle` on shard 0's server, the unsharded PostgreSQL a differential
+    /// test compares the proxy with.
+    pub async fn oracle(&self) -> anyhow::Result<Client> {
+        let server = self
+            .pg
+            .servers()
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("the cluster has no server"))?;
+        let admin = connect(&server.superuser_conninfo()).await?;
+        admin
+            .batch_execute("CREATE DATABASE oracle OWNER app")
+            .await?;
+        connect(&server.app_conninfo().replace("dbname=app", "dbname=oracle")).await
+    }
+
     /// Number of shards.
     pub fn shard_count(&self) -> usize {
         self.pg.servers().len()
@@ -211,6 +226,29 @@ pub async fn connect(conninfo: &str) -> anyhow::Result<Client> {
         let _ = connection.await;
     });
     Ok(client)
+}
+
+/// Rows of a simple-protocol query as text (`None` for NULL), as a differential test compares
+/// them with an oracle's.
+pub type TextRows = Vec<Vec<Option<String>>>;
+
+/// Runs `sql` in the simple protocol and returns its rows as text; the error names the query.
+pub async fn text_rows(client: &Client, sql: &str) -> anyhow::Result<TextRows> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .map_err(|e| anyhow::anyhow!("{sql}: {e:?}"))?;
+    Ok(messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_owned))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Runs a command, returning (success, stdout, stderr).

@@ -258,6 +258,7 @@ pub fn config(ctx: &ProxyContext) -> Table {
             "cross_shard_transactions",
             c.cross_shard_transactions.to_string(),
         ),
+        ("max_pull_rows", c.max_pull_rows.to_string()),
         ("shards", c.shards.len().to_string()),
         ("tables", c.tables.len().to_string()),
         ("paused", paused),

@@ -145,6 +145,7 @@ impl Session {
             Action::Copy(spec) => {
                 Box::pin(self.copy_split(&loaded, &sql, spec, &Delivery::simple())).await
             }
+            Action::Pull(tables) => Box::pin(self.pull_up(&loaded, tables, &sql)).await,
             Action::Everywhere => {
                 let build = |_: &mut crate::backend::conn::Backend| {
                     (

@@ -40,6 +40,9 @@ pub struct Config {
     /// A transaction block may span shards (two-phase commit when several wrote); when false,
     /// a statement that needs another shard than the transaction's is refused.
     pub cross_shard_transactions: bool,
+    /// Most rows one statement may pull from the shards into one backend when the merge cannot
+    /// answer it (a pull-up read); past it the statement is refused (SQLSTATE 54000).
+    pub max_pull_rows: u64,
 }
 
 /// How backends are shared between clients.

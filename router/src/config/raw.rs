@@ -34,6 +34,9 @@ pub struct RawConfig {
     /// Whether a transaction block may span shards (default true).
     #[serde(default)]
     pub cross_shard_transactions: Option<bool>,
+    /// Rows a pull-up read may move per statement.
+    #[serde(default)]
+    pub max_pull_rows: Option<u64>,
 }
 
 fn default_listen() -> Spanned<String> {

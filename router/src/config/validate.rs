@@ -45,6 +45,8 @@ impl std::error::Error for ConfigError {}
 
 /// Default largest frontend message: 64 MiB, enough for big COPY rows and bulk INSERTs.
 const DEFAULT_MAX_MESSAGE_BYTES: u32 = 64 * 1024 * 1024;
+/// A million rows: a few hundred megabytes in one backend's temporary tables at most.
+const DEFAULT_MAX_PULL_ROWS: u64 = 1_000_000;
 
 /// Default time a graceful shutdown gives transactions to finish.
 const DEFAULT_SHUTDOWN_GRACE_S: u64 = 30;
@@ -180,6 +182,7 @@ pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
             raw.shutdown_grace_s.unwrap_or(DEFAULT_SHUTDOWN_GRACE_S),
         ),
         cross_shard_transactions: raw.cross_shard_transactions.unwrap_or(true),
+        max_pull_rows: raw.max_pull_rows.unwrap_or(DEFAULT_MAX_PULL_ROWS),
     })
 }
 

@@ -20,6 +20,7 @@ mod tests;
 use std::collections::BTreeSet;
 
 use shardline_router::copy::CopyInto;
+use shardline_router::pull::PulledTable;
 use shardline_router::split::InsertPart;
 use shardline_router::{Config, SavepointOp, ShardId, StatementKind};
 
@@ -109,6 +110,8 @@ pub(crate) enum Action<'a> {
     Split(&'a [InsertPart]),
     /// A `COPY` whose rows go to their shards, committed on every shard or none.
     Copy(&'a CopyInto),
+    /// A read run on the default shard once these tables' rows are gathered there.
+    Pull(&'a [PulledTable]),
     /// A pipeline whose statements need different shards, run statement by statement; outside
     /// a transaction block its shards commit together at its `Sync`.
     Spread,
@@ -215,6 +218,16 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
                 Target::Split(parts) => Action::Split(parts),
                 Target::Copy(spec) => Action::Copy(spec),
                 Target::Scatter(shards) => Action::Scatter(shards),
+                // The pull's temporary tables live in a transaction of its own, on a backend
+                // the client's transaction block may not hold.
+                Target::Pull { refusal, .. } if tx.open() => Action::Refuse(ClientError::new(
+                    refusal.sqlstate,
+                    format!(
+                        "{}; shardline can gather the rows in one place to answer it, but outside a transaction block only",
+                        refusal.message
+                    ),
+                )),
+                Target::Pull { tables, .. } => Action::Pull(tables),
                 // Resolved to a shard by `combined_target`.
                 Target::Session | Target::Shard(_) => Action::Refuse(ClientError::new(
                     sqlstate::INTERNAL,

@@ -2,8 +2,9 @@
 //! into account, and the moving keys it writes during a resharding migration.
 
 use shardline_router::copy::{copy_into, CopyInto};
+use shardline_router::pull::{pulled_tables, PulledTable};
 use shardline_router::split::{split_insert, InsertPart};
-use shardline_router::{Config, Params, Plan, Route, ShardId, StatementKind};
+use shardline_router::{sqlstate, Config, Params, Plan, Route, ShardId, StatementKind};
 
 use crate::context::Loaded;
 use crate::session::decide::moving::{self, moving_keys};
@@ -25,6 +26,12 @@ pub(crate) enum Target {
     Split(Vec<InsertPart>),
     /// `COPY … FROM STDIN` into a sharded table, each row to its shard.
     Copy(CopyInto),
+    /// A read the merge cannot answer: these tables' rows are gathered on the default shard,
+    /// which runs it. `refusal` is the merge's reason, for where a pull-up cannot run.
+    Pull {
+        tables: Vec<PulledTable>,
+        refusal: ClientError,
+    },
 }
 
 impl Target {
@@ -36,6 +43,7 @@ impl Target {
             Target::Scatter(shards) | Target::Gather(shards) => Some(shards.clone()),
             Target::Split(parts) => Some(parts.iter().map(|p| p.shard).collect()),
             Target::Copy(spec) => Some(spec.rule.shards(config.shards.len())),
+            Target::Pull { .. } => Some(vec![config.default_shard]),
         }
     }
 }
@@ -92,6 +100,20 @@ pub(crate) fn route(
             match split_insert(&loaded.config, sql, params) {
                 Some(parts) => Target::Split(parts?),
                 None => return Err(e.into()),
+            }
+        }
+        // A read PostgreSQL can answer once the rows of its sharded tables are in one place.
+        Err(e)
+            if plan.kind == StatementKind::Read
+                && e.sqlstate == sqlstate::FEATURE_NOT_SUPPORTED =>
+        {
+            match pulled_tables(&loaded.config, sql) {
+                Ok(tables) if !tables.is_empty() => Target::Pull {
+                    tables,
+                    refusal: e.into(),
+                },
+                Ok(_) => return Err(e.into()),
+                Err(pull) => return Err(pull.into()),
             }
         }
         Err(e) => return Err(e.into()),

@@ -174,7 +174,12 @@ impl Session {
                     .await
                     .map(|()| Segmented::Ran);
             }
-            Action::Local | Action::AwaitCutover | Action::DualWrite { .. } | Action::Spread => {
+            // A segment never routes to a pull-up (the segment refuses it when routing).
+            Action::Local
+            | Action::AwaitCutover
+            | Action::DualWrite { .. }
+            | Action::Spread
+            | Action::Pull(_) => {
                 let error = ClientError::new(sqlstate::INTERNAL, "a segment was decided twice");
                 self.fail(error).await?;
                 return Ok(Segmented::Ran);

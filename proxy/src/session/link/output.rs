@@ -96,6 +96,11 @@ impl ClientOutput {
         }
     }
 
+    /// Whether nothing was queued or written since `mark`.
+    pub fn unchanged_since(&self, mark: Mark) -> bool {
+        mark.writes == self.writes && mark.len == self.buf.len()
+    }
+
     /// Drops what was queued after `mark`, unless some of it was already written out (a
     /// result larger than the buffer); answers that were sent stay sent.
     pub fn rewind(&mut self, mark: Mark) {

@@ -8,14 +8,15 @@
 
 use bytes::Bytes;
 use shardline_router::generated::KeylessInsert;
+use shardline_router::pull::PulledTable;
 use shardline_router::{Config, Param, Plan, Route};
 
 use crate::admin::table::{Reply, Table};
 use crate::context::Loaded;
 use crate::keys::KeyDefault;
 use crate::protocol::backend as msg;
-use crate::session::decide::{shard_names, Action};
-use crate::session::Session;
+use crate::session::decide::{self, shard_names, Action, Target};
+use crate::session::{ClientError, Session};
 
 /// The statement inside `EXPLAIN (ROUTE) …`, if `sql` is one: a cheap check made before any
 /// future is built, since nearly no query is one.
@@ -46,6 +47,21 @@ fn generated_explanation(keyless: &KeylessInsert, default: KeyDefault) -> String
     )
 }
 
+/// How a pull-up answers a read: which tables' rows are gathered from which shards, and why.
+fn pull_explanation(config: &Config, tables: &[PulledTable], refusal: &ClientError) -> String {
+    let pulled: Vec<String> = tables
+        .iter()
+        .map(|t| format!("{} from {}", t.name, shard_names(config, &t.shards)))
+        .collect();
+    format!(
+        "pull-up: every row of {} copied into temporary tables of the same names on {}, where PostgreSQL runs the statement as written (at most max_pull_rows = {} rows; simple query protocol, outside transaction blocks); the merge alone cannot answer it: {}",
+        pulled.join(", "),
+        shard_names(config, &[config.default_shard]),
+        config.max_pull_rows,
+        refusal.message
+    )
+}
+
 /// Shard names of a route.
 fn route_names(config: &Config, route: &Route) -> String {
     match route {
@@ -66,6 +82,19 @@ impl Session {
             table.push(vec![
                 format!("one of {shards}, by each row's key"),
                 generated_explanation(&keyless, default),
+            ]);
+            return Reply::Table(table).encode();
+        }
+        if let Ok((Target::Pull { tables, refusal }, _)) =
+            decide::route(loaded, &plan, statement, &params)
+        {
+            let default = loaded.config.default_shard;
+            table.push(vec![
+                format!(
+                    "{} (rows gathered there)",
+                    shard_names(&loaded.config, &[default])
+                ),
+                pull_explanation(&loaded.config, &tables, &refusal),
             ]);
             return Reply::Table(table).encode();
         }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use shardline_router::combine::{AggregateSpec, Combine};
 use shardline_router::merge::{MergeSpec, Slice};
 use shardline_router::placeholders::ShardStatement;
+use shardline_router::pull::pulled_tables;
 use shardline_router::{Param, Params, Plan, ShardId};
 
 use crate::context::Loaded;
@@ -166,6 +167,7 @@ impl Session {
                     .await
             }
         };
+        let before = self.out.mark();
         let (mut streams, failure) = self.open_streams(loaded, shards, &request).await;
         let result = match (failure, gather) {
             (Some(error), _) => Err(MergeFailure::Query(error)),
@@ -179,6 +181,18 @@ impl Session {
             }
         };
         let result = self.close_streams(streams, result).await;
+        if let (Err(MergeFailure::Query(error)), Source::Simple { sql, .. }) = (&result, &source) {
+            // Types the combiner cannot add or compare exactly show only in the shards'
+            // answers; PostgreSQL answers exactly once the rows are in one place.
+            let untouched = self.out.unchanged_since(before);
+            if untouched && error.sqlstate == sqlstate::FEATURE_NOT_SUPPORTED && !self.tx.open() {
+                if let Ok(tables) = pulled_tables(&loaded.config, sql) {
+                    if !tables.is_empty() {
+                        return Box::pin(self.pull_up(loaded, &tables, sql)).await;
+                    }
+                }
+            }
+        }
         let tag = result.map(|rows| format!("SELECT {rows}"));
         self.complete(tag, &delivery).await
     }

@@ -13,6 +13,7 @@ pub(crate) mod copy_in;
 pub(crate) mod dual;
 pub(crate) mod gather;
 pub(crate) mod ordered;
+pub(crate) mod pull;
 pub(crate) mod scatter;
 pub(crate) mod split_insert;
 pub(crate) mod transaction;

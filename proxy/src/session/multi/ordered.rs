@@ -60,7 +60,7 @@ impl Session {
                 self.compose(shard, &mut conn, true, |_| (Vec::new(), Default::default()));
             // The first shard also says how text compares there.
             if i == 0 {
-                out.extend_from_slice(&local::query_message("SHOW lc_collate"));
+                out.extend_from_slice(&local::query_message(COLLATION_QUERY));
             }
             out.extend_from_slice(request);
             let skip = prelude.len();
@@ -249,7 +249,12 @@ async fn read(stream: &mut Stream) -> Result<Frame, MergeFailure> {
         .map_err(|e| MergeFailure::Query(ClientError::lost_shard(name, e.to_string())))
 }
 
-/// The answer to `SHOW lc_collate` on the first shard.
+/// How text compares on a shard: the database's collation, unless some column of a user
+/// table has a collation of its own (other than `C`/`POSIX`), which the proxy cannot tell
+/// from a row description; text is then merged by no one but PostgreSQL.
+const COLLATION_QUERY: &str = "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid >= 16384 AND attcollation NOT IN (0, 100, 950, 951) AND NOT attisdropped) THEN 'per column' ELSE current_setting('lc_collate') END";
+
+/// The answer to [`COLLATION_QUERY`] on the first shard.
 async fn read_collation(stream: &mut Stream) -> Result<String, MergeFailure> {
     let mut collation = String::new();
     loop {

@@ -84,7 +84,14 @@ pub(super) fn target_text(loaded: &Loaded, target: &Target) -> String {
         Target::Gather(_) => format!("gather {shards}"),
         Target::Split(_) => format!("split {shards}"),
         Target::Copy(_) => format!("copy {shards}"),
+        Target::Pull { tables, .. } => format!("pull {} to {shards}", table_names(tables)),
     }
+}
+
+/// Names of pulled tables, comma-separated.
+fn table_names(tables: &[shardline_router::pull::PulledTable]) -> String {
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    names.join(",")
 }
 
 /// An action as a short text, for tables.
@@ -109,6 +116,7 @@ pub(super) fn action_text(action: &Action<'_>) -> String {
         Action::Gather(shards) => format!("gather {}", names(shards)),
         Action::Split(_) => "split".to_owned(),
         Action::Copy(_) => "copy".to_owned(),
+        Action::Pull(tables) => format!("pull {}", table_names(tables)),
         Action::Spread => "spread".to_owned(),
         Action::Refuse(error) => format!("refuse {}", error.sqlstate),
     }

@@ -67,6 +67,21 @@ fn routes_each_kind_of_statement() {
             format!("copy {all}"),
         ),
         (
+            "SELECT count(DISTINCT name) FROM users".into(),
+            vec![],
+            "pull users to s0".into(),
+        ),
+        (
+            "SELECT u.id, e.id FROM users u JOIN events e ON e.id = u.id + 1".into(),
+            vec![],
+            "pull events,users to s0".into(),
+        ),
+        (
+            "SELECT count(DISTINCT name) FROM public.users".into(),
+            vec![],
+            "error 0A000".into(),
+        ),
+        (
             "SELECT * FROM users WHERE id = 'x'".into(),
             vec![],
             "error 22P02".into(),

@@ -163,6 +163,15 @@ fn copy(loaded: &Loaded) -> Target {
     }
 }
 
+/// A read only PostgreSQL can answer once the rows are in one place, routed.
+fn pull(loaded: &Loaded) -> Target {
+    let sql = "SELECT count(DISTINCT name) FROM users";
+    match route(loaded, &plan(&loaded.config, sql), sql, &()) {
+        Ok((target @ Target::Pull { .. }, _)) => target,
+        other => panic!("not a pull-up: {other:?}"),
+    }
+}
+
 /// A `SET` of a setting PostgreSQL reports to the client.
 fn datestyle() -> StatementKind {
     StatementKind::Set {

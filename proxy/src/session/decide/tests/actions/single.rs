@@ -178,6 +178,13 @@ fn decides_statements_and_pipelines() {
             Some(copy(&loaded)),
         )
         .expect("copy"),
+        simple(
+            "a read only gathered rows can answer",
+            idle(),
+            Read,
+            Some(pull(&loaded)),
+        )
+        .expect("pull users"),
         segment(
             "a pipeline over two shards",
             idle(),

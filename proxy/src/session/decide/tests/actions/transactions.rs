@@ -41,6 +41,13 @@ fn decides_transactions_across_shards() {
             Some(copy(&loaded)),
         )
         .expect("copy"),
+        simple(
+            "a read only gathered rows can answer, inside a transaction",
+            pinned(0),
+            Read,
+            Some(pull(&loaded)),
+        )
+        .expect("refuse 0A000"),
         segment(
             "two shards in one segment of a transaction",
             held(),

@@ -1,0 +1,428 @@
+//! Pull-up reads: a read the merge cannot answer runs on one backend (the default shard's),
+//! after the rows of every sharded table it names are copied there into temporary tables of
+//! the same names (see `shardline_router::pull`). PostgreSQL then answers the statement as it
+//! was written, so the answer is exactly what one server holding all the rows would give.
+//!
+//! On the target backend, inside one transaction: `CREATE TEMP TABLE t ON COMMIT DROP AS
+//! SELECT * FROM t` takes the target shard's own rows (the name still means the real table
+//! while the statement runs), then `COPY t FROM STDIN (FORMAT binary)` receives the rows every
+//! other shard streams with `COPY (SELECT * FROM t) TO STDOUT (FORMAT binary)`. Binary COPY
+//! carries every value exactly, whatever the session's `DateStyle` or `extra_float_digits`.
+//! The client's statement runs next, then `COMMIT` drops the temporary tables; a failure rolls
+//! the transaction back, which drops them too. Rows are counted as they pass and the statement
+//! is refused once it would move more than `max_pull_rows`.
+
+use std::collections::VecDeque;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use shardline_router::pull::PulledTable;
+use shardline_router::ShardId;
+
+use crate::backend::pool::{Pooled, Pools};
+use crate::context::Loaded;
+use crate::keys::quote_ident;
+use crate::protocol::backend::{self as msg, sqlstate, tag};
+use crate::protocol::Frame;
+use crate::session::link::attach::drain_to_ready;
+use crate::session::link::exchange::{Expect, Mode, Reply};
+use crate::session::{local, ClientError, Session, SessionEnd};
+
+/// Pulled rows are sent to the target in `CopyData` batches of about this size.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// The 11-byte signature that opens a binary COPY stream, then flags and extension length.
+const BINARY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
+/// The binary COPY trailer: a field count of -1.
+const BINARY_TRAILER: [u8; 2] = [0xff, 0xff];
+
+impl Session {
+    /// Answers `sql` (a simple-protocol read the merge cannot combine, outside a transaction
+    /// block) by pulling `tables` into the default shard's backend and running it there.
+    pub(crate) async fn pull_up(
+        &mut self,
+        loaded: &Loaded,
+        tables: &[PulledTable],
+        sql: &str,
+    ) -> Result<(), SessionEnd> {
+        let query = match local::query_message_in(self.encoding(), sql) {
+            Ok(query) => query,
+            Err(error) => return self.fail(error.into()).await,
+        };
+        let target = loaded.config.default_shard;
+        let mut conn = match self.attach(loaded, target).await {
+            Ok(conn) => conn,
+            Err(error) => return self.fail(error).await,
+        };
+        if let Err(error) = self.pull_into(loaded, &mut conn, target, tables).await {
+            let rolled_back = !conn.broken
+                && conn.send(&local::query_message("ROLLBACK")).await.is_ok()
+                && drain_to_ready(&mut conn).await;
+            if rolled_back {
+                self.keep_or_release(target, conn, false);
+            } else {
+                conn.broken = true;
+                self.forget_cancel_key(&conn);
+                Pools::discard(conn);
+            }
+            return self.fail(error).await;
+        }
+        // The exchange takes the backend from here: the statement's answers are relayed, its
+        // `ReadyForQuery` (inside the pull's transaction) held back, and `COMMIT` swallowed.
+        self.conns.insert(target, conn);
+        let queue = VecDeque::from([
+            Expect::Sent {
+                reply: Reply::Cycle,
+                mode: Mode::Held,
+                effects: Vec::new(),
+                prepares: None,
+            },
+            Expect::swallow(Reply::Cycle),
+        ]);
+        let commit = local::query_message("COMMIT");
+        let settled = self
+            .exchange_settled(loaded, target, true, |_| (vec![query, commit], queue))
+            .await?;
+        if settled.is_some() {
+            self.out
+                .push(&msg::ready_for_query(self.tx.status()))
+                .await?;
+            self.out.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Opens the pull's transaction on `conn` (the target's backend) and fills one temporary
+    /// table per pulled table.
+    async fn pull_into(
+        &mut self,
+        loaded: &Loaded,
+        conn: &mut Pooled,
+        target: ShardId,
+        tables: &[PulledTable],
+    ) -> Result<(), ClientError> {
+        let target_name = self.shard_names(&[target]);
+        let mut create = String::from("BEGIN;");
+        for table in tables {
+            let name = quote_ident(&table.name);
+            let data = if table.shards.contains(&target) {
+                ""
+            } else {
+                " WITH NO DATA"
+            };
+            create.push_str(&format!(
+                "CREATE TEMP TABLE {name} ON COMMIT DROP AS SELECT * FROM {name}{data};"
+            ));
+        }
+        let budget = loaded.config.max_pull_rows;
+        let tags = self.run_on(conn, target, &target_name, &create).await?;
+        let mut rows: u64 = tags.iter().filter_map(|t| msg::tag_row_count(t)).sum();
+        check_budget(rows, budget)?;
+        for table in tables {
+            let sources: Vec<ShardId> = table
+                .shards
+                .iter()
+                .copied()
+                .filter(|s| *s != target)
+                .collect();
+            if sources.is_empty() {
+                continue;
+            }
+            let copy_in = format!(
+                "COPY {} FROM STDIN (FORMAT binary)",
+                quote_ident(&table.name)
+            );
+            self.start_copy(conn, target, &target_name, &copy_in, tag::COPY_IN_RESPONSE)
+                .await?;
+            let mut sink = CopySink::new();
+            for source in sources {
+                let pulled = self
+                    .pull_from(loaded, source, &table.name, conn, &mut sink, rows, budget)
+                    .await;
+                match pulled {
+                    Ok(count) => rows += count,
+                    Err(error) => {
+                        abandon_copy_in(conn).await;
+                        return Err(error);
+                    }
+                }
+            }
+            sink.finish(conn)
+                .await
+                .map_err(|e| ClientError::lost_shard(&target_name, e))?;
+            read_answer(conn, &target_name).await?;
+        }
+        Ok(())
+    }
+
+    /// Streams `table`'s rows on `source` into the target's COPY; returns how many.
+    #[allow(clippy::too_many_arguments)]
+    async fn pull_from(
+        &mut self,
+        loaded: &Loaded,
+        source: ShardId,
+        table: &str,
+        target: &mut Pooled,
+        sink: &mut CopySink,
+        pulled_before: u64,
+        budget: u64,
+    ) -> Result<u64, ClientError> {
+        let name = self.shard_names(&[source]);
+        let mut conn = self.attach(loaded, source).await?;
+        let copy_out = format!(
+            "COPY (SELECT * FROM {}) TO STDOUT (FORMAT binary)",
+            quote_ident(table)
+        );
+        let started = self
+            .start_copy(&mut conn, source, &name, &copy_out, tag::COPY_OUT_RESPONSE)
+            .await;
+        let result = match started {
+            Ok(()) => stream_rows(&mut conn, &name, target, sink, pulled_before, budget).await,
+            Err(error) => Err(error),
+        };
+        match &result {
+            // The source finished its COPY: it goes back to its pool.
+            Ok(_) => self.keep_or_release(source, conn, false),
+            // Mid-COPY or failed: closing it is the only clean way out.
+            Err(_) => {
+                conn.broken = true;
+                self.forget_cancel_key(&conn);
+                Pools::discard(conn);
+            }
+        }
+        result
+    }
+
+    /// Sends `sql` (see [`Session::send_in_line`]), which must answer with `expected` (COPY's
+    /// response) before its `ReadyForQuery`.
+    async fn start_copy(
+        &mut self,
+        conn: &mut Pooled,
+        shard: ShardId,
+        name: &str,
+        sql: &str,
+        expected: u8,
+    ) -> Result<(), ClientError> {
+        self.send_in_line(conn, shard, name, sql).await?;
+        let mut error = None;
+        loop {
+            let frame = read_from(conn, name).await?;
+            match frame.tag() {
+                t if t == expected => return Ok(()),
+                tag::ERROR_RESPONSE => error = Some(frame.into_bytes()),
+                tag::READY_FOR_QUERY => {
+                    let error = error
+                        .unwrap_or_else(|| msg::error(sqlstate::INTERNAL, "COPY did not start"));
+                    return Err(ClientError::from_shard(&error, name));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs `sql` on `conn` after bringing its settings in line; returns its command tags.
+    async fn run_on(
+        &mut self,
+        conn: &mut Pooled,
+        shard: ShardId,
+        name: &str,
+        sql: &str,
+    ) -> Result<Vec<String>, ClientError> {
+        self.send_in_line(conn, shard, name, sql).await?;
+        read_answer(conn, name).await
+    }
+
+    /// Sends `sql` to `conn` after the `SET`s that bring its settings in line with the
+    /// client's (so names resolve through the client's `search_path`), and reads past their
+    /// answers.
+    async fn send_in_line(
+        &mut self,
+        conn: &mut Pooled,
+        shard: ShardId,
+        name: &str,
+        sql: &str,
+    ) -> Result<(), ClientError> {
+        let (mut out, queue) = self.compose(shard, conn, false, |_| (Vec::new(), VecDeque::new()));
+        out.extend_from_slice(&local::query_message(sql));
+        conn.send(&out)
+            .await
+            .map_err(|e| ClientError::lost_shard(name, e))?;
+        for _ in 0..queue.len() {
+            while read_from(conn, name).await?.tag() != tag::READY_FOR_QUERY {}
+        }
+        Ok(())
+    }
+}
+
+/// The next message from `conn`; a lost connection names the shard.
+async fn read_from(conn: &mut Pooled, name: &str) -> Result<Frame, ClientError> {
+    conn.read()
+        .await
+        .map_err(|e| ClientError::lost_shard(name, e))
+}
+
+/// Reads the answers to one query up to `ReadyForQuery`: its command tags, or its error.
+async fn read_answer(conn: &mut Pooled, name: &str) -> Result<Vec<String>, ClientError> {
+    let mut tags = Vec::new();
+    let mut error = None;
+    loop {
+        let frame = read_from(conn, name).await?;
+        match frame.tag() {
+            tag::COMMAND_COMPLETE => tags.push(msg::command_tag(&frame).to_owned()),
+            tag::ERROR_RESPONSE => {
+                error.get_or_insert_with(|| frame.into_bytes());
+            }
+            tag::READY_FOR_QUERY => {
+                return match error {
+                    Some(error) => Err(ClientError::from_shard(&error, name)),
+                    None => Ok(tags),
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Forwards one source's binary COPY rows to the target through `sink` until its `CopyDone`
+/// and `ReadyForQuery`; returns how many rows passed.
+async fn stream_rows(
+    conn: &mut Pooled,
+    name: &str,
+    target: &mut Pooled,
+    sink: &mut CopySink,
+    pulled_before: u64,
+    budget: u64,
+) -> Result<u64, ClientError> {
+    let mut rows: u64 = 0;
+    let mut header = true;
+    loop {
+        let frame = read_from(conn, name).await?;
+        match frame.tag() {
+            tag::COPY_DATA => {
+                let data = if header {
+                    header = false;
+                    strip_header(frame.body()).ok_or_else(|| {
+                        ClientError::new(
+                            sqlstate::INTERNAL,
+                            format!("shard {name} sent a binary COPY without its header"),
+                        )
+                    })?
+                } else {
+                    frame.body()
+                };
+                if data.is_empty() || data == BINARY_TRAILER {
+                    continue;
+                }
+                rows += 1;
+                check_budget(pulled_before + rows, budget)?;
+                sink.push(data, target)
+                    .await
+                    .map_err(|e| ClientError::lost_shard(name, e))?;
+            }
+            tag::ERROR_RESPONSE => {
+                let error = frame.into_bytes();
+                // The source ends with `ReadyForQuery`; it is discarded anyway.
+                return Err(ClientError::from_shard(&error, name));
+            }
+            tag::READY_FOR_QUERY => return Ok(rows),
+            _ => {}
+        }
+    }
+}
+
+/// Ends a COPY FROM STDIN the pull cannot finish, leaving the target's transaction failed.
+async fn abandon_copy_in(conn: &mut Pooled) {
+    let mut fail = BytesMut::new();
+    let reason = b"shardline abandoned the pull\0";
+    fail.put_u8(b'f');
+    fail.put_i32(4 + reason.len() as i32);
+    fail.put_slice(reason);
+    let ended = conn.send(&fail).await.is_ok() && drain_to_ready(conn).await;
+    if !ended {
+        conn.broken = true;
+    }
+}
+
+/// The refusal of a statement that would pull more than `budget` rows.
+fn check_budget(rows: u64, budget: u64) -> Result<(), ClientError> {
+    if rows <= budget {
+        return Ok(());
+    }
+    Err(ClientError::new(
+        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+        format!(
+            "this read needs more than {budget} rows of sharded tables gathered in one place (max_pull_rows in shards.yaml); restrict it with WHERE conditions on the tables it reads, or raise max_pull_rows"
+        ),
+    ))
+}
+
+/// The rows of a source's first `CopyData`, after the binary COPY header.
+fn strip_header(data: &[u8]) -> Option<&[u8]> {
+    let rest = data.strip_prefix(BINARY_SIGNATURE)?;
+    let extension = u32::from_be_bytes(rest.get(4..8)?.try_into().ok()?) as usize;
+    rest.get(8 + extension..)
+}
+
+/// The target's side of one pulled table: the binary header once, the rows of every source
+/// in `CopyData` batches, then the trailer and `CopyDone`.
+struct CopySink {
+    batch: BytesMut,
+}
+
+impl CopySink {
+    fn new() -> CopySink {
+        let mut batch = BytesMut::with_capacity(BATCH_BYTES);
+        let mut header = Vec::with_capacity(19);
+        header.extend_from_slice(BINARY_SIGNATURE);
+        header.extend_from_slice(&[0; 8]);
+        put_copy_data(&mut batch, &header);
+        CopySink { batch }
+    }
+
+    /// Queues one row, sending a full batch.
+    async fn push(&mut self, row: &[u8], target: &mut Pooled) -> Result<(), String> {
+        put_copy_data(&mut self.batch, row);
+        if self.batch.len() >= BATCH_BYTES {
+            let batch = self.batch.split().freeze();
+            target.send(&batch).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is queued, the trailer and `CopyDone`.
+    async fn finish(mut self, target: &mut Pooled) -> Result<(), String> {
+        put_copy_data(&mut self.batch, &BINARY_TRAILER);
+        self.batch.extend_from_slice(&msg::empty(tag::COPY_DONE));
+        let batch: Bytes = self.batch.freeze();
+        target.send(&batch).await.map_err(|e| e.to_string())
+    }
+}
+
+/// Appends one `CopyData` message holding `data`.
+fn put_copy_data(out: &mut BytesMut, data: &[u8]) {
+    out.put_u8(tag::COPY_DATA);
+    out.put_i32(4 + data.len() as i32);
+    out.put_slice(data);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_is_stripped_with_its_extension() {
+        let mut data = BINARY_SIGNATURE.to_vec();
+        data.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 2, 9, 9]);
+        data.extend_from_slice(&[0, 1, 0, 0, 0, 1, 7]);
+        assert_eq!(strip_header(&data), Some(&[0, 1, 0, 0, 0, 1, 7][..]));
+        assert_eq!(strip_header(b"PGCOPY"), None);
+        assert_eq!(strip_header(&[0, 1]), None);
+    }
+
+    #[test]
+    fn the_budget_allows_exactly_its_rows() {
+        assert!(check_budget(10, 10).is_ok());
+        let refused = check_budget(11, 10).err().map(|e| e.sqlstate);
+        assert_eq!(refused, Some(sqlstate::PROGRAM_LIMIT_EXCEEDED));
+    }
+}

@@ -1,0 +1,339 @@
+//! Differential test of pull-up reads: reads the merge cannot combine (window functions,
+//! `count(DISTINCT …)`, non-co-located joins, set operations, ordered aggregates, grouping
+//! sets, LATERAL, correlated subqueries, …) are answered by gathering the rows of their sharded
+//! tables on one backend. The same rows are loaded into one plain PostgreSQL database and,
+//! through the proxy, into four shards; every query must return the same rows from both (in
+//! the same order when it orders them, as multisets otherwise). Then the limits: the row
+//! budget, transaction blocks, the extended protocol and schema-qualified names are refused
+//! with clear errors, and nothing a pull creates outlives its statement.
+
+use shardline_tests::{sqlstate, text_rows, TestCluster, TextRows};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+/// Tables of the test: `users` and `orders` sharded by different keys (never co-located for a
+/// join on `orders.id`), `countries` a reference table, `events` range-sharded. `label` sorts
+/// in a non-C collation; `ratio` holds binary fractions, so float sums are exact in any order.
+const DDL: &str = "
+CREATE TABLE users (id bigint PRIMARY KEY, name text, score int, balance numeric(12,2),
+                    ratio float8, created timestamptz, flag bool, country text,
+                    label text COLLATE \"en-US-x-icu\");
+CREATE TABLE orders (id bigint, user_id bigint, total numeric(10,2), status text);
+CREATE TABLE countries (code text PRIMARY KEY, region text);
+CREATE TABLE events (id bigint, user_id bigint, kind text);";
+
+/// Deterministic rows with NULLs, ties, negative and fractional values.
+fn inserts() -> Vec<String> {
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let names = ["ann", "bob", "Cy", "dee", "éva", "zed", "Ann", "émile"];
+    let countries = ["de", "fr", "us", "in", "xx"];
+    let mut users = Vec::new();
+    for id in 1..=600i64 {
+        let r = next();
+        let name = if r % 13 == 0 {
+            "NULL".to_owned()
+        } else {
+            format!("'{}'", names[(r % 8) as usize])
+        };
+        let score = if r % 11 == 0 {
+            "NULL".to_owned()
+        } else {
+            ((r % 40) as i64 - 10).to_string()
+        };
+        let balance = format!("{}.{:02}", (r % 2000) as i64 - 1000, (r >> 8) % 100);
+        let ratio = if r % 17 == 0 {
+            "NULL".to_owned()
+        } else {
+            format!("{}", ((r >> 12) % 64) as f64 / 8.0 - 2.0)
+        };
+        let created = format!(
+            "'2024-0{}-1{} {:02}:00:00+00'",
+            1 + (r >> 24) % 9,
+            (r >> 28) % 9,
+            (r >> 16) % 24
+        );
+        let country = countries[((r >> 32) % 5) as usize];
+        users.push(format!(
+            "({id}, {name}, {score}, {balance}, {ratio}, {created}, {}, '{country}', {name})",
+            r % 2 == 0
+        ));
+    }
+    let mut orders = Vec::new();
+    for id in 1..=900i64 {
+        let r = next();
+        // Some orders point at users that do not exist (anti-joins have something to find).
+        let user = (r % 650) as i64 + 1;
+        let status = ["new", "paid", "shipped"][(r % 3) as usize];
+        orders.push(format!(
+            "({id}, {user}, {}.{:02}, '{status}')",
+            (r >> 8) % 500,
+            (r >> 20) % 100
+        ));
+    }
+    let mut events = Vec::new();
+    for id in (0..4000i64).step_by(9) {
+        let r = next();
+        events.push(format!(
+            "({id}, {}, '{}')",
+            (r % 600) as i64 + 1,
+            ["click", "view", "buy"][(r % 3) as usize]
+        ));
+    }
+    let mut statements: Vec<String> = users
+        .chunks(100)
+        .map(|c| {
+            format!(
+                "INSERT INTO users (id, name, score, balance, ratio, created, flag, country, label) VALUES {}",
+                c.join(", ")
+            )
+        })
+        .collect();
+    statements.extend(orders.chunks(150).map(|c| {
+        format!(
+            "INSERT INTO orders (id, user_id, total, status) VALUES {}",
+            c.join(", ")
+        )
+    }));
+    statements.extend(events.chunks(150).map(|c| {
+        format!(
+            "INSERT INTO events (id, user_id, kind) VALUES {}",
+            c.join(", ")
+        )
+    }));
+    statements.push(
+        "INSERT INTO countries (code, region) VALUES ('de', 'eu'), ('fr', 'eu'), ('us', 'na'), ('in', 'as')".to_owned(),
+    );
+    statements
+}
+
+/// Reads the merge cannot answer, each with whether its row order is defined.
+fn queries() -> Vec<(String, bool)> {
+    let mut q: Vec<(String, bool)> = [
+        // count(DISTINCT …) and DISTINCT ON
+        ("SELECT count(DISTINCT name) FROM users", true),
+        ("SELECT count(DISTINCT name), count(DISTINCT score), count(DISTINCT country) FROM users WHERE flag", true),
+        ("SELECT country, count(DISTINCT name) FROM users GROUP BY country ORDER BY country", true),
+        ("SELECT DISTINCT ON (name) name, id, score FROM users ORDER BY name NULLS FIRST, id DESC", true),
+        ("SELECT DISTINCT ON (country) country, balance FROM users ORDER BY country, balance DESC, id", true),
+        // window functions
+        ("SELECT id, row_number() OVER (ORDER BY created, id) FROM users ORDER BY id", true),
+        ("SELECT id, rank() OVER (PARTITION BY name ORDER BY score DESC NULLS LAST) FROM users ORDER BY id", true),
+        ("SELECT id, dense_rank() OVER (ORDER BY balance) FROM users ORDER BY id", true),
+        ("SELECT id, lag(id) OVER (ORDER BY id), lead(score, 2) OVER (ORDER BY id) FROM users ORDER BY id", true),
+        ("SELECT id, sum(balance) OVER (PARTITION BY country ORDER BY id ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) FROM users ORDER BY id", true),
+        ("SELECT country, id, ntile(4) OVER (PARTITION BY country ORDER BY id) FROM users ORDER BY country, id", true),
+        ("SELECT id, first_value(name) OVER w, last_value(name) OVER w FROM users WINDOW w AS (PARTITION BY flag ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) ORDER BY id", true),
+        ("SELECT * FROM (SELECT id, score, row_number() OVER (PARTITION BY country ORDER BY score DESC NULLS LAST, id) AS rn FROM users) t WHERE rn <= 2 ORDER BY id", true),
+        ("SELECT user_id, total, percent_rank() OVER (PARTITION BY user_id ORDER BY total) FROM orders ORDER BY user_id, total, 3", true),
+        // CTEs and subqueries in FROM that aggregate or limit
+        ("WITH top AS (SELECT id FROM users ORDER BY balance DESC, id LIMIT 10) SELECT count(*) FROM top", true),
+        ("WITH per AS (SELECT country, avg(balance) AS a FROM users GROUP BY country) SELECT country, round(a, 4) FROM per ORDER BY a DESC", true),
+        ("SELECT t.name, t.n FROM (SELECT name, count(*) AS n FROM users GROUP BY name) t WHERE t.n > 70 ORDER BY 1 NULLS FIRST", true),
+        ("SELECT max(s) FROM (SELECT sum(total) AS s FROM orders GROUP BY user_id) t", true),
+        ("SELECT count(*) FROM (SELECT * FROM users ORDER BY id LIMIT 50 OFFSET 20) t WHERE score > 0", true),
+        ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT r.n, count(u.id) FROM r LEFT JOIN users u ON u.score = r.n GROUP BY r.n ORDER BY r.n", true),
+        // joins that are not co-located
+        ("SELECT u.id, o.id FROM users u JOIN orders o ON o.id = u.id ORDER BY 1, 2", true),
+        ("SELECT count(*) FROM users u JOIN orders o ON o.total > u.balance AND o.id = u.id", true),
+        ("SELECT u.name, sum(o.total) FROM users u JOIN orders o ON o.user_id = u.id WHERE o.status = 'paid' GROUP BY u.name ORDER BY 1 NULLS FIRST", true),
+        ("SELECT o.id FROM orders o LEFT JOIN users u ON u.id = o.user_id WHERE u.id IS NULL ORDER BY o.id", true),
+        ("SELECT u.id FROM users u WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.id) ORDER BY 1", true),
+        ("SELECT e.kind, count(*) FROM events e JOIN users u ON u.id = e.user_id GROUP BY e.kind ORDER BY 1", true),
+        ("SELECT u.id, e.id FROM users u FULL JOIN events e ON e.id = u.id WHERE coalesce(u.id, e.id) < 40 ORDER BY 1 NULLS FIRST, 2 NULLS FIRST", true),
+        ("SELECT c.region, count(DISTINCT u.id) FROM users u JOIN countries c ON c.code = u.country GROUP BY c.region ORDER BY 1", true),
+        // set operations
+        ("SELECT name FROM users UNION SELECT status FROM orders", false),
+        ("SELECT user_id FROM orders INTERSECT SELECT id FROM users", false),
+        ("SELECT id FROM users EXCEPT SELECT user_id FROM orders", false),
+        ("SELECT score FROM users EXCEPT ALL SELECT score FROM users WHERE flag", false),
+        ("(SELECT id FROM users ORDER BY id DESC LIMIT 3) UNION ALL (SELECT id FROM orders ORDER BY id LIMIT 3) ORDER BY 1", true),
+        // ordered and statistical aggregates
+        ("SELECT string_agg(name, ',' ORDER BY id) FROM users WHERE id < 60", true),
+        ("SELECT country, array_agg(id ORDER BY id DESC) FROM users WHERE score > 25 GROUP BY country ORDER BY 1", true),
+        ("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY balance), percentile_disc(0.9) WITHIN GROUP (ORDER BY score) FROM users", true),
+        ("SELECT mode() WITHIN GROUP (ORDER BY name) FROM users", true),
+        ("SELECT sum(ratio), avg(ratio), min(ratio), max(ratio) FROM users", true),
+        ("SELECT country, sum(ratio), avg(ratio) FROM users GROUP BY country ORDER BY 1", true),
+        ("SELECT stddev_samp(score), var_pop(score) FROM users", true),
+        ("SELECT bool_and(flag), bool_or(score > 28), every(id > 0) FROM users", true),
+        ("SELECT json_agg(id ORDER BY id) FROM users WHERE id % 97 = 0", true),
+        // grouping sets
+        ("SELECT country, flag, count(*) FROM users GROUP BY ROLLUP (country, flag) ORDER BY 1 NULLS LAST, 2 NULLS LAST", true),
+        ("SELECT country, flag, sum(score) FROM users GROUP BY CUBE (country, flag) ORDER BY 1 NULLS LAST, 2 NULLS LAST", true),
+        ("SELECT name, country, count(*) FROM users GROUP BY GROUPING SETS ((name), (country), ()) ORDER BY 1 NULLS FIRST, 2 NULLS FIRST, 3", true),
+        // LATERAL and correlated subqueries
+        ("SELECT u.id, l.id FROM users u CROSS JOIN LATERAL (SELECT o.id FROM orders o WHERE o.user_id = u.id ORDER BY o.total DESC, o.id LIMIT 1) l ORDER BY 1", true),
+        ("SELECT u.id, (SELECT count(*) FROM orders o WHERE o.user_id = u.id) FROM users u WHERE u.id < 100 ORDER BY 1", true),
+        ("SELECT id FROM users WHERE balance > (SELECT avg(balance) FROM users) ORDER BY id", true),
+        ("SELECT id FROM users u WHERE score = (SELECT max(score) FROM users v WHERE v.country = u.country) ORDER BY id", true),
+        // collations and text
+        ("SELECT label FROM users ORDER BY label NULLS FIRST, id", true),
+        ("SELECT DISTINCT ON (label) label, id FROM users ORDER BY label, id", true),
+        ("SELECT min(label), max(label), count(DISTINCT label) FROM users", true),
+        ("SELECT min(label), max(label) FROM users", true),
+        ("SELECT id, name FROM users ORDER BY name COLLATE \"en-US-x-icu\" NULLS FIRST, id LIMIT 40", true),
+        ("SELECT max(name COLLATE \"en-US-x-icu\") FROM users", true),
+        // empty inputs and edge cases
+        ("SELECT count(DISTINCT name), sum(ratio) FROM users WHERE id < 0", true),
+        ("SELECT id, row_number() OVER () FROM users WHERE id < 0", true),
+        ("SELECT u.id FROM users u JOIN orders o ON o.id = u.id WHERE false", true),
+    ]
+    .iter()
+    .map(|(sql, ordered)| ((*sql).to_owned(), *ordered))
+    .collect();
+    // The same shapes over ranges of keys (some shards with no matching rows).
+    for (lo, hi) in [(1, 5), (100, 180), (590, 700), (1000, 2000)] {
+        q.push((
+            format!("SELECT id, rank() OVER (ORDER BY balance DESC, id) FROM users WHERE id BETWEEN {lo} AND {hi} ORDER BY id"),
+            true,
+        ));
+        q.push((
+            format!("SELECT count(DISTINCT user_id), sum(total) FROM orders WHERE id BETWEEN {lo} AND {hi}"),
+            true,
+        ));
+        q.push((
+            format!("SELECT e.id, u.name FROM events e LEFT JOIN users u ON u.id = e.id WHERE e.id BETWEEN {lo} AND {hi} ORDER BY e.id"),
+            true,
+        ));
+    }
+    q
+}
+
+/// A 4-shard cluster (with `extra_yaml`) and a plain database `oracle` on shard 0's server,
+/// loaded with the same rows (the cluster through the proxy).
+async fn loaded(label: &str, extra_yaml: &str) -> anyhow::Result<(TestCluster, Client, Client)> {
+    let cluster = TestCluster::start_with(label, 4, extra_yaml).await?;
+    let oracle = cluster.oracle().await?;
+    let proxy = cluster.client().await?;
+    oracle.batch_execute(DDL).await?;
+    proxy.batch_execute(DDL).await?;
+    for statement in inserts() {
+        oracle.batch_execute(&statement).await?;
+        proxy.batch_execute(&statement).await?;
+    }
+    Ok((cluster, oracle, proxy))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_the_merge_cannot_answer_match_one_postgres() -> anyhow::Result<()> {
+    let (_cluster, oracle, proxy) = loaded("pull-oracle", "").await?;
+    let queries = queries();
+    for (sql, ordered) in &queries {
+        let settle = |mut rows: TextRows| {
+            if !ordered {
+                rows.sort();
+            }
+            rows
+        };
+        let want = settle(text_rows(&oracle, sql).await?);
+        let got = settle(text_rows(&proxy, sql).await?);
+        anyhow::ensure!(got == want, "{sql}\n got {got:?}\nwant {want:?}");
+    }
+    // Each statement's temporary tables went with it: the default shard's `users` is the
+    // real table again (its own share of the rows, not everything pulled).
+    let total = text_rows(&proxy, "SELECT count(*) FROM users").await?;
+    anyhow::ensure!(total == vec![vec![Some("600".to_owned())]], "{total:?}");
+    println!("{} pull-up reads matched one PostgreSQL", queries.len());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_ups_are_refused_where_they_cannot_run_exactly() -> anyhow::Result<()> {
+    let (cluster, _oracle, proxy) = loaded("pull-limits", "max_pull_rows: 700\n").await?;
+    // The budget: 900 orders would move; the statement is refused, the session goes on.
+    let over = proxy
+        .simple_query("SELECT count(DISTINCT status) FROM orders")
+        .await;
+    let error = over.err().map(anyhow::Error::from);
+    assert_eq!(
+        error.as_ref().and_then(sqlstate),
+        Some(SqlState::PROGRAM_LIMIT_EXCEEDED),
+        "{error:?}"
+    );
+    let message = format!("{:?}", error);
+    assert!(message.contains("max_pull_rows"), "{message}");
+    let under = text_rows(
+        &proxy,
+        "SELECT count(DISTINCT name) FROM users WHERE id <= 400",
+    )
+    .await?;
+    assert_eq!(under.len(), 1);
+    // EXPLAIN (ROUTE) shows the pull-up: where it runs and what moves.
+    let explained = text_rows(
+        &proxy,
+        "EXPLAIN (ROUTE) SELECT u.id FROM users u JOIN orders o ON o.id = u.id",
+    )
+    .await?;
+    let text = format!("{explained:?}");
+    assert!(
+        text.contains("pull-up")
+            && text.contains("orders from s0")
+            && text.contains("users from s0"),
+        "{text}"
+    );
+    // Inside a transaction block: refused with the reason, and the block fails as usual.
+    proxy.batch_execute("BEGIN").await?;
+    let inside = proxy
+        .simple_query("SELECT count(DISTINCT name) FROM users WHERE id < 100")
+        .await
+        .err()
+        .map(|e| format!("{e:?}"));
+    assert!(
+        inside
+            .as_deref()
+            .is_some_and(|m| m.contains("outside a transaction block")),
+        "{inside:?}"
+    );
+    proxy.batch_execute("ROLLBACK").await?;
+    // The extended protocol: not yet, said so.
+    let extended = proxy
+        .query(
+            "SELECT count(DISTINCT name) FROM users WHERE id < $1",
+            &[&100i64],
+        )
+        .await
+        .err()
+        .map(|e| format!("{e:?}"));
+    assert!(
+        extended
+            .as_deref()
+            .is_some_and(|m| m.contains("simple query protocol")),
+        "{extended:?}"
+    );
+    // A schema-qualified sharded table would bypass the gathered rows.
+    let qualified = proxy
+        .simple_query("SELECT count(DISTINCT name) FROM public.users")
+        .await
+        .err()
+        .map(anyhow::Error::from);
+    assert_eq!(
+        qualified.as_ref().and_then(sqlstate),
+        Some(SqlState::FEATURE_NOT_SUPPORTED)
+    );
+    // A failing statement after the pull rolls it back; nothing is left on any backend.
+    let failed = proxy
+        .simple_query("SELECT id / 0, row_number() OVER () FROM users WHERE id < 10")
+        .await
+        .err()
+        .map(anyhow::Error::from);
+    assert_eq!(
+        failed.as_ref().and_then(sqlstate),
+        Some(SqlState::DIVISION_BY_ZERO)
+    );
+    for _ in 0..cluster.config.pool.size.min(8) {
+        let fresh = cluster.client().await?;
+        let again = text_rows(
+            &fresh,
+            "SELECT count(DISTINCT id) FROM users WHERE id <= 100",
+        )
+        .await?;
+        assert_eq!(again, vec![vec![Some("100".to_owned())]]);
+    }
+    Ok(())
+}
