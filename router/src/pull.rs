@@ -5,14 +5,23 @@
 //! table first (`pg_temp` is searched before any other schema), so the statement's own text
 //! reads the pulled rows and the answer is exactly PostgreSQL's.
 //!
-//! This module only decides which tables to pull: every sharded table the text names (a
-//! superset is harmless: a table pulled for nothing costs time, not correctness). A name
-//! written with a schema (`public.users`) would bypass the temporary table and read one
-//! shard's rows, so such statements are refused.
+//! This module decides which tables to pull: every sharded table the text names (a superset
+//! is harmless: a table pulled for nothing costs time, not correctness). A name written with a
+//! schema (`public.users`) would bypass the temporary table and read one shard's rows, so such
+//! statements are refused. It also decides which rows: a table named once, in the top-level
+//! `FROM` of a plain `SELECT` with no outer join, is pulled through the `WHERE` conditions
+//! that read only its own columns with nothing but operators and constants (no function, no
+//! subquery): dropping rows that fail such a condition cannot change the answer, since the
+//! statement still applies every condition itself.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
+use sqlparser::ast::{
+    BinaryOperator, Expr, JoinOperator, ObjectNamePart, Query, SetExpr, Statement, TableFactor,
+    UnaryOperator,
+};
 use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::config::{Config, ShardId, Sharding};
@@ -26,6 +35,9 @@ pub struct PulledTable {
     pub name: String,
     /// The shards holding its rows.
     pub shards: Vec<ShardId>,
+    /// The query each shard answers with the rows to pull (`SELECT * FROM "t"`, or the rows
+    /// the statement's own conditions on the table keep).
+    pub rows: String,
 }
 
 /// The sharded tables `sql` reads, for a pull-up; an error when it cannot be pulled up.
@@ -34,6 +46,7 @@ pub fn pulled_tables(config: &Config, sql: &str) -> Result<Vec<PulledTable>, Rou
         .tokenize()
         .map_err(|e| RouteError::new(sqlstate::SYNTAX_ERROR, e.to_string()))?;
     let mut names = BTreeSet::new();
+    let mut mentions: BTreeMap<String, usize> = BTreeMap::new();
     let mut after_period = false;
     for token in &tokens {
         if matches!(token, Token::Whitespace(_)) {
@@ -55,6 +68,7 @@ pub fn pulled_tables(config: &Config, sql: &str) -> Result<Vec<PulledTable>, Rou
                             ),
                         ));
                     }
+                    *mentions.entry(name.clone()).or_default() += 1;
                     names.insert(name);
                 }
             }
@@ -62,13 +76,207 @@ pub fn pulled_tables(config: &Config, sql: &str) -> Result<Vec<PulledTable>, Rou
         after_period = matches!(token, Token::Period);
     }
     let all = config.shards.len();
+    let filters = if names.is_empty() {
+        BTreeMap::new()
+    } else {
+        pushed_filters(sql)
+    };
     Ok(names
         .into_iter()
         .filter_map(|name| {
             let shards = config.tables.get(&name)?.shards(all);
-            Some(PulledTable { name, shards })
+            let table = quote_ident(&name);
+            let rows = match filters.get(&name) {
+                Some((qualifier, filter)) if mentions.get(&name) == Some(&1) => {
+                    format!("SELECT {qualifier}.* FROM {table} AS {qualifier} WHERE {filter}")
+                }
+                _ => format!("SELECT * FROM {table}"),
+            };
+            Some(PulledTable { name, shards, rows })
         })
         .collect())
+}
+
+/// For each table of the top-level `FROM` (by folded name): the name its columns are qualified
+/// with and the conjunction of the `WHERE` conditions that may be pushed to its scan (see the
+/// module documentation). Empty when the statement is not a plain `SELECT` or joins outward.
+fn pushed_filters(sql: &str) -> BTreeMap<String, (String, String)> {
+    let mut filters = BTreeMap::new();
+    let Ok(mut statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return filters;
+    };
+    let (Some(Statement::Query(query)), true) = (statements.pop(), statements.is_empty()) else {
+        return filters;
+    };
+    let Some((select_from, selection)) = plain_select(&query) else {
+        return filters;
+    };
+    // (folded table name, qualifier as written, folded qualifier)
+    let mut tables: Vec<(String, String, String)> = Vec::new();
+    for item in select_from {
+        let factors = std::iter::once(&item.relation).chain(item.joins.iter().map(|j| &j.relation));
+        for join in &item.joins {
+            if !matches!(
+                join.join_operator,
+                JoinOperator::Join(_) | JoinOperator::Inner(_) | JoinOperator::CrossJoin(_)
+            ) {
+                return filters;
+            }
+        }
+        for factor in factors {
+            match factor {
+                TableFactor::Table { name, alias, .. } => {
+                    let parts: Vec<_> =
+                        name.0.iter().filter_map(ObjectNamePart::as_ident).collect();
+                    let [table] = parts.as_slice() else {
+                        return filters;
+                    };
+                    let qualifier = match alias {
+                        Some(alias) if !alias.columns.is_empty() => return filters,
+                        Some(alias) => &alias.name,
+                        None => table,
+                    };
+                    tables.push((fold(table), qualifier.to_string(), fold(qualifier)));
+                }
+                // A derived table, function or nested join: its columns are not this module's.
+                _ => tables.push((String::new(), String::new(), String::new())),
+            }
+        }
+    }
+    let single = tables.len() == 1;
+    let mut conjuncts = Vec::new();
+    split_and(selection, &mut conjuncts);
+    for (table, qualifier, folded) in &tables {
+        if table.is_empty() {
+            continue;
+        }
+        let pushed: Vec<String> = conjuncts
+            .iter()
+            .filter(|c| pushable(c, folded, single))
+            .map(|c| format!("({c})"))
+            .collect();
+        if !pushed.is_empty() {
+            filters.insert(table.clone(), (qualifier.clone(), pushed.join(" AND ")));
+        }
+    }
+    filters
+}
+
+/// The `FROM` list and `WHERE` of a query that is one plain `SELECT`.
+fn plain_select(query: &Query) -> Option<(&[sqlparser::ast::TableWithJoins], &Expr)> {
+    if query.with.is_some() {
+        return None;
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    Some((&select.from, select.selection.as_ref()?))
+}
+
+/// The operands of a chain of `AND`s.
+fn split_and<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
+    match expr {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            split_and(left, out);
+            split_and(right, out);
+        }
+        Expr::Nested(inner) => split_and(inner, out),
+        other => out.push(other),
+    }
+}
+
+/// Whether `expr` reads only columns of the table qualified `qualifier` (unqualified columns
+/// too when it is the only table) through operators and constants that cannot fail on a row
+/// the statement would not have read.
+fn pushable(expr: &Expr, qualifier: &str, single: bool) -> bool {
+    let constant = |e: &Expr| matches!(e, Expr::Value(_) | Expr::TypedString(_));
+    match expr {
+        // `current_timestamp` and its kind read as identifiers but are values of the moment.
+        Expr::Identifier(ident) => single && !SQL_VALUE_FUNCTIONS.contains(&fold(ident).as_str()),
+        Expr::CompoundIdentifier(parts) => {
+            matches!(parts.as_slice(), [q, _] if fold(q) == qualifier)
+        }
+        Expr::Value(_) | Expr::TypedString(_) => true,
+        Expr::Cast { expr, .. } => constant(expr),
+        Expr::Nested(inner) => pushable(inner, qualifier, single),
+        Expr::UnaryOp { op, expr } => {
+            matches!(
+                op,
+                UnaryOperator::Not | UnaryOperator::Minus | UnaryOperator::Plus
+            ) && pushable(expr, qualifier, single)
+        }
+        Expr::BinaryOp { left, op, right } => {
+            matches!(
+                op,
+                BinaryOperator::Eq
+                    | BinaryOperator::NotEq
+                    | BinaryOperator::Lt
+                    | BinaryOperator::LtEq
+                    | BinaryOperator::Gt
+                    | BinaryOperator::GtEq
+                    | BinaryOperator::And
+                    | BinaryOperator::Or
+            ) && pushable(left, qualifier, single)
+                && pushable(right, qualifier, single)
+        }
+        Expr::IsNull(e) | Expr::IsNotNull(e) | Expr::IsTrue(e) | Expr::IsFalse(e) => {
+            pushable(e, qualifier, single)
+        }
+        Expr::InList { expr, list, .. } => {
+            pushable(expr, qualifier, single) && list.iter().all(&constant)
+        }
+        Expr::Between {
+            expr, low, high, ..
+        } => pushable(expr, qualifier, single) && constant(low) && constant(high),
+        Expr::Like {
+            expr,
+            pattern,
+            escape_char: None,
+            any: false,
+            ..
+        }
+        | Expr::ILike {
+            expr,
+            pattern,
+            escape_char: None,
+            any: false,
+            ..
+        } => pushable(expr, qualifier, single) && constant(pattern),
+        _ => false,
+    }
+}
+
+/// Words that read like columns but are SQL value functions.
+const SQL_VALUE_FUNCTIONS: &[&str] = &[
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "localtime",
+    "localtimestamp",
+    "current_user",
+    "current_role",
+    "session_user",
+    "user",
+    "current_catalog",
+    "current_schema",
+];
+
+/// An identifier folded as PostgreSQL folds it.
+fn fold(ident: &sqlparser::ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_ascii_lowercase()
+    }
+}
+
+/// A name as a quoted identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 #[cfg(test)]
@@ -89,6 +297,60 @@ tables:
 ",
         )
         .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn rows(sql: &str) -> Vec<String> {
+        pulled_tables(&config(), sql)
+            .map(|tables| tables.into_iter().map(|t| t.rows).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn conditions_on_one_table_alone_are_pushed_to_its_shards() {
+        assert_eq!(
+            rows("SELECT count(DISTINCT name) FROM users WHERE id BETWEEN 1 AND 5 AND name LIKE 'a%' AND lower(name) = 'x'"),
+            vec![r#"SELECT users.* FROM "users" AS users WHERE (id BETWEEN 1 AND 5) AND (name LIKE 'a%')"#]
+        );
+        assert_eq!(
+            rows("SELECT * FROM users u JOIN orders o ON o.total = u.id WHERE u.id IN (1, 2) AND o.total > 10 AND o.total > u.id"),
+            vec![
+                r#"SELECT o.* FROM "orders" AS o WHERE (o.total > 10)"#,
+                r#"SELECT u.* FROM "users" AS u WHERE (u.id IN (1, 2))"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn nothing_is_pushed_where_it_could_change_the_answer() {
+        let whole = vec![r#"SELECT * FROM "users""#.to_owned()];
+        // Unqualified columns beside another table, outer joins, a second mention, subqueries,
+        // functions, and anything not a plain SELECT.
+        assert_eq!(
+            rows("SELECT * FROM users u, countries c WHERE id = 1"),
+            whole
+        );
+        assert_eq!(
+            rows("SELECT * FROM countries c LEFT JOIN users u ON true WHERE u.id = 1"),
+            whole
+        );
+        assert_eq!(
+            rows("SELECT * FROM users u WHERE u.id = 1 AND u.id IN (SELECT id FROM users)"),
+            whole
+        );
+        assert_eq!(rows("SELECT * FROM users WHERE id = random()::int"), whole);
+        assert_eq!(rows("SELECT * FROM users WHERE id::text = '1'"), whole);
+        assert_eq!(
+            rows("SELECT * FROM users WHERE id < current_timestamp"),
+            whole
+        );
+        assert_eq!(
+            rows("WITH x AS (SELECT 1) SELECT * FROM users WHERE id = 1"),
+            whole
+        );
+        assert_eq!(
+            rows("SELECT id FROM users WHERE id = 1 UNION SELECT 2"),
+            whole
+        );
     }
 
     fn names(sql: &str) -> Result<Vec<(String, Vec<ShardId>)>, &'static str> {

@@ -147,6 +147,13 @@ fn queries() -> Vec<(String, bool)> {
         ("SELECT e.kind, count(*) FROM events e JOIN users u ON u.id = e.user_id GROUP BY e.kind ORDER BY 1", true),
         ("SELECT u.id, e.id FROM users u FULL JOIN events e ON e.id = u.id WHERE coalesce(u.id, e.id) < 40 ORDER BY 1 NULLS FIRST, 2 NULLS FIRST", true),
         ("SELECT c.region, count(DISTINCT u.id) FROM users u JOIN countries c ON c.code = u.country GROUP BY c.region ORDER BY 1", true),
+        // conditions applied on the shards (and where they must not be)
+        ("SELECT u.id, o.id FROM users u JOIN orders o ON o.id = u.id WHERE u.score > 5 AND o.status = 'paid' ORDER BY 1, 2", true),
+        ("SELECT count(DISTINCT name) FROM users WHERE flag AND balance BETWEEN -100 AND 100", true),
+        ("SELECT id, rank() OVER (ORDER BY ratio) FROM users WHERE ratio IS NOT NULL AND country IN ('de', 'fr') ORDER BY id", true),
+        ("SELECT u.id, o.id FROM users u LEFT JOIN orders o ON o.id = u.id WHERE o.status IS NULL ORDER BY 1", true),
+        ("SELECT count(DISTINCT u.name) FROM users u, orders o WHERE o.id = u.id AND o.total > 100 AND NOT u.flag", true),
+        ("SELECT DISTINCT ON (country) country, id FROM users WHERE name ILIKE 'a%' OR score < 0 ORDER BY country, id", true),
         // set operations
         ("SELECT name FROM users UNION SELECT status FROM orders", false),
         ("SELECT user_id FROM orders INTERSECT SELECT id FROM users", false),
@@ -264,6 +271,16 @@ async fn pull_ups_are_refused_where_they_cannot_run_exactly() -> anyhow::Result<
     )
     .await?;
     assert_eq!(under.len(), 1);
+    // Conditions on the table alone are applied on the shards: 300 of the 900 orders move.
+    let pushed = text_rows(
+        &proxy,
+        "SELECT count(DISTINCT status), count(*) FROM orders WHERE id <= 300 AND total >= 0",
+    )
+    .await?;
+    assert_eq!(
+        pushed,
+        vec![vec![Some("3".to_owned()), Some("300".to_owned())]]
+    );
     // EXPLAIN (ROUTE) shows the pull-up: where it runs and what moves.
     let explained = text_rows(
         &proxy,

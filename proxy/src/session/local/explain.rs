@@ -51,10 +51,17 @@ fn generated_explanation(keyless: &KeylessInsert, default: KeyDefault) -> String
 fn pull_explanation(config: &Config, tables: &[PulledTable], refusal: &ClientError) -> String {
     let pulled: Vec<String> = tables
         .iter()
-        .map(|t| format!("{} from {}", t.name, shard_names(config, &t.shards)))
+        .map(|t| {
+            format!(
+                "{} from {} ({})",
+                t.name,
+                shard_names(config, &t.shards),
+                t.rows
+            )
+        })
         .collect();
     format!(
-        "pull-up: every row of {} copied into temporary tables of the same names on {}, where PostgreSQL runs the statement as written (at most max_pull_rows = {} rows; simple query protocol, outside transaction blocks); the merge alone cannot answer it: {}",
+        "pull-up: the rows of {} copied into temporary tables of the same names on {}, where PostgreSQL runs the statement as written (at most max_pull_rows = {} rows; simple query protocol, outside transaction blocks); the merge alone cannot answer it: {}",
         pulled.join(", "),
         shard_names(config, &[config.default_shard]),
         config.max_pull_rows,

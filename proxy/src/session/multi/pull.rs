@@ -4,9 +4,11 @@
 //! was written, so the answer is exactly what one server holding all the rows would give.
 //!
 //! On the target backend, inside one transaction: `CREATE TEMP TABLE t ON COMMIT DROP AS
-//! SELECT * FROM t` takes the target shard's own rows (the name still means the real table
+//! SELECT * FROM t …` takes the target shard's own rows (the name still means the real table
 //! while the statement runs), then `COPY t FROM STDIN (FORMAT binary)` receives the rows every
-//! other shard streams with `COPY (SELECT * FROM t) TO STDOUT (FORMAT binary)`. Binary COPY
+//! other shard streams with `COPY (SELECT * FROM t …) TO STDOUT (FORMAT binary)`; `…` is the
+//! part of the statement's `WHERE` the router found safe to apply early
+//! ([`PulledTable::rows`]). Binary COPY
 //! carries every value exactly, whatever the session's `DateStyle` or `extra_float_digits`.
 //! The client's statement runs next, then `COMMIT` drops the temporary tables; a failure rolls
 //! the transaction back, which drops them too. Rows are counted as they pass and the statement
@@ -111,7 +113,8 @@ impl Session {
                 " WITH NO DATA"
             };
             create.push_str(&format!(
-                "CREATE TEMP TABLE {name} ON COMMIT DROP AS SELECT * FROM {name}{data};"
+                "CREATE TEMP TABLE {name} ON COMMIT DROP AS {}{data};",
+                table.rows
             ));
         }
         let budget = loaded.config.max_pull_rows;
@@ -137,7 +140,7 @@ impl Session {
             let mut sink = CopySink::new();
             for source in sources {
                 let pulled = self
-                    .pull_from(loaded, source, &table.name, conn, &mut sink, rows, budget)
+                    .pull_from(loaded, source, &table.rows, conn, &mut sink, rows, budget)
                     .await;
                 match pulled {
                     Ok(count) => rows += count,
@@ -155,13 +158,13 @@ impl Session {
         Ok(())
     }
 
-    /// Streams `table`'s rows on `source` into the target's COPY; returns how many.
+    /// Streams the rows `query` selects on `source` into the target's COPY; returns how many.
     #[allow(clippy::too_many_arguments)]
     async fn pull_from(
         &mut self,
         loaded: &Loaded,
         source: ShardId,
-        table: &str,
+        query: &str,
         target: &mut Pooled,
         sink: &mut CopySink,
         pulled_before: u64,
@@ -169,10 +172,7 @@ impl Session {
     ) -> Result<u64, ClientError> {
         let name = self.shard_names(&[source]);
         let mut conn = self.attach(loaded, source).await?;
-        let copy_out = format!(
-            "COPY (SELECT * FROM {}) TO STDOUT (FORMAT binary)",
-            quote_ident(table)
-        );
+        let copy_out = format!("COPY ({query}) TO STDOUT (FORMAT binary)");
         let started = self
             .start_copy(&mut conn, source, &name, &copy_out, tag::COPY_OUT_RESPONSE)
             .await;
