@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sqlparser::ast::{
     BinaryOperator, Expr, JoinOperator, ObjectNamePart, Query, SetExpr, Statement, TableFactor,
-    UnaryOperator,
+    UnaryOperator, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -193,14 +193,19 @@ fn split_and<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
 /// too when it is the only table) through operators and constants that cannot fail on a row
 /// the statement would not have read.
 fn pushable(expr: &Expr, qualifier: &str, single: bool) -> bool {
-    let constant = |e: &Expr| matches!(e, Expr::Value(_) | Expr::TypedString(_));
+    // A `$n` parameter is a value of the client's statement, not of the query that pulls.
+    let constant = |e: &Expr| match e {
+        Expr::Value(v) => !matches!(v.value, Value::Placeholder(_)),
+        Expr::TypedString(_) => true,
+        _ => false,
+    };
     match expr {
         // `current_timestamp` and its kind read as identifiers but are values of the moment.
         Expr::Identifier(ident) => single && !SQL_VALUE_FUNCTIONS.contains(&fold(ident).as_str()),
         Expr::CompoundIdentifier(parts) => {
             matches!(parts.as_slice(), [q, _] if fold(q) == qualifier)
         }
-        Expr::Value(_) | Expr::TypedString(_) => true,
+        Expr::Value(_) | Expr::TypedString(_) => constant(expr),
         Expr::Cast { expr, .. } => constant(expr),
         Expr::Nested(inner) => pushable(inner, qualifier, single),
         Expr::UnaryOp { op, expr } => {

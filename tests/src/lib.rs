@@ -15,6 +15,7 @@ use shardline::localpg::{free_ports, ClusterOptions, LocalCluster};
 use shardline::Proxy;
 use shardline_router::config::TableRule;
 use shardline_router::{Config, KeyValue};
+use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
 /// Shards plus a proxy, for one test.
@@ -249,6 +250,46 @@ pub async fn text_rows(client: &Client, sql: &str) -> anyhow::Result<TextRows> {
             _ => None,
         })
         .collect())
+}
+
+/// A value exactly as the server sent it in binary.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Raw(pub Option<Vec<u8>>);
+
+impl<'a> FromSql<'a> for Raw {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(Some(raw.to_vec())))
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(None))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// Rows of an extended-protocol query with binary results, and the column types: what a
+/// differential test compares byte for byte.
+pub async fn binary_rows(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> anyhow::Result<(Vec<Vec<Raw>>, Vec<Type>)> {
+    let rows = client
+        .query(sql, params)
+        .await
+        .map_err(|e| anyhow::anyhow!("{sql}: {e:?}"))?;
+    let types = rows
+        .first()
+        .map(|r| r.columns().iter().map(|c| c.type_().clone()).collect())
+        .unwrap_or_default();
+    let values = rows
+        .iter()
+        .map(|r| (0..r.len()).map(|i| r.try_get::<_, Raw>(i)).collect())
+        .collect::<Result<_, _>>()?;
+    Ok((values, types))
 }
 
 /// Runs a command, returning (success, stdout, stderr).

@@ -56,10 +56,21 @@ async fn explain_route_names_the_shards_without_running_the_statement() -> anyho
 
     // A statement that cannot be routed explains why instead of failing.
     let messages = client
-        .simple_query("EXPLAIN (ROUTE) SELECT count(DISTINCT name) FROM users")
+        .simple_query("EXPLAIN (ROUTE) SELECT * FROM users WHERE id = 'x'")
         .await?;
     let (shards, why) = first_row(&messages).ok_or_else(|| anyhow::anyhow!("no row"))?;
-    assert_eq!(shards, "error 0A000", "{why}");
+    assert_eq!(shards, "error 22P02", "{why}");
+
+    // A read only PostgreSQL can answer explains its pull-up.
+    let messages = client
+        .simple_query("EXPLAIN (ROUTE) SELECT count(DISTINCT name) FROM users WHERE id > 3")
+        .await?;
+    let (shards, why) = first_row(&messages).ok_or_else(|| anyhow::anyhow!("no row"))?;
+    assert_eq!(shards, "s0 (rows gathered there)", "{why}");
+    assert!(
+        why.starts_with("pull-up: the rows of users from s0, s1") && why.contains("WHERE (id > 3)"),
+        "{why}"
+    );
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 //! budget, transaction blocks, the extended protocol and schema-qualified names are refused
 //! with clear errors, and nothing a pull creates outlives its statement.
 
-use shardline_tests::{sqlstate, text_rows, TestCluster, TextRows};
+use shardline_tests::{binary_rows, sqlstate, text_rows, TestCluster, TextRows};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
@@ -241,6 +241,28 @@ async fn reads_the_merge_cannot_answer_match_one_postgres() -> anyhow::Result<()
         let want = settle(text_rows(&oracle, sql).await?);
         let got = settle(text_rows(&proxy, sql).await?);
         anyhow::ensure!(got == want, "{sql}\n got {got:?}\nwant {want:?}");
+        // The extended protocol with binary results, byte for byte.
+        let (mut want, want_types) = binary_rows(&oracle, sql, &[]).await?;
+        let (mut got, got_types) = binary_rows(&proxy, sql, &[]).await?;
+        if !ordered {
+            want.sort();
+            got.sort();
+        }
+        anyhow::ensure!(got_types == want_types, "types of {sql}");
+        anyhow::ensure!(got == want, "binary: {sql}\n got {got:?}\nwant {want:?}");
+    }
+    // Bound parameters in the extended protocol, unnamed and prepared.
+    for (low, high) in [(1i64, 50i64), (200, 400), (900, 1000)] {
+        let sql = "SELECT id, dense_rank() OVER (ORDER BY balance DESC, id) FROM users WHERE id BETWEEN $1 AND $2 ORDER BY id";
+        let (want, _) = binary_rows(&oracle, sql, &[&low, &high]).await?;
+        let (got, _) = binary_rows(&proxy, sql, &[&low, &high]).await?;
+        anyhow::ensure!(got == want, "{sql} with {low}, {high}");
+        let prepared = proxy.prepare(sql).await?;
+        let again = proxy.query(&prepared, &[&low, &high]).await?;
+        anyhow::ensure!(
+            again.len() == want.len(),
+            "{sql} prepared, with {low}, {high}"
+        );
     }
     // Each statement's temporary tables went with it: the default shard's `users` is the
     // real table again (its own share of the rows, not everything pulled).
@@ -308,21 +330,27 @@ async fn pull_ups_are_refused_where_they_cannot_run_exactly() -> anyhow::Result<
         "{inside:?}"
     );
     proxy.batch_execute("ROLLBACK").await?;
-    // The extended protocol: not yet, said so.
-    let extended = proxy
+    // The budget holds in the extended protocol too, and the session goes on.
+    let over = proxy
         .query(
-            "SELECT count(DISTINCT name) FROM users WHERE id < $1",
-            &[&100i64],
+            "SELECT count(DISTINCT status) FROM orders WHERE id > $1",
+            &[&0i64],
         )
         .await
         .err()
-        .map(|e| format!("{e:?}"));
-    assert!(
-        extended
-            .as_deref()
-            .is_some_and(|m| m.contains("simple query protocol")),
-        "{extended:?}"
+        .map(anyhow::Error::from);
+    assert_eq!(
+        over.as_ref().and_then(sqlstate),
+        Some(SqlState::PROGRAM_LIMIT_EXCEEDED),
+        "{over:?}"
     );
+    let counted = proxy
+        .query_one(
+            "SELECT count(DISTINCT id) FROM users WHERE id < $1",
+            &[&100i64],
+        )
+        .await?;
+    assert_eq!(counted.get::<_, i64>(0), 99);
     // A schema-qualified sharded table would bypass the gathered rows.
     let qualified = proxy
         .simple_query("SELECT count(DISTINCT name) FROM public.users")

@@ -219,7 +219,7 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
                 Target::Copy(spec) => Action::Copy(spec),
                 Target::Scatter(shards) => Action::Scatter(shards),
                 // The pull's temporary tables live in a transaction of its own, on a backend
-                // the client's transaction block may not hold.
+                // the client's transaction block may not hold (and would not see its writes).
                 Target::Pull { refusal, .. } if tx.open() => Action::Refuse(ClientError::new(
                     refusal.sqlstate,
                     format!(

@@ -5,6 +5,7 @@
 
 use bytes::BytesMut;
 use shardline_router::copy::CopyInto;
+use shardline_router::pull::PulledTable;
 use shardline_router::split::InsertPart;
 use shardline_router::ShardId;
 
@@ -28,6 +29,8 @@ pub(crate) enum Assembled<'a> {
     Split(&'a [InsertPart]),
     /// A `COPY` into a sharded table.
     Copy(&'a CopyInto),
+    /// A read PostgreSQL answers once these tables' rows are gathered on the default shard.
+    Pull(&'a [PulledTable]),
 }
 
 /// The client's messages of an assembled segment, sorted into what comes before the result
@@ -88,6 +91,10 @@ impl Session {
             }
             (Assembled::Copy(spec), _) => {
                 self.copy_split(loaded, &statement.query, spec, &delivery)
+                    .await
+            }
+            (Assembled::Pull(tables), _) => {
+                self.pull_up_extended(loaded, tables, &source, &delivery)
                     .await
             }
             (Assembled::Gather(shards), Some(gather)) => {

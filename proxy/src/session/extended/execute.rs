@@ -174,12 +174,12 @@ impl Session {
                     .await
                     .map(|()| Segmented::Ran);
             }
-            // A segment never routes to a pull-up (the segment refuses it when routing).
-            Action::Local
-            | Action::AwaitCutover
-            | Action::DualWrite { .. }
-            | Action::Spread
-            | Action::Pull(_) => {
+            Action::Pull(tables) => {
+                return Box::pin(self.run_assembled(loaded, Assembled::Pull(tables), &segment))
+                    .await
+                    .map(|()| Segmented::Ran);
+            }
+            Action::Local | Action::AwaitCutover | Action::DualWrite { .. } | Action::Spread => {
                 let error = ClientError::new(sqlstate::INTERNAL, "a segment was decided twice");
                 self.fail(error).await?;
                 return Ok(Segmented::Ran);

@@ -192,13 +192,6 @@ impl Session {
                     let params = in_utf8(params, &decoded);
                     match decide::route(loaded, plan, &statement.query, &params) {
                         Ok((Target::Session, _)) => {}
-                        Ok((Target::Pull { refusal, .. }, _)) => {
-                            segment.refusal = Some(ClientError::new(
-                                refusal.sqlstate,
-                                format!("{}; shardline can gather the rows in one place to answer it, but in the simple query protocol only for now", refusal.message),
-                            ));
-                            break;
-                        }
                         Ok((target, dual)) => {
                             segment.routed.push((segment.items.len(), target));
                             if let Some(keys) = dual {

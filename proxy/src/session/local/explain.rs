@@ -61,7 +61,7 @@ fn pull_explanation(config: &Config, tables: &[PulledTable], refusal: &ClientErr
         })
         .collect();
     format!(
-        "pull-up: the rows of {} copied into temporary tables of the same names on {}, where PostgreSQL runs the statement as written (at most max_pull_rows = {} rows; simple query protocol, outside transaction blocks); the merge alone cannot answer it: {}",
+        "pull-up: the rows of {} copied into temporary tables of the same names on {}, where PostgreSQL runs the statement as written (at most max_pull_rows = {} rows; outside transaction blocks); the merge alone cannot answer it: {}",
         pulled.join(", "),
         shard_names(config, &[config.default_shard]),
         config.max_pull_rows,

@@ -61,7 +61,8 @@ pub(crate) enum Source<'a> {
 }
 
 impl Source<'_> {
-    fn sql(&self) -> &str {
+    /// The statement's text as the client sent it.
+    pub fn sql(&self) -> &str {
         match self {
             Source::Simple { sql, .. } | Source::Extended { sql, .. } => sql,
         }
@@ -181,14 +182,22 @@ impl Session {
             }
         };
         let result = self.close_streams(streams, result).await;
-        if let (Err(MergeFailure::Query(error)), Source::Simple { sql, .. }) = (&result, &source) {
+        if let Err(MergeFailure::Query(error)) = &result {
             // Types the combiner cannot add or compare exactly show only in the shards'
             // answers; PostgreSQL answers exactly once the rows are in one place.
             let untouched = self.out.unchanged_since(before);
             if untouched && error.sqlstate == sqlstate::FEATURE_NOT_SUPPORTED && !self.tx.open() {
-                if let Ok(tables) = pulled_tables(&loaded.config, sql) {
+                if let Ok(tables) = pulled_tables(&loaded.config, source.sql()) {
                     if !tables.is_empty() {
-                        return Box::pin(self.pull_up(loaded, &tables, sql)).await;
+                        return match source {
+                            Source::Simple { sql, .. } => {
+                                Box::pin(self.pull_up(loaded, &tables, sql)).await
+                            }
+                            Source::Extended { .. } => {
+                                Box::pin(self.pull_up_extended(loaded, &tables, &source, &delivery))
+                                    .await
+                            }
+                        };
                     }
                 }
             }

@@ -17,6 +17,7 @@
 use std::collections::VecDeque;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use shardline_router::placeholders::ShardStatement;
 use shardline_router::pull::PulledTable;
 use shardline_router::ShardId;
 
@@ -27,6 +28,7 @@ use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::Frame;
 use crate::session::link::attach::drain_to_ready;
 use crate::session::link::exchange::{Expect, Mode, Reply};
+use crate::session::multi::gather::{Delivery, MergeFailure, Source};
 use crate::session::{local, ClientError, Session, SessionEnd};
 
 /// Pulled rows are sent to the target in `CopyData` batches of about this size.
@@ -52,23 +54,10 @@ impl Session {
             Err(error) => return self.fail(error.into()).await,
         };
         let target = loaded.config.default_shard;
-        let mut conn = match self.attach(loaded, target).await {
+        let conn = match self.pulled(loaded, target, tables).await {
             Ok(conn) => conn,
             Err(error) => return self.fail(error).await,
         };
-        if let Err(error) = self.pull_into(loaded, &mut conn, target, tables).await {
-            let rolled_back = !conn.broken
-                && conn.send(&local::query_message("ROLLBACK")).await.is_ok()
-                && drain_to_ready(&mut conn).await;
-            if rolled_back {
-                self.keep_or_release(target, conn, false);
-            } else {
-                conn.broken = true;
-                self.forget_cancel_key(&conn);
-                Pools::discard(conn);
-            }
-            return self.fail(error).await;
-        }
         // The exchange takes the backend from here: the statement's answers are relayed, its
         // `ReadyForQuery` (inside the pull's transaction) held back, and `COMMIT` swallowed.
         self.conns.insert(target, conn);
@@ -92,6 +81,114 @@ impl Session {
             self.out.flush().await?;
         }
         Ok(())
+    }
+
+    /// Answers an extended-protocol execution (`source`, outside a transaction block) by
+    /// pulling `tables` into the default shard's backend and running the statement there as
+    /// its unnamed statement (a statement the client prepared earlier on that backend would
+    /// still name the real tables), bound with the client's values; `delivery` says what the
+    /// client is owed around the rows.
+    pub(crate) async fn pull_up_extended(
+        &mut self,
+        loaded: &Loaded,
+        tables: &[PulledTable],
+        source: &Source<'_>,
+        delivery: &Delivery,
+    ) -> Result<(), SessionEnd> {
+        let target = loaded.config.default_shard;
+        let statement = ShardStatement {
+            sql: source.sql().to_owned(),
+            params: (0..source.params().len()).collect(),
+        };
+        let request = match source.request(&statement, &delivery.formats, self.encoding()) {
+            Ok(request) => request,
+            Err(error) => {
+                return self
+                    .complete(Err(MergeFailure::Query(error.into())), delivery)
+                    .await
+            }
+        };
+        let mut conn = match self.pulled(loaded, target, tables).await {
+            Ok(conn) => conn,
+            Err(error) => {
+                return self
+                    .complete(Err(MergeFailure::Query(error)), delivery)
+                    .await
+            }
+        };
+        let name = self.shard_names(&[target]);
+        let mut out = BytesMut::from(&request[..]);
+        out.extend_from_slice(&local::query_message("COMMIT"));
+        let result = match conn.send(&out).await {
+            Ok(()) => self.relay_rows(&mut conn, &name, delivery.describe).await,
+            Err(e) => Err(MergeFailure::Query(ClientError::lost_shard(&name, e))),
+        };
+        // Past the statement's `ReadyForQuery` comes the `COMMIT`'s (a `ROLLBACK` after an
+        // error); a client that went away left the statement's answers unread.
+        let settled =
+            !matches!(result, Err(MergeFailure::Client(_))) && drain_to_ready(&mut conn).await;
+        self.let_go(target, conn, settled);
+        self.complete(result, delivery).await
+    }
+
+    /// Relays the rows of an extended-protocol execution from `conn` (its description too
+    /// when `describe`), up to and including its `ReadyForQuery`; returns its command tag.
+    async fn relay_rows(
+        &mut self,
+        conn: &mut Pooled,
+        name: &str,
+        describe: bool,
+    ) -> Result<String, MergeFailure> {
+        let mut outcome = Ok(String::new());
+        loop {
+            let frame = read_from(conn, name).await.map_err(MergeFailure::Query)?;
+            match frame.tag() {
+                tag::ROW_DESCRIPTION | tag::NO_DATA if describe => {
+                    self.out.push(frame.bytes()).await?
+                }
+                tag::DATA_ROW | tag::NOTICE_RESPONSE => self.out.push(frame.bytes()).await?,
+                tag::COMMAND_COMPLETE => {
+                    outcome = Ok(msg::command_tag(&frame).to_owned());
+                }
+                tag::ERROR_RESPONSE => {
+                    let error = ClientError::from_shard(frame.bytes(), name);
+                    outcome = Err(MergeFailure::Query(error));
+                }
+                tag::READY_FOR_QUERY => return outcome,
+                _ => {}
+            }
+        }
+    }
+
+    /// Checks out `target`'s backend and fills it with `tables` (see [`Session::pull_into`]);
+    /// on failure the pull's transaction is rolled back and the backend let go.
+    async fn pulled(
+        &mut self,
+        loaded: &Loaded,
+        target: ShardId,
+        tables: &[PulledTable],
+    ) -> Result<Pooled, ClientError> {
+        let mut conn = self.attach(loaded, target).await?;
+        let Err(error) = self.pull_into(loaded, &mut conn, target, tables).await else {
+            return Ok(conn);
+        };
+        let rolled_back = !conn.broken
+            && conn.send(&local::query_message("ROLLBACK")).await.is_ok()
+            && drain_to_ready(&mut conn).await;
+        self.let_go(target, conn, rolled_back);
+        Err(error)
+    }
+
+    /// Returns a backend the pull used to its pool when it is `clean` (idle, its answers all
+    /// read); closes it otherwise (mid-COPY, or failed), the only clean way out.
+    fn let_go(&mut self, shard: ShardId, mut conn: Pooled, clean: bool) {
+        if clean {
+            self.keep_or_release(shard, conn, false);
+        } else {
+            conn.broken = true;
+            self.forget_cancel_key(&conn);
+            Pools::discard(conn);
+        }
     }
 
     /// Opens the pull's transaction on `conn` (the target's backend) and fills one temporary
@@ -180,16 +277,8 @@ impl Session {
             Ok(()) => stream_rows(&mut conn, &name, target, sink, pulled_before, budget).await,
             Err(error) => Err(error),
         };
-        match &result {
-            // The source finished its COPY: it goes back to its pool.
-            Ok(_) => self.keep_or_release(source, conn, false),
-            // Mid-COPY or failed: closing it is the only clean way out.
-            Err(_) => {
-                conn.broken = true;
-                self.forget_cancel_key(&conn);
-                Pools::discard(conn);
-            }
-        }
+        // A source that finished its COPY goes back to its pool.
+        self.let_go(source, conn, result.is_ok());
         result
     }
 
