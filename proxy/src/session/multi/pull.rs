@@ -202,15 +202,11 @@ impl Session {
     ) -> Result<(), ClientError> {
         let target_name = self.shard_names(&[target]);
         let mut create = String::from("BEGIN;");
+        // The router pulls only tables the target holds (its own rows are taken in place).
         for table in tables {
-            let name = quote_ident(&table.name);
-            let data = if table.shards.contains(&target) {
-                ""
-            } else {
-                " WITH NO DATA"
-            };
             create.push_str(&format!(
-                "CREATE TEMP TABLE {name} ON COMMIT DROP AS {}{data};",
+                "CREATE TEMP TABLE {} ON COMMIT DROP AS {};",
+                quote_ident(&table.name),
                 table.rows
             ));
         }
