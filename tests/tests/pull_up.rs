@@ -503,7 +503,8 @@ async fn pull_ups_are_refused_where_they_cannot_run_exactly() -> anyhow::Result<
     assert!(
         text.contains("pull-up")
             && text.contains("orders from s0")
-            && text.contains("users from s0"),
+            && text.contains("users from s0")
+            && text.contains("the shards estimate"),
         "{text}"
     );
     // Inside a transaction block: refused with the reason, and the block fails as usual.

@@ -201,6 +201,13 @@ pub fn error_naming_shard(frame: &Frame, shard: &str) -> Bytes {
     encode(&ErrorResponse::new(fields))
 }
 
+/// The first column of a `DataRow` body as text (`None` for NULL or invalid UTF-8): how the
+/// proxy reads the one-value answers of the queries it sends itself.
+pub fn first_text_field(body: &[u8]) -> Option<String> {
+    let len = usize::try_from(i32::from_be_bytes(body.get(2..6)?.try_into().ok()?)).ok()?;
+    String::from_utf8(body.get(6..6 + len)?.to_vec()).ok()
+}
+
 /// Row count at the end of a `CommandComplete` tag, if it has one.
 pub fn tag_row_count(tag: &str) -> Option<u64> {
     tag.rsplit(' ').next()?.parse().ok()

@@ -48,7 +48,12 @@ fn generated_explanation(keyless: &KeylessInsert, default: KeyDefault) -> String
 }
 
 /// How a pull-up answers a read: which tables' rows are gathered from which shards, and why.
-fn pull_explanation(config: &Config, tables: &[PulledTable], refusal: &ClientError) -> String {
+fn pull_explanation(
+    config: &Config,
+    tables: &[PulledTable],
+    estimate: Option<u64>,
+    refusal: &ClientError,
+) -> String {
     let pulled: Vec<String> = tables
         .iter()
         .map(|t| {
@@ -60,8 +65,12 @@ fn pull_explanation(config: &Config, tables: &[PulledTable], refusal: &ClientErr
             )
         })
         .collect();
+    let estimate = estimate.map_or_else(
+        || "the shards gave no estimate".to_owned(),
+        |rows| format!("the shards estimate {rows} rows"),
+    );
     format!(
-        "pull-up: the rows of {} copied into temporary tables of the same names on {}, where PostgreSQL runs the statement as written (at most max_pull_rows = {} rows; outside transaction blocks); the merge alone cannot answer it: {}",
+        "pull-up: the rows of {} copied into temporary tables of the same names on {}, where PostgreSQL runs the statement as written ({estimate}; at most max_pull_rows = {} move; outside transaction blocks); the merge alone cannot answer it: {}",
         pulled.join(", "),
         shard_names(config, &[config.default_shard]),
         config.max_pull_rows,
@@ -96,12 +105,13 @@ impl Session {
             decide::route(loaded, &plan, statement, &params)
         {
             let default = loaded.config.default_shard;
+            let estimate = self.estimated_pull(loaded, &tables).await;
             table.push(vec![
                 format!(
                     "{} (rows gathered there)",
                     shard_names(&loaded.config, &[default])
                 ),
-                pull_explanation(&loaded.config, &tables, &refusal),
+                pull_explanation(&loaded.config, &tables, estimate, &refusal),
             ]);
             return Reply::Table(table).encode();
         }

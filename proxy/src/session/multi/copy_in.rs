@@ -563,7 +563,7 @@ async fn await_copy_in(
                 error.get_or_insert_with(|| frame.bytes().clone());
             }
             tag::DATA_ROW if collect_columns => {
-                if let Some(name) = first_text_column(frame.body()) {
+                if let Some(name) = msg::first_text_field(frame.body()) {
                     columns.push(name.to_ascii_lowercase());
                 }
             }
@@ -602,11 +602,4 @@ fn columns_query(table: &str) -> String {
         "SELECT attname::text FROM pg_attribute WHERE attrelid = {}::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
         crate::session::state::settings::quote_literal(table)
     )
-}
-
-/// The first column of a `DataRow` as text.
-fn first_text_column(body: &[u8]) -> Option<String> {
-    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
-    let value = body.get(6..6 + usize::try_from(len).ok()?)?;
-    String::from_utf8(value.to_vec()).ok()
 }

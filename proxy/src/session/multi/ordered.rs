@@ -260,7 +260,7 @@ async fn read_collation(stream: &mut Stream) -> Result<String, MergeFailure> {
     loop {
         let frame = read(stream).await?;
         match frame.tag() {
-            tag::DATA_ROW => collation = first_field(frame.body()).unwrap_or_default(),
+            tag::DATA_ROW => collation = msg::first_text_field(frame.body()).unwrap_or_default(),
             tag::READY_FOR_QUERY => return Ok(collation),
             _ => {}
         }
@@ -411,11 +411,6 @@ pub(crate) fn field(frame: &Frame, column: usize) -> Option<Option<&[u8]>> {
         }
     }
     None
-}
-
-fn first_field(body: &[u8]) -> Option<String> {
-    let len = usize::try_from(i32::from_be_bytes(body.get(2..6)?.try_into().ok()?)).ok()?;
-    String::from_utf8(body.get(6..6 + len)?.to_vec()).ok()
 }
 
 /// A text value in the client's encoding as UTF-8 bytes, the order the shards sorted it in.

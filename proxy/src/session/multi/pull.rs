@@ -346,6 +346,54 @@ async fn read_from(conn: &mut Pooled, name: &str) -> Result<Frame, ClientError> 
         .map_err(|e| ClientError::lost_shard(name, e))
 }
 
+impl Session {
+    /// The shards' own estimate of the rows a pull of `tables` would move (the sum of
+    /// `EXPLAIN` of each shard's pull query), for `EXPLAIN (ROUTE)`; `None` when a shard cannot
+    /// say (unreachable, or the query fails there).
+    pub(crate) async fn estimated_pull(
+        &self,
+        loaded: &Loaded,
+        tables: &[PulledTable],
+    ) -> Option<u64> {
+        let mut total: u64 = 0;
+        for table in tables {
+            let explain = local::query_message(&format!("EXPLAIN (FORMAT JSON) {}", table.rows));
+            for &shard in &table.shards {
+                let target = self.target(loaded, shard).ok()?;
+                let mut conn = self
+                    .ctx
+                    .pools
+                    .checkout(&target, &loaded.config.pool)
+                    .await
+                    .ok()?;
+                conn.send(&explain).await.ok()?;
+                let mut plan = None;
+                loop {
+                    let frame = conn.read().await.ok()?;
+                    match frame.tag() {
+                        tag::DATA_ROW => plan = msg::first_text_field(frame.body()),
+                        tag::READY_FOR_QUERY => break,
+                        _ => {}
+                    }
+                }
+                total = total.saturating_add(plan_rows(&plan?)?);
+            }
+        }
+        Some(total)
+    }
+}
+
+/// The top node's `"Plan Rows"` of an `EXPLAIN (FORMAT JSON)` answer.
+fn plan_rows(json: &str) -> Option<u64> {
+    let (_, after) = json.split_once("\"Plan Rows\":")?;
+    let digits: String = after
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
 /// Reads the answers to one query up to `ReadyForQuery`: its command tags, or its error.
 async fn read_answer(conn: &mut Pooled, name: &str) -> Result<Vec<String>, ClientError> {
     let mut tags = Vec::new();
@@ -502,6 +550,13 @@ mod tests {
         assert_eq!(strip_header(&data), Some(&[0, 1, 0, 0, 0, 1, 7][..]));
         assert_eq!(strip_header(b"PGCOPY"), None);
         assert_eq!(strip_header(&[0, 1]), None);
+    }
+
+    #[test]
+    fn the_estimate_is_the_top_plan_node_s() {
+        let json = r#"[{"Plan": {"Node Type": "Seq Scan", "Plan Rows": 1200, "Plan Width": 40, "Plans": [{"Plan Rows": 7}]}}]"#;
+        assert_eq!(plan_rows(json), Some(1200));
+        assert_eq!(plan_rows("[]"), None);
     }
 
     #[test]
