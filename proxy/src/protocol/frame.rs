@@ -84,11 +84,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.buf.is_empty()
     }
 
-    /// Frees the buffer when nothing is in it: a connection waiting for its peer then holds
-    /// no memory for reading, and the next read takes a fresh buffer.
+    /// Gives the buffer back when nothing is in it: a connection waiting for its peer then
+    /// holds no memory for reading, and the next read takes a spare buffer.
     pub fn release(&mut self) {
         if self.buf.is_empty() {
-            self.buf = BytesMut::new();
+            super::spare::give_back(std::mem::take(&mut self.buf));
         }
     }
 
@@ -157,6 +157,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     async fn fill(&mut self, wanted: usize) -> Result<(), FrameError> {
+        if self.buf.capacity() == 0 {
+            self.buf = super::spare::take();
+        }
         while self.buf.len() < wanted {
             // Read in chunks, so many small messages take one system call.
             self.buf.reserve((wanted - self.buf.len()).max(READ_CHUNK));

@@ -5,5 +5,6 @@ pub mod backend;
 pub mod encoding;
 mod frame;
 pub mod frontend;
+pub mod spare;
 
 pub use frame::{Frame, FrameError, FrameReader};

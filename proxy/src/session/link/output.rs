@@ -9,6 +9,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::clients::DeadlockFlag;
 use crate::deadlock::deadlock_error;
+use crate::protocol::spare;
 
 /// Above this many buffered bytes the output is written out without waiting for a flush point.
 const HIGH_WATER: usize = 64 * 1024;
@@ -61,6 +62,7 @@ impl ClientOutput {
             }
         }
         if self.buf.capacity() == 0 {
+            self.buf = spare::take();
             self.buf.reserve(FIRST_CHUNK);
         }
         self.buf.extend_from_slice(bytes);
@@ -80,11 +82,11 @@ impl ClientOutput {
         self.stream.flush().await
     }
 
-    /// Frees the buffer when everything was written: a session waiting for its client holds
-    /// no memory for answers.
+    /// Gives the buffer back when everything was written: a session waiting for its client
+    /// holds no memory for answers.
     pub fn release(&mut self) {
         if self.buf.is_empty() {
-            self.buf = BytesMut::new();
+            spare::give_back(std::mem::take(&mut self.buf));
         }
     }
 

@@ -12,7 +12,7 @@ use crate::backend::conn::Backend;
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate};
-use crate::protocol::Frame;
+use crate::protocol::{spare, Frame};
 use crate::session::link::exchange::{self, ExchangeError, Expect, Outcome, Reply};
 use crate::session::state::settings;
 use crate::session::state::settings::apply_effects;
@@ -83,7 +83,9 @@ impl Session {
             }
         };
         let (out, mut queue) = self.compose(shard, &mut conn, start_held, build);
-        let result = match conn.send(&out).await {
+        let sent = conn.send(&out).await;
+        spare::give_back(out);
+        let result = match sent {
             Ok(()) => {
                 // A message run outside the client's transaction block (it touches no data,
                 // and the transaction has not reached this shard) must not tell the client its
@@ -124,7 +126,7 @@ impl Session {
     where
         F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
     {
-        let mut out = BytesMut::new();
+        let mut out = spare::take();
         let mut queue = VecDeque::new();
         self.prelude(shard, conn, &mut out, &mut queue, start_held);
         let (messages, expects) = build(conn);

@@ -1,0 +1,80 @@
+//! Spare I/O buffers, kept per worker thread.
+//!
+//! A session waiting for its client holds no buffers (idle clients must cost little memory),
+//! so every request takes a read buffer and an output buffer and gives them back when it is
+//! answered. Taking them from this small per-thread stack instead of the allocator saves two
+//! allocations, their zeroing and their frees on every transaction; the stack is bounded, so
+//! it costs at most [`KEPT_PER_THREAD`] × [`LARGEST_KEPT`] bytes per worker thread.
+
+use std::cell::RefCell;
+
+use bytes::BytesMut;
+
+/// Buffers one thread keeps at most.
+const KEPT_PER_THREAD: usize = 64;
+
+/// Buffers larger than this (grown by a large result or message) go back to the allocator.
+const LARGEST_KEPT: usize = 16 * 1024;
+
+thread_local! {
+    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer: a spare one when this thread has one, else a new one without capacity.
+pub fn take() -> BytesMut {
+    SPARE
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Gives a buffer back for the next [`take`] on this thread, unless it is large or the thread
+/// keeps enough already.
+pub fn give_back(mut buf: BytesMut) {
+    if buf.capacity() == 0 || buf.capacity() > LARGEST_KEPT {
+        return;
+    }
+    buf.clear();
+    let _ = SPARE.try_with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < KEPT_PER_THREAD {
+            spare.push(buf);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_given_back_buffer_is_taken_again_empty() {
+        let mut buf = BytesMut::with_capacity(4096);
+        buf.extend_from_slice(b"left over");
+        let address = buf.as_ptr();
+        give_back(buf);
+        let again = take();
+        assert!(again.is_empty());
+        assert_eq!(again.as_ptr(), address);
+        assert!(again.capacity() >= 4096);
+    }
+
+    #[test]
+    fn large_and_empty_buffers_are_not_kept() {
+        give_back(BytesMut::with_capacity(LARGEST_KEPT + 1));
+        give_back(BytesMut::new());
+        assert_eq!(take().capacity(), 0);
+    }
+
+    #[test]
+    fn a_thread_keeps_a_bounded_number() {
+        for _ in 0..KEPT_PER_THREAD + 10 {
+            give_back(BytesMut::with_capacity(64));
+        }
+        let kept = std::iter::from_fn(|| Some(take()))
+            .take_while(|buf| buf.capacity() > 0)
+            .count();
+        assert_eq!(kept, KEPT_PER_THREAD);
+    }
+}
