@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use shardline_router::ident::quote_ident;
 use shardline_router::{Config, KeyType};
 use tokio::sync::Mutex as AsyncMutex;
 use tokio_postgres::error::SqlState;
@@ -364,11 +365,6 @@ async fn connect_default(config: &Config) -> Result<Client, ClientError> {
         .await
         .map(|(client, _)| client)
         .map_err(|e| unreachable_catalog(&e))
-}
-
-/// An identifier, quoted.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The connected client inside the control connection's guard.

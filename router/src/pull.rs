@@ -25,6 +25,7 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::config::{Config, ShardId, Sharding};
+use crate::ident::quote_ident;
 use crate::plan::RouteError;
 use crate::sqlstate;
 
@@ -293,11 +294,6 @@ fn fold(ident: &sqlparser::ast::Ident) -> String {
     } else {
         ident.value.to_ascii_lowercase()
     }
-}
-
-/// A name as a quoted identifier.
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 #[cfg(test)]

@@ -9,9 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use sqlparser::ast::{SetExpr, Statement, TableObject};
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
+use sqlparser::ast::{SetExpr, Statement};
 
 use crate::analyze::value::{key_value, KeyExpr};
 use crate::config::{Config, ShardId};
@@ -42,16 +40,7 @@ pub fn split_insert(
     sql: &str,
     params: &dyn Params,
 ) -> Option<Result<Vec<InsertPart>, RouteError>> {
-    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
-    if statements.len() != 1 {
-        return None;
-    }
-    let Some(Statement::Insert(insert)) = statements.pop() else {
-        return None;
-    };
-    let TableObject::TableName(name) = &insert.table else {
-        return None;
-    };
+    let (insert, name) = crate::analyze::sole_insert(sql)?;
     let table = name.0.last()?.as_ident()?.value.clone();
     let rule = config.table(&table)?;
     let key_column = rule.key_column()?;
@@ -173,8 +162,8 @@ mod tests {
         for part in &parts {
             let sql = &part.statement.sql;
             assert!(sql.ends_with("DO NOTHING RETURNING id"), "{sql}");
-            let reparsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).map(|s| s.len());
-            assert_eq!(reparsed, Ok(1));
+            let reparsed = crate::analyze::parse_repaired(sql).map(|s| s.len());
+            assert_eq!(reparsed, Some(1));
             for id in &ids {
                 if sql.contains(&format!("({id}, 'u{id}')")) {
                     let shard = rule.as_ref().map(|r| r.shard_for(&KeyValue::Int(*id)));

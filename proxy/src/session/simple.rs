@@ -12,6 +12,7 @@ use crate::protocol::Frame;
 use crate::session::decide::{self, decide, Action, Request, Target};
 use crate::session::link::exchange::{Expect, Mode, Reply};
 use crate::session::local::explain::explained_statement;
+use crate::session::multi::copy_in::RowSource;
 use crate::session::multi::gather::{Delivery, Gather, Source};
 use crate::session::state::settings::effect_of;
 use crate::session::{local, ClientError, Session, SessionEnd};
@@ -143,9 +144,18 @@ impl Session {
                     .await
             }
             Action::Copy(spec) => {
-                Box::pin(self.copy_split(&loaded, &sql, spec, &Delivery::simple())).await
+                let delivery = Delivery::simple();
+                Box::pin(self.copy_split(&loaded, &sql, spec, &delivery, &mut RowSource::Client))
+                    .await
             }
             Action::Pull(tables) => Box::pin(self.pull_up(&loaded, tables, &sql)).await,
+            Action::InsertSelect(plan) => {
+                let source = Source::Simple {
+                    sql: &sql,
+                    literals: &params,
+                };
+                Box::pin(self.insert_select(&loaded, plan, &source, &Delivery::simple())).await
+            }
             Action::Everywhere => {
                 let build = |_: &mut crate::backend::conn::Backend| {
                     (

@@ -61,6 +61,25 @@ pub(crate) fn parse_repaired(sql: &str) -> Option<Vec<Statement>> {
         .ok()
 }
 
+/// The `INSERT` that is the whole of `sql`, and the name of the table it inserts into as
+/// written; `None` for anything else.
+pub(crate) fn sole_insert(
+    sql: &str,
+) -> Option<(sqlparser::ast::Insert, sqlparser::ast::ObjectName)> {
+    let mut statements = parse_repaired(sql)?;
+    if statements.len() != 1 {
+        return None;
+    }
+    let Some(Statement::Insert(insert)) = statements.pop() else {
+        return None;
+    };
+    let sqlparser::ast::TableObject::TableName(name) = &insert.table else {
+        return None;
+    };
+    let name = name.clone();
+    Some((insert, name))
+}
+
 pub(crate) fn analyze(config: &Config, sql: &str) -> Plan {
     let tokens = match lex::tokenize(sql) {
         Ok(tokens) => tokens,

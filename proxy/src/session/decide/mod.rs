@@ -20,6 +20,7 @@ mod tests;
 use std::collections::BTreeSet;
 
 use shardline_router::copy::CopyInto;
+use shardline_router::insert_select::InsertSelect;
 use shardline_router::pull::PulledTable;
 use shardline_router::split::InsertPart;
 use shardline_router::{Config, SavepointOp, ShardId, StatementKind};
@@ -112,6 +113,9 @@ pub(crate) enum Action<'a> {
     Copy(&'a CopyInto),
     /// A read run on the default shard once these tables' rows are gathered there.
     Pull(&'a [PulledTable]),
+    /// An `INSERT … SELECT` into a sharded table: the rows made on the default shard, loaded
+    /// into their shards, committed on every shard or none.
+    InsertSelect(&'a InsertSelect),
     /// A pipeline whose statements need different shards, run statement by statement; outside
     /// a transaction block its shards commit together at its `Sync`.
     Spread,
@@ -228,6 +232,13 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
                     ),
                 )),
                 Target::Pull { tables, .. } => Action::Pull(tables),
+                // Its rows are made on a backend of their own, which would not see the writes
+                // of the client's transaction block.
+                Target::InsertSelect(_) if tx.open() => Action::Refuse(ClientError::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "INSERT … SELECT into a sharded table works outside a transaction block only (it commits on every shard or none by itself); run it on its own",
+                )),
+                Target::InsertSelect(plan) => Action::InsertSelect(plan),
                 // Resolved to a shard by `combined_target`.
                 Target::Session | Target::Shard(_) => Action::Refuse(ClientError::new(
                     sqlstate::INTERNAL,

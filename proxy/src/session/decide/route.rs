@@ -2,6 +2,7 @@
 //! into account, and the moving keys it writes during a resharding migration.
 
 use shardline_router::copy::{copy_into, CopyInto};
+use shardline_router::insert_select::{insert_select, InsertSelect};
 use shardline_router::pull::{pulled_tables, PulledTable};
 use shardline_router::split::{split_insert, InsertPart};
 use shardline_router::{sqlstate, Config, Params, Plan, Route, ShardId, StatementKind};
@@ -32,6 +33,9 @@ pub(crate) enum Target {
         tables: Vec<PulledTable>,
         refusal: ClientError,
     },
+    /// `INSERT … SELECT` into a sharded table: the `SELECT` runs on the default shard (after
+    /// a pull-up of what it reads), its rows go to their shards as a routed `COPY`.
+    InsertSelect(Box<InsertSelect>),
 }
 
 impl Target {
@@ -44,6 +48,13 @@ impl Target {
             Target::Split(parts) => Some(parts.iter().map(|p| p.shard).collect()),
             Target::Copy(spec) => Some(spec.rule.shards(config.shards.len())),
             Target::Pull { .. } => Some(vec![config.default_shard]),
+            Target::InsertSelect(plan) => {
+                let mut shards = plan.spec.rule.shards(config.shards.len());
+                if !shards.contains(&config.default_shard) {
+                    shards.push(config.default_shard);
+                }
+                Some(shards)
+            }
         }
     }
 }
@@ -99,7 +110,10 @@ pub(crate) fn route(
         Err(e) if plan.kind == StatementKind::Write => {
             match split_insert(&loaded.config, sql, params) {
                 Some(parts) => Target::Split(parts?),
-                None => return Err(e.into()),
+                None => match insert_select(&loaded.config, sql) {
+                    Some(plan) => Target::InsertSelect(Box::new(plan?)),
+                    None => return Err(e.into()),
+                },
             }
         }
         // A read PostgreSQL can answer once the rows of its sharded tables are in one place.

@@ -5,6 +5,7 @@
 
 use bytes::BytesMut;
 use shardline_router::copy::CopyInto;
+use shardline_router::insert_select::InsertSelect;
 use shardline_router::pull::PulledTable;
 use shardline_router::split::InsertPart;
 use shardline_router::ShardId;
@@ -15,6 +16,7 @@ use crate::protocol::frontend::{execute_max_rows, BindView};
 use crate::protocol::Frame;
 use crate::session::extended::segment::{Item, Segment};
 use crate::session::link::exchange::Reply;
+use crate::session::multi::copy_in::RowSource;
 use crate::session::multi::gather::MergeFailure;
 use crate::session::multi::gather::{Delivery, Gather, Source};
 use crate::session::state::statements::Statement;
@@ -31,6 +33,8 @@ pub(crate) enum Assembled<'a> {
     Copy(&'a CopyInto),
     /// A read PostgreSQL answers once these tables' rows are gathered on the default shard.
     Pull(&'a [PulledTable]),
+    /// An `INSERT … SELECT` into a sharded table.
+    InsertSelect(&'a InsertSelect),
 }
 
 /// The client's messages of an assembled segment, sorted into what comes before the result
@@ -55,7 +59,11 @@ impl Session {
     ) -> Result<(), SessionEnd> {
         // A split INSERT without RETURNING answers no rows, so a row limit cannot cut it
         // (pgjdbc's batched inserts send one).
-        let rowless = matches!(how, Assembled::Split(parts) if !parts.iter().any(|p| p.returning));
+        let rowless = match how {
+            Assembled::Split(parts) => !parts.iter().any(|p| p.returning),
+            Assembled::InsertSelect(_) => true,
+            _ => false,
+        };
         let layout = match layout(&segment.items, rowless) {
             Ok(layout) => layout,
             Err(error) => return self.fail(error).await,
@@ -90,8 +98,12 @@ impl Session {
                     .await
             }
             (Assembled::Copy(spec), _) => {
-                self.copy_split(loaded, &statement.query, spec, &delivery)
+                let rows = &mut RowSource::Client;
+                self.copy_split(loaded, &statement.query, spec, &delivery, rows)
                     .await
+            }
+            (Assembled::InsertSelect(plan), _) => {
+                self.insert_select(loaded, plan, &source, &delivery).await
             }
             (Assembled::Pull(tables), _) => {
                 self.pull_up_extended(loaded, tables, &source, &delivery)

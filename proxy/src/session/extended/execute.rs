@@ -174,6 +174,12 @@ impl Session {
                     .await
                     .map(|()| Segmented::Ran);
             }
+            Action::InsertSelect(plan) => {
+                let how = Assembled::InsertSelect(plan);
+                return Box::pin(self.run_assembled(loaded, how, &segment))
+                    .await
+                    .map(|()| Segmented::Ran);
+            }
             Action::Pull(tables) => {
                 return Box::pin(self.run_assembled(loaded, Assembled::Pull(tables), &segment))
                     .await

@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 use shardline_router::generated::KeylessInsert;
+use shardline_router::insert_select::InsertSelect;
 use shardline_router::pull::PulledTable;
 use shardline_router::{Config, Param, Plan, Route};
 
@@ -78,6 +79,24 @@ fn pull_explanation(
     )
 }
 
+/// How an `INSERT … SELECT` into a sharded table runs: where the `SELECT` runs, what it
+/// pulls, and where its rows go.
+fn insert_select_explanation(config: &Config, plan: &InsertSelect) -> String {
+    let pulled = if plan.pulled.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<&str> = plan.pulled.iter().map(|t| t.name.as_str()).collect();
+        format!(" after pulling the rows of {} there", names.join(", "))
+    };
+    format!(
+        "INSERT … SELECT: the SELECT runs on {}{pulled} into a staging table shaped like {}; its rows are loaded into {} by each row's {} as a routed COPY and commit on every shard or none (outside transaction blocks)",
+        shard_names(config, &[config.default_shard]),
+        plan.spec.table,
+        plan.spec.table,
+        plan.spec.rule.key_column().unwrap_or("key"),
+    )
+}
+
 /// Shard names of a route.
 fn route_names(config: &Config, route: &Route) -> String {
     match route {
@@ -101,19 +120,28 @@ impl Session {
             ]);
             return Reply::Table(table).encode();
         }
-        if let Ok((Target::Pull { tables, refusal }, _)) =
-            decide::route(loaded, &plan, statement, &params)
-        {
-            let default = loaded.config.default_shard;
-            let estimate = self.estimated_pull(loaded, &tables).await;
-            table.push(vec![
-                format!(
-                    "{} (rows gathered there)",
-                    shard_names(&loaded.config, &[default])
-                ),
-                pull_explanation(&loaded.config, &tables, estimate, &refusal),
-            ]);
-            return Reply::Table(table).encode();
+        match decide::route(loaded, &plan, statement, &params) {
+            Ok((Target::Pull { tables, refusal }, _)) => {
+                let default = loaded.config.default_shard;
+                let estimate = self.estimated_pull(loaded, &tables).await;
+                table.push(vec![
+                    format!(
+                        "{} (rows gathered there)",
+                        shard_names(&loaded.config, &[default])
+                    ),
+                    pull_explanation(&loaded.config, &tables, estimate, &refusal),
+                ]);
+                return Reply::Table(table).encode();
+            }
+            Ok((Target::InsertSelect(insert), _)) => {
+                let shards = insert.spec.rule.shards(loaded.config.shards.len());
+                table.push(vec![
+                    shard_names(&loaded.config, &shards),
+                    insert_select_explanation(&loaded.config, &insert),
+                ]);
+                return Reply::Table(table).encode();
+            }
+            _ => {}
         }
         let shards = match plan.route(&loaded.config, &params) {
             Ok(route) => route_names(&loaded.config, &route),

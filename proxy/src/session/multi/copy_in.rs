@@ -1,20 +1,22 @@
 //! `COPY … FROM STDIN` into a sharded table: every shard holding the table runs the same COPY
 //! inside a transaction, and each row of the client's stream goes to the shard that owns its
 //! key. The shards' transactions commit together with two-phase commit, so the COPY loads all
-//! of its rows or none, as on one server.
+//! of its rows or none, as on one server. The rows of an `INSERT … SELECT` take the same way,
+//! streamed from the backend that ran the `SELECT` instead of the client ([`RowSource`]).
 
 use std::collections::{HashMap, VecDeque};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use shardline_router::copy::{trim_line_end, CopyFormat, CopyInto, RowSplitter};
 use shardline_router::ShardId;
+use tokio::net::tcp::OwnedReadHalf;
 
 use crate::backend::pool::Pooled;
 use crate::context::Loaded;
 use crate::keys::KeyDefault;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::encoding::ClientEncoding;
-use crate::protocol::FrameError;
+use crate::protocol::{Frame, FrameError, FrameReader};
 use crate::session::multi::gather::Delivery;
 use crate::session::multi::gather::MergeFailure;
 use crate::session::multi::twophase::Part;
@@ -34,6 +36,7 @@ impl Session {
         sql: &str,
         spec: &CopyInto,
         delivery: &Delivery,
+        source: &mut RowSource<'_>,
     ) -> Result<(), SessionEnd> {
         let shards = spec.rule.shards(loaded.config.shards.len());
         let started = std::time::Instant::now();
@@ -47,11 +50,11 @@ impl Session {
         };
         let result = match &keyed {
             Some((sql, spec)) => {
-                self.copy_rows(loaded, sql, spec, &shards, true, delivery)
+                self.copy_rows(loaded, sql, spec, &shards, true, delivery, source)
                     .await
             }
             None => {
-                self.copy_rows(loaded, sql, spec, &shards, false, delivery)
+                self.copy_rows(loaded, sql, spec, &shards, false, delivery, source)
                     .await
             }
         };
@@ -89,6 +92,7 @@ impl Session {
 
     /// The COPY itself; `Ok(true)` when every row was committed. With `generated`, the
     /// proxy puts a new key first in every row.
+    #[allow(clippy::too_many_arguments)]
     async fn copy_rows(
         &mut self,
         loaded: &Loaded,
@@ -97,6 +101,7 @@ impl Session {
         shards: &[ShardId],
         generated: bool,
         delivery: &Delivery,
+        source: &mut RowSource<'_>,
     ) -> Result<bool, SessionEnd> {
         let mut parts: Vec<Part> = Vec::with_capacity(shards.len());
         let started = self
@@ -123,11 +128,16 @@ impl Session {
                 return self.abandon_copy(parts, copying, error, delivery).await
             }
         };
-        self.out.push(&copy_in_response).await?;
-        self.out.flush().await?;
-        let delivery = &Delivery {
-            ready: !delivery.extended,
-            ..delivery.clone()
+        let client = matches!(source, RowSource::Client);
+        let delivery = &if client {
+            self.out.push(&copy_in_response).await?;
+            self.out.flush().await?;
+            Delivery {
+                ready: !delivery.extended,
+                ..delivery.clone()
+            }
+        } else {
+            delivery.clone()
         };
 
         let index: HashMap<ShardId, usize> = parts
@@ -141,41 +151,29 @@ impl Session {
         }
         let mut client_failed = None;
         loop {
-            let frame = match self.input.read().await {
-                Ok(frame) => frame,
-                Err(FrameError::Closed) => {
+            let incoming = match source.next(&mut self.input).await {
+                Ok(incoming) => incoming,
+                Err(end) => {
                     self.release_parts_broken(parts);
-                    return Err(SessionEnd::Disconnected);
-                }
-                Err(e) => {
-                    self.release_parts_broken(parts);
-                    return Err(SessionEnd::Protocol(e.to_string()));
+                    return Err(end);
                 }
             };
-            match frame.tag() {
-                b'd' => {
+            match incoming {
+                Incoming::Data(frame) => {
                     let rows = router.split(frame.body());
                     self.top_up_keys(loaded, &mut router, rows.len()).await;
                     router.route_rows(rows, &index);
                 }
-                b'c' => {
+                Incoming::Done => {
                     // The last row may lack its line end: it is routed at the finish.
                     self.top_up_keys(loaded, &mut router, 1).await;
                     break;
                 }
-                b'f' => {
-                    let reason = String::from_utf8_lossy(
-                        frame.body().strip_suffix(&[0]).unwrap_or(frame.body()),
-                    )
-                    .into_owned();
-                    client_failed = Some(ClientError::new(
-                        sqlstate::QUERY_CANCELED,
-                        format!("COPY from stdin failed: {reason}"),
-                    ));
+                Incoming::Failed(error) => {
+                    client_failed = Some(error);
                     break;
                 }
-                // Flush and Sync are ignored during COPY, as PostgreSQL does.
-                _ => {}
+                Incoming::Other => {}
             }
             if router.error.is_none() {
                 for (i, batch) in router.full_batches() {
@@ -196,7 +194,10 @@ impl Session {
         };
         match failure {
             Err((copying, error)) => self.abandon_copy(parts, copying, error, delivery).await,
-            Ok(()) => self.commit_copy(parts, router.total, delivery).await,
+            Ok(()) => {
+                let tag = format!("{} {}", source.command(), router.total);
+                self.commit_copy(parts, tag, delivery).await
+            }
         }
     }
 
@@ -331,14 +332,14 @@ impl Session {
     async fn commit_copy(
         &mut self,
         parts: Vec<Part>,
-        rows: u64,
+        tag: String,
         delivery: &Delivery,
     ) -> Result<bool, SessionEnd> {
         let failure = self.settle_parts(parts).await;
         let committed = failure.is_none();
         let result = match failure {
             Some(error) => Err(MergeFailure::Query(error)),
-            None => Ok(format!("COPY {rows}")),
+            None => Ok(tag),
         };
         self.complete(result, delivery).await?;
         Ok(committed)
@@ -380,6 +381,87 @@ impl Session {
             part.conn.broken = true;
         }
         self.release_parts(parts);
+    }
+}
+
+/// Where the rows of a routed COPY come from.
+pub(crate) enum RowSource<'a> {
+    /// The client's `CopyData` messages (`COPY … FROM STDIN`).
+    Client,
+    /// A backend's `COPY … TO STDOUT`, already started (the rows of an `INSERT … SELECT`).
+    Shard {
+        conn: &'a mut Pooled,
+        /// The shard's name, for errors.
+        name: String,
+        /// The backend finished its COPY (or failed it) and is reading commands again.
+        ended: bool,
+    },
+}
+
+/// The next message of a COPY's row stream, as the routing reads it.
+enum Incoming {
+    Data(Frame),
+    Done,
+    Failed(ClientError),
+    /// Anything else (a client's `Flush` or `Sync`, ignored during COPY as PostgreSQL does).
+    Other,
+}
+
+impl RowSource<'_> {
+    /// The next message; `Err` when the client is gone (the session ends).
+    async fn next(
+        &mut self,
+        input: &mut FrameReader<OwnedReadHalf>,
+    ) -> Result<Incoming, SessionEnd> {
+        match self {
+            RowSource::Client => {
+                let frame = match input.read().await {
+                    Ok(frame) => frame,
+                    Err(FrameError::Closed) => return Err(SessionEnd::Disconnected),
+                    Err(e) => return Err(SessionEnd::Protocol(e.to_string())),
+                };
+                Ok(match frame.tag() {
+                    b'd' => Incoming::Data(frame),
+                    b'c' => Incoming::Done,
+                    b'f' => {
+                        let body = frame.body();
+                        let reason =
+                            String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
+                        Incoming::Failed(ClientError::new(
+                            sqlstate::QUERY_CANCELED,
+                            format!("COPY from stdin failed: {reason}"),
+                        ))
+                    }
+                    _ => Incoming::Other,
+                })
+            }
+            RowSource::Shard { conn, name, ended } => {
+                let frame = match conn.read().await {
+                    Ok(frame) => frame,
+                    Err(e) => return Ok(Incoming::Failed(ClientError::lost_shard(name, e))),
+                };
+                Ok(match frame.tag() {
+                    tag::COPY_DATA => Incoming::Data(frame),
+                    tag::COPY_DONE => {
+                        *ended = true;
+                        Incoming::Done
+                    }
+                    tag::ERROR_RESPONSE => {
+                        *ended = true;
+                        Incoming::Failed(ClientError::from_shard(frame.bytes(), name))
+                    }
+                    _ => Incoming::Other,
+                })
+            }
+        }
+    }
+
+    /// The command tag's word for the rows loaded.
+    fn command(&self) -> &'static str {
+        match self {
+            RowSource::Client => "COPY",
+            RowSource::Shard { .. } => "INSERT 0",
+        }
     }
 }
 
@@ -484,7 +566,7 @@ impl<'a> RowRouter<'a> {
             Err(reason) => {
                 self.error = Some(ClientError::new(
                     sqlstate::INVALID_TEXT_REPRESENTATION,
-                    format!("{reason}; no row of this COPY was loaded"),
+                    format!("{reason}; no row of this statement was loaded"),
                 ));
             }
         }

@@ -12,6 +12,7 @@ pub(crate) mod aggregate;
 pub(crate) mod copy_in;
 pub(crate) mod dual;
 pub(crate) mod gather;
+pub(crate) mod insert_select;
 pub(crate) mod ordered;
 pub(crate) mod pull;
 pub(crate) mod scatter;

@@ -17,13 +17,13 @@
 use std::collections::VecDeque;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use shardline_router::ident::quote_ident;
 use shardline_router::placeholders::ShardStatement;
 use shardline_router::pull::PulledTable;
 use shardline_router::ShardId;
 
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
-use crate::keys::quote_ident;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::Frame;
 use crate::session::link::attach::drain_to_ready;
@@ -54,7 +54,7 @@ impl Session {
             Err(error) => return self.fail(error.into()).await,
         };
         let target = loaded.config.default_shard;
-        let conn = match self.pulled(loaded, target, tables).await {
+        let conn = match self.pulled(loaded, target, tables, "").await {
             Ok(conn) => conn,
             Err(error) => return self.fail(error).await,
         };
@@ -108,7 +108,7 @@ impl Session {
                     .await
             }
         };
-        let mut conn = match self.pulled(loaded, target, tables).await {
+        let mut conn = match self.pulled(loaded, target, tables, "").await {
             Ok(conn) => conn,
             Err(error) => {
                 return self
@@ -160,16 +160,21 @@ impl Session {
         }
     }
 
-    /// Checks out `target`'s backend and fills it with `tables` (see [`Session::pull_into`]);
-    /// on failure the pull's transaction is rolled back and the backend let go.
-    async fn pulled(
+    /// Checks out `target`'s backend and fills it with `tables` (see [`Session::pull_into`]),
+    /// after running `prologue` in the pull's transaction; on failure the transaction is
+    /// rolled back and the backend let go.
+    pub(super) async fn pulled(
         &mut self,
         loaded: &Loaded,
         target: ShardId,
         tables: &[PulledTable],
+        prologue: &str,
     ) -> Result<Pooled, ClientError> {
         let mut conn = self.attach(loaded, target).await?;
-        let Err(error) = self.pull_into(loaded, &mut conn, target, tables).await else {
+        let pulled = self
+            .pull_into(loaded, &mut conn, target, tables, prologue)
+            .await;
+        let Err(error) = pulled else {
             return Ok(conn);
         };
         let rolled_back = !conn.broken
@@ -181,7 +186,7 @@ impl Session {
 
     /// Returns a backend the pull used to its pool when it is `clean` (idle, its answers all
     /// read); closes it otherwise (mid-COPY, or failed), the only clean way out.
-    fn let_go(&mut self, shard: ShardId, mut conn: Pooled, clean: bool) {
+    pub(super) fn let_go(&mut self, shard: ShardId, mut conn: Pooled, clean: bool) {
         if clean {
             self.keep_or_release(shard, conn, false);
         } else {
@@ -191,17 +196,18 @@ impl Session {
         }
     }
 
-    /// Opens the pull's transaction on `conn` (the target's backend) and fills one temporary
-    /// table per pulled table.
+    /// Opens the pull's transaction on `conn` (the target's backend), runs `prologue` and
+    /// fills one temporary table per pulled table.
     async fn pull_into(
         &mut self,
         loaded: &Loaded,
         conn: &mut Pooled,
         target: ShardId,
         tables: &[PulledTable],
+        prologue: &str,
     ) -> Result<(), ClientError> {
         let target_name = self.shard_names(&[target]);
-        let mut create = String::from("BEGIN;");
+        let mut create = format!("BEGIN;{prologue};");
         // The router pulls only tables the target holds (its own rows are taken in place).
         for table in tables {
             create.push_str(&format!(
@@ -280,7 +286,7 @@ impl Session {
 
     /// Sends `sql` (see [`Session::send_in_line`]), which must answer with `expected` (COPY's
     /// response) before its `ReadyForQuery`.
-    async fn start_copy(
+    pub(super) async fn start_copy(
         &mut self,
         conn: &mut Pooled,
         shard: ShardId,
@@ -395,7 +401,7 @@ fn plan_rows(json: &str) -> Option<u64> {
 }
 
 /// Reads the answers to one query up to `ReadyForQuery`: its command tags, or its error.
-async fn read_answer(conn: &mut Pooled, name: &str) -> Result<Vec<String>, ClientError> {
+pub(super) async fn read_answer(conn: &mut Pooled, name: &str) -> Result<Vec<String>, ClientError> {
     let mut tags = Vec::new();
     let mut error = None;
     loop {

@@ -85,6 +85,12 @@ pub(super) fn target_text(loaded: &Loaded, target: &Target) -> String {
         Target::Split(_) => format!("split {shards}"),
         Target::Copy(_) => format!("copy {shards}"),
         Target::Pull { tables, .. } => format!("pull {} to {shards}", table_names(tables)),
+        Target::InsertSelect(plan) => {
+            format!(
+                "insert-select pulling {} into {shards}",
+                table_names(&plan.pulled)
+            )
+        }
     }
 }
 
@@ -117,6 +123,9 @@ pub(super) fn action_text(action: &Action<'_>) -> String {
         Action::Split(_) => "split".to_owned(),
         Action::Copy(_) => "copy".to_owned(),
         Action::Pull(tables) => format!("pull {}", table_names(tables)),
+        Action::InsertSelect(plan) => {
+            format!("insert-select pulling {}", table_names(&plan.pulled))
+        }
         Action::Spread => "spread".to_owned(),
         Action::Refuse(error) => format!("refuse {}", error.sqlstate),
     }

@@ -77,6 +77,16 @@ fn routes_each_kind_of_statement() {
             "pull events,users to s0".into(),
         ),
         (
+            "INSERT INTO events (id) SELECT id FROM users WHERE id > 5".into(),
+            vec![],
+            "insert-select pulling users into s0,s1,s2".into(),
+        ),
+        (
+            "INSERT INTO users SELECT g FROM generate_series(1, 5) g".into(),
+            vec![],
+            format!("insert-select pulling  into {all}"),
+        ),
+        (
             "SELECT count(DISTINCT name) FROM public.users".into(),
             vec![],
             "error 0A000".into(),

@@ -172,6 +172,15 @@ fn pull(loaded: &Loaded) -> Target {
     }
 }
 
+/// An `INSERT … SELECT` into a sharded table, routed.
+fn insert_select(loaded: &Loaded) -> Target {
+    let sql = "INSERT INTO events SELECT * FROM users";
+    match route(loaded, &plan(&loaded.config, sql), sql, &()) {
+        Ok((target @ Target::InsertSelect(_), _)) => target,
+        other => panic!("not an INSERT … SELECT: {other:?}"),
+    }
+}
+
 /// A `SET` of a setting PostgreSQL reports to the client.
 fn datestyle() -> StatementKind {
     StatementKind::Set {

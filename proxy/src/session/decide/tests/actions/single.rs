@@ -185,6 +185,13 @@ fn decides_statements_and_pipelines() {
             Some(pull(&loaded)),
         )
         .expect("pull users"),
+        simple(
+            "an INSERT … SELECT into a sharded table",
+            idle(),
+            Write,
+            Some(insert_select(&loaded)),
+        )
+        .expect("insert-select pulling users"),
         segment(
             "a pipeline over two shards",
             idle(),

@@ -48,6 +48,13 @@ fn decides_transactions_across_shards() {
             Some(pull(&loaded)),
         )
         .expect("refuse 0A000"),
+        simple(
+            "an INSERT … SELECT into a sharded table, inside a transaction",
+            held(),
+            Write,
+            Some(insert_select(&loaded)),
+        )
+        .expect("refuse 0A000"),
         segment(
             "two shards in one segment of a transaction",
             held(),

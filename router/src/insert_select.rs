@@ -1,0 +1,212 @@
+//! `INSERT INTO t … SELECT …` with `t` sharded: the plan that runs the `SELECT` on one backend
+//! (the default shard's, after pulling the sharded tables it reads there, see [`crate::pull`])
+//! and loads the rows it makes into `t`'s shards as a routed `COPY` would.
+//!
+//! The selected rows go first into a staging table shaped like `t` (`LIKE t INCLUDING
+//! DEFAULTS`), so PostgreSQL applies exactly the casts, checks and column defaults an
+//! `INSERT` into `t` would; the staging table's rows are then copied out as text and each row
+//! goes to the shard that owns its key. The staging table leaves the shard key without its
+//! default: a key a shard's own sequence would hand out is not unique across shards, so a
+//! column list that leaves the key out gets keys the proxy generates (or is refused, when the
+//! table has none), and a `SELECT` narrower than the table that leaves the key out reaches
+//! the router as a NULL key and is refused.
+
+use sqlparser::ast::{Insert, SetExpr};
+
+use crate::config::Config;
+use crate::copy::{copy_into, CopyInto};
+use crate::ident::quote_ident;
+use crate::plan::RouteError;
+use crate::pull::{pulled_tables, PulledTable};
+use crate::sqlstate;
+
+/// The staging table's name on the backend that runs the `SELECT`.
+const STAGING: &str = "shardline_insert_rows";
+
+/// How one `INSERT … SELECT` into a sharded table runs.
+#[derive(Debug, Clone)]
+pub struct InsertSelect {
+    /// The sharded tables the `SELECT` reads, pulled into the backend that runs it.
+    pub pulled: Vec<PulledTable>,
+    /// Creates the staging table (inside the pull's transaction, before the pulled tables,
+    /// whose temporary copies would hide `t` itself).
+    pub stage: String,
+    /// Runs the client's `SELECT` into the staging table; its `$n` are the client's.
+    pub fill: String,
+    /// Copies the staged rows out, as text.
+    pub unload: String,
+    /// The `COPY … FROM STDIN` each of `t`'s shards runs.
+    pub copy: String,
+    /// What the routed COPY needs to place each row.
+    pub spec: CopyInto,
+}
+
+/// The plan of `sql` when it is an `INSERT … SELECT` into a sharded table; `None` for any
+/// other statement.
+pub fn insert_select(config: &Config, sql: &str) -> Option<Result<InsertSelect, RouteError>> {
+    let (insert, name) = crate::analyze::sole_insert(sql)?;
+    let table = name.to_string();
+    let rule = config.table(&table)?;
+    rule.key_column()?;
+    let source = insert.source.as_ref()?;
+    if matches!(source.body.as_ref(), SetExpr::Values(_)) && source.with.is_none() {
+        return None;
+    }
+    Some(plan(config, &insert, &table))
+}
+
+fn plan(config: &Config, insert: &Insert, table: &str) -> Result<InsertSelect, RouteError> {
+    if insert.on.is_some() || insert.returning.is_some() {
+        return Err(RouteError::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("INSERT … SELECT into sharded table {table} with ON CONFLICT or RETURNING is not supported yet; leave them out, or insert the rows with INSERT … VALUES"),
+        ));
+    }
+    let Some(source) = insert.source.as_ref() else {
+        return Err(internal());
+    };
+    let writes = source
+        .with
+        .iter()
+        .flat_map(|with| &with.cte_tables)
+        .any(|cte| {
+            matches!(
+                cte.query.body.as_ref(),
+                SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
+            )
+        });
+    if writes {
+        return Err(RouteError::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("INSERT … SELECT into sharded table {table} from a WITH that changes data is not supported; run the data-changing statement on its own first"),
+        ));
+    }
+    let source = source.to_string();
+    let columns: Vec<String> = insert.columns.iter().map(ToString::to_string).collect();
+    let list = if columns.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", columns.join(", "))
+    };
+    let copy = format!("COPY {table}{list} FROM STDIN");
+    let spec = match copy_into(config, &copy) {
+        Some(spec) => spec?,
+        None => return Err(internal()),
+    };
+    let key = spec.rule.key_column().ok_or_else(internal)?.to_owned();
+    let key = quote_ident(&key);
+    Ok(InsertSelect {
+        pulled: pulled_tables(config, &source)?,
+        stage: format!(
+            "CREATE TEMP TABLE {STAGING} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP; \
+             ALTER TABLE {STAGING} ALTER COLUMN {key} DROP DEFAULT, ALTER COLUMN {key} DROP NOT NULL; \
+             SET LOCAL extra_float_digits = 3"
+        ),
+        fill: format!("INSERT INTO {STAGING}{list} {source}"),
+        unload: format!("COPY {STAGING}{list} TO STDOUT"),
+        copy,
+        spec,
+    })
+}
+
+fn internal() -> RouteError {
+    RouteError::new(
+        sqlstate::INTERNAL,
+        "an INSERT … SELECT lost its target table while being planned",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::from_yaml(
+            "users: [{name: app, password: app}]
+shards:
+  - {name: s0, host: 127.0.0.1, port: 5432}
+  - {name: s1, host: 127.0.0.1, port: 5433}
+tables:
+  - {name: users, sharding: hash, column: id, type: int8}
+  - {name: archive, sharding: hash, column: id, type: int8}
+  - {name: countries, sharding: reference}
+",
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn planned(sql: &str) -> InsertSelect {
+        match insert_select(&config(), sql) {
+            Some(Ok(plan)) => plan,
+            Some(Err(e)) => panic!("{sql}: refused: {}", e.message),
+            None => panic!("{sql}: not an INSERT … SELECT into a sharded table"),
+        }
+    }
+
+    #[test]
+    fn only_insert_select_into_sharded_tables_is_planned() {
+        let config = config();
+        for other in [
+            "INSERT INTO users (id, name) VALUES (1, 'a')",
+            "INSERT INTO countries SELECT * FROM users",
+            "INSERT INTO unlisted SELECT * FROM users",
+            "SELECT * FROM users",
+            "COPY users FROM STDIN",
+        ] {
+            assert!(insert_select(&config, other).is_none(), "{other}");
+        }
+    }
+
+    #[test]
+    fn the_select_fills_a_staging_table_shaped_like_the_target() {
+        let plan =
+            planned("INSERT INTO archive (id, name) SELECT id, name FROM users WHERE id > 5");
+        assert_eq!(
+            plan.fill,
+            "INSERT INTO shardline_insert_rows (id, name) SELECT id, name FROM users WHERE id > 5"
+        );
+        assert!(plan
+            .stage
+            .starts_with("CREATE TEMP TABLE shardline_insert_rows (LIKE archive INCLUDING DEFAULTS) ON COMMIT DROP;"));
+        assert!(plan.stage.contains("ALTER COLUMN \"id\" DROP DEFAULT"));
+        assert_eq!(
+            plan.unload,
+            "COPY shardline_insert_rows (id, name) TO STDOUT"
+        );
+        assert_eq!(plan.copy, "COPY archive (id, name) FROM STDIN");
+        let pulled: Vec<&str> = plan.pulled.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(pulled, ["users"]);
+    }
+
+    #[test]
+    fn a_select_of_no_sharded_table_pulls_nothing() {
+        let plan = planned("INSERT INTO users SELECT g, 'n' || g FROM generate_series(1, 10) g");
+        assert!(plan.pulled.is_empty());
+        assert_eq!(plan.unload, "COPY shardline_insert_rows TO STDOUT");
+        assert_eq!(plan.copy, "COPY users FROM STDIN");
+        assert!(!plan.spec.leaves_out_key());
+    }
+
+    #[test]
+    fn a_column_list_without_the_key_leaves_it_to_the_generated_keys() {
+        let plan = planned("INSERT INTO users (name) SELECT name FROM countries");
+        assert!(plan.spec.leaves_out_key());
+        assert!(plan.pulled.is_empty());
+    }
+
+    #[test]
+    fn on_conflict_returning_and_qualified_reads_are_refused() {
+        let config = config();
+        for sql in [
+            "INSERT INTO users SELECT * FROM archive ON CONFLICT DO NOTHING",
+            "INSERT INTO users SELECT * FROM archive RETURNING id",
+            "INSERT INTO users SELECT * FROM public.archive",
+            "INSERT INTO users WITH gone AS (DELETE FROM archive RETURNING *) SELECT * FROM gone",
+        ] {
+            assert!(
+                matches!(insert_select(&config, sql), Some(Err(e)) if e.sqlstate == sqlstate::FEATURE_NOT_SUPPORTED),
+                "{sql}"
+            );
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Differential test of `INSERT … SELECT` into sharded tables: the `SELECT` runs on one backend
+//! (after pulling the sharded tables it reads) and its rows are loaded into their shards. The
+//! same statements run on one plain PostgreSQL database holding the same rows; afterwards
+//! every table must hold the same rows on both, every row on the shard the router places it
+//! on, with no prepared transaction left behind. A failing statement loads nothing; the
+//! forms that cannot run exactly are refused.
+
+use shardline_tests::{sqlstate, text_rows, TestCluster};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+const DDL: &str = "
+CREATE TABLE users (id bigserial PRIMARY KEY, name text, score numeric, ratio float8,
+                    created timestamptz);
+CREATE TABLE orders (id bigint, user_id bigint, total numeric(10,2), note text DEFAULT 'none');
+CREATE TABLE accounts (email text PRIMARY KEY, user_id bigint);
+CREATE TABLE events (id bigint PRIMARY KEY, user_id bigint);
+CREATE TABLE countries (code text PRIMARY KEY, region text);";
+
+const DATA: &[&str] = &[
+    "INSERT INTO users (id, name, score, ratio, created) VALUES
+       (1, 'ann', 10.5, 0.1, '2024-01-01 10:00+00'), (2, 'bob', NULL, -2.25, NULL),
+       (3, NULL, 7, 1e-300, '2024-03-01 00:00+00'), (4, 'émile', -3.333, 1.5, '2023-12-31 23:59+00'),
+       (5, 'cy', 0, NULL, '2024-06-01 12:00+00'), (6, 'dee', 99.99, 3.0, '2024-02-29 00:00+00')",
+    "INSERT INTO orders (id, user_id, total) VALUES (1, 1, 5.25), (2, 1, 7), (3, 2, 100),
+       (4, 3, 0.5), (5, 5, 12), (6, 6, 1), (7, 6, 2), (8, 9, 3)",
+    "INSERT INTO countries (code, region) VALUES ('de', 'eu'), ('fr', 'eu'), ('us', 'na')",
+];
+
+/// Statements run on both sides, each expected to succeed.
+const INSERTS: &[&str] = &[
+    // From another sharded table, filtered (pushed down), with an assignment cast.
+    "INSERT INTO orders (id, user_id, total) SELECT id + 100, id, score / 3 FROM users WHERE score > 5",
+    // From the target itself joined with a table sharded by another key.
+    "INSERT INTO orders SELECT o.id + 200, u.id, o.total * 2 FROM orders o JOIN users u ON u.id = o.user_id % 3 + 1",
+    // From no table: floats, timestamps and text made on the spot.
+    "INSERT INTO users (id, name, score, ratio, created) SELECT g + 1000, 'g' || g, g / 3.0, g / 7.0, '2024-01-01 00:00+00'::timestamptz + g * interval '1 hour' FROM generate_series(1, 300) g",
+    // Into a range-sharded table, across its ranges.
+    "INSERT INTO events (id, user_id) SELECT id * 3, id FROM users",
+    // Into a table sharded by text.
+    "INSERT INTO accounts SELECT lower(coalesce(name, 'nobody')) || id || '@example.org', id FROM users",
+    // A window function in a CTE: one row per user, the largest order.
+    "INSERT INTO orders (id, user_id, total) WITH ranked AS (SELECT id, user_id, total, row_number() OVER (PARTITION BY user_id ORDER BY total DESC, id) AS r FROM orders) SELECT id + 1000, user_id, total FROM ranked WHERE r = 1",
+    // From a reference table; the rest of the columns take their defaults.
+    "INSERT INTO users (id, name) SELECT 5000 + row_number() OVER (ORDER BY code), code FROM countries",
+    // A SELECT narrower than the table: the columns it leaves out take their defaults.
+    "INSERT INTO orders SELECT 7000, 1",
+];
+
+/// Every table's rows, in a defined order.
+async fn contents(client: &Client) -> anyhow::Result<Vec<Vec<Option<String>>>> {
+    let mut rows = Vec::new();
+    for table in ["users", "orders", "accounts", "events", "countries"] {
+        rows.extend(
+            text_rows(
+                client,
+                &format!("SELECT '{table}', t::text FROM {table} t ORDER BY 2"),
+            )
+            .await?,
+        );
+    }
+    Ok(rows)
+}
+
+async fn loaded(label: &str) -> anyhow::Result<(TestCluster, Client, Client)> {
+    let cluster = TestCluster::start(label, 4).await?;
+    let oracle = cluster.oracle().await?;
+    let proxy = cluster.client().await?;
+    oracle.batch_execute(DDL).await?;
+    proxy.batch_execute(DDL).await?;
+    for statement in DATA {
+        oracle.batch_execute(statement).await?;
+        proxy.batch_execute(statement).await?;
+    }
+    Ok((cluster, oracle, proxy))
+}
+
+async fn placed(cluster: &TestCluster) -> anyhow::Result<usize> {
+    Ok(cluster.placed_rows("users", "id", false).await?
+        + cluster.placed_rows("orders", "user_id", false).await?
+        + cluster.placed_rows("accounts", "email", true).await?
+        + cluster.placed_rows("events", "id", false).await?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn insert_select_matches_one_postgres() -> anyhow::Result<()> {
+    let (cluster, oracle, proxy) = loaded("insert-select").await?;
+    for sql in INSERTS {
+        let want = oracle.execute(*sql, &[]).await?;
+        let got = proxy
+            .simple_query(sql)
+            .await
+            .map_err(|e| anyhow::anyhow!("{sql}: {e:?}"))?;
+        let count = got.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        });
+        assert_eq!(count, Some(want), "{sql}: rows inserted");
+        assert_eq!(
+            contents(&proxy).await?,
+            contents(&oracle).await?,
+            "after {sql}"
+        );
+    }
+
+    // The extended protocol, with the SELECT's parameters bound (a prepared statement, run
+    // twice with different values).
+    let sql = "INSERT INTO orders (id, user_id, total) SELECT id + $1, id, $2::int FROM users WHERE id <= $3";
+    let statement = proxy.prepare(sql).await?;
+    for (offset, total, upto) in [(20_000i64, 7i32, 4i64), (30_000, 9, 1_500)] {
+        let want = oracle.execute(sql, &[&offset, &total, &upto]).await?;
+        let got = proxy.execute(&statement, &[&offset, &total, &upto]).await?;
+        assert_eq!(got, want, "extended INSERT … SELECT rows inserted");
+    }
+    assert_eq!(
+        contents(&proxy).await?,
+        contents(&oracle).await?,
+        "after the extended protocol"
+    );
+
+    // A statement that fails on one shard (a duplicate key) loads nothing anywhere.
+    let dup = "INSERT INTO users (id, name) SELECT id + 10000, 'copy' FROM users UNION ALL SELECT 1, 'dup'";
+    let failed = oracle.execute(dup, &[]).await.map_err(anyhow::Error::from);
+    assert_eq!(
+        sqlstate(&failed.err().unwrap_or_else(|| anyhow::anyhow!("ok"))),
+        Some(SqlState::UNIQUE_VIOLATION)
+    );
+    let failed = proxy.simple_query(dup).await.map_err(anyhow::Error::from);
+    assert_eq!(
+        sqlstate(&failed.err().unwrap_or_else(|| anyhow::anyhow!("ok"))),
+        Some(SqlState::UNIQUE_VIOLATION)
+    );
+    assert_eq!(
+        contents(&proxy).await?,
+        contents(&oracle).await?,
+        "after a failed statement"
+    );
+
+    let rows = placed(&cluster).await?;
+    let total: i64 = text_rows(
+        &oracle,
+        "SELECT (SELECT count(*) FROM users) + (SELECT count(*) FROM orders) + (SELECT count(*) FROM accounts) + (SELECT count(*) FROM events)",
+    )
+    .await?
+    .first()
+    .and_then(|row| row.first().cloned().flatten())
+    .ok_or_else(|| anyhow::anyhow!("no count"))?
+    .parse()?;
+    assert_eq!(
+        rows as i64, total,
+        "every row placed where the router puts it"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn insert_select_generates_keys_and_refuses_what_it_cannot_do_exactly() -> anyhow::Result<()>
+{
+    let (cluster, _oracle, proxy) = loaded("insert-select-limits").await?;
+
+    // A column list without the serial key: the proxy generates unique keys and routes by them.
+    let inserted = proxy
+        .execute(
+            "INSERT INTO users (name, score) SELECT 'gen' || g, g FROM generate_series(1, 200) g",
+            &[],
+        )
+        .await?;
+    assert_eq!(inserted, 200);
+    let generated = text_rows(
+        &proxy,
+        "SELECT count(DISTINCT id), count(*), sum(score) FROM users WHERE name LIKE 'gen%'",
+    )
+    .await?;
+    assert_eq!(
+        generated,
+        vec![vec![
+            Some("200".to_owned()),
+            Some("200".to_owned()),
+            Some("20100".to_owned())
+        ]]
+    );
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, 206);
+
+    let before = contents(&proxy).await?;
+    for (sql, code) in [
+        // A key the SELECT leaves NULL cannot be routed.
+        (
+            "INSERT INTO orders SELECT 1, NULL",
+            SqlState::INVALID_TEXT_REPRESENTATION,
+        ),
+        (
+            "INSERT INTO orders SELECT * FROM orders ON CONFLICT DO NOTHING",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "INSERT INTO orders SELECT * FROM orders RETURNING id",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "INSERT INTO orders SELECT * FROM public.orders",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "INSERT INTO orders WITH gone AS (DELETE FROM orders RETURNING *) SELECT * FROM gone",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+    ] {
+        let error = proxy.simple_query(sql).await.map_err(anyhow::Error::from);
+        assert_eq!(
+            sqlstate(&error.err().unwrap_or_else(|| anyhow::anyhow!("{sql} ran"))),
+            Some(code),
+            "{sql}"
+        );
+    }
+    // Inside a transaction block the rows could not see the block's own writes: refused.
+    proxy.batch_execute("BEGIN").await?;
+    let error = proxy
+        .batch_execute("INSERT INTO orders SELECT * FROM orders")
+        .await
+        .map_err(anyhow::Error::from);
+    assert_eq!(
+        sqlstate(
+            &error
+                .err()
+                .unwrap_or_else(|| anyhow::anyhow!("ran in a block"))
+        ),
+        Some(SqlState::FEATURE_NOT_SUPPORTED)
+    );
+    proxy.batch_execute("ROLLBACK").await?;
+    assert_eq!(
+        contents(&proxy).await?,
+        before,
+        "a refused statement changed something"
+    );
+
+    // Nothing the statements staged outlives them, and the session goes on.
+    let temp = text_rows(
+        &proxy,
+        "SELECT count(*) FROM pg_class WHERE relpersistence = 't'",
+    )
+    .await?;
+    assert_eq!(temp, vec![vec![Some("0".to_owned())]]);
+    Ok(())
+}
