@@ -308,3 +308,24 @@ pub fn sqlstate(error: &anyhow::Error) -> Option<tokio_postgres::error::SqlState
         .downcast_ref::<tokio_postgres::Error>()
         .and_then(|e| e.code().cloned())
 }
+
+/// The SQLSTATE `sql` (simple protocol) fails with; `None` when it succeeds.
+pub async fn failure_code(client: &Client, sql: &str) -> Option<tokio_postgres::error::SqlState> {
+    client
+        .simple_query(sql)
+        .await
+        .err()
+        .and_then(|e| e.code().cloned())
+}
+
+/// Temporary tables in the database `client` reads, whoever made them: a statement that
+/// staged rows in one must leave none behind.
+pub async fn temporary_tables(client: &Client) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relpersistence = 't'",
+            &[],
+        )
+        .await?
+        .get(0))
+}

@@ -7,7 +7,9 @@
 //! budget, transaction blocks, the extended protocol and schema-qualified names are refused
 //! with clear errors, and nothing a pull creates outlives its statement.
 
-use shardline_tests::{binary_rows, sqlstate, text_rows, TestCluster, TextRows};
+use shardline_tests::{
+    binary_rows, failure_code, sqlstate, temporary_tables, text_rows, TestCluster, TextRows,
+};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
@@ -462,6 +464,113 @@ async fn reads_the_merge_cannot_answer_match_one_postgres() -> anyhow::Result<()
     Ok(())
 }
 
+/// Runs `sql` on both sides and requires the same rows (sorted: the reads below either order
+/// their rows fully or are compared as multisets).
+async fn same_rows(oracle: &Client, proxy: &Client, sql: &str) -> anyhow::Result<()> {
+    let mut want = text_rows(oracle, sql).await?;
+    let mut got = text_rows(proxy, sql).await?;
+    want.sort();
+    got.sort();
+    anyhow::ensure!(
+        got == want,
+        "{sql}: the proxy answered {got:?}, one server {want:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_ups_inside_transactions_see_their_writes() -> anyhow::Result<()> {
+    let (cluster, oracle, proxy) = loaded("pull-tx", "default_shard: s2\n").await?;
+    let writes = [
+        "INSERT INTO users (id, name, score, country) VALUES (1001, 'new', 5, 'de'), (1002, 'newer', 6, 'fr'), (1003, 'zed', NULL, 'us')",
+        "UPDATE users SET name = 'renamed' WHERE id % 7 = 0",
+        "DELETE FROM orders WHERE id % 5 = 0",
+        "INSERT INTO orders (id, user_id, total, status) VALUES (5001, 1001, 10, 'new'), (5002, 1002, 20, 'paid')",
+    ];
+    let reads = [
+        "SELECT count(DISTINCT name), count(DISTINCT country) FROM users",
+        "SELECT id, name, row_number() OVER (PARTITION BY country ORDER BY id) FROM users WHERE id > 990 OR id % 50 = 0",
+        "SELECT u.country, count(*), sum(o.total) FROM orders o JOIN users u ON u.id = o.user_id GROUP BY u.country",
+        "SELECT status, count(DISTINCT user_id) FROM orders GROUP BY status",
+    ];
+    // Committed: the reads see the block's own writes, plain reads after them see the real
+    // tables again, and the commit (over every shard, the default one holding the pull's
+    // temporary tables) keeps the writes.
+    for side in [&oracle, &proxy] {
+        side.batch_execute("BEGIN").await?;
+        for write in writes {
+            side.batch_execute(write).await?;
+        }
+    }
+    for read in reads {
+        same_rows(&oracle, &proxy, read).await?;
+        same_rows(&oracle, &proxy, "SELECT count(*), sum(score) FROM users").await?;
+    }
+    // In the extended protocol, with bound parameters.
+    let sql = "SELECT count(DISTINCT name) FROM users WHERE id > $1";
+    let want: i64 = oracle.query_one(sql, &[&500i64]).await?.get(0);
+    let got: i64 = proxy.query_one(sql, &[&500i64]).await?.get(0);
+    assert_eq!(got, want, "{sql}");
+    // A savepoint rolled back after a pull-up takes the block's later writes with it.
+    for side in [&oracle, &proxy] {
+        side.batch_execute("SAVEPOINT before_more").await?;
+        side.batch_execute("DELETE FROM users WHERE id = 1003")
+            .await?;
+    }
+    same_rows(&oracle, &proxy, reads[0]).await?;
+    for side in [&oracle, &proxy] {
+        side.batch_execute("ROLLBACK TO SAVEPOINT before_more")
+            .await?;
+    }
+    same_rows(&oracle, &proxy, reads[0]).await?;
+    oracle.batch_execute("COMMIT").await?;
+    proxy.batch_execute("COMMIT").await?;
+    for read in reads {
+        same_rows(&oracle, &proxy, read).await?;
+    }
+    same_rows(&oracle, &proxy, "SELECT id, name FROM users WHERE id > 990").await?;
+
+    // Rolled back: the writes the pull-up saw are gone.
+    proxy.batch_execute("BEGIN").await?;
+    proxy
+        .batch_execute("DELETE FROM users WHERE id > 1000")
+        .await?;
+    let inside = text_rows(
+        &proxy,
+        "SELECT count(DISTINCT id) FROM users WHERE id > 990",
+    )
+    .await?;
+    assert_eq!(inside, vec![vec![Some("0".to_owned())]]);
+    proxy.batch_execute("ROLLBACK").await?;
+    same_rows(
+        &oracle,
+        &proxy,
+        "SELECT count(DISTINCT id) FROM users WHERE id > 990",
+    )
+    .await?;
+
+    // A pull-up that fails fails the block; ROLLBACK ends it cleanly.
+    proxy
+        .batch_execute("BEGIN; UPDATE users SET score = 0 WHERE id = 1001")
+        .await?;
+    assert_eq!(
+        failure_code(&proxy, "SELECT id / 0, row_number() OVER () FROM users").await,
+        Some(SqlState::DIVISION_BY_ZERO)
+    );
+    proxy.batch_execute("ROLLBACK").await?;
+    same_rows(
+        &oracle,
+        &proxy,
+        "SELECT id, score FROM users WHERE id > 1000",
+    )
+    .await?;
+
+    // No prepared transaction, no temporary table is left behind.
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, 603);
+    assert_eq!(temporary_tables(&proxy).await?, 0);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pull_ups_are_refused_where_they_cannot_run_exactly() -> anyhow::Result<()> {
     let (cluster, _oracle, proxy) = loaded("pull-limits", "max_pull_rows: 700\n").await?;
@@ -507,18 +616,15 @@ async fn pull_ups_are_refused_where_they_cannot_run_exactly() -> anyhow::Result<
             && text.contains("the shards estimate"),
         "{text}"
     );
-    // Inside a transaction block: refused with the reason, and the block fails as usual.
+    // Inside a transaction block the budget fails the block, as any failing statement does.
     proxy.batch_execute("BEGIN").await?;
-    let inside = proxy
-        .simple_query("SELECT count(DISTINCT name) FROM users WHERE id < 100")
-        .await
-        .err()
-        .map(|e| format!("{e:?}"));
-    assert!(
-        inside
-            .as_deref()
-            .is_some_and(|m| m.contains("outside a transaction block")),
-        "{inside:?}"
+    assert_eq!(
+        failure_code(&proxy, "SELECT count(DISTINCT status) FROM orders").await,
+        Some(SqlState::PROGRAM_LIMIT_EXCEEDED)
+    );
+    assert_eq!(
+        failure_code(&proxy, "SELECT 1").await,
+        Some(SqlState::IN_FAILED_SQL_TRANSACTION)
     );
     proxy.batch_execute("ROLLBACK").await?;
     // The budget holds in the extended protocol too, and the session goes on.

@@ -222,15 +222,6 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
                 Target::Split(parts) => Action::Split(parts),
                 Target::Copy(spec) => Action::Copy(spec),
                 Target::Scatter(shards) => Action::Scatter(shards),
-                // The pull's temporary tables live in a transaction of its own, on a backend
-                // the client's transaction block may not hold (and would not see its writes).
-                Target::Pull { refusal, .. } if tx.open() => Action::Refuse(ClientError::new(
-                    refusal.sqlstate,
-                    format!(
-                        "{}; shardline can gather the rows in one place to answer it, but outside a transaction block only",
-                        refusal.message
-                    ),
-                )),
                 Target::Pull { tables, .. } => Action::Pull(tables),
                 // Its rows are made on a backend of their own, which would not see the writes
                 // of the client's transaction block.

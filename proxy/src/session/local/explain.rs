@@ -71,7 +71,7 @@ fn pull_explanation(
         |rows| format!("the shards estimate {rows} rows"),
     );
     format!(
-        "pull-up: the rows of {} copied into temporary tables of the same names on {}, where PostgreSQL runs the statement as written ({estimate}; at most max_pull_rows = {} move; outside transaction blocks); the merge alone cannot answer it: {}",
+        "pull-up: the rows of {} copied into temporary tables of the same names on {}, where PostgreSQL runs the statement as written ({estimate}; at most max_pull_rows = {} move; inside a transaction block the rows are read through its backends, its writes included); the merge alone cannot answer it: {}",
         pulled.join(", "),
         shard_names(config, &[config.default_shard]),
         config.max_pull_rows,

@@ -184,9 +184,11 @@ impl Session {
         let result = self.close_streams(streams, result).await;
         if let Err(MergeFailure::Query(error)) = &result {
             // Types the combiner cannot add or compare exactly show only in the shards'
-            // answers; PostgreSQL answers exactly once the rows are in one place.
+            // answers; PostgreSQL answers exactly once the rows are in one place. (A shard's
+            // own error carries its frame, not this code: the shards' transactions are
+            // intact, the streams drained.)
             let untouched = self.out.unchanged_since(before);
-            if untouched && error.sqlstate == sqlstate::FEATURE_NOT_SUPPORTED && !self.tx.open() {
+            if untouched && error.sqlstate == sqlstate::FEATURE_NOT_SUPPORTED {
                 if let Ok(tables) = pulled_tables(&loaded.config, source.sql()) {
                     if !tables.is_empty() {
                         return match source {

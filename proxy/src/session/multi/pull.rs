@@ -13,6 +13,13 @@
 //! The client's statement runs next, then `COMMIT` drops the temporary tables; a failure rolls
 //! the transaction back, which drops them too. Rows are counted as they pass and the statement
 //! is refused once it would move more than `max_pull_rows`.
+//!
+//! Inside the client's transaction block the pull runs in that transaction instead: every
+//! shard it reads joins the transaction (its rows are read through the transaction's own
+//! backend, writes included), the temporary tables are dropped right after the statement, and
+//! a failure fails the block as any failing statement does. The default shard, which then
+//! holds temporary objects and so cannot `PREPARE TRANSACTION`, decides the transaction's
+//! commit (see `twophase`), committing in one phase.
 
 use std::collections::VecDeque;
 
@@ -26,7 +33,7 @@ use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::Frame;
-use crate::session::link::attach::drain_to_ready;
+use crate::session::link::attach::{drain_to_ready, ready_status};
 use crate::session::link::exchange::{Expect, Mode, Reply};
 use crate::session::multi::gather::{Delivery, MergeFailure, Source};
 use crate::session::{local, ClientError, Session, SessionEnd};
@@ -41,8 +48,8 @@ const BINARY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 const BINARY_TRAILER: [u8; 2] = [0xff, 0xff];
 
 impl Session {
-    /// Answers `sql` (a simple-protocol read the merge cannot combine, outside a transaction
-    /// block) by pulling `tables` into the default shard's backend and running it there.
+    /// Answers `sql` (a simple-protocol read the merge cannot combine) by pulling `tables`
+    /// into the default shard's backend and running it there.
     pub(crate) async fn pull_up(
         &mut self,
         loaded: &Loaded,
@@ -59,7 +66,8 @@ impl Session {
             Err(error) => return self.fail(error).await,
         };
         // The exchange takes the backend from here: the statement's answers are relayed, its
-        // `ReadyForQuery` (inside the pull's transaction) held back, and `COMMIT` swallowed.
+        // `ReadyForQuery` (inside the pull's transaction) held back, and the end of the pull
+        // swallowed.
         self.conns.insert(target, conn);
         let queue = VecDeque::from([
             Expect::Sent {
@@ -70,9 +78,9 @@ impl Session {
             },
             Expect::swallow(Reply::Cycle),
         ]);
-        let commit = local::query_message("COMMIT");
+        let end = local::query_message(&self.end_of_pull(tables));
         let settled = self
-            .exchange_settled(loaded, target, true, |_| (vec![query, commit], queue))
+            .exchange_settled(loaded, target, true, |_| (vec![query, end], queue))
             .await?;
         if settled.is_some() {
             self.out
@@ -83,8 +91,7 @@ impl Session {
         Ok(())
     }
 
-    /// Answers an extended-protocol execution (`source`, outside a transaction block) by
-    /// pulling `tables` into the default shard's backend and running the statement there as
+    /// Answers an extended-protocol execution (`source`) by pulling `tables` into the default shard's backend and running the statement there as
     /// its unnamed statement (a statement the client prepared earlier on that backend would
     /// still name the real tables), bound with the client's values; `delivery` says what the
     /// client is owed around the rows.
@@ -118,15 +125,20 @@ impl Session {
         };
         let name = self.shard_names(&[target]);
         let mut out = BytesMut::from(&request[..]);
-        out.extend_from_slice(&local::query_message("COMMIT"));
+        out.extend_from_slice(&local::query_message(&self.end_of_pull(tables)));
         let result = match conn.send(&out).await {
             Ok(()) => self.relay_rows(&mut conn, &name, delivery.describe).await,
             Err(e) => Err(MergeFailure::Query(ClientError::lost_shard(&name, e))),
         };
-        // Past the statement's `ReadyForQuery` comes the `COMMIT`'s (a `ROLLBACK` after an
-        // error); a client that went away left the statement's answers unread.
-        let settled =
-            !matches!(result, Err(MergeFailure::Client(_))) && drain_to_ready(&mut conn).await;
+        // Past the statement's `ReadyForQuery` comes the end of the pull's (idle after its own
+        // transaction; inside the client's, still in it); a client that went away left the
+        // statement's answers unread.
+        let settled = !matches!(result, Err(MergeFailure::Client(_)))
+            && match ready_status(&mut conn).await {
+                Some(b'I') => true,
+                Some(_) => self.tx.open(),
+                None => false,
+            };
         self.let_go(target, conn, settled);
         self.complete(result, delivery).await
     }
@@ -162,7 +174,8 @@ impl Session {
 
     /// Checks out `target`'s backend and fills it with `tables` (see [`Session::pull_into`]),
     /// after running `prologue` in the pull's transaction; on failure the transaction is
-    /// rolled back and the backend let go.
+    /// rolled back and the backend let go (inside the client's transaction, which the failure
+    /// fails, the backend stays with it).
     pub(super) async fn pulled(
         &mut self,
         loaded: &Loaded,
@@ -177,11 +190,30 @@ impl Session {
         let Err(error) = pulled else {
             return Ok(conn);
         };
+        if self.tx.open() {
+            let intact = !conn.broken;
+            self.let_go(target, conn, intact);
+            return Err(error);
+        }
         let rolled_back = !conn.broken
             && conn.send(&local::query_message("ROLLBACK")).await.is_ok()
             && drain_to_ready(&mut conn).await;
         self.let_go(target, conn, rolled_back);
         Err(error)
+    }
+
+    /// What ends a pull after its statement: `COMMIT` of its own transaction, or, inside the
+    /// client's, dropping the temporary tables (later statements of the transaction must
+    /// read the real tables again).
+    fn end_of_pull(&self, tables: &[PulledTable]) -> String {
+        if !self.tx.open() {
+            return "COMMIT".to_owned();
+        }
+        let names: Vec<String> = tables
+            .iter()
+            .map(|t| format!("pg_temp.{}", quote_ident(&t.name)))
+            .collect();
+        format!("DROP TABLE IF EXISTS {}", names.join(", "))
     }
 
     /// Returns a backend the pull used to its pool when it is `clean` (idle, its answers all
@@ -207,7 +239,8 @@ impl Session {
         prologue: &str,
     ) -> Result<(), ClientError> {
         let target_name = self.shard_names(&[target]);
-        let mut create = format!("BEGIN;{prologue};");
+        let begin = if self.tx.open() { "" } else { "BEGIN;" };
+        let mut create = format!("{begin}{prologue};");
         // The router pulls only tables the target holds (its own rows are taken in place).
         for table in tables {
             create.push_str(&format!(
@@ -324,8 +357,8 @@ impl Session {
     }
 
     /// Sends `sql` to `conn` after the `SET`s that bring its settings in line with the
-    /// client's (so names resolve through the client's `search_path`), and reads past their
-    /// answers.
+    /// client's (so names resolve through the client's `search_path`) and, inside the
+    /// client's transaction, what joins `shard` to it; reads past their answers.
     async fn send_in_line(
         &mut self,
         conn: &mut Pooled,
@@ -333,7 +366,7 @@ impl Session {
         name: &str,
         sql: &str,
     ) -> Result<(), ClientError> {
-        let (mut out, queue) = self.compose(shard, conn, false, |_| (Vec::new(), VecDeque::new()));
+        let (mut out, queue) = self.compose(shard, conn, true, |_| (Vec::new(), VecDeque::new()));
         out.extend_from_slice(&local::query_message(sql));
         conn.send(&out)
             .await
@@ -476,7 +509,7 @@ async fn abandon_copy_in(conn: &mut Pooled) {
     fail.put_u8(b'f');
     fail.put_i32(4 + reason.len() as i32);
     fail.put_slice(reason);
-    let ended = conn.send(&fail).await.is_ok() && drain_to_ready(conn).await;
+    let ended = conn.send(&fail).await.is_ok() && ready_status(conn).await.is_some();
     if !ended {
         conn.broken = true;
     }

@@ -144,10 +144,19 @@ impl Session {
     }
 
     /// The transaction's backends as parts, and the name of a shard whose backend is gone.
+    /// The default shard comes first: the first part decides the commit (committing in one
+    /// phase), and the default shard's may hold the temporary tables of a pull-up, with which
+    /// PostgreSQL cannot `PREPARE TRANSACTION`.
     fn take_parts(&mut self, tx: &Transaction) -> (Vec<Part>, Option<String>) {
         let mut parts = Vec::with_capacity(tx.shards.len());
         let mut missing = None;
-        for &shard in &tx.shards {
+        let default = self.ctx.snapshot().config.default_shard;
+        let (first, rest): (Vec<ShardId>, Vec<ShardId>) = tx
+            .shards
+            .iter()
+            .copied()
+            .partition(|shard| *shard == default);
+        for shard in first.into_iter().chain(rest) {
             let name = self.shard_names(&[shard]);
             match self.conns.remove(&shard) {
                 Some(conn) => parts.push(Part { shard, name, conn }),

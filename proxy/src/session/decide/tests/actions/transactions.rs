@@ -47,7 +47,7 @@ fn decides_transactions_across_shards() {
             Read,
             Some(pull(&loaded)),
         )
-        .expect("refuse 0A000"),
+        .expect("pull users"),
         simple(
             "an INSERT … SELECT into a sharded table, inside a transaction",
             held(),
