@@ -34,7 +34,11 @@ fn per_transaction(c: &mut Criterion) {
         Ok(config) => config,
         Err(e) => panic!("the bench config does not load: {e}"),
     };
-    let ctx = ProxyContext::new(config, ConfigSource::in_memory());
+    let ctx = ProxyContext::new(
+        config,
+        ConfigSource::in_memory(),
+        shardline::tls::ServerTls::disabled(),
+    );
     let loaded = ctx.snapshot();
     let mut group = c.benchmark_group("per_transaction");
 

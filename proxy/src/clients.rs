@@ -3,7 +3,7 @@
 //! [`ClientGuard`] returned at registration removes it when dropped.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -68,8 +68,22 @@ struct OutcomeLabel {
 #[derive(Default)]
 pub struct Clients {
     next_id: AtomicU64,
+    /// Application clients admitted under `max_client_connections`.
+    admitted: Arc<AtomicUsize>,
     list: Mutex<BTreeMap<u64, ClientInfo>>,
     logins: Family<OutcomeLabel, Counter>,
+}
+
+/// One application client's place under `max_client_connections`.
+#[derive(Debug)]
+pub struct Admission {
+    admitted: Arc<AtomicUsize>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Keeps a client listed; dropping it removes the client.
@@ -125,6 +139,19 @@ impl Clients {
         }
     }
 
+    /// A place for one more application client, unless `max` are connected already; the
+    /// place is given back when the [`Admission`] is dropped.
+    pub fn admit(&self, max: usize) -> Option<Admission> {
+        self.admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Admission {
+            admitted: self.admitted.clone(),
+        })
+    }
+
     /// Counts a login that failed.
     pub fn login_failed(&self) {
         self.logins
@@ -159,5 +186,24 @@ impl Clients {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientInfo>> {
         self.list.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_is_bounded_and_given_back() {
+        let clients = Clients::default();
+        let first = clients.admit(2);
+        let second = clients.admit(2);
+        assert!(first.is_some() && second.is_some());
+        assert!(clients.admit(2).is_none(), "a third client got in");
+        drop(first);
+        assert!(
+            clients.admit(2).is_some(),
+            "a freed place was not given back"
+        );
     }
 }

@@ -23,6 +23,7 @@ use crate::pause::PauseGate;
 use crate::reload::ConfigSource;
 use crate::shutdown::Shutdown;
 use crate::stats::QueryStats;
+use crate::tls::ServerTls;
 
 /// Most distinct sets of reported settings shared between clients.
 const SHARED_REPORTED_LIMIT: usize = 64;
@@ -80,6 +81,8 @@ pub struct ProxyContext {
     pub metrics: Metrics,
     /// Shard keys generated for `INSERT`s that leave them to the table's default.
     pub keys: KeySource,
+    /// What clients are offered for TLS.
+    pub tls: ServerTls,
 }
 
 #[derive(Default)]
@@ -105,7 +108,7 @@ impl PlanCache {
 
 impl ProxyContext {
     /// A context serving `config` (read from `source`) as version 1.
-    pub fn new(config: Config, source: ConfigSource) -> Arc<ProxyContext> {
+    pub fn new(config: Config, source: ConfigSource, tls: ServerTls) -> Arc<ProxyContext> {
         let credentials = Credentials::from_config(&config);
         let pools = Pools::default();
         let stats = QueryStats::default();
@@ -134,6 +137,7 @@ impl ProxyContext {
             source,
             metrics,
             keys: KeySource::default(),
+            tls,
         })
     }
 

@@ -36,6 +36,7 @@ pub fn demo_config(port: u16, shard_ports: &[u16]) -> String {
          listen: 127.0.0.1:{port}\n\
          {metrics}\
          shutdown_grace_s: 30\n\
+         tls:\n  mode: allow\n  cert: server.crt\n  key: server.key\n\
          pool:\n  mode: transaction\n  size: 20\n  min_idle: 1\n  checkout_timeout_ms: 5000\n\
          users:\n  - name: app\n    password: app\n    auth: scram-sha-256\n\
          \x20 - name: admin\n    password: admin\n    admin: true\n\
@@ -87,6 +88,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let mut cluster =
         tokio::task::spawn_blocking(move || LocalCluster::start(&cluster_opts)).await??;
 
+    crate::tls::authority::demo_files(&dir)?;
     let yaml = demo_config(opts.port, &ports);
     let config_path = dir.join("shards.yaml");
     std::fs::write(&config_path, &yaml)
@@ -107,6 +109,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     println!(
         "  connect:      psql \"postgres://app:app@127.0.0.1:{}/app\"",
         proxy.addr.port()
+    );
+    println!(
+        "  over TLS:     psql \"postgres://app:app@127.0.0.1:{}/app?sslmode=verify-full&sslrootcert={}\"",
+        proxy.addr.port(),
+        dir.join("ca.crt").display()
     );
     for (i, p) in ports.iter().enumerate() {
         println!("  shard{i}:       psql \"postgres://app:app@127.0.0.1:{p}/app\"");

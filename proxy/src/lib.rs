@@ -35,5 +35,6 @@ pub mod session;
 pub mod shutdown;
 pub mod signals;
 pub mod stats;
+pub mod tls;
 
 pub use server::Proxy;

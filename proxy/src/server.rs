@@ -17,6 +17,7 @@ use crate::context::ProxyContext;
 use crate::reload::watch::ConfigWatcher;
 use crate::reload::{ConfigSource, ReloadOutcome};
 use crate::shutdown::Phase;
+use crate::tls::ServerTls;
 
 /// How often idle connections are evicted, `min_idle` is topped up and shards are probed.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -69,7 +70,13 @@ impl Proxy {
             None => None,
         };
         let metrics_addr = metrics.as_ref().map(TcpListener::local_addr).transpose()?;
-        let ctx = ProxyContext::new(config, source);
+        // Relative paths in `tls:` are read from the directory of shards.yaml.
+        let base = match source.path().and_then(Path::parent) {
+            Some(dir) => dir.to_owned(),
+            None => std::env::current_dir().context("could not find the current directory")?,
+        };
+        let tls = ServerTls::new(base, &config.tls).context("cannot serve TLS to clients")?;
+        let ctx = ProxyContext::new(config, source, tls);
         resume_migration(&ctx).await;
         let mut tasks = vec![
             tokio::spawn(accept(listener, ctx.clone())),
@@ -189,7 +196,17 @@ async fn maintain(ctx: Arc<ProxyContext>) {
             _ = tick.tick() => {}
             () = ctx.shutdown.reached(Phase::Draining) => return,
         }
-        let settings = ctx.snapshot().config.pool.clone();
+        let loaded = ctx.snapshot();
+        match ctx.tls.refresh(&loaded.config.tls) {
+            Ok(true) => {
+                tracing::info!(mode = %loaded.config.tls.mode, "TLS for clients (re)loaded: new connections get the current certificate")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS files changed but cannot be used; clients still get the previous certificate")
+            }
+        }
+        let settings = loaded.config.pool.clone();
         ctx.pools.maintain(&settings).await;
         crate::reload::retire_unused(&ctx);
         crate::health::warm(&ctx).await;

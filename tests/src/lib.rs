@@ -181,22 +181,7 @@ impl TestCluster {
     /// Runs psql as app/app through the proxy (stopping at the first error) with extra
     /// arguments; returns (success, stdout, stderr).
     pub fn psql(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
-        run(std::process::Command::new("psql")
-            .env("PGPASSWORD", "app")
-            .args([
-                "-X",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "app",
-                "-d",
-                "app",
-                "-p",
-            ])
-            .arg(self.port().to_string())
-            .args(args))
+        psql_at(self.port(), &[("PGPASSWORD", "app")], args)
     }
 
     /// A plain database `oracle` on shard 0's server, the unsharded PostgreSQL a differential
@@ -307,6 +292,33 @@ pub fn sqlstate(error: &anyhow::Error) -> Option<tokio_postgres::error::SqlState
     error
         .downcast_ref::<tokio_postgres::Error>()
         .and_then(|e| e.code().cloned())
+}
+
+/// Runs psql as `app` on database `app` at 127.0.0.1:`port` (stopping at the first error)
+/// with `env` (libpq's `PG…` variables: password, sslmode, certificates) and extra
+/// arguments; returns (success, stdout, stderr). `PGPASSWORD` is unset unless `env` sets it.
+pub fn psql_at(
+    port: u16,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> anyhow::Result<(bool, String, String)> {
+    let mut command = std::process::Command::new("psql");
+    command.env_remove("PGPASSWORD").envs(env.iter().copied());
+    run(command
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "app",
+            "-d",
+            "app",
+            "-p",
+        ])
+        .arg(port.to_string())
+        .args(args))
 }
 
 /// The SQLSTATE `sql` (simple protocol) fails with; `None` when it succeeds.

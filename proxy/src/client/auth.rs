@@ -1,5 +1,7 @@
 //! Client authentication: SCRAM-SHA-256 (pgwire's sans-I/O server state machine), md5 and
-//! trust, per user as `shards.yaml` says.
+//! trust, per user as `shards.yaml` says. Over TLS, SCRAM-SHA-256-PLUS is offered too: its
+//! `tls-server-end-point` channel binding ties the password proof to the certificate this
+//! connection was shown, so a man in the middle with another certificate cannot relay it.
 
 use std::collections::HashMap;
 
@@ -122,12 +124,23 @@ fn protocol(message: &str) -> AuthFailed {
     }
 }
 
+/// What TLS established about a connection, as authentication uses it (all `None` in clear
+/// text).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Channel<'a> {
+    /// The certificate chain (PEM) the client was shown: SCRAM-SHA-256-PLUS binds to it.
+    pub server_certificate: Option<&'a [u8]>,
+    /// The common name of the client certificate TLS verified, if the client sent one.
+    pub client_name: Option<&'a str>,
+}
+
 /// Runs the authentication exchange for `user`; on success `AuthenticationOk` has been sent.
 pub async fn authenticate<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut W,
     user: &User,
     credentials: &Credentials,
+    channel: Channel<'_>,
 ) -> Result<(), AuthFailed>
 where
     R: AsyncRead + Unpin,
@@ -135,13 +148,20 @@ where
 {
     match user.auth {
         AuthMethod::Trust => {}
+        AuthMethod::Cert if channel.client_name == Some(user.name.as_str()) => {}
+        AuthMethod::Cert => {
+            return Err(AuthFailed {
+                sqlstate: sqlstate::INVALID_AUTHORIZATION,
+                message: format!("certificate authentication failed for user \"{}\": connect over TLS with a client certificate, signed by a CA in tls.client_ca, whose common name is the user name", user.name),
+            })
+        }
         AuthMethod::Md5 => md5(reader, writer, user).await?,
         AuthMethod::ScramSha256 => {
             let material = credentials
                 .scram
                 .get(&user.name)
                 .ok_or_else(|| failed(&user.name))?;
-            scram(reader, writer, &user.name, material).await?;
+            scram(reader, writer, &user.name, material, channel.server_certificate).await?;
         }
     }
     send(writer, &auth_message(0, &[])).await
@@ -178,13 +198,21 @@ async fn scram<R, W>(
     writer: &mut W,
     user: &str,
     material: &ScramMaterial,
+    certificate: Option<&[u8]>,
 ) -> Result<(), AuthFailed>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut server = ScramServerAuth::new();
+    let bound = certificate.is_some_and(|pem| server.configure_certificate(pem).is_ok());
     let mut mechanisms = BytesMut::new();
-    mechanisms.put_slice(b"SCRAM-SHA-256\0\0");
+    if bound {
+        mechanisms.put_slice(SCRAM_PLUS);
+        mechanisms.put_u8(0);
+    }
+    mechanisms.put_slice(SCRAM);
+    mechanisms.put_slice(b"\0\0");
     send(writer, &auth_message(10, &mechanisms)).await?;
 
     // SASLInitialResponse: mechanism name, then length-prefixed client-first message.
@@ -194,13 +222,23 @@ where
         .iter()
         .position(|b| *b == 0)
         .ok_or_else(|| protocol("malformed SASLInitialResponse"))?;
-    if &body[..name_end] != b"SCRAM-SHA-256" {
-        return Err(protocol("only SCRAM-SHA-256 is supported"));
+    let mechanism = &body[..name_end];
+    let plus = mechanism == SCRAM_PLUS;
+    if !(mechanism == SCRAM || (plus && bound)) {
+        return Err(protocol(if bound {
+            "only SCRAM-SHA-256 and SCRAM-SHA-256-PLUS are supported"
+        } else {
+            "only SCRAM-SHA-256 is supported (SCRAM-SHA-256-PLUS needs a TLS connection)"
+        }));
     }
     let data = body
         .get(name_end + 5..)
         .ok_or_else(|| protocol("malformed SASLInitialResponse"))?;
-    let server = ScramServerAuth::new();
+    if plus && !data.starts_with(b"p=") {
+        return Err(protocol(
+            "SCRAM-SHA-256-PLUS was chosen without binding the channel",
+        ));
+    }
     let (server_first, waiting) = server
         .on_client_first_message_with_secret(data, material.secret())
         .map_err(|e| protocol(&format!("invalid SCRAM client-first message: {e}")))?;
@@ -212,6 +250,10 @@ where
         .map_err(|_| failed(user))?;
     send(writer, &auth_message(12, server_final.as_bytes())).await
 }
+
+/// The SASL mechanisms offered: plain SCRAM, and SCRAM bound to the TLS channel.
+const SCRAM: &[u8] = b"SCRAM-SHA-256";
+const SCRAM_PLUS: &[u8] = b"SCRAM-SHA-256-PLUS";
 
 /// Reads the client's next `p` message (PasswordMessage / SASL responses).
 async fn password_message<R: AsyncRead + Unpin>(

@@ -1,14 +1,18 @@
-//! A client connection from accept to login: TLS/GSS negotiation (declined for now), cancel
-//! requests, the startup packet, authentication, and the greeting a server sends
-//! (`ParameterStatus`, `BackendKeyData`, `ReadyForQuery`). Then the session takes over, or
-//! the admin console for an admin user asking for database `shardline`.
+//! A client connection from accept to login: TLS negotiation ([`negotiate`]: `SSLRequest`,
+//! a direct TLS handshake, GSS declined), cancel requests, the startup packet,
+//! authentication, and the greeting a server sends (`ParameterStatus`, `BackendKeyData`,
+//! `ReadyForQuery`), all within `login_timeout_ms`. Then the session takes over, or the admin
+//! console for an admin user asking for database `shardline`.
 
 pub mod auth;
+mod negotiate;
+pub mod stream;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use shardline_router::config::TlsMode;
 use shardline_router::Config;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -17,12 +21,14 @@ use crate::admin;
 use crate::backend::conn::BackendError;
 use crate::backend::pool::CheckoutError;
 use crate::cancel::CancelTargets;
-use crate::clients::ClientKind;
+use crate::clients::{Admission, ClientKind};
 use crate::context::ProxyContext;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::{FrameError, FrameReader};
 use crate::session::settings::{self, REPORTED};
 use crate::session::{ClientOutput, Identity, Session, SessionEnd};
+use crate::tls::Offer;
+use stream::ClientRead;
 
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
@@ -43,17 +49,30 @@ async fn connection(ctx: &Arc<ProxyContext>, stream: TcpStream, peer: &str) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
-    let (read, write) = stream.into_split();
-    let loaded = ctx.snapshot();
-    let mut input = FrameReader::new(read, loaded.config.max_message_bytes as usize);
-    let mut out = ClientOutput::new(write);
+    let limit = ctx.snapshot().config.login_timeout;
     // Boxed, like every request's work: a logged-in session keeps only its own state.
-    match Box::pin(login(ctx, &mut input, &mut out)).await {
-        Ok(Some(LoggedIn::App {
+    let opened = tokio::time::timeout(limit, Box::pin(open(ctx, stream))).await;
+    let (input, out, logged_in) = match opened {
+        Ok(Ok(Some(opened))) => opened,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            ctx.clients.login_failed();
+            tracing::info!(%peer, error = %e, "client login failed");
+            return;
+        }
+        Err(_) => {
+            ctx.clients.login_failed();
+            tracing::info!(%peer, timeout = ?limit, "closed a connection that did not log in within login_timeout_ms");
+            return;
+        }
+    };
+    match logged_in {
+        LoggedIn::App {
             identity,
             pid,
             targets,
-        })) => {
+            admission: _admission,
+        } => {
             let _listed = ctx.clients.add(
                 peer.to_owned(),
                 identity.user.clone(),
@@ -72,7 +91,7 @@ async fn connection(ctx: &Arc<ProxyContext>, stream: TcpStream, peer: &str) {
             }
             ctx.cancels.unregister(pid);
         }
-        Ok(Some(LoggedIn::Console { user })) => {
+        LoggedIn::Console { user } => {
             let _listed = ctx.clients.add(
                 peer.to_owned(),
                 user.clone(),
@@ -87,12 +106,22 @@ async fn connection(ctx: &Arc<ProxyContext>, stream: TcpStream, peer: &str) {
                 Err(e) => tracing::warn!(%peer, error = %e, "admin console session ended"),
             }
         }
-        Ok(None) => {}
-        Err(e) => {
-            ctx.clients.login_failed();
-            tracing::info!(%peer, error = %e, "client login failed");
-        }
     }
+}
+
+/// A connection that logged in: its two halves and who is on it.
+type Opened = (FrameReader<ClientRead>, ClientOutput, LoggedIn);
+
+/// Negotiates TLS and logs the client in; `Ok(None)` for a cancel request.
+async fn open(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<Option<Opened>, LoginError> {
+    let offer = ctx.tls.offer();
+    let negotiated = negotiate::negotiate(stream, &offer).await?;
+    let limit = ctx.snapshot().config.max_message_bytes as usize;
+    let mut input = FrameReader::with_prefix(negotiated.read, limit, &negotiated.prefix);
+    let mut out = ClientOutput::new(negotiated.write);
+    let client_name = negotiated.client_name.as_deref();
+    let logged_in = login(ctx, &mut input, &mut out, &offer, client_name).await?;
+    Ok(logged_in.map(|logged_in| (input, out, logged_in)))
 }
 
 /// A completed login.
@@ -102,6 +131,8 @@ enum LoggedIn {
         identity: Identity,
         pid: i32,
         targets: CancelTargets,
+        /// Its place under `max_client_connections`, held while it is connected.
+        admission: Admission,
     },
     /// An admin user on the console.
     Console { user: String },
@@ -116,6 +147,8 @@ enum LoginError {
     Io(#[from] std::io::Error),
     #[error("refused: {0}")]
     Refused(String),
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
 }
 
 async fn refuse(out: &mut ClientOutput, code: &str, message: &str) -> LoginError {
@@ -126,8 +159,10 @@ async fn refuse(out: &mut ClientOutput, code: &str, message: &str) -> LoginError
 /// Runs the startup phase. `Ok(None)` means the connection was a cancel request.
 async fn login(
     ctx: &Arc<ProxyContext>,
-    input: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    input: &mut FrameReader<ClientRead>,
     out: &mut ClientOutput,
+    offer: &Offer,
+    client_name: Option<&str>,
 ) -> Result<Option<LoggedIn>, LoginError> {
     let packet = loop {
         let packet = match input.read_startup().await {
@@ -189,13 +224,26 @@ async fn login(
     if params.contains_key("replication") {
         return Err(refuse(out, sqlstate::FEATURE_NOT_SUPPORTED, "replication connections are not supported through shardline; connect to a shard directly").await);
     }
+    if offer.mode == TlsMode::Require && !input.get_ref().is_tls() {
+        let text = format!("shardline accepts only encrypted connections (tls mode require in shards.yaml); connect with sslmode=require, verify-ca or verify-full (user \"{user_name}\")");
+        return Err(refuse(out, sqlstate::INVALID_AUTHORIZATION, &text).await);
+    }
 
     let loaded = ctx.snapshot();
     let Some(user) = loaded.config.user(&user_name).cloned() else {
         let text = format!("password authentication failed for user \"{user_name}\"");
         return Err(refuse(out, sqlstate::INVALID_PASSWORD, &text).await);
     };
-    if let Err(e) = auth::authenticate(input, out.stream(), &user, &loaded.credentials).await {
+    let channel = auth::Channel {
+        server_certificate: offer
+            .certificate
+            .as_deref()
+            .filter(|_| input.get_ref().is_tls()),
+        client_name,
+    };
+    let authenticated =
+        auth::authenticate(input, out.stream(), &user, &loaded.credentials, channel).await;
+    if let Err(e) = authenticated {
         return Err(refuse(out, e.sqlstate, &e.message).await);
     }
     match (user.admin, database == admin::DATABASE) {
@@ -213,6 +261,11 @@ async fn login(
         }
         (false, false) => {}
     }
+    let max = loaded.config.max_client_connections;
+    let Some(admission) = ctx.clients.admit(max) else {
+        let text = format!("sorry, too many clients already: shardline serves at most {max} (max_client_connections in shards.yaml); admins can still reach the console");
+        return Err(refuse(out, sqlstate::TOO_MANY_CONNECTIONS, &text).await);
+    };
 
     if let Some(served) = served_database(&loaded.config).filter(|db| *db != database) {
         let text = format!("database \"{database}\" does not exist; shardline serves database \"{served}\" (the database its default shard names in shards.yaml)");
@@ -269,6 +322,7 @@ async fn login(
         identity,
         pid,
         targets,
+        admission,
     }))
 }
 
@@ -382,8 +436,11 @@ mod tests {
         let config = shardline_router::Config::from_yaml(
             "shards:\n  - name: a\n    host: 127.0.0.1\n    port: 1\nusers:\n  - name: app\n    password: app\n",
         )?;
-        let ctx =
-            crate::context::ProxyContext::new(config, crate::reload::ConfigSource::in_memory());
+        let ctx = crate::context::ProxyContext::new(
+            config,
+            crate::reload::ConfigSource::in_memory(),
+            crate::tls::ServerTls::disabled(),
+        );
         let task = super::serve(ctx, stream);
         let size = std::mem::size_of_val(&task);
         assert!(size < 2560, "a connection's future takes {size} bytes");

@@ -74,6 +74,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// A reader whose first bytes were already read from `inner` (`prefix`).
+    pub fn with_prefix(inner: R, limit: usize, prefix: &[u8]) -> Self {
+        FrameReader {
+            inner,
+            buf: BytesMut::from(prefix),
+            limit,
+        }
+    }
+
     /// The stream read from.
     pub fn get_ref(&self) -> &R {
         &self.inner

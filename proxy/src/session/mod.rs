@@ -27,9 +27,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::client::stream::ClientRead;
 use shardline_router::config::PoolMode;
 use shardline_router::ShardId;
-use tokio::net::tcp::OwnedReadHalf;
 
 use crate::backend::pool::Pooled;
 use crate::cancel::CancelTargets;
@@ -78,7 +78,7 @@ pub enum SessionEnd {
 /// A logged-in client.
 pub struct Session {
     ctx: Arc<ProxyContext>,
-    input: FrameReader<OwnedReadHalf>,
+    input: FrameReader<ClientRead>,
     out: ClientOutput,
     identity: Identity,
     settings: Settings,
@@ -112,7 +112,7 @@ impl Session {
     /// A session for a client that has logged in.
     pub fn new(
         ctx: Arc<ProxyContext>,
-        input: FrameReader<OwnedReadHalf>,
+        input: FrameReader<ClientRead>,
         out: ClientOutput,
         identity: Identity,
         cancel_targets: CancelTargets,

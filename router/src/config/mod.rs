@@ -6,6 +6,7 @@
 //! reported with the line it comes from.
 
 mod raw;
+mod tls;
 mod validate;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use crate::key::{KeyType, KeyValue};
 
+pub use tls::{ClientTls, TlsMode};
 pub use validate::ConfigError;
 
 /// Index of a shard in [`Config::shards`]; stable for the life of one config version.
@@ -43,6 +45,13 @@ pub struct Config {
     /// Most rows one statement may pull from the shards into one backend when the merge cannot
     /// answer it (a pull-up read); past it the statement is refused (SQLSTATE 54000).
     pub max_pull_rows: u64,
+    /// TLS towards clients.
+    pub tls: ClientTls,
+    /// A client that has not logged in within this time is disconnected.
+    pub login_timeout: Duration,
+    /// Application clients served at once; a client beyond it is refused (SQLSTATE 53300),
+    /// while admins may still reach the console.
+    pub max_client_connections: usize,
 }
 
 /// How backends are shared between clients.
@@ -71,6 +80,9 @@ pub struct PoolSettings {
 pub enum AuthMethod {
     ScramSha256,
     Md5,
+    /// A client certificate (verified against `tls: client_ca`) whose common name is the
+    /// user name, as PostgreSQL's `cert` method.
+    Cert,
     Trust,
 }
 
@@ -277,6 +289,11 @@ impl fmt::Display for Config {
         let metrics = self.metrics_listen.as_deref().unwrap_or("off");
         writeln!(f, "metrics and health: {metrics}")?;
         writeln!(f, "shutdown grace: {:?}", self.shutdown_grace)?;
+        writeln!(
+            f,
+            "clients: TLS {}, login timeout {:?}, at most {} at once",
+            self.tls.mode, self.login_timeout, self.max_client_connections
+        )?;
         let p = &self.pool;
         writeln!(
             f,

@@ -37,6 +37,15 @@ pub struct RawConfig {
     /// Rows a pull-up read may move per statement.
     #[serde(default)]
     pub max_pull_rows: Option<u64>,
+    /// TLS towards clients.
+    #[serde(default)]
+    pub tls: Option<super::tls::RawTls>,
+    /// Milliseconds a client has to log in.
+    #[serde(default)]
+    pub login_timeout_ms: Option<Spanned<u64>>,
+    /// Clients served at once.
+    #[serde(default)]
+    pub max_client_connections: Option<usize>,
 }
 
 fn default_listen() -> Spanned<String> {

@@ -53,10 +53,10 @@ const DEFAULT_SHUTDOWN_GRACE_S: u64 = 30;
 
 /// Collects problems while validating, so an operator sees all of them at once.
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(super) struct Problems(Vec<Problem>);
 
 impl Problems {
-    fn at<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
+    pub(super) fn at<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
         let line = spanned.referenced.line() as usize;
         self.0.push(Problem {
             line: (line > 0).then_some(line),
@@ -64,7 +64,7 @@ impl Problems {
         });
     }
 
-    fn general(&mut self, message: impl Into<String>) {
+    pub(super) fn general(&mut self, message: impl Into<String>) {
         self.0.push(Problem {
             line: None,
             message: message.into(),
@@ -103,6 +103,8 @@ pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
     }
 
     let pool = pool_settings(&raw, &mut problems);
+    let tls = super::tls::client_tls(raw.tls.as_ref(), &mut problems);
+    let login_timeout = super::tls::login_timeout(raw.login_timeout_ms.as_ref(), &mut problems);
     let users = users(&raw, &mut problems);
 
     let mut shards = Vec::new();
@@ -183,6 +185,11 @@ pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
         ),
         cross_shard_transactions: raw.cross_shard_transactions.unwrap_or(true),
         max_pull_rows: raw.max_pull_rows.unwrap_or(DEFAULT_MAX_PULL_ROWS),
+        tls,
+        login_timeout,
+        max_client_connections: raw
+            .max_client_connections
+            .unwrap_or(super::tls::DEFAULT_MAX_CLIENT_CONNECTIONS),
     })
 }
 
@@ -242,11 +249,24 @@ fn users(raw: &RawConfig, problems: &mut Problems) -> Vec<User> {
             None | Some("scram-sha-256") => AuthMethod::ScramSha256,
             Some("md5") => AuthMethod::Md5,
             Some("trust") => AuthMethod::Trust,
+            Some("cert") => {
+                if raw
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.client_ca.as_ref())
+                    .is_none()
+                {
+                    if let Some(a) = &u.auth {
+                        problems.at(a, "auth: cert needs `tls: client_ca` (the CAs whose client certificates are accepted)");
+                    }
+                }
+                AuthMethod::Cert
+            }
             Some(other) => {
                 if let Some(a) = &u.auth {
                     problems.at(
                         a,
-                        format!("auth {other:?} is not scram-sha-256, md5 or trust"),
+                        format!("auth {other:?} is not scram-sha-256, md5, cert or trust"),
                     );
                 }
                 AuthMethod::Trust
@@ -263,11 +283,12 @@ fn users(raw: &RawConfig, problems: &mut Problems) -> Vec<User> {
                 );
             }
         }
-        if auth != AuthMethod::Trust && u.password.is_none() && u.scram_verifier.is_none() {
+        let proves_itself = matches!(auth, AuthMethod::Trust | AuthMethod::Cert);
+        if !proves_itself && u.password.is_none() && u.scram_verifier.is_none() {
             problems.at(
                 name,
                 format!(
-                    "user {:?} needs a `password` or a `scram_verifier` (or auth: trust)",
+                    "user {:?} needs a `password` or a `scram_verifier` (or auth: cert or trust)",
                     name.value
                 ),
             );

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 
+use crate::client::stream::ClientWrite;
 use crate::clients::DeadlockFlag;
 use crate::deadlock::deadlock_error;
 use crate::protocol::spare;
@@ -20,7 +20,7 @@ const FIRST_CHUNK: usize = 8 * 1024;
 /// The client's socket with an output buffer.
 #[derive(Debug)]
 pub struct ClientOutput {
-    stream: OwnedWriteHalf,
+    stream: ClientWrite,
     buf: BytesMut,
     /// Bumped by every write to the socket, so a [`Mark`] knows whether it can still rewind.
     writes: u64,
@@ -38,7 +38,7 @@ pub struct Mark {
 
 impl ClientOutput {
     /// Wraps the write half of the client's socket.
-    pub fn new(stream: OwnedWriteHalf) -> Self {
+    pub fn new(stream: ClientWrite) -> Self {
         ClientOutput {
             stream,
             buf: BytesMut::new(),

@@ -6,10 +6,10 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::client::stream::ClientRead;
 use bytes::{BufMut, Bytes, BytesMut};
 use shardline_router::copy::{trim_line_end, CopyFormat, CopyInto, RowSplitter};
 use shardline_router::ShardId;
-use tokio::net::tcp::OwnedReadHalf;
 
 use crate::backend::pool::Pooled;
 use crate::context::Loaded;
@@ -409,10 +409,7 @@ enum Incoming {
 
 impl RowSource<'_> {
     /// The next message; `Err` when the client is gone (the session ends).
-    async fn next(
-        &mut self,
-        input: &mut FrameReader<OwnedReadHalf>,
-    ) -> Result<Incoming, SessionEnd> {
+    async fn next(&mut self, input: &mut FrameReader<ClientRead>) -> Result<Incoming, SessionEnd> {
         match self {
             RowSource::Client => {
                 let frame = match input.read().await {
