@@ -1,6 +1,10 @@
 # Sourced by the bench scripts: builds shardline, starts `shardline demo` with 4 shards on
 # $PORT in $DIR, waits until it is ready, and sets BIN, DEMO (its pid) and PROXY_PID.
 # The caller's EXIT trap must call stop_demo.
+# The demo serves TLS, which libpq uses by default (sslmode=prefer); the benchmarks compare
+# clear-text connections with direct and pgbouncer ones unless PGSSLMODE says otherwise
+# (bench/tls.sh measures TLS itself).
+export PGSSLMODE=${PGSSLMODE:-disable}
 # SHARDLINE_BIN runs another build (say, the commit before a change) instead of this tree's.
 if [ -n "${SHARDLINE_BIN:-}" ]; then
   BIN=$SHARDLINE_BIN

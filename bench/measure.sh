@@ -42,3 +42,21 @@ idle_kb_per_client() { # PID PORT N
   wait "$clients" 2>/dev/null || true
   rm -f "$fifo" "$fifo.out"
 }
+
+# pgbench ($CLIENTS clients, $SECS seconds, the script $DIR/select.sql) through PORT while
+# watching process PROC: "TPS user-us/tx sys-us/tx switches/tx". libpq's PG* variables
+# (PGSSLMODE, say) apply.
+measure() { # PORT PROC MODE
+  local before cs_before out after cs_after
+  before=$(cpu_ticks "$2")
+  cs_before=$(ctx_switches "$2")
+  out=$(pgbench -n -h 127.0.0.1 -p "$1" -U app -c "$CLIENTS" -j 2 -T "$SECS" -M "$3" \
+    -f "$DIR/select.sql" app 2>/dev/null || true)
+  after=$(cpu_ticks "$2")
+  cs_after=$(ctx_switches "$2")
+  local tx
+  tx=$(echo "$out" | processed)
+  if [ -z "$tx" ] || [ "$tx" = 0 ]; then echo "fails - - -"; return; fi
+  echo "$(echo "$out" | tps) $(per_tx "$before" "$after" "$tx")" \
+    "$(awk -v a="$cs_after" -v b="$cs_before" -v t="$tx" 'BEGIN {printf "%.2f", (a - b) / t}')"
+}

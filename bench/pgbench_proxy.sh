@@ -22,9 +22,8 @@ export PGPASSWORD=app
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # shellcheck source=bench/demo.sh
 . bench/demo.sh
-PGB_PID=
 cleanup() {
-  [ -n "$PGB_PID" ] && kill "$(cat "$DIR/pgbouncer.pid" 2>/dev/null)" 2>/dev/null
+  stop_pgbouncer
   stop_demo
 }
 trap cleanup EXIT
@@ -45,50 +44,11 @@ SQL
 
 # Optional reference: pgbouncer in front of shard 0.
 PGB_PORT=$((PORT + 100))
-if command -v pgbouncer >/dev/null 2>&1; then
-  cat >"$DIR/pgbouncer.ini" <<INI
-[databases]
-app = host=127.0.0.1 port=$SHARD0 dbname=app
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $PGB_PORT
-auth_type = plain
-auth_file = $DIR/users.txt
-pool_mode = transaction
-default_pool_size = 20
-max_client_conn = 20000
-unix_socket_dir =
-logfile = $DIR/pgbouncer.log
-pidfile = $DIR/pgbouncer.pid
-INI
-  echo '"app" "app"' >"$DIR/users.txt"
-  chown -R postgres "$DIR" 2>/dev/null || true
-  start_pgbouncer="ulimit -n \$(ulimit -Hn); exec pgbouncer -d $DIR/pgbouncer.ini"
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- sh -c "$start_pgbouncer"; else sh -c "$start_pgbouncer"; fi
-  PGB_PID=started
-  sleep 1
-fi
+# shellcheck source=bench/pgbouncer.sh
+. bench/pgbouncer.sh
 
 # shellcheck source=bench/measure.sh
 . bench/measure.sh
-PGB_PROC=
-[ -n "$PGB_PID" ] && PGB_PROC=$(cat "$DIR/pgbouncer.pid" 2>/dev/null || true)
-
-# pgbench through PORT while watching process PROC: "TPS user-us/tx sys-us/tx switches/tx".
-measure() { # PORT PROC MODE
-  local before cs_before out after cs_after
-  before=$(cpu_ticks "$2")
-  cs_before=$(ctx_switches "$2")
-  out=$(pgbench -n -h 127.0.0.1 -p "$1" -U app -c "$CLIENTS" -j 2 -T "$SECS" -M "$3" \
-    -f "$DIR/select.sql" app 2>/dev/null || true)
-  after=$(cpu_ticks "$2")
-  cs_after=$(ctx_switches "$2")
-  local tx
-  tx=$(echo "$out" | processed)
-  if [ -z "$tx" ] || [ "$tx" = 0 ]; then echo "fails - - -"; return; fi
-  echo "$(echo "$out" | tps) $(per_tx "$before" "$after" "$tx")" \
-    "$(awk -v a="$cs_after" -v b="$cs_before" -v t="$tx" 'BEGIN {printf "%.2f", (a - b) / t}')"
-}
 
 printf "%-9s %9s %9s %5s %15s %6s %9s %5s %15s %6s\n" mode "direct" "proxy" "/dir" \
   "proxy us/tx u+s" "cs/tx" "pgbouncer" "/pgb" "pgb us/tx u+s" "cs/tx"
