@@ -66,13 +66,8 @@ pub async fn warm(ctx: &ProxyContext) {
             continue;
         }
         for user in config.users.iter().filter(|u| !u.admin) {
-            let target = BackendTarget {
-                host: shard.host.clone(),
-                port: shard.port,
-                user: user.name.clone(),
-                password: user.backend_password().map(str::to_owned),
-                database: database.clone(),
-            };
+            let password = user.backend_password();
+            let target = BackendTarget::new(shard, &user.name, password, database);
             match ctx.pools.checkout(&target, &config.pool).await {
                 Ok(_) => break,
                 Err(e) => tracing::debug!(shard = %shard.name, error = %e, "could not warm a pool"),

@@ -34,6 +34,7 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod signals;
+pub mod socket;
 pub mod stats;
 pub mod tls;
 

@@ -100,7 +100,7 @@ fn init_logging(json: bool) {
 async fn check(path: &PathBuf) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("could not read {}: {e}", path.display()))?;
-    let config = Config::from_yaml(&text)
+    let config = Config::from_file_text(&text, path.parent().unwrap_or(Path::new("/")))
         .map_err(|e| anyhow::anyhow!("{} is invalid: {e}", path.display()))?;
     println!("{} is valid.\n", path.display());
     print!("{config}");

@@ -52,7 +52,8 @@ impl Proxy {
         };
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("could not read {}", path.display()))?;
-        let config = Config::from_yaml(&text)
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let config = Config::from_file_text(&text, dir)
             .map_err(|e| anyhow::anyhow!("{} is invalid: {e}", path.display()))?;
         let source = ConfigSource::file(path.clone(), text);
         Self::launch(config, source, watch.then_some(path)).await
@@ -70,12 +71,7 @@ impl Proxy {
             None => None,
         };
         let metrics_addr = metrics.as_ref().map(TcpListener::local_addr).transpose()?;
-        // Relative paths in `tls:` are read from the directory of shards.yaml.
-        let base = match source.path().and_then(Path::parent) {
-            Some(dir) => dir.to_owned(),
-            None => std::env::current_dir().context("could not find the current directory")?,
-        };
-        let tls = ServerTls::new(base, &config.tls).context("cannot serve TLS to clients")?;
+        let tls = ServerTls::new(&config.tls).context("cannot serve TLS to clients")?;
         let ctx = ProxyContext::new(config, source, tls);
         resume_migration(&ctx).await;
         let mut tasks = vec![

@@ -74,10 +74,22 @@ impl TestCluster {
         shards: usize,
         extra_yaml: &str,
     ) -> anyhow::Result<TestCluster> {
+        Self::start_serving(label, shards, extra_yaml, None).await
+    }
+
+    /// Like [`TestCluster::start_with`], the shards serving TLS with `shard_identity` (a
+    /// certificate and key) when given.
+    pub async fn start_serving(
+        label: &str,
+        shards: usize,
+        extra_yaml: &str,
+        shard_identity: Option<shardline::tls::authority::Issued>,
+    ) -> anyhow::Result<TestCluster> {
         let ports = free_ports(shards);
         let mut opts = ClusterOptions::new(scratch_dir(label), ports.clone());
         opts.keep_data = false;
         opts.reuse_existing = false;
+        opts.tls = shard_identity;
         let pg = tokio::task::spawn_blocking(move || LocalCluster::start(&opts)).await??;
         let mut yaml = String::from(
             "listen: 127.0.0.1:0\nusers:\n  - {name: app, password: app}\n  - {name: md5user, password: app, auth: md5, server_password: app}\nshards:\n",

@@ -425,3 +425,56 @@ async fn certificate_logins_and_channel_binding() -> anyhow::Result<()> {
     proxy.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_proxy_reaches_shards_over_verified_tls() -> anyhow::Result<()> {
+    let dir = scratch_dir("shard-tls-files");
+    let authority = Authority::new("shards CA")?;
+    let ca = certificates(&dir, &authority)?;
+    let identity = authority.server(&["localhost", "127.0.0.1"])?;
+    let yaml = format!("shard_tls: {{mode: verify-full, ca: {}}}\n", ca.display());
+    let cluster = TestCluster::start_serving("shard-tls", 2, &yaml, Some(identity)).await?;
+    let client = cluster.client().await?;
+    // The default shard sees the proxy's connection encrypted (for a clear-text client, even).
+    let encrypted: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(
+        encrypted,
+        "the proxy's connection to the shard is in clear text"
+    );
+    // Control connections too: generated keys take their blocks from the default shard.
+    client
+        .batch_execute("CREATE TABLE users (id bigserial PRIMARY KEY, name text)")
+        .await?;
+    let id: i64 = client
+        .query_one("INSERT INTO users (name) VALUES ('tls') RETURNING id", &[])
+        .await?
+        .get(0);
+    assert!(id > 0);
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, 1);
+
+    // A proxy that trusts another CA refuses the shards' certificates, with a message.
+    let other = certificates(
+        &scratch_dir("shard-tls-other"),
+        &Authority::new("other CA")?,
+    )?;
+    let wrong = cluster
+        .yaml
+        .replace(&ca.display().to_string(), &other.display().to_string());
+    let config = shardline_router::Config::from_yaml(&wrong).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let proxy = shardline::Proxy::start(config).await?;
+    let refused = connect(&format!(
+        "host=127.0.0.1 port={} user=app password=app dbname=app",
+        proxy.addr.port()
+    ))
+    .await;
+    let message = format!("{:?}", refused.err());
+    assert!(message.contains("TLS to the shard failed"), "{message}");
+    proxy.stop().await;
+    Ok(())
+}

@@ -10,7 +10,7 @@ pub mod table;
 
 use std::sync::Arc;
 
-use crate::client::stream::ClientRead;
+use crate::socket::SocketRead;
 
 use crate::context::ProxyContext;
 use crate::protocol::backend::{self as msg, sqlstate};
@@ -54,7 +54,7 @@ pub async fn greet(out: &mut ClientOutput) -> std::io::Result<()> {
 /// Answers console commands until the client leaves.
 pub async fn serve(
     ctx: Arc<ProxyContext>,
-    mut input: FrameReader<ClientRead>,
+    mut input: FrameReader<SocketRead>,
     mut out: ClientOutput,
 ) -> Result<(), ConsoleEnd> {
     // After an extended-protocol message, one error is sent and the rest ignored up to `Sync`.

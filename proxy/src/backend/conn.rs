@@ -14,13 +14,14 @@ use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use shardline_router::config::{Shard, ShardTls, ShardTlsMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::protocol::backend::tag;
 use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::{Frame, FrameError, FrameReader};
+use crate::socket::{self, SocketRead, SocketWrite};
 
 /// Largest message accepted from a shard (rows can be big; PostgreSQL caps a field at 1 GB).
 const MAX_BACKEND_MESSAGE: usize = 1 << 30;
@@ -41,6 +42,26 @@ pub struct BackendTarget {
     pub user: String,
     pub password: Option<String>,
     pub database: String,
+    /// TLS towards the shard, its CA resolved to a path.
+    pub tls: ShardTls,
+}
+
+impl BackendTarget {
+    /// Where `user` (with `password` for the shard) reaches `shard`: the shard's own database,
+    /// else `database`.
+    pub fn new(shard: &Shard, user: &str, password: Option<&str>, database: &str) -> BackendTarget {
+        BackendTarget {
+            host: shard.host.clone(),
+            port: shard.port,
+            user: user.to_owned(),
+            password: password.map(str::to_owned),
+            database: shard
+                .database
+                .clone()
+                .unwrap_or_else(|| database.to_owned()),
+            tls: shard.tls.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for BackendTarget {
@@ -52,6 +73,7 @@ impl std::fmt::Debug for BackendTarget {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<hidden>"))
             .field("database", &self.database)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -75,17 +97,50 @@ pub enum BackendError {
     NoPassword,
     #[error("unexpected message {0:?} from the shard")]
     Unexpected(char),
+    #[error("TLS to the shard failed: {0}")]
+    Tls(String),
     #[error(transparent)]
     Frame(#[from] FrameError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
+/// Encrypts a new connection as `target.tls` says: an `SSLRequest`, then the TLS handshake.
+async fn secure(
+    mut stream: TcpStream,
+    target: &BackendTarget,
+) -> Result<(SocketRead, SocketWrite), BackendError> {
+    if target.tls.mode == ShardTlsMode::Disable {
+        return Ok(socket::plain(stream));
+    }
+    let config = super::tls::client_config(&target.tls)
+        .map_err(BackendError::Tls)?
+        .ok_or_else(|| BackendError::Tls("no TLS configured".to_owned()))?;
+    let name = super::tls::server_name(&target.host).map_err(BackendError::Tls)?;
+    stream.write_all(&SSL_REQUEST).await?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await?;
+    if answer[0] != b'S' {
+        return Err(BackendError::Tls(format!(
+            "the shard does not accept TLS (it answered {:?} to SSLRequest); turn on ssl there or set its tls mode to disable",
+            answer[0] as char
+        )));
+    }
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, stream)
+        .await
+        .map_err(|e| BackendError::Tls(e.to_string()))?;
+    Ok(socket::encrypted(tls))
+}
+
+/// `SSLRequest`: length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
+
 /// A logged-in connection to a shard.
 #[derive(Debug)]
 pub struct Backend {
-    reader: FrameReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: FrameReader<SocketRead>,
+    writer: SocketWrite,
     /// Cancel key of the server process behind this connection.
     pub cancel_key: CancelKey,
     /// Parameters the server reported at startup (`server_version`, `TimeZone`…).
@@ -143,7 +198,10 @@ impl Backend {
         };
         stream.set_nodelay(true)?;
         let addr = stream.peer_addr()?;
-        let (read, writer) = stream.into_split();
+        let (read, writer) = match tokio::time::timeout(timeout, secure(stream, target)).await {
+            Err(_) => return Err(BackendError::Timeout(addr_text)),
+            Ok(result) => result?,
+        };
         let mut backend = Backend {
             reader: FrameReader::new(read, MAX_BACKEND_MESSAGE),
             writer,
@@ -164,6 +222,11 @@ impl Backend {
             Err(_) => Err(BackendError::Timeout(addr_text)),
             Ok(result) => result.map(|()| backend),
         }
+    }
+
+    /// Whether this connection to the shard is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.reader.get_ref().is_tls()
     }
 
     async fn startup(&mut self, target: &BackendTarget) -> Result<(), BackendError> {

@@ -3,3 +3,4 @@
 pub mod conn;
 pub mod pool;
 pub mod registry;
+pub mod tls;

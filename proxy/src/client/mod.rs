@@ -6,7 +6,6 @@
 
 pub mod auth;
 mod negotiate;
-pub mod stream;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,8 +26,8 @@ use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::{FrameError, FrameReader};
 use crate::session::settings::{self, REPORTED};
 use crate::session::{ClientOutput, Identity, Session, SessionEnd};
+use crate::socket::SocketRead;
 use crate::tls::Offer;
-use stream::ClientRead;
 
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
@@ -110,7 +109,7 @@ async fn connection(ctx: &Arc<ProxyContext>, stream: TcpStream, peer: &str) {
 }
 
 /// A connection that logged in: its two halves and who is on it.
-type Opened = (FrameReader<ClientRead>, ClientOutput, LoggedIn);
+type Opened = (FrameReader<SocketRead>, ClientOutput, LoggedIn);
 
 /// Negotiates TLS and logs the client in; `Ok(None)` for a cancel request.
 async fn open(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<Option<Opened>, LoginError> {
@@ -159,7 +158,7 @@ async fn refuse(out: &mut ClientOutput, code: &str, message: &str) -> LoginError
 /// Runs the startup phase. `Ok(None)` means the connection was a cancel request.
 async fn login(
     ctx: &Arc<ProxyContext>,
-    input: &mut FrameReader<ClientRead>,
+    input: &mut FrameReader<SocketRead>,
     out: &mut ClientOutput,
     offer: &Offer,
     client_name: Option<&str>,
@@ -354,20 +353,8 @@ async fn probe_default_shard(
         .shards
         .get(config.default_shard)
         .ok_or_else(|| Probe::Failed("no shards configured".into()))?;
-    let password = config
-        .user(user)
-        .and_then(|u| u.backend_password())
-        .map(str::to_owned);
-    let target = crate::backend::conn::BackendTarget {
-        host: shard.host.clone(),
-        port: shard.port,
-        user: user.to_owned(),
-        password,
-        database: shard
-            .database
-            .clone()
-            .unwrap_or_else(|| database.to_owned()),
-    };
+    let password = config.user(user).and_then(|u| u.backend_password());
+    let target = crate::backend::conn::BackendTarget::new(shard, user, password, database);
     if let Some(params) = ctx.server_params(&target) {
         return Ok(params);
     }

@@ -8,8 +8,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use x509_certificate::X509Certificate;
 
-use super::stream::{self, ClientRead, ClientWrite};
 use super::{LoginError, GSSENC_REQUEST, SSL_REQUEST};
+use crate::socket::{self, SocketRead, SocketWrite};
 use crate::tls::{Offer, ALPN_POSTGRESQL};
 
 /// The first byte of a TLS handshake record.
@@ -17,8 +17,8 @@ const TLS_HANDSHAKE: u8 = 0x16;
 
 /// A connection whose encryption is settled.
 pub(super) struct Negotiated {
-    pub(super) read: ClientRead,
-    pub(super) write: ClientWrite,
+    pub(super) read: SocketRead,
+    pub(super) write: SocketWrite,
     /// The bytes of the first packet already read (the start of the startup or cancel packet
     /// on a clear-text connection).
     pub(super) prefix: Vec<u8>,
@@ -91,7 +91,7 @@ async fn direct(stream: TcpStream, offer: &Offer) -> Result<TlsStream<TcpStream>
 
 /// A clear-text connection whose first `prefix` bytes were read.
 fn clear_text(stream: TcpStream, prefix: Vec<u8>) -> Negotiated {
-    let (read, write) = stream::plain(stream);
+    let (read, write) = socket::plain(stream);
     Negotiated {
         read,
         write,
@@ -109,7 +109,7 @@ fn encrypted(tls: TlsStream<TcpStream>) -> Negotiated {
         .and_then(|chain| chain.first())
         .and_then(|der| X509Certificate::from_der(der.as_ref()).ok())
         .and_then(|cert| cert.subject_common_name());
-    let (read, write) = stream::encrypted(tls);
+    let (read, write) = socket::encrypted(tls);
     Negotiated {
         read,
         write,

@@ -74,6 +74,8 @@ pub struct ClusterOptions {
     /// When false (tests), the data directories, logs and sockets are deleted once the servers
     /// stop; when true (the demo), they are kept for the next run.
     pub keep_data: bool,
+    /// The certificate and key every server presents with `ssl = on`; `None`: no TLS.
+    pub tls: Option<crate::tls::authority::Issued>,
 }
 
 impl ClusterOptions {
@@ -90,6 +92,7 @@ impl ClusterOptions {
             max_connections: 200,
             reuse_existing: true,
             keep_data: true,
+            tls: None,
         }
     }
 }
@@ -132,6 +135,9 @@ impl LocalCluster {
             .with_context(|| format!("could not chmod {}", socket_dir.display()))?;
         check_socket_path_length(&socket_dir)?;
 
+        if let Some(identity) = &opts.tls {
+            server::write_tls_files(&dir, identity)?;
+        }
         let run_as = if running_as_root() {
             let user = POSTGRES_OS_USER.to_owned();
             hand_dir_to(&user, &dir)?;

@@ -12,6 +12,7 @@ use std::process::Stdio;
 use super::remove_if_exists;
 use super::tools::{last_lines, run, Tools};
 use super::ClusterOptions;
+use crate::tls::authority::Issued;
 
 /// The address every local server listens on.
 const LOCALHOST: &str = "127.0.0.1";
@@ -250,14 +251,44 @@ host    replication  all   ::1/128        scram-sha-256
     fs::write(&hba_path, hba).with_context(|| format!("could not write {}", hba_path.display()))
 }
 
+/// Where the servers' certificate and key live, in the cluster directory.
+fn tls_files(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("tls/server.crt"), dir.join("tls/server.key"))
+}
+
+/// Writes the certificate and key the servers present (the key readable by its owner only;
+/// the cluster directory is handed to the server's OS user afterwards).
+pub(super) fn write_tls_files(dir: &Path, identity: &Issued) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let (cert, key) = tls_files(dir);
+    fs::create_dir_all(dir.join("tls")).context("could not create the TLS directory")?;
+    fs::write(&cert, &identity.cert_pem)
+        .with_context(|| format!("could not write {}", cert.display()))?;
+    fs::write(&key, &identity.key_pem)
+        .with_context(|| format!("could not write {}", key.display()))?;
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("could not chmod {}", key.display()))
+}
+
 /// `pg_ctl start -w` with the dev/test settings; on failure the log's tail is in the error.
 fn start_server(server: &LocalServer, tools: &Tools, opts: &ClusterOptions) -> Result<()> {
     // pg_ctl runs the postmaster through /bin/sh; the socket dir was checked to be free of
     // quotes, so single quotes suffice.
+    let tls = match (&opts.tls, server.data_dir.parent()) {
+        (Some(_), Some(dir)) => {
+            let (cert, key) = tls_files(dir);
+            format!(
+                " -c ssl=on -c ssl_cert_file='{}' -c ssl_key_file='{}'",
+                cert.display(),
+                key.display()
+            )
+        }
+        _ => String::new(),
+    };
     let postgres_options = format!(
         "-p {port} -k '{socket}' -c listen_addresses={host} -c max_connections={max} \
          -c max_prepared_transactions={max} -c fsync=off -c synchronous_commit=off \
-         -c full_page_writes=off",
+         -c full_page_writes=off{tls}",
         port = server.port,
         socket = server.socket_dir.display(),
         host = LOCALHOST,

@@ -104,11 +104,23 @@ pub async fn connect(
     if let Some(password) = user.backend_password() {
         pg.password(password);
     }
-    let (client, connection) = pg.connect(NoTls).await.with_context(|| {
+    let unreachable = || {
         format!(
             "could not reach shard {} at {}:{}",
             shard.name, shard.host, shard.port
         )
-    })?;
-    Ok((client, tokio::spawn(connection)))
+    };
+    // Encrypted as the shard's `tls` says, like the proxy's pooled connections.
+    match crate::backend::tls::client_config(&shard.tls).map_err(anyhow::Error::msg)? {
+        None => {
+            let (client, connection) = pg.connect(NoTls).await.with_context(unreachable)?;
+            Ok((client, tokio::spawn(connection)))
+        }
+        Some(config) => {
+            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*config).clone());
+            let (client, connection) = pg.connect(tls).await.with_context(unreachable)?;
+            Ok((client, tokio::spawn(connection)))
+        }
+    }
 }

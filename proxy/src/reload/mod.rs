@@ -152,7 +152,7 @@ pub fn reload(ctx: &ProxyContext) -> ReloadOutcome {
             Some((_, error)) => ReloadOutcome::Rejected {
                 error: error.clone(),
             },
-            None => match Config::from_yaml(&text) {
+            None => match Config::from_file_text(&text, path.parent().unwrap_or(Path::new("/"))) {
                 Ok(config) => {
                     state.served = Some(text);
                     state.rejected = None;

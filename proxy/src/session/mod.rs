@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::client::stream::ClientRead;
+use crate::socket::SocketRead;
 use shardline_router::config::PoolMode;
 use shardline_router::ShardId;
 
@@ -78,7 +78,7 @@ pub enum SessionEnd {
 /// A logged-in client.
 pub struct Session {
     ctx: Arc<ProxyContext>,
-    input: FrameReader<ClientRead>,
+    input: FrameReader<SocketRead>,
     out: ClientOutput,
     identity: Identity,
     settings: Settings,
@@ -112,7 +112,7 @@ impl Session {
     /// A session for a client that has logged in.
     pub fn new(
         ctx: Arc<ProxyContext>,
-        input: FrameReader<ClientRead>,
+        input: FrameReader<SocketRead>,
         out: ClientOutput,
         identity: Identity,
         cancel_targets: CancelTargets,

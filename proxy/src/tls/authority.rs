@@ -16,9 +16,20 @@ pub struct Authority {
 }
 
 /// A certificate and its private key, in PEM.
+#[derive(Clone)]
 pub struct Issued {
     pub cert_pem: String,
     pub key_pem: String,
+}
+
+impl std::fmt::Debug for Issued {
+    /// The certificate only: a private key must never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<hidden>")
+            .finish()
+    }
 }
 
 impl Authority {

@@ -43,10 +43,9 @@ pub struct Offer {
     pub certificate: Option<Vec<u8>>,
 }
 
-/// The proxy's TLS state: the current offer and what it was built from.
+/// The proxy's TLS state: the current offer and what it was built from. Paths are used as
+/// the config gives them (`Config::from_file_text` makes them relative to `shards.yaml`).
 pub struct ServerTls {
-    /// Directory relative paths in `tls:` are read from (that of `shards.yaml`).
-    base: PathBuf,
     current: ArcSwapOption<Built>,
 }
 
@@ -63,12 +62,9 @@ struct Source {
 }
 
 impl ServerTls {
-    /// Builds the offer `section` describes, reading files relative to `base`.
-    pub fn new(base: PathBuf, section: &ClientTls) -> Result<ServerTls, TlsError> {
-        let tls = ServerTls {
-            base,
-            ..ServerTls::disabled()
-        };
+    /// Builds the offer `section` describes.
+    pub fn new(section: &ClientTls) -> Result<ServerTls, TlsError> {
+        let tls = ServerTls::disabled();
         tls.refresh(section)?;
         Ok(tls)
     }
@@ -76,7 +72,6 @@ impl ServerTls {
     /// No TLS: every `SSLRequest` is declined (a proxy built in memory, a benchmark).
     pub fn disabled() -> ServerTls {
         ServerTls {
-            base: PathBuf::new(),
             current: ArcSwapOption::empty(),
         }
     }
@@ -130,15 +125,15 @@ impl ServerTls {
         [&section.cert, &section.key, &section.client_ca]
             .into_iter()
             .flatten()
-            .map(|p| self.base.join(p))
+            .map(PathBuf::from)
             .collect()
     }
 
     /// The server config `section` describes, and the certificate chain's PEM.
     fn server_config(&self, section: &ClientTls) -> Result<(ServerConfig, Vec<u8>), TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cert_path = self.base.join(section.cert.as_deref().unwrap_or_default());
-        let key_path = self.base.join(section.key.as_deref().unwrap_or_default());
+        let cert_path = PathBuf::from(section.cert.as_deref().unwrap_or_default());
+        let key_path = PathBuf::from(section.key.as_deref().unwrap_or_default());
         let pem = read(&cert_path, "certificate")?;
         let chain = certificates(&pem, &cert_path, "certificate")?;
         let key = PrivateKeyDer::from_pem_slice(&read(&key_path, "private key")?).map_err(|e| {
@@ -152,7 +147,7 @@ impl ServerTls {
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
         let builder = match &section.client_ca {
             Some(ca) => {
-                let path = self.base.join(ca);
+                let path = PathBuf::from(ca);
                 let mut roots = RootCertStore::empty();
                 let pem = read(&path, "client CA")?;
                 for cert in certificates(&pem, &path, "client CA")? {

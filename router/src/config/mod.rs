@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::key::{KeyType, KeyValue};
 
-pub use tls::{ClientTls, TlsMode};
+pub use tls::{ClientTls, ShardTls, ShardTlsMode, TlsMode};
 pub use validate::ConfigError;
 
 /// Index of a shard in [`Config::shards`]; stable for the life of one config version.
@@ -128,6 +128,8 @@ pub struct Shard {
     pub port: u16,
     /// Database to use on the shard; `None` means the database the client asked for.
     pub database: Option<String>,
+    /// How the proxy secures its connections to the shard.
+    pub tls: ShardTls,
 }
 
 /// How one table is spread over the shards.
@@ -183,6 +185,24 @@ impl Config {
     pub fn table(&self, name: &str) -> Option<&TableRule> {
         let unqualified = name.rsplit('.').next().unwrap_or(name);
         self.tables.get(&unqualified.to_ascii_lowercase())
+    }
+
+    /// Reads `text` (the contents of `shards.yaml`) with the files it names (certificates,
+    /// keys, CAs) made relative to `dir`, the file's directory, when they are not absolute.
+    pub fn from_file_text(text: &str, dir: &std::path::Path) -> Result<Config, ConfigError> {
+        let mut config = Config::from_yaml(text)?;
+        let resolve = |path: &mut Option<String>| {
+            if let Some(p) = path.as_mut() {
+                *p = dir.join(&*p).display().to_string();
+            }
+        };
+        resolve(&mut config.tls.cert);
+        resolve(&mut config.tls.key);
+        resolve(&mut config.tls.client_ca);
+        for shard in &mut config.shards {
+            resolve(&mut shard.tls.ca);
+        }
+        Ok(config)
     }
 
     /// A user by login name.
@@ -313,9 +333,13 @@ impl fmt::Display for Config {
                 ""
             };
             let db = s.database.as_deref().unwrap_or("<client's database>");
+            let tls = match s.tls.mode {
+                ShardTlsMode::Disable => String::new(),
+                mode => format!(" tls {mode}"),
+            };
             writeln!(
                 f,
-                "  {id}: {} at {}:{} db {db}{default}",
+                "  {id}: {} at {}:{} db {db}{tls}{default}",
                 s.name, s.host, s.port
             )?;
         }

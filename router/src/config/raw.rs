@@ -40,6 +40,9 @@ pub struct RawConfig {
     /// TLS towards clients.
     #[serde(default)]
     pub tls: Option<super::tls::RawTls>,
+    /// TLS towards every shard (a shard's own `tls:` overrides it).
+    #[serde(default)]
+    pub shard_tls: Option<super::tls::RawShardTls>,
     /// Milliseconds a client has to log in.
     #[serde(default)]
     pub login_timeout_ms: Option<Spanned<u64>>,
@@ -100,6 +103,9 @@ pub struct RawShard {
     /// Database on the shard; by default the one the client asked for.
     #[serde(default)]
     pub database: Option<String>,
+    /// TLS towards this shard, over `shard_tls:`.
+    #[serde(default)]
+    pub tls: Option<super::tls::RawShardTls>,
 }
 
 fn default_host() -> String {

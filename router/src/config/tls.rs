@@ -1,5 +1,6 @@
-//! The `tls:` section (TLS for clients) and the limits on who may hold a client socket
-//! (`login_timeout_ms`, `max_client_connections`), checked.
+//! TLS in `shards.yaml`, checked: `tls:` towards clients, `shard_tls:` (and a shard's own
+//! `tls:`) towards the shards, and the limits on who may hold a client socket
+//! (`login_timeout_ms`, `max_client_connections`).
 
 use std::time::Duration;
 
@@ -22,6 +23,85 @@ pub struct RawTls {
     pub cert: Option<Spanned<String>>,
     pub key: Option<Spanned<String>>,
     pub client_ca: Option<Spanned<String>>,
+}
+
+/// `shard_tls:`, or a shard's `tls:`, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShardTls {
+    pub mode: Option<Spanned<String>>,
+    pub ca: Option<Spanned<String>>,
+}
+
+/// How the proxy secures its connections to a shard, as libpq's `sslmode` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ShardTlsMode {
+    /// Clear text.
+    #[default]
+    Disable,
+    /// Encrypted; the shard's certificate is not checked.
+    Require,
+    /// Encrypted; the certificate must chain to `ca`.
+    VerifyCa,
+    /// Encrypted; the certificate must chain to `ca` and name the shard's host.
+    VerifyFull,
+}
+
+/// TLS towards one shard. `ca` is as written (relative to the directory of `shards.yaml`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct ShardTls {
+    pub mode: ShardTlsMode,
+    pub ca: Option<String>,
+}
+
+impl std::fmt::Display for ShardTlsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ShardTlsMode::Disable => "disable",
+            ShardTlsMode::Require => "require",
+            ShardTlsMode::VerifyCa => "verify-ca",
+            ShardTlsMode::VerifyFull => "verify-full",
+        })
+    }
+}
+
+/// A shard's TLS: its own `tls:` over `shard_tls:` field by field, checked: the verifying
+/// modes need a CA.
+pub(super) fn shard_tls(
+    own: Option<&RawShardTls>,
+    all: Option<&RawShardTls>,
+    problems: &mut Problems,
+) -> ShardTls {
+    let mode_field = own
+        .and_then(|t| t.mode.as_ref())
+        .or_else(|| all.and_then(|t| t.mode.as_ref()));
+    let ca = own
+        .and_then(|t| t.ca.as_ref())
+        .or_else(|| all.and_then(|t| t.ca.as_ref()));
+    let mode = match mode_field.map(|m| m.value.as_str()) {
+        None | Some("disable") => ShardTlsMode::Disable,
+        Some("require") => ShardTlsMode::Require,
+        Some("verify-ca") => ShardTlsMode::VerifyCa,
+        Some("verify-full") => ShardTlsMode::VerifyFull,
+        Some(other) => {
+            if let Some(at) = mode_field {
+                problems.at(
+                    at,
+                    format!("shard tls mode {other:?} is not disable, require, verify-ca or verify-full"),
+                );
+            }
+            ShardTlsMode::Disable
+        }
+    };
+    if matches!(mode, ShardTlsMode::VerifyCa | ShardTlsMode::VerifyFull) && ca.is_none() {
+        if let Some(at) = mode_field {
+            problems.at(at, format!("shard tls mode {mode} needs `ca` (PEM certificates of the CAs that sign the shards' certificates)"));
+        }
+    }
+    ShardTls {
+        mode,
+        ca: ca.map(|c| c.value.clone()),
+    }
 }
 
 /// Whether clients may, or must, encrypt their connection.
@@ -159,6 +239,34 @@ mod tests {
         assert_eq!(config.tls.cert.as_deref(), Some("server.crt"));
         assert_eq!(config.login_timeout, Duration::from_millis(2500));
         assert_eq!(config.max_client_connections, 5);
+    }
+
+    #[test]
+    fn shards_take_shard_tls_unless_they_say_otherwise() {
+        let config = Config::from_yaml(
+            "users: [{name: app, password: app}]\nshard_tls: {mode: verify-full, ca: shards.crt}\nshards:\n  - {name: s0, port: 5432}\n  - {name: s1, port: 5433, tls: {mode: require}}\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let modes: Vec<(ShardTlsMode, Option<&str>)> = config
+            .shards
+            .iter()
+            .map(|s| (s.tls.mode, s.tls.ca.as_deref()))
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                (ShardTlsMode::VerifyFull, Some("shards.crt")),
+                (ShardTlsMode::Require, Some("shards.crt"))
+            ]
+        );
+        let error = with("shard_tls: {mode: verify-ca}\n")
+            .err()
+            .unwrap_or_default();
+        assert!(error.contains("needs `ca`"), "{error}");
+        let error = with("shard_tls: {mode: prefer}\n")
+            .err()
+            .unwrap_or_default();
+        assert!(error.contains("is not disable, require"), "{error}");
     }
 
     #[test]

@@ -133,6 +133,7 @@ pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
             host: s.host.clone(),
             port: s.port,
             database: s.database.clone(),
+            tls: super::tls::shard_tls(s.tls.as_ref(), raw.shard_tls.as_ref(), &mut problems),
         });
     }
     if shards.is_empty() {

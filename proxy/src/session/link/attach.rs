@@ -94,16 +94,12 @@ impl Session {
                 "user was removed from shards.yaml",
             )
         })?;
-        Ok(BackendTarget {
-            host: s.host.clone(),
-            port: s.port,
-            user: user.name.clone(),
-            password: user.backend_password().map(str::to_owned),
-            database: s
-                .database
-                .clone()
-                .unwrap_or_else(|| self.identity.database.clone()),
-        })
+        Ok(BackendTarget::new(
+            s,
+            &user.name,
+            user.backend_password(),
+            &self.identity.database,
+        ))
     }
 
     pub(crate) fn forget_cancel_key(&self, conn: &Pooled) {

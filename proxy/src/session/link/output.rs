@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering;
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::client::stream::ClientWrite;
 use crate::clients::DeadlockFlag;
 use crate::deadlock::deadlock_error;
 use crate::protocol::spare;
+use crate::socket::SocketWrite;
 
 /// Above this many buffered bytes the output is written out without waiting for a flush point.
 const HIGH_WATER: usize = 64 * 1024;
@@ -20,7 +20,7 @@ const FIRST_CHUNK: usize = 8 * 1024;
 /// The client's socket with an output buffer.
 #[derive(Debug)]
 pub struct ClientOutput {
-    stream: ClientWrite,
+    stream: SocketWrite,
     buf: BytesMut,
     /// Bumped by every write to the socket, so a [`Mark`] knows whether it can still rewind.
     writes: u64,
@@ -38,7 +38,7 @@ pub struct Mark {
 
 impl ClientOutput {
     /// Wraps the write half of the client's socket.
-    pub fn new(stream: ClientWrite) -> Self {
+    pub fn new(stream: SocketWrite) -> Self {
         ClientOutput {
             stream,
             buf: BytesMut::new(),

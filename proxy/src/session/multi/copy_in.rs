@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::client::stream::ClientRead;
+use crate::socket::SocketRead;
 use bytes::{BufMut, Bytes, BytesMut};
 use shardline_router::copy::{trim_line_end, CopyFormat, CopyInto, RowSplitter};
 use shardline_router::ShardId;
@@ -409,7 +409,7 @@ enum Incoming {
 
 impl RowSource<'_> {
     /// The next message; `Err` when the client is gone (the session ends).
-    async fn next(&mut self, input: &mut FrameReader<ClientRead>) -> Result<Incoming, SessionEnd> {
+    async fn next(&mut self, input: &mut FrameReader<SocketRead>) -> Result<Incoming, SessionEnd> {
         match self {
             RowSource::Client => {
                 let frame = match input.read().await {
