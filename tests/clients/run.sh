@@ -39,6 +39,8 @@ DIR=$(mktemp -d /tmp/shardline-clients.XXXXXX)
 chmod 755 "$DIR" # the shards run as the postgres user when we are root
 PORT=$(free_port)
 URL="postgres://app:app@127.0.0.1:$PORT/app"
+# The demo serves TLS with a CA it makes once in its directory: these clients must verify it.
+TLS_URL="$URL?sslmode=verify-full&sslrootcert=$DIR/demo/ca.crt"
 DEMO=
 start_demo() {
   "$BIN" demo --shards 4 --port "$PORT" --dir "$DIR/demo" >"$DIR/demo.log" 2>&1 &
@@ -78,10 +80,12 @@ CLIENTS=(
   "psycopg 3|$PYTHON $HERE/python/psycopg3_client.py $URL plain"
   "psycopg 3 prepare=True|$PYTHON $HERE/python/psycopg3_client.py $URL prepare"
   "psycopg 3 pipeline|$PYTHON $HERE/python/psycopg3_client.py $URL pipeline"
+  "psycopg 3 TLS verify-full|$PYTHON $HERE/python/psycopg3_client.py $TLS_URL plain"
   "psycopg2|$PYTHON $HERE/python/psycopg2_client.py $URL"
   "asyncpg|$PYTHON $HERE/python/asyncpg_client.py $URL"
   "node-postgres|node $HERE/node/pg_client.js $URL"
   "JDBC prepareThreshold=1|java -cp $JDBC_JAR $HERE/java/JdbcClient.java $URL"
+  "JDBC TLS verify-full|java -cp $JDBC_JAR $HERE/java/JdbcClient.java $TLS_URL"
   "ruby-pg exec_params|ruby $HERE/ruby/pg_client.rb $URL exec_params"
   "ruby-pg exec_prepared|ruby $HERE/ruby/pg_client.rb $URL prepared"
   "sqlx|$RUST_CLIENTS/sqlx_client $URL"
@@ -90,6 +94,18 @@ CLIENTS=(
 
 # Where a client's report goes: its name made a file name.
 out_file() { echo "$DIR/$(echo "$1" | tr -c 'A-Za-z0-9\n' '_').out"; }
+
+# Whether the client's connections were encrypted, from the proxy's login lines: yes, no or
+# mixed.
+tls_use() {
+  local log=$1 on off
+  on=$(grep -a 'client logged in' "$log" | grep -aEc 'tls.{0,20}=.{0,12}true' || true)
+  off=$(grep -a 'client logged in' "$log" | grep -aEc 'tls.{0,20}=.{0,12}false' || true)
+  if [ "$on" -gt 0 ] && [ "$off" -gt 0 ]; then echo mixed
+  elif [ "$on" -gt 0 ]; then echo yes
+  else echo no
+  fi
+}
 
 # Runs one client; its report (see tests/clients/python/scenario.py) becomes a table line.
 LINES=()
@@ -120,7 +136,7 @@ run_client() {
       details="exited $rc: $(tail -1 "$out.err" | cut -c1-160)"
     fi
   fi
-  LINES+=("| $name | ${version:-?} | $result | ${details//|/\\|} |")
+  LINES+=("| $name | ${version:-?} | $(tls_use "$DIR/demo.log") | $result | ${details//|/\\|} |")
   stop_demo
   cp "$DIR/demo.log" "$out.demo.log"
 }
@@ -132,8 +148,8 @@ for entry in "${CLIENTS[@]}"; do
 done
 
 echo
-echo "| client | version | result | details |"
-echo "| --- | --- | --- | --- |"
+echo "| client | version | TLS | result | details |"
+echo "| --- | --- | --- | --- | --- |"
 printf '%s\n' "${LINES[@]}"
 echo
 echo "clients: $((${#LINES[@]} - ${#FAILED[@]})) passed, ${#FAILED[@]} failed ($((SECONDS - START)) s)"

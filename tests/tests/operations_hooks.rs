@@ -45,6 +45,9 @@ async fn stats_count_queries_per_shard_and_route_kind() -> anyhow::Result<()> {
         .simple_query("SELECT no_such_column FROM users WHERE id = 42")
         .await
         .is_err());
+    // A request's statistics are recorded after its answer is flushed, before the session
+    // reads the next one: once this answer arrives, the error above is counted.
+    app.simple_query("SELECT 1").await?;
 
     let after = scrape(&proxy).await?;
     let queries = |s, route| {

@@ -132,3 +132,95 @@ impl ServerCertVerifier for Verifier {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::authority::Authority;
+    use rustls::pki_types::PrivateKeyDer;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A TLS server on loopback presenting a certificate for `names`, signed by `authority`;
+    /// answers one byte per connection.
+    async fn server(authority: &Authority, names: &[&str]) -> anyhow::Result<u16> {
+        let issued = authority.server(names)?;
+        let chain = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                if let Ok(mut tls) = acceptor.accept(stream).await {
+                    let _ = tls.write_all(b"!").await;
+                }
+            }
+        });
+        Ok(port)
+    }
+
+    /// Whether a client with `mode` (trusting `ca`) completes a handshake with the server.
+    async fn connects(mode: ShardTlsMode, ca: &std::path::Path, port: u16) -> bool {
+        let tls = ShardTls {
+            mode,
+            ca: Some(ca.display().to_string()),
+        };
+        let Ok(Some(config)) = client_config(&tls) else {
+            return false;
+        };
+        let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            return false;
+        };
+        let Ok(name) = server_name("127.0.0.1") else {
+            return false;
+        };
+        match tokio_rustls::TlsConnector::from(config)
+            .connect(name, stream)
+            .await
+        {
+            Ok(mut tls) => {
+                let mut byte = [0u8; 1];
+                tls.read_exact(&mut byte).await.is_ok()
+            }
+            Err(_) => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_mode_checks_what_libpq_checks() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let trusted = Authority::new("trusted")?;
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, trusted.cert_pem())?;
+        let named = server(&trusted, &["127.0.0.1"]).await?;
+        let misnamed = server(&trusted, &["shard.invalid"]).await?;
+        let stranger = server(&Authority::new("stranger")?, &["127.0.0.1"]).await?;
+        let expected = [
+            // (mode, server, connects)
+            (ShardTlsMode::VerifyFull, named, true),
+            (ShardTlsMode::VerifyFull, misnamed, false),
+            (ShardTlsMode::VerifyFull, stranger, false),
+            (ShardTlsMode::VerifyCa, named, true),
+            (ShardTlsMode::VerifyCa, misnamed, true),
+            (ShardTlsMode::VerifyCa, stranger, false),
+            (ShardTlsMode::Require, named, true),
+            (ShardTlsMode::Require, misnamed, true),
+            (ShardTlsMode::Require, stranger, true),
+        ];
+        for (mode, port, want) in expected {
+            assert_eq!(
+                connects(mode, &ca, port).await,
+                want,
+                "{mode} against port {port}"
+            );
+        }
+        assert!(matches!(client_config(&ShardTls::default()), Ok(None)));
+        Ok(())
+    }
+}

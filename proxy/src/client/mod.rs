@@ -80,7 +80,8 @@ async fn connection(ctx: &Arc<ProxyContext>, stream: TcpStream, peer: &str) {
                 targets.clone(),
                 out.deadlock_flag(),
             );
-            tracing::info!(%peer, user = %identity.user, database = %identity.database, "client logged in");
+            let tls = input.get_ref().is_tls();
+            tracing::info!(%peer, user = %identity.user, database = %identity.database, tls, "client logged in");
             let session = Session::new(ctx.clone(), input, out, identity, targets);
             match session.run().await {
                 Ok(()) | Err(SessionEnd::Disconnected) => {

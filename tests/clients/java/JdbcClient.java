@@ -240,7 +240,9 @@ public class JdbcClient {
     public static void main(String[] args) throws Exception {
         URI uri = URI.create(args[0]);
         String[] auth = uri.getUserInfo().split(":");
-        String url = "jdbc:postgresql://" + uri.getHost() + ":" + uri.getPort() + uri.getPath() + "?prepareThreshold=1";
+        // Parameters of the URL (sslmode, sslrootcert) go to the driver as they are.
+        String extra = uri.getRawQuery() == null ? "" : "&" + uri.getRawQuery();
+        String url = "jdbc:postgresql://" + uri.getHost() + ":" + uri.getPort() + uri.getPath() + "?prepareThreshold=1" + extra;
         System.out.println("version " + org.postgresql.Driver.class.getPackage().getImplementationVersion()
             + " (Java " + System.getProperty("java.version") + ")");
 
