@@ -368,8 +368,8 @@ fn load(layouts: &Layouts) -> anyhow::Result<(Layout, Login, (String, String))> 
 fn read_config(path: &Path) -> anyhow::Result<(Config, String)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("could not read {}", path.display()))?;
-    let config =
-        Config::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let config = Config::from_file_text(&text, path.parent().unwrap_or(std::path::Path::new("/")))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok((config, text))
 }
 

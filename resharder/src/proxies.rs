@@ -8,8 +8,10 @@ use shardline_router::Config;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use shardline::backend::tls::{client_config, open_control};
+use shardline_router::config::{ShardTls, ShardTlsMode};
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// The admin database of a shardline proxy.
 const ADMIN_DATABASE: &str = "shardline";
@@ -128,10 +130,17 @@ impl Proxies {
         if let Some(password) = &self.password {
             pg.password(password);
         }
-        let (client, connection) = pg.connect(NoTls).await.with_context(|| {
+        // As libpq's default (sslmode=prefer): encrypted when the proxy serves TLS (a proxy
+        // in `require` mode accepts nothing else), its certificate not checked.
+        let tls = client_config(&ShardTls {
+            mode: ShardTlsMode::Require,
+            ca: None,
+        })
+        .map_err(anyhow::Error::msg)?;
+        pg.ssl_mode(tokio_postgres::config::SslMode::Prefer);
+        let (client, _connection) = open_control(&pg, tls).await.with_context(|| {
             format!("could not reach proxy {address}; start it (or leave it out of --proxy if it is gone for good) and run this step again")
         })?;
-        tokio::spawn(connection);
         let client = Arc::new(client);
         open.insert(address.to_owned(), client.clone());
         Ok(client)

@@ -2,12 +2,13 @@
 //! before moving its rows.
 
 use anyhow::{bail, Context};
+use shardline::backend::tls::{control_tls, open_control};
 use shardline_router::migration::images::{ident, TableShape};
 use shardline_router::migration::Layout;
 use shardline_router::Config;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// How the resharder logs in to shards.
 #[derive(Debug, Clone)]
@@ -52,17 +53,14 @@ pub async fn connect(config: &Config, name: &str, login: &Login) -> anyhow::Resu
     if let Some(password) = &login.password {
         pg.password(password);
     }
-    let (client, connection) = pg.connect(NoTls).await.with_context(|| {
+    // Encrypted as the shard's `tls` in shards.yaml says, as the proxies reach it.
+    let tls = control_tls(&mut pg, &shard.tls).map_err(anyhow::Error::msg)?;
+    let (client, _connection) = open_control(&pg, tls).await.with_context(|| {
         format!(
             "could not connect to shard {name} at {}:{}",
             shard.host, shard.port
         )
     })?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            eprintln!("connection to a shard ended: {e}");
-        }
-    });
     Ok(client)
 }
 

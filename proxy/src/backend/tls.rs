@@ -60,6 +60,44 @@ pub fn client_config(tls: &ShardTls) -> Result<Option<Arc<ClientConfig>>, String
     Ok(Some(Arc::new(config)))
 }
 
+/// A control connection (not pooled; tokio-postgres) opened with `pg`, encrypted with
+/// `tls` when given (the caller sets `pg`'s `ssl_mode`); the task driving it is spawned and
+/// ends when the client is dropped.
+pub async fn open_control(
+    pg: &tokio_postgres::Config,
+    tls: Option<Arc<ClientConfig>>,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    ),
+    tokio_postgres::Error,
+> {
+    match tls {
+        None => {
+            let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
+            Ok((client, tokio::spawn(connection)))
+        }
+        Some(config) => {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*config).clone());
+            let (client, connection) = pg.connect(tls).await?;
+            Ok((client, tokio::spawn(connection)))
+        }
+    }
+}
+
+/// The control-connection TLS for `tls`: the rustls config, with `pg` told to require it.
+pub fn control_tls(
+    pg: &mut tokio_postgres::Config,
+    tls: &ShardTls,
+) -> Result<Option<Arc<ClientConfig>>, String> {
+    let config = client_config(tls)?;
+    if config.is_some() {
+        pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
+    Ok(config)
+}
+
 /// The name a shard's certificate is checked against: its host, a name or an address.
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_owned())

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use crate::backend::tls;
 use anyhow::{bail, Context};
 use shardline_router::config::Shard;
 use shardline_router::migration::images::TableShape;
@@ -12,7 +13,6 @@ use shardline_router::Config;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
-use tokio_postgres::NoTls;
 
 use super::Active;
 
@@ -111,16 +111,6 @@ pub async fn connect(
         )
     };
     // Encrypted as the shard's `tls` says, like the proxy's pooled connections.
-    match crate::backend::tls::client_config(&shard.tls).map_err(anyhow::Error::msg)? {
-        None => {
-            let (client, connection) = pg.connect(NoTls).await.with_context(unreachable)?;
-            Ok((client, tokio::spawn(connection)))
-        }
-        Some(config) => {
-            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-            let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*config).clone());
-            let (client, connection) = pg.connect(tls).await.with_context(unreachable)?;
-            Ok((client, tokio::spawn(connection)))
-        }
-    }
+    let tls = tls::control_tls(&mut pg, &shard.tls).map_err(anyhow::Error::msg)?;
+    tls::open_control(&pg, tls).await.with_context(unreachable)
 }
