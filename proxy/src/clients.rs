@@ -28,13 +28,21 @@ pub enum ClientKind {
     Console,
 }
 
+/// Where a client connects from, and whether its connection is encrypted.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// `ip:port`.
+    pub address: String,
+    pub tls: bool,
+}
+
 /// One connected client.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     /// Number given at login, unique for the life of the proxy.
     pub id: u64,
-    /// `ip:port` the client connects from.
-    pub peer: String,
+    /// Where the client connects from.
+    pub peer: Peer,
     /// User it logged in as.
     pub user: String,
     /// Database it asked for.
@@ -111,7 +119,7 @@ impl Clients {
     /// Lists a client that just logged in.
     pub fn add(
         self: &Arc<Self>,
-        peer: String,
+        peer: Peer,
         user: String,
         database: String,
         kind: ClientKind,

@@ -32,6 +32,7 @@ const COLUMNS: &[(&str, &[&str])] = &[
             "user",
             "database",
             "addr",
+            "tls",
             "kind",
             "state",
             "backend_pids",

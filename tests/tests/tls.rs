@@ -256,11 +256,17 @@ async fn clients_over_the_cap_are_refused_and_admins_still_get_in() -> anyhow::R
     ))
     .await?;
     let listed = admin.simple_query("SHOW CLIENTS").await?;
-    let apps = listed
+    let apps: Vec<Option<&str>> = listed
         .iter()
-        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(row) if row.get("user") == Some("app")))
-        .count();
-    assert_eq!(apps, 3);
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) if row.get("user") == Some("app") => {
+                Some(row.get("tls"))
+            }
+            _ => None,
+        })
+        .collect();
+    // Listed with their encryption: these three connected in clear text.
+    assert_eq!(apps, [Some("false"); 3]);
     // A freed place is taken again.
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(200)).await;

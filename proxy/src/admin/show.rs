@@ -68,6 +68,7 @@ pub fn clients(ctx: &ProxyContext) -> Table {
         "user",
         "database",
         "addr",
+        "tls",
         "kind",
         "state",
         "backend_pids",
@@ -85,7 +86,8 @@ pub fn clients(ctx: &ProxyContext) -> Table {
             client.id.to_string(),
             client.user.clone(),
             client.database.clone(),
-            client.peer.clone(),
+            client.peer.address.clone(),
+            client.peer.tls.to_string(),
             match client.kind {
                 ClientKind::App => "app",
                 ClientKind::Console => "console",

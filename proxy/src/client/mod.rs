@@ -20,7 +20,7 @@ use crate::admin;
 use crate::backend::conn::BackendError;
 use crate::backend::pool::CheckoutError;
 use crate::cancel::CancelTargets;
-use crate::clients::{Admission, ClientKind};
+use crate::clients::{Admission, ClientKind, Peer};
 use crate::context::ProxyContext;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::{FrameError, FrameReader};
@@ -65,6 +65,10 @@ async fn connection(ctx: &Arc<ProxyContext>, stream: TcpStream, peer: &str) {
             return;
         }
     };
+    let from = Peer {
+        address: peer.to_owned(),
+        tls: input.get_ref().is_tls(),
+    };
     match logged_in {
         LoggedIn::App {
             identity,
@@ -72,15 +76,15 @@ async fn connection(ctx: &Arc<ProxyContext>, stream: TcpStream, peer: &str) {
             targets,
             admission: _admission,
         } => {
+            let tls = from.tls;
             let _listed = ctx.clients.add(
-                peer.to_owned(),
+                from,
                 identity.user.clone(),
                 identity.database.clone(),
                 ClientKind::App,
                 targets.clone(),
                 out.deadlock_flag(),
             );
-            let tls = input.get_ref().is_tls();
             tracing::info!(%peer, user = %identity.user, database = %identity.database, tls, "client logged in");
             let session = Session::new(ctx.clone(), input, out, identity, targets);
             match session.run().await {
@@ -93,7 +97,7 @@ async fn connection(ctx: &Arc<ProxyContext>, stream: TcpStream, peer: &str) {
         }
         LoggedIn::Console { user } => {
             let _listed = ctx.clients.add(
-                peer.to_owned(),
+                from,
                 user.clone(),
                 admin::DATABASE.to_owned(),
                 ClientKind::Console,
