@@ -3,7 +3,8 @@
 
     python3 bench/idle_clients.py HOST PORT USER PASSWORD DATABASE N
 
-Each client sends a StartupMessage, answers SCRAM-SHA-256 (or cleartext/md5/trust) and waits
+With IDLE_TLS=1 in the environment each client first asks for TLS (SSLRequest) and logs in
+over it, without checking the certificate (as sslmode=require). Each client sends a StartupMessage, answers SCRAM-SHA-256 (or cleartext/md5/trust) and waits
 for ReadyForQuery. Once all N are logged in it prints "ready N" and holds the connections
 until its standard input closes. Standard library only, so a bench can run it anywhere.
 """
@@ -12,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import os
+import ssl
 import struct
 import sys
 
@@ -45,8 +47,21 @@ def scram_final(password: str, client_first_bare: str, server_first: str):
     return without_proof + ",p=" + base64.b64encode(proof).decode()
 
 
+def unverified_tls():
+    """A TLS context that encrypts without checking the server (sslmode=require)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 async def login(host, port, user, password, database):
     reader, writer = await asyncio.open_connection(host, port)
+    if os.environ.get("IDLE_TLS") == "1":
+        writer.write(struct.pack("!ii", 8, 80877103))
+        if await reader.readexactly(1) != b"S":
+            raise RuntimeError("the server does not offer TLS")
+        await writer.start_tls(unverified_tls())
     params = b"user\0" + user.encode() + b"\0database\0" + database.encode() + b"\0\0"
     body = struct.pack("!i", 196608) + params
     writer.write(struct.pack("!i", len(body) + 4) + body)

@@ -2,7 +2,9 @@
 # The price of TLS: pgbench -S through shardline in clear text and over TLS (sslmode=require,
 # the demo's certificate), and the same through pgbouncer (transaction pooling, to shard 0,
 # serving the same certificate) when it is installed, in the same run. Prints TPS and each
-# proxy's CPU per transaction (user + system) for the simple and extended protocols.
+# proxy's CPU per transaction (user + system) for the simple and extended protocols, then the
+# RSS each proxy grows by per idle logged-in client, in clear text and over TLS (IDLE
+# clients, default 2,000; IDLE=0 skips it).
 #
 #   bash bench/tls.sh [seconds per run, default 10] [clients, default 8]
 set -euo pipefail
@@ -54,3 +56,15 @@ for mode in simple extended; do
   done
 done
 unset PGSSLMODE
+
+# Memory of idle clients, clear text and TLS (bench/idle_clients.py with IDLE_TLS).
+if [ "${IDLE:-2000}" -gt 0 ]; then
+  for link in plain tls; do
+    if [ "$link" = tls ]; then export IDLE_TLS=1; else unset IDLE_TLS; fi
+    proxy_kb=$(idle_kb_per_client "$PROXY_PID" "$PORT" "${IDLE:-2000}")
+    pgb_kb="-"
+    [ -n "$PGB_PROC" ] && pgb_kb=$(idle_kb_per_client "$PGB_PROC" "$PGB_PORT" "${IDLE:-2000}")
+    echo "idle clients ($link): ${IDLE:-2000}; RSS growth per client: shardline $proxy_kb kB, pgbouncer $pgb_kb kB"
+  done
+  unset IDLE_TLS
+fi
