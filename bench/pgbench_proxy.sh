@@ -29,18 +29,8 @@ cleanup() {
 trap cleanup EXIT
 SHARD0=$((PORT + 1))
 
-# Select-only load on `users`, hash-sharded by id in the demo config. Every shard gets the
-# full 100k rows, so the direct run (on shard 0) and the proxied run (spread over 4 shards) do
-# identical work per query; only the routing and the extra hop differ.
-for i in 0 1 2 3; do
-  psql -X -q -h 127.0.0.1 -p $((PORT + 1 + i)) -U app app -c \
-    "DROP TABLE IF EXISTS users; CREATE TABLE users (id bigint PRIMARY KEY, name text);
-     INSERT INTO users SELECT g, 'user ' || g FROM generate_series(1, 100000) g; ANALYZE users;" >/dev/null
-done
-cat >"$DIR/select.sql" <<'SQL'
-\set id random(1, 100000)
-SELECT name FROM users WHERE id = :id;
-SQL
+# shellcheck source=bench/select_load.sh
+. bench/select_load.sh
 
 # Optional reference: pgbouncer in front of shard 0.
 PGB_PORT=$((PORT + 100))

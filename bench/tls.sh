@@ -33,15 +33,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for i in 0 1 2 3; do
-  psql -X -q -h 127.0.0.1 -p $((PORT + 1 + i)) -U app app -c \
-    "DROP TABLE IF EXISTS users; CREATE TABLE users (id bigint PRIMARY KEY, name text);
-     INSERT INTO users SELECT g, 'user ' || g FROM generate_series(1, 100000) g; ANALYZE users;" >/dev/null
-done
-cat >"$DIR/select.sql" <<'SQL'
-\set id random(1, 100000)
-SELECT name FROM users WHERE id = :id;
-SQL
+# shellcheck source=bench/select_load.sh
+. bench/select_load.sh
 # shellcheck source=bench/measure.sh
 . bench/measure.sh
 
