@@ -111,6 +111,7 @@ impl ProxyContext {
     pub fn new(config: Config, source: ConfigSource, tls: ServerTls) -> Arc<ProxyContext> {
         let credentials = Credentials::from_config(&config);
         let pools = Pools::default();
+        pools.backends().configure_breakers(config.breaker);
         let stats = QueryStats::default();
         let clients = Arc::new(Clients::default());
         let metrics = Metrics::new(&pools, &stats, &clients, &source);

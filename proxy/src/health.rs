@@ -7,9 +7,10 @@
 //! every second, which connects to each shard not known to be up (for shards that name their
 //! `database`; a shard that takes the client's database is reached with the first client).
 
-use shardline_router::config::Shard;
+use shardline_router::config::{PoolSettings, Shard};
 
-use crate::backend::conn::BackendTarget;
+use crate::backend::breaker::BreakerState;
+use crate::backend::conn::{Backend, BackendTarget};
 use crate::backend::registry::Health;
 use crate::context::ProxyContext;
 use crate::reload::ReloadOutcome;
@@ -24,6 +25,14 @@ pub fn shard_health(ctx: &ProxyContext, shard: &Shard) -> String {
     }
 }
 
+/// `closed`, `open` or `half-open`: the shard's circuit breaker, as `SHOW SHARDS` prints it.
+pub fn breaker_state(ctx: &ProxyContext, shard: &Shard) -> &'static str {
+    ctx.pools
+        .backends()
+        .breaker_state(&shard.host, shard.port)
+        .name()
+}
+
 /// `Ok` when the proxy is ready for traffic, else every reason it is not.
 pub fn readiness(ctx: &ProxyContext) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
@@ -35,6 +44,17 @@ pub fn readiness(ctx: &ProxyContext) -> Result<(), Vec<String>> {
     }
     let loaded = ctx.snapshot();
     for shard in &loaded.config.shards {
+        let breaker = ctx.pools.backends().breaker_state(&shard.host, shard.port);
+        if !matches!(breaker, BreakerState::Closed { .. }) {
+            problems.push(format!(
+                "shard {} at {}:{}: circuit breaker {}",
+                shard.name,
+                shard.host,
+                shard.port,
+                breaker.name()
+            ));
+            continue;
+        }
         let health = ctx.pools.backends().health(&shard.host, shard.port);
         if health != Some(Health::Up) {
             problems.push(format!(
@@ -73,5 +93,23 @@ pub async fn warm(ctx: &ProxyContext) {
                 Err(e) => tracing::debug!(shard = %shard.name, error = %e, "could not warm a pool"),
             }
         }
+    }
+}
+
+/// Starts a background login to each shard whose circuit breaker is due a probe (half-open);
+/// its outcome moves the breaker towards closed, or opens it again.
+pub fn probe(ctx: &ProxyContext, settings: &PoolSettings) {
+    for breaker in ctx.pools.backends().breakers() {
+        let Some(target) = breaker.probe_due() else {
+            continue;
+        };
+        let (timeout, keepalive) = (settings.connect_timeout, settings.keepalive);
+        tokio::spawn(async move {
+            let outcome = Backend::connect(&target, timeout, keepalive)
+                .await
+                .map(drop)
+                .map_err(|e| format!("probe failed: {e}"));
+            breaker.probed(outcome);
+        });
     }
 }

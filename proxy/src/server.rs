@@ -183,8 +183,9 @@ async fn accept(listener: TcpListener, ctx: Arc<ProxyContext>) {
     clients.shutdown().await;
 }
 
-/// Evicts idle connections, keeps `min_idle` warm, retires pools the config no longer uses
-/// and probes shards not known to be up, every second until a shutdown begins.
+/// Evicts idle connections, keeps `min_idle` warm, retires pools the config no longer uses,
+/// probes shards not known to be up and shards whose breaker is half-open, every second until
+/// a shutdown begins.
 async fn maintain(ctx: Arc<ProxyContext>) {
     let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
     loop {
@@ -203,6 +204,10 @@ async fn maintain(ctx: Arc<ProxyContext>) {
             }
         }
         let settings = loaded.config.pool.clone();
+        ctx.pools
+            .backends()
+            .configure_breakers(loaded.config.breaker);
+        crate::health::probe(&ctx, &settings);
         ctx.pools.maintain(&settings).await;
         crate::reload::retire_unused(&ctx);
         crate::health::warm(&ctx).await;

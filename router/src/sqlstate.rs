@@ -4,6 +4,9 @@
 
 /// `00000`: the code of a plain `NOTICE`.
 pub const SUCCESSFUL_COMPLETION: &str = "00000";
+/// `01000`: a `WARNING` (the answer lacks some shards' rows under
+/// `shardline.partial_results`).
+pub const WARNING: &str = "01000";
 /// `08001`: a shard refused the proxy's login.
 pub const CANNOT_CONNECT: &str = "08001";
 /// `08006`: a shard could not be reached or its connection was lost.

@@ -3,14 +3,17 @@
 //!
 //! Everything started here is stopped and deleted when the [`TestCluster`] is dropped.
 
+pub mod fault;
 pub mod ops;
 pub mod oracle;
 pub mod txn;
 pub mod wire;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use fault::FaultProxy;
 use shardline::localpg::{free_ports, ClusterOptions, LocalCluster};
 use shardline::Proxy;
 use shardline_router::config::TableRule;
@@ -24,6 +27,9 @@ pub struct TestCluster {
     pub proxy: Proxy,
     pub config: Config,
     pub yaml: String,
+    /// The fault proxy in front of one shard, for clusters started with
+    /// [`TestCluster::start_faulty`].
+    pub fault: Option<FaultProxy>,
 }
 
 /// The tables every test cluster shards (the same shapes as the repository's `shards.yaml`,
@@ -85,6 +91,27 @@ impl TestCluster {
         extra_yaml: &str,
         shard_identity: Option<shardline::tls::authority::Issued>,
     ) -> anyhow::Result<TestCluster> {
+        Self::launch(label, shards, extra_yaml, shard_identity, None).await
+    }
+
+    /// Like [`TestCluster::start_with`], the proxy reaching shard `faulty` through a
+    /// [`FaultProxy`] (in [`TestCluster::fault`]) that tests make misbehave.
+    pub async fn start_faulty(
+        label: &str,
+        shards: usize,
+        extra_yaml: &str,
+        faulty: usize,
+    ) -> anyhow::Result<TestCluster> {
+        Self::launch(label, shards, extra_yaml, None, Some(faulty)).await
+    }
+
+    async fn launch(
+        label: &str,
+        shards: usize,
+        extra_yaml: &str,
+        shard_identity: Option<shardline::tls::authority::Issued>,
+        faulty: Option<usize>,
+    ) -> anyhow::Result<TestCluster> {
         let ports = free_ports(shards);
         let mut opts = ClusterOptions::new(scratch_dir(label), ports.clone());
         opts.keep_data = false;
@@ -94,9 +121,16 @@ impl TestCluster {
         let mut yaml = String::from(
             "listen: 127.0.0.1:0\nusers:\n  - {name: app, password: app}\n  - {name: md5user, password: app, auth: md5, server_password: app}\nshards:\n",
         );
+        let mut fault = None;
         for (i, p) in ports.iter().enumerate() {
+            let mut port = *p;
+            if faulty == Some(i) {
+                let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+                port = proxy.port;
+                fault = Some(proxy);
+            }
             yaml.push_str(&format!(
-                "  - {{name: s{i}, host: 127.0.0.1, port: {p}, database: app}}\n"
+                "  - {{name: s{i}, host: 127.0.0.1, port: {port}, database: app}}\n"
             ));
         }
         yaml.push_str(extra_yaml);
@@ -108,6 +142,7 @@ impl TestCluster {
             proxy,
             config,
             yaml,
+            fault,
         })
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use shardline::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -274,50 +274,6 @@ pub async fn scrape(proxy: &Proxy) -> anyhow::Result<Vec<Sample>> {
     let (status, body) = http_get(addr, "/metrics").await?;
     anyhow::ensure!(status == 200, "/metrics answered {status}: {body}");
     parse_metrics(&body)
-}
-
-/// A TCP forwarder on a free loopback port to `target`: a second address for a shard.
-pub struct Forwarder {
-    /// The port it listens on.
-    pub port: u16,
-    connections: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl Forwarder {
-    /// Starts forwarding to `127.0.0.1:target`.
-    pub async fn start(target: u16) -> anyhow::Result<Forwarder> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let counter = connections.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Ok(Forwarder {
-            port,
-            connections,
-            task,
-        })
-    }
-
-    /// Connections accepted so far.
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// Clients running transactions in a loop until stopped, each failure recorded.

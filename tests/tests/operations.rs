@@ -15,7 +15,7 @@ const COLUMNS: &[(&str, &[&str])] = &[
     (
         "SHOW SHARDS",
         &[
-            "name", "host", "port", "database", "default", "paused", "health",
+            "name", "host", "port", "database", "default", "paused", "health", "breaker",
         ],
     ),
     (

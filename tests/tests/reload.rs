@@ -3,11 +3,11 @@
 //! client transaction; and re-addressing one shard, which rebuilds its pool only.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use shardline_tests::ops::{
-    config_value, console, eventually, ops_yaml, show, ConfigFile, Forwarder, Load,
-};
+use shardline_tests::fault::FaultProxy;
+use shardline_tests::ops::{config_value, console, eventually, ops_yaml, show, ConfigFile, Load};
 use shardline_tests::{connect, TestCluster};
 use tokio_postgres::Client;
 
@@ -227,7 +227,7 @@ async fn readdressing_a_shard_rebuilds_only_its_pool() -> anyhow::Result<()> {
 
     // Move s1 to a forwarder's port while the clients keep going.
     let old_port = cluster.pg.servers()[1].port();
-    let forwarder = Forwarder::start(old_port).await?;
+    let forwarder = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], old_port))).await?;
     let moved = yaml.replace(
         &format!("port: {old_port},"),
         &format!("port: {},", forwarder.port),

@@ -8,7 +8,7 @@ use super::table::Table;
 use crate::backend::registry::shard_at;
 use crate::clients::ClientKind;
 use crate::context::ProxyContext;
-use crate::health::shard_health;
+use crate::health::{breaker_state, shard_health};
 use crate::reload::ReloadOutcome;
 
 /// `SHOW SHARDS`: the shards of the current config.
@@ -16,7 +16,7 @@ pub fn shards(ctx: &ProxyContext) -> Table {
     let loaded = ctx.snapshot();
     let paused = ctx.pause.paused();
     let mut table = Table::new(&[
-        "name", "host", "port", "database", "default", "paused", "health",
+        "name", "host", "port", "database", "default", "paused", "health", "breaker",
     ]);
     for (id, shard) in loaded.config.shards.iter().enumerate() {
         table.push(vec![
@@ -27,6 +27,7 @@ pub fn shards(ctx: &ProxyContext) -> Table {
             yes_no(id == loaded.config.default_shard),
             yes_no(paused.holds(&shard.name)),
             shard_health(ctx, shard),
+            breaker_state(ctx, shard).to_owned(),
         ]);
     }
     table

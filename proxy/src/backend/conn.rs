@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -14,10 +15,11 @@ use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use shardline_router::config::{Shard, ShardTls, ShardTlsMode};
+use shardline_router::config::{Keepalive, Shard, ShardTls, ShardTlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::breaker::Breaker;
 use crate::protocol::backend::tag;
 use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::{Frame, FrameError, FrameReader};
@@ -99,6 +101,10 @@ pub enum BackendError {
     Unexpected(char),
     #[error("TLS to the shard failed: {0}")]
     Tls(String),
+    /// A statement ran past `pool.query_timeout_ms`; it was cancelled on the shard and the
+    /// connection is closed.
+    #[error("the statement ran longer than query_timeout ({0:?}) and was cancelled on the shard")]
+    QueryTimeout(Duration),
     #[error(transparent)]
     Frame(#[from] FrameError),
     #[error(transparent)]
@@ -160,6 +166,15 @@ pub struct Backend {
     /// implicit transaction open for them and answers nothing more until `Sync` or `Flush`
     /// ends the pipeline. Such a connection belongs to its client until then.
     pub unsynced: bool,
+    /// The breaker of the shard's address, told when the shard answers or the connection
+    /// breaks; `None` for a connection outside the pools (a probe).
+    pub breaker: Option<Arc<Breaker>>,
+    /// Longest a statement may run (`pool.query_timeout_ms`), set at each checkout.
+    query_timeout: Option<Duration>,
+    /// When the statement now running must have answered, under `query_timeout`.
+    deadline: Option<tokio::time::Instant>,
+    /// `ReadyForQuery` answers still to come for what was sent.
+    cycles_due: u32,
 }
 
 impl Backend {
@@ -180,28 +195,41 @@ impl Backend {
             .map_or(ClientEncoding::Utf8, |name| ClientEncoding::named(name))
     }
 
-    /// Connects and logs in.
+    /// Connects and logs in, all within `timeout`; `keepalive` is set on the socket.
     pub async fn connect(
         target: &BackendTarget,
         timeout: Duration,
+        keepalive: Option<Keepalive>,
     ) -> Result<Backend, BackendError> {
         let addr_text = format!("{}:{}", target.host, target.port);
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&addr_text)).await {
-            Err(_) => return Err(BackendError::Timeout(addr_text)),
-            Ok(Err(source)) => {
-                return Err(BackendError::Connect {
-                    addr: addr_text,
+        match tokio::time::timeout(timeout, Backend::open(target, &addr_text, keepalive)).await {
+            Err(_) => Err(BackendError::Timeout(addr_text)),
+            Ok(result) => result,
+        }
+    }
+
+    async fn open(
+        target: &BackendTarget,
+        addr_text: &str,
+        keepalive: Option<Keepalive>,
+    ) -> Result<Backend, BackendError> {
+        let stream =
+            TcpStream::connect(addr_text)
+                .await
+                .map_err(|source| BackendError::Connect {
+                    addr: addr_text.to_owned(),
                     source,
-                })
-            }
-            Ok(Ok(s)) => s,
-        };
+                })?;
         stream.set_nodelay(true)?;
+        if let Some(k) = keepalive {
+            let params = socket2::TcpKeepalive::new()
+                .with_time(k.idle)
+                .with_interval(k.interval)
+                .with_retries(k.count);
+            socket2::SockRef::from(&stream).set_tcp_keepalive(&params)?;
+        }
         let addr = stream.peer_addr()?;
-        let (read, writer) = match tokio::time::timeout(timeout, secure(stream, target)).await {
-            Err(_) => return Err(BackendError::Timeout(addr_text)),
-            Ok(result) => result?,
-        };
+        let (read, writer) = secure(stream, target).await?;
         let mut backend = Backend {
             reader: FrameReader::new(read, MAX_BACKEND_MESSAGE),
             writer,
@@ -217,11 +245,22 @@ impl Backend {
             broken: false,
             idle: false,
             unsynced: false,
+            breaker: None,
+            query_timeout: None,
+            deadline: None,
+            cycles_due: 0,
         };
-        match tokio::time::timeout(timeout, backend.startup(target)).await {
-            Err(_) => Err(BackendError::Timeout(addr_text)),
-            Ok(result) => result.map(|()| backend),
-        }
+        backend.startup(target).await?;
+        Ok(backend)
+    }
+
+    /// Prepares a connection for the client it was just checked out for: statements get
+    /// `query_timeout` each, and nothing is owed from its last use (a pooled connection is
+    /// idle).
+    pub fn checked_out(&mut self, query_timeout: Option<Duration>) {
+        self.query_timeout = query_timeout;
+        self.deadline = None;
+        self.cycles_due = 0;
     }
 
     /// Whether this connection to the shard is encrypted.
@@ -318,13 +357,31 @@ impl Backend {
         self.reader.idle_input(|half, buf| half.try_read(buf))
     }
 
-    /// Reads the next message from the shard.
+    /// Reads the next message from the shard. Past the statement's `query_timeout` the
+    /// statement is cancelled on the shard and the connection marked broken.
     pub async fn read(&mut self) -> Result<Frame, BackendError> {
-        let frame = self.reader.read().await;
+        let frame = match self.deadline {
+            None => self.reader.read().await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, self.reader.read()).await {
+                Ok(frame) => frame,
+                Err(_) => return Err(self.timed_out()),
+            },
+        };
         match &frame {
-            Ok(f) if f.tag() == tag::READY_FOR_QUERY => self.idle = f.body().first() == Some(&b'I'),
+            Ok(f) if f.tag() == tag::READY_FOR_QUERY => {
+                self.idle = f.body().first() == Some(&b'I');
+                self.cycles_due = self.cycles_due.saturating_sub(1);
+                // The next statement sent in the same write starts its own clock.
+                self.deadline = match self.query_timeout {
+                    Some(limit) if self.cycles_due > 0 => Some(tokio::time::Instant::now() + limit),
+                    _ => None,
+                };
+                if let Some(breaker) = &self.breaker {
+                    breaker.succeeded();
+                }
+            }
             Ok(_) => {}
-            Err(_) => self.broken = true,
+            Err(e) => self.lost(&e.to_string()),
         }
         Ok(frame?)
     }
@@ -332,51 +389,98 @@ impl Backend {
     /// Writes bytes (one or many messages) to the shard.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
         self.idle = false;
-        if let Some(unsynced) = unsynced_after(bytes) {
+        let sent = sent(bytes);
+        if let Some(unsynced) = sent.unsynced {
             self.unsynced = unsynced;
         }
+        self.cycles_due += sent.cycles;
+        if self.deadline.is_none() {
+            if let Some(limit) = self.query_timeout {
+                self.deadline = Some(tokio::time::Instant::now() + limit);
+            }
+        }
         let written = self.writer.write_all(bytes).await;
-        if written.is_err() {
-            self.broken = true;
+        if let Err(e) = &written {
+            self.lost(&e.to_string());
         }
         Ok(written?)
     }
+
+    /// The connection failed under a statement: it is not reused, and the breaker hears of it.
+    fn lost(&mut self, why: &str) {
+        self.broken = true;
+        if let Some(breaker) = &self.breaker {
+            breaker.failed(&format!("connection lost: {why}"), None);
+        }
+    }
+
+    /// The statement ran out of time: cancel it on the shard (the connection is dropped after
+    /// this, and PostgreSQL would otherwise run the statement to its end) and give up the
+    /// connection.
+    fn timed_out(&mut self) -> BackendError {
+        let limit = self.query_timeout.unwrap_or_default();
+        self.lost(&format!("no answer within query_timeout ({limit:?})"));
+        let key = self.cancel_key;
+        tokio::spawn(async move {
+            if let Err(e) = crate::cancel::send_cancel(&key).await {
+                tracing::warn!(error = %e, backend = %key.addr, "could not cancel a statement past query_timeout");
+            }
+        });
+        BackendError::QueryTimeout(limit)
+    }
 }
 
-/// Whether the backend is inside an extended-protocol pipeline (messages sent, no `Sync` yet)
-/// after `bytes` (whole messages back to back), or `None` when they do not change that: a
-/// `Flush` alone starts nothing, and COPY data, `CopyDone` and `CopyFail` continue whatever was
-/// started.
-fn unsynced_after(bytes: &[u8]) -> Option<bool> {
+/// What sending `bytes` (whole messages back to back) does to the conversation.
+#[derive(Debug, PartialEq, Eq)]
+struct Sent {
+    /// Whether the backend is inside an extended-protocol pipeline (messages sent, no `Sync`
+    /// yet) afterwards, or `None` when they do not change that: a `Flush` alone starts
+    /// nothing, and COPY data, `CopyDone` and `CopyFail` continue whatever was started.
+    unsynced: Option<bool>,
+    /// `ReadyForQuery` answers they will get (one per `Query`, `Sync` and `FunctionCall`).
+    cycles: u32,
+}
+
+fn sent(bytes: &[u8]) -> Sent {
     let mut at = 0;
-    let mut unsynced = None;
+    let mut sent = Sent {
+        unsynced: None,
+        cycles: 0,
+    };
     while let Some(header) = bytes.get(at..at + 5) {
         match header[0] {
-            b'P' | b'B' | b'D' | b'E' | b'C' => unsynced = Some(true),
-            b'S' | b'Q' | b'F' => unsynced = Some(false),
+            b'P' | b'B' | b'D' | b'E' | b'C' => sent.unsynced = Some(true),
+            b'S' | b'Q' | b'F' => {
+                sent.unsynced = Some(false);
+                sent.cycles += 1;
+            }
             _ => {}
         }
         let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
         at += 1 + len;
     }
-    unsynced
+    sent
 }
 
 #[cfg(test)]
 mod tests {
-    use super::unsynced_after;
+    use super::sent;
 
     #[test]
     fn pipeline_state_walks_message_lengths() {
         let parse = [b'P', 0, 0, 0, 8, 0, 1, 2, 3];
         let sync = [b'S', 0, 0, 0, 4];
         let flush = [b'H', 0, 0, 0, 4];
+        let query = [b'Q', 0, 0, 0, 5, 0];
         let join = |parts: &[&[u8]]| parts.concat();
+        let unsynced_after = |bytes: &[u8]| sent(bytes).unsynced;
         assert_eq!(unsynced_after(&join(&[&parse, &sync])), Some(false));
         assert_eq!(unsynced_after(&parse), Some(true));
         assert_eq!(unsynced_after(&join(&[&parse, &flush])), Some(true));
         assert_eq!(unsynced_after(&flush), None, "a Flush alone starts nothing");
         assert_eq!(unsynced_after(&join(&[&sync, &flush])), Some(false));
         assert_eq!(unsynced_after(&[]), None);
+        assert_eq!(sent(&join(&[&query, &parse, &sync, &query])).cycles, 3);
+        assert_eq!(sent(&join(&[&parse, &flush])).cycles, 0);
     }
 }

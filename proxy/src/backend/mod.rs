@@ -1,5 +1,6 @@
 //! Connections from the proxy to shards, and their pools.
 
+pub mod breaker;
 pub mod conn;
 pub mod pool;
 pub mod registry;

@@ -21,14 +21,14 @@ use deadpool::managed::{
     Timeouts,
 };
 use deadpool::Runtime;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use shardline_router::config::PoolSettings;
 
+use super::breaker::{Breaker, Refusal};
 use super::conn::{Backend, BackendError, BackendTarget};
-use super::registry::{address, Backends};
+use super::registry::{address, BackendLabels, Backends};
 use crate::metrics::histogram::DurationHistogram;
 
 /// Creates and checks [`Backend`] connections for one pool.
@@ -37,6 +37,8 @@ pub struct Manager {
     settings: PoolSettings,
     id: u64,
     backends: Arc<Backends>,
+    /// The breaker of the target's address, shared with every other pool reaching it.
+    breaker: Arc<Breaker>,
     checkout_wait: DurationHistogram,
     checkout_failures: Counter,
 }
@@ -50,19 +52,24 @@ impl managed::Manager for Manager {
         match Box::pin(Backend::connect(
             &self.target,
             self.settings.connect_timeout,
+            self.settings.keepalive,
         ))
         .await
         {
-            Ok(conn) => {
+            Ok(mut conn) => {
                 self.backends.opened(&conn, &self.target, self.id);
+                self.breaker.succeeded();
+                conn.breaker = Some(self.breaker.clone());
                 Ok(conn)
             }
             Err(e) => {
                 // A shard that answers with an error (unknown database, too many connections)
                 // is reachable; only failures to reach it count against its health.
                 if !matches!(e, BackendError::Refused(_)) {
+                    let why = e.to_string();
+                    self.breaker.failed(&why, Some(&self.target));
                     self.backends
-                        .failed(&self.target.host, self.target.port, e.to_string());
+                        .failed(&self.target.host, self.target.port, why);
                 }
                 Err(e)
             }
@@ -116,6 +123,15 @@ pub enum CheckoutError {
     /// Opening a new connection failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The shard's circuit breaker is open: it was not tried.
+    #[error(transparent)]
+    Unavailable(#[from] Refusal),
+    /// Too many clients already wait for this pool.
+    #[error("{waiting} clients already wait for a connection to this shard (pool.max_waiting_clients); the shard is slow or its pool too small — retry later, or raise pool.size or pool.max_waiting_clients in shards.yaml")]
+    QueueFull {
+        /// Clients waiting when this one was refused.
+        waiting: usize,
+    },
     /// The pool was closed (shutdown).
     #[error("the pool is closed")]
     Closed,
@@ -145,13 +161,6 @@ impl PoolView {
     pub fn in_use(&self) -> usize {
         self.status.size.saturating_sub(self.status.available)
     }
-}
-
-/// Labels of per-address pool metrics.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BackendLabels {
-    /// `host:port` of the shard.
-    pub backend: String,
 }
 
 /// Every pool the proxy has open, by target, and the retired ones still draining.
@@ -188,8 +197,9 @@ impl Pools {
         &self.backends
     }
 
-    /// Adds the pool metrics (checkout wait time and failures) to `registry`.
+    /// Adds the pool metrics (checkout wait time and failures, breakers) to `registry`.
     pub fn register(&self, registry: &mut Registry) {
+        self.backends.register(registry);
         registry.register(
             "shardline_pool_checkout_wait_seconds",
             "Time sessions waited for a backend connection",
@@ -220,6 +230,7 @@ impl Pools {
             settings: settings.clone(),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             backends: self.backends.clone(),
+            breaker: self.backends.breaker(target),
             checkout_wait: self.checkout_wait.get_or_create_owned(&labels),
             checkout_failures: self.checkout_failures.get_or_create_owned(&labels),
         };
@@ -252,28 +263,54 @@ impl Pools {
     }
 
     /// Checks out a connection from `pool`, found earlier with [`Pools::pool`]; `Closed`
-    /// when a reload has retired it since.
+    /// when a reload has retired it since. Refused at once while the shard's breaker is open
+    /// or when `max_waiting_clients` already wait; a failure to connect is tried once more on
+    /// a fresh connection if the checkout timeout allows (nothing was sent yet).
     pub async fn checkout_from(
         pool: &Pool,
         settings: &PoolSettings,
     ) -> Result<Pooled, CheckoutError> {
+        let manager = pool.manager();
+        let started = Instant::now();
+        let mut result = Pools::try_checkout(pool, settings).await;
+        if let Err(CheckoutError::Backend(e)) = &result {
+            let retry = matches!(e, BackendError::Connect { .. } | BackendError::Io(_))
+                && started.elapsed() < settings.checkout_timeout
+                && manager.breaker.admit().is_ok();
+            if retry {
+                tracing::debug!(error = %e, "connecting to a shard failed; trying once more");
+                result = Pools::try_checkout(pool, settings).await;
+            }
+        }
+        manager.checkout_wait.observe(started.elapsed());
+        match &mut result {
+            Ok(conn) => conn.checked_out(settings.query_timeout),
+            Err(_) => {
+                manager.checkout_failures.inc();
+            }
+        }
+        result
+    }
+
+    async fn try_checkout(pool: &Pool, settings: &PoolSettings) -> Result<Pooled, CheckoutError> {
+        pool.manager().breaker.admit()?;
         // `recycle` is a synchronous check: no timer around it. A free connection is taken
         // without arming the wait timer either; only a checkout that must queue gets one.
+        // Creating a connection is bounded by `Backend::connect` itself, so a timeout there is
+        // reported to the breaker.
         let mut timeouts = Timeouts {
             wait: Some(Duration::ZERO),
-            create: Some(settings.connect_timeout),
+            create: None,
             recycle: None,
         };
-        let started = Instant::now();
         let mut result = pool.timeout_get(&timeouts).await;
         if matches!(result, Err(PoolError::Timeout(TimeoutType::Wait))) {
+            let waiting = pool.status().waiting;
+            if waiting >= settings.max_waiting_clients {
+                return Err(CheckoutError::QueueFull { waiting });
+            }
             timeouts.wait = Some(settings.checkout_timeout);
             result = pool.timeout_get(&timeouts).await;
-        }
-        let manager = pool.manager();
-        manager.checkout_wait.observe(started.elapsed());
-        if result.is_err() {
-            manager.checkout_failures.inc();
         }
         result.map_err(|e| match e {
             PoolError::Timeout(_) => CheckoutError::Exhausted {

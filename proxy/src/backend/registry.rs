@@ -2,13 +2,22 @@
 //! latest connection attempt to each shard address (for `SHOW SHARDS` and `/health`).
 //!
 //! The pool manager reports here when it opens a connection and when the pool lets one go, so
-//! the registry never has to guess which connections are still alive.
+//! the registry never has to guess which connections are still alive. It also keeps the
+//! circuit breaker of each address, shared by every pool that reaches it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use shardline_router::config::BreakerSettings;
+
+use super::breaker::{Breaker, BreakerState};
 use super::conn::{Backend, BackendTarget};
 
 /// One open backend connection.
@@ -41,14 +50,96 @@ pub enum Health {
     Down(String),
 }
 
-/// Registry of open backend connections and of address health.
-#[derive(Debug, Default)]
+/// Labels of per-address metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    /// `host:port` of the shard.
+    pub backend: String,
+}
+
+/// Labels of breaker transitions.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    backend: String,
+    to: &'static str,
+}
+
+/// Registry of open backend connections, of address health and of circuit breakers.
+#[derive(Default)]
 pub struct Backends {
     live: Mutex<HashMap<(SocketAddr, i32), ServerInfo>>,
     health: Mutex<HashMap<String, Health>>,
+    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+    breaker_settings: Mutex<BreakerSettings>,
+    breaker_state: Family<BackendLabels, Gauge>,
+    breaker_transitions: Family<TransitionLabels, Counter>,
 }
 
 impl Backends {
+    /// Adds the breaker metrics to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "shardline_shard_breaker_state",
+            "Circuit breaker of each shard address: 0 closed, 1 half-open (probing), 2 open",
+            self.breaker_state.clone(),
+        );
+        registry.register(
+            "shardline_shard_breaker_transitions",
+            "Circuit breaker transitions into the `to` state",
+            self.breaker_transitions.clone(),
+        );
+    }
+
+    /// The breaker of `target`'s address, created (closed) on first use; it may probe the
+    /// shard as `target`.
+    pub fn breaker(&self, target: &BackendTarget) -> Arc<Breaker> {
+        let key = address(&target.host, target.port);
+        let mut breakers = lock(&self.breakers);
+        if let Some(breaker) = breakers.get(&key) {
+            breaker.probe_as(target);
+            return breaker.clone();
+        }
+        let labels = BackendLabels {
+            backend: key.clone(),
+        };
+        let transitions = |to| TransitionLabels {
+            backend: key.clone(),
+            to,
+        };
+        let breaker = Arc::new(Breaker::new(
+            key.clone(),
+            *lock(&self.breaker_settings),
+            self.breaker_state.get_or_create_owned(&labels),
+            self.breaker_transitions
+                .get_or_create_owned(&transitions("open")),
+            self.breaker_transitions
+                .get_or_create_owned(&transitions("closed")),
+        ));
+        breaker.probe_as(target);
+        breakers.insert(key, breaker.clone());
+        breaker
+    }
+
+    /// Applies breaker thresholds from the current config to every breaker, present and future.
+    pub fn configure_breakers(&self, settings: BreakerSettings) {
+        *lock(&self.breaker_settings) = settings;
+        for breaker in lock(&self.breakers).values() {
+            breaker.configure(settings);
+        }
+    }
+
+    /// The breaker state of `host:port`; closed when the proxy never tried it.
+    pub fn breaker_state(&self, host: &str, port: u16) -> BreakerState {
+        lock(&self.breakers)
+            .get(&address(host, port))
+            .map_or(BreakerState::Closed { failures: 0 }, |b| b.state())
+    }
+
+    /// Every breaker, to probe the ones that are due.
+    pub fn breakers(&self) -> Vec<Arc<Breaker>> {
+        lock(&self.breakers).values().cloned().collect()
+    }
+
     /// Records a connection the pool `pool_id` just opened.
     pub fn opened(&self, conn: &Backend, target: &BackendTarget, pool_id: u64) {
         let key = conn.cancel_key;

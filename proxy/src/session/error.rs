@@ -6,6 +6,7 @@ use std::fmt::Display;
 use bytes::Bytes;
 use shardline_router::RouteError;
 
+use crate::backend::conn::BackendError;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::encoding::TextError;
 use crate::protocol::Frame;
@@ -38,6 +39,18 @@ impl ClientError {
                 &Frame::from_bytes(error.clone()),
                 shard,
             )),
+        }
+    }
+
+    /// What the client is told when its backend on `shard` failed: 57014 for a statement
+    /// cancelled by `query_timeout`, else a lost connection (08006).
+    pub fn from_backend(shard: &str, error: &BackendError) -> Self {
+        match error {
+            BackendError::QueryTimeout(limit) => ClientError::new(
+                sqlstate::QUERY_CANCELED,
+                format!("canceling statement due to query_timeout: it ran longer than {limit:?} on shard {shard} and was cancelled there; raise pool.query_timeout_ms in shards.yaml for longer statements"),
+            ),
+            other => ClientError::lost_shard(shard, other),
         }
     }
 

@@ -217,7 +217,9 @@ impl Session {
 
     /// How long the client may stay idle inside a transaction block: its
     /// `idle_in_transaction_session_timeout`, enforced by the proxy because a held transaction
-    /// (or one whose backends wait between statements) has no server counting for it.
+    /// (or one whose backends wait between statements) has no server counting for it, or the
+    /// proxy's `idle_transaction_timeout_ms` (PgBouncer's `idle_transaction_timeout`) if
+    /// shorter, so no client holds backends forever.
     /// Like PostgreSQL's, the clock runs only while the client has its `ReadyForQuery`: not in
     /// the middle of a pipeline (after a `Flush`, or skipping to `Sync` after an error).
     fn idle_in_transaction_limit(&self) -> Option<Duration> {
@@ -229,8 +231,15 @@ impl Session {
         if !self.tx.open() || mid_pipeline {
             return None;
         }
-        let value = self.settings.get("idle_in_transaction_session_timeout")?;
-        settings::duration_of(value, Duration::from_millis(1))
+        let own = self
+            .settings
+            .get("idle_in_transaction_session_timeout")
+            .and_then(|value| settings::duration_of(value, Duration::from_millis(1)));
+        let proxy_wide = self.ctx.snapshot().config.idle_transaction_timeout;
+        match (own, proxy_wide) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Ends a session idle in its transaction beyond its limit, as PostgreSQL does: a FATAL

@@ -123,7 +123,8 @@ impl Session {
                         VecDeque::from([Expect::relay(Reply::Cycle)]),
                     )
                 };
-                Box::pin(self.scatter(&loaded, shards, build)).await
+                let reads = plan.kind == StatementKind::Read;
+                Box::pin(self.scatter(&loaded, shards, reads, build)).await
             }
             Action::Gather(shards) => {
                 let Some(how) = Gather::of(&plan) else {

@@ -5,6 +5,7 @@
 //! credentials — so that a config that loads is a config that can serve. Every problem is
 //! reported with the line it comes from.
 
+mod faults;
 mod raw;
 mod tls;
 mod validate;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use crate::key::{KeyType, KeyValue};
 
+pub use faults::{BreakerSettings, Keepalive};
 pub use tls::{ClientTls, ShardTls, ShardTlsMode, TlsMode};
 pub use validate::ConfigError;
 
@@ -52,6 +54,11 @@ pub struct Config {
     /// Application clients served at once; a client beyond it is refused (SQLSTATE 53300),
     /// while admins may still reach the console.
     pub max_client_connections: usize,
+    /// When a shard's circuit breaker opens (statements for it fail at once) and closes.
+    pub breaker: BreakerSettings,
+    /// A client idle inside a transaction for longer is disconnected (SQLSTATE 25P03) and its
+    /// transaction rolled back, so it cannot hold backends forever; `None`: no limit.
+    pub idle_transaction_timeout: Option<Duration>,
 }
 
 /// How backends are shared between clients.
@@ -73,6 +80,15 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
+    /// Clients that may queue for one pool; one more is refused at once (SQLSTATE 53300), so
+    /// a hung shard cannot gather every client of the proxy behind it.
+    pub max_waiting_clients: usize,
+    /// A statement that runs longer on a shard is cancelled there (SQLSTATE 57014) and its
+    /// backend closed; `None`: no limit.
+    pub query_timeout: Option<Duration>,
+    /// TCP keepalive on backend sockets, so a peer that vanished from an established
+    /// connection is noticed; `None`: off.
+    pub keepalive: Option<Keepalive>,
 }
 
 /// How a client proves who it is.
@@ -317,8 +333,18 @@ impl fmt::Display for Config {
         let p = &self.pool;
         writeln!(
             f,
-            "pool: {:?} mode, size {}, min idle {}, checkout timeout {:?}",
-            p.mode, p.size, p.min_idle, p.checkout_timeout
+            "pool: {:?} mode, size {}, min idle {}, checkout timeout {:?}, at most {} clients waiting",
+            p.mode, p.size, p.min_idle, p.checkout_timeout, p.max_waiting_clients
+        )?;
+        let limit = |d: Option<Duration>| d.map_or("off".to_owned(), |d| format!("{d:?}"));
+        writeln!(
+            f,
+            "shard faults: breaker opens after {} failures for {:?}, closes after {} probes; query timeout {}, idle-in-transaction timeout {}",
+            self.breaker.failures,
+            self.breaker.open,
+            self.breaker.successes,
+            limit(self.pool.query_timeout),
+            limit(self.idle_transaction_timeout)
         )?;
         writeln!(f, "users:")?;
         for u in &self.users {
@@ -387,5 +413,18 @@ impl fmt::Display for Config {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::Config;
+
+    /// A config of one shard and one user, plus `extra` top-level YAML, or its error as text.
+    pub(crate) fn minimal_with(extra: &str) -> Result<Config, String> {
+        Config::from_yaml(&format!(
+            "users: [{{name: app, password: app}}]\nshards:\n  - {{name: s0, port: 5432}}\n{extra}"
+        ))
+        .map_err(|e| e.to_string())
     }
 }

@@ -49,6 +49,12 @@ pub struct RawConfig {
     /// Clients served at once.
     #[serde(default)]
     pub max_client_connections: Option<usize>,
+    /// When a shard's circuit breaker opens and closes.
+    #[serde(default)]
+    pub breaker: Option<super::faults::RawBreaker>,
+    /// Milliseconds a client may sit idle inside a transaction.
+    #[serde(default)]
+    pub idle_transaction_timeout_ms: Option<u64>,
 }
 
 fn default_listen() -> Spanned<String> {
@@ -70,6 +76,9 @@ pub struct RawPool {
     pub connect_timeout_ms: Option<u64>,
     pub idle_timeout_s: Option<u64>,
     pub max_lifetime_s: Option<u64>,
+    pub max_waiting_clients: Option<usize>,
+    pub query_timeout_ms: Option<u64>,
+    pub tcp_keepalive: Option<super::faults::RawKeepalive>,
 }
 
 /// One entry of `users:`.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::validate::Problems;
+use super::validate::{positive, Problems};
 
 /// Time a client gets to finish logging in (TLS handshake, startup, authentication).
 pub const DEFAULT_LOGIN_TIMEOUT_MS: u64 = 10_000;
@@ -199,29 +199,17 @@ pub(super) fn client_tls(raw: Option<&RawTls>, problems: &mut Problems) -> Clien
 }
 
 /// `login_timeout_ms`, checked: zero would close every connection at once.
-pub(super) fn login_timeout(raw: Option<&Spanned<u64>>, problems: &mut Problems) -> Duration {
-    match raw {
-        Some(ms) if ms.value == 0 => {
-            problems.at(ms, "login_timeout_ms must be above 0");
-            Duration::from_millis(DEFAULT_LOGIN_TIMEOUT_MS)
-        }
-        Some(ms) => Duration::from_millis(ms.value),
-        None => Duration::from_millis(DEFAULT_LOGIN_TIMEOUT_MS),
-    }
+pub(super) fn login_timeout(raw: &Option<Spanned<u64>>, problems: &mut Problems) -> Duration {
+    Duration::from_millis(
+        positive(raw, "login_timeout_ms", problems).unwrap_or(DEFAULT_LOGIN_TIMEOUT_MS),
+    )
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::config::Config;
-
     use super::*;
-
-    fn with(extra: &str) -> Result<Config, String> {
-        Config::from_yaml(&format!(
-            "users: [{{name: app, password: app}}]\nshards:\n  - {{name: s0, port: 5432}}\n{extra}"
-        ))
-        .map_err(|e| e.to_string())
-    }
+    use crate::config::tests::minimal_with as with;
+    use crate::config::Config;
 
     #[test]
     fn no_section_means_no_tls_and_default_limits() {

@@ -72,6 +72,20 @@ impl Problems {
     }
 }
 
+/// A threshold that must be above zero, or a problem on its line.
+pub(super) fn positive<T: Copy + PartialEq + Default>(
+    value: &Option<Spanned<T>>,
+    name: &str,
+    problems: &mut Problems,
+) -> Option<T> {
+    let v = value.as_ref()?;
+    if v.value == T::default() {
+        problems.at(v, format!("{name} must be above 0"));
+        return None;
+    }
+    Some(v.value)
+}
+
 pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
     let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError {
         problems: vec![Problem {
@@ -104,7 +118,8 @@ pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
 
     let pool = pool_settings(&raw, &mut problems);
     let tls = super::tls::client_tls(raw.tls.as_ref(), &mut problems);
-    let login_timeout = super::tls::login_timeout(raw.login_timeout_ms.as_ref(), &mut problems);
+    let login_timeout = super::tls::login_timeout(&raw.login_timeout_ms, &mut problems);
+    let breaker = super::faults::breaker_settings(raw.breaker.as_ref(), &mut problems);
     let users = users(&raw, &mut problems);
 
     let mut shards = Vec::new();
@@ -191,6 +206,8 @@ pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
         max_client_connections: raw
             .max_client_connections
             .unwrap_or(super::tls::DEFAULT_MAX_CLIENT_CONNECTIONS),
+        breaker,
+        idle_transaction_timeout: optional_ms(raw.idle_transaction_timeout_ms),
     })
 }
 
@@ -215,6 +232,14 @@ fn pool_mode(name: &Spanned<String>, problems: &mut Problems) -> PoolMode {
     }
 }
 
+/// A limit in milliseconds where 0 (or nothing) means none.
+fn optional_ms(ms: Option<u64>) -> Option<Duration> {
+    ms.filter(|ms| *ms > 0).map(Duration::from_millis)
+}
+
+/// Clients that may queue for one pool when the `pool:` section does not say.
+const DEFAULT_MAX_WAITING_CLIENTS: usize = 1_000;
+
 fn pool_settings(raw: &RawConfig, problems: &mut Problems) -> PoolSettings {
     let p = &raw.pool;
     let settings = PoolSettings {
@@ -228,7 +253,13 @@ fn pool_settings(raw: &RawConfig, problems: &mut Problems) -> PoolSettings {
         connect_timeout: Duration::from_millis(p.connect_timeout_ms.unwrap_or(5_000)),
         idle_timeout: Duration::from_secs(p.idle_timeout_s.unwrap_or(600)),
         max_lifetime: Duration::from_secs(p.max_lifetime_s.unwrap_or(3_600)),
+        max_waiting_clients: p.max_waiting_clients.unwrap_or(DEFAULT_MAX_WAITING_CLIENTS),
+        query_timeout: optional_ms(p.query_timeout_ms),
+        keepalive: super::faults::keepalive(p.tcp_keepalive.as_ref(), problems),
     };
+    if settings.max_waiting_clients == 0 {
+        problems.general("pool.max_waiting_clients must be at least 1");
+    }
     if settings.size == 0 {
         problems.general("pool.size must be at least 1");
     }

@@ -157,7 +157,9 @@ impl Session {
                 self.note_transaction(shard, items);
             }
             Action::Scatter(shards) => {
-                Box::pin(self.scatter(loaded, shards, |conn| build_messages(items, conn))).await?;
+                let reads = segment.kinds.iter().all(|k| *k == StatementKind::Read);
+                Box::pin(self.scatter(loaded, shards, reads, |conn| build_messages(items, conn)))
+                    .await?;
             }
             Action::Gather(shards) => {
                 return Box::pin(self.run_assembled(loaded, Assembled::Gather(shards), &segment))

@@ -249,7 +249,7 @@ impl Session {
                 }
             }
         }
-        self.scatter(loaded, shards, |conn| {
+        self.scatter(loaded, shards, false, |conn| {
             let (mut out, expects) = build_messages(items, conn);
             out.push(Bytes::from_static(FLUSH));
             (out, expects)

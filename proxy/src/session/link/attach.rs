@@ -190,9 +190,13 @@ pub(crate) fn checkout_error(loaded: &Loaded, shard: ShardId, e: CheckoutError) 
         (s.name.as_str(), s.host.as_str(), s.port)
     });
     match e {
-        CheckoutError::Exhausted { .. } => {
+        CheckoutError::Exhausted { .. } | CheckoutError::QueueFull { .. } => {
             ClientError::new(sqlstate::TOO_MANY_CONNECTIONS, format!("shard {name}: {e}"))
         }
+        CheckoutError::Unavailable(refusal) => ClientError::new(
+            sqlstate::CONNECTION_FAILURE,
+            format!("shard {name} at {host}:{port} is unavailable: {refusal}"),
+        ),
         CheckoutError::Backend(BackendError::Refused(frame)) => ClientError {
             sqlstate: sqlstate::CANNOT_CONNECT,
             message: String::new(),

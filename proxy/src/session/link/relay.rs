@@ -248,17 +248,20 @@ impl Session {
             ExchangeError::Terminated(fatal) => self.end_as_terminated(shard, &fatal).await,
             e => {
                 let name = self.shard_names(&[shard]);
-                let text = format!("lost the connection to shard {name}: {e}");
+                let error = match &e {
+                    ExchangeError::Backend(backend) => ClientError::from_backend(&name, backend),
+                    other => ClientError::lost_shard(&name, other),
+                };
                 if self.tx.open() {
+                    // The transaction's backend there is gone with its work: the session ends,
+                    // as PgBouncer ends a client whose server connection it had to close.
                     self.out
-                        .push(&msg::fatal(sqlstate::CONNECTION_FAILURE, &text))
+                        .push(&msg::fatal(error.sqlstate, &error.message))
                         .await?;
                     self.out.flush().await?;
-                    return Err(SessionEnd::BackendLost(text));
+                    return Err(SessionEnd::BackendLost(error.message));
                 }
-                self.fail(ClientError::new(sqlstate::CONNECTION_FAILURE, text))
-                    .await
-                    .map(|()| None)
+                self.fail(error).await.map(|()| None)
             }
         }
     }

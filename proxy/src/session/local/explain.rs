@@ -17,7 +17,7 @@ use crate::context::Loaded;
 use crate::keys::KeyDefault;
 use crate::protocol::backend as msg;
 use crate::session::decide::{self, shard_names, Action, Target};
-use crate::session::{ClientError, Session};
+use crate::session::{settings, ClientError, Session};
 
 /// The statement inside `EXPLAIN (ROUTE) …`, if `sql` is one: a cheap check made before any
 /// future is built, since nearly no query is one.
@@ -160,11 +160,7 @@ impl Session {
         action: &Action<'_>,
         params: &[Param<'_>],
     ) -> Option<Bytes> {
-        let setting = self.settings.get("shardline.show_route")?;
-        let on = matches!(
-            setting.trim_matches('\'').to_ascii_lowercase().as_str(),
-            "on" | "true" | "1" | "yes"
-        );
+        let on = settings::is_on(&self.settings, "shardline.show_route");
         let shards = action.shards().filter(|_| on)?;
         Some(msg::notice(&format!(
             "shardline: {} ({})",

@@ -20,6 +20,7 @@ use crate::protocol::encoding::{ClientEncoding, TextError};
 use crate::protocol::frontend::{
     build_parse, describe_execute_sync, is_binary, param_types_subset, BindView,
 };
+use crate::session::multi::partial;
 use crate::session::{local, ClientError, Session, SessionEnd};
 
 /// How the rows of a multi-shard read are put together.
@@ -169,7 +170,10 @@ impl Session {
             }
         };
         let before = self.out.mark();
-        let (mut streams, failure) = self.open_streams(loaded, shards, &request).await;
+        let (mut streams, failure, missing) = self.open_streams(loaded, shards, &request).await;
+        if failure.is_none() && !missing.is_empty() {
+            self.out.push(&partial::warning(&missing)).await?;
+        }
         let result = match (failure, gather) {
             (Some(error), _) => Err(MergeFailure::Query(error)),
             (None, Gather::Ordered(spec)) => {

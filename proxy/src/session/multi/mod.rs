@@ -3,7 +3,8 @@
 //! [`ordered`], [`aggregate`]), a multi-row `INSERT` split by shard ([`split_insert`]), `COPY`
 //! rows sent to their shards ([`copy_in`]), and writes of moving keys during resharding
 //! ([`dual`]). The writes commit everywhere or nowhere through [`twophase`], and so does a
-//! transaction block that spans shards ([`transaction`]).
+//! transaction block that spans shards ([`transaction`]). Reads may leave out shards that
+//! cannot be reached when the session asks ([`partial`]).
 //!
 //! Each pairs with the router module that plans it: `ordered` ↔ `shardline_router::merge`,
 //! `aggregate` ↔ `combine`, `split_insert` ↔ `split`, `copy_in` ↔ `copy`, `dual` ↔ `migration`.
@@ -14,6 +15,7 @@ pub(crate) mod dual;
 pub(crate) mod gather;
 pub(crate) mod insert_select;
 pub(crate) mod ordered;
+pub(crate) mod partial;
 pub(crate) mod pull;
 pub(crate) mod scatter;
 pub(crate) mod split_insert;

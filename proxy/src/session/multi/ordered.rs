@@ -14,6 +14,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use shardline_router::merge::{MergeSpec, Slice};
 use shardline_router::ShardId;
 
+use crate::backend::conn::BackendError;
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
@@ -21,6 +22,7 @@ use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::frontend::is_binary;
 use crate::protocol::Frame;
 use crate::session::multi::gather::{Delivery, MergeFailure};
+use crate::session::multi::partial;
 use crate::session::{local, ClientError, Session};
 use shardline_router::value::order::{compare_key, Comparison, ValueOrder};
 
@@ -39,14 +41,18 @@ impl Session {
     /// Sends `request` (a query, or an extended-protocol execution ending in `Sync`) to every
     /// shard in `shards` (the first also reports its collation) and returns the streams
     /// opened, with the error that stopped opening more, if any.
+    ///
+    /// Under `shardline.partial_results` a shard that cannot be reached is left out instead
+    /// ([`Session::may_leave_out`]) and named in the third value; the caller warns the client.
     pub(crate) async fn open_streams(
         &mut self,
         loaded: &Loaded,
         shards: &[ShardId],
         request: &[u8],
-    ) -> (Vec<Stream>, Option<ClientError>) {
+    ) -> (Vec<Stream>, Option<ClientError>, Vec<String>) {
         let mut streams = Vec::with_capacity(shards.len());
-        for (i, &shard) in shards.iter().enumerate() {
+        let mut missing = Vec::new();
+        for &shard in shards {
             let name = loaded
                 .config
                 .shards
@@ -54,12 +60,16 @@ impl Session {
                 .map_or_else(String::new, |s| s.name.clone());
             let mut conn = match self.attach(loaded, shard).await {
                 Ok(conn) => conn,
-                Err(e) => return (streams, Some(e)),
+                Err(e) if self.may_leave_out(shard, &e) => {
+                    missing.push(partial::left_out(&name, &e));
+                    continue;
+                }
+                Err(e) => return (streams, Some(e), missing),
             };
             let (mut out, prelude) =
                 self.compose(shard, &mut conn, true, |_| (Vec::new(), Default::default()));
             // The first shard also says how text compares there.
-            if i == 0 {
+            if streams.is_empty() {
                 out.extend_from_slice(&local::query_message(COLLATION_QUERY));
             }
             out.extend_from_slice(request);
@@ -74,17 +84,27 @@ impl Session {
             };
             let ready = match sent {
                 Ok(()) => skip_cycles(&mut stream.conn, skip).await,
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e),
             };
             if let Err(e) = ready {
                 stream.conn.broken = true;
-                let error = ClientError::lost_shard(&stream.name, e);
+                let error = ClientError::from_backend(&stream.name, &e);
                 streams.push(stream);
-                return (streams, Some(error));
+                return (streams, Some(error), missing);
             }
             streams.push(stream);
         }
-        (streams, None)
+        if streams.is_empty() && !missing.is_empty() {
+            let error = ClientError::new(
+                sqlstate::CONNECTION_FAILURE,
+                format!(
+                    "no shard of the query could be reached: {}",
+                    missing.join(", ")
+                ),
+            );
+            return (streams, Some(error), missing);
+        }
+        (streams, None, missing)
     }
 
     /// Reads the streams to their ends and releases their backends; a stream that cannot be
@@ -228,10 +248,10 @@ pub(crate) async fn read_header(
 }
 
 /// Reads and drops `cycles` answers ending in `ReadyForQuery` (the settings sync).
-async fn skip_cycles(conn: &mut Pooled, cycles: usize) -> Result<(), String> {
+async fn skip_cycles(conn: &mut Pooled, cycles: usize) -> Result<(), BackendError> {
     let mut remaining = cycles;
     while remaining > 0 {
-        let frame = conn.read().await.map_err(|e| e.to_string())?;
+        let frame = conn.read().await?;
         if frame.tag() == tag::READY_FOR_QUERY {
             remaining -= 1;
         }
@@ -246,7 +266,7 @@ async fn read(stream: &mut Stream) -> Result<Frame, MergeFailure> {
         .conn
         .read()
         .await
-        .map_err(|e| MergeFailure::Query(ClientError::lost_shard(name, e.to_string())))
+        .map_err(|e| MergeFailure::Query(ClientError::from_backend(name, &e)))
 }
 
 /// How text compares on a shard: the database's collation, unless some column of a user

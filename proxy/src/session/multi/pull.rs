@@ -382,7 +382,7 @@ impl Session {
 async fn read_from(conn: &mut Pooled, name: &str) -> Result<Frame, ClientError> {
     conn.read()
         .await
-        .map_err(|e| ClientError::lost_shard(name, e))
+        .map_err(|e| ClientError::from_backend(name, &e))
 }
 
 impl Session {

@@ -20,6 +20,7 @@ use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::Frame;
 use crate::session::decide::shard_names;
 use crate::session::link::exchange::{completes, Expect, Mode, Reply};
+use crate::session::multi::partial;
 use crate::session::state::statements;
 use crate::session::{ClientError, Session, SessionEnd};
 
@@ -44,7 +45,7 @@ impl Leg {
             .conn
             .read()
             .await
-            .map_err(|e| MergeError::Shard(ClientError::lost_shard(&self.name, e)))?;
+            .map_err(|e| MergeError::Shard(ClientError::from_backend(&self.name, &e)))?;
         if frame.tag() == tag::ERROR_RESPONSE && msg::ends_connection(&frame) {
             self.conn.broken = true;
             return Err(MergeError::Terminated(self.shard, frame));
@@ -71,11 +72,14 @@ struct Merged {
 }
 
 impl Session {
-    /// Sends what `build` makes to each shard in `shards` and merges the answers.
+    /// Sends what `build` makes to each shard in `shards` and merges the answers. `reads`: the
+    /// statements only read, so shards that cannot be reached may be left out when the
+    /// session asks for partial results.
     pub(crate) async fn scatter<F>(
         &mut self,
         loaded: &Loaded,
         shards: &[ShardId],
+        reads: bool,
         mut build: F,
     ) -> Result<(), SessionEnd>
     where
@@ -84,9 +88,16 @@ impl Session {
         let started = std::time::Instant::now();
         // Every backend first, so a shard that cannot be reached leaves the others untouched.
         let mut attached = Vec::with_capacity(shards.len());
+        let mut missing = Vec::new();
         for &shard in shards {
             match self.attach(loaded, shard).await {
                 Ok(conn) => attached.push((shard, conn)),
+                Err(e) if reads && self.may_leave_out(shard, &e) => {
+                    missing.push(partial::left_out(
+                        &shard_names(&loaded.config, &[shard]),
+                        &e,
+                    ));
+                }
                 Err(e) => {
                     for (shard, conn) in attached {
                         self.keep_or_release(shard, conn, false);
@@ -95,6 +106,13 @@ impl Session {
                     return self.fail(e).await;
                 }
             }
+        }
+        if !missing.is_empty() {
+            if attached.is_empty() {
+                self.tx.fail();
+                return self.fail(partial::none_reached(&missing)).await;
+            }
+            self.out.push(&partial::warning(&missing)).await?;
         }
         let mut legs = Vec::with_capacity(shards.len());
         for (shard, mut conn) in attached {

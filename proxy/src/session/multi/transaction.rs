@@ -60,7 +60,7 @@ impl Session {
         let shards: Vec<ShardId> = self.tx.shards.iter().copied().collect();
         match shards.as_slice() {
             [only] => self.exchange(loaded, *only, |conn| build(conn)).await?,
-            _ => self.scatter(loaded, &shards, build).await?,
+            _ => self.scatter(loaded, &shards, false, build).await?,
         }
         if !self.tx.failed {
             for (kind, sql) in statements {

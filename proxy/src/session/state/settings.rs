@@ -227,6 +227,16 @@ pub fn duration_of(value: &str, default_unit: Duration) -> Option<Duration> {
     (!duration.is_zero()).then_some(duration)
 }
 
+/// Whether boolean setting `name` (a shardline switch such as `shardline.show_route`) is on.
+pub fn is_on(settings: &Settings, name: &str) -> bool {
+    settings.get(name).is_some_and(|value| {
+        matches!(
+            value.trim_matches('\'').to_ascii_lowercase().as_str(),
+            "on" | "true" | "1" | "yes"
+        )
+    })
+}
+
 /// A session-setting change to record once its statement succeeds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
