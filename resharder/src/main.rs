@@ -146,8 +146,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Plan(layouts) => {
             let (layout, login, _) = load(&layouts)?;
-            let flows = plan::count_flows(&layout, &login).await?;
-            print!("{}", plan::render(&flows, 50_000));
+            let plan = plan::count_flows(&layout, &login).await?;
+            print!("{}", plan::render(&plan, 50_000));
             Ok(())
         }
         Command::Start {
@@ -191,8 +191,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     proxies.addresses().len()
                 );
             }
-            let flows = plan::count_flows(&layout, &login).await?;
-            let total: u64 = flows.iter().map(|f| f.rows).sum();
+            let total = plan::count_flows(&layout, &login).await?.moving();
             let bar = ProgressBar::new(total).with_style(
                 ProgressStyle::with_template(
                     "{msg} [{bar:40}] {pos}/{len} rows, {per_sec}, ETA {eta}",

@@ -20,22 +20,39 @@ pub struct Flow {
     pub rows: u64,
 }
 
+/// What a migration moves, counted key by key on the source shards.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Moving rows by table and (source, target) shard.
+    pub flows: Vec<Flow>,
+    /// Rows of the moving tables read, moving or not.
+    pub rows: u64,
+}
+
+impl Plan {
+    /// Rows that change shard.
+    pub fn moving(&self) -> u64 {
+        self.flows.iter().map(|f| f.rows).sum()
+    }
+}
+
 /// Counts the moving rows of every table, reading each source shard's keys.
-pub async fn count_flows(layout: &Layout, login: &Login) -> anyhow::Result<Vec<Flow>> {
-    let mut flows = Vec::new();
+pub async fn count_flows(layout: &Layout, login: &Login) -> anyhow::Result<Plan> {
+    let mut plan = Plan::default();
     for table in &layout.tables {
         for source in &table.source_shards {
             let mut counts: BTreeMap<String, u64> = BTreeMap::new();
             for_each_key(layout, login, table, source, |key_text| {
                 let key = table.parse_key(key_text)?;
                 let to = table.place(&key)?.to;
+                plan.rows += 1;
                 if to != source {
                     *counts.entry(to.to_owned()).or_default() += 1;
                 }
                 Ok(())
             })
             .await?;
-            flows.extend(counts.into_iter().map(|(to, rows)| Flow {
+            plan.flows.extend(counts.into_iter().map(|(to, rows)| Flow {
                 table: table.table.clone(),
                 from: source.clone(),
                 to,
@@ -43,7 +60,7 @@ pub async fn count_flows(layout: &Layout, login: &Login) -> anyhow::Result<Vec<F
             }));
         }
     }
-    Ok(flows)
+    Ok(plan)
 }
 
 /// Streams the keys (as text) of `table` on shard `shard` through `each`.
@@ -98,20 +115,26 @@ where
     Ok(())
 }
 
-/// The plan as a table, with an estimate of the backfill's duration at `rows_per_second`.
-pub fn render(flows: &[Flow], rows_per_second: u64) -> String {
+/// The plan as a table, with the share of the tables' rows that move and an estimate of the
+/// backfill's duration at `rows_per_second`.
+pub fn render(plan: &Plan, rows_per_second: u64) -> String {
     let mut out = String::from("table      from       to         rows\n");
-    let mut total = 0;
-    for flow in flows {
+    for flow in &plan.flows {
         out.push_str(&format!(
             "{:<10} {:<10} {:<10} {}\n",
             flow.table, flow.from, flow.to, flow.rows
         ));
-        total += flow.rows;
     }
+    let total = plan.moving();
+    let share = if plan.rows == 0 {
+        0.0
+    } else {
+        total as f64 * 100.0 / plan.rows as f64
+    };
     let seconds = total / rows_per_second.max(1);
     out.push_str(&format!(
-        "{total} rows move; backfill at {rows_per_second} rows/s takes about {}\n",
+        "{total} of {} rows move ({share:.1}%); backfill at {rows_per_second} rows/s takes about {}\n",
+        plan.rows,
         humanize(Duration::from_secs(seconds))
     ));
     out

@@ -8,7 +8,8 @@
 //! - hash 2 → 4, with the resharder SIGKILLed mid-backfill and resumed, and the proxy
 //!   restarted while it dual-writes;
 //! - a range split, with a second proxy that is never told about the cutover: its write to a
-//!   moved key fails on the fence and leaves nothing on the old owner.
+//!   moved key fails on the fence and leaves nothing on the old owner;
+//! - bucketed hash 3 → 5 shards (whole buckets reassigned, about 40% of the rows).
 
 mod support;
 
@@ -16,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use shardline_router::{Config, KeyValue};
+use shardline_tests::buckets::{bucketed_rule, FIVE_SHARDS, THREE_SHARDS};
 use shardline_tests::{scratch_dir, TestCluster};
 use support::{check_placement, owner_by, with_table, Workload, WorkloadSpec, ITEMS_DDL};
 use tokio_postgres::Client;
@@ -150,6 +152,44 @@ fn paused_ms(cutover_output: &str) -> Option<u64> {
     after.split(' ').next()?.parse().ok()
 }
 
+/// A proxy serving `source` on `port` and the workload running through it (300 acknowledged
+/// operations in).
+async fn serve_under_load(
+    source: &Config,
+    port: u16,
+) -> anyhow::Result<(shardline::Proxy, Workload)> {
+    let proxy = shardline::Proxy::start(source.clone()).await?;
+    let spec = WorkloadSpec {
+        initial_rows: 60,
+        ..WorkloadSpec::default()
+    };
+    let workload = Workload::start(conninfo(port), spec).await?;
+    workload.progress(300, Duration::from_secs(60)).await?;
+    Ok((proxy, workload))
+}
+
+/// Backfills to the end, verifies, cuts over (printing the write pause) and cleans up while
+/// the workload writes, then checks the outcome.
+async fn finish(
+    migration: &Migration,
+    workload: Workload,
+    shards: &[Client],
+    target: &Config,
+) -> anyhow::Result<()> {
+    wait_for(migration.spawn("start", &["--batch", "200"])?).await?;
+    workload.progress(200, Duration::from_secs(60)).await?;
+    let verified = migration.run("verify", &[])?;
+    assert!(!verified.contains("STILL DIFFERS"), "{verified}");
+    let cutover = migration.run("cutover", &[])?;
+    let paused =
+        paused_ms(&cutover).ok_or_else(|| anyhow::anyhow!("no pause printed: {cutover}"))?;
+    println!("cutover paused writes to moving keys for {paused} ms");
+    workload.progress(300, Duration::from_secs(60)).await?;
+    migration.run("cleanup", &["--batch", "100"])?;
+    workload.progress(200, Duration::from_secs(60)).await?;
+    check(workload, shards, target).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn hash_two_to_four_under_load_with_resharder_killed_and_proxy_restarted(
 ) -> anyhow::Result<()> {
@@ -163,13 +203,7 @@ async fn hash_two_to_four_under_load_with_resharder_killed_and_proxy_restarted(
         port,
     )
     .await?;
-    let mut proxy = shardline::Proxy::start(source.clone()).await?;
-    let spec = WorkloadSpec {
-        initial_rows: 60,
-        ..WorkloadSpec::default()
-    };
-    let workload = Workload::start(conninfo(port), spec).await?;
-    workload.progress(300, Duration::from_secs(60)).await?;
+    let (mut proxy, workload) = serve_under_load(&source, port).await?;
 
     let plan = migration.run("plan", &[])?;
     assert!(plan.contains("items"), "{plan}");
@@ -200,19 +234,7 @@ async fn hash_two_to_four_under_load_with_resharder_killed_and_proxy_restarted(
     );
     workload.progress(200, Duration::from_secs(60)).await?;
 
-    wait_for(migration.spawn("start", &["--batch", "200"])?).await?;
-    workload.progress(200, Duration::from_secs(60)).await?;
-    let verified = migration.run("verify", &[])?;
-    assert!(!verified.contains("STILL DIFFERS"), "{verified}");
-
-    let cutover = migration.run("cutover", &[])?;
-    let paused =
-        paused_ms(&cutover).ok_or_else(|| anyhow::anyhow!("no pause printed: {cutover}"))?;
-    println!("cutover paused writes to moving keys for {paused} ms");
-    workload.progress(300, Duration::from_secs(60)).await?;
-    migration.run("cleanup", &["--batch", "100"])?;
-    workload.progress(200, Duration::from_secs(60)).await?;
-    check(workload, &shards, &target).await?;
+    finish(&migration, workload, &shards, &target).await?;
     proxy.stop().await;
     Ok(())
 }
@@ -275,6 +297,28 @@ async fn range_split_under_load_and_a_stale_proxy_is_fenced() -> anyhow::Result<
     workload.progress(200, Duration::from_secs(60)).await?;
     check(workload, &shards, &target).await?;
     stale.stop().await;
+    proxy.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bucketed_three_to_five_under_load() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("integrity-buckets", 5).await?;
+    let port = shardline::localpg::free_port();
+    let (migration, source, target, shards) = setup(
+        &cluster,
+        "integrity-buckets-files",
+        &bucketed_rule("items", "id", THREE_SHARDS),
+        &bucketed_rule("items", "id", FIVE_SHARDS),
+        port,
+    )
+    .await?;
+    let (proxy, workload) = serve_under_load(&source, port).await?;
+
+    let plan = migration.run("plan", &[])?;
+    println!("{plan}");
+    assert!(plan.contains("rows move ("), "{plan}");
+    finish(&migration, workload, &shards, &target).await?;
     proxy.stop().await;
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! with PostgreSQL's own hash partitioning; `start` creates the table on the new shards with
 //! its indexes and copies exactly the moving rows, also when killed (SIGKILL) mid-copy and
 //! started again; `abort` leaves the source as it was and the new shards without copies.
+//! And bucketed hash 3 → 5: only the rows of the reassigned buckets move, as many as the plan
+//! says, each to the shard PostgreSQL's partitioning and the bucket map name.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use shardline_router::{Config, KeyValue};
+use shardline_tests::buckets::{bucketed_rule, holder, FIVE_SHARDS, THREE_SHARDS};
 use shardline_tests::{connect, scratch_dir, TestCluster};
 
 const USERS_ALL: &str = "{name: users, sharding: hash, column: id, type: int8}";
@@ -38,20 +41,14 @@ async fn images(cluster: &TestCluster, i: usize) -> anyhow::Result<BTreeMap<i64,
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn hash_two_to_four_plan_start_resume_abort() -> anyhow::Result<()> {
-    let cluster = TestCluster::start("reshard-cli", 4).await?;
-    let dir = scratch_dir("reshard-cli-files");
-    std::fs::create_dir_all(&dir)?;
-    let source_yaml = cluster.yaml.replace(USERS_ALL, USERS_TWO);
-    std::fs::write(dir.join("from.yaml"), &source_yaml)?;
-    std::fs::write(dir.join("to.yaml"), &cluster.yaml)?;
-    let source = Config::from_yaml(&source_yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let target = cluster.config.clone();
-
-    // The table exists on the two source shards only; rows arrive through a proxy serving the
-    // source layout.
-    for i in 0..2 {
+/// Creates `users` on the first `shards` shards and inserts 3,000 rows through a proxy serving
+/// `source`; returns the proxy (it must outlive the test's use of it) and the ids.
+async fn load_users(
+    cluster: &TestCluster,
+    source: &Config,
+    shards: usize,
+) -> anyhow::Result<(shardline::Proxy, Vec<i64>)> {
+    for i in 0..shards {
         cluster.shard(i).await?.batch_execute(DDL).await?;
     }
     let proxy = shardline::Proxy::start(source.clone()).await?;
@@ -72,6 +69,23 @@ async fn hash_two_to_four_plan_start_resume_abort() -> anyhow::Result<()> {
         ))
         .await?;
     }
+    Ok((proxy, ids))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hash_two_to_four_plan_start_resume_abort() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("reshard-cli", 4).await?;
+    let dir = scratch_dir("reshard-cli-files");
+    std::fs::create_dir_all(&dir)?;
+    let source_yaml = cluster.yaml.replace(USERS_ALL, USERS_TWO);
+    std::fs::write(dir.join("from.yaml"), &source_yaml)?;
+    std::fs::write(dir.join("to.yaml"), &cluster.yaml)?;
+    let source = Config::from_yaml(&source_yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let target = cluster.config.clone();
+
+    // The table exists on the two source shards only; rows arrive through a proxy serving the
+    // source layout.
+    let (_proxy, ids) = load_users(&cluster, &source, 2).await?;
     let before: Vec<BTreeMap<i64, String>> =
         futures::future::try_join_all((0..2).map(|i| images(&cluster, i))).await?;
     assert_eq!(before.iter().map(BTreeMap::len).sum::<usize>(), ids.len());
@@ -238,5 +252,87 @@ async fn hash_two_to_four_plan_start_resume_abort() -> anyhow::Result<()> {
         ok && status.contains("no migration in progress"),
         "{status}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bucketed_three_to_five_moves_only_the_reassigned_buckets() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("reshard-buckets", 5).await?;
+    let dir = scratch_dir("reshard-buckets-files");
+    std::fs::create_dir_all(&dir)?;
+    let source_yaml = cluster
+        .yaml
+        .replace(USERS_ALL, &bucketed_rule("users", "id", THREE_SHARDS));
+    let target_yaml = cluster
+        .yaml
+        .replace(USERS_ALL, &bucketed_rule("users", "id", FIVE_SHARDS));
+    std::fs::write(dir.join("from.yaml"), &source_yaml)?;
+    std::fs::write(dir.join("to.yaml"), &target_yaml)?;
+    let source = Config::from_yaml(&source_yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (_proxy, ids) = load_users(&cluster, &source, 3).await?;
+
+    // Oracle: PostgreSQL's hash partitioning with MODULUS 60 gives each id its bucket; the
+    // maps say where the bucket was and where it goes.
+    let oracle = cluster.shard(0).await?;
+    let mut ddl = String::from("CREATE TABLE oracle_parts (id bigint) PARTITION BY HASH (id);");
+    for r in 0..60 {
+        ddl.push_str(&format!(
+            "CREATE TABLE oracle_b{r} PARTITION OF oracle_parts FOR VALUES WITH (MODULUS 60, REMAINDER {r});"
+        ));
+    }
+    oracle.batch_execute(&ddl).await?;
+    oracle
+        .execute(
+            "INSERT INTO oracle_parts SELECT unnest($1::int8[])",
+            &[&ids],
+        )
+        .await?;
+    let mut owner_after = BTreeMap::new();
+    let mut moving = 0;
+    for row in oracle
+        .query("SELECT id, tableoid::regclass::text FROM oracle_parts", &[])
+        .await?
+    {
+        let id: i64 = row.get(0);
+        let partition: String = row.get(1);
+        let bucket: usize = partition.trim_start_matches("oracle_b").parse()?;
+        let (from, to) = (holder(THREE_SHARDS, bucket), holder(FIVE_SHARDS, bucket));
+        if from != to {
+            moving += 1;
+        }
+        owner_after.insert(id, to);
+    }
+
+    // The plan counts exactly the rows of the reassigned buckets, about 40% of them.
+    let (ok, plan) = reshard(&["plan", "--to", "to.yaml"], &dir)?;
+    assert!(ok, "{plan}");
+    let share = moving as f64 * 100.0 / ids.len() as f64;
+    let summary = format!("{moving} of {} rows move ({share:.1}%)", ids.len());
+    assert!(plan.contains(&summary), "plan lacks {summary:?}:\n{plan}");
+    assert!((30.0..50.0).contains(&share), "{summary}");
+    println!("{plan}");
+
+    // Backfill copies exactly those rows, each to the shard its bucket now belongs to.
+    let (ok, out) = reshard(&["start", "--to", "to.yaml", "--batch", "500"], &dir)?;
+    assert!(ok, "{out}");
+    let mut copied = 0;
+    for i in 3..5 {
+        for id in images(&cluster, i).await?.keys() {
+            assert_eq!(
+                owner_after.get(id).copied(),
+                Some(format!("s{i}").as_str()),
+                "row {id} copied to s{i}"
+            );
+            copied += 1;
+        }
+    }
+    assert_eq!(
+        copied, moving,
+        "exactly the rows of the moved buckets are copied"
+    );
+    let (ok, out) = reshard(&["verify", "--to", "to.yaml"], &dir)?;
+    assert!(ok && out.contains("\n0 rows repaired"), "{out}");
+    let (ok, out) = reshard(&["abort", "--to", "to.yaml"], &dir)?;
+    assert!(ok, "{out}");
     Ok(())
 }

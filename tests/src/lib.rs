@@ -3,6 +3,7 @@
 //!
 //! Everything started here is stopped and deleted when the [`TestCluster`] is dropped.
 
+pub mod buckets;
 pub mod fault;
 pub mod ops;
 pub mod oracle;

@@ -5,6 +5,7 @@
 //! credentials — so that a config that loads is a config that can serve. Every problem is
 //! reported with the line it comes from.
 
+mod buckets;
 mod faults;
 mod raw;
 mod tls;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use crate::key::{KeyType, KeyValue};
 
+pub use buckets::{bucket_runs, is_bucketed, MAX_BUCKETS};
 pub use faults::{BreakerSettings, Keepalive};
 pub use tls::{ClientTls, ShardTls, ShardTlsMode, TlsMode};
 pub use validate::ConfigError;
@@ -375,6 +377,38 @@ impl fmt::Display for Config {
         for name in names {
             let rule = &self.tables[name];
             match &rule.sharding {
+                Sharding::Hash {
+                    column,
+                    key_type,
+                    shards,
+                } if is_bucketed(shards) => {
+                    let mut held = vec![0usize; self.shards.len()];
+                    for s in shards {
+                        held[*s] += 1;
+                    }
+                    let shares: Vec<String> = held
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, n)| **n > 0)
+                        .map(|(s, n)| {
+                            let share = *n as f64 * 100.0 / shards.len() as f64;
+                            format!("{} {n} ({share:.1}%)", self.shards[s].name)
+                        })
+                        .collect();
+                    writeln!(
+                        f,
+                        "  {name}: hash({column} {key_type}), {} buckets: {}",
+                        shards.len(),
+                        shares.join(", ")
+                    )?;
+                    for (from, to, shard) in bucket_runs(shards) {
+                        writeln!(
+                            f,
+                            "    buckets [{from}, {to}) -> {}",
+                            self.shards[shard].name
+                        )?;
+                    }
+                }
                 Sharding::Hash {
                     column,
                     key_type,

@@ -137,6 +137,12 @@ pub struct RawTable {
     /// For `range`: the ranges.
     #[serde(default)]
     pub ranges: Option<Vec<RawRange>>,
+    /// For `hash`: the modulus of a bucketed hash (more buckets than shards).
+    #[serde(default)]
+    pub buckets: Option<Spanned<u32>>,
+    /// For bucketed `hash`: which shard holds which buckets.
+    #[serde(default)]
+    pub bucket_map: Option<Vec<super::buckets::RawBucketRange>>,
 }
 
 /// One entry of a range table's `ranges:`: `[from, to)` on `shard`; a missing bound is open.

@@ -372,26 +372,55 @@ fn table_rule(
             };
             let column = column.value.to_ascii_lowercase();
             if kind == "hash" {
-                let shards: Vec<usize> = match &t.shards {
+                let listed: Vec<usize> = match &t.shards {
                     None => (0..shard_ids.len()).collect(),
                     Some(names) => names
                         .iter()
                         .filter_map(|n| resolve(n, shard_ids, problems))
                         .collect(),
                 };
-                if shards.is_empty() {
+                if listed.is_empty() {
                     problems.at(
                         &t.name,
                         format!("hash table {name:?} needs at least one shard"),
                     );
                     return None;
                 }
+                let shards = match (&t.buckets, t.bucket_map.as_deref()) {
+                    (None, None) => listed,
+                    (None, Some(map)) => {
+                        let at = map.first().map_or(&t.sharding, |r| &r.shard);
+                        problems.at(
+                            at,
+                            format!("table {name:?}: bucket_map needs `buckets` (the number of buckets)"),
+                        );
+                        return None;
+                    }
+                    (Some(_), Some(_)) if t.shards.is_some() => {
+                        problems.at(
+                            &t.name,
+                            format!(
+                                "table {name:?}: give either `shards` or `bucket_map`, not both"
+                            ),
+                        );
+                        return None;
+                    }
+                    (Some(buckets), map) => super::buckets::bucket_shards(
+                        &name, buckets, map, &listed, shard_ids, problems,
+                    )?,
+                };
                 Sharding::Hash {
                     column,
                     key_type,
                     shards,
                 }
             } else {
+                if let Some(buckets) = &t.buckets {
+                    problems.at(
+                        buckets,
+                        format!("table {name:?}: buckets are for hash tables"),
+                    );
+                }
                 let ranges = ranges(
                     &name,
                     key_type,

@@ -257,6 +257,61 @@ mod tests {
         assert!((4_000..6_000).contains(&moved), "{moved} of 10000 moved");
     }
 
+    /// Keys of 0..10,000 that change shard between `from` and `to`, and where they go.
+    fn moved(from: Config, to: Config) -> (usize, Vec<String>) {
+        let layout = Layout::between(from, to).unwrap_or_else(|e| panic!("{e}"));
+        let users = layout
+            .table("users")
+            .unwrap_or_else(|| panic!("users does not move"));
+        let mut count = 0;
+        let mut targets = Vec::new();
+        for id in 0..10_000i64 {
+            let placement = users
+                .place(&KeyValue::Int(id))
+                .unwrap_or_else(|e| panic!("{e}"));
+            if placement.moves() {
+                count += 1;
+                if !targets.iter().any(|t| t == placement.to) {
+                    targets.push(placement.to.to_owned());
+                }
+            }
+        }
+        targets.sort();
+        (count, targets)
+    }
+
+    fn buckets(shards: usize, map: &str) -> Config {
+        config(
+            shards,
+            &format!(
+                "  - {{name: users, sharding: hash, column: id, type: int8, buckets: 60, bucket_map: [{map}]}}\n"
+            ),
+        )
+    }
+
+    #[test]
+    fn buckets_move_whole_and_plain_hash_converts_to_buckets() {
+        let three = "{from: 0, to: 20, shard: shard0}, {from: 20, to: 40, shard: shard1}, {from: 40, to: 60, shard: shard2}";
+        let five = "{from: 0, to: 12, shard: shard0}, {from: 12, to: 20, shard: shard3}, {from: 20, to: 32, shard: shard1}, {from: 32, to: 36, shard: shard3}, {from: 36, to: 40, shard: shard4}, {from: 40, to: 52, shard: shard2}, {from: 52, to: 60, shard: shard4}";
+        // 24 of 60 buckets change hands: about 40% of the keys, all to the new shards.
+        let (count, targets) = moved(buckets(5, three), buckets(5, five));
+        assert!((3_500..4_500).contains(&count), "{count} of 10000 moved");
+        assert_eq!(targets, ["shard3", "shard4"]);
+        // Plain hash 3 -> 5 moves far more.
+        let (plain, _) = moved(
+            config(5, "  - {name: users, sharding: hash, column: id, type: int8, shards: [shard0, shard1, shard2]}\n"),
+            hash(5),
+        );
+        assert!(plain > 7_000, "{plain} of 10000 moved");
+        // Plain hash over 3 shards to 60 buckets over the same 3: a layout change like any other.
+        let (converted, targets) = moved(
+            config(5, "  - {name: users, sharding: hash, column: id, type: int8, shards: [shard0, shard1, shard2]}\n"),
+            buckets(5, three),
+        );
+        assert!(converted > 0 && converted < 10_000);
+        assert_eq!(targets, ["shard0", "shard1", "shard2"]);
+    }
+
     #[test]
     fn same_layout_moves_nothing_and_key_changes_are_refused() {
         assert_eq!(
