@@ -64,15 +64,6 @@ pub async fn cutover(
                     format!("could not create the fence of {} on {source}", table.table)
                 })?;
         }
-        // The checksums under the pause ask the new owners about the old placement too.
-        for target in &table.target_shards {
-            let parent = fence::hash_parent_sql(table.key_type);
-            shards
-                .get(target)
-                .await?
-                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS shardline; {parent}"))
-                .await?;
-        }
     }
 
     proxies.connect_all().await?;

@@ -2,9 +2,11 @@
 //! keys of every supported type, the shard the router picks is the partition PostgreSQL puts
 //! the row in (`PARTITION BY HASH … MODULUS n`), asked of a real server — for plain hash
 //! (modulus = shards) and for bucketed hash (modulus = buckets, each bucket's shard from
-//! `bucket_map`).
+//! `bucket_map`). The SQL the resharder computes a key's bucket with in the database must
+//! agree as well.
 
 use shardline::localpg::{free_ports, ClusterOptions, LocalCluster};
+use shardline_router::migration::fence::remainder_sql;
 use shardline_router::{Config, KeyType};
 use shardline_tests::{connect, scratch_dir};
 
@@ -102,9 +104,14 @@ async fn router_agrees_with_postgres_hash_partitioning() -> anyhow::Result<()> {
                 "INSERT INTO {table} SELECT DISTINCT {expr} FROM generate_series(1, {keys_per_type}) g;"
             ));
             db.batch_execute(&ddl).await?;
+            let key_type = KeyType::from_name(ty).ok_or_else(|| anyhow::anyhow!("type {ty}"))?;
+            // The resharder's SQL for a key's bucket (fences, verify, cleanup) is asked too.
+            let bucket = remainder_sql(key_type, "k", modulus);
             let rows = db
                 .query(
-                    &format!("SELECT k::text, tableoid::regclass::text FROM {table}"),
+                    &format!(
+                        "SELECT k::text, tableoid::regclass::text, ({bucket})::int8 FROM {table}"
+                    ),
                     &[],
                 )
                 .await?;
@@ -115,11 +122,15 @@ async fn router_agrees_with_postgres_hash_partitioning() -> anyhow::Result<()> {
             let rule = config
                 .table(&table)
                 .ok_or_else(|| anyhow::anyhow!("no rule for {table}"))?;
-            let key_type = KeyType::from_name(ty).ok_or_else(|| anyhow::anyhow!("type {ty}"))?;
             for row in rows {
                 let key: String = row.get(0);
                 let partition: String = row.get(1);
                 let remainder: usize = partition.rsplit("_p").next().unwrap_or("x").parse()?;
+                let computed: i64 = row.get(2);
+                assert_eq!(
+                    computed, remainder as i64,
+                    "{ty} key {key} modulus {modulus}: the bucket SQL says {computed}, PostgreSQL's partition is {partition}"
+                );
                 let value = key_type.parse_text(&key)?;
                 let shard = rule.shard_for(&value)?;
                 let expected = layout.shard_of_remainder[remainder];

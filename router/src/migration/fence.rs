@@ -2,12 +2,15 @@
 //! to a key the shard no longer owns. A proxy that missed the routing switch then gets an
 //! error from the shard itself instead of writing where nobody will read.
 //!
-//! Ownership is decided in the database with PostgreSQL's own functions:
-//! `satisfies_hash_partition` (the check behind hash partitions, which the router's hashing
-//! reproduces) for hash tables, plain comparisons for ranges. Cleanup, which must delete moved
+//! Ownership is decided in the database with PostgreSQL's own functions: for hash tables the
+//! key's bucket (its hash-partition remainder) is computed once from the type's extended hash
+//! function with the partition seed, exactly as `PARTITION BY HASH` does (the hash oracle test
+//! checks it against real partitions), and compared with the buckets the shard owns; plain
+//! comparisons for ranges. Cleanup, which must delete moved
 //! rows from the old owner, passes by setting `shardline.cleanup` for its transaction.
 
 use crate::config::{Sharding, TableRule};
+use crate::hash::HASH_PARTITION_SEED;
 use crate::key::KeyType;
 
 use super::images::{ident, literal};
@@ -38,9 +41,7 @@ pub fn prepare_sql(table: &TableMove, shard: &str, migration: i64) -> String {
     };
     format!(
         "CREATE SCHEMA IF NOT EXISTS shardline;\n\
-         {parent}\n\
          CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body};",
-        parent = hash_parent_sql(table.key_type),
         function = function_name(&table.table),
         body = literal(&format!(
             "BEGIN\n\
@@ -84,13 +85,28 @@ fn function_name(table: &str) -> String {
     format!("shardline.{}", ident(&format!("fence_{table}")))
 }
 
-/// An empty hash-partitioned table whose partition key has the key's type (in schema
-/// `shardline`, which must exist): the parent `satisfies_hash_partition` needs to hash a value as a hash partition of that type would.
-pub fn hash_parent_sql(key_type: KeyType) -> String {
+/// SQL computing the bucket PostgreSQL's hash partitioning gives the key `expr` of type
+/// `key_type` under `MODULUS modulus`: the type's extended hash with `HASH_PARTITION_SEED`,
+/// folded into a row hash as `hash_combine64(0, h)` (`h + 0x49a0f4dd15e5a8e3`, wrapping) and
+/// taken modulo `modulus` as an unsigned number — in `numeric`, which has no overflow.
+pub fn remainder_sql(key_type: KeyType, expr: &str, modulus: usize) -> String {
+    let hash = match key_type {
+        KeyType::Int2 => "hashint2extended",
+        KeyType::Int4 => "hashint4extended",
+        KeyType::Int8 => "hashint8extended",
+        KeyType::Text => "hashtextextended",
+        KeyType::Uuid => "uuid_hash_extended",
+    };
+    // The seed is below 2^63, so it is a plain bigint literal.
+    let seed = HASH_PARTITION_SEED;
+    let two64 = "18446744073709551616";
     format!(
-        "CREATE TABLE IF NOT EXISTS shardline.hash_{key_type} (k {key_type}) PARTITION BY HASH (k);"
+        "((({hash}({expr}, {seed})::numeric + {COMBINE_OFFSET}) % {two64} + {two64}) % {two64} % {modulus})"
     )
 }
+
+/// What `hash_combine64(0, h)` adds to a single column's hash.
+const COMBINE_OFFSET: u64 = 0x49a0_f4dd_15e5_a8e3;
 
 /// SQL true when the key `expr` belongs to shard `shard` in the target layout (cleanup
 /// deletes the rows for which it is false).
@@ -125,13 +141,20 @@ fn owned_in<'a>(
         Sharding::Hash {
             key_type, shards, ..
         } => {
-            for (remainder, id) in shards.iter().enumerate() {
-                if name_of(*id) == Some(shard) {
-                    owned.push(format!(
-                        "satisfies_hash_partition('shardline.hash_{key_type}'::regclass, {}, {remainder}, {expr})",
-                        shards.len()
-                    ));
-                }
+            let held: Vec<String> = shards
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| name_of(**id) == Some(shard))
+                .map(|(remainder, _)| remainder.to_string())
+                .collect();
+            if held.len() == shards.len() {
+                owned.push("true".to_owned());
+            } else if !held.is_empty() {
+                owned.push(format!(
+                    "{} IN ({})",
+                    remainder_sql(*key_type, expr, shards.len()),
+                    held.join(", ")
+                ));
             }
         }
         Sharding::Range {
