@@ -23,6 +23,9 @@ use crate::sqlstate;
 /// The staging table's name on the backend that runs the `SELECT`.
 const STAGING: &str = "shardline_insert_rows";
 
+/// The savepoint staging runs under inside a client's transaction block.
+const SAVEPOINT: &str = "shardline_insert_select";
+
 /// How one `INSERT … SELECT` into a sharded table runs.
 #[derive(Debug, Clone)]
 pub struct InsertSelect {
@@ -35,6 +38,12 @@ pub struct InsertSelect {
     pub fill: String,
     /// Copies the staged rows out, as text.
     pub unload: String,
+    /// `stage` inside a client's transaction block: under a savepoint, so that `unstage`
+    /// can take the staging table, the pulled tables and the staging's `SET LOCAL` away again
+    /// (outside one, the staging runs in a transaction of its own, rolled back at the end).
+    pub stage_in_transaction: String,
+    /// Ends staging inside a client's transaction block, leaving it as it was before.
+    pub unstage: String,
     /// The `COPY … FROM STDIN` each of `t`'s shards runs.
     pub copy: String,
     /// What the routed COPY needs to place each row.
@@ -95,15 +104,18 @@ fn plan(config: &Config, insert: &Insert, table: &str) -> Result<InsertSelect, R
     };
     let key = spec.rule.key_column().ok_or_else(internal)?.to_owned();
     let key = quote_ident(&key);
+    let stage = format!(
+        "CREATE TEMP TABLE {STAGING} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP; \
+         ALTER TABLE {STAGING} ALTER COLUMN {key} DROP DEFAULT, ALTER COLUMN {key} DROP NOT NULL; \
+         SET LOCAL extra_float_digits = 3"
+    );
     Ok(InsertSelect {
         pulled: pulled_tables(config, &source)?,
-        stage: format!(
-            "CREATE TEMP TABLE {STAGING} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP; \
-             ALTER TABLE {STAGING} ALTER COLUMN {key} DROP DEFAULT, ALTER COLUMN {key} DROP NOT NULL; \
-             SET LOCAL extra_float_digits = 3"
-        ),
+        stage_in_transaction: format!("SAVEPOINT {SAVEPOINT}; {stage}"),
+        stage,
         fill: format!("INSERT INTO {STAGING}{list} {source}"),
         unload: format!("COPY {STAGING}{list} TO STDOUT"),
+        unstage: format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"),
         copy,
         spec,
     })

@@ -3,7 +3,8 @@
 //! same statements run on one plain PostgreSQL database holding the same rows; afterwards
 //! every table must hold the same rows on both, every row on the shard the router places it
 //! on, with no prepared transaction left behind. A failing statement loads nothing; the
-//! forms that cannot run exactly are refused.
+//! forms that cannot run exactly are refused. Inside a transaction block the statement sees
+//! the block's writes and commits or rolls back with it.
 
 use shardline_tests::{failure_code, temporary_tables, text_rows, TestCluster};
 use tokio_postgres::error::SqlState;
@@ -203,13 +204,6 @@ async fn insert_select_generates_keys_and_refuses_what_it_cannot_do_exactly() ->
     ] {
         assert_eq!(failure_code(&proxy, sql).await, Some(code), "{sql}");
     }
-    // Inside a transaction block the rows could not see the block's own writes: refused.
-    proxy.batch_execute("BEGIN").await?;
-    assert_eq!(
-        failure_code(&proxy, "INSERT INTO orders SELECT * FROM orders").await,
-        Some(SqlState::FEATURE_NOT_SUPPORTED)
-    );
-    proxy.batch_execute("ROLLBACK").await?;
     assert_eq!(
         contents(&proxy).await?,
         before,
@@ -217,6 +211,77 @@ async fn insert_select_generates_keys_and_refuses_what_it_cannot_do_exactly() ->
     );
 
     // Nothing the statements staged outlives them, and the session goes on.
+    assert_eq!(temporary_tables(&proxy).await?, 0);
+    Ok(())
+}
+
+/// Statements of one transaction block, run on both sides: the `INSERT … SELECT`s read the
+/// block's own earlier writes (and a later statement reads theirs).
+const IN_TRANSACTION: &[&str] = &[
+    "UPDATE users SET score = 1000 WHERE id = 2",
+    "INSERT INTO users (id, name, score) VALUES (70, 'in tx', 5), (71, 'also', 6)",
+    "INSERT INTO orders (id, user_id, total) SELECT id + 500, id, score FROM users WHERE score >= 5",
+    "INSERT INTO events (id, user_id) SELECT o.id * 7, o.user_id FROM orders o WHERE o.id > 500",
+    "UPDATE orders SET total = total + 1 WHERE id > 500",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn insert_select_inside_a_transaction_block_sees_and_joins_it() -> anyhow::Result<()> {
+    let (cluster, oracle, proxy) = loaded("insert-select-tx").await?;
+    let digits = "SHOW extra_float_digits";
+    let before_digits = text_rows(&proxy, digits).await?;
+
+    // Rolled back: nothing stays, on any shard.
+    let before = contents(&proxy).await?;
+    proxy.batch_execute("BEGIN").await?;
+    for sql in IN_TRANSACTION {
+        proxy
+            .batch_execute(sql)
+            .await
+            .map_err(|e| anyhow::anyhow!("{sql}: {e:?}"))?;
+    }
+    // The staging's settings do not leak into the client's transaction.
+    assert_eq!(text_rows(&proxy, digits).await?, before_digits);
+    proxy.batch_execute("ROLLBACK").await?;
+    assert_eq!(
+        contents(&proxy).await?,
+        before,
+        "a rolled-back block left rows"
+    );
+
+    // Committed: the same rows as one PostgreSQL running the same block.
+    for side in [&oracle, &proxy] {
+        side.batch_execute("BEGIN").await?;
+        for sql in IN_TRANSACTION {
+            side.batch_execute(sql)
+                .await
+                .map_err(|e| anyhow::anyhow!("{sql}: {e:?}"))?;
+        }
+        side.batch_execute("COMMIT").await?;
+    }
+    assert_eq!(contents(&proxy).await?, contents(&oracle).await?);
+    placed(&cluster).await?;
+
+    // Past max_pull_rows inside a block: refused with 54000, and the block fails as a whole.
+    let small =
+        TestCluster::start_with("insert-select-tx-budget", 2, "max_pull_rows: 50\n").await?;
+    let client = small.client().await?;
+    client.batch_execute(DDL).await?;
+    client.batch_execute("BEGIN").await?;
+    assert_eq!(
+        failure_code(
+            &client,
+            "INSERT INTO users (id, name) SELECT g, 'x' FROM generate_series(1, 80) g"
+        )
+        .await,
+        Some(SqlState::PROGRAM_LIMIT_EXCEEDED)
+    );
+    assert_eq!(
+        failure_code(&client, "SELECT 1").await,
+        Some(SqlState::IN_FAILED_SQL_TRANSACTION)
+    );
+    client.batch_execute("ROLLBACK").await?;
+    assert_eq!(small.placed_rows("users", "id", false).await?, 0);
     assert_eq!(temporary_tables(&proxy).await?, 0);
     Ok(())
 }

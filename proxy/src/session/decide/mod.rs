@@ -223,12 +223,6 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
                 Target::Copy(spec) => Action::Copy(spec),
                 Target::Scatter(shards) => Action::Scatter(shards),
                 Target::Pull { tables, .. } => Action::Pull(tables),
-                // Its rows are made on a backend of their own, which would not see the writes
-                // of the client's transaction block.
-                Target::InsertSelect(_) if tx.open() => Action::Refuse(ClientError::new(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    "INSERT … SELECT into a sharded table works outside a transaction block only (it commits on every shard or none by itself); run it on its own",
-                )),
                 Target::InsertSelect(plan) => Action::InsertSelect(plan),
                 // Resolved to a shard by `combined_target`.
                 Target::Session | Target::Shard(_) => Action::Refuse(ClientError::new(

@@ -396,6 +396,9 @@ pub(crate) enum RowSource<'a> {
         /// The backend finished its COPY (or failed it) and is reading commands again.
         ended: bool,
     },
+    /// `CopyData` messages read earlier (the rows of an `INSERT … SELECT` inside a transaction
+    /// block, whose staging backend is also one the rows go to).
+    Buffered(VecDeque<Frame>),
 }
 
 /// The next message of a COPY's row stream, as the routing reads it.
@@ -450,6 +453,9 @@ impl RowSource<'_> {
                     _ => Incoming::Other,
                 })
             }
+            RowSource::Buffered(rows) => {
+                Ok(rows.pop_front().map_or(Incoming::Done, Incoming::Data))
+            }
         }
     }
 
@@ -457,7 +463,7 @@ impl RowSource<'_> {
     fn command(&self) -> &'static str {
         match self {
             RowSource::Client => "COPY",
-            RowSource::Shard { .. } => "INSERT 0",
+            RowSource::Shard { .. } | RowSource::Buffered(_) => "INSERT 0",
         }
     }
 }

@@ -7,6 +7,13 @@
 //! `t`'s shards as the rows of a routed `COPY` (see [`super::copy_in`]), which commit together
 //! with two-phase commit: the statement loads all of its rows or none. The staging
 //! transaction is rolled back at the end, taking the temporary tables with it.
+//!
+//! Inside a client's transaction block the rows must go through the transaction's own
+//! backends — the default shard's among them, which also stages them — so they are staged
+//! under a savepoint, held in the proxy (within `max_pull_rows`) and routed once the staging
+//! is rolled back to its savepoint.
+
+use std::collections::VecDeque;
 
 use shardline_router::insert_select::InsertSelect;
 use shardline_router::placeholders::ShardStatement;
@@ -14,7 +21,8 @@ use shardline_router::ShardId;
 
 use crate::backend::pool::Pooled;
 use crate::context::Loaded;
-use crate::protocol::backend::{self as msg, tag};
+use crate::protocol::backend::{self as msg, sqlstate, tag};
+use crate::protocol::Frame;
 use crate::session::link::attach::{drain_to_ready, ready_status};
 use crate::session::multi::copy_in::RowSource;
 use crate::session::multi::gather::{Delivery, MergeFailure, Source};
@@ -22,8 +30,7 @@ use crate::session::multi::pull::read_answer;
 use crate::session::{local, ClientError, Session, SessionEnd};
 
 impl Session {
-    /// Runs `plan` (outside a transaction block); `source` is the client's statement, whose
-    /// parameters the `SELECT` reads.
+    /// Runs `plan`; `source` is the client's statement, whose parameters the `SELECT` reads.
     pub(crate) async fn insert_select(
         &mut self,
         loaded: &Loaded,
@@ -34,6 +41,10 @@ impl Session {
         if delivery.extended && delivery.describe {
             // An INSERT without RETURNING describes no rows.
             self.out.push(&msg::empty(tag::NO_DATA)).await?;
+        }
+        if self.tx.open() {
+            return Box::pin(self.insert_select_in_transaction(loaded, plan, source, delivery))
+                .await;
         }
         let home = loaded.config.default_shard;
         let name = self.shard_names(&[home]);
@@ -70,6 +81,55 @@ impl Session {
         result
     }
 
+    /// Inside a transaction block every shard has one backend, the transaction's: the rows
+    /// are staged (under a savepoint, so the client's transaction sees the `SELECT` run in
+    /// it), read into memory within the `max_pull_rows` budget, the staging undone, and then
+    /// routed like a COPY through the transaction's backends — the client's `COMMIT` commits
+    /// them with everything else.
+    async fn insert_select_in_transaction(
+        &mut self,
+        loaded: &Loaded,
+        plan: &InsertSelect,
+        source: &Source<'_>,
+        delivery: &Delivery,
+    ) -> Result<(), SessionEnd> {
+        let home = loaded.config.default_shard;
+        let name = self.shard_names(&[home]);
+        let staged = self
+            .pulled(loaded, home, &plan.pulled, &plan.stage_in_transaction)
+            .await;
+        let mut conn = match staged {
+            Ok(conn) => conn,
+            Err(error) => {
+                return self
+                    .complete(Err(MergeFailure::Query(error)), delivery)
+                    .await
+            }
+        };
+        let mut rows = VecDeque::new();
+        let mut result = self.unload(&mut conn, home, &name, plan, source).await;
+        if result.is_ok() {
+            result =
+                buffer_copy_out(&mut conn, &name, loaded.config.max_pull_rows, &mut rows).await;
+        }
+        // The staging's savepoint is rolled back whatever happened, unless the backend broke.
+        let undone = !conn.broken
+            && conn
+                .send(&local::query_message(&plan.unstage))
+                .await
+                .is_ok()
+            && ready_status(&mut conn).await.is_some_and(|s| s != b'I');
+        self.let_go(home, conn, undone);
+        if let Err(error) = result {
+            return self
+                .complete(Err(MergeFailure::Query(error)), delivery)
+                .await;
+        }
+        let mut rows = RowSource::Buffered(rows);
+        self.copy_split(loaded, &plan.copy, &plan.spec, delivery, &mut rows)
+            .await
+    }
+
     /// Fills the staging table with the client's `SELECT` and starts copying it out.
     async fn unload(
         &mut self,
@@ -100,4 +160,48 @@ async fn roll_back(conn: &mut Pooled) -> bool {
     !conn.broken
         && conn.send(&local::query_message("ROLLBACK")).await.is_ok()
         && drain_to_ready(conn).await
+}
+
+/// Reads a started `COPY … TO STDOUT` to its `ReadyForQuery`, keeping its rows while there are
+/// at most `budget` of them; past it the rest are read and dropped, and the statement fails
+/// (the backend stays usable).
+async fn buffer_copy_out(
+    conn: &mut Pooled,
+    name: &str,
+    budget: u64,
+    rows: &mut VecDeque<Frame>,
+) -> Result<(), ClientError> {
+    let mut seen: u64 = 0;
+    let mut failure = None;
+    loop {
+        let frame = conn
+            .read()
+            .await
+            .map_err(|e| ClientError::from_backend(name, &e))?;
+        match frame.tag() {
+            tag::COPY_DATA => {
+                seen += 1;
+                if seen <= budget {
+                    rows.push_back(frame);
+                } else {
+                    rows.clear();
+                }
+            }
+            tag::ERROR_RESPONSE => failure = Some(ClientError::from_shard(frame.bytes(), name)),
+            tag::READY_FOR_QUERY => break,
+            _ => {}
+        }
+    }
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    if seen > budget {
+        return Err(ClientError::new(
+            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "INSERT … SELECT inside a transaction block holds its {seen} rows in the proxy, more than max_pull_rows ({budget}); run it outside the transaction block (it streams there), restrict the SELECT, or raise max_pull_rows in shards.yaml"
+            ),
+        ));
+    }
+    Ok(())
 }

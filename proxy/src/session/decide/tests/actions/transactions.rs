@@ -54,7 +54,7 @@ fn decides_transactions_across_shards() {
             Write,
             Some(insert_select(&loaded)),
         )
-        .expect("refuse 0A000"),
+        .expect("insert-select pulling users"),
         segment(
             "two shards in one segment of a transaction",
             held(),
