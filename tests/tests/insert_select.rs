@@ -285,3 +285,51 @@ async fn insert_select_inside_a_transaction_block_sees_and_joins_it() -> anyhow:
     assert_eq!(temporary_tables(&proxy).await?, 0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn insert_select_never_waits_for_its_own_pool() -> anyhow::Result<()> {
+    // One connection per pool: the staging backend is the default shard's only one, so the rows
+    // are held and loaded after it is free, instead of waiting for a second connection.
+    let cluster = TestCluster::start_with(
+        "insert-select-pool",
+        2,
+        "pool: {size: 1, checkout_timeout_ms: 2000}\n",
+    )
+    .await?;
+    let client = cluster.client().await?;
+    client.batch_execute(DDL).await?;
+    let inserted = client
+        .execute(
+            "INSERT INTO users (id, name) SELECT g, 'n' || g FROM generate_series(1, 100) g",
+            &[],
+        )
+        .await?;
+    assert_eq!(inserted, 100);
+    // As many concurrent statements as connections, on a pool of two: none waits for another.
+    drop(client);
+    let wide = TestCluster::start_with(
+        "insert-select-pool-wide",
+        2,
+        "pool: {size: 2, checkout_timeout_ms: 2000}\n",
+    )
+    .await?;
+    wide.client().await?.batch_execute(DDL).await?;
+    let mut tasks = Vec::new();
+    for i in 0..4i64 {
+        let client = wide.client().await?;
+        tasks.push(tokio::spawn(async move {
+            client
+                .execute(
+                    "INSERT INTO users (id, name) SELECT $1::int8 * 1000 + g, 'w' FROM generate_series(1, 50) g",
+                    &[&i],
+                )
+                .await
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await??, 50);
+    }
+    assert_eq!(cluster.placed_rows("users", "id", false).await?, 100);
+    assert_eq!(wide.placed_rows("users", "id", false).await?, 200);
+    Ok(())
+}

@@ -292,6 +292,20 @@ impl Pools {
         result
     }
 
+    /// A connection from `pool` only if one is free now or can be opened (no waiting for
+    /// another to come back); `None` otherwise, or while the shard's breaker is open.
+    pub async fn checkout_now(pool: &Pool, settings: &PoolSettings) -> Option<Pooled> {
+        pool.manager().breaker.admit().ok()?;
+        let timeouts = Timeouts {
+            wait: Some(Duration::ZERO),
+            create: None,
+            recycle: None,
+        };
+        let mut conn = pool.timeout_get(&timeouts).await.ok()?;
+        conn.checked_out(settings.query_timeout);
+        Some(conn)
+    }
+
     async fn try_checkout(pool: &Pool, settings: &PoolSettings) -> Result<Pooled, CheckoutError> {
         pool.manager().breaker.admit()?;
         // `recycle` is a synchronous check: no timer around it. A free connection is taken

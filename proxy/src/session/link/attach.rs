@@ -79,6 +79,38 @@ impl Session {
         Ok(conn)
     }
 
+    /// Checks out a backend of `shard` for the session's next [`Session::attach`] if its pool
+    /// has one free at once (or room to open one); false otherwise. For a statement that
+    /// already holds a connection to the shard and would otherwise wait for a second.
+    pub(crate) async fn reserve_now(&mut self, loaded: &Loaded, shard: ShardId) -> bool {
+        if self.conns.contains_key(&shard) {
+            return true;
+        }
+        let Ok(target) = self.target(loaded, shard) else {
+            return false;
+        };
+        let settings = &loaded.config.pool;
+        let Ok(pool) = self.ctx.pools.pool(&target, settings) else {
+            return false;
+        };
+        let Some(conn) = Pools::checkout_now(&pool, settings).await else {
+            return false;
+        };
+        self.cancel_targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn.cancel_key);
+        self.conns.insert(shard, conn);
+        true
+    }
+
+    /// Returns a backend taken by [`Session::reserve_now`] that was not used.
+    pub(crate) fn release_reserved(&mut self, shard: ShardId) {
+        if let Some(conn) = self.conns.remove(&shard) {
+            self.keep_or_release(shard, conn, false);
+        }
+    }
+
     pub(crate) fn target(
         &self,
         loaded: &Loaded,

@@ -11,7 +11,8 @@
 //! Inside a client's transaction block the rows must go through the transaction's own
 //! backends — the default shard's among them, which also stages them — so they are staged
 //! under a savepoint, held in the proxy (within `max_pull_rows`) and routed once the staging
-//! is rolled back to its savepoint.
+//! is rolled back to its savepoint. Outside a block they are held the same way when the
+//! default shard's pool has no second connection free at once.
 
 use std::collections::VecDeque;
 
@@ -42,13 +43,15 @@ impl Session {
             // An INSERT without RETURNING describes no rows.
             self.out.push(&msg::empty(tag::NO_DATA)).await?;
         }
-        if self.tx.open() {
-            return Box::pin(self.insert_select_in_transaction(loaded, plan, source, delivery))
-                .await;
-        }
         let home = loaded.config.default_shard;
         let name = self.shard_names(&[home]);
-        let mut conn = match self.pulled(loaded, home, &plan.pulled, &plan.stage).await {
+        let in_block = self.tx.open();
+        let stage = if in_block {
+            &plan.stage_in_transaction
+        } else {
+            &plan.stage
+        };
+        let mut conn = match self.pulled(loaded, home, &plan.pulled, stage).await {
             Ok(conn) => conn,
             Err(error) => {
                 return self
@@ -56,11 +59,31 @@ impl Session {
                     .await
             }
         };
-        if let Err(error) = self.unload(&mut conn, home, &name, plan, source).await {
-            let clean = roll_back(&mut conn).await;
+        // Streaming needs a second connection to the default shard while the staging one is
+        // busy; it is taken only if the pool has it at once, so a statement never waits for
+        // its own pool (with as many such statements as connections, they would wait on each
+        // other). Inside a block there is one backend per shard: the rows are held.
+        let streaming = !in_block && self.reserve_now(loaded, home).await;
+        let mut rows = VecDeque::new();
+        let mut result = self.unload(&mut conn, home, &name, plan, source).await;
+        if result.is_ok() && !streaming {
+            result =
+                buffer_copy_out(&mut conn, &name, loaded.config.max_pull_rows, &mut rows).await;
+        }
+        if let Err(error) = result {
+            self.release_reserved(home);
+            let clean = end_staging(&mut conn, plan, in_block).await;
             self.let_go(home, conn, clean);
             return self
                 .complete(Err(MergeFailure::Query(error)), delivery)
+                .await;
+        }
+        if !streaming {
+            let clean = end_staging(&mut conn, plan, in_block).await;
+            self.let_go(home, conn, clean);
+            let mut rows = RowSource::Buffered(rows);
+            return self
+                .copy_split(loaded, &plan.copy, &plan.spec, delivery, &mut rows)
                 .await;
         }
         let mut rows = RowSource::Shard {
@@ -71,63 +94,18 @@ impl Session {
         let result = self
             .copy_split(loaded, &plan.copy, &plan.spec, delivery, &mut rows)
             .await;
+        // Unused when the default shard does not hold the table.
+        self.release_reserved(home);
         let RowSource::Shard { ended, .. } = rows else {
             return result;
         };
         // A COPY that ended (or failed) leaves the backend reading commands in the staging
         // transaction; one cut off mid-stream can only be closed.
-        let clean = ended && ready_status(&mut conn).await.is_some() && roll_back(&mut conn).await;
+        let clean = ended
+            && ready_status(&mut conn).await.is_some()
+            && end_staging(&mut conn, plan, in_block).await;
         self.let_go(home, conn, clean);
         result
-    }
-
-    /// Inside a transaction block every shard has one backend, the transaction's: the rows
-    /// are staged (under a savepoint, so the client's transaction sees the `SELECT` run in
-    /// it), read into memory within the `max_pull_rows` budget, the staging undone, and then
-    /// routed like a COPY through the transaction's backends — the client's `COMMIT` commits
-    /// them with everything else.
-    async fn insert_select_in_transaction(
-        &mut self,
-        loaded: &Loaded,
-        plan: &InsertSelect,
-        source: &Source<'_>,
-        delivery: &Delivery,
-    ) -> Result<(), SessionEnd> {
-        let home = loaded.config.default_shard;
-        let name = self.shard_names(&[home]);
-        let staged = self
-            .pulled(loaded, home, &plan.pulled, &plan.stage_in_transaction)
-            .await;
-        let mut conn = match staged {
-            Ok(conn) => conn,
-            Err(error) => {
-                return self
-                    .complete(Err(MergeFailure::Query(error)), delivery)
-                    .await
-            }
-        };
-        let mut rows = VecDeque::new();
-        let mut result = self.unload(&mut conn, home, &name, plan, source).await;
-        if result.is_ok() {
-            result =
-                buffer_copy_out(&mut conn, &name, loaded.config.max_pull_rows, &mut rows).await;
-        }
-        // The staging's savepoint is rolled back whatever happened, unless the backend broke.
-        let undone = !conn.broken
-            && conn
-                .send(&local::query_message(&plan.unstage))
-                .await
-                .is_ok()
-            && ready_status(&mut conn).await.is_some_and(|s| s != b'I');
-        self.let_go(home, conn, undone);
-        if let Err(error) = result {
-            return self
-                .complete(Err(MergeFailure::Query(error)), delivery)
-                .await;
-        }
-        let mut rows = RowSource::Buffered(rows);
-        self.copy_split(loaded, &plan.copy, &plan.spec, delivery, &mut rows)
-            .await
     }
 
     /// Fills the staging table with the client's `SELECT` and starts copying it out.
@@ -153,6 +131,20 @@ impl Session {
         self.start_copy(conn, home, name, &plan.unload, tag::COPY_OUT_RESPONSE)
             .await
     }
+}
+
+/// Ends the staging: its own transaction is rolled back, or, inside the client's block, the
+/// block returns to the savepoint taken before it. True when the backend is as it was.
+async fn end_staging(conn: &mut Pooled, plan: &InsertSelect, in_block: bool) -> bool {
+    if !in_block {
+        return roll_back(conn).await;
+    }
+    !conn.broken
+        && conn
+            .send(&local::query_message(&plan.unstage))
+            .await
+            .is_ok()
+        && ready_status(conn).await.is_some_and(|s| s != b'I')
 }
 
 /// Ends the staging transaction; true when the backend is idle again.
