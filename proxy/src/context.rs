@@ -162,6 +162,12 @@ impl ProxyContext {
         self.publish(&file)
     }
 
+    /// What serving `file` as `shards.yaml` would serve: `file` with the migration overlay.
+    pub fn would_serve(&self, file: &Config) -> Config {
+        let current = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        overlaid(file, current.1.as_deref())
+    }
+
     /// `shards.yaml` as last loaded, without the migration overlay.
     pub fn file_config(&self) -> Arc<Config> {
         self.file
@@ -172,10 +178,7 @@ impl ProxyContext {
     }
 
     fn publish(&self, (file, migration): &(Arc<Config>, Option<Arc<Active>>)) -> u64 {
-        let config = match migration {
-            Some(active) => active.layout.overlay(file, active.phase),
-            None => Config::clone(file),
-        };
+        let config = overlaid(file, migration.as_deref());
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         let credentials = Credentials::from_config(&config);
         self.current.store(Arc::new(Loaded {
@@ -266,5 +269,13 @@ impl ProxyContext {
             Some(plan) => (plan, shape.literals),
             None => (self.plan(loaded, sql), Vec::new()),
         }
+    }
+}
+
+/// `file` as served while `migration` (if any) runs.
+fn overlaid(file: &Config, migration: Option<&Active>) -> Config {
+    match migration {
+        Some(active) => active.layout.overlay(file, active.phase),
+        None => file.clone(),
     }
 }

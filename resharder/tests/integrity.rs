@@ -9,7 +9,9 @@
 //!   restarted while it dual-writes;
 //! - a range split, with a second proxy that is never told about the cutover: its write to a
 //!   moved key fails on the fence and leaves nothing on the old owner;
-//! - bucketed hash 3 → 5 shards (whole buckets reassigned, about 40% of the rows).
+//! - bucketed hash 3 → 5 shards (whole buckets reassigned, about 40% of the rows);
+//! - a directory table moving one hot key (written by a client all the time) to a shard of its
+//!   own, next to a key the directory already placed.
 
 mod support;
 
@@ -321,4 +323,69 @@ async fn bucketed_three_to_five_under_load() -> anyhow::Result<()> {
     finish(&migration, workload, &shards, &target).await?;
     proxy.stop().await;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_hot_directory_key_moves_to_its_own_shard_under_load() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("integrity-directory", 4).await?;
+    let port = shardline::localpg::free_port();
+    let rule = |entries: &str| {
+        format!("{{name: items, sharding: directory, fallback: hash, column: id, type: int8, shards: [s0, s1], directory: [{entries}]}}")
+    };
+    let (migration, source, target, shards) = setup(
+        &cluster,
+        "integrity-directory-files",
+        &rule("{key: 2, shard: s3}"),
+        &rule("{key: 2, shard: s3}, {key: 1, shard: s2}"),
+        port,
+    )
+    .await?;
+    let proxy = shardline::Proxy::start(source.clone()).await?;
+    // Few keys per client, so key 1 (client 0's first) is written all the time.
+    let spec = WorkloadSpec {
+        keys_per_client: 6,
+        initial_rows: 6,
+        ..WorkloadSpec::default()
+    };
+    let workload = Workload::start(conninfo(port), spec).await?;
+    workload.progress(300, Duration::from_secs(60)).await?;
+
+    let plan = migration.run("plan", &[])?;
+    // Key 1 is the only key that moves: one row, or none while its client has it deleted.
+    let moving = plan.lines().find(|l| l.contains("rows move"));
+    assert!(
+        moving.is_some_and(|l| l.starts_with("1 of ") || l.starts_with("0 of ")),
+        "only key 1 moves: {plan}"
+    );
+    let directory = admin_show(port, "SHOW DIRECTORY").await?;
+    assert_eq!(directory, [["items", "2", "s3"]]);
+    finish(&migration, workload, &shards, &target).await?;
+    let directory = admin_show(port, "SHOW DIRECTORY").await?;
+    assert_eq!(directory, [["items", "1", "s2"], ["items", "2", "s3"]]);
+    let others: i64 = shards[2]
+        .query_one("SELECT count(*) FROM items WHERE id <> 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(others, 0, "s2 holds the hot key's row and nothing else");
+    proxy.stop().await;
+    Ok(())
+}
+
+/// The rows of an admin console `SHOW` on the proxy listening on `port`.
+async fn admin_show(port: u16, command: &str) -> anyhow::Result<Vec<Vec<String>>> {
+    let admin = shardline_tests::connect(&format!(
+        "host=127.0.0.1 port={port} user=admin password=admin dbname=shardline"
+    ))
+    .await?;
+    let mut rows = Vec::new();
+    for message in admin.simple_query(command).await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+            rows.push(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or_default().to_owned())
+                    .collect(),
+            );
+        }
+    }
+    Ok(rows)
 }

@@ -274,3 +274,52 @@ async fn readdressing_a_shard_rebuilds_only_its_pool() -> anyhow::Result<()> {
     proxy.stop().await;
     Ok(())
 }
+
+/// A reload may not move a directory key: a file that re-points one is refused, the proxy keeps
+/// routing the key to the shard holding its row, and `SHOW DIRECTORY` is unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_would_move_a_directory_key_is_refused() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("reload-directory", 3).await?;
+    let yaml = |shard: &str| {
+        ops_yaml(&cluster, "").replacen(
+            "tables:\n",
+            &format!("tables:\n  - {{name: tenants, sharding: directory, fallback: hash, column: id, type: int8, shards: [s0, s1], directory: [{{key: 42, shard: {shard}}}]}}\n"),
+            1,
+        )
+    };
+    let file = ConfigFile::new("directory", &yaml("s2"))?;
+    let proxy = file.serve(false).await?;
+    let app = connect(&app_conninfo(proxy.addr.port())).await?;
+    app.batch_execute("CREATE TABLE tenants (id bigint PRIMARY KEY, name text NOT NULL)")
+        .await?;
+    app.batch_execute("INSERT INTO tenants (id, name) VALUES (42, 'hot'), (7, 'cold')")
+        .await?;
+    let on_s2 = |shard: Client| async move {
+        let rows = shard
+            .query("SELECT id FROM tenants ORDER BY id", &[])
+            .await?;
+        anyhow::Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>())
+    };
+    assert_eq!(on_s2(cluster.shard(2).await?).await?, [42]);
+
+    file.replace(&yaml("s0"))?;
+    let outcome = proxy.reload().await;
+    let refused = match &outcome {
+        shardline::reload::ReloadOutcome::Rejected { error } => error.clone(),
+        other => anyhow::bail!("a reload moved a directory key: {other:?}"),
+    };
+    assert!(
+        refused.contains("key 42") && refused.contains("shardline-reshard"),
+        "{refused}"
+    );
+    let admin = console(proxy.addr.port()).await?;
+    let directory = show(&admin, "SHOW DIRECTORY").await?;
+    assert_eq!(directory.rows, [["tenants", "42", "s2"]]);
+    let name: String = app
+        .query_one("SELECT name FROM tenants WHERE id = 42", &[])
+        .await?
+        .get(0);
+    assert_eq!(name, "hot");
+    proxy.stop().await;
+    Ok(())
+}

@@ -12,7 +12,7 @@ use crate::reload::{reload, ReloadOutcome};
 use shardline_router::sqlstate;
 
 /// Every command, for the hint of an unknown one.
-pub const HELP: &str = "commands: SHOW SHARDS | SHOW POOLS | SHOW CLIENTS | SHOW SERVERS | SHOW STATS | SHOW CONFIG | SHOW VERSION | SHOW INDOUBT | RELOAD | PAUSE [shard] | RESUME [shard] | RESHARD | RESHARD PAUSE [ms] | RESHARD RESUME | SHUTDOWN";
+pub const HELP: &str = "commands: SHOW SHARDS | SHOW POOLS | SHOW CLIENTS | SHOW SERVERS | SHOW STATS | SHOW CONFIG | SHOW VERSION | SHOW INDOUBT | SHOW DIRECTORY | RELOAD | PAUSE [shard] | RESUME [shard] | RESHARD | RESHARD PAUSE [ms] | RESHARD RESUME | SHUTDOWN";
 
 /// How often `PAUSE` checks whether running transactions finished.
 const PAUSE_POLL: Duration = Duration::from_millis(20);
@@ -55,6 +55,8 @@ pub enum Topic {
     Version,
     /// `SHOW INDOUBT`: shardline's prepared transactions on the shards and their fate.
     InDoubt,
+    /// `SHOW DIRECTORY`: the keys directory tables place explicitly.
+    Directory,
 }
 
 /// Parses one statement (no `;`), case-insensitively; shard names keep their case.
@@ -73,6 +75,7 @@ pub fn parse(text: &str) -> Result<Command, Reply> {
             "CONFIG" => Topic::Config,
             "VERSION" => Topic::Version,
             "INDOUBT" => Topic::InDoubt,
+            "DIRECTORY" => Topic::Directory,
             _ => return Err(unknown(text)),
         }),
         ["RELOAD"] => Command::Reload,
@@ -105,6 +108,7 @@ pub async fn run(ctx: &Arc<ProxyContext>, command: Command) -> Reply {
             Topic::Clients => show::clients(ctx),
             Topic::Servers => show::servers(ctx),
             Topic::Stats => show::stats(ctx),
+            Topic::Directory => show::directory(ctx),
             Topic::Config => {
                 let mut table = show::config(ctx);
                 let survey = ctx.keys.survey(&ctx.snapshot().config).await;

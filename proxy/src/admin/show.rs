@@ -33,6 +33,28 @@ pub fn shards(ctx: &ProxyContext) -> Table {
     table
 }
 
+/// `SHOW DIRECTORY`: every key a directory table places explicitly, and the shard that owns
+/// it in the layout served now (a finished move's target included).
+pub fn directory(ctx: &ProxyContext) -> Table {
+    let loaded = ctx.snapshot();
+    let config = &loaded.config;
+    let mut table = Table::new(&["table", "key", "shard"]);
+    let mut names: Vec<&String> = config.tables.keys().collect();
+    names.sort();
+    for name in names {
+        let rule = &config.tables[name];
+        for (key, shard) in rule.directory.sorted() {
+            let shard = config.shards.get(shard).map(|s| s.name.clone());
+            table.push(vec![
+                name.clone(),
+                key.to_string(),
+                shard.unwrap_or_default(),
+            ]);
+        }
+    }
+    table
+}
+
 /// `SHOW POOLS`: every pool, open or retired by a reload and still draining.
 pub fn pools(ctx: &ProxyContext) -> Table {
     let loaded = ctx.snapshot();

@@ -3,7 +3,8 @@
 //!
 //! The new file is read, parsed and validated completely before anything changes. An invalid
 //! file is logged with the line and the problem and kept out: the running config keeps
-//! serving, and the error is shown by `SHOW CONFIG`. A valid one becomes the next version:
+//! serving, and the error is shown by `SHOW CONFIG`. So is a file that would move a directory
+//! key (those move only with their rows, through the resharder). A valid one becomes the next version:
 //! requests starting after the swap use it, requests already running finish on the snapshot
 //! they took, and pools of backend targets the new config no longer names are retired (only
 //! those: the other shards' pools keep their connections).
@@ -18,6 +19,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+use shardline_router::config::reload_moves_a_key;
 use shardline_router::Config;
 
 use crate::backend::conn::BackendTarget;
@@ -152,7 +154,15 @@ pub fn reload(ctx: &ProxyContext) -> ReloadOutcome {
             Some((_, error)) => ReloadOutcome::Rejected {
                 error: error.clone(),
             },
-            None => match Config::from_file_text(&text, path.parent().unwrap_or(Path::new("/"))) {
+            None => match Config::from_file_text(&text, path.parent().unwrap_or(Path::new("/")))
+                .map_err(|e| format!("{} is invalid: {e}", path.display()))
+                .and_then(|config| {
+                    let served = ctx.snapshot();
+                    match reload_moves_a_key(&served.config, &ctx.would_serve(&config)) {
+                        Some(refusal) => Err(format!("{} is refused: {refusal}", path.display())),
+                        None => Ok(config),
+                    }
+                }) {
                 Ok(config) => {
                     state.served = Some(text);
                     state.rejected = None;
@@ -160,8 +170,7 @@ pub fn reload(ctx: &ProxyContext) -> ReloadOutcome {
                         version: apply(ctx, config),
                     }
                 }
-                Err(e) => {
-                    let error = format!("{} is invalid: {e}", path.display());
+                Err(error) => {
                     state.rejected = Some((text, error.clone()));
                     reject(path, error)
                 }

@@ -367,7 +367,7 @@ impl<'a> Walker<'a> {
     }
 
     /// Whether two occurrences' tables are placed identically (same kind, key type, shard list or
-    /// ranges), so equal keys are always on the same shard.
+    /// ranges, same directory), so equal keys are always on the same shard.
     pub(super) fn colocated(&self, a: OccId, b: OccId) -> bool {
         let rule = |o: OccId| {
             self.occs
@@ -378,6 +378,9 @@ impl<'a> Walker<'a> {
         let (Some(ra), Some(rb)) = (rule(a), rule(b)) else {
             return false;
         };
+        if ra.directory != rb.directory {
+            return false;
+        }
         match (&ra.sharding, &rb.sharding) {
             (
                 Sharding::Hash {

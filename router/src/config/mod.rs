@@ -6,6 +6,7 @@
 //! reported with the line it comes from.
 
 mod buckets;
+mod directory;
 mod faults;
 mod raw;
 mod tls;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use crate::key::{KeyType, KeyValue};
 
 pub use buckets::{bucket_runs, is_bucketed, MAX_BUCKETS};
+pub use directory::{reload_moves_a_key, Directory};
 pub use faults::{BreakerSettings, Keepalive};
 pub use tls::{ClientTls, ShardTls, ShardTlsMode, TlsMode};
 pub use validate::ConfigError;
@@ -155,6 +157,8 @@ pub struct Shard {
 pub struct TableRule {
     pub name: String,
     pub sharding: Sharding,
+    /// Keys placed explicitly ahead of `sharding` (`sharding: directory`); empty otherwise.
+    pub directory: Directory,
 }
 
 /// The sharding of a table.
@@ -251,6 +255,16 @@ impl User {
     }
 }
 
+impl Sharding {
+    /// The type of the shard key column, if the table is split by key.
+    pub fn key_type(&self) -> Option<KeyType> {
+        match self {
+            Sharding::Hash { key_type, .. } | Sharding::Range { key_type, .. } => Some(*key_type),
+            Sharding::Reference => None,
+        }
+    }
+}
+
 impl TableRule {
     /// The shard key column, if the table is split by key.
     pub fn key_column(&self) -> Option<&str> {
@@ -262,10 +276,7 @@ impl TableRule {
 
     /// The type of the shard key column, if the table is split by key.
     pub fn key_type(&self) -> Option<KeyType> {
-        match &self.sharding {
-            Sharding::Hash { key_type, .. } | Sharding::Range { key_type, .. } => Some(*key_type),
-            Sharding::Reference => None,
-        }
+        self.sharding.key_type()
     }
 
     /// The shards that hold some of this table's rows.
@@ -275,13 +286,18 @@ impl TableRule {
             Sharding::Range { ranges, .. } => ranges.iter().map(|r| r.shard).collect(),
             Sharding::Reference => (0..all).collect(),
         };
+        ids.extend(self.directory.shards());
         ids.sort_unstable();
         ids.dedup();
         ids
     }
 
-    /// The shard that owns `key`.
+    /// The shard that owns `key`: the directory's entry when it lists the key, else the
+    /// table's strategy.
     pub fn shard_for(&self, key: &KeyValue) -> Result<ShardId, PlacementError> {
+        if let Some(shard) = self.directory.get(key) {
+            return Ok(shard);
+        }
         match &self.sharding {
             Sharding::Hash { shards, .. } => {
                 let modulus = shards.len() as u64;
@@ -444,6 +460,17 @@ impl fmt::Display for Config {
                     }
                 }
                 Sharding::Reference => writeln!(f, "  {name}: reference (on every shard)")?,
+            }
+            let listed = rule.directory.sorted();
+            if !listed.is_empty() {
+                writeln!(
+                    f,
+                    "    directory keys ({}), placed ahead of the rule above:",
+                    listed.len()
+                )?;
+                for (key, shard) in listed {
+                    writeln!(f, "    key {key} -> {}", self.shards[shard].name)?;
+                }
             }
         }
         Ok(())

@@ -143,6 +143,12 @@ pub struct RawTable {
     /// For bucketed `hash`: which shard holds which buckets.
     #[serde(default)]
     pub bucket_map: Option<Vec<super::buckets::RawBucketRange>>,
+    /// For `directory`: the strategy for keys the directory does not list.
+    #[serde(default)]
+    pub fallback: Option<Spanned<String>>,
+    /// For `directory`: keys placed on a named shard.
+    #[serde(default)]
+    pub directory: Option<Vec<super::directory::RawDirectoryEntry>>,
 }
 
 /// One entry of a range table's `ranges:`: `[from, to)` on `shard`; a missing bound is open.

@@ -353,7 +353,7 @@ fn table_rule(
     problems: &mut Problems,
 ) -> Option<TableRule> {
     let name = t.name.value.clone();
-    let sharding = match t.sharding.value.as_str() {
+    let sharding = match super::directory::strategy(t, problems)? {
         "reference" => Sharding::Reference,
         kind @ ("hash" | "range") => {
             let Some(column) = &t.column else {
@@ -444,12 +444,17 @@ fn table_rule(
         other => {
             problems.at(
                 &t.sharding,
-                format!("sharding {other:?} is not hash, range or reference"),
+                format!("sharding {other:?} is not hash, range, directory or reference"),
             );
             return None;
         }
     };
-    Some(TableRule { name, sharding })
+    let directory = super::directory::entries(t, sharding.key_type(), shard_ids, problems);
+    Some(TableRule {
+        name,
+        sharding,
+        directory,
+    })
 }
 
 fn resolve(
@@ -587,7 +592,7 @@ mod tests {
     #[test]
     fn rejects_with_line_numbers() {
         let cases: &[(&str, usize, &str)] = &[
-            ("tables:\n  - name: t\n    sharding: hsah\n    column: id\n", 11, "not hash, range or reference"),
+            ("tables:\n  - name: t\n    sharding: hsah\n    column: id\n", 11, "not hash, range, directory or reference"),
             ("tables:\n  - name: t\n    sharding: hash\n    column: id\n    type: float8\n", 13, "cannot be a shard key"),
             ("tables:\n  - name: t\n    sharding: hash\n    column: id\n    shards: [s0, s9]\n", 13, "not defined"),
             (

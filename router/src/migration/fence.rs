@@ -129,8 +129,36 @@ pub fn owned_before_condition(table: &TableMove, shard: &str, expr: &str) -> Str
     )
 }
 
-/// SQL true when `rule` places the key `expr` on the shard named `shard`.
+/// SQL true when `rule` places the key `expr` on the shard named `shard`: a key the directory
+/// lists is owned where its entry says, any other key where the table's strategy puts it.
 fn owned_in<'a>(
+    rule: &TableRule,
+    name_of: &dyn Fn(usize) -> Option<&'a str>,
+    shard: &str,
+    expr: &str,
+) -> String {
+    let by_strategy = owned_by_strategy(rule, name_of, shard, expr);
+    let Some(key_type) = rule.key_type().filter(|_| !rule.directory.is_empty()) else {
+        return by_strategy;
+    };
+    let listed = rule.directory.sorted();
+    let typed = |key: &crate::KeyValue| format!("{}::{key_type}", literal(&key.to_string()));
+    let here: Vec<String> = listed
+        .iter()
+        .filter(|(_, id)| name_of(*id) == Some(shard))
+        .map(|(key, _)| typed(key))
+        .collect();
+    let all: Vec<String> = listed.iter().map(|(key, _)| typed(key)).collect();
+    let elsewhere = format!("({expr} NOT IN ({}) AND ({by_strategy}))", all.join(", "));
+    if here.is_empty() {
+        elsewhere
+    } else {
+        format!("({expr} IN ({}) OR {elsewhere})", here.join(", "))
+    }
+}
+
+/// SQL true when the table's strategy (its directory aside) places `expr` on `shard`.
+fn owned_by_strategy<'a>(
     rule: &TableRule,
     name_of: &dyn Fn(usize) -> Option<&'a str>,
     shard: &str,

@@ -184,6 +184,10 @@ fn same_placement(a: &TableRule, b: &TableRule, a_names: &[String], b_names: &[S
     let names = |ids: &[usize], all: &[String]| -> Vec<String> {
         ids.iter().filter_map(|id| all.get(*id).cloned()).collect()
     };
+    let a_named = a.directory.named(|id| a_names.get(id).map(String::as_str));
+    if a_named != b.directory.named(|id| b_names.get(id).map(String::as_str)) {
+        return false;
+    }
     match (&a.sharding, &b.sharding) {
         (Sharding::Hash { shards: x, .. }, Sharding::Hash { shards: y, .. }) => {
             names(x, a_names) == names(y, b_names)
@@ -310,6 +314,49 @@ mod tests {
         );
         assert!(converted > 0 && converted < 10_000);
         assert_eq!(targets, ["shard0", "shard1", "shard2"]);
+    }
+
+    fn directory(entries: &str) -> Config {
+        config(
+            3,
+            &format!(
+                "  - {{name: users, sharding: directory, fallback: hash, column: id, type: int8, shards: [shard0, shard1], directory: [{entries}]}}\n"
+            ),
+        )
+    }
+
+    #[test]
+    fn moving_one_directory_key_moves_only_that_key() {
+        // A plain hash table gains a directory entry: only key 42 travels, to its own shard.
+        let plain = config(
+            3,
+            "  - {name: users, sharding: hash, column: id, type: int8, shards: [shard0, shard1]}\n",
+        );
+        let hot = directory("{key: 42, shard: shard2}");
+        let (count, targets) = moved(plain, hot.clone());
+        assert_eq!((count, targets), (1, vec!["shard2".to_owned()]));
+        // Another key joins it; 42 stays where it is.
+        let (count, _) = moved(
+            hot.clone(),
+            directory("{key: 42, shard: shard2}, {key: 7, shard: shard2}"),
+        );
+        assert_eq!(count, 1);
+        // Fence and cleanup agree with the router: shard2 owns exactly the listed keys.
+        let layout = Layout::between(directory("{key: 7, shard: shard2}"), hot)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let users = layout
+            .table("users")
+            .unwrap_or_else(|| panic!("users moves"));
+        let owned = super::super::fence::owned_condition(users, "shard2", "k");
+        assert_eq!(
+            owned,
+            "(k IN ($s$42$s$::int8) OR (k NOT IN ($s$42$s$::int8) AND (false)))"
+        );
+        let before = super::super::fence::owned_before_condition(users, "shard0", "k");
+        assert!(
+            before.starts_with("(k NOT IN ($s$7$s$::int8) AND ("),
+            "{before}"
+        );
     }
 
     #[test]

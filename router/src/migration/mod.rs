@@ -139,5 +139,6 @@ fn remap(rule: &TableRule, from: &Config, to: &Config) -> TableRule {
     TableRule {
         name: rule.name.clone(),
         sharding,
+        directory: rule.directory.renumbered(id),
     }
 }

@@ -118,6 +118,7 @@ pub(super) fn table_shards(rule: &TableRule, all: usize) -> ShardSet {
         Sharding::Range { ranges, .. } => ranges.iter().for_each(|r| set.insert(r.shard)),
         Sharding::Reference => (0..all).for_each(|s| set.insert(s)),
     }
+    rule.directory.shards().for_each(|s| set.insert(s));
     set
 }
 
