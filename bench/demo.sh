@@ -1,5 +1,6 @@
-# Sourced by the bench scripts: builds shardline, starts `shardline demo` with 4 shards on
-# $PORT in $DIR, waits until it is ready, and sets BIN, DEMO (its pid) and PROXY_PID.
+# Sourced by the bench scripts: builds shardline, starts `shardline demo` with 4 shards (or
+# DEMO_SHARDS) on $PORT in $DIR, waits until it is ready, and sets BIN, DEMO (its pid) and
+# PROXY_PID.
 # The caller's EXIT trap must call stop_demo.
 # The demo serves TLS, which libpq uses by default (sslmode=prefer); the benchmarks compare
 # clear-text connections with direct and pgbouncer ones unless PGSSLMODE says otherwise
@@ -13,7 +14,7 @@ else
   BIN=${CARGO_TARGET_DIR:-target}/release/shardline
 fi
 # THREADS sets the proxy's worker threads (default: one per core).
-"$BIN" ${THREADS:+--threads "$THREADS"} demo --shards 4 --port "$PORT" --dir "$DIR" >"$DIR/demo.log" 2>&1 &
+"$BIN" ${THREADS:+--threads "$THREADS"} demo --shards "${DEMO_SHARDS:-4}" --port "$PORT" --dir "$DIR" >"$DIR/demo.log" 2>&1 &
 DEMO=$!
 
 stop_demo() {
