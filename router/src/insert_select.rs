@@ -10,6 +10,11 @@
 //! column list that leaves the key out gets keys the proxy generates (or is refused, when the
 //! table has none), and a `SELECT` narrower than the table that leaves the key out reaches
 //! the router as a NULL key and is refused.
+//!
+//! With `ON CONFLICT`, each shard takes its rows into a table of its own first ([`Upsert`]),
+//! then inserts them into `t` with the client's `ON CONFLICT` clause, inside the same
+//! two-phase commit: conflicts are decided where the conflicting rows live (a unique key that
+//! holds the shard key lives on one shard), and the statement counts what PostgreSQL counts.
 
 use sqlparser::ast::{Insert, SetExpr};
 
@@ -48,6 +53,51 @@ pub struct InsertSelect {
     pub copy: String,
     /// What the routed COPY needs to place each row.
     pub spec: CopyInto,
+    /// Set for `INSERT … SELECT … ON CONFLICT`: how each shard applies its rows.
+    pub upsert: Option<Upsert>,
+}
+
+/// How a shard applies its rows of an `INSERT … SELECT … ON CONFLICT`: they are copied into a
+/// table made for the statement (an ordinary one: a temporary table would keep the shard's
+/// transaction from `PREPARE TRANSACTION`), then inserted into the target with the client's
+/// clause, and the table is dropped again before the shard's transaction is prepared.
+#[derive(Debug, Clone)]
+pub struct Upsert {
+    table: String,
+    /// The client's column list, empty for all columns.
+    columns: Vec<String>,
+    on_conflict: String,
+}
+
+impl Upsert {
+    /// The COPY a shard runs instead of the plain one, into `rows` (a name unique to the
+    /// statement, chosen by the caller): the table is made in the same query string.
+    pub fn copy_sql(&self, rows: &str) -> String {
+        let columns = if self.columns.is_empty() {
+            "*".to_owned()
+        } else {
+            self.columns.join(", ")
+        };
+        format!(
+            "CREATE UNLOGGED TABLE {rows} AS SELECT {columns} FROM {table} LIMIT 0; COPY {rows} FROM STDIN",
+            table = self.table
+        )
+    }
+
+    /// What a shard runs after its rows arrived: the insert (whose tag counts the rows it
+    /// inserted or updated), then the table goes.
+    pub fn apply_sql(&self, rows: &str) -> String {
+        let list = if self.columns.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", self.columns.join(", "))
+        };
+        format!(
+            "INSERT INTO {table}{list} SELECT * FROM {rows}{on_conflict}; DROP TABLE {rows}",
+            table = self.table,
+            on_conflict = self.on_conflict
+        )
+    }
 }
 
 /// The plan of `sql` when it is an `INSERT … SELECT` into a sharded table; `None` for any
@@ -65,10 +115,10 @@ pub fn insert_select(config: &Config, sql: &str) -> Option<Result<InsertSelect, 
 }
 
 fn plan(config: &Config, insert: &Insert, table: &str) -> Result<InsertSelect, RouteError> {
-    if insert.on.is_some() || insert.returning.is_some() {
+    if insert.returning.is_some() {
         return Err(RouteError::new(
             sqlstate::FEATURE_NOT_SUPPORTED,
-            format!("INSERT … SELECT into sharded table {table} with ON CONFLICT or RETURNING is not supported yet; leave them out, or insert the rows with INSERT … VALUES"),
+            format!("INSERT … SELECT into sharded table {table} with RETURNING is not supported yet; leave RETURNING out and read the rows back, or insert them with INSERT … VALUES … RETURNING"),
         ));
     }
     let Some(source) = insert.source.as_ref() else {
@@ -103,6 +153,20 @@ fn plan(config: &Config, insert: &Insert, table: &str) -> Result<InsertSelect, R
         None => return Err(internal()),
     };
     let key = spec.rule.key_column().ok_or_else(internal)?.to_owned();
+    let upsert = match &insert.on {
+        None => None,
+        Some(_) if spec.leaves_out_key() => {
+            return Err(RouteError::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("INSERT … SELECT … ON CONFLICT into sharded table {table} must give the shard key {key} itself (a generated key never conflicts); add {key} to the column list and the SELECT"),
+            ))
+        }
+        Some(on) => Some(Upsert {
+            table: table.to_owned(),
+            columns: columns.clone(),
+            on_conflict: on.to_string(),
+        }),
+    };
     let key = quote_ident(&key);
     let stage = format!(
         "CREATE TEMP TABLE {STAGING} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP; \
@@ -118,6 +182,7 @@ fn plan(config: &Config, insert: &Insert, table: &str) -> Result<InsertSelect, R
         unstage: format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"),
         copy,
         spec,
+        upsert,
     })
 }
 
@@ -207,10 +272,32 @@ tables:
     }
 
     #[test]
-    fn on_conflict_returning_and_qualified_reads_are_refused() {
+    fn on_conflict_applies_each_shards_rows_through_a_table_of_its_own() {
+        let plan = planned("INSERT INTO users (id, name) SELECT id, name FROM archive ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name");
+        let upsert = plan.upsert.unwrap_or_else(|| panic!("no upsert"));
+        assert_eq!(
+            upsert.copy_sql("r1"),
+            "CREATE UNLOGGED TABLE r1 AS SELECT id, name FROM users LIMIT 0; COPY r1 FROM STDIN"
+        );
+        assert_eq!(
+            upsert.apply_sql("r1"),
+            "INSERT INTO users (id, name) SELECT * FROM r1 ON CONFLICT(id) DO UPDATE SET name = EXCLUDED.name; DROP TABLE r1"
+        );
+        let all = planned("INSERT INTO users SELECT * FROM archive ON CONFLICT DO NOTHING");
+        let upsert = all.upsert.unwrap_or_else(|| panic!("no upsert"));
+        assert!(upsert
+            .copy_sql("r")
+            .starts_with("CREATE UNLOGGED TABLE r AS SELECT * FROM users LIMIT 0;"));
+        assert!(planned("INSERT INTO users SELECT * FROM archive")
+            .upsert
+            .is_none());
+    }
+
+    #[test]
+    fn returning_keyless_conflicts_and_qualified_reads_are_refused() {
         let config = config();
         for sql in [
-            "INSERT INTO users SELECT * FROM archive ON CONFLICT DO NOTHING",
+            "INSERT INTO users (name) SELECT name FROM archive ON CONFLICT DO NOTHING",
             "INSERT INTO users SELECT * FROM archive RETURNING id",
             "INSERT INTO users SELECT * FROM public.archive",
             "INSERT INTO users WITH gone AS (DELETE FROM archive RETURNING *) SELECT * FROM gone",

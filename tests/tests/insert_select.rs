@@ -3,7 +3,7 @@
 //! same statements run on one plain PostgreSQL database holding the same rows; afterwards
 //! every table must hold the same rows on both, every row on the shard the router places it
 //! on, with no prepared transaction left behind. A failing statement loads nothing; the
-//! forms that cannot run exactly are refused. Inside a transaction block the statement sees
+//! forms that cannot run exactly are refused. `ON CONFLICT` is decided on each shard. Inside a transaction block the statement sees
 //! the block's writes and commits or rolls back with it.
 
 use shardline_tests::{failure_code, temporary_tables, text_rows, TestCluster};
@@ -46,6 +46,12 @@ const INSERTS: &[&str] = &[
     "INSERT INTO users (id, name) SELECT 5000 + row_number() OVER (ORDER BY code), code FROM countries",
     // A SELECT narrower than the table: the columns it leaves out take their defaults.
     "INSERT INTO orders SELECT 7000, 1",
+    // ON CONFLICT DO NOTHING: keys 3..8 exist already, only the new ones count.
+    "INSERT INTO users (id, name) SELECT id + 2, 'shifted' FROM users WHERE id <= 8 ON CONFLICT DO NOTHING",
+    // ON CONFLICT DO UPDATE reading the existing row and the proposed one, with a WHERE.
+    "INSERT INTO users (id, name, score) SELECT id, upper(name), 1 FROM users WHERE id < 1010 ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, score = coalesce(users.score, 0) + EXCLUDED.score WHERE users.id % 2 = 0",
+    // On a table sharded by text, every column, new and old keys mixed.
+    "INSERT INTO accounts SELECT email, user_id + 1 FROM accounts UNION ALL SELECT 'new' || id || '@example.org', id FROM users WHERE id < 5 ON CONFLICT (email) DO UPDATE SET user_id = EXCLUDED.user_id",
 ];
 
 /// Every table's rows, in a defined order.
@@ -133,6 +139,16 @@ async fn insert_select_matches_one_postgres() -> anyhow::Result<()> {
         "after a failed statement"
     );
 
+    // The tables the ON CONFLICT statements applied their rows through are gone.
+    for i in 0..cluster.shard_count() {
+        let left = text_rows(
+            &cluster.shard(i).await?,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'shardline_rows_%'",
+        )
+        .await?;
+        assert_eq!(left, vec![vec![Some("0".to_owned())]], "shard {i}");
+    }
+
     let rows = placed(&cluster).await?;
     let total: i64 = text_rows(
         &oracle,
@@ -186,7 +202,7 @@ async fn insert_select_generates_keys_and_refuses_what_it_cannot_do_exactly() ->
             SqlState::INVALID_TEXT_REPRESENTATION,
         ),
         (
-            "INSERT INTO orders SELECT * FROM orders ON CONFLICT DO NOTHING",
+            "INSERT INTO users (name) SELECT name FROM users ON CONFLICT DO NOTHING",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
@@ -223,6 +239,7 @@ const IN_TRANSACTION: &[&str] = &[
     "INSERT INTO orders (id, user_id, total) SELECT id + 500, id, score FROM users WHERE score >= 5",
     "INSERT INTO events (id, user_id) SELECT o.id * 7, o.user_id FROM orders o WHERE o.id > 500",
     "UPDATE orders SET total = total + 1 WHERE id > 500",
+    "INSERT INTO users (id, name) SELECT id, 'again ' || id FROM users WHERE id <= 3 OR id = 70 ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name",
 ];
 
 #[tokio::test(flavor = "multi_thread")]

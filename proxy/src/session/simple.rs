@@ -146,8 +146,15 @@ impl Session {
             }
             Action::Copy(spec) => {
                 let delivery = Delivery::simple();
-                Box::pin(self.copy_split(&loaded, &sql, spec, &delivery, &mut RowSource::Client))
-                    .await
+                Box::pin(self.copy_split(
+                    &loaded,
+                    &sql,
+                    spec,
+                    None,
+                    &delivery,
+                    &mut RowSource::Client,
+                ))
+                .await
             }
             Action::Pull(tables) => Box::pin(self.pull_up(&loaded, tables, &sql)).await,
             Action::InsertSelect(plan) => {

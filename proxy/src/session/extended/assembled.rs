@@ -99,7 +99,7 @@ impl Session {
             }
             (Assembled::Copy(spec), _) => {
                 let rows = &mut RowSource::Client;
-                self.copy_split(loaded, &statement.query, spec, &delivery, rows)
+                self.copy_split(loaded, &statement.query, spec, None, &delivery, rows)
                     .await
             }
             (Assembled::InsertSelect(plan), _) => {

@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::socket::SocketRead;
 use bytes::{BufMut, Bytes, BytesMut};
 use shardline_router::copy::{trim_line_end, CopyFormat, CopyInto, RowSplitter};
+use shardline_router::insert_select::Upsert;
 use shardline_router::ShardId;
 
 use crate::backend::pool::Pooled;
@@ -19,6 +20,7 @@ use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::{Frame, FrameError, FrameReader};
 use crate::session::multi::gather::Delivery;
 use crate::session::multi::gather::MergeFailure;
+use crate::session::multi::insert_select::apply_rows;
 use crate::session::multi::twophase::Part;
 use crate::session::{local, ClientError, Session, SessionEnd};
 
@@ -30,15 +32,27 @@ impl Session {
     /// `delivery` says how to end the statement if it fails before the copy starts; once it
     /// has started, an extended-protocol client's `Sync` sent with the COPY no longer counts
     /// (PostgreSQL ignores it during copy-in) and the client sends another after `CopyDone`.
+    /// With `upsert` (an `INSERT … SELECT … ON CONFLICT`), each shard copies its rows into a
+    /// table of the statement's own and applies them with the client's clause.
     pub(crate) async fn copy_split(
         &mut self,
         loaded: &Loaded,
         sql: &str,
         spec: &CopyInto,
+        upsert: Option<&Upsert>,
         delivery: &Delivery,
         source: &mut RowSource<'_>,
     ) -> Result<(), SessionEnd> {
         let shards = spec.rule.shards(loaded.config.shards.len());
+        let upserting = upsert.map(|u| {
+            // Unique to the statement: concurrent statements never wait for each other's name.
+            let rows = format!("shardline_rows_{}", uuid::Uuid::now_v7().simple());
+            (u.copy_sql(&rows), u.apply_sql(&rows))
+        });
+        let (sql, apply) = match &upserting {
+            Some((copy, apply)) => (copy.as_str(), Some(apply.as_str())),
+            None => (sql, None),
+        };
         let started = std::time::Instant::now();
         let keyed = match self.copy_with_generated_keys(loaded, sql, spec).await {
             Ok(keyed) => keyed,
@@ -50,11 +64,11 @@ impl Session {
         };
         let result = match &keyed {
             Some((sql, spec)) => {
-                self.copy_rows(loaded, sql, spec, &shards, true, delivery, source)
+                self.copy_rows(loaded, sql, spec, &shards, true, apply, delivery, source)
                     .await
             }
             None => {
-                self.copy_rows(loaded, sql, spec, &shards, false, delivery, source)
+                self.copy_rows(loaded, sql, spec, &shards, false, apply, delivery, source)
                     .await
             }
         };
@@ -91,7 +105,8 @@ impl Session {
     }
 
     /// The COPY itself; `Ok(true)` when every row was committed. With `generated`, the
-    /// proxy puts a new key first in every row.
+    /// proxy puts a new key first in every row; with `apply`, each shard runs it after its
+    /// rows arrived, and the statement counts the rows it inserted.
     #[allow(clippy::too_many_arguments)]
     async fn copy_rows(
         &mut self,
@@ -100,6 +115,7 @@ impl Session {
         spec: &CopyInto,
         shards: &[ShardId],
         generated: bool,
+        apply: Option<&str>,
         delivery: &Delivery,
         source: &mut RowSource<'_>,
     ) -> Result<bool, SessionEnd> {
@@ -187,15 +203,19 @@ impl Session {
         let failure = match (client_failed, router.finish(&index)) {
             (Some(e), _) | (None, Err(e)) => Err((copying, e)),
             // After end_copies no shard is in COPY any more, whatever happened.
-            (None, Ok(())) => self
-                .end_copies(&mut parts, router.all_batches())
-                .await
-                .map_err(|e| (0, e)),
+            (None, Ok(())) => match self.end_copies(&mut parts, router.all_batches()).await {
+                Ok(()) => match apply {
+                    Some(sql) => apply_rows(&mut parts, sql).await.map(Some),
+                    None => Ok(None),
+                },
+                Err(e) => Err(e),
+            }
+            .map_err(|e| (0, e)),
         };
         match failure {
             Err((copying, error)) => self.abandon_copy(parts, copying, error, delivery).await,
-            Ok(()) => {
-                let tag = format!("{} {}", source.command(), router.total);
+            Ok(applied) => {
+                let tag = format!("{} {}", source.command(), applied.unwrap_or(router.total));
                 self.commit_copy(parts, tag, delivery).await
             }
         }

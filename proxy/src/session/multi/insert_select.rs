@@ -28,6 +28,7 @@ use crate::session::link::attach::{drain_to_ready, ready_status};
 use crate::session::multi::copy_in::RowSource;
 use crate::session::multi::gather::{Delivery, MergeFailure, Source};
 use crate::session::multi::pull::read_answer;
+use crate::session::multi::twophase::Part;
 use crate::session::{local, ClientError, Session, SessionEnd};
 
 impl Session {
@@ -82,18 +83,14 @@ impl Session {
             let clean = end_staging(&mut conn, plan, in_block).await;
             self.let_go(home, conn, clean);
             let mut rows = RowSource::Buffered(rows);
-            return self
-                .copy_split(loaded, &plan.copy, &plan.spec, delivery, &mut rows)
-                .await;
+            return self.load(loaded, plan, delivery, &mut rows).await;
         }
         let mut rows = RowSource::Shard {
             conn: &mut conn,
             name,
             ended: false,
         };
-        let result = self
-            .copy_split(loaded, &plan.copy, &plan.spec, delivery, &mut rows)
-            .await;
+        let result = self.load(loaded, plan, delivery, &mut rows).await;
         // Unused when the default shard does not hold the table.
         self.release_reserved(home);
         let RowSource::Shard { ended, .. } = rows else {
@@ -106,6 +103,19 @@ impl Session {
             && end_staging(&mut conn, plan, in_block).await;
         self.let_go(home, conn, clean);
         result
+    }
+
+    /// Routes the staged rows from `rows` into the target's shards.
+    async fn load(
+        &mut self,
+        loaded: &Loaded,
+        plan: &InsertSelect,
+        delivery: &Delivery,
+        rows: &mut RowSource<'_>,
+    ) -> Result<(), SessionEnd> {
+        let upsert = plan.upsert.as_ref();
+        self.copy_split(loaded, &plan.copy, &plan.spec, upsert, delivery, rows)
+            .await
     }
 
     /// Fills the staging table with the client's `SELECT` and starts copying it out.
@@ -196,4 +206,42 @@ async fn buffer_copy_out(
         ));
     }
     Ok(())
+}
+
+/// Runs `sql` (an [`Upsert`](shardline_router::insert_select::Upsert)'s apply step) on every
+/// part once its rows arrived, and adds up the rows its `INSERT` inserted or updated.
+pub(super) async fn apply_rows(parts: &mut [Part], sql: &str) -> Result<u64, ClientError> {
+    let message = local::query_message(sql);
+    let mut applied = 0;
+    for part in parts.iter_mut() {
+        part.conn
+            .send(&message)
+            .await
+            .map_err(|e| ClientError::lost_shard(&part.name, e))?;
+        let mut error = None;
+        loop {
+            let frame = part
+                .conn
+                .read()
+                .await
+                .map_err(|e| ClientError::from_backend(&part.name, &e))?;
+            match frame.tag() {
+                tag::COMMAND_COMPLETE => {
+                    let done = msg::command_tag(&frame);
+                    if done.starts_with("INSERT") {
+                        applied += msg::tag_row_count(done).unwrap_or(0);
+                    }
+                }
+                tag::ERROR_RESPONSE => {
+                    error.get_or_insert_with(|| ClientError::from_shard(frame.bytes(), &part.name));
+                }
+                tag::READY_FOR_QUERY => break,
+                _ => {}
+            }
+        }
+        if let Some(error) = error {
+            return Err(error);
+        }
+    }
+    Ok(applied)
 }
