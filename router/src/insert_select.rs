@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::copy::{copy_into, CopyInto};
 use crate::ident::quote_ident;
 use crate::plan::RouteError;
-use crate::pull::{pulled_tables, PulledTable};
+use crate::pull::{pulled_tables, temp_qualified, PulledTable};
 use crate::sqlstate;
 
 /// The staging table's name on the backend that runs the `SELECT`.
@@ -177,7 +177,10 @@ fn plan(config: &Config, insert: &Insert, table: &str) -> Result<InsertSelect, R
         pulled: pulled_tables(config, &source)?,
         stage_in_transaction: format!("SAVEPOINT {SAVEPOINT}; {stage}"),
         stage,
-        fill: format!("INSERT INTO {STAGING}{list} {source}"),
+        fill: format!(
+            "INSERT INTO {STAGING}{list} {}",
+            temp_qualified(config, &source)
+        ),
         unload: format!("COPY {STAGING}{list} TO STDOUT"),
         unstage: format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"),
         copy,
@@ -299,7 +302,7 @@ tables:
         for sql in [
             "INSERT INTO users (name) SELECT name FROM archive ON CONFLICT DO NOTHING",
             "INSERT INTO users SELECT * FROM archive RETURNING id",
-            "INSERT INTO users SELECT * FROM public.archive",
+            "INSERT INTO users SELECT * FROM sales.archive",
             "INSERT INTO users WITH gone AS (DELETE FROM archive RETURNING *) SELECT * FROM gone",
         ] {
             assert!(

@@ -6,9 +6,10 @@
 //! reads the pulled rows and the answer is exactly PostgreSQL's.
 //!
 //! This module decides which tables to pull: every sharded table the text names (a superset
-//! is harmless: a table pulled for nothing costs time, not correctness). A name written with a
-//! schema (`public.users`) would bypass the temporary table and read one shard's rows, so such
-//! statements are refused. It also decides which rows: a table named once, in the top-level
+//! is harmless: a table pulled for nothing costs time, not correctness). A name written with
+//! schema `public` (`public.users`, as BI tools write every name) would bypass the temporary
+//! table and read one shard's rows, so the text the backend runs names it `pg_temp.users`
+//! instead ([`temp_qualified`]); a name in any other schema is refused. It also decides which rows: a table named once, in the top-level
 //! `FROM` of a plain `SELECT` with no outer join, is pulled through the `WHERE` conditions
 //! that read only its own columns with nothing but operators and constants (no function, no
 //! subquery): dropping rows that fail such a condition cannot change the answer, since the
@@ -48,6 +49,10 @@ pub fn pulled_tables(config: &Config, sql: &str) -> Result<Vec<PulledTable>, Rou
         .map_err(|e| RouteError::new(sqlstate::SYNTAX_ERROR, e.to_string()))?;
     let mut names = BTreeSet::new();
     let mut mentions: BTreeMap<String, usize> = BTreeMap::new();
+    // The qualifier of the word being read (`Some("")` after a period that follows no word),
+    // and whether that qualifier was itself qualified.
+    let mut qualifier: Option<(String, bool)> = None;
+    let mut previous_word: Option<(String, bool)> = None;
     let mut after_period = false;
     for token in &tokens {
         if matches!(token, Token::Whitespace(_)) {
@@ -61,20 +66,29 @@ pub fn pulled_tables(config: &Config, sql: &str) -> Result<Vec<PulledTable>, Rou
             };
             if let Some(rule) = config.tables.get(&name) {
                 if !matches!(rule.sharding, Sharding::Reference) {
-                    if after_period {
+                    let in_public = matches!(&qualifier, Some((q, false)) if q == "public");
+                    if after_period && !in_public {
                         return Err(RouteError::new(
                             sqlstate::FEATURE_NOT_SUPPORTED,
                             format!(
-                                "this read needs the rows of sharded table {name} gathered in one place, which works only when the table is named without its schema; write {name} instead of a qualified name"
+                                "this read needs the rows of sharded table {name} gathered in one place, which works only when the table is named without a schema or in schema public; write {name} or public.{name}"
                             ),
                         ));
                     }
                     *mentions.entry(name.clone()).or_default() += 1;
-                    names.insert(name);
+                    names.insert(name.clone());
                 }
             }
+            previous_word = Some((name, after_period));
+        } else if !matches!(token, Token::Period) {
+            previous_word = None;
         }
         after_period = matches!(token, Token::Period);
+        qualifier = if after_period {
+            Some(previous_word.clone().unwrap_or_default())
+        } else {
+            None
+        };
     }
     let all = config.shards.len();
     // The statement runs on the default shard, where tables outside the config live.
@@ -112,6 +126,64 @@ pub fn pulled_tables(config: &Config, sql: &str) -> Result<Vec<PulledTable>, Rou
             Some(PulledTable { name, shards, rows })
         })
         .collect())
+}
+
+/// `sql` as the backend that runs a pull-up must read it: every sharded table written in
+/// schema `public` (`public.users`, `"public"."users"`, `public.users.id`) named in `pg_temp`
+/// instead, where its pulled rows are; the rest of the text as it was. Strings and comments are
+/// never touched (the scanner knows them); text it cannot scan is left alone and the statement
+/// reaches the backend unchanged (the pull then refuses nothing it did not refuse before).
+pub fn temp_qualified<'a>(config: &Config, sql: &'a str) -> std::borrow::Cow<'a, str> {
+    use crate::scan::{Kind, Scanner};
+    let fold = |text: &str| -> String {
+        match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+            Some(quoted) => quoted.replace("\"\"", "\""),
+            None => text.to_ascii_lowercase(),
+        }
+    };
+    let mut significant: Vec<(usize, &str, Kind)> = Vec::new();
+    for token in Scanner::new(sql) {
+        let Ok(token) = token else {
+            return std::borrow::Cow::Borrowed(sql);
+        };
+        if token.kind != Kind::Blank {
+            let offset = token.text.as_ptr() as usize - sql.as_ptr() as usize;
+            significant.push((offset, token.text, token.kind));
+        }
+    }
+    let is_word = |kind: Kind| matches!(kind, Kind::Word { .. });
+    let mut schemas = Vec::new();
+    for (i, window) in significant.windows(3).enumerate() {
+        let [(offset, schema, schema_kind), (_, dot, _), (_, table, table_kind)] = window else {
+            continue;
+        };
+        let qualified_itself = i > 0 && significant.get(i - 1).is_some_and(|t| t.1 == ".");
+        let sharded = config
+            .tables
+            .get(&fold(table))
+            .is_some_and(|rule| !matches!(rule.sharding, Sharding::Reference));
+        if is_word(*schema_kind)
+            && *dot == "."
+            && is_word(*table_kind)
+            && !qualified_itself
+            && fold(schema) == "public"
+            && sharded
+        {
+            schemas.push((*offset, schema.len()));
+        }
+    }
+    if schemas.is_empty() {
+        return std::borrow::Cow::Borrowed(sql);
+    }
+    let mut text = String::with_capacity(sql.len() + 8 * schemas.len());
+    let mut from = 0;
+    for (offset, len) in schemas {
+        text.push_str(&sql[from..offset]);
+        text.push_str("pg_temp");
+        from = offset + len;
+    }
+    text.push_str(&sql[from..]);
+    std::borrow::Cow::Owned(text)
 }
 
 /// For each table of the top-level `FROM` (by folded name): the name its columns are qualified
@@ -408,11 +480,30 @@ tables:
     }
 
     #[test]
-    fn a_schema_qualified_sharded_table_is_refused() {
+    fn sharded_tables_in_schema_public_are_read_from_pg_temp_and_other_schemas_refused() {
+        let read = names("SELECT count(DISTINCT id) FROM public.users");
+        assert!(
+            matches!(&read, Ok(tables) if tables.len() == 1 && tables[0].0 == "users"),
+            "{read:?}"
+        );
         assert_eq!(
-            names("SELECT count(DISTINCT id) FROM public.users"),
+            names("SELECT count(DISTINCT id) FROM sales.users"),
             Err("0A000")
         );
         assert_eq!(names("SELECT * FROM public.countries"), Ok(vec![]));
+        let config = config();
+        for (sql, read) in [
+            (
+                "SELECT public.users.id, count(DISTINCT o.id) FROM \"public\".\"users\" JOIN public . orders o ON o.user_id = users.id GROUP BY 1",
+                "SELECT pg_temp.users.id, count(DISTINCT o.id) FROM pg_temp.\"users\" JOIN pg_temp . orders o ON o.user_id = users.id GROUP BY 1",
+            ),
+            // Strings, comments, reference tables and other qualifiers stay as written.
+            (
+                "SELECT 'public.users' /* public.users */, u.users FROM public.countries, users u",
+                "SELECT 'public.users' /* public.users */, u.users FROM public.countries, users u",
+            ),
+        ] {
+            assert_eq!(super::temp_qualified(&config, sql), read);
+        }
     }
 }

@@ -46,6 +46,8 @@ const INSERTS: &[&str] = &[
     "INSERT INTO users (id, name) SELECT 5000 + row_number() OVER (ORDER BY code), code FROM countries",
     // A SELECT narrower than the table: the columns it leaves out take their defaults.
     "INSERT INTO orders SELECT 7000, 1",
+    // From a table named in schema public, as BI tools write it.
+    "INSERT INTO orders (id, user_id, total) SELECT id + 40000, id, score FROM public.users WHERE score IS NOT NULL",
     // ON CONFLICT DO NOTHING: keys 3..8 exist already, only the new ones count.
     "INSERT INTO users (id, name) SELECT id + 2, 'shifted' FROM users WHERE id <= 8 ON CONFLICT DO NOTHING",
     // ON CONFLICT DO UPDATE reading the existing row and the proposed one, with a WHERE.
@@ -210,7 +212,7 @@ async fn insert_select_generates_keys_and_refuses_what_it_cannot_do_exactly() ->
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (
-            "INSERT INTO orders SELECT * FROM public.orders",
+            "INSERT INTO orders SELECT * FROM sales.orders",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         (

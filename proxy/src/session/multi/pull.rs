@@ -56,7 +56,8 @@ impl Session {
         tables: &[PulledTable],
         sql: &str,
     ) -> Result<(), SessionEnd> {
-        let query = match local::query_message_in(self.encoding(), sql) {
+        let sql = shardline_router::pull::temp_qualified(&loaded.config, sql);
+        let query = match local::query_message_in(self.encoding(), &sql) {
             Ok(query) => query,
             Err(error) => return self.fail(error.into()).await,
         };
@@ -104,7 +105,7 @@ impl Session {
     ) -> Result<(), SessionEnd> {
         let target = loaded.config.default_shard;
         let statement = ShardStatement {
-            sql: source.sql().to_owned(),
+            sql: shardline_router::pull::temp_qualified(&loaded.config, source.sql()).into_owned(),
             params: (0..source.params().len()).collect(),
         };
         let request = match source.request(&statement, &delivery.formats, self.encoding()) {
