@@ -89,6 +89,11 @@ fn routes_each_kind_of_statement() {
         (
             "SELECT count(DISTINCT name) FROM public.users".into(),
             vec![],
+            "pull users to s0".into(),
+        ),
+        (
+            "SELECT count(DISTINCT name) FROM sales.users".into(),
+            vec![],
             "error 0A000".into(),
         ),
         (
