@@ -336,3 +336,79 @@ async fn bucketed_three_to_five_moves_only_the_reassigned_buckets() -> anyhow::R
     assert!(ok, "{out}");
     Ok(())
 }
+
+/// A directory table keyed by text: `acme` already lives on s2, `beta` moves there. Cleanup
+/// deletes exactly `beta`'s rows from its old shard and none of `acme`'s: the ownership SQL
+/// compares text keys as their own text.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_text_directory_key_moves_and_cleanup_keeps_the_keys_already_listed() -> anyhow::Result<()>
+{
+    let cluster = TestCluster::start("reshard-directory-text", 3).await?;
+    let dir = scratch_dir("reshard-directory-text-files");
+    std::fs::create_dir_all(&dir)?;
+    let rule = |entries: &str| {
+        format!("  - {{name: docs, sharding: directory, fallback: hash, column: owner, type: text, shards: [s0, s1], directory: [{entries}]}}\n")
+    };
+    let with = |entries: &str| {
+        cluster
+            .yaml
+            .replacen("tables:\n", &format!("tables:\n{}", rule(entries)), 1)
+    };
+    let (source_yaml, target_yaml) = (
+        with("{key: acme, shard: s2}"),
+        with("{key: acme, shard: s2}, {key: beta, shard: s2}"),
+    );
+    std::fs::write(dir.join("from.yaml"), &source_yaml)?;
+    std::fs::write(dir.join("to.yaml"), &target_yaml)?;
+    let source = Config::from_yaml(&source_yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let target = Config::from_yaml(&target_yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for i in 0..3 {
+        cluster
+            .shard(i)
+            .await?
+            .batch_execute(
+                "CREATE TABLE docs (owner text, n int, body text, PRIMARY KEY (owner, n))",
+            )
+            .await?;
+    }
+    let proxy = shardline::Proxy::start(source.clone()).await?;
+    let app = connect(&format!(
+        "host=127.0.0.1 port={} user=app password=app dbname=app",
+        proxy.addr.port()
+    ))
+    .await?;
+    for owner in ["acme", "beta", "gamma", "it's"] {
+        app.execute(
+            "INSERT INTO docs (owner, n, body) SELECT $1::text, g, 'doc ' || g FROM generate_series(1, 20) g",
+            &[&owner],
+        )
+        .await?;
+    }
+    let beta_from = source
+        .table("docs")
+        .ok_or_else(|| anyhow::anyhow!("no docs rule"))?
+        .shard_for(&KeyValue::Text("beta".into()))?;
+    for step in ["start", "verify", "cutover", "cleanup"] {
+        let (ok, out) = reshard(&[step, "--to", "to.yaml"], &dir)?;
+        assert!(ok, "{step}: {out}");
+    }
+    // Every owner's 20 rows are on exactly the shard the target layout names.
+    let rule = target
+        .table("docs")
+        .ok_or_else(|| anyhow::anyhow!("no docs rule"))?;
+    for owner in ["acme", "beta", "gamma", "it's"] {
+        let home = rule.shard_for(&KeyValue::Text(owner.into()))?;
+        for i in 0..3 {
+            let n: i64 = cluster
+                .shard(i)
+                .await?
+                .query_one("SELECT count(*) FROM docs WHERE owner = $1", &[&owner])
+                .await?
+                .get(0);
+            let want = if i == home { 20 } else { 0 };
+            assert_eq!(n, want, "{owner} on s{i} (beta came from s{beta_from})");
+        }
+    }
+    drop(proxy);
+    Ok(())
+}

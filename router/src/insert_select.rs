@@ -16,13 +16,14 @@
 //! two-phase commit: conflicts are decided where the conflicting rows live (a unique key that
 //! holds the shard key lives on one shard), and the statement counts what PostgreSQL counts.
 
-use sqlparser::ast::{Insert, SetExpr};
+use sqlparser::ast::{AssignmentTarget, Insert, OnConflictAction, OnInsert, SetExpr};
 
 use crate::config::Config;
 use crate::copy::{copy_into, CopyInto};
 use crate::ident::quote_ident;
 use crate::plan::RouteError;
 use crate::pull::{pulled_tables, temp_qualified, PulledTable};
+use crate::scan::{Kind, Scanner};
 use crate::sqlstate;
 
 /// The staging table's name on the backend that runs the `SELECT`.
@@ -63,7 +64,10 @@ pub struct InsertSelect {
 /// clause, and the table is dropped again before the shard's transaction is prepared.
 #[derive(Debug, Clone)]
 pub struct Upsert {
+    /// The target as the client named it, with its alias.
     table: String,
+    /// The target alone, for the table the rows arrive in.
+    shape: String,
     /// The client's column list, empty for all columns.
     columns: Vec<String>,
     on_conflict: String,
@@ -80,7 +84,7 @@ impl Upsert {
         };
         format!(
             "CREATE UNLOGGED TABLE {rows} AS SELECT {columns} FROM {table} LIMIT 0; COPY {rows} FROM STDIN",
-            table = self.table
+            table = self.shape
         )
     }
 
@@ -161,11 +165,19 @@ fn plan(config: &Config, insert: &Insert, table: &str) -> Result<InsertSelect, R
                 format!("INSERT … SELECT … ON CONFLICT into sharded table {table} must give the shard key {key} itself (a generated key never conflicts); add {key} to the column list and the SELECT"),
             ))
         }
-        Some(on) => Some(Upsert {
-            table: table.to_owned(),
-            columns: columns.clone(),
-            on_conflict: on.to_string(),
-        }),
+        Some(on) => {
+            check_on_conflict(table, &key, on)?;
+            let target = match &insert.table_alias {
+                Some(alias) => format!("{table} AS {}", alias.alias),
+                None => table.to_owned(),
+            };
+            Some(Upsert {
+                table: target,
+                shape: table.to_owned(),
+                columns: columns.clone(),
+                on_conflict: on.to_string(),
+            })
+        }
     };
     let key = quote_ident(&key);
     let stage = format!(
@@ -187,6 +199,45 @@ fn plan(config: &Config, insert: &Insert, table: &str) -> Result<InsertSelect, R
         spec,
         upsert,
     })
+}
+
+/// Refuses what a shard cannot decide alone in an `ON CONFLICT` clause: an update of the shard
+/// key (the row would stay on a shard that no longer owns it), a subquery (it would read that
+/// shard's rows only) and parameters (the clause runs as text of its own on every shard).
+fn check_on_conflict(table: &str, key: &str, on: &OnInsert) -> Result<(), RouteError> {
+    let refuse = |why: String| Err(RouteError::new(sqlstate::FEATURE_NOT_SUPPORTED, why));
+    let OnInsert::OnConflict(conflict) = on else {
+        return refuse(format!(
+            "INSERT … SELECT into {table}: only ON CONFLICT is supported"
+        ));
+    };
+    if let OnConflictAction::DoUpdate(update) = &conflict.action {
+        let targets = update.assignments.iter().flat_map(|a| match &a.target {
+            AssignmentTarget::ColumnName(name) => vec![name],
+            AssignmentTarget::Tuple(names) => names.iter().collect(),
+        });
+        for name in targets {
+            let last = name.0.last().and_then(|part| part.as_ident());
+            let folded = last.map(|i| match i.quote_style {
+                Some(_) => i.value.clone(),
+                None => i.value.to_ascii_lowercase(),
+            });
+            if folded.as_deref() == Some(key) {
+                return refuse(format!("INSERT … SELECT … ON CONFLICT DO UPDATE into {table} cannot change the shard key {key} (the row would stay on a shard that does not own the new key); update the other columns, or delete and insert the row"));
+            }
+        }
+    }
+    for token in Scanner::new(&on.to_string()).flatten() {
+        let select = token.kind == (Kind::Word { quoted: false })
+            && token.text.eq_ignore_ascii_case("select");
+        if select {
+            return refuse(format!("INSERT … SELECT … ON CONFLICT into {table} with a subquery in the ON CONFLICT clause is not supported (each shard would read only its own rows); compute the value in the SELECT and use EXCLUDED"));
+        }
+        if token.kind == Kind::Param {
+            return refuse(format!("INSERT … SELECT … ON CONFLICT into {table} with parameters in the ON CONFLICT clause is not supported; pass the values through the SELECT and use EXCLUDED"));
+        }
+    }
+    Ok(())
 }
 
 fn internal() -> RouteError {
@@ -294,12 +345,24 @@ tables:
         assert!(planned("INSERT INTO users SELECT * FROM archive")
             .upsert
             .is_none());
+        let aliased = planned("INSERT INTO users AS u (id, n) SELECT id, 1 FROM archive ON CONFLICT (id) DO UPDATE SET n = u.n + 1 WHERE u.id > 0");
+        let upsert = aliased.upsert.unwrap_or_else(|| panic!("no upsert"));
+        assert!(upsert
+            .copy_sql("r")
+            .contains("SELECT id, n FROM users LIMIT 0"));
+        assert!(upsert
+            .apply_sql("r")
+            .starts_with("INSERT INTO users AS u (id, n) SELECT * FROM r ON CONFLICT"));
     }
 
     #[test]
     fn returning_keyless_conflicts_and_qualified_reads_are_refused() {
         let config = config();
         for sql in [
+            "INSERT INTO users (id, name) SELECT id, name FROM archive ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id + 1000",
+            "INSERT INTO users (id, name) SELECT id, name FROM archive ON CONFLICT (id) DO UPDATE SET (name, \"id\") = (EXCLUDED.name, 5)",
+            "INSERT INTO users (id, n) SELECT id, 1 FROM archive ON CONFLICT (id) DO UPDATE SET n = (SELECT count(*) FROM archive)",
+            "INSERT INTO users (id, n) SELECT id, 1 FROM archive ON CONFLICT (id) DO UPDATE SET n = $1",
             "INSERT INTO users (name) SELECT name FROM archive ON CONFLICT DO NOTHING",
             "INSERT INTO users SELECT * FROM archive RETURNING id",
             "INSERT INTO users SELECT * FROM sales.archive",

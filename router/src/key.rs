@@ -127,6 +127,15 @@ impl fmt::Display for KeyType {
 }
 
 impl KeyValue {
+    /// The value as PostgreSQL prints it (`key::text`), unquoted: the text SQL the proxy and
+    /// the resharder build quotes as a literal. (`Display` quotes text keys, for messages.)
+    pub fn sql_text(&self) -> String {
+        match self {
+            KeyValue::Text(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// PostgreSQL's extended hash of the value with the hash-partitioning seed.
     pub fn partition_hash(&self) -> u64 {
         match self {

@@ -37,23 +37,6 @@ pub struct Token<'a> {
     pub text: &'a str,
 }
 
-impl Token<'_> {
-    /// A word as PostgreSQL folds it: unquoted to lower case, quoted as written (`""` read as
-    /// `"`).
-    pub fn folded(&self) -> String {
-        match self.kind {
-            Kind::Word { quoted: true } => {
-                let inner = self
-                    .text
-                    .strip_prefix('"')
-                    .and_then(|t| t.strip_suffix('"'));
-                inner.unwrap_or(self.text).replace("\"\"", "\"")
-            }
-            _ => self.text.to_ascii_lowercase(),
-        }
-    }
-}
-
 /// Iterates over the tokens of a statement; `Some(Err(()))` ends a text that does not scan.
 #[derive(Debug, Clone)]
 pub struct Scanner<'a> {

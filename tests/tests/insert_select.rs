@@ -207,6 +207,11 @@ async fn insert_select_generates_keys_and_refuses_what_it_cannot_do_exactly() ->
             "INSERT INTO users (name) SELECT name FROM users ON CONFLICT DO NOTHING",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
+        // Moving a key by updating it would leave the row on a shard that does not own it.
+        (
+            "INSERT INTO users (id, name) SELECT id, name FROM users ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id + 100000",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
         (
             "INSERT INTO orders SELECT * FROM orders RETURNING id",
             SqlState::FEATURE_NOT_SUPPORTED,

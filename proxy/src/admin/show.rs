@@ -47,7 +47,7 @@ pub fn directory(ctx: &ProxyContext) -> Table {
             let shard = config.shards.get(shard).map(|s| s.name.clone());
             table.push(vec![
                 name.clone(),
-                key.to_string(),
+                key.sql_text(),
                 shard.unwrap_or_default(),
             ]);
         }

@@ -142,7 +142,7 @@ fn owned_in<'a>(
         return by_strategy;
     };
     let listed = rule.directory.sorted();
-    let typed = |key: &crate::KeyValue| format!("{}::{key_type}", literal(&key.to_string()));
+    let typed = |key: &crate::KeyValue| format!("{}::{key_type}", literal(&key.sql_text()));
     let here: Vec<String> = listed
         .iter()
         .filter(|(_, id)| name_of(*id) == Some(shard))
@@ -193,11 +193,11 @@ fn owned_by_strategy<'a>(
                 if let Some(from) = &range.from {
                     bounds.push(format!(
                         "{expr} >= {}::{key_type}",
-                        literal(&from.to_string())
+                        literal(&from.sql_text())
                     ));
                 }
                 if let Some(to) = &range.to {
-                    bounds.push(format!("{expr} < {}::{key_type}", literal(&to.to_string())));
+                    bounds.push(format!("{expr} < {}::{key_type}", literal(&to.sql_text())));
                 }
                 owned.push(if bounds.is_empty() {
                     "true".to_owned()

@@ -106,7 +106,7 @@ pub fn read_images_sql(
 
 /// `ARRAY[…]::type[]` of `keys`.
 fn key_array(key_type: KeyType, keys: &[KeyValue]) -> String {
-    let list: Vec<String> = keys.iter().map(|k| literal(&k.to_string())).collect();
+    let list: Vec<String> = keys.iter().map(|k| literal(&k.sql_text())).collect();
     format!("ARRAY[{}]::{key_type}[]", list.join(", "))
 }
 
@@ -154,5 +154,13 @@ mod tests {
             sql.contains("DELETE FROM \"users\" AS d WHERE d.\"id\" = ANY(ARRAY[$s$7$s$]::int8[])")
         );
         assert!(sql.contains("ON CONFLICT (\"id\") DO UPDATE SET \"name\" = EXCLUDED.\"name\""));
+        // Text keys are compared as their own text, not as the quoted form messages show.
+        let sql = read_images_sql(
+            "docs",
+            "owner",
+            KeyType::Text,
+            &[KeyValue::Text("o'k".into())],
+        );
+        assert!(sql.contains("ANY(ARRAY[$s$o'k$s$]::text[])"), "{sql}");
     }
 }

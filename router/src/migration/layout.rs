@@ -360,6 +360,29 @@ mod tests {
     }
 
     #[test]
+    fn ownership_sql_compares_text_keys_as_their_own_text() {
+        let docs = |rule: &str| {
+            config(
+                3,
+                &format!("  - {{name: users, column: name, type: text, {rule}}}\n"),
+            )
+        };
+        let layout = Layout::between(
+            docs("sharding: range, ranges: [{to: m, shard: shard0}, {from: m, shard: shard1}]"),
+            docs("sharding: directory, fallback: range, ranges: [{to: m, shard: shard0}, {from: m, shard: shard1}], directory: [{key: acme, shard: shard2}]"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let users = layout
+            .table("users")
+            .unwrap_or_else(|| panic!("users moves"));
+        let owned = super::super::fence::owned_condition(users, "shard0", "k");
+        assert_eq!(
+            owned,
+            "(k NOT IN ($s$acme$s$::text) AND ((k < $s$m$s$::text)))"
+        );
+    }
+
+    #[test]
     fn same_layout_moves_nothing_and_key_changes_are_refused() {
         assert_eq!(
             Layout::between(hash(2), hash(2)).err(),

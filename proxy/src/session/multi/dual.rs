@@ -352,7 +352,7 @@ fn shard_name(loaded: &Loaded, shard: ShardId) -> String {
 }
 
 /// Runs one query and returns its rows as text; a shard error becomes the client's error.
-pub(super) async fn query_rows(
+async fn query_rows(
     conn: &mut Pooled,
     shard: &str,
     sql: &str,

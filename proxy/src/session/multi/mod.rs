@@ -14,7 +14,6 @@ pub(crate) mod copy_in;
 pub(crate) mod dual;
 pub(crate) mod gather;
 pub(crate) mod insert_select;
-pub(crate) mod narrow;
 pub(crate) mod ordered;
 pub(crate) mod partial;
 pub(crate) mod pull;

@@ -36,7 +36,6 @@ use crate::protocol::Frame;
 use crate::session::link::attach::{drain_to_ready, ready_status};
 use crate::session::link::exchange::{Expect, Mode, Reply};
 use crate::session::multi::gather::{Delivery, MergeFailure, Source};
-use crate::session::multi::narrow;
 use crate::session::{local, ClientError, Session, SessionEnd};
 
 /// Pulled rows are sent to the target in `CopyData` batches of about this size.
@@ -241,21 +240,21 @@ impl Session {
         prologue: &str,
     ) -> Result<(), ClientError> {
         let target_name = self.shard_names(&[target]);
-        let queries = narrow::pull_queries(conn, &target_name, tables).await?;
         let begin = if self.tx.open() { "" } else { "BEGIN;" };
         let mut create = format!("{begin}{prologue};");
         // The router pulls only tables the target holds (its own rows are taken in place).
-        for (table, rows) in tables.iter().zip(&queries) {
+        for table in tables {
             create.push_str(&format!(
-                "CREATE TEMP TABLE {} ON COMMIT DROP AS {rows};",
+                "CREATE TEMP TABLE {} ON COMMIT DROP AS {};",
                 quote_ident(&table.name),
+                table.rows
             ));
         }
         let budget = loaded.config.max_pull_rows;
         let tags = self.run_on(conn, target, &target_name, &create).await?;
         let mut rows: u64 = tags.iter().filter_map(|t| msg::tag_row_count(t)).sum();
         check_budget(rows, budget)?;
-        for (table, query) in tables.iter().zip(&queries) {
+        for table in tables {
             let sources: Vec<ShardId> = table
                 .shards
                 .iter()
@@ -274,7 +273,7 @@ impl Session {
             let mut sink = CopySink::new();
             for source in sources {
                 let pulled = self
-                    .pull_from(loaded, source, query, conn, &mut sink, rows, budget)
+                    .pull_from(loaded, source, &table.rows, conn, &mut sink, rows, budget)
                     .await;
                 match pulled {
                     Ok(count) => rows += count,

@@ -15,8 +15,6 @@
 //! subquery): dropping rows that fail such a condition cannot change the answer, since the
 //! statement still applies every condition itself.
 
-mod columns;
-
 use std::collections::{BTreeMap, BTreeSet};
 
 use sqlparser::ast::{
@@ -40,59 +38,27 @@ pub struct PulledTable {
     /// The shards holding its rows.
     pub shards: Vec<ShardId>,
     /// The query each shard answers with the rows to pull (`SELECT * FROM "t"`, or the rows
-    /// the statement's own conditions on the table keep), every column.
+    /// the statement's own conditions on the table keep).
     pub rows: String,
-    /// The qualifier and the pushed-down condition of `rows`, if it has one.
-    filter: Option<(String, String)>,
-    /// The names the statement may read the table's columns by; `None`: whole rows.
-    reads: Option<BTreeSet<String>>,
-    /// The shard key column, always pulled (a table needs a column).
-    key: Option<String>,
-}
-
-impl PulledTable {
-    /// [`PulledTable::rows`] narrowed to the columns the statement may read; `columns` are the
-    /// table's own, in order (read from the backend that runs the statement). Every column
-    /// when the statement may read whole rows or `columns` is empty.
-    pub fn rows_of(&self, columns: &[String]) -> String {
-        let Some(reads) = &self.reads else {
-            return self.rows.clone();
-        };
-        let kept: Vec<&String> = columns
-            .iter()
-            .filter(|c| reads.contains(*c) || self.key.as_ref() == Some(*c))
-            .collect();
-        if kept.is_empty() || kept.len() == columns.len() {
-            return self.rows.clone();
-        }
-        let table = quote_ident(&self.name);
-        match &self.filter {
-            Some((qualifier, filter)) => {
-                let list: Vec<String> = kept
-                    .iter()
-                    .map(|c| format!("{qualifier}.{}", quote_ident(c)))
-                    .collect();
-                format!(
-                    "SELECT {} FROM {table} AS {qualifier} WHERE {filter}",
-                    list.join(", ")
-                )
-            }
-            None => {
-                let list: Vec<String> = kept.iter().map(|c| quote_ident(c)).collect();
-                format!("SELECT {} FROM {table}", list.join(", "))
-            }
-        }
-    }
-
-    /// Whether the statement may read only some of the table's columns, so the backend's list
-    /// of them is worth asking for.
-    pub fn may_narrow(&self) -> bool {
-        self.reads.is_some()
-    }
 }
 
 /// The sharded tables `sql` reads, for a pull-up; an error when it cannot be pulled up.
 pub fn pulled_tables(config: &Config, sql: &str) -> Result<Vec<PulledTable>, RouteError> {
+    // A name spelled with Unicode escapes (`U&"users"`) would hide a sharded table from the
+    // name checks below and read one shard's rows.
+    let escaped = crate::scan::Scanner::new(sql).flatten().any(|token| {
+        matches!(token.kind, crate::scan::Kind::Word { quoted: true })
+            && token
+                .text
+                .get(..2)
+                .is_some_and(|p| p.eq_ignore_ascii_case("u&"))
+    });
+    if escaped {
+        return Err(RouteError::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "this read needs rows gathered from several shards, and names written with Unicode escapes (U&\"…\") cannot be checked for sharded tables; write the names plainly",
+        ));
+    }
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
         .tokenize()
         .map_err(|e| RouteError::new(sqlstate::SYNTAX_ERROR, e.to_string()))?;
@@ -161,36 +127,18 @@ pub fn pulled_tables(config: &Config, sql: &str) -> Result<Vec<PulledTable>, Rou
     } else {
         pushed_filters(sql)
     };
-    let reads = if names.is_empty() {
-        None
-    } else {
-        columns::read_names(sql, &names)
-    };
     Ok(names
         .into_iter()
         .filter_map(|name| {
-            let rule = config.tables.get(&name)?;
-            let shards = rule.shards(all);
-            let key = rule.key_column().map(str::to_owned);
+            let shards = config.tables.get(&name)?.shards(all);
             let table = quote_ident(&name);
-            let filter = filters
-                .get(&name)
-                .filter(|_| mentions.get(&name) == Some(&1))
-                .cloned();
-            let rows = match &filter {
-                Some((qualifier, filter)) => {
+            let rows = match filters.get(&name) {
+                Some((qualifier, filter)) if mentions.get(&name) == Some(&1) => {
                     format!("SELECT {qualifier}.* FROM {table} AS {qualifier} WHERE {filter}")
                 }
-                None => format!("SELECT * FROM {table}"),
+                _ => format!("SELECT * FROM {table}"),
             };
-            Some(PulledTable {
-                name,
-                shards,
-                rows,
-                filter,
-                reads: reads.clone(),
-                key,
-            })
+            Some(PulledTable { name, shards, rows })
         })
         .collect())
 }
@@ -202,35 +150,41 @@ pub fn pulled_tables(config: &Config, sql: &str) -> Result<Vec<PulledTable>, Rou
 /// reaches the backend unchanged (the pull then refuses nothing it did not refuse before).
 pub fn temp_qualified<'a>(config: &Config, sql: &'a str) -> std::borrow::Cow<'a, str> {
     use crate::scan::{Kind, Scanner};
-    let mut significant: Vec<(usize, crate::scan::Token<'_>)> = Vec::new();
+    let fold = |text: &str| -> String {
+        match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+            Some(quoted) => quoted.replace("\"\"", "\""),
+            None => text.to_ascii_lowercase(),
+        }
+    };
+    let mut significant: Vec<(usize, &str, Kind)> = Vec::new();
     for token in Scanner::new(sql) {
         let Ok(token) = token else {
             return std::borrow::Cow::Borrowed(sql);
         };
         if token.kind != Kind::Blank {
             let offset = token.text.as_ptr() as usize - sql.as_ptr() as usize;
-            significant.push((offset, token));
+            significant.push((offset, token.text, token.kind));
         }
     }
-    let is_word = |token: &crate::scan::Token<'_>| matches!(token.kind, Kind::Word { .. });
+    let is_word = |kind: Kind| matches!(kind, Kind::Word { .. });
     let mut schemas = Vec::new();
     for (i, window) in significant.windows(3).enumerate() {
-        let [(offset, schema), (_, dot), (_, table)] = window else {
+        let [(offset, schema, schema_kind), (_, dot, _), (_, table, table_kind)] = window else {
             continue;
         };
-        let qualified_itself = i > 0 && significant.get(i - 1).is_some_and(|t| t.1.text == ".");
+        let qualified_itself = i > 0 && significant.get(i - 1).is_some_and(|t| t.1 == ".");
         let sharded = config
             .tables
-            .get(&table.folded())
+            .get(&fold(table))
             .is_some_and(|rule| !matches!(rule.sharding, Sharding::Reference));
-        if is_word(schema)
-            && dot.text == "."
-            && is_word(table)
+        if is_word(*schema_kind)
+            && *dot == "."
+            && is_word(*table_kind)
             && !qualified_itself
-            && schema.folded() == "public"
+            && fold(schema) == "public"
             && sharded
         {
-            schemas.push((*offset, schema.text.len()));
+            schemas.push((*offset, schema.len()));
         }
     }
     if schemas.is_empty() {
@@ -552,6 +506,10 @@ tables:
             Err("0A000")
         );
         assert_eq!(names("SELECT * FROM public.countries"), Ok(vec![]));
+        assert_eq!(
+            names("SELECT count(DISTINCT id) FROM public.U&\"users\""),
+            Err("0A000")
+        );
         let config = config();
         for (sql, read) in [
             (
