@@ -353,6 +353,11 @@ async fn a_text_directory_key_moves_and_cleanup_keeps_the_keys_already_listed() 
         cluster
             .yaml
             .replacen("tables:\n", &format!("tables:\n{}", rule(entries)), 1)
+            .replacen(
+                "users:\n",
+                "users:\n  - {name: admin, password: admin, admin: true}\n",
+                1,
+            )
     };
     let (source_yaml, target_yaml) = (
         with("{key: acme, shard: s2}"),
@@ -388,8 +393,37 @@ async fn a_text_directory_key_moves_and_cleanup_keeps_the_keys_already_listed() 
         .table("docs")
         .ok_or_else(|| anyhow::anyhow!("no docs rule"))?
         .shard_for(&KeyValue::Text("beta".into()))?;
-    for step in ["start", "verify", "cutover", "cleanup"] {
-        let (ok, out) = reshard(&[step, "--to", "to.yaml"], &dir)?;
+    let console = format!("127.0.0.1:{}", proxy.addr.port());
+    let (ok, out) = reshard(&["start", "--to", "to.yaml", "--proxy", &console], &dir)?;
+    assert!(ok, "start: {out}");
+    // Dual writes to the moving text key reach its new owner as exact row images.
+    app.batch_execute("UPDATE docs SET body = 'changed' WHERE owner = 'beta' AND n = 1")
+        .await?;
+    app.batch_execute("INSERT INTO docs (owner, n, body) VALUES ('beta', 21, 'new')")
+        .await?;
+    app.batch_execute("DELETE FROM docs WHERE owner = 'beta' AND n = 2")
+        .await?;
+    let beta = "SELECT n, body FROM docs WHERE owner = 'beta' ORDER BY n";
+    let rows = |client: tokio_postgres::Client| async move {
+        let rows = client.query(beta, &[]).await?;
+        anyhow::Ok(
+            rows.iter()
+                .map(|r| (r.get::<_, i32>(0), r.get::<_, String>(1)))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let (old, new) = (
+        rows(cluster.shard(beta_from).await?).await?,
+        rows(cluster.shard(2).await?).await?,
+    );
+    assert_eq!(old.len(), 20);
+    assert_eq!(new, old, "the new owner's copy of beta after dual writes");
+    for (step, proxies) in [("verify", false), ("cutover", true), ("cleanup", false)] {
+        let mut args = vec![step, "--to", "to.yaml"];
+        if proxies {
+            args.extend(["--proxy", console.as_str()]);
+        }
+        let (ok, out) = reshard(&args, &dir)?;
         assert!(ok, "{step}: {out}");
     }
     // Every owner's 20 rows are on exactly the shard the target layout names.

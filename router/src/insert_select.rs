@@ -228,9 +228,12 @@ fn check_on_conflict(table: &str, key: &str, on: &OnInsert) -> Result<(), RouteE
         }
     }
     for token in Scanner::new(&on.to_string()).flatten() {
-        let select = token.kind == (Kind::Word { quoted: false })
-            && token.text.eq_ignore_ascii_case("select");
-        if select {
+        // `TABLE t` and `VALUES …` are query bodies too (`EXISTS (TABLE banned)`).
+        let query = token.kind == (Kind::Word { quoted: false })
+            && ["select", "table", "values"]
+                .iter()
+                .any(|word| token.text.eq_ignore_ascii_case(word));
+        if query {
             return refuse(format!("INSERT … SELECT … ON CONFLICT into {table} with a subquery in the ON CONFLICT clause is not supported (each shard would read only its own rows); compute the value in the SELECT and use EXCLUDED"));
         }
         if token.kind == Kind::Param {

@@ -188,16 +188,26 @@ fn owned_by_strategy<'a>(
         Sharding::Range {
             key_type, ranges, ..
         } => {
+            // The router orders text keys bytewise; so must the database, whatever the
+            // column's collation.
+            let collate = if *key_type == KeyType::Text {
+                " COLLATE \"C\""
+            } else {
+                ""
+            };
             for range in ranges.iter().filter(|r| name_of(r.shard) == Some(shard)) {
                 let mut bounds = Vec::new();
                 if let Some(from) = &range.from {
                     bounds.push(format!(
-                        "{expr} >= {}::{key_type}",
+                        "{expr}{collate} >= {}::{key_type}",
                         literal(&from.sql_text())
                     ));
                 }
                 if let Some(to) = &range.to {
-                    bounds.push(format!("{expr} < {}::{key_type}", literal(&to.sql_text())));
+                    bounds.push(format!(
+                        "{expr}{collate} < {}::{key_type}",
+                        literal(&to.sql_text())
+                    ));
                 }
                 owned.push(if bounds.is_empty() {
                     "true".to_owned()

@@ -378,7 +378,7 @@ mod tests {
         let owned = super::super::fence::owned_condition(users, "shard0", "k");
         assert_eq!(
             owned,
-            "(k NOT IN ($s$acme$s$::text) AND ((k < $s$m$s$::text)))"
+            "(k NOT IN ($s$acme$s$::text) AND ((k COLLATE \"C\" < $s$m$s$::text)))"
         );
     }
 

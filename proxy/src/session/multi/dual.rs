@@ -223,7 +223,7 @@ impl Session {
                 owners.entry(*owner).or_default().push(key.clone());
             }
             for (owner, owned) in owners {
-                let texts: Vec<String> = owned.iter().map(ToString::to_string).collect();
+                let texts: Vec<String> = owned.iter().map(KeyValue::sql_text).collect();
                 let rows: Vec<String> = images
                     .iter()
                     .filter(|row| {
