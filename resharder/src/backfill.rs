@@ -197,6 +197,9 @@ struct Copier<'a> {
     upsert: String,
     select_first: String,
     select_after: String,
+    /// Every row of one key: a batch the limit cut inside a key takes the rest of it (a shard
+    /// key need not be unique, and the next batch starts after the key).
+    select_key: String,
 }
 
 impl<'a> Copier<'a> {
@@ -234,6 +237,10 @@ impl<'a> Copier<'a> {
                 "{select} WHERE {key} > $2::text::{} ORDER BY {key} LIMIT $1 FOR SHARE",
                 table.key_type
             ),
+            select_key: format!(
+                "{select} WHERE {key} = $1::text::{} FOR SHARE",
+                table.key_type
+            ),
         })
     }
 
@@ -241,7 +248,7 @@ impl<'a> Copier<'a> {
     /// and upserts its moving rows into their new owners.
     async fn copy_batch(&mut self, after: Option<&str>, size: i64) -> anyhow::Result<Batch> {
         self.source_client.batch_execute("BEGIN").await?;
-        let rows = match after {
+        let mut rows = match after {
             None => {
                 self.source_client
                     .query(&self.select_first, &[&size])
@@ -253,6 +260,12 @@ impl<'a> Copier<'a> {
                     .await?
             }
         };
+        if rows.len() as i64 == size {
+            if let Some(last) = rows.last().map(|r| r.get::<_, String>(0)) {
+                rows.retain(|r| r.get::<_, String>(0) != last);
+                rows.extend(self.source_client.query(&self.select_key, &[&last]).await?);
+            }
+        }
         let mut by_target: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         let mut last_key = None;
         for row in &rows {

@@ -9,7 +9,7 @@
 //! never deleted from its new owner. Differences found while a dual write is between its two
 //! commits are repaired with the image it is committing anyway, so repairs are always safe.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context;
 use shardline_router::migration::fence;
@@ -170,23 +170,33 @@ impl Ranges<'_> {
             "SELECT {key}::text, row_to_json(t)::text FROM {t} AS t \
              WHERE ($1::text IS NULL OR {key} > $1::text::{kt}) AND ($2::text IS NULL OR {key} <= $2::text::{kt})"
         );
+        // Every row of one key, for ranges cut inside a key (a shard key need not be unique).
+        let read_key = format!(
+            "SELECT {key}::text, row_to_json(t)::text FROM {t} AS t WHERE {key} = $1::text::{kt} FOR SHARE"
+        );
         let mut after: Option<String> = None;
         loop {
             self.client.batch_execute("BEGIN").await?;
-            let rows = self.client.query(&read_source, &[&after]).await?;
+            let mut rows = self.client.query(&read_source, &[&after]).await?;
             let full = rows.len() as i64 == RANGE_ROWS;
             let upper: Option<String> = if full {
                 rows.last().map(|r| r.get(0))
             } else {
                 None
             };
-            // The old owner's moving rows of this range, by new owner.
-            let mut wanted: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+            if let Some(last) = &upper {
+                // The range ends at `last`: take all of its rows, not only those the limit kept.
+                rows.retain(|r| r.get::<_, String>(0) != *last);
+                rows.extend(self.client.query(&read_key, &[last]).await?);
+            }
+            // The old owner's moving rows of this range, by new owner and key.
+            let mut wanted: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
             for row in &rows {
                 let key_text: String = row.get(0);
                 let (_, to) = self.owners(&key_text)?;
                 if to != self.source {
-                    wanted.entry(to).or_default().insert(key_text, row.get(1));
+                    let images = wanted.entry(to).or_default().entry(key_text).or_default();
+                    images.push(row.get(1));
                 }
             }
             for (target, (client, report)) in targets.iter_mut() {
@@ -194,31 +204,47 @@ impl Ranges<'_> {
                     continue;
                 }
                 let mut want = wanted.remove(target).unwrap_or_default();
-                report.expected += want.len() as u64;
-                let mut recopy = Vec::new();
-                let mut extra = Vec::new();
+                report.expected += want.values().map(|images| images.len() as u64).sum::<u64>();
+                // Per key, the copy's rows that match none of the old owner's; the keys with
+                // any difference are made exactly the old owner's.
+                let mut unmatched: BTreeMap<String, u64> = BTreeMap::new();
                 for row in client.query(&read_target, &[&after, &upper]).await? {
                     let key_text: String = row.get(0);
                     if self.owners(&key_text)?.0 != self.source {
                         continue;
                     }
                     let image: String = row.get(1);
-                    match want.remove(&key_text) {
-                        None => extra.push(key_text),
-                        Some(expected) if expected != image => {
-                            report.differing += 1;
-                            recopy.push(expected);
+                    let images = want.get_mut(&key_text);
+                    match images.and_then(|i| i.iter().position(|i| *i == image).map(|p| (i, p))) {
+                        Some((images, found)) => {
+                            images.swap_remove(found);
                         }
-                        Some(_) => {}
+                        None => *unmatched.entry(key_text).or_default() += 1,
                     }
                 }
-                report.missing += want.len() as u64;
-                recopy.extend(want.into_values());
-                report.extra += extra.len() as u64;
-                if self.repair {
-                    self.repair(client, recopy, extra).await.with_context(|| {
-                        format!("could not repair {} on shard {target}", self.table.table)
-                    })?;
+                let mut resync = BTreeSet::new();
+                for (key_text, images) in want {
+                    let left = images.len() as u64;
+                    let stray = unmatched.remove(&key_text).unwrap_or(0);
+                    // A row on both sides that differs counts once, as differing.
+                    let differing = left.min(stray);
+                    report.differing += differing;
+                    report.missing += left - differing;
+                    report.extra += stray - differing;
+                    if left + stray > 0 {
+                        resync.insert(key_text);
+                    }
+                }
+                for (key_text, stray) in unmatched {
+                    report.extra += stray;
+                    resync.insert(key_text);
+                }
+                if self.repair && !resync.is_empty() {
+                    self.repair(client, resync.into_iter().collect())
+                        .await
+                        .with_context(|| {
+                            format!("could not repair {} on shard {target}", self.table.table)
+                        })?;
                 }
             }
             self.client.batch_execute("COMMIT").await?;
@@ -229,28 +255,16 @@ impl Ranges<'_> {
         }
     }
 
-    /// Overwrites copies with `images` and deletes the copies of `extra` keys the old owner
-    /// still lacks once they are locked.
-    async fn repair(
-        &self,
-        target: &Client,
-        images: Vec<String>,
-        extra: Vec<String>,
-    ) -> anyhow::Result<()> {
-        if !images.is_empty() {
-            target
-                .execute(&self.upsert, &[&format!("[{}]", images.join(","))])
-                .await?;
-        }
-        if extra.is_empty() {
-            return Ok(());
-        }
-        let keys = extra
+    /// Makes the copies of `keys` exactly the old owner's rows of them: the keys are locked as
+    /// dual writes lock them, their rows read under a share lock, and on `target` every row of
+    /// those keys that is not one of them is deleted and the rest upserted.
+    async fn repair(&self, target: &Client, keys: Vec<String>) -> anyhow::Result<()> {
+        let parsed = keys
             .iter()
             .map(|k| self.table.parse_key(k).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<Vec<_>>>()?;
         self.client
-            .batch_execute(&lock_keys_sql(&self.table.table, &keys))
+            .batch_execute(&lock_keys_sql(&self.table.table, &parsed))
             .await?;
         let t = ident(&self.table.table);
         let key = ident(&self.table.key_column);
@@ -259,7 +273,7 @@ impl Ranges<'_> {
             .client
             .query(
                 &format!("SELECT row_to_json(t)::text FROM {t} AS t WHERE t.{key} = ANY($1::text[]::{kt}[]) FOR SHARE"),
-                &[&extra],
+                &[&keys],
             )
             .await?
             .iter()
@@ -269,9 +283,9 @@ impl Ranges<'_> {
             .execute(
                 &format!(
                     "DELETE FROM {t} AS d WHERE d.{key} = ANY($1::text[]::{kt}[]) \
-                     AND NOT d.{key} = ANY(ARRAY(SELECT (r ->> $3)::{kt} FROM json_array_elements($2::text::json) AS r))"
+                     AND NOT (row_to_json(d)::text = ANY($2::text[]))"
                 ),
-                &[&extra, &format!("[{}]", present.join(",")), &self.table.key_column],
+                &[&keys, &present],
             )
             .await?;
         if !present.is_empty() {

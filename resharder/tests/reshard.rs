@@ -394,8 +394,17 @@ async fn a_text_directory_key_moves_and_cleanup_keeps_the_keys_already_listed() 
         .ok_or_else(|| anyhow::anyhow!("no docs rule"))?
         .shard_for(&KeyValue::Text("beta".into()))?;
     let console = format!("127.0.0.1:{}", proxy.addr.port());
-    let (ok, out) = reshard(&["start", "--to", "to.yaml", "--proxy", &console], &dir)?;
+    let (ok, out) = reshard(
+        &[
+            "start", "--to", "to.yaml", "--batch", "7", "--proxy", &console,
+        ],
+        &dir,
+    )?;
     assert!(ok, "start: {out}");
+    // Batches of 7 cut inside every owner's 20 rows; the copies are whole, so verify finds
+    // nothing to repair.
+    let (ok, out) = reshard(&["verify", "--to", "to.yaml"], &dir)?;
+    assert!(ok && out.contains("\n0 rows repaired"), "{out}");
     // Dual writes to the moving text key reach its new owner as exact row images.
     app.batch_execute("UPDATE docs SET body = 'changed' WHERE owner = 'beta' AND n = 1")
         .await?;
@@ -418,7 +427,22 @@ async fn a_text_directory_key_moves_and_cleanup_keeps_the_keys_already_listed() 
     );
     assert_eq!(old.len(), 20);
     assert_eq!(new, old, "the new owner's copy of beta after dual writes");
-    for (step, proxies) in [("verify", false), ("cutover", true), ("cleanup", false)] {
+    // The copy is damaged behind the proxy's back, and verify restores it.
+    cluster
+        .shard(2)
+        .await?
+        .batch_execute(
+            "DELETE FROM docs WHERE owner = 'beta' AND n = 5;
+             UPDATE docs SET body = 'damaged' WHERE owner = 'beta' AND n = 6;
+             INSERT INTO docs VALUES ('beta', 99, 'stray')",
+        )
+        .await?;
+    let (ok, out) = reshard(&["verify", "--to", "to.yaml"], &dir)?;
+    // Rows of one key are paired as they come: a missing and an extra row count as differing.
+    assert!(ok && out.contains("\n2 rows repaired"), "{out}");
+    let new = rows(cluster.shard(2).await?).await?;
+    assert_eq!(new, old, "the new owner's copy of beta after verify");
+    for (step, proxies) in [("cutover", true), ("cleanup", false)] {
         let mut args = vec![step, "--to", "to.yaml"];
         if proxies {
             args.extend(["--proxy", console.as_str()]);
