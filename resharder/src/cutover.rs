@@ -136,7 +136,13 @@ async fn switch(
         Vec::new()
     } else {
         eprintln!("cutover: checksums differ; repairing row by row");
-        verify::verify(layout, shards, true).await?
+        let reports = verify::verify(layout, shards, true).await?;
+        // The switch rests on the copies being exact: a repair is trusted only once the
+        // checksums agree.
+        if !verify::checksums_match(layout, shards).await? {
+            bail!("the copies still differ from their old owners after a repair; run verify, then cutover again");
+        }
+        reports
     };
     step("checking");
     for table in &layout.tables {
