@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::copy::{copy_into, CopyInto};
 use crate::ident::quote_ident;
 use crate::plan::RouteError;
-use crate::pull::{pulled_tables, temp_qualified, PulledTable};
+use crate::pull::{fold, pulled_tables, temp_qualified, PulledTable};
 use crate::scan::{Kind, Scanner};
 use crate::sqlstate;
 
@@ -217,11 +217,7 @@ fn check_on_conflict(table: &str, key: &str, on: &OnInsert) -> Result<(), RouteE
             AssignmentTarget::Tuple(names) => names.iter().collect(),
         });
         for name in targets {
-            let last = name.0.last().and_then(|part| part.as_ident());
-            let folded = last.map(|i| match i.quote_style {
-                Some(_) => i.value.clone(),
-                None => i.value.to_ascii_lowercase(),
-            });
+            let folded = name.0.last().and_then(|part| part.as_ident()).map(fold);
             if folded.as_deref() == Some(key) {
                 return refuse(format!("INSERT … SELECT … ON CONFLICT DO UPDATE into {table} cannot change the shard key {key} (the row would stay on a shard that does not own the new key); update the other columns, or delete and insert the row"));
             }

@@ -375,7 +375,7 @@ const SQL_VALUE_FUNCTIONS: &[&str] = &[
 ];
 
 /// An identifier folded as PostgreSQL folds it.
-fn fold(ident: &sqlparser::ast::Ident) -> String {
+pub(crate) fn fold(ident: &sqlparser::ast::Ident) -> String {
     if ident.quote_style.is_some() {
         ident.value.clone()
     } else {
