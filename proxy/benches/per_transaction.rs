@@ -6,15 +6,14 @@
 //!
 //!     cargo bench -p shardline --bench per_transaction
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use shardline::context::ProxyContext;
+use shardline::context::{LastShape, ProxyContext};
 use shardline::protocol::backend as msg;
 use shardline::reload::ConfigSource;
-use shardline::session::settings::sync_sql;
+use shardline::session::settings::{sync_sql, Settings};
 use shardline_router::{Config, Param, Route};
 
 const CONFIG: &str = "
@@ -47,11 +46,12 @@ fn per_transaction(c: &mut Criterion) {
         .map(|i| format!("SELECT name FROM users WHERE id = {}", i * 7919 % 100_000))
         .collect();
     texts.shrink_to_fit();
+    let mut last = LastShape::default();
     group.bench_function("simple: scan, cached plan, route", |b| {
         b.iter(|| {
             id = id.wrapping_add(1);
             let sql = &texts[id as usize % texts.len()];
-            let (plan, literals) = ctx.plan_simple(&loaded, sql);
+            let (plan, literals) = ctx.plan_simple(&loaded, sql, &mut last);
             let params: Vec<Param<'_>> =
                 literals.iter().map(|l| Param::Text(l.as_bytes())).collect();
             let route = plan.route(&loaded.config, &params);
@@ -72,17 +72,22 @@ fn per_transaction(c: &mut Criterion) {
         })
     });
 
-    let settings: BTreeMap<String, String> = [
+    let pairs = [
         ("application_name", "'pgbench'"),
         ("client_encoding", "'UTF8'"),
         ("datestyle", "'ISO, MDY'"),
     ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let applied = settings.clone();
-    group.bench_function("settings: backend already in line", |b| {
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let settings: Settings = pairs.clone().into_iter().collect();
+    // Synced to another client with the same settings (equal, not shared).
+    let applied: Settings = pairs.into_iter().collect();
+    group.bench_function("settings: backend in line, compared", |b| {
         b.iter(|| black_box(sync_sql(Some(&applied), &settings)))
+    });
+    // Synced to this client last time (the map is shared).
+    let shared = settings.clone();
+    group.bench_function("settings: backend in line, shared", |b| {
+        b.iter(|| black_box(sync_sql(Some(&shared), &settings)))
     });
 
     group.bench_function("stats: record one exchange", |b| {

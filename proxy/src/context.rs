@@ -25,8 +25,8 @@ use crate::shutdown::Shutdown;
 use crate::stats::QueryStats;
 use crate::tls::ServerTls;
 
-/// Most distinct sets of reported settings shared between clients.
-const SHARED_REPORTED_LIMIT: usize = 64;
+/// Most distinct sets of settings shared between clients.
+const SHARED_SETTINGS_LIMIT: usize = 64;
 
 /// Most plans kept before the cache is cleared (bounded memory under literal-heavy workloads).
 const PLAN_CACHE_LIMIT: usize = 10_000;
@@ -63,10 +63,10 @@ pub struct ProxyContext {
     /// Parameters each shard target reported at its first login, reported to clients at
     /// theirs (so a login does not need a free backend).
     server_params: Mutex<HashMap<BackendTarget, Vec<(String, String)>>>,
-    /// The reported settings clients were told at login, each distinct set kept once: nearly
-    /// every client of a proxy is told the same, and 10,000 idle clients should not hold
-    /// 10,000 copies.
-    reported: Mutex<Vec<Arc<BTreeMap<String, String>>>>,
+    /// The settings clients were told at login and asked for in their startup packets, each
+    /// distinct set kept once: nearly every client of a proxy has the same, 10,000 idle
+    /// clients should not hold 10,000 copies, and identical sets compare by identity.
+    shared: Mutex<Vec<Arc<BTreeMap<String, String>>>>,
     /// Statements, errors and transactions per shard.
     pub stats: QueryStats,
     /// `PAUSE` / `RESUME`, checked before each new transaction.
@@ -130,7 +130,7 @@ impl ProxyContext {
             plans: Mutex::new(PlanCache::default()),
             next_version: AtomicU64::new(2),
             server_params: Mutex::new(HashMap::new()),
-            reported: Mutex::default(),
+            shared: Mutex::default(),
             stats,
             pause: PauseGate::default(),
             shutdown: Shutdown::default(),
@@ -207,20 +207,22 @@ impl ProxyContext {
             .insert(target, params);
     }
 
-    /// `reported`, shared with the clients told the same settings before.
-    pub fn shared_reported(
+    /// `settings` (reported to a client, or asked for at its startup), shared with the
+    /// clients that had the same before: one copy in memory, and backends synced to one
+    /// client's settings are seen to match the next client's by identity.
+    pub fn shared_settings(
         &self,
-        reported: BTreeMap<String, String>,
+        settings: BTreeMap<String, String>,
     ) -> Arc<BTreeMap<String, String>> {
-        let mut shared = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(known) = shared.iter().find(|known| ***known == reported) {
+        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = shared.iter().find(|known| ***known == settings) {
             return known.clone();
         }
-        let reported = Arc::new(reported);
-        if shared.len() < SHARED_REPORTED_LIMIT {
-            shared.push(reported.clone());
+        let settings = Arc::new(settings);
+        if shared.len() < SHARED_SETTINGS_LIMIT {
+            shared.push(settings.clone());
         }
-        reported
+        settings
     }
 
     /// The routing plan of `sql` under `loaded`, analysed once per config version.
@@ -242,10 +244,21 @@ impl ProxyContext {
 
     /// The plan of a simple-protocol statement, shared by every statement of the same shape
     /// (constants replaced by parameters), and the constants to route it with.
-    pub fn plan_simple<'s>(&self, loaded: &Loaded, sql: &'s str) -> (Arc<Plan>, Vec<Cow<'s, str>>) {
+    /// `last` is the caller's memo of its previous shape: a client repeating a statement
+    /// shape (nearly every client, nearly always) finds its plan there, without the shared
+    /// cache's lock or a hash of the text.
+    pub fn plan_simple<'s>(
+        &self,
+        loaded: &Loaded,
+        sql: &'s str,
+        last: &mut LastShape,
+    ) -> (Arc<Plan>, Vec<Cow<'s, str>>) {
         let Some(shape) = shardline_router::normalize::normalize(sql) else {
             return (self.plan(loaded, sql), Vec::new());
         };
+        if let Some(plan) = last.plan_of(loaded.version, &shape.text) {
+            return (plan.clone(), shape.literals);
+        }
         let cached = {
             let cache = self.plans.lock().unwrap_or_else(PoisonError::into_inner);
             (cache.version == loaded.version)
@@ -266,9 +279,31 @@ impl ProxyContext {
             }
         };
         match plan {
-            Some(plan) => (plan, shape.literals),
+            Some(plan) => {
+                last.remember(loaded.version, shape.text, plan.clone());
+                (plan, shape.literals)
+            }
             None => (self.plan(loaded, sql), Vec::new()),
         }
+    }
+}
+
+/// One client's last simple-protocol statement shape and its plan (see
+/// [`ProxyContext::plan_simple`]).
+#[derive(Default)]
+pub struct LastShape(Option<(u64, String, Arc<Plan>)>);
+
+impl LastShape {
+    /// The plan of `shape` if it is the last one, planned under config `version`.
+    fn plan_of(&self, version: u64, shape: &str) -> Option<&Arc<Plan>> {
+        match &self.0 {
+            Some((v, text, plan)) if *v == version && text == shape => Some(plan),
+            _ => None,
+        }
+    }
+
+    fn remember(&mut self, version: u64, shape: String, plan: Arc<Plan>) {
+        self.0 = Some((version, shape, plan));
     }
 }
 

@@ -2,14 +2,15 @@
 //!
 //! The session reports each exchange once it ends ([`QueryStats::record_query`] for a
 //! single-shard statement, [`QueryStats::record_scatter`] for one sent to several shards).
-//! Counters are looked up by shard name without allocating, so recording costs a hash lookup
-//! under a read lock and a few atomic increments.
+//! Counters are found by shard id in an index built once per config version, so recording
+//! costs no lock and no hash: a lock-free load and a few atomic increments.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -85,9 +86,17 @@ pub struct ShardTotals {
     pub busy_micros: u64,
 }
 
+/// The counters of each shard of one config version, by shard id.
+#[derive(Default)]
+struct ShardIndex {
+    version: Option<u64>,
+    counters: Vec<Arc<ShardCounters>>,
+}
+
 /// Statistics of every shard the proxy has sent statements to.
 pub struct QueryStats {
     shards: RwLock<HashMap<String, Arc<ShardCounters>>>,
+    by_id: ArcSwap<ShardIndex>,
     queries: Family<ShardRoute, Counter>,
     errors: Family<ShardRoute, Counter>,
     transactions: Family<ShardLabel, Counter>,
@@ -107,6 +116,7 @@ impl Default for QueryStats {
             Family::new_with_constructor(latency_histogram);
         QueryStats {
             shards: RwLock::default(),
+            by_id: ArcSwap::default(),
             queries: Family::default(),
             errors: Family::default(),
             transactions: Family::default(),
@@ -157,18 +167,16 @@ impl QueryStats {
         ended_transaction: bool,
         elapsed: Duration,
     ) {
-        let Some(name) = loaded.config.shards.get(shard).map(|s| s.name.as_str()) else {
-            return;
-        };
-        let counters = self.counters(name);
-        counters.single.inc();
-        if !ok {
-            counters.single_errors.inc();
-        }
-        if ended_transaction {
-            counters.transactions.inc();
-        }
-        counters.add_busy(elapsed);
+        self.with_counters(loaded, shard, |counters| {
+            counters.single.inc();
+            if !ok {
+                counters.single_errors.inc();
+            }
+            if ended_transaction {
+                counters.transactions.inc();
+            }
+            counters.add_busy(elapsed);
+        });
         self.single_latency.observe(elapsed);
     }
 
@@ -176,16 +184,14 @@ impl QueryStats {
     /// so it ends one on each).
     pub fn record_scatter(&self, loaded: &Loaded, shards: &[ShardId], ok: bool, elapsed: Duration) {
         for shard in shards {
-            let Some(name) = loaded.config.shards.get(*shard).map(|s| s.name.as_str()) else {
-                continue;
-            };
-            let counters = self.counters(name);
-            counters.scatter.inc();
-            if !ok {
-                counters.scatter_errors.inc();
-            }
-            counters.transactions.inc();
-            counters.add_busy(elapsed);
+            self.with_counters(loaded, *shard, |counters| {
+                counters.scatter.inc();
+                if !ok {
+                    counters.scatter_errors.inc();
+                }
+                counters.transactions.inc();
+                counters.add_busy(elapsed);
+            });
         }
         self.scatter_latency.observe(elapsed);
     }
@@ -208,6 +214,31 @@ impl QueryStats {
             .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows
+    }
+
+    /// Runs `record` on the counters of `shard` under `loaded`'s config.
+    fn with_counters(&self, loaded: &Loaded, shard: ShardId, record: impl FnOnce(&ShardCounters)) {
+        let index = self.by_id.load();
+        if index.version == Some(loaded.version) {
+            if let Some(counters) = index.counters.get(shard) {
+                record(counters);
+            }
+            return;
+        }
+        drop(index);
+        let counters: Vec<Arc<ShardCounters>> = loaded
+            .config
+            .shards
+            .iter()
+            .map(|s| self.counters(&s.name))
+            .collect();
+        if let Some(found) = counters.get(shard) {
+            record(found);
+        }
+        self.by_id.store(Arc::new(ShardIndex {
+            version: Some(loaded.version),
+            counters,
+        }));
     }
 
     fn counters(&self, shard: &str) -> Arc<ShardCounters> {

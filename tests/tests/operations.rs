@@ -213,6 +213,100 @@ async fn admin_console_answers_with_the_documented_columns() -> anyhow::Result<(
     Ok(())
 }
 
+/// The pool keeps `min_idle` connections open, grows to its size under load, and closes
+/// connections idle past `idle_timeout_s` (back down to `min_idle`); what it counts, what
+/// `SHOW SERVERS` lists and what the shard itself has open agree throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_keep_min_idle_open_and_close_connections_idle_too_long() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("pool-idle", 1).await?;
+    let extra = "pool:\n  size: 4\n  min_idle: 2\n  idle_timeout_s: 1\n";
+    let shard = cluster.shard(0).await?;
+    let app_sessions = || async {
+        let rows = shard
+            .query(
+                "SELECT pid::text FROM pg_stat_activity \
+                 WHERE usename = 'app' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await?;
+        anyhow::Ok(
+            rows.iter()
+                .map(|row| row.get::<_, String>(0))
+                .collect::<Vec<_>>(),
+        )
+    };
+    // Sessions of the cluster's own proxy, not this test's.
+    let others = app_sessions().await?;
+    let file = ConfigFile::new("pool-idle", &ops_yaml(&cluster, extra))?;
+    let proxy = file.serve(false).await?;
+    let port = proxy.addr.port();
+    let admin = console(port).await?;
+    // The pool's open connections as it counts them, as SHOW SERVERS lists them, and as the
+    // shard sees them (the proxy's backends log in as `app`).
+    let counts = || async {
+        let pool = show(&admin, "SHOW POOLS")
+            .await?
+            .records()
+            .into_iter()
+            .find(|p| p["user"] == "app")
+            .map(|p| {
+                let number = |c: &str| p[c].parse::<usize>().unwrap_or(usize::MAX);
+                number("in_use") + number("idle")
+            });
+        let mut listed: Vec<String> = show(&admin, "SHOW SERVERS").await?.column("pid");
+        listed.sort();
+        let mut on_shard: Vec<String> = app_sessions()
+            .await?
+            .into_iter()
+            .filter(|pid| !others.contains(pid))
+            .collect();
+        on_shard.sort();
+        anyhow::Ok((pool, listed, on_shard))
+    };
+    let settled_at = |size: usize| {
+        let counts = &counts;
+        async move {
+            let (pool, listed, on_shard) = counts().await?;
+            Ok(
+                (pool == Some(size) && listed.len() == size && listed == on_shard)
+                    .then_some(listed),
+            )
+        }
+    };
+    // Once a client used the pool, it keeps min_idle connections open.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(connect(&app_conninfo(port)).await?);
+    }
+    clients[0].batch_execute("SELECT 1").await?;
+    eventually("min_idle connections open", Duration::from_secs(10), || {
+        settled_at(2)
+    })
+    .await?;
+
+    // Four transactions at once need four connections.
+    let held = futures::future::try_join_all(
+        clients
+            .iter()
+            .map(|c| c.batch_execute("BEGIN; SELECT pg_sleep(0.5); COMMIT")),
+    );
+    held.await?;
+    let grown = counts().await?;
+    assert_eq!(grown.0, Some(4), "{grown:?}");
+    assert_eq!(grown.1, grown.2, "{grown:?}");
+
+    // Idle past a second, the extra ones close; min_idle stays.
+    let kept = eventually("idle connections closed", Duration::from_secs(15), || {
+        settled_at(2)
+    })
+    .await?;
+    assert_eq!(kept.len(), 2);
+    // The pool still serves.
+    let row = clients[0].query_one("SELECT 1::int4", &[]).await?;
+    assert_eq!(row.get::<_, i32>(0), 1);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_parse_as_prometheus_text_and_move_with_traffic() -> anyhow::Result<()> {
     let cluster = TestCluster::start("metrics", 2).await?;

@@ -5,7 +5,7 @@
 //! bytes. It also records the state the proxy put on the session — applied settings and
 //! prepared statements — so a later client can reuse the connection without replaying them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use super::breaker::Breaker;
 use crate::protocol::backend::tag;
 use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::{Frame, FrameError, FrameReader};
+use crate::session::settings::Settings;
 use crate::socket::{self, SocketRead, SocketWrite};
 
 /// Largest message accepted from a shard (rows can be big; PostgreSQL caps a field at 1 GB).
@@ -153,7 +154,7 @@ pub struct Backend {
     pub server_params: Vec<(String, String)>,
     /// Session settings the proxy applied with `SET`; `None` when unknown (after a rollback
     /// could have undone some), which forces a full reset before the next use.
-    pub settings: Option<BTreeMap<String, String>>,
+    pub settings: Option<Settings>,
     /// Proxy-named prepared statements that exist on this connection.
     pub prepared: HashSet<u64>,
     pub created: Instant,
@@ -239,7 +240,7 @@ impl Backend {
                 secret: 0,
             },
             server_params: Vec::new(),
-            settings: Some(BTreeMap::new()),
+            settings: Some(Settings::new()),
             prepared: HashSet::new(),
             created: Instant::now(),
             broken: false,

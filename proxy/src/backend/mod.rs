@@ -4,4 +4,5 @@ pub mod breaker;
 pub mod conn;
 pub mod pool;
 pub mod registry;
+mod slots;
 pub mod tls;

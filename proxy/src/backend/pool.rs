@@ -1,9 +1,13 @@
 //! Pools of backend connections, one per (shard address, user, database).
 //!
-//! Built on `deadpool::managed`: it bounds the pool, queues waiters fairly and times out
-//! checkouts. Our [`Manager`] decides what a healthy connection is (not broken, not past its
-//! lifetime or idle timeout) and reports every connection it opens or lets go to the
-//! [`Backends`] registry; a maintenance task evicts idle connections and keeps `min_idle` warm.
+//! Each pool's bookkeeping is [`Slots`]: a bound on its size, idle connections served most
+//! recently returned first, and a fair queue of waiters with a bound of its own. Taking a free
+//! connection is a few atomic operations and one short lock, with no clock read and no
+//! future state beyond a pointer; waiting and opening connections are the slow path. The
+//! [`Manager`] opens connections, decides which may serve again (not broken, idle, not closed
+//! by the shard, within their lifetime) and reports every connection it opens or lets go to
+//! the [`Backends`] registry; a maintenance task evicts idle connections and keeps `min_idle`
+//! warm.
 //!
 //! When a reload removes or re-addresses a shard, the pools of targets the new config no longer
 //! names are *retired*: their idle connections close at once, busy ones finish their
@@ -12,15 +16,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use deadpool::managed::{
-    self, Metrics, Object, PoolError, QueueMode, RecycleError, RecycleResult, Status, TimeoutType,
-    Timeouts,
-};
-use deadpool::Runtime;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -29,9 +29,10 @@ use shardline_router::config::PoolSettings;
 use super::breaker::{Breaker, Refusal};
 use super::conn::{Backend, BackendError, BackendTarget};
 use super::registry::{address, BackendLabels, Backends};
+use super::slots::{SlotCounts, Slots, Taken, WaitError};
 use crate::metrics::histogram::DurationHistogram;
 
-/// Creates and checks [`Backend`] connections for one pool.
+/// Opens and checks [`Backend`] connections for one pool.
 pub struct Manager {
     target: BackendTarget,
     settings: PoolSettings,
@@ -43,17 +44,13 @@ pub struct Manager {
     checkout_failures: Counter,
 }
 
-impl managed::Manager for Manager {
-    type Type = Backend;
-    type Error = BackendError;
-
-    async fn create(&self) -> Result<Backend, BackendError> {
-        // Boxed: a login's state is large and rare, and every checkout's future would carry it.
-        match Box::pin(Backend::connect(
+impl Manager {
+    async fn open(&self) -> Result<Backend, BackendError> {
+        match Backend::connect(
             &self.target,
             self.settings.connect_timeout,
             self.settings.keepalive,
-        ))
+        )
         .await
         {
             Ok(mut conn) => {
@@ -76,38 +73,146 @@ impl managed::Manager for Manager {
         }
     }
 
-    async fn recycle(&self, conn: &mut Backend, metrics: &Metrics) -> RecycleResult<BackendError> {
-        if conn.broken || conn.closed_while_idle() {
-            return Err(RecycleError::message("connection is broken"));
-        }
-        if !conn.idle {
-            // Returned mid-statement or inside a transaction (a client cut off by a shutdown,
-            // a task that ended early): never hand that state to another client.
-            return Err(RecycleError::message(
-                "connection was not idle when returned",
-            ));
-        }
-        let now = Instant::now();
-        if now.saturating_duration_since(conn.created) > self.settings.max_lifetime {
-            return Err(RecycleError::message("connection reached max_lifetime"));
-        }
-        let last_used = metrics.recycled.unwrap_or(metrics.created);
-        if now.saturating_duration_since(last_used) > self.settings.idle_timeout {
-            return Err(RecycleError::message("connection was idle too long"));
-        }
-        Ok(())
+    /// Whether a connection coming back may serve another client: one returned
+    /// mid-statement or inside a transaction (a client cut off by a shutdown, a task that
+    /// ended early) must never hand that state on.
+    fn may_return(&self, conn: &Backend, now: Instant) -> bool {
+        !conn.broken
+            && conn.idle
+            && now.saturating_duration_since(conn.created) <= self.settings.max_lifetime
     }
 
-    fn detach(&self, conn: &mut Backend) {
-        self.backends.closed(conn);
+    /// Whether an idle connection is still good: the shard did not close it meanwhile.
+    fn still_good(conn: &mut Backend) -> bool {
+        !conn.broken && !conn.closed_while_idle()
+    }
+
+    /// Whether an idle connection stays in the pool at a maintenance pass.
+    fn keeps_idle(conn: &Backend, since: Instant, settings: &PoolSettings) -> bool {
+        since.elapsed() < settings.idle_timeout && conn.created.elapsed() < settings.max_lifetime
+    }
+}
+
+struct PoolInner {
+    manager: Manager,
+    slots: Slots<Box<Backend>>,
+}
+
+impl Drop for PoolInner {
+    fn drop(&mut self) {
+        self.slots.close();
     }
 }
 
 /// One pool of connections to one shard as one user to one database.
-pub type Pool = managed::Pool<Manager>;
+#[derive(Clone)]
+pub struct Pool(Arc<PoolInner>);
+
+impl Pool {
+    fn manager(&self) -> &Manager {
+        &self.0.manager
+    }
+
+    fn slots(&self) -> &Slots<Box<Backend>> {
+        &self.0.slots
+    }
+
+    /// A checked-out handle on `conn`.
+    fn hand_out(&self, mut conn: Box<Backend>, settings: &PoolSettings) -> Pooled {
+        conn.checked_out(settings.query_timeout);
+        Pooled {
+            conn: Some(conn),
+            pool: self.clone(),
+        }
+    }
+
+    /// A connection for what a checkout took: the idle one if it is still good, else a new
+    /// one. `None` when the idle one had gone bad (it was closed; take again).
+    async fn fill(
+        &self,
+        taken: Taken<Box<Backend>>,
+        settings: &PoolSettings,
+    ) -> Option<Result<Pooled, CheckoutError>> {
+        match taken {
+            Taken::Idle(mut conn) => {
+                if Manager::still_good(&mut conn) {
+                    return Some(Ok(self.hand_out(conn, settings)));
+                }
+                self.slots().let_go(conn);
+                None
+            }
+            Taken::Open => {
+                let room = Room(self.slots());
+                // Boxed: a login's state is large and rare, and every checkout would carry it.
+                Some(match Box::pin(self.manager().open()).await {
+                    Ok(conn) => {
+                        room.keep();
+                        Ok(self.hand_out(Box::new(conn), settings))
+                    }
+                    Err(e) => Err(CheckoutError::Backend(e)),
+                })
+            }
+        }
+    }
+}
+
+/// The room a checkout took to open a connection: given back unless [`Room::keep`] says the
+/// connection opened (so a failed or cancelled open frees it).
+struct Room<'a>(&'a Slots<Box<Backend>>);
+
+impl Room<'_> {
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        self.0.vacate();
+    }
+}
 
 /// A checked-out connection; dropping it returns the connection to its pool.
-pub type Pooled = Object<Manager>;
+pub struct Pooled {
+    /// Always `Some` until the handle is dropped.
+    conn: Option<Box<Backend>>,
+    pool: Pool,
+}
+
+impl Deref for Pooled {
+    type Target = Backend;
+
+    fn deref(&self) -> &Backend {
+        match &self.conn {
+            Some(conn) => conn,
+            None => unreachable!("a pooled connection is taken only when its handle drops"),
+        }
+    }
+}
+
+impl DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Backend {
+        match &mut self.conn {
+            Some(conn) => conn,
+            None => unreachable!("a pooled connection is taken only when its handle drops"),
+        }
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let (manager, slots) = (self.pool.manager(), self.pool.slots());
+        let now = Instant::now();
+        if manager.may_return(&conn, now) {
+            slots.give_back(conn, now);
+        } else {
+            slots.let_go(conn);
+        }
+    }
+}
 
 /// Why no connection could be checked out.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +258,7 @@ pub struct PoolView {
     /// The config no longer names this target: it only finishes its busy connections.
     pub retired: bool,
     /// Size, idle and waiting counts from the pool.
-    pub status: Status,
+    pub status: SlotCounts,
 }
 
 impl PoolView {
@@ -234,15 +339,11 @@ impl Pools {
             checkout_wait: self.checkout_wait.get_or_create_owned(&labels),
             checkout_failures: self.checkout_failures.get_or_create_owned(&labels),
         };
-        // LIFO, as PgBouncer does: the most recently used connection serves next, so a few
-        // warm backends do the work (their caches and prepared statements stay hot) and the
-        // rest age out through the idle timeout.
-        let pool = Pool::builder(manager)
-            .max_size(settings.size)
-            .queue_mode(QueueMode::Lifo)
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|_| CheckoutError::Closed)?;
+        let backends = self.backends.clone();
+        let slots = Slots::new(settings.size, move |conn: Box<Backend>| {
+            backends.closed(&conn)
+        });
+        let pool = Pool(Arc::new(PoolInner { manager, slots }));
         pools.insert(target.clone(), pool.clone());
         Ok(pool)
     }
@@ -271,6 +372,30 @@ impl Pools {
         settings: &PoolSettings,
     ) -> Result<Pooled, CheckoutError> {
         let manager = pool.manager();
+        manager.breaker.admit()?;
+        // The common case, a free connection still good, takes no clock read and no timer.
+        match pool.slots().take_now() {
+            Some(Taken::Idle(mut conn)) => {
+                if Manager::still_good(&mut conn) {
+                    manager.checkout_wait.observe(Duration::ZERO);
+                    return Ok(pool.hand_out(conn, settings));
+                }
+                pool.slots().let_go(conn);
+            }
+            // Opening is the slow path's work: it takes its place again there.
+            Some(Taken::Open) => pool.slots().vacate(),
+            None => {}
+        }
+        Box::pin(Pools::checkout_waiting(pool, settings)).await
+    }
+
+    /// [`Pools::checkout_from`] once no good connection was free at once: opens one, or
+    /// waits for one to come back.
+    async fn checkout_waiting(
+        pool: &Pool,
+        settings: &PoolSettings,
+    ) -> Result<Pooled, CheckoutError> {
+        let manager = pool.manager();
         let started = Instant::now();
         let mut result = Pools::try_checkout(pool, settings).await;
         if let Err(CheckoutError::Backend(e)) = &result {
@@ -283,11 +408,8 @@ impl Pools {
             }
         }
         manager.checkout_wait.observe(started.elapsed());
-        match &mut result {
-            Ok(conn) => conn.checked_out(settings.query_timeout),
-            Err(_) => {
-                manager.checkout_failures.inc();
-            }
+        if result.is_err() {
+            manager.checkout_failures.inc();
         }
         result
     }
@@ -296,72 +418,62 @@ impl Pools {
     /// another to come back); `None` otherwise, or while the shard's breaker is open.
     pub async fn checkout_now(pool: &Pool, settings: &PoolSettings) -> Option<Pooled> {
         pool.manager().breaker.admit().ok()?;
-        let timeouts = Timeouts {
-            wait: Some(Duration::ZERO),
-            create: None,
-            recycle: None,
-        };
-        let mut conn = pool.timeout_get(&timeouts).await.ok()?;
-        conn.checked_out(settings.query_timeout);
-        Some(conn)
+        loop {
+            let taken = pool.slots().take_now()?;
+            if let Some(result) = pool.fill(taken, settings).await {
+                return result.ok();
+            }
+        }
     }
 
     async fn try_checkout(pool: &Pool, settings: &PoolSettings) -> Result<Pooled, CheckoutError> {
         pool.manager().breaker.admit()?;
-        // `recycle` is a synchronous check: no timer around it. A free connection is taken
-        // without arming the wait timer either; only a checkout that must queue gets one.
-        // Creating a connection is bounded by `Backend::connect` itself, so a timeout there is
-        // reported to the breaker.
-        let mut timeouts = Timeouts {
-            wait: Some(Duration::ZERO),
-            create: None,
-            recycle: None,
-        };
-        let mut result = pool.timeout_get(&timeouts).await;
-        if matches!(result, Err(PoolError::Timeout(TimeoutType::Wait))) {
-            let waiting = pool.status().waiting;
-            if waiting >= settings.max_waiting_clients {
-                return Err(CheckoutError::QueueFull { waiting });
+        loop {
+            let taken = pool
+                .slots()
+                .take(settings.checkout_timeout, settings.max_waiting_clients)
+                .await
+                .map_err(|e| match e {
+                    WaitError::TimedOut => CheckoutError::Exhausted {
+                        size: settings.size,
+                        waited: settings.checkout_timeout,
+                    },
+                    WaitError::QueueFull { waiting } => CheckoutError::QueueFull { waiting },
+                    WaitError::Closed => CheckoutError::Closed,
+                })?;
+            // Opening a connection is bounded by `Backend::connect` itself, so a timeout there
+            // is reported to the breaker.
+            if let Some(result) = pool.fill(taken, settings).await {
+                return result;
             }
-            timeouts.wait = Some(settings.checkout_timeout);
-            result = pool.timeout_get(&timeouts).await;
         }
-        result.map_err(|e| match e {
-            PoolError::Timeout(_) => CheckoutError::Exhausted {
-                size: settings.size,
-                waited: settings.checkout_timeout,
-            },
-            PoolError::Backend(b) => CheckoutError::Backend(b),
-            PoolError::PostCreateHook(_) | PoolError::Closed | PoolError::NoRuntimeSpecified => {
-                CheckoutError::Closed
-            }
-        })
     }
 
     /// Evicts idle connections, applies the configured pool size, tops pools up to
     /// `min_idle`, and forgets retired pools that have closed their last connection; run
     /// periodically.
     pub async fn maintain(&self, settings: &PoolSettings) {
-        lock(&self.retired).retain(|pool| pool.status().size > 0);
+        lock(&self.retired).retain(|pool| pool.slots().counts().size > 0);
         let pools: Vec<Pool> = lock(&self.pools).values().cloned().collect();
         for pool in pools {
-            let idle_timeout = settings.idle_timeout;
-            let max_lifetime = settings.max_lifetime;
-            pool.retain(|conn, metrics| {
-                metrics.last_used() < idle_timeout && conn.created.elapsed() < max_lifetime
-            });
-            if pool.status().max_size != settings.size {
-                pool.resize(settings.size);
+            let slots = pool.slots();
+            slots.evict(|idle| Manager::keeps_idle(&idle.conn, idle.since, settings));
+            if slots.counts().max_size != settings.size {
+                slots.resize(settings.size);
             }
-            let status = pool.status();
+            let counts = slots.counts();
             let mut warm = Vec::new();
-            for _ in status.size..settings.min_idle.min(status.max_size) {
-                match pool.get().await {
-                    Ok(conn) => warm.push(conn),
-                    Err(e) => {
+            for _ in counts.size..settings.min_idle.min(counts.max_size) {
+                let Some(taken) = slots.take_now() else {
+                    break;
+                };
+                match pool.fill(taken, settings).await {
+                    Some(Ok(conn)) => warm.push(conn),
+                    Some(Err(e)) => {
                         tracing::warn!(error = %e, "could not open a connection to keep min_idle warm");
                         break;
                     }
+                    None => {}
                 }
             }
         }
@@ -380,11 +492,9 @@ impl Pools {
         };
         let count = gone.len();
         for (target, pool) in gone {
-            // `retain` lets the manager see the idle connections go; `close` then drops every
-            // busy one as it comes back.
-            pool.retain(|_, _| false);
-            pool.close();
-            let busy = pool.status().size;
+            // Idle connections close now; busy ones are closed as they come back.
+            pool.slots().close();
+            let busy = pool.slots().counts().size;
             tracing::info!(
                 backend = %address(&target.host, target.port),
                 user = %target.user,
@@ -408,7 +518,7 @@ impl Pools {
                 user: target.user.clone(),
                 database: target.database.clone(),
                 retired,
-                status: pool.status(),
+                status: pool.slots().counts(),
             }
         };
         let mut views: Vec<PoolView> = lock(&self.pools).values().map(|p| view(p, false)).collect();
@@ -427,17 +537,15 @@ impl Pools {
     pub fn idle_keys(&self) -> Vec<(SocketAddr, i32)> {
         let mut keys = Vec::new();
         for pool in lock(&self.pools).values() {
-            pool.retain(|conn, _| {
-                keys.push((conn.cancel_key.addr, conn.cancel_key.pid));
-                true
-            });
+            pool.slots()
+                .each_idle(|conn| keys.push((conn.cancel_key.addr, conn.cancel_key.pid)));
         }
         keys
     }
 
     /// Removes a broken connection from its pool instead of returning it.
-    pub fn discard(conn: Pooled) {
-        drop(Object::take(conn));
+    pub fn discard(mut conn: Pooled) {
+        conn.broken = true;
     }
 }
 

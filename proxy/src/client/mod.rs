@@ -24,7 +24,7 @@ use crate::clients::{Admission, ClientKind, Peer};
 use crate::context::ProxyContext;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::{FrameError, FrameReader};
-use crate::session::settings::{self, REPORTED};
+use crate::session::settings::{self, Settings, REPORTED};
 use crate::session::{ClientOutput, Identity, Session, SessionEnd};
 use crate::socket::SocketRead;
 use crate::tls::Offer;
@@ -289,7 +289,7 @@ async fn login(
         Err(Probe::Failed(text)) => return Err(refuse(out, sqlstate::CANNOT_CONNECT, &text).await),
     };
 
-    let startup_settings = settings::from_startup(&params);
+    let startup_settings = Settings::from(ctx.shared_settings(settings::from_startup(&params)));
     let mut reported: BTreeMap<String, String> = server_params
         .into_iter()
         .filter(|(name, _)| REPORTED.iter().any(|r| r.eq_ignore_ascii_case(name)))
@@ -320,7 +320,7 @@ async fn login(
         database,
         pool_mode,
         startup_settings,
-        reported: ctx.shared_reported(reported),
+        reported: ctx.shared_settings(reported),
     };
     Ok(Some(LoggedIn::App {
         identity,

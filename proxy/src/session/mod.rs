@@ -33,7 +33,7 @@ use shardline_router::ShardId;
 
 use crate::backend::pool::Pooled;
 use crate::cancel::CancelTargets;
-use crate::context::{Loaded, ProxyContext};
+use crate::context::{LastShape, Loaded, ProxyContext};
 use crate::migration::Ticket;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::encoding::ClientEncoding;
@@ -56,7 +56,7 @@ pub struct Identity {
     pub startup_settings: Settings,
     /// The reported settings (`ParameterStatus`) the client was told at login, by their
     /// canonical names: what `DISCARD ALL` reports again for those the client changed.
-    /// Shared by the clients told the same (see [`ProxyContext::shared_reported`]).
+    /// Shared by the clients told the same (see [`ProxyContext::shared_settings`]).
     pub reported: Arc<BTreeMap<String, String>>,
 }
 
@@ -102,6 +102,8 @@ pub struct Session {
     spread: Option<extended::pipeline::Spread>,
     /// Statements rewritten to take generated keys, reused when a driver parses them again.
     rewrites: generated::Rewrites,
+    /// The plan of the last simple-protocol statement shape.
+    last_shape: LastShape,
     /// Held while a transaction runs: resharding waits for older ones before dual writes.
     write_ticket: Option<Ticket>,
     /// Held while a transaction writes moving keys: a cutover waits for it.
@@ -134,6 +136,7 @@ impl Session {
             skip_to_sync: false,
             spread: None,
             rewrites: generated::Rewrites::default(),
+            last_shape: LastShape::default(),
             write_ticket: None,
             dual_ticket: None,
         }

@@ -39,7 +39,7 @@ impl Session {
             let reply = Box::pin(self.explain_route(&loaded, statement)).await;
             return self.answer(&reply).await;
         }
-        let (plan, literals) = self.ctx.plan_simple(&loaded, &sql);
+        let (plan, literals) = self.ctx.plan_simple(&loaded, &sql, &mut self.last_shape);
         let params: Vec<Param<'_>> = literals.iter().map(|l| Param::Text(l.as_bytes())).collect();
         let (routed, dual, refusal) = match decide::route(&loaded, &plan, &sql, &params) {
             Ok((Target::Session, _)) => (None, None, None),

@@ -149,9 +149,13 @@ impl Session {
         queue: &mut VecDeque<Expect>,
         joins: bool,
     ) {
-        if let Some(sql) = settings::sync_sql(conn.settings.as_ref(), &self.settings) {
-            // The backend reads the whole string in the encoding it has before it runs.
-            self.push_sql(conn, &sql, out, queue);
+        let applied = conn.settings.as_ref();
+        if !applied.is_some_and(|applied| applied.same(&self.settings)) {
+            if let Some(sql) = settings::sync_sql(applied, &self.settings) {
+                // The backend reads the whole string in the encoding it has before it runs.
+                self.push_sql(conn, &sql, out, queue);
+            }
+            // The client's own map from now on: the next sync of the two is one comparison.
             conn.settings = Some(self.settings.clone());
         }
         if joins && self.tx.open() && !self.tx.shards.contains(&shard) {
@@ -292,9 +296,17 @@ impl Session {
                 // `BEGIN; SET …` in one request: a rollback returns to the settings before it.
                 self.tx.settings_before = Some(self.settings.clone());
             }
-            apply_effects(&mut self.settings, &outcome.effects);
-            if let Some(applied) = conn.settings.as_mut() {
-                apply_effects(applied, &outcome.effects);
+            if !outcome.effects.is_empty() {
+                let shared = conn
+                    .settings
+                    .as_ref()
+                    .is_some_and(|a| a.same(&self.settings));
+                apply_effects(&mut self.settings, &outcome.effects);
+                if shared {
+                    conn.settings = Some(self.settings.clone());
+                } else if let Some(applied) = conn.settings.as_mut() {
+                    apply_effects(applied, &outcome.effects);
+                }
             }
         }
         self.awaiting_sync = outcome.awaiting_sync;

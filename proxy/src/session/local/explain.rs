@@ -13,7 +13,7 @@ use shardline_router::pull::PulledTable;
 use shardline_router::{Config, Param, Plan, Route};
 
 use crate::admin::table::{Reply, Table};
-use crate::context::Loaded;
+use crate::context::{LastShape, Loaded};
 use crate::keys::KeyDefault;
 use crate::protocol::backend as msg;
 use crate::session::decide::{self, shard_names, Action, Target};
@@ -108,7 +108,9 @@ fn route_names(config: &Config, route: &Route) -> String {
 impl Session {
     /// The answer to `EXPLAIN (ROUTE) <statement>` (see [`explained_statement`]).
     pub(crate) async fn explain_route(&self, loaded: &Loaded, statement: &str) -> Bytes {
-        let (plan, literals) = self.ctx.plan_simple(loaded, statement);
+        let (plan, literals) = self
+            .ctx
+            .plan_simple(loaded, statement, &mut LastShape::default());
         let params: Vec<Param<'_>> = literals.iter().map(|l| Param::Text(l.as_bytes())).collect();
         let mut table = Table::new(&["shards", "explanation"]).with_tag("EXPLAIN");
         if let Ok(Some((keyless, default))) = self.keyless(loaded, &plan, statement).await {

@@ -7,6 +7,8 @@
 //! equal, nothing is sent.
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
 use shardline_router::StatementKind;
@@ -15,11 +17,75 @@ use shardline_router::StatementKind;
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
 /// Settings by lower-cased name, each value as SQL text ready for `SET name = <value>`.
-pub type Settings = BTreeMap<String, String>;
+///
+/// Shared when cloned: a backend synced to a client's settings holds the very map the client
+/// has, and the next transaction sees they match by identity instead of comparing them (a
+/// change makes the client a map of its own first, so identity always means equality).
+#[derive(Debug, Clone, Default)]
+pub struct Settings(Arc<BTreeMap<String, String>>);
+
+impl Settings {
+    /// No settings.
+    pub fn new() -> Settings {
+        Settings::default()
+    }
+
+    /// Sets `name` to `value`.
+    pub fn insert(&mut self, name: String, value: String) {
+        Arc::make_mut(&mut self.0).insert(name, value);
+    }
+
+    /// Forgets `name`.
+    pub fn remove(&mut self, name: &str) {
+        if self.0.contains_key(name) {
+            Arc::make_mut(&mut self.0).remove(name);
+        }
+    }
+
+    /// Forgets every setting.
+    pub fn clear(&mut self) {
+        if !self.0.is_empty() {
+            self.0 = Arc::default();
+        }
+    }
+
+    /// Whether both are the same shared map (and so certainly equal).
+    pub fn same(&self, other: &Settings) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Deref for Settings {
+    type Target = BTreeMap<String, String>;
+
+    fn deref(&self) -> &BTreeMap<String, String> {
+        &self.0
+    }
+}
+
+impl PartialEq for Settings {
+    fn eq(&self, other: &Settings) -> bool {
+        self.same(other) || self.0 == other.0
+    }
+}
+
+impl Eq for Settings {}
+
+impl FromIterator<(String, String)> for Settings {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Settings {
+        Settings(Arc::new(pairs.into_iter().collect()))
+    }
+}
+
+impl From<Arc<BTreeMap<String, String>>> for Settings {
+    fn from(map: Arc<BTreeMap<String, String>>) -> Settings {
+        Settings(map)
+    }
+}
 
 /// The settings a client asked for in its startup packet, including `-c name=value` options.
-pub fn from_startup(params: &BTreeMap<String, String>) -> Settings {
-    let mut settings = Settings::new();
+pub fn from_startup(params: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut settings = BTreeMap::new();
     for (name, value) in params {
         if !NOT_SETTINGS.contains(&name.as_str()) && !name.starts_with("_pq_.") {
             settings.insert(name.to_ascii_lowercase(), quote_literal(value));
@@ -93,6 +159,9 @@ const MERGED_INTO_CURRENT: &[&str] = &["datestyle"];
 /// SQL that turns a backend's applied settings (`None`: unknown) into `wanted`, or `None` when
 /// they already match.
 pub fn sync_sql(applied: Option<&Settings>, wanted: &Settings) -> Option<String> {
+    if applied.is_some_and(|applied| applied.same(wanted)) {
+        return None;
+    }
     let mut sql = String::new();
     let empty = Settings::new();
     let applied = match applied {
@@ -102,7 +171,7 @@ pub fn sync_sql(applied: Option<&Settings>, wanted: &Settings) -> Option<String>
             &empty
         }
     };
-    for (name, value) in wanted {
+    for (name, value) in wanted.iter() {
         if applied.get(name) != Some(value) {
             if MERGED_INTO_CURRENT.contains(&name.as_str()) {
                 // From the server's default, as a fresh session with this value has it.

@@ -175,7 +175,9 @@ mod tests {
     use super::*;
 
     fn with_datestyle(value: &str) -> Settings {
-        Settings::from([("datestyle".to_owned(), value.to_owned())])
+        [("datestyle".to_owned(), value.to_owned())]
+            .into_iter()
+            .collect()
     }
 
     #[test]
