@@ -23,7 +23,7 @@ mod multi;
 mod simple;
 pub(crate) mod state;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,7 +84,7 @@ pub struct Session {
     settings: Settings,
     statements: ClientStatements,
     /// Backends this client holds right now, by shard.
-    conns: HashMap<ShardId, Pooled>,
+    conns: BTreeMap<ShardId, Pooled>,
     /// The pools this client checked out from, found once per config version.
     known_pools: link::attach::KnownPools,
     tx: Transaction,
@@ -126,7 +126,7 @@ impl Session {
             settings: identity.startup_settings.clone(),
             identity,
             statements: ClientStatements::default(),
-            conns: HashMap::new(),
+            conns: BTreeMap::new(),
             known_pools: link::attach::KnownPools::default(),
             tx: Transaction::default(),
             awaiting_sync: false,

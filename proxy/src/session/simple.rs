@@ -71,9 +71,10 @@ impl Session {
         if let Some(notice) = self.route_notice(&loaded, &plan, &action, &params) {
             self.out.push(&notice).await?;
         }
+        // No effects at all (nearly every statement) needs no list.
         let effects = match plan.kind {
             StatementKind::Compound => plan.parts().iter().map(effect_of).collect(),
-            ref kind => vec![effect_of(kind)],
+            ref kind => effect_of(kind).map_or_else(Vec::new, |effect| vec![Some(effect)]),
         };
         let relayed = || {
             VecDeque::from([Expect::Sent {

@@ -103,8 +103,8 @@ pub struct Outcome {
     /// The backend stopped in the middle of an extended-protocol COPY and waits for the
     /// client's `Sync`; keep it attached.
     pub awaiting_sync: bool,
-    /// The last `CommandComplete` tag seen (to tell a `ROLLBACK` from a `COMMIT`).
-    pub last_tag: Option<String>,
+    /// What the last `CommandComplete` said of the transaction.
+    pub last_tag: Option<Completed>,
     /// The shard answered a client message with an error.
     pub failed: bool,
     /// The shard failed a message and ignores everything up to the `Sync` it was not sent yet.
@@ -112,6 +112,25 @@ pub struct Outcome {
     /// The client's `DEALLOCATE ALL` or `DISCARD ALL` ran on the backend: the client's
     /// statements are gone, as on one server.
     pub forgot_statements: bool,
+}
+
+/// A `CommandComplete`, as far as a session cares: whether it ended a transaction, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completed {
+    Commit,
+    Rollback,
+    Other,
+}
+
+impl Completed {
+    /// What the command tag `tag` says.
+    fn of(tag: &str) -> Completed {
+        match tag {
+            "COMMIT" => Completed::Commit,
+            "ROLLBACK" => Completed::Rollback,
+            _ => Completed::Other,
+        }
+    }
 }
 
 /// Why an exchange failed.
@@ -282,7 +301,7 @@ where
                 backend.prepared.clear();
                 outcome.forgot_statements |= relay;
             }
-            outcome.last_tag = Some(command.to_owned());
+            outcome.last_tag = Some(Completed::of(command));
             if let Some(Expect::Sent { effects, .. }) = queue.front_mut() {
                 if !effects.is_empty() {
                     if let Some(effect) = effects.remove(0) {

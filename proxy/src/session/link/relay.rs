@@ -13,7 +13,7 @@ use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::{spare, Frame};
-use crate::session::link::exchange::{self, ExchangeError, Expect, Outcome, Reply};
+use crate::session::link::exchange::{self, Completed, ExchangeError, Expect, Outcome, Reply};
 use crate::session::state::settings;
 use crate::session::state::settings::apply_effects;
 use crate::session::state::transaction::Transaction;
@@ -25,7 +25,7 @@ pub(crate) struct Settled {
     /// Status of its last `ReadyForQuery`.
     pub(crate) ready: u8,
     /// Its last command tag.
-    pub(crate) last_tag: Option<String>,
+    pub(crate) last_tag: Option<Completed>,
 }
 
 impl Session {
@@ -133,7 +133,11 @@ impl Session {
         for m in messages {
             out.extend_from_slice(&m);
         }
-        queue.extend(expects);
+        if queue.is_empty() {
+            queue = expects;
+        } else {
+            queue.extend(expects);
+        }
         (out, queue)
     }
 
@@ -283,7 +287,7 @@ impl Session {
             Err(e) => return Box::pin(self.exchange_failed(shard, conn, e)).await,
         };
         let rolled_back =
-            outcome.ready == Some(b'I') && outcome.last_tag.as_deref() == Some("ROLLBACK");
+            outcome.ready == Some(b'I') && outcome.last_tag == Some(Completed::Rollback);
         if rolled_back {
             // Settings changed inside the transaction are undone with it.
             if let Some(before) = self.tx.settings_before.take() {
@@ -318,7 +322,7 @@ impl Session {
         }
         let settled = outcome.ready.map(|ready| Settled {
             ready,
-            last_tag: outcome.last_tag.clone(),
+            last_tag: outcome.last_tag,
         });
         match outcome.ready {
             Some(b'I') => {

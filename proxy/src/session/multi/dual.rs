@@ -22,7 +22,7 @@ use shardline_router::{KeyValue, ShardId};
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
-use crate::session::link::exchange::{Expect, Mode, Reply};
+use crate::session::link::exchange::{Completed, Expect, Mode, Reply};
 use crate::session::link::output::Mark;
 use crate::session::multi::ordered::field;
 use crate::session::multi::twophase::{finish_quietly, run, Part};
@@ -123,7 +123,7 @@ impl Session {
             .await;
         match settled {
             Ok(Some(s)) => {
-                let committed = s.ready == b'I' && s.last_tag.as_deref() == Some("COMMIT");
+                let committed = s.ready == b'I' && s.last_tag == Some(Completed::Commit);
                 self.settle_copies(copies, Some(committed)).await;
                 self.ready_idle().await
             }
