@@ -253,12 +253,12 @@ impl ProxyContext {
         sql: &'s str,
         last: &mut LastShape,
     ) -> (Arc<Plan>, Vec<Cow<'s, str>>) {
+        if let Some(found) = last.matching(loaded.version, sql) {
+            return found;
+        }
         let Some(shape) = shardline_router::normalize::normalize(sql) else {
             return (self.plan(loaded, sql), Vec::new());
         };
-        if let Some(plan) = last.plan_of(loaded.version, &shape.text) {
-            return (plan.clone(), shape.literals);
-        }
         let cached = {
             let cache = self.plans.lock().unwrap_or_else(PoisonError::into_inner);
             (cache.version == loaded.version)
@@ -280,7 +280,12 @@ impl ProxyContext {
         };
         match plan {
             Some(plan) => {
-                last.remember(loaded.version, shape.text, plan.clone());
+                last.0 = Some(Shape {
+                    version: loaded.version,
+                    text: shape.text,
+                    holes: shape.holes,
+                    plan: plan.clone(),
+                });
                 (plan, shape.literals)
             }
             None => (self.plan(loaded, sql), Vec::new()),
@@ -291,19 +296,23 @@ impl ProxyContext {
 /// One client's last simple-protocol statement shape and its plan (see
 /// [`ProxyContext::plan_simple`]).
 #[derive(Default)]
-pub struct LastShape(Option<(u64, String, Arc<Plan>)>);
+pub struct LastShape(Option<Shape>);
+
+/// A statement shape (see `shardline_router::normalize`) planned under a config version.
+struct Shape {
+    version: u64,
+    text: String,
+    holes: Vec<usize>,
+    plan: Arc<Plan>,
+}
 
 impl LastShape {
-    /// The plan of `shape` if it is the last one, planned under config `version`.
-    fn plan_of(&self, version: u64, shape: &str) -> Option<&Arc<Plan>> {
-        match &self.0 {
-            Some((v, text, plan)) if *v == version && text == shape => Some(plan),
-            _ => None,
-        }
-    }
-
-    fn remember(&mut self, version: u64, shape: String, plan: Arc<Plan>) {
-        self.0 = Some((version, shape, plan));
+    /// The plan and constants of `sql` if it has the last shape, planned under config
+    /// `version`.
+    fn matching<'s>(&self, version: u64, sql: &'s str) -> Option<(Arc<Plan>, Vec<Cow<'s, str>>)> {
+        let shape = self.0.as_ref().filter(|shape| shape.version == version)?;
+        let literals = shardline_router::normalize::literals_in(&shape.text, &shape.holes, sql)?;
+        Some((shape.plan.clone(), literals))
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Normalized<'a> {
     pub text: String,
     /// The constants, in parameter order, as text parameters carry them.
     pub literals: Vec<Cow<'a, str>>,
+    /// Where each parameter starts in `text` (see [`literals_in`]).
+    pub holes: Vec<usize>,
 }
 
 /// What a parenthesis opened.
@@ -49,6 +51,7 @@ pub fn normalize(sql: &str) -> Option<Normalized<'_>> {
     let mut text = String::with_capacity(sql.len() + 8);
     text.push_str(first.text);
     let mut literals = Vec::new();
+    let mut holes = Vec::new();
     let mut groups: Vec<Group> = Vec::new();
     // Depth at which a `VALUES` list is open, so `(…), (…)` rows are recognised.
     let mut values_depth: Option<usize> = None;
@@ -69,6 +72,7 @@ pub fn normalize(sql: &str) -> Option<Normalized<'_>> {
             };
         if replace {
             literals.push(value_of(token));
+            holes.push(text.len());
             text.push('$');
             push_decimal(&mut text, literals.len());
         } else {
@@ -102,7 +106,56 @@ pub fn normalize(sql: &str) -> Option<Normalized<'_>> {
             previous = token;
         }
     }
-    (!literals.is_empty()).then_some(Normalized { text, literals })
+    (!literals.is_empty()).then_some(Normalized {
+        text,
+        literals,
+        holes,
+    })
+}
+
+/// The constants of `sql` when it has the shape `text` with parameters at `holes` (what
+/// [`normalize`] returned for an earlier statement): `normalize(sql)`'s literals when its text
+/// is `text`, `None` otherwise. Found by comparing the text between the parameters and
+/// scanning only the constants, without building the text again — a client's next
+/// statement nearly always has the shape of its last.
+///
+/// The scanner reads a token from where it starts alone, so equal text between equal token
+/// boundaries scans to equal tokens, and a constant standing where the shape has a parameter
+/// follows the same tokens the replaced one followed, so [`normalize`] would replace it too.
+pub fn literals_in<'s>(text: &str, holes: &[usize], sql: &'s str) -> Option<Vec<Cow<'s, str>>> {
+    let mut scanner = Scanner::new(sql);
+    let first = significant(&mut scanner)?;
+    // The shape starts at the statement's first token (comments before it are not kept).
+    let mut pos = first.text.as_ptr() as usize - sql.as_ptr() as usize;
+    let mut shape_pos = 0;
+    let mut literals = Vec::with_capacity(holes.len());
+    for (i, &hole) in holes.iter().enumerate() {
+        let between = text.get(shape_pos..hole)?;
+        let rest = sql.get(pos..)?;
+        if !rest.starts_with(between) {
+            return None;
+        }
+        pos += between.len();
+        let mut scanner = Scanner::new(sql.get(pos..)?);
+        let token = scanner.next()?.ok()?;
+        let constant = match token.kind {
+            Kind::Number { glued } => !glued,
+            Kind::String => !continues(&scanner),
+            _ => false,
+        };
+        if !constant {
+            return None;
+        }
+        literals.push(value_of(token));
+        pos += token.text.len();
+        shape_pos = hole + 1 + decimal_len(i + 1);
+    }
+    (sql.get(pos..)? == text.get(shape_pos..)?).then_some(literals)
+}
+
+/// How many digits `n` has in decimal.
+fn decimal_len(n: usize) -> usize {
+    n.checked_ilog10().map_or(1, |digits| digits as usize + 1)
 }
 
 /// The next token that is not whitespace or a comment.
@@ -242,10 +295,10 @@ mod tests {
             ("  ", None),
         ];
         for (sql, want) in cases {
-            let got = normalize(sql);
-            let want = want.map(|(text, literals)| Normalized {
-                text: text.to_string(),
-                literals: literals.iter().map(|l| Cow::Borrowed(*l)).collect(),
+            let got = normalize(sql).map(|n| (n.text, n.literals));
+            let want = want.map(|(text, literals)| {
+                let literals: Vec<Cow<str>> = literals.iter().map(|l| Cow::Borrowed(*l)).collect();
+                (text.to_string(), literals)
             });
             assert_eq!(got, want, "{sql}");
         }
@@ -259,5 +312,91 @@ mod tests {
             n,
             Some(("INSERT INTO t (a, b) VALUES ($1, lower('X')), ($2, $3) ON CONFLICT (a) DO UPDATE SET b = $4".to_string(), 4))
         );
+    }
+
+    /// Statements of a few shapes, each with constants of every kind the scanner knows.
+    fn corpus() -> Vec<String> {
+        let values = [
+            "1",
+            "42",
+            "-5",
+            "1.5e3",
+            "0x1F",
+            "12abc",
+            "'a'",
+            "'x''y'",
+            "''",
+            "'é'",
+            "'a'\n 'b'",
+            "'a' 'b'",
+            "E'q'",
+            "$$d$$",
+            "$1",
+            "NULL",
+            "(1)",
+            "'unterminated",
+        ];
+        let templates = [
+            "SELECT name FROM users WHERE id = {}",
+            "select * from t where a = {} and b in ({}, {},{})",
+            "INSERT INTO users (id, name) VALUES ({}, {}), ({}, 'b') RETURNING id",
+            "/* lead */ UPDATE users SET name = {} WHERE id = {} -- tail {}",
+            "DELETE FROM t WHERE k<>{} OR k IN ( {} ,{} ) LIMIT 10",
+            "WITH x AS (SELECT {}) SELECT * FROM t WHERE k = {}",
+        ];
+        let mut corpus = Vec::new();
+        for template in templates {
+            let holes = template.matches("{}").count();
+            for round in 0..values.len() {
+                let mut sql = template.to_string();
+                for i in 0..holes {
+                    sql = sql.replacen("{}", values[(round + i * 7) % values.len()], 1);
+                }
+                corpus.push(sql);
+            }
+        }
+        corpus.push("  SELECT name FROM users WHERE id = 7".into());
+        corpus.push("SELECT name FROM users WHERE id = 7 ".into());
+        corpus.push("SELECT name FROM users WHERE id = 7;".into());
+        corpus.push("SELECT name FROM users WHERE id =7".into());
+        corpus
+    }
+
+    #[test]
+    fn a_statement_matches_a_shape_exactly_when_normalize_agrees() {
+        let corpus = corpus();
+        let shapes: Vec<Normalized> = corpus.iter().filter_map(|sql| normalize(sql)).collect();
+        assert!(shapes.len() > 40, "the corpus should have many shapes");
+        let mut matched = 0;
+        for shape in &shapes {
+            for sql in &corpus {
+                let got = literals_in(&shape.text, &shape.holes, sql);
+                let want = normalize(sql)
+                    .filter(|n| n.text == shape.text)
+                    .map(|n| n.literals);
+                assert_eq!(got, want, "{sql:?} against {:?}", shape.text);
+                matched += usize::from(got.is_some());
+            }
+        }
+        assert!(
+            matched > shapes.len(),
+            "statements of a shape should match it"
+        );
+    }
+
+    #[test]
+    fn more_than_nine_parameters_match() {
+        let sql = |v: usize| {
+            let list: Vec<String> = (0..12).map(|i| (i * v).to_string()).collect();
+            format!("SELECT * FROM t WHERE k IN ({})", list.join(", "))
+        };
+        let shape = normalize(&sql(1)).map(|n| (n.text, n.holes));
+        let Some((text, holes)) = shape else {
+            panic!("the statement should normalize");
+        };
+        let other = sql(3);
+        let literals = literals_in(&text, &holes, &other);
+        assert_eq!(literals.as_ref().map(Vec::len), Some(12));
+        assert_eq!(literals, normalize(&other).map(|n| n.literals));
     }
 }
