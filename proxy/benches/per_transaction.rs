@@ -1,15 +1,17 @@
 //! The proxy's own work per single-shard transaction, without sockets: finding the plan of a
 //! statement (literal scan + plan cache for the simple protocol, the cache alone for a
-//! prepared statement), routing its key, checking the backend's settings, recording the
-//! statistics, and framing the proxy's own messages. Regressions here show without a cluster;
+//! prepared statement), routing its key, checking the backend's settings, checking a
+//! connection out of its pool and back, recording the statistics, and framing the proxy's own
+//! messages. Regressions here show without a cluster;
 //! `bench/pgbench_proxy.sh` measures the whole path (sockets, runtime, PostgreSQL).
 //!
 //!     cargo bench -p shardline --bench per_transaction
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use shardline::backend::slots::{Slots, Taken};
 use shardline::context::{LastShape, ProxyContext};
 use shardline::protocol::backend as msg;
 use shardline::reload::ConfigSource;
@@ -94,6 +96,19 @@ fn per_transaction(c: &mut Criterion) {
         b.iter(|| {
             ctx.stats
                 .record_query(&loaded, 1, true, true, Duration::from_micros(80))
+        })
+    });
+
+    // The pool's bookkeeping around one transaction: take the free connection, give it back.
+    let slots: Slots<Box<[u8; 512]>> = Slots::new(4, drop);
+    if let Some(Taken::Open) = slots.take_now() {
+        slots.give_back(Box::new([0; 512]), Instant::now());
+    }
+    group.bench_function("pool: check out and return a free connection", |b| {
+        b.iter(|| {
+            if let Some(Taken::Idle(conn)) = slots.take_now() {
+                slots.give_back(black_box(conn), Instant::now());
+            }
         })
     });
 

@@ -4,5 +4,5 @@ pub mod breaker;
 pub mod conn;
 pub mod pool;
 pub mod registry;
-mod slots;
+pub mod slots;
 pub mod tls;

@@ -15,20 +15,20 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// An idle connection and when it came back.
-pub(crate) struct Idle<T> {
-    pub(crate) conn: T,
-    pub(crate) since: Instant,
+pub struct Idle<T> {
+    pub conn: T,
+    pub since: Instant,
 }
 
 /// What a checkout got: an idle connection, or the right to open one.
-pub(crate) enum Taken<T> {
+pub enum Taken<T> {
     Idle(T),
     Open,
 }
 
 /// Why a checkout that may wait got nothing.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum WaitError {
+pub enum WaitError {
     /// Nothing freed up within the wait.
     TimedOut,
     /// `max_waiting` checkouts already wait.
@@ -51,7 +51,7 @@ pub struct SlotCounts {
 }
 
 /// The state of one pool; see the module documentation.
-pub(crate) struct Slots<T> {
+pub struct Slots<T> {
     state: Mutex<State<T>>,
     /// Closes a connection the pool lets go (called outside the lock).
     discard: Box<dyn Fn(T) + Send + Sync>,
@@ -104,7 +104,7 @@ impl<T> State<T> {
 impl<T> Slots<T> {
     /// A pool of at most `max_size` connections, none open, closing the connections it lets
     /// go with `discard`.
-    pub(crate) fn new(max_size: usize, discard: impl Fn(T) + Send + Sync + 'static) -> Slots<T> {
+    pub fn new(max_size: usize, discard: impl Fn(T) + Send + Sync + 'static) -> Slots<T> {
         Slots {
             discard: Box::new(discard),
             state: Mutex::new(State {
@@ -118,17 +118,13 @@ impl<T> Slots<T> {
     }
 
     /// A connection if one is free now (or there is room to open one), without waiting.
-    pub(crate) fn take_now(&self) -> Option<Taken<T>> {
+    pub fn take_now(&self) -> Option<Taken<T>> {
         self.lock().take_free()
     }
 
     /// A connection, waiting up to `wait` for one to come back, unless `max_waiting`
     /// checkouts already wait.
-    pub(crate) async fn take(
-        &self,
-        wait: Duration,
-        max_waiting: usize,
-    ) -> Result<Taken<T>, WaitError> {
+    pub async fn take(&self, wait: Duration, max_waiting: usize) -> Result<Taken<T>, WaitError> {
         let receiver = {
             let mut state = self.lock();
             if let Some(taken) = state.take_free() {
@@ -160,7 +156,7 @@ impl<T> Slots<T> {
 
     /// A checked-out connection comes back idle: to the first waiter, else to the idle
     /// stack; closed when the pool is closed or above its size.
-    pub(crate) fn give_back(&self, conn: T, now: Instant) {
+    pub fn give_back(&self, conn: T, now: Instant) {
         let mut state = self.lock();
         if state.closed || state.idle.len() + state.out > state.max_size {
             state.out -= 1;
@@ -178,7 +174,7 @@ impl<T> Slots<T> {
 
     /// A checked-out connection (or the right to open one) is gone: its room goes to the
     /// first waiter, or is free.
-    pub(crate) fn vacate(&self) {
+    pub fn vacate(&self) {
         let mut state = self.lock();
         let room = !state.closed && state.idle.len() + state.out <= state.max_size;
         if !room || state.hand_over(Taken::Open).is_some() {
@@ -188,13 +184,13 @@ impl<T> Slots<T> {
 
     /// A checked-out connection will not come back (it broke, or must not serve again): it
     /// closes, and its room goes to the first waiter or is free.
-    pub(crate) fn let_go(&self, conn: T) {
+    pub fn let_go(&self, conn: T) {
         (self.discard)(conn);
         self.vacate();
     }
 
     /// Closes the idle connections `keep` rejects.
-    pub(crate) fn evict(&self, mut keep: impl FnMut(&Idle<T>) -> bool) {
+    pub fn evict(&self, mut keep: impl FnMut(&Idle<T>) -> bool) {
         let gone: Vec<T> = {
             let mut state = self.lock();
             let (kept, gone): (Vec<Idle<T>>, Vec<Idle<T>>) =
@@ -206,7 +202,7 @@ impl<T> Slots<T> {
     }
 
     /// Visits the idle connections.
-    pub(crate) fn each_idle(&self, mut visit: impl FnMut(&T)) {
+    pub fn each_idle(&self, mut visit: impl FnMut(&T)) {
         for entry in self.lock().idle.iter() {
             visit(&entry.conn);
         }
@@ -215,7 +211,7 @@ impl<T> Slots<T> {
     /// Changes how many connections the pool may have. Idle connections beyond the new size
     /// close now, oldest first; checked-out ones beyond it close when they come back. Room
     /// the pool gains goes to waiters first.
-    pub(crate) fn resize(&self, max_size: usize) {
+    pub fn resize(&self, max_size: usize) {
         let gone: Vec<T> = {
             let mut state = self.lock();
             state.max_size = max_size;
@@ -235,7 +231,7 @@ impl<T> Slots<T> {
 
     /// Closes the pool: its idle connections close now, waiters and later checkouts fail,
     /// and connections still out close when they come back.
-    pub(crate) fn close(&self) {
+    pub fn close(&self) {
         let gone: Vec<T> = {
             let mut state = self.lock();
             state.closed = true;
@@ -252,7 +248,7 @@ impl<T> Slots<T> {
     }
 
     /// Counts for operators.
-    pub(crate) fn counts(&self) -> SlotCounts {
+    pub fn counts(&self) -> SlotCounts {
         let state = self.lock();
         SlotCounts {
             size: state.idle.len() + state.out,
