@@ -25,6 +25,9 @@ use crate::shutdown::Shutdown;
 use crate::stats::QueryStats;
 use crate::tls::ServerTls;
 
+/// Longest statement shape a session remembers (see [`LastShape`]).
+const MAX_REMEMBERED_SHAPE: usize = 4096;
+
 /// Most distinct sets of settings shared between clients.
 const SHARED_SETTINGS_LIMIT: usize = 64;
 
@@ -279,6 +282,8 @@ impl ProxyContext {
             }
         };
         match plan {
+            // A huge statement (a bulk VALUES list) is not kept per session.
+            Some(plan) if shape.text.len() > MAX_REMEMBERED_SHAPE => (plan, shape.literals),
             Some(plan) => {
                 last.0 = Some(Shape {
                     version: loaded.version,

@@ -93,7 +93,7 @@ struct ShardIndex {
     counters: Vec<Arc<ShardCounters>>,
 }
 
-/// Statistics of every shard the proxy has sent statements to.
+/// Statistics of every shard of the config (from the first statement the proxy sends on).
 pub struct QueryStats {
     shards: RwLock<HashMap<String, Arc<ShardCounters>>>,
     by_id: ArcSwap<ShardIndex>,
@@ -235,10 +235,18 @@ impl QueryStats {
         if let Some(found) = counters.get(shard) {
             record(found);
         }
-        self.by_id.store(Arc::new(ShardIndex {
+        // A request still running on an older config does not take the index back to it.
+        let index = Arc::new(ShardIndex {
             version: Some(loaded.version),
             counters,
-        }));
+        });
+        self.by_id.rcu(|current| {
+            if current.version > index.version {
+                current.clone()
+            } else {
+                index.clone()
+            }
+        });
     }
 
     fn counters(&self, shard: &str) -> Arc<ShardCounters> {

@@ -40,7 +40,13 @@ pub const LIST_SQL: &str = "SELECT gid, extract(epoch FROM now() - prepared)::fl
      AND database = current_database() AND prepared <= now() - make_interval(secs => $1)";
 
 /// The status (`committed`, `aborted`, `in progress`) of transaction `$1` on the decider.
-pub const STATUS_SQL: &str = "SELECT pg_xact_status($1::text::xid8)::text";
+///
+/// An id the decider has not handed out (again) is `aborted`: a decider that crashed before
+/// anything carrying the id reached its disk comes back with its counter below it, and such
+/// a transaction never committed there (`pg_xact_status` would call the id "in the future"
+/// and nothing could ever settle its prepared participants).
+pub const STATUS_SQL: &str = "SELECT CASE WHEN $1::text::xid8 >= pg_current_xact_id() \
+     THEN 'aborted' ELSE pg_xact_status($1::text::xid8)::text END";
 
 /// The decider's transaction id, assigning one if it has none yet (a decider that wrote
 /// nothing still needs an id whose fate can be looked up).

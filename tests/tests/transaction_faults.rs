@@ -3,6 +3,7 @@
 //! is lost never runs what follows outside the transaction, and a commit that fails before its
 //! decision leaves no shard inside it. Each test checks the shards directly.
 
+use shardline_router::indoubt::STATUS_SQL;
 use shardline_tests::txn::{ids_on_shards, keys_on_distinct_shards, query, users_table};
 use shardline_tests::{sqlstate, TestCluster};
 use tokio_postgres::error::SqlState;
@@ -198,5 +199,45 @@ async fn a_commit_that_fails_before_its_decision_leaves_no_shard_inside_it() -> 
     let mut expected = keys.clone();
     expected.sort_unstable();
     assert_eq!(ids_on_shards(&cluster).await?, expected);
+    Ok(())
+}
+
+/// What the resolver asks a decider, on a real server: committed, aborted, in progress, and an
+/// id the server has not handed out yet (a decider that crashed before the id reached its disk
+/// comes back below it), which never committed and so must be rolled back, not waited for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_decider_reports_the_fate_of_each_transaction_id() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("decider-status", 1).await?;
+    let shard = cluster.shard(0).await?;
+    let other = cluster.shard(0).await?;
+    let xid = |row: tokio_postgres::Row| row.get::<_, String>(0);
+    let status = |id: String| {
+        let shard = &shard;
+        async move {
+            let row = shard.query_one(STATUS_SQL, &[&id]).await?;
+            anyhow::Ok(row.get::<_, String>(0))
+        }
+    };
+
+    shard.batch_execute("BEGIN").await?;
+    let committed = xid(shard
+        .query_one("SELECT pg_current_xact_id()::text", &[])
+        .await?);
+    shard.batch_execute("COMMIT; BEGIN").await?;
+    let aborted = xid(shard
+        .query_one("SELECT pg_current_xact_id()::text", &[])
+        .await?);
+    shard.batch_execute("ROLLBACK").await?;
+    other.batch_execute("BEGIN").await?;
+    let running = xid(other
+        .query_one("SELECT pg_current_xact_id()::text", &[])
+        .await?);
+    let unassigned: i64 = running.parse::<i64>()? + 1_000;
+
+    assert_eq!(status(committed).await?, "committed");
+    assert_eq!(status(aborted).await?, "aborted");
+    assert_eq!(status(running).await?, "in progress");
+    assert_eq!(status(unassigned.to_string()).await?, "aborted");
+    other.batch_execute("ROLLBACK").await?;
     Ok(())
 }

@@ -4,10 +4,12 @@
 //! recently returned first, and a fair queue of waiters with a bound of its own. Taking a free
 //! connection is a few atomic operations and one short lock, with no clock read and no
 //! future state beyond a pointer; waiting and opening connections are the slow path. The
-//! [`Manager`] opens connections, decides which may serve again (not broken, idle, not closed
-//! by the shard, within their lifetime) and reports every connection it opens or lets go to
-//! the [`Backends`] registry; a maintenance task evicts idle connections and keeps `min_idle`
-//! warm.
+//! [`Manager`] opens connections, decides which may serve again (not broken, idle and within
+//! its lifetime when it comes back, not closed by the shard when it is taken) and reports every
+//! connection it opens to the [`Backends`] registry, which hears of each one the pool lets go;
+//! a maintenance task closes connections idle past `idle_timeout` or older than
+//! `max_lifetime` (so one may serve up to a maintenance interval longer) and keeps `min_idle`
+//! open.
 //!
 //! When a reload removes or re-addresses a shard, the pools of targets the new config no longer
 //! names are *retired*: their idle connections close at once, busy ones finish their
@@ -372,7 +374,10 @@ impl Pools {
         settings: &PoolSettings,
     ) -> Result<Pooled, CheckoutError> {
         let manager = pool.manager();
-        manager.breaker.admit()?;
+        if let Err(refusal) = manager.breaker.admit() {
+            manager.checkout_failures.inc();
+            return Err(refusal.into());
+        }
         // The common case, a free connection still good, takes no clock read and no timer.
         match pool.slots().take_now() {
             Some(Taken::Idle(mut conn)) => {
@@ -457,14 +462,16 @@ impl Pools {
         let pools: Vec<Pool> = lock(&self.pools).values().cloned().collect();
         for pool in pools {
             let slots = pool.slots();
-            slots.evict(|idle| Manager::keeps_idle(&idle.conn, idle.since, settings));
+            slots.evict(settings.min_idle, |idle| {
+                Manager::keeps_idle(&idle.conn, idle.since, settings)
+            });
             if slots.counts().max_size != settings.size {
                 slots.resize(settings.size);
             }
             let counts = slots.counts();
             let mut warm = Vec::new();
             for _ in counts.size..settings.min_idle.min(counts.max_size) {
-                let Some(taken) = slots.take_now() else {
+                let Some(taken) = slots.take_room() else {
                     break;
                 };
                 match pool.fill(taken, settings).await {

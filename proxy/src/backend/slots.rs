@@ -20,7 +20,9 @@ pub struct Idle<T> {
     pub since: Instant,
 }
 
-/// What a checkout got: an idle connection, or the right to open one.
+/// What a checkout got: an idle connection, or the right to open one. Either must go back
+/// ([`Slots::give_back`], [`Slots::vacate`], [`Slots::let_go`]): dropped, its room is lost.
+#[must_use]
 pub enum Taken<T> {
     Idle(T),
     Open,
@@ -96,6 +98,12 @@ impl<T> State<T> {
         Some(taken)
     }
 
+    /// One connection (or room) that was out is not any more.
+    fn came_back(&mut self) {
+        debug_assert!(self.out > 0, "more connections came back than went out");
+        self.out = self.out.saturating_sub(1);
+    }
+
     fn waiting(&self) -> usize {
         self.waiters.iter().filter(|w| !w.is_closed()).count()
     }
@@ -118,6 +126,7 @@ impl<T> Slots<T> {
     }
 
     /// A connection if one is free now (or there is room to open one), without waiting.
+    #[must_use]
     pub fn take_now(&self) -> Option<Taken<T>> {
         self.lock().take_free()
     }
@@ -159,13 +168,13 @@ impl<T> Slots<T> {
     pub fn give_back(&self, conn: T, now: Instant) {
         let mut state = self.lock();
         if state.closed || state.idle.len() + state.out > state.max_size {
-            state.out -= 1;
+            state.came_back();
             drop(state);
             (self.discard)(conn);
             return;
         }
         if let Some(taken) = state.hand_over(Taken::Idle(conn)) {
-            state.out -= 1;
+            state.came_back();
             if let Taken::Idle(conn) = taken {
                 state.idle.push(Idle { conn, since: now });
             }
@@ -178,7 +187,7 @@ impl<T> Slots<T> {
         let mut state = self.lock();
         let room = !state.closed && state.idle.len() + state.out <= state.max_size;
         if !room || state.hand_over(Taken::Open).is_some() {
-            state.out -= 1;
+            state.came_back();
         }
     }
 
@@ -189,16 +198,38 @@ impl<T> Slots<T> {
         self.vacate();
     }
 
-    /// Closes the idle connections `keep` rejects.
-    pub fn evict(&self, mut keep: impl FnMut(&Idle<T>) -> bool) {
+    /// Closes the idle connections `keep` rejects, oldest first, while the pool has more than
+    /// `floor` connections (its `min_idle`: closing them would only open them again).
+    pub fn evict(&self, floor: usize, mut keep: impl FnMut(&Idle<T>) -> bool) {
         let gone: Vec<T> = {
             let mut state = self.lock();
-            let (kept, gone): (Vec<Idle<T>>, Vec<Idle<T>>) =
-                state.idle.drain(..).partition(|entry| keep(entry));
+            let mut spare = (state.idle.len() + state.out).saturating_sub(floor);
+            let mut gone = Vec::new();
+            let mut kept = Vec::with_capacity(state.idle.len());
+            for entry in state.idle.drain(..) {
+                if spare > 0 && !keep(&entry) {
+                    spare -= 1;
+                    gone.push(entry.conn);
+                } else {
+                    kept.push(entry);
+                }
+            }
             state.idle = kept;
-            gone.into_iter().map(|entry| entry.conn).collect()
+            gone
         };
         self.discard_all(gone);
+    }
+
+    /// Room to open one more connection, if the pool is below its size (idle connections
+    /// are not taken: for keeping `min_idle` open).
+    #[must_use]
+    pub fn take_room(&self) -> Option<Taken<T>> {
+        let mut state = self.lock();
+        let room = !state.closed && state.idle.len() + state.out < state.max_size;
+        if room {
+            state.out += 1;
+        }
+        room.then_some(Taken::Open)
     }
 
     /// Visits the idle connections.
@@ -354,7 +385,7 @@ mod tests {
     fn the_most_recently_returned_connection_serves_next() {
         let (slots, _) = pool(3);
         for _ in 0..3 {
-            slots.take_now();
+            assert!(slots.take_now().is_some());
         }
         let now = Instant::now();
         for conn in [1, 2, 3] {
@@ -393,7 +424,7 @@ mod tests {
     #[tokio::test]
     async fn waiting_ends_at_the_timeout_or_the_queue_limit() {
         let (slots, _) = pool(1);
-        slots.take_now();
+        assert!(slots.take_now().is_some());
         assert_eq!(slots.take(WAIT, 10).await.err(), Some(WaitError::TimedOut));
         assert_eq!(
             slots.take(WAIT, 0).await.err(),
@@ -405,7 +436,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_handed_to_a_waiter_that_left_is_not_lost() {
         let (slots, _) = pool(1);
-        slots.take_now();
+        assert!(slots.take_now().is_some());
         let waiter = wait_for(&slots);
         until_waiting(&slots, 1).await;
         waiter.abort();
@@ -417,10 +448,10 @@ mod tests {
     #[tokio::test]
     async fn a_closed_pool_fails_waiters_and_closes_returns() {
         let (slots, record) = pool(2);
-        slots.take_now();
-        slots.take_now();
+        assert!(slots.take_now().is_some());
+        assert!(slots.take_now().is_some());
         slots.give_back(1, Instant::now());
-        slots.take_now();
+        assert!(slots.take_now().is_some());
         let waiter = wait_for(&slots);
         until_waiting(&slots, 1).await;
         slots.close();
@@ -435,7 +466,7 @@ mod tests {
     #[tokio::test]
     async fn a_vacated_place_goes_to_a_waiter_or_can_be_opened_again() {
         let (slots, _) = pool(1);
-        slots.take_now();
+        assert!(slots.take_now().is_some());
         slots.vacate();
         assert!(matches!(slots.take_now(), Some(Taken::Open)));
         let waiter = wait_for(&slots);
@@ -449,7 +480,7 @@ mod tests {
     fn shrinking_closes_idle_excess_now_and_busy_excess_on_return() {
         let (slots, record) = pool(3);
         for _ in 0..3 {
-            slots.take_now();
+            assert!(slots.take_now().is_some());
         }
         let now = Instant::now();
         slots.give_back(1, now);
@@ -469,7 +500,7 @@ mod tests {
     #[tokio::test]
     async fn growing_lets_waiters_open() {
         let (slots, _) = pool(1);
-        slots.take_now();
+        assert!(slots.take_now().is_some());
         let waiter = wait_for(&slots);
         until_waiting(&slots, 1).await;
         slots.resize(3);
@@ -482,17 +513,21 @@ mod tests {
     fn eviction_closes_what_the_predicate_rejects() {
         let (slots, record) = pool(3);
         for _ in 0..3 {
-            slots.take_now();
+            assert!(slots.take_now().is_some());
         }
         let now = Instant::now();
         for conn in [1, 2, 3] {
             slots.give_back(conn, now);
         }
-        slots.evict(|entry| entry.conn != 2);
+        slots.evict(0, |entry| entry.conn != 2);
         assert_eq!(closed(&record), vec![2]);
         assert_eq!(slots.counts().size, 2);
         let mut seen = Vec::new();
         slots.each_idle(|conn| seen.push(*conn));
         assert_eq!(seen, vec![1, 3]);
+        // Never below the floor: of two rejected, one goes.
+        slots.evict(1, |_| false);
+        assert_eq!(closed(&record), vec![2, 1]);
+        assert_eq!(slots.counts().size, 1);
     }
 }

@@ -30,9 +30,11 @@ impl Settings {
         Settings::default()
     }
 
-    /// Sets `name` to `value`.
+    /// Sets `name` to `value` (a map shared with backends stays shared when nothing changes).
     pub fn insert(&mut self, name: String, value: String) {
-        Arc::make_mut(&mut self.0).insert(name, value);
+        if self.0.get(&name) != Some(&value) {
+            Arc::make_mut(&mut self.0).insert(name, value);
+        }
     }
 
     /// Forgets `name`.
