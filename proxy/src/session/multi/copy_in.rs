@@ -6,9 +6,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::socket::SocketRead;
 use bytes::{BufMut, Bytes, BytesMut};
-use shardline_router::copy::{trim_line_end, CopyFormat, CopyInto, RowSplitter};
+use shardline_router::copy::CopyInto;
 use shardline_router::insert_select::Upsert;
 use shardline_router::ShardId;
 
@@ -16,16 +15,13 @@ use crate::backend::pool::Pooled;
 use crate::context::Loaded;
 use crate::keys::KeyDefault;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
-use crate::protocol::encoding::ClientEncoding;
-use crate::protocol::{Frame, FrameError, FrameReader};
+pub(crate) use crate::session::multi::copy_rows::RowSource;
+use crate::session::multi::copy_rows::{Incoming, RowRouter};
 use crate::session::multi::gather::Delivery;
 use crate::session::multi::gather::MergeFailure;
 use crate::session::multi::insert_select::apply_rows;
 use crate::session::multi::twophase::Part;
 use crate::session::{local, ClientError, Session, SessionEnd};
-
-/// Rows are sent to a shard in `CopyData` messages of about this size.
-const BATCH_BYTES: usize = 64 * 1024;
 
 impl Session {
     /// Runs a COPY FROM STDIN whose rows are spread over the shards of `spec.rule`.
@@ -401,238 +397,6 @@ impl Session {
             part.conn.broken = true;
         }
         self.release_parts(parts);
-    }
-}
-
-/// Where the rows of a routed COPY come from.
-pub(crate) enum RowSource<'a> {
-    /// The client's `CopyData` messages (`COPY … FROM STDIN`).
-    Client,
-    /// A backend's `COPY … TO STDOUT`, already started (the rows of an `INSERT … SELECT`).
-    Shard {
-        conn: &'a mut Pooled,
-        /// The shard's name, for errors.
-        name: String,
-        /// The backend finished its COPY (or failed it) and is reading commands again.
-        ended: bool,
-    },
-    /// `CopyData` messages read earlier (the rows of an `INSERT … SELECT` inside a transaction
-    /// block, whose staging backend is also one the rows go to).
-    Buffered(VecDeque<Frame>),
-}
-
-/// The next message of a COPY's row stream, as the routing reads it.
-enum Incoming {
-    Data(Frame),
-    Done,
-    Failed(ClientError),
-    /// Anything else (a client's `Flush` or `Sync`, ignored during COPY as PostgreSQL does).
-    Other,
-}
-
-impl RowSource<'_> {
-    /// The next message; `Err` when the client is gone (the session ends).
-    async fn next(&mut self, input: &mut FrameReader<SocketRead>) -> Result<Incoming, SessionEnd> {
-        match self {
-            RowSource::Client => {
-                let frame = match input.read().await {
-                    Ok(frame) => frame,
-                    Err(FrameError::Closed) => return Err(SessionEnd::Disconnected),
-                    Err(e) => return Err(SessionEnd::Protocol(e.to_string())),
-                };
-                Ok(match frame.tag() {
-                    b'd' => Incoming::Data(frame),
-                    b'c' => Incoming::Done,
-                    b'f' => {
-                        let body = frame.body();
-                        let reason =
-                            String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
-                        Incoming::Failed(ClientError::new(
-                            sqlstate::QUERY_CANCELED,
-                            format!("COPY from stdin failed: {reason}"),
-                        ))
-                    }
-                    _ => Incoming::Other,
-                })
-            }
-            RowSource::Shard { conn, name, ended } => {
-                let frame = match conn.read().await {
-                    Ok(frame) => frame,
-                    Err(e) => return Ok(Incoming::Failed(ClientError::lost_shard(name, e))),
-                };
-                Ok(match frame.tag() {
-                    tag::COPY_DATA => Incoming::Data(frame),
-                    tag::COPY_DONE => {
-                        *ended = true;
-                        Incoming::Done
-                    }
-                    tag::ERROR_RESPONSE => {
-                        *ended = true;
-                        Incoming::Failed(ClientError::from_shard(frame.bytes(), name))
-                    }
-                    _ => Incoming::Other,
-                })
-            }
-            RowSource::Buffered(rows) => {
-                Ok(rows.pop_front().map_or(Incoming::Done, Incoming::Data))
-            }
-        }
-    }
-
-    /// The command tag's word for the rows loaded.
-    fn command(&self) -> &'static str {
-        match self {
-            RowSource::Client => "COPY",
-            RowSource::Shard { .. } | RowSource::Buffered(_) => "INSERT 0",
-        }
-    }
-}
-
-/// Sends each row to its shard's buffer.
-struct RowRouter<'a> {
-    spec: &'a CopyInto,
-    position: usize,
-    /// The client's `client_encoding`: a key is read as PostgreSQL reads it.
-    encoding: ClientEncoding,
-    splitter: RowSplitter,
-    buffers: Vec<BytesMut>,
-    header_pending: bool,
-    total: u64,
-    error: Option<ClientError>,
-    /// Generated keys, one to put first in each row (a COPY that leaves the key out).
-    keys: Option<VecDeque<String>>,
-}
-
-impl<'a> RowRouter<'a> {
-    fn new(spec: &'a CopyInto, position: usize, shards: usize, encoding: ClientEncoding) -> Self {
-        RowRouter {
-            spec,
-            position,
-            encoding,
-            splitter: RowSplitter::new(spec.format.clone()),
-            buffers: vec![BytesMut::new(); shards],
-            header_pending: matches!(spec.format, CopyFormat::Csv { header: true, .. }),
-            total: 0,
-            error: None,
-            keys: None,
-        }
-    }
-
-    /// The whole rows `data` completes.
-    fn split(&mut self, data: &[u8]) -> Vec<Vec<u8>> {
-        let mut rows = Vec::new();
-        self.splitter.push(data, |row| rows.push(row.to_vec()));
-        rows
-    }
-
-    fn route_rows(&mut self, rows: Vec<Vec<u8>>, index: &HashMap<ShardId, usize>) {
-        for row in rows {
-            self.route(&row, index);
-        }
-    }
-
-    fn route(&mut self, row: &[u8], index: &HashMap<ShardId, usize>) {
-        if self.error.is_some() {
-            return;
-        }
-        if self.header_pending {
-            // The header line goes to every shard, whose COPY expects it.
-            self.header_pending = false;
-            for buffer in &mut self.buffers {
-                buffer.extend_from_slice(row);
-            }
-            return;
-        }
-        let line = trim_line_end(row);
-        if line == b"\\." {
-            return;
-        }
-        let keyed;
-        let (row, line) = match self.keys.as_mut() {
-            None => (row, line),
-            Some(keys) => {
-                let Some(key) = keys.pop_front() else {
-                    self.error = Some(ClientError::new(
-                        sqlstate::INTERNAL,
-                        "the COPY ran out of generated keys",
-                    ));
-                    return;
-                };
-                let mut with_key = key.into_bytes();
-                with_key.push(self.spec.delimiter());
-                with_key.extend_from_slice(row);
-                keyed = with_key;
-                (&keyed[..], trim_line_end(&keyed))
-            }
-        };
-        let line = match self.encoding.decode(line) {
-            Ok(line) => line,
-            Err(e) => {
-                self.error = Some(e.into());
-                return;
-            }
-        };
-        let placed =
-            self.spec
-                .key_of(line.as_bytes(), self.position)
-                .and_then(|key| self.spec.rule.shard_for(&key).map_err(|e| e.to_string()))
-                .and_then(|shard| {
-                    index.get(&shard).copied().ok_or_else(|| {
-                        format!("shard {shard} does not hold table {}", self.spec.table)
-                    })
-                });
-        match placed {
-            Ok(i) => {
-                self.buffers[i].extend_from_slice(row);
-                self.total += 1;
-            }
-            Err(reason) => {
-                self.error = Some(ClientError::new(
-                    sqlstate::INVALID_TEXT_REPRESENTATION,
-                    format!("{reason}; no row of this statement was loaded"),
-                ));
-            }
-        }
-    }
-
-    /// Buffers that reached the batch size, framed as `CopyData`.
-    fn full_batches(&mut self) -> Vec<(usize, Bytes)> {
-        self.take_batches(BATCH_BYTES)
-    }
-
-    /// Everything still buffered.
-    fn all_batches(&mut self) -> Vec<(usize, Bytes)> {
-        self.take_batches(1)
-    }
-
-    fn take_batches(&mut self, threshold: usize) -> Vec<(usize, Bytes)> {
-        let mut out = Vec::new();
-        for (i, buffer) in self.buffers.iter_mut().enumerate() {
-            if buffer.len() >= threshold {
-                let data = buffer.split();
-                let mut message = BytesMut::with_capacity(data.len() + 5);
-                message.put_u8(tag::COPY_DATA);
-                message.put_i32(data.len() as i32 + 4);
-                message.put_slice(&data);
-                out.push((i, message.freeze()));
-            }
-        }
-        out
-    }
-
-    /// Routes a last row without a line end; the routing error, if any row had one.
-    fn finish(&mut self, index: &HashMap<ShardId, usize>) -> Result<(), ClientError> {
-        let splitter = std::mem::replace(
-            &mut self.splitter,
-            RowSplitter::new(self.spec.format.clone()),
-        );
-        let rest = splitter.finish();
-        if !rest.is_empty() {
-            let mut row = rest;
-            row.push(b'\n');
-            self.route(&row, index);
-        }
-        self.error.take().map_or(Ok(()), Err)
     }
 }
 

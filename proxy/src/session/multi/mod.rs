@@ -1,7 +1,7 @@
 //! Executors for statements that need several shards: the same messages everywhere with the
 //! answers concatenated ([`scatter`]), rows merged in order or aggregates combined ([`gather`],
 //! [`ordered`], [`aggregate`]), a multi-row `INSERT` split by shard ([`split_insert`]), `COPY`
-//! rows sent to their shards ([`copy_in`]), and writes of moving keys during resharding
+//! rows sent to their shards ([`copy_in`], [`copy_rows`]), and writes of moving keys during resharding
 //! ([`dual`]). The writes commit everywhere or nowhere through [`twophase`], and so does a
 //! transaction block that spans shards ([`transaction`]). Reads may leave out shards that
 //! cannot be reached when the session asks ([`partial`]).
@@ -11,6 +11,7 @@
 
 pub(crate) mod aggregate;
 pub(crate) mod copy_in;
+pub(crate) mod copy_rows;
 pub(crate) mod dual;
 pub(crate) mod gather;
 pub(crate) mod insert_select;
