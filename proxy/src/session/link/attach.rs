@@ -205,6 +205,22 @@ pub(crate) async fn drain_to_ready(conn: &mut Pooled) -> bool {
     ready_status(conn).await == Some(b'I')
 }
 
+/// Reads and drops the answers to `cycles` statements the proxy sent ahead of a request (the
+/// settings sync, a transaction's replay). One that failed leaves the backend's settings
+/// unknown, so they are synced from scratch next time rather than believed in line.
+pub(crate) async fn skip_prelude(conn: &mut Pooled, cycles: usize) -> Result<(), BackendError> {
+    let mut remaining = cycles;
+    while remaining > 0 {
+        let frame = conn.read().await?;
+        match frame.tag() {
+            msg::tag::READY_FOR_QUERY => remaining -= 1,
+            msg::tag::ERROR_RESPONSE => conn.settings = None,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Reads and drops a backend's answers up to `ReadyForQuery` and returns its transaction
 /// status; `None` if the backend failed.
 pub(crate) async fn ready_status(conn: &mut Pooled) -> Option<u8> {

@@ -14,13 +14,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use shardline_router::merge::{MergeSpec, Slice};
 use shardline_router::ShardId;
 
-use crate::backend::conn::BackendError;
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::frontend::is_binary;
 use crate::protocol::Frame;
+use crate::session::link::attach::skip_prelude;
 use crate::session::multi::gather::{Delivery, MergeFailure};
 use crate::session::multi::partial;
 use crate::session::{local, ClientError, Session};
@@ -83,7 +83,7 @@ impl Session {
                 exhausted: false,
             };
             let ready = match sent {
-                Ok(()) => skip_cycles(&mut stream.conn, skip).await,
+                Ok(()) => skip_prelude(&mut stream.conn, skip).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = ready {
@@ -245,18 +245,6 @@ pub(crate) async fn read_header(
         }
     }
     Ok(description.map(|d| (collation, d)))
-}
-
-/// Reads and drops `cycles` answers ending in `ReadyForQuery` (the settings sync).
-async fn skip_cycles(conn: &mut Pooled, cycles: usize) -> Result<(), BackendError> {
-    let mut remaining = cycles;
-    while remaining > 0 {
-        let frame = conn.read().await?;
-        if frame.tag() == tag::READY_FOR_QUERY {
-            remaining -= 1;
-        }
-    }
-    Ok(())
 }
 
 /// The stream's next message; a lost connection names the shard.

@@ -33,7 +33,7 @@ use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::Frame;
-use crate::session::link::attach::{drain_to_ready, ready_status};
+use crate::session::link::attach::{drain_to_ready, ready_status, skip_prelude};
 use crate::session::link::exchange::{Expect, Mode, Reply};
 use crate::session::multi::gather::{Delivery, MergeFailure, Source};
 use crate::session::{local, ClientError, Session, SessionEnd};
@@ -372,10 +372,9 @@ impl Session {
         conn.send(&out)
             .await
             .map_err(|e| ClientError::lost_shard(name, e))?;
-        for _ in 0..queue.len() {
-            while read_from(conn, name).await?.tag() != tag::READY_FOR_QUERY {}
-        }
-        Ok(())
+        skip_prelude(conn, queue.len())
+            .await
+            .map_err(|e| ClientError::from_backend(name, &e))
     }
 }
 
