@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::migration::{Active, MigrationGate};
 use crate::pause::PauseGate;
 use crate::reload::ConfigSource;
+use crate::resolver::decisions::DecisionTables;
 use crate::shutdown::Shutdown;
 use crate::stats::QueryStats;
 use crate::tls::ServerTls;
@@ -84,6 +85,8 @@ pub struct ProxyContext {
     pub metrics: Metrics,
     /// Shard keys generated for `INSERT`s that leave them to the table's default.
     pub keys: KeySource,
+    /// The shards known to hold the table two-phase commits record their decisions in.
+    pub decisions: DecisionTables,
     /// What clients are offered for TLS.
     pub tls: ServerTls,
 }
@@ -141,6 +144,7 @@ impl ProxyContext {
             source,
             metrics,
             keys: KeySource::default(),
+            decisions: DecisionTables::default(),
             tls,
         })
     }

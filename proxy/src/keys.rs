@@ -255,17 +255,9 @@ impl KeySource {
         }
         // The table's first block: after every key its shards hold.
         let start = largest_key(config, table, column).await? + 1;
-        if let Err(e) = client.batch_execute(KEYS_SQL).await {
-            // Another proxy installing it at the same moment makes `IF NOT EXISTS` fail.
-            let raced = [
-                SqlState::UNIQUE_VIOLATION,
-                SqlState::DUPLICATE_TABLE,
-                SqlState::DUPLICATE_SCHEMA,
-            ];
-            if !e.code().is_some_and(|code| raced.contains(code)) {
-                return Err(catalog_error(&e));
-            }
-        }
+        crate::migration::catalog::install(client, KEYS_SQL)
+            .await
+            .map_err(|e| catalog_error(&e))?;
         client
             .execute(
                 "INSERT INTO shardline.key_blocks VALUES ($1, $2) ON CONFLICT DO NOTHING",

@@ -39,8 +39,9 @@
 //! not copied yet (`UPDATE … SET n = n + 1` would match nothing there, an upsert would insert
 //! instead of update). A crash between 3 and 4 leaves a prepared copy whose fate the old owner
 //! knows: the resolver (every proxy, every 2 s, and the resharder before `verify` and under the
-//! cutover's pause) commits it if `pg_xact_status` of the old owner's transaction says
-//! committed, rolls it back if aborted, and waits while it runs. So a write is never on one
+//! cutover's pause) commits it if the old owner's transaction recorded its decision
+//! (`shardline_router::indoubt`), rolls it back if that transaction is over without it, and
+//! waits while it runs. So a write is never on one
 //! owner without its image committed or prepared-and-decided on the other: no silent
 //! divergence. Writes to a moving table that name no key, that need several shards, `COPY`
 //! into it and DDL on it are refused during the migration with a message saying why.

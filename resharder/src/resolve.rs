@@ -1,12 +1,14 @@
 //! Finishing dual writes a crash left half done, as `shardline_router::indoubt`
-//! decides: a prepared copy is committed when its old owner's transaction committed, rolled
-//! back when it aborted, and left alone while it still runs. The proxies do the same in the
-//! background; the resharder does it before verifying and under the cutover's pause.
+//! decides: a prepared copy is committed when its old owner's transaction recorded its
+//! decision, rolled back when that transaction is over without one, and left alone while it
+//! still runs. The proxies do the same in the background; the resharder does it before
+//! verifying and under the cutover's pause.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use shardline_router::indoubt;
+use shardline::resolver::decisions::settle;
+use shardline_router::indoubt::{self, Verdict};
 use shardline_router::migration::Layout;
 use tokio_postgres::error::SqlState;
 
@@ -41,16 +43,16 @@ pub async fn resolve(
             .map(|row| row.get(0))
             .collect();
         for gid in gids {
-            let Some((xid, old)) = indoubt::parse_gid(&gid) else {
+            let Some(prepared) = indoubt::parse_gid(&gid) else {
                 continue;
             };
+            let old = prepared.decider;
             let source = shards
                 .get(old)
                 .await
                 .with_context(|| format!("in-doubt dual write {gid} needs its old owner {old}"))?;
-            let status: Option<String> =
-                source.query_one(indoubt::STATUS_SQL, &[&xid]).await?.get(0);
-            let Some(sql) = indoubt::verdict(&gid, status.as_deref()) else {
+            let settled = settle(&source, &gid, &prepared).await?;
+            let Verdict::Finish(sql) = settled.verdict else {
                 resolved.pending += 1;
                 continue;
             };

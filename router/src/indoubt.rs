@@ -1,16 +1,24 @@
 //! Two-phase commits a crash left half done, and how they are finished.
 //!
 //! Every two-phase commit shardline runs has a decider: one participant that commits in one
-//! phase, after the others were prepared. The others are prepared under [`gid`]
-//! (`<kind>:<decider's xid>:<decider shard>:<participant shard>`), so the decider's commit is the
-//! decision and the prepared name says where to look it up. Whoever finds such a prepared
-//! transaction after its proxy went away (the proxies' resolver, the resharder) asks the decider
-//! for the status of that xid ([`STATUS_SQL`]) and acts on the [`verdict`]. The hot path writes
-//! no log of its own.
+//! phase, after the others were prepared. Before the others prepare, the decider's transaction
+//! records its decision ([`record_sql`]: a row in `shardline.decisions`, `schema/decisions.sql`)
+//! under a nonce the proxy drew; the others prepare under [`gid`]
+//! (`<kind>:<decider's xid>:<nonce>:<decider shard>:<participant shard>`). The decider's commit
+//! makes the row durable together with everything it wrote, so the row *is* the decision.
+//!
+//! Whoever finds such a prepared transaction after its proxy went away (the proxies' resolver,
+//! the resharder) asks the decider two things, in this order and in separate statements: the
+//! status of its xid ([`STATUS_SQL`]) and, once that transaction is over, whether the row exists
+//! ([`RECORDED_SQL`]); [`verdict`] says what follows. The xid alone cannot decide: a decider
+//! that crashed before the xid reached its disk comes back with its counter below it and hands
+//! the same xid to a later transaction, whose commit says nothing about this one. The nonce
+//! can: only the transaction that drew it inserted it.
 //!
 //! Two kinds use it: a dual write's copy on a key's new owner during resharding, decided by the
 //! old owner ([`Kind::DualWrite`]), and a transaction that wrote on several shards
-//! ([`Kind::Transaction`]).
+//! ([`Kind::Transaction`]). Names of an older format (`<kind>:<xid>:<decider>:<participant>`,
+//! no nonce, no row) are still finished from the xid's status alone, as that format was.
 
 use crate::migration::images::literal;
 
@@ -39,64 +47,202 @@ pub const LIST_SQL: &str = "SELECT gid, extract(epoch FROM now() - prepared)::fl
      WHERE (gid LIKE 'sl\\_dw:%' OR gid LIKE 'sl\\_tx:%') \
      AND database = current_database() AND prepared <= now() - make_interval(secs => $1)";
 
-/// The status (`committed`, `aborted`, `in progress`) of transaction `$1` on the decider.
+/// The status (`committed`, `aborted`, `in progress`, or NULL when too old to tell) of
+/// transaction `$1` on the decider.
 ///
 /// An id the decider has not handed out (again) is `aborted`: a decider that crashed before
 /// anything carrying the id reached its disk comes back with its counter below it, and such
-/// a transaction never committed there (`pg_xact_status` would call the id "in the future"
-/// and nothing could ever settle its prepared participants).
+/// a transaction never committed there (`pg_xact_status` would call the id "in the future").
 pub const STATUS_SQL: &str = "SELECT CASE WHEN $1::text::xid8 >= pg_current_xact_id() \
      THEN 'aborted' ELSE pg_xact_status($1::text::xid8)::text END";
 
-/// The decider's transaction id, assigning one if it has none yet (a decider that wrote
-/// nothing still needs an id whose fate can be looked up).
-pub const DECIDER_XID_SQL: &str = "SELECT pg_current_xact_id()::text";
+/// Whether the decision row of transaction `$1` (xid) with nonce `$2` exists on the decider.
+/// Asked only once [`STATUS_SQL`] said that transaction is over, in a statement of its own, so
+/// its snapshot sees the transaction's commit.
+pub const RECORDED_SQL: &str = "SELECT EXISTS (SELECT FROM shardline.decisions \
+     WHERE xid = $1::text::xid8 AND nonce = $2)";
 
-/// The name under which `participant` prepares its part of transaction `xid` of `decider`.
-pub fn gid(kind: Kind, xid: &str, decider: &str, participant: &str) -> String {
-    format!("{}:{xid}:{decider}:{participant}", kind.prefix())
+/// Decision rows older than a minute, whose participants may all be finished (`nonce` each).
+pub const STALE_SQL: &str =
+    "SELECT nonce FROM shardline.decisions WHERE decided_at < now() - interval '1 minute'";
+
+/// Deletes the decision rows whose nonce is in the text array `$1`.
+pub const FORGET_SQL: &str = "DELETE FROM shardline.decisions WHERE nonce = ANY($1)";
+
+/// The statement, run in the decider's transaction just before the others prepare, that
+/// records the decision under `nonce` and returns the transaction's xid (assigning one).
+pub fn record_sql(nonce: &str) -> String {
+    format!(
+        "INSERT INTO shardline.decisions (nonce) VALUES ({}) RETURNING xid::text",
+        literal(nonce)
+    )
 }
 
-/// The decider's transaction id and shard name in a prepared transaction's name.
-pub fn parse_gid(gid: &str) -> Option<(&str, &str)> {
-    let mut parts = gid.splitn(4, ':');
-    let prefix = parts.next()?;
+/// A nonce for [`record_sql`] from random bits: 16 hex digits, never a `:`.
+pub fn nonce(bits: u64) -> String {
+    format!("{bits:016x}")
+}
+
+/// The name under which `participant` prepares its part of the transaction `xid` of `decider`
+/// that recorded its decision under `nonce`.
+pub fn gid(kind: Kind, xid: &str, nonce: &str, decider: &str, participant: &str) -> String {
+    format!("{}:{xid}:{nonce}:{decider}:{participant}", kind.prefix())
+}
+
+/// What a prepared transaction's name says about its decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prepared<'a> {
+    /// The decider's transaction id.
+    pub xid: &'a str,
+    /// The nonce of the decision row; `None` in a name of the older format, which has none.
+    pub nonce: Option<&'a str>,
+    /// The decider's shard.
+    pub decider: &'a str,
+}
+
+/// Reads a prepared transaction's name; `None` when it is not one of shardline's.
+pub fn parse_gid(gid: &str) -> Option<Prepared<'_>> {
+    let fields: Vec<&str> = gid.split(':').collect();
     [Kind::DualWrite, Kind::Transaction]
         .iter()
-        .any(|k| k.prefix() == prefix)
+        .any(|k| Some(&k.prefix()) == fields.first())
         .then_some(())?;
-    Some((parts.next()?, parts.next()?))
+    match fields[1..] {
+        [xid, nonce, decider, _] => Some(Prepared {
+            xid,
+            nonce: Some(nonce),
+            decider,
+        }),
+        [xid, decider, _] => Some(Prepared {
+            xid,
+            nonce: None,
+            decider,
+        }),
+        _ => None,
+    }
 }
 
-/// What to do with a prepared transaction, given the status of its decider's transaction: the
-/// SQL to run, or `None` while that transaction is still running (or too old to tell).
-pub fn verdict(gid: &str, status: Option<&str>) -> Option<String> {
-    let verb = match status? {
-        "committed" => "COMMIT",
-        "aborted" => "ROLLBACK",
-        _ => return None,
+/// What to do with a prepared transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its decider's transaction still runs (or cannot be told apart): leave it.
+    Wait,
+    /// That transaction is over: ask whether it recorded its decision ([`RECORDED_SQL`]).
+    AskRecord,
+    /// Finish it with this statement.
+    Finish(String),
+}
+
+/// The verdict on prepared transaction `gid`, from the status of its decider's transaction and,
+/// once asked, whether the decision row exists.
+pub fn verdict(gid: &str, status: Option<&str>, recorded: Option<bool>) -> Verdict {
+    let Some(prepared) = parse_gid(gid) else {
+        return Verdict::Wait;
     };
-    Some(format!("{verb} PREPARED {}", literal(gid)))
+    let commit = match (prepared.nonce, status, recorded) {
+        (_, Some("in progress"), _) => return Verdict::Wait,
+        // Over (committed, aborted, or too old for the status to be kept): the row decides.
+        (Some(_), _, Some(recorded)) => recorded,
+        (Some(_), _, None) => return Verdict::AskRecord,
+        (None, Some("committed"), _) => true,
+        (None, Some("aborted"), _) => false,
+        (None, _, _) => return Verdict::Wait,
+    };
+    let verb = if commit { "COMMIT" } else { "ROLLBACK" };
+    Verdict::Finish(format!("{verb} PREPARED {}", literal(gid)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn finishes_with(verdict: &Verdict, verb: &str) -> bool {
+        matches!(verdict, Verdict::Finish(sql) if sql.starts_with(verb))
+    }
+
     #[test]
-    fn names_round_trip_and_the_decider_decides() {
+    fn names_round_trip() {
         for kind in [Kind::DualWrite, Kind::Transaction] {
-            let name = gid(kind, "4711", "s0", "s2");
-            assert_eq!(parse_gid(&name), Some(("4711", "s0")));
-            assert!(verdict(&name, Some("aborted")).is_some_and(|s| s.starts_with("ROLLBACK")));
-            assert_eq!(verdict(&name, Some("in progress")), None);
-            assert_eq!(verdict(&name, None), None);
+            let name = gid(kind, "4711", &nonce(0xbeef), "s0", "s2");
+            assert_eq!(
+                parse_gid(&name),
+                Some(Prepared {
+                    xid: "4711",
+                    nonce: Some("000000000000beef"),
+                    decider: "s0"
+                })
+            );
         }
-        assert_eq!(parse_gid("shardline_1_0"), None);
-        assert_eq!(parse_gid("sl_xx:1:s0:s1"), None);
         assert_eq!(
-            verdict(&gid(Kind::DualWrite, "4711", "s0", "s2"), Some("committed")).as_deref(),
-            Some("COMMIT PREPARED $s$sl_dw:4711:s0:s2$s$")
+            parse_gid("sl_tx:4711:s0:s2"),
+            Some(Prepared {
+                xid: "4711",
+                nonce: None,
+                decider: "s0"
+            })
+        );
+        for foreign in [
+            "shardline_1_0",
+            "sl_xx:1:n:s0:s1",
+            "sl_tx:1:s0",
+            "sl_tx:1:n:s0:s1:x",
+        ] {
+            assert_eq!(parse_gid(foreign), None, "{foreign}");
+        }
+    }
+
+    /// The decision row decides once the decider's transaction is over, whatever its xid's
+    /// status says now: a committed status with no row is a later transaction that was handed
+    /// the same xid after a crash.
+    #[test]
+    fn the_recorded_decision_decides() {
+        let name = gid(Kind::Transaction, "4711", &nonce(7), "s0", "s1");
+        assert_eq!(verdict(&name, Some("in progress"), None), Verdict::Wait);
+        assert_eq!(
+            verdict(&name, Some("in progress"), Some(true)),
+            Verdict::Wait
+        );
+        for status in [Some("committed"), Some("aborted"), None] {
+            assert_eq!(verdict(&name, status, None), Verdict::AskRecord);
+            assert!(finishes_with(
+                &verdict(&name, status, Some(true)),
+                "COMMIT PREPARED"
+            ));
+            assert!(finishes_with(
+                &verdict(&name, status, Some(false)),
+                "ROLLBACK PREPARED"
+            ));
+        }
+        assert_eq!(
+            verdict(&name, Some("committed"), Some(true)),
+            Verdict::Finish(format!("COMMIT PREPARED $s${name}$s$"))
+        );
+    }
+
+    #[test]
+    fn older_names_follow_the_status_alone() {
+        let name = "sl_dw:4711:s0:s2";
+        assert!(finishes_with(
+            &verdict(name, Some("committed"), None),
+            "COMMIT"
+        ));
+        assert!(finishes_with(
+            &verdict(name, Some("aborted"), None),
+            "ROLLBACK"
+        ));
+        assert_eq!(verdict(name, Some("in progress"), None), Verdict::Wait);
+        assert_eq!(verdict(name, None, None), Verdict::Wait);
+        assert_eq!(
+            verdict("not ours", Some("committed"), Some(true)),
+            Verdict::Wait
+        );
+    }
+
+    #[test]
+    fn the_record_statement_quotes_its_nonce() {
+        assert_eq!(
+            record_sql("00ff"),
+            "INSERT INTO shardline.decisions (nonce) VALUES ($s$00ff$s$) RETURNING xid::text"
         );
     }
 }

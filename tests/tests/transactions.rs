@@ -1,13 +1,12 @@
 //! Transaction blocks that span shards, against real PostgreSQL shards: shards join as
 //! statements need them, every kind of statement sees the transaction's own writes, savepoints
-//! reach shards that join later, COMMIT happens on every shard or none, and a two-phase commit a
-//! crash left in doubt is finished from its decider's fate. Each test checks the shards
-//! directly, never only through the proxy.
+//! reach shards that join later, COMMIT happens on every shard or none (`in_doubt.rs`: what a
+//! crash leaves in doubt). Each test checks the shards directly, never only through the
+//! proxy.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use shardline_tests::ops::{console, ops_yaml, show, ConfigFile};
 use shardline_tests::txn::{ids_on_shards, keys_on_distinct_shards, query, users_table};
 use shardline_tests::{sqlstate, TestCluster};
 use tokio_postgres::error::SqlState;
@@ -325,75 +324,6 @@ async fn one_shard_transactions_when_configured() -> anyhow::Result<()> {
     );
     client.simple_query("ROLLBACK").await?;
     assert!(ids_on_shards(&cluster).await?.is_empty());
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn in_doubt_prepared_transactions_follow_their_decider() -> anyhow::Result<()> {
-    let cluster = TestCluster::start("tx-indoubt", 2).await?;
-    users_table(&cluster.client().await?).await?;
-    let decider = cluster.shard(0).await?;
-    let participant = cluster.shard(1).await?;
-    // What a proxy killed between the decider's commit (or abort) and COMMIT PREPARED leaves.
-    let mut prepared = Vec::new();
-    for (id, decided) in [(11_i64, "COMMIT"), (12, "ROLLBACK")] {
-        decider.batch_execute("BEGIN").await?;
-        let xid: String = decider
-            .query_one("SELECT pg_current_xact_id()::text", &[])
-            .await?
-            .get(0);
-        decider.batch_execute(decided).await?;
-        let gid = format!("sl_tx:{xid}:s0:s1");
-        participant
-            .batch_execute(&format!(
-                "BEGIN; INSERT INTO users (id) VALUES ({id}); PREPARE TRANSACTION '{gid}'"
-            ))
-            .await?;
-        prepared.push(gid);
-    }
-    // The admin console lists them with their fate before the resolver acts.
-    let file = ConfigFile::new("tx-indoubt", &ops_yaml(&cluster, ""))?;
-    let proxy = file.serve(false).await?;
-    let admin = console(proxy.addr.port()).await?;
-    let listed = show(&admin, "SHOW INDOUBT").await?.records();
-    let fates: Vec<(String, String)> = listed
-        .iter()
-        .map(|r| (r["gid"].clone(), r["fate"].clone()))
-        .collect();
-    assert_eq!(
-        fates,
-        [
-            (prepared[0].clone(), "commit".to_owned()),
-            (prepared[1].clone(), "roll back".to_owned())
-        ]
-    );
-    // The resolver takes over prepared transactions older than a few seconds.
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let left: i64 = participant
-            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
-            .await?
-            .get(0);
-        if left == 0 {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{left} of {prepared:?} still prepared"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let ids: Vec<i64> = participant
-        .query("SELECT id FROM users", &[])
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    assert_eq!(
-        ids,
-        vec![11],
-        "committed decider: kept; aborted decider: rolled back"
-    );
     Ok(())
 }
 

@@ -83,6 +83,21 @@ pub async fn read(config: &Config) -> anyhow::Result<Option<Active>> {
     result
 }
 
+/// Runs `sql`, a script of idempotent `CREATE … IF NOT EXISTS` statements, on `client`.
+/// Another proxy installing the same objects at the same moment makes `IF NOT EXISTS` fail
+/// with a duplicate error; that counts as installed.
+pub async fn install(client: &Client, sql: &str) -> Result<(), tokio_postgres::Error> {
+    const RACED: [SqlState; 3] = [
+        SqlState::UNIQUE_VIOLATION,
+        SqlState::DUPLICATE_TABLE,
+        SqlState::DUPLICATE_SCHEMA,
+    ];
+    match client.batch_execute(sql).await {
+        Err(e) if !e.code().is_some_and(|code| RACED.contains(code)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// A control connection (not pooled) to `shard` as the first non-admin user of `config`; the
 /// task driving it ends when the client is dropped.
 pub async fn connect(

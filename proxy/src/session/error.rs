@@ -62,6 +62,16 @@ impl ClientError {
         )
     }
 
+    /// The SQLSTATE the client is sent: a shard's own, when the error is one passed on.
+    pub fn code(&self) -> String {
+        match &self.frame {
+            Some(frame) => msg::error_field(&Frame::from_bytes(frame.clone()), b'C')
+                .unwrap_or(self.sqlstate)
+                .to_owned(),
+            None => self.sqlstate.to_owned(),
+        }
+    }
+
     /// The `ErrorResponse` the client is sent.
     pub fn bytes(&self) -> Bytes {
         self.frame

@@ -313,7 +313,7 @@ impl Session {
         if failure.is_some() {
             roll_back_parts(&mut parts).await;
         } else {
-            failure = commit_parts(&mut parts).await;
+            failure = commit_parts(&self.ctx, &mut parts).await;
         }
         self.release_parts(parts);
         if let Some(error) = failure {

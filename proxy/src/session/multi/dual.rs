@@ -5,17 +5,18 @@
 //! one the proxy opens around an autocommit statement). When that transaction commits, the
 //! proxy first locks the moving keys it wrote on the old owner, reads their current rows (the
 //! row images) and applies them to each new owner in a transaction it prepares there
-//! (`PREPARE TRANSACTION`, named after the old owner's transaction id); then the old owner
-//! commits, and the new owners' prepared transactions are committed — or rolled back if the old
-//! owner did not commit. The old owner's commit is the decision: a prepared copy left behind by
-//! a crash is resolved by asking the old owner whether that transaction committed
-//! (`pg_xact_status`), so the two owners never diverge silently.
+//! (`PREPARE TRANSACTION`, named after the old owner's transaction and the decision it records
+//! in it); then the old owner commits, and the new owners' prepared transactions are committed
+//! — or rolled back if the old owner did not commit. The old owner's commit is the decision: a
+//! prepared copy left behind by a crash is resolved by asking the old owner whether that
+//! transaction is over and recorded its decision (`shardline_router::indoubt`), so the two
+//! owners never diverge silently.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
-use shardline_router::indoubt::{self, Kind};
+use shardline_router::indoubt::Kind;
 use shardline_router::migration::images::{lock_keys_sql, read_images_sql};
 use shardline_router::{KeyValue, ShardId};
 
@@ -25,7 +26,7 @@ use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::session::link::exchange::{Completed, Expect, Mode, Reply};
 use crate::session::link::output::Mark;
 use crate::session::multi::ordered::field;
-use crate::session::multi::twophase::{finish_quietly, run, Part};
+use crate::session::multi::twophase::{finish_quietly, record_decision, run, Part};
 use crate::session::state::transaction::DualKeys;
 use crate::session::{ClientError, Session, SessionEnd};
 
@@ -197,17 +198,14 @@ impl Session {
             )
         })?;
         let old_name = shard_name(loaded, old);
+        let ctx = self.ctx.clone();
         let Some(conn) = self.conns.get_mut(&old) else {
             return Err(ClientError::new(
                 sqlstate::INTERNAL,
                 "the transaction's backend is gone",
             ));
         };
-        let xid = query_rows(conn, &old_name, "SELECT pg_current_xact_id()::text")
-            .await?
-            .first()
-            .and_then(|row| row.first().cloned().flatten())
-            .ok_or_else(|| ClientError::new(sqlstate::INTERNAL, "no transaction id"))?;
+        let decision = record_decision(&ctx, conn, &old_name).await?;
         // Per new owner, the statements that make its rows of the moving keys exact.
         let mut applies: BTreeMap<ShardId, Vec<String>> = BTreeMap::new();
         for (table, table_keys) in &keys.tables {
@@ -245,7 +243,7 @@ impl Session {
         let mut prepared: Vec<Part> = Vec::new();
         for (owner, statements) in applies {
             let name = shard_name(loaded, owner);
-            let gid = indoubt::gid(Kind::DualWrite, &xid, &old_name, &name);
+            let gid = decision.gid(Kind::DualWrite, &old_name, &name);
             let attached = self.attach(loaded, owner).await;
             let failure = match attached {
                 Err(e) => Some(e),

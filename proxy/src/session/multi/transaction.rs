@@ -15,7 +15,7 @@ use bytes::Bytes;
 use shardline_router::{SavepointOp, ShardId, StatementKind};
 
 use crate::backend::conn::Backend;
-use crate::context::Loaded;
+use crate::context::{Loaded, ProxyContext};
 use crate::protocol::backend::sqlstate;
 use crate::session::link::exchange::Expect;
 use crate::session::multi::twophase::{
@@ -125,7 +125,9 @@ impl Session {
                     "a transaction that wrote keys a resharding migration is moving cannot span shards; it was rolled back on every shard",
                 ))
             }
-            (true, None) => commit_everywhere(&mut parts).await.map(|()| "COMMIT"),
+            (true, None) => commit_everywhere(&self.ctx, &mut parts)
+                .await
+                .map(|()| "COMMIT"),
         };
         if result != Ok("COMMIT") {
             // What the transaction created is gone with it.
@@ -168,10 +170,10 @@ impl Session {
 }
 
 /// Commits `parts`: those that wrote nothing first, then the writers together.
-async fn commit_everywhere(parts: &mut [Part]) -> Result<(), ClientError> {
+async fn commit_everywhere(ctx: &ProxyContext, parts: &mut [Part]) -> Result<(), ClientError> {
     let mut writers = BTreeSet::new();
     for part in parts.iter_mut() {
-        match twophase::query_value(part, WROTE_SQL).await {
+        match twophase::query_value(&mut part.conn, &part.name, WROTE_SQL).await {
             Ok(value) if value == "t" => {
                 writers.insert(part.shard);
             }
@@ -194,7 +196,7 @@ async fn commit_everywhere(parts: &mut [Part]) -> Result<(), ClientError> {
             return Err(error.into_error());
         }
     }
-    match commit_parts(writing).await {
+    match commit_parts(ctx, writing).await {
         Some(error) => Err(error),
         None => Ok(()),
     }

@@ -9,6 +9,7 @@ use shardline_router::indoubt::{self, Kind};
 use shardline_router::ShardId;
 
 use crate::backend::pool::{Pooled, Pools};
+use crate::context::ProxyContext;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::Frame;
 use crate::session::multi::ordered::field;
@@ -54,28 +55,29 @@ impl CommitError {
 }
 
 /// Commits every part: in one phase when there is one; else the first part decides. The
-/// others are prepared (`PREPARE TRANSACTION`) under names that carry the decider's xid
+/// decider's transaction records the decision ([`record_decision`]), the others are prepared
+/// (`PREPARE TRANSACTION`) under names that carry the decider's xid and the decision's nonce
 /// (`shardline_router::indoubt`), the decider commits in one phase, and the others are then
 /// committed (`COMMIT PREPARED`). A failure before the decision rolls every part back (the
 /// decider too) and is returned. After the decision the transaction is committed whatever
 /// happens: a part whose `COMMIT PREPARED` fails stays prepared until the resolver finishes it
-/// from the decider's status, which is logged, not returned. When the decider's own commit has
+/// from the decider's record, which is logged, not returned. When the decider's own commit has
 /// an unknown outcome (its connection broke), the prepared parts are left to the resolver,
 /// which follows whatever the decider did, and the unknown outcome is returned.
-pub(crate) async fn commit_parts(parts: &mut [Part]) -> Option<ClientError> {
+pub(crate) async fn commit_parts(ctx: &ProxyContext, parts: &mut [Part]) -> Option<ClientError> {
     let (decider, others) = parts.split_first_mut()?;
     if others.is_empty() {
         return commit_one(decider).await.err().map(CommitError::into_error);
     }
-    let xid = match query_value(decider, indoubt::DECIDER_XID_SQL).await {
-        Ok(xid) => xid,
+    let decision = match record_decision(ctx, &mut decider.conn, &decider.name).await {
+        Ok(decision) => decision,
         Err(error) => {
             roll_back_parts(parts).await;
             return Some(error);
         }
     };
     let decider_name = decider.name.clone();
-    let gid = |part: &Part| indoubt::gid(Kind::Transaction, &xid, &decider_name, &part.name);
+    let gid = |part: &Part| decision.gid(Kind::Transaction, &decider_name, &part.name);
     let mut prepared = 0;
     let mut failure = None;
     for part in others.iter_mut() {
@@ -119,7 +121,7 @@ pub(crate) async fn commit_parts(parts: &mut [Part]) -> Option<ClientError> {
         let sql = format!("{verb} PREPARED {}", quote_literal(&name));
         if !matches!(run(&mut part.conn, &sql).await, Ok(None)) {
             part.conn.broken = true;
-            tracing::error!(shard = %part.name, transaction = %name, "{verb} PREPARED failed; the resolver finishes it from the decider's status");
+            tracing::error!(shard = %part.name, transaction = %name, "{verb} PREPARED failed; the resolver finishes it from the decider's record");
         }
     }
     failure
@@ -146,19 +148,58 @@ pub(crate) async fn commit_one(part: &mut Part) -> Result<(), CommitError> {
     }
 }
 
-/// The one value a one-row query returns on a part's backend.
-pub(crate) async fn query_value(part: &mut Part, sql: &str) -> Result<String, ClientError> {
-    let sent = part.conn.send(&local::query_message(sql)).await;
+/// A decision recorded in a decider's transaction: its xid and the nonce of its row.
+pub(crate) struct Decision {
+    xid: String,
+    nonce: String,
+}
+
+impl Decision {
+    /// The name `participant` prepares its part under.
+    pub(crate) fn gid(&self, kind: Kind, decider: &str, participant: &str) -> String {
+        indoubt::gid(kind, &self.xid, &self.nonce, decider, participant)
+    }
+}
+
+/// Records, in the transaction open on `conn` (shard `shard`, the decider), the decision its
+/// commit will make durable (`schema/decisions.sql`, installed first if this proxy has not
+/// seen it there). Runs just before the other parts prepare.
+pub(crate) async fn record_decision(
+    ctx: &ProxyContext,
+    conn: &mut Pooled,
+    shard: &str,
+) -> Result<Decision, ClientError> {
+    ctx.decisions.ensure(&ctx.snapshot().config, shard).await?;
+    let nonce = indoubt::nonce(rand::random());
+    match query_value(conn, shard, &indoubt::record_sql(&nonce)).await {
+        Ok(xid) => Ok(Decision { xid, nonce }),
+        Err(error) => {
+            // 42P01 undefined table, 3F000 invalid schema name: dropped since it was installed.
+            if ["42P01", "3F000"].contains(&error.code().as_str()) {
+                ctx.decisions.forget(shard);
+            }
+            Err(error)
+        }
+    }
+}
+
+/// The one value a one-row query returns on `conn`, a backend of shard `shard`.
+pub(crate) async fn query_value(
+    conn: &mut Pooled,
+    shard: &str,
+    sql: &str,
+) -> Result<String, ClientError> {
+    let sent = conn.send(&local::query_message(sql)).await;
     let answer = match sent {
-        Ok(()) => collect(&mut part.conn, 1).await,
+        Ok(()) => collect(conn, 1).await,
         Err(e) => Err(e.to_string()),
     };
     let answer = answer.map_err(|e| {
-        part.conn.broken = true;
-        ClientError::lost_shard(&part.name, e)
+        conn.broken = true;
+        ClientError::lost_shard(shard, e)
     })?;
     if let Some(error) = answer.error {
-        return Err(ClientError::from_shard(&error, &part.name));
+        return Err(ClientError::from_shard(&error, shard));
     }
     answer
         .rows
@@ -172,7 +213,7 @@ pub(crate) async fn query_value(part: &mut Part, sql: &str) -> Result<String, Cl
         .ok_or_else(|| {
             ClientError::new(
                 sqlstate::PROTOCOL_VIOLATION,
-                format!("shard {} answered {sql} without a value", part.name),
+                format!("shard {shard} answered {sql} without a value"),
             )
         })
 }
@@ -283,7 +324,7 @@ impl Session {
         let failure = if self.tx.open() {
             None
         } else {
-            commit_parts(&mut parts).await
+            commit_parts(&self.ctx, &mut parts).await
         };
         self.release_parts(parts);
         failure

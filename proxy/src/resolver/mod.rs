@@ -1,0 +1,291 @@
+//! The resolver: finishes the two-phase commits whose proxy went away between preparing a
+//! participant and finishing it (`shardline_router::indoubt` says how the decider's own commit
+//! decides), and deletes the decision rows no prepared participant needs any more
+//! ([`decisions`]). It looks at start and then periodically on every shard; without it a
+//! crashed proxy's prepared transactions would hold their row locks until an operator stepped
+//! in. The admin console's `SHOW INDOUBT` lists what it sees ([`in_doubt`]).
+
+pub mod decisions;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shardline_router::config::Shard;
+use shardline_router::indoubt::{self, Verdict};
+use shardline_router::Config;
+use tokio_postgres::Client;
+
+use crate::context::ProxyContext;
+use crate::migration::catalog::connect;
+use crate::shutdown::Phase;
+
+/// How often the resolver looks while a resharding migration dual-writes.
+const MIGRATION_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How often it looks otherwise.
+const INTERVAL: Duration = Duration::from_secs(10);
+
+/// How old a prepared transaction must be before the resolver takes it over from its proxy,
+/// which normally finishes it within milliseconds.
+const SETTLED_SECONDS: f64 = 5.0;
+
+/// One of shardline's prepared transactions, and what its decider says of it.
+#[derive(Debug, Clone)]
+pub struct InDoubt {
+    /// The shard it is prepared on.
+    pub shard: String,
+    /// Its name (`sl_tx:…` or `sl_dw:…`).
+    pub gid: String,
+    /// Seconds since it was prepared.
+    pub age_s: f64,
+    /// The decider's shard.
+    pub decider: String,
+    /// `pg_xact_status` of the decider's transaction and whether it recorded its decision, or
+    /// why the decider could not be asked.
+    pub decider_status: String,
+    /// The statement that finishes it, once the decider has decided.
+    pub verdict: Option<String>,
+}
+
+/// Runs the resolver until the proxy begins to shut down.
+pub async fn run(ctx: Arc<ProxyContext>) {
+    let mut warned = false;
+    loop {
+        let loaded = ctx.snapshot();
+        if !warned {
+            warn_without_prepared_transactions(&loaded.config).await;
+            warned = true;
+        }
+        // While a migration runs, dual writes prepare copies on shards this config may not
+        // list, whose names it could not see: their decision rows stay until it is over.
+        resolve_pass(&loaded.config, loaded.migration.is_none()).await;
+        let pause = if loaded.migration.is_some() {
+            MIGRATION_INTERVAL
+        } else {
+            INTERVAL
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = ctx.shutdown.reached(Phase::Draining) => return,
+        }
+    }
+}
+
+/// Every prepared transaction of shardline's on `config`'s shards, with its decider's fate.
+/// Shards that cannot be reached are listed with the reason.
+pub async fn in_doubt(config: &Config) -> Vec<InDoubt> {
+    let mut control = Control::new(config);
+    let mut found = Vec::new();
+    for shard in &config.shards {
+        match list(&mut control, shard, 0.0).await {
+            Ok(listed) => {
+                for (gid, age_s) in listed {
+                    found.push(ask(&mut control, shard, gid, age_s).await);
+                }
+            }
+            Err(e) => found.push(InDoubt {
+                shard: shard.name.clone(),
+                gid: String::new(),
+                age_s: 0.0,
+                decider: String::new(),
+                decider_status: format!("shard not reachable: {e:#}"),
+                verdict: None,
+            }),
+        }
+    }
+    found
+}
+
+/// One pass: finishes every settled in-doubt prepared transaction the deciders have decided,
+/// then, with `forget` and when every shard could be listed, deletes the decision rows older
+/// than a minute that no prepared transaction names.
+///
+/// The stale rows are read before the prepared transactions are listed, and that order is
+/// what makes the deletion safe: a row commits only after all its participants prepared, so
+/// a participant of a row read here that is still prepared is in the listing that follows.
+async fn resolve_pass(config: &Config, forget: bool) {
+    let mut control = Control::new(config);
+    let mut stale = HashMap::new();
+    let mut complete = forget;
+    for shard in config.shards.iter().filter(|_| forget) {
+        let rows = match control.client(&shard.name).await {
+            Ok(client) => decisions::stale(client).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        match rows {
+            Ok(rows) => {
+                stale.insert(shard.name.clone(), rows);
+            }
+            Err(e) => {
+                complete = false;
+                tracing::debug!(shard = %shard.name, error = %format!("{e:#}"), "could not read old decision rows");
+            }
+        }
+    }
+    let mut named = HashSet::new();
+    for shard in &config.shards {
+        match list(&mut control, shard, 0.0).await {
+            Ok(listed) => {
+                for (gid, age_s) in listed {
+                    if let Some(nonce) = indoubt::parse_gid(&gid).and_then(|p| p.nonce) {
+                        named.insert(nonce.to_owned());
+                    }
+                    if age_s >= SETTLED_SECONDS {
+                        finish(&mut control, shard, gid, age_s).await;
+                    }
+                }
+            }
+            Err(e) => {
+                complete = false;
+                tracing::warn!(shard = %shard.name, error = %format!("{e:#}"), "could not resolve in-doubt prepared transactions");
+            }
+        }
+    }
+    if !complete {
+        return;
+    }
+    for (shard, rows) in stale {
+        let unnamed: Vec<String> = rows.into_iter().filter(|n| !named.contains(n)).collect();
+        let deleted = match control.client(&shard).await {
+            Ok(client) => decisions::forget(client, &unnamed)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        match deleted {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::debug!(shard = %shard, rows = n, "deleted decision rows no prepared transaction needs")
+            }
+            Err(e) => {
+                tracing::warn!(shard = %shard, error = %format!("{e:#}"), "could not delete old decision rows")
+            }
+        }
+    }
+}
+
+/// Finishes prepared transaction `gid` on `shard` if its decider has decided.
+async fn finish(control: &mut Control<'_>, shard: &Shard, gid: String, age_s: f64) {
+    let asked = ask(control, shard, gid, age_s).await;
+    let Some(sql) = asked.verdict else {
+        return;
+    };
+    let Ok(client) = control.client(&shard.name).await else {
+        return;
+    };
+    // Another proxy or the resharder may finish it first; that is fine.
+    match client.batch_execute(&sql).await {
+        Ok(()) => {
+            tracing::info!(transaction = %asked.gid, "finished an in-doubt prepared transaction: {sql}")
+        }
+        Err(e) => {
+            tracing::debug!(transaction = %asked.gid, error = %e, "in-doubt prepared transaction already finished")
+        }
+    }
+}
+
+/// shardline's prepared transactions on `shard` at least `min_age` seconds old: name and age.
+async fn list(
+    control: &mut Control<'_>,
+    shard: &Shard,
+    min_age: f64,
+) -> anyhow::Result<Vec<(String, f64)>> {
+    let client = control.client(&shard.name).await?;
+    let rows = client.query(indoubt::LIST_SQL, &[&min_age]).await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// What the decider of prepared transaction `gid` on `shard` says of it.
+async fn ask(control: &mut Control<'_>, shard: &Shard, gid: String, age_s: f64) -> InDoubt {
+    let mut found = InDoubt {
+        shard: shard.name.clone(),
+        decider: String::new(),
+        decider_status: "not one of shardline's names".to_owned(),
+        verdict: None,
+        gid,
+        age_s,
+    };
+    let Some(prepared) = indoubt::parse_gid(&found.gid) else {
+        return found;
+    };
+    found.decider = prepared.decider.to_owned();
+    let settled = match control.client(prepared.decider).await {
+        Ok(decider) => decisions::settle(decider, &found.gid, &prepared)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
+    match settled {
+        Ok(settled) => {
+            let recorded = match settled.recorded {
+                Some(true) => ", decision recorded",
+                Some(false) => ", no decision recorded",
+                None => "",
+            };
+            let status = settled.status.as_deref().unwrap_or("unknown");
+            found.decider_status = format!("{status}{recorded}");
+            if let Verdict::Finish(sql) = settled.verdict {
+                found.verdict = Some(sql);
+            }
+        }
+        Err(e) => found.decider_status = format!("decider not reachable: {e:#}"),
+    }
+    found
+}
+
+/// Control connections to the shards for one pass, opened when first needed; a shard that
+/// could not be reached is not tried again in the same pass.
+struct Control<'a> {
+    config: &'a Config,
+    open: HashMap<String, Result<Client, String>>,
+}
+
+impl<'a> Control<'a> {
+    fn new(config: &'a Config) -> Control<'a> {
+        Control {
+            config,
+            open: HashMap::new(),
+        }
+    }
+
+    /// The connection to shard `name`.
+    async fn client(&mut self, name: &str) -> anyhow::Result<&Client> {
+        if !self.open.contains_key(name) {
+            let opened = match self.config.shards.iter().find(|s| s.name == name) {
+                Some(shard) => connect(self.config, shard)
+                    .await
+                    .map(|(client, _connection)| client)
+                    .map_err(|e| format!("{e:#}")),
+                None => Err(format!("shard {name} is not in shards.yaml")),
+            };
+            self.open.insert(name.to_owned(), opened);
+        }
+        match self.open.get(name) {
+            Some(Ok(client)) => Ok(client),
+            Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
+            None => Err(anyhow::anyhow!("no connection to shard {name}")),
+        }
+    }
+}
+
+/// Logs once, at start, each shard whose `max_prepared_transactions` is 0: a transaction that
+/// writes on it and another shard cannot commit (it is refused and rolled back, never half
+/// committed).
+async fn warn_without_prepared_transactions(config: &Config) {
+    for shard in &config.shards {
+        let Ok((client, _connection)) = connect(config, shard).await else {
+            continue;
+        };
+        let setting = client
+            .query_one(
+                "SELECT current_setting('max_prepared_transactions')::int",
+                &[],
+            )
+            .await
+            .map(|row| row.get::<_, i32>(0));
+        if let Ok(0) = setting {
+            tracing::warn!(shard = %shard.name, "max_prepared_transactions is 0 on this shard: transactions that write on it and on another shard will be refused at COMMIT; set it above 0 (e.g. to max_connections)");
+        }
+    }
+}

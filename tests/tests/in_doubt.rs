@@ -1,0 +1,228 @@
+//! Two-phase commits a crash left in doubt, against real PostgreSQL shards: a multi-shard
+//! commit records its decision on the deciding shard, a prepared part is finished from that
+//! record (never from the decider's transaction id alone, which a crashed decider can hand out
+//! again), and decision rows are deleted only once no prepared part names them. Each test
+//! builds the in-doubt state directly on the shards, as a proxy killed mid-commit leaves it.
+
+use std::time::{Duration, Instant};
+
+use shardline_tests::ops::{console, ops_yaml, show, ConfigFile};
+use shardline_tests::txn::{keys_on_distinct_shards, users_table};
+use shardline_tests::TestCluster;
+use tokio_postgres::Client;
+
+/// How long the resolvers (a pass every 10 s, taking over after 5 s) may take.
+const RESOLVER_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs `statements` in one transaction through `client`, and commits it.
+async fn commit_across(client: &Client, statements: &[String]) -> anyhow::Result<()> {
+    client.simple_query("BEGIN").await?;
+    for sql in statements {
+        client.simple_query(sql).await?;
+    }
+    client.simple_query("COMMIT").await?;
+    Ok(())
+}
+
+/// Statements that write user `keys`, one each.
+fn each(keys: &[i64], sql: impl Fn(i64) -> String) -> Vec<String> {
+    keys.iter().map(|key| sql(*key)).collect()
+}
+
+/// In `decider`'s own transaction: records a decision under `nonce` (when given), then ends
+/// the transaction with `end` (`None`: leaves it running). Returns its xid.
+async fn decider_transaction(
+    decider: &Client,
+    nonce: Option<&str>,
+    end: Option<&str>,
+) -> anyhow::Result<String> {
+    decider.batch_execute("BEGIN").await?;
+    let xid: String = match nonce {
+        Some(nonce) => decider
+            .query_one(
+                "INSERT INTO shardline.decisions (nonce) VALUES ($1) RETURNING xid::text",
+                &[&nonce],
+            )
+            .await?
+            .get(0),
+        None => decider
+            .query_one("SELECT pg_current_xact_id()::text", &[])
+            .await?
+            .get(0),
+    };
+    if let Some(end) = end {
+        decider.batch_execute(end).await?;
+    }
+    Ok(xid)
+}
+
+/// Prepares, on `participant`, a part that inserts user `id` under `gid`.
+async fn prepare_part(participant: &Client, id: i64, gid: &str) -> anyhow::Result<()> {
+    participant
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO users (id) VALUES ({id}); PREPARE TRANSACTION '{gid}'"
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Waits until `shard` holds no prepared transaction.
+async fn until_none_prepared(shard: &Client) -> anyhow::Result<()> {
+    let deadline = Instant::now() + RESOLVER_DEADLINE;
+    loop {
+        let left: i64 = shard
+            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+            .await?
+            .get(0);
+        if left == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{left} still prepared");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn ids(shard: &Client) -> anyhow::Result<Vec<i64>> {
+    Ok(shard
+        .query("SELECT id FROM users ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
+}
+
+async fn decision_rows(shard: &Client) -> anyhow::Result<i64> {
+    Ok(shard
+        .query_one("SELECT count(*) FROM shardline.decisions", &[])
+        .await?
+        .get(0))
+}
+
+/// A commit across shards records its decision on the deciding shard, and every prepared part
+/// is finished from that record: committed when the decider's transaction recorded it,
+/// rolled back when that transaction is over without it — even when the transaction id
+/// committed, which is what a decider that crashed and handed the id out again looks like —
+/// and left alone while it runs. Names of the older format follow the status alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_doubt_parts_follow_the_recorded_decision_not_the_transaction_id() -> anyhow::Result<()>
+{
+    let cluster = TestCluster::start("in-doubt-record", 2).await?;
+    let client = cluster.client().await?;
+    users_table(&client).await?;
+    let keys = keys_on_distinct_shards(&cluster, 2)?;
+    let insert = |key| format!("INSERT INTO users (id, name) VALUES ({key}, 'proxy')");
+    commit_across(&client, &each(&keys, insert)).await?;
+    let decider = cluster.shard(0).await?;
+    let participant = cluster.shard(1).await?;
+    assert_eq!(
+        decision_rows(&decider).await?,
+        1,
+        "the commit recorded its decision on the first shard"
+    );
+    client.simple_query("DELETE FROM users").await?;
+
+    let recorded = decider_transaction(&decider, Some("aaaa"), Some("COMMIT")).await?;
+    let reused = decider_transaction(&decider, None, Some("COMMIT")).await?;
+    let aborted = decider_transaction(&decider, Some("cccc"), Some("ROLLBACK")).await?;
+    let running_on = cluster.shard(0).await?;
+    let running = decider_transaction(&running_on, Some("dddd"), None).await?;
+    let legacy = decider_transaction(&decider, None, Some("COMMIT")).await?;
+    let parts = [
+        (21, format!("sl_tx:{recorded}:aaaa:s0:s1"), "commit"),
+        (22, format!("sl_tx:{reused}:bbbb:s0:s1"), "roll back"),
+        (23, format!("sl_dw:{aborted}:cccc:s0:s1"), "roll back"),
+        (
+            24,
+            format!("sl_tx:{running}:dddd:s0:s1"),
+            "wait for the decider",
+        ),
+        (25, format!("sl_tx:{legacy}:s0:s1"), "commit"),
+    ];
+    for (id, gid, _) in &parts {
+        prepare_part(&participant, *id, gid).await?;
+    }
+
+    // The admin console lists each with its fate before any resolver acts.
+    let file = ConfigFile::new("in-doubt-record", &ops_yaml(&cluster, ""))?;
+    let proxy = file.serve(false).await?;
+    let admin = console(proxy.addr.port()).await?;
+    let mut listed: Vec<(String, String)> = show(&admin, "SHOW INDOUBT")
+        .await?
+        .records()
+        .iter()
+        .map(|r| (r["gid"].clone(), r["fate"].clone()))
+        .collect();
+    listed.sort();
+    let mut expected: Vec<(String, String)> = parts
+        .iter()
+        .map(|(_, gid, fate)| (gid.clone(), (*fate).to_owned()))
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    // The running decider commits; the resolvers then finish everything.
+    running_on.batch_execute("COMMIT").await?;
+    until_none_prepared(&participant).await?;
+    assert_eq!(ids(&participant).await?, [21, 24, 25]);
+    Ok(())
+}
+
+/// The resolver deletes decision rows older than a minute once no prepared part names them,
+/// and never one a prepared part still names: that part would then be rolled back although
+/// its decider committed.
+#[tokio::test(flavor = "multi_thread")]
+async fn decision_rows_outlive_every_part_that_names_them() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("in-doubt-forget", 2).await?;
+    let client = cluster.client().await?;
+    users_table(&client).await?;
+    let keys = keys_on_distinct_shards(&cluster, 2)?;
+    let insert = |key| format!("INSERT INTO users (id, name) VALUES ({key}, 'proxy')");
+    commit_across(&client, &each(&keys, insert)).await?;
+    for round in 0..2 {
+        let update = |key| format!("UPDATE users SET name = 'round {round}' WHERE id = {key}");
+        commit_across(&client, &each(&keys, update)).await?;
+    }
+    let decider = cluster.shard(0).await?;
+    let participant = cluster.shard(1).await?;
+    assert_eq!(decision_rows(&decider).await?, 3);
+
+    // A part whose decider still runs, named after a row that is already stale: the resolver
+    // cannot settle the part yet, so the row must stay while passes delete the others.
+    let running_on = cluster.shard(0).await?;
+    let xid = decider_transaction(&running_on, None, None).await?;
+    decider
+        .execute(
+            "INSERT INTO shardline.decisions (nonce, xid) VALUES ('eeee', $1::text::xid8)",
+            &[&xid],
+        )
+        .await?;
+    prepare_part(&participant, 31, &format!("sl_tx:{xid}:eeee:s0:s1")).await?;
+    decider
+        .batch_execute(
+            "UPDATE shardline.decisions SET decided_at = decided_at - interval '2 minutes'",
+        )
+        .await?;
+    let deadline = Instant::now() + RESOLVER_DEADLINE;
+    while decision_rows(&decider).await? > 1 {
+        anyhow::ensure!(Instant::now() < deadline, "stale rows were not deleted");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let left: Vec<String> = decider
+        .query("SELECT nonce FROM shardline.decisions", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(left, ["eeee"], "the named row stays");
+
+    // Once the decider commits, the part is committed from the row, and the row goes.
+    running_on.batch_execute("COMMIT").await?;
+    until_none_prepared(&participant).await?;
+    assert!(ids(&participant).await?.contains(&31));
+    let deadline = Instant::now() + RESOLVER_DEADLINE;
+    while decision_rows(&decider).await? > 0 {
+        anyhow::ensure!(Instant::now() < deadline, "the last row was not deleted");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
