@@ -16,6 +16,7 @@ pub mod insert_select;
 pub mod key;
 pub mod merge;
 pub mod migration;
+pub mod narrow;
 pub mod normalize;
 pub mod params;
 pub mod placeholders;

@@ -37,9 +37,53 @@ pub struct PulledTable {
     pub name: String,
     /// The shards holding its rows.
     pub shards: Vec<ShardId>,
-    /// The query each shard answers with the rows to pull (`SELECT * FROM "t"`, or the rows
-    /// the statement's own conditions on the table keep).
-    pub rows: String,
+    /// What each shard's rows are read from: the table, or the table under an alias with
+    /// the statement's own conditions on it (`"t" AS q WHERE …`).
+    pub from: String,
+    /// That alias, when there is one.
+    pub qualifier: Option<String>,
+}
+
+impl PulledTable {
+    /// The query a source shard answers with: every column, or only `columns` when given
+    /// (`shardline_router::narrow`), named in the select list itself so that the shard
+    /// reads — and checks the privileges of — only those.
+    pub fn rows_of(&self, columns: Option<&[String]>) -> String {
+        let prefix = self
+            .qualifier
+            .as_ref()
+            .map_or_else(String::new, |q| format!("{q}."));
+        let list = match columns {
+            Some(columns) => {
+                let named: Vec<String> = columns
+                    .iter()
+                    .map(|c| format!("{prefix}{}", quote_ident(c)))
+                    .collect();
+                named.join(", ")
+            }
+            None => format!("{prefix}*"),
+        };
+        format!("SELECT {list} FROM {}", self.from)
+    }
+
+    /// The query for every column ([`PulledTable::rows_of`]).
+    pub fn rows(&self) -> String {
+        self.rows_of(None)
+    }
+
+    /// The target's `COPY` that receives those rows (binary), into `columns` when given.
+    pub fn copy_in(&self, columns: Option<&[String]>) -> String {
+        let into = columns.map_or_else(String::new, |c| format!(" ({})", column_list(c)));
+        format!(
+            "COPY {}{into} FROM STDIN (FORMAT binary)",
+            quote_ident(&self.name)
+        )
+    }
+}
+
+fn column_list(columns: &[String]) -> String {
+    let quoted: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    quoted.join(", ")
 }
 
 /// The sharded tables `sql` reads, for a pull-up; an error when it cannot be pulled up.
@@ -132,13 +176,19 @@ pub fn pulled_tables(config: &Config, sql: &str) -> Result<Vec<PulledTable>, Rou
         .filter_map(|name| {
             let shards = config.tables.get(&name)?.shards(all);
             let table = quote_ident(&name);
-            let rows = match filters.get(&name) {
-                Some((qualifier, filter)) if mentions.get(&name) == Some(&1) => {
-                    format!("SELECT {qualifier}.* FROM {table} AS {qualifier} WHERE {filter}")
-                }
-                _ => format!("SELECT * FROM {table}"),
+            let (from, qualifier) = match filters.get(&name) {
+                Some((qualifier, filter)) if mentions.get(&name) == Some(&1) => (
+                    format!("{table} AS {qualifier} WHERE {filter}"),
+                    Some(qualifier.clone()),
+                ),
+                _ => (table, None),
             };
-            Some(PulledTable { name, shards, rows })
+            Some(PulledTable {
+                name,
+                shards,
+                from,
+                qualifier,
+            })
         })
         .collect())
 }
@@ -404,9 +454,41 @@ tables:
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    #[test]
+    fn narrowed_pulls_name_their_columns_on_both_sides() {
+        let filtered = pulled_tables(
+            &config(),
+            "SELECT count(DISTINCT u.name) FROM users u WHERE u.id > 3",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let columns = ["id".to_owned(), "Name".to_owned()];
+        assert_eq!(
+            filtered[0].rows_of(Some(&columns)),
+            "SELECT u.\"id\", u.\"Name\" FROM \"users\" AS u WHERE (u.id > 3)"
+        );
+        let whole = pulled_tables(
+            &config(),
+            "SELECT count(DISTINCT name) FROM users JOIN users b USING (id)",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            whole[0].rows_of(Some(&columns)),
+            "SELECT \"id\", \"Name\" FROM \"users\""
+        );
+        assert_eq!(whole[0].rows(), "SELECT * FROM \"users\"");
+        assert_eq!(
+            whole[0].copy_in(Some(&columns)),
+            "COPY \"users\" (\"id\", \"Name\") FROM STDIN (FORMAT binary)"
+        );
+        assert_eq!(
+            whole[0].copy_in(None),
+            "COPY \"users\" FROM STDIN (FORMAT binary)"
+        );
+    }
+
     fn rows(sql: &str) -> Vec<String> {
         pulled_tables(&config(), sql)
-            .map(|tables| tables.into_iter().map(|t| t.rows).collect())
+            .map(|tables| tables.iter().map(PulledTable::rows).collect())
             .unwrap_or_default()
     }
 

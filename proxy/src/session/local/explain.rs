@@ -62,7 +62,7 @@ fn pull_explanation(
                 "{} from {} ({})",
                 t.name,
                 shard_names(config, &t.shards),
-                t.rows
+                t.rows()
             )
         })
         .collect();

@@ -52,7 +52,7 @@ impl Session {
         } else {
             &plan.stage
         };
-        let mut conn = match self.pulled(loaded, home, &plan.pulled, stage).await {
+        let mut conn = match self.pulled(loaded, home, &plan.pulled, stage, None).await {
             Ok(conn) => conn,
             Err(error) => {
                 return self

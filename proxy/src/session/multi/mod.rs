@@ -18,6 +18,8 @@ pub(crate) mod insert_select;
 pub(crate) mod ordered;
 pub(crate) mod partial;
 pub(crate) mod pull;
+pub(crate) mod pull_copy;
+pub(crate) mod pull_narrow;
 pub(crate) mod scatter;
 pub(crate) mod split_insert;
 pub(crate) mod transaction;

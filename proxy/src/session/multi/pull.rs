@@ -23,7 +23,7 @@
 
 use std::collections::VecDeque;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::BytesMut;
 use shardline_router::ident::quote_ident;
 use shardline_router::placeholders::ShardStatement;
 use shardline_router::pull::PulledTable;
@@ -36,16 +36,9 @@ use crate::protocol::Frame;
 use crate::session::link::attach::{drain_to_ready, ready_status, skip_prelude};
 use crate::session::link::exchange::{Expect, Mode, Reply};
 use crate::session::multi::gather::{Delivery, MergeFailure, Source};
+use crate::session::multi::pull_copy::{abandon_copy_in, check_budget, stream_rows, CopySink};
+use crate::session::multi::pull_narrow;
 use crate::session::{local, ClientError, Session, SessionEnd};
-
-/// Pulled rows are sent to the target in `CopyData` batches of about this size.
-const BATCH_BYTES: usize = 64 * 1024;
-
-/// The 11-byte signature that opens a binary COPY stream, then flags and extension length.
-const BINARY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
-
-/// The binary COPY trailer: a field count of -1.
-const BINARY_TRAILER: [u8; 2] = [0xff, 0xff];
 
 impl Session {
     /// Answers `sql` (a simple-protocol read the merge cannot combine) by pulling `tables`
@@ -62,7 +55,7 @@ impl Session {
             Err(error) => return self.fail(error.into()).await,
         };
         let target = loaded.config.default_shard;
-        let conn = match self.pulled(loaded, target, tables, "").await {
+        let conn = match self.pulled(loaded, target, tables, "", Some(&sql)).await {
             Ok(conn) => conn,
             Err(error) => return self.fail(error).await,
         };
@@ -116,7 +109,9 @@ impl Session {
                     .await
             }
         };
-        let mut conn = match self.pulled(loaded, target, tables, "").await {
+        // A view cannot hold parameters: a statement with them moves whole rows.
+        let probe = source.params().is_empty().then_some(statement.sql.as_str());
+        let mut conn = match self.pulled(loaded, target, tables, "", probe).await {
             Ok(conn) => conn,
             Err(error) => {
                 return self
@@ -174,19 +169,21 @@ impl Session {
     }
 
     /// Checks out `target`'s backend and fills it with `tables` (see [`Session::pull_into`]),
-    /// after running `prologue` in the pull's transaction; on failure the transaction is
-    /// rolled back and the backend let go (inside the client's transaction, which the failure
-    /// fails, the backend stays with it).
+    /// after running `prologue` in the pull's transaction; with the `statement` that will read
+    /// them, only the columns it reads move. On failure the transaction is rolled back and the
+    /// backend let go (inside the client's transaction, which the failure fails, the backend
+    /// stays with it).
     pub(super) async fn pulled(
         &mut self,
         loaded: &Loaded,
         target: ShardId,
         tables: &[PulledTable],
         prologue: &str,
+        statement: Option<&str>,
     ) -> Result<Pooled, ClientError> {
         let mut conn = self.attach(loaded, target).await?;
         let pulled = self
-            .pull_into(loaded, &mut conn, target, tables, prologue)
+            .pull_into(loaded, &mut conn, target, tables, prologue, statement)
             .await;
         let Err(error) = pulled else {
             return Ok(conn);
@@ -230,7 +227,9 @@ impl Session {
     }
 
     /// Opens the pull's transaction on `conn` (the target's backend), runs `prologue` and
-    /// fills one temporary table per pulled table.
+    /// fills one temporary table per pulled table: the target's own rows in place, whole;
+    /// the other shards' narrowed to the columns `statement` reads, when the target can tell
+    /// ([`pull_narrow::columns_read`]; the others are left NULL, which nothing reads).
     async fn pull_into(
         &mut self,
         loaded: &Loaded,
@@ -238,6 +237,7 @@ impl Session {
         target: ShardId,
         tables: &[PulledTable],
         prologue: &str,
+        statement: Option<&str>,
     ) -> Result<(), ClientError> {
         let target_name = self.shard_names(&[target]);
         let begin = if self.tx.open() { "" } else { "BEGIN;" };
@@ -247,14 +247,25 @@ impl Session {
             create.push_str(&format!(
                 "CREATE TEMP TABLE {} ON COMMIT DROP AS {};",
                 quote_ident(&table.name),
-                table.rows
+                table.rows()
             ));
         }
         let budget = loaded.config.max_pull_rows;
         let tags = self.run_on(conn, target, &target_name, &create).await?;
         let mut rows: u64 = tags.iter().filter_map(|t| msg::tag_row_count(t)).sum();
         check_budget(rows, budget)?;
+        let pulls_elsewhere = tables.iter().any(|t| t.shards.iter().any(|s| *s != target));
+        let columns = match statement {
+            Some(statement) if pulls_elsewhere => {
+                pull_narrow::columns_read(conn, &target_name, statement, tables).await?
+            }
+            _ => None,
+        };
         for table in tables {
+            let narrowed = columns
+                .as_ref()
+                .and_then(|columns| columns.get(&table.name))
+                .map(Vec::as_slice);
             let sources: Vec<ShardId> = table
                 .shards
                 .iter()
@@ -264,16 +275,14 @@ impl Session {
             if sources.is_empty() {
                 continue;
             }
-            let copy_in = format!(
-                "COPY {} FROM STDIN (FORMAT binary)",
-                quote_ident(&table.name)
-            );
+            let copy_in = table.copy_in(narrowed);
             self.start_copy(conn, target, &target_name, &copy_in, tag::COPY_IN_RESPONSE)
                 .await?;
+            let query = table.rows_of(narrowed);
             let mut sink = CopySink::new();
             for source in sources {
                 let pulled = self
-                    .pull_from(loaded, source, &table.rows, conn, &mut sink, rows, budget)
+                    .pull_from(loaded, source, &query, conn, &mut sink, rows, budget)
                     .await;
                 match pulled {
                     Ok(count) => rows += count,
@@ -379,7 +388,7 @@ impl Session {
 }
 
 /// The next message from `conn`; a lost connection names the shard.
-async fn read_from(conn: &mut Pooled, name: &str) -> Result<Frame, ClientError> {
+pub(super) async fn read_from(conn: &mut Pooled, name: &str) -> Result<Frame, ClientError> {
     conn.read()
         .await
         .map_err(|e| ClientError::from_backend(name, &e))
@@ -396,7 +405,7 @@ impl Session {
     ) -> Option<u64> {
         let mut total: u64 = 0;
         for table in tables {
-            let explain = local::query_message(&format!("EXPLAIN (FORMAT JSON) {}", table.rows));
+            let explain = local::query_message(&format!("EXPLAIN (FORMAT JSON) {}", table.rows()));
             for &shard in &table.shards {
                 let target = self.target(loaded, shard).ok()?;
                 let mut conn = self
@@ -455,153 +464,14 @@ pub(super) async fn read_answer(conn: &mut Pooled, name: &str) -> Result<Vec<Str
     }
 }
 
-/// Forwards one source's binary COPY rows to the target through `sink` until its `CopyDone`
-/// and `ReadyForQuery`; returns how many rows passed.
-async fn stream_rows(
-    conn: &mut Pooled,
-    name: &str,
-    target: &mut Pooled,
-    sink: &mut CopySink,
-    pulled_before: u64,
-    budget: u64,
-) -> Result<u64, ClientError> {
-    let mut rows: u64 = 0;
-    let mut header = true;
-    loop {
-        let frame = read_from(conn, name).await?;
-        match frame.tag() {
-            tag::COPY_DATA => {
-                let data = if header {
-                    header = false;
-                    strip_header(frame.body()).ok_or_else(|| {
-                        ClientError::new(
-                            sqlstate::INTERNAL,
-                            format!("shard {name} sent a binary COPY without its header"),
-                        )
-                    })?
-                } else {
-                    frame.body()
-                };
-                if data.is_empty() || data == BINARY_TRAILER {
-                    continue;
-                }
-                rows += 1;
-                check_budget(pulled_before + rows, budget)?;
-                sink.push(data, target)
-                    .await
-                    .map_err(|e| ClientError::lost_shard(name, e))?;
-            }
-            tag::ERROR_RESPONSE => {
-                let error = frame.into_bytes();
-                // The source ends with `ReadyForQuery`; it is discarded anyway.
-                return Err(ClientError::from_shard(&error, name));
-            }
-            tag::READY_FOR_QUERY => return Ok(rows),
-            _ => {}
-        }
-    }
-}
-
-/// Ends a COPY FROM STDIN the pull cannot finish, leaving the target's transaction failed.
-async fn abandon_copy_in(conn: &mut Pooled) {
-    let mut fail = BytesMut::new();
-    let reason = b"shardline abandoned the pull\0";
-    fail.put_u8(b'f');
-    fail.put_i32(4 + reason.len() as i32);
-    fail.put_slice(reason);
-    let ended = conn.send(&fail).await.is_ok() && ready_status(conn).await.is_some();
-    if !ended {
-        conn.broken = true;
-    }
-}
-
-/// The refusal of a statement that would pull more than `budget` rows.
-fn check_budget(rows: u64, budget: u64) -> Result<(), ClientError> {
-    if rows <= budget {
-        return Ok(());
-    }
-    Err(ClientError::new(
-        sqlstate::PROGRAM_LIMIT_EXCEEDED,
-        format!(
-            "this read needs more than {budget} rows of sharded tables gathered in one place (max_pull_rows in shards.yaml); restrict it with WHERE conditions on the tables it reads, or raise max_pull_rows"
-        ),
-    ))
-}
-
-/// The rows of a source's first `CopyData`, after the binary COPY header.
-fn strip_header(data: &[u8]) -> Option<&[u8]> {
-    let rest = data.strip_prefix(BINARY_SIGNATURE)?;
-    let extension = u32::from_be_bytes(rest.get(4..8)?.try_into().ok()?) as usize;
-    rest.get(8 + extension..)
-}
-
-/// The target's side of one pulled table: the binary header once, the rows of every source
-/// in `CopyData` batches, then the trailer and `CopyDone`.
-struct CopySink {
-    batch: BytesMut,
-}
-
-impl CopySink {
-    fn new() -> CopySink {
-        let mut batch = BytesMut::with_capacity(BATCH_BYTES);
-        let mut header = Vec::with_capacity(19);
-        header.extend_from_slice(BINARY_SIGNATURE);
-        header.extend_from_slice(&[0; 8]);
-        put_copy_data(&mut batch, &header);
-        CopySink { batch }
-    }
-
-    /// Queues one row, sending a full batch.
-    async fn push(&mut self, row: &[u8], target: &mut Pooled) -> Result<(), String> {
-        put_copy_data(&mut self.batch, row);
-        if self.batch.len() >= BATCH_BYTES {
-            let batch = self.batch.split().freeze();
-            target.send(&batch).await.map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    }
-
-    /// Sends what is queued, the trailer and `CopyDone`.
-    async fn finish(mut self, target: &mut Pooled) -> Result<(), String> {
-        put_copy_data(&mut self.batch, &BINARY_TRAILER);
-        self.batch.extend_from_slice(&msg::empty(tag::COPY_DONE));
-        let batch: Bytes = self.batch.freeze();
-        target.send(&batch).await.map_err(|e| e.to_string())
-    }
-}
-
-/// Appends one `CopyData` message holding `data`.
-fn put_copy_data(out: &mut BytesMut, data: &[u8]) {
-    out.put_u8(tag::COPY_DATA);
-    out.put_i32(4 + data.len() as i32);
-    out.put_slice(data);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_header_is_stripped_with_its_extension() {
-        let mut data = BINARY_SIGNATURE.to_vec();
-        data.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 2, 9, 9]);
-        data.extend_from_slice(&[0, 1, 0, 0, 0, 1, 7]);
-        assert_eq!(strip_header(&data), Some(&[0, 1, 0, 0, 0, 1, 7][..]));
-        assert_eq!(strip_header(b"PGCOPY"), None);
-        assert_eq!(strip_header(&[0, 1]), None);
-    }
 
     #[test]
     fn the_estimate_is_the_top_plan_node_s() {
         let json = r#"[{"Plan": {"Node Type": "Seq Scan", "Plan Rows": 1200, "Plan Width": 40, "Plans": [{"Plan Rows": 7}]}}]"#;
         assert_eq!(plan_rows(json), Some(1200));
         assert_eq!(plan_rows("[]"), None);
-    }
-
-    #[test]
-    fn the_budget_allows_exactly_its_rows() {
-        assert!(check_budget(10, 10).is_ok());
-        let refused = check_budget(11, 10).err().map(|e| e.sqlstate);
-        assert_eq!(refused, Some(sqlstate::PROGRAM_LIMIT_EXCEEDED));
     }
 }

@@ -1,0 +1,76 @@
+//! Asking the backend that runs a pull-up which columns of the pulled tables its statement
+//! reads (`shardline_router::narrow` says how and why it is exact), so the other shards send
+//! only those.
+
+use std::collections::BTreeMap;
+
+use bytes::BytesMut;
+use shardline_router::narrow::{self, Dependency};
+use shardline_router::pull::PulledTable;
+
+use crate::backend::pool::Pooled;
+use crate::protocol::backend::tag;
+use crate::protocol::Frame;
+use crate::session::multi::ordered::field;
+use crate::session::multi::pull::{read_answer, read_from};
+use crate::session::{local, ClientError};
+
+/// The columns of `tables` that `statement` reads, asked of `conn` (shard `name`), where the
+/// pulled tables already exist inside the pull's transaction; `None` when whole rows must move
+/// (also when a view cannot hold the statement: the probe's error is not the client's).
+pub(super) async fn columns_read(
+    conn: &mut Pooled,
+    name: &str,
+    statement: &str,
+    tables: &[PulledTable],
+) -> Result<Option<BTreeMap<String, Vec<String>>>, ClientError> {
+    let encoding = conn.client_encoding();
+    let Ok(probe) = local::query_message_in(encoding, &narrow::probe_sql(statement)) else {
+        return Ok(None);
+    };
+    let mut out = BytesMut::from(&probe[..]);
+    out.extend_from_slice(&local::query_message(narrow::PROBE_END));
+    conn.send(&out)
+        .await
+        .map_err(|e| ClientError::lost_shard(name, e))?;
+    let mut found = Some(Vec::new());
+    loop {
+        let frame = read_from(conn, name).await?;
+        match frame.tag() {
+            tag::DATA_ROW => {
+                let dependency = dependency(&frame, |bytes| {
+                    encoding.decode(bytes).ok().map(|text| text.into_owned())
+                });
+                match (dependency, found.as_mut()) {
+                    (Some(dependency), Some(found)) => found.push(dependency),
+                    _ => found = None,
+                }
+            }
+            tag::ERROR_RESPONSE => {
+                tracing::debug!(shard = %name, "the column probe failed; the pull moves whole rows");
+                found = None;
+            }
+            tag::READY_FOR_QUERY => break,
+            _ => {}
+        }
+    }
+    // The savepoint's end must succeed, or the pull's transaction is not what it was.
+    read_answer(conn, name).await?;
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    Ok(found.and_then(|found| narrow::columns_read(&names, &found)))
+}
+
+/// One row of the probe's answer (kind, table, column, temporary).
+fn dependency(frame: &Frame, text: impl Fn(&[u8]) -> Option<String>) -> Option<Dependency> {
+    // A value the session's encoding cannot decode fails the whole row, never reads as NULL.
+    let column = |i| match field(frame, i)? {
+        Some(bytes) => text(bytes).map(Some),
+        None => Some(None),
+    };
+    Some(Dependency {
+        kind: column(0)??,
+        table: column(1)?,
+        column: column(2)?,
+        temporary: column(3)?.map(|flag| flag == "t"),
+    })
+}
