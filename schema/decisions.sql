@@ -2,21 +2,29 @@
 --
 -- A transaction that wrote on several shards (or a dual write during resharding) has one
 -- decider shard that commits in one phase after the others were prepared. Just before the
--- others prepare, the decider's transaction inserts a row here under a nonce the proxy drew;
--- the others' prepared names carry the decider's xid and that nonce. The row becomes durable
--- with the decider's commit, so a prepared part whose decider's transaction is over is
--- committed when its row exists and rolled back when it does not. Proxies install this on a
--- shard (every statement is idempotent) before its first such commit, and delete rows no
--- prepared transaction refers to any more.
+-- others prepare, the decider's transaction inserts a row here under a nonce the proxy drew,
+-- naming the participants' shards; their prepared names carry the decider's xid and that
+-- nonce. The row commits with the decider's commit (which the proxy makes wait for its WAL to
+-- reach disk), so a prepared part whose decider's transaction is over is committed when its
+-- row exists and rolled back when it does not. A proxy installs this, as its first configured
+-- user, in the database of a shard before that shard first decides (idempotent, serialised by
+-- an advisory lock); that user's resolver deletes rows that no prepared transaction can need.
+
+BEGIN;
+SELECT pg_advisory_xact_lock(7403611260411019577);
 
 CREATE SCHEMA IF NOT EXISTS shardline;
 
 CREATE TABLE IF NOT EXISTS shardline.decisions (
     nonce text PRIMARY KEY,
     xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    decided_at timestamptz NOT NULL DEFAULT now()
+    participants text[] NOT NULL,
+    decided_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
--- Any user the proxy logs clients in as may be a decider.
+-- Any user the proxy logs clients in as may be a decider. It may set only the nonce and the
+-- participants: the xid is always the inserting transaction's own, so no role can forge
+-- another transaction's decision, and only the owner deletes.
 GRANT USAGE ON SCHEMA shardline TO PUBLIC;
-GRANT SELECT, INSERT ON shardline.decisions TO PUBLIC;
+GRANT SELECT, INSERT (nonce, participants) ON shardline.decisions TO PUBLIC;
+COMMIT;

@@ -7,10 +7,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use shardline::resolver::decisions::settle;
-use shardline_router::indoubt::{self, Verdict};
+use shardline::resolver::decisions::{finish, Finished};
+use shardline_router::indoubt;
 use shardline_router::migration::Layout;
-use tokio_postgres::error::SqlState;
 
 use crate::shards::Connections;
 
@@ -51,20 +50,15 @@ pub async fn resolve(
                 .get(old)
                 .await
                 .with_context(|| format!("in-doubt dual write {gid} needs its old owner {old}"))?;
-            let settled = settle(&source, &gid, &prepared).await?;
-            let Verdict::Finish(sql) = settled.verdict else {
-                resolved.pending += 1;
-                continue;
-            };
-            match client.batch_execute(&sql).await {
-                Ok(()) if sql.starts_with("COMMIT") => resolved.committed += 1,
-                Ok(()) => resolved.rolled_back += 1,
+            let finished = finish(&client, &source, &gid)
+                .await
+                .with_context(|| format!("could not finish in-doubt dual write {gid}"))?;
+            match finished {
+                Finished::Committed => resolved.committed += 1,
+                Finished::RolledBack => resolved.rolled_back += 1,
+                Finished::Pending => resolved.pending += 1,
                 // Its proxy finished it first.
-                Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => {}
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("could not finish in-doubt dual write {gid}"))
-                }
+                Finished::AlreadyFinished => {}
             }
         }
     }

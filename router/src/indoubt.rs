@@ -3,7 +3,7 @@
 //! Every two-phase commit shardline runs has a decider: one participant that commits in one
 //! phase, after the others were prepared. Before the others prepare, the decider's transaction
 //! records its decision ([`record_sql`]: a row in `shardline.decisions`, `schema/decisions.sql`)
-//! under a nonce the proxy drew; the others prepare under [`gid`]
+//! under a nonce the proxy drew, naming the participants; the others prepare under [`gid`]
 //! (`<kind>:<decider's xid>:<nonce>:<decider shard>:<participant shard>`). The decider's commit
 //! makes the row durable together with everything it wrote, so the row *is* the decision.
 //!
@@ -13,7 +13,9 @@
 //! ([`RECORDED_SQL`]); [`verdict`] says what follows. The xid alone cannot decide: a decider
 //! that crashed before the xid reached its disk comes back with its counter below it and hands
 //! the same xid to a later transaction, whose commit says nothing about this one. The nonce
-//! can: only the transaction that drew it inserted it.
+//! can: only the transaction that drew it inserted it (the row's xid is always the inserting
+//! transaction's own). Rows no prepared transaction can need any more are deleted
+//! ([`forgettable`]).
 //!
 //! Two kinds use it: a dual write's copy on a key's new owner during resharding, decided by the
 //! old owner ([`Kind::DualWrite`]), and a transaction that wrote on several shards
@@ -56,26 +58,60 @@ pub const LIST_SQL: &str = "SELECT gid, extract(epoch FROM now() - prepared)::fl
 pub const STATUS_SQL: &str = "SELECT CASE WHEN $1::text::xid8 >= pg_current_xact_id() \
      THEN 'aborted' ELSE pg_xact_status($1::text::xid8)::text END";
 
-/// Whether the decision row of transaction `$1` (xid) with nonce `$2` exists on the decider.
-/// Asked only once [`STATUS_SQL`] said that transaction is over, in a statement of its own, so
-/// its snapshot sees the transaction's commit.
-pub const RECORDED_SQL: &str = "SELECT EXISTS (SELECT FROM shardline.decisions \
-     WHERE xid = $1::text::xid8 AND nonce = $2)";
+/// Whether the decision row of transaction `$1` (xid) with nonce `$2` exists on the decider;
+/// NULL while this statement's snapshot does not yet see that transaction as over (on
+/// PostgreSQL before 15.2, 14.7 and 13.10, `pg_xact_status` could call a transaction committed
+/// before snapshots saw its commit). Asked only once [`STATUS_SQL`] said it is over, in a
+/// statement of its own.
+pub const RECORDED_SQL: &str = "SELECT CASE \
+     WHEN pg_visible_in_snapshot($1::text::xid8, pg_current_snapshot()) \
+     THEN EXISTS (SELECT FROM shardline.decisions WHERE xid = $1::text::xid8 AND nonce = $2) END";
 
-/// Decision rows older than a minute, whose participants may all be finished (`nonce` each).
-pub const STALE_SQL: &str =
-    "SELECT nonce FROM shardline.decisions WHERE decided_at < now() - interval '1 minute'";
+/// Decision rows older than a minute, whose participants may all be finished: nonce and the
+/// participants' shard names.
+pub const STALE_SQL: &str = "SELECT nonce, participants FROM shardline.decisions \
+     WHERE decided_at < clock_timestamp() - interval '1 minute'";
 
 /// Deletes the decision rows whose nonce is in the text array `$1`.
 pub const FORGET_SQL: &str = "DELETE FROM shardline.decisions WHERE nonce = ANY($1)";
 
-/// The statement, run in the decider's transaction just before the others prepare, that
-/// records the decision under `nonce` and returns the transaction's xid (assigning one).
-pub fn record_sql(nonce: &str) -> String {
+/// The statement, run in the decider's transaction just before `participants` (shard names)
+/// prepare, that records the decision under `nonce` and returns the transaction's xid
+/// (assigning one). The commit that follows waits for its WAL to reach disk whatever the
+/// client's `synchronous_commit`: the parts are committed on the strength of it.
+pub fn record_sql(nonce: &str, participants: &[&str]) -> String {
+    let names: Vec<String> = participants.iter().map(|name| literal(name)).collect();
     format!(
-        "INSERT INTO shardline.decisions (nonce) VALUES ({}) RETURNING xid::text",
-        literal(nonce)
+        "SET LOCAL synchronous_commit TO on; \
+         INSERT INTO shardline.decisions (nonce, participants) \
+         VALUES ({}, ARRAY[{}]::text[]) RETURNING xid::text",
+        literal(nonce),
+        names.join(", ")
     )
+}
+
+/// A stale decision row ([`STALE_SQL`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub nonce: String,
+    pub participants: Vec<String>,
+}
+
+/// The stale rows that can be deleted: those no prepared transaction names (`named`: nonces)
+/// whose participants are all among the shards whose prepared transactions were listed
+/// (`listed`). A row is read before the listing and committed only after all its participants
+/// prepared, so a participant of such a row that is still prepared was listed: none is left.
+pub fn forgettable(
+    stale: Vec<Recorded>,
+    listed: &std::collections::BTreeSet<&str>,
+    named: &std::collections::BTreeSet<&str>,
+) -> Vec<String> {
+    stale
+        .into_iter()
+        .filter(|row| !named.contains(row.nonce.as_str()))
+        .filter(|row| row.participants.iter().all(|p| listed.contains(p.as_str())))
+        .map(|row| row.nonce)
+        .collect()
 }
 
 /// A nonce for [`record_sql`] from random bits: 16 hex digits, never a `:`.
@@ -87,6 +123,15 @@ pub fn nonce(bits: u64) -> String {
 /// that recorded its decision under `nonce`.
 pub fn gid(kind: Kind, xid: &str, nonce: &str, decider: &str, participant: &str) -> String {
     format!("{}:{xid}:{nonce}:{decider}:{participant}", kind.prefix())
+}
+
+/// Whether `gid` (or text starting with it) is a name of shardline's own, which a client's
+/// `PREPARE TRANSACTION` must not take: the resolver would finish it.
+pub fn reserved(gid: &str) -> bool {
+    [Kind::DualWrite, Kind::Transaction].iter().any(|kind| {
+        gid.strip_prefix(kind.prefix())
+            .is_some_and(|rest| rest.starts_with(':'))
+    })
 }
 
 /// What a prepared transaction's name says about its decision.
@@ -189,6 +234,8 @@ mod tests {
         ] {
             assert_eq!(parse_gid(foreign), None, "{foreign}");
         }
+        assert!(reserved("sl_tx:mine'") && reserved("sl_dw:"));
+        assert!(!reserved("sl_txn") && !reserved("mine"));
     }
 
     /// The decision row decides once the decider's transaction is over, whatever its xid's
@@ -239,10 +286,28 @@ mod tests {
     }
 
     #[test]
-    fn the_record_statement_quotes_its_nonce() {
-        assert_eq!(
-            record_sql("00ff"),
-            "INSERT INTO shardline.decisions (nonce) VALUES ($s$00ff$s$) RETURNING xid::text"
-        );
+    fn the_record_statement_quotes_what_it_records() {
+        let sql = record_sql("00ff", &["s1", "s$s$2"]);
+        assert!(sql.starts_with("SET LOCAL synchronous_commit TO on; "));
+        assert!(sql.ends_with(
+            "VALUES ($s$00ff$s$, ARRAY[$s$s1$s$, $s1$s$s$2$s1$]::text[]) RETURNING xid::text"
+        ));
+    }
+
+    /// A row goes only when nothing names it and every participant's shard was looked at.
+    #[test]
+    fn rows_are_forgotten_only_when_no_participant_can_need_them() {
+        let row = |nonce: &str, participants: &[&str]| Recorded {
+            nonce: nonce.to_owned(),
+            participants: participants.iter().map(|p| p.to_string()).collect(),
+        };
+        let stale = vec![
+            row("done", &["s1", "s2"]),
+            row("named", &["s1"]),
+            row("unlisted", &["s1", "s9"]),
+        ];
+        let listed = std::collections::BTreeSet::from(["s0", "s1", "s2"]);
+        let named = std::collections::BTreeSet::from(["named"]);
+        assert_eq!(forgettable(stale, &listed, &named), ["done"]);
     }
 }

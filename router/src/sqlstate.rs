@@ -51,6 +51,8 @@ pub const INVALID_AUTHORIZATION: &str = "28000";
 pub const INVALID_PASSWORD: &str = "28P01";
 /// `3D000`: a database the cluster does not serve.
 pub const INVALID_CATALOG_NAME: &str = "3D000";
+/// `3F000`: a schema that does not exist.
+pub const INVALID_SCHEMA_NAME: &str = "3F000";
 /// `40000`: the transaction was rolled back.
 pub const TRANSACTION_ROLLBACK: &str = "40000";
 /// `40003`: whether the transaction committed everywhere is not known to the client.
@@ -61,6 +63,10 @@ pub const DEADLOCK_DETECTED: &str = "40P01";
 pub const SYNTAX_ERROR: &str = "42601";
 /// `42704`: a name the console does not know.
 pub const UNDEFINED_OBJECT: &str = "42704";
+/// `42939`: a name reserved for the system (here: shardline's own).
+pub const RESERVED_NAME: &str = "42939";
+/// `42P01`: a table that does not exist.
+pub const UNDEFINED_TABLE: &str = "42P01";
 /// `53300`: no connection could be had in time.
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
 /// `54000`: a message or value beyond a limit.

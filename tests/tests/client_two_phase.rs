@@ -1,7 +1,8 @@
 //! Two-phase commit issued by the client (`PREPARE TRANSACTION`, `COMMIT/ROLLBACK PREPARED`,
 //! `pg_prepared_xacts`, as psycopg's `tpc_*` and XA transaction managers use it): it works for
 //! transactions on the default shard, where those statements are served, and is refused with
-//! 0A000 for a transaction on another shard, leaving nothing prepared. Both pool modes.
+//! 0A000 for a transaction on another shard, leaving nothing prepared; shardline's own names
+//! (`sl_tx:…`, `sl_dw:…`) are refused with 42939. Both pool modes.
 
 use shardline_tests::txn::{query, users_table};
 use shardline_tests::{sqlstate, TestCluster};
@@ -33,6 +34,17 @@ async fn client_two_phase_commit_works_on_the_default_shard() -> anyhow::Result<
         client.simple_query("PREPARE TRANSACTION 'empty'").await?;
         assert_eq!(prepared().await?, ["empty"], "{mode}");
         client.simple_query("ROLLBACK PREPARED 'empty'").await?;
+        assert!(prepared().await?.is_empty(), "{mode}");
+
+        // shardline's own names are refused: its resolver would finish them.
+        client.simple_query("BEGIN").await?;
+        client.simple_query("INSERT INTO notes VALUES (2)").await?;
+        let taken = client
+            .simple_query("PREPARE TRANSACTION 'sl_tx:1:2:s0:s1'")
+            .await;
+        let error = anyhow::Error::from(taken.expect_err("a reserved name"));
+        assert_eq!(sqlstate(&error), Some(SqlState::RESERVED_NAME), "{mode}");
+        client.simple_query("ROLLBACK").await?;
         assert!(prepared().await?.is_empty(), "{mode}");
 
         // A transaction on another shard: refused, and it fails until ROLLBACK.

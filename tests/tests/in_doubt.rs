@@ -1,12 +1,13 @@
 //! Two-phase commits a crash left in doubt, against real PostgreSQL shards: a multi-shard
 //! commit records its decision on the deciding shard, a prepared part is finished from that
 //! record (never from the decider's transaction id alone, which a crashed decider can hand out
-//! again), and decision rows are deleted only once no prepared part names them. Each test
+//! again), and decision rows are deleted only once no prepared part can need them. Each test
 //! builds the in-doubt state directly on the shards, as a proxy killed mid-commit leaves it.
 
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::time::Duration;
 
-use shardline_tests::ops::{console, ops_yaml, show, ConfigFile};
+use shardline_tests::ops::{console, eventually, ops_yaml, show, ConfigFile};
 use shardline_tests::txn::{keys_on_distinct_shards, users_table};
 use shardline_tests::TestCluster;
 use tokio_postgres::Client;
@@ -29,8 +30,8 @@ fn each(keys: &[i64], sql: impl Fn(i64) -> String) -> Vec<String> {
     keys.iter().map(|key| sql(*key)).collect()
 }
 
-/// In `decider`'s own transaction: records a decision under `nonce` (when given), then ends
-/// the transaction with `end` (`None`: leaves it running). Returns its xid.
+/// In `decider`'s own transaction: records a decision under `nonce` for participant s1 (when
+/// given), then ends the transaction with `end` (`None`: leaves it running). Returns its xid.
 async fn decider_transaction(
     decider: &Client,
     nonce: Option<&str>,
@@ -40,7 +41,8 @@ async fn decider_transaction(
     let xid: String = match nonce {
         Some(nonce) => decider
             .query_one(
-                "INSERT INTO shardline.decisions (nonce) VALUES ($1) RETURNING xid::text",
+                "INSERT INTO shardline.decisions (nonce, participants) VALUES ($1, ARRAY['s1']) \
+                 RETURNING xid::text",
                 &[&nonce],
             )
             .await?
@@ -68,18 +70,18 @@ async fn prepare_part(participant: &Client, id: i64, gid: &str) -> anyhow::Resul
 
 /// Waits until `shard` holds no prepared transaction.
 async fn until_none_prepared(shard: &Client) -> anyhow::Result<()> {
-    let deadline = Instant::now() + RESOLVER_DEADLINE;
-    loop {
-        let left: i64 = shard
-            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
-            .await?
-            .get(0);
-        if left == 0 {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "{left} still prepared");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually(
+        "no prepared transaction left",
+        RESOLVER_DEADLINE,
+        || async {
+            let left: i64 = shard
+                .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+                .await?
+                .get(0);
+            Ok((left == 0).then_some(()))
+        },
+    )
+    .await
 }
 
 async fn ids(shard: &Client) -> anyhow::Result<Vec<i64>> {
@@ -91,18 +93,22 @@ async fn ids(shard: &Client) -> anyhow::Result<Vec<i64>> {
         .collect())
 }
 
-async fn decision_rows(shard: &Client) -> anyhow::Result<i64> {
+/// The nonces of the decision rows on `shard`.
+async fn decision_rows(shard: &Client) -> anyhow::Result<BTreeSet<String>> {
     Ok(shard
-        .query_one("SELECT count(*) FROM shardline.decisions", &[])
+        .query("SELECT nonce FROM shardline.decisions", &[])
         .await?
-        .get(0))
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
 }
 
 /// A commit across shards records its decision on the deciding shard, and every prepared part
-/// is finished from that record: committed when the decider's transaction recorded it,
-/// rolled back when that transaction is over without it — even when the transaction id
-/// committed, which is what a decider that crashed and handed the id out again looks like —
-/// and left alone while it runs. Names of the older format follow the status alone.
+/// is finished from that record: committed when the decider's transaction recorded it, rolled
+/// back when that transaction is over without it — also when the transaction id committed, as
+/// after a decider crashed and handed the id to a later transaction (which recorded a decision
+/// of its own), and when a row has the nonce but another transaction's id — and left alone
+/// while it runs. Names of the older format follow the status alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn in_doubt_parts_follow_the_recorded_decision_not_the_transaction_id() -> anyhow::Result<()>
 {
@@ -115,15 +121,21 @@ async fn in_doubt_parts_follow_the_recorded_decision_not_the_transaction_id() ->
     let decider = cluster.shard(0).await?;
     let participant = cluster.shard(1).await?;
     assert_eq!(
-        decision_rows(&decider).await?,
+        decision_rows(&decider).await?.len(),
         1,
         "the commit recorded its decision on the first shard"
     );
     client.simple_query("DELETE FROM users").await?;
+    // The admin console of a second proxy, started before anything is prepared so that it
+    // lists each part well before any resolver may take it over.
+    let file = ConfigFile::new("in-doubt-record", &ops_yaml(&cluster, ""))?;
+    let proxy = file.serve(false).await?;
+    let admin = console(proxy.addr.port()).await?;
 
     let recorded = decider_transaction(&decider, Some("aaaa"), Some("COMMIT")).await?;
-    let reused = decider_transaction(&decider, None, Some("COMMIT")).await?;
+    let reused = decider_transaction(&decider, Some("ffff"), Some("COMMIT")).await?;
     let aborted = decider_transaction(&decider, Some("cccc"), Some("ROLLBACK")).await?;
+    let other_id = decider_transaction(&decider, None, Some("COMMIT")).await?;
     let running_on = cluster.shard(0).await?;
     let running = decider_transaction(&running_on, Some("dddd"), None).await?;
     let legacy = decider_transaction(&decider, None, Some("COMMIT")).await?;
@@ -137,15 +149,12 @@ async fn in_doubt_parts_follow_the_recorded_decision_not_the_transaction_id() ->
             "wait for the decider",
         ),
         (25, format!("sl_tx:{legacy}:s0:s1"), "commit"),
+        (26, format!("sl_tx:{other_id}:aaaa:s0:s1"), "roll back"),
     ];
     for (id, gid, _) in &parts {
         prepare_part(&participant, *id, gid).await?;
     }
 
-    // The admin console lists each with its fate before any resolver acts.
-    let file = ConfigFile::new("in-doubt-record", &ops_yaml(&cluster, ""))?;
-    let proxy = file.serve(false).await?;
-    let admin = console(proxy.addr.port()).await?;
     let mut listed: Vec<(String, String)> = show(&admin, "SHOW INDOUBT")
         .await?
         .records()
@@ -167,11 +176,12 @@ async fn in_doubt_parts_follow_the_recorded_decision_not_the_transaction_id() ->
     Ok(())
 }
 
-/// The resolver deletes decision rows older than a minute once no prepared part names them,
-/// and never one a prepared part still names: that part would then be rolled back although
-/// its decider committed.
+/// The resolver deletes decision rows older than a minute once no prepared part names them
+/// and every participant's shard was looked at; it never deletes one a prepared part still
+/// names (that part would then be rolled back although its decider committed), one whose
+/// participant is a shard it does not know, or a fresh one.
 #[tokio::test(flavor = "multi_thread")]
-async fn decision_rows_outlive_every_part_that_names_them() -> anyhow::Result<()> {
+async fn decision_rows_outlive_every_part_that_can_need_them() -> anyhow::Result<()> {
     let cluster = TestCluster::start("in-doubt-forget", 2).await?;
     let client = cluster.client().await?;
     users_table(&client).await?;
@@ -184,7 +194,7 @@ async fn decision_rows_outlive_every_part_that_names_them() -> anyhow::Result<()
     }
     let decider = cluster.shard(0).await?;
     let participant = cluster.shard(1).await?;
-    assert_eq!(decision_rows(&decider).await?, 3);
+    assert_eq!(decision_rows(&decider).await?.len(), 3);
 
     // A part whose decider still runs, named after a row that is already stale: the resolver
     // cannot settle the part yet, so the row must stay while passes delete the others.
@@ -192,37 +202,42 @@ async fn decision_rows_outlive_every_part_that_names_them() -> anyhow::Result<()
     let xid = decider_transaction(&running_on, None, None).await?;
     decider
         .execute(
-            "INSERT INTO shardline.decisions (nonce, xid) VALUES ('eeee', $1::text::xid8)",
+            "INSERT INTO shardline.decisions (nonce, xid, participants) \
+             VALUES ('eeee', $1::text::xid8, ARRAY['s1'])",
             &[&xid],
         )
         .await?;
     prepare_part(&participant, 31, &format!("sl_tx:{xid}:eeee:s0:s1")).await?;
     decider
         .batch_execute(
-            "UPDATE shardline.decisions SET decided_at = decided_at - interval '2 minutes'",
+            "INSERT INTO shardline.decisions (nonce, participants) VALUES ('far', ARRAY['s9']); \
+             UPDATE shardline.decisions SET decided_at = decided_at - interval '2 minutes'; \
+             INSERT INTO shardline.decisions (nonce, participants) VALUES ('fresh', ARRAY['s1'])",
         )
         .await?;
-    let deadline = Instant::now() + RESOLVER_DEADLINE;
-    while decision_rows(&decider).await? > 1 {
-        anyhow::ensure!(Instant::now() < deadline, "stale rows were not deleted");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let left: Vec<String> = decider
-        .query("SELECT nonce FROM shardline.decisions", &[])
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    assert_eq!(left, ["eeee"], "the named row stays");
+    let kept = |nonces: &[&str]| {
+        nonces
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<BTreeSet<_>>()
+    };
+    eventually("unneeded rows deleted", RESOLVER_DEADLINE, || async {
+        let left = decision_rows(&decider).await?;
+        Ok((left.len() <= 3).then_some(left))
+    })
+    .await
+    .and_then(|left| {
+        anyhow::ensure!(left == kept(&["eeee", "far", "fresh"]), "{left:?}");
+        Ok(())
+    })?;
 
     // Once the decider commits, the part is committed from the row, and the row goes.
     running_on.batch_execute("COMMIT").await?;
     until_none_prepared(&participant).await?;
     assert!(ids(&participant).await?.contains(&31));
-    let deadline = Instant::now() + RESOLVER_DEADLINE;
-    while decision_rows(&decider).await? > 0 {
-        anyhow::ensure!(Instant::now() < deadline, "the last row was not deleted");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Ok(())
+    eventually("the named row deleted", RESOLVER_DEADLINE, || async {
+        let left = decision_rows(&decider).await?;
+        Ok((left == kept(&["far", "fresh"])).then_some(()))
+    })
+    .await
 }

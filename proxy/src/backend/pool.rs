@@ -181,6 +181,13 @@ pub struct Pooled {
     pool: Pool,
 }
 
+impl Pooled {
+    /// Where this connection logs in (shard address, user, database).
+    pub fn target(&self) -> &BackendTarget {
+        &self.pool.manager().target
+    }
+}
+
 impl Deref for Pooled {
     type Target = Backend;
 

@@ -84,8 +84,9 @@ pub async fn read(config: &Config) -> anyhow::Result<Option<Active>> {
 }
 
 /// Runs `sql`, a script of idempotent `CREATE … IF NOT EXISTS` statements, on `client`.
-/// Another proxy installing the same objects at the same moment makes `IF NOT EXISTS` fail
-/// with a duplicate error; that counts as installed.
+/// Another session creating one of the same objects at the same moment (another proxy, or
+/// another script creating the same schema) makes `IF NOT EXISTS` fail with a duplicate
+/// error; the script is then run once more, when those objects exist.
 pub async fn install(client: &Client, sql: &str) -> Result<(), tokio_postgres::Error> {
     const RACED: [SqlState; 3] = [
         SqlState::UNIQUE_VIOLATION,
@@ -93,8 +94,12 @@ pub async fn install(client: &Client, sql: &str) -> Result<(), tokio_postgres::E
         SqlState::DUPLICATE_SCHEMA,
     ];
     match client.batch_execute(sql).await {
-        Err(e) if !e.code().is_some_and(|code| RACED.contains(code)) => Err(e),
-        _ => Ok(()),
+        Err(e) if e.code().is_some_and(|code| RACED.contains(code)) => {
+            // A script with a transaction block of its own leaves it failed.
+            client.batch_execute("ROLLBACK").await?;
+            client.batch_execute(sql).await
+        }
+        done => done,
     }
 }
 
@@ -103,6 +108,15 @@ pub async fn install(client: &Client, sql: &str) -> Result<(), tokio_postgres::E
 pub async fn connect(
     config: &Config,
     shard: &Shard,
+) -> anyhow::Result<(Client, JoinHandle<Result<(), tokio_postgres::Error>>)> {
+    connect_to(config, shard, None).await
+}
+
+/// [`connect`] to `database` instead of the shard's own (or the user's).
+pub async fn connect_to(
+    config: &Config,
+    shard: &Shard,
+    database: Option<&str>,
 ) -> anyhow::Result<(Client, JoinHandle<Result<(), tokio_postgres::Error>>)> {
     let user = config
         .users
@@ -113,7 +127,7 @@ pub async fn connect(
     pg.host(&shard.host)
         .port(shard.port)
         .user(&user.name)
-        .dbname(shard.database.as_deref().unwrap_or(&user.name))
+        .dbname(database.or(shard.database.as_deref()).unwrap_or(&user.name))
         .application_name("shardline")
         .connect_timeout(std::time::Duration::from_secs(5));
     if let Some(password) = user.backend_password() {

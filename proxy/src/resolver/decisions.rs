@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use shardline_router::indoubt::{self, Prepared, Verdict};
+use shardline_router::indoubt::{self, Prepared, Recorded, Verdict};
 use shardline_router::Config;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -17,23 +17,33 @@ use crate::session::ClientError;
 /// The table of decisions, with its schema and grants.
 const DECISIONS_SQL: &str = include_str!("../../../schema/decisions.sql");
 
-/// The shards on which this proxy installed (or found) `shardline.decisions`, so a commit
-/// pays for the control connection that installs it once per shard, not once per commit.
+/// Where this proxy installed (or found) `shardline.decisions`: shard name, address and
+/// database, so a commit pays for the control connection that installs it once per shard
+/// database, not once per commit, and a shard name moved to another server is looked at again.
+type Place = (String, String, u16, String);
+
+/// The shard databases known to hold the table two-phase commits record their decisions in.
 #[derive(Default)]
 pub struct DecisionTables {
-    installed: Mutex<HashSet<String>>,
+    installed: Mutex<HashSet<Place>>,
+    /// Held while one session installs, so concurrent first commits do not all connect.
+    installing: tokio::sync::Mutex<()>,
 }
 
 impl DecisionTables {
-    /// Makes sure shard `name` has the table before it decides a commit.
-    pub async fn ensure(&self, config: &Config, name: &str) -> Result<(), ClientError> {
-        if self.lock().contains(name) {
-            return Ok(());
-        }
+    /// Makes sure shard `name` has the table, in `database` (the decider's backend's), before
+    /// it decides a commit: installed as the config's first user, who then owns it and whose
+    /// resolver deletes old rows.
+    pub async fn ensure(
+        &self,
+        config: &Config,
+        name: &str,
+        database: &str,
+    ) -> Result<(), ClientError> {
         let failed = |e: String| {
             ClientError::new(
-                sqlstate::CONNECTION_FAILURE,
-                format!("could not install shardline.decisions on shard {name}, which two-phase commits need ({e}); the transaction was rolled back. Let the proxy's first user create schemas there, or run schema/decisions.sql on it"),
+                sqlstate::OBJECT_NOT_IN_STATE,
+                format!("shardline.decisions, which commits across shards record their decision in, is missing in database {database} of shard {name} and could not be installed ({e}); the transaction was rolled back. Let the first user of shards.yaml create schemas there, or run schema/decisions.sql there as its owner"),
             )
         };
         let shard = config
@@ -41,23 +51,43 @@ impl DecisionTables {
             .iter()
             .find(|s| s.name == name)
             .ok_or_else(|| failed("the shard is not in shards.yaml".to_owned()))?;
-        let (client, _connection) = catalog::connect(config, shard)
+        let place = (
+            name.to_owned(),
+            shard.host.clone(),
+            shard.port,
+            database.to_owned(),
+        );
+        if self.lock().contains(&place) {
+            return Ok(());
+        }
+        let _installing = self.installing.lock().await;
+        if self.lock().contains(&place) {
+            return Ok(());
+        }
+        let (client, _connection) = catalog::connect_to(config, shard, Some(database))
             .await
             .map_err(|e| failed(format!("{e:#}")))?;
-        catalog::install(&client, DECISIONS_SQL)
+        let present: bool = client
+            .query_one("SELECT to_regclass('shardline.decisions') IS NOT NULL", &[])
             .await
-            .map_err(|e| failed(e.to_string()))?;
-        self.lock().insert(name.to_owned());
+            .map_err(|e| failed(e.to_string()))?
+            .get(0);
+        if !present {
+            catalog::install(&client, DECISIONS_SQL)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+        }
+        self.lock().insert(place);
         Ok(())
     }
 
-    /// Forgets that shard `name` has the table: a decider found it missing (dropped, or the
-    /// shard moved to a new server under the same name); the next commit installs it again.
+    /// Forgets every database of shard `name`: a decider found the table missing there
+    /// (dropped since); the next commit installs it again.
     pub fn forget(&self, name: &str) {
-        self.lock().remove(name);
+        self.lock().retain(|place| place.0 != name);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Place>> {
         self.installed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -94,21 +124,61 @@ pub async fn settle(
         recorded: None,
     };
     if let (Verdict::AskRecord, Some(nonce)) = (&settled.verdict, prepared.nonce) {
-        let recorded: bool = decider
+        let recorded: Option<bool> = decider
             .query_one(indoubt::RECORDED_SQL, &[&prepared.xid, &nonce])
             .await?
             .get(0);
-        settled.verdict = indoubt::verdict(gid, settled.status.as_deref(), Some(recorded));
-        settled.recorded = Some(recorded);
+        settled.verdict = match recorded {
+            Some(_) => indoubt::verdict(gid, settled.status.as_deref(), recorded),
+            // Over by its status, not yet by this snapshot: look again next time.
+            None => Verdict::Wait,
+        };
+        settled.recorded = recorded;
     }
     Ok(settled)
 }
 
-/// The nonces of `shard`'s decision rows older than a minute; none where the table is not
-/// installed.
-pub async fn stale(shard: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
+/// What finishing one prepared transaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    Committed,
+    RolledBack,
+    /// Its decider has not decided yet (or its name is not one of shardline's).
+    Pending,
+    /// Someone else (its proxy, another resolver) finished it first.
+    AlreadyFinished,
+}
+
+/// Finishes prepared transaction `gid` on `participant` if its decider (`decider`) decided.
+pub async fn finish(
+    participant: &Client,
+    decider: &Client,
+    gid: &str,
+) -> Result<Finished, tokio_postgres::Error> {
+    let Some(prepared) = indoubt::parse_gid(gid) else {
+        return Ok(Finished::Pending);
+    };
+    let Verdict::Finish(sql) = settle(decider, gid, &prepared).await?.verdict else {
+        return Ok(Finished::Pending);
+    };
+    match participant.batch_execute(&sql).await {
+        Ok(()) if sql.starts_with("COMMIT") => Ok(Finished::Committed),
+        Ok(()) => Ok(Finished::RolledBack),
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => Ok(Finished::AlreadyFinished),
+        Err(e) => Err(e),
+    }
+}
+
+/// `shard`'s decision rows older than a minute; none where the table is not installed.
+pub async fn stale(shard: &Client) -> Result<Vec<Recorded>, tokio_postgres::Error> {
     match shard.query(indoubt::STALE_SQL, &[]).await {
-        Ok(rows) => Ok(rows.iter().map(|row| row.get(0)).collect()),
+        Ok(rows) => Ok(rows
+            .iter()
+            .map(|row| Recorded {
+                nonce: row.get(0),
+                participants: row.get(1),
+            })
+            .collect()),
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(Vec::new()),
         Err(e) => Err(e),
     }

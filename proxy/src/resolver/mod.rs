@@ -7,17 +7,17 @@
 
 pub mod decisions;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shardline_router::config::Shard;
 use shardline_router::indoubt::{self, Verdict};
 use shardline_router::Config;
 use tokio_postgres::Client;
 
 use crate::context::ProxyContext;
 use crate::migration::catalog::connect;
+use crate::resolver::decisions::Finished;
 use crate::shutdown::Phase;
 
 /// How often the resolver looks while a resharding migration dual-writes.
@@ -57,9 +57,7 @@ pub async fn run(ctx: Arc<ProxyContext>) {
             warn_without_prepared_transactions(&loaded.config).await;
             warned = true;
         }
-        // While a migration runs, dual writes prepare copies on shards this config may not
-        // list, whose names it could not see: their decision rows stay until it is over.
-        resolve_pass(&loaded.config, loaded.migration.is_none()).await;
+        resolve_pass(&loaded.config).await;
         let pause = if loaded.migration.is_some() {
             MIGRATION_INTERVAL
         } else {
@@ -78,10 +76,10 @@ pub async fn in_doubt(config: &Config) -> Vec<InDoubt> {
     let mut control = Control::new(config);
     let mut found = Vec::new();
     for shard in &config.shards {
-        match list(&mut control, shard, 0.0).await {
+        match list(&mut control, &shard.name, 0.0).await {
             Ok(listed) => {
                 for (gid, age_s) in listed {
-                    found.push(ask(&mut control, shard, gid, age_s).await);
+                    found.push(ask(&mut control, &shard.name, gid, age_s).await);
                 }
             }
             Err(e) => found.push(InDoubt {
@@ -98,89 +96,83 @@ pub async fn in_doubt(config: &Config) -> Vec<InDoubt> {
 }
 
 /// One pass: finishes every settled in-doubt prepared transaction the deciders have decided,
-/// then, with `forget` and when every shard could be listed, deletes the decision rows older
-/// than a minute that no prepared transaction names.
-///
-/// The stale rows are read before the prepared transactions are listed, and that order is
-/// what makes the deletion safe: a row commits only after all its participants prepared, so
-/// a participant of a row read here that is still prepared is in the listing that follows.
-async fn resolve_pass(config: &Config, forget: bool) {
+/// then deletes the decision rows no prepared transaction can need any more
+/// (`shardline_router::indoubt::forgettable`: the stale rows are read before the prepared
+/// transactions are listed, and a row goes only when all its participants' shards were
+/// listed and none names it).
+async fn resolve_pass(config: &Config) {
     let mut control = Control::new(config);
-    let mut stale = HashMap::new();
-    let mut complete = forget;
-    for shard in config.shards.iter().filter(|_| forget) {
-        let rows = match control.client(&shard.name).await {
-            Ok(client) => decisions::stale(client).await.map_err(anyhow::Error::from),
-            Err(e) => Err(e),
-        };
-        match rows {
-            Ok(rows) => {
-                stale.insert(shard.name.clone(), rows);
-            }
+    let mut stale = Vec::new();
+    for shard in &config.shards {
+        match control.with(&shard.name, decisions::stale).await {
+            Ok(rows) => stale.push((shard.name.as_str(), rows)),
             Err(e) => {
-                complete = false;
-                tracing::debug!(shard = %shard.name, error = %format!("{e:#}"), "could not read old decision rows");
+                tracing::debug!(shard = %shard.name, error = %format!("{e:#}"), "could not read old decision rows")
             }
         }
     }
-    let mut named = HashSet::new();
+    let mut listed = BTreeSet::new();
+    let mut named = BTreeSet::new();
     for shard in &config.shards {
-        match list(&mut control, shard, 0.0).await {
-            Ok(listed) => {
-                for (gid, age_s) in listed {
+        match list(&mut control, &shard.name, 0.0).await {
+            Ok(prepared) => {
+                listed.insert(shard.name.as_str());
+                for (gid, age_s) in prepared {
                     if let Some(nonce) = indoubt::parse_gid(&gid).and_then(|p| p.nonce) {
                         named.insert(nonce.to_owned());
                     }
                     if age_s >= SETTLED_SECONDS {
-                        finish(&mut control, shard, gid, age_s).await;
+                        finish_on(&mut control, &shard.name, &gid).await;
                     }
                 }
             }
             Err(e) => {
-                complete = false;
                 tracing::warn!(shard = %shard.name, error = %format!("{e:#}"), "could not resolve in-doubt prepared transactions");
             }
         }
     }
-    if !complete {
-        return;
-    }
+    let named: BTreeSet<&str> = named.iter().map(String::as_str).collect();
     for (shard, rows) in stale {
-        let unnamed: Vec<String> = rows.into_iter().filter(|n| !named.contains(n)).collect();
-        let deleted = match control.client(&shard).await {
-            Ok(client) => decisions::forget(client, &unnamed)
-                .await
-                .map_err(anyhow::Error::from),
-            Err(e) => Err(e),
-        };
-        match deleted {
+        let unneeded = indoubt::forgettable(rows, &listed, &named);
+        let forget = async |client: &Client| decisions::forget(client, &unneeded).await;
+        match control.with(shard, forget).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::debug!(shard = %shard, rows = n, "deleted decision rows no prepared transaction needs")
             }
             Err(e) => {
-                tracing::warn!(shard = %shard, error = %format!("{e:#}"), "could not delete old decision rows")
+                tracing::warn!(shard = %shard, error = %format!("{e:#}"), "could not delete old decision rows (the resolver's user must own shardline.decisions)")
             }
         }
     }
 }
 
 /// Finishes prepared transaction `gid` on `shard` if its decider has decided.
-async fn finish(control: &mut Control<'_>, shard: &Shard, gid: String, age_s: f64) {
-    let asked = ask(control, shard, gid, age_s).await;
-    let Some(sql) = asked.verdict else {
+async fn finish_on(control: &mut Control<'_>, shard: &str, gid: &str) {
+    let Some(decider) = indoubt::parse_gid(gid).map(|p| p.decider) else {
         return;
     };
-    let Ok(client) = control.client(&shard.name).await else {
-        return;
+    let opened = async {
+        control.open(decider).await?;
+        control.open(shard).await?;
+        anyhow::Ok((control.get(shard)?, control.get(decider)?))
     };
-    // Another proxy or the resharder may finish it first; that is fine.
-    match client.batch_execute(&sql).await {
-        Ok(()) => {
-            tracing::info!(transaction = %asked.gid, "finished an in-doubt prepared transaction: {sql}")
+    let finished = match opened.await {
+        Ok((participant, decider)) => decisions::finish(participant, decider, gid)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
+    match finished {
+        Ok(Finished::Committed) => {
+            tracing::info!(transaction = %gid, "committed an in-doubt prepared transaction")
         }
+        Ok(Finished::RolledBack) => {
+            tracing::info!(transaction = %gid, "rolled back an in-doubt prepared transaction")
+        }
+        Ok(Finished::Pending | Finished::AlreadyFinished) => {}
         Err(e) => {
-            tracing::debug!(transaction = %asked.gid, error = %e, "in-doubt prepared transaction already finished")
+            tracing::warn!(transaction = %gid, error = %format!("{e:#}"), "could not finish an in-doubt prepared transaction")
         }
     }
 }
@@ -188,18 +180,18 @@ async fn finish(control: &mut Control<'_>, shard: &Shard, gid: String, age_s: f6
 /// shardline's prepared transactions on `shard` at least `min_age` seconds old: name and age.
 async fn list(
     control: &mut Control<'_>,
-    shard: &Shard,
+    shard: &str,
     min_age: f64,
 ) -> anyhow::Result<Vec<(String, f64)>> {
-    let client = control.client(&shard.name).await?;
+    let client = control.open(shard).await?;
     let rows = client.query(indoubt::LIST_SQL, &[&min_age]).await?;
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
 /// What the decider of prepared transaction `gid` on `shard` says of it.
-async fn ask(control: &mut Control<'_>, shard: &Shard, gid: String, age_s: f64) -> InDoubt {
+async fn ask(control: &mut Control<'_>, shard: &str, gid: String, age_s: f64) -> InDoubt {
     let mut found = InDoubt {
-        shard: shard.name.clone(),
+        shard: shard.to_owned(),
         decider: String::new(),
         decider_status: "not one of shardline's names".to_owned(),
         verdict: None,
@@ -210,13 +202,9 @@ async fn ask(control: &mut Control<'_>, shard: &Shard, gid: String, age_s: f64) 
         return found;
     };
     found.decider = prepared.decider.to_owned();
-    let settled = match control.client(prepared.decider).await {
-        Ok(decider) => decisions::settle(decider, &found.gid, &prepared)
-            .await
-            .map_err(anyhow::Error::from),
-        Err(e) => Err(e),
-    };
-    match settled {
+    let gid = found.gid.clone();
+    let settle = async |decider: &Client| decisions::settle(decider, &gid, &prepared).await;
+    match control.with(prepared.decider, settle).await {
         Ok(settled) => {
             let recorded = match settled.recorded {
                 Some(true) => ", decision recorded",
@@ -249,8 +237,8 @@ impl<'a> Control<'a> {
         }
     }
 
-    /// The connection to shard `name`.
-    async fn client(&mut self, name: &str) -> anyhow::Result<&Client> {
+    /// The connection to shard `name`, opened if it is not yet.
+    async fn open(&mut self, name: &str) -> anyhow::Result<&Client> {
         if !self.open.contains_key(name) {
             let opened = match self.config.shards.iter().find(|s| s.name == name) {
                 Some(shard) => connect(self.config, shard)
@@ -261,6 +249,21 @@ impl<'a> Control<'a> {
             };
             self.open.insert(name.to_owned(), opened);
         }
+        self.get(name)
+    }
+
+    /// What `run` makes of the connection to shard `name`.
+    async fn with<T>(
+        &mut self,
+        name: &str,
+        run: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+    ) -> anyhow::Result<T> {
+        let client = self.open(name).await?;
+        Ok(run(client).await?)
+    }
+
+    /// The connection to shard `name`, once opened.
+    fn get(&self, name: &str) -> anyhow::Result<&Client> {
         match self.open.get(name) {
             Some(Ok(client)) => Ok(client),
             Some(Err(e)) => Err(anyhow::anyhow!("{e}")),

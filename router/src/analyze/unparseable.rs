@@ -36,7 +36,22 @@ pub(super) fn unparseable(
         aggregate: None,
     };
     match (word(0), word(1), word(2)) {
-        ("PREPARE", "TRANSACTION", _) => return handled(StatementKind::PrepareTransaction),
+        ("PREPARE", "TRANSACTION", _) => {
+            let gid = sql.split_once('\'').map_or("", |(_, rest)| rest);
+            if crate::indoubt::reserved(gid) {
+                return Plan {
+                    kind: StatementKind::Unsupported,
+                    target: Target::Error(RouteError::new(
+                        sqlstate::RESERVED_NAME,
+                        "prepared transaction names starting with sl_tx: or sl_dw: are shardline's own (its resolver finishes them); choose another name",
+                    )),
+                    parts: Vec::new(),
+                    merge: None,
+                    aggregate: None,
+                };
+            }
+            return handled(StatementKind::PrepareTransaction);
+        }
         ("COMMIT" | "ROLLBACK", "PREPARED", _) | ("MOVE", _, _) => {
             return handled(StatementKind::TransactionControl)
         }

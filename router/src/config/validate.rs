@@ -544,8 +544,8 @@ fn ranges(
     out.into_iter().map(|(r, _)| r).collect()
 }
 
-/// The longest shard name: two of them and a transaction id must fit in a prepared
-/// transaction's name (at most 200 bytes in PostgreSQL).
+/// The longest shard name: two of them, a transaction id and a nonce must fit in a prepared
+/// transaction's name (at most 200 bytes in PostgreSQL; 171 at most here).
 const MAX_SHARD_NAME: usize = 63;
 
 /// Whether a shard name can be part of a prepared transaction's name, where `:` separates

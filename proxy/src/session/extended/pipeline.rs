@@ -28,7 +28,8 @@ use crate::session::extended::messages::build_messages;
 use crate::session::extended::segment::{Item, Segment};
 use crate::session::link::attach::ready_status;
 use crate::session::link::exchange::{Expect, Mode, Reply};
-use crate::session::multi::twophase::{commit_parts, finish_quietly, roll_back_parts, Part};
+use crate::session::multi::transaction::commit_everywhere;
+use crate::session::multi::twophase::{finish_quietly, roll_back_parts, Part};
 use crate::session::state::statements::{self, Statement};
 use crate::session::{ClientError, Session, SessionEnd};
 
@@ -293,8 +294,9 @@ impl Session {
         }
     }
 
-    /// The spread pipeline's `Sync`: every shard's transaction commits (prepared first when
-    /// there are several), or none does.
+    /// The spread pipeline's `Sync`: every shard's transaction commits, or none does (shards
+    /// that only read commit first; those that wrote together, through two-phase commit when
+    /// there are several).
     async fn commit_spread(&mut self) -> Result<(), SessionEnd> {
         let mut parts = self.take_spread_parts();
         let mut failure = None;
@@ -313,7 +315,7 @@ impl Session {
         if failure.is_some() {
             roll_back_parts(&mut parts).await;
         } else {
-            failure = commit_parts(&self.ctx, &mut parts).await;
+            failure = commit_everywhere(&self.ctx, &mut parts).await.err();
         }
         self.release_parts(parts);
         if let Some(error) = failure {

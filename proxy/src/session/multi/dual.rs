@@ -26,7 +26,7 @@ use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::session::link::exchange::{Completed, Expect, Mode, Reply};
 use crate::session::link::output::Mark;
 use crate::session::multi::ordered::field;
-use crate::session::multi::twophase::{finish_quietly, record_decision, run, Part};
+use crate::session::multi::twophase::{self, finish_quietly, record_decision, run, Part};
 use crate::session::state::transaction::DualKeys;
 use crate::session::{ClientError, Session, SessionEnd};
 
@@ -148,16 +148,23 @@ impl Session {
         let Some(copies) = self.prepare_or_abandon(loaded, old, mark).await? else {
             return Ok(());
         };
+        // An unknown outcome leaves the copies prepared: the resolver follows the old owner.
         let committed = self.commit_quietly(old).await;
-        self.settle_copies(copies, Some(committed)).await;
-        if !committed {
+        self.settle_copies(copies, committed).await;
+        let failure = match committed {
+            Some(true) => None,
+            Some(false) => Some((
+                sqlstate::TRANSACTION_ROLLBACK,
+                "the write was rolled back because its shard could not commit it; nothing was written, retry it",
+            )),
+            None => Some((
+                sqlstate::STATEMENT_COMPLETION_UNKNOWN,
+                "lost the connection to the shard while it committed the write: whether it committed is not known (its copy for the resharding follows whatever it did)",
+            )),
+        };
+        if let Some((code, message)) = failure {
             self.out.rewind(mark);
-            self.out
-                .push(&msg::error(
-                    sqlstate::TRANSACTION_ROLLBACK,
-                    "the write was rolled back because its shard could not commit it; nothing was written, retry it",
-                ))
-                .await?;
+            self.out.push(&msg::error(code, message)).await?;
         }
         self.ready_idle().await
     }
@@ -205,7 +212,6 @@ impl Session {
                 "the transaction's backend is gone",
             ));
         };
-        let decision = record_decision(&ctx, conn, &old_name).await?;
         // Per new owner, the statements that make its rows of the moving keys exact.
         let mut applies: BTreeMap<ShardId, Vec<String>> = BTreeMap::new();
         for (table, table_keys) in &keys.tables {
@@ -240,6 +246,9 @@ impl Session {
                 ));
             }
         }
+        let owners: Vec<String> = applies.keys().map(|o| shard_name(loaded, *o)).collect();
+        let owners: Vec<&str> = owners.iter().map(String::as_str).collect();
+        let decision = record_decision(&ctx, conn, &old_name, &owners).await?;
         let mut prepared: Vec<Part> = Vec::new();
         for (owner, statements) in applies {
             let name = shard_name(loaded, owner);
@@ -312,13 +321,18 @@ impl Session {
         }
     }
 
-    /// Commits the transaction the proxy opened on `old`; true when it committed.
-    async fn commit_quietly(&mut self, old: ShardId) -> bool {
+    /// Commits the transaction the proxy opened on `old`: whether it committed, `None` when
+    /// that is not known (the connection broke while it committed).
+    async fn commit_quietly(&mut self, old: ShardId) -> Option<bool> {
         let Some(mut conn) = self.conns.remove(&old) else {
-            return false;
+            return Some(false);
         };
-        let committed = matches!(run(&mut conn, "COMMIT").await, Ok(None));
-        if !committed {
+        let committed = match twophase::end_transaction(&mut conn, "COMMIT", "COMMIT").await {
+            Ok(None) => Some(true),
+            Ok(Some(_)) => Some(false),
+            Err(_) => None,
+        };
+        if committed != Some(true) {
             conn.broken = true;
         }
         self.end_transaction(old, conn);

@@ -169,8 +169,12 @@ impl Session {
     }
 }
 
-/// Commits `parts`: those that wrote nothing first, then the writers together.
-async fn commit_everywhere(ctx: &ProxyContext, parts: &mut [Part]) -> Result<(), ClientError> {
+/// Commits `parts`: those that wrote nothing first, then the writers together (no two-phase
+/// commit, and no decision to record, for shards that only read).
+pub(crate) async fn commit_everywhere(
+    ctx: &ProxyContext,
+    parts: &mut [Part],
+) -> Result<(), ClientError> {
     let mut writers = BTreeSet::new();
     for part in parts.iter_mut() {
         match twophase::query_value(&mut part.conn, &part.name, WROTE_SQL).await {

@@ -69,7 +69,9 @@ pub(crate) async fn commit_parts(ctx: &ProxyContext, parts: &mut [Part]) -> Opti
     if others.is_empty() {
         return commit_one(decider).await.err().map(CommitError::into_error);
     }
-    let decision = match record_decision(ctx, &mut decider.conn, &decider.name).await {
+    let participants: Vec<&str> = others.iter().map(|part| part.name.as_str()).collect();
+    let recorded = record_decision(ctx, &mut decider.conn, &decider.name, &participants).await;
+    let decision = match recorded {
         Ok(decision) => decision,
         Err(error) => {
             roll_back_parts(parts).await;
@@ -104,7 +106,7 @@ pub(crate) async fn commit_parts(ctx: &ProxyContext, parts: &mut [Part]) -> Opti
             Err(CommitError::Aborted(error)) => failure = Some(error),
             Err(CommitError::Unknown(error)) => {
                 for part in others.iter() {
-                    tracing::warn!(shard = %part.name, transaction = %gid(part), "the decider's commit has an unknown outcome; the resolver finishes this prepared transaction from its status");
+                    tracing::warn!(shard = %part.name, transaction = %gid(part), "the decider's commit has an unknown outcome; the resolver finishes this prepared transaction from its record");
                 }
                 return Some(error);
             }
@@ -128,7 +130,7 @@ pub(crate) async fn commit_parts(ctx: &ProxyContext, parts: &mut [Part]) -> Opti
 }
 
 /// Commits one part in one phase. If its connection breaks the outcome is unknown: the error
-/// says so (the resolver settles the other parts from this part's status either way).
+/// says so (the resolver settles the other parts from this part's record either way).
 pub(crate) async fn commit_one(part: &mut Part) -> Result<(), CommitError> {
     match end_transaction(&mut part.conn, "COMMIT", "COMMIT").await {
         Ok(None) => Ok(()),
@@ -162,20 +164,26 @@ impl Decision {
 }
 
 /// Records, in the transaction open on `conn` (shard `shard`, the decider), the decision its
-/// commit will make durable (`schema/decisions.sql`, installed first if this proxy has not
-/// seen it there). Runs just before the other parts prepare.
+/// commit will make durable, naming the `participants`' shards (`schema/decisions.sql`,
+/// installed first if this proxy has not seen it there). Runs just before they prepare.
 pub(crate) async fn record_decision(
     ctx: &ProxyContext,
     conn: &mut Pooled,
     shard: &str,
+    participants: &[&str],
 ) -> Result<Decision, ClientError> {
-    ctx.decisions.ensure(&ctx.snapshot().config, shard).await?;
+    let database = conn.target().database.clone();
+    ctx.decisions
+        .ensure(&ctx.snapshot().config, shard, &database)
+        .await?;
     let nonce = indoubt::nonce(rand::random());
-    match query_value(conn, shard, &indoubt::record_sql(&nonce)).await {
+    let sql = indoubt::record_sql(&nonce, participants);
+    match query_value(conn, shard, &sql).await {
         Ok(xid) => Ok(Decision { xid, nonce }),
         Err(error) => {
-            // 42P01 undefined table, 3F000 invalid schema name: dropped since it was installed.
-            if ["42P01", "3F000"].contains(&error.code().as_str()) {
+            // Dropped since this proxy installed it.
+            let missing = [sqlstate::UNDEFINED_TABLE, sqlstate::INVALID_SCHEMA_NAME];
+            if missing.contains(&error.code().as_str()) {
                 ctx.decisions.forget(shard);
             }
             Err(error)
@@ -255,7 +263,7 @@ pub(crate) async fn run(conn: &mut Pooled, sql: &str) -> Result<Option<Bytes>, S
 
 /// Runs `COMMIT` or `PREPARE TRANSACTION` and checks that it did what it says: PostgreSQL
 /// answers either, in a transaction that had failed, with the tag `ROLLBACK` and no error.
-async fn end_transaction(
+pub(crate) async fn end_transaction(
     conn: &mut Pooled,
     sql: &str,
     expected: &str,
