@@ -11,10 +11,12 @@
 //! table has none), and a `SELECT` narrower than the table that leaves the key out reaches
 //! the router as a NULL key and is refused.
 //!
-//! With `ON CONFLICT`, each shard takes its rows into a table of its own first ([`Upsert`]),
-//! then inserts them into `t` with the client's `ON CONFLICT` clause, inside the same
+//! With `ON CONFLICT` or `RETURNING`, each shard takes its rows into a table of its own first
+//! ([`Apply`]), then inserts them into `t` with the client's clauses, inside the same
 //! two-phase commit: conflicts are decided where the conflicting rows live (a unique key that
-//! holds the shard key lives on one shard), and the statement counts what PostgreSQL counts.
+//! holds the shard key lives on one shard), the statement counts what PostgreSQL counts, and
+//! each shard returns the rows it inserted (or updated), which the proxy passes on once the
+//! statement committed everywhere.
 
 use sqlparser::ast::{AssignmentTarget, Insert, OnConflictAction, OnInsert, SetExpr};
 
@@ -54,16 +56,24 @@ pub struct InsertSelect {
     pub copy: String,
     /// What the routed COPY needs to place each row.
     pub spec: CopyInto,
-    /// Set for `INSERT … SELECT … ON CONFLICT`: how each shard applies its rows.
-    pub upsert: Option<Upsert>,
+    /// Set for `INSERT … SELECT … ON CONFLICT | RETURNING`: how each shard applies its rows.
+    pub apply: Option<Apply>,
 }
 
-/// How a shard applies its rows of an `INSERT … SELECT … ON CONFLICT`: they are copied into a
-/// table made for the statement (an ordinary one: a temporary table would keep the shard's
-/// transaction from `PREPARE TRANSACTION`), then inserted into the target with the client's
-/// clause, and the table is dropped again before the shard's transaction is prepared.
+impl InsertSelect {
+    /// Whether the statement returns rows (`RETURNING`).
+    pub fn returns_rows(&self) -> bool {
+        self.apply.as_ref().is_some_and(|a| !a.returning.is_empty())
+    }
+}
+
+/// How a shard applies its rows of an `INSERT … SELECT … ON CONFLICT | RETURNING`: they are
+/// copied into a table made for the statement (an ordinary one: a temporary table would keep
+/// the shard's transaction from `PREPARE TRANSACTION`), then inserted into the target with
+/// the client's clauses, and the table is dropped again before the shard's transaction is
+/// prepared.
 #[derive(Debug, Clone)]
-pub struct Upsert {
+pub struct Apply {
     /// The target as the client named it, with its alias.
     table: String,
     /// The target alone, for the table the rows arrive in.
@@ -71,9 +81,11 @@ pub struct Upsert {
     /// The client's column list, empty for all columns.
     columns: Vec<String>,
     on_conflict: String,
+    /// ` RETURNING …`, or empty.
+    returning: String,
 }
 
-impl Upsert {
+impl Apply {
     /// The COPY a shard runs instead of the plain one, into `rows` (a name unique to the
     /// statement, chosen by the caller): the table is made in the same query string.
     pub fn copy_sql(&self, rows: &str) -> String {
@@ -89,18 +101,25 @@ impl Upsert {
     }
 
     /// What a shard runs after its rows arrived: the insert (whose tag counts the rows it
-    /// inserted or updated), then the table goes.
-    pub fn apply_sql(&self, rows: &str) -> String {
+    /// inserted or updated, and which returns what `RETURNING` asks for); [`Apply::drop_sql`]
+    /// follows.
+    pub fn insert_sql(&self, rows: &str) -> String {
         let list = if self.columns.is_empty() {
             String::new()
         } else {
             format!(" ({})", self.columns.join(", "))
         };
         format!(
-            "INSERT INTO {table}{list} SELECT * FROM {rows}{on_conflict}; DROP TABLE {rows}",
+            "INSERT INTO {table}{list} SELECT * FROM {rows}{on_conflict}{returning}",
             table = self.table,
-            on_conflict = self.on_conflict
+            on_conflict = self.on_conflict,
+            returning = self.returning
         )
+    }
+
+    /// Drops the table the rows arrived in.
+    pub fn drop_sql(rows: &str) -> String {
+        format!("DROP TABLE {rows}")
     }
 }
 
@@ -119,12 +138,6 @@ pub fn insert_select(config: &Config, sql: &str) -> Option<Result<InsertSelect, 
 }
 
 fn plan(config: &Config, insert: &Insert, table: &str) -> Result<InsertSelect, RouteError> {
-    if insert.returning.is_some() {
-        return Err(RouteError::new(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            format!("INSERT … SELECT into sharded table {table} with RETURNING is not supported yet; leave RETURNING out and read the rows back, or insert them with INSERT … VALUES … RETURNING"),
-        ));
-    }
     let Some(source) = insert.source.as_ref() else {
         return Err(internal());
     };
@@ -157,27 +170,41 @@ fn plan(config: &Config, insert: &Insert, table: &str) -> Result<InsertSelect, R
         None => return Err(internal()),
     };
     let key = spec.rule.key_column().ok_or_else(internal)?.to_owned();
-    let upsert = match &insert.on {
-        None => None,
-        Some(_) if spec.leaves_out_key() => {
-            return Err(RouteError::new(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                format!("INSERT … SELECT … ON CONFLICT into sharded table {table} must give the shard key {key} itself (a generated key never conflicts); add {key} to the column list and the SELECT"),
-            ))
-        }
+    let on_conflict = match &insert.on {
+        None => String::new(),
         Some(on) => {
             check_on_conflict(table, &key, on)?;
-            let target = match &insert.table_alias {
-                Some(alias) => format!("{table} AS {}", alias.alias),
-                None => table.to_owned(),
-            };
-            Some(Upsert {
-                table: target,
-                shape: table.to_owned(),
-                columns: columns.clone(),
-                on_conflict: on.to_string(),
-            })
+            on.to_string()
         }
+    };
+    let returning = match &insert.returning {
+        None => String::new(),
+        Some(items) => {
+            let items: Vec<String> = items.iter().map(ToString::to_string).collect();
+            let items = items.join(", ");
+            check_shard_local(table, "RETURNING", &items)?;
+            format!(" RETURNING {items}")
+        }
+    };
+    let apply = if on_conflict.is_empty() && returning.is_empty() {
+        None
+    } else if spec.leaves_out_key() {
+        return Err(RouteError::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("INSERT … SELECT … ON CONFLICT or RETURNING into sharded table {table} must give the shard key {key} itself (the proxy generates it otherwise, and a generated key never conflicts); add {key} to the column list and the SELECT"),
+        ));
+    } else {
+        let target = match &insert.table_alias {
+            Some(alias) => format!("{table} AS {}", alias.alias),
+            None => table.to_owned(),
+        };
+        Some(Apply {
+            table: target,
+            shape: table.to_owned(),
+            columns: columns.clone(),
+            on_conflict,
+            returning,
+        })
     };
     let key = quote_ident(&key);
     let stage = format!(
@@ -197,7 +224,7 @@ fn plan(config: &Config, insert: &Insert, table: &str) -> Result<InsertSelect, R
         unstage: format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"),
         copy,
         spec,
-        upsert,
+        apply,
     })
 }
 
@@ -223,17 +250,24 @@ fn check_on_conflict(table: &str, key: &str, on: &OnInsert) -> Result<(), RouteE
             }
         }
     }
-    for token in Scanner::new(&on.to_string()).flatten() {
+    check_shard_local(table, "the ON CONFLICT clause", &on.to_string())
+}
+
+/// Refuses a clause every shard runs as text of its own (`ON CONFLICT`, `RETURNING`) when it
+/// holds a subquery (it would read only that shard's rows) or parameters.
+fn check_shard_local(table: &str, clause: &str, text: &str) -> Result<(), RouteError> {
+    let refuse = |why: String| Err(RouteError::new(sqlstate::FEATURE_NOT_SUPPORTED, why));
+    for token in Scanner::new(text).flatten() {
         // `TABLE t` and `VALUES …` are query bodies too (`EXISTS (TABLE banned)`).
         let query = token.kind == (Kind::Word { quoted: false })
             && ["select", "table", "values"]
                 .iter()
                 .any(|word| token.text.eq_ignore_ascii_case(word));
         if query {
-            return refuse(format!("INSERT … SELECT … ON CONFLICT into {table} with a subquery in the ON CONFLICT clause is not supported (each shard would read only its own rows); compute the value in the SELECT and use EXCLUDED"));
+            return refuse(format!("INSERT … SELECT into {table} with a subquery in {clause} is not supported (each shard would read only its own rows); compute the value in the SELECT"));
         }
         if token.kind == Kind::Param {
-            return refuse(format!("INSERT … SELECT … ON CONFLICT into {table} with parameters in the ON CONFLICT clause is not supported; pass the values through the SELECT and use EXCLUDED"));
+            return refuse(format!("INSERT … SELECT into {table} with parameters in {clause} is not supported; pass the values through the SELECT"));
         }
     }
     Ok(())
@@ -327,31 +361,46 @@ tables:
     #[test]
     fn on_conflict_applies_each_shards_rows_through_a_table_of_its_own() {
         let plan = planned("INSERT INTO users (id, name) SELECT id, name FROM archive ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name");
-        let upsert = plan.upsert.unwrap_or_else(|| panic!("no upsert"));
+        let apply = plan.apply.unwrap_or_else(|| panic!("no apply"));
         assert_eq!(
-            upsert.copy_sql("r1"),
+            apply.copy_sql("r1"),
             "CREATE UNLOGGED TABLE r1 AS SELECT id, name FROM users LIMIT 0; COPY r1 FROM STDIN"
         );
         assert_eq!(
-            upsert.apply_sql("r1"),
-            "INSERT INTO users (id, name) SELECT * FROM r1 ON CONFLICT(id) DO UPDATE SET name = EXCLUDED.name; DROP TABLE r1"
+            apply.insert_sql("r1"),
+            "INSERT INTO users (id, name) SELECT * FROM r1 ON CONFLICT(id) DO UPDATE SET name = EXCLUDED.name"
         );
         let all = planned("INSERT INTO users SELECT * FROM archive ON CONFLICT DO NOTHING");
-        let upsert = all.upsert.unwrap_or_else(|| panic!("no upsert"));
-        assert!(upsert
+        let apply = all.apply.unwrap_or_else(|| panic!("no apply"));
+        assert!(apply
             .copy_sql("r")
             .starts_with("CREATE UNLOGGED TABLE r AS SELECT * FROM users LIMIT 0;"));
         assert!(planned("INSERT INTO users SELECT * FROM archive")
-            .upsert
+            .apply
             .is_none());
         let aliased = planned("INSERT INTO users AS u (id, n) SELECT id, 1 FROM archive ON CONFLICT (id) DO UPDATE SET n = u.n + 1 WHERE u.id > 0");
-        let upsert = aliased.upsert.unwrap_or_else(|| panic!("no upsert"));
-        assert!(upsert
+        let apply = aliased.apply.unwrap_or_else(|| panic!("no apply"));
+        assert!(apply
             .copy_sql("r")
             .contains("SELECT id, n FROM users LIMIT 0"));
-        assert!(upsert
-            .apply_sql("r")
+        assert!(apply
+            .insert_sql("r")
             .starts_with("INSERT INTO users AS u (id, n) SELECT * FROM r ON CONFLICT"));
+    }
+
+    #[test]
+    fn returning_is_applied_on_each_shard() {
+        let plan = planned("INSERT INTO users AS u SELECT * FROM archive RETURNING u.id, *");
+        assert!(plan.returns_rows());
+        let apply = plan.apply.unwrap_or_else(|| panic!("no apply"));
+        assert_eq!(
+            apply.insert_sql("r"),
+            "INSERT INTO users AS u SELECT * FROM r RETURNING u.id, *"
+        );
+        assert!(
+            !planned("INSERT INTO users SELECT * FROM archive ON CONFLICT DO NOTHING")
+                .returns_rows()
+        );
     }
 
     #[test]
@@ -363,7 +412,9 @@ tables:
             "INSERT INTO users (id, n) SELECT id, 1 FROM archive ON CONFLICT (id) DO UPDATE SET n = (SELECT count(*) FROM archive)",
             "INSERT INTO users (id, n) SELECT id, 1 FROM archive ON CONFLICT (id) DO UPDATE SET n = $1",
             "INSERT INTO users (name) SELECT name FROM archive ON CONFLICT DO NOTHING",
-            "INSERT INTO users SELECT * FROM archive RETURNING id",
+            "INSERT INTO users (name) SELECT name FROM archive RETURNING id",
+            "INSERT INTO users SELECT * FROM archive RETURNING (SELECT count(*) FROM archive)",
+            "INSERT INTO users SELECT * FROM archive RETURNING id + $1",
             "INSERT INTO users SELECT * FROM sales.archive",
             "INSERT INTO users WITH gone AS (DELETE FROM archive RETURNING *) SELECT * FROM gone",
         ] {

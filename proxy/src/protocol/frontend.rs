@@ -357,6 +357,16 @@ pub fn describe_execute_sync() -> &'static [u8] {
     b"D\0\0\0\x06P\0E\0\0\0\x09\0\0\0\0\0S\0\0\0\x04"
 }
 
+/// `sql` (bytes in the backend's `client_encoding`, no parameters) run through the unnamed
+/// statement and portal with `result_formats`, described, executed and synced: a statement
+/// the proxy runs on a shard whose rows go to the client in the formats it asked for.
+pub fn unnamed_execution(sql: &[u8], result_formats: &[i16]) -> Bytes {
+    let mut out = BytesMut::from(&build_parse(b"", sql, &[0, 0])[..]);
+    out.extend_from_slice(&build_bind(b"", b"", &[], result_formats));
+    out.extend_from_slice(describe_execute_sync());
+    out.freeze()
+}
+
 /// `Sync`: ends a pipeline; the server answers `ReadyForQuery`.
 pub const SYNC: &[u8] = b"S\0\0\0\x04";
 

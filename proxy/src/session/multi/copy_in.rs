@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use shardline_router::copy::CopyInto;
-use shardline_router::insert_select::Upsert;
+use shardline_router::insert_select::Apply;
 use shardline_router::ShardId;
 
 use crate::backend::pool::Pooled;
@@ -19,7 +19,7 @@ pub(crate) use crate::session::multi::copy_rows::RowSource;
 use crate::session::multi::copy_rows::{Incoming, RowRouter};
 use crate::session::multi::gather::Delivery;
 use crate::session::multi::gather::MergeFailure;
-use crate::session::multi::insert_select::apply_rows;
+use crate::session::multi::insert_select::{apply_rows, Applied, ApplySteps};
 use crate::session::multi::twophase::Part;
 use crate::session::{local, ClientError, Session, SessionEnd};
 
@@ -28,25 +28,30 @@ impl Session {
     /// `delivery` says how to end the statement if it fails before the copy starts; once it
     /// has started, an extended-protocol client's `Sync` sent with the COPY no longer counts
     /// (PostgreSQL ignores it during copy-in) and the client sends another after `CopyDone`.
-    /// With `upsert` (an `INSERT … SELECT … ON CONFLICT`), each shard copies its rows into a
-    /// table of the statement's own and applies them with the client's clause.
+    /// With `apply` (an `INSERT … SELECT … ON CONFLICT | RETURNING`), each shard copies its
+    /// rows into a table of the statement's own and applies them with the client's clauses;
+    /// the rows they return reach the client once every shard committed.
     pub(crate) async fn copy_split(
         &mut self,
         loaded: &Loaded,
         sql: &str,
         spec: &CopyInto,
-        upsert: Option<&Upsert>,
+        apply: Option<&Apply>,
         delivery: &Delivery,
         source: &mut RowSource<'_>,
     ) -> Result<(), SessionEnd> {
         let shards = spec.rule.shards(loaded.config.shards.len());
-        let upserting = upsert.map(|u| {
+        let applying = apply.map(|a| {
             // Unique to the statement: concurrent statements never wait for each other's name.
             let rows = format!("shardline_rows_{}", uuid::Uuid::now_v7().simple());
-            (u.copy_sql(&rows), u.apply_sql(&rows))
+            let steps = ApplySteps {
+                insert: a.insert_sql(&rows),
+                drop: Apply::drop_sql(&rows),
+            };
+            (a.copy_sql(&rows), steps)
         });
-        let (sql, apply) = match &upserting {
-            Some((copy, apply)) => (copy.as_str(), Some(apply.as_str())),
+        let (sql, apply) = match &applying {
+            Some((copy, steps)) => (copy.as_str(), Some(steps)),
             None => (sql, None),
         };
         let started = std::time::Instant::now();
@@ -102,7 +107,7 @@ impl Session {
 
     /// The COPY itself; `Ok(true)` when every row was committed. With `generated`, the
     /// proxy puts a new key first in every row; with `apply`, each shard runs it after its
-    /// rows arrived, and the statement counts the rows it inserted.
+    /// rows arrived, and the statement counts (and returns) the rows it inserted.
     #[allow(clippy::too_many_arguments)]
     async fn copy_rows(
         &mut self,
@@ -111,7 +116,7 @@ impl Session {
         spec: &CopyInto,
         shards: &[ShardId],
         generated: bool,
-        apply: Option<&str>,
+        apply: Option<&ApplySteps>,
         delivery: &Delivery,
         source: &mut RowSource<'_>,
     ) -> Result<bool, SessionEnd> {
@@ -201,7 +206,12 @@ impl Session {
             // After end_copies no shard is in COPY any more, whatever happened.
             (None, Ok(())) => match self.end_copies(&mut parts, router.all_batches()).await {
                 Ok(()) => match apply {
-                    Some(sql) => apply_rows(&mut parts, sql).await.map(Some),
+                    Some(steps) => {
+                        let budget = loaded.config.max_pull_rows;
+                        apply_rows(&mut parts, steps, &delivery.formats, budget)
+                            .await
+                            .map(Some)
+                    }
                     None => Ok(None),
                 },
                 Err(e) => Err(e),
@@ -211,8 +221,9 @@ impl Session {
         match failure {
             Err((copying, error)) => self.abandon_copy(parts, copying, error, delivery).await,
             Ok(applied) => {
-                let tag = format!("{} {}", source.command(), applied.unwrap_or(router.total));
-                self.commit_copy(parts, tag, delivery).await
+                let count = applied.as_ref().map_or(router.total, |a| a.count);
+                let tag = format!("{} {count}", source.command());
+                self.commit_copy(parts, tag, applied, delivery).await
             }
         }
     }
@@ -344,11 +355,13 @@ impl Session {
         failure.map_or(Ok(()), Err)
     }
 
-    /// Commits every shard's COPY; `Ok(true)` when it did.
+    /// Commits every shard's COPY; `Ok(true)` when it did. The rows the shards returned
+    /// (`applied`) go to the client only then.
     async fn commit_copy(
         &mut self,
         parts: Vec<Part>,
         tag: String,
+        applied: Option<Applied>,
         delivery: &Delivery,
     ) -> Result<bool, SessionEnd> {
         let failure = self.settle_parts(parts).await;
@@ -357,6 +370,14 @@ impl Session {
             Some(error) => Err(MergeFailure::Query(error)),
             None => Ok(tag),
         };
+        if let (true, Some(applied)) = (committed, applied) {
+            if let Some(description) = applied.description.filter(|_| delivery.describe) {
+                self.out.push(&description).await?;
+            }
+            for row in &applied.rows {
+                self.out.push(row).await?;
+            }
+        }
         self.complete(result, delivery).await?;
         Ok(committed)
     }

@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 
+use bytes::{Bytes, BytesMut};
 use shardline_router::insert_select::InsertSelect;
 use shardline_router::placeholders::ShardStatement;
 use shardline_router::ShardId;
@@ -23,6 +24,7 @@ use shardline_router::ShardId;
 use crate::backend::pool::Pooled;
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
+use crate::protocol::frontend::unnamed_execution;
 use crate::protocol::Frame;
 use crate::session::link::attach::{drain_to_ready, ready_status};
 use crate::session::multi::copy_in::RowSource;
@@ -40,8 +42,9 @@ impl Session {
         source: &Source<'_>,
         delivery: &Delivery,
     ) -> Result<(), SessionEnd> {
-        if delivery.extended && delivery.describe {
-            // An INSERT without RETURNING describes no rows.
+        if delivery.extended && delivery.describe && !plan.returns_rows() {
+            // An INSERT without RETURNING describes no rows (one with it is described by the
+            // shards that run it).
             self.out.push(&msg::empty(tag::NO_DATA)).await?;
         }
         let home = loaded.config.default_shard;
@@ -113,8 +116,8 @@ impl Session {
         delivery: &Delivery,
         rows: &mut RowSource<'_>,
     ) -> Result<(), SessionEnd> {
-        let upsert = plan.upsert.as_ref();
-        self.copy_split(loaded, &plan.copy, &plan.spec, upsert, delivery, rows)
+        let apply = plan.apply.as_ref();
+        self.copy_split(loaded, &plan.copy, &plan.spec, apply, delivery, rows)
             .await
     }
 
@@ -208,34 +211,80 @@ async fn buffer_copy_out(
     Ok(())
 }
 
-/// Runs `sql` (an [`Upsert`](shardline_router::insert_select::Upsert)'s apply step) on every
-/// part once its rows arrived, and adds up the rows its `INSERT` inserted or updated.
-pub(super) async fn apply_rows(parts: &mut [Part], sql: &str) -> Result<u64, ClientError> {
-    let message = local::query_message(sql);
-    let mut applied = 0;
+/// The statements each shard runs once its rows of an `INSERT … SELECT … ON CONFLICT |
+/// RETURNING` arrived ([`Apply`](shardline_router::insert_select::Apply)).
+pub(super) struct ApplySteps {
+    /// The insert, run in the extended protocol with the client's result formats.
+    pub(super) insert: String,
+    /// Drops the table the rows arrived in.
+    pub(super) drop: String,
+}
+
+/// What the shards' inserts did.
+pub(super) struct Applied {
+    /// Rows inserted or updated, over every shard.
+    pub(super) count: u64,
+    /// The `RowDescription` of the returned rows (the first shard's), if they return any.
+    pub(super) description: Option<Bytes>,
+    /// The returned rows, every shard's, in the client's result formats.
+    pub(super) rows: Vec<Bytes>,
+}
+
+/// Runs `steps` on every part once its rows arrived: adds up the rows its insert inserted or
+/// updated and keeps the rows it returned (at most `budget` of them over every shard: they
+/// wait in the proxy until the statement committed everywhere).
+pub(super) async fn apply_rows(
+    parts: &mut [Part],
+    steps: &ApplySteps,
+    formats: &[i16],
+    budget: u64,
+) -> Result<Applied, ClientError> {
+    let mut applied = Applied {
+        count: 0,
+        description: None,
+        rows: Vec::new(),
+    };
     for part in parts.iter_mut() {
+        let name = part.name.clone();
+        let encoding = part.conn.client_encoding();
+        let insert = encoding.encode(&steps.insert).map_err(ClientError::from)?;
+        let mut out = BytesMut::from(&unnamed_execution(&insert, formats)[..]);
+        out.extend_from_slice(&local::query_message(&steps.drop));
         part.conn
-            .send(&message)
+            .send(&out)
             .await
-            .map_err(|e| ClientError::lost_shard(&part.name, e))?;
+            .map_err(|e| ClientError::lost_shard(&name, e))?;
         let mut error = None;
-        loop {
+        let mut cycles = 2;
+        while cycles > 0 {
             let frame = part
                 .conn
                 .read()
                 .await
-                .map_err(|e| ClientError::from_backend(&part.name, &e))?;
+                .map_err(|e| ClientError::from_backend(&name, &e))?;
             match frame.tag() {
+                tag::ROW_DESCRIPTION => {
+                    applied
+                        .description
+                        .get_or_insert_with(|| frame.bytes().clone());
+                }
+                tag::DATA_ROW => {
+                    if applied.rows.len() as u64 >= budget {
+                        error.get_or_insert_with(|| returned_too_many(budget));
+                    } else {
+                        applied.rows.push(frame.into_bytes());
+                    }
+                }
                 tag::COMMAND_COMPLETE => {
                     let done = msg::command_tag(&frame);
                     if done.starts_with("INSERT") {
-                        applied += msg::tag_row_count(done).unwrap_or(0);
+                        applied.count += msg::tag_row_count(done).unwrap_or(0);
                     }
                 }
                 tag::ERROR_RESPONSE => {
-                    error.get_or_insert_with(|| ClientError::from_shard(frame.bytes(), &part.name));
+                    error.get_or_insert_with(|| ClientError::from_shard(frame.bytes(), &name));
                 }
-                tag::READY_FOR_QUERY => break,
+                tag::READY_FOR_QUERY => cycles -= 1,
                 _ => {}
             }
         }
@@ -244,4 +293,12 @@ pub(super) async fn apply_rows(parts: &mut [Part], sql: &str) -> Result<u64, Cli
         }
     }
     Ok(applied)
+}
+
+/// The refusal of an `INSERT … SELECT … RETURNING` that returns more rows than the proxy holds.
+fn returned_too_many(budget: u64) -> ClientError {
+    ClientError::new(
+        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+        format!("INSERT … SELECT … RETURNING holds the rows it returns in the proxy until it committed on every shard, and this one returns more than max_pull_rows ({budget}); nothing was inserted. Insert fewer rows at a time, leave RETURNING out, or raise max_pull_rows in shards.yaml"),
+    )
 }
