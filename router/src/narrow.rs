@@ -14,64 +14,119 @@
 //! exact only if nothing reads them behind the statement's back, so whole rows move whenever
 //! the statement uses anything PostgreSQL did not build in (built-in objects are pinned and
 //! never recorded as dependencies; a user's function or operator could read a pulled table
-//! itself), a whole row or a system column of any table, or a `regclass` constant (which
-//! functions such as `table_to_xml` read a table through).
+//! itself), a whole row or a system column of any table, a value of type `regclass` or a
+//! built-in function that reads a table named at run time (`query_to_xml`, `ts_stat`, …), or a
+//! relation other than a plain table (a view's own code could read a pulled table).
 
 use std::collections::BTreeMap;
 
 /// The savepoint and view the probe runs in.
 const PROBE: &str = "shardline_probe";
 
+/// Starts the probe: sent as a `Query` of its own before [`probe_sql`]'s, so that the
+/// savepoint exists even when the probe's text does not parse.
+pub const PROBE_START: &str = "SAVEPOINT shardline_probe";
+
 /// Ends the probe, whether it succeeded or not: sent as a `Query` of its own after
 /// [`probe_sql`]'s, it runs even when the probe failed.
 pub const PROBE_END: &str =
     "ROLLBACK TO SAVEPOINT shardline_probe; RELEASE SAVEPOINT shardline_probe";
 
+/// Built-in functions that read a table named at run time (in SQL text, a schema or a
+/// `regclass`), behind the view's dependencies.
+const READS_BY_NAME: &str = "'query_to_xml', 'query_to_xmlschema', 'query_to_xml_and_xmlschema', \
+     'table_to_xml', 'table_to_xmlschema', 'table_to_xml_and_xmlschema', \
+     'schema_to_xml', 'schema_to_xmlschema', 'schema_to_xml_and_xmlschema', \
+     'database_to_xml', 'database_to_xmlschema', 'database_to_xml_and_xmlschema', \
+     'cursor_to_xml', 'cursor_to_xmlschema', 'ts_stat', 'ts_rewrite', 'currtid2'";
+
 /// The probe of `statement` (a `SELECT`, as the backend that runs the pull-up will read it):
-/// one simple `Query` answering rows of (kind, table, column, temporary) — what the statement
-/// depends on (`pg_class` for a table or one of its columns, or another catalog's name), a
-/// `whole row` or `regclass` row when it reads such, a `domain` row for each column of a
-/// temporary table whose type is a domain (a NULL left there could break the domain's
-/// constraint, so it is always pulled), and a `first` row with the first column of each
-/// temporary table. Read by [`columns_read`].
+/// one simple `Query` (between [`PROBE_START`] and [`PROBE_END`]) answering rows of (kind,
+/// table, column, temporary) — what the statement depends on (`pg_class` for a table or one
+/// of its columns, or another catalog's name); `whole row` when it reads a whole row or a
+/// system column, `by name` when it uses a value of type `regclass` or a built-in function
+/// that reads a table named at run time, `indirect` for a relation other than a plain table
+/// (a view, whose own code could read a pulled table) or one with row security; a `domain`
+/// row for each column of a temporary table whose type is a domain (a NULL left there could
+/// break the domain's constraint, so it is always pulled); and a `first` row with the first
+/// column of each temporary table. Read by [`columns_read`]. Every catalog name is qualified,
+/// so the session's `search_path` cannot stand in objects of its own.
 pub fn probe_sql(statement: &str) -> String {
-    let statement = statement.trim_end().trim_end_matches(';').trim_end();
+    let statement = without_trailing_semicolons(statement);
     format!(
-        "SAVEPOINT {PROBE}; \
-         CREATE TEMP VIEW {PROBE} AS SELECT 1 FROM (\n{statement}\n) AS {PROBE}; \
-         SELECT d.refclassid::regclass::text, c.relname::text, a.attname::text, \
-                c.relnamespace = pg_my_temp_schema() \
-           FROM pg_rewrite r \
-           JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid \
-           LEFT JOIN pg_class c ON d.refclassid = 'pg_class'::regclass AND c.oid = d.refobjid \
-           LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.refobjsubid \
-                AND d.refobjsubid <> 0 \
-          WHERE r.ev_class = 'pg_temp.{PROBE}'::regclass AND d.refobjid <> r.ev_class \
+        "CREATE TEMP VIEW {PROBE} AS SELECT 1 FROM (\n{statement}\n) AS {PROBE}; \
+         WITH rule AS (SELECT r.oid, r.ev_class, r.ev_action::pg_catalog.text AS action \
+                         FROM pg_catalog.pg_rewrite r \
+                        WHERE r.ev_class OPERATOR(pg_catalog.=) 'pg_temp.{PROBE}'::pg_catalog.regclass) \
+         SELECT d.refclassid::pg_catalog.regclass::pg_catalog.text, c.relname::pg_catalog.text, \
+                a.attname::pg_catalog.text, \
+                c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema() \
+           FROM rule r \
+           JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                AND d.objid OPERATOR(pg_catalog.=) r.oid \
+           LEFT JOIN pg_catalog.pg_class c ON d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
+                AND c.oid OPERATOR(pg_catalog.=) d.refobjid \
+           LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid \
+                AND a.attnum OPERATOR(pg_catalog.=) d.refobjsubid AND d.refobjsubid OPERATOR(pg_catalog.<>) 0 \
+          WHERE d.refobjid OPERATOR(pg_catalog.<>) r.ev_class \
          UNION ALL \
-         SELECT CASE WHEN ev_action::text ~ ':varattno (0 |-)' THEN 'whole row' \
-                ELSE 'regclass' END, NULL, NULL, NULL \
-           FROM pg_rewrite WHERE ev_class = 'pg_temp.{PROBE}'::regclass \
-            AND ev_action::text ~ ':varattno (0 |-)|:consttype 2205 ' \
+         SELECT 'whole row', NULL, NULL, NULL FROM rule \
+          WHERE action OPERATOR(pg_catalog.~) ':varattno (0 |-)' \
          UNION ALL \
-         SELECT 'domain', c.relname::text, a.attname::text, true \
-           FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid \
-           JOIN pg_type t ON t.oid = a.atttypid \
-          WHERE c.relnamespace = pg_my_temp_schema() AND c.relkind = 'r' AND a.attnum > 0 \
-            AND NOT a.attisdropped AND t.typtype = 'd' \
+         SELECT 'by name', NULL, NULL, NULL FROM rule \
+          WHERE action OPERATOR(pg_catalog.~) ':(consttype|resulttype|funcresulttype|vartype|paramtype|aggtype|wintype) 2205 ' \
+             OR EXISTS (SELECT FROM pg_catalog.pg_proc p \
+                         WHERE p.proname OPERATOR(pg_catalog.=) ANY (ARRAY[{READS_BY_NAME}]::pg_catalog.name[]) \
+                           AND p.oid::pg_catalog.text OPERATOR(pg_catalog.=) ANY ( \
+                               SELECT m[1] FROM pg_catalog.regexp_matches(action, \
+                                   ':(?:funcid|aggfnoid|winfnoid|opfuncid) ([0-9]+)', 'g') m)) \
          UNION ALL \
-         SELECT 'first', c.relname::text, a.attname::text, true \
-           FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid \
-          WHERE c.relnamespace = pg_my_temp_schema() AND c.relkind = 'r' \
-            AND a.attnum = (SELECT min(x.attnum) FROM pg_attribute x \
-                             WHERE x.attrelid = c.oid AND x.attnum > 0 AND NOT x.attisdropped)"
+         SELECT 'indirect', c.relname::pg_catalog.text, NULL, NULL \
+           FROM rule r \
+           JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                AND d.objid OPERATOR(pg_catalog.=) r.oid \
+           JOIN pg_catalog.pg_class c ON d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
+                AND c.oid OPERATOR(pg_catalog.=) d.refobjid \
+          WHERE c.oid OPERATOR(pg_catalog.<>) r.ev_class \
+            AND (c.relkind OPERATOR(pg_catalog.<>) ALL (ARRAY['r', 'p', 'm', 'f', 'S']::pg_catalog.\"char\"[]) \
+                 OR c.relrowsecurity) \
+         UNION ALL \
+         SELECT 'domain', c.relname::pg_catalog.text, a.attname::pg_catalog.text, true \
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid \
+           JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid \
+          WHERE c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema() \
+            AND c.relkind OPERATOR(pg_catalog.=) 'r' AND a.attnum OPERATOR(pg_catalog.>) 0 \
+            AND NOT a.attisdropped AND t.typtype OPERATOR(pg_catalog.=) 'd' \
+         UNION ALL \
+         SELECT 'first', c.relname::pg_catalog.text, a.attname::pg_catalog.text, true \
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid \
+          WHERE c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema() \
+            AND c.relkind OPERATOR(pg_catalog.=) 'r' \
+            AND a.attnum OPERATOR(pg_catalog.=) (SELECT pg_catalog.min(x.attnum) FROM pg_catalog.pg_attribute x \
+                 WHERE x.attrelid OPERATOR(pg_catalog.=) c.oid AND x.attnum OPERATOR(pg_catalog.>) 0 AND NOT x.attisdropped)"
     )
+}
+
+/// `statement` without the semicolons (and blanks and comments around them) that end it, as
+/// the scanner reads it: a trailing `;` would end the probe's subquery early.
+fn without_trailing_semicolons(statement: &str) -> &str {
+    let mut end = 0;
+    for token in crate::scan::Scanner::new(statement) {
+        let Ok(token) = token else {
+            return statement;
+        };
+        if token.kind != crate::scan::Kind::Blank && token.text != ";" {
+            end = token.text.as_ptr() as usize - statement.as_ptr() as usize + token.text.len();
+        }
+    }
+    &statement[..end]
 }
 
 /// One row of the probe's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dependency {
     /// The catalog of what the statement depends on (`pg_class`, `pg_proc`, …), or `whole
-    /// row`, `regclass`, `domain` or `first`.
+    /// row`, `by name`, `indirect`, `domain` or `first`.
     pub kind: String,
     /// For `pg_class`, `domain` and `first`: the table's name.
     pub table: Option<String>,
@@ -110,7 +165,7 @@ pub fn columns_read(
                 }
             }
             // Anything else PostgreSQL did not build in (a function, operator or type of the
-            // user's), a whole row or system column, a regclass constant.
+            // user's), a whole row or system column, a table read by name, a view.
             _ => return None,
         }
     }
@@ -210,7 +265,19 @@ mod tests {
     #[test]
     fn the_probe_wraps_the_statement_on_lines_of_its_own() {
         let sql = probe_sql("SELECT 1 -- trailing comment\n;  ");
-        assert!(sql.contains("(\nSELECT 1 -- trailing comment\n) AS shardline_probe"));
-        assert!(sql.starts_with("SAVEPOINT shardline_probe;"));
+        assert!(sql.contains("(\nSELECT 1\n) AS shardline_probe"));
+        let sql = probe_sql("SELECT ';' ; -- a note; with semicolons\n ; /* and */");
+        assert!(sql.contains("(\nSELECT ';'\n) AS shardline_probe"), "{sql}");
+        assert!(sql.starts_with("CREATE TEMP VIEW shardline_probe AS SELECT 1 FROM ("));
+    }
+
+    #[test]
+    fn tables_read_by_name_or_through_views_move_whole_rows() {
+        for kind in ["by name", "indirect"] {
+            let mut found = firsts();
+            found.push(dep("pg_class", Some("users"), Some("id"), true));
+            found.push(dep(kind, Some("names_view"), None, false));
+            assert_eq!(columns_read(&["users"], &found), None, "{kind}");
+        }
     }
 }

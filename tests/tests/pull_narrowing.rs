@@ -1,8 +1,8 @@
 //! Pull-ups move only the columns their statement reads, as PostgreSQL itself resolves the
 //! statement (`shardline_router::narrow`). Seen through column privileges: a role that may read
 //! only some columns of a table on the shards the rows come from can run a pull-up that reads
-//! those columns, while one that reads another column, or a whole row, is refused by the
-//! shard (42501) because that column has to move. A `NOT NULL` domain column the statement
+//! those columns, while one that reads another column, a whole row, or a table by name or
+//! through a view, is refused by the shard (42501) because the whole rows have to move. A `NOT NULL` domain column the statement
 //! does not read still moves (a NULL left in its place would break the domain), and every
 //! answer equals one plain PostgreSQL's.
 
@@ -67,7 +67,10 @@ async fn pull_ups_move_only_the_columns_their_statement_reads() -> anyhow::Resul
         };
         shard
             .batch_execute(&format!(
-                "CREATE ROLE reader LOGIN PASSWORD 'app'; GRANT USAGE ON SCHEMA public TO reader; {grant}"
+                "CREATE ROLE reader LOGIN PASSWORD 'app'; GRANT USAGE ON SCHEMA public TO reader; {grant}; \
+                 CREATE FUNCTION names() RETURNS SETOF text LANGUAGE sql AS 'SELECT name FROM users'; \
+                 CREATE VIEW names_view AS SELECT * FROM names() n(name); \
+                 GRANT SELECT ON names_view TO reader"
             ))
             .await?;
     }
@@ -89,6 +92,7 @@ async fn pull_ups_move_only_the_columns_their_statement_reads() -> anyhow::Resul
         "SELECT count(*) FROM users",
         "SELECT count(*) OVER () FROM users LIMIT 1",
         "SELECT a.nm, count(*) FROM users AS a(i, nm) JOIN users b ON b.id = a.i GROUP BY 1 ORDER BY 1",
+        "SELECT count(DISTINCT name) FROM users ; -- a note; with a semicolon",
     ];
     for sql in readable {
         let through_proxy = rows(&reader, sql).await.with_context(|| sql.to_owned())?;
@@ -104,7 +108,11 @@ async fn pull_ups_move_only_the_columns_their_statement_reads() -> anyhow::Resul
     let refused = [
         "SELECT count(DISTINCT secret) FROM users",
         "SELECT count(DISTINCT u) FROM users u",
-        "SELECT count(*) FROM users u WHERE u IS NOT NULL",
+        "SELECT count(DISTINCT u.id) FROM users u WHERE u IS NOT NULL",
+        // Tables read by name at run time, or through a view whose function reads them.
+        "SELECT count(DISTINCT u.id), length(query_to_xml('SELECT name FROM users', true, false, '')::text) FROM users u",
+        "SELECT count(DISTINCT u.id) FROM users u WHERE u.id::oid::regclass IS NOT NULL",
+        "SELECT count(DISTINCT u.id), (SELECT count(*) FROM names_view) FROM users u",
     ];
     for sql in refused {
         let error = reader

@@ -377,7 +377,8 @@ impl Session {
         sql: &str,
     ) -> Result<(), ClientError> {
         let (mut out, queue) = self.compose(shard, conn, true, |_| (Vec::new(), VecDeque::new()));
-        out.extend_from_slice(&local::query_message(sql));
+        // In the encoding the backend reads (names and constants from the client's text).
+        out.extend_from_slice(&local::query_message_in(conn.client_encoding(), sql)?);
         conn.send(&out)
             .await
             .map_err(|e| ClientError::lost_shard(name, e))?;

@@ -17,7 +17,10 @@ use crate::session::{local, ClientError};
 
 /// The columns of `tables` that `statement` reads, asked of `conn` (shard `name`), where the
 /// pulled tables already exist inside the pull's transaction; `None` when whole rows must move
-/// (also when a view cannot hold the statement: the probe's error is not the client's).
+/// (also when a view cannot hold the statement: the probe's error is not the client's). The
+/// probe's savepoint is taken and given back in queries of their own, so the pull's
+/// transaction comes back as it was whatever the probe's text does; if even that fails, the
+/// backend is not trusted again.
 pub(super) async fn columns_read(
     conn: &mut Pooled,
     name: &str,
@@ -28,11 +31,13 @@ pub(super) async fn columns_read(
     let Ok(probe) = local::query_message_in(encoding, &narrow::probe_sql(statement)) else {
         return Ok(None);
     };
-    let mut out = BytesMut::from(&probe[..]);
+    let mut out = BytesMut::from(&local::query_message(narrow::PROBE_START)[..]);
+    out.extend_from_slice(&probe);
     out.extend_from_slice(&local::query_message(narrow::PROBE_END));
     conn.send(&out)
         .await
         .map_err(|e| ClientError::lost_shard(name, e))?;
+    let started = read_answer(conn, name).await;
     let mut found = Some(Vec::new());
     loop {
         let frame = read_from(conn, name).await?;
@@ -54,8 +59,12 @@ pub(super) async fn columns_read(
             _ => {}
         }
     }
-    // The savepoint's end must succeed, or the pull's transaction is not what it was.
-    read_answer(conn, name).await?;
+    let ended = read_answer(conn, name).await;
+    if let Err(error) = started.and(ended) {
+        // The pull's transaction is not what it was.
+        conn.broken = true;
+        return Err(error);
+    }
     let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
     Ok(found.and_then(|found| narrow::columns_read(&names, &found)))
 }
