@@ -3,24 +3,26 @@
 //! Every two-phase commit shardline runs has a decider: one participant that commits in one
 //! phase, after the others were prepared. Before the others prepare, the decider's transaction
 //! records its decision ([`record_sql`]: a row in `shardline.decisions`, `schema/decisions.sql`)
-//! under a nonce the proxy drew, naming the participants; the others prepare under [`gid`]
-//! (`<kind>:<decider's xid>:<nonce>:<decider shard>:<participant shard>`). The decider's commit
-//! makes the row durable together with everything it wrote, so the row *is* the decision.
+//! under a secret nonce the proxy drew, naming the participants; the others prepare under
+//! [`gid`] (`<kind>:<decider's xid>:<digest>:<decider's database oid>:<decider>:<participant>`,
+//! the digest being the start of the nonce's SHA-256). The decider's commit makes the row
+//! durable together with everything it wrote, so the row *is* the decision.
 //!
 //! Whoever finds such a prepared transaction after its proxy went away (the proxies' resolver,
-//! the resharder) asks the decider two things, in this order and in separate statements: the
-//! status of its xid ([`STATUS_SQL`]) and, once that transaction is over, whether the row exists
-//! ([`RECORDED_SQL`]); [`verdict`] says what follows. The xid alone cannot decide: a decider
-//! that crashed before the xid reached its disk comes back with its counter below it and hands
-//! the same xid to a later transaction, whose commit says nothing about this one. The nonce
-//! can: only the transaction that drew it inserted it (the row's xid is always the inserting
+//! the resharder) asks the decider, in the decider's database, two things, in this order and
+//! in separate statements: the status of its xid ([`STATUS_SQL`]) and, once that transaction is
+//! over, whether the row exists ([`RECORDED_SQL`]); [`verdict`] says what follows. The xid
+//! alone cannot decide: a decider that crashed before the xid reached its disk comes back with
+//! its counter below it and hands the same xid to a later transaction, whose commit says
+//! nothing about this one. The row can: only the transaction that drew the nonce could insert
+//! a row with that digest (the nonce is never shown; the row's xid is always the inserting
 //! transaction's own). Rows no prepared transaction can need any more are deleted
 //! ([`forgettable`]).
 //!
 //! Two kinds use it: a dual write's copy on a key's new owner during resharding, decided by the
 //! old owner ([`Kind::DualWrite`]), and a transaction that wrote on several shards
 //! ([`Kind::Transaction`]). Names of an older format (`<kind>:<xid>:<decider>:<participant>`,
-//! no nonce, no row) are still finished from the xid's status alone, as that format was.
+//! no row) are still finished from the xid's status alone, as that format was.
 
 use crate::migration::images::literal;
 
@@ -42,12 +44,16 @@ impl Kind {
     }
 }
 
-/// shardline's prepared transactions on a shard older than `$1` seconds: name and age in
-/// seconds.
-pub const LIST_SQL: &str = "SELECT gid, extract(epoch FROM now() - prepared)::float8 \
-     FROM pg_prepared_xacts \
+/// shardline's prepared transactions on a shard, in every database, older than `$1` seconds:
+/// name, age in seconds and database (a prepared transaction is finished from its own).
+pub const LIST_SQL: &str = "SELECT gid, extract(epoch FROM now() - prepared)::float8, \
+     database::text FROM pg_catalog.pg_prepared_xacts \
      WHERE (gid LIKE 'sl\\_dw:%' OR gid LIKE 'sl\\_tx:%') \
-     AND database = current_database() AND prepared <= now() - make_interval(secs => $1)";
+     AND prepared <= now() - make_interval(secs => $1)";
+
+/// The name of the database with oid `$1` (text), where a decider recorded its decision.
+pub const DATABASE_SQL: &str =
+    "SELECT datname::text FROM pg_catalog.pg_database WHERE oid = $1::text::oid";
 
 /// The status (`committed`, `aborted`, `in progress`, or NULL when too old to tell) of
 /// transaction `$1` on the decider.
@@ -55,36 +61,45 @@ pub const LIST_SQL: &str = "SELECT gid, extract(epoch FROM now() - prepared)::fl
 /// An id the decider has not handed out (again) is `aborted`: a decider that crashed before
 /// anything carrying the id reached its disk comes back with its counter below it, and such
 /// a transaction never committed there (`pg_xact_status` would call the id "in the future").
-pub const STATUS_SQL: &str = "SELECT CASE WHEN $1::text::xid8 >= pg_current_xact_id() \
-     THEN 'aborted' ELSE pg_xact_status($1::text::xid8)::text END";
+pub const STATUS_SQL: &str = "SELECT CASE \
+     WHEN $1::text::xid8 >= pg_snapshot_xmax(pg_current_snapshot()) THEN 'aborted' \
+     ELSE pg_xact_status($1::text::xid8)::text END";
 
-/// Whether the decision row of transaction `$1` (xid) with nonce `$2` exists on the decider;
-/// NULL while this statement's snapshot does not yet see that transaction as over (on
+/// Whether the decision row of transaction `$1` (xid) with digest `$2` exists on the decider,
+/// asked in its database (oid `$3`; NULL when asked in another, which cannot tell); NULL
+/// while this statement's snapshot does not yet see that transaction as over (on
 /// PostgreSQL before 15.2, 14.7 and 13.10, `pg_xact_status` could call a transaction committed
 /// before snapshots saw its commit). Asked only once [`STATUS_SQL`] said it is over, in a
 /// statement of its own.
 pub const RECORDED_SQL: &str = "SELECT CASE \
+     WHEN (SELECT oid FROM pg_catalog.pg_database \
+           WHERE datname = pg_catalog.current_database())::text <> $3 THEN NULL \
      WHEN pg_visible_in_snapshot($1::text::xid8, pg_current_snapshot()) \
-     THEN EXISTS (SELECT FROM shardline.decisions WHERE xid = $1::text::xid8 AND nonce = $2) END";
+     THEN EXISTS (SELECT FROM shardline.decisions WHERE xid = $1::text::xid8 AND digest = $2) END";
 
-/// Decision rows older than a minute, whose participants may all be finished: nonce and the
+/// Decision rows older than a minute, whose participants may all be finished: digest and the
 /// participants' shard names.
-pub const STALE_SQL: &str = "SELECT nonce, participants FROM shardline.decisions \
+pub const STALE_SQL: &str = "SELECT digest, participants FROM shardline.decisions \
      WHERE decided_at < clock_timestamp() - interval '1 minute'";
 
-/// Deletes the decision rows whose nonce is in the text array `$1`.
-pub const FORGET_SQL: &str = "DELETE FROM shardline.decisions WHERE nonce = ANY($1)";
+/// Deletes the decision rows whose digest is in the text array `$1`.
+pub const FORGET_SQL: &str = "DELETE FROM shardline.decisions WHERE digest = ANY($1)";
 
-/// The statement, run in the decider's transaction just before `participants` (shard names)
-/// prepare, that records the decision under `nonce` and returns the transaction's xid
-/// (assigning one). The commit that follows waits for its WAL to reach disk whatever the
-/// client's `synchronous_commit`: the parts are committed on the strength of it.
+/// The statements, run in the decider's transaction just before `participants` (shard names)
+/// prepare, that record the decision under `nonce`. The first row they answer is the
+/// decision's part of the participants' names (`<xid>:<digest>:<database oid>`, the xid
+/// assigned if the transaction had none). The decider's commit then waits for its WAL to
+/// reach the local disk even if the client set `synchronous_commit` off (any stronger setting
+/// is left as it is): the parts are committed on the strength of it.
 pub fn record_sql(nonce: &str, participants: &[&str]) -> String {
     let names: Vec<String> = participants.iter().map(|name| literal(name)).collect();
     format!(
-        "SET LOCAL synchronous_commit TO on; \
-         INSERT INTO shardline.decisions (nonce, participants) \
-         VALUES ({}, ARRAY[{}]::text[]) RETURNING xid::text",
+        "INSERT INTO shardline.decisions (nonce, participants) \
+         VALUES ({}, ARRAY[{}]::text[]) \
+         RETURNING xid::text || ':' || digest || ':' || (SELECT oid FROM pg_catalog.pg_database \
+                   WHERE datname = pg_catalog.current_database())::text; \
+         SELECT pg_catalog.set_config('synchronous_commit', 'local', true) \
+          WHERE pg_catalog.current_setting('synchronous_commit') = 'off'",
         literal(nonce),
         names.join(", ")
     )
@@ -93,11 +108,11 @@ pub fn record_sql(nonce: &str, participants: &[&str]) -> String {
 /// A stale decision row ([`STALE_SQL`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
-    pub nonce: String,
+    pub digest: String,
     pub participants: Vec<String>,
 }
 
-/// The stale rows that can be deleted: those no prepared transaction names (`named`: nonces)
+/// The stale rows that can be deleted: those no prepared transaction names (`named`: digests)
 /// whose participants are all among the shards whose prepared transactions were listed
 /// (`listed`). A row is read before the listing and committed only after all its participants
 /// prepared, so a participant of such a row that is still prepared was listed: none is left.
@@ -108,9 +123,9 @@ pub fn forgettable(
 ) -> Vec<String> {
     stale
         .into_iter()
-        .filter(|row| !named.contains(row.nonce.as_str()))
+        .filter(|row| !named.contains(row.digest.as_str()))
         .filter(|row| row.participants.iter().all(|p| listed.contains(p.as_str())))
-        .map(|row| row.nonce)
+        .map(|row| row.digest)
         .collect()
 }
 
@@ -119,10 +134,10 @@ pub fn nonce(bits: u64) -> String {
     format!("{bits:016x}")
 }
 
-/// The name under which `participant` prepares its part of the transaction `xid` of `decider`
-/// that recorded its decision under `nonce`.
-pub fn gid(kind: Kind, xid: &str, nonce: &str, decider: &str, participant: &str) -> String {
-    format!("{}:{xid}:{nonce}:{decider}:{participant}", kind.prefix())
+/// The name under which `participant` prepares its part of the transaction of `decider` that
+/// recorded `decision` (`<xid>:<digest>:<database oid>`, as [`record_sql`] answers it).
+pub fn gid(kind: Kind, decision: &str, decider: &str, participant: &str) -> String {
+    format!("{}:{decision}:{decider}:{participant}", kind.prefix())
 }
 
 /// Whether `gid` (or text starting with it) is a name of shardline's own, which a client's
@@ -139,8 +154,9 @@ pub fn reserved(gid: &str) -> bool {
 pub struct Prepared<'a> {
     /// The decider's transaction id.
     pub xid: &'a str,
-    /// The nonce of the decision row; `None` in a name of the older format, which has none.
-    pub nonce: Option<&'a str>,
+    /// The digest of the decision row and the oid of the database it is in; `None` in a
+    /// name of the older format, which has no row.
+    pub recorded_in: Option<(&'a str, &'a str)>,
     /// The decider's shard.
     pub decider: &'a str,
 }
@@ -153,14 +169,14 @@ pub fn parse_gid(gid: &str) -> Option<Prepared<'_>> {
         .any(|k| Some(&k.prefix()) == fields.first())
         .then_some(())?;
     match fields[1..] {
-        [xid, nonce, decider, _] => Some(Prepared {
+        [xid, digest, database, decider, _] => Some(Prepared {
             xid,
-            nonce: Some(nonce),
+            recorded_in: Some((digest, database)),
             decider,
         }),
         [xid, decider, _] => Some(Prepared {
             xid,
-            nonce: None,
+            recorded_in: None,
             decider,
         }),
         _ => None,
@@ -184,7 +200,7 @@ pub fn verdict(gid: &str, status: Option<&str>, recorded: Option<bool>) -> Verdi
     let Some(prepared) = parse_gid(gid) else {
         return Verdict::Wait;
     };
-    let commit = match (prepared.nonce, status, recorded) {
+    let commit = match (prepared.recorded_in, status, recorded) {
         (_, Some("in progress"), _) => return Verdict::Wait,
         // Over (committed, aborted, or too old for the status to be kept): the row decides.
         (Some(_), _, Some(recorded)) => recorded,
@@ -208,12 +224,12 @@ mod tests {
     #[test]
     fn names_round_trip() {
         for kind in [Kind::DualWrite, Kind::Transaction] {
-            let name = gid(kind, "4711", &nonce(0xbeef), "s0", "s2");
+            let name = gid(kind, "4711:00ff:16384", "s0", "s2");
             assert_eq!(
                 parse_gid(&name),
                 Some(Prepared {
                     xid: "4711",
-                    nonce: Some("000000000000beef"),
+                    recorded_in: Some(("00ff", "16384")),
                     decider: "s0"
                 })
             );
@@ -222,15 +238,16 @@ mod tests {
             parse_gid("sl_tx:4711:s0:s2"),
             Some(Prepared {
                 xid: "4711",
-                nonce: None,
+                recorded_in: None,
                 decider: "s0"
             })
         );
         for foreign in [
             "shardline_1_0",
-            "sl_xx:1:n:s0:s1",
+            "sl_xx:1:d:1:s0:s1",
             "sl_tx:1:s0",
-            "sl_tx:1:n:s0:s1:x",
+            "sl_tx:1:n:s0:s1",
+            "sl_tx:1:d:1:s0:s1:x",
         ] {
             assert_eq!(parse_gid(foreign), None, "{foreign}");
         }
@@ -238,12 +255,21 @@ mod tests {
         assert!(!reserved("sl_txn") && !reserved("mine"));
     }
 
+    /// The longest name: the largest xid, a digest, the largest oid, two shard names of the
+    /// longest kind `validate` allows. PostgreSQL keeps at most 199 bytes.
+    #[test]
+    fn the_longest_name_fits() {
+        let shard = "s".repeat(63);
+        let decision = format!("{}:{}:{}", u64::MAX, "f".repeat(32), u32::MAX);
+        assert!(gid(Kind::Transaction, &decision, &shard, &shard).len() <= 199);
+    }
+
     /// The decision row decides once the decider's transaction is over, whatever its xid's
     /// status says now: a committed status with no row is a later transaction that was handed
     /// the same xid after a crash.
     #[test]
     fn the_recorded_decision_decides() {
-        let name = gid(Kind::Transaction, "4711", &nonce(7), "s0", "s1");
+        let name = gid(Kind::Transaction, "4711:00ff:5", "s0", "s1");
         assert_eq!(verdict(&name, Some("in progress"), None), Verdict::Wait);
         assert_eq!(
             verdict(&name, Some("in progress"), Some(true)),
@@ -288,17 +314,16 @@ mod tests {
     #[test]
     fn the_record_statement_quotes_what_it_records() {
         let sql = record_sql("00ff", &["s1", "s$s$2"]);
-        assert!(sql.starts_with("SET LOCAL synchronous_commit TO on; "));
-        assert!(sql.ends_with(
-            "VALUES ($s$00ff$s$, ARRAY[$s$s1$s$, $s1$s$s$2$s1$]::text[]) RETURNING xid::text"
+        assert!(sql.starts_with(
+            "INSERT INTO shardline.decisions (nonce, participants) VALUES ($s$00ff$s$, ARRAY[$s$s1$s$, $s1$s$s$2$s1$]::text[])"
         ));
     }
 
     /// A row goes only when nothing names it and every participant's shard was looked at.
     #[test]
     fn rows_are_forgotten_only_when_no_participant_can_need_them() {
-        let row = |nonce: &str, participants: &[&str]| Recorded {
-            nonce: nonce.to_owned(),
+        let row = |digest: &str, participants: &[&str]| Recorded {
+            digest: digest.to_owned(),
             participants: participants.iter().map(|p| p.to_string()).collect(),
         };
         let stale = vec![

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use shardline_tests::ops::{console, eventually, ops_yaml, show, ConfigFile};
 use shardline_tests::txn::{keys_on_distinct_shards, users_table};
-use shardline_tests::TestCluster;
+use shardline_tests::{connect, TestCluster};
 use tokio_postgres::Client;
 
 /// How long the resolvers (a pass every 10 s, taking over after 5 s) may take.
@@ -30,32 +30,46 @@ fn each(keys: &[i64], sql: impl Fn(i64) -> String) -> Vec<String> {
     keys.iter().map(|key| sql(*key)).collect()
 }
 
-/// In `decider`'s own transaction: records a decision under `nonce` for participant s1 (when
-/// given), then ends the transaction with `end` (`None`: leaves it running). Returns its xid.
+/// A decider's transaction as the participants' names see it.
+struct Decided {
+    xid: String,
+    /// `<digest>:<database oid>` of its decision row (the digest of its nonce when it
+    /// recorded none).
+    recorded_in: String,
+}
+
+/// In `decider`'s own transaction: records a decision under `nonce` for participant s1 (or
+/// records none, with `record` false), then ends the transaction with `end` (`None`: leaves it
+/// running).
 async fn decider_transaction(
     decider: &Client,
-    nonce: Option<&str>,
+    nonce: &str,
+    record: bool,
     end: Option<&str>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Decided> {
     decider.batch_execute("BEGIN").await?;
-    let xid: String = match nonce {
-        Some(nonce) => decider
-            .query_one(
-                "INSERT INTO shardline.decisions (nonce, participants) VALUES ($1, ARRAY['s1']) \
-                 RETURNING xid::text",
+    if record {
+        decider
+            .execute(
+                "INSERT INTO shardline.decisions (nonce, participants) VALUES ($1, ARRAY['s1'])",
                 &[&nonce],
             )
-            .await?
-            .get(0),
-        None => decider
-            .query_one("SELECT pg_current_xact_id()::text", &[])
-            .await?
-            .get(0),
-    };
+            .await?;
+    }
+    let row = decider
+        .query_one(
+            "SELECT pg_current_xact_id()::text, left(encode(sha256($1::text::bytea), 'hex'), 32) \
+             || ':' || (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&nonce],
+        )
+        .await?;
     if let Some(end) = end {
         decider.batch_execute(end).await?;
     }
-    Ok(xid)
+    Ok(Decided {
+        xid: row.get(0),
+        recorded_in: row.get(1),
+    })
 }
 
 /// Prepares, on `participant`, a part that inserts user `id` under `gid`.
@@ -132,24 +146,44 @@ async fn in_doubt_parts_follow_the_recorded_decision_not_the_transaction_id() ->
     let proxy = file.serve(false).await?;
     let admin = console(proxy.addr.port()).await?;
 
-    let recorded = decider_transaction(&decider, Some("aaaa"), Some("COMMIT")).await?;
-    let reused = decider_transaction(&decider, Some("ffff"), Some("COMMIT")).await?;
-    let aborted = decider_transaction(&decider, Some("cccc"), Some("ROLLBACK")).await?;
-    let other_id = decider_transaction(&decider, None, Some("COMMIT")).await?;
+    let recorded = decider_transaction(&decider, "aaaa", true, Some("COMMIT")).await?;
+    // A later transaction handed the same id records a decision of its own.
+    let reused = decider_transaction(&decider, "ffff", true, Some("COMMIT")).await?;
+    let aborted = decider_transaction(&decider, "cccc", true, Some("ROLLBACK")).await?;
+    let other_id = decider_transaction(&decider, "gggg", false, Some("COMMIT")).await?;
     let running_on = cluster.shard(0).await?;
-    let running = decider_transaction(&running_on, Some("dddd"), None).await?;
-    let legacy = decider_transaction(&decider, None, Some("COMMIT")).await?;
+    let running = decider_transaction(&running_on, "dddd", true, None).await?;
+    let legacy = decider_transaction(&decider, "", false, Some("COMMIT")).await?;
+    let bbbb = decider_transaction(&decider, "bbbb", false, Some("ROLLBACK")).await?;
+    let name =
+        |kind: &str, xid: &str, recorded_in: &str| format!("{kind}:{xid}:{recorded_in}:s0:s1");
     let parts = [
-        (21, format!("sl_tx:{recorded}:aaaa:s0:s1"), "commit"),
-        (22, format!("sl_tx:{reused}:bbbb:s0:s1"), "roll back"),
-        (23, format!("sl_dw:{aborted}:cccc:s0:s1"), "roll back"),
+        (
+            21,
+            name("sl_tx", &recorded.xid, &recorded.recorded_in),
+            "commit",
+        ),
+        (
+            22,
+            name("sl_tx", &reused.xid, &bbbb.recorded_in),
+            "roll back",
+        ),
+        (
+            23,
+            name("sl_dw", &aborted.xid, &aborted.recorded_in),
+            "roll back",
+        ),
         (
             24,
-            format!("sl_tx:{running}:dddd:s0:s1"),
+            name("sl_tx", &running.xid, &running.recorded_in),
             "wait for the decider",
         ),
-        (25, format!("sl_tx:{legacy}:s0:s1"), "commit"),
-        (26, format!("sl_tx:{other_id}:aaaa:s0:s1"), "roll back"),
+        (25, format!("sl_tx:{}:s0:s1", legacy.xid), "commit"),
+        (
+            26,
+            name("sl_tx", &other_id.xid, &recorded.recorded_in),
+            "roll back",
+        ),
     ];
     for (id, gid, _) in &parts {
         prepare_part(&participant, *id, gid).await?;
@@ -199,15 +233,16 @@ async fn decision_rows_outlive_every_part_that_can_need_them() -> anyhow::Result
     // A part whose decider still runs, named after a row that is already stale: the resolver
     // cannot settle the part yet, so the row must stay while passes delete the others.
     let running_on = cluster.shard(0).await?;
-    let xid = decider_transaction(&running_on, None, None).await?;
+    let running = decider_transaction(&running_on, "eeee", false, None).await?;
     decider
         .execute(
             "INSERT INTO shardline.decisions (nonce, xid, participants) \
              VALUES ('eeee', $1::text::xid8, ARRAY['s1'])",
-            &[&xid],
+            &[&running.xid],
         )
         .await?;
-    prepare_part(&participant, 31, &format!("sl_tx:{xid}:eeee:s0:s1")).await?;
+    let gid = format!("sl_tx:{}:{}:s0:s1", running.xid, running.recorded_in);
+    prepare_part(&participant, 31, &gid).await?;
     decider
         .batch_execute(
             "INSERT INTO shardline.decisions (nonce, participants) VALUES ('far', ARRAY['s9']); \
@@ -240,4 +275,45 @@ async fn decision_rows_outlive_every_part_that_can_need_them() -> anyhow::Result
         Ok((left == kept(&["far", "fresh"])).then_some(()))
     })
     .await
+}
+
+/// With shards that name no database, each client reaches the database it asks for: a
+/// decision is recorded in the decider's, and the resolver reads it there, not in its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn decisions_are_read_in_the_database_of_their_decider() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("in-doubt-databases", 2).await?;
+    let mut sales = Vec::new();
+    for server in cluster.pg.servers() {
+        connect(&server.superuser_conninfo())
+            .await?
+            .batch_execute("CREATE DATABASE sales OWNER app")
+            .await?;
+        sales.push(connect(&server.app_conninfo().replace("dbname=app", "dbname=sales")).await?);
+    }
+    let yaml = cluster.yaml.replace(", database: app", "");
+    let config = shardline_router::Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let proxy = shardline::Proxy::start(config).await?;
+    let client = connect(&format!(
+        "host=127.0.0.1 port={} user=app password=app dbname=sales",
+        proxy.addr.port()
+    ))
+    .await?;
+    users_table(&client).await?;
+    let keys = keys_on_distinct_shards(&cluster, 2)?;
+    let insert = |key| format!("INSERT INTO users (id, name) VALUES ({key}, 'proxy')");
+    commit_across(&client, &each(&keys, insert)).await?;
+    let (decider, participant) = (&sales[0], &sales[1]);
+    assert_eq!(decision_rows(decider).await?.len(), 1, "recorded in sales");
+
+    // What a proxy killed after the decision leaves in sales.
+    let decided = decider_transaction(decider, "aaaa", true, Some("COMMIT")).await?;
+    let gid = format!("sl_tx:{}:{}:s0:s1", decided.xid, decided.recorded_in);
+    prepare_part(participant, 41, &gid).await?;
+    until_none_prepared(participant).await?;
+    assert!(
+        ids(participant).await?.contains(&41),
+        "committed from its row in sales"
+    );
+    proxy.stop().await;
+    Ok(())
 }

@@ -98,6 +98,18 @@ async fn pull_ups_move_only_the_columns_their_statement_reads() -> anyhow::Resul
         let through_proxy = rows(&reader, sql).await.with_context(|| sql.to_owned())?;
         assert_eq!(through_proxy, rows(&oracle, sql).await?, "{sql}");
     }
+    // EXPLAIN (ROUTE) shows what each shard is asked for.
+    let explained = rows(
+        &owner,
+        "EXPLAIN (ROUTE) SELECT count(DISTINCT name) FROM users",
+    )
+    .await?;
+    let explained = format!("{explained:?}");
+    assert!(
+        explained.contains(r#"SELECT \"name\", \"tag\" FROM \"users\""#),
+        "{explained}"
+    );
+
     // The extended protocol narrows too.
     let counted: i64 = reader
         .query_one("SELECT count(DISTINCT name) FROM users", &[])

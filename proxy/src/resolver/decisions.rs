@@ -1,9 +1,10 @@
 //! The decision rows of two-phase commits (`schema/decisions.sql`; the argument is in
 //! `shardline_router::indoubt`): installed on a shard before it first decides, read to settle a
-//! prepared part its proxy left behind, deleted once no prepared part names them.
+//! prepared part its proxy left behind, deleted once no prepared part can need them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use shardline_router::indoubt::{self, Prepared, Recorded, Verdict};
 use shardline_router::Config;
@@ -17,6 +18,10 @@ use crate::session::ClientError;
 /// The table of decisions, with its schema and grants.
 const DECISIONS_SQL: &str = include_str!("../../../schema/decisions.sql");
 
+/// How long a failed install is not tried again: commits meanwhile fail at once, instead of
+/// each opening a control connection that fails the same way.
+const RETRY_INSTALL: Duration = Duration::from_secs(10);
+
 /// Where this proxy installed (or found) `shardline.decisions`: shard name, address and
 /// database, so a commit pays for the control connection that installs it once per shard
 /// database, not once per commit, and a shard name moved to another server is looked at again.
@@ -26,6 +31,8 @@ type Place = (String, String, u16, String);
 #[derive(Default)]
 pub struct DecisionTables {
     installed: Mutex<HashSet<Place>>,
+    /// Places whose install failed, when, and why.
+    failed: Mutex<HashMap<Place, (Instant, String)>>,
     /// Held while one session installs, so concurrent first commits do not all connect.
     installing: tokio::sync::Mutex<()>,
 }
@@ -40,7 +47,7 @@ impl DecisionTables {
         name: &str,
         database: &str,
     ) -> Result<(), ClientError> {
-        let failed = |e: String| {
+        let failed = |e: &str| {
             ClientError::new(
                 sqlstate::OBJECT_NOT_IN_STATE,
                 format!("shardline.decisions, which commits across shards record their decision in, is missing in database {database} of shard {name} and could not be installed ({e}); the transaction was rolled back. Let the first user of shards.yaml create schemas there, or run schema/decisions.sql there as its owner"),
@@ -50,48 +57,81 @@ impl DecisionTables {
             .shards
             .iter()
             .find(|s| s.name == name)
-            .ok_or_else(|| failed("the shard is not in shards.yaml".to_owned()))?;
+            .ok_or_else(|| failed("the shard is not in shards.yaml"))?;
         let place = (
             name.to_owned(),
             shard.host.clone(),
             shard.port,
             database.to_owned(),
         );
-        if self.lock().contains(&place) {
+        if lock(&self.installed).contains(&place) {
             return Ok(());
         }
         let _installing = self.installing.lock().await;
-        if self.lock().contains(&place) {
+        if lock(&self.installed).contains(&place) {
             return Ok(());
         }
-        let (client, _connection) = catalog::connect_to(config, shard, Some(database))
-            .await
-            .map_err(|e| failed(format!("{e:#}")))?;
-        let present: bool = client
-            .query_one("SELECT to_regclass('shardline.decisions') IS NOT NULL", &[])
-            .await
-            .map_err(|e| failed(e.to_string()))?
-            .get(0);
-        if !present {
-            catalog::install(&client, DECISIONS_SQL)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
+        if let Some((at, why)) = lock(&self.failed).get(&place) {
+            if at.elapsed() < RETRY_INSTALL {
+                return Err(failed(why));
+            }
         }
-        self.lock().insert(place);
-        Ok(())
+        match install(config, shard, database).await {
+            Ok(()) => {
+                lock(&self.failed).remove(&place);
+                lock(&self.installed).insert(place);
+                Ok(())
+            }
+            Err(why) => {
+                let error = failed(&why);
+                lock(&self.failed).insert(place, (Instant::now(), why));
+                Err(error)
+            }
+        }
     }
 
     /// Forgets every database of shard `name`: a decider found the table missing there
     /// (dropped since); the next commit installs it again.
     pub fn forget(&self, name: &str) {
-        self.lock().retain(|place| place.0 != name);
+        lock(&self.installed).retain(|place| place.0 != name);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Place>> {
-        self.installed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The (shard, database) places this proxy knows the table in, where its resolver looks
+    /// for rows to delete besides each shard's own database.
+    pub fn places(&self) -> Vec<(String, String)> {
+        lock(&self.installed)
+            .iter()
+            .map(|(shard, _, _, database)| (shard.clone(), database.clone()))
+            .collect()
     }
+}
+
+/// Installs the table in `database` of `shard` unless it is there.
+async fn install(
+    config: &Config,
+    shard: &shardline_router::config::Shard,
+    database: &str,
+) -> Result<(), String> {
+    let (client, _connection) = catalog::connect_to(config, shard, Some(database))
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let present: bool = client
+        .query_one("SELECT to_regclass('shardline.decisions') IS NOT NULL", &[])
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    if present {
+        return Ok(());
+    }
+    catalog::install(&client, DECISIONS_SQL)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What a decider says of one prepared transaction.
@@ -100,7 +140,8 @@ pub struct Settled {
     /// The status of the decider's transaction (`committed`, `aborted`, `in progress`), `None`
     /// when too old to tell.
     pub status: Option<String>,
-    /// Whether its decision row exists; `None` when not asked (still running, or an older name).
+    /// Whether its decision row exists; `None` when not asked (still running, an older name)
+    /// or not yet answerable (asked in another database, or before the snapshot sees it over).
     pub recorded: Option<bool>,
     /// What to do.
     pub verdict: Verdict,
@@ -123,14 +164,15 @@ pub async fn settle(
         status,
         recorded: None,
     };
-    if let (Verdict::AskRecord, Some(nonce)) = (&settled.verdict, prepared.nonce) {
+    if let (Verdict::AskRecord, Some((digest, database))) = (&settled.verdict, prepared.recorded_in)
+    {
         let recorded: Option<bool> = decider
-            .query_one(indoubt::RECORDED_SQL, &[&prepared.xid, &nonce])
+            .query_one(indoubt::RECORDED_SQL, &[&prepared.xid, &digest, &database])
             .await?
             .get(0);
         settled.verdict = match recorded {
             Some(_) => indoubt::verdict(gid, settled.status.as_deref(), recorded),
-            // Over by its status, not yet by this snapshot: look again next time.
+            // Not answerable here or yet: look again next time.
             None => Verdict::Wait,
         };
         settled.recorded = recorded;
@@ -149,7 +191,8 @@ pub enum Finished {
     AlreadyFinished,
 }
 
-/// Finishes prepared transaction `gid` on `participant` if its decider (`decider`) decided.
+/// Finishes prepared transaction `gid` on `participant` (connected to its database) if its
+/// decider (`decider`, connected to the decider's database) decided.
 pub async fn finish(
     participant: &Client,
     decider: &Client,
@@ -175,7 +218,7 @@ pub async fn stale(shard: &Client) -> Result<Vec<Recorded>, tokio_postgres::Erro
         Ok(rows) => Ok(rows
             .iter()
             .map(|row| Recorded {
-                nonce: row.get(0),
+                digest: row.get(0),
                 participants: row.get(1),
             })
             .collect()),
@@ -184,10 +227,10 @@ pub async fn stale(shard: &Client) -> Result<Vec<Recorded>, tokio_postgres::Erro
     }
 }
 
-/// Deletes `shard`'s decision rows under `nonces`.
-pub async fn forget(shard: &Client, nonces: &[String]) -> Result<u64, tokio_postgres::Error> {
-    if nonces.is_empty() {
+/// Deletes `shard`'s decision rows with these digests.
+pub async fn forget(shard: &Client, digests: &[String]) -> Result<u64, tokio_postgres::Error> {
+    if digests.is_empty() {
         return Ok(0);
     }
-    shard.execute(indoubt::FORGET_SQL, &[&nonces]).await
+    shard.execute(indoubt::FORGET_SQL, &[&digests]).await
 }

@@ -11,12 +11,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shardline_router::indoubt::{self, Verdict};
+use shardline_router::indoubt::{self, Prepared, Verdict};
 use shardline_router::Config;
 use tokio_postgres::Client;
 
 use crate::context::ProxyContext;
-use crate::migration::catalog::connect;
+use crate::migration::catalog::{connect, connect_to};
 use crate::resolver::decisions::Finished;
 use crate::shutdown::Phase;
 
@@ -57,7 +57,7 @@ pub async fn run(ctx: Arc<ProxyContext>) {
             warn_without_prepared_transactions(&loaded.config).await;
             warned = true;
         }
-        resolve_pass(&loaded.config).await;
+        resolve_pass(&loaded.config, &ctx.decisions.places()).await;
         let pause = if loaded.migration.is_some() {
             MIGRATION_INTERVAL
         } else {
@@ -78,8 +78,8 @@ pub async fn in_doubt(config: &Config) -> Vec<InDoubt> {
     for shard in &config.shards {
         match list(&mut control, &shard.name, 0.0).await {
             Ok(listed) => {
-                for (gid, age_s) in listed {
-                    found.push(ask(&mut control, &shard.name, gid, age_s).await);
+                for prepared in listed {
+                    found.push(ask(&mut control, &shard.name, prepared).await);
                 }
             }
             Err(e) => found.push(InDoubt {
@@ -95,19 +95,34 @@ pub async fn in_doubt(config: &Config) -> Vec<InDoubt> {
     found
 }
 
+/// One prepared transaction as a shard lists it.
+struct Listed {
+    gid: String,
+    age_s: f64,
+    /// The database it belongs to, where it is finished.
+    database: String,
+}
+
 /// One pass: finishes every settled in-doubt prepared transaction the deciders have decided,
 /// then deletes the decision rows no prepared transaction can need any more
-/// (`shardline_router::indoubt::forgettable`: the stale rows are read before the prepared
-/// transactions are listed, and a row goes only when all its participants' shards were
-/// listed and none names it).
-async fn resolve_pass(config: &Config) {
+/// (`shardline_router::indoubt::forgettable`: the stale rows — of each shard's own database
+/// and of the `places` this proxy recorded decisions in — are read before the prepared
+/// transactions of every database are listed, and a row goes only when all its participants'
+/// shards were listed and none names it).
+async fn resolve_pass(config: &Config, places: &[(String, String)]) {
     let mut control = Control::new(config);
+    let mut databases: Vec<(&str, Option<&str>)> = config
+        .shards
+        .iter()
+        .map(|s| (s.name.as_str(), None))
+        .collect();
+    databases.extend(places.iter().map(|(s, d)| (s.as_str(), Some(d.as_str()))));
     let mut stale = Vec::new();
-    for shard in &config.shards {
-        match control.with(&shard.name, decisions::stale).await {
-            Ok(rows) => stale.push((shard.name.as_str(), rows)),
+    for &(shard, database) in &databases {
+        match control.with(shard, database, decisions::stale).await {
+            Ok(rows) => stale.push((shard, database, rows)),
             Err(e) => {
-                tracing::debug!(shard = %shard.name, error = %format!("{e:#}"), "could not read old decision rows")
+                tracing::debug!(shard = %shard, error = %format!("{e:#}"), "could not read old decision rows")
             }
         }
     }
@@ -117,12 +132,13 @@ async fn resolve_pass(config: &Config) {
         match list(&mut control, &shard.name, 0.0).await {
             Ok(prepared) => {
                 listed.insert(shard.name.as_str());
-                for (gid, age_s) in prepared {
-                    if let Some(nonce) = indoubt::parse_gid(&gid).and_then(|p| p.nonce) {
-                        named.insert(nonce.to_owned());
+                for one in prepared {
+                    let parsed = indoubt::parse_gid(&one.gid);
+                    if let Some((digest, _)) = parsed.and_then(|p| p.recorded_in) {
+                        named.insert(digest.to_owned());
                     }
-                    if age_s >= SETTLED_SECONDS {
-                        finish_on(&mut control, &shard.name, &gid).await;
+                    if one.age_s >= SETTLED_SECONDS {
+                        finish_on(&mut control, &shard.name, &one).await;
                     }
                 }
             }
@@ -132,10 +148,10 @@ async fn resolve_pass(config: &Config) {
         }
     }
     let named: BTreeSet<&str> = named.iter().map(String::as_str).collect();
-    for (shard, rows) in stale {
+    for (shard, database, rows) in stale {
         let unneeded = indoubt::forgettable(rows, &listed, &named);
         let forget = async |client: &Client| decisions::forget(client, &unneeded).await;
-        match control.with(shard, forget).await {
+        match control.with(shard, database, forget).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::debug!(shard = %shard, rows = n, "deleted decision rows no prepared transaction needs")
@@ -147,64 +163,79 @@ async fn resolve_pass(config: &Config) {
     }
 }
 
-/// Finishes prepared transaction `gid` on `shard` if its decider has decided.
-async fn finish_on(control: &mut Control<'_>, shard: &str, gid: &str) {
-    let Some(decider) = indoubt::parse_gid(gid).map(|p| p.decider) else {
+/// Finishes prepared transaction `one` on `shard` if its decider has decided.
+async fn finish_on(control: &mut Control<'_>, shard: &str, one: &Listed) {
+    let Some(prepared) = indoubt::parse_gid(&one.gid) else {
         return;
     };
     let opened = async {
-        control.open(decider).await?;
-        control.open(shard).await?;
-        anyhow::Ok((control.get(shard)?, control.get(decider)?))
+        let decider = control.decider(&prepared).await?;
+        control.open(shard, Some(&one.database)).await?;
+        anyhow::Ok((
+            control.get(shard, Some(&one.database))?,
+            control.get(prepared.decider, decider.as_deref())?,
+        ))
     };
     let finished = match opened.await {
-        Ok((participant, decider)) => decisions::finish(participant, decider, gid)
+        Ok((participant, decider)) => decisions::finish(participant, decider, &one.gid)
             .await
             .map_err(anyhow::Error::from),
         Err(e) => Err(e),
     };
     match finished {
         Ok(Finished::Committed) => {
-            tracing::info!(transaction = %gid, "committed an in-doubt prepared transaction")
+            tracing::info!(transaction = %one.gid, "committed an in-doubt prepared transaction")
         }
         Ok(Finished::RolledBack) => {
-            tracing::info!(transaction = %gid, "rolled back an in-doubt prepared transaction")
+            tracing::info!(transaction = %one.gid, "rolled back an in-doubt prepared transaction")
         }
         Ok(Finished::Pending | Finished::AlreadyFinished) => {}
         Err(e) => {
-            tracing::warn!(transaction = %gid, error = %format!("{e:#}"), "could not finish an in-doubt prepared transaction")
+            tracing::warn!(transaction = %one.gid, error = %format!("{e:#}"), "could not finish an in-doubt prepared transaction")
         }
     }
 }
 
-/// shardline's prepared transactions on `shard` at least `min_age` seconds old: name and age.
-async fn list(
-    control: &mut Control<'_>,
-    shard: &str,
-    min_age: f64,
-) -> anyhow::Result<Vec<(String, f64)>> {
-    let client = control.open(shard).await?;
+/// shardline's prepared transactions on `shard`, in every database, at least `min_age`
+/// seconds old.
+async fn list(control: &mut Control<'_>, shard: &str, min_age: f64) -> anyhow::Result<Vec<Listed>> {
+    let client = control.open(shard, None).await?;
     let rows = client.query(indoubt::LIST_SQL, &[&min_age]).await?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|row| Listed {
+            gid: row.get(0),
+            age_s: row.get(1),
+            database: row.get(2),
+        })
+        .collect())
 }
 
-/// What the decider of prepared transaction `gid` on `shard` says of it.
-async fn ask(control: &mut Control<'_>, shard: &str, gid: String, age_s: f64) -> InDoubt {
+/// What the decider of prepared transaction `one` on `shard` says of it.
+async fn ask(control: &mut Control<'_>, shard: &str, one: Listed) -> InDoubt {
     let mut found = InDoubt {
         shard: shard.to_owned(),
         decider: String::new(),
         decider_status: "not one of shardline's names".to_owned(),
         verdict: None,
-        gid,
-        age_s,
+        gid: one.gid,
+        age_s: one.age_s,
     };
     let Some(prepared) = indoubt::parse_gid(&found.gid) else {
         return found;
     };
     found.decider = prepared.decider.to_owned();
     let gid = found.gid.clone();
-    let settle = async |decider: &Client| decisions::settle(decider, &gid, &prepared).await;
-    match control.with(prepared.decider, settle).await {
+    let settled = match control.decider(&prepared).await {
+        Ok(database) => {
+            let settle = async |decider: &Client| decisions::settle(decider, &gid, &prepared).await;
+            control
+                .with(prepared.decider, database.as_deref(), settle)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match settled {
         Ok(settled) => {
             let recorded = match settled.recorded {
                 Some(true) => ", decision recorded",
@@ -222,11 +253,12 @@ async fn ask(control: &mut Control<'_>, shard: &str, gid: String, age_s: f64) ->
     found
 }
 
-/// Control connections to the shards for one pass, opened when first needed; a shard that
-/// could not be reached is not tried again in the same pass.
+/// Control connections to the shards for one pass, by shard and database (`None`: the
+/// shard's own, or the first user's), opened when first needed; one that could not be opened
+/// is not tried again in the same pass.
 struct Control<'a> {
     config: &'a Config,
-    open: HashMap<String, Result<Client, String>>,
+    open: HashMap<(String, Option<String>), Result<Client, String>>,
 }
 
 impl<'a> Control<'a> {
@@ -237,38 +269,62 @@ impl<'a> Control<'a> {
         }
     }
 
-    /// The connection to shard `name`, opened if it is not yet.
-    async fn open(&mut self, name: &str) -> anyhow::Result<&Client> {
-        if !self.open.contains_key(name) {
+    /// The connection to `database` of shard `name`, opened if it is not yet.
+    async fn open(&mut self, name: &str, database: Option<&str>) -> anyhow::Result<&Client> {
+        let key = (name.to_owned(), database.map(str::to_owned));
+        if !self.open.contains_key(&key) {
             let opened = match self.config.shards.iter().find(|s| s.name == name) {
-                Some(shard) => connect(self.config, shard)
+                Some(shard) => connect_to(self.config, shard, database)
                     .await
                     .map(|(client, _connection)| client)
                     .map_err(|e| format!("{e:#}")),
                 None => Err(format!("shard {name} is not in shards.yaml")),
             };
-            self.open.insert(name.to_owned(), opened);
+            self.open.insert(key, opened);
         }
-        self.get(name)
+        self.get(name, database)
     }
 
-    /// What `run` makes of the connection to shard `name`.
+    /// What `run` makes of the connection to `database` of shard `name`.
     async fn with<T>(
         &mut self,
         name: &str,
+        database: Option<&str>,
         run: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
     ) -> anyhow::Result<T> {
-        let client = self.open(name).await?;
+        let client = self.open(name, database).await?;
         Ok(run(client).await?)
     }
 
-    /// The connection to shard `name`, once opened.
-    fn get(&self, name: &str) -> anyhow::Result<&Client> {
-        match self.open.get(name) {
+    /// The connection to `database` of shard `name`, once opened.
+    fn get(&self, name: &str, database: Option<&str>) -> anyhow::Result<&Client> {
+        match self
+            .open
+            .get(&(name.to_owned(), database.map(str::to_owned)))
+        {
             Some(Ok(client)) => Ok(client),
             Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
             None => Err(anyhow::anyhow!("no connection to shard {name}")),
         }
+    }
+
+    /// Opens the decider of `prepared` in the database its decision is recorded in, and
+    /// returns that database's name (`None`: the shard's own, for an older name).
+    async fn decider(&mut self, prepared: &Prepared<'_>) -> anyhow::Result<Option<String>> {
+        let Some((_, oid)) = prepared.recorded_in else {
+            self.open(prepared.decider, None).await?;
+            return Ok(None);
+        };
+        let client = self.open(prepared.decider, None).await?;
+        let row = client.query_opt(indoubt::DATABASE_SQL, &[&oid]).await?;
+        let name: String = row.map(|row| row.get(0)).ok_or_else(|| {
+            anyhow::anyhow!(
+                "the database with oid {oid} of shard {} is gone",
+                prepared.decider
+            )
+        })?;
+        self.open(prepared.decider, Some(&name)).await?;
+        Ok(Some(name))
     }
 }
 

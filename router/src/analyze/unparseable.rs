@@ -37,8 +37,7 @@ pub(super) fn unparseable(
     };
     match (word(0), word(1), word(2)) {
         ("PREPARE", "TRANSACTION", _) => {
-            let gid = sql.split_once('\'').map_or("", |(_, rest)| rest);
-            if crate::indoubt::reserved(gid) {
+            if prepares_reserved_name(sql) {
                 return Plan {
                     kind: StatementKind::Unsupported,
                     target: Target::Error(RouteError::new(
@@ -151,5 +150,57 @@ pub(super) fn unparseable(
         parts: Vec::new(),
         merge: None,
         aggregate: None,
+    }
+}
+
+/// Whether `sql` (a `PREPARE TRANSACTION`) names one of shardline's own prepared transactions,
+/// however its string is written (`'…'`, `E'…'` with escapes, `$$…$$`).
+fn prepares_reserved_name(sql: &str) -> bool {
+    use crate::scan::{Kind, Scanner};
+    let Some(Ok(string)) = Scanner::new(sql)
+        .find(|t| matches!(t, Ok(t) if matches!(t.kind, Kind::String | Kind::OtherString)))
+    else {
+        return false;
+    };
+    // The text between the quotes or dollar tags, escapes dropped: a name that reads as
+    // reserved once unescaped is refused.
+    let text = string.text;
+    let body = match text.find(['\'', '$']) {
+        Some(open) => {
+            let tag_end = if text[open..].starts_with('$') {
+                text[open + 1..]
+                    .find('$')
+                    .map_or(open + 1, |i| open + 2 + i)
+            } else {
+                open + 1
+            };
+            &text[tag_end.min(text.len())..]
+        }
+        None => text,
+    };
+    crate::indoubt::reserved(&body.replace('\\', ""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prepares_reserved_name;
+
+    #[test]
+    fn shardline_s_prepared_names_are_recognised_however_written() {
+        for sql in [
+            "PREPARE TRANSACTION 'sl_tx:1:2:3:s0:s1'",
+            "PREPARE TRANSACTION E'sl\\_dw:1'",
+            "PREPARE TRANSACTION $$sl_tx:x$$",
+            "PREPARE TRANSACTION $t$sl_tx:x$t$",
+            "PREPARE TRANSACTION /* it's */ 'sl_tx:1'",
+        ] {
+            assert!(prepares_reserved_name(sql), "{sql}");
+        }
+        for sql in [
+            "PREPARE TRANSACTION 'app_1'",
+            "PREPARE TRANSACTION 'sl_txn'",
+        ] {
+            assert!(!prepares_reserved_name(sql), "{sql}");
+        }
     }
 }

@@ -6,10 +6,12 @@
 //! `shardline.show_route` on (`SET shardline.show_route = on`; PostgreSQL accepts dotted custom
 //! settings), every simple-protocol statement is preceded by a NOTICE naming its shards.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use shardline_router::generated::KeylessInsert;
 use shardline_router::insert_select::InsertSelect;
-use shardline_router::pull::PulledTable;
+use shardline_router::pull::{self, PulledTable};
 use shardline_router::{Config, Param, Plan, Route};
 
 use crate::admin::table::{Reply, Table};
@@ -52,17 +54,19 @@ fn generated_explanation(keyless: &KeylessInsert, default: KeyDefault) -> String
 fn pull_explanation(
     config: &Config,
     tables: &[PulledTable],
+    columns: Option<BTreeMap<String, Vec<String>>>,
     estimate: Option<u64>,
     refusal: &ClientError,
 ) -> String {
     let pulled: Vec<String> = tables
         .iter()
         .map(|t| {
+            let narrowed = columns.as_ref().and_then(|c| c.get(&t.name));
             format!(
                 "{} from {} ({})",
                 t.name,
                 shard_names(config, &t.shards),
-                t.rows()
+                t.rows_of(narrowed.map(Vec::as_slice))
             )
         })
         .collect();
@@ -126,12 +130,14 @@ impl Session {
             Ok((Target::Pull { tables, refusal }, _)) => {
                 let default = loaded.config.default_shard;
                 let estimate = self.estimated_pull(loaded, &tables).await;
+                let gathered = pull::temp_qualified(&loaded.config, statement);
+                let columns = self.explained_columns(loaded, &tables, &gathered).await;
                 table.push(vec![
                     format!(
                         "{} (rows gathered there)",
                         shard_names(&loaded.config, &[default])
                     ),
-                    pull_explanation(&loaded.config, &tables, estimate, &refusal),
+                    pull_explanation(&loaded.config, &tables, columns, estimate, &refusal),
                 ]);
                 return Reply::Table(table).encode();
             }

@@ -5,15 +5,18 @@
 use std::collections::BTreeMap;
 
 use bytes::BytesMut;
+use shardline_router::ident::quote_ident;
 use shardline_router::narrow::{self, Dependency};
 use shardline_router::pull::PulledTable;
 
 use crate::backend::pool::Pooled;
+use crate::context::Loaded;
 use crate::protocol::backend::tag;
 use crate::protocol::Frame;
+use crate::session::link::attach::drain_to_ready;
 use crate::session::multi::ordered::field;
 use crate::session::multi::pull::{read_answer, read_from};
-use crate::session::{local, ClientError};
+use crate::session::{local, ClientError, Session};
 
 /// The columns of `tables` that `statement` reads, asked of `conn` (shard `name`), where the
 /// pulled tables already exist inside the pull's transaction; `None` when whole rows must move
@@ -82,4 +85,49 @@ fn dependency(frame: &Frame, text: impl Fn(&[u8]) -> Option<String>) -> Option<D
         column: column(2)?,
         temporary: column(3)?.map(|flag| flag == "t"),
     })
+}
+
+impl Session {
+    /// The columns a pull-up of `tables` for `statement` (as the backend will read it) would
+    /// move, for `EXPLAIN (ROUTE)`: asked of the default shard over empty stand-ins of the
+    /// pulled tables, in a transaction of its own that is rolled back. `None` when whole rows
+    /// would move or it cannot tell.
+    pub(crate) async fn explained_columns(
+        &self,
+        loaded: &Loaded,
+        tables: &[PulledTable],
+        statement: &str,
+    ) -> Option<BTreeMap<String, Vec<String>>> {
+        let shard = loaded.config.default_shard;
+        let target = self.target(loaded, shard).ok()?;
+        let mut conn = self
+            .ctx
+            .pools
+            .checkout(&target, &loaded.config.pool)
+            .await
+            .ok()?;
+        let name = self.shard_names(&[shard]);
+        let mut create = String::from("BEGIN;");
+        for table in tables {
+            let quoted = quote_ident(&table.name);
+            create.push_str(&format!(
+                "CREATE TEMP TABLE {quoted} ON COMMIT DROP AS SELECT * FROM {quoted} LIMIT 0;"
+            ));
+        }
+        let mut columns = None;
+        if conn.send(&local::query_message(&create)).await.is_ok() {
+            let created = read_answer(&mut conn, &name).await.is_ok();
+            if created {
+                columns = columns_read(&mut conn, &name, statement, tables)
+                    .await
+                    .ok()
+                    .flatten();
+            }
+            let rolled_back = !conn.broken
+                && conn.send(&local::query_message("ROLLBACK")).await.is_ok()
+                && drain_to_ready(&mut conn).await;
+            conn.broken |= !rolled_back;
+        }
+        columns
+    }
 }

@@ -56,7 +56,7 @@ impl CommitError {
 
 /// Commits every part: in one phase when there is one; else the first part decides. The
 /// decider's transaction records the decision ([`record_decision`]), the others are prepared
-/// (`PREPARE TRANSACTION`) under names that carry the decider's xid and the decision's nonce
+/// (`PREPARE TRANSACTION`) under names that carry the decider's xid and the decision row's digest
 /// (`shardline_router::indoubt`), the decider commits in one phase, and the others are then
 /// committed (`COMMIT PREPARED`). A failure before the decision rolls every part back (the
 /// decider too) and is returned. After the decision the transaction is committed whatever
@@ -150,16 +150,14 @@ pub(crate) async fn commit_one(part: &mut Part) -> Result<(), CommitError> {
     }
 }
 
-/// A decision recorded in a decider's transaction: its xid and the nonce of its row.
-pub(crate) struct Decision {
-    xid: String,
-    nonce: String,
-}
+/// A decision recorded in a decider's transaction: the part of the participants' names that
+/// finds it (`<xid>:<digest>:<database oid>`).
+pub(crate) struct Decision(String);
 
 impl Decision {
     /// The name `participant` prepares its part under.
     pub(crate) fn gid(&self, kind: Kind, decider: &str, participant: &str) -> String {
-        indoubt::gid(kind, &self.xid, &self.nonce, decider, participant)
+        indoubt::gid(kind, &self.0, decider, participant)
     }
 }
 
@@ -179,7 +177,7 @@ pub(crate) async fn record_decision(
     let nonce = indoubt::nonce(rand::random());
     let sql = indoubt::record_sql(&nonce, participants);
     match query_value(conn, shard, &sql).await {
-        Ok(xid) => Ok(Decision { xid, nonce }),
+        Ok(recorded) => Ok(Decision(recorded)),
         Err(error) => {
             // Dropped since this proxy installed it.
             let missing = [sqlstate::UNDEFINED_TABLE, sqlstate::INVALID_SCHEMA_NAME];
