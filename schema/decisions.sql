@@ -4,7 +4,8 @@
 -- decider shard that commits in one phase after the others were prepared. Just before the
 -- others prepare, the decider's transaction inserts a row here under a secret nonce the proxy
 -- drew, naming the participants' shards; their prepared names carry the decider's xid, the
--- row's digest (the start of the nonce's SHA-256) and this database's oid. The row commits
+-- row's digest (the start of the nonce's SHA-256), the server's system identifier (its low
+-- 32 bits) and this database's oid. The row commits
 -- with the decider's commit (which the proxy makes wait for its WAL to reach the local disk),
 -- so a prepared part whose decider's transaction is over is committed when its row exists and
 -- rolled back when it does not. A proxy installs this, as its first configured user, in the
@@ -18,7 +19,7 @@ CREATE SCHEMA IF NOT EXISTS shardline;
 
 CREATE TABLE IF NOT EXISTS shardline.decisions (
     nonce text NOT NULL,
-    digest text GENERATED ALWAYS AS (left(encode(sha256(nonce::bytea), 'hex'), 32)) STORED
+    digest text GENERATED ALWAYS AS (left(encode(sha256(nonce::bytea), 'hex'), 22)) STORED
         PRIMARY KEY,
     xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
     participants text[] NOT NULL,

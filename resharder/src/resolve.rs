@@ -36,7 +36,7 @@ pub async fn resolve(
     for target in layout.receiving_shards() {
         let client = shards.get(target).await?;
         let gids: Vec<String> = client
-            .query(indoubt::LIST_SQL, &[&min_age.as_secs_f64()])
+            .query(indoubt::DUAL_WRITES_SQL, &[&min_age.as_secs_f64()])
             .await?
             .iter()
             .map(|row| row.get(0))

@@ -4,8 +4,9 @@
 //! phase, after the others were prepared. Before the others prepare, the decider's transaction
 //! records its decision ([`record_sql`]: a row in `shardline.decisions`, `schema/decisions.sql`)
 //! under a secret nonce the proxy drew, naming the participants; the others prepare under
-//! [`gid`] (`<kind>:<decider's xid>:<digest>:<decider's database oid>:<decider>:<participant>`,
-//! the digest being the start of the nonce's SHA-256). The decider's commit makes the row
+//! [`gid`] (`<kind>:<xid>:<digest>:<server>:<database oid>:<decider>:<participant>`: the
+//! decider's xid, the start of the nonce's SHA-256, the low 32 bits of the decider server's
+//! system identifier and its database's oid, in hex and decimal). The decider's commit makes the row
 //! durable together with everything it wrote, so the row *is* the decision.
 //!
 //! Whoever finds such a prepared transaction after its proxy went away (the proxies' resolver,
@@ -26,6 +27,16 @@
 
 use crate::migration::images::literal;
 
+/// The server's identity as prepared names carry it: the low 32 bits of its system identifier
+/// (made at `initdb`, kept by its physical replicas), in hex. A shard name pointed at another
+/// server, or another deployment with the same shard names, shows there as another server.
+macro_rules! server_id {
+    () => {
+        "(SELECT pg_catalog.lpad(pg_catalog.to_hex(system_identifier & 4294967295), 8, '0') \
+          FROM pg_catalog.pg_control_system())"
+    };
+}
+
 /// What a prepared transaction of shardline's belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -44,6 +55,12 @@ impl Kind {
     }
 }
 
+/// shardline's dual-write copies prepared in the connection's database older than `$1`
+/// seconds (what the resharder finishes): name.
+pub const DUAL_WRITES_SQL: &str = "SELECT gid FROM pg_catalog.pg_prepared_xacts \
+     WHERE gid LIKE 'sl\\_dw:%' AND database = current_database() \
+     AND prepared <= now() - make_interval(secs => $1)";
+
 /// shardline's prepared transactions on a shard, in every database, older than `$1` seconds:
 /// name, age in seconds and database (a prepared transaction is finished from its own).
 pub const LIST_SQL: &str = "SELECT gid, extract(epoch FROM now() - prepared)::float8, \
@@ -61,21 +78,30 @@ pub const DATABASE_SQL: &str =
 /// An id the decider has not handed out (again) is `aborted`: a decider that crashed before
 /// anything carrying the id reached its disk comes back with its counter below it, and such
 /// a transaction never committed there (`pg_xact_status` would call the id "in the future").
-pub const STATUS_SQL: &str = "SELECT CASE \
-     WHEN $1::text::xid8 >= pg_snapshot_xmax(pg_current_snapshot()) THEN 'aborted' \
-     ELSE pg_xact_status($1::text::xid8)::text END";
+///
+/// The id handed out next is read with `pg_current_xact_id()`, which takes one for the asking
+/// statement: a snapshot's `xmax` would not do, being one past the latest *completed* id, below
+/// ids still running.
+pub const STATUS_SQL: &str = "SELECT CASE WHEN $1::text::xid8 >= pg_current_xact_id() \
+     THEN 'aborted' ELSE pg_xact_status($1::text::xid8)::text END";
 
 /// Whether the decision row of transaction `$1` (xid) with digest `$2` exists on the decider,
-/// asked in its database (oid `$3`; NULL when asked in another, which cannot tell); NULL
+/// asked in its database (oid `$3` on server `$4`; NULL when asked anywhere else, which cannot
+/// tell — another server's database may have the same oid); NULL
 /// while this statement's snapshot does not yet see that transaction as over (on
 /// PostgreSQL before 15.2, 14.7 and 13.10, `pg_xact_status` could call a transaction committed
 /// before snapshots saw its commit). Asked only once [`STATUS_SQL`] said it is over, in a
 /// statement of its own.
-pub const RECORDED_SQL: &str = "SELECT CASE \
+pub const RECORDED_SQL: &str = concat!(
+    "SELECT CASE \
      WHEN (SELECT oid FROM pg_catalog.pg_database \
-           WHERE datname = pg_catalog.current_database())::text <> $3 THEN NULL \
+           WHERE datname = pg_catalog.current_database())::text <> $3 \
+       OR ",
+    server_id!(),
+    " <> $4 THEN NULL \
      WHEN pg_visible_in_snapshot($1::text::xid8, pg_current_snapshot()) \
-     THEN EXISTS (SELECT FROM shardline.decisions WHERE xid = $1::text::xid8 AND digest = $2) END";
+     THEN EXISTS (SELECT FROM shardline.decisions WHERE xid = $1::text::xid8 AND digest = $2) END"
+);
 
 /// Decision rows older than a minute, whose participants may all be finished: digest and the
 /// participants' shard names.
@@ -87,7 +113,8 @@ pub const FORGET_SQL: &str = "DELETE FROM shardline.decisions WHERE digest = ANY
 
 /// The statements, run in the decider's transaction just before `participants` (shard names)
 /// prepare, that record the decision under `nonce`. The first row they answer is the
-/// decision's part of the participants' names (`<xid>:<digest>:<database oid>`, the xid
+/// decision's part of the participants' names (`<xid>:<digest>:<server>:<database oid>`, the
+/// xid
 /// assigned if the transaction had none). The decider's commit then waits for its WAL to
 /// reach the local disk even if the client set `synchronous_commit` off (any stronger setting
 /// is left as it is): the parts are committed on the strength of it.
@@ -96,12 +123,14 @@ pub fn record_sql(nonce: &str, participants: &[&str]) -> String {
     format!(
         "INSERT INTO shardline.decisions (nonce, participants) \
          VALUES ({}, ARRAY[{}]::text[]) \
-         RETURNING xid::text || ':' || digest || ':' || (SELECT oid FROM pg_catalog.pg_database \
+         RETURNING xid::text || ':' || digest || ':' || {server} \
+                   || ':' || (SELECT oid FROM pg_catalog.pg_database \
                    WHERE datname = pg_catalog.current_database())::text; \
          SELECT pg_catalog.set_config('synchronous_commit', 'local', true) \
           WHERE pg_catalog.current_setting('synchronous_commit') = 'off'",
         literal(nonce),
-        names.join(", ")
+        names.join(", "),
+        server = server_id!()
     )
 }
 
@@ -135,7 +164,8 @@ pub fn nonce(bits: u64) -> String {
 }
 
 /// The name under which `participant` prepares its part of the transaction of `decider` that
-/// recorded `decision` (`<xid>:<digest>:<database oid>`, as [`record_sql`] answers it).
+/// recorded `decision` (`<xid>:<digest>:<server>:<database oid>`, as [`record_sql`] answers
+/// it).
 pub fn gid(kind: Kind, decision: &str, decider: &str, participant: &str) -> String {
     format!("{}:{decision}:{decider}:{participant}", kind.prefix())
 }
@@ -154,11 +184,21 @@ pub fn reserved(gid: &str) -> bool {
 pub struct Prepared<'a> {
     /// The decider's transaction id.
     pub xid: &'a str,
-    /// The digest of the decision row and the oid of the database it is in; `None` in a
-    /// name of the older format, which has no row.
-    pub recorded_in: Option<(&'a str, &'a str)>,
+    /// Where its decision row is; `None` in a name of the older format, which has no row.
+    pub recorded_in: Option<RecordedIn<'a>>,
     /// The decider's shard.
     pub decider: &'a str,
+}
+
+/// Where a decision row is, as a prepared name says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordedIn<'a> {
+    /// The row's digest.
+    pub digest: &'a str,
+    /// The decider's server ([`server_id`]).
+    pub server: &'a str,
+    /// That database's oid.
+    pub database: &'a str,
 }
 
 /// Reads a prepared transaction's name; `None` when it is not one of shardline's.
@@ -169,9 +209,13 @@ pub fn parse_gid(gid: &str) -> Option<Prepared<'_>> {
         .any(|k| Some(&k.prefix()) == fields.first())
         .then_some(())?;
     match fields[1..] {
-        [xid, digest, database, decider, _] => Some(Prepared {
+        [xid, digest, server, database, decider, _] => Some(Prepared {
             xid,
-            recorded_in: Some((digest, database)),
+            recorded_in: Some(RecordedIn {
+                digest,
+                server,
+                database,
+            }),
             decider,
         }),
         [xid, decider, _] => Some(Prepared {
@@ -224,12 +268,16 @@ mod tests {
     #[test]
     fn names_round_trip() {
         for kind in [Kind::DualWrite, Kind::Transaction] {
-            let name = gid(kind, "4711:00ff:16384", "s0", "s2");
+            let name = gid(kind, "4711:00ff:a1b2c3d4:16384", "s0", "s2");
             assert_eq!(
                 parse_gid(&name),
                 Some(Prepared {
                     xid: "4711",
-                    recorded_in: Some(("00ff", "16384")),
+                    recorded_in: Some(RecordedIn {
+                        digest: "00ff",
+                        server: "a1b2c3d4",
+                        database: "16384"
+                    }),
                     decider: "s0"
                 })
             );
@@ -244,10 +292,11 @@ mod tests {
         );
         for foreign in [
             "shardline_1_0",
-            "sl_xx:1:d:1:s0:s1",
+            "sl_xx:1:d:i:1:s0:s1",
             "sl_tx:1:s0",
             "sl_tx:1:n:s0:s1",
-            "sl_tx:1:d:1:s0:s1:x",
+            "sl_tx:1:d:1:s0:s1",
+            "sl_tx:1:d:i:1:s0:s1:x",
         ] {
             assert_eq!(parse_gid(foreign), None, "{foreign}");
         }
@@ -255,12 +304,18 @@ mod tests {
         assert!(!reserved("sl_txn") && !reserved("mine"));
     }
 
-    /// The longest name: the largest xid, a digest, the largest oid, two shard names of the
-    /// longest kind `validate` allows. PostgreSQL keeps at most 199 bytes.
+    /// The longest name: the largest xid, a digest, a server id, the largest oid, two shard
+    /// names of the longest kind `validate` allows. PostgreSQL keeps at most 199 bytes.
     #[test]
     fn the_longest_name_fits() {
         let shard = "s".repeat(63);
-        let decision = format!("{}:{}:{}", u64::MAX, "f".repeat(32), u32::MAX);
+        let decision = format!(
+            "{}:{}:{}:{}",
+            u64::MAX,
+            "f".repeat(22),
+            "i".repeat(8),
+            u32::MAX
+        );
         assert!(gid(Kind::Transaction, &decision, &shard, &shard).len() <= 199);
     }
 
@@ -269,7 +324,7 @@ mod tests {
     /// the same xid after a crash.
     #[test]
     fn the_recorded_decision_decides() {
-        let name = gid(Kind::Transaction, "4711:00ff:5", "s0", "s1");
+        let name = gid(Kind::Transaction, "4711:00ff:a1b2c3d4:5", "s0", "s1");
         assert_eq!(verdict(&name, Some("in progress"), None), Verdict::Wait);
         assert_eq!(
             verdict(&name, Some("in progress"), Some(true)),

@@ -33,8 +33,8 @@ fn each(keys: &[i64], sql: impl Fn(i64) -> String) -> Vec<String> {
 /// A decider's transaction as the participants' names see it.
 struct Decided {
     xid: String,
-    /// `<digest>:<database oid>` of its decision row (the digest of its nonce when it
-    /// recorded none).
+    /// `<digest>:<server>:<database oid>` of its decision row (the digest of its nonce when
+    /// it recorded none).
     recorded_in: String,
 }
 
@@ -58,7 +58,9 @@ async fn decider_transaction(
     }
     let row = decider
         .query_one(
-            "SELECT pg_current_xact_id()::text, left(encode(sha256($1::text::bytea), 'hex'), 32) \
+            "SELECT pg_current_xact_id()::text, left(encode(sha256($1::text::bytea), 'hex'), 22) \
+             || ':' || (SELECT lpad(to_hex(system_identifier & 4294967295), 8, '0') \
+                        FROM pg_control_system()) \
              || ':' || (SELECT oid FROM pg_database WHERE datname = current_database())",
             &[&nonce],
         )
@@ -84,15 +86,22 @@ async fn prepare_part(participant: &Client, id: i64, gid: &str) -> anyhow::Resul
 
 /// Waits until `shard` holds no prepared transaction.
 async fn until_none_prepared(shard: &Client) -> anyhow::Result<()> {
+    until_prepared(shard, &[]).await
+}
+
+/// Waits until the prepared transactions on `shard` are exactly `left`.
+async fn until_prepared(shard: &Client, left: &[&str]) -> anyhow::Result<()> {
     eventually(
-        "no prepared transaction left",
+        "the prepared transactions left",
         RESOLVER_DEADLINE,
         || async {
-            let left: i64 = shard
-                .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+            let prepared: Vec<String> = shard
+                .query("SELECT gid FROM pg_prepared_xacts ORDER BY gid", &[])
                 .await?
-                .get(0);
-            Ok((left == 0).then_some(()))
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            Ok((prepared == left).then_some(()))
         },
     )
     .await
@@ -157,6 +166,11 @@ async fn in_doubt_parts_follow_the_recorded_decision_not_the_transaction_id() ->
     let bbbb = decider_transaction(&decider, "bbbb", false, Some("ROLLBACK")).await?;
     let name =
         |kind: &str, xid: &str, recorded_in: &str| format!("{kind}:{xid}:{recorded_in}:s0:s1");
+    let foreign = |xid: &str, recorded_in: &str| {
+        let (digest, rest) = recorded_in.split_once(':').unwrap_or_default();
+        let oid = rest.rsplit(':').next().unwrap_or_default();
+        format!("sl_tx:{xid}:{digest}:ffffffff:{oid}:s0:s1")
+    };
     let parts = [
         (
             21,
@@ -179,6 +193,12 @@ async fn in_doubt_parts_follow_the_recorded_decision_not_the_transaction_id() ->
             "wait for the decider",
         ),
         (25, format!("sl_tx:{}:s0:s1", legacy.xid), "commit"),
+        // Recorded in another server's database that has the decider's oid here.
+        (
+            27,
+            foreign(&other_id.xid, &bbbb.recorded_in),
+            "wait for the decider",
+        ),
         (
             26,
             name("sl_tx", &other_id.xid, &recorded.recorded_in),
@@ -203,9 +223,18 @@ async fn in_doubt_parts_follow_the_recorded_decision_not_the_transaction_id() ->
     expected.sort();
     assert_eq!(listed, expected);
 
-    // The running decider commits; the resolvers then finish everything.
+    // The running decider commits; the resolvers then finish everything they can tell, and
+    // leave the part whose decision is on a server they do not reach.
     running_on.batch_execute("COMMIT").await?;
-    until_none_prepared(&participant).await?;
+    let elsewhere = parts
+        .iter()
+        .find(|(id, _, _)| *id == 27)
+        .map(|(_, gid, _)| gid.as_str())
+        .unwrap_or_default();
+    until_prepared(&participant, &[elsewhere]).await?;
+    participant
+        .batch_execute(&format!("ROLLBACK PREPARED '{elsewhere}'"))
+        .await?;
     assert_eq!(ids(&participant).await?, [21, 24, 25]);
     Ok(())
 }

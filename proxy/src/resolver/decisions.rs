@@ -164,10 +164,11 @@ pub async fn settle(
         status,
         recorded: None,
     };
-    if let (Verdict::AskRecord, Some((digest, database))) = (&settled.verdict, prepared.recorded_in)
-    {
+    if let (Verdict::AskRecord, Some(place)) = (&settled.verdict, prepared.recorded_in) {
+        let asked: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&prepared.xid, &place.digest, &place.database, &place.server];
         let recorded: Option<bool> = decider
-            .query_one(indoubt::RECORDED_SQL, &[&prepared.xid, &digest, &database])
+            .query_one(indoubt::RECORDED_SQL, &asked)
             .await?
             .get(0);
         settled.verdict = match recorded {

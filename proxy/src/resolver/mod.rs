@@ -134,8 +134,8 @@ async fn resolve_pass(config: &Config, places: &[(String, String)]) {
                 listed.insert(shard.name.as_str());
                 for one in prepared {
                     let parsed = indoubt::parse_gid(&one.gid);
-                    if let Some((digest, _)) = parsed.and_then(|p| p.recorded_in) {
-                        named.insert(digest.to_owned());
+                    if let Some(place) = parsed.and_then(|p| p.recorded_in) {
+                        named.insert(place.digest.to_owned());
                     }
                     if one.age_s >= SETTLED_SECONDS {
                         finish_on(&mut control, &shard.name, &one).await;
@@ -311,7 +311,7 @@ impl<'a> Control<'a> {
     /// Opens the decider of `prepared` in the database its decision is recorded in, and
     /// returns that database's name (`None`: the shard's own, for an older name).
     async fn decider(&mut self, prepared: &Prepared<'_>) -> anyhow::Result<Option<String>> {
-        let Some((_, oid)) = prepared.recorded_in else {
+        let Some(oid) = prepared.recorded_in.map(|place| place.database) else {
             self.open(prepared.decider, None).await?;
             return Ok(None);
         };

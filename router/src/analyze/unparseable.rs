@@ -154,31 +154,25 @@ pub(super) fn unparseable(
 }
 
 /// Whether `sql` (a `PREPARE TRANSACTION`) names one of shardline's own prepared transactions,
-/// however its string is written (`'…'`, `E'…'` with escapes, `$$…$$`).
+/// or might once PostgreSQL reads its string: a plain `'…'` is read as it is; any other
+/// spelling (escapes, Unicode escapes, dollar quotes, continued literals) is taken as reserved
+/// when its text holds `sl` anywhere, which costs a client nothing it needs.
 fn prepares_reserved_name(sql: &str) -> bool {
     use crate::scan::{Kind, Scanner};
-    let Some(Ok(string)) = Scanner::new(sql)
-        .find(|t| matches!(t, Ok(t) if matches!(t.kind, Kind::String | Kind::OtherString)))
-    else {
-        return false;
-    };
-    // The text between the quotes or dollar tags, escapes dropped: a name that reads as
-    // reserved once unescaped is refused.
-    let text = string.text;
-    let body = match text.find(['\'', '$']) {
-        Some(open) => {
-            let tag_end = if text[open..].starts_with('$') {
-                text[open + 1..]
-                    .find('$')
-                    .map_or(open + 1, |i| open + 2 + i)
-            } else {
-                open + 1
-            };
-            &text[tag_end.min(text.len())..]
+    let strings: Vec<_> = Scanner::new(sql)
+        .flatten()
+        .filter(|t| matches!(t.kind, Kind::String | Kind::OtherString))
+        .collect();
+    match strings.as_slice() {
+        [] => false,
+        [plain] if plain.kind == Kind::String && !plain.text.contains('\\') => {
+            let body = &plain.text[1..plain.text.len().saturating_sub(1).max(1)];
+            crate::indoubt::reserved(&body.replace("''", "'"))
         }
-        None => text,
-    };
-    crate::indoubt::reserved(&body.replace('\\', ""))
+        spelled => spelled
+            .iter()
+            .any(|t| t.text.to_ascii_lowercase().contains("sl")),
+    }
 }
 
 #[cfg(test)]
@@ -193,6 +187,10 @@ mod tests {
             "PREPARE TRANSACTION $$sl_tx:x$$",
             "PREPARE TRANSACTION $t$sl_tx:x$t$",
             "PREPARE TRANSACTION /* it's */ 'sl_tx:1'",
+            "PREPARE TRANSACTION E'sl\\x5ftx:1:2:3:4:s0:s1'",
+            "PREPARE TRANSACTION U&'sl\\005ftx:1'",
+            "PREPARE TRANSACTION 'sl_'\n'tx:1'",
+            "PREPARE TRANSACTION 'sl\\x5ftx:1'",
         ] {
             assert!(prepares_reserved_name(sql), "{sql}");
         }

@@ -57,11 +57,11 @@ impl Session {
         how: Assembled<'_>,
         segment: &Segment,
     ) -> Result<(), SessionEnd> {
-        // A split INSERT without RETURNING answers no rows, so a row limit cannot cut it
-        // (pgjdbc's batched inserts send one).
+        // An INSERT without RETURNING answers no rows, so a row limit cannot cut it (pgjdbc's
+        // batched inserts send one); one with RETURNING cannot be cut into portions.
         let rowless = match how {
             Assembled::Split(parts) => !parts.iter().any(|p| p.returning),
-            Assembled::InsertSelect(_) => true,
+            Assembled::InsertSelect(plan) => !plan.returns_rows(),
             _ => false,
         };
         let layout = match layout(&segment.items, rowless) {

@@ -396,6 +396,21 @@ pub(super) async fn read_from(conn: &mut Pooled, name: &str) -> Result<Frame, Cl
 }
 
 impl Session {
+    /// A backend of `shard` for `EXPLAIN (ROUTE)`'s questions, checked out of its pool
+    /// outside the session's own (`None` when none can be had).
+    pub(crate) async fn introspection_backend(
+        &self,
+        loaded: &Loaded,
+        shard: ShardId,
+    ) -> Option<Pooled> {
+        let target = self.target(loaded, shard).ok()?;
+        self.ctx
+            .pools
+            .checkout(&target, &loaded.config.pool)
+            .await
+            .ok()
+    }
+
     /// The shards' own estimate of the rows a pull of `tables` would move (the sum of
     /// `EXPLAIN` of each shard's pull query), for `EXPLAIN (ROUTE)`; `None` when a shard cannot
     /// say (unreachable, or the query fails there).
@@ -408,13 +423,7 @@ impl Session {
         for table in tables {
             let explain = local::query_message(&format!("EXPLAIN (FORMAT JSON) {}", table.rows()));
             for &shard in &table.shards {
-                let target = self.target(loaded, shard).ok()?;
-                let mut conn = self
-                    .ctx
-                    .pools
-                    .checkout(&target, &loaded.config.pool)
-                    .await
-                    .ok()?;
+                let mut conn = self.introspection_backend(loaded, shard).await?;
                 conn.send(&explain).await.ok()?;
                 let mut plan = None;
                 loop {

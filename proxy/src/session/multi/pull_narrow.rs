@@ -99,13 +99,7 @@ impl Session {
         statement: &str,
     ) -> Option<BTreeMap<String, Vec<String>>> {
         let shard = loaded.config.default_shard;
-        let target = self.target(loaded, shard).ok()?;
-        let mut conn = self
-            .ctx
-            .pools
-            .checkout(&target, &loaded.config.pool)
-            .await
-            .ok()?;
+        let mut conn = self.introspection_backend(loaded, shard).await?;
         let name = self.shard_names(&[shard]);
         let mut create = String::from("BEGIN;");
         for table in tables {
