@@ -25,7 +25,6 @@ CREATE TABLE IF NOT EXISTS shardline.decisions (
     participants text[] NOT NULL,
     decided_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-CREATE INDEX IF NOT EXISTS decisions_decided_at ON shardline.decisions (decided_at);
 
 -- Any user the proxy logs clients in as may be a decider. It may set only the nonce and the
 -- participants and read back the xid and digest: the nonce stays secret (prepared names carry

@@ -111,26 +111,32 @@ pub const STALE_SQL: &str = "SELECT digest, participants FROM shardline.decision
 /// Deletes the decision rows whose digest is in the text array `$1`.
 pub const FORGET_SQL: &str = "DELETE FROM shardline.decisions WHERE digest = ANY($1)";
 
+/// Where a database's decisions are, as prepared names carry it (`<server>:<database oid>`),
+/// asked once per database by a control connection to it; not in the hot path (reading the
+/// system identifier reads the server's control file).
+pub const LOCATION_SQL: &str = concat!(
+    "SELECT ",
+    server_id!(),
+    " || ':' || (SELECT oid FROM pg_catalog.pg_database \
+     WHERE datname = pg_catalog.current_database())::text"
+);
+
 /// The statements, run in the decider's transaction just before `participants` (shard names)
 /// prepare, that record the decision under `nonce`. The first row they answer is the
-/// decision's part of the participants' names (`<xid>:<digest>:<server>:<database oid>`, the
-/// xid
-/// assigned if the transaction had none). The decider's commit then waits for its WAL to
-/// reach the local disk even if the client set `synchronous_commit` off (any stronger setting
-/// is left as it is): the parts are committed on the strength of it.
+/// decision's part of the participants' names before its [`LOCATION_SQL`] (`<xid>:<digest>`,
+/// the xid assigned if the transaction had none). The decider's commit then waits for its WAL
+/// to reach the local disk even if the client set `synchronous_commit` off (any stronger
+/// setting is left as it is): the parts are committed on the strength of it.
 pub fn record_sql(nonce: &str, participants: &[&str]) -> String {
     let names: Vec<String> = participants.iter().map(|name| literal(name)).collect();
     format!(
         "INSERT INTO shardline.decisions (nonce, participants) \
          VALUES ({}, ARRAY[{}]::text[]) \
-         RETURNING xid::text || ':' || digest || ':' || {server} \
-                   || ':' || (SELECT oid FROM pg_catalog.pg_database \
-                   WHERE datname = pg_catalog.current_database())::text; \
+         RETURNING xid::text || ':' || digest; \
          SELECT pg_catalog.set_config('synchronous_commit', 'local', true) \
           WHERE pg_catalog.current_setting('synchronous_commit') = 'off'",
         literal(nonce),
-        names.join(", "),
-        server = server_id!()
+        names.join(", ")
     )
 }
 

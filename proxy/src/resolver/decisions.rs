@@ -2,7 +2,7 @@
 //! `shardline_router::indoubt`): installed on a shard before it first decides, read to settle a
 //! prepared part its proxy left behind, deleted once no prepared part can need them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -27,10 +27,11 @@ const RETRY_INSTALL: Duration = Duration::from_secs(10);
 /// database, not once per commit, and a shard name moved to another server is looked at again.
 type Place = (String, String, u16, String);
 
-/// The shard databases known to hold the table two-phase commits record their decisions in.
+/// The shard databases known to hold the table two-phase commits record their decisions in,
+/// each with its location as prepared names carry it (`<server>:<database oid>`).
 #[derive(Default)]
 pub struct DecisionTables {
-    installed: Mutex<HashSet<Place>>,
+    installed: Mutex<HashMap<Place, String>>,
     /// Places whose install failed, when, and why.
     failed: Mutex<HashMap<Place, (Instant, String)>>,
     /// Held while one session installs, so concurrent first commits do not all connect.
@@ -40,13 +41,13 @@ pub struct DecisionTables {
 impl DecisionTables {
     /// Makes sure shard `name` has the table, in `database` (the decider's backend's), before
     /// it decides a commit: installed as the config's first user, who then owns it and whose
-    /// resolver deletes old rows.
+    /// resolver deletes old rows. Returns the location prepared names carry.
     pub async fn ensure(
         &self,
         config: &Config,
         name: &str,
         database: &str,
-    ) -> Result<(), ClientError> {
+    ) -> Result<String, ClientError> {
         let failed = |e: &str| {
             ClientError::new(
                 sqlstate::OBJECT_NOT_IN_STATE,
@@ -64,12 +65,12 @@ impl DecisionTables {
             shard.port,
             database.to_owned(),
         );
-        if lock(&self.installed).contains(&place) {
-            return Ok(());
+        if let Some(location) = lock(&self.installed).get(&place) {
+            return Ok(location.clone());
         }
         let _installing = self.installing.lock().await;
-        if lock(&self.installed).contains(&place) {
-            return Ok(());
+        if let Some(location) = lock(&self.installed).get(&place) {
+            return Ok(location.clone());
         }
         if let Some((at, why)) = lock(&self.failed).get(&place) {
             if at.elapsed() < RETRY_INSTALL {
@@ -77,10 +78,10 @@ impl DecisionTables {
             }
         }
         match install(config, shard, database).await {
-            Ok(()) => {
+            Ok(location) => {
                 lock(&self.failed).remove(&place);
-                lock(&self.installed).insert(place);
-                Ok(())
+                lock(&self.installed).insert(place, location.clone());
+                Ok(location)
             }
             Err(why) => {
                 let error = failed(&why);
@@ -93,25 +94,26 @@ impl DecisionTables {
     /// Forgets every database of shard `name`: a decider found the table missing there
     /// (dropped since); the next commit installs it again.
     pub fn forget(&self, name: &str) {
-        lock(&self.installed).retain(|place| place.0 != name);
+        lock(&self.installed).retain(|place, _| place.0 != name);
     }
 
     /// The (shard, database) places this proxy knows the table in, where its resolver looks
     /// for rows to delete besides each shard's own database.
     pub fn places(&self) -> Vec<(String, String)> {
         lock(&self.installed)
-            .iter()
+            .keys()
             .map(|(shard, _, _, database)| (shard.clone(), database.clone()))
             .collect()
     }
 }
 
-/// Installs the table in `database` of `shard` unless it is there.
+/// Installs the table in `database` of `shard` unless it is there; returns that database's
+/// location.
 async fn install(
     config: &Config,
     shard: &shardline_router::config::Shard,
     database: &str,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let (client, _connection) = catalog::connect_to(config, shard, Some(database))
         .await
         .map_err(|e| format!("{e:#}"))?;
@@ -120,11 +122,15 @@ async fn install(
         .await
         .map_err(|e| e.to_string())?
         .get(0);
-    if present {
-        return Ok(());
+    if !present {
+        catalog::install(&client, DECISIONS_SQL)
+            .await
+            .map_err(|e| e.to_string())?;
     }
-    catalog::install(&client, DECISIONS_SQL)
+    client
+        .query_one(indoubt::LOCATION_SQL, &[])
         .await
+        .map(|row| row.get(0))
         .map_err(|e| e.to_string())
 }
 

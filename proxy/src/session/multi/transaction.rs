@@ -175,18 +175,33 @@ pub(crate) async fn commit_everywhere(
     ctx: &ProxyContext,
     parts: &mut [Part],
 ) -> Result<(), ClientError> {
-    let mut writers = BTreeSet::new();
+    // Asked of every shard at once, answers read after: one round trip.
+    let mut asked = 0;
+    let mut failure = None;
     for part in parts.iter_mut() {
-        match twophase::query_value(&mut part.conn, &part.name, WROTE_SQL).await {
+        match twophase::send_query(&mut part.conn, &part.name, WROTE_SQL).await {
+            Ok(()) => asked += 1,
+            Err(error) => {
+                failure = Some(error);
+                break;
+            }
+        }
+    }
+    let mut writers = BTreeSet::new();
+    for part in parts.iter_mut().take(asked) {
+        match twophase::read_value(&mut part.conn, &part.name, WROTE_SQL).await {
             Ok(value) if value == "t" => {
                 writers.insert(part.shard);
             }
             Ok(_) => {}
             Err(error) => {
-                roll_back_parts(parts).await;
-                return Err(error);
+                failure.get_or_insert(error);
             }
         }
+    }
+    if let Some(error) = failure {
+        roll_back_parts(parts).await;
+        return Err(error);
     }
     // Writers first, in shard order (the first decides), then the shards that only read.
     parts.sort_by_key(|part| !writers.contains(&part.shard));

@@ -171,13 +171,14 @@ pub(crate) async fn record_decision(
     participants: &[&str],
 ) -> Result<Decision, ClientError> {
     let database = conn.target().database.clone();
-    ctx.decisions
+    let location = ctx
+        .decisions
         .ensure(&ctx.snapshot().config, shard, &database)
         .await?;
     let nonce = indoubt::nonce(rand::random());
     let sql = indoubt::record_sql(&nonce, participants);
     match query_value(conn, shard, &sql).await {
-        Ok(recorded) => Ok(Decision(recorded)),
+        Ok(recorded) => Ok(Decision(format!("{recorded}:{location}"))),
         Err(error) => {
             // Dropped since this proxy installed it.
             let missing = [sqlstate::UNDEFINED_TABLE, sqlstate::INVALID_SCHEMA_NAME];
@@ -195,12 +196,30 @@ pub(crate) async fn query_value(
     shard: &str,
     sql: &str,
 ) -> Result<String, ClientError> {
-    let sent = conn.send(&local::query_message(sql)).await;
-    let answer = match sent {
-        Ok(()) => collect(conn, 1).await,
-        Err(e) => Err(e.to_string()),
-    };
-    let answer = answer.map_err(|e| {
+    send_query(conn, shard, sql).await?;
+    read_value(conn, shard, sql).await
+}
+
+/// Sends `sql` as a simple query, whose answer [`read_value`] reads (queries to several
+/// backends are sent first and read after, one round trip for all).
+pub(crate) async fn send_query(
+    conn: &mut Pooled,
+    shard: &str,
+    sql: &str,
+) -> Result<(), ClientError> {
+    conn.send(&local::query_message(sql)).await.map_err(|e| {
+        conn.broken = true;
+        ClientError::lost_shard(shard, e)
+    })
+}
+
+/// The one value the query `sql` sent to `conn` returns.
+pub(crate) async fn read_value(
+    conn: &mut Pooled,
+    shard: &str,
+    sql: &str,
+) -> Result<String, ClientError> {
+    let answer = collect(conn, 1).await.map_err(|e| {
         conn.broken = true;
         ClientError::lost_shard(shard, e)
     })?;
