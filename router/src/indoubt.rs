@@ -62,9 +62,10 @@ pub const DUAL_WRITES_SQL: &str = "SELECT gid FROM pg_catalog.pg_prepared_xacts 
      AND prepared <= now() - make_interval(secs => $1)";
 
 /// shardline's prepared transactions on a shard, in every database, older than `$1` seconds:
-/// name, age in seconds and database (a prepared transaction is finished from its own).
+/// name, age in seconds, database and owner (a prepared transaction is finished from its own
+/// database, by the user who prepared it or a superuser).
 pub const LIST_SQL: &str = "SELECT gid, extract(epoch FROM now() - prepared)::float8, \
-     database::text FROM pg_catalog.pg_prepared_xacts \
+     database::text, owner::text FROM pg_catalog.pg_prepared_xacts \
      WHERE (gid LIKE 'sl\\_dw:%' OR gid LIKE 'sl\\_tx:%') \
      AND prepared <= now() - make_interval(secs => $1)";
 

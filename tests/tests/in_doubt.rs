@@ -346,3 +346,42 @@ async fn decisions_are_read_in_the_database_of_their_decider() -> anyhow::Result
     proxy.stop().await;
     Ok(())
 }
+
+/// A part prepared by another user of shards.yaml is finished as that user: PostgreSQL lets
+/// only the user who prepared a transaction (or a superuser) finish it.
+#[tokio::test(flavor = "multi_thread")]
+async fn parts_are_finished_as_the_user_who_prepared_them() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("in-doubt-owner", 2).await?;
+    let client = cluster.client().await?;
+    users_table(&client).await?;
+    let keys = keys_on_distinct_shards(&cluster, 2)?;
+    let insert = |key| format!("INSERT INTO users (id, name) VALUES ({key}, 'proxy')");
+    commit_across(&client, &each(&keys, insert)).await?;
+    for server in cluster.pg.servers() {
+        connect(&server.superuser_conninfo_db("app"))
+            .await?
+            .batch_execute("CREATE ROLE clerk LOGIN PASSWORD 'clerk'; GRANT ALL ON users TO clerk")
+            .await?;
+    }
+    let yaml = cluster.yaml.replace(
+        "shards:\n",
+        "  - {name: clerk, password: clerk, server_password: clerk}\nshards:\n",
+    );
+    let config = shardline_router::Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let decider = cluster.shard(0).await?;
+    let decided = decider_transaction(&decider, "aaaa", true, Some("COMMIT")).await?;
+    let clerk_conninfo = cluster.pg.servers()[1]
+        .app_conninfo()
+        .replace("user=app password=app", "user=clerk password=clerk");
+    let as_clerk = connect(&clerk_conninfo).await?;
+    let gid = format!("sl_tx:{}:{}:s0:s1", decided.xid, decided.recorded_in);
+    prepare_part(&as_clerk, 51, &gid).await?;
+
+    let proxy = shardline::Proxy::start(config).await?;
+    let participant = cluster.shard(1).await?;
+    until_none_prepared(&participant).await?;
+    assert!(ids(&participant).await?.contains(&51), "committed as clerk");
+    proxy.stop().await;
+    Ok(())
+}

@@ -109,20 +109,28 @@ pub async fn connect(
     config: &Config,
     shard: &Shard,
 ) -> anyhow::Result<(Client, JoinHandle<Result<(), tokio_postgres::Error>>)> {
-    connect_to(config, shard, None).await
+    connect_to(config, shard, None, None).await
 }
 
-/// [`connect`] to `database` instead of the shard's own (or the user's).
+/// [`connect`] to `database` instead of the shard's own (or the user's), as `user` (one of
+/// shards.yaml's, with its password for the shards) instead of the first.
 pub async fn connect_to(
     config: &Config,
     shard: &Shard,
     database: Option<&str>,
+    user: Option<&str>,
 ) -> anyhow::Result<(Client, JoinHandle<Result<(), tokio_postgres::Error>>)> {
-    let user = config
-        .users
-        .iter()
-        .find(|u| !u.admin)
-        .context("shards.yaml lists no non-admin user for the proxy's control connections")?;
+    let user =
+        match user {
+            Some(name) => config
+                .users
+                .iter()
+                .find(|u| u.name == name)
+                .with_context(|| format!("user {name} is not in shards.yaml"))?,
+            None => config.users.iter().find(|u| !u.admin).context(
+                "shards.yaml lists no non-admin user for the proxy's control connections",
+            )?,
+        };
     let mut pg = tokio_postgres::Config::new();
     pg.host(&shard.host)
         .port(shard.port)

@@ -114,7 +114,7 @@ async fn install(
     shard: &shardline_router::config::Shard,
     database: &str,
 ) -> Result<String, String> {
-    let (client, _connection) = catalog::connect_to(config, shard, Some(database))
+    let (client, _connection) = catalog::connect_to(config, shard, Some(database), None)
         .await
         .map_err(|e| format!("{e:#}"))?;
     let present: bool = client

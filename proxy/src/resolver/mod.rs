@@ -101,6 +101,8 @@ struct Listed {
     age_s: f64,
     /// The database it belongs to, where it is finished.
     database: String,
+    /// The user who prepared it, who finishes it (shards.yaml has its password).
+    owner: String,
 }
 
 /// One pass: finishes every settled in-doubt prepared transaction the deciders have decided,
@@ -168,11 +170,15 @@ async fn finish_on(control: &mut Control<'_>, shard: &str, one: &Listed) {
     let Some(prepared) = indoubt::parse_gid(&one.gid) else {
         return;
     };
+    let participant = Login {
+        database: Some(&one.database),
+        user: Some(&one.owner),
+    };
     let opened = async {
         let decider = control.decider(&prepared).await?;
-        control.open(shard, Some(&one.database)).await?;
+        control.open_as(shard, participant).await?;
         anyhow::Ok((
-            control.get(shard, Some(&one.database))?,
+            control.get_as(shard, participant)?,
             control.get(prepared.decider, decider.as_deref())?,
         ))
     };
@@ -207,6 +213,7 @@ async fn list(control: &mut Control<'_>, shard: &str, min_age: f64) -> anyhow::R
             gid: row.get(0),
             age_s: row.get(1),
             database: row.get(2),
+            owner: row.get(3),
         })
         .collect())
 }
@@ -253,12 +260,32 @@ async fn ask(control: &mut Control<'_>, shard: &str, one: Listed) -> InDoubt {
     found
 }
 
-/// Control connections to the shards for one pass, by shard and database (`None`: the
-/// shard's own, or the first user's), opened when first needed; one that could not be opened
-/// is not tried again in the same pass.
+/// Which database of a shard, as which user, a control connection logs in to (`None`: the
+/// shard's own database, or the first user's; the first non-admin user of shards.yaml).
+#[derive(Debug, Clone, Copy, Default)]
+struct Login<'a> {
+    database: Option<&'a str>,
+    user: Option<&'a str>,
+}
+
+/// A control connection's shard, database and user, owned.
+type LoginKey = (String, Option<String>, Option<String>);
+
+impl Login<'_> {
+    fn key(&self, shard: &str) -> LoginKey {
+        (
+            shard.to_owned(),
+            self.database.map(str::to_owned),
+            self.user.map(str::to_owned),
+        )
+    }
+}
+
+/// Control connections to the shards for one pass, by shard, database and user, opened when
+/// first needed; one that could not be opened is not tried again in the same pass.
 struct Control<'a> {
     config: &'a Config,
-    open: HashMap<(String, Option<String>), Result<Client, String>>,
+    open: HashMap<LoginKey, Result<Client, String>>,
 }
 
 impl<'a> Control<'a> {
@@ -271,10 +298,19 @@ impl<'a> Control<'a> {
 
     /// The connection to `database` of shard `name`, opened if it is not yet.
     async fn open(&mut self, name: &str, database: Option<&str>) -> anyhow::Result<&Client> {
-        let key = (name.to_owned(), database.map(str::to_owned));
+        let login = Login {
+            database,
+            user: None,
+        };
+        self.open_as(name, login).await
+    }
+
+    /// The connection to shard `name` as `login` says, opened if it is not yet.
+    async fn open_as(&mut self, name: &str, login: Login<'_>) -> anyhow::Result<&Client> {
+        let key = login.key(name);
         if !self.open.contains_key(&key) {
             let opened = match self.config.shards.iter().find(|s| s.name == name) {
-                Some(shard) => connect_to(self.config, shard, database)
+                Some(shard) => connect_to(self.config, shard, login.database, login.user)
                     .await
                     .map(|(client, _connection)| client)
                     .map_err(|e| format!("{e:#}")),
@@ -282,7 +318,7 @@ impl<'a> Control<'a> {
             };
             self.open.insert(key, opened);
         }
-        self.get(name, database)
+        self.get_as(name, login)
     }
 
     /// What `run` makes of the connection to `database` of shard `name`.
@@ -298,10 +334,16 @@ impl<'a> Control<'a> {
 
     /// The connection to `database` of shard `name`, once opened.
     fn get(&self, name: &str, database: Option<&str>) -> anyhow::Result<&Client> {
-        match self
-            .open
-            .get(&(name.to_owned(), database.map(str::to_owned)))
-        {
+        let login = Login {
+            database,
+            user: None,
+        };
+        self.get_as(name, login)
+    }
+
+    /// The connection to shard `name` as `login` says, once opened.
+    fn get_as(&self, name: &str, login: Login<'_>) -> anyhow::Result<&Client> {
+        match self.open.get(&login.key(name)) {
             Some(Ok(client)) => Ok(client),
             Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
             None => Err(anyhow::anyhow!("no connection to shard {name}")),
