@@ -151,7 +151,7 @@ pub(crate) async fn commit_one(part: &mut Part) -> Result<(), CommitError> {
 }
 
 /// A decision recorded in a decider's transaction: the part of the participants' names that
-/// finds it (`<xid>:<digest>:<database oid>`).
+/// finds it (`<xid>:<digest>:<server>:<database oid>`).
 pub(crate) struct Decision(String);
 
 impl Decision {
@@ -170,10 +170,9 @@ pub(crate) async fn record_decision(
     shard: &str,
     participants: &[&str],
 ) -> Result<Decision, ClientError> {
-    let database = conn.target().database.clone();
     let location = ctx
         .decisions
-        .ensure(&ctx.snapshot().config, shard, &database)
+        .ensure(&ctx.snapshot().config, shard, &conn.target().database)
         .await?;
     let nonce = indoubt::nonce(rand::random());
     let sql = indoubt::record_sql(&nonce, participants);
