@@ -358,6 +358,19 @@ impl Backend {
         self.reader.idle_input(|half, buf| half.try_read(buf))
     }
 
+    /// The complete messages buffered at the front whose tags `accept` takes (see
+    /// [`FrameReader::buffered_run`]); none of them may be `ReadyForQuery` or an error, which
+    /// [`Backend::read`] must see.
+    pub fn buffered_run(&self, accept: impl Fn(u8) -> bool) -> &[u8] {
+        self.reader
+            .buffered_run(|t| t != tag::READY_FOR_QUERY && t != tag::ERROR_RESPONSE && accept(t))
+    }
+
+    /// Drops the first `len` buffered bytes, once forwarded.
+    pub fn consume(&mut self, len: usize) {
+        self.reader.consume(len);
+    }
+
     /// Reads the next message from the shard. Past the statement's `query_timeout` the
     /// statement is cancelled on the shard and the connection marked broken.
     pub async fn read(&mut self) -> Result<Frame, BackendError> {

@@ -168,8 +168,10 @@ impl Session {
         action: &Action<'_>,
         params: &[Param<'_>],
     ) -> Option<Bytes> {
-        let on = settings::is_on(&self.settings, "shardline.show_route");
-        let shards = action.shards().filter(|_| on)?;
+        if !settings::is_on(&self.settings, "shardline.show_route") {
+            return None;
+        }
+        let shards = action.shards()?;
         Some(msg::notice(&format!(
             "shardline: {} ({})",
             shard_names(&loaded.config, &shards),

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Instructions the proxy executes per single-shard transaction, counted by valgrind's callgrind.
+# The count does not depend on the machine's load, so a change of a few percent shows here
+# while pgbench's TPS and CPU figures (bench/pgbench_proxy.sh) lose it in the noise.
+#
+# Starts the demo cluster, then runs shardline under callgrind on the demo's shards.yaml (on
+# another port) and, for reference, the floor relay (proxy/examples/floor_relay.rs: tokio
+# copying bytes between each client and shard 0, parsing nothing). pgbench -S runs through
+# both in simple, extended and prepared mode (4 clients); each mode is warmed up first (pools
+# filled, statements prepared), then counted. Opening shard connections (SCRAM) is left out.
+#
+#   bash bench/instructions.sh [transactions per client, default 1000]
+#
+# Needs valgrind (apt install valgrind). TOP=n also prints the n functions with the most
+# instructions per transaction (inclusive) in simple mode, for finding where they go.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TX=${1:-1000}
+CLIENTS=4
+PORT=${BENCH_PORT:-16832}
+DIR=$(mktemp -d /tmp/shardline-instructions.XXXXXX)
+chmod 755 "$DIR"
+export PGPASSWORD=app
+command -v valgrind >/dev/null || { echo "valgrind is not installed (apt install valgrind)"; exit 1; }
+
+cargo build --release --quiet --example floor_relay
+FLOOR_BIN=${CARGO_TARGET_DIR:-target}/release/examples/floor_relay
+# shellcheck source=bench/demo.sh
+. bench/demo.sh
+COUNTED=()
+cleanup() {
+  for pid in "${COUNTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${COUNTED[@]}"; do wait "$pid" 2>/dev/null || true; done
+  stop_demo
+}
+trap cleanup EXIT
+# shellcheck source=bench/select_load.sh
+. bench/select_load.sh
+
+# Starts "$@" under callgrind, writing to $DIR/$NAME.out*; sets COUNTED_PID.
+start_counted() { # NAME PORT COMMAND...
+  local name=$1 port=$2
+  shift 2
+  valgrind --tool=callgrind --callgrind-out-file="$DIR/$name.out" "$@" >"$DIR/$name.log" 2>&1 &
+  COUNTED_PID=$!
+  COUNTED+=("$COUNTED_PID")
+  for _ in $(seq 1 240); do
+    psql -X -q -h 127.0.0.1 -p "$port" -U app app -c "SELECT 1" >/dev/null 2>&1 && return
+    sleep 0.5
+  done
+  echo "$name did not start under valgrind:"
+  tail -5 "$DIR/$name.log"
+  exit 1
+}
+
+run_pgbench() { # PORT MODE TRANSACTIONS
+  pgbench -n -h 127.0.0.1 -p "$1" -U app -c "$CLIENTS" -j 1 -t "$3" -M "$2" \
+    -f "$DIR/select.sql" app >"$DIR/pgbench.out" 2>&1 || { cat "$DIR/pgbench.out"; exit 1; }
+}
+
+# Instructions per transaction of PID for MODE through PORT (the dump's total, less the
+# opening of shard connections).
+count() { # NAME PID PORT MODE
+  local name=$1 pid=$2 port=$3 mode=$4 before dump total opening
+  run_pgbench "$port" "$mode" 300
+  before=$(find "$DIR" -name "$name.out.*" | wc -l)
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  run_pgbench "$port" "$mode" "$TX"
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  for _ in $(seq 1 60); do
+    [ "$(find "$DIR" -name "$name.out.*" | wc -l)" -gt "$before" ] && break
+    sleep 0.5
+  done
+  dump=$(ls -t "$DIR/$name".out.* | head -1)
+  total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+  opening=$(callgrind_annotate --inclusive=yes --threshold=100 "$dump" 2>/dev/null |
+    awk '/Pool::fill::/ {gsub(",", "", $1); print $1; exit}')
+  echo "$dump" >"$DIR/$name.last"
+  awk -v t="$total" -v o="${opening:-0}" -v n="$((TX * CLIENTS))" 'BEGIN {printf "%.0f", (t - o) / n}'
+}
+
+sed -e "s/^listen: .*/listen: 127.0.0.1:$((PORT + 300))/" -e '/^metrics_listen/d' \
+  "$DIR/shards.yaml" >"$DIR/counted.yaml"
+start_counted shardline $((PORT + 300)) "$BIN" --config "$DIR/counted.yaml" --no-watch
+SHARDLINE_PID=$COUNTED_PID
+start_counted floor $((PORT + 301)) "$FLOOR_BIN" 127.0.0.1:$((PORT + 301)) 127.0.0.1:$((PORT + 1))
+FLOOR_PID=$COUNTED_PID
+
+printf "%-9s %22s %22s %8s\n" mode "shardline instr/tx" "floor relay instr/tx" "ratio"
+for mode in simple extended prepared; do
+  ours=$(count shardline "$SHARDLINE_PID" $((PORT + 300)) "$mode")
+  [ "$mode" = simple ] && SIMPLE_DUMP=$(cat "$DIR/shardline.last")
+  floor=$(count floor "$FLOOR_PID" $((PORT + 301)) "$mode")
+  awk -v m="$mode" -v o="$ours" -v f="$floor" \
+    'BEGIN {printf "%-9s %22d %22d %8.2f\n", m, o, f, (f > 0 ? o / f : 0)}'
+done
+echo "($((TX * CLIENTS)) transactions per mode, $CLIENTS clients; shardline routes over ${DEMO_SHARDS:-4} shards, the floor relay reaches shard 0)"
+
+if [ -n "${TOP:-}" ]; then
+  echo
+  echo "shardline, simple mode: instructions per transaction by function (inclusive)"
+  callgrind_annotate --inclusive=yes --threshold=100 "$SIMPLE_DUMP" 2>/dev/null |
+    awk '/%\)/ {print}' | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#\[[^]]*\]##' |
+    awk -v n="$((TX * CLIENTS))" '{v = $1; gsub(",", "", v); sub(/^ *[0-9,]+ +\( *[0-9.]+%\) +/, ""); printf "%8d  %s\n", v / n, $0}' |
+    grep -v -E 'clone|start_thread|thread_start|call_once|backtrace|enter_runtime|Scoped|blocking::pool' |
+    head -n "$TOP"
+fi
