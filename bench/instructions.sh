@@ -12,7 +12,8 @@
 #   bash bench/instructions.sh [transactions per client, default 1000]
 #
 # Needs valgrind (apt install valgrind). TOP=n also prints the n functions with the most
-# instructions per transaction (inclusive) in simple mode, for finding where they go.
+# instructions per transaction (inclusive) in simple mode (TOP_MODE=extended or prepared for
+# the others), for finding where they go.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TX=${1:-1000}
@@ -89,7 +90,7 @@ FLOOR_PID=$COUNTED_PID
 printf "%-9s %22s %22s %8s\n" mode "shardline instr/tx" "floor relay instr/tx" "ratio"
 for mode in simple extended prepared; do
   ours=$(count shardline "$SHARDLINE_PID" $((PORT + 300)) "$mode")
-  [ "$mode" = simple ] && SIMPLE_DUMP=$(cat "$DIR/shardline.last")
+  [ "$mode" = "${TOP_MODE:-simple}" ] && TOP_DUMP=$(cat "$DIR/shardline.last")
   floor=$(count floor "$FLOOR_PID" $((PORT + 301)) "$mode")
   awk -v m="$mode" -v o="$ours" -v f="$floor" \
     'BEGIN {printf "%-9s %22d %22d %8.2f\n", m, o, f, (f > 0 ? o / f : 0)}'
@@ -98,10 +99,12 @@ echo "($((TX * CLIENTS)) transactions per mode, $CLIENTS clients; shardline rout
 
 if [ -n "${TOP:-}" ]; then
   echo
-  echo "shardline, simple mode: instructions per transaction by function (inclusive)"
-  callgrind_annotate --inclusive=yes --threshold=100 "$SIMPLE_DUMP" 2>/dev/null |
+  echo "shardline, ${TOP_MODE:-simple} mode: instructions per transaction by function (inclusive)"
+  callgrind_annotate --inclusive=yes --threshold=100 "$TOP_DUMP" 2>/dev/null |
     awk '/%\)/ {print}' | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#\[[^]]*\]##' |
     awk -v n="$((TX * CLIENTS))" '{v = $1; gsub(",", "", v); sub(/^ *[0-9,]+ +\( *[0-9.]+%\) +/, ""); printf "%8d  %s\n", v / n, $0}' |
     grep -v -E 'clone|start_thread|thread_start|call_once|backtrace|enter_runtime|Scoped|blocking::pool' |
-    head -n "$TOP"
+    head -n "$TOP" || true
+  cp "$TOP_DUMP" /tmp/shardline-callgrind.out
+  echo "(the whole profile: /tmp/shardline-callgrind.out, for callgrind_annotate)"
 fi

@@ -381,6 +381,18 @@ impl Backend {
                 Err(_) => return Err(self.timed_out()),
             },
         };
+        self.received(frame)
+    }
+
+    /// The next message from the shard if it is buffered whole (see
+    /// [`FrameReader::read_buffered`]); `None` means [`Backend::read`] must wait for it.
+    pub fn read_buffered(&mut self) -> Option<Result<Frame, BackendError>> {
+        let frame = self.reader.read_buffered()?;
+        Some(self.received(frame))
+    }
+
+    /// Notes what a message read from the shard says of the connection.
+    fn received(&mut self, frame: Result<Frame, FrameError>) -> Result<Frame, BackendError> {
         match &frame {
             Ok(f) if f.tag() == tag::READY_FOR_QUERY => {
                 self.idle = f.body().first() == Some(&b'I');

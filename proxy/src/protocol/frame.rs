@@ -103,22 +103,44 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Reads the next tagged message.
     pub async fn read(&mut self) -> Result<Frame, FrameError> {
-        self.fill(5).await?;
-        let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+        loop {
+            if let Some(frame) = self.read_buffered() {
+                return frame;
+            }
+            // Not all buffered: the header, or the whole message its header announces.
+            let wanted = self.announced().unwrap_or(5);
+            self.fill(wanted).await?;
+        }
+    }
+
+    /// The next tagged message if it is buffered whole (or an error if its header is bad),
+    /// without waiting: most answers arrive together, and reading them this way costs no
+    /// trip through the async reader.
+    pub fn read_buffered(&mut self) -> Option<Result<Frame, FrameError>> {
+        let head = self.buf.get(..5)?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
         if len < 4 {
-            return Err(FrameError::BadLength(len.into()));
+            return Some(Err(FrameError::BadLength(len.into())));
         }
         let total = len as usize + 1;
         if total > self.limit {
-            return Err(FrameError::TooLarge {
+            return Some(Err(FrameError::TooLarge {
                 len: total,
                 limit: self.limit,
-            });
+            }));
         }
-        self.fill(total).await?;
-        Ok(Frame {
-            bytes: self.buf.split_to(total).freeze(),
+        (self.buf.len() >= total).then(|| {
+            Ok(Frame {
+                bytes: self.buf.split_to(total).freeze(),
+            })
         })
+    }
+
+    /// The length of the next message, once its header is buffered.
+    fn announced(&self) -> Option<usize> {
+        let head = self.buf.get(..5)?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        usize::try_from(len).ok().map(|len| len + 1)
     }
 
     /// Reads an untagged startup-phase packet (length-prefixed, no tag) and returns its body.

@@ -219,7 +219,10 @@ where
                 continue;
             }
         }
-        let frame = backend.read().await?;
+        let frame = match backend.read_buffered() {
+            Some(frame) => frame?,
+            None => backend.read().await?,
+        };
         let frame_tag = frame.tag();
         match frame_tag {
             // A setting the proxy replayed (a held `SET` reaching the shard, the client's
