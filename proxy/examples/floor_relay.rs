@@ -1,7 +1,7 @@
 //! The floor for the proxy's per-transaction cost: a tokio relay that gives each client its own
 //! connection to one server and copies bytes both ways, parsing nothing. `bench/instructions.sh`
-//! and `bench/pgbench_proxy.sh` (`FLOOR=1`) measure it next to shardline: what is left between
-//! the two is shardline's own work per transaction.
+//! counts its instructions per transaction next to shardline's: what is left between the two
+//! is shardline's own work per transaction.
 //!
 //!     cargo run --release --example floor_relay -- 127.0.0.1:7432 127.0.0.1:5432
 
