@@ -7,7 +7,8 @@
 # another port) and, for reference, the floor relay (proxy/examples/floor_relay.rs: tokio
 # copying bytes between each client and shard 0, parsing nothing). pgbench -S runs through
 # both in simple, extended and prepared mode (4 clients); each mode is warmed up first (pools
-# filled, statements prepared), then counted. Opening shard connections (SCRAM) is left out.
+# filled, statements prepared), then counted. Logging in to shards (SCRAM's key derivation, for
+# a pool's new connection or a health probe) is left out.
 #
 #   bash bench/instructions.sh [transactions per client, default 1000]
 #
@@ -74,8 +75,9 @@ count() { # NAME PID PORT MODE
   done
   dump=$(ls -t "$DIR/$name".out.* | head -1)
   total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+  # Logins to shards (pool fills, health probes) are dominated by SCRAM's key derivation.
   opening=$(callgrind_annotate --inclusive=yes --threshold=100 "$dump" 2>/dev/null |
-    awk '/Pool::fill::/ {gsub(",", "", $1); print $1; exit}')
+    awk '/sasl::hi( |$)/ {gsub(",", "", $1); print $1; exit}')
   echo "$dump" >"$DIR/$name.last"
   awk -v t="$total" -v o="${opening:-0}" -v n="$((TX * CLIENTS))" 'BEGIN {printf "%.0f", (t - o) / n}'
 }
