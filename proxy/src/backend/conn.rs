@@ -5,7 +5,6 @@
 //! bytes. It also records the state the proxy put on the session — applied settings and
 //! prepared statements — so a later client can reuse the connection without replaying them.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +14,7 @@ use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
+use rustc_hash::FxHashSet;
 use shardline_router::config::{Keepalive, Shard, ShardTls, ShardTlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -155,8 +155,9 @@ pub struct Backend {
     /// Session settings the proxy applied with `SET`; `None` when unknown (after a rollback
     /// could have undone some), which forces a full reset before the next use.
     pub settings: Option<Settings>,
-    /// Proxy-named prepared statements that exist on this connection.
-    pub prepared: HashSet<u64>,
+    /// Proxy-named prepared statements that exist on this connection (ids the proxy hands
+    /// out, looked up at every `Bind`: Fx-hashed).
+    pub prepared: FxHashSet<u64>,
     pub created: Instant,
     /// Set when the connection can no longer be trusted; the pool drops it.
     pub broken: bool,
@@ -241,7 +242,7 @@ impl Backend {
             },
             server_params: Vec::new(),
             settings: Some(Settings::new()),
-            prepared: HashSet::new(),
+            prepared: FxHashSet::default(),
             created: Instant::now(),
             broken: false,
             idle: false,
