@@ -37,8 +37,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn cstr(&mut self) -> Result<&'a [u8], Malformed> {
-        // memchr: statements are the longest strings here, and every one is scanned.
-        let Some(end) = memchr::memchr(0, self.rest) else {
+        let Some(end) = self.rest.iter().position(|b| *b == 0) else {
             return self.fail("missing string terminator");
         };
         let s = &self.rest[..end];

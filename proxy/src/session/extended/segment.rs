@@ -3,6 +3,7 @@
 //! and every statement that touches data is routed with [`decide::route`], ready for the
 //! decision.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use shardline_router::{Param, StatementKind};
@@ -87,8 +88,7 @@ impl Session {
             dual: None,
             refusal: None,
         };
-        // Portals bound in this segment (a few at most, usually only the unnamed one).
-        let mut portals: Vec<(Vec<u8>, Arc<Statement>)> = Vec::new();
+        let mut portals: HashMap<Vec<u8>, Arc<Statement>> = HashMap::new();
         for frame in frames {
             let item = match frame.tag() {
                 b'P' => {
@@ -206,10 +206,7 @@ impl Session {
                             break;
                         }
                     }
-                    match portals.iter_mut().find(|(name, _)| name == view.portal) {
-                        Some((_, bound)) => *bound = statement.clone(),
-                        None => portals.push((view.portal.to_vec(), statement.clone())),
-                    }
+                    portals.insert(view.portal.to_vec(), statement.clone());
                     let unnamed = view.statement.is_empty();
                     Item::UsesStatement {
                         frame: bound.unwrap_or(frame),
@@ -240,11 +237,7 @@ impl Session {
                     }
                 }
                 b'E' => {
-                    let portal = execute_portal(&frame)?;
-                    let statement = portals
-                        .iter()
-                        .find(|(name, _)| name == portal)
-                        .map(|(_, statement)| statement.clone());
+                    let statement = portals.get(execute_portal(&frame)?).cloned();
                     segment
                         .kinds
                         .extend(statement.as_ref().map(|s| s.plan.kind.clone()));
