@@ -11,7 +11,7 @@ use shardline_router::config::{PoolSettings, Shard};
 
 use crate::backend::breaker::BreakerState;
 use crate::backend::conn::{Backend, BackendTarget};
-use crate::backend::registry::Health;
+use crate::backend::registry::{address, Health};
 use crate::context::ProxyContext;
 use crate::reload::ReloadOutcome;
 use crate::shutdown::Phase;
@@ -97,7 +97,8 @@ pub async fn warm(ctx: &ProxyContext) {
 }
 
 /// Starts a background login to each shard whose circuit breaker is due a probe (half-open);
-/// its outcome moves the breaker towards closed, or opens it again.
+/// its outcome moves the breaker towards closed (the shard answered, even with a refusal), or
+/// opens it again (it could not be reached).
 pub fn probe(ctx: &ProxyContext, settings: &PoolSettings) {
     for breaker in ctx.pools.backends().breakers() {
         let Some(target) = breaker.probe_due() else {
@@ -105,10 +106,14 @@ pub fn probe(ctx: &ProxyContext, settings: &PoolSettings) {
         };
         let (timeout, keepalive) = (settings.connect_timeout, settings.keepalive);
         tokio::spawn(async move {
-            let outcome = Backend::connect(&target, timeout, keepalive)
-                .await
-                .map(drop)
-                .map_err(|e| format!("probe failed: {e}"));
+            let outcome = match Backend::connect(&target, timeout, keepalive).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.shard_answered() => {
+                    tracing::warn!(backend = %address(&target.host, target.port), user = %target.user, error = %e, "the shard answers a probe, but refuses its login");
+                    Ok(())
+                }
+                Err(e) => Err(format!("probe failed: {e}")),
+            };
             breaker.probed(outcome);
         });
     }

@@ -22,6 +22,18 @@ use shardline_router::{Config, KeyValue};
 use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
+/// Sends the proxy's log to the test's captured output, so a failing test shows what the
+/// proxy did (`RUST_LOG` filters it; warnings and up by default). Once per test binary.
+fn show_proxy_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // An error only means a subscriber is already installed: the first test's stays.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// Shards plus a proxy, for one test.
 pub struct TestCluster {
     pub pg: LocalCluster,
@@ -137,6 +149,7 @@ impl TestCluster {
         yaml.push_str(extra_yaml);
         yaml.push_str(&tables_yaml(shards));
         let config = Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}\n{yaml}"))?;
+        show_proxy_logs();
         let proxy = Proxy::start(config.clone()).await?;
         Ok(TestCluster {
             pg,

@@ -217,12 +217,18 @@ async fn a_hung_shard_fails_fast_behind_its_breaker_and_other_shards_never_notic
         .get(0);
     assert_ne!(name, "moved", "a failed transaction committed on shard s0");
 
-    // The host answers again: probes close the breaker and the shard serves.
+    // The host answers again, but refuses the proxy's logins: a refusal is an answer (the
+    // shard is reachable, and its clients should hear why it refuses), so probes close the
+    // breaker all the same.
+    let s3_admin =
+        shardline_tests::connect(&cluster.pg.servers()[3].superuser_conninfo_db("app")).await?;
+    s3_admin.batch_execute("ALTER ROLE app NOLOGIN").await?;
     fault.set(Fault::Pass);
     eventually("the breaker to close", Duration::from_secs(10), || async {
         Ok((breaker_state(&cluster, 3).await? == 0.0).then_some(()))
     })
     .await?;
+    s3_admin.batch_execute("ALTER ROLE app LOGIN").await?;
     let name: String = client
         .query_one("SELECT name FROM users WHERE id = $1", &[&keys[3][0]])
         .await?

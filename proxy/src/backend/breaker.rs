@@ -4,8 +4,9 @@
 //! Closed (normal) → open after `failures` consecutive failures to reach the shard (connect
 //! errors, connect and login timeouts, connections that break, statements past
 //! `query_timeout`) → after `open`, half-open: the maintenance task probes the shard in the
-//! background (a login, nothing else) → closed after `successes` probes in a row, open again
-//! on a failed one. While open or half-open every checkout for the shard fails at once with
+//! background (a login as the last user that logged in, nothing else) → closed after
+//! `successes` probes the shard answered in a row (a refused login is an answer: the shard is
+//! reachable, and its clients should hear its refusal), open again on one it did not. While open or half-open every checkout for the shard fails at once with
 //! 08006, naming the shard and when it is tried again. Any answer from the shard while closed
 //! (a `ReadyForQuery`) resets the failure count.
 //!
@@ -207,7 +208,7 @@ pub struct Breaker {
 struct Inner {
     circuit: Circuit,
     settings: BreakerSettings,
-    /// Whom to log in as when probing: the last target that failed.
+    /// Whom to log in as when probing: the last target that logged in.
     probe_target: Option<BackendTarget>,
     probing: bool,
 }
@@ -252,15 +253,13 @@ impl Breaker {
         }
     }
 
-    /// Reaching the shard failed; as `target`, when known (it is then the one probes use).
-    pub fn failed(&self, why: &str, target: Option<&BackendTarget>) {
+    /// Reaching the shard failed.
+    pub fn failed(&self, why: &str) {
         self.record(|circuit, settings| circuit.failed(why, Instant::now(), settings));
-        if let Some(target) = target {
-            self.probe_as(target);
-        }
     }
 
-    /// Probes log in as `target` (the first pool's, or the last that failed).
+    /// Probes log in as `target`: the first pool's, then whoever last logged in (a user
+    /// whose login the shard refuses would still prove it answers, but tells less).
     pub fn probe_as(&self, target: &BackendTarget) {
         let mut inner = self.lock();
         if inner.probe_target.as_ref() != Some(target) {
@@ -457,7 +456,7 @@ mod tests {
         );
         assert!(breaker.admit().is_ok());
         assert_eq!(breaker.probe_due(), None, "nothing to probe while closed");
-        breaker.failed("refused", None);
+        breaker.failed("refused");
         assert!(breaker.admit().is_err());
         std::thread::sleep(Duration::from_millis(2));
         // No target was ever recorded, so there is no one to probe as; the state still moves.

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::breaker::Breaker;
-use crate::protocol::backend::tag;
+use crate::protocol::backend::{error_field, tag};
 use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::{Frame, FrameError, FrameReader};
 use crate::session::settings::Settings;
@@ -85,7 +85,7 @@ impl std::fmt::Debug for BackendTarget {
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// The shard answered with an `ErrorResponse` (kept whole so the client sees its SQLSTATE).
-    #[error("the shard refused the connection")]
+    #[error("the shard refused the connection: {}", refusal_text(.0))]
     Refused(Frame),
     #[error("could not connect to {addr}: {source}")]
     Connect {
@@ -110,6 +110,22 @@ pub enum BackendError {
     Frame(#[from] FrameError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl BackendError {
+    /// Whether the shard itself answered (an `ErrorResponse` to the login: unknown database,
+    /// wrong password, too many connections): it is reachable, so its breaker has no reason
+    /// to stay open; every other failure means it could not be reached.
+    pub fn shard_answered(&self) -> bool {
+        matches!(self, BackendError::Refused(_))
+    }
+}
+
+/// The message and SQLSTATE of a shard's `ErrorResponse` to a login, for logs and breakers.
+fn refusal_text(frame: &Frame) -> String {
+    let message = error_field(frame, b'M').unwrap_or("(no message)");
+    let code = error_field(frame, b'C').unwrap_or("?????");
+    format!("{message} (SQLSTATE {code})")
 }
 
 /// Encrypts a new connection as `target.tls` says: an `SSLRequest`, then the TLS handshake.
@@ -411,7 +427,7 @@ impl Backend {
     fn lost(&mut self, why: &str) {
         self.broken = true;
         if let Some(breaker) = &self.breaker {
-            breaker.failed(&format!("connection lost: {why}"), None);
+            breaker.failed(&format!("connection lost: {why}"));
         }
     }
 

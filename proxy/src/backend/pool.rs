@@ -58,15 +58,15 @@ impl Manager {
             Ok(mut conn) => {
                 self.backends.opened(&conn, &self.target, self.id);
                 self.breaker.succeeded();
+                self.breaker.probe_as(&self.target);
                 conn.breaker = Some(self.breaker.clone());
                 Ok(conn)
             }
             Err(e) => {
-                // A shard that answers with an error (unknown database, too many connections)
-                // is reachable; only failures to reach it count against its health.
-                if !matches!(e, BackendError::Refused(_)) {
+                // Only failures to reach the shard count against its health.
+                if !e.shard_answered() {
                     let why = e.to_string();
-                    self.breaker.failed(&why, Some(&self.target));
+                    self.breaker.failed(&why);
                     self.backends
                         .failed(&self.target.host, self.target.port, why);
                 }

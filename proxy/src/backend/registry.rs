@@ -90,13 +90,12 @@ impl Backends {
         );
     }
 
-    /// The breaker of `target`'s address, created (closed) on first use; it may probe the
-    /// shard as `target`.
+    /// The breaker of `target`'s address, created (closed) on first use, probing the shard
+    /// as `target` until someone logs in.
     pub fn breaker(&self, target: &BackendTarget) -> Arc<Breaker> {
         let key = address(&target.host, target.port);
         let mut breakers = lock(&self.breakers);
         if let Some(breaker) = breakers.get(&key) {
-            breaker.probe_as(target);
             return breaker.clone();
         }
         let labels = BackendLabels {
