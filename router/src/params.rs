@@ -1,5 +1,7 @@
 //! Bind parameters as the router sees them: borrowed from the client's `Bind` message.
 
+use std::borrow::Cow;
+
 /// One Bind parameter value in the format the client sent it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Param<'a> {
@@ -30,5 +32,15 @@ impl Params for [Param<'_>] {
 impl Params for Vec<Param<'_>> {
     fn get(&self, index: usize) -> Option<Param<'_>> {
         self.as_slice().get(index).copied()
+    }
+}
+
+/// The constants the plan cache took out of a simple-protocol statement, read as text
+/// parameters (the plan stands for the statement with `$n` in their place).
+impl Params for Vec<Cow<'_, str>> {
+    fn get(&self, index: usize) -> Option<Param<'_>> {
+        self.as_slice()
+            .get(index)
+            .map(|text| Param::Text(text.as_bytes()))
     }
 }

@@ -5,7 +5,6 @@
 //! bytes. It also records the state the proxy put on the session — applied settings and
 //! prepared statements — so a later client can reuse the connection without replaying them.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +14,7 @@ use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
+use rustc_hash::FxHashSet;
 use shardline_router::config::{Keepalive, Shard, ShardTls, ShardTlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -171,8 +171,9 @@ pub struct Backend {
     /// Session settings the proxy applied with `SET`; `None` when unknown (after a rollback
     /// could have undone some), which forces a full reset before the next use.
     pub settings: Option<Settings>,
-    /// Proxy-named prepared statements that exist on this connection.
-    pub prepared: HashSet<u64>,
+    /// Proxy-named prepared statements that exist on this connection (ids the proxy hands
+    /// out, looked up at every `Bind`: Fx-hashed).
+    pub prepared: FxHashSet<u64>,
     pub created: Instant,
     /// Set when the connection can no longer be trusted; the pool drops it.
     pub broken: bool,
@@ -257,7 +258,7 @@ impl Backend {
             },
             server_params: Vec::new(),
             settings: Some(Settings::new()),
-            prepared: HashSet::new(),
+            prepared: FxHashSet::default(),
             created: Instant::now(),
             broken: false,
             idle: false,
@@ -374,6 +375,19 @@ impl Backend {
         self.reader.idle_input(|half, buf| half.try_read(buf))
     }
 
+    /// The complete messages buffered at the front whose tags `accept` takes (see
+    /// [`FrameReader::buffered_run`]); none of them may be `ReadyForQuery` or an error, which
+    /// [`Backend::read`] must see.
+    pub fn buffered_run(&self, accept: impl Fn(u8) -> bool) -> &[u8] {
+        self.reader
+            .buffered_run(|t| t != tag::READY_FOR_QUERY && t != tag::ERROR_RESPONSE && accept(t))
+    }
+
+    /// Drops the first `len` buffered bytes, once forwarded.
+    pub fn consume(&mut self, len: usize) {
+        self.reader.consume(len);
+    }
+
     /// Reads the next message from the shard. Past the statement's `query_timeout` the
     /// statement is cancelled on the shard and the connection marked broken.
     pub async fn read(&mut self) -> Result<Frame, BackendError> {
@@ -384,6 +398,18 @@ impl Backend {
                 Err(_) => return Err(self.timed_out()),
             },
         };
+        self.received(frame)
+    }
+
+    /// The next message from the shard if it is buffered whole (see
+    /// [`FrameReader::read_buffered`]); `None` means [`Backend::read`] must wait for it.
+    pub fn read_buffered(&mut self) -> Option<Result<Frame, BackendError>> {
+        let frame = self.reader.read_buffered()?;
+        Some(self.received(frame))
+    }
+
+    /// Notes what a message read from the shard says of the connection.
+    fn received(&mut self, frame: Result<Frame, FrameError>) -> Result<Frame, BackendError> {
         match &frame {
             Ok(f) if f.tag() == tag::READY_FOR_QUERY => {
                 self.idle = f.body().first() == Some(&b'I');

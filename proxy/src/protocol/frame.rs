@@ -103,22 +103,44 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Reads the next tagged message.
     pub async fn read(&mut self) -> Result<Frame, FrameError> {
-        self.fill(5).await?;
-        let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+        loop {
+            if let Some(frame) = self.read_buffered() {
+                return frame;
+            }
+            // Not all buffered: the header, or the whole message its header announces.
+            let wanted = self.announced().unwrap_or(5);
+            self.fill(wanted).await?;
+        }
+    }
+
+    /// The next tagged message if it is buffered whole (or an error if its header is bad),
+    /// without waiting: most answers arrive together, and reading them this way costs no
+    /// trip through the async reader.
+    pub fn read_buffered(&mut self) -> Option<Result<Frame, FrameError>> {
+        let head = self.buf.get(..5)?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
         if len < 4 {
-            return Err(FrameError::BadLength(len.into()));
+            return Some(Err(FrameError::BadLength(len.into())));
         }
         let total = len as usize + 1;
         if total > self.limit {
-            return Err(FrameError::TooLarge {
+            return Some(Err(FrameError::TooLarge {
                 len: total,
                 limit: self.limit,
-            });
+            }));
         }
-        self.fill(total).await?;
-        Ok(Frame {
-            bytes: self.buf.split_to(total).freeze(),
+        (self.buf.len() >= total).then(|| {
+            Ok(Frame {
+                bytes: self.buf.split_to(total).freeze(),
+            })
         })
+    }
+
+    /// The length of the next message, once its header is buffered.
+    fn announced(&self) -> Option<usize> {
+        let head = self.buf.get(..5)?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        usize::try_from(len).ok().map(|len| len + 1)
     }
 
     /// Reads an untagged startup-phase packet (length-prefixed, no tag) and returns its body.
@@ -142,6 +164,31 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
         len >= 4 && self.buf.len() > len as usize
+    }
+
+    /// The longest run of complete messages buffered at the front whose tags `accept` takes, as
+    /// the bytes they span: messages a caller forwards as they are need not be cut one by one.
+    /// Stops at a message too long or too short to be read (for [`FrameReader::read`] to report).
+    pub fn buffered_run(&self, accept: impl Fn(u8) -> bool) -> &[u8] {
+        let mut end = 0;
+        while let Some(head) = self.buf.get(end..end + 5) {
+            let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+            let total = usize::try_from(len).map_or(0, |len| len + 1);
+            if total < 5 || total > self.limit || !accept(head[0]) {
+                break;
+            }
+            if self.buf.len() - end < total {
+                break;
+            }
+            end += total;
+        }
+        &self.buf[..end]
+    }
+
+    /// Drops the first `len` buffered bytes (a run [`FrameReader::buffered_run`] returned, once
+    /// forwarded).
+    pub fn consume(&mut self, len: usize) {
+        self.buf.advance(len.min(self.buf.len()));
     }
 
     /// Puts a message back in front of the input, to be read again.
@@ -199,6 +246,30 @@ mod tests {
         let s = reader.read().await.ok();
         assert_eq!(s.map(|f| f.bytes().to_vec()), Some(b"S\0\0\0\x04".to_vec()));
         assert!(matches!(reader.read().await, Err(FrameError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn a_buffered_run_spans_whole_accepted_messages() -> Result<(), FrameError> {
+        let mut wire = Vec::new();
+        wire.extend_from_slice(b"D\0\0\0\x06ab");
+        wire.extend_from_slice(b"D\0\0\0\x05c");
+        wire.extend_from_slice(b"C\0\0\0\x0dSELECT 2\0");
+        wire.extend_from_slice(b"D\0\0\0\x09ef");
+        let mut reader = FrameReader::new(&wire[..], 1024);
+        // Buffer everything: a read of the first message fills from the whole input.
+        let first = reader.read().await?;
+        assert_eq!(first.bytes().as_ref(), b"D\0\0\0\x06ab");
+        assert_eq!(reader.buffered_run(|tag| tag == b'D'), b"D\0\0\0\x05c");
+        assert_eq!(reader.buffered_run(|tag| tag != b'Z').len(), 6 + 14);
+        reader.consume(6);
+        assert_eq!(reader.read().await?.tag(), b'C');
+        // An incomplete message ends the run; so does one longer than the limit.
+        assert!(reader.buffered_run(|_| true).is_empty());
+        let huge = b"D\0\0\x10\0rest".to_vec();
+        let mut reader = FrameReader::new(&huge[..], 1024);
+        reader.fill(5).await?;
+        assert!(reader.buffered_run(|_| true).is_empty());
+        Ok(())
     }
 
     #[tokio::test]

@@ -37,7 +37,8 @@ impl<'a> Cursor<'a> {
     }
 
     fn cstr(&mut self) -> Result<&'a [u8], Malformed> {
-        let Some(end) = self.rest.iter().position(|b| *b == 0) else {
+        // memchr: statements are the longest strings here, and every one is scanned.
+        let Some(end) = memchr::memchr(0, self.rest) else {
             return self.fail("missing string terminator");
         };
         let s = &self.rest[..end];

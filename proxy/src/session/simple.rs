@@ -2,6 +2,7 @@
 //! ending with one `ReadyForQuery`. `FunctionCall` messages (libpq's large objects) follow the
 //! session to its shard.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use shardline_router::{Param, StatementKind};
@@ -40,8 +41,7 @@ impl Session {
             return self.answer(&reply).await;
         }
         let (plan, literals) = self.ctx.plan_simple(&loaded, &sql, &mut self.last_shape);
-        let params: Vec<Param<'_>> = literals.iter().map(|l| Param::Text(l.as_bytes())).collect();
-        let (routed, dual, refusal) = match decide::route(&loaded, &plan, &sql, &params) {
+        let (routed, dual, refusal) = match decide::route(&loaded, &plan, &sql, &literals) {
             Ok((Target::Session, _)) => (None, None, None),
             Ok((target, dual)) => (Some((0, target)), dual, None),
             Err(error) => (None, None, Some(error)),
@@ -68,7 +68,7 @@ impl Session {
             refusal: refusal.as_ref(),
         };
         let action = decide(&request, &self.facts(&loaded));
-        if let Some(notice) = self.route_notice(&loaded, &plan, &action, &params) {
+        if let Some(notice) = self.route_notice(&loaded, &plan, &action, &literals) {
             self.out.push(&notice).await?;
         }
         // No effects at all (nearly every statement) needs no list.
@@ -133,14 +133,14 @@ impl Session {
                 };
                 let source = Source::Simple {
                     sql: &sql,
-                    literals: &params,
+                    literals: &text_params(&literals),
                 };
                 Box::pin(self.gather(&loaded, shards, source, how, Delivery::simple())).await
             }
             Action::Split(parts) => {
                 let source = Source::Simple {
                     sql: &sql,
-                    literals: &params,
+                    literals: &text_params(&literals),
                 };
                 Box::pin(self.insert_split(&loaded, parts.to_vec(), &source, &Delivery::simple()))
                     .await
@@ -161,7 +161,7 @@ impl Session {
             Action::InsertSelect(plan) => {
                 let source = Source::Simple {
                     sql: &sql,
-                    literals: &params,
+                    literals: &text_params(&literals),
                 };
                 Box::pin(self.insert_select(&loaded, plan, &source, &Delivery::simple())).await
             }
@@ -209,4 +209,10 @@ impl Session {
 /// An error for a state the decision rules out.
 fn internal(what: &str) -> ClientError {
     ClientError::new(sqlstate::INTERNAL, what)
+}
+
+/// The statement's constants as the text parameters its plan reads, for the executors that
+/// take them as a list.
+fn text_params<'a>(literals: &'a [Cow<'_, str>]) -> Vec<Param<'a>> {
+    literals.iter().map(|l| Param::Text(l.as_bytes())).collect()
 }

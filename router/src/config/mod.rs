@@ -12,9 +12,10 @@ mod raw;
 mod tls;
 mod validate;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
+
+use rustc_hash::FxHashMap;
 
 use crate::key::{KeyType, KeyValue};
 
@@ -39,8 +40,9 @@ pub struct Config {
     pub shards: Vec<Shard>,
     /// Shard for tables not named in the config, catalog queries and table-less statements.
     pub default_shard: ShardId,
-    /// Sharding rules by unqualified, lower-cased table name.
-    pub tables: HashMap<String, TableRule>,
+    /// Sharding rules by unqualified, lower-cased table name. Fx-hashed: routing looks a rule
+    /// up for every statement, and the names are the operator's, not the clients'.
+    pub tables: FxHashMap<String, TableRule>,
     /// Address of the HTTP server for `/metrics` and `/health`, as `host:port`; none if unset.
     pub metrics_listen: Option<String>,
     /// How long a graceful shutdown lets transactions finish before closing them.

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
 use serde_saphyr::Spanned;
 
 use super::raw::{RawConfig, RawRange, RawTable, Scalar};
@@ -166,7 +167,7 @@ pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
         None => 0,
     };
 
-    let mut tables = HashMap::new();
+    let mut tables = FxHashMap::default();
     for t in &raw.tables {
         let key = t
             .name

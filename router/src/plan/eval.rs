@@ -7,7 +7,7 @@ use crate::params::Params;
 use crate::sqlstate;
 
 use super::shard_set::{all_shards, table_shards};
-use super::target::{Branch, KeyUpdate, Keyed, Restr, Target};
+use super::target::{Branch, ClassInfo, KeySrc, KeyUpdate, Keyed, Restr, Target};
 use super::{join_names, shard_name, Route, RouteError, ShardSet};
 
 /// Result of evaluating a target.
@@ -148,22 +148,54 @@ impl<'a> Eval<'a> {
         }
     }
 
+    /// The sharding rule of `class` in the current config.
+    fn rule_of(&self, class: &ClassInfo) -> Result<&'a TableRule, RouteError> {
+        match self.config.tables.get(&class.rule) {
+            Some(rule) if rule.key_column().is_some() => Ok(rule),
+            _ => Err(RouteError::new(
+                sqlstate::OBJECT_NOT_IN_STATE,
+                format!(
+                    "the sharding of table {} changed since this statement was planned; prepare the statement again",
+                    class.tables.first().map_or("?", String::as_str)
+                ),
+            )),
+        }
+    }
+
+    /// Where a statement whose rows one key value places runs ([`Keyed::lone_key`]): the
+    /// general combination below, for its only possible case.
+    fn lone_key(&mut self, class: &ClassInfo, src: &KeySrc) -> Result<Placement, RouteError> {
+        let rule = self.rule_of(class)?;
+        let mut set = ShardSet::new();
+        self.key(class, rule, src, &mut set)?;
+        Ok(match set.first() {
+            Some(first) => Placement::Shards(set, first),
+            None => Placement::Shards(set, self.no_rows_shard(Some(rule))),
+        })
+    }
+
+    /// The shard that answers a statement no row can match: one of its first table's (the
+    /// default shard if it has one).
+    fn no_rows_shard(&self, rule: Option<&TableRule>) -> ShardId {
+        let config = self.config;
+        rule.map_or(config.default_shard, |rule| {
+            let shards = table_shards(rule, config.shards.len());
+            if shards.contains(config.default_shard) {
+                config.default_shard
+            } else {
+                shards.first().unwrap_or(config.default_shard)
+            }
+        })
+    }
+
     fn keyed(&mut self, k: &Keyed) -> Result<Placement, RouteError> {
+        if let Some((class, src)) = k.lone_key() {
+            return self.lone_key(class, src);
+        }
         let config = self.config;
         let mut rules = Rules::default();
         for class in &k.classes {
-            match config.tables.get(&class.rule) {
-                Some(rule) if rule.key_column().is_some() => rules.push(rule),
-                _ => {
-                    return Err(RouteError::new(
-                        sqlstate::OBJECT_NOT_IN_STATE,
-                        format!(
-                            "the sharding of table {} changed since this statement was planned; prepare the statement again",
-                            class.tables.first().map_or("?", String::as_str)
-                        ),
-                    ))
-                }
-            }
+            rules.push(self.rule_of(class)?);
         }
 
         let mut spread = ShardSet::new();
@@ -211,16 +243,8 @@ impl<'a> Eval<'a> {
         if k.branches.iter().all(|b| b.anchored.is_empty()) {
             return Ok(Placement::Anywhere);
         }
-        // No row can match: any shard of the table answers (the default shard if it has one).
-        let fallback = rules.get(0).map_or(config.default_shard, |rule| {
-            let shards = table_shards(rule, config.shards.len());
-            if shards.contains(config.default_shard) {
-                config.default_shard
-            } else {
-                shards.first().unwrap_or(config.default_shard)
-            }
-        });
-        Ok(Placement::Shards(result, fallback))
+        // No row can match: any shard of the table answers.
+        Ok(Placement::Shards(result, self.no_rows_shard(rules.get(0))))
     }
 
     fn branch(

@@ -107,6 +107,28 @@ pub(crate) struct KeyUpdate {
     pub value: KeySrc,
 }
 
+impl Keyed {
+    /// The class and the one key value that place every row, when the statement has them:
+    /// one class read by one branch through one key (no subquery, table outside the config,
+    /// array or key update) — the shape of nearly every statement an application sends,
+    /// which routing then places without combining branches.
+    pub(super) fn lone_key(&self) -> Option<(&ClassInfo, &KeySrc)> {
+        let ([class], [branch]) = (self.classes.as_slice(), self.branches.as_slice()) else {
+            return None;
+        };
+        if self.key_update.is_some() || !branch.floating.is_empty() || branch.unlisted.is_some() {
+            return None;
+        }
+        let [(0, Restr::Keys(keys))] = branch.anchored.as_slice() else {
+            return None;
+        };
+        match keys.as_slice() {
+            [src] if !matches!(src, KeySrc::ParamArray(_)) => Some((class, src)),
+            _ => None,
+        }
+    }
+}
+
 impl Target {
     /// True when evaluating this target reads Bind parameters.
     pub(super) fn depends_on_params(&self) -> bool {

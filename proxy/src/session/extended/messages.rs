@@ -56,7 +56,7 @@ pub(crate) fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>,
                 if *unnamed {
                     out.push(frame.bytes().clone());
                 } else {
-                    out.push(renamed(frame, &statement.server_name()));
+                    out.push(renamed(frame, &statement.server_name));
                 }
                 match (&statement.generated, reply) {
                     (Some(keys), Reply::DescribeStatement) => queue.push_back(Expect::Sent {
@@ -70,7 +70,11 @@ pub(crate) fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>,
             }
             Item::Execute { frame, statement } => {
                 out.push(frame.bytes().clone());
-                let effects = vec![statement.as_ref().and_then(|s| effect_of(&s.plan.kind))];
+                // No effect (nearly every statement) needs no list.
+                let effects = statement
+                    .as_ref()
+                    .and_then(|s| effect_of(&s.plan.kind))
+                    .map_or_else(Vec::new, |effect| vec![Some(effect)]);
                 queue.push_back(Expect::Sent {
                     reply: Reply::Execute,
                     mode: Mode::Relay,
@@ -155,7 +159,7 @@ fn prepare_named(
     queue: &mut VecDeque<Expect>,
 ) {
     out.push(build_parse(
-        &statement.server_name(),
+        &statement.server_name,
         &wire_text(conn, &statement.query),
         &statement.param_types,
     ));

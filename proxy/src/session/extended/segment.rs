@@ -3,7 +3,6 @@
 //! and every statement that touches data is routed with [`decide::route`], ready for the
 //! decision.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use shardline_router::{Param, StatementKind};
@@ -88,7 +87,8 @@ impl Session {
             dual: None,
             refusal: None,
         };
-        let mut portals: HashMap<Vec<u8>, Arc<Statement>> = HashMap::new();
+        // Portals bound in this segment (a few at most, usually only the unnamed one).
+        let mut portals: Vec<(Vec<u8>, Arc<Statement>)> = Vec::new();
         for frame in frames {
             let item = match frame.tag() {
                 b'P' => {
@@ -206,7 +206,10 @@ impl Session {
                             break;
                         }
                     }
-                    portals.insert(view.portal.to_vec(), statement.clone());
+                    match portals.iter_mut().find(|(name, _)| name == view.portal) {
+                        Some((_, bound)) => *bound = statement.clone(),
+                        None => portals.push((view.portal.to_vec(), statement.clone())),
+                    }
                     let unnamed = view.statement.is_empty();
                     Item::UsesStatement {
                         frame: bound.unwrap_or(frame),
@@ -237,7 +240,11 @@ impl Session {
                     }
                 }
                 b'E' => {
-                    let statement = portals.get(execute_portal(&frame)?).cloned();
+                    let portal = execute_portal(&frame)?;
+                    let statement = portals
+                        .iter()
+                        .find(|(name, _)| name == portal)
+                        .map(|(_, statement)| statement.clone());
                     segment
                         .kinds
                         .extend(statement.as_ref().map(|s| s.plan.kind.clone()));

@@ -209,7 +209,20 @@ where
             } => *n,
             _ => 0,
         };
-        let frame = backend.read().await?;
+        if relay && hidden == 0 {
+            // Rows and the like, already buffered: forwarded in one piece, not cut one by one.
+            let run = backend.buffered_run(|frame_tag| forwarded_as_is(reply, frame_tag));
+            if !run.is_empty() {
+                let len = run.len();
+                out.push(run).await.map_err(ExchangeError::Client)?;
+                backend.consume(len);
+                continue;
+            }
+        }
+        let frame = match backend.read_buffered() {
+            Some(frame) => frame?,
+            None => backend.read().await?,
+        };
         let frame_tag = frame.tag();
         match frame_tag {
             // A setting the proxy replayed (a held `SET` reaching the shard, the client's
@@ -332,6 +345,21 @@ where
     }
     outcome.skipping = skipping;
     Ok(outcome)
+}
+
+/// Whether a relayed answer tagged `frame_tag` to a message of kind `reply` goes to the client
+/// with nothing to note on the way: not the answer that completes the message, and none of
+/// those [`drive`] looks into (errors, command tags, `ParseComplete`, COPY, `ReadyForQuery`).
+fn forwarded_as_is(reply: Reply, frame_tag: u8) -> bool {
+    !matches!(
+        frame_tag,
+        tag::ERROR_RESPONSE
+            | tag::COMMAND_COMPLETE
+            | tag::PARSE_COMPLETE
+            | tag::COPY_IN_RESPONSE
+            | tag::COPY_BOTH_RESPONSE
+            | tag::READY_FOR_QUERY
+    ) && !completes(reply, frame_tag)
 }
 
 /// Forwards the client's COPY data to the backend until `CopyDone` or `CopyFail`.

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use shardline_router::generated::KeylessInsert;
 use shardline_router::insert_select::InsertSelect;
 use shardline_router::pull::{self, PulledTable};
-use shardline_router::{Config, Param, Plan, Route};
+use shardline_router::{Config, Param, Params, Plan, Route};
 
 use crate::admin::table::{Reply, Table};
 use crate::context::{LastShape, Loaded};
@@ -166,14 +166,16 @@ impl Session {
         loaded: &Loaded,
         plan: &Plan,
         action: &Action<'_>,
-        params: &[Param<'_>],
+        params: &dyn Params,
     ) -> Option<Bytes> {
-        let on = settings::is_on(&self.settings, "shardline.show_route");
-        let shards = action.shards().filter(|_| on)?;
+        if !settings::is_on(&self.settings, "shardline.show_route") {
+            return None;
+        }
+        let shards = action.shards()?;
         Some(msg::notice(&format!(
             "shardline: {} ({})",
             shard_names(&loaded.config, &shards),
-            plan.explain(&loaded.config, &params.to_vec())
+            plan.explain(&loaded.config, params)
         )))
     }
 }

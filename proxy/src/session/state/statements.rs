@@ -17,6 +17,8 @@ use shardline_router::{KeyType, Plan};
 pub struct Statement {
     /// Process-wide id of (query, parameter types); the backend name derives from it.
     pub id: u64,
+    /// Its name on backends (`shardline_<id>`), spelled once: every `Bind` carries it.
+    pub server_name: Box<[u8]>,
     pub query: Arc<str>,
     /// Raw parameter type count and OIDs from the client's Parse.
     pub param_types: Bytes,
@@ -35,13 +37,6 @@ pub struct GeneratedKeys {
     pub column: String,
     pub key_type: KeyType,
     pub rows: usize,
-}
-
-impl Statement {
-    /// Name of this statement on backends.
-    pub fn server_name(&self) -> Vec<u8> {
-        format!("shardline_{}", self.id).into_bytes()
-    }
 }
 
 /// Ids of every distinct (query, parameter types) seen by this process, by query then types
@@ -157,8 +152,10 @@ impl ClientStatements {
                 return existing.clone();
             }
         }
+        let id = intern(query, param_types);
         let statement = Arc::new(Statement {
-            id: intern(query, param_types),
+            id,
+            server_name: format!("shardline_{id}").into_bytes().into_boxed_slice(),
             query: query.into(),
             param_types: Bytes::copy_from_slice(param_types),
             plan,

@@ -447,3 +447,65 @@ tables:
     // COPY FROM STDIN works when the table sits on one shard.
     assert_eq!(route("COPY metrics FROM STDIN"), Ok(Route::Single(1)));
 }
+
+/// A statement placed by one key value takes a shortcut in routing (`Keyed::lone_key`): it
+/// must land where the general combination of branches puts the same key, for every kind of
+/// value — placed, NULL, out of every range, unparseable — and every sharding.
+#[test]
+fn one_key_routes_as_the_general_combination_does() {
+    let yaml = "
+users:
+  - {name: app, password: app}
+shards:
+  - {name: s0, port: 5432}
+  - {name: s1, port: 5433}
+  - {name: s2, port: 5434}
+tables:
+  - {name: users, sharding: hash, column: id}
+  - {name: accounts, sharding: hash, column: email, type: text}
+  - {name: logs, sharding: hash, column: user_id, shards: [s1, s2]}
+  - name: metrics
+    sharding: range
+    column: id
+    ranges:
+      - {from: 0, to: 100, shard: s1}
+      - {from: 100, to: 200, shard: s2}
+";
+    let config = match Config::from_yaml(yaml) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let values = (0..250)
+        .map(t)
+        .chain([P::Null, t("x"), t(-5), t(1_i64 << 40), b8(7), b4(150)])
+        .collect::<Vec<_>>();
+    let route = |sql: &str, p: &P| {
+        let bound = params(std::slice::from_ref(p));
+        plan(&config, sql)
+            .route(&config, &bound)
+            .map_err(|e| e.sqlstate)
+    };
+    for (table, column) in [
+        ("users", "id"),
+        ("accounts", "email"),
+        ("logs", "user_id"),
+        ("metrics", "id"),
+    ] {
+        let lone = format!("SELECT * FROM {table} WHERE {column} = $1");
+        // Two branches: the general combination, with the same key in each.
+        let general = format!("{lone} UNION ALL {lone}");
+        for value in &values {
+            assert_eq!(
+                route(&lone, value),
+                route(&general, value),
+                "{table}.{column} = {value:?}"
+            );
+        }
+    }
+    // Literals, NULL among them, as the simple protocol's plan cache passes them.
+    for value in ["5", "150", "500", "NULL", "'x'"] {
+        let lone = format!("SELECT * FROM metrics WHERE id = {value}");
+        let general = format!("{lone} UNION ALL {lone}");
+        assert_eq!(route(&lone, &P::Null), route(&general, &P::Null), "{value}");
+    }
+}
