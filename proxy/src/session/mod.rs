@@ -306,10 +306,12 @@ impl Session {
     /// The `client_encoding` the client's text arrives in: the one it set, or the one it was
     /// told at login.
     fn encoding(&self) -> ClientEncoding {
-        self.settings
-            .get("client_encoding")
-            .or_else(|| self.identity.reported.get("client_encoding"))
-            .map_or(ClientEncoding::Utf8, |name| ClientEncoding::named(name))
+        self.settings.client_encoding().unwrap_or_else(|| {
+            self.identity
+                .reported
+                .get("client_encoding")
+                .map_or(ClientEncoding::Utf8, |name| ClientEncoding::named(name))
+        })
     }
 
     /// Text the client sent, as UTF-8: ASCII (nearly every statement) as it is, anything else

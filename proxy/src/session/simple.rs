@@ -3,15 +3,17 @@
 //! session to its shard.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
 
 use shardline_router::{Param, StatementKind};
 
+use crate::backend::conn::Backend;
+use crate::backend::pool::Pooled;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::frontend::query_bytes;
 use crate::protocol::Frame;
 use crate::session::decide::{self, decide, Action, Request, Target};
 use crate::session::link::exchange::{Expect, Mode, Reply};
+use crate::session::link::outgoing::Outgoing;
 use crate::session::local::explain::explained_statement;
 use crate::session::multi::copy_in::RowSource;
 use crate::session::multi::gather::{Delivery, Gather, Source};
@@ -76,13 +78,11 @@ impl Session {
             StatementKind::Compound => plan.parts().iter().map(effect_of).collect(),
             ref kind => effect_of(kind).map_or_else(Vec::new, |effect| vec![Some(effect)]),
         };
-        let relayed = || {
-            VecDeque::from([Expect::Sent {
-                reply: Reply::Cycle,
-                mode: Mode::Relay,
-                effects,
-                prepares: None,
-            }])
+        let relayed = Expect::Sent {
+            reply: Reply::Cycle,
+            mode: Mode::Relay,
+            effects,
+            prepares: None,
         };
         match action {
             Action::Local => match self.answer_locally(&plan.kind, &sql) {
@@ -94,8 +94,10 @@ impl Session {
                 self.fail(error).await
             }
             Action::CommitDual { old } => {
-                let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);
-                Box::pin(self.commit_dual(&loaded, old, |_| (vec![message], queue))).await
+                let build = |_: &mut Pooled, out: &mut Outgoing| {
+                    out.send(&message, Expect::relay(Reply::Cycle));
+                };
+                Box::pin(self.commit_dual(&loaded, old, build)).await
             }
             Action::AwaitCutover => {
                 // A cutover holds writes to moving keys; afterwards they may route elsewhere.
@@ -104,25 +106,21 @@ impl Session {
             }
             Action::DualWrite { old } => {
                 let keys = dual.unwrap_or_default();
-                let queue = relayed();
-                Box::pin(self.dual_write(&loaded, old, keys, |_| (vec![message], queue))).await
+                let build = |_: &mut Pooled, out: &mut Outgoing| out.send(&message, relayed);
+                Box::pin(self.dual_write(&loaded, old, keys, build)).await
             }
             Action::Single {
                 shard,
                 starts_transaction,
             } => {
-                let queue = relayed();
-                self.exchange_with(&loaded, shard, starts_transaction, |_| {
-                    (vec![message], queue)
+                self.exchange_with(&loaded, shard, starts_transaction, |_, out| {
+                    out.send(&message, relayed);
                 })
                 .await
             }
             Action::Scatter(shards) => {
-                let build = |_: &mut crate::backend::conn::Backend| {
-                    (
-                        vec![message.clone()],
-                        VecDeque::from([Expect::relay(Reply::Cycle)]),
-                    )
+                let build = |_: &mut Backend, out: &mut Outgoing| {
+                    out.send(&message, Expect::relay(Reply::Cycle));
                 };
                 let reads = plan.kind == StatementKind::Read;
                 Box::pin(self.scatter(&loaded, shards, reads, build)).await
@@ -166,11 +164,8 @@ impl Session {
                 Box::pin(self.insert_select(&loaded, plan, &source, &Delivery::simple())).await
             }
             Action::Everywhere => {
-                let build = |_: &mut crate::backend::conn::Backend| {
-                    (
-                        vec![message.clone()],
-                        VecDeque::from([Expect::relay(Reply::Cycle)]),
-                    )
+                let build = |_: &mut Backend, out: &mut Outgoing| {
+                    out.send(&message, Expect::relay(Reply::Cycle));
                 };
                 Box::pin(self.everywhere(&loaded, &[(&plan.kind, &sql)], build)).await
             }
@@ -200,9 +195,10 @@ impl Session {
     pub(crate) async fn function_call(&mut self, frame: Frame) -> Result<(), SessionEnd> {
         let loaded = self.ctx.snapshot();
         let shard = self.tx.home().unwrap_or(loaded.config.default_shard);
-        let queue = VecDeque::from([Expect::relay(Reply::Cycle)]);
-        self.exchange(&loaded, shard, |_| (vec![frame.into_bytes()], queue))
-            .await
+        self.exchange(&loaded, shard, |_, out| {
+            out.send(frame.bytes(), Expect::relay(Reply::Cycle));
+        })
+        .await
     }
 }
 

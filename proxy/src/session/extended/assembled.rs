@@ -87,7 +87,7 @@ impl Session {
         };
         let delivery = Delivery {
             describe: layout.describe,
-            formats: view.result_formats.clone(),
+            formats: view.result_formats(),
             after: layout.after.freeze(),
             ready: layout.ready,
             extended: true,

@@ -65,8 +65,10 @@ impl Session {
             Action::DualWrite { old } => {
                 let keys = segment.dual.take().unwrap_or_default();
                 let items = &segment.items;
-                Box::pin(self.dual_write(loaded, old, keys, |conn| build_messages(items, conn)))
-                    .await?;
+                Box::pin(self.dual_write(loaded, old, keys, |conn, out| {
+                    build_messages(items, conn, out)
+                }))
+                .await?;
                 self.out.flush().await?;
                 return Ok(Segmented::Ran);
             }
@@ -134,8 +136,10 @@ impl Session {
                         _ => None,
                     })
                     .collect();
-                Box::pin(self.everywhere(loaded, &statements, |conn| build_messages(items, conn)))
-                    .await?;
+                Box::pin(self.everywhere(loaded, &statements, |conn, out| {
+                    build_messages(items, conn, out)
+                }))
+                .await?;
             }
             Action::Refuse(error) => {
                 self.tx.fail();
@@ -143,23 +147,28 @@ impl Session {
                 return Ok(Segmented::Ran);
             }
             Action::CommitDual { old } => {
-                Box::pin(self.commit_dual(loaded, old, |conn| build_messages(items, conn))).await?;
+                Box::pin(
+                    self.commit_dual(loaded, old, |conn, out| build_messages(items, conn, out)),
+                )
+                .await?;
                 return Ok(Segmented::Ran);
             }
             Action::Single {
                 shard,
                 starts_transaction,
             } => {
-                self.exchange_with(loaded, shard, starts_transaction, |conn| {
-                    build_messages(items, conn)
+                self.exchange_with(loaded, shard, starts_transaction, |conn, out| {
+                    build_messages(items, conn, out)
                 })
                 .await?;
                 self.note_transaction(shard, items);
             }
             Action::Scatter(shards) => {
                 let reads = segment.kinds.iter().all(|k| *k == StatementKind::Read);
-                Box::pin(self.scatter(loaded, shards, reads, |conn| build_messages(items, conn)))
-                    .await?;
+                Box::pin(self.scatter(loaded, shards, reads, |conn, out| {
+                    build_messages(items, conn, out)
+                }))
+                .await?;
             }
             Action::Gather(shards) => {
                 return Box::pin(self.run_assembled(loaded, Assembled::Gather(shards), &segment))

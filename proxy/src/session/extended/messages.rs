@@ -4,9 +4,9 @@
 //! `ParseComplete`; and the matching queue of expected answers.
 
 use std::borrow::Cow;
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 
-use bytes::Bytes;
+use bytes::BytesMut;
 
 use crate::backend::conn::Backend;
 use crate::protocol::backend::{self as msg, tag};
@@ -14,13 +14,12 @@ use crate::protocol::frontend::{build_parse, BindView, TargetView};
 use crate::protocol::Frame;
 use crate::session::extended::segment::Item;
 use crate::session::link::exchange::{Expect, Mode, Reply};
+use crate::session::link::outgoing::Outgoing;
 use crate::session::state::settings::effect_of;
 use crate::session::state::statements::Statement;
 
-/// The messages one backend is sent for a segment, and the matching answer queue.
-pub(crate) fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>, VecDeque<Expect>) {
-    let mut out = Vec::with_capacity(items.len() + 2);
-    let mut queue = VecDeque::with_capacity(items.len() + 2);
+/// Writes the messages one backend is sent for a segment, with the matching answers.
+pub(crate) fn build_messages(items: &[Item], conn: &mut Backend, out: &mut Outgoing) {
     let mut preparer = Preparer::default();
     for item in items {
         match item {
@@ -30,8 +29,7 @@ pub(crate) fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>,
                 ..
             } => {
                 // The unnamed statement keeps its name: the client's bytes go as they are.
-                out.push(frame.bytes().clone());
-                queue.push_back(Expect::relay(Reply::Parse));
+                out.send(frame.bytes(), Expect::relay(Reply::Parse));
                 preparer.unnamed_ready = true;
             }
             Item::Parse {
@@ -41,9 +39,9 @@ pub(crate) fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>,
             } => {
                 if conn.prepared.contains(&statement.id) || !preparer.preparing.insert(statement.id)
                 {
-                    queue.push_back(Expect::Local(msg::empty(tag::PARSE_COMPLETE)));
+                    out.answer_locally(msg::empty(tag::PARSE_COMPLETE));
                 } else {
-                    prepare_named(conn, statement, Mode::Relay, &mut out, &mut queue);
+                    prepare_named(conn, statement, Mode::Relay, out);
                 }
             }
             Item::UsesStatement {
@@ -52,56 +50,56 @@ pub(crate) fn build_messages(items: &[Item], conn: &mut Backend) -> (Vec<Bytes>,
                 unnamed,
                 reply,
             } => {
-                preparer.ensure(conn, statement, *unnamed, &mut out, &mut queue);
-                if *unnamed {
-                    out.push(frame.bytes().clone());
-                } else {
-                    out.push(renamed(frame, &statement.server_name));
-                }
-                match (&statement.generated, reply) {
-                    (Some(keys), Reply::DescribeStatement) => queue.push_back(Expect::Sent {
+                preparer.ensure(conn, statement, *unnamed, out);
+                let expect = match (&statement.generated, reply) {
+                    (Some(keys), Reply::DescribeStatement) => Expect::Sent {
                         reply: *reply,
                         mode: Mode::HideParams(keys.rows),
                         effects: Vec::new(),
                         prepares: None,
-                    }),
-                    _ => queue.push_back(Expect::relay(*reply)),
+                    },
+                    _ => Expect::relay(*reply),
+                };
+                if *unnamed {
+                    out.send(frame.bytes(), expect);
+                } else {
+                    write_renamed(frame, &statement.server_name, &mut out.bytes);
+                    out.queue.push_back(expect);
                 }
             }
             Item::Execute { frame, statement } => {
-                out.push(frame.bytes().clone());
                 // No effect (nearly every statement) needs no list.
                 let effects = statement
                     .as_ref()
                     .and_then(|s| effect_of(&s.plan.kind))
                     .map_or_else(Vec::new, |effect| vec![Some(effect)]);
-                queue.push_back(Expect::Sent {
+                let expect = Expect::Sent {
                     reply: Reply::Execute,
                     mode: Mode::Relay,
                     effects,
                     prepares: None,
-                });
+                };
+                out.send(frame.bytes(), expect);
             }
-            Item::CloseStatement => queue.push_back(Expect::Local(msg::empty(tag::CLOSE_COMPLETE))),
-            Item::Forward { frame, reply } => {
-                out.push(frame.bytes().clone());
-                if let Some(reply) = reply {
-                    queue.push_back(Expect::relay(*reply));
-                }
-            }
+            Item::CloseStatement => out.answer_locally(msg::empty(tag::CLOSE_COMPLETE)),
+            Item::Forward { frame, reply } => match reply {
+                Some(reply) => out.send(frame.bytes(), Expect::relay(*reply)),
+                None => out.send_unanswered(frame.bytes()),
+            },
         }
     }
-    (out, queue)
 }
 
-/// A `Bind` or `Describe` frame naming statement `name` instead of the client's name.
-fn renamed(frame: &Frame, name: &[u8]) -> Bytes {
-    let rebuilt = match frame.tag() {
-        b'B' => BindView::new(frame).map(|view| view.retarget(frame, name)),
-        _ => TargetView::new(frame).map(|view| view.rebuild(b'D', name)),
+/// Writes a `Bind` or `Describe` frame naming statement `name` instead of the client's name.
+fn write_renamed(frame: &Frame, name: &[u8], out: &mut BytesMut) {
+    let written = match frame.tag() {
+        b'B' => BindView::new(frame).map(|view| view.retarget_into(frame, name, out)),
+        _ => TargetView::new(frame).map(|view| out.extend_from_slice(&view.rebuild(b'D', name))),
     };
-    // Both were parsed successfully when the segment was read.
-    rebuilt.unwrap_or_else(|_| frame.bytes().clone())
+    // Both were read successfully when the segment was read.
+    if written.is_err() {
+        out.extend_from_slice(frame.bytes());
+    }
 }
 
 /// Makes sure a statement exists on the backend before a message uses it.
@@ -114,26 +112,19 @@ struct Preparer {
 }
 
 impl Preparer {
-    fn ensure(
-        &mut self,
-        conn: &Backend,
-        statement: &Statement,
-        unnamed: bool,
-        out: &mut Vec<Bytes>,
-        queue: &mut VecDeque<Expect>,
-    ) {
+    fn ensure(&mut self, conn: &Backend, statement: &Statement, unnamed: bool, out: &mut Outgoing) {
         if unnamed {
             if !self.unnamed_ready {
-                out.push(build_parse(
+                let parse = build_parse(
                     b"",
                     &wire_text(conn, &statement.query),
                     &statement.param_types,
-                ));
-                queue.push_back(Expect::swallow(Reply::Parse));
+                );
+                out.send(&parse, Expect::swallow(Reply::Parse));
                 self.unnamed_ready = true;
             }
         } else if !conn.prepared.contains(&statement.id) && self.preparing.insert(statement.id) {
-            prepare_named(conn, statement, Mode::Swallow, out, queue);
+            prepare_named(conn, statement, Mode::Swallow, out);
         }
     }
 }
@@ -151,22 +142,17 @@ fn wire_text<'a>(conn: &Backend, text: &'a str) -> Cow<'a, [u8]> {
 }
 
 /// A `Parse` of `statement` under its proxy name, whose answer is handled as `mode` says.
-fn prepare_named(
-    conn: &Backend,
-    statement: &Statement,
-    mode: Mode,
-    out: &mut Vec<Bytes>,
-    queue: &mut VecDeque<Expect>,
-) {
-    out.push(build_parse(
+fn prepare_named(conn: &Backend, statement: &Statement, mode: Mode, out: &mut Outgoing) {
+    let parse = build_parse(
         &statement.server_name,
         &wire_text(conn, &statement.query),
         &statement.param_types,
-    ));
-    queue.push_back(Expect::Sent {
+    );
+    let expect = Expect::Sent {
         reply: Reply::Parse,
         mode,
         effects: Vec::new(),
         prepares: Some(statement.id),
-    });
+    };
+    out.send(&parse, expect);
 }

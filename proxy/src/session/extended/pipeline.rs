@@ -16,7 +16,6 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::ops::Range;
 
-use bytes::Bytes;
 use shardline_router::{Config, ShardId, StatementKind};
 
 use crate::backend::pool::{Pooled, Pools};
@@ -28,6 +27,7 @@ use crate::session::extended::messages::build_messages;
 use crate::session::extended::segment::{Item, Segment};
 use crate::session::link::attach::ready_status;
 use crate::session::link::exchange::{Expect, Mode, Reply};
+use crate::session::link::outgoing::Outgoing;
 use crate::session::multi::transaction::commit_everywhere;
 use crate::session::multi::twophase::{finish_quietly, roll_back_parts, Part};
 use crate::session::state::statements::{self, Statement};
@@ -162,18 +162,12 @@ impl Session {
             if let Some(spread) = self.spread.as_mut() {
                 spread.last = Some(shard);
             }
-            self.exchange_with(loaded, shard, true, |conn| {
-                let mut out = Vec::with_capacity(items.len() + 2);
-                let mut queue = VecDeque::with_capacity(items.len() + 3);
+            self.exchange_with(loaded, shard, true, |conn, out| {
                 if begin {
-                    out.push(Bytes::from_static(BEGIN_IN_PIPELINE));
-                    queue.extend([Reply::Parse, Reply::Bind, Reply::Execute].map(Expect::swallow));
+                    begin_in_pipeline(out);
                 }
-                let (messages, expects) = build_messages(items, conn);
-                out.extend(messages);
-                queue.extend(expects);
-                out.push(Bytes::from_static(FLUSH));
-                (out, queue)
+                build_messages(items, conn, out);
+                out.send_unanswered(FLUSH);
             })
             .await?;
         }
@@ -209,11 +203,15 @@ impl Session {
             if let Some(spread) = self.spread.as_mut() {
                 spread.joined.insert(shard);
             }
-            self.exchange_with(loaded, shard, true, |conn| {
-                let (mut out, expects) = build_messages(items, conn);
-                out.push(Bytes::from_static(FLUSH));
-                let queue = if heard { expects } else { silenced(expects) };
-                (out, queue)
+            self.exchange_with(loaded, shard, true, |conn, out| {
+                // Only what this shard is sent now is silenced, not the prelude before it.
+                let before = out.queue.len();
+                build_messages(items, conn, out);
+                out.send_unanswered(FLUSH);
+                if !heard {
+                    let built = out.queue.split_off(before);
+                    out.queue.extend(silenced(built));
+                }
             })
             .await?;
         }
@@ -236,13 +234,9 @@ impl Session {
         for &shard in shards {
             let joins = self.spread.as_mut().is_some_and(|s| s.joined.insert(shard));
             if joins && !in_transaction {
-                self.exchange_with(loaded, shard, true, |_| {
-                    let out = vec![
-                        Bytes::from_static(BEGIN_IN_PIPELINE),
-                        Bytes::from_static(FLUSH),
-                    ];
-                    let queue = [Reply::Parse, Reply::Bind, Reply::Execute].map(Expect::swallow);
-                    (out, queue.into())
+                self.exchange_with(loaded, shard, true, |_, out| {
+                    begin_in_pipeline(out);
+                    out.send_unanswered(FLUSH);
                 })
                 .await?;
                 if self.skip_to_sync {
@@ -250,10 +244,9 @@ impl Session {
                 }
             }
         }
-        self.scatter(loaded, shards, false, |conn| {
-            let (mut out, expects) = build_messages(items, conn);
-            out.push(Bytes::from_static(FLUSH));
-            (out, expects)
+        self.scatter(loaded, shards, false, |conn, out| {
+            build_messages(items, conn, out);
+            out.send_unanswered(FLUSH);
         })
         .await
     }
@@ -450,6 +443,14 @@ pub(crate) fn executed(items: &[Item]) -> Option<&Statement> {
         } => Some(statement.as_ref()),
         _ => None,
     })
+}
+
+/// Writes the `BEGIN` a shard joining a spread pipeline's transaction runs first (`Parse`,
+/// `Bind`, `Execute`), its answers dropped.
+fn begin_in_pipeline(out: &mut Outgoing) {
+    out.send_unanswered(BEGIN_IN_PIPELINE);
+    out.queue
+        .extend([Reply::Parse, Reply::Bind, Reply::Execute].map(Expect::swallow));
 }
 
 /// Answers to relay turned into answers to drop: the client hears another shard's.

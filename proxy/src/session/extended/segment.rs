@@ -181,16 +181,19 @@ impl Session {
                         }
                     }
                     let plan = &statement.plan;
-                    let params = view.params();
-                    let decoded = match self.decoded_text(&params) {
-                        Ok(decoded) => decoded,
+                    let routed = match self.decoded_params(&view) {
+                        // Nearly always: the key is read in place, in the client's frame.
+                        Ok(None) => decide::route(loaded, plan, &statement.query, &view),
+                        Ok(Some(decoded)) => {
+                            let params = in_utf8(view.params(), &decoded);
+                            decide::route(loaded, plan, &statement.query, &params)
+                        }
                         Err(e) => {
                             segment.refusal = Some(e.into());
                             break;
                         }
                     };
-                    let params = in_utf8(params, &decoded);
-                    match decide::route(loaded, plan, &statement.query, &params) {
+                    match routed {
                         Ok((Target::Session, _)) => {}
                         Ok((target, dual)) => {
                             segment.routed.push((segment.items.len(), target));
@@ -286,27 +289,29 @@ fn unknown_statement(name: &[u8]) -> ClientError {
 
 impl Session {
     /// The text-format parameters the client sent in a non-UTF-8 `client_encoding` with
-    /// non-ASCII bytes, decoded (by index), so a text shard key hashes as the shards read it.
-    /// Empty in the common case. (Binary values pass as sent: their type decides whether they
-    /// are text, which the proxy does not know here.)
-    fn decoded_text(&self, params: &[Param<'_>]) -> Result<Vec<(usize, String)>, TextError> {
-        let non_ascii = |p: &Param<'_>| matches!(p, Param::Text(bytes) if !bytes.is_ascii());
-        if !params.iter().any(non_ascii) {
-            return Ok(Vec::new());
+    /// non-ASCII bytes, decoded (by index), so a text shard key hashes as the shards read it;
+    /// `None` in the common case, where the parameters are read as sent. (Binary values pass
+    /// as sent: their type decides whether they are text, which the proxy does not know here.)
+    fn decoded_params(
+        &self,
+        view: &BindView<'_>,
+    ) -> Result<Option<Vec<(usize, String)>>, TextError> {
+        if !view.has_non_ascii_text() {
+            return Ok(None);
         }
         let encoding = self.encoding();
         if encoding == ClientEncoding::Utf8 {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let mut decoded = Vec::new();
-        for (i, param) in params.iter().enumerate() {
+        for (i, param) in view.params().iter().enumerate() {
             if let Param::Text(bytes) = param {
                 if !bytes.is_ascii() {
                     decoded.push((i, encoding.decode(bytes)?.into_owned()));
                 }
             }
         }
-        Ok(decoded)
+        Ok(Some(decoded))
     }
 }
 

@@ -3,17 +3,15 @@
 //! exchange, and recording what it did (transaction state, settings, whether the backend goes
 //! back to its pool).
 
-use std::collections::VecDeque;
-
-use bytes::{Bytes, BytesMut};
 use shardline_router::ShardId;
 
 use crate::backend::conn::Backend;
 use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate};
-use crate::protocol::{spare, Frame};
+use crate::protocol::Frame;
 use crate::session::link::exchange::{self, Completed, ExchangeError, Expect, Outcome, Reply};
+use crate::session::link::outgoing::Outgoing;
 use crate::session::state::settings;
 use crate::session::state::settings::apply_effects;
 use crate::session::state::transaction::Transaction;
@@ -39,7 +37,7 @@ impl Session {
         build: F,
     ) -> Result<(), SessionEnd>
     where
-        F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
+        F: FnOnce(&mut Pooled, &mut Outgoing),
     {
         self.exchange_with(loaded, shard, true, build).await
     }
@@ -54,7 +52,7 @@ impl Session {
         build: F,
     ) -> Result<(), SessionEnd>
     where
-        F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
+        F: FnOnce(&mut Pooled, &mut Outgoing),
     {
         self.exchange_settled(loaded, shard, start_held, build)
             .await
@@ -71,7 +69,7 @@ impl Session {
         build: F,
     ) -> Result<Option<Settled>, SessionEnd>
     where
-        F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
+        F: FnOnce(&mut Pooled, &mut Outgoing),
     {
         let started = std::time::Instant::now();
         self.settle_others(shard).await;
@@ -82,9 +80,9 @@ impl Session {
                 return self.fail(e).await.map(|()| None);
             }
         };
-        let (out, mut queue) = self.compose(shard, &mut conn, start_held, build);
-        let sent = conn.send(&out).await;
-        spare::give_back(out);
+        let outgoing = self.compose(shard, &mut conn, start_held, build);
+        let sent = conn.send(&outgoing.bytes).await;
+        let mut queue = outgoing.sent();
         let result = match sent {
             Ok(()) => {
                 // A message run outside the client's transaction block (it touches no data,
@@ -115,30 +113,27 @@ impl Session {
     }
 
     /// Everything a backend is sent for one exchange — settings sync, held `BEGIN`, then what
-    /// `build` makes — and the matching answer queue.
+    /// `build` writes — with the matching answer queue.
     pub(crate) fn compose<F>(
         &mut self,
         shard: ShardId,
         conn: &mut Pooled,
         start_held: bool,
         build: F,
-    ) -> (BytesMut, VecDeque<Expect>)
+    ) -> Outgoing
     where
-        F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
+        F: FnOnce(&mut Pooled, &mut Outgoing),
     {
-        let mut out = spare::take();
-        let mut queue = VecDeque::new();
-        self.prelude(shard, conn, &mut out, &mut queue, start_held);
-        let (messages, expects) = build(conn);
-        for m in messages {
-            out.extend_from_slice(&m);
-        }
-        if queue.is_empty() {
-            queue = expects;
-        } else {
-            queue.extend(expects);
-        }
-        (out, queue)
+        let mut outgoing = Outgoing::new();
+        self.prelude(shard, conn, &mut outgoing, start_held);
+        build(conn, &mut outgoing);
+        outgoing
+    }
+
+    /// [`Session::compose`] with nothing after the prelude: for callers that write their own
+    /// messages and count the prelude's answers (`queue.len()` statements) to skip them.
+    pub(crate) fn prelude_only(&mut self, shard: ShardId, conn: &mut Pooled) -> Outgoing {
+        self.compose(shard, conn, true, |_, _| {})
     }
 
     /// Settings sync and, for a shard joining the client's transaction, what the transaction
@@ -149,21 +144,20 @@ impl Session {
         &mut self,
         shard: ShardId,
         conn: &mut Pooled,
-        out: &mut BytesMut,
-        queue: &mut VecDeque<Expect>,
+        out: &mut Outgoing,
         joins: bool,
     ) {
         let applied = conn.settings.as_ref();
         if !applied.is_some_and(|applied| applied.same(&self.settings)) {
             if let Some(sql) = settings::sync_sql(applied, &self.settings) {
                 // The backend reads the whole string in the encoding it has before it runs.
-                self.push_sql(conn, &sql, out, queue);
+                self.push_sql(conn, &sql, out);
             }
             // The client's own map from now on: the next sync of the two is one comparison.
             conn.settings = Some(self.settings.clone());
         }
         if joins && self.tx.open() && !self.tx.shards.contains(&shard) {
-            self.push_sql(conn, &self.tx.join_sql(), out, queue);
+            self.push_sql(conn, &self.tx.join_sql(), out);
             self.tx.shards.insert(shard);
             if self.tx.settings_before.is_none() {
                 self.tx.settings_before = Some(self.settings.clone());
@@ -174,13 +168,7 @@ impl Session {
     /// Queues `sql` for `conn`, its answers swallowed, in the encoding the backend reads it in.
     /// Text that encoding cannot carry (the client changed `client_encoding` since it sent it)
     /// is read in UTF8, and the client's encoding set again after it.
-    fn push_sql(
-        &self,
-        conn: &Backend,
-        sql: &str,
-        out: &mut BytesMut,
-        queue: &mut VecDeque<Expect>,
-    ) {
+    fn push_sql(&self, conn: &Backend, sql: &str, out: &mut Outgoing) {
         let messages = match local::query_message_in(conn.client_encoding(), sql) {
             Ok(message) => vec![message],
             Err(_) => {
@@ -196,8 +184,7 @@ impl Session {
             }
         };
         for message in messages {
-            out.extend_from_slice(&message);
-            queue.push_back(Expect::swallow(Reply::Cycle));
+            out.send(&message, Expect::swallow(Reply::Cycle));
         }
     }
 

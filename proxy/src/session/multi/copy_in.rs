@@ -15,6 +15,7 @@ use crate::backend::pool::Pooled;
 use crate::context::Loaded;
 use crate::keys::KeyDefault;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
+use crate::session::link::outgoing::Outgoing;
 pub(crate) use crate::session::multi::copy_rows::RowSource;
 use crate::session::multi::copy_rows::{Incoming, RowRouter};
 use crate::session::multi::gather::Delivery;
@@ -275,8 +276,10 @@ impl Session {
                 .attach(loaded, shard)
                 .await
                 .map_err(|e| (parts.len(), e))?;
-            let (mut out, queue) =
-                self.compose(shard, &mut conn, true, |_| (Vec::new(), Default::default()));
+            let Outgoing {
+                bytes: mut out,
+                queue,
+            } = self.prelude_only(shard, &mut conn);
             if wants_columns {
                 out.extend_from_slice(&local::query_message(&columns_query(&spec.table)));
             }

@@ -15,7 +15,6 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 
-use bytes::Bytes;
 use shardline_router::indoubt::Kind;
 use shardline_router::migration::images::{lock_keys_sql, read_images_sql};
 use shardline_router::{KeyValue, ShardId};
@@ -24,6 +23,7 @@ use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::session::link::exchange::{Completed, Expect, Mode, Reply};
+use crate::session::link::outgoing::Outgoing;
 use crate::session::link::output::Mark;
 use crate::session::multi::ordered::field;
 use crate::session::multi::twophase::{self, finish_quietly, record_decision, run, Part};
@@ -59,7 +59,7 @@ impl Session {
         build: F,
     ) -> Result<(), SessionEnd>
     where
-        F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
+        F: FnOnce(&mut Pooled, &mut Outgoing),
     {
         self.dual_ticket = Some(self.ctx.gate.enter(self.dual_ticket.take()).await);
         if self.tx.open() {
@@ -76,12 +76,11 @@ impl Session {
         }
         let mark = self.out.mark();
         let settled = self
-            .exchange_settled(loaded, old, true, |conn| {
-                let (mut messages, mut queue) = build(conn);
-                messages.insert(0, crate::session::local::query_message("BEGIN"));
-                queue.push_front(Expect::swallow(Reply::Cycle));
-                hold_ready(&mut queue);
-                (messages, queue)
+            .exchange_settled(loaded, old, true, |conn, out| {
+                let begin = crate::session::local::query_message("BEGIN");
+                out.send(&begin, Expect::swallow(Reply::Cycle));
+                build(conn, out);
+                hold_ready(&mut out.queue);
             })
             .await?;
         match settled {
@@ -109,17 +108,16 @@ impl Session {
         build: F,
     ) -> Result<(), SessionEnd>
     where
-        F: FnOnce(&mut Pooled) -> (Vec<Bytes>, VecDeque<Expect>),
+        F: FnOnce(&mut Pooled, &mut Outgoing),
     {
         let mark = self.out.mark();
         let Some(copies) = self.prepare_or_abandon(loaded, old, mark).await? else {
             return Ok(());
         };
         let settled = self
-            .exchange_settled(loaded, old, true, |conn| {
-                let (messages, mut queue) = build(conn);
-                hold_ready(&mut queue);
-                (messages, queue)
+            .exchange_settled(loaded, old, true, |conn, out| {
+                build(conn, out);
+                hold_ready(&mut out.queue);
             })
             .await;
         match settled {

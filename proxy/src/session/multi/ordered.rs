@@ -21,6 +21,7 @@ use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::frontend::is_binary;
 use crate::protocol::Frame;
 use crate::session::link::attach::skip_prelude;
+use crate::session::link::outgoing::Outgoing;
 use crate::session::multi::gather::{Delivery, MergeFailure};
 use crate::session::multi::partial;
 use crate::session::{local, ClientError, Session};
@@ -66,8 +67,10 @@ impl Session {
                 }
                 Err(e) => return (streams, Some(e), missing),
             };
-            let (mut out, prelude) =
-                self.compose(shard, &mut conn, true, |_| (Vec::new(), Default::default()));
+            let Outgoing {
+                bytes: mut out,
+                queue: prelude,
+            } = self.prelude_only(shard, &mut conn);
             // The first shard also says how text compares there.
             if streams.is_empty() {
                 out.extend_from_slice(&local::query_message(COLLATION_QUERY));

@@ -21,8 +21,6 @@
 //! holds temporary objects and so cannot `PREPARE TRANSACTION`, decides the transaction's
 //! commit (see `twophase`), committing in one phase.
 
-use std::collections::VecDeque;
-
 use bytes::BytesMut;
 use shardline_router::ident::quote_ident;
 use shardline_router::placeholders::ShardStatement;
@@ -35,6 +33,7 @@ use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::Frame;
 use crate::session::link::attach::{drain_to_ready, ready_status, skip_prelude};
 use crate::session::link::exchange::{Expect, Mode, Reply};
+use crate::session::link::outgoing::Outgoing;
 use crate::session::multi::gather::{Delivery, MergeFailure, Source};
 use crate::session::multi::pull_copy::{abandon_copy_in, check_budget, stream_rows, CopySink};
 use crate::session::multi::pull_narrow;
@@ -63,18 +62,18 @@ impl Session {
         // `ReadyForQuery` (inside the pull's transaction) held back, and the end of the pull
         // swallowed.
         self.conns.insert(target, conn);
-        let queue = VecDeque::from([
-            Expect::Sent {
-                reply: Reply::Cycle,
-                mode: Mode::Held,
-                effects: Vec::new(),
-                prepares: None,
-            },
-            Expect::swallow(Reply::Cycle),
-        ]);
+        let held = Expect::Sent {
+            reply: Reply::Cycle,
+            mode: Mode::Held,
+            effects: Vec::new(),
+            prepares: None,
+        };
         let end = local::query_message(&self.end_of_pull(tables));
         let settled = self
-            .exchange_settled(loaded, target, true, |_| (vec![query, end], queue))
+            .exchange_settled(loaded, target, true, |_, out| {
+                out.send(&query, held);
+                out.send(&end, Expect::swallow(Reply::Cycle));
+            })
             .await?;
         if settled.is_some() {
             self.out
@@ -376,7 +375,10 @@ impl Session {
         name: &str,
         sql: &str,
     ) -> Result<(), ClientError> {
-        let (mut out, queue) = self.compose(shard, conn, true, |_| (Vec::new(), VecDeque::new()));
+        let Outgoing {
+            bytes: mut out,
+            queue,
+        } = self.prelude_only(shard, conn);
         // In the encoding the backend reads (names and constants from the client's text).
         out.extend_from_slice(&local::query_message_in(conn.client_encoding(), sql)?);
         conn.send(&out)

@@ -20,6 +20,7 @@ use crate::protocol::backend::{self as msg, sqlstate, tag};
 use crate::protocol::Frame;
 use crate::session::decide::shard_names;
 use crate::session::link::exchange::{completes, Expect, Mode, Reply};
+use crate::session::link::outgoing::Outgoing;
 use crate::session::multi::partial;
 use crate::session::state::statements;
 use crate::session::{ClientError, Session, SessionEnd};
@@ -83,7 +84,7 @@ impl Session {
         mut build: F,
     ) -> Result<(), SessionEnd>
     where
-        F: FnMut(&mut Backend) -> (Vec<Bytes>, VecDeque<Expect>),
+        F: FnMut(&mut Backend, &mut Outgoing),
     {
         let started = std::time::Instant::now();
         // Every backend first, so a shard that cannot be reached leaves the others untouched.
@@ -116,9 +117,10 @@ impl Session {
         }
         let mut legs = Vec::with_capacity(shards.len());
         for (shard, mut conn) in attached {
-            let (bytes, queue) = self.compose(shard, &mut conn, true, |c| build(c));
+            let outgoing = self.compose(shard, &mut conn, true, |c, out| build(c, out));
             let name = shard_names(&loaded.config, &[shard]);
-            let sent = conn.send(&bytes).await;
+            let sent = conn.send(&outgoing.bytes).await;
+            let queue = outgoing.sent();
             legs.push(Leg {
                 shard,
                 name,

@@ -12,6 +12,7 @@ use shardline_router::ShardId;
 
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, tag};
+use crate::session::link::outgoing::Outgoing;
 use crate::session::multi::gather::MergeFailure;
 use crate::session::multi::gather::{Delivery, Source};
 use crate::session::multi::twophase::{collect, Answer, Part};
@@ -53,9 +54,10 @@ impl Session {
                     break;
                 }
             };
-            let (mut out, queue) = self.compose(part.shard, &mut conn, true, |_| {
-                (Vec::new(), Default::default())
-            });
+            let Outgoing {
+                bytes: mut out,
+                queue,
+            } = self.prelude_only(part.shard, &mut conn);
             let begin = self.part_begin();
             let cycles = queue.len() + usize::from(begin.is_some()) + 1;
             out.extend_from_slice(&begin.unwrap_or_default());

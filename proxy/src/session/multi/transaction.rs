@@ -9,7 +9,7 @@
 //! two-phase commit decided by one of them ([`twophase::commit_parts`]). The client hears
 //! `COMMIT` only once the decision is durable.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use shardline_router::{SavepointOp, ShardId, StatementKind};
@@ -17,7 +17,7 @@ use shardline_router::{SavepointOp, ShardId, StatementKind};
 use crate::backend::conn::Backend;
 use crate::context::{Loaded, ProxyContext};
 use crate::protocol::backend::sqlstate;
-use crate::session::link::exchange::Expect;
+use crate::session::link::outgoing::Outgoing;
 use crate::session::multi::twophase::{
     self, commit_parts, roll_back_parts, roll_back_reporting, Part,
 };
@@ -42,7 +42,7 @@ impl Session {
         mut build: F,
     ) -> Result<(), SessionEnd>
     where
-        F: FnMut(&mut Backend) -> (Vec<Bytes>, VecDeque<Expect>),
+        F: FnMut(&mut Backend, &mut Outgoing),
     {
         let rolls_back_to = |kind: &StatementKind| {
             matches!(
@@ -59,7 +59,10 @@ impl Session {
         }
         let shards: Vec<ShardId> = self.tx.shards.iter().copied().collect();
         match shards.as_slice() {
-            [only] => self.exchange(loaded, *only, |conn| build(conn)).await?,
+            [only] => {
+                self.exchange(loaded, *only, |conn, out| build(conn, out))
+                    .await?
+            }
             _ => self.scatter(loaded, &shards, false, build).await?,
         }
         if !self.tx.failed {

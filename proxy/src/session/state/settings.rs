@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use shardline_router::StatementKind;
 
+use crate::protocol::encoding::ClientEncoding;
+
 /// Startup parameters that are connection metadata, not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
@@ -22,7 +24,11 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 /// has, and the next transaction sees they match by identity instead of comparing them (a
 /// change makes the client a map of its own first, so identity always means equality).
 #[derive(Debug, Clone, Default)]
-pub struct Settings(Arc<BTreeMap<String, String>>);
+pub struct Settings {
+    map: Arc<BTreeMap<String, String>>,
+    /// `client_encoding` read once when it is set: every request reads it.
+    encoding: Option<ClientEncoding>,
+}
 
 impl Settings {
     /// No settings.
@@ -32,42 +38,55 @@ impl Settings {
 
     /// Sets `name` to `value` (a map shared with backends stays shared when nothing changes).
     pub fn insert(&mut self, name: String, value: String) {
-        if self.0.get(&name) != Some(&value) {
-            Arc::make_mut(&mut self.0).insert(name, value);
+        if self.map.get(&name) != Some(&value) {
+            Arc::make_mut(&mut self.map).insert(name, value);
+            self.encoding = encoding_in(&self.map);
         }
     }
 
     /// Forgets `name`.
     pub fn remove(&mut self, name: &str) {
-        if self.0.contains_key(name) {
-            Arc::make_mut(&mut self.0).remove(name);
+        if self.map.contains_key(name) {
+            Arc::make_mut(&mut self.map).remove(name);
+            self.encoding = encoding_in(&self.map);
         }
     }
 
     /// Forgets every setting.
     pub fn clear(&mut self) {
-        if !self.0.is_empty() {
-            self.0 = Arc::default();
+        if !self.map.is_empty() {
+            *self = Settings::default();
         }
     }
 
     /// Whether both are the same shared map (and so certainly equal).
     pub fn same(&self, other: &Settings) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        Arc::ptr_eq(&self.map, &other.map)
     }
+
+    /// The `client_encoding` set, if any.
+    pub fn client_encoding(&self) -> Option<ClientEncoding> {
+        self.encoding
+    }
+}
+
+/// The encoding `map` sets `client_encoding` to.
+fn encoding_in(map: &BTreeMap<String, String>) -> Option<ClientEncoding> {
+    map.get("client_encoding")
+        .map(|name| ClientEncoding::named(name))
 }
 
 impl Deref for Settings {
     type Target = BTreeMap<String, String>;
 
     fn deref(&self) -> &BTreeMap<String, String> {
-        &self.0
+        &self.map
     }
 }
 
 impl PartialEq for Settings {
     fn eq(&self, other: &Settings) -> bool {
-        self.same(other) || self.0 == other.0
+        self.same(other) || self.map == other.map
     }
 }
 
@@ -75,13 +94,14 @@ impl Eq for Settings {}
 
 impl FromIterator<(String, String)> for Settings {
     fn from_iter<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Settings {
-        Settings(Arc::new(pairs.into_iter().collect()))
+        Settings::from(Arc::new(pairs.into_iter().collect::<BTreeMap<_, _>>()))
     }
 }
 
 impl From<Arc<BTreeMap<String, String>>> for Settings {
     fn from(map: Arc<BTreeMap<String, String>>) -> Settings {
-        Settings(map)
+        let encoding = encoding_in(&map);
+        Settings { map, encoding }
     }
 }
 

@@ -3,9 +3,12 @@
 //! re-encoded unless a rewrite is needed.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use shardline_router::Param;
 
 use super::Frame;
+
+mod bind;
+use bind::build_bind;
+pub use bind::BindView;
 
 /// A frontend message that does not follow the protocol.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,153 +136,6 @@ pub fn is_binary(formats: &[i16], index: usize) -> bool {
         [all] => *all == 1,
         each => each.get(index) == Some(&1),
     }
-}
-
-/// A `Bind` message: portal, statement, and the parameters with their formats.
-#[derive(Debug, Clone)]
-pub struct BindView<'a> {
-    pub portal: &'a [u8],
-    pub statement: &'a [u8],
-    formats: Vec<i16>,
-    values: Vec<Option<&'a [u8]>>,
-    /// Result column format codes: none (all text), one for all columns, or one per column.
-    pub result_formats: Vec<i16>,
-    /// Offset in the body where the fields after the statement name start.
-    tail_offset: usize,
-}
-
-impl<'a> BindView<'a> {
-    /// Reads a `Bind` frame.
-    pub fn new(frame: &'a Frame) -> Result<Self, Malformed> {
-        let body = frame.body();
-        let mut c = Cursor::new(body, "Bind");
-        let portal = c.cstr()?;
-        let statement = c.cstr()?;
-        let tail_offset = body.len() - c.rest.len();
-        let nformats = c.count()?;
-        let formats = (0..nformats)
-            .map(|_| c.i16())
-            .collect::<Result<Vec<_>, _>>()?;
-        let nvalues = c.count()?;
-        if nformats > 1 && nformats != nvalues {
-            return c.fail("format count does not match parameter count");
-        }
-        let mut values = Vec::with_capacity(nvalues);
-        for _ in 0..nvalues {
-            let len = c.i32()?;
-            values.push(match len {
-                -1 => None,
-                n if n >= 0 => Some(c.take(n as usize)?),
-                _ => return c.fail("negative parameter length"),
-            });
-        }
-        let nresults = c.count()?;
-        let result_formats = (0..nresults)
-            .map(|_| c.i16())
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(BindView {
-            portal,
-            statement,
-            formats,
-            values,
-            result_formats,
-            tail_offset,
-        })
-    }
-
-    /// Parameters in the router's terms, format applied.
-    pub fn params(&self) -> Vec<Param<'a>> {
-        self.values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| match (v, is_binary(&self.formats, i)) {
-                (None, _) => Param::Null,
-                (Some(b), true) => Param::Binary(b),
-                (Some(b), false) => Param::Text(b),
-            })
-            .collect()
-    }
-
-    /// A `Bind` of the unnamed statement into the unnamed portal carrying only the parameters
-    /// `params` (client indexes, in the new order), with the given result formats: how a
-    /// rewritten statement is bound on a shard.
-    pub fn subset(&self, params: &[usize], result_formats: &[i16]) -> Bytes {
-        let values: Vec<(bool, Option<&[u8]>)> = params
-            .iter()
-            .map(|&i| {
-                let value = self.values.get(i).copied().flatten();
-                (is_binary(&self.formats, i), value)
-            })
-            .collect();
-        build_bind(b"", b"", &values, result_formats)
-    }
-
-    /// The same `Bind` with `extra` text values after the client's: the keys the proxy
-    /// generated for the parameters it added to the statement.
-    pub fn with_appended(&self, extra: &[String]) -> Bytes {
-        let values: Vec<(bool, Option<&[u8]>)> = (0..self.values.len())
-            .map(|i| {
-                let value = self.values.get(i).copied().flatten();
-                (is_binary(&self.formats, i), value)
-            })
-            .chain(extra.iter().map(|v| (false, Some(v.as_bytes()))))
-            .collect();
-        build_bind(self.portal, self.statement, &values, &self.result_formats)
-    }
-
-    /// The same `Bind` aimed at another statement name.
-    pub fn retarget(&self, frame: &Frame, statement: &[u8]) -> Bytes {
-        let tail = &frame.body()[self.tail_offset..];
-        let len = 4 + self.portal.len() + 1 + statement.len() + 1 + tail.len();
-        let mut buf = BytesMut::with_capacity(len + 1);
-        buf.put_u8(b'B');
-        buf.put_i32(len as i32);
-        buf.put_slice(self.portal);
-        buf.put_u8(0);
-        buf.put_slice(statement);
-        buf.put_u8(0);
-        buf.put_slice(tail);
-        buf.freeze()
-    }
-}
-
-/// A `Bind` of `portal` to `statement` with `values` (binary?, value; `None` is NULL), one
-/// format code per value.
-fn build_bind(
-    portal: &[u8],
-    statement: &[u8],
-    values: &[(bool, Option<&[u8]>)],
-    result_formats: &[i16],
-) -> Bytes {
-    let mut buf = BytesMut::new();
-    buf.put_u8(b'B');
-    buf.put_i32(0);
-    buf.put_slice(portal);
-    buf.put_u8(0);
-    buf.put_slice(statement);
-    buf.put_u8(0);
-    let count = i16::try_from(values.len()).unwrap_or(i16::MAX);
-    buf.put_i16(count);
-    for (binary, _) in values {
-        buf.put_i16(i16::from(*binary));
-    }
-    buf.put_i16(count);
-    for (_, value) in values {
-        match value {
-            Some(value) => {
-                buf.put_i32(i32::try_from(value.len()).unwrap_or(i32::MAX));
-                buf.put_slice(value);
-            }
-            None => buf.put_i32(-1),
-        }
-    }
-    buf.put_i16(i16::try_from(result_formats.len()).unwrap_or(i16::MAX));
-    for &f in result_formats {
-        buf.put_i16(f);
-    }
-    let len = i32::try_from(buf.len() - 1).unwrap_or(i32::MAX);
-    buf[1..5].copy_from_slice(&len.to_be_bytes());
-    buf.freeze()
 }
 
 /// `Describe` or `Close`: which kind of object (`S`tatement or `P`ortal) and its name.
@@ -427,51 +283,5 @@ mod tests {
                 param_types: &[0, 1, 0, 0, 0, 20]
             })
         );
-    }
-
-    #[test]
-    fn bind_params_and_retarget() {
-        let mut body = BytesMut::new();
-        body.put_slice(b"p\0stmt\0");
-        body.put_i16(1); // one format code for all
-        body.put_i16(1); // binary
-        body.put_i16(2);
-        body.put_i32(8);
-        body.put_i64(42);
-        body.put_i32(-1);
-        body.put_i16(0);
-        let mut msg = BytesMut::new();
-        msg.put_u8(b'B');
-        msg.put_i32(body.len() as i32 + 4);
-        msg.put_slice(&body);
-        let f = frame(msg.freeze());
-        let view = match BindView::new(&f) {
-            Ok(v) => v,
-            Err(e) => panic!("{e}"),
-        };
-        assert_eq!(
-            view.params(),
-            vec![Param::Binary(&42i64.to_be_bytes()), Param::Null]
-        );
-        let renamed = frame(view.retarget(&f, b"other"));
-        let again = BindView::new(&renamed).map(|v| (v.statement.to_vec(), v.params().len()));
-        assert_eq!(again, Ok((b"other".to_vec(), 2)));
-    }
-
-    #[test]
-    fn truncated_messages_are_malformed_not_panics() {
-        for body in [
-            &b""[..],
-            b"p",
-            b"p\0s\0\x00",
-            b"p\0s\0\x00\x01\x00",
-            b"p\0s\0\x00\x00\x00\x01\x00\x00\x00\x09ab",
-        ] {
-            let mut msg = BytesMut::new();
-            msg.put_u8(b'B');
-            msg.put_i32(body.len() as i32 + 4);
-            msg.put_slice(body);
-            assert!(BindView::new(&frame(msg.freeze())).is_err(), "{body:?}");
-        }
     }
 }
