@@ -43,20 +43,44 @@ idle_kb_per_client() { # PID PORT N
   rm -f "$fifo" "$fifo.out"
 }
 
+# System calls per second of process PID (every thread) over SECONDS, counted with perf's
+# syscall tracepoint (package linux-perf; root or perf_event_paranoid <= -1); "-" without.
+syscall_rate() { # PID SECONDS
+  command -v perf >/dev/null 2>&1 || { echo "-"; return; }
+  local out count
+  out=$(mktemp)
+  perf stat -x, -e raw_syscalls:sys_enter -p "$1" -o "$out" -- sleep "$2" 2>/dev/null || true
+  count=$(awk -F, '/raw_syscalls:sys_enter/ {print $1; exit}' "$out")
+  rm -f "$out"
+  case "$count" in '' | *[!0-9]*) echo "-" ;; *) awk -v c="$count" -v s="$2" 'BEGIN {print c / s}' ;; esac
+}
+
 # pgbench ($CLIENTS clients, $SECS seconds, the script $DIR/select.sql) through PORT while
-# watching process PROC: "TPS user-us/tx sys-us/tx switches/tx". libpq's PG* variables
-# (PGSSLMODE, say) apply.
+# watching process PROC: "TPS user-us/tx sys-us/tx switches/tx syscalls/tx" (the last "-"
+# without perf, or for runs under 4 s). libpq's PG* variables (PGSSLMODE, say) apply.
 measure() { # PORT PROC MODE
-  local before cs_before out after cs_after
+  local before cs_before out after cs_after rate pgbench_pid
+  out=$(mktemp)
   before=$(cpu_ticks "$2")
   cs_before=$(ctx_switches "$2")
-  out=$(pgbench -n -h 127.0.0.1 -p "$1" -U app -c "$CLIENTS" -j 2 -T "$SECS" -M "$3" \
-    -f "$DIR/select.sql" app 2>/dev/null || true)
+  pgbench -n -h 127.0.0.1 -p "$1" -U app -c "$CLIENTS" -j 2 -T "$SECS" -M "$3" \
+    -f "$DIR/select.sql" app >"$out" 2>/dev/null &
+  pgbench_pid=$!
+  # System calls are counted in the steady middle of the run (no logins, no tail).
+  rate="-"
+  if [ "$SECS" -ge 4 ]; then
+    sleep 1
+    rate=$(syscall_rate "$2" $((SECS - 2)))
+  fi
+  wait "$pgbench_pid" || true
   after=$(cpu_ticks "$2")
   cs_after=$(ctx_switches "$2")
-  local tx
-  tx=$(echo "$out" | processed)
-  if [ -z "$tx" ] || [ "$tx" = 0 ]; then echo "fails - - -"; return; fi
-  echo "$(echo "$out" | tps) $(per_tx "$before" "$after" "$tx")" \
-    "$(awk -v a="$cs_after" -v b="$cs_before" -v t="$tx" 'BEGIN {printf "%.2f", (a - b) / t}')"
+  local tx tps_now
+  tx=$(processed <"$out")
+  tps_now=$(tps <"$out")
+  rm -f "$out"
+  if [ -z "$tx" ] || [ "$tx" = 0 ]; then echo "fails - - - -"; return; fi
+  echo "$tps_now $(per_tx "$before" "$after" "$tx")" \
+    "$(awk -v a="$cs_after" -v b="$cs_before" -v t="$tx" 'BEGIN {printf "%.2f", (a - b) / t}')" \
+    "$(awk -v r="$rate" -v t="$tps_now" 'BEGIN {if (r == "-" || t == 0) print "-"; else printf "%.2f", r / t}')"
 }

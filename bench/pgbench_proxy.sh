@@ -5,8 +5,9 @@
 # /proc/<pid>/stat). When pgbouncer is installed, the same load through pgbouncer (transaction
 # pooling, to shard 0) is shown too, with the proxy/pgbouncer ratio and pgbouncer's CPU.
 #
-# Also the context switches per transaction of each proxy (all its threads), and the RSS each
-# proxy grows by per idle logged-in client (IDLE clients, default 10,000; IDLE=0 skips it).
+# Also the context switches and system calls per transaction of each proxy (all its threads;
+# system calls counted by perf when it is installed), and the RSS each proxy grows by per
+# idle logged-in client (IDLE clients, default 10,000; IDLE=0 skips it).
 #
 #   bash bench/pgbench_proxy.sh [seconds per run, default 10] [clients, default 8]
 set -euo pipefail
@@ -40,19 +41,20 @@ PGB_PORT=$((PORT + 100))
 # shellcheck source=bench/measure.sh
 . bench/measure.sh
 
-printf "%-9s %9s %9s %5s %15s %6s %9s %5s %15s %6s\n" mode "direct" "proxy" "/dir" \
-  "proxy us/tx u+s" "cs/tx" "pgbouncer" "/pgb" "pgb us/tx u+s" "cs/tx"
+printf "%-9s %9s %9s %5s %15s %6s %6s %9s %5s %15s %6s %6s\n" mode "direct" "proxy" "/dir" \
+  "proxy us/tx u+s" "cs/tx" "sc/tx" "pgbouncer" "/pgb" "pgb us/tx u+s" "cs/tx" "sc/tx"
 for mode in simple extended prepared; do
   direct=$(pgbench -n -h 127.0.0.1 -p "$SHARD0" -U app -c "$CLIENTS" -j 2 -T "$SECS" -M "$mode" \
     -f "$DIR/select.sql" app 2>/dev/null | tps)
-  read -r proxy pu ps pcs <<<"$(measure "$PORT" "$PROXY_PID" "$mode")"
-  pgb="-" gu="-" gs="-" gcs="-"
+  read -r proxy pu ps pcs psc <<<"$(measure "$PORT" "$PROXY_PID" "$mode")"
+  pgb="-" gu="-" gs="-" gcs="-" gsc="-"
   # pgbouncer before 1.21 cannot run protocol-level prepared statements in transaction mode.
-  [ -n "$PGB_PROC" ] && read -r pgb gu gs gcs <<<"$(measure "$PGB_PORT" "$PGB_PROC" "$mode")"
+  [ -n "$PGB_PROC" ] && read -r pgb gu gs gcs gsc <<<"$(measure "$PGB_PORT" "$PGB_PROC" "$mode")"
   awk -v m="$mode" -v d="$direct" -v p="$proxy" -v pu="$pu" -v ps="$ps" -v pcs="$pcs" \
-    -v g="$pgb" -v gu="$gu" -v gs="$gs" -v gcs="$gcs" 'BEGIN {
-    printf "%-9s %9.0f %9s %5.2f %15s %6s %9s %5s %15s %6s\n", m, d, p, (d > 0 ? p / d : 0),
-      pu " + " ps, pcs, g, (g + 0 > 0 ? sprintf("%.2f", p / g) : "-"), gu " + " gs, gcs }'
+    -v psc="$psc" -v g="$pgb" -v gu="$gu" -v gs="$gs" -v gcs="$gcs" -v gsc="$gsc" 'BEGIN {
+    printf "%-9s %9.0f %9s %5.2f %15s %6s %6s %9s %5s %15s %6s %6s\n", m, d, p,
+      (d > 0 ? p / d : 0), pu " + " ps, pcs, psc, g, (g + 0 > 0 ? sprintf("%.2f", p / g) : "-"),
+      gu " + " gs, gcs, gsc }'
 done
 
 # Memory of idle clients: RSS growth of each proxy while IDLE clients stay logged in.

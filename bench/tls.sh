@@ -42,9 +42,9 @@ printf "%-9s %-6s %10s %15s %10s %15s\n" mode link shardline "us/tx u+s" pgbounc
 for mode in simple extended; do
   for link in plain tls; do
     if [ "$link" = tls ]; then export PGSSLMODE=require; else export PGSSLMODE=disable; fi
-    read -r tps pu ps _ <<<"$(measure "$PORT" "$PROXY_PID" "$mode")"
+    read -r tps pu ps _ _ <<<"$(measure "$PORT" "$PROXY_PID" "$mode")"
     gtps="-" gu="-" gs="-"
-    [ -n "$PGB_PROC" ] && read -r gtps gu gs _ <<<"$(measure "$PGB_PORT" "$PGB_PROC" "$mode")"
+    [ -n "$PGB_PROC" ] && read -r gtps gu gs _ _ <<<"$(measure "$PGB_PORT" "$PGB_PROC" "$mode")"
     printf "%-9s %-6s %10s %15s %10s %15s\n" "$mode" "$link" "$tps" "$pu + $ps" "$gtps" "$gu + $gs"
   done
 done
