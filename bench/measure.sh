@@ -44,9 +44,14 @@ idle_kb_per_client() { # PID PORT N
 }
 
 # System calls per second of process PID (every thread) over SECONDS, counted with perf's
-# syscall tracepoint (package linux-perf; root or perf_event_paranoid <= -1); "-" without.
+# syscall tracepoint (package linux-perf; root or perf_event_paranoid <= -1) when SYSCALLS=1;
+# "-" otherwise. Tracing slows every system call of the run it watches, so runs for the
+# other columns leave it off.
 syscall_rate() { # PID SECONDS
-  command -v perf >/dev/null 2>&1 || { echo "-"; return; }
+  if [ "${SYSCALLS:-0}" != 1 ] || ! command -v perf >/dev/null 2>&1; then
+    echo "-"
+    return
+  fi
   local out count
   out=$(mktemp)
   perf stat -x, -e raw_syscalls:sys_enter -p "$1" -o "$out" -- sleep "$2" 2>/dev/null || true
@@ -57,7 +62,7 @@ syscall_rate() { # PID SECONDS
 
 # pgbench ($CLIENTS clients, $SECS seconds, the script $DIR/select.sql) through PORT while
 # watching process PROC: "TPS user-us/tx sys-us/tx switches/tx syscalls/tx" (the last "-"
-# without perf, or for runs under 4 s). libpq's PG* variables (PGSSLMODE, say) apply.
+# unless SYSCALLS=1 and perf is there, and for runs under 4 s). libpq's PG* variables (PGSSLMODE, say) apply.
 measure() { # PORT PROC MODE
   local before cs_before out after cs_after rate pgbench_pid
   out=$(mktemp)

@@ -6,8 +6,9 @@
 # pooling, to shard 0) is shown too, with the proxy/pgbouncer ratio and pgbouncer's CPU.
 #
 # Also the context switches and system calls per transaction of each proxy (all its threads;
-# system calls counted by perf when it is installed), and the RSS each proxy grows by per
-# idle logged-in client (IDLE clients, default 10,000; IDLE=0 skips it).
+# system calls only with SYSCALLS=1, counted by perf, which slows the run it watches), and the
+# RSS each proxy grows by per idle logged-in client (IDLE clients, default 10,000; IDLE=0
+# skips it).
 #
 #   bash bench/pgbench_proxy.sh [seconds per run, default 10] [clients, default 8]
 set -euo pipefail

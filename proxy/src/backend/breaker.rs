@@ -4,10 +4,11 @@
 //! Closed (normal) → open after `failures` consecutive failures to reach the shard (connect
 //! errors, connect and login timeouts, connections that break, statements past
 //! `query_timeout`) → after `open`, half-open: the maintenance task probes the shard in the
-//! background (a login as the last user that logged in, nothing else) → closed after
+//! background (a login as the last pool's or logged-in user, nothing else) → closed after
 //! `successes` probes the shard answered in a row (a refused login is an answer: the shard is
-//! reachable, and its clients should hear its refusal), open again on one it did not. While open or half-open every checkout for the shard fails at once with
-//! 08006, naming the shard and when it is tried again. Any answer from the shard while closed
+//! reachable, and its clients should hear its refusal), open again on one it did not. While
+//! open or half-open every checkout for the shard fails at once with 08006, naming the shard
+//! and when it is tried again. Any answer from the shard while closed
 //! (a `ReadyForQuery`) resets the failure count.
 //!
 //! [`Circuit`] is the decision, a pure function of events and the time; [`Breaker`] shares it
@@ -208,7 +209,7 @@ pub struct Breaker {
 struct Inner {
     circuit: Circuit,
     settings: BreakerSettings,
-    /// Whom to log in as when probing: the last target that logged in.
+    /// Whom to log in as when probing: the last pool's target, or the last that logged in.
     probe_target: Option<BackendTarget>,
     probing: bool,
 }
@@ -258,8 +259,9 @@ impl Breaker {
         self.record(|circuit, settings| circuit.failed(why, Instant::now(), settings));
     }
 
-    /// Probes log in as `target`: the first pool's, then whoever last logged in (a user
-    /// whose login the shard refuses would still prove it answers, but tells less).
+    /// Probes log in as `target`: the target of the pool made last, or that last logged in
+    /// (so probes follow a reloaded config; a login the shard refuses still proves it
+    /// answers).
     pub fn probe_as(&self, target: &BackendTarget) {
         let mut inner = self.lock();
         if inner.probe_target.as_ref() != Some(target) {

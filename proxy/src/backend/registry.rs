@@ -90,12 +90,14 @@ impl Backends {
         );
     }
 
-    /// The breaker of `target`'s address, created (closed) on first use, probing the shard
-    /// as `target` until someone logs in.
+    /// The breaker of `target`'s address, created (closed) on first use; it probes the shard
+    /// as `target` from now on (a new pool's target follows the config as reloaded, and a
+    /// login it refuses still proves the shard answers).
     pub fn breaker(&self, target: &BackendTarget) -> Arc<Breaker> {
         let key = address(&target.host, target.port);
         let mut breakers = lock(&self.breakers);
         if let Some(breaker) = breakers.get(&key) {
+            breaker.probe_as(target);
             return breaker.clone();
         }
         let labels = BackendLabels {

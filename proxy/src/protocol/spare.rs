@@ -5,8 +5,11 @@
 //! answered. Taking them from this small per-thread stack instead of the allocator saves two
 //! allocations, their zeroing and their frees on every transaction; the stack is bounded, so
 //! it costs at most [`KEPT_PER_THREAD`] × [`LARGEST_KEPT`] bytes per worker thread.
+//! [`reuse`] and [`keep`] do the same for other things a request needs once (the answer
+//! queue of an exchange).
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use bytes::BytesMut;
 
@@ -22,11 +25,7 @@ thread_local! {
 
 /// An empty buffer: a spare one when this thread has one, else a new one without capacity.
 pub fn take() -> BytesMut {
-    SPARE
-        .try_with(|spare| spare.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    reuse(&SPARE).unwrap_or_default()
 }
 
 /// Gives a buffer back for the next [`take`] on this thread, unless it is large or the thread
@@ -36,10 +35,24 @@ pub fn give_back(mut buf: BytesMut) {
         return;
     }
     buf.clear();
-    let _ = SPARE.try_with(|spare| {
+    keep(&SPARE, buf, KEPT_PER_THREAD);
+}
+
+/// The last spare a thread kept on `stack`, if any.
+pub fn reuse<T: 'static>(stack: &'static LocalKey<RefCell<Vec<T>>>) -> Option<T> {
+    stack
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
+}
+
+/// Keeps `item` on this thread's `stack` of spares, unless the stack holds `most` already
+/// (or the thread is ending).
+pub fn keep<T: 'static>(stack: &'static LocalKey<RefCell<Vec<T>>>, item: T, most: usize) {
+    let _ = stack.try_with(|spare| {
         let mut spare = spare.borrow_mut();
-        if spare.len() < KEPT_PER_THREAD {
-            spare.push(buf);
+        if spare.len() < most {
+            spare.push(item);
         }
     });
 }

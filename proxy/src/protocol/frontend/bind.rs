@@ -72,19 +72,19 @@ impl<'a> BindView<'a> {
         self.count == 0
     }
 
-    /// Parameter `index` in the router's terms, format applied.
+    /// Parameter `index` in the router's terms, format applied. The values are walked from
+    /// the first, so this is for a few parameters: [`BindView::params`] reads many at once.
     pub fn param(&self, index: usize) -> Option<Param<'a>> {
         let value = self.values().nth(index)?;
-        Some(match value {
-            None => Param::Null,
-            Some(bytes) if self.is_binary(index) => Param::Binary(bytes),
-            Some(bytes) => Param::Text(bytes),
-        })
+        Some(self.as_param(index, value))
     }
 
     /// Parameters in the router's terms, format applied.
     pub fn params(&self) -> Vec<Param<'a>> {
-        (0..self.count).filter_map(|i| self.param(i)).collect()
+        self.values()
+            .enumerate()
+            .map(|(i, value)| self.as_param(i, value))
+            .collect()
     }
 
     /// Whether some text parameter has bytes outside ASCII (which a non-UTF-8
@@ -107,9 +107,10 @@ impl<'a> BindView<'a> {
     /// `params` (client indexes, in the new order), with the given result formats: how a
     /// rewritten statement is bound on a shard.
     pub fn subset(&self, params: &[usize], result_formats: &[i16]) -> Bytes {
+        let all: Vec<Option<&[u8]>> = self.values().collect();
         let values: Vec<(bool, Option<&[u8]>)> = params
             .iter()
-            .map(|&i| (self.is_binary(i), self.values().nth(i).flatten()))
+            .map(|&i| (self.is_binary(i), all.get(i).copied().flatten()))
             .collect();
         build_bind(b"", b"", &values, result_formats)
     }
@@ -161,6 +162,15 @@ impl<'a> BindView<'a> {
             rest = tail;
             Some(Some(value))
         })
+    }
+
+    /// Value `index` (`None`: NULL) as the router reads it.
+    fn as_param(&self, index: usize, value: Option<&'a [u8]>) -> Param<'a> {
+        match value {
+            None => Param::Null,
+            Some(bytes) if self.is_binary(index) => Param::Binary(bytes),
+            Some(bytes) => Param::Text(bytes),
+        }
     }
 
     /// Whether value `index` is in binary: no codes means all text, one code applies to every
@@ -301,6 +311,41 @@ mod tests {
         let mut longer = expected.clone();
         longer.push(Param::Text(b"9"));
         assert_eq!(appended, Ok(longer));
+    }
+
+    #[test]
+    fn many_parameters_read_alike_one_by_one_and_at_once() {
+        let mut body = BytesMut::new();
+        body.put_slice(b"\0s\0");
+        body.put_i16(0);
+        body.put_i16(1000);
+        for i in 0..1000 {
+            if i % 7 == 0 {
+                body.put_i32(-1);
+            } else {
+                let text = i.to_string();
+                body.put_i32(text.len() as i32);
+                body.put_slice(text.as_bytes());
+            }
+        }
+        body.put_i16(0);
+        let f = bind(&body);
+        let view = match BindView::new(&f) {
+            Ok(v) => v,
+            Err(e) => panic!("{e}"),
+        };
+        let all = view.params();
+        assert_eq!(all.len(), 1000);
+        for i in [0, 1, 7, 500, 999] {
+            assert_eq!(view.param(i), Some(all[i]), "parameter {i}");
+        }
+        assert_eq!(all[500], Param::Text(b"500"));
+        assert_eq!(all[497], Param::Null);
+        let subset = Frame::from_bytes(view.subset(&[999, 0], &[]));
+        assert_eq!(
+            BindView::new(&subset).map(|v| v.params()),
+            Ok(vec![all[999], all[0]])
+        );
     }
 
     #[test]

@@ -19,6 +19,10 @@ use crate::session::state::statements::Statement;
 use crate::session::state::transaction::DualKeys;
 use crate::session::{ClientError, Session};
 
+/// Up to this many parameters, a `Bind`'s keys are read in place (each read walks the values
+/// from the first); a longer one (a multi-row `INSERT`) is read into a list once.
+const READ_IN_PLACE: usize = 16;
+
 /// One client message of a segment, with what the proxy learned from it.
 pub(crate) enum Item {
     Parse {
@@ -183,7 +187,10 @@ impl Session {
                     let plan = &statement.plan;
                     let routed = match self.decoded_params(&view) {
                         // Nearly always: the key is read in place, in the client's frame.
-                        Ok(None) => decide::route(loaded, plan, &statement.query, &view),
+                        Ok(None) if view.len() <= READ_IN_PLACE => {
+                            decide::route(loaded, plan, &statement.query, &view)
+                        }
+                        Ok(None) => decide::route(loaded, plan, &statement.query, &view.params()),
                         Ok(Some(decoded)) => {
                             let params = in_utf8(view.params(), &decoded);
                             decide::route(loaded, plan, &statement.query, &params)

@@ -1,6 +1,9 @@
 //! What one exchange sends a backend, written straight into one buffer, and the answers it
 //! expects, kept in step: every message goes in together with what to do with its answers.
+//! Like the buffers (`protocol::spare`), answer queues are kept per worker thread and reused,
+//! so an exchange allocates neither.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
@@ -23,9 +26,7 @@ impl Outgoing {
     pub(crate) fn new() -> Outgoing {
         Outgoing {
             bytes: spare::take(),
-            // Room for a whole extended-protocol segment (`Parse`, `Bind`, `Describe`,
-            // `Execute`, `Sync`) and a settings sync, so the queue is allocated once.
-            queue: VecDeque::with_capacity(8),
+            queue: take_queue(),
         }
     }
 
@@ -49,5 +50,61 @@ impl Outgoing {
     pub(crate) fn sent(self) -> VecDeque<Expect> {
         spare::give_back(self.bytes);
         self.queue
+    }
+}
+
+/// Answer queues one thread keeps at most.
+const QUEUES_KEPT: usize = 16;
+
+/// Queues longer than this (a long pipeline's) go back to the allocator.
+const LARGEST_QUEUE: usize = 64;
+
+thread_local! {
+    static SPARE_QUEUES: RefCell<Vec<VecDeque<Expect>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty answer queue: a spare one of this thread's, else a new one with room for a whole
+/// extended-protocol segment (`Parse`, `Bind`, `Describe`, `Execute`, `Sync`) and a settings
+/// sync.
+fn take_queue() -> VecDeque<Expect> {
+    spare::reuse(&SPARE_QUEUES).unwrap_or_else(|| VecDeque::with_capacity(8))
+}
+
+/// Gives an answer queue back for the next exchange on this thread, once driven.
+pub(crate) fn give_back_queue(mut queue: VecDeque<Expect>) {
+    if queue.capacity() > LARGEST_QUEUE {
+        return;
+    }
+    queue.clear();
+    spare::keep(&SPARE_QUEUES, queue, QUEUES_KEPT);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::link::exchange::Reply;
+
+    #[test]
+    fn a_queue_given_back_is_taken_again_empty() {
+        let mut outgoing = Outgoing::new();
+        outgoing.send(b"Q", Expect::relay(Reply::Cycle));
+        let queue = outgoing.sent();
+        let capacity = queue.capacity();
+        give_back_queue(queue);
+        let again = take_queue();
+        assert!(again.is_empty());
+        assert_eq!(again.capacity(), capacity);
+    }
+
+    #[test]
+    fn long_queues_and_too_many_are_not_kept() {
+        give_back_queue(VecDeque::with_capacity(LARGEST_QUEUE + 1));
+        for _ in 0..QUEUES_KEPT + 4 {
+            give_back_queue(VecDeque::with_capacity(8));
+        }
+        let kept = std::iter::from_fn(|| SPARE_QUEUES.with(|s| s.borrow_mut().pop()))
+            .inspect(|queue| assert!(queue.capacity() <= LARGEST_QUEUE))
+            .count();
+        assert_eq!(kept, QUEUES_KEPT);
     }
 }

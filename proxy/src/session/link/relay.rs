@@ -11,7 +11,7 @@ use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::Frame;
 use crate::session::link::exchange::{self, Completed, ExchangeError, Expect, Outcome, Reply};
-use crate::session::link::outgoing::Outgoing;
+use crate::session::link::outgoing::{self, Outgoing};
 use crate::session::state::settings;
 use crate::session::state::settings::apply_effects;
 use crate::session::state::transaction::Transaction;
@@ -103,6 +103,7 @@ impl Session {
             }
             Err(e) => Err(ExchangeError::Backend(e)),
         };
+        outgoing::give_back_queue(queue);
         let (ok, ended) = result
             .as_ref()
             .map_or((false, false), |o| (!o.failed, o.ready == Some(b'I')));
