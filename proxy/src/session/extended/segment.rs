@@ -104,9 +104,21 @@ impl Session {
                             break;
                         }
                     };
+                    let unnamed = view.name.is_empty();
+                    let types = view.param_types;
+                    if let Some(statement) =
+                        self.statements
+                            .reparsed(view.name, &query, types, loaded.version)
+                    {
+                        segment.items.push(Item::Parse {
+                            frame,
+                            statement,
+                            unnamed,
+                        });
+                        continue;
+                    }
                     let plan = self.ctx.plan(loaded, &query);
                     let rewritten = if plan.always_refused() {
-                        let types = view.param_types;
                         match Box::pin(self.rewritten_for_keys(loaded, &plan, &query, types)).await
                         {
                             Ok(rewritten) => rewritten,
@@ -118,14 +130,13 @@ impl Session {
                     } else {
                         None
                     };
-                    let unnamed = view.name.is_empty();
                     let (frame, statement) = match rewritten {
                         None => {
                             let statement = self.statements.define(
                                 view.name,
                                 &query,
                                 view.param_types,
-                                plan,
+                                (plan, loaded.version),
                                 None,
                             );
                             (frame, statement)
@@ -145,7 +156,7 @@ impl Session {
                                 view.name,
                                 &rewritten.query,
                                 &rewritten.param_types,
-                                plan,
+                                (plan, loaded.version),
                                 Some(rewritten.keys.clone()),
                             );
                             (parse, statement)

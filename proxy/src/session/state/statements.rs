@@ -23,6 +23,8 @@ pub struct Statement {
     /// Raw parameter type count and OIDs from the client's Parse.
     pub param_types: Bytes,
     pub plan: Arc<Plan>,
+    /// The config version the plan was made under.
+    pub version: u64,
     /// The proxy rewrote the client's `INSERT` to take generated shard keys as parameters.
     pub generated: Option<Arc<GeneratedKeys>>,
     /// The text is ASCII: the same bytes in every client encoding.
@@ -134,13 +136,32 @@ pub struct ClientStatements {
 }
 
 impl ClientStatements {
-    /// Records a `Parse`, replacing any statement of the same name.
+    /// The statement `name` already is when a `Parse` of the same text and parameter types
+    /// under config `version` would define it again: drivers re-parse the unnamed statement
+    /// for every execution, and its plan need not be looked up again.
+    pub fn reparsed(
+        &self,
+        name: &[u8],
+        query: &str,
+        param_types: &[u8],
+        version: u64,
+    ) -> Option<Arc<Statement>> {
+        let existing = self.by_name.get(name)?;
+        let same = existing.version == version
+            && existing.generated.is_none()
+            && &*existing.query == query
+            && existing.param_types == param_types;
+        same.then(|| existing.clone())
+    }
+
+    /// Records a `Parse` planned under config `version`, replacing any statement of the same
+    /// name.
     pub fn define(
         &mut self,
         name: &[u8],
         query: &str,
         param_types: &[u8],
-        plan: Arc<Plan>,
+        (plan, version): (Arc<Plan>, u64),
         generated: Option<Arc<GeneratedKeys>>,
     ) -> Arc<Statement> {
         if let Some(existing) = self.by_name.get(name) {
@@ -159,6 +180,7 @@ impl ClientStatements {
             query: query.into(),
             param_types: Bytes::copy_from_slice(param_types),
             plan,
+            version,
             generated,
             ascii: query.is_ascii(),
         });
@@ -179,5 +201,35 @@ impl ClientStatements {
     /// Forgets every statement (`DISCARD ALL`, `DEALLOCATE ALL`).
     pub fn clear(&mut self) {
         self.by_name.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(sql: &str) -> Arc<Plan> {
+        let config = shardline_router::Config::from_yaml(
+            "shards:\n  - {name: a, host: 127.0.0.1, port: 1}\nusers:\n  - {name: app, password: app}\n",
+        );
+        let config = config.unwrap_or_else(|e| panic!("{e}"));
+        Arc::new(shardline_router::plan(&config, sql))
+    }
+
+    #[test]
+    fn a_reparse_under_the_same_config_is_the_statement_already_defined() {
+        let mut statements = ClientStatements::default();
+        let sql = "SELECT $1::int";
+        let types = [0u8, 1, 0, 0, 0, 23];
+        let defined = statements.define(b"", sql, &types, (planned(sql), 7), None);
+        let again = statements.reparsed(b"", sql, &types, 7);
+        assert!(again.is_some_and(|s| Arc::ptr_eq(&s, &defined)));
+        assert!(
+            statements.reparsed(b"", sql, &types, 8).is_none(),
+            "a reload plans again"
+        );
+        assert!(statements.reparsed(b"", sql, &[0, 0], 7).is_none());
+        assert!(statements.reparsed(b"", "SELECT 2", &types, 7).is_none());
+        assert!(statements.reparsed(b"s1", sql, &types, 7).is_none());
     }
 }
