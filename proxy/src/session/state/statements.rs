@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 use shardline_router::{KeyType, Plan};
 
 /// A statement a client prepared.
@@ -130,9 +131,11 @@ pub fn schema_generation() -> u64 {
 }
 
 /// The statements one client has prepared, by the client's names (`""` is the unnamed one).
+/// Looked up on every `Parse` and `Bind`, so hashed with FxHash: the names are the client's
+/// own, and only its own session could suffer from names chosen to collide.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
-    by_name: HashMap<Vec<u8>, Arc<Statement>>,
+    by_name: FxHashMap<Vec<u8>, Arc<Statement>>,
 }
 
 impl ClientStatements {
