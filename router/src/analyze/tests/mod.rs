@@ -398,16 +398,21 @@ fn mangled_statements_never_panic() {
     assert!(count > 1000);
 }
 
+/// Three shards and the given `tables:` entries (YAML lines).
+fn three_shards(tables: &str) -> Config {
+    let yaml = format!(
+        "users:\n  - {{name: app, password: app}}\nshards:\n  - {{name: s0, port: 5432}}\n  - {{name: s1, port: 5433}}\n  - {{name: s2, port: 5434}}\ntables:\n{tables}"
+    );
+    match Config::from_yaml(&yaml) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}\n{yaml}"),
+    }
+}
+
 #[test]
 fn placement_errors_and_co_location_need_the_same_layout() {
-    let yaml = "
-users:
-  - {name: app, password: app}
-shards:
-  - {name: s0, port: 5432}
-  - {name: s1, port: 5433}
-  - {name: s2, port: 5434}
-tables:
+    let config = three_shards(
+        "
   - {name: users, sharding: hash, column: id}
   - {name: logs, sharding: hash, column: user_id, shards: [s0, s1]}
   - {name: visits, sharding: hash, column: user_id, shards: [s0, s1, s2]}
@@ -416,11 +421,8 @@ tables:
     column: id
     ranges:
       - {from: 0, to: 100, shard: s1}
-";
-    let config = match Config::from_yaml(yaml) {
-        Ok(c) => c,
-        Err(e) => panic!("{e}"),
-    };
+",
+    );
     let route = |sql: &str| {
         plan(&config, sql)
             .route(&config, &())
@@ -453,14 +455,8 @@ tables:
 /// value — placed, NULL, out of every range, unparseable — and every sharding.
 #[test]
 fn one_key_routes_as_the_general_combination_does() {
-    let yaml = "
-users:
-  - {name: app, password: app}
-shards:
-  - {name: s0, port: 5432}
-  - {name: s1, port: 5433}
-  - {name: s2, port: 5434}
-tables:
+    let config = three_shards(
+        "
   - {name: users, sharding: hash, column: id}
   - {name: accounts, sharding: hash, column: email, type: text}
   - {name: logs, sharding: hash, column: user_id, shards: [s1, s2]}
@@ -470,11 +466,8 @@ tables:
     ranges:
       - {from: 0, to: 100, shard: s1}
       - {from: 100, to: 200, shard: s2}
-";
-    let config = match Config::from_yaml(yaml) {
-        Ok(c) => c,
-        Err(e) => panic!("{e}"),
-    };
+",
+    );
     let values = (0..250)
         .map(t)
         .chain([P::Null, t("x"), t(-5), t(1_i64 << 40), b8(7), b4(150)])
