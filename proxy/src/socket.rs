@@ -11,6 +11,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
+use crate::protocol::FrameReader;
+
 /// The half of a connection the proxy reads from.
 #[derive(Debug)]
 pub enum SocketRead {
@@ -68,6 +70,19 @@ impl SocketRead {
                 }
             }
         }
+    }
+}
+
+impl FrameReader<SocketRead> {
+    /// Waits until the peer may have sent something, holding no read buffer meanwhile: it is
+    /// given back first if nothing is in it. A client waiting between requests, or in the
+    /// middle of logging in, then costs no buffer, and the read that follows takes one.
+    pub async fn await_input(&mut self) -> io::Result<()> {
+        if self.is_empty() {
+            self.release();
+            self.get_ref().readable().await?;
+        }
+        Ok(())
     }
 }
 

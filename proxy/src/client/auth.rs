@@ -13,10 +13,11 @@ use pgwire::api::auth::sasl::scram::{
     gen_salted_password, ScramSecret, ScramServerAuth, SCRAM_ITERATIONS,
 };
 use shardline_router::config::{AuthMethod, Config, User};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::{Frame, FrameReader};
+use crate::socket::SocketRead;
 
 /// SCRAM material for one user, derived once per config load (PBKDF2 is deliberately slow).
 #[derive(Clone)]
@@ -135,15 +136,14 @@ pub struct Channel<'a> {
 }
 
 /// Runs the authentication exchange for `user`; on success `AuthenticationOk` has been sent.
-pub async fn authenticate<R, W>(
-    reader: &mut FrameReader<R>,
+pub async fn authenticate<W>(
+    reader: &mut FrameReader<SocketRead>,
     writer: &mut W,
     user: &User,
     credentials: &Credentials,
     channel: Channel<'_>,
 ) -> Result<(), AuthFailed>
 where
-    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     match user.auth {
@@ -167,13 +167,12 @@ where
     send(writer, &auth_message(0, &[])).await
 }
 
-async fn md5<R, W>(
-    reader: &mut FrameReader<R>,
+async fn md5<W>(
+    reader: &mut FrameReader<SocketRead>,
     writer: &mut W,
     user: &User,
 ) -> Result<(), AuthFailed>
 where
-    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let salt: [u8; 4] = rand::random();
@@ -193,15 +192,14 @@ where
     }
 }
 
-async fn scram<R, W>(
-    reader: &mut FrameReader<R>,
+async fn scram<W>(
+    reader: &mut FrameReader<SocketRead>,
     writer: &mut W,
     user: &str,
     material: &ScramMaterial,
     certificate: Option<&[u8]>,
 ) -> Result<(), AuthFailed>
 where
-    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut server = ScramServerAuth::new();
@@ -256,13 +254,11 @@ const SCRAM: &[u8] = b"SCRAM-SHA-256";
 const SCRAM_PLUS: &[u8] = b"SCRAM-SHA-256-PLUS";
 
 /// Reads the client's next `p` message (PasswordMessage / SASL responses).
-async fn password_message<R: AsyncRead + Unpin>(
-    reader: &mut FrameReader<R>,
-) -> Result<Frame, AuthFailed> {
-    let frame = reader
-        .read()
-        .await
-        .map_err(|e| protocol(&format!("during authentication: {e}")))?;
+async fn password_message(reader: &mut FrameReader<SocketRead>) -> Result<Frame, AuthFailed> {
+    let during = |e: &dyn std::fmt::Display| protocol(&format!("during authentication: {e}"));
+    // Many clients may be logging in at once: none holds a buffer while the proxy waits.
+    reader.await_input().await.map_err(|e| during(&e))?;
+    let frame = reader.read().await.map_err(|e| during(&e))?;
     if frame.tag() != b'p' {
         return Err(protocol(
             "expected a password message during authentication",

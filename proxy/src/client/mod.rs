@@ -8,9 +8,11 @@ pub mod auth;
 mod negotiate;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::{Either, FutureExt};
 use shardline_router::config::TlsMode;
 use shardline_router::Config;
 use tokio::io::AsyncWriteExt;
@@ -36,88 +38,122 @@ const PROTOCOL_3: i32 = 3 << 16;
 
 /// Serves one accepted connection to the end (a shutdown aborts the task; see
 /// `server::accept`).
+///
+/// This future lives as long as the client stays connected, so what it keeps is what each
+/// idle client costs: the login's state is gone once it is over (a function of its own), and
+/// the served client is one future that holds its session once ([`Client::serve`]).
 pub async fn serve(ctx: Arc<ProxyContext>, stream: TcpStream) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    connection(&ctx, stream, &peer).await;
+    let Some(client) = log_in(&ctx, stream, &peer).await else {
+        return;
+    };
+    client.serve(ctx, peer).await;
 }
 
-async fn connection(ctx: &Arc<ProxyContext>, stream: TcpStream, peer: &str) {
+/// Logs the connection in within `login_timeout_ms`; `None` when it did not (said in the
+/// log) or was a cancel request.
+async fn log_in(ctx: &Arc<ProxyContext>, stream: TcpStream, peer: &str) -> Option<Client> {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
     let limit = ctx.snapshot().config.login_timeout;
     // Boxed, like every request's work: a logged-in session keeps only its own state.
-    let opened = tokio::time::timeout(limit, Box::pin(open(ctx, stream))).await;
-    let (input, out, logged_in) = match opened {
-        Ok(Ok(Some(opened))) => opened,
-        Ok(Ok(None)) => return,
+    match tokio::time::timeout(limit, Box::pin(open(ctx, stream))).await {
+        Ok(Ok(client)) => client,
         Ok(Err(e)) => {
             ctx.clients.login_failed();
             tracing::info!(%peer, error = %e, "client login failed");
-            return;
+            None
         }
         Err(_) => {
             ctx.clients.login_failed();
             tracing::info!(%peer, timeout = ?limit, "closed a connection that did not log in within login_timeout_ms");
-            return;
-        }
-    };
-    let from = Peer {
-        address: peer.to_owned(),
-        tls: input.get_ref().is_tls(),
-    };
-    match logged_in {
-        LoggedIn::App {
-            identity,
-            pid,
-            targets,
-            admission: _admission,
-        } => {
-            let tls = from.tls;
-            let _listed = ctx.clients.add(
-                from,
-                identity.user.clone(),
-                identity.database.clone(),
-                ClientKind::App,
-                targets.clone(),
-                out.deadlock_flag(),
-            );
-            tracing::info!(%peer, user = %identity.user, database = %identity.database, tls, "client logged in");
-            let session = Session::new(ctx.clone(), input, out, identity, targets);
-            match session.run().await {
-                Ok(()) | Err(SessionEnd::Disconnected) => {
-                    tracing::info!(%peer, "client disconnected")
-                }
-                Err(e) => tracing::warn!(%peer, error = %e, "client session ended"),
-            }
-            ctx.cancels.unregister(pid);
-        }
-        LoggedIn::Console { user } => {
-            let _listed = ctx.clients.add(
-                from,
-                user.clone(),
-                admin::DATABASE.to_owned(),
-                ClientKind::Console,
-                CancelTargets::default(),
-                out.deadlock_flag(),
-            );
-            tracing::info!(%peer, %user, "admin console login");
-            match Box::pin(admin::serve(ctx.clone(), input, out)).await {
-                Ok(()) => tracing::info!(%peer, "admin console disconnected"),
-                Err(e) => tracing::warn!(%peer, error = %e, "admin console session ended"),
-            }
+            None
         }
     }
 }
 
 /// A connection that logged in: its two halves and who is on it.
-type Opened = (FrameReader<SocketRead>, ClientOutput, LoggedIn);
+struct Client {
+    input: FrameReader<SocketRead>,
+    out: ClientOutput,
+    logged_in: LoggedIn,
+}
+
+impl Client {
+    /// Serves the client until it disconnects: listed among the clients, as a session of the
+    /// shards or on the admin console.
+    ///
+    /// Built before it is awaited, so the session lives once, inside its own future, and what
+    /// happens after it (the log line, the cancel key and the client list entry going) is a
+    /// closure run on its result rather than an `async` block that would keep the session a
+    /// second time.
+    fn serve(self, ctx: Arc<ProxyContext>, peer: String) -> impl Future<Output = ()> + Send {
+        let Client {
+            input,
+            out,
+            logged_in,
+        } = self;
+        let from = Peer {
+            address: peer.clone(),
+            tls: input.get_ref().is_tls(),
+        };
+        match logged_in {
+            LoggedIn::App {
+                identity,
+                pid,
+                targets,
+                admission,
+            } => {
+                let tls = from.tls;
+                let listed = ctx.clients.add(
+                    from,
+                    identity.user.clone(),
+                    identity.database.clone(),
+                    ClientKind::App,
+                    targets.clone(),
+                    out.deadlock_flag(),
+                );
+                tracing::info!(%peer, user = %identity.user, database = %identity.database, tls, "client logged in");
+                let session = Session::new(ctx.clone(), input, out, identity, targets);
+                Either::Left(session.run().map(move |end| {
+                    match end {
+                        Ok(()) | Err(SessionEnd::Disconnected) => {
+                            tracing::info!(%peer, "client disconnected")
+                        }
+                        Err(e) => tracing::warn!(%peer, error = %e, "client session ended"),
+                    }
+                    ctx.cancels.unregister(pid);
+                    drop((listed, admission));
+                }))
+            }
+            LoggedIn::Console { user } => {
+                let listed = ctx.clients.add(
+                    from,
+                    user.clone(),
+                    admin::DATABASE.to_owned(),
+                    ClientKind::Console,
+                    CancelTargets::default(),
+                    out.deadlock_flag(),
+                );
+                tracing::info!(%peer, %user, "admin console login");
+                Either::Right(Box::pin(admin::serve(ctx, input, out)).map(move |end| {
+                    match end {
+                        Ok(()) => tracing::info!(%peer, "admin console disconnected"),
+                        Err(e) => tracing::warn!(%peer, error = %e, "admin console session ended"),
+                    }
+                    drop(listed);
+                }))
+            }
+        }
+    }
+}
 
 /// Negotiates TLS and logs the client in; `Ok(None)` for a cancel request.
-async fn open(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<Option<Opened>, LoginError> {
+async fn open(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<Option<Client>, LoginError> {
     let offer = ctx.tls.offer();
     let negotiated = negotiate::negotiate(stream, &offer).await?;
     let limit = ctx.snapshot().config.max_message_bytes as usize;
@@ -125,7 +161,11 @@ async fn open(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<Option<Opene
     let mut out = ClientOutput::new(negotiated.write);
     let client_name = negotiated.client_name.as_deref();
     let logged_in = login(ctx, &mut input, &mut out, &offer, client_name).await?;
-    Ok(logged_in.map(|logged_in| (input, out, logged_in)))
+    Ok(logged_in.map(|logged_in| Client {
+        input,
+        out,
+        logged_in,
+    }))
 }
 
 /// A completed login.
@@ -169,6 +209,7 @@ async fn login(
     client_name: Option<&str>,
 ) -> Result<Option<LoggedIn>, LoginError> {
     let packet = loop {
+        input.await_input().await?;
         let packet = match input.read_startup().await {
             Ok(p) => p,
             Err(FrameError::BadLength(len)) => {

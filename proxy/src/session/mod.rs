@@ -212,8 +212,7 @@ impl Session {
     async fn next_message(&mut self) -> Result<Frame, FrameError> {
         if self.input.is_empty() {
             self.out.release();
-            self.input.release();
-            self.input.get_ref().readable().await?;
+            self.input.await_input().await?;
         }
         self.input.read().await
     }
