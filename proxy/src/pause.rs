@@ -58,10 +58,18 @@ impl Default for PauseGate {
 
 impl PauseGate {
     /// Waits while new transactions on `shard` are paused; returns at once otherwise.
+    ///
+    /// Every transaction passes here: the waiting runs in a future of its own (`Box::pin`),
+    /// allocated only while something is paused, so this one stays a few bytes in the
+    /// future of each request.
     pub async fn wait(&self, loaded: &Loaded, shard: ShardId) {
-        if !self.any.load(Ordering::Acquire) {
-            return;
+        if self.any.load(Ordering::Acquire) {
+            Box::pin(self.wait_resumed(loaded, shard)).await;
         }
+    }
+
+    /// Waits until new transactions on `shard` may start.
+    async fn wait_resumed(&self, loaded: &Loaded, shard: ShardId) {
         let Some(name) = loaded.config.shards.get(shard).map(|s| s.name.as_str()) else {
             return;
         };

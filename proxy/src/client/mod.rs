@@ -25,6 +25,7 @@ use crate::cancel::CancelTargets;
 use crate::clients::{Admission, ClientKind, Peer};
 use crate::context::ProxyContext;
 use crate::protocol::backend::{self as msg, sqlstate};
+use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::{FrameError, FrameReader};
 use crate::session::settings::{self, Settings, REPORTED};
 use crate::session::{ClientOutput, Identity, Session, SessionEnd};
@@ -356,12 +357,16 @@ async fn login(
     out.push(&msg::ready_for_query(b'I')).await?;
     out.flush().await?;
     let pool_mode = user.pool_mode.unwrap_or(loaded.config.pool.mode);
+    let reported_encoding = reported
+        .get("client_encoding")
+        .map_or(ClientEncoding::Utf8, |name| ClientEncoding::named(name));
     let identity = Identity {
         user: user_name,
         database,
         pool_mode,
         startup_settings,
         reported: ctx.shared_settings(reported),
+        reported_encoding,
     };
     Ok(Some(LoggedIn::App {
         identity,

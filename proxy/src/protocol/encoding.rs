@@ -89,15 +89,17 @@ impl ClientEncoding {
 
     /// Text the client sent, as UTF-8 (borrowed when it already is).
     pub fn decode(self, bytes: &[u8]) -> Result<Cow<'_, str>, TextError> {
-        if bytes.is_ascii() {
-            return std::str::from_utf8(bytes)
+        let as_utf8 = || {
+            std::str::from_utf8(bytes)
                 .map(Cow::Borrowed)
-                .map_err(|_| TextError::Invalid);
+                .map_err(|_| TextError::Invalid)
+        };
+        // UTF-8 (nearly every client) is checked in one pass; ASCII is the same in them all.
+        if matches!(self, ClientEncoding::Utf8) || bytes.is_ascii() {
+            return as_utf8();
         }
         match self {
-            ClientEncoding::Utf8 => std::str::from_utf8(bytes)
-                .map(Cow::Borrowed)
-                .map_err(|_| TextError::Invalid),
+            ClientEncoding::Utf8 => as_utf8(),
             ClientEncoding::Latin1 => {
                 Ok(Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()))
             }

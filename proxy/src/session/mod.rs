@@ -58,6 +58,9 @@ pub struct Identity {
     /// canonical names: what `DISCARD ALL` reports again for those the client changed.
     /// Shared by the clients told the same (see [`ProxyContext::shared_settings`]).
     pub reported: Arc<BTreeMap<String, String>>,
+    /// The `client_encoding` among them: the client's text arrives in it until it sets
+    /// another. Read once here, as every request needs it.
+    pub reported_encoding: ClientEncoding,
 }
 
 /// Why a session ended.
@@ -305,22 +308,14 @@ impl Session {
     /// The `client_encoding` the client's text arrives in: the one it set, or the one it was
     /// told at login.
     fn encoding(&self) -> ClientEncoding {
-        self.settings.client_encoding().unwrap_or_else(|| {
-            self.identity
-                .reported
-                .get("client_encoding")
-                .map_or(ClientEncoding::Utf8, |name| ClientEncoding::named(name))
-        })
+        self.settings
+            .client_encoding()
+            .unwrap_or(self.identity.reported_encoding)
     }
 
-    /// Text the client sent, as UTF-8: ASCII (nearly every statement) as it is, anything else
-    /// read in its `client_encoding`.
+    /// Text the client sent, as UTF-8: read in its `client_encoding` (borrowed when it is
+    /// UTF-8 or ASCII, as nearly every statement is).
     fn client_text<'t>(&self, bytes: &'t [u8]) -> Result<std::borrow::Cow<'t, str>, ClientError> {
-        if bytes.is_ascii() {
-            if let Ok(text) = std::str::from_utf8(bytes) {
-                return Ok(std::borrow::Cow::Borrowed(text));
-            }
-        }
         self.encoding().decode(bytes).map_err(ClientError::from)
     }
 

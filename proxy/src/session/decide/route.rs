@@ -13,6 +13,9 @@ use crate::session::state::transaction::DualKeys;
 use crate::session::ClientError;
 
 /// Where one statement's work goes, before the session's state is taken into account.
+///
+/// The rare targets' payloads are boxed: a target is kept through every wait of a request, in
+/// the future allocated for it, so its size weighs on every request.
 #[derive(Debug, Clone)]
 pub(crate) enum Target {
     /// Transaction control, settings, `SHOW`: wherever the session's transaction runs.
@@ -26,12 +29,12 @@ pub(crate) enum Target {
     /// A multi-row `INSERT` whose rows belong to different shards, one part per shard.
     Split(Vec<InsertPart>),
     /// `COPY … FROM STDIN` into a sharded table, each row to its shard.
-    Copy(CopyInto),
+    Copy(Box<CopyInto>),
     /// A read the merge cannot answer: these tables' rows are gathered on the default shard,
     /// which runs it. `refusal` is the merge's reason, for where a pull-up cannot run.
     Pull {
         tables: Vec<PulledTable>,
-        refusal: ClientError,
+        refusal: Box<ClientError>,
     },
     /// `INSERT … SELECT` into a sharded table: the `SELECT` runs on the default shard (after
     /// a pull-up of what it reads), its rows go to their shards as a routed `COPY`.
@@ -104,7 +107,7 @@ pub(crate) fn route(
         // A dual write must name its keys on one shard; nothing below can make it one.
         Err(_) if dual.is_some() => return Err(moving::several_shards()),
         Err(e) if plan.kind == StatementKind::CopyIn => match copy_into(&loaded.config, sql) {
-            Some(spec) => Target::Copy(spec?),
+            Some(spec) => Target::Copy(Box::new(spec?)),
             None => return Err(e.into()),
         },
         Err(e) if plan.kind == StatementKind::Write => {
@@ -124,7 +127,7 @@ pub(crate) fn route(
             match pulled_tables(&loaded.config, sql) {
                 Ok(tables) if !tables.is_empty() => Target::Pull {
                     tables,
-                    refusal: e.into(),
+                    refusal: Box::new(e.into()),
                 },
                 Ok(_) => return Err(e.into()),
                 Err(pull) => return Err(pull.into()),

@@ -165,10 +165,20 @@ impl Session {
 
     /// Finishes backends held after a `Flush` on other shards than `shard`: their pipeline
     /// segment is over once the client moves elsewhere, so they get a `Sync` and go back.
+    ///
+    /// Every exchange passes here and nearly none has anything to settle: the settling runs in
+    /// a future of its own, allocated only then, so this one stays small.
     pub(crate) async fn settle_others(&mut self, shard: ShardId) {
         if self.tx.open() || self.spread.is_some() || self.identity.pool_mode == PoolMode::Session {
             return;
         }
+        if self.conns.keys().any(|held| *held != shard) {
+            Box::pin(self.settle_held_except(shard)).await;
+        }
+    }
+
+    /// Sends `Sync` to every held backend but `shard`'s and returns them to their pools.
+    async fn settle_held_except(&mut self, shard: ShardId) {
         let others: Vec<ShardId> = self.conns.keys().copied().filter(|s| *s != shard).collect();
         for other in others {
             let Some(mut conn) = self.conns.remove(&other) else {

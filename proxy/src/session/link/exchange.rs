@@ -271,25 +271,12 @@ where
                 if !relay {
                     return Err(ExchangeError::Unsupported('G'));
                 }
-                out.push(frame.bytes())
-                    .await
-                    .map_err(ExchangeError::Client)?;
-                out.flush().await.map_err(ExchangeError::Client)?;
-                relay_copy_in(backend, client).await?;
-                if reply == Reply::Execute {
-                    // In the extended protocol the backend ignored the `Sync` that followed
-                    // `Execute` while it was copying; clients send another one right after
-                    // `CopyDone`, and that one ends the segment.
-                    let next = client.read().await.map_err(ExchangeError::ClientFrame)?;
-                    if next.tag() == b'S' {
-                        backend.send(next.bytes()).await?;
-                    } else {
-                        client.unread(next);
-                        if let Some(pos) = queue.iter().position(|e| e.reply() == Some(Reply::Sync))
-                        {
-                            queue.remove(pos);
-                            outcome.awaiting_sync = true;
-                        }
+                // Boxed: COPY's state would otherwise weigh on every exchange.
+                let copy = Box::pin(copy_in(backend, out, client, &frame, reply)).await?;
+                if copy == CopyEnd::AwaitingSync {
+                    if let Some(pos) = queue.iter().position(|e| e.reply() == Some(Reply::Sync)) {
+                        queue.remove(pos);
+                        outcome.awaiting_sync = true;
                     }
                 }
                 continue;
@@ -360,6 +347,49 @@ fn forwarded_as_is(reply: Reply, frame_tag: u8) -> bool {
             | tag::COPY_BOTH_RESPONSE
             | tag::READY_FOR_QUERY
     ) && !completes(reply, frame_tag)
+}
+
+/// How a client's COPY into a backend ended.
+#[derive(Debug, PartialEq, Eq)]
+enum CopyEnd {
+    /// Done, and the message that started it answered as usual from here.
+    Done,
+    /// An extended-protocol COPY whose client has not sent its `Sync` yet: the backend waits
+    /// for it, and the `Sync` queued before the COPY gets no answer.
+    AwaitingSync,
+}
+
+/// Relays a COPY the backend started with `CopyInResponse` (`response`): the response to the
+/// client, then the client's data to the backend until `CopyDone` or `CopyFail`.
+async fn copy_in<R>(
+    backend: &mut Backend,
+    out: &mut ClientOutput,
+    client: &mut FrameReader<R>,
+    response: &Frame,
+    reply: Reply,
+) -> Result<CopyEnd, ExchangeError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    out.push(response.bytes())
+        .await
+        .map_err(ExchangeError::Client)?;
+    out.flush().await.map_err(ExchangeError::Client)?;
+    relay_copy_in(backend, client).await?;
+    if reply != Reply::Execute {
+        return Ok(CopyEnd::Done);
+    }
+    // In the extended protocol the backend ignored the `Sync` that followed `Execute` while it
+    // was copying; clients send another one right after `CopyDone`, and that one ends the
+    // segment.
+    let next = client.read().await.map_err(ExchangeError::ClientFrame)?;
+    if next.tag() == b'S' {
+        backend.send(next.bytes()).await?;
+        Ok(CopyEnd::Done)
+    } else {
+        client.unread(next);
+        Ok(CopyEnd::AwaitingSync)
+    }
 }
 
 /// Forwards the client's COPY data to the backend until `CopyDone` or `CopyFail`.

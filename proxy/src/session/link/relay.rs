@@ -3,6 +3,9 @@
 //! exchange, and recording what it did (transaction state, settings, whether the backend goes
 //! back to its pool).
 
+use std::future::Future;
+
+use futures::FutureExt;
 use shardline_router::ShardId;
 
 use crate::backend::conn::Backend;
@@ -30,87 +33,95 @@ impl Session {
     /// Runs messages on one shard's backend: attaches it, brings its settings in line with the
     /// client's, sends any held `BEGIN`, then sends what `build` makes for that backend and
     /// relays the answers.
-    pub(crate) async fn exchange<F>(
-        &mut self,
-        loaded: &Loaded,
+    pub(crate) fn exchange<'a, F>(
+        &'a mut self,
+        loaded: &'a Loaded,
         shard: ShardId,
         build: F,
-    ) -> Result<(), SessionEnd>
+    ) -> impl Future<Output = Result<(), SessionEnd>> + 'a
     where
-        F: FnOnce(&mut Pooled, &mut Outgoing),
+        F: FnOnce(&mut Pooled, &mut Outgoing) + 'a,
     {
-        self.exchange_with(loaded, shard, true, build).await
+        self.exchange_with(loaded, shard, true, build)
     }
 
     /// [`Session::exchange`], optionally leaving a held `BEGIN` held (for messages that do not
     /// touch data, such as a lone `Parse`, which must not decide the transaction's shard).
-    pub(crate) async fn exchange_with<F>(
-        &mut self,
-        loaded: &Loaded,
+    ///
+    /// This and [`Session::exchange`] are plain functions around one future: an `async fn`
+    /// calling another keeps its arguments twice, and the future is allocated per request.
+    pub(crate) fn exchange_with<'a, F>(
+        &'a mut self,
+        loaded: &'a Loaded,
         shard: ShardId,
         start_held: bool,
         build: F,
-    ) -> Result<(), SessionEnd>
+    ) -> impl Future<Output = Result<(), SessionEnd>> + 'a
     where
-        F: FnOnce(&mut Pooled, &mut Outgoing),
+        F: FnOnce(&mut Pooled, &mut Outgoing) + 'a,
     {
         self.exchange_settled(loaded, shard, start_held, build)
-            .await
-            .map(|_| ())
+            .map(|settled| settled.map(|_| ()))
     }
 
     /// [`Session::exchange_with`], telling how the backend was left (`None` when the exchange
     /// failed and the client was answered).
-    pub(crate) async fn exchange_settled<F>(
-        &mut self,
-        loaded: &Loaded,
+    ///
+    /// An `async` block rather than an `async fn`, so the arguments are kept once in it.
+    #[allow(clippy::manual_async_fn)] // an `async fn` is what this avoids
+    pub(crate) fn exchange_settled<'a, F>(
+        &'a mut self,
+        loaded: &'a Loaded,
         shard: ShardId,
         start_held: bool,
         build: F,
-    ) -> Result<Option<Settled>, SessionEnd>
+    ) -> impl Future<Output = Result<Option<Settled>, SessionEnd>> + 'a
     where
-        F: FnOnce(&mut Pooled, &mut Outgoing),
+        F: FnOnce(&mut Pooled, &mut Outgoing) + 'a,
     {
-        let started = std::time::Instant::now();
-        self.settle_others(shard).await;
-        let mut conn = match self.attach(loaded, shard).await {
-            Ok(conn) => conn,
-            Err(e) => {
-                self.tx.fail();
-                return self.fail(e).await.map(|()| None);
-            }
-        };
-        let outgoing = self.compose(shard, &mut conn, start_held, build);
-        let sent = conn.send(&outgoing.bytes).await;
-        let mut queue = outgoing.sent();
-        let result = match sent {
-            Ok(()) => {
-                // A message run outside the client's transaction block (it touches no data,
-                // and the transaction has not reached this shard) must not tell the client its
-                // transaction is gone: its `ReadyForQuery` carries the client's status.
-                // So must a message run in a transaction that failed elsewhere (another shard,
-                // or a refusal): the backend itself still reports a healthy one.
-                let outside = self.tx.open() && !self.tx.shards.contains(&shard);
-                let status = (outside || self.tx.failed).then(|| self.tx.status());
-                exchange::drive(
-                    &mut conn,
-                    &mut queue,
-                    &mut self.out,
-                    &mut self.input,
-                    status,
-                )
-                .await
-            }
-            Err(e) => Err(ExchangeError::Backend(e)),
-        };
-        outgoing::give_back_queue(queue);
-        let (ok, ended) = result
-            .as_ref()
-            .map_or((false, false), |o| (!o.failed, o.ready == Some(b'I')));
-        self.ctx
-            .stats
-            .record_query(loaded, shard, ok, ended, started.elapsed());
-        self.finish(shard, conn, result).await
+        async move {
+            let started = std::time::Instant::now();
+            self.settle_others(shard).await;
+            let mut conn = match self.attach(loaded, shard).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    self.tx.fail();
+                    return self.fail(e).await.map(|()| None);
+                }
+            };
+            let outgoing = self.compose(shard, &mut conn, start_held, build);
+            let sent = conn.send(&outgoing.bytes).await;
+            let mut queue = outgoing.sent();
+            let result = match sent {
+                Ok(()) => {
+                    // A message run outside the client's transaction block (it touches no
+                    // data, and the transaction has not reached this shard) must not tell the
+                    // client its transaction is gone: its `ReadyForQuery` carries the client's
+                    // status. So must a message run in a transaction that failed elsewhere
+                    // (another shard, or a refusal): the backend itself still reports a healthy
+                    // one.
+                    let outside = self.tx.open() && !self.tx.shards.contains(&shard);
+                    let status = (outside || self.tx.failed).then(|| self.tx.status());
+                    exchange::drive(
+                        &mut conn,
+                        &mut queue,
+                        &mut self.out,
+                        &mut self.input,
+                        status,
+                    )
+                    .await
+                }
+                Err(e) => Err(ExchangeError::Backend(e)),
+            };
+            outgoing::give_back_queue(queue);
+            let (ok, ended) = result
+                .as_ref()
+                .map_or((false, false), |o| (!o.failed, o.ready == Some(b'I')));
+            self.ctx
+                .stats
+                .record_query(loaded, shard, ok, ended, started.elapsed());
+            self.finish(shard, conn, result).await
+        }
     }
 
     /// Everything a backend is sent for one exchange — settings sync, held `BEGIN`, then what
@@ -228,6 +239,18 @@ impl Session {
         Err(SessionEnd::BackendLost(format!("shard {name}: {text}")))
     }
 
+    /// Tells the client why its session ends (a `FATAL` error with `text`) and ends it: a
+    /// shard connection its transaction needed is gone.
+    async fn end_session(&mut self, sqlstate: &str, text: String) -> SessionEnd {
+        if let Err(e) = self.out.push(&msg::fatal(sqlstate, &text)).await {
+            return SessionEnd::ClientIo(e);
+        }
+        match self.out.flush().await {
+            Ok(()) => SessionEnd::BackendLost(text),
+            Err(e) => SessionEnd::ClientIo(e),
+        }
+    }
+
     /// Answers an exchange that failed: the backend is discarded; the session ends when the
     /// client's connection failed, the backend's was terminated, or a transaction lost a shard.
     async fn exchange_failed(
@@ -251,11 +274,7 @@ impl Session {
                 if self.tx.open() {
                     // The transaction's backend there is gone with its work: the session ends,
                     // as PgBouncer ends a client whose server connection it had to close.
-                    self.out
-                        .push(&msg::fatal(error.sqlstate, &error.message))
-                        .await?;
-                    self.out.flush().await?;
-                    return Err(SessionEnd::BackendLost(error.message));
+                    return Err(self.end_session(error.sqlstate, error.message).await);
                 }
                 self.fail(error).await.map(|()| None)
             }
@@ -319,11 +338,7 @@ impl Session {
                 if let Some(text) = stranded {
                     // Ending the session closes the other shards' backends, which rolls them back.
                     tracing::error!("{text}");
-                    self.out
-                        .push(&msg::fatal(sqlstate::INTERNAL, &text))
-                        .await?;
-                    self.out.flush().await?;
-                    return Err(SessionEnd::BackendLost(text));
+                    return Err(Box::pin(self.end_session(sqlstate::INTERNAL, text)).await);
                 }
             }
             Some(status) => {
