@@ -19,7 +19,7 @@ use crate::context::{LastShape, Loaded};
 use crate::keys::KeyDefault;
 use crate::protocol::backend as msg;
 use crate::session::decide::{self, shard_names, Action, Target};
-use crate::session::{settings, ClientError, Session};
+use crate::session::{ClientError, Session};
 
 /// The statement inside `EXPLAIN (ROUTE) …`, if `sql` is one: a cheap check made before any
 /// future is built, since nearly no query is one.
@@ -168,7 +168,7 @@ impl Session {
         action: &Action<'_>,
         params: &dyn Params,
     ) -> Option<Bytes> {
-        if !settings::is_on(&self.settings, "shardline.show_route") {
+        if !self.settings.show_route() {
             return None;
         }
         let shards = action.shards()?;

@@ -26,8 +26,28 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
     map: Arc<BTreeMap<String, String>>,
-    /// `client_encoding` read once when it is set: every request reads it.
+    /// What every request reads of the map, read once when the map changes.
+    derived: Derived,
+}
+
+/// The settings every request consults, kept parsed beside the map.
+#[derive(Debug, Clone, Copy, Default)]
+struct Derived {
+    /// `client_encoding`, if set.
     encoding: Option<ClientEncoding>,
+    /// `shardline.show_route`: a NOTICE names the shards of each statement.
+    show_route: bool,
+}
+
+impl Derived {
+    fn of(map: &BTreeMap<String, String>) -> Derived {
+        Derived {
+            encoding: map
+                .get("client_encoding")
+                .map(|name| ClientEncoding::named(name)),
+            show_route: switch_on(map, "shardline.show_route"),
+        }
+    }
 }
 
 impl Settings {
@@ -40,7 +60,7 @@ impl Settings {
     pub fn insert(&mut self, name: String, value: String) {
         if self.map.get(&name) != Some(&value) {
             Arc::make_mut(&mut self.map).insert(name, value);
-            self.encoding = encoding_in(&self.map);
+            self.derived = Derived::of(&self.map);
         }
     }
 
@@ -48,7 +68,7 @@ impl Settings {
     pub fn remove(&mut self, name: &str) {
         if self.map.contains_key(name) {
             Arc::make_mut(&mut self.map).remove(name);
-            self.encoding = encoding_in(&self.map);
+            self.derived = Derived::of(&self.map);
         }
     }
 
@@ -66,14 +86,14 @@ impl Settings {
 
     /// The `client_encoding` set, if any.
     pub fn client_encoding(&self) -> Option<ClientEncoding> {
-        self.encoding
+        self.derived.encoding
     }
-}
 
-/// The encoding `map` sets `client_encoding` to.
-fn encoding_in(map: &BTreeMap<String, String>) -> Option<ClientEncoding> {
-    map.get("client_encoding")
-        .map(|name| ClientEncoding::named(name))
+    /// Whether the client asked for a NOTICE naming the shards of each statement
+    /// (`SET shardline.show_route = on`).
+    pub fn show_route(&self) -> bool {
+        self.derived.show_route
+    }
 }
 
 impl Deref for Settings {
@@ -100,8 +120,8 @@ impl FromIterator<(String, String)> for Settings {
 
 impl From<Arc<BTreeMap<String, String>>> for Settings {
     fn from(map: Arc<BTreeMap<String, String>>) -> Settings {
-        let encoding = encoding_in(&map);
-        Settings { map, encoding }
+        let derived = Derived::of(&map);
+        Settings { map, derived }
     }
 }
 
@@ -318,9 +338,15 @@ pub fn duration_of(value: &str, default_unit: Duration) -> Option<Duration> {
     (!duration.is_zero()).then_some(duration)
 }
 
-/// Whether boolean setting `name` (a shardline switch such as `shardline.show_route`) is on.
+/// Whether boolean setting `name` (a shardline switch such as `shardline.partial_results`) is
+/// on.
 pub fn is_on(settings: &Settings, name: &str) -> bool {
-    settings.get(name).is_some_and(|value| {
+    switch_on(&settings.map, name)
+}
+
+/// Whether boolean setting `name` of `map` is on.
+fn switch_on(map: &BTreeMap<String, String>, name: &str) -> bool {
+    map.get(name).is_some_and(|value| {
         matches!(
             value.trim_matches('\'').to_ascii_lowercase().as_str(),
             "on" | "true" | "1" | "yes"
