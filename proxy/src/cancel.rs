@@ -19,9 +19,28 @@ pub struct CancelRegistry {
     clients: Mutex<HashMap<i32, (i32, CancelTargets)>>,
 }
 
+/// A client's cancel key and the backends it uses, registered until this is dropped: however
+/// its connection ends (a login failing after the key was made, the session ending, the
+/// task aborted at shutdown), the key goes with it.
+pub struct Registration {
+    registry: Arc<CancelRegistry>,
+    /// The key's process id, as the client is told it in `BackendKeyData`.
+    pub pid: i32,
+    /// The key's secret.
+    pub secret: i32,
+    /// The backends the client uses, for its session to keep current.
+    pub targets: CancelTargets,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.unregister(self.pid);
+    }
+}
+
 impl CancelRegistry {
-    /// Registers a new client and returns its cancel key and target list.
-    pub fn register(&self) -> (i32, i32, CancelTargets) {
+    /// Registers a new client: its cancel key and target list, until the registration drops.
+    pub fn register(self: &Arc<Self>) -> Registration {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         let targets = CancelTargets::default();
         loop {
@@ -29,13 +48,18 @@ impl CancelRegistry {
             if pid != 0 && !clients.contains_key(&pid) {
                 let secret = rand::random::<i32>();
                 clients.insert(pid, (secret, targets.clone()));
-                return (pid, secret, targets);
+                return Registration {
+                    registry: self.clone(),
+                    pid,
+                    secret,
+                    targets,
+                };
             }
         }
     }
 
     /// Forgets a client that disconnected.
-    pub fn unregister(&self, pid: i32) {
+    fn unregister(&self, pid: i32) {
         self.clients
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -70,4 +94,30 @@ pub async fn send_cancel(key: &CancelKey) -> std::io::Result<()> {
     postgres_protocol::message::frontend::cancel_request(key.pid, key.secret, &mut buf);
     let mut stream = TcpStream::connect(key.addr).await?;
     stream.write_all(&buf).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registered(registry: &CancelRegistry) -> usize {
+        registry
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    #[test]
+    fn a_key_is_registered_until_its_registration_drops() {
+        let registry = Arc::new(CancelRegistry::default());
+        let first = registry.register();
+        let second = registry.register();
+        assert_ne!(first.pid, second.pid);
+        assert_eq!(registered(&registry), 2);
+        drop(first);
+        assert_eq!(registered(&registry), 1);
+        drop(second);
+        assert_eq!(registered(&registry), 0);
+    }
 }

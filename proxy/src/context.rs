@@ -61,7 +61,7 @@ pub struct ProxyContext {
     /// Backend connection pools.
     pub pools: Pools,
     /// Client cancel keys and the backends they reach.
-    pub cancels: CancelRegistry,
+    pub cancels: Arc<CancelRegistry>,
     plans: Mutex<PlanCache>,
     next_version: AtomicU64,
     /// Parameters each shard target reported at its first login, reported to clients at
@@ -132,7 +132,7 @@ impl ProxyContext {
             gate: MigrationGate::default(),
             confirmed: Confirmed::default(),
             pools,
-            cancels: CancelRegistry::default(),
+            cancels: Arc::default(),
             plans: Mutex::new(PlanCache::default()),
             next_version: AtomicU64::new(2),
             server_params: Mutex::new(HashMap::new()),

@@ -1,9 +1,11 @@
 //! Byte-level protocol checks that drivers rely on but tokio-postgres does not exercise:
-//! `Flush` in the middle of an extended-protocol segment, and garbage after login.
+//! `Flush` in the middle of an extended-protocol segment, garbage after login, and a startup
+//! asking for a newer protocol version.
 
 use shardline_tests::wire::{cstr, login, message, read_message, read_until, trusting_proxy};
 use shardline_tests::TestCluster;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn flush_mid_segment_then_bind_and_sync() -> anyhow::Result<()> {
@@ -85,6 +87,53 @@ async fn garbage_after_login_is_a_protocol_error_and_others_keep_working() -> an
     bystander.write_all(&q).await?;
     let tags = read_until(&mut bystander, b'Z').await?;
     assert_eq!(tags, vec![b'T', b'D', b'C', b'Z']);
+    proxy.stop().await;
+    Ok(())
+}
+
+/// Sends a startup packet asking for protocol 3.2 with an option the server cannot know, as
+/// user `app` to database `app`, and returns the tags of the answers up to the first
+/// `ReadyForQuery`.
+async fn startup_3_2_tags<S>(stream: &mut S) -> anyhow::Result<Vec<u8>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut body = ((3i32 << 16) | 2).to_be_bytes().to_vec();
+    for part in [
+        "user",
+        "app",
+        "database",
+        "app",
+        "_pq_.shardline_test",
+        "on",
+        "",
+    ] {
+        body.extend(cstr(part));
+    }
+    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend(body);
+    stream.write_all(&packet).await?;
+    read_until(stream, b'Z').await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_protocol_version_is_negotiated_before_authentication() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("negotiate", 1).await?;
+    let server = &cluster.pg.servers()[0];
+    let socket = server
+        .socket_dir()
+        .join(format!(".s.PGSQL.{}", server.port()));
+    let oracle = startup_3_2_tags(&mut UnixStream::connect(socket).await?).await?;
+    assert_eq!(&oracle[..2], b"vR", "PostgreSQL's own answer: {oracle:?}");
+
+    let proxy = trusting_proxy(&cluster).await?;
+    let mut stream = TcpStream::connect(proxy.addr).await?;
+    let proxied = startup_3_2_tags(&mut stream).await?;
+    assert_eq!(
+        &proxied[..2],
+        &oracle[..2],
+        "NegotiateProtocolVersion, then authentication, as PostgreSQL answers: {proxied:?}"
+    );
     proxy.stop().await;
     Ok(())
 }

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use crate::admin;
 use crate::backend::conn::BackendError;
 use crate::backend::pool::CheckoutError;
-use crate::cancel::CancelTargets;
+use crate::cancel::{CancelTargets, Registration};
 use crate::clients::{Admission, ClientKind, Peer};
 use crate::context::ProxyContext;
 use crate::protocol::backend::{self as msg, sqlstate};
@@ -48,7 +48,7 @@ pub async fn serve(ctx: Arc<ProxyContext>, stream: TcpStream) {
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let Some(client) = log_in(&ctx, stream, &peer).await else {
+    let Some(client) = login_within_limit(&ctx, stream, &peer).await else {
         return;
     };
     client.serve(ctx, peer).await;
@@ -56,7 +56,11 @@ pub async fn serve(ctx: Arc<ProxyContext>, stream: TcpStream) {
 
 /// Logs the connection in within `login_timeout_ms`; `None` when it did not (said in the
 /// log) or was a cancel request.
-async fn log_in(ctx: &Arc<ProxyContext>, stream: TcpStream, peer: &str) -> Option<Client> {
+async fn login_within_limit(
+    ctx: &Arc<ProxyContext>,
+    stream: TcpStream,
+    peer: &str,
+) -> Option<Client> {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
@@ -105,8 +109,7 @@ impl Client {
         match logged_in {
             LoggedIn::App {
                 identity,
-                pid,
-                targets,
+                cancel,
                 admission,
             } => {
                 let tls = from.tls;
@@ -115,11 +118,12 @@ impl Client {
                     identity.user.clone(),
                     identity.database.clone(),
                     ClientKind::App,
-                    targets.clone(),
+                    cancel.targets.clone(),
                     out.deadlock_flag(),
                 );
                 tracing::info!(%peer, user = %identity.user, database = %identity.database, tls, "client logged in");
-                let session = Session::new(ctx.clone(), input, out, identity, targets);
+                let targets = cancel.targets.clone();
+                let session = Session::new(ctx, input, out, identity, targets);
                 Either::Left(session.run().map(move |end| {
                     match end {
                         Ok(()) | Err(SessionEnd::Disconnected) => {
@@ -127,8 +131,7 @@ impl Client {
                         }
                         Err(e) => tracing::warn!(%peer, error = %e, "client session ended"),
                     }
-                    ctx.cancels.unregister(pid);
-                    drop((listed, admission));
+                    drop((cancel, listed, admission));
                 }))
             }
             LoggedIn::Console { user } => {
@@ -174,8 +177,7 @@ enum LoggedIn {
     /// A client of the shards, with its proxy cancel key and the backends it will use.
     App {
         identity: Identity,
-        pid: i32,
-        targets: CancelTargets,
+        cancel: Registration,
         /// Its place under `max_client_connections`, held while it is connected.
         admission: Admission,
     },
@@ -210,7 +212,6 @@ async fn login(
     client_name: Option<&str>,
 ) -> Result<Option<LoggedIn>, LoginError> {
     let packet = loop {
-        input.await_input().await?;
         let packet = match input.read_startup().await {
             Ok(p) => p,
             Err(FrameError::BadLength(len)) => {
@@ -252,8 +253,10 @@ async fn login(
         .await);
     };
     if code != PROTOCOL_3 {
-        // Newer minor versions (3.2): answer with the version we speak, as PostgreSQL does.
+        // Newer minor versions (3.2): answer with the version we speak, as PostgreSQL does,
+        // before authentication (which writes to the socket directly).
         out.push(&negotiate_protocol(&params)).await?;
+        out.flush().await?;
     }
     let Some(user_name) = params.get("user").cloned() else {
         return Err(refuse(
@@ -352,8 +355,9 @@ async fn login(
     for (name, value) in &reported {
         out.push(&msg::parameter_status(name, value)).await?;
     }
-    let (pid, secret, targets) = ctx.cancels.register();
-    out.push(&msg::backend_key_data(pid, secret)).await?;
+    let cancel = ctx.cancels.register();
+    out.push(&msg::backend_key_data(cancel.pid, cancel.secret))
+        .await?;
     out.push(&msg::ready_for_query(b'I')).await?;
     out.flush().await?;
     let pool_mode = user.pool_mode.unwrap_or(loaded.config.pool.mode);
@@ -370,8 +374,7 @@ async fn login(
     };
     Ok(Some(LoggedIn::App {
         identity,
-        pid,
-        targets,
+        cancel,
         admission,
     }))
 }
@@ -481,7 +484,7 @@ mod tests {
         );
         let task = super::serve(ctx, stream);
         let size = std::mem::size_of_val(&task);
-        assert!(size < 2560, "a connection's future takes {size} bytes");
+        assert!(size < 1600, "a connection's future takes {size} bytes");
         Ok(())
     }
 }
