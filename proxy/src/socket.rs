@@ -77,6 +77,7 @@ impl FrameReader<SocketRead> {
     /// Waits until the peer may have sent something, holding no read buffer meanwhile: it is
     /// given back first if nothing is in it. A client waiting between requests, or in the
     /// middle of logging in, then costs no buffer, and the read that follows takes one.
+    /// (Over TLS it returns at once, as [`SocketRead::readable`] does, and the read waits.)
     pub async fn await_input(&mut self) -> io::Result<()> {
         if self.is_empty() {
             self.release();

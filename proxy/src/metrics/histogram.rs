@@ -54,7 +54,11 @@ impl DurationHistogram {
         if let Some(slot) = inner.counts.get(bucket) {
             slot.fetch_add(1, Ordering::Relaxed);
         }
-        inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        // A checkout that found a free connection waited zero: nothing to add, and the sum is
+        // shared by every thread.
+        if nanos > 0 {
+            inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        }
     }
 }
 

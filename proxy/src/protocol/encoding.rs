@@ -94,12 +94,11 @@ impl ClientEncoding {
                 .map(Cow::Borrowed)
                 .map_err(|_| TextError::Invalid)
         };
-        // UTF-8 (nearly every client) is checked in one pass; ASCII is the same in them all.
-        if matches!(self, ClientEncoding::Utf8) || bytes.is_ascii() {
-            return as_utf8();
-        }
         match self {
+            // Nearly every client: checked in one pass.
             ClientEncoding::Utf8 => as_utf8(),
+            // ASCII reads the same in every encoding.
+            _ if bytes.is_ascii() => as_utf8(),
             ClientEncoding::Latin1 => {
                 Ok(Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()))
             }

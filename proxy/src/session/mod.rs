@@ -215,8 +215,8 @@ impl Session {
     async fn next_message(&mut self) -> Result<Frame, FrameError> {
         if self.input.is_empty() {
             self.out.release();
-            self.input.await_input().await?;
         }
+        self.input.await_input().await?;
         self.input.read().await
     }
 
