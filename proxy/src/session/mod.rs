@@ -46,6 +46,9 @@ use state::settings::Settings;
 use state::statements::ClientStatements;
 use state::transaction::Transaction;
 
+/// Messages a segment is given room for when its first one arrives.
+const SEGMENT_MESSAGES: usize = 8;
+
 /// Who the client is, as established at startup.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -268,9 +271,9 @@ impl Session {
         {
             match frame.tag() {
                 b'Q' => Box::pin(self.simple_query(frame)).await?,
-                b'P' | b'B' | b'D' | b'E' | b'C' => self.batch.push(frame),
+                b'P' | b'B' | b'D' | b'E' | b'C' => self.collect(frame),
                 b'S' | b'H' => {
-                    self.batch.push(frame);
+                    self.collect(frame);
                     Box::pin(self.run_batch()).await?;
                 }
                 b'F' => Box::pin(self.function_call(frame)).await?,
@@ -289,6 +292,16 @@ impl Session {
             }
         }
         Ok(true)
+    }
+
+    /// Adds an extended-protocol message to the segment being collected, which starts with
+    /// room for a whole one (`Parse`, `Bind`, `Describe`, `Execute`, `Sync` and more): it is
+    /// allocated once per segment, not grown as messages arrive.
+    fn collect(&mut self, frame: Frame) {
+        if self.batch.capacity() == 0 {
+            self.batch.reserve(SEGMENT_MESSAGES);
+        }
+        self.batch.push(frame);
     }
 
     /// Answers the current request with an error. Inside a pipeline that goes on (the segment

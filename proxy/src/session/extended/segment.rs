@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use shardline_router::{Param, StatementKind};
+use smallvec::SmallVec;
 
 use crate::context::Loaded;
 use crate::protocol::backend::sqlstate;
@@ -52,10 +53,11 @@ pub(crate) enum Item {
 pub(crate) struct Segment {
     pub(crate) items: Vec<Item>,
     /// Where each `Bind` of a statement that touches data sends it, by the `Bind`'s index in
-    /// `items`.
-    pub(crate) routed: Vec<(usize, Target)>,
+    /// `items`. (This and `kinds` keep one entry in place: nearly every segment executes one
+    /// statement, and allocating for it cost more than the rest of reading the segment.)
+    pub(crate) routed: SmallVec<[(usize, Target); 1]>,
     /// Kinds of the statements the segment executes.
-    pub(crate) kinds: Vec<StatementKind>,
+    pub(crate) kinds: SmallVec<[StatementKind; 1]>,
     /// Moving keys the segment writes while a resharding migration dual-writes.
     pub(crate) dual: Option<DualKeys>,
     /// The first statement that could not be routed; the messages after it were not read, as
@@ -86,13 +88,13 @@ impl Session {
     ) -> Result<Segment, Malformed> {
         let mut segment = Segment {
             items: Vec::with_capacity(frames.len()),
-            routed: Vec::new(),
-            kinds: Vec::new(),
+            routed: SmallVec::new(),
+            kinds: SmallVec::new(),
             dual: None,
             refusal: None,
         };
         // Portals bound in this segment (a few at most, usually only the unnamed one).
-        let mut portals: Vec<(Vec<u8>, Arc<Statement>)> = Vec::new();
+        let mut portals: SmallVec<[(Vec<u8>, Arc<Statement>); 1]> = SmallVec::new();
         for frame in frames {
             let item = match frame.tag() {
                 b'P' => {
