@@ -26,6 +26,9 @@ pub struct Statement {
     pub plan: Arc<Plan>,
     /// The config version the plan was made under.
     pub version: u64,
+    /// The schema generation ([`schema_generation`]) it was defined in: after a `DROP` or an
+    /// `ALTER` the same text gets a fresh id, and is prepared anew on backends.
+    pub schema: u64,
     /// The proxy rewrote the client's `INSERT` to take generated shard keys as parameters.
     pub generated: Option<Arc<GeneratedKeys>>,
     /// The text is ASCII: the same bytes in every client encoding.
@@ -140,8 +143,9 @@ pub struct ClientStatements {
 
 impl ClientStatements {
     /// The statement `name` already is when a `Parse` of the same text and parameter types
-    /// under config `version` would define it again: drivers re-parse the unnamed statement
-    /// for every execution, and its plan need not be looked up again.
+    /// under config `version`, with no schema change since, would define it again: drivers
+    /// re-parse the unnamed statement for every execution, and its plan need not be looked up
+    /// again.
     pub fn reparsed(
         &self,
         name: &[u8],
@@ -151,6 +155,7 @@ impl ClientStatements {
     ) -> Option<Arc<Statement>> {
         let existing = self.by_name.get(name)?;
         let same = existing.version == version
+            && existing.schema == schema_generation()
             && existing.generated.is_none()
             && &*existing.query == query
             && existing.param_types == param_types;
@@ -184,6 +189,7 @@ impl ClientStatements {
             param_types: Bytes::copy_from_slice(param_types),
             plan,
             version,
+            schema: schema_generation(),
             generated,
             ascii: query.is_ascii(),
         });
@@ -234,5 +240,17 @@ mod tests {
         assert!(statements.reparsed(b"", sql, &[0, 0], 7).is_none());
         assert!(statements.reparsed(b"", "SELECT 2", &types, 7).is_none());
         assert!(statements.reparsed(b"s1", sql, &types, 7).is_none());
+        // (In this one test: the schema generation is the process's, and no other unit test
+        // changes it.)
+        completed("DROP TABLE");
+        assert!(
+            statements.reparsed(b"", sql, &types, 7).is_none(),
+            "after a DROP the statement is defined anew"
+        );
+        let anew = statements.define(b"", sql, &types, (planned(sql), 7), None);
+        assert_ne!(
+            anew.id, defined.id,
+            "and prepared on backends under a fresh id"
+        );
     }
 }
