@@ -14,6 +14,21 @@ per_tx() { # BEFORE AFTER TRANSACTIONS
 # Transactions pgbench processed, and its TPS, from its output on stdin.
 processed() { awk -F': ' '/actually processed/ {split($2, a, "/"); print a[1]; exit}'; }
 tps() { awk '/^tps/ {printf "%.0f", $3; exit}'; }
+# CPU clock ticks of the demo's PostgreSQL servers so far (postmasters started from $DIR,
+# their live processes, and the ones that ended, counted in the postmasters' cutime).
+postgres_ticks() {
+  local ticks=0 postmaster pid
+  for postmaster in $(pgrep -f "postgres -D $DIR/" || true); do
+    ticks=$((ticks + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$postmaster/stat" 2>/dev/null || echo 0)))
+    for pid in $(pgrep -P "$postmaster" || true); do
+      ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    done
+  done
+  echo "$ticks"
+}
+# Microseconds per transaction of a tick count.
+ticks_per_tx() { awk -v t="$1" -v n="$2" -v hz="$HZ" 'BEGIN {if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-"}'; }
+
 # Context switches (voluntary and not) of every thread of a process so far.
 ctx_switches() {
   cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}'
@@ -61,13 +76,15 @@ syscall_rate() { # PID SECONDS
 }
 
 # pgbench ($CLIENTS clients, $SECS seconds, the script $DIR/select.sql) through PORT while
-# watching process PROC: "TPS user-us/tx sys-us/tx switches/tx syscalls/tx" (the last "-"
-# unless SYSCALLS=1 and perf is there, and for runs under 4 s). libpq's PG* variables (PGSSLMODE, say) apply.
+# watching process PROC: "TPS user-us/tx sys-us/tx switches/tx syscalls/tx postgres-us/tx"
+# (syscalls "-" unless SYSCALLS=1 and perf is there, and for runs under 4 s; postgres is the
+# CPU of the demo's servers). libpq's PG* variables (PGSSLMODE, say) apply.
 measure() { # PORT PROC MODE
-  local before cs_before out after cs_after rate pgbench_pid
+  local before cs_before pg_before out after cs_after pg_after rate pgbench_pid
   out=$(mktemp)
   before=$(cpu_ticks "$2")
   cs_before=$(ctx_switches "$2")
+  pg_before=$(postgres_ticks)
   pgbench -n -h 127.0.0.1 -p "$1" -U app -c "$CLIENTS" -j 2 -T "$SECS" -M "$3" \
     -f "$DIR/select.sql" app >"$out" 2>/dev/null &
   pgbench_pid=$!
@@ -80,12 +97,38 @@ measure() { # PORT PROC MODE
   wait "$pgbench_pid" || true
   after=$(cpu_ticks "$2")
   cs_after=$(ctx_switches "$2")
+  sleep 0.5
+  pg_after=$(postgres_ticks)
   local tx tps_now
   tx=$(processed <"$out")
   tps_now=$(tps <"$out")
   rm -f "$out"
-  if [ -z "$tx" ] || [ "$tx" = 0 ]; then echo "fails - - - -"; return; fi
+  if [ -z "$tx" ] || [ "$tx" = 0 ]; then echo "fails - - - - -"; return; fi
   echo "$tps_now $(per_tx "$before" "$after" "$tx")" \
     "$(awk -v a="$cs_after" -v b="$cs_before" -v t="$tx" 'BEGIN {printf "%.2f", (a - b) / t}')" \
-    "$(awk -v r="$rate" -v t="$tps_now" 'BEGIN {if (r == "-" || t == 0) print "-"; else printf "%.2f", r / t}')"
+    "$(awk -v r="$rate" -v t="$tps_now" 'BEGIN {if (r == "-" || t == 0) print "-"; else printf "%.2f", r / t}')" \
+    "$(ticks_per_tx $((pg_after - pg_before)) "$tx")"
+}
+
+# pgbench straight against SHARDS shards at once, $CLIENTS clients split evenly among them
+# (one pgbench each, the first SHARDS ports from FIRST_PORT): "TPS postgres-us/tx", the
+# ceiling for a proxy spreading the same load over the same servers.
+measure_spread() { # FIRST_PORT SHARDS MODE
+  local pg_before pg_after pids=() k total=0 tx=0
+  pg_before=$(postgres_ticks)
+  for k in $(seq 0 $(($2 - 1))); do
+    pgbench -n -h 127.0.0.1 -p $(($1 + k)) -U app -c $((CLIENTS / $2)) -j 1 -T "$SECS" -M "$3" \
+      -f "$DIR/select.sql" app >"$DIR/spread.$k" 2>/dev/null &
+    pids+=($!)
+  done
+  wait "${pids[@]}" || true
+  # Backends that just ended are counted once their postmaster has reaped them.
+  sleep 0.5
+  pg_after=$(postgres_ticks)
+  for k in $(seq 0 $(($2 - 1))); do
+    total=$(awk -v a="$total" -v b="$(tps <"$DIR/spread.$k")" 'BEGIN {print a + b}')
+    tx=$((tx + $(processed <"$DIR/spread.$k")))
+    rm -f "$DIR/spread.$k"
+  done
+  echo "$total $(ticks_per_tx $((pg_after - pg_before)) "$tx")"
 }

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# pgbench -S (select-only) straight against one shard and through shardline, in the same run,
-# for the simple, extended and prepared protocols. Prints TPS, the proxy/direct ratio and the
+# pgbench -S (select-only) in the same run, for the simple, extended and prepared protocols:
+#   direct, 1 shard      pgbench straight against shard 0
+#   direct, N shards     pgbench straight against the N shards at once, clients split evenly
+#                        (the most any proxy spreading this load over them could serve)
+#   pgbouncer, 1 shard   PgBouncer (transaction pooling) in front of shard 0, when installed
+#   shardline, 1 shard   a second shardline whose only shard is shard 0: the same footing as
+#                        PgBouncer, proxy against proxy
+#   shardline, N shards  the demo's shardline, routing over its N shards (DEMO_SHARDS, 4)
+# For each: TPS, its ratio to the direct run on as many shards and to PgBouncer's, the
 # proxy's CPU time per transaction split into user + system (utime, stime from
-# /proc/<pid>/stat). When pgbouncer is installed, the same load through pgbouncer (transaction
-# pooling, to shard 0) is shown too, with the proxy/pgbouncer ratio and pgbouncer's CPU.
-#
-# Also the context switches and system calls per transaction of each proxy (all its threads;
-# system calls only with SYSCALLS=1, counted by perf, which slows the run it watches), and the
-# RSS each proxy grows by per idle logged-in client (IDLE clients, default 10,000; IDLE=0
-# skips it).
+# /proc/<pid>/stat), the shards' PostgreSQL CPU per transaction (all their processes), the
+# proxy's context switches per transaction (all its threads) and, with SYSCALLS=1, its system
+# calls per transaction (counted by perf, which slows the run it watches). Then the RSS each
+# proxy grows by per idle logged-in client (IDLE clients, default 10,000; IDLE=0 skips it).
 #
 #   bash bench/pgbench_proxy.sh [seconds per run, default 10] [clients, default 8]
 set -euo pipefail
@@ -24,7 +28,9 @@ export PGPASSWORD=app
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # shellcheck source=bench/demo.sh
 . bench/demo.sh
+ONE_PID=
 cleanup() {
+  [ -n "$ONE_PID" ] && kill "$ONE_PID" 2>/dev/null || true
   stop_pgbouncer
   stop_demo
 }
@@ -34,6 +40,36 @@ SHARD0=$((PORT + 1))
 # shellcheck source=bench/select_load.sh
 . bench/select_load.sh
 
+# shardline on the same footing as PgBouncer: one shard, shard 0.
+ONE_PORT=$((PORT + 200))
+cat >"$DIR/one_shard.yaml" <<YAML
+listen: 127.0.0.1:$ONE_PORT
+pool:
+  mode: transaction
+  size: 20
+  min_idle: 1
+users:
+  - name: app
+    password: app
+    auth: scram-sha-256
+shards:
+  - name: shard0
+    host: 127.0.0.1
+    port: $SHARD0
+    database: app
+tables:
+  - name: users
+    sharding: hash
+    column: id
+    type: int8
+YAML
+"$BIN" ${THREADS:+--threads "$THREADS"} --config "$DIR/one_shard.yaml" --no-watch >"$DIR/one_shard.log" 2>&1 &
+ONE_PID=$!
+for _ in $(seq 1 60); do
+  psql -X -q -h 127.0.0.1 -p "$ONE_PORT" -U app app -c "SELECT 1" >/dev/null 2>&1 && break
+  sleep 0.5
+done
+
 # Optional reference: pgbouncer in front of shard 0.
 PGB_PORT=$((PORT + 100))
 # shellcheck source=bench/pgbouncer.sh
@@ -42,20 +78,32 @@ PGB_PORT=$((PORT + 100))
 # shellcheck source=bench/measure.sh
 . bench/measure.sh
 
-printf "%-9s %9s %9s %5s %15s %6s %6s %9s %5s %15s %6s %6s\n" mode "direct" "proxy" "/dir" \
-  "proxy us/tx u+s" "cs/tx" "sc/tx" "pgbouncer" "/pgb" "pgb us/tx u+s" "cs/tx" "sc/tx"
+SHARDS=${DEMO_SHARDS:-4}
+printf "%-9s %-20s %8s %5s %5s %15s %8s %6s %6s\n" mode target tps /dir /pgb "proxy us/tx u+s" \
+  "pg us/tx" cs/tx sc/tx
+row() { # MODE TARGET TPS DIRECT_TPS PGBOUNCER_TPS USER SYS CS SC POSTGRES
+  awk -v m="$1" -v t="$2" -v p="$3" -v d="$4" -v g="$5" -v u="$6" -v s="$7" -v cs="$8" \
+    -v sc="$9" -v pg="${10}" 'BEGIN {
+    ratio_d = (d + 0 > 0 ? sprintf("%.2f", p / d) : "-")
+    ratio_g = (g + 0 > 0 ? sprintf("%.2f", p / g) : "-")
+    cpu = (u == "-" ? "-" : u " + " s)
+    printf "%-9s %-20s %8.0f %5s %5s %15s %8s %6s %6s\n", m, t, p, ratio_d, ratio_g, cpu, pg, cs, sc }'
+}
 for mode in simple extended prepared; do
-  direct=$(pgbench -n -h 127.0.0.1 -p "$SHARD0" -U app -c "$CLIENTS" -j 2 -T "$SECS" -M "$mode" \
-    -f "$DIR/select.sql" app 2>/dev/null | tps)
-  read -r proxy pu ps pcs psc <<<"$(measure "$PORT" "$PROXY_PID" "$mode")"
-  pgb="-" gu="-" gs="-" gcs="-" gsc="-"
+  read -r d1 _ _ _ _ dpg <<<"$(measure "$SHARD0" "$$" "$mode")"
+  read -r dn dnpg <<<"$(measure_spread "$SHARD0" "$SHARDS" "$mode")"
+  pgb=-
   # pgbouncer before 1.21 cannot run protocol-level prepared statements in transaction mode.
-  [ -n "$PGB_PROC" ] && read -r pgb gu gs gcs gsc <<<"$(measure "$PGB_PORT" "$PGB_PROC" "$mode")"
-  awk -v m="$mode" -v d="$direct" -v p="$proxy" -v pu="$pu" -v ps="$ps" -v pcs="$pcs" \
-    -v psc="$psc" -v g="$pgb" -v gu="$gu" -v gs="$gs" -v gcs="$gcs" -v gsc="$gsc" 'BEGIN {
-    printf "%-9s %9.0f %9s %5.2f %15s %6s %6s %9s %5s %15s %6s %6s\n", m, d, p,
-      (d > 0 ? p / d : 0), pu " + " ps, pcs, psc, g, (g + 0 > 0 ? sprintf("%.2f", p / g) : "-"),
-      gu " + " gs, gcs, gsc }'
+  if [ -n "$PGB_PROC" ] && [ "$mode" != prepared ]; then
+    read -r pgb gu gs gcs gsc gpg <<<"$(measure "$PGB_PORT" "$PGB_PROC" "$mode")"
+  fi
+  read -r one ou os ocs osc opg <<<"$(measure "$ONE_PORT" "$ONE_PID" "$mode")"
+  read -r proxy pu ps pcs psc ppg <<<"$(measure "$PORT" "$PROXY_PID" "$mode")"
+  row "$mode" "direct, 1 shard" "$d1" "$d1" "$pgb" - - - - "$dpg"
+  row "$mode" "direct, $SHARDS shards" "$dn" "$dn" "$pgb" - - - - "$dnpg"
+  [ "$pgb" != - ] && row "$mode" "pgbouncer, 1 shard" "$pgb" "$d1" "$pgb" "$gu" "$gs" "$gcs" "$gsc" "$gpg"
+  row "$mode" "shardline, 1 shard" "$one" "$d1" "$pgb" "$ou" "$os" "$ocs" "$osc" "$opg"
+  row "$mode" "shardline, $SHARDS shards" "$proxy" "$dn" "$pgb" "$pu" "$ps" "$pcs" "$psc" "$ppg"
 done
 
 # Memory of idle clients: RSS growth of each proxy while IDLE clients stay logged in.
