@@ -3,22 +3,22 @@
 //! The session reports each exchange once it ends ([`QueryStats::record_query`] for a
 //! single-shard statement, [`QueryStats::record_scatter`] for one sent to several shards).
 //! Counters are found by shard id in an index built once per config version, so recording
-//! costs no lock and no hash: a lock-free load and a few atomic increments.
+//! costs no lock and no hash: a lock-free load and a few atomic increments, each to the
+//! recording thread's own stripe of the counter.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use shardline_router::ShardId;
 
 use crate::context::Loaded;
 use crate::metrics::histogram::DurationHistogram;
+use crate::metrics::striped::StripedCounter;
 
 /// How a statement was routed.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -63,12 +63,12 @@ struct RouteLabel {
 
 /// Counters of one shard, shared with the metric families.
 struct ShardCounters {
-    single: Counter,
-    scatter: Counter,
-    single_errors: Counter,
-    scatter_errors: Counter,
-    transactions: Counter,
-    busy_micros: AtomicU64,
+    single: StripedCounter,
+    scatter: StripedCounter,
+    single_errors: StripedCounter,
+    scatter_errors: StripedCounter,
+    transactions: StripedCounter,
+    busy_micros: StripedCounter,
 }
 
 /// Totals of one shard, as `SHOW STATS` prints them.
@@ -97,9 +97,9 @@ struct ShardIndex {
 pub struct QueryStats {
     shards: RwLock<HashMap<String, Arc<ShardCounters>>>,
     by_id: ArcSwap<ShardIndex>,
-    queries: Family<ShardRoute, Counter>,
-    errors: Family<ShardRoute, Counter>,
-    transactions: Family<ShardLabel, Counter>,
+    queries: Family<ShardRoute, StripedCounter>,
+    errors: Family<ShardRoute, StripedCounter>,
+    transactions: Family<ShardLabel, StripedCounter>,
     single_latency: DurationHistogram,
     scatter_latency: DurationHistogram,
     latency: Family<RouteLabel, DurationHistogram, fn() -> DurationHistogram>,
@@ -207,7 +207,7 @@ impl QueryStats {
                     scatter: c.scatter.get(),
                     errors: c.single_errors.get() + c.scatter_errors.get(),
                     transactions: c.transactions.get(),
-                    busy_micros: c.busy_micros.load(Ordering::Relaxed),
+                    busy_micros: c.busy_micros.get(),
                 };
                 (name.clone(), totals)
             })
@@ -270,7 +270,7 @@ impl QueryStats {
             transactions: self.transactions.get_or_create_owned(&ShardLabel {
                 shard: shard.to_owned(),
             }),
-            busy_micros: AtomicU64::new(0),
+            busy_micros: StripedCounter::default(),
         });
         self.shards
             .write()
@@ -284,6 +284,6 @@ impl QueryStats {
 impl ShardCounters {
     fn add_busy(&self, elapsed: Duration) {
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.busy_micros.fetch_add(micros, Ordering::Relaxed);
+        self.busy_micros.inc_by(micros);
     }
 }

@@ -4,7 +4,8 @@
 //! query duration and a checkout wait for every transaction, from every worker thread, into
 //! histograms shared by all sessions: with a lock that is a point where threads queue behind
 //! each other. Here an observation is two relaxed atomic additions (its bucket and the sum in
-//! nanoseconds); `/metrics` reads them as they are.
+//! nanoseconds) to the observing thread's own stripe ([`super::striped`]); `/metrics` adds
+//! the stripes up.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,6 +13,13 @@ use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
+
+use super::striped::{stripe, stripes, Padded};
+
+/// One stripe's counts: one slot per bucket, the sum of observations in nanoseconds last.
+const ROW: usize = 16;
+/// Buckets with an upper bound: the rest of a row is `+Inf` and the sum.
+const MAX_BOUNDS: usize = ROW - 2;
 
 /// Durations in buckets with upper bounds in seconds; clones share the counts.
 #[derive(Debug, Clone)]
@@ -23,25 +31,23 @@ pub struct DurationHistogram {
 struct Inner {
     /// Upper bounds in nanoseconds, ascending; the last bucket (`+Inf`) is implied.
     bounds: Vec<u64>,
-    /// Observations per bucket (not cumulative), one more than `bounds`.
-    counts: Vec<AtomicU64>,
-    sum_nanos: AtomicU64,
+    /// Observations per bucket (not cumulative) and their sum, per stripe.
+    rows: Arc<[Padded<[AtomicU64; ROW]>]>,
 }
 
 impl DurationHistogram {
-    /// `count` buckets whose upper bounds grow from `start` by `factor`, then `+Inf`.
+    /// `count` buckets (at most 14) whose upper bounds grow from `start` by `factor`, then
+    /// `+Inf`.
     pub fn exponential(start: Duration, factor: u32, count: usize) -> DurationHistogram {
         let start = u64::try_from(start.as_nanos()).unwrap_or(u64::MAX);
         let bounds: Vec<u64> =
             std::iter::successors(Some(start), |b| b.checked_mul(u64::from(factor)))
-                .take(count)
+                .take(count.min(MAX_BOUNDS))
                 .collect();
-        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
         DurationHistogram {
             inner: Arc::new(Inner {
                 bounds,
-                counts,
-                sum_nanos: AtomicU64::new(0),
+                rows: stripes(),
             }),
         }
     }
@@ -50,15 +56,24 @@ impl DurationHistogram {
     pub fn observe(&self, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let inner = &self.inner;
+        let Some(Padded(row)) = inner.rows.get(stripe(inner.rows.len())) else {
+            return;
+        };
         let bucket = inner.bounds.partition_point(|bound| *bound < nanos);
-        if let Some(slot) = inner.counts.get(bucket) {
+        if let Some(slot) = row.get(bucket) {
             slot.fetch_add(1, Ordering::Relaxed);
         }
-        // A checkout that found a free connection waited zero: nothing to add, and the sum is
-        // shared by every thread.
+        // A checkout that found a free connection waited zero: nothing to add.
         if nanos > 0 {
-            inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+            row[ROW - 1].fetch_add(nanos, Ordering::Relaxed);
         }
+    }
+
+    /// Slot `index` of every stripe's row, added up.
+    fn total(&self, index: usize) -> u64 {
+        self.inner.rows.iter().fold(0u64, |sum, Padded(row)| {
+            sum.wrapping_add(row.get(index).map_or(0, |n| n.load(Ordering::Relaxed)))
+        })
     }
 }
 
@@ -76,11 +91,11 @@ impl EncodeMetric for DurationHistogram {
             .map(|b| seconds(*b))
             .chain([f64::INFINITY]);
         let buckets: Vec<(f64, u64)> = bounds
-            .zip(&inner.counts)
-            .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
+            .enumerate()
+            .map(|(index, bound)| (bound, self.total(index)))
             .collect();
         let count = buckets.iter().map(|(_, n)| n).sum();
-        let sum = seconds(inner.sum_nanos.load(Ordering::Relaxed));
+        let sum = seconds(self.total(ROW - 1));
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 

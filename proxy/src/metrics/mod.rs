@@ -6,6 +6,7 @@
 
 pub mod histogram;
 pub mod http;
+pub mod striped;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
