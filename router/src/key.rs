@@ -103,6 +103,40 @@ impl KeyType {
         }
     }
 
+    /// An integer key read straight from its text bytes when they are a plain integer that
+    /// fits: the common case of a routed statement, without checking the text is UTF-8 first.
+    /// `None` for the other key types, and for whatever [`KeyType::parse_text`] must judge
+    /// (and word the error of): spaces, a bad digit, out of range.
+    pub fn int_from_text(self, bytes: &[u8]) -> Option<KeyValue> {
+        if !matches!(self, KeyType::Int2 | KeyType::Int4 | KeyType::Int8) {
+            return None;
+        }
+        let (negative, digits) = match bytes {
+            [b'-', rest @ ..] => (true, rest),
+            [b'+', rest @ ..] => (false, rest),
+            _ => (false, bytes),
+        };
+        if digits.is_empty() {
+            return None;
+        }
+        // Summed as a negative number, so that i64::MIN fits.
+        let mut below_zero: i64 = 0;
+        for &digit in digits {
+            if !digit.is_ascii_digit() {
+                return None;
+            }
+            below_zero = below_zero
+                .checked_mul(10)?
+                .checked_sub(i64::from(digit - b'0'))?;
+        }
+        let value = if negative {
+            below_zero
+        } else {
+            below_zero.checked_neg()?
+        };
+        self.int_key(value)
+    }
+
     /// An integer key, if `v` fits the column's integer width.
     fn int_key(self, v: i64) -> Option<KeyValue> {
         let fits = match self {
@@ -198,6 +232,62 @@ fn parse_uuid(text: &str) -> Option<[u8; 16]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integers_read_from_bytes_agree_with_parse_text() {
+        let texts = [
+            "0",
+            "-0",
+            "+0",
+            "42",
+            "-42",
+            "+42",
+            "007",
+            "32767",
+            "32768",
+            "-32768",
+            "-32769",
+            "2147483647",
+            "2147483648",
+            "-2147483649",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "99999999999999999999",
+            "",
+            "-",
+            "+",
+            " 1",
+            "1 ",
+            "1_000",
+            "0x10",
+            "1e3",
+            "--1",
+            "+-1",
+            "12a",
+            "\u{661}",
+        ];
+        for key_type in [KeyType::Int2, KeyType::Int4, KeyType::Int8, KeyType::Text] {
+            for text in texts {
+                let fast = key_type.int_from_text(text.as_bytes());
+                let parsed = key_type.parse_text(text).ok();
+                if key_type == KeyType::Text {
+                    assert_eq!(fast, None);
+                    continue;
+                }
+                // What the fast read takes, it reads as parse_text does; what it leaves,
+                // parse_text refuses or reads past spaces.
+                match fast {
+                    Some(value) => assert_eq!(Some(value), parsed, "{key_type} {text:?}"),
+                    None => assert!(
+                        parsed.is_none() || text.trim() != text,
+                        "{key_type} {text:?}: parse_text reads {parsed:?}"
+                    ),
+                }
+            }
+        }
+    }
 
     #[test]
     fn integers_parse_in_text_and_binary() {

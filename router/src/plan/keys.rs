@@ -46,8 +46,13 @@ impl<'a> Eval<'a> {
                     }
                 }
                 Param::Text(bytes) => {
-                    let text = utf8_param(bytes, "parameter", *i, class)?;
-                    let value = class.key_type.parse_text(text).map_err(invalid_key)?;
+                    let value = match class.key_type.int_from_text(bytes) {
+                        Some(value) => value,
+                        None => {
+                            let text = utf8_param(bytes, "parameter", *i, class)?;
+                            class.key_type.parse_text(text).map_err(invalid_key)?
+                        }
+                    };
                     self.note(*i, &value);
                     each(&value)?;
                 }
