@@ -8,7 +8,7 @@
 use tokio::net::{TcpListener, TcpStream};
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: shardline::allocator::Mimalloc = shardline::allocator::Mimalloc;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {

@@ -14,6 +14,7 @@
 //! lock waits that cross shards, [`shutdown`] drains and closes, and [`signals`] maps process signals onto them.
 
 pub mod admin;
+pub mod allocator;
 pub mod backend;
 pub mod cancel;
 pub mod client;

@@ -12,7 +12,7 @@ use shardline_router::Config;
 /// per-thread free lists (glibc's malloc and free were 9% of the proxy's user CPU per
 /// transaction; see README, Benchmarks).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: shardline::allocator::Mimalloc = shardline::allocator::Mimalloc;
 
 /// A sharding proxy for PostgreSQL.
 #[derive(Parser)]
