@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Two builds of shardline side by side on one demo cluster, alternated: for telling whether a
+# change moved the proxy's CPU per transaction when one pgbench run's noise (10-20% on a
+# shared machine) hides it. Both builds serve the demo's shards.yaml at once (on ports of
+# their own); pgbench -S runs through A, then B, ROUNDS times per mode, and the table shows
+# each build's median TPS and median user and system CPU per transaction (utime, stime from
+# /proc/<pid>/stat) over its runs, then B's median relative to A's.
+#
+#   bash bench/ab.sh BUILD_A BUILD_B [rounds, default 5] [seconds per run, default 4] [clients, default 16]
+#
+# MODES (default "simple extended prepared") picks the modes; DEMO_SHARDS the shards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 2 ] || { sed -n '2,12p' "$0"; exit 1; }
+A=$1 B=$2
+ROUNDS=${3:-5}
+SECS=${4:-4}
+CLIENTS=${5:-16}
+PORT=${BENCH_PORT:-16532}
+DIR=$(mktemp -d /tmp/shardline-ab.XXXXXX)
+chmod 755 "$DIR"
+export PGPASSWORD=app
+SHARDLINE_BIN=$A
+# shellcheck source=bench/demo.sh
+. bench/demo.sh
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  stop_demo
+}
+trap cleanup EXIT
+# shellcheck source=bench/select_load.sh
+. bench/select_load.sh
+# shellcheck source=bench/measure.sh
+. bench/measure.sh
+
+# Starts BUILD on the demo's config at PORT; prints its pid.
+start() { # BUILD PORT NAME
+  sed -e "s/^listen: .*/listen: 127.0.0.1:$2/" -e '/^metrics_listen/d' "$DIR/shards.yaml" >"$DIR/$3.yaml"
+  "$1" --config "$DIR/$3.yaml" --no-watch >"$DIR/$3.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 60); do
+    psql -X -q -h 127.0.0.1 -p "$2" -U app app -c "SELECT 1" >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  echo "$pid"
+}
+A_PORT=$((PORT + 200)) B_PORT=$((PORT + 201))
+A_PID=$(start "$A" "$A_PORT" a)
+PIDS+=("$A_PID")
+B_PID=$(start "$B" "$B_PORT" b)
+PIDS+=("$B_PID")
+
+median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
+
+printf "%-9s %-2s %8s %12s %12s\n" mode "" tps "user us/tx" "sys us/tx"
+for mode in ${MODES:-simple extended prepared}; do
+  : >"$DIR/a.runs"
+  : >"$DIR/b.runs"
+  for _ in $(seq 1 "$ROUNDS"); do
+    measure "$A_PORT" "$A_PID" "$mode" >>"$DIR/a.runs"
+    measure "$B_PORT" "$B_PID" "$mode" >>"$DIR/b.runs"
+  done
+  for build in a b; do
+    tps_m=$(awk '{print $1}' "$DIR/$build.runs" | median)
+    user_m=$(awk '{print $2}' "$DIR/$build.runs" | median)
+    sys_m=$(awk '{print $3}' "$DIR/$build.runs" | median)
+    printf "%-9s %-2s %8.0f %12.2f %12.2f\n" "$mode" "$build" "$tps_m" "$user_m" "$sys_m"
+    eval "${build}_tps=$tps_m ${build}_user=$user_m ${build}_sys=$sys_m"
+  done
+  # shellcheck disable=SC2154 # set by the eval above
+  awk -v m="$mode" -v at="$a_tps" -v bt="$b_tps" -v au="$a_user" -v bu="$b_user" -v as="$a_sys" \
+    -v bs="$b_sys" 'BEGIN {printf "%-9s %-2s %8.2f %12.2f %12.2f\n", m, "b/a", bt / at, bu / au, bs / as}'
+done
+echo "(medians of $ROUNDS runs each, alternated, $SECS s, $CLIENTS clients, ${DEMO_SHARDS:-4} shards; A = $A, B = $B)"
