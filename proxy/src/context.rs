@@ -51,6 +51,9 @@ pub struct Loaded {
 /// Everything a session needs from the proxy as a whole.
 pub struct ProxyContext {
     current: ArcSwap<Loaded>,
+    /// The version of `current`, stored after it: a session holding a snapshot of this
+    /// version may go on using it ([`ProxyContext::refresh`]).
+    published: AtomicU64,
     /// `shards.yaml` as last loaded, before any migration overlay; swaps are serialised by
     /// this lock so a reload and a migration change cannot lose each other's update.
     file: Mutex<(Arc<Config>, Option<Arc<Active>>)>,
@@ -128,6 +131,7 @@ impl ProxyContext {
                 credentials,
                 version: 1,
             }),
+            published: AtomicU64::new(1),
             file: Mutex::new((Arc::new(config), None)),
             gate: MigrationGate::default(),
             confirmed: Confirmed::default(),
@@ -152,6 +156,17 @@ impl ProxyContext {
     /// The config a request should use from its start to its end.
     pub fn snapshot(&self) -> Arc<Loaded> {
         self.current.load_full()
+    }
+
+    /// [`ProxyContext::snapshot`] for a session that kept its last request's: that one while
+    /// it is still current. Taking a fresh snapshot adds to a count every worker thread
+    /// shares (and arc-swap's bookkeeping); checking the version reads a line nobody writes
+    /// between reloads.
+    pub fn refresh(&self, held: Option<Arc<Loaded>>) -> Arc<Loaded> {
+        match held {
+            Some(loaded) if loaded.version == self.published.load(Ordering::Acquire) => loaded,
+            _ => self.snapshot(),
+        }
     }
 
     /// Replaces the config read from `shards.yaml`; requests already running keep the snapshot
@@ -194,6 +209,7 @@ impl ProxyContext {
             credentials,
             version,
         }));
+        self.published.store(version, Ordering::Release);
         version
     }
 
@@ -254,17 +270,33 @@ impl ProxyContext {
     /// `last` is the caller's memo of its previous shape: a client repeating a statement
     /// shape (nearly every client, nearly always) finds its plan there, without the shared
     /// cache's lock or a hash of the text.
-    pub fn plan_simple<'s>(
+    pub fn plan_simple<'l, 's>(
         &self,
         loaded: &Loaded,
         sql: &'s str,
-        last: &mut LastShape,
-    ) -> (Arc<Plan>, Vec<Cow<'s, str>>) {
-        if let Some(found) = last.matching(loaded.version, sql) {
-            return found;
+        last: &'l mut LastShape,
+    ) -> (SimplePlan<'l>, Vec<Cow<'s, str>>) {
+        let literals = match last.matching(loaded.version, sql) {
+            Some(literals) => literals,
+            None => match self.plan_shape(loaded, sql) {
+                Planned::Kept(shape, literals) => {
+                    last.0 = Some(shape);
+                    literals
+                }
+                Planned::Own(plan, literals) => return (SimplePlan::Own(plan), literals),
+            },
+        };
+        match &last.0 {
+            Some(shape) => (SimplePlan::Last(&shape.plan), literals),
+            None => (SimplePlan::Own(self.plan(loaded, sql)), literals),
         }
+    }
+
+    /// The plan of `sql`'s shape from the shared cache (planned now if it is not there), as
+    /// a shape for the session to keep unless the statement is huge or has no shape.
+    fn plan_shape<'s>(&self, loaded: &Loaded, sql: &'s str) -> Planned<'s> {
         let Some(shape) = shardline_router::normalize::normalize(sql) else {
-            return (self.plan(loaded, sql), Vec::new());
+            return Planned::Own(self.plan(loaded, sql), Vec::new());
         };
         let cached = {
             let cache = self.plans.lock().unwrap_or_else(PoisonError::into_inner);
@@ -287,17 +319,45 @@ impl ProxyContext {
         };
         match plan {
             // A huge statement (a bulk VALUES list) is not kept per session.
-            Some(plan) if shape.text.len() > MAX_REMEMBERED_SHAPE => (plan, shape.literals),
-            Some(plan) => {
-                last.0 = Some(Shape {
+            Some(plan) if shape.text.len() > MAX_REMEMBERED_SHAPE => {
+                Planned::Own(plan, shape.literals)
+            }
+            Some(plan) => Planned::Kept(
+                Shape {
                     version: loaded.version,
                     text: shape.text,
                     holes: shape.holes,
-                    plan: plan.clone(),
-                });
-                (plan, shape.literals)
-            }
-            None => (self.plan(loaded, sql), Vec::new()),
+                    plan,
+                },
+                shape.literals,
+            ),
+            None => Planned::Own(self.plan(loaded, sql), Vec::new()),
+        }
+    }
+}
+
+/// A simple-protocol statement planned by [`ProxyContext::plan_shape`], with its constants.
+enum Planned<'s> {
+    /// A shape for the session to keep.
+    Kept(Shape, Vec<Cow<'s, str>>),
+    /// A plan for this statement only.
+    Own(Arc<Plan>, Vec<Cow<'s, str>>),
+}
+
+/// The plan [`ProxyContext::plan_simple`] found: the session's last shape's, borrowed (no
+/// count to add to on the plan every session of that shape shares), or one of its own.
+pub enum SimplePlan<'l> {
+    Last(&'l Plan),
+    Own(Arc<Plan>),
+}
+
+impl std::ops::Deref for SimplePlan<'_> {
+    type Target = Plan;
+
+    fn deref(&self) -> &Plan {
+        match self {
+            SimplePlan::Last(plan) => plan,
+            SimplePlan::Own(plan) => plan,
         }
     }
 }
@@ -316,12 +376,10 @@ struct Shape {
 }
 
 impl LastShape {
-    /// The plan and constants of `sql` if it has the last shape, planned under config
-    /// `version`.
-    fn matching<'s>(&self, version: u64, sql: &'s str) -> Option<(Arc<Plan>, Vec<Cow<'s, str>>)> {
+    /// The constants of `sql` if it has the last shape, planned under config `version`.
+    fn matching<'s>(&self, version: u64, sql: &'s str) -> Option<Vec<Cow<'s, str>>> {
         let shape = self.0.as_ref().filter(|shape| shape.version == version)?;
-        let literals = shardline_router::normalize::literals_in(&shape.text, &shape.holes, sql)?;
-        Some((shape.plan.clone(), literals))
+        shardline_router::normalize::literals_in(&shape.text, &shape.holes, sql)
     }
 }
 

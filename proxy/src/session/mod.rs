@@ -110,6 +110,9 @@ pub struct Session {
     rewrites: generated::Rewrites,
     /// The plan of the last simple-protocol statement shape.
     last_shape: LastShape,
+    /// The config snapshot of the last request, used again while it is current (see
+    /// [`ProxyContext::refresh`]).
+    held_config: Option<Arc<Loaded>>,
     /// Held while a transaction runs: resharding waits for older ones before dual writes.
     write_ticket: Option<Ticket>,
     /// Held while a transaction writes moving keys: a cutover waits for it.
@@ -143,6 +146,7 @@ impl Session {
             spread: None,
             rewrites: generated::Rewrites::default(),
             last_shape: LastShape::default(),
+            held_config: None,
             write_ticket: None,
             dual_ticket: None,
         }

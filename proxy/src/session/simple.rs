@@ -3,11 +3,13 @@
 //! session to its shard.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use shardline_router::{Param, StatementKind};
 
 use crate::backend::conn::Backend;
 use crate::backend::pool::Pooled;
+use crate::context::{LastShape, Loaded};
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::frontend::query_bytes;
 use crate::protocol::Frame;
@@ -24,7 +26,24 @@ impl Session {
     /// Answers one simple-protocol `Query`. Every way but the single-shard one runs in a
     /// future of its own (`Box::pin`), so this one stays small: it is allocated per query.
     pub(crate) async fn simple_query(&mut self, frame: Frame) -> Result<(), SessionEnd> {
-        let loaded = self.ctx.snapshot();
+        let loaded = self.ctx.refresh(self.held_config.take());
+        let mut last = std::mem::take(&mut self.last_shape);
+        let result = self.simple_query_under(&loaded, &mut last, frame).await;
+        self.held_config = Some(loaded);
+        // A statement run inside this one (generated keys, a cutover's retry) may have kept
+        // its shape meanwhile; this one's is what the client repeats.
+        self.last_shape = last;
+        result
+    }
+
+    /// [`Session::simple_query`] under the config snapshot `loaded`, with the session's last
+    /// statement shape taken out of it (`last`) so that its plan is used where it lies.
+    async fn simple_query_under(
+        &mut self,
+        loaded: &Arc<Loaded>,
+        last: &mut LastShape,
+        frame: Frame,
+    ) -> Result<(), SessionEnd> {
         // The text stays in the client's message (borrowed, when it is UTF-8 already); the
         // message itself goes on to the shard as it came.
         let message = frame.bytes().clone();
@@ -39,18 +58,18 @@ impl Session {
             }
         };
         if let Some(statement) = explained_statement(&sql) {
-            let reply = Box::pin(self.explain_route(&loaded, statement)).await;
+            let reply = Box::pin(self.explain_route(loaded, statement)).await;
             return self.answer(&reply).await;
         }
-        let (plan, literals) = self.ctx.plan_simple(&loaded, &sql, &mut self.last_shape);
-        let (routed, dual, refusal) = match decide::route(&loaded, &plan, &sql, &literals) {
+        let (plan, literals) = self.ctx.plan_simple(loaded, &sql, last);
+        let (routed, dual, refusal) = match decide::route(loaded, &plan, &sql, &literals) {
             Ok((Target::Session, _)) => (None, None, None),
             Ok((target, dual)) => (Some((0, target)), dual, None),
             Err(error) => (None, None, Some(error)),
         };
         if refusal.is_some() {
             // An INSERT that leaves its shard key to the table's default gets generated keys.
-            match Box::pin(self.with_generated_keys(&loaded, &plan, &sql)).await {
+            match Box::pin(self.with_generated_keys(loaded, &plan, &sql)).await {
                 Ok(Some(keyed)) => match local::query_message_in(self.encoding(), &keyed) {
                     Ok(query) => {
                         return Box::pin(self.simple_query(Frame::from_bytes(query))).await
@@ -69,8 +88,8 @@ impl Session {
             dual: dual.is_some(),
             refusal: refusal.as_ref(),
         };
-        let action = decide(&request, &self.facts(&loaded));
-        if let Some(notice) = self.route_notice(&loaded, &plan, &action, &literals) {
+        let action = decide(&request, &self.facts(loaded));
+        if let Some(notice) = self.route_notice(loaded, &plan, &action, &literals) {
             self.out.push(&notice).await?;
         }
         // No effects at all (nearly every statement) needs no list.
@@ -97,7 +116,7 @@ impl Session {
                 let build = |_: &mut Pooled, out: &mut Outgoing| {
                     out.send(&message, Expect::relay(Reply::Cycle));
                 };
-                Box::pin(self.commit_dual(&loaded, old, build)).await
+                Box::pin(self.commit_dual(loaded, old, build)).await
             }
             Action::AwaitCutover => {
                 // A cutover holds writes to moving keys; afterwards they may route elsewhere.
@@ -107,13 +126,13 @@ impl Session {
             Action::DualWrite { old } => {
                 let keys = dual.unwrap_or_default();
                 let build = |_: &mut Pooled, out: &mut Outgoing| out.send(&message, relayed);
-                Box::pin(self.dual_write(&loaded, old, keys, build)).await
+                Box::pin(self.dual_write(loaded, old, keys, build)).await
             }
             Action::Single {
                 shard,
                 starts_transaction,
             } => {
-                self.exchange_with(&loaded, shard, starts_transaction, |_, out| {
+                self.exchange_with(loaded, shard, starts_transaction, |_, out| {
                     out.send(&message, relayed);
                 })
                 .await
@@ -123,7 +142,7 @@ impl Session {
                     out.send(&message, Expect::relay(Reply::Cycle));
                 };
                 let reads = plan.kind == StatementKind::Read;
-                Box::pin(self.scatter(&loaded, shards, reads, build)).await
+                Box::pin(self.scatter(loaded, shards, reads, build)).await
             }
             Action::Gather(shards) => {
                 let Some(how) = Gather::of(&plan) else {
@@ -133,20 +152,20 @@ impl Session {
                     sql: &sql,
                     literals: &text_params(&literals),
                 };
-                Box::pin(self.gather(&loaded, shards, source, how, Delivery::simple())).await
+                Box::pin(self.gather(loaded, shards, source, how, Delivery::simple())).await
             }
             Action::Split(parts) => {
                 let source = Source::Simple {
                     sql: &sql,
                     literals: &text_params(&literals),
                 };
-                Box::pin(self.insert_split(&loaded, parts.to_vec(), &source, &Delivery::simple()))
+                Box::pin(self.insert_split(loaded, parts.to_vec(), &source, &Delivery::simple()))
                     .await
             }
             Action::Copy(spec) => {
                 let delivery = Delivery::simple();
                 Box::pin(self.copy_split(
-                    &loaded,
+                    loaded,
                     &sql,
                     spec,
                     None,
@@ -155,19 +174,19 @@ impl Session {
                 ))
                 .await
             }
-            Action::Pull(tables) => Box::pin(self.pull_up(&loaded, tables, &sql)).await,
+            Action::Pull(tables) => Box::pin(self.pull_up(loaded, tables, &sql)).await,
             Action::InsertSelect(plan) => {
                 let source = Source::Simple {
                     sql: &sql,
                     literals: &text_params(&literals),
                 };
-                Box::pin(self.insert_select(&loaded, plan, &source, &Delivery::simple())).await
+                Box::pin(self.insert_select(loaded, plan, &source, &Delivery::simple())).await
             }
             Action::Everywhere => {
                 let build = |_: &mut Backend, out: &mut Outgoing| {
                     out.send(&message, Expect::relay(Reply::Cycle));
                 };
-                Box::pin(self.everywhere(&loaded, &[(&plan.kind, &sql)], build)).await
+                Box::pin(self.everywhere(loaded, &[(&plan.kind, &sql)], build)).await
             }
             Action::Finish { commit } => {
                 let (result, reported) = Box::pin(self.finish_transaction(commit)).await;

@@ -29,7 +29,7 @@ impl Session {
     pub(crate) async fn run_batch(&mut self) -> Result<(), SessionEnd> {
         let frames = std::mem::take(&mut self.batch);
         self.segment_open = frames.last().is_some_and(|f| f.tag() == b'H');
-        let loaded = self.ctx.snapshot();
+        let loaded = self.ctx.refresh(self.held_config.take());
         // During a migration the segment may have to be read again after a cutover's pause.
         let again = loaded.migration.is_some().then(|| frames.clone());
         let mut result = self.run_segment(&loaded, frames).await;
@@ -37,6 +37,7 @@ impl Session {
             self.ctx.gate.resumed().await;
             result = self.run_segment(&self.ctx.snapshot(), frames).await;
         }
+        self.held_config = Some(loaded);
         self.segment_open = false;
         result.map(|_| ())
     }

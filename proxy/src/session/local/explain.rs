@@ -112,9 +112,8 @@ fn route_names(config: &Config, route: &Route) -> String {
 impl Session {
     /// The answer to `EXPLAIN (ROUTE) <statement>` (see [`explained_statement`]).
     pub(crate) async fn explain_route(&self, loaded: &Loaded, statement: &str) -> Bytes {
-        let (plan, literals) = self
-            .ctx
-            .plan_simple(loaded, statement, &mut LastShape::default());
+        let mut shape = LastShape::default();
+        let (plan, literals) = self.ctx.plan_simple(loaded, statement, &mut shape);
         let params: Vec<Param<'_>> = literals.iter().map(|l| Param::Text(l.as_bytes())).collect();
         let mut table = Table::new(&["shards", "explanation"]).with_tag("EXPLAIN");
         if let Ok(Some((keyless, default))) = self.keyless(loaded, &plan, statement).await {
