@@ -209,7 +209,13 @@ impl Session {
             if !self.serve_one(frame).await? {
                 return Ok(());
             }
-            if !self.tx.open() && self.spread.is_none() && self.conns.values().all(|c| !c.unsynced)
+            // A request ends with its last message: an extended-protocol one collected but
+            // not yet run keeps its ticket (taking one per message was five per transaction,
+            // each an increment on a count every worker writes).
+            if !self.tx.open()
+                && self.batch.is_empty()
+                && self.spread.is_none()
+                && self.conns.values().all(|c| !c.unsynced)
             {
                 self.write_ticket = None;
                 self.dual_ticket = None;
