@@ -111,13 +111,14 @@ measure() { # PORT PROC MODE
 }
 
 # pgbench straight against SHARDS shards at once, $CLIENTS clients split evenly among them
-# (one pgbench each, the first SHARDS ports from FIRST_PORT): "TPS postgres-us/tx", the
+# (at least one each; one pgbench each, the first SHARDS ports from FIRST_PORT): "TPS postgres-us/tx", the
 # ceiling for a proxy spreading the same load over the same servers.
 measure_spread() { # FIRST_PORT SHARDS MODE
-  local pg_before pg_after pids=() k total=0 tx=0
+  local pg_before pg_after pids=() k total=0 tx=0 each=$((CLIENTS / $2))
+  [ "$each" -ge 1 ] || each=1
   pg_before=$(postgres_ticks)
   for k in $(seq 0 $(($2 - 1))); do
-    pgbench -n -h 127.0.0.1 -p $(($1 + k)) -U app -c $((CLIENTS / $2)) -j 1 -T "$SECS" -M "$3" \
+    pgbench -n -h 127.0.0.1 -p $(($1 + k)) -U app -c "$each" -j 1 -T "$SECS" -M "$3" \
       -f "$DIR/select.sql" app >"$DIR/spread.$k" 2>/dev/null &
     pids+=($!)
   done

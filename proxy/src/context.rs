@@ -347,7 +347,9 @@ enum Planned<'s> {
 /// The plan [`ProxyContext::plan_simple`] found: the session's last shape's, borrowed (no
 /// count to add to on the plan every session of that shape shares), or one of its own.
 pub enum SimplePlan<'l> {
+    /// The plan of the statement shape the session keeps.
     Last(&'l Plan),
+    /// A plan not kept by the session (a huge statement, or one with no shape).
     Own(Arc<Plan>),
 }
 
