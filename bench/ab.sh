@@ -37,13 +37,7 @@ trap cleanup EXIT
 # Starts BUILD on the demo's config at PORT; prints its pid.
 start() { # BUILD PORT NAME
   sed -e "s/^listen: .*/listen: 127.0.0.1:$2/" -e '/^metrics_listen/d' "$DIR/shards.yaml" >"$DIR/$3.yaml"
-  "$1" --config "$DIR/$3.yaml" --no-watch >"$DIR/$3.log" 2>&1 &
-  local pid=$!
-  for _ in $(seq 1 60); do
-    psql -X -q -h 127.0.0.1 -p "$2" -U app app -c "SELECT 1" >/dev/null 2>&1 && break
-    sleep 0.5
-  done
-  echo "$pid"
+  start_shardline "$1" "$DIR/$3.yaml" "$2" "$DIR/$3.log"
 }
 A_PORT=$((PORT + 200)) B_PORT=$((PORT + 201))
 A_PID=$(start "$A" "$A_PORT" a)

@@ -17,6 +17,18 @@ fi
 "$BIN" ${THREADS:+--threads "$THREADS"} demo --shards "${DEMO_SHARDS:-4}" --port "$PORT" --dir "$DIR" >"$DIR/demo.log" 2>&1 &
 DEMO=$!
 
+# Starts BIN serving CONFIG (a shards.yaml listening on PORT) beside the demo, logging to LOG,
+# waits until it answers, and prints its pid. THREADS applies as to the demo.
+start_shardline() { # BIN CONFIG PORT LOG
+  "$1" ${THREADS:+--threads "$THREADS"} --config "$2" --no-watch >"$4" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 60); do
+    psql -X -q -h 127.0.0.1 -p "$3" -U app app -c "SELECT 1" >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  echo "$pid"
+}
+
 stop_demo() {
   kill -INT "$DEMO" 2>/dev/null || true
   wait "$DEMO" 2>/dev/null || true

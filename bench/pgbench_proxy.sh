@@ -63,12 +63,7 @@ tables:
     column: id
     type: int8
 YAML
-"$BIN" ${THREADS:+--threads "$THREADS"} --config "$DIR/one_shard.yaml" --no-watch >"$DIR/one_shard.log" 2>&1 &
-ONE_PID=$!
-for _ in $(seq 1 60); do
-  psql -X -q -h 127.0.0.1 -p "$ONE_PORT" -U app app -c "SELECT 1" >/dev/null 2>&1 && break
-  sleep 0.5
-done
+ONE_PID=$(start_shardline "$BIN" "$DIR/one_shard.yaml" "$ONE_PORT" "$DIR/one_shard.log")
 
 # Optional reference: pgbouncer in front of shard 0.
 PGB_PORT=$((PORT + 100))
