@@ -398,35 +398,71 @@ impl Backend {
                 Err(_) => return Err(self.timed_out()),
             },
         };
-        self.received(frame)
+        match frame {
+            Ok(frame) => {
+                self.received(frame.bytes());
+                Ok(frame)
+            }
+            Err(e) => Err(self.failed(e)),
+        }
     }
 
-    /// The next message from the shard if it is buffered whole (see
-    /// [`FrameReader::read_buffered`]); `None` means [`Backend::read`] must wait for it.
-    pub fn read_buffered(&mut self) -> Option<Result<Frame, BackendError>> {
-        let frame = self.reader.read_buffered()?;
-        Some(self.received(frame))
-    }
-
-    /// Notes what a message read from the shard says of the connection.
-    fn received(&mut self, frame: Result<Frame, FrameError>) -> Result<Frame, BackendError> {
-        match &frame {
-            Ok(f) if f.tag() == tag::READY_FOR_QUERY => {
-                self.idle = f.body().first() == Some(&b'I');
-                self.cycles_due = self.cycles_due.saturating_sub(1);
-                // The next statement sent in the same write starts its own clock.
-                self.deadline = match self.query_timeout {
-                    Some(limit) if self.cycles_due > 0 => Some(tokio::time::Instant::now() + limit),
-                    _ => None,
-                };
-                if let Some(breaker) = &self.breaker {
-                    breaker.succeeded();
+    /// The shard's next message, read where it lies in the buffer (waiting for it as
+    /// [`Backend::read`] does); [`Backend::consume_message`] drops it once handled. Relaying
+    /// an answer this way costs no reference count on the buffer.
+    pub async fn next_message(&mut self) -> Result<&[u8], BackendError> {
+        let waited = match self.deadline {
+            None => self.reader.await_message().await,
+            Some(deadline) => {
+                match tokio::time::timeout_at(deadline, self.reader.await_message()).await {
+                    Ok(waited) => waited,
+                    Err(_) => return Err(self.timed_out()),
                 }
             }
-            Ok(_) => {}
-            Err(e) => self.lost(&e.to_string()),
+        };
+        match waited {
+            Ok(len) => Ok(self.reader.buffered(len)),
+            Err(e) => Err(self.failed(e)),
         }
-        Ok(frame?)
+    }
+
+    /// Drops the message [`Backend::next_message`] lent, noting what it says of the
+    /// connection.
+    pub fn consume_message(&mut self) {
+        if let Some(Ok(len)) = self.reader.buffered_len() {
+            let message = self.reader.buffered(len);
+            if message.first() == Some(&tag::READY_FOR_QUERY) {
+                self.ready(message.get(5).copied());
+            }
+            self.reader.consume(len);
+        }
+    }
+
+    /// Notes what a message read from the shard (`message`, whole) says of the connection.
+    fn received(&mut self, message: &[u8]) {
+        if message.first() == Some(&tag::READY_FOR_QUERY) {
+            self.ready(message.get(5).copied());
+        }
+    }
+
+    /// The shard said `ReadyForQuery` with transaction status `status`.
+    fn ready(&mut self, status: Option<u8>) {
+        self.idle = status == Some(b'I');
+        self.cycles_due = self.cycles_due.saturating_sub(1);
+        // The next statement sent in the same write starts its own clock.
+        self.deadline = match self.query_timeout {
+            Some(limit) if self.cycles_due > 0 => Some(tokio::time::Instant::now() + limit),
+            _ => None,
+        };
+        if let Some(breaker) = &self.breaker {
+            breaker.succeeded();
+        }
+    }
+
+    /// The connection failed while reading (`error`).
+    fn failed(&mut self, error: FrameError) -> BackendError {
+        self.lost(&error.to_string());
+        error.into()
     }
 
     /// Writes bytes (one or many messages) to the shard.

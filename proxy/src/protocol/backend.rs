@@ -98,10 +98,9 @@ pub fn ready_for_query(status: u8) -> Bytes {
     encode(&ReadyForQuery::new(status))
 }
 
-/// A `ParameterDescription` without its last `hidden` parameters (the proxy's own, added to
-/// a statement it rewrote).
-pub fn without_last_params(frame: &Frame, hidden: usize) -> Bytes {
-    let body = frame.body();
+/// A `ParameterDescription` (its body) without its last `hidden` parameters (the proxy's own,
+/// added to a statement it rewrote).
+pub fn without_last_params(body: &[u8], hidden: usize) -> Bytes {
     let count = body
         .get(..2)
         .map_or(0, |n| usize::from(u16::from_be_bytes([n[0], n[1]])));
@@ -139,9 +138,8 @@ pub fn ready_status(frame: &Frame) -> u8 {
     frame.body().first().copied().unwrap_or(b'I')
 }
 
-/// Tag text of a `CommandComplete` (`"SELECT 3"`, `"INSERT 0 1"`).
-pub fn command_tag(frame: &Frame) -> &str {
-    let body = frame.body();
+/// Tag text of a `CommandComplete` (`"SELECT 3"`, `"INSERT 0 1"`), from its body.
+pub fn command_tag(body: &[u8]) -> &str {
     let text = body.strip_suffix(&[0]).unwrap_or(body);
     std::str::from_utf8(text).unwrap_or("")
 }

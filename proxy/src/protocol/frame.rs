@@ -103,9 +103,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Reads the next tagged message.
     pub async fn read(&mut self) -> Result<Frame, FrameError> {
+        let len = self.await_message().await?;
+        Ok(self.split_message(len))
+    }
+
+    /// Waits until the next tagged message is buffered whole and returns its length (tag and
+    /// length field included), without taking it: see [`FrameReader::buffered`].
+    pub async fn await_message(&mut self) -> Result<usize, FrameError> {
         loop {
-            if let Some(frame) = self.read_buffered() {
-                return frame;
+            if let Some(len) = self.buffered_len() {
+                return len;
             }
             // Not all buffered: the header, or the whole message its header announces.
             let wanted = self.announced().unwrap_or(5);
@@ -113,10 +120,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// The next tagged message if it is buffered whole (or an error if its header is bad),
-    /// without waiting: most answers arrive together, and reading them this way costs no
+    /// The length of the next message if it is buffered whole (or an error if its header is
+    /// bad), without waiting: most answers arrive together, and reading them this way costs no
     /// trip through the async reader.
-    pub fn read_buffered(&mut self) -> Option<Result<Frame, FrameError>> {
+    pub fn buffered_len(&self) -> Option<Result<usize, FrameError>> {
         let head = self.buf.get(..5)?;
         let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
         if len < 4 {
@@ -129,11 +136,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 limit: self.limit,
             }));
         }
-        (self.buf.len() >= total).then(|| {
-            Ok(Frame {
-                bytes: self.buf.split_to(total).freeze(),
-            })
-        })
+        (self.buf.len() >= total).then_some(Ok(total))
+    }
+
+    /// Takes the first `len` buffered bytes as a message of its own.
+    fn split_message(&mut self, len: usize) -> Frame {
+        Frame {
+            bytes: self.buf.split_to(len).freeze(),
+        }
+    }
+
+    /// The first `len` buffered bytes, borrowed: the message [`FrameReader::await_message`]
+    /// waited for, read where it lies. [`FrameReader::consume`] drops it once handled; unlike
+    /// [`FrameReader::read`], which cuts it out as a `Frame` of its own, this touches no
+    /// reference count.
+    pub fn buffered(&self, len: usize) -> &[u8] {
+        self.buf.get(..len).unwrap_or_default()
     }
 
     /// The length of the next message, once its header is buffered.
@@ -157,15 +175,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(packet.freeze())
     }
 
-    /// True when a complete message is already buffered, so reading it will not wait.
-    pub fn has_buffered_frame(&self) -> bool {
-        if self.buf.len() < 5 {
-            return false;
-        }
-        let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
-        len >= 4 && self.buf.len() > len as usize
-    }
-
     /// The longest run of complete messages buffered at the front whose tags `accept` takes, as
     /// the bytes they span: messages a caller forwards as they are need not be cut one by one.
     /// Stops at a message too long or too short to be read (for [`FrameReader::read`] to report).
@@ -185,8 +194,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &self.buf[..end]
     }
 
-    /// Drops the first `len` buffered bytes (a run [`FrameReader::buffered_run`] returned, once
-    /// forwarded).
+    /// Drops the first `len` buffered bytes (a run [`FrameReader::buffered_run`] returned, or
+    /// a message [`FrameReader::buffered`] lent, once handled).
     pub fn consume(&mut self, len: usize) {
         self.buf.advance(len.min(self.buf.len()));
     }
@@ -269,6 +278,30 @@ mod tests {
         let mut reader = FrameReader::new(&huge[..], 1024);
         reader.fill(5).await?;
         assert!(reader.buffered_run(|_| true).is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_message_is_lent_where_it_lies_until_consumed() -> Result<(), FrameError> {
+        // The second message arrives in two reads: awaiting it fills until it is whole.
+        let (mut write, read) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(read, 1024);
+        tokio::io::AsyncWriteExt::write_all(&mut write, b"1\0\0\0\x04C\0\0\0\x0dSEL").await?;
+        let len = reader.await_message().await?;
+        assert_eq!(reader.buffered(len), b"1\0\0\0\x04");
+        // Not consumed: awaiting again lends the same message.
+        assert_eq!(reader.await_message().await?, len);
+        reader.consume(len);
+        assert_eq!(reader.buffered_len().map(|l| l.ok()), None);
+        tokio::io::AsyncWriteExt::write_all(&mut write, b"ECT 1\0").await?;
+        let len = reader.await_message().await?;
+        assert_eq!(reader.buffered(len), b"C\0\0\0\x0dSELECT 1\0");
+        reader.consume(len);
+        drop(write);
+        assert!(matches!(
+            reader.await_message().await,
+            Err(FrameError::Closed)
+        ));
         Ok(())
     }
 

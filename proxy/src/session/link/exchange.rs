@@ -219,88 +219,56 @@ where
                 continue;
             }
         }
-        let frame = match backend.read_buffered() {
-            Some(frame) => frame?,
-            None => backend.read().await?,
-        };
-        let frame_tag = frame.tag();
+        let message = backend.next_message().await?;
+        let frame_tag = message.first().copied().unwrap_or_default();
         match frame_tag {
             // A setting the proxy replayed (a held `SET` reaching the shard, the client's
             // settings brought to a backend) reports its value as if the client had sent it:
             // the client learns it now, as PostgreSQL would have told it at the `SET`.
             tag::PARAMETER_STATUS => {
-                out.push(frame.bytes())
-                    .await
-                    .map_err(ExchangeError::Client)?;
+                out.push(message).await.map_err(ExchangeError::Client)?;
+                backend.consume_message();
                 continue;
             }
             tag::NOTICE_RESPONSE | tag::NOTIFICATION => {
                 if relay {
-                    out.push(frame.bytes())
-                        .await
-                        .map_err(ExchangeError::Client)?;
+                    out.push(message).await.map_err(ExchangeError::Client)?;
                 }
+                backend.consume_message();
                 continue;
             }
-            tag::ERROR_RESPONSE if msg::ends_connection(&frame) => {
-                return Err(ExchangeError::Terminated(frame));
-            }
-            tag::ERROR_RESPONSE => {
-                let injected_cycle = !relay && reply == Reply::Cycle;
-                if injected_cycle {
-                    tracing::warn!(
-                        error = msg::error_field(&frame, b'M').unwrap_or(""),
-                        "a statement the proxy sent to prepare a backend failed"
-                    );
-                    backend.settings = None;
-                } else {
-                    // The statement's transaction fails with it, and what it created goes.
-                    statements::undone();
-                    outcome.failed = true;
-                    out.push(frame.bytes())
-                        .await
-                        .map_err(ExchangeError::Client)?;
-                }
-                if reply != Reply::Cycle {
+            tag::ERROR_RESPONSE | tag::COPY_IN_RESPONSE | tag::COPY_BOTH_RESPONSE => {
+                // Rare answers, taken out as messages of their own.
+                let frame = Frame::from_bytes(Bytes::copy_from_slice(message));
+                backend.consume_message();
+                let rare = Rare {
+                    frame,
+                    reply,
+                    relay,
+                };
+                if Box::pin(rare.handle(backend, queue, out, client, &mut outcome)).await? {
                     skipping = true;
-                    queue.pop_front();
                 }
                 continue;
             }
-            tag::COPY_IN_RESPONSE => {
-                if !relay {
-                    return Err(ExchangeError::Unsupported('G'));
-                }
-                // Boxed: COPY's state would otherwise weigh on every exchange.
-                let copy = Box::pin(copy_in(backend, out, client, &frame, reply)).await?;
-                if copy == CopyEnd::AwaitingSync {
-                    if let Some(pos) = queue.iter().position(|e| e.reply() == Some(Reply::Sync)) {
-                        queue.remove(pos);
-                        outcome.awaiting_sync = true;
-                    }
-                }
-                continue;
-            }
-            tag::COPY_BOTH_RESPONSE => return Err(ExchangeError::Unsupported('W')),
             _ => {}
         }
         if relay && !(held && frame_tag == tag::READY_FOR_QUERY) {
             match status.filter(|_| frame_tag == tag::READY_FOR_QUERY) {
                 Some(status) => out.push(&msg::ready_for_query(status)).await,
                 None if hidden > 0 && frame_tag == tag::PARAMETER_DESCRIPTION => {
-                    out.push(&msg::without_last_params(&frame, hidden)).await
+                    let body = message.get(5..).unwrap_or_default();
+                    out.push(&msg::without_last_params(body, hidden)).await
                 }
-                None => out.push(frame.bytes()).await,
+                None => out.push(message).await,
             }
             .map_err(ExchangeError::Client)?;
         }
+        let mut forgets = false;
         if frame_tag == tag::COMMAND_COMPLETE {
-            let command = msg::command_tag(&frame);
+            let command = msg::command_tag(message.get(5..).unwrap_or_default());
             statements::completed(command);
-            if statements::forgets_every_statement(command) {
-                backend.prepared.clear();
-                outcome.forgot_statements |= relay;
-            }
+            forgets = statements::forgets_every_statement(command);
             outcome.last_tag = Some(Completed::of(command));
             if let Some(Expect::Sent { effects, .. }) = queue.front_mut() {
                 if !effects.is_empty() {
@@ -310,9 +278,14 @@ where
                 }
             }
         }
-        if frame_tag == tag::READY_FOR_QUERY {
-            let status = msg::ready_status(&frame);
-            outcome.ready = Some(status);
+        let ready = (frame_tag == tag::READY_FOR_QUERY).then(|| message.get(5).copied());
+        backend.consume_message();
+        if forgets {
+            backend.prepared.clear();
+            outcome.forgot_statements |= relay;
+        }
+        if let Some(ready) = ready {
+            outcome.ready = Some(ready.unwrap_or(b'I'));
             skipping = false;
             if relay && !held {
                 out.flush().await.map_err(ExchangeError::Client)?;
@@ -347,6 +320,79 @@ fn forwarded_as_is(reply: Reply, frame_tag: u8) -> bool {
             | tag::COPY_BOTH_RESPONSE
             | tag::READY_FOR_QUERY
     ) && !completes(reply, frame_tag)
+}
+
+/// An error or COPY answer from the backend, which [`drive`] hands on to [`Rare::handle`].
+struct Rare {
+    frame: Frame,
+    /// The kind of message it answers.
+    reply: Reply,
+    /// Whether the answers to that message go to the client.
+    relay: bool,
+}
+
+impl Rare {
+    /// Handles the answer; true when the backend now ignores everything up to `Sync` (an
+    /// error in the extended protocol).
+    async fn handle<R>(
+        self,
+        backend: &mut Backend,
+        queue: &mut VecDeque<Expect>,
+        out: &mut ClientOutput,
+        client: &mut FrameReader<R>,
+        outcome: &mut Outcome,
+    ) -> Result<bool, ExchangeError>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+    {
+        let Rare {
+            frame,
+            reply,
+            relay,
+        } = self;
+        match frame.tag() {
+            tag::ERROR_RESPONSE if msg::ends_connection(&frame) => {
+                Err(ExchangeError::Terminated(frame))
+            }
+            tag::ERROR_RESPONSE => {
+                let injected_cycle = !relay && reply == Reply::Cycle;
+                if injected_cycle {
+                    tracing::warn!(
+                        error = msg::error_field(&frame, b'M').unwrap_or(""),
+                        "a statement the proxy sent to prepare a backend failed"
+                    );
+                    backend.settings = None;
+                } else {
+                    // The statement's transaction fails with it, and what it created goes.
+                    statements::undone();
+                    outcome.failed = true;
+                    out.push(frame.bytes())
+                        .await
+                        .map_err(ExchangeError::Client)?;
+                }
+                if reply == Reply::Cycle {
+                    return Ok(false);
+                }
+                queue.pop_front();
+                Ok(true)
+            }
+            tag::COPY_IN_RESPONSE => {
+                if !relay {
+                    return Err(ExchangeError::Unsupported('G'));
+                }
+                // Boxed: COPY's state would otherwise weigh on every exchange.
+                let copy = Box::pin(copy_in(backend, out, client, &frame, reply)).await?;
+                if copy == CopyEnd::AwaitingSync {
+                    if let Some(pos) = queue.iter().position(|e| e.reply() == Some(Reply::Sync)) {
+                        queue.remove(pos);
+                        outcome.awaiting_sync = true;
+                    }
+                }
+                Ok(false)
+            }
+            other => Err(ExchangeError::Unsupported(char::from(other))),
+        }
+    }
 }
 
 /// How a client's COPY into a backend ended.

@@ -276,7 +276,7 @@ pub(super) async fn apply_rows(
                     }
                 }
                 tag::COMMAND_COMPLETE => {
-                    let done = msg::command_tag(&frame);
+                    let done = msg::command_tag(frame.body());
                     if done.starts_with("INSERT") {
                         applied.count += msg::tag_row_count(done).unwrap_or(0);
                     }

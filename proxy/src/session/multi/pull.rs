@@ -155,7 +155,7 @@ impl Session {
                 }
                 tag::DATA_ROW | tag::NOTICE_RESPONSE => self.out.push(frame.bytes()).await?,
                 tag::COMMAND_COMPLETE => {
-                    outcome = Ok(msg::command_tag(&frame).to_owned());
+                    outcome = Ok(msg::command_tag(frame.body()).to_owned());
                 }
                 tag::ERROR_RESPONSE => {
                     let error = ClientError::from_shard(frame.bytes(), name);
@@ -461,7 +461,7 @@ pub(super) async fn read_answer(conn: &mut Pooled, name: &str) -> Result<Vec<Str
     loop {
         let frame = read_from(conn, name).await?;
         match frame.tag() {
-            tag::COMMAND_COMPLETE => tags.push(msg::command_tag(&frame).to_owned()),
+            tag::COMMAND_COMPLETE => tags.push(msg::command_tag(frame.body()).to_owned()),
             tag::ERROR_RESPONSE => {
                 error.get_or_insert_with(|| frame.into_bytes());
             }

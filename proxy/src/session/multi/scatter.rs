@@ -242,7 +242,7 @@ impl Session {
                 tag::NOTICE_RESPONSE | tag::NOTIFICATION => true,
                 tag::PARAMETER_STATUS => *merged.reporter.get_or_insert(leg.shard) == leg.shard,
                 tag::COMMAND_COMPLETE => {
-                    let command = msg::command_tag(&frame);
+                    let command = msg::command_tag(frame.body());
                     statements::completed(command);
                     if statements::forgets_every_statement(command) {
                         leg.conn.prepared.clear();
@@ -251,7 +251,7 @@ impl Session {
                     if merged.tags.len() <= statement {
                         merged.tags.push(Vec::new());
                     }
-                    merged.tags[statement].push(msg::command_tag(&frame).to_owned());
+                    merged.tags[statement].push(msg::command_tag(frame.body()).to_owned());
                     statement += 1;
                     false
                 }

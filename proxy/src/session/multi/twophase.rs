@@ -328,7 +328,9 @@ pub(crate) async fn collect(conn: &mut Pooled, cycles: usize) -> Result<Answer, 
             tag::PARAMETER_STATUS => answer.reported.push(frame.into_bytes()),
             tag::ROW_DESCRIPTION if last => answer.row_description = Some(frame.into_bytes()),
             tag::DATA_ROW if last => answer.rows.push(frame.into_bytes()),
-            tag::COMMAND_COMPLETE if last => answer.tag = Some(msg::command_tag(&frame).to_owned()),
+            tag::COMMAND_COMPLETE if last => {
+                answer.tag = Some(msg::command_tag(frame.body()).to_owned())
+            }
             _ => {}
         }
     }
