@@ -34,7 +34,7 @@ use shardline_router::ShardId;
 use crate::backend::pool::Pooled;
 use crate::cancel::CancelTargets;
 use crate::context::{LastShape, Loaded, ProxyContext};
-use crate::migration::Ticket;
+use crate::migration::{Generation, Ticket};
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::{Frame, FrameError, FrameReader};
@@ -115,6 +115,9 @@ pub struct Session {
     held_config: Option<Arc<Loaded>>,
     /// Held while a transaction runs: resharding waits for older ones before dual writes.
     write_ticket: Option<Ticket>,
+    /// The generation of the session's last write ticket, for taking the next one without
+    /// touching anything shared while it is current.
+    writes_seen: Option<Arc<Generation>>,
     /// Held while a transaction writes moving keys: a cutover waits for it.
     dual_ticket: Option<Ticket>,
 }
@@ -148,6 +151,7 @@ impl Session {
             last_shape: LastShape::default(),
             held_config: None,
             write_ticket: None,
+            writes_seen: None,
             dual_ticket: None,
         }
     }
@@ -204,20 +208,22 @@ impl Session {
                 }
             }
             if self.write_ticket.is_none() {
-                self.write_ticket = Some(self.ctx.gate.writes.ticket());
+                let seen = self.writes_seen.take();
+                self.write_ticket = Some(self.ctx.gate.writes.ticket(seen));
             }
             if !self.serve_one(frame).await? {
                 return Ok(());
             }
             // A request ends with its last message: an extended-protocol one collected but
-            // not yet run keeps its ticket (taking one per message was five per transaction,
-            // each an increment on a count every worker writes).
+            // not yet run keeps its ticket (not one taken per message, five per transaction).
             if !self.tx.open()
                 && self.batch.is_empty()
                 && self.spread.is_none()
                 && self.conns.values().all(|c| !c.unsynced)
             {
-                self.write_ticket = None;
+                if let Some(ticket) = self.write_ticket.take() {
+                    self.writes_seen = ticket.end();
+                }
                 self.dual_ticket = None;
             }
         }
