@@ -120,12 +120,33 @@ impl Pool {
     }
 
     /// A checked-out handle on `conn`.
-    fn hand_out(&self, mut conn: Box<Backend>, settings: &PoolSettings) -> Pooled {
+    fn hand_out(&self, conn: Box<Backend>, settings: &PoolSettings) -> Pooled {
+        self.clone().lend(conn, settings)
+    }
+
+    /// [`Pool::hand_out`] from a pool handle the caller gives up (no reference count).
+    fn lend(self, mut conn: Box<Backend>, settings: &PoolSettings) -> Pooled {
         conn.checked_out(settings.query_timeout);
         Pooled {
-            conn: Some(conn),
-            pool: self.clone(),
+            lease: Some(Lease { conn, pool: self }),
         }
+    }
+
+    /// Takes back a connection a client is done with: kept for the next one if it may serve
+    /// another client, closed otherwise.
+    fn take_back(&self, conn: Box<Backend>) {
+        let now = Instant::now();
+        if self.manager().may_return(&conn, now) {
+            self.slots().give_back(conn, now);
+        } else {
+            self.slots().let_go(conn);
+        }
+    }
+
+    /// This pool's number, which no other pool of its [`Pools`] has had: it names a pool
+    /// without holding it.
+    pub fn id(&self) -> u64 {
+        self.manager().id
     }
 
     /// A connection for what a checkout took: the idle one if it is still good, else a new
@@ -174,17 +195,39 @@ impl Drop for Room<'_> {
     }
 }
 
-/// A checked-out connection; dropping it returns the connection to its pool.
+/// A checked-out connection; dropping it (or [`Pooled::release`]) returns the connection to
+/// its pool.
 pub struct Pooled {
-    /// Always `Some` until the handle is dropped.
-    conn: Option<Box<Backend>>,
+    /// Always `Some` until the connection is returned.
+    lease: Option<Lease>,
+}
+
+/// A connection out of its pool.
+struct Lease {
+    conn: Box<Backend>,
     pool: Pool,
 }
 
 impl Pooled {
     /// Where this connection logs in (shard address, user, database).
     pub fn target(&self) -> &BackendTarget {
-        &self.pool.manager().target
+        &self.lease().pool.manager().target
+    }
+
+    /// Returns the connection to its pool and hands back the pool, for the caller's next
+    /// checkout from it (see [`Pools::checkout_from`]): a session that keeps the pool of each
+    /// shard it uses writes no reference count shared with other sessions per transaction.
+    pub fn release(mut self) -> Option<Pool> {
+        let Lease { conn, pool } = self.lease.take()?;
+        pool.take_back(conn);
+        Some(pool)
+    }
+
+    fn lease(&self) -> &Lease {
+        match &self.lease {
+            Some(lease) => lease,
+            None => unreachable!("a pooled connection is taken only when its handle goes"),
+        }
     }
 }
 
@@ -192,33 +235,23 @@ impl Deref for Pooled {
     type Target = Backend;
 
     fn deref(&self) -> &Backend {
-        match &self.conn {
-            Some(conn) => conn,
-            None => unreachable!("a pooled connection is taken only when its handle drops"),
-        }
+        &self.lease().conn
     }
 }
 
 impl DerefMut for Pooled {
     fn deref_mut(&mut self) -> &mut Backend {
-        match &mut self.conn {
-            Some(conn) => conn,
-            None => unreachable!("a pooled connection is taken only when its handle drops"),
+        match &mut self.lease {
+            Some(lease) => &mut lease.conn,
+            None => unreachable!("a pooled connection is taken only when its handle goes"),
         }
     }
 }
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else {
-            return;
-        };
-        let (manager, slots) = (self.pool.manager(), self.pool.slots());
-        let now = Instant::now();
-        if manager.may_return(&conn, now) {
-            slots.give_back(conn, now);
-        } else {
-            slots.let_go(conn);
+        if let Some(Lease { conn, pool }) = self.lease.take() {
+            pool.take_back(conn);
         }
     }
 }
@@ -363,21 +396,22 @@ impl Pools {
         target: &BackendTarget,
         settings: &PoolSettings,
     ) -> Result<Pooled, CheckoutError> {
-        let result = Pools::checkout_from(&self.pool(target, settings)?, settings).await;
+        let result = Pools::checkout_from(self.pool(target, settings)?, settings).await;
         if matches!(result, Err(CheckoutError::Closed)) {
             // A reload retired the pool between lookup and checkout (the session still runs
             // on the config it started with): a fresh pool serves this request.
-            return Pools::checkout_from(&self.pool(target, settings)?, settings).await;
+            return Pools::checkout_from(self.pool(target, settings)?, settings).await;
         }
         result
     }
 
     /// Checks out a connection from `pool`, found earlier with [`Pools::pool`]; `Closed`
-    /// when a reload has retired it since. Refused at once while the shard's breaker is open
+    /// when a reload has retired it since. The connection holds the pool handle given here
+    /// until it is returned, and [`Pooled::release`] hands it back. Refused at once while the shard's breaker is open
     /// or when `max_waiting_clients` already wait; a failure to connect is tried once more on
     /// a fresh connection if the checkout timeout allows (nothing was sent yet).
     pub async fn checkout_from(
-        pool: &Pool,
+        pool: Pool,
         settings: &PoolSettings,
     ) -> Result<Pooled, CheckoutError> {
         let manager = pool.manager();
@@ -390,7 +424,7 @@ impl Pools {
             Some(Taken::Idle(mut conn)) => {
                 if Manager::still_good(&mut conn) {
                     manager.checkout_wait.observe(Duration::ZERO);
-                    return Ok(pool.hand_out(conn, settings));
+                    return Ok(pool.lend(conn, settings));
                 }
                 pool.slots().let_go(conn);
             }
@@ -398,7 +432,7 @@ impl Pools {
             Some(Taken::Open) => pool.slots().vacate(),
             None => {}
         }
-        Box::pin(Pools::checkout_waiting(pool, settings)).await
+        Box::pin(Pools::checkout_waiting(&pool, settings)).await
     }
 
     /// [`Pools::checkout_from`] once no good connection was free at once: opens one, or

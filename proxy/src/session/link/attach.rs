@@ -24,7 +24,9 @@ impl Session {
             self.conns.insert(shard, conn);
         } else {
             self.forget_cancel_key(&conn);
-            drop(conn);
+            if let Some(pool) = conn.release() {
+                self.known_pools.keep(shard, pool);
+            }
         }
     }
 
@@ -49,8 +51,7 @@ impl Session {
         }
         self.ctx.pause.wait(loaded, shard).await;
         let settings = &loaded.config.pool;
-        let known = self.known_pools.get(loaded.version, shard).cloned();
-        let pool = match known {
+        let pool = match self.known_pools.take(loaded.version, shard) {
             Some(pool) => pool,
             None => {
                 let target = self.target(loaded, shard)?;
@@ -59,15 +60,13 @@ impl Session {
                     .pools
                     .pool(&target, settings)
                     .map_err(|e| checkout_error(loaded, shard, e))?;
-                self.known_pools
-                    .remember(loaded.version, shard, pool.clone());
+                self.known_pools.lend(loaded.version, shard, &pool);
                 pool
             }
         };
-        let mut checkout = Pools::checkout_from(&pool, settings).await;
+        let mut checkout = Pools::checkout_from(pool, settings).await;
         if matches!(checkout, Err(CheckoutError::Closed)) {
-            // A reload retired the pool since the session found it.
-            self.known_pools.forget(shard);
+            // A reload retired the pool since the session found it (it is not kept again).
             let target = self.target(loaded, shard)?;
             checkout = Box::pin(self.ctx.pools.checkout(&target, settings)).await;
         }
@@ -270,38 +269,114 @@ pub(crate) fn checkout_error(loaded: &Loaded, shard: ShardId, e: CheckoutError) 
 }
 
 /// The pool of each shard a session has used, under the config version it was found for:
-/// the next checkout neither builds a target (four strings) nor looks one up by hash.
+/// the next checkout neither builds a target (four strings) nor looks one up by hash. A pool
+/// is lent to the connection checked out of it and kept again when that connection is
+/// released ([`Pooled::release`]), so a transaction writes no reference count that other
+/// sessions' transactions write too.
 #[derive(Default)]
 pub(crate) struct KnownPools {
     version: u64,
-    by_shard: Vec<Option<Pool>>,
+    by_shard: Vec<Known>,
+}
+
+/// What a session knows of one shard's pool.
+#[derive(Default)]
+enum Known {
+    #[default]
+    Unknown,
+    Here(Pool),
+    /// Lent to a checked-out connection: the pool with this [`Pool::id`] is kept when it
+    /// comes back.
+    Lent(u64),
 }
 
 impl KnownPools {
-    /// The pool of `shard` found under config `version`.
-    fn get(&self, version: u64, shard: ShardId) -> Option<&Pool> {
+    /// Takes the pool of `shard` found under config `version`, to lend to a checkout.
+    fn take(&mut self, version: u64, shard: ShardId) -> Option<Pool> {
         if self.version != version {
             return None;
         }
-        self.by_shard.get(shard)?.as_ref()
+        let slot = self.by_shard.get_mut(shard)?;
+        match std::mem::take(slot) {
+            Known::Here(pool) => {
+                *slot = Known::Lent(pool.id());
+                Some(pool)
+            }
+            other => {
+                *slot = other;
+                None
+            }
+        }
     }
 
-    /// Remembers `pool` for `shard`, forgetting what an older config version found.
-    fn remember(&mut self, version: u64, shard: ShardId, pool: Pool) {
+    /// Notes that `pool`, found for `shard` under config `version`, is lent to a checkout,
+    /// forgetting what an older config version found.
+    fn lend(&mut self, version: u64, shard: ShardId, pool: &Pool) {
         if self.version != version {
             self.by_shard.clear();
             self.version = version;
         }
         if self.by_shard.len() <= shard {
-            self.by_shard.resize(shard + 1, None);
+            self.by_shard.resize_with(shard + 1, Known::default);
         }
-        self.by_shard[shard] = Some(pool);
+        self.by_shard[shard] = Known::Lent(pool.id());
     }
 
-    /// Forgets `shard`'s pool (a reload retired it).
-    fn forget(&mut self, shard: ShardId) {
+    /// Keeps `pool`, back from a connection to `shard`, if it is the one lent for the
+    /// current version (one found under an older version, or for another checkout, goes).
+    fn keep(&mut self, shard: ShardId, pool: Pool) {
         if let Some(slot) = self.by_shard.get_mut(shard) {
-            *slot = None;
+            if matches!(slot, Known::Lent(id) if *id == pool.id()) {
+                *slot = Known::Here(pool);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::backend::conn::BackendTarget;
+
+    /// Two pools of one process, for shards `a` and `b` (nothing connects until a checkout).
+    fn two_pools() -> Result<(Pools, Pool, Pool), Box<dyn std::error::Error>> {
+        let config = shardline_router::Config::from_yaml(
+            "shards:\n  - name: a\n    host: 127.0.0.1\n    port: 1\n  - name: b\n    host: 127.0.0.1\n    port: 2\nusers:\n  - name: app\n    password: app\n",
+        )?;
+        let pools = Pools::default();
+        let mut found = config.shards.iter().map(|shard| {
+            let target = BackendTarget::new(shard, "app", Some("app"), "app");
+            pools.pool(&target, &config.pool)
+        });
+        let (Some(a), Some(b)) = (found.next(), found.next()) else {
+            return Err("the config lost a shard".into());
+        };
+        Ok((pools, a?, b?))
+    }
+
+    #[tokio::test]
+    async fn a_known_pool_is_lent_and_kept_again_for_its_version_only(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let (_pools, a, b) = two_pools()?;
+        let mut known = KnownPools::default();
+        assert!(known.take(1, 0).is_none());
+        known.lend(1, 0, &a);
+        // Lent: not there to take until it comes back.
+        assert!(known.take(1, 0).is_none());
+        known.keep(0, a.clone());
+        assert_eq!(known.take(1, 0).map(|p| p.id()), Some(a.id()));
+        // Another pool coming back for the shard is not the one lent: it is not kept.
+        known.keep(0, b.clone());
+        assert!(known.take(1, 0).is_none());
+        known.keep(0, a.clone());
+        // A newer config version finds the pool anew.
+        assert!(known.take(2, 0).is_none());
+        known.lend(2, 1, &b);
+        known.keep(0, a.clone());
+        assert!(known.take(2, 0).is_none());
+        known.keep(1, b.clone());
+        assert_eq!(known.take(2, 1).map(|p| p.id()), Some(b.id()));
+        Ok(())
     }
 }
