@@ -3,6 +3,8 @@
 pub mod breaker;
 pub mod conn;
 pub mod pool;
+pub mod pooled;
+pub mod recent;
 pub mod registry;
 pub mod slots;
 pub mod tls;

@@ -18,7 +18,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -30,6 +29,8 @@ use shardline_router::config::PoolSettings;
 
 use super::breaker::{Breaker, Refusal};
 use super::conn::{Backend, BackendError, BackendTarget};
+pub use super::pooled::Pooled;
+use super::recent::RecentClock;
 use super::registry::{address, BackendLabels, Backends};
 use super::slots::{SlotCounts, Slots, Taken, WaitError};
 use crate::metrics::histogram::DurationHistogram;
@@ -40,6 +41,8 @@ pub struct Manager {
     settings: PoolSettings,
     id: u64,
     backends: Arc<Backends>,
+    /// When connections come back, to the second (shared by the pools of one [`Pools`]).
+    recent: Arc<RecentClock>,
     /// The breaker of the target's address, shared with every other pool reaching it.
     breaker: Arc<Breaker>,
     checkout_wait: DurationHistogram,
@@ -111,6 +114,11 @@ impl Drop for PoolInner {
 pub struct Pool(Arc<PoolInner>);
 
 impl Pool {
+    /// Where this pool's connections log in.
+    pub(super) fn target(&self) -> &BackendTarget {
+        &self.manager().target
+    }
+
     fn manager(&self) -> &Manager {
         &self.0.manager
     }
@@ -127,15 +135,13 @@ impl Pool {
     /// [`Pool::hand_out`] from a pool handle the caller gives up (no reference count).
     fn lend(self, mut conn: Box<Backend>, settings: &PoolSettings) -> Pooled {
         conn.checked_out(settings.query_timeout);
-        Pooled {
-            lease: Some(Lease { conn, pool: self }),
-        }
+        Pooled::new(conn, self)
     }
 
     /// Takes back a connection a client is done with: kept for the next one if it may serve
-    /// another client, closed otherwise.
-    fn take_back(&self, conn: Box<Backend>) {
-        let now = Instant::now();
+    /// another client, closed otherwise. Its age and idle time are told to the second.
+    pub(super) fn take_back(&self, conn: Box<Backend>) {
+        let now = self.manager().recent.now();
         if self.manager().may_return(&conn, now) {
             self.slots().give_back(conn, now);
         } else {
@@ -192,67 +198,6 @@ impl Room<'_> {
 impl Drop for Room<'_> {
     fn drop(&mut self) {
         self.0.vacate();
-    }
-}
-
-/// A checked-out connection; dropping it (or [`Pooled::release`]) returns the connection to
-/// its pool.
-pub struct Pooled {
-    /// Always `Some` until the connection is returned.
-    lease: Option<Lease>,
-}
-
-/// A connection out of its pool.
-struct Lease {
-    conn: Box<Backend>,
-    pool: Pool,
-}
-
-impl Pooled {
-    /// Where this connection logs in (shard address, user, database).
-    pub fn target(&self) -> &BackendTarget {
-        &self.lease().pool.manager().target
-    }
-
-    /// Returns the connection to its pool and hands back the pool, for the caller's next
-    /// checkout from it (see [`Pools::checkout_from`]): a session that keeps the pool of each
-    /// shard it uses writes no reference count shared with other sessions per transaction.
-    pub fn release(mut self) -> Option<Pool> {
-        let Lease { conn, pool } = self.lease.take()?;
-        pool.take_back(conn);
-        Some(pool)
-    }
-
-    fn lease(&self) -> &Lease {
-        match &self.lease {
-            Some(lease) => lease,
-            None => unreachable!("a pooled connection is taken only when its handle goes"),
-        }
-    }
-}
-
-impl Deref for Pooled {
-    type Target = Backend;
-
-    fn deref(&self) -> &Backend {
-        &self.lease().conn
-    }
-}
-
-impl DerefMut for Pooled {
-    fn deref_mut(&mut self) -> &mut Backend {
-        match &mut self.lease {
-            Some(lease) => &mut lease.conn,
-            None => unreachable!("a pooled connection is taken only when its handle goes"),
-        }
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        if let Some(Lease { conn, pool }) = self.lease.take() {
-            pool.take_back(conn);
-        }
     }
 }
 
@@ -316,6 +261,8 @@ pub struct Pools {
     retired: Mutex<Vec<Pool>>,
     next_id: AtomicU64,
     backends: Arc<Backends>,
+    /// Ticked by each maintenance pass.
+    recent: Arc<RecentClock>,
     checkout_wait: Family<BackendLabels, DurationHistogram, fn() -> DurationHistogram>,
     checkout_failures: Family<BackendLabels, Counter>,
 }
@@ -327,6 +274,7 @@ impl Default for Pools {
             retired: Mutex::default(),
             next_id: AtomicU64::new(1),
             backends: Arc::default(),
+            recent: Arc::default(),
             checkout_wait: Family::new_with_constructor(wait_histogram),
             checkout_failures: Family::default(),
         }
@@ -377,6 +325,7 @@ impl Pools {
             settings: settings.clone(),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             backends: self.backends.clone(),
+            recent: self.recent.clone(),
             breaker: self.backends.breaker(target),
             checkout_wait: self.checkout_wait.get_or_create_owned(&labels),
             checkout_failures: self.checkout_failures.get_or_create_owned(&labels),
@@ -499,6 +448,7 @@ impl Pools {
     /// `min_idle`, and forgets retired pools that have closed their last connection; run
     /// periodically.
     pub async fn maintain(&self, settings: &PoolSettings) {
+        self.recent.tick();
         lock(&self.retired).retain(|pool| pool.slots().counts().size > 0);
         let pools: Vec<Pool> = lock(&self.pools).values().cloned().collect();
         for pool in pools {
