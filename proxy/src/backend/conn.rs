@@ -193,6 +193,8 @@ pub struct Backend {
     deadline: Option<tokio::time::Instant>,
     /// `ReadyForQuery` answers still to come for what was sent.
     cycles_due: u32,
+    /// The length of the message [`Backend::next_message`] lent, until it is consumed.
+    lent: usize,
 }
 
 impl Backend {
@@ -267,6 +269,7 @@ impl Backend {
             query_timeout: None,
             deadline: None,
             cycles_due: 0,
+            lent: 0,
         };
         backend.startup(target).await?;
         Ok(backend)
@@ -421,7 +424,10 @@ impl Backend {
             }
         };
         match waited {
-            Ok(len) => Ok(self.reader.buffered(len)),
+            Ok(len) => {
+                self.lent = len;
+                Ok(self.reader.buffered(len))
+            }
             Err(e) => Err(self.failed(e)),
         }
     }
@@ -429,13 +435,12 @@ impl Backend {
     /// Drops the message [`Backend::next_message`] lent, noting what it says of the
     /// connection.
     pub fn consume_message(&mut self) {
-        if let Some(Ok(len)) = self.reader.buffered_len() {
-            let message = self.reader.buffered(len);
-            if message.first() == Some(&tag::READY_FOR_QUERY) {
-                self.ready(message.get(5).copied());
-            }
-            self.reader.consume(len);
+        let len = std::mem::take(&mut self.lent);
+        let message = self.reader.buffered(len);
+        if message.first() == Some(&tag::READY_FOR_QUERY) {
+            self.ready(message.get(5).copied());
         }
+        self.reader.consume(len);
     }
 
     /// Notes what a message read from the shard (`message`, whole) says of the connection.

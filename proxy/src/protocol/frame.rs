@@ -123,7 +123,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The length of the next message if it is buffered whole (or an error if its header is
     /// bad), without waiting: most answers arrive together, and reading them this way costs no
     /// trip through the async reader.
-    pub fn buffered_len(&self) -> Option<Result<usize, FrameError>> {
+    fn buffered_len(&self) -> Option<Result<usize, FrameError>> {
         let head = self.buf.get(..5)?;
         let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
         if len < 4 {
