@@ -8,7 +8,7 @@
 pub mod catalog;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -201,6 +201,9 @@ impl Epoch {
 /// Holds new writes to moving keys while a cutover switches their owner.
 pub struct MigrationGate {
     paused: watch::Sender<bool>,
+    /// The same as `paused`, read without the channel's lock: every request asks
+    /// ([`MigrationGate::holds`]), and a read lock is a write to a line every thread shares.
+    holding: AtomicBool,
     /// Transactions that write moving keys.
     pub dual: Epoch,
     /// Every transaction, drained when dual writes begin.
@@ -211,6 +214,7 @@ impl Default for MigrationGate {
     fn default() -> Self {
         MigrationGate {
             paused: watch::Sender::new(false),
+            holding: AtomicBool::new(false),
             dual: Epoch::default(),
             writes: Epoch::default(),
         }
@@ -241,7 +245,7 @@ impl MigrationGate {
     /// True when a transaction holding `held` must wait before writing a moving key (a
     /// cutover holds such writes and the transaction began after it).
     pub fn holds(&self, held: &Option<Ticket>) -> bool {
-        held.is_none() && *self.paused.borrow()
+        held.is_none() && self.paused()
     }
 
     /// Waits until writes to moving keys may go on. A caller re-plans its statement afterwards:
@@ -255,6 +259,7 @@ impl MigrationGate {
     /// Holds new writes to moving keys and waits up to `limit` for the running ones to end;
     /// on timeout writes resume and the error says how many were still running.
     pub async fn pause(&self, limit: Duration) -> Result<(), usize> {
+        self.holding.store(true, Ordering::SeqCst);
         self.paused.send_replace(true);
         let drained = self.dual.drain(limit).await;
         if drained.is_err() {
@@ -266,11 +271,12 @@ impl MigrationGate {
     /// Lets writes to moving keys go on.
     pub fn resume(&self) {
         self.paused.send_replace(false);
+        self.holding.store(false, Ordering::SeqCst);
     }
 
     /// True while writes to moving keys are held.
     pub fn paused(&self) -> bool {
-        *self.paused.borrow()
+        self.holding.load(Ordering::SeqCst)
     }
 }
 
