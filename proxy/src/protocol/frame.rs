@@ -139,6 +139,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         (self.buf.len() >= total).then_some(Ok(total))
     }
 
+    /// The next message if it is buffered whole and `accept` takes its tag, without waiting:
+    /// the rest of a request that arrived in one read is taken in one pass, not one trip
+    /// through the async reader (and the caller's loop) per message. A message too long or too
+    /// short to be read stays, for [`FrameReader::read`] to report.
+    pub fn read_buffered(&mut self, accept: impl Fn(u8) -> bool) -> Option<Frame> {
+        let len = self.buffered_len()?.ok()?;
+        accept(self.buf[0]).then(|| self.split_message(len))
+    }
+
     /// Takes the first `len` buffered bytes as a message of its own.
     fn split_message(&mut self, len: usize) -> Frame {
         Frame {
@@ -278,6 +287,33 @@ mod tests {
         let mut reader = FrameReader::new(&huge[..], 1024);
         reader.fill(5).await?;
         assert!(reader.buffered_run(|_| true).is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn buffered_messages_are_taken_without_waiting() -> Result<(), FrameError> {
+        let mut wire = Vec::new();
+        wire.extend_from_slice(b"B\0\0\0\x05x");
+        wire.extend_from_slice(b"S\0\0\0\x04");
+        wire.extend_from_slice(b"Q\0\0\0\x0dSELECT 1\0");
+        wire.extend_from_slice(b"P\0\0\0\x09ab");
+        let mut reader = FrameReader::new(&wire[..], 1024);
+        reader.fill(wire.len()).await?;
+        let segment = |tag| tag != b'Q';
+        assert_eq!(reader.read_buffered(segment).map(|f| f.tag()), Some(b'B'));
+        assert_eq!(reader.read_buffered(segment).map(|f| f.tag()), Some(b'S'));
+        // A tag not accepted stays for the next read.
+        assert!(reader.read_buffered(segment).is_none());
+        assert_eq!(reader.read().await?.tag(), b'Q');
+        // So does a message not yet whole.
+        assert!(reader.read_buffered(segment).is_none());
+        assert_eq!(reader.buffered_run(|_| true).len(), 0);
+        // And one whose length is bad, left for `read` to report.
+        let bad = b"B\0\0\0\x02".to_vec();
+        let mut reader = FrameReader::new(&bad[..], 1024);
+        reader.fill(5).await?;
+        assert!(reader.read_buffered(|_| true).is_none());
+        assert!(matches!(reader.read().await, Err(FrameError::BadLength(2))));
         Ok(())
     }
 

@@ -287,7 +287,12 @@ impl Session {
         {
             match frame.tag() {
                 b'Q' => Box::pin(self.simple_query(frame)).await?,
-                b'P' | b'B' | b'D' | b'E' | b'C' => self.collect(frame),
+                b'P' | b'B' | b'D' | b'E' | b'C' => {
+                    self.collect(frame);
+                    if self.collect_buffered() {
+                        Box::pin(self.run_batch()).await?;
+                    }
+                }
                 b'S' | b'H' => {
                     self.collect(frame);
                     Box::pin(self.run_batch()).await?;
@@ -318,6 +323,22 @@ impl Session {
             self.batch.reserve(SEGMENT_MESSAGES);
         }
         self.batch.push(frame);
+    }
+
+    /// Collects the rest of the segment if the client's read brought it whole (a driver
+    /// sends `Parse`, `Bind`, `Describe`, `Execute` and `Sync` in one write); true when it
+    /// ended with `Sync` or `Flush`, and is to be run. Anything else stays buffered for the
+    /// loop, which reads it next.
+    fn collect_buffered(&mut self) -> bool {
+        let segment = |tag| matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'H');
+        while let Some(frame) = self.input.read_buffered(segment) {
+            let ends = matches!(frame.tag(), b'S' | b'H');
+            self.collect(frame);
+            if ends {
+                return true;
+            }
+        }
+        false
     }
 
     /// Answers the current request with an error. Inside a pipeline that goes on (the segment
