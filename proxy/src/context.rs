@@ -23,7 +23,7 @@ use crate::pause::PauseGate;
 use crate::reload::ConfigSource;
 use crate::resolver::decisions::DecisionTables;
 use crate::shutdown::Shutdown;
-use crate::stats::QueryStats;
+use crate::stats::{QueryStats, ShardStats};
 use crate::tls::ServerTls;
 
 /// Longest statement shape a session remembers (see [`LastShape`]).
@@ -46,6 +46,8 @@ pub struct Loaded {
     pub credentials: Credentials,
     /// Increases with every successful load; plans are cached per version.
     pub version: u64,
+    /// The statistics counters of its shards.
+    pub stats: ShardStats,
 }
 
 /// Everything a session needs from the proxy as a whole.
@@ -126,6 +128,7 @@ impl ProxyContext {
         let metrics = Metrics::new(&pools, &stats, &clients, &source);
         Arc::new(ProxyContext {
             current: ArcSwap::from_pointee(Loaded {
+                stats: stats.for_config(&config),
                 config: config.clone(),
                 migration: None,
                 credentials,
@@ -204,6 +207,7 @@ impl ProxyContext {
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         let credentials = Credentials::from_config(&config);
         self.current.store(Arc::new(Loaded {
+            stats: self.stats.for_config(&config),
             config,
             migration: migration.clone(),
             credentials,

@@ -2,19 +2,18 @@
 //!
 //! The session reports each exchange once it ends ([`QueryStats::record_query`] for a
 //! single-shard statement, [`QueryStats::record_scatter`] for one sent to several shards).
-//! Counters are found by shard id in an index built once per config version, so recording
-//! costs no lock and no hash: a lock-free load and a few atomic increments, each to the
-//! recording thread's own stripe of the counter.
+//! Each loaded config carries its shards' counters by shard id ([`ShardStats`], resolved when
+//! it is loaded), so recording costs no lock, no hash and no shared load: a few atomic
+//! increments, each to the recording thread's own stripe of the counter.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use shardline_router::ShardId;
+use shardline_router::{Config, ShardId};
 
 use crate::context::Loaded;
 use crate::metrics::histogram::DurationHistogram;
@@ -86,17 +85,15 @@ pub struct ShardTotals {
     pub busy_micros: u64,
 }
 
-/// The counters of each shard of one config version, by shard id.
+/// The counters of each shard of one loaded config, by shard id: found by name once, when the
+/// config is loaded, and by index for every statement.
 #[derive(Default)]
-struct ShardIndex {
-    version: Option<u64>,
-    counters: Vec<Arc<ShardCounters>>,
-}
+pub struct ShardStats(Vec<Arc<ShardCounters>>);
 
-/// Statistics of every shard of the config (from the first statement the proxy sends on).
+/// Statistics of every shard configured since the proxy started, by name (a shard renamed or
+/// removed keeps its figures).
 pub struct QueryStats {
     shards: RwLock<HashMap<String, Arc<ShardCounters>>>,
-    by_id: ArcSwap<ShardIndex>,
     queries: Family<ShardRoute, StripedCounter>,
     errors: Family<ShardRoute, StripedCounter>,
     transactions: Family<ShardLabel, StripedCounter>,
@@ -116,7 +113,6 @@ impl Default for QueryStats {
             Family::new_with_constructor(latency_histogram);
         QueryStats {
             shards: RwLock::default(),
-            by_id: ArcSwap::default(),
             queries: Family::default(),
             errors: Family::default(),
             transactions: Family::default(),
@@ -167,7 +163,7 @@ impl QueryStats {
         ended_transaction: bool,
         elapsed: Duration,
     ) {
-        self.with_counters(loaded, shard, |counters| {
+        Self::with_counters(loaded, shard, |counters| {
             counters.single.inc();
             if !ok {
                 counters.single_errors.inc();
@@ -184,7 +180,7 @@ impl QueryStats {
     /// so it ends one on each).
     pub fn record_scatter(&self, loaded: &Loaded, shards: &[ShardId], ok: bool, elapsed: Duration) {
         for shard in shards {
-            self.with_counters(loaded, *shard, |counters| {
+            Self::with_counters(loaded, *shard, |counters| {
                 counters.scatter.inc();
                 if !ok {
                     counters.scatter_errors.inc();
@@ -216,37 +212,22 @@ impl QueryStats {
         rows
     }
 
+    /// The counters of `config`'s shards, for [`Loaded`] to carry.
+    pub fn for_config(&self, config: &Config) -> ShardStats {
+        ShardStats(
+            config
+                .shards
+                .iter()
+                .map(|s| self.counters(&s.name))
+                .collect(),
+        )
+    }
+
     /// Runs `record` on the counters of `shard` under `loaded`'s config.
-    fn with_counters(&self, loaded: &Loaded, shard: ShardId, record: impl FnOnce(&ShardCounters)) {
-        let index = self.by_id.load();
-        if index.version == Some(loaded.version) {
-            if let Some(counters) = index.counters.get(shard) {
-                record(counters);
-            }
-            return;
+    fn with_counters(loaded: &Loaded, shard: ShardId, record: impl FnOnce(&ShardCounters)) {
+        if let Some(counters) = loaded.stats.0.get(shard) {
+            record(counters);
         }
-        drop(index);
-        let counters: Vec<Arc<ShardCounters>> = loaded
-            .config
-            .shards
-            .iter()
-            .map(|s| self.counters(&s.name))
-            .collect();
-        if let Some(found) = counters.get(shard) {
-            record(found);
-        }
-        // A request still running on an older config does not take the index back to it.
-        let index = Arc::new(ShardIndex {
-            version: Some(loaded.version),
-            counters,
-        });
-        self.by_id.rcu(|current| {
-            if current.version > index.version {
-                current.clone()
-            } else {
-                index.clone()
-            }
-        });
     }
 
     fn counters(&self, shard: &str) -> Arc<ShardCounters> {
@@ -285,5 +266,51 @@ impl ShardCounters {
     fn add_busy(&self, elapsed: Duration) {
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.busy_micros.inc_by(micros);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::auth::Credentials;
+
+    fn loaded(stats: &QueryStats, shards: &[&str], version: u64) -> Loaded {
+        let mut yaml = String::from("shards:\n");
+        for (port, name) in shards.iter().enumerate() {
+            yaml += &format!(
+                "  - {{name: {name}, host: 127.0.0.1, port: {}}}\n",
+                port + 1
+            );
+        }
+        yaml += "users:\n  - {name: app, password: app}\n";
+        let config = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        Loaded {
+            stats: stats.for_config(&config),
+            credentials: Credentials::from_config(&config),
+            config,
+            migration: None,
+            version,
+        }
+    }
+
+    #[test]
+    fn a_shard_keeps_its_figures_by_name_across_configs() {
+        let stats = QueryStats::default();
+        let first = loaded(&stats, &["a", "b"], 1);
+        stats.record_query(&first, 1, true, true, Duration::from_micros(30));
+        stats.record_scatter(&first, &[0, 1], false, Duration::from_micros(50));
+        // Reloaded with the shards in another order and one more: ids change, names do not.
+        let second = loaded(&stats, &["c", "b", "a"], 2);
+        stats.record_query(&second, 1, false, false, Duration::from_micros(20));
+        let totals: HashMap<String, ShardTotals> = stats.totals().into_iter().collect();
+        let b = &totals["b"];
+        assert_eq!((b.single, b.scatter, b.errors), (2, 1, 2));
+        assert_eq!((b.transactions, b.busy_micros), (2, 100));
+        let a = &totals["a"];
+        assert_eq!(
+            (a.single, a.scatter, a.errors, a.transactions),
+            (0, 1, 1, 1)
+        );
+        assert_eq!(totals["c"], ShardTotals::default());
     }
 }

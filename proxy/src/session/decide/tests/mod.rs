@@ -45,6 +45,7 @@ pub(super) fn loaded() -> Loaded {
         config,
         migration: None,
         version: 1,
+        stats: Default::default(),
     }
 }
 
