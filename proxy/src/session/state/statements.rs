@@ -49,7 +49,7 @@ pub struct GeneratedKeys {
 /// (two levels, so a lookup borrows the client's bytes instead of copying them).
 #[derive(Default)]
 struct StatementIds {
-    by_query: HashMap<Box<str>, HashMap<Box<[u8]>, u64>>,
+    by_query: HashMap<Arc<str>, HashMap<Box<[u8]>, u64>>,
     next: u64,
 }
 
@@ -61,23 +61,22 @@ fn ids() -> std::sync::MutexGuard<'static, StatementIds> {
         .unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Interns (query, parameter types) into small ids.
-fn intern(query: &str, param_types: &[u8]) -> u64 {
+/// Interns (query, parameter types) into a small id, and the query into text shared by every
+/// statement of the same text: each re-`Parse` compares the client's text with it, and one
+/// copy every session reads stays in cache where a copy per session would not.
+fn intern(query: &str, param_types: &[u8]) -> (u64, Arc<str>) {
     let mut ids = ids();
-    if let Some(id) = ids
-        .by_query
-        .get(query)
-        .and_then(|types| types.get(param_types))
-    {
-        return *id;
-    }
-    ids.next += 1;
-    let id = ids.next;
-    ids.by_query
-        .entry(query.into())
-        .or_default()
-        .insert(param_types.into(), id);
-    id
+    let StatementIds { by_query, next } = &mut *ids;
+    let text = match by_query.get_key_value(query) {
+        Some((text, _)) => text.clone(),
+        None => Arc::from(query),
+    };
+    let types = by_query.entry(text.clone()).or_default();
+    let id = *types.entry(param_types.into()).or_insert_with(|| {
+        *next += 1;
+        *next
+    });
+    (id, text)
 }
 
 /// Whether a statement that completed on a backend (its command tag) dropped every prepared
@@ -181,17 +180,17 @@ impl ClientStatements {
                 return existing.clone();
             }
         }
-        let id = intern(query, param_types);
+        let (id, query) = intern(query, param_types);
         let statement = Arc::new(Statement {
             id,
             server_name: format!("shardline_{id}").into_bytes().into_boxed_slice(),
-            query: query.into(),
+            ascii: query.is_ascii(),
+            query,
             param_types: Bytes::copy_from_slice(param_types),
             plan,
             version,
             schema: schema_generation(),
             generated,
-            ascii: query.is_ascii(),
         });
         self.by_name.insert(name.to_vec(), statement.clone());
         statement
@@ -233,6 +232,10 @@ mod tests {
         let defined = statements.define(b"", sql, &types, (planned(sql), 7), None);
         let again = statements.reparsed(b"", sql, &types, 7);
         assert!(again.is_some_and(|s| Arc::ptr_eq(&s, &defined)));
+        // Another client's statement of the same text shares its id and its text.
+        let other = ClientStatements::default().define(b"s", sql, &types, (planned(sql), 7), None);
+        assert_eq!(other.id, defined.id);
+        assert!(Arc::ptr_eq(&other.query, &defined.query));
         assert!(
             statements.reparsed(b"", sql, &types, 8).is_none(),
             "a reload plans again"
