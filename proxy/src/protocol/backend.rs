@@ -138,10 +138,15 @@ pub fn ready_status(frame: &Frame) -> u8 {
     frame.body().first().copied().unwrap_or(b'I')
 }
 
+/// Tag of a `CommandComplete` as the shard sent it, from its body. Read on the answer to
+/// every statement, so not checked as UTF-8: what is compared with it is ASCII.
+pub fn command_tag_bytes(body: &[u8]) -> &[u8] {
+    body.strip_suffix(&[0]).unwrap_or(body)
+}
+
 /// Tag text of a `CommandComplete` (`"SELECT 3"`, `"INSERT 0 1"`), from its body.
 pub fn command_tag(body: &[u8]) -> &str {
-    let text = body.strip_suffix(&[0]).unwrap_or(body);
-    std::str::from_utf8(text).unwrap_or("")
+    std::str::from_utf8(command_tag_bytes(body)).unwrap_or("")
 }
 
 /// Name and value of a `ParameterStatus`.

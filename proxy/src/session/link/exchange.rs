@@ -124,10 +124,10 @@ pub enum Completed {
 
 impl Completed {
     /// What the command tag `tag` says.
-    fn of(tag: &str) -> Completed {
+    fn of(tag: &[u8]) -> Completed {
         match tag {
-            "COMMIT" => Completed::Commit,
-            "ROLLBACK" => Completed::Rollback,
+            b"COMMIT" => Completed::Commit,
+            b"ROLLBACK" => Completed::Rollback,
             _ => Completed::Other,
         }
     }
@@ -266,7 +266,7 @@ where
         }
         let mut forgets = false;
         if frame_tag == tag::COMMAND_COMPLETE {
-            let command = msg::command_tag(message.get(5..).unwrap_or_default());
+            let command = msg::command_tag_bytes(message.get(5..).unwrap_or_default());
             statements::completed(command);
             forgets = statements::forgets_every_statement(command);
             outcome.last_tag = Some(Completed::of(command));

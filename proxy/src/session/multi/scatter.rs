@@ -242,7 +242,7 @@ impl Session {
                 tag::NOTICE_RESPONSE | tag::NOTIFICATION => true,
                 tag::PARAMETER_STATUS => *merged.reporter.get_or_insert(leg.shard) == leg.shard,
                 tag::COMMAND_COMPLETE => {
-                    let command = msg::command_tag(frame.body());
+                    let command = msg::command_tag_bytes(frame.body());
                     statements::completed(command);
                     if statements::forgets_every_statement(command) {
                         leg.conn.prepared.clear();

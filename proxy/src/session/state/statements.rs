@@ -82,8 +82,8 @@ fn intern(query: &str, param_types: &[u8]) -> (u64, Arc<str>) {
 /// Whether a statement that completed on a backend (its command tag) dropped every prepared
 /// statement there, the proxy's included: `DEALLOCATE ALL`, `DISCARD ALL` sent with other
 /// statements (alone they are answered by the proxy).
-pub fn forgets_every_statement(command_tag: &str) -> bool {
-    matches!(command_tag, "DEALLOCATE ALL" | "DISCARD ALL")
+pub fn forgets_every_statement(command_tag: &[u8]) -> bool {
+    matches!(command_tag, b"DEALLOCATE ALL" | b"DISCARD ALL")
 }
 
 /// Notes a statement a backend completed (its command tag). After a `DROP` or an `ALTER`,
@@ -95,12 +95,12 @@ pub fn forgets_every_statement(command_tag: &str) -> bool {
 /// changes no existing statement, so a workload creating temporary tables keeps its statements
 /// — unless the creation is undone ([`undone`]): a `ROLLBACK` (or `ROLLBACK TO`) drops what
 /// was created as surely as a `DROP`.
-pub fn completed(command_tag: &str) {
-    if command_tag.starts_with("DROP ") || command_tag.starts_with("ALTER ") {
+pub fn completed(command_tag: &[u8]) {
+    if command_tag.starts_with(b"DROP ") || command_tag.starts_with(b"ALTER ") {
         schema_changed();
-    } else if command_tag.starts_with("CREATE ") {
+    } else if command_tag.starts_with(b"CREATE ") {
         CREATED.store(true, Ordering::Relaxed);
-    } else if command_tag.starts_with("ROLLBACK") {
+    } else if command_tag.starts_with(b"ROLLBACK") {
         undone();
     }
 }
@@ -245,7 +245,7 @@ mod tests {
         assert!(statements.reparsed(b"s1", sql, &types, 7).is_none());
         // (In this one test: the schema generation is the process's, and no other unit test
         // changes it.)
-        completed("DROP TABLE");
+        completed(b"DROP TABLE");
         assert!(
             statements.reparsed(b"", sql, &types, 7).is_none(),
             "after a DROP the statement is defined anew"
