@@ -214,7 +214,9 @@ where
             let run = backend.buffered_run(|frame_tag| forwarded_as_is(reply, frame_tag));
             if !run.is_empty() {
                 let len = run.len();
-                out.push(run).await.map_err(ExchangeError::Client)?;
+                if out.queue(run) {
+                    out.flush().await.map_err(ExchangeError::Client)?;
+                }
                 backend.consume(len);
                 continue;
             }
@@ -254,15 +256,17 @@ where
             _ => {}
         }
         if relay && !(held && frame_tag == tag::READY_FOR_QUERY) {
-            match status.filter(|_| frame_tag == tag::READY_FOR_QUERY) {
-                Some(status) => out.push(&msg::ready_for_query(status)).await,
+            let full = match status.filter(|_| frame_tag == tag::READY_FOR_QUERY) {
+                Some(status) => out.queue(&msg::ready_for_query(status)),
                 None if hidden > 0 && frame_tag == tag::PARAMETER_DESCRIPTION => {
                     let body = message.get(5..).unwrap_or_default();
-                    out.push(&msg::without_last_params(body, hidden)).await
+                    out.queue(&msg::without_last_params(body, hidden))
                 }
-                None => out.push(message).await,
+                None => out.queue(message),
+            };
+            if full {
+                out.flush().await.map_err(ExchangeError::Client)?;
             }
-            .map_err(ExchangeError::Client)?;
         }
         let mut forgets = false;
         if frame_tag == tag::COMMAND_COMPLETE {

@@ -54,11 +54,22 @@ impl ClientOutput {
 
     /// Queues bytes, writing out when the buffer is large.
     pub async fn push(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.queue(bytes) {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Queues bytes without writing them; true when the buffer is large enough to be written
+    /// out now (with [`ClientOutput::flush`]). The relay queues every answer this way: a plain
+    /// call, where [`ClientOutput::push`] is a future to make and poll.
+    #[must_use = "a large buffer is to be flushed"]
+    pub fn queue(&mut self, bytes: &[u8]) -> bool {
         if self.deadlock.load(Ordering::Acquire) {
             if let Some(error) = deadlock_error(bytes) {
                 self.deadlock.store(false, Ordering::Release);
                 self.buf.extend_from_slice(&error);
-                return Ok(());
+                return false;
             }
         }
         if self.buf.capacity() == 0 {
@@ -66,10 +77,7 @@ impl ClientOutput {
             self.buf.reserve(FIRST_CHUNK);
         }
         self.buf.extend_from_slice(bytes);
-        if self.buf.len() >= HIGH_WATER {
-            self.flush().await?;
-        }
-        Ok(())
+        self.buf.len() >= HIGH_WATER
     }
 
     /// Writes out everything queued.
