@@ -57,15 +57,19 @@ impl Default for PauseGate {
 }
 
 impl PauseGate {
-    /// Waits while new transactions on `shard` are paused; returns at once otherwise.
-    ///
-    /// Every transaction passes here: the waiting runs in a future of its own (`Box::pin`),
-    /// allocated only while something is paused, so this one stays a few bytes in the
-    /// future of each request.
+    /// Waits while new transactions on `shard` are paused; returns at once otherwise. The
+    /// waiting runs in a future of its own (`Box::pin`), allocated only while something is
+    /// paused, so this one stays a few bytes in its caller's.
     pub async fn wait(&self, loaded: &Loaded, shard: ShardId) {
-        if self.any.load(Ordering::Acquire) {
+        if self.pausing() {
             Box::pin(self.wait_resumed(loaded, shard)).await;
         }
+    }
+
+    /// Whether new transactions on some shard are paused (one atomic load): a checkout that
+    /// finds none paused need not [`PauseGate::wait`].
+    pub fn pausing(&self) -> bool {
+        self.any.load(Ordering::Acquire)
     }
 
     /// Waits until new transactions on `shard` may start.

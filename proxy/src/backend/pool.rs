@@ -109,6 +109,14 @@ impl Drop for PoolInner {
     }
 }
 
+/// What [`Pools::checkout_idle`] found.
+pub enum Checkout {
+    /// A free connection, checked out.
+    Ready(Pooled),
+    /// None free at once: [`Pools::checkout_from`] with this handle waits for one.
+    Wait(Pool),
+}
+
 /// One pool of connections to one shard as one user to one database.
 #[derive(Clone)]
 pub struct Pool(Arc<PoolInner>);
@@ -363,17 +371,26 @@ impl Pools {
         pool: Pool,
         settings: &PoolSettings,
     ) -> Result<Pooled, CheckoutError> {
+        match Pools::checkout_idle(pool, settings)? {
+            Checkout::Ready(conn) => Ok(conn),
+            Checkout::Wait(pool) => Box::pin(Pools::checkout_waiting(&pool, settings)).await,
+        }
+    }
+
+    /// The common case of [`Pools::checkout_from`], without waiting: a free connection still
+    /// good, for no clock read, no timer and no future; else the pool handle back, to wait
+    /// with. Refused at once while the shard's breaker is open.
+    pub fn checkout_idle(pool: Pool, settings: &PoolSettings) -> Result<Checkout, CheckoutError> {
         let manager = pool.manager();
         if let Err(refusal) = manager.breaker.admit() {
             manager.checkout_failures.inc();
             return Err(refusal.into());
         }
-        // The common case, a free connection still good, takes no clock read and no timer.
         match pool.slots().take_now() {
             Some(Taken::Idle(mut conn)) => {
                 if Manager::still_good(&mut conn) {
                     manager.checkout_wait.observe(Duration::ZERO);
-                    return Ok(pool.lend(conn, settings));
+                    return Ok(Checkout::Ready(pool.lend(conn, settings)));
                 }
                 pool.slots().let_go(conn);
             }
@@ -381,7 +398,7 @@ impl Pools {
             Some(Taken::Open) => pool.slots().vacate(),
             None => {}
         }
-        Box::pin(Pools::checkout_waiting(&pool, settings)).await
+        Ok(Checkout::Wait(pool))
     }
 
     /// [`Pools::checkout_from`] once no good connection was free at once: opens one, or

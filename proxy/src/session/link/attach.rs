@@ -7,11 +7,20 @@ use shardline_router::config::PoolMode;
 use shardline_router::ShardId;
 
 use crate::backend::conn::{BackendError, BackendTarget};
-use crate::backend::pool::{CheckoutError, Pool, Pooled, Pools};
+use crate::backend::pool::{Checkout, CheckoutError, Pool, Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::session::state::settings::Settings;
 use crate::session::{decide, local, ClientError, Session};
+
+/// How [`Session::attach_now`] left a checkout.
+pub(crate) enum Attached {
+    /// The backend, without waiting.
+    Ready(Pooled),
+    /// None free at once, or new transactions on the shard are paused:
+    /// [`Session::attach_waiting`] waits, with the pool handle if one was taken.
+    Wait(Option<Pool>),
+}
 
 impl Session {
     pub(crate) fn keep_or_release(&mut self, shard: ShardId, conn: Pooled, busy: bool) {
@@ -36,8 +45,21 @@ impl Session {
         loaded: &Loaded,
         shard: ShardId,
     ) -> Result<Pooled, ClientError> {
+        match self.attach_now(loaded, shard)? {
+            Attached::Ready(conn) => Ok(conn),
+            Attached::Wait(pool) => Box::pin(self.attach_waiting(loaded, shard, pool)).await,
+        }
+    }
+
+    /// [`Session::attach`] without waiting: the backend already held, or a free one checked
+    /// out at once (nearly every transaction), with no future to make; else what to wait with.
+    pub(crate) fn attach_now(
+        &mut self,
+        loaded: &Loaded,
+        shard: ShardId,
+    ) -> Result<Attached, ClientError> {
         if let Some(conn) = self.conns.remove(&shard) {
-            return Ok(conn);
+            return Ok(Attached::Ready(conn));
         }
         if self.tx.shards.contains(&shard) {
             // The transaction's backend there is gone (its connection failed): a fresh one
@@ -49,21 +71,32 @@ impl Session {
                 format!("the connection to shard {name} was lost during the transaction; roll it back and run it again"),
             ));
         }
+        if self.ctx.pause.pausing() {
+            return Ok(Attached::Wait(None));
+        }
+        let pool = self.pool_of(loaded, shard)?;
+        match Pools::checkout_idle(pool, &loaded.config.pool) {
+            Ok(Checkout::Ready(conn)) => Ok(Attached::Ready(self.cancellable(conn))),
+            Ok(Checkout::Wait(pool)) => Ok(Attached::Wait(Some(pool))),
+            Err(e) => Err(checkout_error(loaded, shard, e)),
+        }
+    }
+
+    /// The rest of [`Session::attach`] when no backend was free at once: waits while new
+    /// transactions on the shard are paused, then for a connection of its pool (`pool`, if
+    /// [`Session::attach_now`] found it).
+    pub(crate) async fn attach_waiting(
+        &mut self,
+        loaded: &Loaded,
+        shard: ShardId,
+        pool: Option<Pool>,
+    ) -> Result<Pooled, ClientError> {
         self.ctx.pause.wait(loaded, shard).await;
-        let settings = &loaded.config.pool;
-        let pool = match self.known_pools.take(loaded.version, shard) {
+        let pool = match pool {
             Some(pool) => pool,
-            None => {
-                let target = self.target(loaded, shard)?;
-                let pool = self
-                    .ctx
-                    .pools
-                    .pool(&target, settings)
-                    .map_err(|e| checkout_error(loaded, shard, e))?;
-                self.known_pools.lend(loaded.version, shard, &pool);
-                pool
-            }
+            None => self.pool_of(loaded, shard)?,
         };
+        let settings = &loaded.config.pool;
         let mut checkout = Pools::checkout_from(pool, settings).await;
         if matches!(checkout, Err(CheckoutError::Closed)) {
             // A reload retired the pool since the session found it (it is not kept again).
@@ -71,11 +104,32 @@ impl Session {
             checkout = Box::pin(self.ctx.pools.checkout(&target, settings)).await;
         }
         let conn = checkout.map_err(|e| checkout_error(loaded, shard, e))?;
+        Ok(self.cancellable(conn))
+    }
+
+    /// The pool of `shard` for this session's user and database: the one the session kept
+    /// (lent to it under this config version), else found in the proxy's pools.
+    fn pool_of(&mut self, loaded: &Loaded, shard: ShardId) -> Result<Pool, ClientError> {
+        if let Some(pool) = self.known_pools.take(loaded.version, shard) {
+            return Ok(pool);
+        }
+        let target = self.target(loaded, shard)?;
+        let pool = self
+            .ctx
+            .pools
+            .pool(&target, &loaded.config.pool)
+            .map_err(|e| checkout_error(loaded, shard, e))?;
+        self.known_pools.lend(loaded.version, shard, &pool);
+        Ok(pool)
+    }
+
+    /// `conn`, its cancel key noted as one a cancel request from this client reaches.
+    fn cancellable(&self, conn: Pooled) -> Pooled {
         self.cancel_targets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(conn.cancel_key);
-        Ok(conn)
+        conn
     }
 
     /// Checks out a backend of `shard` for the session's next [`Session::attach`] if its pool
@@ -95,10 +149,7 @@ impl Session {
         let Some(conn) = Pools::checkout_now(&pool, settings).await else {
             return false;
         };
-        self.cancel_targets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(conn.cancel_key);
+        let conn = self.cancellable(conn);
         self.conns.insert(shard, conn);
         true
     }
@@ -162,22 +213,17 @@ impl Session {
             .clear();
     }
 
-    /// Finishes backends held after a `Flush` on other shards than `shard`: their pipeline
-    /// segment is over once the client moves elsewhere, so they get a `Sync` and go back.
-    ///
-    /// Every exchange passes here and nearly none has anything to settle: the settling runs in
-    /// a future of its own, allocated only then, so this one stays small.
-    pub(crate) async fn settle_others(&mut self, shard: ShardId) {
-        if self.tx.open() || self.spread.is_some() || self.identity.pool_mode == PoolMode::Session {
-            return;
-        }
-        if self.conns.keys().any(|held| *held != shard) {
-            Box::pin(self.settle_held_except(shard)).await;
-        }
+    /// Whether backends held after a `Flush` on other shards than `shard` are to be finished
+    /// before an exchange with `shard` ([`Session::settle_others`]): their pipeline segment is
+    /// over once the client moves elsewhere. Nearly never, so callers ask first and settle in
+    /// a future of its own.
+    pub(crate) fn must_settle_others(&self, shard: ShardId) -> bool {
+        !(self.tx.open() || self.spread.is_some() || self.identity.pool_mode == PoolMode::Session)
+            && self.conns.keys().any(|held| *held != shard)
     }
 
     /// Sends `Sync` to every held backend but `shard`'s and returns them to their pools.
-    async fn settle_held_except(&mut self, shard: ShardId) {
+    pub(crate) async fn settle_others(&mut self, shard: ShardId) {
         let others: Vec<ShardId> = self.conns.keys().copied().filter(|s| *s != shard).collect();
         for other in others {
             let Some(mut conn) = self.conns.remove(&other) else {

@@ -13,6 +13,7 @@ use crate::backend::pool::{Pooled, Pools};
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate};
 use crate::protocol::Frame;
+use crate::session::link::attach::Attached;
 use crate::session::link::exchange::{self, Completed, ExchangeError, Expect, Outcome, Reply};
 use crate::session::link::outgoing::{self, Outgoing};
 use crate::session::state::settings;
@@ -81,8 +82,17 @@ impl Session {
     {
         async move {
             let started = std::time::Instant::now();
-            self.settle_others(shard).await;
-            let mut conn = match self.attach(loaded, shard).await {
+            if self.must_settle_others(shard) {
+                Box::pin(self.settle_others(shard)).await;
+            }
+            let attached = match self.attach_now(loaded, shard) {
+                Ok(Attached::Ready(conn)) => Ok(conn),
+                Ok(Attached::Wait(pool)) => {
+                    Box::pin(self.attach_waiting(loaded, shard, pool)).await
+                }
+                Err(e) => Err(e),
+            };
+            let mut conn = match attached {
                 Ok(conn) => conn,
                 Err(e) => {
                     self.tx.fail();
