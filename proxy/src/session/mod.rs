@@ -188,11 +188,8 @@ impl Session {
                     } else {
                         sqlstate::PROTOCOL_VIOLATION
                     };
-                    self.out
-                        .push(&msg::fatal(code, &format!("{e}; closing the connection")))
-                        .await?;
-                    self.out.flush().await?;
-                    return Err(SessionEnd::Protocol(e.to_string()));
+                    let text = format!("{e}; closing the connection");
+                    return Err(Box::pin(self.protocol_violation(code, text)).await);
                 }
                 Err(FrameError::Io(e)) => return Err(SessionEnd::ClientIo(e)),
             };
@@ -266,6 +263,18 @@ impl Session {
         }
     }
 
+    /// Ends the session for a protocol violation: the client is told why (a `FATAL` error,
+    /// `code` and `text`), and the connection closes.
+    pub(crate) async fn protocol_violation(&mut self, code: &str, text: String) -> SessionEnd {
+        if let Err(e) = self.out.push(&msg::fatal(code, &text)).await {
+            return SessionEnd::ClientIo(e);
+        }
+        match self.out.flush().await {
+            Ok(()) => SessionEnd::Protocol(text),
+            Err(e) => SessionEnd::ClientIo(e),
+        }
+    }
+
     /// Ends a session idle in its transaction beyond its limit, as PostgreSQL does: a FATAL
     /// 25P03, then the connection closes (and the transaction's backends roll back).
     async fn end_idle_transaction(&mut self) -> Result<(), SessionEnd> {
@@ -304,11 +313,8 @@ impl Session {
                 b'd' | b'c' | b'f' => {}
                 other => {
                     let text = format!("invalid frontend message type {:?}", other as char);
-                    self.out
-                        .push(&msg::fatal(sqlstate::PROTOCOL_VIOLATION, &text))
-                        .await?;
-                    self.out.flush().await?;
-                    return Err(SessionEnd::Protocol(text));
+                    let code = sqlstate::PROTOCOL_VIOLATION;
+                    return Err(Box::pin(self.protocol_violation(code, text)).await);
                 }
             }
         }

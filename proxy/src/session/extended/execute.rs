@@ -12,7 +12,7 @@ use crate::session::decide::{decide, Action};
 use crate::session::extended::assembled::Assembled;
 use crate::session::extended::messages::build_messages;
 use crate::session::extended::pipeline::begin_statement;
-use crate::session::extended::segment::Item;
+use crate::session::extended::segment::{Item, Segment};
 use crate::session::link::exchange::Reply;
 use crate::session::state::statements::Statement;
 use crate::session::{ClientError, Session, SessionEnd};
@@ -48,17 +48,58 @@ impl Session {
         loaded: &Arc<Loaded>,
         frames: Vec<Frame>,
     ) -> Result<Segmented, SessionEnd> {
-        let mut segment = match self.read_segment(loaded, frames).await {
-            Ok(segment) => segment,
-            Err(malformed) => {
-                let text = malformed.to_string();
-                self.out
-                    .push(&msg::fatal(sqlstate::PROTOCOL_VIOLATION, &text))
-                    .await?;
-                self.out.flush().await?;
-                return Err(SessionEnd::Protocol(text));
+        // Read and decided in a block of its own, so the segment's routing is not kept through
+        // the exchange nearly every segment is; any other action runs in a future of its own.
+        let (shard, starts_transaction, items) = {
+            let segment = match self.read_segment(loaded, frames).await {
+                Ok(segment) => segment,
+                Err(malformed) => {
+                    let text = malformed.to_string();
+                    let code = sqlstate::PROTOCOL_VIOLATION;
+                    return Err(Box::pin(self.protocol_violation(code, text)).await);
+                }
+            };
+            let single = match decide(&segment.request(), &self.facts(loaded)) {
+                Action::Single {
+                    shard,
+                    starts_transaction,
+                } => Some((shard, starts_transaction)),
+                _ => None,
+            };
+            match single {
+                Some((shard, starts_transaction)) => {
+                    (shard, starts_transaction, segment.into_items())
+                }
+                None => return Box::pin(self.run_decided(loaded, segment)).await,
             }
         };
+        self.exchange_segment(loaded, shard, starts_transaction, &items)
+            .await?;
+        Ok(Segmented::Ran)
+    }
+
+    /// Runs a segment on one shard and records what it did to the client's transaction.
+    async fn exchange_segment(
+        &mut self,
+        loaded: &Loaded,
+        shard: ShardId,
+        starts_transaction: bool,
+        items: &[Item],
+    ) -> Result<(), SessionEnd> {
+        self.exchange_with(loaded, shard, starts_transaction, |conn, out| {
+            build_messages(items, conn, out)
+        })
+        .await?;
+        self.note_transaction(shard, items);
+        Ok(self.out.flush().await?)
+    }
+
+    /// Carries out a segment whose action is not one plain exchange with one shard.
+    async fn run_decided(
+        &mut self,
+        loaded: &Arc<Loaded>,
+        mut segment: Segment,
+    ) -> Result<Segmented, SessionEnd> {
         let action = decide(&segment.request(), &self.facts(loaded));
         // Owned, so the segment can be handed on whole.
         let action = match action {
@@ -158,11 +199,9 @@ impl Session {
                 shard,
                 starts_transaction,
             } => {
-                self.exchange_with(loaded, shard, starts_transaction, |conn, out| {
-                    build_messages(items, conn, out)
-                })
-                .await?;
-                self.note_transaction(shard, items);
+                self.exchange_segment(loaded, shard, starts_transaction, items)
+                    .await?;
+                return Ok(Segmented::Ran);
             }
             Action::Scatter(shards) => {
                 let reads = segment.kinds.iter().all(|k| *k == StatementKind::Read);

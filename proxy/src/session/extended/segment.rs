@@ -66,6 +66,11 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
+    /// Its messages, the rest dropped: what an exchange with one shard needs of it.
+    pub(crate) fn into_items(self) -> Vec<Item> {
+        self.items
+    }
+
     /// The segment as the decision sees it.
     pub(crate) fn request(&self) -> Request<'_> {
         Request {
