@@ -292,11 +292,13 @@ mod tests {
 
     #[tokio::test]
     async fn buffered_messages_are_taken_without_waiting() -> Result<(), FrameError> {
-        let mut wire = Vec::new();
-        wire.extend_from_slice(b"B\0\0\0\x05x");
-        wire.extend_from_slice(b"S\0\0\0\x04");
-        wire.extend_from_slice(b"Q\0\0\0\x0dSELECT 1\0");
-        wire.extend_from_slice(b"P\0\0\0\x09ab");
+        let wire = [
+            b"B\0\0\0\x05x".as_slice(),
+            b"S\0\0\0\x04",
+            b"Q\0\0\0\x0dSELECT 1\0",
+            b"P\0\0\0\x09ab",
+        ]
+        .concat();
         let mut reader = FrameReader::new(&wire[..], 1024);
         reader.fill(wire.len()).await?;
         let segment = |tag| tag != b'Q';
