@@ -40,9 +40,14 @@ impl<'a> Cursor<'a> {
     }
 
     fn cstr(&mut self) -> Result<&'a [u8], Malformed> {
-        // memchr: statements are the longest strings here, and every one is scanned.
-        let Some(end) = memchr::memchr(0, self.rest) else {
-            return self.fail("missing string terminator");
+        // memchr: statements are the longest strings here, and every one is scanned. The
+        // empty name (the unnamed statement or portal, the commonest) needs no scan.
+        let end = match self.rest.first() {
+            Some(0) => 0,
+            _ => match memchr::memchr(0, self.rest) {
+                Some(end) => end,
+                None => return self.fail("missing string terminator"),
+            },
         };
         let s = &self.rest[..end];
         self.rest = &self.rest[end + 1..];

@@ -138,6 +138,9 @@ pub fn schema_generation() -> u64 {
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     by_name: FxHashMap<Vec<u8>, Arc<Statement>>,
+    /// The unnamed statement, apart: drivers that do not prepare send every query as one,
+    /// so it is looked up at every execution.
+    unnamed: Option<Arc<Statement>>,
 }
 
 impl ClientStatements {
@@ -152,7 +155,7 @@ impl ClientStatements {
         param_types: &[u8],
         version: u64,
     ) -> Option<Arc<Statement>> {
-        let existing = self.by_name.get(name)?;
+        let existing = self.slot(name)?;
         let same = existing.version == version
             && existing.schema == schema_generation()
             && existing.generated.is_none()
@@ -171,7 +174,7 @@ impl ClientStatements {
         (plan, version): (Arc<Plan>, u64),
         generated: Option<Arc<GeneratedKeys>>,
     ) -> Arc<Statement> {
-        if let Some(existing) = self.by_name.get(name) {
+        if let Some(existing) = self.slot(name) {
             // Drivers re-parse the same unnamed statement for every execution.
             if &*existing.query == query
                 && existing.param_types == param_types
@@ -192,23 +195,41 @@ impl ClientStatements {
             schema: schema_generation(),
             generated,
         });
-        self.by_name.insert(name.to_vec(), statement.clone());
+        if name.is_empty() {
+            self.unnamed = Some(statement.clone());
+        } else {
+            self.by_name.insert(name.to_vec(), statement.clone());
+        }
         statement
+    }
+
+    /// The statement named `name`, borrowed.
+    fn slot(&self, name: &[u8]) -> Option<&Arc<Statement>> {
+        if name.is_empty() {
+            self.unnamed.as_ref()
+        } else {
+            self.by_name.get(name)
+        }
     }
 
     /// The statement a client name refers to.
     pub fn get(&self, name: &[u8]) -> Option<Arc<Statement>> {
-        self.by_name.get(name).cloned()
+        self.slot(name).cloned()
     }
 
     /// Forgets one statement (`Close`).
     pub fn close(&mut self, name: &[u8]) {
-        self.by_name.remove(name);
+        if name.is_empty() {
+            self.unnamed = None;
+        } else {
+            self.by_name.remove(name);
+        }
     }
 
     /// Forgets every statement (`DISCARD ALL`, `DEALLOCATE ALL`).
     pub fn clear(&mut self) {
         self.by_name.clear();
+        self.unnamed = None;
     }
 }
 
@@ -255,5 +276,28 @@ mod tests {
             anew.id, defined.id,
             "and prepared on backends under a fresh id"
         );
+    }
+
+    #[test]
+    fn the_unnamed_statement_is_kept_apart_from_named_ones() {
+        let mut statements = ClientStatements::default();
+        let (one, two) = ("SELECT 1", "SELECT 2");
+        let unnamed = statements.define(b"", one, &[], (planned(one), 1), None);
+        let named = statements.define(b"s", two, &[], (planned(two), 1), None);
+        assert!(statements
+            .get(b"")
+            .is_some_and(|s| Arc::ptr_eq(&s, &unnamed)));
+        assert!(statements
+            .get(b"s")
+            .is_some_and(|s| Arc::ptr_eq(&s, &named)));
+        statements.close(b"");
+        assert!(statements.get(b"").is_none());
+        assert!(
+            statements.get(b"s").is_some(),
+            "closing one leaves the other"
+        );
+        statements.define(b"", one, &[], (planned(one), 1), None);
+        statements.clear();
+        assert!(statements.get(b"").is_none() && statements.get(b"s").is_none());
     }
 }
