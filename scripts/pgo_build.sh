@@ -7,8 +7,8 @@
 # simple, extended and prepared protocols, single-shard write transactions, transactions over
 # two shards (two-phase commit), scatter reads that merge rows and add up counts, and a COPY.
 #
-#   bash bench/pgo_build.sh [seconds per load, default 6]
-#   SHARDLINE_BIN=$(bash bench/pgo_build.sh | tail -1) bash bench/pgbench_proxy.sh
+#   bash scripts/pgo_build.sh [seconds per load, default 6]
+#   SHARDLINE_BIN=$(bash scripts/pgo_build.sh | tail -1) bash bench/pgbench_proxy.sh
 #
 # Needs llvm-profdata of the LLVM version rustc uses (`rustc -vV`): `rustup component add
 # llvm-tools` puts it in rustc's sysroot; Debian packages it as llvm-N (apt install llvm-22 for
