@@ -132,9 +132,10 @@ pub fn schema_generation() -> u64 {
     SCHEMA_GENERATION.load(Ordering::Relaxed)
 }
 
-/// The statements one client has prepared, by the client's names (`""` is the unnamed one).
-/// Looked up on every `Parse` and `Bind`, so hashed with FxHash: the names are the client's
-/// own, and only its own session could suffer from names chosen to collide.
+/// The statements one client has prepared, by the client's names: the unnamed one (`""`) in
+/// a field of its own, named ones hashed with FxHash (looked up on every `Parse` and `Bind`;
+/// the names are the client's own, and only its own session could suffer from names chosen
+/// to collide).
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     by_name: FxHashMap<Vec<u8>, Arc<Statement>>,
