@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use super::breaker::Breaker;
 use crate::protocol::backend::{error_field, tag};
 use crate::protocol::encoding::ClientEncoding;
-use crate::protocol::{Frame, FrameError, FrameReader};
+use crate::protocol::{BufferedMessages, Frame, FrameError, FrameReader};
 use crate::session::settings::Settings;
 use crate::socket::{self, SocketRead, SocketWrite};
 
@@ -378,17 +378,23 @@ impl Backend {
         self.reader.idle_input(|half, buf| half.try_read(buf))
     }
 
-    /// The complete messages buffered at the front whose tags `accept` takes (see
-    /// [`FrameReader::buffered_run`]); none of them may be `ReadyForQuery` or an error, which
-    /// [`Backend::read`] must see.
-    pub fn buffered_run(&self, accept: impl Fn(u8) -> bool) -> &[u8] {
-        self.reader
-            .buffered_run(|t| t != tag::READY_FOR_QUERY && t != tag::ERROR_RESPONSE && accept(t))
+    /// The shard's answers buffered whole (see [`FrameReader::buffered_messages`]).
+    pub fn buffered_messages(&self) -> BufferedMessages<'_> {
+        self.reader.buffered_messages()
     }
 
-    /// Drops the first `len` buffered bytes, once forwarded.
-    pub fn consume(&mut self, len: usize) {
+    /// The first `len` buffered bytes.
+    pub fn buffered(&self, len: usize) -> &[u8] {
+        self.reader.buffered(len)
+    }
+
+    /// Drops the first `len` buffered bytes, once relayed; `ready` is the status of the
+    /// `ReadyForQuery` they end with, if they do.
+    pub fn consume_relayed(&mut self, len: usize, ready: Option<u8>) {
         self.reader.consume(len);
+        if ready.is_some() {
+            self.ready(ready);
+        }
     }
 
     /// Reads the next message from the shard. Past the statement's `query_timeout` the
@@ -414,6 +420,14 @@ impl Backend {
     /// [`Backend::read`] does); [`Backend::consume_message`] drops it once handled. Relaying
     /// an answer this way costs no reference count on the buffer.
     pub async fn next_message(&mut self) -> Result<&[u8], BackendError> {
+        let len = self.await_message().await?;
+        self.lent = len;
+        Ok(self.reader.buffered(len))
+    }
+
+    /// Waits until the shard's next message is buffered whole (as [`Backend::read`] does) and
+    /// returns its length, without lending it.
+    pub async fn await_message(&mut self) -> Result<usize, BackendError> {
         let waited = match self.deadline {
             None => self.reader.await_message().await,
             Some(deadline) => {
@@ -423,13 +437,7 @@ impl Backend {
                 }
             }
         };
-        match waited {
-            Ok(len) => {
-                self.lent = len;
-                Ok(self.reader.buffered(len))
-            }
-            Err(e) => Err(self.failed(e)),
-        }
+        waited.map_err(|e| self.failed(e))
     }
 
     /// Drops the message [`Backend::next_message`] lent, noting what it says of the

@@ -184,27 +184,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(packet.freeze())
     }
 
-    /// The longest run of complete messages buffered at the front whose tags `accept` takes, as
-    /// the bytes they span: messages a caller forwards as they are need not be cut one by one.
-    /// Stops at a message too long or too short to be read (for [`FrameReader::read`] to report).
-    pub fn buffered_run(&self, accept: impl Fn(u8) -> bool) -> &[u8] {
-        let mut end = 0;
-        while let Some(head) = self.buf.get(end..end + 5) {
-            let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-            let total = usize::try_from(len).map_or(0, |len| len + 1);
-            if total < 5 || total > self.limit || !accept(head[0]) {
-                break;
-            }
-            if self.buf.len() - end < total {
-                break;
-            }
-            end += total;
+    /// The complete messages buffered at the front, in order, as far as they can be read (a
+    /// message not yet whole, or one too long or too short, ends them, for
+    /// [`FrameReader::read`] to report): a caller relaying answers as they are looks them over
+    /// in place and takes them in one piece.
+    pub fn buffered_messages(&self) -> BufferedMessages<'_> {
+        BufferedMessages {
+            rest: &self.buf,
+            limit: self.limit,
         }
-        &self.buf[..end]
     }
 
-    /// Drops the first `len` buffered bytes (a run [`FrameReader::buffered_run`] returned, or
-    /// a message [`FrameReader::buffered`] lent, once handled).
+    /// Drops the first `len` buffered bytes (messages [`FrameReader::buffered_messages`]
+    /// showed, or one [`FrameReader::buffered`] lent, once handled).
     pub fn consume(&mut self, len: usize) {
         self.buf.advance(len.min(self.buf.len()));
     }
@@ -245,6 +237,30 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// The whole messages at the front of a [`FrameReader`]'s buffer (see
+/// [`FrameReader::buffered_messages`]), each with its tag and length.
+#[derive(Debug)]
+pub struct BufferedMessages<'a> {
+    rest: &'a [u8],
+    limit: usize,
+}
+
+impl<'a> Iterator for BufferedMessages<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let head = self.rest.get(..5)?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        let total = usize::try_from(len).ok()?.checked_add(1)?;
+        if total < 5 || total > self.limit {
+            return None;
+        }
+        let (message, rest) = self.rest.split_at_checked(total)?;
+        self.rest = rest;
+        Some(message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,7 +283,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_buffered_run_spans_whole_accepted_messages() -> Result<(), FrameError> {
+    async fn buffered_messages_are_the_whole_ones_at_the_front() -> Result<(), FrameError> {
         let mut wire = Vec::new();
         wire.extend_from_slice(b"D\0\0\0\x06ab");
         wire.extend_from_slice(b"D\0\0\0\x05c");
@@ -277,16 +293,18 @@ mod tests {
         // Buffer everything: a read of the first message fills from the whole input.
         let first = reader.read().await?;
         assert_eq!(first.bytes().as_ref(), b"D\0\0\0\x06ab");
-        assert_eq!(reader.buffered_run(|tag| tag == b'D'), b"D\0\0\0\x05c");
-        assert_eq!(reader.buffered_run(|tag| tag != b'Z').len(), 6 + 14);
+        let whole: Vec<&[u8]> = reader.buffered_messages().collect();
+        // The last message is not whole: it ends them.
+        assert_eq!(whole, [&b"D\0\0\0\x05c"[..], b"C\0\0\0\x0dSELECT 2\0"]);
         reader.consume(6);
         assert_eq!(reader.read().await?.tag(), b'C');
-        // An incomplete message ends the run; so does one longer than the limit.
-        assert!(reader.buffered_run(|_| true).is_empty());
-        let huge = b"D\0\0\x10\0rest".to_vec();
-        let mut reader = FrameReader::new(&huge[..], 1024);
-        reader.fill(5).await?;
-        assert!(reader.buffered_run(|_| true).is_empty());
+        assert_eq!(reader.buffered_messages().count(), 0);
+        // So does one longer than the limit, or shorter than its header.
+        for bad in [&b"D\0\0\x10\0rest"[..], b"D\0\0\0\x03rest"] {
+            let mut reader = FrameReader::new(bad, 1024);
+            reader.fill(5).await?;
+            assert_eq!(reader.buffered_messages().count(), 0);
+        }
         Ok(())
     }
 
@@ -309,7 +327,7 @@ mod tests {
         assert_eq!(reader.read().await?.tag(), b'Q');
         // So does a message not yet whole.
         assert!(reader.read_buffered(segment).is_none());
-        assert_eq!(reader.buffered_run(|_| true).len(), 0);
+        assert_eq!(reader.buffered_messages().count(), 0);
         // And one whose length is bad, left for `read` to report.
         let bad = b"B\0\0\0\x02".to_vec();
         let mut reader = FrameReader::new(&bad[..], 1024);

@@ -7,4 +7,4 @@ mod frame;
 pub mod frontend;
 pub mod spare;
 
-pub use frame::{Frame, FrameError, FrameReader};
+pub use frame::{BufferedMessages, Frame, FrameError, FrameReader};

@@ -14,6 +14,7 @@ use crate::backend::conn::{Backend, BackendError};
 use crate::protocol::backend::{self as msg, tag};
 use crate::protocol::{Frame, FrameError, FrameReader};
 use crate::session::link::output::ClientOutput;
+use crate::session::link::stretch;
 use crate::session::state::settings::Effect;
 use crate::session::state::statements;
 
@@ -124,7 +125,7 @@ pub enum Completed {
 
 impl Completed {
     /// What the command tag `tag` says.
-    fn of(tag: &[u8]) -> Completed {
+    pub fn of(tag: &[u8]) -> Completed {
         match tag {
             b"COMMIT" => Completed::Commit,
             b"ROLLBACK" => Completed::Rollback,
@@ -198,6 +199,28 @@ where
             queue.pop_front();
             continue;
         }
+        if !skipping {
+            // Answers already buffered that need only relaying: forwarded in one piece.
+            let stretch = stretch::relayable(backend.buffered_messages(), queue, status.is_some());
+            if stretch.len > 0 {
+                let full = out.queue(backend.buffered(stretch.len));
+                backend.consume_relayed(stretch.len, stretch.ready);
+                queue.drain(..stretch.completed);
+                outcome.last_tag = stretch.last_tag.or(outcome.last_tag);
+                if let Some(ready) = stretch.ready {
+                    outcome.ready = Some(ready);
+                }
+                if full || stretch.ready.is_some() {
+                    out.flush().await.map_err(ExchangeError::Client)?;
+                }
+                continue;
+            }
+            if backend.buffered_messages().next().is_none() {
+                // Nothing whole yet: wait, then look for a stretch again.
+                backend.await_message().await?;
+                continue;
+            }
+        }
         let (relay, held) = match front {
             Expect::Sent { mode, .. } => (*mode != Mode::Swallow, *mode == Mode::Held),
             Expect::Local(_) => (false, false),
@@ -209,18 +232,6 @@ where
             } => *n,
             _ => 0,
         };
-        if relay && hidden == 0 {
-            // Rows and the like, already buffered: forwarded in one piece, not cut one by one.
-            let run = backend.buffered_run(|frame_tag| forwarded_as_is(reply, frame_tag));
-            if !run.is_empty() {
-                let len = run.len();
-                if out.queue(run) {
-                    out.flush().await.map_err(ExchangeError::Client)?;
-                }
-                backend.consume(len);
-                continue;
-            }
-        }
         let message = backend.next_message().await?;
         let frame_tag = message.first().copied().unwrap_or_default();
         match frame_tag {
@@ -309,21 +320,6 @@ where
     }
     outcome.skipping = skipping;
     Ok(outcome)
-}
-
-/// Whether a relayed answer tagged `frame_tag` to a message of kind `reply` goes to the client
-/// with nothing to note on the way: not the answer that completes the message, and none of
-/// those [`drive`] looks into (errors, command tags, `ParseComplete`, COPY, `ReadyForQuery`).
-fn forwarded_as_is(reply: Reply, frame_tag: u8) -> bool {
-    !matches!(
-        frame_tag,
-        tag::ERROR_RESPONSE
-            | tag::COMMAND_COMPLETE
-            | tag::PARSE_COMPLETE
-            | tag::COPY_IN_RESPONSE
-            | tag::COPY_BOTH_RESPONSE
-            | tag::READY_FOR_QUERY
-    ) && !completes(reply, frame_tag)
 }
 
 /// An error or COPY answer from the backend, which [`drive`] hands on to [`Rare::handle`].

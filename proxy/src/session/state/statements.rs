@@ -96,12 +96,37 @@ pub fn forgets_every_statement(command_tag: &[u8]) -> bool {
 /// — unless the creation is undone ([`undone`]): a `ROLLBACK` (or `ROLLBACK TO`) drops what
 /// was created as surely as a `DROP`.
 pub fn completed(command_tag: &[u8]) {
+    match consequence(command_tag) {
+        Some(Consequence::SchemaChanged) => schema_changed(),
+        Some(Consequence::Created) => CREATED.store(true, Ordering::Relaxed),
+        Some(Consequence::RolledBack) => undone(),
+        None => {}
+    }
+}
+
+/// Whether a statement that completed on a backend (its command tag) is of any concern to the
+/// proxy's statements ([`completed`], [`forgets_every_statement`]); a `SELECT` or an `INSERT`
+/// is not, and its answers can be relayed without a look.
+pub fn completion_matters(command_tag: &[u8]) -> bool {
+    consequence(command_tag).is_some() || forgets_every_statement(command_tag)
+}
+
+/// What a completed statement means for the statement ids (see [`completed`]).
+enum Consequence {
+    SchemaChanged,
+    Created,
+    RolledBack,
+}
+
+fn consequence(command_tag: &[u8]) -> Option<Consequence> {
     if command_tag.starts_with(b"DROP ") || command_tag.starts_with(b"ALTER ") {
-        schema_changed();
+        Some(Consequence::SchemaChanged)
     } else if command_tag.starts_with(b"CREATE ") {
-        CREATED.store(true, Ordering::Relaxed);
+        Some(Consequence::Created)
     } else if command_tag.starts_with(b"ROLLBACK") {
-        undone();
+        Some(Consequence::RolledBack)
+    } else {
+        None
     }
 }
 
