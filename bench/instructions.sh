@@ -14,7 +14,7 @@
 #
 # Needs valgrind (apt install valgrind). TOP=n also prints the n functions with the most
 # instructions per transaction (inclusive) in simple mode (TOP_MODE=extended or prepared for
-# the others), for finding where they go.
+# the others), for finding where they go. THREADS=n sets the counted shardline's worker threads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TX=${1:-1000}
@@ -86,7 +86,8 @@ count() { # NAME PID PORT MODE
 
 sed -e "s/^listen: .*/listen: 127.0.0.1:$((PORT + 300))/" -e '/^metrics_listen/d' \
   "$DIR/shards.yaml" >"$DIR/counted.yaml"
-start_counted shardline $((PORT + 300)) "$BIN" --config "$DIR/counted.yaml" --no-watch
+start_counted shardline $((PORT + 300)) "$BIN" ${THREADS:+--threads "$THREADS"} \
+  --config "$DIR/counted.yaml" --no-watch
 SHARDLINE_PID=$COUNTED_PID
 start_counted floor $((PORT + 301)) "$FLOOR_BIN" 127.0.0.1:$((PORT + 301)) 127.0.0.1:$((PORT + 1))
 FLOOR_PID=$COUNTED_PID
