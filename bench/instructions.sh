@@ -5,10 +5,12 @@
 #
 # Starts the demo cluster, then runs shardline under callgrind on the demo's shards.yaml (on
 # another port) and, for reference, the floor relay (proxy/examples/floor_relay.rs: tokio
-# copying bytes between each client and shard 0, parsing nothing). pgbench -S runs through
-# both in simple, extended and prepared mode (4 clients); each mode is warmed up first (pools
-# filled, statements prepared), then counted. Logging in to shards (SCRAM's key derivation, for
-# a pool's new connection or a health probe) is left out.
+# copying bytes between each client and shard 0, parsing nothing) and PgBouncer when it is
+# installed (transaction pooling in front of shard 0, as bench/pgbench_proxy.sh runs it).
+# pgbench runs the same single-row read through each in simple, extended and prepared mode
+# (4 clients; PgBouncer before 1.21 has no prepared mode); each mode is warmed up first (pools
+# filled, statements prepared), then counted. Logging in to shards (SCRAM's key derivation,
+# for a pool's new connection or a health probe) is left out.
 #
 #   bash bench/instructions.sh [transactions per client, default 1000]
 #
@@ -39,11 +41,13 @@ trap cleanup EXIT
 # shellcheck source=bench/select_load.sh
 . bench/select_load.sh
 
-# Starts "$@" under callgrind, writing to $DIR/$NAME.out*; sets COUNTED_PID.
+# Starts "$@" under callgrind, writing to $DIR/$NAME.out*; sets COUNTED_PID. AS, an array,
+# prefixes valgrind (to run it as another user); callgrind_control runs the same way.
+AS=()
 start_counted() { # NAME PORT COMMAND...
   local name=$1 port=$2
   shift 2
-  valgrind --tool=callgrind --callgrind-out-file="$DIR/$name.out" "$@" >"$DIR/$name.log" 2>&1 &
+  "${AS[@]}" valgrind --tool=callgrind --callgrind-out-file="$DIR/$name.out" "$@" >"$DIR/$name.log" 2>&1 &
   COUNTED_PID=$!
   COUNTED+=("$COUNTED_PID")
   for _ in $(seq 1 240); do
@@ -62,13 +66,14 @@ run_pgbench() { # PORT MODE TRANSACTIONS
 
 # Instructions per transaction of PID for MODE through PORT (the dump's total, less the
 # opening of shard connections).
-count() { # NAME PID PORT MODE
+count() { # NAME PID PORT MODE [AS...]
   local name=$1 pid=$2 port=$3 mode=$4 before dump total opening
+  shift 4
   run_pgbench "$port" "$mode" 300
   before=$(find "$DIR" -name "$name.out.*" | wc -l)
-  callgrind_control -z "$pid" >/dev/null 2>&1
+  "$@" callgrind_control -z "$pid" >/dev/null 2>&1
   run_pgbench "$port" "$mode" "$TX"
-  callgrind_control -d "$pid" >/dev/null 2>&1
+  "$@" callgrind_control -d "$pid" >/dev/null 2>&1
   for _ in $(seq 1 60); do
     [ "$(find "$DIR" -name "$name.out.*" | wc -l)" -gt "$before" ] && break
     sleep 0.5
@@ -92,15 +97,35 @@ SHARDLINE_PID=$COUNTED_PID
 start_counted floor $((PORT + 301)) "$FLOOR_BIN" 127.0.0.1:$((PORT + 301)) 127.0.0.1:$((PORT + 1))
 FLOOR_PID=$COUNTED_PID
 
-printf "%-9s %22s %22s %8s\n" mode "shardline instr/tx" "floor relay instr/tx" "ratio"
+SHARD0=$((PORT + 1))
+PGB_PORT=$((PORT + 302))
+PGB_CONFIG_ONLY=1
+# shellcheck source=bench/pgbouncer.sh
+. bench/pgbouncer.sh
+PGB_PID=
+if command -v pgbouncer >/dev/null 2>&1; then
+  pgbouncer_config
+  AS=("${AS_PGBOUNCER_USER[@]}")
+  start_counted pgb "$PGB_PORT" pgbouncer "$DIR/pgbouncer.ini"
+  PGB_PID=$COUNTED_PID
+  AS=()
+fi
+
+printf "%-9s %12s %12s %12s %10s %10s\n" mode "shardline" "floor relay" "pgbouncer" "/floor" "/pgbouncer"
 for mode in simple extended prepared; do
   ours=$(count shardline "$SHARDLINE_PID" $((PORT + 300)) "$mode")
   [ "$mode" = "${TOP_MODE:-simple}" ] && TOP_DUMP=$(cat "$DIR/shardline.last")
   floor=$(count floor "$FLOOR_PID" $((PORT + 301)) "$mode")
-  awk -v m="$mode" -v o="$ours" -v f="$floor" \
-    'BEGIN {printf "%-9s %22d %22d %8.2f\n", m, o, f, (f > 0 ? o / f : 0)}'
+  pgb=0
+  if [ -n "$PGB_PID" ] && [ "$mode" != prepared ]; then
+    pgb=$(count pgb "$PGB_PID" "$PGB_PORT" "$mode" "${AS_PGBOUNCER_USER[@]}")
+  fi
+  awk -v m="$mode" -v o="$ours" -v f="$floor" -v g="$pgb" 'BEGIN {
+    printf "%-9s %12d %12d %12s %10.2f %10s\n", m, o, f, (g > 0 ? g : "-"), (f > 0 ? o / f : 0),
+      (g > 0 ? sprintf("%.2f", o / g) : "-")
+  }'
 done
-echo "($((TX * CLIENTS)) transactions per mode, $CLIENTS clients; shardline routes over ${DEMO_SHARDS:-4} shards, the floor relay reaches shard 0)"
+echo "(instructions per transaction; $((TX * CLIENTS)) transactions per mode, $CLIENTS clients; shardline routes over ${DEMO_SHARDS:-4} shards, the floor relay and PgBouncer reach shard 0)"
 
 if [ -n "${TOP:-}" ]; then
   echo
