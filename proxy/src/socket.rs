@@ -44,9 +44,14 @@ impl SocketRead {
     /// Waits until the peer may have sent something, without taking a buffer. A TLS
     /// connection may already hold decrypted bytes the socket no longer shows, so it returns
     /// at once (the read that follows waits instead).
+    /// (The socket's own read-readiness slot, the one its reads wait in, rather than
+    /// `readable()`, whose waiter joins a locked list and leaves it again.)
     pub async fn readable(&self) -> io::Result<()> {
         match self {
-            SocketRead::Plain(read) => read.readable().await,
+            SocketRead::Plain(read) => {
+                let stream: &TcpStream = read.as_ref();
+                std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await
+            }
             SocketRead::Tls(_) => Ok(()),
         }
     }
@@ -84,6 +89,34 @@ impl FrameReader<SocketRead> {
             self.get_ref().readable().await?;
         }
         Ok(())
+    }
+}
+
+impl SocketWrite {
+    /// Writes all of `bytes`. In clear text a socket nearly always takes a request or an
+    /// answer whole at once: one `send` tried straight away, no write future made and polled;
+    /// what it did not take (and everything over TLS) goes as `write_all` sends it.
+    pub async fn send_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut rest = bytes;
+        if let SocketWrite::Plain(write) = self {
+            match write.try_write(rest) {
+                Ok(sent) => rest = rest.get(sent..).unwrap_or_default(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if rest.is_empty() {
+                return Ok(());
+            }
+        }
+        tokio::io::AsyncWriteExt::write_all(self, rest).await
+    }
+
+    /// Flushes what TLS holds back; nothing to do in clear text.
+    pub async fn flush_tls(&mut self) -> io::Result<()> {
+        match self {
+            SocketWrite::Plain(_) => Ok(()),
+            SocketWrite::Tls(write) => tokio::io::AsyncWriteExt::flush(write).await,
+        }
     }
 }
 
@@ -142,5 +175,66 @@ impl AsyncWrite for SocketWrite {
             SocketWrite::Plain(write) => write.is_write_vectored(),
             SocketWrite::Tls(write) => write.is_write_vectored(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// More than a small socket buffer takes at once goes out whole and in order: the first
+    /// `send` takes part of it, the rest waits for room.
+    #[tokio::test]
+    async fn send_all_writes_what_the_socket_takes_and_then_the_rest() -> io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let client = TcpStream::connect(listener.local_addr()?).await?;
+        let (server, _) = listener.accept().await?;
+        socket2::SockRef::from(&client).set_send_buffer_size(4096)?;
+        socket2::SockRef::from(&server).set_recv_buffer_size(65536)?;
+        let message: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut read, _write) = plain(server);
+        let reader = tokio::spawn(async move {
+            let mut received = Vec::new();
+            read.read_to_end(&mut received).await.map(|_| received)
+        });
+        let (_read, mut write) = plain(client);
+        write.send_all(&message).await?;
+        write.flush_tls().await?;
+        drop(write);
+        let received = reader.await.map_err(io::Error::other)??;
+        assert_eq!(received.len(), message.len());
+        assert!(
+            received == message,
+            "the bytes arrived changed or out of order"
+        );
+        Ok(())
+    }
+
+    /// The readiness wait returns once the peer has sent something, and the bytes are there.
+    #[tokio::test]
+    async fn readable_waits_for_the_peer() -> io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let client = TcpStream::connect(listener.local_addr()?).await?;
+        let (server, _) = listener.accept().await?;
+        let (mut read, _server_write) = plain(server);
+        let (_client_read, mut write) = plain(client);
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            read.try_read(&mut buf).map_err(|e| e.kind()),
+            Err(io::ErrorKind::WouldBlock)
+        );
+        let waiting = tokio::spawn(async move {
+            read.readable().await?;
+            let mut buf = [0u8; 8];
+            let n = read.try_read(&mut buf)?;
+            Ok::<_, io::Error>(buf[..n].to_vec())
+        });
+        tokio::task::yield_now().await;
+        write.send_all(b"hello").await?;
+        assert_eq!(waiting.await.map_err(io::Error::other)??, b"hello");
+        Ok(())
     }
 }

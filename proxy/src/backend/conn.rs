@@ -491,7 +491,7 @@ impl Backend {
                 self.deadline = Some(tokio::time::Instant::now() + limit);
             }
         }
-        let written = self.writer.write_all(bytes).await;
+        let written = self.writer.send_all(bytes).await;
         if let Err(e) = &written {
             self.lost(&e.to_string());
         }

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 
 use crate::clients::DeadlockFlag;
 use crate::deadlock::deadlock_error;
@@ -84,10 +84,10 @@ impl ClientOutput {
     pub async fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
             self.writes += 1;
-            self.stream.write_all(&self.buf).await?;
+            self.stream.send_all(&self.buf).await?;
             self.buf.clear();
         }
-        self.stream.flush().await
+        self.stream.flush_tls().await
     }
 
     /// Gives the buffer back when everything was written: a session waiting for its client
