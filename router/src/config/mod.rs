@@ -9,6 +9,7 @@ mod buckets;
 mod directory;
 mod faults;
 mod raw;
+mod table_rules;
 mod tls;
 mod validate;
 
