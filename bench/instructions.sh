@@ -103,7 +103,9 @@ PGB_CONFIG_ONLY=1
 # shellcheck source=bench/pgbouncer.sh
 . bench/pgbouncer.sh
 PGB_PID=
-if command -v pgbouncer >/dev/null 2>&1; then
+# As root, PgBouncer runs as the postgres user (through setpriv); without either, no column.
+if command -v pgbouncer >/dev/null 2>&1 &&
+  { [ "$(id -u)" != 0 ] || { id postgres >/dev/null 2>&1 && command -v setpriv >/dev/null; }; }; then
   pgbouncer_config
   AS=("${AS_PGBOUNCER_USER[@]}")
   start_counted pgb "$PGB_PORT" pgbouncer "$DIR/pgbouncer.ini"

@@ -2,12 +2,12 @@
 //! registry, the plan cache, and the operations side (statistics, pause switch, shutdown
 //! phase, connected clients, config source and metrics).
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
+use shardline_router::normalize::Literals;
 use shardline_router::{Config, Plan};
 
 use crate::admin::reshard::Confirmed;
@@ -279,7 +279,7 @@ impl ProxyContext {
         loaded: &Loaded,
         sql: &'s str,
         last: &'l mut LastShape,
-    ) -> (SimplePlan<'l>, Vec<Cow<'s, str>>) {
+    ) -> (SimplePlan<'l>, Literals<'s>) {
         let literals = match last.matching(loaded.version, sql) {
             Some(literals) => literals,
             None => match self.plan_shape(loaded, sql) {
@@ -300,7 +300,7 @@ impl ProxyContext {
     /// a shape for the session to keep unless the statement is huge or has no shape.
     fn plan_shape<'s>(&self, loaded: &Loaded, sql: &'s str) -> Planned<'s> {
         let Some(shape) = shardline_router::normalize::normalize(sql) else {
-            return Planned::Own(self.plan(loaded, sql), Vec::new());
+            return Planned::Own(self.plan(loaded, sql), Literals::new());
         };
         let cached = {
             let cache = self.plans.lock().unwrap_or_else(PoisonError::into_inner);
@@ -335,7 +335,7 @@ impl ProxyContext {
                 },
                 shape.literals,
             ),
-            None => Planned::Own(self.plan(loaded, sql), Vec::new()),
+            None => Planned::Own(self.plan(loaded, sql), Literals::new()),
         }
     }
 }
@@ -343,9 +343,9 @@ impl ProxyContext {
 /// A simple-protocol statement planned by [`ProxyContext::plan_shape`], with its constants.
 enum Planned<'s> {
     /// A shape for the session to keep.
-    Kept(Shape, Vec<Cow<'s, str>>),
+    Kept(Shape, Literals<'s>),
     /// A plan for this statement only.
-    Own(Arc<Plan>, Vec<Cow<'s, str>>),
+    Own(Arc<Plan>, Literals<'s>),
 }
 
 /// The plan [`ProxyContext::plan_simple`] found: the session's last shape's, borrowed (no
@@ -383,7 +383,7 @@ struct Shape {
 
 impl LastShape {
     /// The constants of `sql` if it has the last shape, planned under config `version`.
-    fn matching<'s>(&self, version: u64, sql: &'s str) -> Option<Vec<Cow<'s, str>>> {
+    fn matching<'s>(&self, version: u64, sql: &'s str) -> Option<Literals<'s>> {
         let shape = self.0.as_ref().filter(|shape| shape.version == version)?;
         shardline_router::normalize::literals_in(&shape.text, &shape.holes, sql)
     }

@@ -45,7 +45,8 @@ impl SocketRead {
     /// connection may already hold decrypted bytes the socket no longer shows, so it returns
     /// at once (the read that follows waits instead).
     /// (The socket's own read-readiness slot, the one its reads wait in, rather than
-    /// `readable()`, whose waiter joins a locked list and leaves it again.)
+    /// `readable()`, whose future links a waiter into the socket's list and unlinks it when
+    /// dropped: more work per request, for a wait only one task ever does.)
     pub async fn readable(&self) -> io::Result<()> {
         match self {
             SocketRead::Plain(read) => {

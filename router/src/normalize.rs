@@ -9,10 +9,15 @@
 
 use std::borrow::Cow;
 
+use smallvec::SmallVec;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use crate::scan::{Kind, Scanner, Token};
+
+/// A statement's constants, in parameter order, as text parameters carry them. Nearly every
+/// statement has one or two: kept in place, so routing a statement allocates no list.
+pub type Literals<'a> = SmallVec<[Cow<'a, str>; 2]>;
 
 /// A statement with its routing-relevant constants replaced by `$1`, `$2`, ….
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +25,7 @@ pub struct Normalized<'a> {
     /// The statement's own text but for the replaced constants: the plan cache's key.
     pub text: String,
     /// The constants, in parameter order, as text parameters carry them.
-    pub literals: Vec<Cow<'a, str>>,
+    pub literals: Literals<'a>,
     /// Where each parameter starts in `text` (see [`literals_in`]).
     pub holes: Vec<usize>,
 }
@@ -50,7 +55,7 @@ pub fn normalize(sql: &str) -> Option<Normalized<'_>> {
     }
     let mut text = String::with_capacity(sql.len() + 8);
     text.push_str(first.text);
-    let mut literals = Vec::new();
+    let mut literals = Literals::new();
     let mut holes = Vec::new();
     let mut groups: Vec<Group> = Vec::new();
     // Depth at which a `VALUES` list is open, so `(…), (…)` rows are recognised.
@@ -122,13 +127,13 @@ pub fn normalize(sql: &str) -> Option<Normalized<'_>> {
 /// The scanner reads a token from where it starts alone, so equal text between equal token
 /// boundaries scans to equal tokens, and a constant standing where the shape has a parameter
 /// follows the same tokens the replaced one followed, so [`normalize`] would replace it too.
-pub fn literals_in<'s>(text: &str, holes: &[usize], sql: &'s str) -> Option<Vec<Cow<'s, str>>> {
+pub fn literals_in<'s>(text: &str, holes: &[usize], sql: &'s str) -> Option<Literals<'s>> {
     let mut scanner = Scanner::new(sql);
     let first = significant(&mut scanner)?;
     // The shape starts at the statement's first token (comments before it are not kept).
     let mut pos = first.text.as_ptr() as usize - sql.as_ptr() as usize;
     let mut shape_pos = 0;
-    let mut literals = Vec::with_capacity(holes.len());
+    let mut literals = Literals::with_capacity(holes.len());
     for (i, &hole) in holes.iter().enumerate() {
         let between = text.get(shape_pos..hole)?;
         let rest = sql.get(pos..)?;
@@ -297,7 +302,7 @@ mod tests {
         for (sql, want) in cases {
             let got = normalize(sql).map(|n| (n.text, n.literals));
             let want = want.map(|(text, literals)| {
-                let literals: Vec<Cow<str>> = literals.iter().map(|l| Cow::Borrowed(*l)).collect();
+                let literals: Literals = literals.iter().map(|l| Cow::Borrowed(*l)).collect();
                 (text.to_string(), literals)
             });
             assert_eq!(got, want, "{sql}");
@@ -396,7 +401,7 @@ mod tests {
         };
         let other = sql(3);
         let literals = literals_in(&text, &holes, &other);
-        assert_eq!(literals.as_ref().map(Vec::len), Some(12));
+        assert_eq!(literals.as_ref().map(|l| l.len()), Some(12));
         assert_eq!(literals, normalize(&other).map(|n| n.literals));
     }
 }

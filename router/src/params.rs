@@ -1,7 +1,5 @@
 //! Bind parameters as the router sees them: borrowed from the client's `Bind` message.
 
-use std::borrow::Cow;
-
 /// One Bind parameter value in the format the client sent it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Param<'a> {
@@ -37,7 +35,7 @@ impl Params for Vec<Param<'_>> {
 
 /// The constants the plan cache took out of a simple-protocol statement, read as text
 /// parameters (the plan stands for the statement with `$n` in their place).
-impl Params for Vec<Cow<'_, str>> {
+impl Params for crate::normalize::Literals<'_> {
     fn get(&self, index: usize) -> Option<Param<'_>> {
         self.as_slice()
             .get(index)

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use shardline_router::normalize::Literals;
 use shardline_router::{Param, Plan, ShardId, StatementKind};
 
 use crate::backend::conn::Backend;
@@ -289,7 +290,7 @@ impl Session {
 struct Planned<'s, 'l> {
     plan: SimplePlan<'l>,
     /// Its constants, which its plan routes by.
-    literals: Vec<Cow<'s, str>>,
+    literals: Literals<'s>,
     /// Where it goes, unless it follows the session.
     routed: Option<(usize, Target)>,
     /// Moving keys it writes while a migration dual-writes.

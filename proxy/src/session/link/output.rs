@@ -56,6 +56,11 @@ impl ClientOutput {
     pub async fn push(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if self.queue(bytes) {
             self.flush().await?;
+            // A loop that only emits rows held in memory (aggregate groups, rows a COPY
+            // applied) reads no socket, and a write the socket takes at once spends none of
+            // the task's scheduling budget: each full buffer spends one, so such a loop still
+            // yields to the other clients of its worker thread.
+            tokio::task::consume_budget().await;
         }
         Ok(())
     }
