@@ -33,6 +33,14 @@ impl Placement {
     }
 }
 
+/// Where a lone key ([`Keyed::lone_key`]) runs.
+pub(super) enum LoneShard {
+    /// The shard that owns the key's value.
+    Owner(ShardId),
+    /// The key is NULL: no row can match, and this shard answers.
+    NoRows(ShardId),
+}
+
 /// Evaluates targets against one config and one set of parameters.
 pub(super) struct Eval<'a> {
     pub(super) config: &'a Config,
@@ -165,12 +173,28 @@ impl<'a> Eval<'a> {
     /// Where a statement whose rows one key value places runs ([`Keyed::lone_key`]): the
     /// general combination below, for its only possible case.
     fn lone_key(&mut self, class: &ClassInfo, src: &KeySrc) -> Result<Placement, RouteError> {
+        Ok(match self.lone_shard(class, src)? {
+            LoneShard::Owner(shard) => Placement::Shards(ShardSet::single(shard), shard),
+            LoneShard::NoRows(shard) => Placement::Shards(ShardSet::new(), shard),
+        })
+    }
+
+    /// The shard of a lone key ([`Keyed::lone_key`]): the one its value places, or the one
+    /// that answers when the key is NULL and no row can match.
+    pub(super) fn lone_shard(
+        &mut self,
+        class: &ClassInfo,
+        src: &KeySrc,
+    ) -> Result<LoneShard, RouteError> {
         let rule = self.rule_of(class)?;
-        let mut set = ShardSet::new();
-        self.key(class, rule, src, &mut set)?;
-        Ok(match set.first() {
-            Some(first) => Placement::Shards(set, first),
-            None => Placement::Shards(set, self.no_rows_shard(Some(rule))),
+        let mut owner = None;
+        self.key_values(class, src, &mut |value| {
+            owner = Some(super::keys::place(rule, value)?);
+            Ok(())
+        })?;
+        Ok(match owner {
+            Some(shard) => LoneShard::Owner(shard),
+            None => LoneShard::NoRows(self.no_rows_shard(Some(rule))),
         })
     }
 

@@ -119,7 +119,7 @@ impl<'a> Eval<'a> {
 }
 
 /// The shard of one key, with placement failures turned into client errors.
-fn place(rule: &TableRule, key: &KeyValue) -> Result<ShardId, RouteError> {
+pub(super) fn place(rule: &TableRule, key: &KeyValue) -> Result<ShardId, RouteError> {
     if let Sharding::Hash { shards, .. } = &rule.sharding {
         if shards.is_empty() {
             return Err(RouteError::new(

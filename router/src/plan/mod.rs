@@ -28,7 +28,7 @@ use crate::config::{Config, ShardId};
 use crate::params::Params;
 use crate::sqlstate;
 
-use eval::Eval;
+use eval::{Eval, LoneShard};
 pub use named::NamedKeys;
 use shard_set::ShardSet;
 pub(crate) use target::{Branch, ClassInfo, KeySrc, KeyUpdate, Keyed, Restr, Target};
@@ -172,10 +172,18 @@ impl StatementKind {
 impl Plan {
     /// Where this statement goes for the given Bind parameters (`&()` for none).
     pub fn route(&self, config: &Config, params: &dyn Params) -> Result<Route, RouteError> {
+        let mut eval = Eval::new(config, params, false);
+        // Nearly every statement: one key value places all its rows, and it runs there.
+        if let Target::Keyed(keyed) = &self.target {
+            if let Some((class, src)) = keyed.lone_key() {
+                let (LoneShard::Owner(shard) | LoneShard::NoRows(shard)) =
+                    eval.lone_shard(class, src)?;
+                return Ok(Route::Single(shard));
+            }
+        }
         if let Some(route) = self.schema_script_route(config, params) {
             return Ok(route);
         }
-        let mut eval = Eval::new(config, params, false);
         let placement = eval.target(&self.target)?;
         Ok(placement.into_route(config))
     }
