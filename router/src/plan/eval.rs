@@ -189,6 +189,8 @@ impl<'a> Eval<'a> {
         let rule = self.rule_of(class)?;
         let mut owner = None;
         self.key_values(class, src, &mut |value| {
+            // A lone key stands for one value at most (`lone_key` lets no array through).
+            debug_assert!(owner.is_none(), "a lone key stood for several values");
             owner = Some(super::keys::place(rule, value)?);
             Ok(())
         })?;

@@ -60,7 +60,7 @@ impl ClientOutput {
             // applied) reads no socket, and a write the socket takes at once spends none of
             // the task's scheduling budget: each full buffer spends one, so such a loop still
             // yields to the other clients of its worker thread.
-            tokio::task::consume_budget().await;
+            tokio::task::coop::consume_budget().await;
         }
         Ok(())
     }
