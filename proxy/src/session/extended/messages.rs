@@ -4,9 +4,9 @@
 //! `ParseComplete`; and the matching queue of expected answers.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 
 use bytes::BytesMut;
+use rustc_hash::FxHashSet;
 
 use crate::backend::conn::Backend;
 use crate::protocol::backend::{self as msg, tag};
@@ -106,7 +106,7 @@ fn write_renamed(frame: &Frame, name: &[u8], out: &mut BytesMut) {
 #[derive(Default)]
 struct Preparer {
     /// Statements this segment prepares before the backend has confirmed them.
-    preparing: HashSet<u64>,
+    preparing: FxHashSet<u64>,
     /// The unnamed statement on the backend is the one the client last parsed.
     unnamed_ready: bool,
 }
