@@ -3,9 +3,8 @@
 //! `prometheus_client`'s histogram takes a mutex on every observation. The proxy records a
 //! query duration and a checkout wait for every transaction, from every worker thread, into
 //! histograms shared by all sessions: with a lock that is a point where threads queue behind
-//! each other. Here an observation is two relaxed atomic additions (its bucket and the sum in
-//! nanoseconds) to the observing thread's own stripe ([`super::striped`]); `/metrics` adds
-//! the stripes up.
+//! each other. Here an observation is two additions (its bucket and the sum in nanoseconds) to
+//! the observing thread's own stripe ([`super::striped`]); `/metrics` adds the stripes up.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -56,16 +55,17 @@ impl DurationHistogram {
     pub fn observe(&self, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let inner = &self.inner;
-        let Some(Padded(row)) = inner.rows.get(stripe(inner.rows.len())) else {
+        let stripe = stripe(inner.rows.len());
+        let Some(Padded(row)) = inner.rows.get(stripe.index) else {
             return;
         };
         let bucket = inner.bounds.partition_point(|bound| *bound < nanos);
         if let Some(slot) = row.get(bucket) {
-            slot.fetch_add(1, Ordering::Relaxed);
+            stripe.add(slot, 1);
         }
         // A checkout that found a free connection waited zero: nothing to add.
         if nanos > 0 {
-            row[ROW - 1].fetch_add(nanos, Ordering::Relaxed);
+            stripe.add(&row[ROW - 1], nanos);
         }
     }
 

@@ -4,7 +4,8 @@
 //! for the line to come over from the core that wrote it last, and the proxy counts several
 //! things per transaction (statements, transactions, busy time, latency buckets). A striped
 //! value keeps one line per stripe instead; a thread adds to its own stripe, and a reader
-//! (`SHOW STATS`, `/metrics`) sums them.
+//! (`SHOW STATS`, `/metrics`) sums them. A stripe only one thread writes is added to with a
+//! plain load and store; an atomic addition is left for the stripe later threads share.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -17,23 +18,59 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 #[repr(align(128))]
 pub struct Padded<T>(pub T);
 
-/// Stripes per value: the machine's cores, rounded up to a power of two (at most 64).
+/// Stripes per value: one more than the machine's cores (at most 64), so each worker thread of
+/// a runtime sized to the cores has a stripe to itself.
 static STRIPES: LazyLock<usize> = LazyLock::new(|| {
     std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
-        .next_power_of_two()
+        .saturating_add(1)
         .min(64)
 });
 
-/// The stripe this thread adds to among `count` (a power of two). Threads take numbers in
-/// the order they first count, so the worker threads of a runtime sized to the cores get
-/// stripes of their own.
-pub fn stripe(count: usize) -> usize {
+/// A thread's place among a value's stripes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stripe {
+    /// The stripe the thread adds to.
+    pub index: usize,
+    /// True when no other thread adds to it: an addition then needs no locked instruction.
+    pub own: bool,
+}
+
+impl Stripe {
+    /// Adds `v` to `slot`, this thread's stripe of a value: a load and a store when the thread
+    /// writes the stripe alone (no locked instruction, which stalls the core on every
+    /// transaction), an atomic addition when other threads share it.
+    pub fn add(self, slot: &AtomicU64, v: u64) {
+        if self.own {
+            slot.store(
+                slot.load(Ordering::Relaxed).wrapping_add(v),
+                Ordering::Relaxed,
+            );
+        } else {
+            slot.fetch_add(v, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The stripe of the thread numbered `number` among `count`: the first `count - 1` numbers
+/// get a stripe each to themselves, every later one shares the last.
+fn stripe_of(number: usize, count: usize) -> Stripe {
+    let last = count.saturating_sub(1);
+    Stripe {
+        index: number.min(last),
+        own: number < last,
+    }
+}
+
+/// This thread's stripe among `count`. Threads take numbers in the order they first count, so
+/// the worker threads of a runtime sized to the cores, which count from the first transaction,
+/// get stripes of their own.
+pub fn stripe(count: usize) -> Stripe {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static NUMBER: usize = NEXT.fetch_add(1, Ordering::Relaxed);
     }
-    NUMBER.with(|n| *n) & (count - 1)
+    stripe_of(NUMBER.with(|n| *n), count)
 }
 
 /// Fresh stripes of `T`, [`STRIPES`] of them.
@@ -60,8 +97,9 @@ impl StripedCounter {
     /// Adds `v`.
     pub fn inc_by(&self, v: u64) {
         let stripes = &self.0;
-        if let Some(own) = stripes.get(stripe(stripes.len())) {
-            own.0.fetch_add(v, Ordering::Relaxed);
+        let stripe = stripe(stripes.len());
+        if let Some(Padded(slot)) = stripes.get(stripe.index) {
+            stripe.add(slot, v);
         }
     }
 
@@ -118,12 +156,44 @@ mod tests {
     }
 
     #[test]
-    fn stripes_are_a_power_of_two_and_a_line_pair_apart() {
+    fn stripes_outnumber_the_cores_and_lie_a_line_pair_apart() {
         assert!(std::mem::align_of::<Padded<AtomicU64>>() >= 128);
         let stripes = stripes::<AtomicU64>();
-        assert!(stripes.len().is_power_of_two());
-        assert!(stripe(stripes.len()) < stripes.len());
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(stripes.len(), (cores + 1).min(64));
+        assert!(stripe(stripes.len()).index < stripes.len());
         let apart = std::mem::size_of_val(&stripes[0]);
         assert!(apart >= 128, "stripes {apart} bytes apart");
+    }
+
+    #[test]
+    fn only_the_first_threads_own_their_stripes() {
+        let count = 4;
+        let taken: Vec<Stripe> = (0..8).map(|number| stripe_of(number, count)).collect();
+        for (number, stripe) in taken.iter().enumerate().take(count - 1) {
+            assert_eq!(
+                *stripe,
+                Stripe {
+                    index: number,
+                    own: true
+                }
+            );
+        }
+        for stripe in &taken[count - 1..] {
+            assert_eq!(
+                *stripe,
+                Stripe {
+                    index: count - 1,
+                    own: false
+                }
+            );
+        }
+        assert_eq!(
+            stripe_of(5, 1),
+            Stripe {
+                index: 0,
+                own: false
+            }
+        );
     }
 }

@@ -85,7 +85,7 @@ impl Generation {
 
     /// Adds `delta` to the calling thread's stripe of the count.
     fn count(&self, delta: i64) {
-        if let Some(Padded(own)) = self.running.get(stripe(self.running.len())) {
+        if let Some(Padded(own)) = self.running.get(stripe(self.running.len()).index) {
             own.fetch_add(delta, Ordering::SeqCst);
         }
     }
