@@ -72,11 +72,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     anyhow::ensure!(opts.shards >= 1, "--shards must be at least 1");
     let dir = absolute(&opts.dir)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
-    let ports: Vec<u16> = (0..opts.shards)
+    let ports: Vec<u16> = (1..=opts.shards)
         .map(|i| {
-            opts.port
-                .checked_add(1 + i as u16)
-                .context("port out of range")
+            u16::try_from(i)
+                .ok()
+                .and_then(|i| opts.port.checked_add(i))
+                .context("--port plus --shards goes past port 65535; pick a lower --port or fewer shards")
         })
         .collect::<anyhow::Result<_>>()?;
     let cluster_opts = ClusterOptions::new(dir.join("data"), ports.clone());

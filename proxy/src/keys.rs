@@ -220,10 +220,7 @@ impl KeySource {
                 let start = self.take_block(config, table, column, size).await?;
                 let end = start.checked_add(size).ok_or_else(too_many)?;
                 if end - 1 > type_limit(key_type) {
-                    return Err(ClientError::new(
-                        sqlstate::SEQUENCE_GENERATOR_LIMIT_EXCEEDED,
-                        format!("the keys shardline generates for {table}.{column} reached the largest value of its type; make the column bigint (ALTER TABLE {table} ALTER COLUMN {column} TYPE bigint)"),
-                    ));
+                    return Err(keys_exhausted(table, column));
                 }
                 *block = Block { next: start, end };
                 block.take(wanted).ok_or_else(too_many)?
@@ -254,7 +251,10 @@ impl KeySource {
             return row.map(|row| row.get(0)).ok_or_else(no_block);
         }
         // The table's first block: after every key its shards hold.
-        let start = largest_key(config, table, column).await? + 1;
+        let start = largest_key(config, table, column)
+            .await?
+            .checked_add(1)
+            .ok_or_else(|| keys_exhausted(table, column))?;
         crate::migration::catalog::install(client, KEYS_SQL)
             .await
             .map_err(|e| catalog_error(&e))?;
@@ -380,6 +380,14 @@ fn unreachable_catalog(e: &anyhow::Error) -> ClientError {
     ClientError::new(
         sqlstate::CONNECTION_FAILURE,
         format!("shardline could not reach the default shard to generate a shard key: {e:#}"),
+    )
+}
+
+/// The keys of `table.column` ran past the largest value its type holds.
+fn keys_exhausted(table: &str, column: &str) -> ClientError {
+    ClientError::new(
+        sqlstate::SEQUENCE_GENERATOR_LIMIT_EXCEEDED,
+        format!("the keys shardline generates for {table}.{column} reached the largest value of its type; make the column bigint (ALTER TABLE {table} ALTER COLUMN {column} TYPE bigint)"),
     )
 }
 

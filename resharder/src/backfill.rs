@@ -12,7 +12,7 @@ use shardline_router::Config;
 
 use crate::catalog::{Catalog, Migration};
 use crate::plan::for_each_key;
-use crate::shards::{connect, read_shape, Login};
+use crate::shards::{connect, drop_key, read_shape, row_key, Login};
 use shardline_router::migration::images::ident;
 use shardline_router::migration::{Layout, TableMove};
 
@@ -232,7 +232,11 @@ impl<'a> Copier<'a> {
             source_client,
             targets,
             upsert: shape.upsert_sql(&table.table),
-            select_first: format!("{select} ORDER BY {key} LIMIT $1 FOR SHARE"),
+            // A row whose key is NULL belongs to no shard in either layout (the plan counts
+            // none): it stays where it is.
+            select_first: format!(
+                "{select} WHERE {key} IS NOT NULL ORDER BY {key} LIMIT $1 FOR SHARE"
+            ),
             select_after: format!(
                 "{select} WHERE {key} > $2::text::{} ORDER BY {key} LIMIT $1 FOR SHARE",
                 table.key_type
@@ -260,16 +264,17 @@ impl<'a> Copier<'a> {
                     .await?
             }
         };
+        let table = &self.table.table;
         if rows.len() as i64 == size {
-            if let Some(last) = rows.last().map(|r| r.get::<_, String>(0)) {
-                rows.retain(|r| r.get::<_, String>(0) != last);
+            if let Some(last) = rows.last().map(|r| row_key(r, table)).transpose()? {
+                drop_key(&mut rows, &last, table)?;
                 rows.extend(self.source_client.query(&self.select_key, &[&last]).await?);
             }
         }
         let mut by_target: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         let mut last_key = None;
         for row in &rows {
-            let key_text: String = row.get(0);
+            let key_text = row_key(row, table)?;
             let image: String = row.get(1);
             let key = self
                 .table

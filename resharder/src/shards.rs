@@ -8,7 +8,7 @@ use shardline_router::migration::Layout;
 use shardline_router::Config;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Row};
 
 /// How the resharder logs in to shards.
 #[derive(Debug, Clone)]
@@ -143,4 +143,29 @@ impl<'a> Connections<'a> {
         open.insert(name.to_owned(), client.clone());
         Ok(client)
     }
+}
+
+/// The shard key of a row of `table` read as `key::text` in its first column. The reads leave
+/// out rows whose key is NULL (no shard owns one in either layout, so it stays where it is);
+/// one that comes anyway stops the command with what to do, not a panic.
+pub fn row_key(row: &Row, table: &str) -> anyhow::Result<String> {
+    row.try_get::<_, Option<String>>(0)?.with_context(|| {
+        format!(
+            "table {table} has a row whose shard key is NULL, which no shard owns; give it a key \
+             or delete it on its shard, then run this again"
+        )
+    })
+}
+
+/// Drops the rows of `rows` whose shard key is `key`: a batch cut off by its row limit ends at
+/// its last key, and the caller reads all of that key's rows again.
+pub fn drop_key(rows: &mut Vec<Row>, key: &str, table: &str) -> anyhow::Result<()> {
+    let keys = rows
+        .iter()
+        .map(|r| row_key(r, table))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut keys = keys.into_iter();
+    // `retain` visits every row once, in order.
+    rows.retain(|_| keys.next().is_some_and(|k| k != key));
+    Ok(())
 }

@@ -17,7 +17,7 @@ use shardline_router::migration::images::{ident, lock_keys_sql};
 use shardline_router::migration::{Layout, TableMove};
 use tokio_postgres::Client;
 
-use crate::shards::{read_shape, Connections};
+use crate::shards::{drop_key, read_shape, row_key, Connections};
 use std::sync::Arc;
 
 /// Rows compared per range.
@@ -164,11 +164,11 @@ impl Ranges<'_> {
         let kt = self.table.key_type;
         let read_source = format!(
             "SELECT {key}::text, row_to_json(t)::text FROM {t} AS t \
-             WHERE $1::text IS NULL OR {key} > $1::text::{kt} ORDER BY {key} LIMIT {RANGE_ROWS} FOR SHARE"
+             WHERE {key} IS NOT NULL AND ($1::text IS NULL OR {key} > $1::text::{kt}) ORDER BY {key} LIMIT {RANGE_ROWS} FOR SHARE"
         );
         let read_target = format!(
             "SELECT {key}::text, row_to_json(t)::text FROM {t} AS t \
-             WHERE ($1::text IS NULL OR {key} > $1::text::{kt}) AND ($2::text IS NULL OR {key} <= $2::text::{kt})"
+             WHERE {key} IS NOT NULL AND ($1::text IS NULL OR {key} > $1::text::{kt}) AND ($2::text IS NULL OR {key} <= $2::text::{kt})"
         );
         // Every row of one key, for ranges cut inside a key (a shard key need not be unique).
         let read_key = format!(
@@ -179,20 +179,21 @@ impl Ranges<'_> {
             self.client.batch_execute("BEGIN").await?;
             let mut rows = self.client.query(&read_source, &[&after]).await?;
             let full = rows.len() as i64 == RANGE_ROWS;
+            let table = &self.table.table;
             let upper: Option<String> = if full {
-                rows.last().map(|r| r.get(0))
+                rows.last().map(|r| row_key(r, table)).transpose()?
             } else {
                 None
             };
             if let Some(last) = &upper {
                 // The range ends at `last`: take all of its rows, not only those the limit kept.
-                rows.retain(|r| r.get::<_, String>(0) != *last);
+                drop_key(&mut rows, last, table)?;
                 rows.extend(self.client.query(&read_key, &[last]).await?);
             }
             // The old owner's moving rows of this range, by new owner and key.
             let mut wanted: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
             for row in &rows {
-                let key_text: String = row.get(0);
+                let key_text = row_key(row, table)?;
                 let (_, to) = self.owners(&key_text)?;
                 if to != self.source {
                     let images = wanted.entry(to).or_default().entry(key_text).or_default();
@@ -209,7 +210,7 @@ impl Ranges<'_> {
                 // any difference are made exactly the old owner's.
                 let mut unmatched: BTreeMap<String, u64> = BTreeMap::new();
                 for row in client.query(&read_target, &[&after, &upper]).await? {
-                    let key_text: String = row.get(0);
+                    let key_text = row_key(&row, table)?;
                     if self.owners(&key_text)?.0 != self.source {
                         continue;
                     }

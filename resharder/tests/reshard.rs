@@ -470,3 +470,69 @@ async fn a_text_directory_key_moves_and_cleanup_keeps_the_keys_already_listed() 
     drop(proxy);
     Ok(())
 }
+
+/// A row whose shard key is NULL (written on a shard directly: the proxy refuses one) belongs
+/// to no shard in either layout. The plan counts it nowhere, and `start` and `verify` leave it
+/// where it is, copying the other rows as usual. Before, a NULL key among the first rows read
+/// panicked the resharder.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_null_shard_key_stays_where_it_is() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("reshard-null-key", 4).await?;
+    let dir = scratch_dir("reshard-null-key-files");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("from.yaml"),
+        cluster.yaml.replace(USERS_ALL, USERS_TWO),
+    )?;
+    std::fs::write(dir.join("to.yaml"), &cluster.yaml)?;
+    let target = cluster.config.clone();
+    for i in 0..2 {
+        let shard = cluster.shard(i).await?;
+        shard
+            .batch_execute("CREATE TABLE users (id bigint UNIQUE, name text NOT NULL)")
+            .await?;
+        // Each source shard gets the keys it owns, and one row without a key.
+        let source = Config::from_yaml(&cluster.yaml.replace(USERS_ALL, USERS_TWO))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let owned: Vec<i64> = (1..=200)
+            .filter(|id| source.tables["users"].shard_for(&KeyValue::Int(*id)).ok() == Some(i))
+            .collect();
+        shard
+            .execute(
+                "INSERT INTO users SELECT id, 'user ' || id FROM unnest($1::int8[]) id",
+                &[&owned],
+            )
+            .await?;
+        shard
+            .execute("INSERT INTO users VALUES (NULL, 'no key')", &[])
+            .await?;
+    }
+
+    let (ok, plan) = reshard(&["plan", "--to", "to.yaml"], &dir)?;
+    assert!(ok, "{plan}");
+    let (ok, out) = reshard(&["start", "--to", "to.yaml", "--batch", "500"], &dir)?;
+    assert!(ok && !out.contains("panicked"), "{out}");
+    let (ok, out) = reshard(&["verify", "--to", "to.yaml"], &dir)?;
+    assert!(ok && out.contains("\n0 rows repaired"), "{out}");
+
+    for i in 0..4 {
+        let shard = cluster.shard(i).await?;
+        let keyless: i64 = shard
+            .query_one("SELECT count(*) FROM users WHERE id IS NULL", &[])
+            .await?
+            .get(0);
+        assert_eq!(keyless, i64::from(i < 2), "rows without a key on shard {i}");
+        for row in shard
+            .query("SELECT id FROM users WHERE id IS NOT NULL", &[])
+            .await?
+        {
+            let id: i64 = row.get(0);
+            let owner = target.tables["users"].shard_for(&KeyValue::Int(id))?;
+            assert!(
+                i < 2 || owner == i,
+                "row {id} copied to shard {i}, which does not own it"
+            );
+        }
+    }
+    Ok(())
+}

@@ -8,6 +8,7 @@ use shardline_tests::{connect, sqlstate, TestCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::SimpleQueryMessage;
 
 /// Reads backend messages until an `ErrorResponse`, returning its SQLSTATE.
 async fn read_error_code(stream: &mut TcpStream) -> anyhow::Result<String> {
@@ -152,6 +153,55 @@ async fn bad_messages_and_sql_get_errors_not_crashes() -> anyhow::Result<()> {
     );
     // The session is still fine.
     assert_eq!(client.query_one("SELECT 3", &[]).await?.get::<_, i32>(0), 3);
+
+    // A value the proxy itself reads from client text, which used to panic the session's
+    // task: a HAVING compared by the proxy, with a multi-byte character where the timestamp's
+    // date ends. It is refused with an error, and the session goes on. An average over values
+    // finer than PostgreSQL's division keeps (1,000 digits) is answered as PostgreSQL answers.
+    let fine = format!("0.{}", "1".repeat(1001));
+    let rows: Vec<String> = (1..=8)
+        .map(|id| format!("({id}, '2024-01-01 0{id}:00:00+00', {fine})"))
+        .collect();
+    client
+        .batch_execute(
+            "CREATE TABLE events (id bigint PRIMARY KEY, at timestamptz, amount numeric)",
+        )
+        .await?;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO events (id, at, amount) VALUES {}",
+            rows.join(", ")
+        ))
+        .await?;
+    let sql = "SELECT max(at) FROM events HAVING max(at) > '2024-01-0\u{e9}'";
+    let err = client.simple_query(sql).await.err();
+    assert!(
+        err.as_ref().is_some_and(|e| e.code().is_some()),
+        "{sql}: {err:?}"
+    );
+    assert_eq!(client.query_one("SELECT 4", &[]).await?.get::<_, i32>(0), 4);
+    // The average is PostgreSQL's, digit for digit.
+    let text = |rows: Vec<SimpleQueryMessage>| {
+        rows.into_iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+    };
+    let averaged = text(
+        client
+            .simple_query("SELECT avg(amount) FROM events")
+            .await?,
+    );
+    let one_server = cluster.shard(0).await?;
+    let expected = text(
+        one_server
+            .simple_query(&format!(
+                "SELECT avg(x) FROM (SELECT {fine}::numeric AS x FROM generate_series(1, 8)) t"
+            ))
+            .await?,
+    );
+    assert!(expected.is_some());
+    assert_eq!(averaged, expected);
 
     // Oversized message: 54000, connection closed, proxy fine.
     let huge = "x".repeat(100_000);

@@ -228,7 +228,11 @@ pub fn sum_tags(tags: &[String]) -> String {
     if tag_row_count(first).is_none() {
         return first.clone();
     }
-    let total: u64 = tags.iter().filter_map(|t| tag_row_count(t)).sum();
+    // Counts come from the shards: added without overflowing, whatever they say.
+    let total = tags
+        .iter()
+        .filter_map(|t| tag_row_count(t))
+        .fold(0u64, u64::saturating_add);
     format!("{} {total}", &first[..prefix_end])
 }
 

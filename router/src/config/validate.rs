@@ -48,6 +48,8 @@ const DEFAULT_MAX_PULL_ROWS: u64 = 1_000_000;
 
 /// Default time a graceful shutdown gives transactions to finish.
 const DEFAULT_SHUTDOWN_GRACE_S: u64 = 30;
+/// The longest graceful shutdown (or admin `PAUSE`) wait: a day.
+const MAX_SHUTDOWN_GRACE_S: u64 = 86_400;
 
 /// Collects problems while validating, so an operator sees all of them at once.
 #[derive(Default)]
@@ -180,6 +182,13 @@ pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
         }
     }
 
+    let shutdown_grace_s = raw.shutdown_grace_s.unwrap_or(DEFAULT_SHUTDOWN_GRACE_S);
+    if shutdown_grace_s > MAX_SHUTDOWN_GRACE_S {
+        problems.general(format!(
+            "shutdown_grace_s {shutdown_grace_s} is more than a day; give at most {MAX_SHUTDOWN_GRACE_S}"
+        ));
+    }
+
     if !problems.0.is_empty() {
         return Err(ConfigError {
             problems: problems.0,
@@ -194,9 +203,7 @@ pub(super) fn build(text: &str) -> Result<Config, ConfigError> {
         default_shard,
         tables,
         metrics_listen: raw.metrics_listen.map(|m| m.value),
-        shutdown_grace: Duration::from_secs(
-            raw.shutdown_grace_s.unwrap_or(DEFAULT_SHUTDOWN_GRACE_S),
-        ),
+        shutdown_grace: Duration::from_secs(shutdown_grace_s),
         cross_shard_transactions: raw.cross_shard_transactions.unwrap_or(true),
         max_pull_rows: raw.max_pull_rows.unwrap_or(DEFAULT_MAX_PULL_ROWS),
         tls,
@@ -465,6 +472,16 @@ mod tests {
             "listen: 127.0.0.1:6432\nmetrics_listen: 127.0.0.1:6432\n{BASE}"
         ));
         assert!(err.is_err());
+        // A grace no clock can add (it would panic at shutdown) is refused at load.
+        let err = build(&format!("shutdown_grace_s: 18446744073709551615\n{BASE}")).err();
+        let message = err.map(|e| e.problems[0].message.clone());
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("at most 86400")),
+            "{message:?}"
+        );
+        assert!(build(&format!("shutdown_grace_s: 86400\n{BASE}")).is_ok());
     }
 
     #[test]

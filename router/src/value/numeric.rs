@@ -117,7 +117,8 @@ fn format_decimal(negative: bool, digits: &[u8], scale: usize) -> String {
     s
 }
 
-/// `sum / count` as PostgreSQL's `avg` prints it; `None` for a non-numeric sum.
+/// `sum / count` as PostgreSQL's `avg` prints it; `None` for a non-numeric sum, or one with
+/// more fractional digits than the 1,000 PostgreSQL's division keeps.
 pub fn average(sum: &str, count: u64) -> Option<String> {
     if count == 0 {
         return None;
@@ -136,7 +137,9 @@ pub fn average(sum: &str, count: u64) -> Option<String> {
     let rscale = (16 - qweight * 4).max(frac.len() as i64).clamp(0, 1000) as usize;
     // (int.frac * 10^rscale) / count, with the numerator as decimal digits.
     let mut numerator: Vec<u8> = int.bytes().chain(frac.bytes()).map(|c| c - b'0').collect();
-    numerator.extend(std::iter::repeat_n(0, rscale - frac.len()));
+    // PostgreSQL caps the scale at 1,000 digits; a sum with more (which it would round) is
+    // not averaged here.
+    numerator.extend(std::iter::repeat_n(0, rscale.checked_sub(frac.len())?));
     let mut quotient = Vec::with_capacity(numerator.len());
     let mut remainder: u128 = 0;
     for d in numerator {
@@ -247,5 +250,13 @@ mod tests {
                 "{sum} / {count}"
             );
         }
+    }
+
+    #[test]
+    fn a_sum_finer_than_postgres_divides_is_not_averaged() {
+        let kept = format!("0.{}", "1".repeat(1000));
+        assert!(average(&kept, 3).is_some());
+        let finer = format!("0.{}", "1".repeat(1001));
+        assert_eq!(average(&finer, 3), None);
     }
 }

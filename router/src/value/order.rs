@@ -197,7 +197,9 @@ fn instant(bytes: &[u8]) -> Option<(i64, i64)> {
         "-infinity" => return Some((i64::MIN, 0)),
         _ => {}
     }
-    let (date, rest) = s.split_at(s.len().min(10));
+    // Client text may put a multi-byte character anywhere: cut only at character boundaries.
+    let cut = s.len().min(10);
+    let (date, rest) = (s.get(..cut)?, s.get(cut..)?);
     let mut parts = date.split('-');
     let year: i64 = parts.next()?.parse().ok()?;
     let month: i64 = parts.next()?.parse().ok()?;
@@ -211,9 +213,11 @@ fn instant(bytes: &[u8]) -> Option<(i64, i64)> {
         return Some((days, 0));
     }
     // HH:MM:SS[.ffffff][±HH[:MM[:SS]]]
-    let offset_at = rest[8.min(rest.len())..]
+    let clock_end = 8.min(rest.len());
+    let offset_at = rest
+        .get(clock_end..)?
         .find(['+', '-'])
-        .map(|i| i + 8.min(rest.len()));
+        .map(|i| i + clock_end);
     let (time, offset) = match offset_at {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
@@ -230,21 +234,35 @@ fn instant(bytes: &[u8]) -> Option<(i64, i64)> {
     } else {
         format!("{fraction:0<6}").get(..6)?.parse().ok()?
     };
-    let mut micros = ((h * 60 + m) * 60 + sec) * 1_000_000 + micros_fraction;
+    let mut micros = clock_micros(h, m, sec)?.checked_add(micros_fraction)?;
     if !offset.is_empty() {
         let negative = offset.starts_with('-');
-        let mut o = offset[1..].split(':');
+        let mut o = offset.get(1..)?.split(':');
         let oh: i64 = o.next()?.parse().ok()?;
         let om: i64 = o.next().map_or(Some(0), |x| x.parse().ok())?;
         let os: i64 = o.next().map_or(Some(0), |x| x.parse().ok())?;
-        let shift = ((oh * 60 + om) * 60 + os) * 1_000_000;
-        micros += if negative { shift } else { -shift };
+        let shift = clock_micros(oh, om, os)?;
+        micros = if negative {
+            micros.checked_add(shift)?
+        } else {
+            micros.checked_sub(shift)?
+        };
     }
     let day_micros = 86_400 * 1_000_000;
     Some((
         days + micros.div_euclid(day_micros),
         micros.rem_euclid(day_micros),
     ))
+}
+
+/// Microseconds of `h:m:s`; `None` past what an `i64` holds (values no valid time has, but
+/// client text can carry).
+fn clock_micros(h: i64, m: i64, s: i64) -> Option<i64> {
+    h.checked_mul(60)?
+        .checked_add(m)?
+        .checked_mul(60)?
+        .checked_add(s)?
+        .checked_mul(1_000_000)
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date.
@@ -307,6 +325,23 @@ mod tests {
             instant(b"2024-01-01 05:30:00+00")
         );
         assert_eq!(instant(b"0044-03-15 BC"), None);
+    }
+
+    #[test]
+    fn client_text_that_is_no_instant_is_not_one() {
+        // Multi-byte characters where the date ends and where the clock ends, hours past what
+        // an i64 holds in microseconds, and an offset that overflows: none is an instant, and
+        // none may panic (a HAVING on a timestamp compares client text this way).
+        for text in [
+            "2024-01-0é",
+            "2024-01-01 12:3é:00",
+            "2024-01-01 12:34:5é+02",
+            "2024-01-01 999999999999999999:00:00",
+            "2024-01-01 00:00:00+999999999999999999",
+            "2024-01-01 00:00:00-",
+        ] {
+            assert_eq!(instant(text.as_bytes()), None, "{text}");
+        }
     }
 
     #[test]

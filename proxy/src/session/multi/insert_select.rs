@@ -278,7 +278,8 @@ pub(super) async fn apply_rows(
                 tag::COMMAND_COMPLETE => {
                     let done = msg::command_tag(frame.body());
                     if done.starts_with("INSERT") {
-                        applied.count += msg::tag_row_count(done).unwrap_or(0);
+                        let rows = msg::tag_row_count(done).unwrap_or(0);
+                        applied.count = applied.count.saturating_add(rows);
                     }
                 }
                 tag::ERROR_RESPONSE => {
