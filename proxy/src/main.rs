@@ -10,7 +10,7 @@ use shardline_router::Config;
 
 /// mimalloc instead of the system allocator: a request's buffers and small vectors come from
 /// per-thread free lists (glibc's malloc and free were 9% of the proxy's user CPU per
-/// transaction; see README, Benchmarks).
+/// transaction in the profile that led to the switch).
 #[global_allocator]
 static ALLOCATOR: shardline::allocator::Mimalloc = shardline::allocator::Mimalloc;
 
