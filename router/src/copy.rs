@@ -442,6 +442,11 @@ impl RowSplitter {
         self.scanned = i - start;
     }
 
+    /// Bytes held of a row not yet complete.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// What is left after the last complete row (a final row without a line end).
     pub fn finish(self) -> Vec<u8> {
         self.pending

@@ -18,6 +18,11 @@ use crate::socket::SocketRead;
 /// Rows are sent to a shard in `CopyData` messages of about this size.
 const BATCH_BYTES: usize = 64 * 1024;
 
+/// The longest row a routed COPY takes: PostgreSQL's own limit on a COPY line (1 GB). Without
+/// it a client could make the proxy hold a row without end; with it a batch (rows up to
+/// [`BATCH_BYTES`], then one more) always fits a message's `i32` length.
+const MAX_ROW_BYTES: usize = 1 << 30;
+
 /// Where the rows of a routed COPY come from.
 pub(crate) enum RowSource<'a> {
     /// The client's `CopyData` messages (`COPY … FROM STDIN`).
@@ -118,6 +123,8 @@ pub(super) struct RowRouter<'a> {
     pub(super) error: Option<ClientError>,
     /// Generated keys, one to put first in each row (a COPY that leaves the key out).
     pub(super) keys: Option<VecDeque<String>>,
+    /// The longest row taken ([`MAX_ROW_BYTES`]).
+    max_row: usize,
 }
 
 impl<'a> RowRouter<'a> {
@@ -137,13 +144,28 @@ impl<'a> RowRouter<'a> {
             total: 0,
             error: None,
             keys: None,
+            max_row: MAX_ROW_BYTES,
         }
     }
 
-    /// The whole rows `data` completes.
+    /// The whole rows `data` completes. Once the COPY has failed, the rest of its data is
+    /// only read, not kept.
     pub(super) fn split(&mut self, data: &[u8]) -> Vec<Vec<u8>> {
         let mut rows = Vec::new();
+        if self.error.is_some() {
+            return rows;
+        }
         self.splitter.push(data, |row| rows.push(row.to_vec()));
+        if self.splitter.pending_len() > self.max_row {
+            self.splitter = RowSplitter::new(self.spec.format.clone());
+            self.error = Some(ClientError::new(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "a COPY row is longer than {} MB, the most PostgreSQL takes in one line; split the data or load that row another way",
+                    self.max_row >> 20
+                ),
+            ));
+        }
         rows
     }
 
@@ -255,5 +277,33 @@ impl<'a> RowRouter<'a> {
             self.route(&row, index);
         }
         self.error.take().map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardline_router::Config;
+
+    #[test]
+    fn a_row_past_the_limit_fails_the_copy_and_is_not_kept() {
+        let yaml = "users: [{name: app, password: app}]\nshards: [{name: s0, port: 1}, {name: s1, port: 2}]\ntables:\n  - {name: users, sharding: hash, column: id}\n";
+        let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}"));
+        let spec =
+            match shardline_router::copy::copy_into(&config, "COPY users (id, name) FROM STDIN") {
+                Some(Ok(spec)) => spec,
+                other => panic!("{other:?}"),
+            };
+        let mut router = RowRouter::new(&spec, 0, 2, ClientEncoding::Utf8);
+        router.max_row = 16;
+        assert_eq!(router.split(b"1\tshort\n2\tpart"), [b"1\tshort\n".to_vec()]);
+        assert!(router.error.is_none());
+        assert!(router.split(b" of a row that goes on and on").is_empty());
+        let code = router.error.as_ref().map(ClientError::code);
+        assert_eq!(code.as_deref(), Some(sqlstate::PROGRAM_LIMIT_EXCEEDED));
+        assert_eq!(router.splitter.pending_len(), 0);
+        // What follows is read and dropped.
+        assert!(router.split(b"\n3\tlater\n").is_empty());
+        assert_eq!(router.splitter.pending_len(), 0);
     }
 }
