@@ -13,8 +13,6 @@ use sqlparser::ast::{
     Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, OrderByKind, OrderBySort,
     Query, SelectItem, SetExpr, Statement, Value,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use crate::having::Predicate;
 use crate::merge::{literal_count, row_window, RowWindow, SortColumn, SortKey};
@@ -220,7 +218,7 @@ pub(crate) fn routing_query(query: &Query) -> Query {
 /// group is needed before the combined rows can be ordered and cut), averages split into sum
 /// and count, parameters of the dropped clauses removed.
 pub fn shard_statement(sql: &str) -> Option<ShardStatement> {
-    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut statements = crate::analyze::parse(sql)?;
     if statements.len() != 1 {
         return None;
     }
@@ -274,9 +272,7 @@ mod tests {
     use super::*;
 
     fn spec(sql: &str) -> Option<AggregateSpec> {
-        let Ok(mut statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
-            return None;
-        };
+        let mut statements = crate::analyze::parse(sql)?;
         let Some(Statement::Query(query)) = statements.pop() else {
             return None;
         };

@@ -55,7 +55,7 @@ pub enum KeysAs<'a> {
 /// The `INSERT` in `sql` when it leaves out the shard key of a sharded table; `None` for
 /// anything else (which routes, or is refused, as before).
 pub fn keyless_insert(config: &Config, sql: &str) -> Option<KeylessInsert> {
-    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut statements = crate::analyze::parse(sql)?;
     if statements.len() != 1 {
         return None;
     }

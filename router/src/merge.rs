@@ -10,8 +10,6 @@ use sqlparser::ast::{
     Expr, Ident, LimitClause, OrderByKind, OrderBySort, Query, SelectItem, SetExpr, Statement,
     Value,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use crate::params::{Param, Params};
 use crate::placeholders::ShardStatement;
@@ -331,7 +329,7 @@ impl MergeSpec {
 /// dropped and `LIMIT` raised to the slice's limit+offset (any shard may hold the first rows),
 /// parameters the proxy applied itself removed. `None` when `sql` is not a merged query.
 pub fn shard_statement(sql: &str, slice: Slice) -> Option<ShardStatement> {
-    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut statements = crate::analyze::parse(sql)?;
     if statements.len() != 1 {
         return None;
     }
@@ -355,9 +353,7 @@ mod tests {
     use super::*;
 
     fn spec(sql: &str) -> Option<(MergeSpec, String)> {
-        let Ok(mut statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
-            return None;
-        };
+        let mut statements = crate::analyze::parse(sql)?;
         let Some(Statement::Query(query)) = statements.pop() else {
             return None;
         };

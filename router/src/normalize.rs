@@ -10,8 +10,6 @@
 use std::borrow::Cow;
 
 use smallvec::SmallVec;
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use crate::scan::{Kind, Scanner, Token};
 
@@ -227,9 +225,10 @@ fn push_decimal(text: &mut String, n: usize) {
     text.push(char::from(b'0' + (n % 10) as u8));
 }
 
-/// Whether `sql` parses; a normalized text that does not is not used.
+/// Whether `sql` parses (and safely: see [`crate::analyze::parse`]); a normalized text that
+/// does not is not used.
 pub fn parses(sql: &str) -> bool {
-    Parser::parse_sql(&PostgreSqlDialect {}, sql).is_ok()
+    crate::analyze::parse(sql).is_some()
 }
 
 #[cfg(test)]

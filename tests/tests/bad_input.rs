@@ -271,3 +271,31 @@ async fn a_down_shard_fails_only_its_statements() -> anyhow::Result<()> {
     assert_eq!(name, "zero");
     assert_still_serving(&cluster).await
 }
+
+/// An expression chaining a hundred thousand operators (`a AND b AND …`, 1.6 MB of SQL) is
+/// refused, in the simple and the extended protocol, and the proxy goes on serving. sqlparser
+/// builds such a chain as a tree as deep as it is long: before, the plan cache's check that a
+/// statement's shape parses built that tree, and dropping it overflowed the worker's stack,
+/// which aborted the whole proxy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_thousand_chained_operators_are_refused_not_fatal() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("deepchain", 2).await?;
+    let client = cluster.client().await?;
+    client
+        .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text)")
+        .await?;
+    let conditions: Vec<String> = (0..100_000).map(|i| format!("id <> {i}")).collect();
+    let sql = format!(
+        "SELECT count(*) FROM users WHERE {}",
+        conditions.join(" AND ")
+    );
+    // Refused as too complex (54001) when it runs, in either protocol.
+    let simple = client.simple_query(&sql).await.err();
+    let extended = client.query(&sql, &[]).await.err();
+    for err in [simple, extended] {
+        let code = err.as_ref().and_then(|e| e.code().cloned());
+        assert_eq!(code, Some(SqlState::STATEMENT_TOO_COMPLEX), "{err:?}");
+    }
+    assert_eq!(client.query_one("SELECT 5", &[]).await?.get::<_, i32>(0), 5);
+    assert_still_serving(&cluster).await
+}

@@ -40,6 +40,7 @@ use std::collections::HashSet;
 use sqlparser::ast::{DiscardObject, Reset, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::TokenWithSpan;
 
 pub(crate) use array::{parse_binary_array, parse_text_array};
 
@@ -50,11 +51,28 @@ use unparseable::unparseable;
 use walked::{call, concatenated_read, copy, create_as, cursor, walked};
 use walker::{name_parts, norm};
 
-/// Plans one Query/Parse text. Never panics; problems end up in the plan's target.
+/// The statements of `sql` as sqlparser parses them; `None` when they cannot be parsed or an
+/// expression chains more operators than [`lex::MAX_OPERATOR_CHAIN`]. sqlparser builds a chain
+/// (`a AND b AND …`) as a tree as deep as it is long, and dropping or walking a tree a hundred
+/// thousand levels deep overflows a worker thread's stack, which aborts the whole proxy: every
+/// parse of a client's text goes through here or [`parse_repaired`].
+pub(crate) fn parse(sql: &str) -> Option<Vec<Statement>> {
+    parse_tokens(shallow_tokens(sql)?)
+}
+
 /// The statements of `sql` as the analysis parses them (with the token repairs of
-/// [`lex::repair`]); `None` when they cannot be parsed.
+/// [`lex::repair`]); `None` as for [`parse`].
 pub(crate) fn parse_repaired(sql: &str) -> Option<Vec<Statement>> {
-    let tokens = lex::repair(lex::tokenize(sql).ok()?);
+    parse_tokens(lex::repair(shallow_tokens(sql)?))
+}
+
+/// The tokens of `sql`, unless an expression in it chains too many operators to parse safely.
+fn shallow_tokens(sql: &str) -> Option<Vec<TokenWithSpan>> {
+    let tokens = lex::tokenize(sql).ok()?;
+    (lex::longest_operator_chain(&tokens) <= lex::MAX_OPERATOR_CHAIN).then_some(tokens)
+}
+
+fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Option<Vec<Statement>> {
     Parser::new(&PostgreSqlDialect {})
         .with_tokens_with_locations(tokens)
         .parse_statements()
@@ -80,6 +98,7 @@ pub(crate) fn sole_insert(
     Some((insert, name))
 }
 
+/// Plans one Query/Parse text. Never panics; problems end up in the plan's target.
 pub(crate) fn analyze(config: &Config, sql: &str) -> Plan {
     let tokens = match lex::tokenize(sql) {
         Ok(tokens) => tokens,

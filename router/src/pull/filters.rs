@@ -9,8 +9,6 @@ use sqlparser::ast::{
     BinaryOperator, Expr, JoinOperator, ObjectNamePart, Query, SetExpr, Statement, TableFactor,
     UnaryOperator, Value,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use super::fold;
 
@@ -19,7 +17,7 @@ use super::fold;
 /// module documentation). Empty when the statement is not a plain `SELECT` or joins outward.
 pub(super) fn pushed_filters(sql: &str) -> BTreeMap<String, (String, String)> {
     let mut filters = BTreeMap::new();
-    let Ok(mut statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+    let Some(mut statements) = crate::analyze::parse(sql) else {
         return filters;
     };
     let (Some(Statement::Query(query)), true) = (statements.pop(), statements.is_empty()) else {
