@@ -199,9 +199,9 @@ pub async fn cleanup(
             let key = format!("t.{}", ident(&table.key_column));
             let sql = format!(
                 "BEGIN; SET LOCAL {CLEANUP_SETTING} = on; \
-                 DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT t.ctid FROM {t} AS t WHERE NOT ({owned}) LIMIT {batch})); COMMIT",
+                 DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT t.ctid FROM {t} AS t WHERE {leaving} LIMIT {batch})); COMMIT",
                 t = ident(&table.table),
-                owned = fence::owned_condition(table, source, &key),
+                leaving = fence::leaving_condition(table, source, &key),
             );
             loop {
                 let messages = client.simple_query(&sql).await?;

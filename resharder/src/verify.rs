@@ -91,17 +91,14 @@ pub async fn checksums_match(layout: &Layout, shards: &Connections<'_>) -> anyho
         let key = format!("t.{}", ident(&table.key_column));
         let mut leaving = Checksum::default();
         for source in &table.source_shards {
-            let condition = format!("NOT ({})", fence::owned_condition(table, source, &key));
+            let condition = fence::leaving_condition(table, source, &key);
             leaving
                 .add(&*shards.get(source).await?, table, &condition)
                 .await?;
         }
         let mut copied = Checksum::default();
         for target in &table.target_shards {
-            let condition = format!(
-                "NOT ({})",
-                fence::owned_before_condition(table, target, &key)
-            );
+            let condition = fence::arrived_condition(table, target, &key);
             copied
                 .add(&*shards.get(target).await?, table, &condition)
                 .await?;

@@ -472,28 +472,37 @@ async fn a_text_directory_key_moves_and_cleanup_keeps_the_keys_already_listed() 
 }
 
 /// A row whose shard key is NULL (written on a shard directly: the proxy refuses one) belongs
-/// to no shard in either layout. The plan counts it nowhere, and `start` and `verify` leave it
-/// where it is, copying the other rows as usual. Before, a NULL key among the first rows read
-/// panicked the resharder.
+/// to no shard in either layout. Moving `users` from s0 and s1 wholly to s2 and s3, the plan
+/// counts it nowhere, `start` and `verify` copy the other rows as usual, and `cleanup` deletes
+/// every moved row but that one, though s0 and s1 keep no keys at all. Before, a NULL key among
+/// the first rows read panicked the resharder, and the cleanup of a shard that keeps no keys
+/// deleted the keyless rows with the rest.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_null_shard_key_stays_where_it_is() -> anyhow::Result<()> {
+    const USERS_MOVED: &str =
+        "{name: users, sharding: hash, column: id, type: int8, shards: [s2, s3]}";
     let cluster = TestCluster::start("reshard-null-key", 4).await?;
     let dir = scratch_dir("reshard-null-key-files");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("from.yaml"),
-        cluster.yaml.replace(USERS_ALL, USERS_TWO),
-    )?;
-    std::fs::write(dir.join("to.yaml"), &cluster.yaml)?;
-    let target = cluster.config.clone();
+    let with_admin = |yaml: String| {
+        yaml.replacen(
+            "users:\n",
+            "users:\n  - {name: admin, password: admin, admin: true}\n",
+            1,
+        )
+    };
+    let source_yaml = with_admin(cluster.yaml.replace(USERS_ALL, USERS_TWO));
+    let target_yaml = with_admin(cluster.yaml.replace(USERS_ALL, USERS_MOVED));
+    std::fs::write(dir.join("from.yaml"), &source_yaml)?;
+    std::fs::write(dir.join("to.yaml"), &target_yaml)?;
+    let source = Config::from_yaml(&source_yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let target = Config::from_yaml(&target_yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
     for i in 0..2 {
         let shard = cluster.shard(i).await?;
         shard
             .batch_execute("CREATE TABLE users (id bigint UNIQUE, name text NOT NULL)")
             .await?;
         // Each source shard gets the keys it owns, and one row without a key.
-        let source = Config::from_yaml(&cluster.yaml.replace(USERS_ALL, USERS_TWO))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let owned: Vec<i64> = (1..=200)
             .filter(|id| source.tables["users"].shard_for(&KeyValue::Int(*id)).ok() == Some(i))
             .collect();
@@ -507,14 +516,25 @@ async fn a_null_shard_key_stays_where_it_is() -> anyhow::Result<()> {
             .execute("INSERT INTO users VALUES (NULL, 'no key')", &[])
             .await?;
     }
+    let proxy = shardline::Proxy::start(source.clone()).await?;
+    let console = format!("127.0.0.1:{}", proxy.addr.port());
 
     let (ok, plan) = reshard(&["plan", "--to", "to.yaml"], &dir)?;
     assert!(ok, "{plan}");
-    let (ok, out) = reshard(&["start", "--to", "to.yaml", "--batch", "500"], &dir)?;
-    assert!(ok && !out.contains("panicked"), "{out}");
-    let (ok, out) = reshard(&["verify", "--to", "to.yaml"], &dir)?;
-    assert!(ok && out.contains("\n0 rows repaired"), "{out}");
+    let steps: [&[&str]; 4] = [
+        &[
+            "start", "--to", "to.yaml", "--batch", "500", "--proxy", &console,
+        ],
+        &["verify", "--to", "to.yaml"],
+        &["cutover", "--to", "to.yaml", "--proxy", &console],
+        &["cleanup", "--to", "to.yaml"],
+    ];
+    for args in steps {
+        let (ok, out) = reshard(args, &dir)?;
+        assert!(ok && !out.contains("panicked"), "{}: {out}", args[0]);
+    }
 
+    let mut copied = 0;
     for i in 0..4 {
         let shard = cluster.shard(i).await?;
         let keyless: i64 = shard
@@ -528,11 +548,11 @@ async fn a_null_shard_key_stays_where_it_is() -> anyhow::Result<()> {
         {
             let id: i64 = row.get(0);
             let owner = target.tables["users"].shard_for(&KeyValue::Int(id))?;
-            assert!(
-                i < 2 || owner == i,
-                "row {id} copied to shard {i}, which does not own it"
-            );
+            assert_eq!(owner, i, "row {id} on shard {i}, which does not own it");
+            copied += 1;
         }
     }
+    assert_eq!(copied, 200, "every keyed row once, on its owner");
+    drop(proxy);
     Ok(())
 }

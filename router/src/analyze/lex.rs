@@ -29,33 +29,60 @@ fn is_blank(token: &Token) -> bool {
     matches!(token, Token::Whitespace(_) | Token::EOF)
 }
 
-/// The length of the longest chain of infix operators within one expression (operators at
-/// the same parenthesis depth, not separated by commas).
+/// How deep the deepest expression of the statement goes, in infix operators: a chain of n
+/// operators is a tree n deep, and a parenthesized chain in one of its operands hangs its own
+/// depth below that (`(a + … + b) * … * c` nested eight times deep is as deep as the eight
+/// chains together). Commas separate expressions: the elements of a list stand side by side.
 pub(super) fn longest_operator_chain(tokens: &[TokenWithSpan]) -> usize {
-    let mut counters: Vec<usize> = vec![0];
-    let mut longest = 0;
+    /// One parenthesis level: the chain of the element being read, the deepest group within
+    /// it, and the deepest element finished before it.
+    #[derive(Default)]
+    struct Level {
+        chain: usize,
+        below: usize,
+        done: usize,
+    }
+    impl Level {
+        fn depth(&self) -> usize {
+            self.done.max(self.chain + self.below)
+        }
+    }
+    /// Closes the innermost level into the one around it.
+    fn close(levels: &mut Vec<Level>) {
+        if let Some(inner) = levels.pop() {
+            if let Some(outer) = levels.last_mut() {
+                outer.below = outer.below.max(inner.depth());
+            }
+        }
+    }
+    let mut levels = vec![Level::default()];
     for t in tokens {
         match &t.token {
-            Token::LParen | Token::LBracket | Token::LBrace => counters.push(0),
-            Token::RParen | Token::RBracket | Token::RBrace if counters.len() > 1 => {
-                counters.pop();
+            Token::LParen | Token::LBracket | Token::LBrace => levels.push(Level::default()),
+            Token::RParen | Token::RBracket | Token::RBrace if levels.len() > 1 => {
+                close(&mut levels)
             }
             Token::RParen | Token::RBracket | Token::RBrace => {}
             Token::Comma | Token::SemiColon => {
-                if let Some(c) = counters.last_mut() {
-                    *c = 0;
+                if let Some(level) = levels.last_mut() {
+                    level.done = level.depth();
+                    level.chain = 0;
+                    level.below = 0;
                 }
             }
             token if counts_as_operator(token) => {
-                if let Some(c) = counters.last_mut() {
-                    *c += 1;
-                    longest = longest.max(*c);
+                if let Some(level) = levels.last_mut() {
+                    level.chain += 1;
                 }
             }
             _ => {}
         }
     }
-    longest
+    // Groups left open (text that will not parse anyway) count as closed.
+    while levels.len() > 1 {
+        close(&mut levels);
+    }
+    levels.first().map_or(0, Level::depth)
 }
 
 fn counts_as_operator(token: &Token) -> bool {
@@ -292,8 +319,25 @@ mod tests {
     fn measures_operator_chains() {
         let tokens = tokenize("SELECT * FROM t WHERE a = 1 OR a = 2 OR (b = 3 AND c = 4)")
             .unwrap_or_default();
-        assert_eq!(longest_operator_chain(&tokens), 5);
+        // `*`, `=`, `OR`, `=`, `OR` outside, and `=`, `AND`, `=` in the operand below them.
+        assert_eq!(longest_operator_chain(&tokens), 8);
         let tokens = tokenize("SELECT f(a + b, c + d), e").unwrap_or_default();
         assert_eq!(longest_operator_chain(&tokens), 1);
+        let tokens = tokenize("SELECT (1 + 2, (3 + 4 + 5)), 6 + 7").unwrap_or_default();
+        assert_eq!(longest_operator_chain(&tokens), 2);
+    }
+
+    #[test]
+    fn nested_chains_add_up() {
+        // Nine levels of 3,990 operators each: no level alone is over the limit, but the
+        // tree is 35,910 deep, which overflowed a worker's stack.
+        let mut sql = String::from("1");
+        for _ in 0..9 {
+            sql = format!("({sql}{})", " + 1".repeat(3990));
+        }
+        let tokens = tokenize(&format!("SELECT {sql}")).unwrap_or_default();
+        assert_eq!(longest_operator_chain(&tokens), 9 * 3990);
+        let tokens = tokenize("SELECT (((1 + 2) + 3) + 4), ((5))").unwrap_or_default();
+        assert_eq!(longest_operator_chain(&tokens), 3);
     }
 }

@@ -119,6 +119,25 @@ pub fn owned_condition(table: &TableMove, shard: &str, expr: &str) -> String {
     )
 }
 
+/// SQL true for a row of `shard` (a source shard) that leaves it: its key `expr` is owned
+/// elsewhere in the target layout. A row whose key is NULL belongs to no shard in either
+/// layout and never leaves, also where `shard` keeps no keys at all (its `owned` is `false`).
+pub fn leaving_condition(table: &TableMove, shard: &str, expr: &str) -> String {
+    format!(
+        "{expr} IS NOT NULL AND NOT ({})",
+        owned_condition(table, shard, expr)
+    )
+}
+
+/// SQL true for a row of `shard` (a target shard) that arrived there: its key `expr` was
+/// owned elsewhere in the source layout (never one whose key is NULL).
+pub fn arrived_condition(table: &TableMove, shard: &str, expr: &str) -> String {
+    format!(
+        "{expr} IS NOT NULL AND NOT ({})",
+        owned_before_condition(table, shard, expr)
+    )
+}
+
 /// SQL true when the key `expr` belonged to shard `shard` in the source layout.
 pub fn owned_before_condition(table: &TableMove, shard: &str, expr: &str) -> String {
     owned_in(
