@@ -12,11 +12,12 @@
 # BUILD_A may be the word pgbouncer: PgBouncer in transaction pooling in front of shard 0, so
 # the table answers the benchmark targets (shardline's CPU and TPS against PgBouncer's); run
 # it with DEMO_SHARDS=1 to put shardline on the same footing (one shard, shard 0).
-# MODES (default "simple extended prepared"; without prepared against PgBouncer before
-# 1.21) picks the modes; DEMO_SHARDS the shards; THREADS the shardline builds' threads.
+# MODES (default "simple extended prepared"; never prepared against PgBouncer, which
+# bench/pgbouncer.sh runs without prepared statement support in transaction pooling) picks
+# the modes; DEMO_SHARDS the shards; THREADS the shardline builds' threads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n '2,12p' "$0"; exit 1; }
+[ $# -ge 2 ] || { sed -n '2,17p' "$0"; exit 1; }
 A=$1 B=$2
 ROUNDS=${3:-5}
 SECS=${4:-4}
@@ -56,6 +57,7 @@ if [ "$A" = pgbouncer ]; then
   [ -n "$PGB_PROC" ] || { echo "pgbouncer did not start; see $DIR/pgbouncer.log"; exit 1; }
   A_PID=$PGB_PROC
   MODES=${MODES/prepared/}
+  [ -n "${MODES// /}" ] || { echo "against pgbouncer, MODES needs simple or extended"; exit 1; }
 else
   A_PID=$(start "$A" "$A_PORT" a)
 fi

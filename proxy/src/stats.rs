@@ -3,8 +3,9 @@
 //! The session reports each exchange once it ends ([`QueryStats::record_query`] for a
 //! single-shard statement, [`QueryStats::record_scatter`] for one sent to several shards).
 //! Each loaded config carries its shards' counters by shard id ([`ShardStats`], resolved when
-//! it is loaded), so recording costs no lock, no hash and no shared load: a few atomic
-//! increments, each to the recording thread's own stripe of the counter.
+//! it is loaded), so recording costs no lock, no hash and no shared load: a few additions,
+//! each to the recording thread's own stripe of the counter (a plain load and store where the
+//! thread owns the stripe; see [`crate::metrics::striped`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};

@@ -7,6 +7,7 @@
 //! (`SHOW STATS`, `/metrics`) sums them. A stripe only one thread writes is added to with a
 //! plain load and store; an atomic addition is left for the stripe later threads share.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
@@ -27,13 +28,16 @@ static STRIPES: LazyLock<usize> = LazyLock::new(|| {
         .min(64)
 });
 
-/// A thread's place among a value's stripes.
+/// A thread's place among a value's stripes. Neither `Send` nor `Sync`: it is only good on the
+/// thread that asked for it (held across an `.await`, a task could carry it to another thread,
+/// which would then write a stripe it does not own without a locked instruction).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stripe {
     /// The stripe the thread adds to.
     pub index: usize,
     /// True when no other thread adds to it: an addition then needs no locked instruction.
     pub own: bool,
+    _this_thread: PhantomData<*const ()>,
 }
 
 impl Stripe {
@@ -59,6 +63,7 @@ fn stripe_of(number: usize, count: usize) -> Stripe {
     Stripe {
         index: number.min(last),
         own: number < last,
+        _this_thread: PhantomData,
     }
 }
 
@@ -170,30 +175,13 @@ mod tests {
     fn only_the_first_threads_own_their_stripes() {
         let count = 4;
         let taken: Vec<Stripe> = (0..8).map(|number| stripe_of(number, count)).collect();
+        let place = |s: &Stripe| (s.index, s.own);
         for (number, stripe) in taken.iter().enumerate().take(count - 1) {
-            assert_eq!(
-                *stripe,
-                Stripe {
-                    index: number,
-                    own: true
-                }
-            );
+            assert_eq!(place(stripe), (number, true));
         }
         for stripe in &taken[count - 1..] {
-            assert_eq!(
-                *stripe,
-                Stripe {
-                    index: count - 1,
-                    own: false
-                }
-            );
+            assert_eq!(place(stripe), (count - 1, false));
         }
-        assert_eq!(
-            stripe_of(5, 1),
-            Stripe {
-                index: 0,
-                own: false
-            }
-        );
+        assert_eq!(place(&stripe_of(5, 1)), (0, false));
     }
 }

@@ -156,8 +156,10 @@ impl<'a> RowRouter<'a> {
             return rows;
         }
         self.splitter.push(data, |row| rows.push(row.to_vec()));
-        if self.splitter.pending_len() > self.max_row {
+        let longest = rows.iter().map(Vec::len).max().unwrap_or(0);
+        if longest.max(self.splitter.pending_len()) > self.max_row {
             self.splitter = RowSplitter::new(self.spec.format.clone());
+            rows.clear();
             self.error = Some(ClientError::new(
                 sqlstate::PROGRAM_LIMIT_EXCEEDED,
                 format!(
@@ -305,5 +307,13 @@ mod tests {
         // What follows is read and dropped.
         assert!(router.split(b"\n3\tlater\n").is_empty());
         assert_eq!(router.splitter.pending_len(), 0);
+
+        // A row that arrives whole in one message is measured too.
+        let mut router = RowRouter::new(&spec, 0, 2, ClientEncoding::Utf8);
+        router.max_row = 16;
+        assert!(router
+            .split(b"1\ta row that is far too long\n2\tok\n")
+            .is_empty());
+        assert!(router.error.is_some());
     }
 }
