@@ -117,8 +117,7 @@ fn format_decimal(negative: bool, digits: &[u8], scale: usize) -> String {
     s
 }
 
-/// `sum / count` as PostgreSQL's `avg` prints it; `None` for a non-numeric sum, or one with
-/// more fractional digits than the 1,000 PostgreSQL's division keeps.
+/// `sum / count` as PostgreSQL's `avg` prints it; `None` for a non-numeric sum.
 pub fn average(sum: &str, count: u64) -> Option<String> {
     if count == 0 {
         return None;
@@ -135,11 +134,12 @@ pub fn average(sum: &str, count: u64) -> Option<String> {
         qweight -= 1;
     }
     let rscale = (16 - qweight * 4).max(frac.len() as i64).clamp(0, 1000) as usize;
-    // (int.frac * 10^rscale) / count, with the numerator as decimal digits.
+    // (int.frac * 10^scale) / count, with the numerator as decimal digits. PostgreSQL keeps at
+    // most 1,000 fractional digits; a sum with more is divided at its own scale, and the
+    // digits past `rscale` then round the result.
+    let scale = rscale.max(frac.len());
     let mut numerator: Vec<u8> = int.bytes().chain(frac.bytes()).map(|c| c - b'0').collect();
-    // PostgreSQL caps the scale at 1,000 digits; a sum with more (which it would round) is
-    // not averaged here.
-    numerator.extend(std::iter::repeat_n(0, rscale.checked_sub(frac.len())?));
+    numerator.extend(std::iter::repeat_n(0, scale - frac.len()));
     let mut quotient = Vec::with_capacity(numerator.len());
     let mut remainder: u128 = 0;
     for d in numerator {
@@ -147,7 +147,17 @@ pub fn average(sum: &str, count: u64) -> Option<String> {
         quotient.push((remainder / u128::from(count)) as u8);
         remainder %= u128::from(count);
     }
-    if remainder * 2 >= u128::from(count) {
+    let round_up = if scale > rscale {
+        // The first dropped digit decides: all after it, remainder included, add less than
+        // one unit of it.
+        let keep = quotient.len() - (scale - rscale);
+        let first_dropped = quotient.get(keep).copied().unwrap_or(0);
+        quotient.truncate(keep);
+        first_dropped >= 5
+    } else {
+        remainder * 2 >= u128::from(count)
+    };
+    if round_up {
         // Round half away from zero: add one unit in the last place.
         let mut i = quotient.len();
         loop {
@@ -253,10 +263,26 @@ mod tests {
     }
 
     #[test]
-    fn a_sum_finer_than_postgres_divides_is_not_averaged() {
-        let kept = format!("0.{}", "1".repeat(1000));
-        assert!(average(&kept, 3).is_some());
-        let finer = format!("0.{}", "1".repeat(1001));
-        assert_eq!(average(&finer, 3), None);
+    fn a_sum_finer_than_postgres_keeps_is_rounded_to_1000_digits() {
+        // Each expected value is what PostgreSQL 15 printed for avg() of the same values.
+        let zeros = "0".repeat(999);
+        // 5 × 10^-1001 rounds half away from zero to 10^-1000; 4 × 10^-1001 to zero.
+        let half = format!("0.{zeros}05");
+        assert_eq!(average(&half, 1), Some(format!("0.{zeros}1")));
+        assert_eq!(
+            average(&format!("-{half}"), 1),
+            Some(format!("-0.{zeros}1"))
+        );
+        let less = format!("0.{zeros}04");
+        assert_eq!(average(&less, 1), Some(format!("0.{zeros}0")));
+        // 1.99…9 (1,001 nines) carries into the integer part.
+        let nines = format!("1.{}", "9".repeat(1001));
+        assert_eq!(average(&nines, 1), Some(format!("2.{}", "0".repeat(1000))));
+        // 0.33…3 (1,002 threes) / 1: the dropped 3s round down.
+        let threes = format!("0.{}", "3".repeat(1002));
+        assert_eq!(average(&threes, 1), Some(format!("0.{}", "3".repeat(1000))));
+        // Three rows of 0.11…1 (1,001 ones), summed by the shards.
+        let sum = format!("0.{}", "3".repeat(1001));
+        assert_eq!(average(&sum, 3), Some(format!("0.{}", "1".repeat(1000))));
     }
 }
