@@ -20,13 +20,24 @@ pub struct Flow {
     pub rows: u64,
 }
 
+/// Rows of one table on one shard whose shard key is NULL: no shard owns them in either
+/// layout, so they stay where they are (written on the shard directly; the proxy refuses them).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Keyless {
+    pub table: String,
+    pub shard: String,
+    pub rows: u64,
+}
+
 /// What a migration moves, counted key by key on the source shards.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     /// Moving rows by table and (source, target) shard.
     pub flows: Vec<Flow>,
-    /// Rows of the moving tables read, moving or not.
+    /// Rows of the moving tables read, moving or not (keyless ones left out).
     pub rows: u64,
+    /// Rows without a shard key, which stay where they are.
+    pub keyless: Vec<Keyless>,
 }
 
 impl Plan {
@@ -42,7 +53,7 @@ pub async fn count_flows(layout: &Layout, login: &Login) -> anyhow::Result<Plan>
     for table in &layout.tables {
         for source in &table.source_shards {
             let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-            for_each_key(layout, login, table, source, |key_text| {
+            let keyless = for_each_key(layout, login, table, source, |key_text| {
                 let key = table.parse_key(key_text)?;
                 let to = table.place(&key)?.to;
                 plan.rows += 1;
@@ -52,6 +63,13 @@ pub async fn count_flows(layout: &Layout, login: &Login) -> anyhow::Result<Plan>
                 Ok(())
             })
             .await?;
+            if keyless > 0 {
+                plan.keyless.push(Keyless {
+                    table: table.table.clone(),
+                    shard: source.clone(),
+                    rows: keyless,
+                });
+            }
             plan.flows.extend(counts.into_iter().map(|(to, rows)| Flow {
                 table: table.table.clone(),
                 from: source.clone(),
@@ -63,14 +81,15 @@ pub async fn count_flows(layout: &Layout, login: &Login) -> anyhow::Result<Plan>
     Ok(plan)
 }
 
-/// Streams the keys (as text) of `table` on shard `shard` through `each`.
+/// Streams the keys (as text) of `table` on shard `shard` through `each`; the rows whose key
+/// is NULL, which have none to pass, are counted instead.
 pub async fn for_each_key<F>(
     layout: &Layout,
     login: &Login,
     table: &TableMove,
     shard: &str,
     mut each: F,
-) -> anyhow::Result<()>
+) -> anyhow::Result<u64>
 where
     F: FnMut(&str) -> Result<(), String>,
 {
@@ -79,13 +98,18 @@ where
         ident(&table.key_column),
         ident(&table.table)
     );
+    let mut keyless = 0;
     for_each_row(layout, login, shard, &sql, |row| {
-        match row.get::<_, Option<&str>>(0) {
+        match row.try_get::<_, Option<&str>>(0)? {
             Some(key) => each(key).map_err(|e| anyhow::anyhow!("table {}: {e}", table.table)),
-            None => Ok(()),
+            None => {
+                keyless += 1;
+                Ok(())
+            }
         }
     })
-    .await
+    .await?;
+    Ok(keyless)
 }
 
 /// Streams the rows `sql` returns on shard `shard` (of either layout) through `each`.
@@ -137,6 +161,16 @@ pub fn render(plan: &Plan, rows_per_second: u64) -> String {
         plan.rows,
         humanize(Duration::from_secs(seconds))
     ));
+    for keyless in &plan.keyless {
+        let (rows, verb) = match keyless.rows {
+            1 => ("1 row".to_owned(), "has"),
+            n => (format!("{n} rows"), "have"),
+        };
+        out.push_str(&format!(
+            "{rows} of {} on {} {verb} a NULL shard key: no shard owns them, so they stay there\n",
+            keyless.table, keyless.shard
+        ));
+    }
     out
 }
 

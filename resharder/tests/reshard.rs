@@ -521,6 +521,11 @@ async fn a_null_shard_key_stays_where_it_is() -> anyhow::Result<()> {
 
     let (ok, plan) = reshard(&["plan", "--to", "to.yaml"], &dir)?;
     assert!(ok, "{plan}");
+    assert!(plan.contains("\n200 of 200 rows move"), "{plan}");
+    for shard in ["s0", "s1"] {
+        let line = format!("1 row of users on {shard} has a NULL shard key");
+        assert!(plan.contains(&line), "plan lacks {line:?}:\n{plan}");
+    }
     let steps: [&[&str]; 4] = [
         &[
             "start", "--to", "to.yaml", "--batch", "500", "--proxy", &console,
