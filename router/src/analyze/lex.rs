@@ -29,6 +29,12 @@ fn is_blank(token: &Token) -> bool {
     matches!(token, Token::Whitespace(_) | Token::EOF)
 }
 
+/// Whether an expression in `tokens` goes deeper than [`MAX_OPERATOR_CHAIN`]: such text is
+/// refused before sqlparser builds its tree.
+pub(super) fn too_deep(tokens: &[TokenWithSpan]) -> bool {
+    longest_operator_chain(tokens) > MAX_OPERATOR_CHAIN
+}
+
 /// How deep the deepest expression of the statement goes, in infix operators: a chain of n
 /// operators is a tree n deep, and a parenthesized chain in one of its operands hangs its own
 /// depth below that (`(a + … + b) * … * c` nested eight times deep is as deep as the eight

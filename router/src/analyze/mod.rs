@@ -69,7 +69,7 @@ pub(crate) fn parse_repaired(sql: &str) -> Option<Vec<Statement>> {
 /// The tokens of `sql`, unless an expression in it chains too many operators to parse safely.
 fn shallow_tokens(sql: &str) -> Option<Vec<TokenWithSpan>> {
     let tokens = lex::tokenize(sql).ok()?;
-    (lex::longest_operator_chain(&tokens) <= lex::MAX_OPERATOR_CHAIN).then_some(tokens)
+    (!lex::too_deep(&tokens)).then_some(tokens)
 }
 
 fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Option<Vec<Statement>> {
@@ -104,7 +104,7 @@ pub(crate) fn analyze(config: &Config, sql: &str) -> Plan {
         Ok(tokens) => tokens,
         Err(e) => return unparseable(config, sql, None, &e, PARSE_ERROR),
     };
-    if lex::longest_operator_chain(&tokens) > lex::MAX_OPERATOR_CHAIN {
+    if lex::too_deep(&tokens) {
         let why = format!(
             "more than {} operators chained in one expression; use IN (...) or = ANY($1) for long lists",
             lex::MAX_OPERATOR_CHAIN
