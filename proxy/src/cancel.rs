@@ -1,5 +1,6 @@
-//! Query cancellation. Each client gets a proxy-made cancel key; while it has backends, the
-//! registry maps that key to theirs, so a `CancelRequest` reaches the right server processes.
+//! Query cancellation. Each client gets a proxy-made cancel key; a `CancelRequest` with it
+//! reaches the backends the client holds right now, which their marks tell
+//! ([`crate::backend::held`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -9,27 +10,24 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::backend::conn::CancelKey;
+use crate::backend::registry::Backends;
 
-/// The backends a client is currently using.
-pub type CancelTargets = Arc<Mutex<Vec<CancelKey>>>;
-
-/// Client cancel keys (pid, secret) to the backends they are running on.
+/// Client cancel keys: each connected client's proxy process id and secret.
 #[derive(Default)]
 pub struct CancelRegistry {
-    clients: Mutex<HashMap<i32, (i32, CancelTargets)>>,
+    clients: Mutex<HashMap<i32, i32>>,
 }
 
-/// A client's cancel key and the backends it uses, registered until this is dropped: however
-/// its connection ends (a login failing after the key was made, the session ending, the
-/// task aborted at shutdown), the key goes with it.
+/// A client's cancel key, registered until this is dropped: however its connection ends (a
+/// login failing after the key was made, the session ending, the task aborted at shutdown),
+/// the key goes with it.
 pub struct Registration {
     registry: Arc<CancelRegistry>,
-    /// The key's process id, as the client is told it in `BackendKeyData`.
+    /// The key's process id, as the client is told it in `BackendKeyData`: unique among the
+    /// clients connected, it names the client on the backends it holds.
     pub pid: i32,
     /// The key's secret.
     pub secret: i32,
-    /// The backends the client uses, for its session to keep current.
-    pub targets: CancelTargets,
 }
 
 impl Drop for Registration {
@@ -39,20 +37,18 @@ impl Drop for Registration {
 }
 
 impl CancelRegistry {
-    /// Registers a new client: its cancel key and target list, until the registration drops.
+    /// Registers a new client's cancel key, until the registration drops.
     pub fn register(self: &Arc<Self>) -> Registration {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        let targets = CancelTargets::default();
         loop {
             let pid = rand::random::<i32>() & i32::MAX;
             if pid != 0 && !clients.contains_key(&pid) {
                 let secret = rand::random::<i32>();
-                clients.insert(pid, (secret, targets.clone()));
+                clients.insert(pid, secret);
                 return Registration {
                     registry: self.clone(),
                     pid,
                     secret,
-                    targets,
                 };
             }
         }
@@ -66,20 +62,19 @@ impl CancelRegistry {
             .remove(&pid);
     }
 
-    /// Forwards a cancel request to every backend the client is using. Unknown keys are
-    /// ignored silently, as PostgreSQL does.
-    pub async fn cancel(&self, pid: i32, secret: i32) {
-        let targets = {
-            let clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-            match clients.get(&pid) {
-                Some((s, targets)) if *s == secret => targets
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone(),
-                _ => return,
-            }
-        };
-        for key in targets {
+    /// Forwards a cancel request to every backend of `backends` the client is using. Unknown
+    /// keys are ignored silently, as PostgreSQL does.
+    pub async fn cancel(&self, backends: &Backends, pid: i32, secret: i32) {
+        let known = self
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&pid)
+            .is_some_and(|s| *s == secret);
+        if !known {
+            return;
+        }
+        for key in backends.held().remove(&pid).unwrap_or_default() {
             if let Err(e) = send_cancel(&key).await {
                 tracing::warn!(error = %e, backend = %key.addr, "could not send a cancel request");
             }

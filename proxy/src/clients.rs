@@ -2,7 +2,7 @@
 //! connection metrics. A client is listed from login until its connection closes: the
 //! [`ClientGuard`] returned at registration removes it when dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::backend::conn::CancelKey;
-use crate::cancel::CancelTargets;
+use crate::backend::registry::Backends;
 
 /// Set on a client whose statement the deadlock detector cancelled, until its session has
 /// reported the deadlock (see `crate::deadlock`).
@@ -51,19 +51,20 @@ pub struct ClientInfo {
     pub kind: ClientKind,
     /// When it logged in.
     pub connected: Instant,
-    /// Backends the client holds right now (their cancel keys).
-    pub backends: CancelTargets,
+    /// The process id the proxy made for the client (its cancel key's), which names it on
+    /// the backends it holds; none for the admin console.
+    pub pid: Option<i32>,
     /// Set when the deadlock detector cancelled the client's statement.
     pub deadlock: DeadlockFlag,
 }
 
 impl ClientInfo {
-    /// Cancel keys (address and process id) of the backends the client holds right now.
-    pub fn held(&self) -> Vec<CancelKey> {
-        self.backends
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// Cancel keys (address and process id) of the backends the client holds, among `held`
+    /// (every held backend, as [`Backends::held`] lists them).
+    pub fn held<'h>(&self, held: &'h HashMap<i32, Vec<CancelKey>>) -> &'h [CancelKey] {
+        self.pid
+            .and_then(|pid| held.get(&pid))
+            .map_or(&[], Vec::as_slice)
     }
 }
 
@@ -123,7 +124,7 @@ impl Clients {
         user: String,
         database: String,
         kind: ClientKind,
-        backends: CancelTargets,
+        pid: Option<i32>,
         deadlock: DeadlockFlag,
     ) -> ClientGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
@@ -137,7 +138,7 @@ impl Clients {
             database,
             kind,
             connected: Instant::now(),
-            backends,
+            pid,
             deadlock,
         };
         self.lock().insert(id, info);
@@ -167,24 +168,30 @@ impl Clients {
             .inc();
     }
 
-    /// The clients that hold backends on several shards right now (only they can take part in
-    /// a deadlock that crosses shards): id, backends, deadlock flag.
-    pub fn holding_several(&self) -> Vec<(u64, Vec<CancelKey>, DeadlockFlag)> {
+    /// The clients that hold several of `backends` right now (only they can take part in a
+    /// deadlock that crosses shards): id, backends, deadlock flag.
+    pub fn holding_several(&self, backends: &Backends) -> Vec<(u64, Vec<CancelKey>, DeadlockFlag)> {
+        let held = backends.held();
         self.lock()
             .values()
             .filter_map(|client| {
-                let keys = client.held();
-                (keys.len() > 1).then(|| (client.id, keys, client.deadlock.clone()))
+                let keys = client.held(&held);
+                (keys.len() > 1).then(|| (client.id, keys.to_vec(), client.deadlock.clone()))
             })
             .collect()
     }
 
-    /// Whether client `id` still holds the backend of `key`: the backend it held when the
-    /// deadlock detector looked may since have gone back to its pool and to another client.
-    pub fn holds(&self, id: u64, key: &CancelKey) -> bool {
-        self.lock()
-            .get(&id)
-            .is_some_and(|client| client.held().contains(key))
+    /// Whether client `id` still holds the backend of `key` among `backends`: the backend it
+    /// held when the deadlock detector looked may since have gone back to its pool and to
+    /// another client.
+    pub fn holds(&self, id: u64, key: &CancelKey, backends: &Backends) -> bool {
+        let pid = self.lock().get(&id).and_then(|client| client.pid);
+        pid.is_some_and(|pid| {
+            backends
+                .held()
+                .get(&pid)
+                .is_some_and(|keys| keys.contains(key))
+        })
     }
 
     /// Every connected client, by id.

@@ -120,7 +120,7 @@ pub async fn run(ctx: Arc<ProxyContext>) {
 
 /// One round: asks the shards, breaks a cycle if there is one.
 async fn detect(ctx: &ProxyContext) -> anyhow::Result<()> {
-    let clients = ctx.clients.holding_several();
+    let clients = ctx.clients.holding_several(ctx.pools.backends());
     if clients.is_empty() {
         return Ok(());
     }
@@ -175,7 +175,10 @@ async fn detect(ctx: &ProxyContext) -> anyhow::Result<()> {
     let Some(victim) = find_victim(&waits) else {
         return Ok(());
     };
-    if !ctx.clients.holds(victim.waiter, &victim.key) {
+    if !ctx
+        .clients
+        .holds(victim.waiter, &victim.key, ctx.pools.backends())
+    {
         // Its transaction ended since: the cycle is gone, and the backend may serve another.
         return Ok(());
     }

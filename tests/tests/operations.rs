@@ -131,7 +131,28 @@ async fn admin_console_answers_with_the_documented_columns() -> anyhow::Result<(
     assert_eq!(serving.len(), 1, "{servers:?}");
     assert_eq!(serving[0]["state"], "active");
     assert_eq!(serving[0]["pid"], app_row["backend_pids"]);
+    let backend_pid = serving[0]["pid"].clone();
     app.batch_execute("COMMIT").await?;
+    // Once committed, the backend is back in its pool: it serves nobody, and the client holds
+    // nothing.
+    let servers = show(&admin, "SHOW SERVERS").await?.records();
+    let back = servers
+        .iter()
+        .find(|s| s["pid"] == backend_pid)
+        .ok_or_else(|| anyhow::anyhow!("backend {backend_pid} gone from {servers:?}"))?;
+    assert_eq!(
+        (back["state"].as_str(), back["client_id"].as_str()),
+        ("idle", "")
+    );
+    let clients = show(&admin, "SHOW CLIENTS").await?.records();
+    let app_row = clients
+        .iter()
+        .find(|c| c["kind"] == "app")
+        .ok_or_else(|| anyhow::anyhow!("no app client in {clients:?}"))?;
+    assert_eq!(
+        (app_row["state"].as_str(), app_row["backend_pids"].as_str()),
+        ("idle", "")
+    );
 
     let pools = show(&admin, "SHOW POOLS").await?.records();
     assert!(pools

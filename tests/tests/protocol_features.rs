@@ -35,6 +35,45 @@ async fn cancel_reaches_the_running_backend() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_does_not_follow_a_backend_back_to_its_pool() -> anyhow::Result<()> {
+    // One backend for everyone: the client that used it last and the client using it now.
+    let cluster = TestCluster::start_with("cancel-pool", 1, "pool:\n  size: 1\n").await?;
+    let earlier = cluster.client().await?;
+    let earlier_pid: i32 = earlier
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    let stale = earlier.cancel_token();
+    let now = cluster.client().await?;
+    let running = tokio::spawn(async move {
+        let result = now
+            .query_one("SELECT pg_backend_pid() FROM pg_sleep(1.5)", &[])
+            .await;
+        result.map(|row| row.get::<_, i32>(0))
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stale.cancel_query(NoTls).await?;
+    let serving = running.await??;
+    assert_eq!(
+        serving, earlier_pid,
+        "the second client ran on another backend, so the test proves nothing"
+    );
+    // Its own cancel still reaches the backend it holds.
+    let token = earlier.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(NoTls).await
+    });
+    let result = earlier.batch_execute("SELECT pg_sleep(30)").await;
+    canceller.await??;
+    assert_eq!(
+        result.err().and_then(|e| e.code().cloned()),
+        Some(SqlState::QUERY_CANCELED)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn copy_in_and_out_on_one_shard() -> anyhow::Result<()> {
     let cluster = TestCluster::start("copy", 3).await?;
     let client = cluster.client().await?;

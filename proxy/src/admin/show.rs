@@ -97,8 +97,9 @@ pub fn clients(ctx: &ProxyContext) -> Table {
         "backend_pids",
         "connected_s",
     ]);
+    let every_held = ctx.pools.backends().held();
     for client in ctx.clients.list() {
-        let held = client.held();
+        let held = client.held(&every_held);
         let state = match (client.kind, held.is_empty()) {
             (ClientKind::Console, _) => "console",
             (ClientKind::App, true) => "idle",
@@ -153,12 +154,13 @@ pub fn servers(ctx: &ProxyContext) -> Table {
     let loaded = ctx.snapshot();
     let now = Instant::now();
     let idle: HashSet<_> = ctx.pools.idle_keys().into_iter().collect();
-    let mut serving = HashMap::new();
-    for client in ctx.clients.list() {
-        for key in client.held() {
-            serving.insert((key.addr, key.pid), client.id);
-        }
-    }
+    // Clients by the process id the proxy made for them, which marks the backends they hold.
+    let client_ids: HashMap<i32, u64> = ctx
+        .clients
+        .list()
+        .iter()
+        .filter_map(|client| Some((client.pid?, client.id)))
+        .collect();
     let mut table = Table::new(&[
         "pid",
         "shard",
@@ -188,7 +190,12 @@ pub fn servers(ctx: &ProxyContext) -> Table {
                 "active"
             }
             .to_owned(),
-            serving.get(&key).map(u64::to_string).unwrap_or_default(),
+            server
+                .held_by
+                .client()
+                .and_then(|pid| client_ids.get(&pid))
+                .map(u64::to_string)
+                .unwrap_or_default(),
             server.pool_id.to_string(),
             now.duration_since(server.opened).as_secs().to_string(),
         ]);

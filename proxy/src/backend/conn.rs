@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::breaker::Breaker;
+use super::held::HeldBy;
 use crate::protocol::backend::{error_field, tag};
 use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::{BufferedMessages, Frame, FrameError, FrameReader};
@@ -166,6 +167,8 @@ pub struct Backend {
     writer: SocketWrite,
     /// Cancel key of the server process behind this connection.
     pub cancel_key: CancelKey,
+    /// The client holding the connection right now, if any.
+    pub held_by: HeldBy,
     /// Parameters the server reported at startup (`server_version`, `TimeZone`…).
     pub server_params: Vec<(String, String)>,
     /// Session settings the proxy applied with `SET`; `None` when unknown (after a rollback
@@ -258,6 +261,7 @@ impl Backend {
                 pid: 0,
                 secret: 0,
             },
+            held_by: HeldBy::default(),
             server_params: Vec::new(),
             settings: Some(Settings::new()),
             prepared: FxHashSet::default(),

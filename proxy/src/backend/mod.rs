@@ -2,6 +2,7 @@
 
 pub mod breaker;
 pub mod conn;
+pub mod held;
 pub mod pool;
 pub mod pooled;
 pub mod recent;

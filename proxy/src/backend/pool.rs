@@ -149,6 +149,8 @@ impl Pool {
     /// Takes back a connection a client is done with: kept for the next one if it may serve
     /// another client, closed otherwise. Its age and idle time are told to the second.
     pub(super) fn take_back(&self, conn: Box<Backend>) {
+        // Its client's cancel requests no longer reach it.
+        conn.held_by.clear();
         let now = self.manager().recent.now();
         if self.manager().may_return(&conn, now) {
             self.slots().give_back(conn, now);

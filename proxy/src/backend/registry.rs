@@ -18,13 +18,16 @@ use prometheus_client::registry::Registry;
 use shardline_router::config::BreakerSettings;
 
 use super::breaker::{Breaker, BreakerState};
-use super::conn::{Backend, BackendTarget};
+use super::conn::{Backend, BackendTarget, CancelKey};
+use super::held::HeldBy;
 
 /// One open backend connection.
 #[derive(Debug, Clone)]
 pub struct ServerInfo {
     /// Process id of the PostgreSQL backend (`pg_backend_pid()` on the shard).
     pub pid: i32,
+    /// The secret of its cancel key, for a client's cancel request.
+    secret: i32,
     /// Address the connection goes to.
     pub addr: SocketAddr,
     /// Shard host as configured.
@@ -39,6 +42,8 @@ pub struct ServerInfo {
     pub pool_id: u64,
     /// When the connection was opened.
     pub opened: Instant,
+    /// The client holding the connection right now, if any.
+    pub held_by: HeldBy,
 }
 
 /// What the latest connection attempt to a shard address said.
@@ -146,6 +151,7 @@ impl Backends {
         let key = conn.cancel_key;
         let info = ServerInfo {
             pid: key.pid,
+            secret: key.secret,
             addr: key.addr,
             host: target.host.clone(),
             port: target.port,
@@ -153,6 +159,7 @@ impl Backends {
             database: target.database.clone(),
             pool_id,
             opened: conn.created,
+            held_by: conn.held_by.clone(),
         };
         tracing::debug!(backend = %key.addr, pid = key.pid, user = %target.user, "opened a backend connection");
         lock(&self.live).insert((key.addr, key.pid), info);
@@ -181,6 +188,22 @@ impl Backends {
         let mut servers: Vec<ServerInfo> = lock(&self.live).values().cloned().collect();
         servers.sort_by_key(|s| (s.opened, s.pid));
         servers
+    }
+
+    /// The cancel keys of the open connections clients hold right now, by the proxy process
+    /// id of the client holding them.
+    pub fn held(&self) -> HashMap<i32, Vec<CancelKey>> {
+        let mut held: HashMap<i32, Vec<CancelKey>> = HashMap::new();
+        for ((addr, pid), info) in lock(&self.live).iter() {
+            if let Some(client) = info.held_by.client() {
+                held.entry(client).or_default().push(CancelKey {
+                    addr: *addr,
+                    pid: *pid,
+                    secret: info.secret,
+                });
+            }
+        }
+        held
     }
 
     fn set_health(&self, host: &str, port: u16, health: Health) {

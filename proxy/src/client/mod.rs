@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use crate::admin;
 use crate::backend::conn::BackendError;
 use crate::backend::pool::CheckoutError;
-use crate::cancel::{CancelTargets, Registration};
+use crate::cancel::Registration;
 use crate::clients::{Admission, ClientKind, Peer};
 use crate::context::ProxyContext;
 use crate::protocol::backend::{self as msg, sqlstate};
@@ -118,12 +118,11 @@ impl Client {
                     identity.user.clone(),
                     identity.database.clone(),
                     ClientKind::App,
-                    cancel.targets.clone(),
+                    Some(cancel.pid),
                     out.deadlock_flag(),
                 );
                 tracing::info!(%peer, user = %identity.user, database = %identity.database, tls, "client logged in");
-                let targets = cancel.targets.clone();
-                let session = Session::new(ctx, input, out, identity, targets);
+                let session = Session::new(ctx, input, out, identity, cancel.pid);
                 Either::Left(session.run().map(move |end| {
                     match end {
                         Ok(()) | Err(SessionEnd::Disconnected) => {
@@ -140,7 +139,7 @@ impl Client {
                     user.clone(),
                     admin::DATABASE.to_owned(),
                     ClientKind::Console,
-                    CancelTargets::default(),
+                    None,
                     out.deadlock_flag(),
                 );
                 tracing::info!(%peer, %user, "admin console login");
@@ -229,7 +228,7 @@ async fn login(
             CANCEL_REQUEST if packet.len() >= 12 => {
                 let pid = i32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
                 let secret = i32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
-                ctx.cancels.cancel(pid, secret).await;
+                ctx.cancels.cancel(ctx.pools.backends(), pid, secret).await;
                 return Ok(None);
             }
             _ => break packet,

@@ -32,7 +32,6 @@ use shardline_router::config::PoolMode;
 use shardline_router::ShardId;
 
 use crate::backend::pool::Pooled;
-use crate::cancel::CancelTargets;
 use crate::context::{LastShape, Loaded, ProxyContext};
 use crate::migration::{Generation, Ticket};
 use crate::protocol::backend::{self as msg, sqlstate};
@@ -96,7 +95,8 @@ pub struct Session {
     tx: Transaction,
     /// An extended-protocol COPY finished; the backend waits for the client's `Sync`.
     awaiting_sync: bool,
-    cancel_targets: CancelTargets,
+    /// The process id the proxy made for the client, which marks the backends it holds.
+    client_pid: i32,
     /// Extended-protocol messages since the last `Sync`/`Flush`.
     batch: Vec<Frame>,
     /// The segment being run ended with `Flush`: its pipeline goes on after it.
@@ -129,7 +129,7 @@ impl Session {
         input: FrameReader<SocketRead>,
         out: ClientOutput,
         identity: Identity,
-        cancel_targets: CancelTargets,
+        client_pid: i32,
     ) -> Session {
         Session {
             ctx,
@@ -142,7 +142,7 @@ impl Session {
             known_pools: link::attach::KnownPools::default(),
             tx: Transaction::default(),
             awaiting_sync: false,
-            cancel_targets,
+            client_pid,
             batch: Vec::new(),
             segment_open: false,
             skip_to_sync: false,

@@ -412,7 +412,6 @@ impl Session {
     /// Lets a backend go whose state is unknown: the pool closes it.
     pub(crate) fn drop_backend(&mut self, mut conn: Pooled) {
         conn.broken = true;
-        self.forget_cancel_key(&conn);
         Pools::discard(conn);
     }
 }

@@ -1,8 +1,6 @@
 //! Which backends a session holds: checking them out of the pools, returning them when the
 //! transaction ends (or keeping them in session mode), and cleaning them up at disconnect.
 
-use std::sync::PoisonError;
-
 use shardline_router::config::PoolMode;
 use shardline_router::ShardId;
 
@@ -32,7 +30,6 @@ impl Session {
         {
             self.conns.insert(shard, conn);
         } else {
-            self.forget_cancel_key(&conn);
             if let Some(pool) = conn.release() {
                 self.known_pools.keep(shard, pool);
             }
@@ -123,12 +120,10 @@ impl Session {
         Ok(pool)
     }
 
-    /// `conn`, its cancel key noted as one a cancel request from this client reaches.
+    /// `conn`, marked as this client's: a cancel request from the client reaches it until it
+    /// goes back to its pool, which clears the mark.
     fn cancellable(&self, conn: Pooled) -> Pooled {
-        self.cancel_targets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(conn.cancel_key);
+        conn.held_by.set(self.client_pid);
         conn
     }
 
@@ -184,14 +179,6 @@ impl Session {
         ))
     }
 
-    pub(crate) fn forget_cancel_key(&self, conn: &Pooled) {
-        let mut targets = self
-            .cancel_targets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        targets.retain(|k| *k != conn.cancel_key);
-    }
-
     /// Returns every held backend at disconnect. Backends inside a transaction are dropped;
     /// session-mode backends are reset with `DISCARD ALL` so nothing leaks to the next client.
     pub(crate) async fn release_all(&mut self) {
@@ -207,10 +194,6 @@ impl Session {
                 Pools::discard(conn);
             }
         }
-        self.cancel_targets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
     }
 
     /// Whether backends held after a `Flush` on other shards than `shard` are to be finished
@@ -231,7 +214,6 @@ impl Session {
             };
             let settled =
                 conn.send(&msg::empty(b'S')).await.is_ok() && drain_to_ready(&mut conn).await;
-            self.forget_cancel_key(&conn);
             if !settled {
                 Pools::discard(conn);
             }

@@ -340,7 +340,6 @@ impl Session {
     fn end_transaction(&mut self, shard: ShardId, conn: Pooled) {
         self.tx = crate::session::state::transaction::Transaction::default();
         if conn.broken {
-            self.forget_cancel_key(&conn);
             Pools::discard(conn);
         } else {
             self.keep_or_release(shard, conn, false);

@@ -212,7 +212,6 @@ impl Session {
     fn release_streams(&mut self, streams: Vec<Stream>) {
         for stream in streams {
             if stream.conn.broken || !stream.exhausted {
-                self.forget_cancel_key(&stream.conn);
                 Pools::discard(stream.conn);
             } else {
                 self.keep_or_release(stream.shard, stream.conn, false);

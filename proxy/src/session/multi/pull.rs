@@ -220,7 +220,6 @@ impl Session {
             self.keep_or_release(shard, conn, false);
         } else {
             conn.broken = true;
-            self.forget_cancel_key(&conn);
             Pools::discard(conn);
         }
     }

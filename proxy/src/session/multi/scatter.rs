@@ -305,7 +305,6 @@ impl Session {
     fn release_legs(&mut self, legs: Vec<Leg>) {
         for leg in legs {
             if leg.conn.broken || !leg.queue.is_empty() {
-                self.forget_cancel_key(&leg.conn);
                 Pools::discard(leg.conn);
             } else {
                 self.keep_or_release(leg.shard, leg.conn, false);

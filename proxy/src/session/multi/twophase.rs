@@ -372,7 +372,6 @@ impl Session {
     pub(crate) fn release_parts(&mut self, parts: Vec<Part>) {
         for part in parts {
             if part.conn.broken {
-                self.forget_cancel_key(&part.conn);
                 Pools::discard(part.conn);
             } else {
                 self.keep_or_release(part.shard, part.conn, false);
