@@ -133,26 +133,28 @@ async fn admin_console_answers_with_the_documented_columns() -> anyhow::Result<(
     assert_eq!(serving[0]["pid"], app_row["backend_pids"]);
     let backend_pid = serving[0]["pid"].clone();
     app.batch_execute("COMMIT").await?;
-    // Once committed, the backend is back in its pool: it serves nobody, and the client holds
-    // nothing.
-    let servers = show(&admin, "SHOW SERVERS").await?.records();
-    let back = servers
-        .iter()
-        .find(|s| s["pid"] == backend_pid)
-        .ok_or_else(|| anyhow::anyhow!("backend {backend_pid} gone from {servers:?}"))?;
-    assert_eq!(
-        (back["state"].as_str(), back["client_id"].as_str()),
-        ("idle", "")
-    );
-    let clients = show(&admin, "SHOW CLIENTS").await?.records();
-    let app_row = clients
-        .iter()
-        .find(|c| c["kind"] == "app")
-        .ok_or_else(|| anyhow::anyhow!("no app client in {clients:?}"))?;
-    assert_eq!(
-        (app_row["state"].as_str(), app_row["backend_pids"].as_str()),
-        ("idle", "")
-    );
+    // Once committed, the backend goes back to its pool (just after the client hears
+    // `ReadyForQuery`): it serves nobody, and the client holds nothing.
+    eventually(
+        "the backend back in its pool",
+        Duration::from_secs(5),
+        || async {
+            let servers = show(&admin, "SHOW SERVERS").await?.records();
+            let back = servers
+                .iter()
+                .find(|s| s["pid"] == backend_pid)
+                .ok_or_else(|| anyhow::anyhow!("backend {backend_pid} gone from {servers:?}"))?;
+            let clients = show(&admin, "SHOW CLIENTS").await?.records();
+            let app_row = clients
+                .iter()
+                .find(|c| c["kind"] == "app")
+                .ok_or_else(|| anyhow::anyhow!("no app client in {clients:?}"))?;
+            let server_free = back["state"] == "idle" && back["client_id"].is_empty();
+            let client_free = app_row["state"] == "idle" && app_row["backend_pids"].is_empty();
+            Ok((server_free && client_free).then_some(()))
+        },
+    )
+    .await?;
 
     let pools = show(&admin, "SHOW POOLS").await?.records();
     assert!(pools

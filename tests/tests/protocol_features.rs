@@ -45,19 +45,27 @@ async fn a_cancel_does_not_follow_a_backend_back_to_its_pool() -> anyhow::Result
         .get(0);
     let stale = earlier.cancel_token();
     let now = cluster.client().await?;
-    let running = tokio::spawn(async move {
-        let result = now
-            .query_one("SELECT pg_backend_pid() FROM pg_sleep(1.5)", &[])
-            .await;
-        result.map(|row| row.get::<_, i32>(0))
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let running = tokio::spawn(async move { now.batch_execute("SELECT pg_sleep(1.5)").await });
+    // The stale cancel is sent while the statement runs, on the backend the first client used.
+    let shard = cluster.shard(0).await?;
+    let sleeping = "SELECT count(*) FROM pg_stat_activity
+                    WHERE pid = $1 AND state = 'active' AND query LIKE '%pg_sleep(1.5)%'";
+    let started = std::time::Instant::now();
+    while shard
+        .query_one(sleeping, &[&earlier_pid])
+        .await?
+        .get::<_, i64>(0)
+        == 0
+    {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "the second client's statement never ran on backend {earlier_pid}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stale.cancel_query(NoTls).await?;
-    let serving = running.await??;
-    assert_eq!(
-        serving, earlier_pid,
-        "the second client ran on another backend, so the test proves nothing"
-    );
+    // Not cancelled: it finishes.
+    running.await??;
     // Its own cancel still reaches the backend it holds.
     let token = earlier.cancel_token();
     let canceller = tokio::spawn(async move {

@@ -170,7 +170,22 @@ impl Backends {
     pub fn closed(&self, conn: &Backend) {
         let key = conn.cancel_key;
         tracing::debug!(backend = %key.addr, pid = key.pid, "closed a backend connection");
-        lock(&self.live).remove(&(key.addr, key.pid));
+        self.forget(&key);
+    }
+
+    /// Removes the entry of the connection whose cancel key is `key`, unless the entry is
+    /// another connection's: a shard that restarted hands out process ids again, so a dead
+    /// connection let go late may share its address and pid with one opened since (their
+    /// secrets differ), whose entry cancel requests need.
+    fn forget(&self, key: &CancelKey) {
+        let mut live = lock(&self.live);
+        let entry = (key.addr, key.pid);
+        if live
+            .get(&entry)
+            .is_some_and(|info| info.secret == key.secret)
+        {
+            live.remove(&entry);
+        }
     }
 
     /// Records that connecting to `host:port` failed.
@@ -234,4 +249,45 @@ pub fn shard_at<'c>(
             s.host == host && s.port == port && s.database.as_deref().is_none_or(|d| d == database)
         })
         .map(|s| s.name.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(key: CancelKey, held_by: &HeldBy) -> ServerInfo {
+        ServerInfo {
+            pid: key.pid,
+            secret: key.secret,
+            addr: key.addr,
+            host: "127.0.0.1".to_owned(),
+            port: key.addr.port(),
+            user: "app".to_owned(),
+            database: "app".to_owned(),
+            pool_id: 1,
+            opened: Instant::now(),
+            held_by: held_by.clone(),
+        }
+    }
+
+    #[test]
+    fn a_dead_connection_let_go_late_leaves_the_entry_of_a_live_one_with_its_pid() {
+        let backends = Backends::default();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 5432));
+        let dead = CancelKey {
+            addr,
+            pid: 7,
+            secret: 1,
+        };
+        let live = CancelKey { secret: 2, ..dead };
+        let mark = HeldBy::default();
+        // The shard restarted: the live connection got the dead one's process id.
+        lock(&backends.live).insert((addr, 7), server(live, &mark));
+        mark.set(42);
+        backends.forget(&dead);
+        assert_eq!(backends.held().get(&42), Some(&vec![live]));
+        backends.forget(&live);
+        assert!(backends.held().is_empty());
+        assert!(backends.servers().is_empty());
+    }
 }

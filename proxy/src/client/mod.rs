@@ -122,7 +122,7 @@ impl Client {
                     out.deadlock_flag(),
                 );
                 tracing::info!(%peer, user = %identity.user, database = %identity.database, tls, "client logged in");
-                let session = Session::new(ctx, input, out, identity, cancel.pid);
+                let session = Session::new(ctx, input, out, identity, cancel);
                 Either::Left(session.run().map(move |end| {
                     match end {
                         Ok(()) | Err(SessionEnd::Disconnected) => {
@@ -130,7 +130,7 @@ impl Client {
                         }
                         Err(e) => tracing::warn!(%peer, error = %e, "client session ended"),
                     }
-                    drop((cancel, listed, admission));
+                    drop((listed, admission));
                 }))
             }
             LoggedIn::Console { user } => {
@@ -173,7 +173,7 @@ async fn open(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<Option<Clien
 
 /// A completed login.
 enum LoggedIn {
-    /// A client of the shards, with its proxy cancel key and the backends it will use.
+    /// A client of the shards, with its proxy cancel key.
     App {
         identity: Identity,
         cancel: Registration,

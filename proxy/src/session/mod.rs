@@ -32,6 +32,7 @@ use shardline_router::config::PoolMode;
 use shardline_router::ShardId;
 
 use crate::backend::pool::Pooled;
+use crate::cancel::Registration;
 use crate::context::{LastShape, Loaded, ProxyContext};
 use crate::migration::{Generation, Ticket};
 use crate::protocol::backend::{self as msg, sqlstate};
@@ -95,8 +96,10 @@ pub struct Session {
     tx: Transaction,
     /// An extended-protocol COPY finished; the backend waits for the client's `Sync`.
     awaiting_sync: bool,
-    /// The process id the proxy made for the client, which marks the backends it holds.
-    client_pid: i32,
+    /// The client's cancel key: its process id marks the backends the client holds. Declared
+    /// after `conns`, so it is dropped after them (fields drop in order): the id is not given
+    /// back for another client while a backend still carries it.
+    cancel: Registration,
     /// Extended-protocol messages since the last `Sync`/`Flush`.
     batch: Vec<Frame>,
     /// The segment being run ended with `Flush`: its pipeline goes on after it.
@@ -129,7 +132,7 @@ impl Session {
         input: FrameReader<SocketRead>,
         out: ClientOutput,
         identity: Identity,
-        client_pid: i32,
+        cancel: Registration,
     ) -> Session {
         Session {
             ctx,
@@ -142,7 +145,7 @@ impl Session {
             known_pools: link::attach::KnownPools::default(),
             tx: Transaction::default(),
             awaiting_sync: false,
-            client_pid,
+            cancel,
             batch: Vec::new(),
             segment_open: false,
             skip_to_sync: false,
