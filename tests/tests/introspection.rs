@@ -1,6 +1,8 @@
 //! Route introspection: `EXPLAIN (ROUTE) …` names the shards a statement would use without
 //! running it, and `shardline.show_route` makes every statement announce its shards.
 
+use std::time::{Duration, Instant};
+
 use shardline_tests::TestCluster;
 use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
 
@@ -71,6 +73,47 @@ async fn explain_route_names_the_shards_without_running_the_statement() -> anyho
         why.starts_with("pull-up: the rows of users from s0, s1") && why.contains("WHERE (id > 3)"),
         "{why}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_reaches_explain_route_waiting_on_a_shard() -> anyhow::Result<()> {
+    let cluster = TestCluster::start("explain-cancel", 2).await?;
+    let client = cluster.client().await?;
+    client
+        .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text)")
+        .await?;
+    // Shard 1's `users` is locked, so the shards' estimate of a pull-up waits there.
+    let holder = cluster.shard(1).await?;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .await?;
+    let token = client.cancel_token();
+    let explaining = tokio::spawn(async move {
+        client
+            .simple_query("EXPLAIN (ROUTE) SELECT count(DISTINCT name) FROM users")
+            .await
+    });
+    let shard = cluster.shard(1).await?;
+    let waiting = "SELECT count(*) FROM pg_stat_activity
+                   WHERE wait_event_type = 'Lock' AND query LIKE 'EXPLAIN (FORMAT JSON)%'";
+    let started = Instant::now();
+    while shard.query_one(waiting, &[]).await?.get::<_, i64>(0) == 0 {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "the estimate never waited on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    token.cancel_query(tokio_postgres::NoTls).await?;
+    // Cancelled, the estimate is given up and the explanation comes at once; without the
+    // cancel it would wait as long as the lock is held.
+    let explained = tokio::time::timeout(Duration::from_secs(10), explaining).await;
+    holder.batch_execute("ROLLBACK").await?;
+    let messages =
+        explained.map_err(|_| anyhow::anyhow!("the cancel did not reach the shard"))???;
+    let (_, why) = first_row(&messages).ok_or_else(|| anyhow::anyhow!("no row"))?;
+    assert!(why.contains("the shards gave no estimate"), "{why}");
     Ok(())
 }
 

@@ -122,7 +122,7 @@ impl Session {
 
     /// `conn`, marked as this client's: a cancel request from the client reaches it until it
     /// goes back to its pool, which clears the mark.
-    fn cancellable(&self, conn: Pooled) -> Pooled {
+    pub(crate) fn cancellable(&self, conn: Pooled) -> Pooled {
         conn.held_by.set(self.cancel.pid);
         conn
     }

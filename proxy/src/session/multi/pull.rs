@@ -398,18 +398,21 @@ pub(super) async fn read_from(conn: &mut Pooled, name: &str) -> Result<Frame, Cl
 
 impl Session {
     /// A backend of `shard` for `EXPLAIN (ROUTE)`'s questions, checked out of its pool
-    /// outside the session's own (`None` when none can be had).
+    /// outside the session's own (`None` when none can be had). The client's cancel request
+    /// reaches it, as one waiting on a lock there.
     pub(crate) async fn introspection_backend(
         &self,
         loaded: &Loaded,
         shard: ShardId,
     ) -> Option<Pooled> {
         let target = self.target(loaded, shard).ok()?;
-        self.ctx
+        let conn = self
+            .ctx
             .pools
             .checkout(&target, &loaded.config.pool)
             .await
-            .ok()
+            .ok()?;
+        Some(self.cancellable(conn))
     }
 
     /// The shards' own estimate of the rows a pull of `tables` would move (the sum of
