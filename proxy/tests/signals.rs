@@ -1,6 +1,6 @@
 //! The `shardline` process and its signals, as an operator uses them: SIGHUP reloads the
 //! config, SIGTERM lets an open transaction commit before the process exits, and a second
-//! SIGTERM stops at once.
+//! SIGTERM stops at once. With the default threads and with one (another scheduler).
 
 mod support;
 
@@ -43,12 +43,23 @@ async fn shard(label: &str) -> anyhow::Result<(LocalCluster, tempfile::TempDir)>
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_and_sigterm_lets_an_open_transaction_commit() -> anyhow::Result<()> {
+    reload_wait_and_stop(&[]).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_thread_reloads_serves_a_client_while_another_waits_and_stops() -> anyhow::Result<()> {
+    reload_wait_and_stop(&["--threads", "1"]).await
+}
+
+/// SIGHUP reloads; a client waiting on a lock does not keep the one holding it from being
+/// served; SIGTERM lets an open transaction commit, then the process exits.
+async fn reload_wait_and_stop(args: &[&str]) -> anyhow::Result<()> {
     let (cluster, dir) = shard("term").await?;
     let shard_port = cluster.ports()[0];
     let port = free_port();
     let path = dir.path().join("shards.yaml");
     std::fs::write(&path, config(port, shard_port, 30, 20))?;
-    let mut proxy = Shardline::start(&path)?;
+    let mut proxy = Shardline::start_with(&path, args)?;
     let app_info = format!("host=127.0.0.1 port={port} user=app password=app dbname=app");
     let admin_info =
         format!("host=127.0.0.1 port={port} user=admin password=admin dbname=shardline");
@@ -68,6 +79,37 @@ async fn sighup_reloads_and_sigterm_lets_an_open_transaction_commit() -> anyhow:
     }
     assert_eq!(config_value(&admin, "pool_size").await?, "5");
 
+    // The waiter's statement waits on the shard for the holder's lock: only the holder's
+    // COMMIT, served meanwhile, lets it finish.
+    let direct = connect(&cluster.servers()[0].app_conninfo()).await?;
+    let holder = connect_when_up(&app_info).await?;
+    holder
+        .batch_execute("CREATE TABLE held (id int); INSERT INTO held VALUES (0)")
+        .await?;
+    holder
+        .batch_execute("BEGIN; UPDATE held SET id = id")
+        .await?;
+    let waiter = connect(&app_info).await?;
+    let waiting = tokio::spawn(async move { waiter.batch_execute("UPDATE held SET id = 1").await });
+    let started = Instant::now();
+    while direct
+        .query_opt(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE 'UPDATE held SET id = 1%'",
+            &[],
+        )
+        .await?
+        .is_none()
+    {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "the waiter never waited on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(10), holder.batch_execute("COMMIT")).await??;
+    tokio::time::timeout(Duration::from_secs(10), waiting).await???;
+
     let app = connect_when_up(&app_info).await?;
     app.batch_execute("CREATE TABLE t (id int); BEGIN; INSERT INTO t VALUES (1)")
         .await?;
@@ -85,7 +127,6 @@ async fn sighup_reloads_and_sigterm_lets_an_open_transaction_commit() -> anyhow:
     let status = proxy.exit(Duration::from_secs(20)).await?;
     assert!(status.success(), "{status}");
 
-    let direct = connect(&cluster.servers()[0].app_conninfo()).await?;
     let n: i64 = direct
         .query_one("SELECT count(*) FROM t", &[])
         .await?

@@ -22,7 +22,13 @@ impl Drop for Shardline {
 
 impl Shardline {
     pub fn start(config: &Path) -> anyhow::Result<Shardline> {
+        Shardline::start_with(config, &[])
+    }
+
+    /// Starts it with `args` before the config's (`--threads 1`, say).
+    pub fn start_with(config: &Path, args: &[&str]) -> anyhow::Result<Shardline> {
         let child = Command::new(env!("CARGO_BIN_EXE_shardline"))
+            .args(args)
             .arg("--config")
             .arg(config)
             .arg("--no-watch")
