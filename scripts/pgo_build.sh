@@ -4,9 +4,8 @@
 # An instrumented build serves a training load on the demo cluster and counts how often each
 # branch and call ran; the release build is then laid out and inlined by those counts. The
 # load is a mix, not the benchmark alone, so no path is left cold: single-shard reads in the
-# simple, extended and prepared protocols (through the default threads and through one, which
-# runs another scheduler), single-shard write transactions, transactions over two shards
-# (two-phase commit), scatter reads that merge rows and add up counts, and a COPY.
+# simple, extended and prepared protocols, single-shard write transactions, transactions over
+# two shards (two-phase commit), scatter reads that merge rows and add up counts, and a COPY.
 #
 # When LLVM's BOLT is installed (apt install bolt-22 for rustc 1.95's LLVM 22), a fourth stage
 # lays the optimised binary's machine code out again: BOLT instruments it, the same load runs
@@ -54,15 +53,6 @@ for candidate in "llvm-bolt-$llvm_major" "/usr/lib/llvm-$llvm_major/bin/llvm-bol
     break
   fi
 done
-# Each process BOLT's instrumented binary runs writes a profile of its own, merged by merge-fdata.
-MERGE_FDATA=""
-for candidate in "merge-fdata-$llvm_major" "/usr/lib/llvm-$llvm_major/bin/merge-fdata" merge-fdata; do
-  if command -v "$candidate" >/dev/null; then
-    MERGE_FDATA=$candidate
-    break
-  fi
-done
-[ -n "$MERGE_FDATA" ] || BOLT=""
 STAGES=$([ -n "$BOLT" ] && echo 4 || echo 3)
 # Symbols in Rust's v0 mangling, in every stage (a profile names the functions it counted):
 # the legacy one writes `::` as `..`, and BOLT takes a path through a module named `warm` or
@@ -113,17 +103,6 @@ SQL
   for mode in simple extended; do
     load "$mode" -f "$DIR/write.sql@6" -f "$DIR/two_shards.sql@3" -f "$DIR/scatter.sql@1"
   done
-  # One thread runs on tokio's single-threaded scheduler, which the demo's threads leave
-  # cold: a proxy with --threads 1 beside it serves the reads as well, and is waited for,
-  # since it writes its counts when it exits.
-  local one_port=$((PORT + 200)) one
-  sed -e "s/^listen: .*/listen: 127.0.0.1:$one_port/" -e '/^metrics_listen/d' "$DIR/shards.yaml" >"$DIR/one.yaml"
-  one=$(THREADS=1 start_shardline "$1" "$DIR/one.yaml" "$one_port" "$DIR/one.log")
-  for mode in simple extended prepared; do
-    LOAD_PORT=$one_port load "$mode" -f "$DIR/select.sql"
-  done
-  kill "$one"
-  while kill -0 "$one" 2>/dev/null; do sleep 0.2; done
   psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U app app >/dev/null <<'SQL'
 \copy users FROM PROGRAM 'seq 100001 120000 | sed "s/.*/&\tuser &/"'
 DELETE FROM users WHERE id > 100000;
@@ -133,10 +112,10 @@ SQL
   trap - EXIT
 }
 
-load() { # MODE SCRIPT...: pgbench through the proxy (the demo's, or the one on LOAD_PORT)
+load() { # MODE SCRIPT...: pgbench through the proxy
   local mode=$1
   shift
-  pgbench -n -h 127.0.0.1 -p "${LOAD_PORT:-$PORT}" -U app -c 8 -j 1 -T "$SECS" -M "$mode" "$@" app >"$DIR/pgbench.out" 2>&1 ||
+  pgbench -n -h 127.0.0.1 -p "$PORT" -U app -c 8 -j 1 -T "$SECS" -M "$mode" "$@" app >"$DIR/pgbench.out" 2>&1 ||
     { cat "$DIR/pgbench.out" >&2; exit 1; }
 }
 
@@ -162,7 +141,7 @@ fi
 echo "4/$STAGES: layout by BOLT ($BOLT)" >&2
 FDATA=$BASE/pgo-use/bolt.fdata
 LOG=$BASE/pgo-use/bolt.log
-rm -f "$FDATA" "$FDATA".*
+rm -f "$FDATA"
 # BOLT warns of every function it leaves as it is (ring's hand-written assembly): to its log.
 # If it fails, the profile-guided binary is the result.
 bolt() {
@@ -173,10 +152,8 @@ bolt() {
   exit 0
 }
 : >"$LOG"
-bolt -instrument -instrumentation-file="$FDATA" -instrumentation-file-append-pid \
-  -o "$OPTIMISED.bolt-instrumented"
+bolt -instrument -instrumentation-file="$FDATA" -o "$OPTIMISED.bolt-instrumented"
 train "$OPTIMISED.bolt-instrumented"
-"$MERGE_FDATA" "$FDATA".* >"$FDATA" 2>>"$LOG"
 bolt -o "$OPTIMISED-bolt" -data="$FDATA" -reorder-blocks=ext-tsp -reorder-functions=cdsort \
   -split-functions -split-all-cold -icf=all -use-gnu-stack -update-debug-sections
 echo "$OPTIMISED-bolt"

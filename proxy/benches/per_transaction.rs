@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use shardline::backend::slots::{Slots, Taken};
+use shardline::backend::slots::{Homed, Slots, Taken};
 use shardline::context::{LastShape, ProxyContext};
 use shardline::protocol::backend as msg;
 use shardline::reload::ConfigSource;
@@ -100,13 +100,13 @@ fn per_transaction(c: &mut Criterion) {
     });
 
     // The pool's bookkeeping around one transaction: take the free connection, give it back.
-    let slots: Slots<Box<[u8; 512]>> = Slots::new(4, drop);
-    if let Some(Taken::Open) = slots.take_now() {
-        slots.give_back(Box::new([0; 512]), Instant::now());
+    let slots: Slots<Box<Connection>> = Slots::new(4, drop);
+    if let Some(Taken::Open) = slots.take_now(0) {
+        slots.give_back(Box::new(Connection([0; 512])), Instant::now());
     }
     group.bench_function("pool: check out and return a free connection", |b| {
         b.iter(|| {
-            if let Some(Taken::Idle(conn)) = slots.take_now() {
+            if let Some(Taken::Idle(conn)) = slots.take_now(0) {
                 slots.give_back(black_box(conn), Instant::now());
             }
         })
@@ -123,3 +123,13 @@ fn per_transaction(c: &mut Criterion) {
 
 criterion_group!(benches, per_transaction);
 criterion_main!(benches);
+
+/// A stand-in for a pooled connection: something of a backend's size, whose first byte
+/// names its serving thread (0).
+struct Connection([u8; 512]);
+
+impl Homed for Connection {
+    fn home(&self) -> u16 {
+        u16::from(self.0[0])
+    }
+}

@@ -37,6 +37,7 @@ pub mod shutdown;
 pub mod signals;
 pub mod socket;
 pub mod stats;
+pub mod threads;
 pub mod tls;
 
 pub use server::Proxy;

@@ -1,6 +1,5 @@
 //! The `shardline` command: serve a cluster, run the local demo, or check a config.
 
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -60,7 +59,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
-    let result = match runtime(cli.threads).build() {
+    let result = match serving_runtimes(cli.threads) {
         Ok(runtime) => runtime.block_on(async move {
             match cli.command {
                 Some(Command::Check { file }) => check(&file).await,
@@ -81,24 +80,33 @@ fn main() -> ExitCode {
     }
 }
 
-/// The runtime for `threads` worker threads (default: one per core). One thread gets tokio's
-/// single-threaded scheduler: with no run queue shared between workers and none to wake, it
-/// spends 2–3% less CPU per transaction than one worker of the multi-thread scheduler
-/// (README, Benchmarks: Threads).
-fn runtime(threads: Option<u16>) -> tokio::runtime::Builder {
-    let threads = threads.map_or_else(
-        || std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
-        usize::from,
-    );
-    let mut runtime = if threads == 1 {
+/// The main thread's runtime, after starting `threads - 1` more serving threads (default: one
+/// per core in all), each on a single-threaded tokio runtime of its own: accepted clients
+/// are spread over them in turn (`shardline::threads`).
+fn serving_runtimes(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| u16::try_from(n.get()).unwrap_or(u16::MAX))
+    });
+    let single = || {
         tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut runtime = tokio::runtime::Builder::new_multi_thread();
-        runtime.worker_threads(threads);
-        runtime
+            .enable_all()
+            .build()
     };
-    runtime.enable_all();
-    runtime
+    let main = single()?;
+    let mut handles = vec![main.handle().clone()];
+    for home in 1..threads {
+        let runtime = single()?;
+        handles.push(runtime.handle().clone());
+        std::thread::Builder::new()
+            .name(format!("shardline-{home}"))
+            .spawn(move || {
+                shardline::threads::set_home(home);
+                runtime.block_on(std::future::pending::<()>());
+            })?;
+    }
+    shardline::threads::install(handles);
+    Ok(main)
 }
 
 fn init_logging(json: bool) {

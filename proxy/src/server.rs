@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shardline_router::Config;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::context::ProxyContext;
@@ -140,6 +141,28 @@ impl Proxy {
     }
 }
 
+/// Serves an accepted client on the next serving thread (in turn), or here when the process
+/// has one. Its socket moves to that thread's I/O driver.
+fn spawn_client(clients: &mut JoinSet<()>, ctx: Arc<ProxyContext>, stream: TcpStream) {
+    let Some(handle) = crate::threads::next().filter(|h| h.id() != Handle::current().id()) else {
+        clients.spawn(crate::client::serve(ctx, stream));
+        return;
+    };
+    let std = match stream.into_std() {
+        Ok(std) => std,
+        Err(e) => return tracing::warn!(error = %e, "could not hand a client to its thread"),
+    };
+    clients.spawn_on(
+        async move {
+            match TcpStream::from_std(std) {
+                Ok(stream) => crate::client::serve(ctx, stream).await,
+                Err(e) => tracing::warn!(error = %e, "could not hand a client to its thread"),
+            }
+        },
+        handle,
+    );
+}
+
 async fn bind(address: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address)
         .await
@@ -155,9 +178,7 @@ async fn accept(listener: TcpListener, ctx: Arc<ProxyContext>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    clients.spawn(crate::client::serve(ctx.clone(), stream));
-                }
+                Ok((stream, _)) => spawn_client(&mut clients, ctx.clone(), stream),
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;

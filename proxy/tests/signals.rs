@@ -1,6 +1,6 @@
 //! The `shardline` process and its signals, as an operator uses them: SIGHUP reloads the
 //! config, SIGTERM lets an open transaction commit before the process exits, and a second
-//! SIGTERM stops at once. With the default threads and with one (another scheduler).
+//! SIGTERM stops at once. With one serving thread and with three (clients spread over them).
 
 mod support;
 
@@ -43,7 +43,8 @@ async fn shard(label: &str) -> anyhow::Result<(LocalCluster, tempfile::TempDir)>
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_and_sigterm_lets_an_open_transaction_commit() -> anyhow::Result<()> {
-    reload_wait_and_stop(&[]).await
+    // The admin, the lock's holder and its waiter are served by three threads, one each.
+    reload_wait_and_stop(&["--threads", "3"]).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -178,6 +178,8 @@ pub struct Backend {
     /// out, looked up at every `Bind`: Fx-hashed).
     pub prepared: FxHashSet<u64>,
     pub created: Instant,
+    /// The serving thread that opened it ([`crate::threads`]).
+    home: u16,
     /// Set when the connection can no longer be trusted; the pool drops it.
     pub broken: bool,
     /// The last thing the server said was `ReadyForQuery` idle: nothing is in flight and no
@@ -198,6 +200,12 @@ pub struct Backend {
     cycles_due: u32,
     /// The length of the message [`Backend::next_message`] lent, until it is consumed.
     lent: usize,
+}
+
+impl crate::backend::slots::Homed for Backend {
+    fn home(&self) -> u16 {
+        self.home
+    }
 }
 
 impl Backend {
@@ -266,6 +274,7 @@ impl Backend {
             settings: Some(Settings::new()),
             prepared: FxHashSet::default(),
             created: Instant::now(),
+            home: crate::threads::home(),
             broken: false,
             idle: false,
             unsynced: false,

@@ -388,7 +388,7 @@ impl Pools {
             manager.checkout_failures.inc();
             return Err(refusal.into());
         }
-        match pool.slots().take_now() {
+        match pool.slots().take_now(crate::threads::home()) {
             Some(Taken::Idle(mut conn)) => {
                 if Manager::still_good(&mut conn) {
                     manager.checkout_wait.observe(Duration::ZERO);
@@ -433,7 +433,7 @@ impl Pools {
     pub async fn checkout_now(pool: &Pool, settings: &PoolSettings) -> Option<Pooled> {
         pool.manager().breaker.admit().ok()?;
         loop {
-            let taken = pool.slots().take_now()?;
+            let taken = pool.slots().take_now(crate::threads::home())?;
             if let Some(result) = pool.fill(taken, settings).await {
                 return result.ok();
             }
@@ -445,7 +445,11 @@ impl Pools {
         loop {
             let taken = pool
                 .slots()
-                .take(settings.checkout_timeout, settings.max_waiting_clients)
+                .take(
+                    crate::threads::home(),
+                    settings.checkout_timeout,
+                    settings.max_waiting_clients,
+                )
                 .await
                 .map_err(|e| match e {
                     WaitError::TimedOut => CheckoutError::Exhausted {

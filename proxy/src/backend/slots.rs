@@ -1,9 +1,11 @@
 //! The bookkeeping of one connection pool, without the connections' I/O: which connections are
 //! idle, how many are out, and who waits for one.
 //!
-//! A checkout takes the most recently returned idle connection (LIFO, as PgBouncer serves: a
-//! few warm backends do the work and the rest age out), or the right to open a new one while
-//! the pool is below its size, or joins a FIFO queue of waiters. A connection coming back goes
+//! A checkout takes the most recently returned idle connection of its own serving thread
+//! (LIFO, as PgBouncer serves: a few warm backends do the work and the rest age out), or the
+//! right to open a new one while the pool is below its size, or another thread's idle
+//! connection, or joins a FIFO queue of waiters. (A connection's socket wakes the thread
+//! that opened it: served from another, each answer crosses threads.) A connection coming back goes
 //! straight to the first waiter, so the queue counts exactly who still waits. Everything is
 //! one short lock: taking a free connection reads no clock and arms no timer. The size can
 //! change while connections are out (a reload): connections beyond it close as they come back.
@@ -13,6 +15,18 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+
+/// A connection that belongs to one serving thread ([`crate::threads`]): the one whose I/O
+/// driver its socket is registered with.
+pub trait Homed {
+    fn home(&self) -> u16;
+}
+
+impl<T: Homed + ?Sized> Homed for Box<T> {
+    fn home(&self) -> u16 {
+        (**self).home()
+    }
+}
 
 /// An idle connection and when it came back.
 pub struct Idle<T> {
@@ -69,21 +83,23 @@ struct State<T> {
     closed: bool,
 }
 
-impl<T> State<T> {
-    /// A connection, or room for one, if the pool has either now.
-    fn take_free(&mut self) -> Option<Taken<T>> {
+impl<T: Homed> State<T> {
+    /// A connection, or room for one, if the pool has either now: the most recently
+    /// returned idle one of thread `home`, else room to open one there, else another
+    /// thread's idle one.
+    fn take_free(&mut self, home: u16) -> Option<Taken<T>> {
         if self.closed {
             return None;
         }
-        if let Some(idle) = self.idle.pop() {
-            self.out += 1;
-            return Some(Taken::Idle(idle.conn));
-        }
-        if self.out < self.max_size {
-            self.out += 1;
-            return Some(Taken::Open);
-        }
-        None
+        let taken = if let Some(at) = self.idle.iter().rposition(|idle| idle.conn.home() == home) {
+            Taken::Idle(self.idle.remove(at).conn)
+        } else if self.out + self.idle.len() < self.max_size {
+            Taken::Open
+        } else {
+            Taken::Idle(self.idle.pop()?.conn)
+        };
+        self.out += 1;
+        Some(taken)
     }
 
     /// Hands `taken` (a connection, or the room one left) to the first waiter still waiting;
@@ -109,7 +125,7 @@ impl<T> State<T> {
     }
 }
 
-impl<T> Slots<T> {
+impl<T: Homed> Slots<T> {
     /// A pool of at most `max_size` connections, none open, closing the connections it lets
     /// go with `discard`.
     pub fn new(max_size: usize, discard: impl Fn(T) + Send + Sync + 'static) -> Slots<T> {
@@ -127,16 +143,21 @@ impl<T> Slots<T> {
 
     /// A connection if one is free now (or there is room to open one), without waiting.
     #[must_use]
-    pub fn take_now(&self) -> Option<Taken<T>> {
-        self.lock().take_free()
+    pub fn take_now(&self, home: u16) -> Option<Taken<T>> {
+        self.lock().take_free(home)
     }
 
     /// A connection, waiting up to `wait` for one to come back, unless `max_waiting`
     /// checkouts already wait.
-    pub async fn take(&self, wait: Duration, max_waiting: usize) -> Result<Taken<T>, WaitError> {
+    pub async fn take(
+        &self,
+        home: u16,
+        wait: Duration,
+        max_waiting: usize,
+    ) -> Result<Taken<T>, WaitError> {
         let receiver = {
             let mut state = self.lock();
-            if let Some(taken) = state.take_free() {
+            if let Some(taken) = state.take_free(home) {
                 return Ok(taken);
             }
             if state.closed {
@@ -304,12 +325,12 @@ impl<T> Slots<T> {
 
 /// A checkout in the queue. However its wait ends (a timeout, the client gone), what was
 /// handed to it meanwhile is not lost: it is taken, or put back.
-struct Waiter<'a, T> {
+struct Waiter<'a, T: Homed> {
     slots: &'a Slots<T>,
     receiver: oneshot::Receiver<Taken<T>>,
 }
 
-impl<T> Waiter<'_, T> {
+impl<T: Homed> Waiter<'_, T> {
     /// What was handed over before the queue place closed, if anything.
     fn last_chance(&mut self) -> Option<Taken<T>> {
         self.receiver.close();
@@ -317,7 +338,7 @@ impl<T> Waiter<'_, T> {
     }
 }
 
-impl<T> Drop for Waiter<'_, T> {
+impl<T: Homed> Drop for Waiter<'_, T> {
     fn drop(&mut self) {
         if let Some(taken) = self.last_chance() {
             self.slots.put_back(taken);
@@ -332,6 +353,13 @@ mod tests {
     use super::*;
 
     const WAIT: Duration = Duration::from_millis(50);
+
+    /// Test connections numbered by hundreds: 7 belongs to thread 0, 107 to thread 1.
+    impl Homed for u32 {
+        fn home(&self) -> u16 {
+            u16::try_from(*self / 100).unwrap_or(u16::MAX)
+        }
+    }
 
     /// A pool of `size` whose closed connections are recorded.
     fn pool(size: usize) -> (Arc<Slots<u32>>, Arc<Mutex<Vec<u32>>>) {
@@ -363,7 +391,7 @@ mod tests {
     /// A checkout that waits in a task of its own.
     fn wait_for(slots: &Arc<Slots<u32>>) -> tokio::task::JoinHandle<Result<Taken<u32>, WaitError>> {
         let slots = slots.clone();
-        tokio::spawn(async move { slots.take(Duration::from_secs(5), 10).await })
+        tokio::spawn(async move { slots.take(0, Duration::from_secs(5), 10).await })
     }
 
     async fn until_waiting(slots: &Slots<u32>, n: usize) {
@@ -375,9 +403,9 @@ mod tests {
     #[test]
     fn a_new_pool_grants_room_to_open_up_to_its_size() {
         let (slots, _) = pool(2);
-        assert!(matches!(slots.take_now(), Some(Taken::Open)));
-        assert!(matches!(slots.take_now(), Some(Taken::Open)));
-        assert!(slots.take_now().is_none());
+        assert!(matches!(slots.take_now(0), Some(Taken::Open)));
+        assert!(matches!(slots.take_now(0), Some(Taken::Open)));
+        assert!(slots.take_now(0).is_none());
         assert_eq!(slots.counts().size, 2);
     }
 
@@ -385,26 +413,50 @@ mod tests {
     fn the_most_recently_returned_connection_serves_next() {
         let (slots, _) = pool(3);
         for _ in 0..3 {
-            assert!(slots.take_now().is_some());
+            assert!(slots.take_now(0).is_some());
         }
         let now = Instant::now();
         for conn in [1, 2, 3] {
             slots.give_back(conn, now);
         }
-        assert_eq!(idle(slots.take_now()), Some(3));
-        assert_eq!(idle(slots.take_now()), Some(2));
+        assert_eq!(idle(slots.take_now(0)), Some(3));
+        assert_eq!(idle(slots.take_now(0)), Some(2));
         let counts = slots.counts();
         assert_eq!((counts.size, counts.available), (3, 1));
+    }
+
+    #[test]
+    fn a_thread_takes_its_own_connections_then_opens_then_takes_another_threads() {
+        let (slots, _) = pool(3);
+        for _ in 0..3 {
+            assert!(slots.take_now(0).is_some());
+        }
+        let now = Instant::now();
+        // Thread 1's connection came back last; thread 0's own serves it all the same.
+        for conn in [1, 2, 101] {
+            slots.give_back(conn, now);
+        }
+        assert_eq!(idle(slots.take_now(0)), Some(2));
+        assert_eq!(idle(slots.take_now(1)), Some(101));
+        // Thread 1 has none idle now: the pool is full, so it takes thread 0's.
+        assert_eq!(idle(slots.take_now(1)), Some(1));
+        for conn in [2, 101] {
+            slots.give_back(conn, now);
+        }
+        // Thread 2 has none of its own but the pool has room: it opens one of its own.
+        slots.resize(4);
+        assert!(matches!(slots.take_now(2), Some(Taken::Open)));
+        assert_eq!(slots.counts().available, 2);
     }
 
     #[tokio::test]
     async fn a_returned_connection_goes_to_the_first_waiter() {
         let (slots, _) = pool(1);
-        assert!(matches!(slots.take_now(), Some(Taken::Open)));
+        assert!(matches!(slots.take_now(0), Some(Taken::Open)));
         let waiters: Vec<_> = (0..2).map(|_| wait_for(&slots)).collect();
         until_waiting(&slots, 2).await;
         // A checkout arriving now does not jump the queue.
-        assert!(slots.take_now().is_none());
+        assert!(slots.take_now(0).is_none());
         slots.give_back(7, Instant::now());
         // Handed over: the queue counts only who still waits, before the waiter even runs.
         assert_eq!(slots.counts().waiting, 1);
@@ -424,10 +476,13 @@ mod tests {
     #[tokio::test]
     async fn waiting_ends_at_the_timeout_or_the_queue_limit() {
         let (slots, _) = pool(1);
-        assert!(slots.take_now().is_some());
-        assert_eq!(slots.take(WAIT, 10).await.err(), Some(WaitError::TimedOut));
+        assert!(slots.take_now(0).is_some());
         assert_eq!(
-            slots.take(WAIT, 0).await.err(),
+            slots.take(0, WAIT, 10).await.err(),
+            Some(WaitError::TimedOut)
+        );
+        assert_eq!(
+            slots.take(0, WAIT, 0).await.err(),
             Some(WaitError::QueueFull { waiting: 0 })
         );
         assert_eq!(slots.counts().waiting, 0);
@@ -436,22 +491,22 @@ mod tests {
     #[tokio::test]
     async fn a_connection_handed_to_a_waiter_that_left_is_not_lost() {
         let (slots, _) = pool(1);
-        assert!(slots.take_now().is_some());
+        assert!(slots.take_now(0).is_some());
         let waiter = wait_for(&slots);
         until_waiting(&slots, 1).await;
         waiter.abort();
         let _ = waiter.await;
         slots.give_back(5, Instant::now());
-        assert_eq!(idle(slots.take_now()), Some(5));
+        assert_eq!(idle(slots.take_now(0)), Some(5));
     }
 
     #[tokio::test]
     async fn a_closed_pool_fails_waiters_and_closes_returns() {
         let (slots, record) = pool(2);
-        assert!(slots.take_now().is_some());
-        assert!(slots.take_now().is_some());
+        assert!(slots.take_now(0).is_some());
+        assert!(slots.take_now(0).is_some());
         slots.give_back(1, Instant::now());
-        assert!(slots.take_now().is_some());
+        assert!(slots.take_now(0).is_some());
         let waiter = wait_for(&slots);
         until_waiting(&slots, 1).await;
         slots.close();
@@ -460,15 +515,15 @@ mod tests {
         slots.give_back(1, Instant::now());
         assert_eq!(closed(&record), vec![1]);
         assert_eq!(slots.counts().size, 1);
-        assert!(slots.take_now().is_none());
+        assert!(slots.take_now(0).is_none());
     }
 
     #[tokio::test]
     async fn a_vacated_place_goes_to_a_waiter_or_can_be_opened_again() {
         let (slots, _) = pool(1);
-        assert!(slots.take_now().is_some());
+        assert!(slots.take_now(0).is_some());
         slots.vacate();
-        assert!(matches!(slots.take_now(), Some(Taken::Open)));
+        assert!(matches!(slots.take_now(0), Some(Taken::Open)));
         let waiter = wait_for(&slots);
         until_waiting(&slots, 1).await;
         slots.vacate();
@@ -480,7 +535,7 @@ mod tests {
     fn shrinking_closes_idle_excess_now_and_busy_excess_on_return() {
         let (slots, record) = pool(3);
         for _ in 0..3 {
-            assert!(slots.take_now().is_some());
+            assert!(slots.take_now(0).is_some());
         }
         let now = Instant::now();
         slots.give_back(1, now);
@@ -493,27 +548,27 @@ mod tests {
         slots.give_back(3, now);
         let counts = slots.counts();
         assert_eq!((counts.size, counts.available, counts.max_size), (1, 1, 1));
-        assert!(slots.take_now().is_some());
-        assert!(slots.take_now().is_none());
+        assert!(slots.take_now(0).is_some());
+        assert!(slots.take_now(0).is_none());
     }
 
     #[tokio::test]
     async fn growing_lets_waiters_open() {
         let (slots, _) = pool(1);
-        assert!(slots.take_now().is_some());
+        assert!(slots.take_now(0).is_some());
         let waiter = wait_for(&slots);
         until_waiting(&slots, 1).await;
         slots.resize(3);
         assert!(matches!(waiter.await, Ok(Ok(Taken::Open))));
-        assert!(matches!(slots.take_now(), Some(Taken::Open)));
-        assert!(slots.take_now().is_none());
+        assert!(matches!(slots.take_now(0), Some(Taken::Open)));
+        assert!(slots.take_now(0).is_none());
     }
 
     #[test]
     fn eviction_closes_what_the_predicate_rejects() {
         let (slots, record) = pool(3);
         for _ in 0..3 {
-            assert!(slots.take_now().is_some());
+            assert!(slots.take_now(0).is_some());
         }
         let now = Instant::now();
         for conn in [1, 2, 3] {
