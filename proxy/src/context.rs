@@ -162,7 +162,7 @@ impl ProxyContext {
     }
 
     /// [`ProxyContext::snapshot`] for a session that kept its last request's: that one while
-    /// it is still current. Taking a fresh snapshot adds to a count every worker thread
+    /// it is still current. Taking a fresh snapshot adds to a count every serving thread
     /// shares (and arc-swap's bookkeeping); checking the version reads a line nobody writes
     /// between reloads.
     pub fn refresh(&self, held: Option<Arc<Loaded>>) -> Arc<Loaded> {

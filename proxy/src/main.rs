@@ -27,8 +27,9 @@ struct Cli {
     /// Do not watch the config file; reload only on SIGHUP or the admin RELOAD.
     #[arg(long)]
     no_watch: bool,
-    /// Worker threads serving clients (default: one per CPU core). Any thread serves any
-    /// client; size it to the cores the proxy may use (see README, Benchmarks: Threads).
+    /// Threads serving clients (default: one per CPU core), each with a runtime of its own;
+    /// accepted clients are spread over them in turn. Size it to the cores the proxy may use
+    /// (see README, Benchmarks: Threads).
     #[arg(long, env = "SHARDLINE_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
     #[command(subcommand)]

@@ -1,6 +1,7 @@
 //! The `shardline` process and its signals, as an operator uses them: SIGHUP reloads the
 //! config, SIGTERM lets an open transaction commit before the process exits, and a second
-//! SIGTERM stops at once. With one serving thread and with three (clients spread over them).
+//! SIGTERM stops at once. With one serving thread and with three (clients spread over them);
+//! and clients of two threads sharing a pool of one connection.
 
 mod support;
 
@@ -158,5 +159,51 @@ async fn a_second_sigterm_stops_at_once() -> anyhow::Result<()> {
     let status = proxy.exit(Duration::from_secs(10)).await?;
     assert!(!status.success(), "a cut-short shutdown reports failure");
     assert!(app.batch_execute("COMMIT").await.is_err());
+    Ok(())
+}
+
+/// With a pool of one, the connection one thread opened serves the other thread's client too:
+/// in turn, and when that client waits for it to come back.
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_of_two_threads_share_a_pool_of_one() -> anyhow::Result<()> {
+    let (cluster, dir) = shard("share").await?;
+    let port = free_port();
+    let path = dir.path().join("shards.yaml");
+    std::fs::write(&path, config(port, cluster.ports()[0], 30, 1))?;
+    let _proxy = Shardline::start_with(&path, &["--threads", "2"])?;
+    let app_info = format!("host=127.0.0.1 port={port} user=app password=app dbname=app");
+    // Accepted in turn: one client per thread.
+    let first = connect_when_up(&app_info).await?;
+    let second = connect(&app_info).await?;
+    first.batch_execute("CREATE TABLE shared (id int)").await?;
+    for i in 0..20 {
+        first
+            .batch_execute(&format!("INSERT INTO shared VALUES ({i})"))
+            .await?;
+        second
+            .batch_execute(&format!(
+                "BEGIN; INSERT INTO shared VALUES ({}); COMMIT",
+                100 + i
+            ))
+            .await?;
+    }
+    // The second client waits for the one connection while the first holds it.
+    first
+        .batch_execute("BEGIN; INSERT INTO shared VALUES (-1)")
+        .await?;
+    let waiting = tokio::spawn(async move {
+        second
+            .query_one("SELECT count(*) FROM shared", &[])
+            .await
+            .map(|row| row.get::<_, i64>(0))
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "served without the pool's one connection"
+    );
+    first.batch_execute("COMMIT").await?;
+    let seen = tokio::time::timeout(Duration::from_secs(10), waiting).await???;
+    assert_eq!(seen, 41, "the waiter sees every committed row");
     Ok(())
 }

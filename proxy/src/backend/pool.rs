@@ -188,7 +188,21 @@ impl Pool {
                         room.keep();
                         Ok(self.hand_out(Box::new(conn), settings))
                     }
-                    Err(e) => Err(CheckoutError::Backend(e)),
+                    Err(e) => {
+                        drop(room);
+                        // Another thread's idle connection serves rather than none.
+                        match self.slots().take_any_idle() {
+                            Some(mut conn) => {
+                                if Manager::still_good(&mut conn) {
+                                    Ok(self.hand_out(conn, settings))
+                                } else {
+                                    self.slots().let_go(conn);
+                                    Err(CheckoutError::Backend(e))
+                                }
+                            }
+                            None => Err(CheckoutError::Backend(e)),
+                        }
+                    }
                 })
             }
         }
@@ -488,7 +502,7 @@ impl Pools {
                 let Some(taken) = slots.take_room() else {
                     break;
                 };
-                match pool.fill(taken, settings).await {
+                match Pools::fill_on_next_thread(&pool, taken, settings).await {
                     Some(Ok(conn)) => warm.push(conn),
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "could not open a connection to keep min_idle warm");
@@ -498,6 +512,26 @@ impl Pools {
                 }
             }
         }
+    }
+
+    /// Fills `taken` on the next serving thread (in turn), so the connections kept open for
+    /// `min_idle` are spread over the threads as their clients are (a connection serves its
+    /// own thread's clients first).
+    async fn fill_on_next_thread(
+        pool: &Pool,
+        taken: Taken<Box<Backend>>,
+        settings: &PoolSettings,
+    ) -> Option<Result<Pooled, CheckoutError>> {
+        let Some(handle) = crate::threads::next() else {
+            return pool.fill(taken, settings).await;
+        };
+        let (pool, settings) = (pool.clone(), settings.clone());
+        // A fill cut short (the runtime stopping) gives its room back as it is dropped.
+        handle
+            .spawn(async move { pool.fill(taken, &settings).await })
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Retires every pool whose target `keep` rejects: idle connections close now, busy ones

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 /// A connection that belongs to one serving thread ([`crate::threads`]): the one whose I/O
 /// driver its socket is registered with.
 pub trait Homed {
+    /// The serving thread's number ([`crate::threads::home`] where it was opened).
     fn home(&self) -> u16;
 }
 
@@ -32,6 +33,9 @@ impl<T: Homed + ?Sized> Homed for Box<T> {
 pub struct Idle<T> {
     pub conn: T,
     pub since: Instant,
+    /// `conn`'s thread, noted as it came back (a checkout looks for its own thread's without
+    /// touching each connection).
+    home: u16,
 }
 
 /// What a checkout got: an idle connection, or the right to open one. Either must go back
@@ -91,7 +95,7 @@ impl<T: Homed> State<T> {
         if self.closed {
             return None;
         }
-        let taken = if let Some(at) = self.idle.iter().rposition(|idle| idle.conn.home() == home) {
+        let taken = if let Some(at) = self.idle.iter().rposition(|idle| idle.home == home) {
             Taken::Idle(self.idle.remove(at).conn)
         } else if self.out + self.idle.len() < self.max_size {
             Taken::Open
@@ -197,7 +201,12 @@ impl<T: Homed> Slots<T> {
         if let Some(taken) = state.hand_over(Taken::Idle(conn)) {
             state.came_back();
             if let Taken::Idle(conn) = taken {
-                state.idle.push(Idle { conn, since: now });
+                let home = conn.home();
+                state.idle.push(Idle {
+                    conn,
+                    since: now,
+                    home,
+                });
             }
         }
     }
@@ -239,6 +248,19 @@ impl<T: Homed> Slots<T> {
             gone
         };
         self.discard_all(gone);
+    }
+
+    /// Any thread's idle connection, the most recently returned: for a checkout whose thread
+    /// had none idle and could not open one of its own.
+    #[must_use]
+    pub fn take_any_idle(&self) -> Option<T> {
+        let mut state = self.lock();
+        if state.closed {
+            return None;
+        }
+        let idle = state.idle.pop()?;
+        state.out += 1;
+        Some(idle.conn)
     }
 
     /// Room to open one more connection, if the pool is below its size (idle connections
@@ -447,6 +469,9 @@ mod tests {
         slots.resize(4);
         assert!(matches!(slots.take_now(2), Some(Taken::Open)));
         assert_eq!(slots.counts().available, 2);
+        // Had that open failed: any thread's idle one, the most recently returned.
+        assert_eq!(slots.take_any_idle(), Some(101));
+        assert_eq!(slots.counts().available, 1);
     }
 
     #[tokio::test]

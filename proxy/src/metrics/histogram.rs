@@ -1,7 +1,7 @@
 //! A Prometheus histogram of durations that records without a lock.
 //!
 //! `prometheus_client`'s histogram takes a mutex on every observation. The proxy records a
-//! query duration and a checkout wait for every transaction, from every worker thread, into
+//! query duration and a checkout wait for every transaction, from every serving thread, into
 //! histograms shared by all sessions: with a lock that is a point where threads queue behind
 //! each other. Here an observation is two additions (its bucket and the sum in nanoseconds) to
 //! the observing thread's own stripe ([`super::striped`]); `/metrics` adds the stripes up.

@@ -1,4 +1,4 @@
-//! Counting from every worker thread without sharing a cache line.
+//! Counting from every serving thread without sharing a cache line.
 //!
 //! A counter every thread adds to is one cache line every core writes: each addition waits
 //! for the line to come over from the core that wrote it last, and the proxy counts several
@@ -19,8 +19,8 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 #[repr(align(128))]
 pub struct Padded<T>(pub T);
 
-/// Stripes per value: one more than the machine's cores (at most 64), so each worker thread of
-/// a runtime sized to the cores has a stripe to itself.
+/// Stripes per value: one more than the machine's cores (at most 64), so each serving thread
+/// (one per core by default) has a stripe to itself.
 static STRIPES: LazyLock<usize> = LazyLock::new(|| {
     std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
@@ -68,7 +68,7 @@ fn stripe_of(number: usize, count: usize) -> Stripe {
 }
 
 /// This thread's stripe among `count`. Threads take numbers in the order they first count, so
-/// the worker threads of a runtime sized to the cores, which count from the first transaction,
+/// the serving threads, one per core by default, which count from the first transaction,
 /// get stripes of their own.
 pub fn stripe(count: usize) -> Stripe {
     static NEXT: AtomicUsize = AtomicUsize::new(0);

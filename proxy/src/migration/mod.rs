@@ -55,7 +55,7 @@ impl Active {
 /// transactions also began before them.
 ///
 /// Taking and returning a ticket writes only the calling thread's stripe of its generation's
-/// count (a count every worker thread wrote would cross cores twice per transaction), and a
+/// count (a count every serving thread wrote would cross cores twice per transaction), and a
 /// session keeps the generation it saw last between its transactions, so a ticket costs no
 /// reference count either.
 pub struct Epoch {

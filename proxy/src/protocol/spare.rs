@@ -1,10 +1,10 @@
-//! Spare I/O buffers, kept per worker thread.
+//! Spare I/O buffers, kept per serving thread.
 //!
 //! A session waiting for its client holds no buffers (idle clients must cost little memory),
 //! so every request takes a read buffer and an output buffer and gives them back when it is
 //! answered. Taking them from this small per-thread stack instead of the allocator saves two
 //! allocations, their zeroing and their frees on every transaction; the stack is bounded, so
-//! it costs at most [`KEPT_PER_THREAD`] × [`LARGEST_KEPT`] bytes per worker thread.
+//! it costs at most [`KEPT_PER_THREAD`] × [`LARGEST_KEPT`] bytes per serving thread.
 //! [`reuse`] and [`keep`] do the same for other things a request needs once (the answer
 //! queue of an exchange).
 

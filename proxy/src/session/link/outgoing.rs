@@ -1,6 +1,6 @@
 //! What one exchange sends a backend, written straight into one buffer, and the answers it
 //! expects, kept in step: every message goes in together with what to do with its answers.
-//! Like the buffers (`protocol::spare`), answer queues are kept per worker thread and reused,
+//! Like the buffers (`protocol::spare`), answer queues are kept per serving thread and reused,
 //! so an exchange allocates neither.
 
 use std::cell::RefCell;

@@ -59,7 +59,7 @@ impl ClientOutput {
             // A loop that only emits rows held in memory (aggregate groups, rows a COPY
             // applied) reads no socket, and a write the socket takes at once spends none of
             // the task's scheduling budget: each full buffer spends one, so such a loop still
-            // yields to the other clients of its worker thread.
+            // yields to the other clients of its serving thread.
             tokio::task::coop::consume_budget().await;
         }
         Ok(())
