@@ -13,7 +13,7 @@ else
   cargo build --release --quiet --bin shardline
   BIN=${CARGO_TARGET_DIR:-target}/release/shardline
 fi
-# THREADS sets the proxy's worker threads (default: one per core).
+# THREADS sets the proxy's serving threads (default: one per core).
 # Each proxy runs in a session of its own (setsid), as pgbouncer does with -d and a service
 # manager does with any daemon: the kernel schedules each session as one group (autogroup), so
 # a proxy left in the bench's session shares its CPU share with pgbench and is preempted by

@@ -16,7 +16,7 @@
 #
 # Needs valgrind (apt install valgrind). TOP=n also prints the n functions with the most
 # instructions per transaction (inclusive) in simple mode (TOP_MODE=extended or prepared for
-# the others), for finding where they go. THREADS=n sets the counted shardline's worker threads;
+# the others), for finding where they go. THREADS=n sets the counted shardline's serving threads;
 # SHARDLINE_BIN=path counts another build (a profile-guided one, the commit before a change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
