@@ -60,7 +60,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
-    let result = match serving_runtimes(cli.threads) {
+    // Checking a file serves nobody: one thread.
+    let threads = match cli.command {
+        Some(Command::Check { .. }) => Some(1),
+        _ => cli.threads,
+    };
+    let result = match serving_runtimes(threads) {
         Ok(runtime) => runtime.block_on(async move {
             match cli.command {
                 Some(Command::Check { file }) => check(&file).await,
