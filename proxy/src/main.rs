@@ -86,33 +86,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// The main thread's runtime, after starting `threads - 1` more serving threads (default: one
-/// per core in all), each on a single-threaded tokio runtime of its own: accepted clients
-/// are spread over them in turn (`shardline::threads`).
+/// The main thread's runtime, after starting the other serving threads (`threads` in all,
+/// default one per core).
 fn serving_runtimes(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
-    let threads = threads.unwrap_or_else(|| {
+    shardline::threads::start(threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map_or(1, |n| u16::try_from(n.get()).unwrap_or(u16::MAX))
-    });
-    let single = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    };
-    let main = single()?;
-    let mut handles = vec![main.handle().clone()];
-    for home in 1..threads {
-        let runtime = single()?;
-        handles.push(runtime.handle().clone());
-        std::thread::Builder::new()
-            .name(format!("shardline-{home}"))
-            .spawn(move || {
-                shardline::threads::set_home(home);
-                runtime.block_on(std::future::pending::<()>());
-            })?;
-    }
-    shardline::threads::install(handles);
-    Ok(main)
+    }))
 }
 
 fn init_logging(json: bool) {

@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use tokio::runtime::Handle;
+use tokio::runtime::{Builder, Handle, Runtime};
 
 thread_local! {
     /// Which serving thread this is (0 for the main one, and for any thread not serving).
@@ -27,21 +27,33 @@ pub fn home() -> u16 {
     HOME.with(Cell::get)
 }
 
-/// Marks the calling thread as serving thread `home`.
-pub fn set_home(home: u16) {
-    HOME.with(|cell| cell.set(home));
-}
-
-/// Records the runtimes of the process's serving threads (by home number), once. Without
-/// it, clients are served where they are accepted.
-pub fn install(handles: Vec<Handle>) {
+/// Starts the process's serving threads: `threads - 1` of them, each running a
+/// single-threaded runtime of its own until the process exits, and returns the calling
+/// thread's (serving thread 0), for the caller to run the proxy on. Accepted clients are
+/// spread over all of them from then on.
+pub fn start(threads: u16) -> std::io::Result<Runtime> {
+    let single = || Builder::new_current_thread().enable_all().build();
+    let main = single()?;
+    let mut handles = vec![main.handle().clone()];
+    for home in 1..threads {
+        let runtime = single()?;
+        handles.push(runtime.handle().clone());
+        std::thread::Builder::new()
+            .name(format!("shardline-{home}"))
+            .spawn(move || {
+                HOME.with(|cell| cell.set(home));
+                runtime.block_on(std::future::pending::<()>());
+            })?;
+    }
     let _ = SPREAD.set(Spread {
         handles,
         next: AtomicUsize::new(0),
     });
+    Ok(main)
 }
 
-/// The runtime the next accepted client goes to, when the process serves on several.
+/// The runtime the next accepted client goes to, once [`start`] ran (in-process tests serve
+/// clients where they are accepted).
 pub fn next() -> Option<&'static Handle> {
     let spread = SPREAD.get()?;
     let turn = spread.next.fetch_add(1, Ordering::Relaxed);

@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use shardline::localpg::{free_port, free_ports, ClusterOptions, LocalCluster};
@@ -30,16 +31,51 @@ async fn config_value(admin: &Client, key: &str) -> anyhow::Result<String> {
     anyhow::bail!("SHOW CONFIG has no {key}")
 }
 
-/// One shard, a config file for it, and the file's directory.
-async fn shard(label: &str) -> anyhow::Result<(LocalCluster, tempfile::TempDir)> {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("shardline-signals-{label}"))
-        .tempdir()?;
-    let mut opts = ClusterOptions::new(dir.path().join("data"), free_ports(1));
-    opts.keep_data = false;
-    opts.reuse_existing = false;
-    let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(&opts)).await??;
-    Ok((cluster, dir))
+/// A `shardline` process in front of one shard, and the config file it was started with.
+struct Running {
+    cluster: LocalCluster,
+    proxy: Shardline,
+    port: u16,
+    path: PathBuf,
+    /// Holds the shard's data and the config file.
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// Starts a shard and a proxy (with `args`) serving it, `grace_s` and `pool_size` in its
+    /// config.
+    async fn start(
+        label: &str,
+        grace_s: u64,
+        pool_size: usize,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("shardline-signals-{label}"))
+            .tempdir()?;
+        let mut opts = ClusterOptions::new(dir.path().join("data"), free_ports(1));
+        opts.keep_data = false;
+        opts.reuse_existing = false;
+        let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(&opts)).await??;
+        let port = free_port();
+        let path = dir.path().join("shards.yaml");
+        std::fs::write(&path, config(port, cluster.ports()[0], grace_s, pool_size))?;
+        let proxy = Shardline::start_with(&path, args)?;
+        Ok(Running {
+            cluster,
+            proxy,
+            port,
+            path,
+            _dir: dir,
+        })
+    }
+
+    fn app_info(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=app password=app dbname=app",
+            self.port
+        )
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -56,12 +92,14 @@ async fn one_thread_reloads_serves_a_client_while_another_waits_and_stops() -> a
 /// SIGHUP reloads; a client waiting on a lock does not keep the one holding it from being
 /// served; SIGTERM lets an open transaction commit, then the process exits.
 async fn reload_wait_and_stop(args: &[&str]) -> anyhow::Result<()> {
-    let (cluster, dir) = shard("term").await?;
+    let Running {
+        cluster,
+        mut proxy,
+        port,
+        path,
+        _dir,
+    } = Running::start("term", 30, 20, args).await?;
     let shard_port = cluster.ports()[0];
-    let port = free_port();
-    let path = dir.path().join("shards.yaml");
-    std::fs::write(&path, config(port, shard_port, 30, 20))?;
-    let mut proxy = Shardline::start_with(&path, args)?;
     let app_info = format!("host=127.0.0.1 port={port} user=app password=app dbname=app");
     let admin_info =
         format!("host=127.0.0.1 port={port} user=admin password=admin dbname=shardline");
@@ -139,15 +177,9 @@ async fn reload_wait_and_stop(args: &[&str]) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_sigterm_stops_at_once() -> anyhow::Result<()> {
-    let (cluster, dir) = shard("twice").await?;
-    let port = free_port();
-    let path = dir.path().join("shards.yaml");
-    std::fs::write(&path, config(port, cluster.ports()[0], 600, 20))?;
-    let mut proxy = Shardline::start(&path)?;
-    let app = connect_when_up(&format!(
-        "host=127.0.0.1 port={port} user=app password=app dbname=app"
-    ))
-    .await?;
+    let mut running = Running::start("twice", 600, 20, &[]).await?;
+    let app = connect_when_up(&running.app_info()).await?;
+    let proxy = &mut running.proxy;
     app.batch_execute("BEGIN; SELECT 1").await?;
     proxy.signal("TERM")?;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -166,12 +198,8 @@ async fn a_second_sigterm_stops_at_once() -> anyhow::Result<()> {
 /// in turn, and when that client waits for it to come back.
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_of_two_threads_share_a_pool_of_one() -> anyhow::Result<()> {
-    let (cluster, dir) = shard("share").await?;
-    let port = free_port();
-    let path = dir.path().join("shards.yaml");
-    std::fs::write(&path, config(port, cluster.ports()[0], 30, 1))?;
-    let _proxy = Shardline::start_with(&path, &["--threads", "2"])?;
-    let app_info = format!("host=127.0.0.1 port={port} user=app password=app dbname=app");
+    let running = Running::start("share", 30, 1, &["--threads", "2"]).await?;
+    let app_info = running.app_info();
     // Accepted in turn: one client per thread.
     let first = connect_when_up(&app_info).await?;
     let second = connect(&app_info).await?;
