@@ -4,7 +4,9 @@
 //! answers (rows merged across shards included) are byte for byte what one PostgreSQL server
 //! sends the same client.
 
-use shardline_tests::wire::{cstr, login, login_socket, message, read_message, trusting_proxy};
+use shardline_tests::wire::{
+    bind, cstr, execute, login, login_socket, message, parse, read_message, sync, trusting_proxy,
+};
 use shardline_tests::{connect, TestCluster};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -175,6 +177,30 @@ async fn a_latin9_client_is_read_and_answered_as_postgres_would() -> anyhow::Res
     assert_eq!(invalid.first(), Some(&(b'E', b"22021".to_vec())));
     let after = exchange(&mut proxy, &query(b"SELECT 1")).await?;
     assert_eq!(after.first().map(|(t, _)| *t), Some(b'T'));
+
+    // A statement parsed again after the encoding changed is read in the new encoding: the
+    // same bytes are one character in UTF8 and two in LATIN9 (named statements are closed
+    // after each run, as a driver's statement cache does when it is cleared).
+    exchange(&mut oracle, &utf8_again).await?;
+    for encoding in [&utf8_again, &latin9] {
+        exchange(&mut proxy, encoding).await?;
+        exchange(&mut oracle, encoding).await?;
+        for name in ["", "length"] {
+            let mut run = parse(name, "SELECT length('\u{e9}')");
+            run.extend(bind(name, &[]));
+            run.extend(execute(0));
+            if !name.is_empty() {
+                run.extend(message(b'C', &[b"S".to_vec(), cstr(name)].concat()));
+            }
+            run.extend(sync());
+            assert_eq!(
+                exchange(&mut proxy, &run).await?,
+                exchange(&mut oracle, &run).await?,
+                "{name:?} under {}",
+                String::from_utf8_lossy(encoding)
+            );
+        }
+    }
     Ok(())
 }
 

@@ -46,9 +46,6 @@ use state::settings::Settings;
 use state::statements::ClientStatements;
 use state::transaction::Transaction;
 
-/// Messages a segment is given room for when its first one arrives.
-const SEGMENT_MESSAGES: usize = 8;
-
 /// Who the client is, as established at startup.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -324,12 +321,13 @@ impl Session {
         Ok(true)
     }
 
-    /// Adds an extended-protocol message to the segment being collected, which starts with
-    /// room for a whole one (`Parse`, `Bind`, `Describe`, `Execute`, `Sync` and more): it is
-    /// allocated once per segment, not grown as messages arrive.
+    /// Adds an extended-protocol message to the segment being collected, which starts in a
+    /// spare list of this thread's with room for a whole one (`Parse`, `Bind`, `Describe`,
+    /// `Execute`, `Sync` and more): it is neither allocated per segment nor grown as messages
+    /// arrive.
     fn collect(&mut self, frame: Frame) {
         if self.batch.capacity() == 0 {
-            self.batch.reserve(SEGMENT_MESSAGES);
+            self.batch = extended::segment::take_frames();
         }
         self.batch.push(frame);
     }

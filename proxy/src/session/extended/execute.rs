@@ -12,7 +12,7 @@ use crate::session::decide::{decide, Action};
 use crate::session::extended::assembled::Assembled;
 use crate::session::extended::messages::build_messages;
 use crate::session::extended::pipeline::begin_statement;
-use crate::session::extended::segment::{Item, Segment};
+use crate::session::extended::segment::{give_back_frames, give_back_items, Item, Segment};
 use crate::session::link::exchange::Reply;
 use crate::session::state::statements::Statement;
 use crate::session::{ClientError, Session, SessionEnd};
@@ -27,16 +27,17 @@ enum Segmented {
 impl Session {
     /// Runs the collected extended-protocol segment.
     pub(crate) async fn run_batch(&mut self) -> Result<(), SessionEnd> {
-        let frames = std::mem::take(&mut self.batch);
+        let mut frames = std::mem::take(&mut self.batch);
         self.segment_open = frames.last().is_some_and(|f| f.tag() == b'H');
         let loaded = self.ctx.refresh(self.held_config.take());
         // During a migration the segment may have to be read again after a cutover's pause.
         let again = loaded.migration.is_some().then(|| frames.clone());
-        let mut result = self.run_segment(&loaded, frames).await;
-        if let (Ok(Segmented::HeldByCutover), Some(frames)) = (&result, again) {
+        let mut result = self.run_segment(&loaded, &mut frames).await;
+        if let (Ok(Segmented::HeldByCutover), Some(mut frames)) = (&result, again) {
             self.ctx.gate.resumed().await;
-            result = self.run_segment(&self.ctx.snapshot(), frames).await;
+            result = self.run_segment(&self.ctx.snapshot(), &mut frames).await;
         }
+        give_back_frames(frames);
         self.held_config = Some(loaded);
         self.segment_open = false;
         result.map(|_| ())
@@ -46,7 +47,7 @@ impl Session {
     async fn run_segment(
         &mut self,
         loaded: &Arc<Loaded>,
-        frames: Vec<Frame>,
+        frames: &mut Vec<Frame>,
     ) -> Result<Segmented, SessionEnd> {
         // Read and decided in a block of its own, so the segment's routing is not kept through
         // the exchange nearly every segment is; any other action runs in a future of its own.
@@ -75,6 +76,7 @@ impl Session {
         };
         self.exchange_segment(loaded, shard, starts_transaction, &items)
             .await?;
+        give_back_items(items);
         Ok(Segmented::Ran)
     }
 
@@ -148,7 +150,7 @@ impl Session {
                 });
                 self.out.push(&replies).await?;
                 if let Some(sync) = sync {
-                    return Box::pin(self.run_segment(loaded, vec![sync])).await;
+                    return Box::pin(self.run_segment(loaded, &mut vec![sync])).await;
                 }
                 return Ok(self.out.flush().await.map(|()| Segmented::Ran)?);
             }

@@ -3,6 +3,8 @@
 //! and every statement that touches data is routed with [`decide::route`], ready for the
 //! decision.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use shardline_router::{Param, StatementKind};
@@ -12,7 +14,7 @@ use crate::context::Loaded;
 use crate::protocol::backend::sqlstate;
 use crate::protocol::encoding::{ClientEncoding, TextError};
 use crate::protocol::frontend::{execute_portal, BindView, Malformed, ParseView, TargetView};
-use crate::protocol::Frame;
+use crate::protocol::{spare, Frame};
 use crate::session::decide::{self, Request, Target};
 use crate::session::generated::rewritten_parse;
 use crate::session::link::exchange::Reply;
@@ -23,6 +25,55 @@ use crate::session::{ClientError, Session};
 /// Up to this many parameters, a `Bind`'s keys are read in place (each read walks the values
 /// from the first); a longer one (a multi-row `INSERT`) is read into a list once.
 const READ_IN_PLACE: usize = 16;
+
+/// Messages a segment's lists are given room for: a whole one (`Parse`, `Bind`, `Describe`,
+/// `Execute`, `Sync`) and more.
+const SEGMENT_MESSAGES: usize = 8;
+
+/// Lists longer than this (a long pipeline's) go back to the allocator.
+const LONGEST_KEPT: usize = 64;
+
+/// Lists one thread keeps at most.
+const LISTS_KEPT: usize = 16;
+
+thread_local! {
+    static SPARE_FRAMES: RefCell<Vec<Vec<Frame>>> = const { RefCell::new(Vec::new()) };
+    static SPARE_ITEMS: RefCell<Vec<Vec<Item>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty list for a segment's messages: a spare one of this thread's, else a new one with
+/// room for a whole segment. Like the I/O buffers (`protocol::spare`), a segment's lists are
+/// taken when it starts and given back once it has run, so an idle client holds none and a
+/// segment allocates none.
+pub(crate) fn take_frames() -> Vec<Frame> {
+    spare::reuse(&SPARE_FRAMES).unwrap_or_else(|| Vec::with_capacity(SEGMENT_MESSAGES))
+}
+
+/// Gives a segment's message list back, emptied, for the next segment on this thread.
+pub(crate) fn give_back_frames(frames: Vec<Frame>) {
+    give_back_list(&SPARE_FRAMES, frames);
+}
+
+/// An empty list for a segment's items (see [`take_frames`]).
+fn take_items() -> Vec<Item> {
+    spare::reuse(&SPARE_ITEMS).unwrap_or_else(|| Vec::with_capacity(SEGMENT_MESSAGES))
+}
+
+/// Gives a segment's item list back, emptied, for the next segment on this thread.
+pub(crate) fn give_back_items(items: Vec<Item>) {
+    give_back_list(&SPARE_ITEMS, items);
+}
+
+fn give_back_list<T: 'static>(
+    stack: &'static std::thread::LocalKey<RefCell<Vec<Vec<T>>>>,
+    mut list: Vec<T>,
+) {
+    if list.capacity() == 0 || list.capacity() > LONGEST_KEPT {
+        return;
+    }
+    list.clear();
+    spare::keep(stack, list, LISTS_KEPT);
+}
 
 /// One client message of a segment, with what the proxy learned from it.
 pub(crate) enum Item {
@@ -85,14 +136,15 @@ impl Segment {
 }
 
 impl Session {
-    /// Interprets the segment's messages and routes its statements.
+    /// Interprets the segment's messages (taking them out of `frames`) and routes its
+    /// statements.
     pub(crate) async fn read_segment(
         &mut self,
         loaded: &Loaded,
-        frames: Vec<Frame>,
+        frames: &mut Vec<Frame>,
     ) -> Result<Segment, Malformed> {
         let mut segment = Segment {
-            items: Vec::with_capacity(frames.len()),
+            items: take_items(),
             routed: SmallVec::new(),
             kinds: SmallVec::new(),
             dual: None,
@@ -100,30 +152,27 @@ impl Session {
         };
         // Portals bound in this segment (a few at most, usually only the unnamed one).
         let mut portals: SmallVec<[(Vec<u8>, Arc<Statement>); 1]> = SmallVec::new();
-        for frame in frames {
+        for frame in frames.drain(..) {
             let item = match frame.tag() {
                 b'P' => {
                     let view = ParseView::new(&frame)?;
-                    let query = match self.client_text(view.query) {
-                        Ok(query) => query,
+                    let unnamed = view.name.is_empty();
+                    let types = view.param_types;
+                    let query = match self.parsed_text(&view, loaded.version) {
+                        Ok(ParseText::Known(statement)) => {
+                            segment.items.push(Item::Parse {
+                                frame,
+                                statement,
+                                unnamed,
+                            });
+                            continue;
+                        }
+                        Ok(ParseText::New(query)) => query,
                         Err(e) => {
                             segment.refusal = Some(e);
                             break;
                         }
                     };
-                    let unnamed = view.name.is_empty();
-                    let types = view.param_types;
-                    if let Some(statement) =
-                        self.statements
-                            .reparsed(view.name, &query, types, loaded.version)
-                    {
-                        segment.items.push(Item::Parse {
-                            frame,
-                            statement,
-                            unnamed,
-                        });
-                        continue;
-                    }
                     let plan = self.ctx.plan(loaded, &query);
                     let rewritten = if plan.always_refused() {
                         match Box::pin(self.rewritten_for_keys(loaded, &plan, &query, types)).await
@@ -312,7 +361,38 @@ fn unknown_statement(name: &[u8]) -> ClientError {
     )
 }
 
+/// What a `Parse` brings: a statement the client defines again, or new text.
+enum ParseText<'a> {
+    Known(Arc<Statement>),
+    New(Cow<'a, str>),
+}
+
 impl Session {
+    /// The statement a `Parse` defines again as it is (see
+    /// [`ClientStatements::reparsed`](crate::session::state::statements::ClientStatements::reparsed)),
+    /// else its text, decoded from the client's encoding. Under UTF-8 the message's bytes are
+    /// the text itself, so a driver's re-parse of the same statement is recognised without
+    /// decoding (validating) it again.
+    fn parsed_text<'a>(
+        &self,
+        view: &ParseView<'a>,
+        version: u64,
+    ) -> Result<ParseText<'a>, ClientError> {
+        let utf8 = self.encoding() == ClientEncoding::Utf8;
+        let again = |text: &[u8]| {
+            self.statements
+                .reparsed(view.name, text, view.param_types, version)
+        };
+        if let Some(statement) = utf8.then(|| again(view.query)).flatten() {
+            return Ok(ParseText::Known(statement));
+        }
+        let query = self.client_text(view.query)?;
+        match (!utf8).then(|| again(query.as_bytes())).flatten() {
+            Some(statement) => Ok(ParseText::Known(statement)),
+            None => Ok(ParseText::New(query)),
+        }
+    }
+
     /// The text-format parameters the client sent in a non-UTF-8 `client_encoding` with
     /// non-ASCII bytes, decoded (by index), so a text shard key hashes as the shards read it;
     /// `None` in the common case, where the parameters are read as sent. (Binary values pass
@@ -348,4 +428,29 @@ fn in_utf8<'a>(mut params: Vec<Param<'a>>, decoded: &'a [(usize, String)]) -> Ve
         }
     }
     params
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sync() -> Frame {
+        Frame::from_bytes(bytes::Bytes::from_static(b"S\0\0\0\x04"))
+    }
+
+    #[test]
+    fn a_list_given_back_is_taken_again_empty_and_long_ones_are_not_kept() {
+        let mut frames = take_frames();
+        frames.push(sync());
+        let address = frames.as_ptr();
+        give_back_frames(frames);
+        let again = take_frames();
+        assert!(again.is_empty());
+        assert_eq!(again.as_ptr(), address);
+
+        let mut long = Vec::with_capacity(LONGEST_KEPT + 1);
+        long.push(sync());
+        give_back_frames(long);
+        assert!(take_frames().capacity() <= LONGEST_KEPT);
+    }
 }

@@ -170,14 +170,14 @@ pub struct ClientStatements {
 }
 
 impl ClientStatements {
-    /// The statement `name` already is when a `Parse` of the same text and parameter types
-    /// under config `version`, with no schema change since, would define it again: drivers
-    /// re-parse the unnamed statement for every execution, and its plan need not be looked up
-    /// again.
+    /// The statement `name` already is when a `Parse` of the same text (`query`, in UTF-8)
+    /// and parameter types under config `version`, with no schema change since, would define
+    /// it again: drivers re-parse the unnamed statement for every execution, and its plan need
+    /// not be looked up again.
     pub fn reparsed(
         &self,
         name: &[u8],
-        query: &str,
+        query: &[u8],
         param_types: &[u8],
         version: u64,
     ) -> Option<Arc<Statement>> {
@@ -185,7 +185,7 @@ impl ClientStatements {
         let same = existing.version == version
             && existing.schema == schema_generation()
             && existing.generated.is_none()
-            && &*existing.query == query
+            && existing.query.as_bytes() == query
             && existing.param_types == param_types;
         same.then(|| existing.clone())
     }
@@ -277,24 +277,32 @@ mod tests {
         let sql = "SELECT $1::int";
         let types = [0u8, 1, 0, 0, 0, 23];
         let defined = statements.define(b"", sql, &types, (planned(sql), 7), None);
-        let again = statements.reparsed(b"", sql, &types, 7);
+        let again = statements.reparsed(b"", sql.as_bytes(), &types, 7);
         assert!(again.is_some_and(|s| Arc::ptr_eq(&s, &defined)));
         // Another client's statement of the same text shares its id and its text.
         let other = ClientStatements::default().define(b"s", sql, &types, (planned(sql), 7), None);
         assert_eq!(other.id, defined.id);
         assert!(Arc::ptr_eq(&other.query, &defined.query));
         assert!(
-            statements.reparsed(b"", sql, &types, 8).is_none(),
+            statements
+                .reparsed(b"", sql.as_bytes(), &types, 8)
+                .is_none(),
             "a reload plans again"
         );
-        assert!(statements.reparsed(b"", sql, &[0, 0], 7).is_none());
-        assert!(statements.reparsed(b"", "SELECT 2", &types, 7).is_none());
-        assert!(statements.reparsed(b"s1", sql, &types, 7).is_none());
+        assert!(statements
+            .reparsed(b"", sql.as_bytes(), &[0, 0], 7)
+            .is_none());
+        assert!(statements.reparsed(b"", b"SELECT 2", &types, 7).is_none());
+        assert!(statements
+            .reparsed(b"s1", sql.as_bytes(), &types, 7)
+            .is_none());
         // (In this one test: the schema generation is the process's, and no other unit test
         // changes it.)
         completed(b"DROP TABLE");
         assert!(
-            statements.reparsed(b"", sql, &types, 7).is_none(),
+            statements
+                .reparsed(b"", sql.as_bytes(), &types, 7)
+                .is_none(),
             "after a DROP the statement is defined anew"
         );
         let anew = statements.define(b"", sql, &types, (planned(sql), 7), None);
