@@ -5,10 +5,13 @@
 //! answered. Taking them from this small per-thread stack instead of the allocator saves two
 //! allocations, their zeroing and their frees on every transaction; the stack is bounded, so
 //! it costs at most [`KEPT_PER_THREAD`] × [`LARGEST_KEPT`] bytes per serving thread.
-//! [`reuse`] and [`keep`] do the same for other things a request needs once (the answer
-//! queue of an exchange).
+//! [`reuse`] and [`keep`] do the same for other things a request needs once; [`take_list`]
+//! and [`give_back_list`] for its lists (an extended-protocol segment's messages, the answer
+//! queue of an exchange), each kind bounded the same way: at most [`LISTS_KEPT`] lists of
+//! room for at most [`LONGEST_LIST`] entries per serving thread.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::thread::LocalKey;
 
 use bytes::BytesMut;
@@ -36,6 +39,66 @@ pub fn give_back(mut buf: BytesMut) {
     }
     buf.clear();
     keep(&SPARE, buf, KEPT_PER_THREAD);
+}
+
+/// Room a new list starts with: a whole extended-protocol segment (`Parse`, `Bind`,
+/// `Describe`, `Execute`, `Sync`) and a few more messages, so it is not grown as they come.
+pub const LIST_ROOM: usize = 8;
+
+/// Lists with room for more entries than this (a long pipeline's) go back to the allocator.
+pub const LONGEST_LIST: usize = 64;
+
+/// Lists of one kind a thread keeps at most.
+pub const LISTS_KEPT: usize = 16;
+
+/// A list that can be kept as a spare: emptied, and measured by its room.
+pub trait List {
+    /// Entries it has room for.
+    fn room(&self) -> usize;
+    /// Empties it, keeping its room.
+    fn empty(&mut self);
+    /// A new, empty one with room for `room` entries.
+    fn with_room(room: usize) -> Self;
+}
+
+impl<T> List for Vec<T> {
+    fn room(&self) -> usize {
+        self.capacity()
+    }
+    fn empty(&mut self) {
+        self.clear();
+    }
+    fn with_room(room: usize) -> Self {
+        Vec::with_capacity(room)
+    }
+}
+
+impl<T> List for VecDeque<T> {
+    fn room(&self) -> usize {
+        self.capacity()
+    }
+    fn empty(&mut self) {
+        self.clear();
+    }
+    fn with_room(room: usize) -> Self {
+        VecDeque::with_capacity(room)
+    }
+}
+
+/// An empty list: a spare one of this thread's from `stack`, else a new one with room for
+/// [`LIST_ROOM`] entries.
+pub fn take_list<L: List + 'static>(stack: &'static LocalKey<RefCell<Vec<L>>>) -> L {
+    reuse(stack).unwrap_or_else(|| L::with_room(LIST_ROOM))
+}
+
+/// Gives `list` back, emptied, for the next [`take_list`] on this thread, unless it has no
+/// room or more than [`LONGEST_LIST`].
+pub fn give_back_list<L: List + 'static>(stack: &'static LocalKey<RefCell<Vec<L>>>, mut list: L) {
+    if list.room() == 0 || list.room() > LONGEST_LIST {
+        return;
+    }
+    list.empty();
+    keep(stack, list, LISTS_KEPT);
 }
 
 /// The last spare a thread kept on `stack`, if any.

@@ -26,53 +26,26 @@ use crate::session::{ClientError, Session};
 /// from the first); a longer one (a multi-row `INSERT`) is read into a list once.
 const READ_IN_PLACE: usize = 16;
 
-/// Messages a segment's lists are given room for: a whole one (`Parse`, `Bind`, `Describe`,
-/// `Execute`, `Sync`) and more.
-const SEGMENT_MESSAGES: usize = 8;
-
-/// Lists longer than this (a long pipeline's) go back to the allocator.
-const LONGEST_KEPT: usize = 64;
-
-/// Lists one thread keeps at most.
-const LISTS_KEPT: usize = 16;
-
 thread_local! {
     static SPARE_FRAMES: RefCell<Vec<Vec<Frame>>> = const { RefCell::new(Vec::new()) };
     static SPARE_ITEMS: RefCell<Vec<Vec<Item>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// An empty list for a segment's messages: a spare one of this thread's, else a new one with
-/// room for a whole segment. Like the I/O buffers (`protocol::spare`), a segment's lists are
-/// taken when it starts and given back once it has run, so an idle client holds none and a
-/// segment allocates none.
+/// An empty list for a segment's messages, from this thread's spares (`protocol::spare`): a
+/// segment's lists are taken when it starts and given back once it has run, so an idle
+/// client holds none and a segment allocates none.
 pub(crate) fn take_frames() -> Vec<Frame> {
-    spare::reuse(&SPARE_FRAMES).unwrap_or_else(|| Vec::with_capacity(SEGMENT_MESSAGES))
+    spare::take_list(&SPARE_FRAMES)
 }
 
 /// Gives a segment's message list back, emptied, for the next segment on this thread.
 pub(crate) fn give_back_frames(frames: Vec<Frame>) {
-    give_back_list(&SPARE_FRAMES, frames);
-}
-
-/// An empty list for a segment's items (see [`take_frames`]).
-fn take_items() -> Vec<Item> {
-    spare::reuse(&SPARE_ITEMS).unwrap_or_else(|| Vec::with_capacity(SEGMENT_MESSAGES))
+    spare::give_back_list(&SPARE_FRAMES, frames);
 }
 
 /// Gives a segment's item list back, emptied, for the next segment on this thread.
 pub(crate) fn give_back_items(items: Vec<Item>) {
-    give_back_list(&SPARE_ITEMS, items);
-}
-
-fn give_back_list<T: 'static>(
-    stack: &'static std::thread::LocalKey<RefCell<Vec<Vec<T>>>>,
-    mut list: Vec<T>,
-) {
-    if list.capacity() == 0 || list.capacity() > LONGEST_KEPT {
-        return;
-    }
-    list.clear();
-    spare::keep(stack, list, LISTS_KEPT);
+    spare::give_back_list(&SPARE_ITEMS, items);
 }
 
 /// One client message of a segment, with what the proxy learned from it.
@@ -144,12 +117,13 @@ impl Session {
         frames: &mut Vec<Frame>,
     ) -> Result<Segment, Malformed> {
         let mut segment = Segment {
-            items: take_items(),
+            items: spare::take_list(&SPARE_ITEMS),
             routed: SmallVec::new(),
             kinds: SmallVec::new(),
             dual: None,
             refusal: None,
         };
+        segment.items.reserve(frames.len());
         // Portals bound in this segment (a few at most, usually only the unnamed one).
         let mut portals: SmallVec<[(Vec<u8>, Arc<Statement>); 1]> = SmallVec::new();
         for frame in frames.drain(..) {
@@ -361,9 +335,11 @@ fn unknown_statement(name: &[u8]) -> ClientError {
     )
 }
 
-/// What a `Parse` brings: a statement the client defines again, or new text.
+/// What a `Parse` brings.
 enum ParseText<'a> {
+    /// A statement the client defines again as it is.
     Known(Arc<Statement>),
+    /// Text to plan, decoded from the client's encoding.
     New(Cow<'a, str>),
 }
 
@@ -378,19 +354,23 @@ impl Session {
         view: &ParseView<'a>,
         version: u64,
     ) -> Result<ParseText<'a>, ClientError> {
-        let utf8 = self.encoding() == ClientEncoding::Utf8;
         let again = |text: &[u8]| {
             self.statements
                 .reparsed(view.name, text, view.param_types, version)
         };
-        if let Some(statement) = utf8.then(|| again(view.query)).flatten() {
-            return Ok(ParseText::Known(statement));
-        }
-        let query = self.client_text(view.query)?;
-        match (!utf8).then(|| again(query.as_bytes())).flatten() {
-            Some(statement) => Ok(ParseText::Known(statement)),
-            None => Ok(ParseText::New(query)),
-        }
+        let known = if self.encoding() == ClientEncoding::Utf8 {
+            match again(view.query) {
+                Some(statement) => statement,
+                None => return Ok(ParseText::New(self.client_text(view.query)?)),
+            }
+        } else {
+            let query = self.client_text(view.query)?;
+            match again(query.as_bytes()) {
+                Some(statement) => statement,
+                None => return Ok(ParseText::New(query)),
+            }
+        };
+        Ok(ParseText::Known(known))
     }
 
     /// The text-format parameters the client sent in a non-UTF-8 `client_encoding` with
@@ -448,9 +428,9 @@ mod tests {
         assert!(again.is_empty());
         assert_eq!(again.as_ptr(), address);
 
-        let mut long = Vec::with_capacity(LONGEST_KEPT + 1);
+        let mut long = Vec::with_capacity(spare::LONGEST_LIST + 1);
         long.push(sync());
         give_back_frames(long);
-        assert!(take_frames().capacity() <= LONGEST_KEPT);
+        assert!(take_frames().capacity() <= spare::LONGEST_LIST);
     }
 }

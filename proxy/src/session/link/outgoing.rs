@@ -53,30 +53,18 @@ impl Outgoing {
     }
 }
 
-/// Answer queues one thread keeps at most.
-const QUEUES_KEPT: usize = 16;
-
-/// Queues longer than this (a long pipeline's) go back to the allocator.
-const LARGEST_QUEUE: usize = 64;
-
 thread_local! {
     static SPARE_QUEUES: RefCell<Vec<VecDeque<Expect>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// An empty answer queue: a spare one of this thread's, else a new one with room for a whole
-/// extended-protocol segment (`Parse`, `Bind`, `Describe`, `Execute`, `Sync`) and a settings
-/// sync.
+/// An empty answer queue, from this thread's spares (`protocol::spare`).
 fn take_queue() -> VecDeque<Expect> {
-    spare::reuse(&SPARE_QUEUES).unwrap_or_else(|| VecDeque::with_capacity(8))
+    spare::take_list(&SPARE_QUEUES)
 }
 
 /// Gives an answer queue back for the next exchange on this thread, once driven.
-pub(crate) fn give_back_queue(mut queue: VecDeque<Expect>) {
-    if queue.capacity() > LARGEST_QUEUE {
-        return;
-    }
-    queue.clear();
-    spare::keep(&SPARE_QUEUES, queue, QUEUES_KEPT);
+pub(crate) fn give_back_queue(queue: VecDeque<Expect>) {
+    spare::give_back_list(&SPARE_QUEUES, queue);
 }
 
 #[cfg(test)]
@@ -98,13 +86,13 @@ mod tests {
 
     #[test]
     fn long_queues_and_too_many_are_not_kept() {
-        give_back_queue(VecDeque::with_capacity(LARGEST_QUEUE + 1));
-        for _ in 0..QUEUES_KEPT + 4 {
+        give_back_queue(VecDeque::with_capacity(spare::LONGEST_LIST + 1));
+        for _ in 0..spare::LISTS_KEPT + 4 {
             give_back_queue(VecDeque::with_capacity(8));
         }
         let kept = std::iter::from_fn(|| SPARE_QUEUES.with(|s| s.borrow_mut().pop()))
-            .inspect(|queue| assert!(queue.capacity() <= LARGEST_QUEUE))
+            .inspect(|queue| assert!(queue.capacity() <= spare::LONGEST_LIST))
             .count();
-        assert_eq!(kept, QUEUES_KEPT);
+        assert_eq!(kept, spare::LISTS_KEPT);
     }
 }
