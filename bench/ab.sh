@@ -4,7 +4,8 @@
 # machine) hides it. Both builds serve the demo's shards.yaml at once (on ports of their
 # own); pgbench -S runs through A, then B, ROUNDS times per mode, and the table shows each
 # one's median TPS, user, system and total CPU per transaction (utime, stime from
-# /proc/<pid>/stat) and context switches per transaction over its runs, then B's median
+# /proc/<pid>/stat), context switches per transaction and the involuntary ones among them
+# (preempted while it had work; /proc/<pid>/task/*/status) over its runs, then B's median
 # relative to A's.
 #
 #   bash bench/ab.sh BUILD_A BUILD_B [rounds, default 5] [seconds per run, default 4] [clients, default 16]
@@ -67,7 +68,8 @@ PIDS+=("$B_PID")
 
 median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
 
-printf "%-9s %-3s %8s %11s %11s %11s %7s\n" mode "" tps "user us/tx" "sys us/tx" "total" cs/tx
+printf "%-9s %-3s %8s %11s %11s %11s %7s %7s\n" mode "" tps "user us/tx" "sys us/tx" "total" cs/tx \
+  "invol"
 for mode in $MODES; do
   : >"$DIR/a.runs"
   : >"$DIR/b.runs"
@@ -81,13 +83,17 @@ for mode in $MODES; do
     sys_m=$(awk '{print $3}' "$DIR/$build.runs" | median)
     total_m=$(awk '{print $2 + $3}' "$DIR/$build.runs" | median)
     cs_m=$(awk '{print $4}' "$DIR/$build.runs" | median)
-    printf "%-9s %-3s %8.0f %11.2f %11.2f %11.2f %7.2f\n" "$mode" "$build" "$tps_m" "$user_m" "$sys_m" \
-      "$total_m" "$cs_m"
-    eval "${build}_tps=$tps_m ${build}_user=$user_m ${build}_sys=$sys_m ${build}_total=$total_m ${build}_cs=$cs_m"
+    invol_m=$(awk '{print $7}' "$DIR/$build.runs" | median)
+    printf "%-9s %-3s %8.0f %11.2f %11.2f %11.2f %7.2f %7.2f\n" "$mode" "$build" "$tps_m" "$user_m" \
+      "$sys_m" "$total_m" "$cs_m" "$invol_m"
+    eval "${build}_tps=$tps_m ${build}_user=$user_m ${build}_sys=$sys_m ${build}_total=$total_m" \
+      "${build}_cs=$cs_m ${build}_invol=$invol_m"
   done
   # shellcheck disable=SC2154 # set by the eval above
   awk -v m="$mode" -v at="$a_tps" -v bt="$b_tps" -v au="$a_user" -v bu="$b_user" -v as="$a_sys" \
-    -v bs="$b_sys" -v ac="$a_total" -v bc="$b_total" -v ax="$a_cs" -v bx="$b_cs" 'BEGIN {
-    printf "%-9s %-3s %8.2f %11.2f %11.2f %11.2f %7.2f\n", m, "b/a", bt / at, bu / au, bs / as, bc / ac, bx / ax }'
+    -v bs="$b_sys" -v ac="$a_total" -v bc="$b_total" -v ax="$a_cs" -v bx="$b_cs" -v ai="$a_invol" \
+    -v bi="$b_invol" 'BEGIN {
+    printf "%-9s %-3s %8.2f %11.2f %11.2f %11.2f %7.2f %7.2f\n", m, "b/a", bt / at, bu / au, bs / as, bc / ac,
+      bx / ax, (ai > 0 ? bi / ai : 0) }'
 done
 echo "(medians of $ROUNDS runs each, alternated, $SECS s, $CLIENTS clients, ${DEMO_SHARDS:-4} shards; A = $A, B = $B)"

@@ -29,9 +29,12 @@ postgres_ticks() {
 # Microseconds per transaction of a tick count.
 ticks_per_tx() { awk -v t="$1" -v n="$2" -v hz="$HZ" 'BEGIN {if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-"}'; }
 
-# Context switches (voluntary and not) of every thread of a process so far.
+# Context switches of every thread of a process so far: "all involuntary", the involuntary
+# ones those where the scheduler took the CPU from a thread that still had work (the rest, a
+# thread going to sleep for want of work).
 ctx_switches() {
-  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}'
+  cat /proc/"$1"/task/*/status 2>/dev/null |
+    awk '/ctxt_switches/ {n += $2} /^nonvoluntary_ctxt_switches/ {i += $2} END {print n + 0, i + 0}'
 }
 # Resident memory of a process, in kB.
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -76,9 +79,10 @@ syscall_rate() { # PID SECONDS
 }
 
 # pgbench ($CLIENTS clients, $SECS seconds, the script $DIR/select.sql) through PORT while
-# watching process PROC: "TPS user-us/tx sys-us/tx switches/tx syscalls/tx postgres-us/tx"
-# (syscalls "-" unless SYSCALLS=1 and perf is there, and for runs under 4 s; postgres is the
-# CPU of the demo's servers). libpq's PG* variables (PGSSLMODE, say) apply.
+# watching process PROC: "TPS user-us/tx sys-us/tx switches/tx syscalls/tx postgres-us/tx
+# involuntary-switches/tx" (syscalls "-" unless SYSCALLS=1 and perf is there, and for runs
+# under 4 s; postgres is the CPU of the demo's servers). libpq's PG* variables (PGSSLMODE,
+# say) apply.
 measure() { # PORT PROC MODE
   local before cs_before pg_before out after cs_after pg_after rate pgbench_pid
   out=$(mktemp)
@@ -103,11 +107,12 @@ measure() { # PORT PROC MODE
   tx=$(processed <"$out")
   tps_now=$(tps <"$out")
   rm -f "$out"
-  if [ -z "$tx" ] || [ "$tx" = 0 ]; then echo "fails - - - - -"; return; fi
+  if [ -z "$tx" ] || [ "$tx" = 0 ]; then echo "fails - - - - - -"; return; fi
   echo "$tps_now $(per_tx "$before" "$after" "$tx")" \
-    "$(awk -v a="$cs_after" -v b="$cs_before" -v t="$tx" 'BEGIN {printf "%.2f", (a - b) / t}')" \
+    "$(awk -v a="${cs_after% *}" -v b="${cs_before% *}" -v t="$tx" 'BEGIN {printf "%.2f", (a - b) / t}')" \
     "$(awk -v r="$rate" -v t="$tps_now" 'BEGIN {if (r == "-" || t == 0) print "-"; else printf "%.2f", r / t}')" \
-    "$(ticks_per_tx $((pg_after - pg_before)) "$tx")"
+    "$(ticks_per_tx $((pg_after - pg_before)) "$tx")" \
+    "$(awk -v a="${cs_after#* }" -v b="${cs_before#* }" -v t="$tx" 'BEGIN {printf "%.2f", (a - b) / t}')"
 }
 
 # pgbench straight against SHARDS shards at once, $CLIENTS clients split evenly among them

@@ -85,15 +85,15 @@ row() { # MODE TARGET TPS DIRECT_TPS PGBOUNCER_TPS USER SYS CS SC POSTGRES
     printf "%-9s %-20s %8.0f %5s %5s %15s %8s %6s %6s\n", m, t, p, ratio_d, ratio_g, cpu, pg, cs, sc }'
 }
 for mode in simple extended prepared; do
-  read -r d1 _ _ _ _ dpg <<<"$(measure "$SHARD0" "$$" "$mode")"
+  read -r d1 _ _ _ _ dpg _ <<<"$(measure "$SHARD0" "$$" "$mode")"
   read -r dn dnpg <<<"$(measure_spread "$SHARD0" "$SHARDS" "$mode")"
   pgb=-
   # pgbouncer before 1.21 cannot run protocol-level prepared statements in transaction mode.
   if [ -n "$PGB_PROC" ] && [ "$mode" != prepared ]; then
-    read -r pgb gu gs gcs gsc gpg <<<"$(measure "$PGB_PORT" "$PGB_PROC" "$mode")"
+    read -r pgb gu gs gcs gsc gpg _ <<<"$(measure "$PGB_PORT" "$PGB_PROC" "$mode")"
   fi
-  read -r one ou os ocs osc opg <<<"$(measure "$ONE_PORT" "$ONE_PID" "$mode")"
-  read -r proxy pu ps pcs psc ppg <<<"$(measure "$PORT" "$PROXY_PID" "$mode")"
+  read -r one ou os ocs osc opg _ <<<"$(measure "$ONE_PORT" "$ONE_PID" "$mode")"
+  read -r proxy pu ps pcs psc ppg _ <<<"$(measure "$PORT" "$PROXY_PID" "$mode")"
   row "$mode" "direct, 1 shard" "$d1" "$d1" "$pgb" - - - - "$dpg"
   row "$mode" "direct, $SHARDS shards" "$dn" "$dn" "$pgb" - - - - "$dnpg"
   [ "$pgb" != - ] && row "$mode" "pgbouncer, 1 shard" "$pgb" "$d1" "$pgb" "$gu" "$gs" "$gcs" "$gsc" "$gpg"
