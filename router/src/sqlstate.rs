@@ -67,6 +67,8 @@ pub const UNDEFINED_OBJECT: &str = "42704";
 pub const RESERVED_NAME: &str = "42939";
 /// `42P01`: a table that does not exist.
 pub const UNDEFINED_TABLE: &str = "42P01";
+/// `42P05`: a prepared statement whose name the client already uses.
+pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
 /// `53300`: no connection could be had in time.
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
 /// `54000`: a message or value beyond a limit.

@@ -5,9 +5,9 @@
 //! sends the same client.
 
 use shardline_tests::wire::{
-    bind, cstr, execute, login, login_socket, message, parse, read_message, sync, trusting_proxy,
+    bind, cstr, exchange, execute, message, parse, proxy_and_oracle, read_message, sync,
 };
-use shardline_tests::{connect, TestCluster};
+use shardline_tests::TestCluster;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// LATIN9 keys: é, €, ï, å, ö, ü, à and one plain ASCII key.
@@ -36,50 +36,12 @@ fn query(sql: &[u8]) -> Vec<u8> {
     message(b'Q', &body)
 }
 
-/// Sends `bytes` and reads every message up to `ReadyForQuery`: (tag, body) pairs, notices
-/// and parameter reports left out, errors by SQLSTATE, row descriptions by tag only.
-async fn exchange<S>(stream: &mut S, bytes: &[u8]) -> anyhow::Result<Vec<(u8, Vec<u8>)>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    stream.write_all(bytes).await?;
-    let mut answers = Vec::new();
-    loop {
-        let (tag, body) = read_message(stream).await?;
-        match tag {
-            b'N' | b'S' => continue,
-            b'E' => {
-                // Only the SQLSTATE: the proxy's messages name shards.
-                let code = body
-                    .split(|b| *b == 0)
-                    .find_map(|field| field.strip_prefix(b"C"))
-                    .unwrap_or_default()
-                    .to_vec();
-                answers.push((tag, code));
-            }
-            // Table OIDs differ between the shards and the oracle database.
-            b'T' => answers.push((tag, Vec::new())),
-            b'Z' => {
-                answers.push((tag, body));
-                return Ok(answers);
-            }
-            _ => answers.push((tag, body)),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_latin9_client_is_read_and_answered_as_postgres_would() -> anyhow::Result<()> {
     let cluster = TestCluster::start("encodings", 4).await?;
     let ddl = "CREATE TABLE accounts (email text PRIMARY KEY, n int)";
     cluster.client().await?.batch_execute(ddl).await?;
-    let admin = connect(&cluster.pg.servers()[0].superuser_conninfo()).await?;
-    admin
-        .batch_execute("CREATE DATABASE oracle OWNER app")
-        .await?;
-    let wire_proxy = trusting_proxy(&cluster).await?;
-    let mut proxy = login(wire_proxy.addr.port()).await?;
-    let mut oracle = login_socket(&cluster.pg.servers()[0], "app", "oracle").await?;
+    let (wire_proxy, mut proxy, mut oracle) = proxy_and_oracle(&cluster).await?;
     exchange(&mut oracle, &query(ddl.as_bytes())).await?;
     let latin9 = query(b"SET client_encoding TO 'LATIN9'");
     assert_eq!(
@@ -201,6 +163,7 @@ async fn a_latin9_client_is_read_and_answered_as_postgres_would() -> anyhow::Res
             );
         }
     }
+    wire_proxy.stop().await;
     Ok(())
 }
 

@@ -104,6 +104,9 @@ pub struct Session {
     /// A statement of the current pipeline failed: like PostgreSQL, the proxy ignores the
     /// client's messages up to `Sync`.
     skip_to_sync: bool,
+    /// Client `Parse` messages the last exchange answered with `ParseComplete` (see
+    /// [`Outcome::parsed`](link::exchange::Outcome::parsed)).
+    parsed: usize,
     /// The current pipeline runs on several shards (see [`extended::pipeline`]).
     spread: Option<extended::pipeline::Spread>,
     /// Statements rewritten to take generated keys, reused when a driver parses them again.
@@ -146,6 +149,7 @@ impl Session {
             batch: Vec::new(),
             segment_open: false,
             skip_to_sync: false,
+            parsed: 0,
             spread: None,
             rewrites: generated::Rewrites::default(),
             last_shape: LastShape::default(),

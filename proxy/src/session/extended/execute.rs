@@ -7,6 +7,7 @@ use shardline_router::{ShardId, StatementKind};
 
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
+use crate::protocol::frontend::ParseView;
 use crate::protocol::Frame;
 use crate::session::decide::{decide, Action};
 use crate::session::extended::assembled::Assembled;
@@ -93,7 +94,30 @@ impl Session {
         })
         .await?;
         self.note_transaction(shard, items);
+        self.forget_failed_parses(items);
         Ok(self.out.flush().await?)
+    }
+
+    /// Forgets the statements the client named in `items` whose `Parse` was not answered with
+    /// `ParseComplete` (it failed, or PostgreSQL skipped it after an earlier error): a server
+    /// defines a statement only when its `Parse` succeeds, so the client may parse the name
+    /// again.
+    fn forget_failed_parses(&mut self, items: &[Item]) {
+        let parses = items
+            .iter()
+            .filter(|item| matches!(item, Item::Parse { .. }));
+        for item in parses.skip(self.parsed) {
+            if let Item::Parse {
+                frame,
+                unnamed: false,
+                ..
+            } = item
+            {
+                if let Ok(view) = ParseView::new(frame) {
+                    self.statements.close(view.name);
+                }
+            }
+        }
     }
 
     /// Carries out a segment whose action is not one plain exchange with one shard.

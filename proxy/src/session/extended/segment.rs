@@ -131,6 +131,16 @@ impl Session {
                 b'P' => {
                     let view = ParseView::new(&frame)?;
                     let unnamed = view.name.is_empty();
+                    if !unnamed && self.statements.get(view.name).is_some() {
+                        // Only the unnamed statement is replaced by a `Parse`; a named one
+                        // must be closed first.
+                        segment.refusal = Some(statement_error(
+                            sqlstate::DUPLICATE_PREPARED_STATEMENT,
+                            view.name,
+                            "already exists",
+                        ));
+                        break;
+                    }
                     let types = view.param_types;
                     let query = match self.parsed_text(&view, loaded.version) {
                         Ok(ParseText::Known(statement)) => {
@@ -326,13 +336,13 @@ impl Session {
 }
 
 fn unknown_statement(name: &[u8]) -> ClientError {
-    ClientError::new(
-        sqlstate::INVALID_SQL_STATEMENT_NAME,
-        format!(
-            "prepared statement \"{}\" does not exist",
-            String::from_utf8_lossy(name)
-        ),
-    )
+    statement_error(sqlstate::INVALID_SQL_STATEMENT_NAME, name, "does not exist")
+}
+
+/// An error about the client's prepared statement `name`, worded as PostgreSQL words it.
+fn statement_error(code: &'static str, name: &[u8], what: &str) -> ClientError {
+    let name = String::from_utf8_lossy(name);
+    ClientError::new(code, format!("prepared statement \"{name}\" {what}"))
 }
 
 /// What a `Parse` brings.

@@ -113,6 +113,9 @@ pub struct Outcome {
     /// The client's `DEALLOCATE ALL` or `DISCARD ALL` ran on the backend: the client's
     /// statements are gone, as on one server.
     pub forgot_statements: bool,
+    /// Client `Parse` messages answered with `ParseComplete` (the backend's or the proxy's
+    /// own): those after them failed or were skipped, and define nothing.
+    pub parsed: usize,
 }
 
 /// A `CommandComplete`, as far as a session cares: whether it ended a transaction, and how.
@@ -189,6 +192,7 @@ where
             Expect::Local(bytes) => {
                 if !skipping {
                     out.push(bytes).await.map_err(ExchangeError::Client)?;
+                    outcome.parsed += usize::from(bytes.first() == Some(&tag::PARSE_COMPLETE));
                 }
                 queue.pop_front();
                 continue;
@@ -207,6 +211,7 @@ where
                 backend.consume_relayed(stretch.len, stretch.ready);
                 queue.drain(..stretch.completed);
                 outcome.last_tag = stretch.last_tag.or(outcome.last_tag);
+                outcome.parsed += stretch.parsed;
                 if let Some(ready) = stretch.ready {
                     outcome.ready = Some(ready);
                 }
@@ -307,6 +312,7 @@ where
             }
         }
         if frame_tag == tag::PARSE_COMPLETE {
+            outcome.parsed += usize::from(relay);
             if let Some(Expect::Sent {
                 prepares: Some(id), ..
             }) = queue.front()

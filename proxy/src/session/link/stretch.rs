@@ -21,6 +21,8 @@ pub struct Stretch {
     pub last_tag: Option<Completed>,
     /// The status of the `ReadyForQuery` they end with, if they do.
     pub ready: Option<u8>,
+    /// `ParseComplete` answers among them.
+    pub parsed: usize,
 }
 
 /// The stretch at the front of `answers` (a backend's buffered messages, whole), given what
@@ -59,6 +61,7 @@ pub fn relayable<'a>(
             _ => {}
         }
         stretch.len += answer.len();
+        stretch.parsed += usize::from(answer_tag == tag::PARSE_COMPLETE);
         let done = completes(entry.reply, answer_tag);
         if done {
             stretch.completed += 1;
@@ -174,6 +177,7 @@ mod tests {
                 completed: 5,
                 last_tag: Some(Completed::Other),
                 ready: Some(b'I'),
+                parsed: 1,
             }
         );
         // Answers after the `ReadyForQuery` are left for the next turn.
@@ -265,6 +269,7 @@ mod tests {
                 completed: 1,
                 last_tag: Some(Completed::Commit),
                 ready: Some(b'I'),
+                parsed: 0,
             }
         );
     }
