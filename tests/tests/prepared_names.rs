@@ -16,6 +16,18 @@ fn close(name: &str) -> Vec<u8> {
 async fn named_statements_are_defined_and_refused_as_postgres_does() -> anyhow::Result<()> {
     let cluster = TestCluster::start("prepared_names", 2).await?;
     let (wire_proxy, mut proxy, mut oracle) = proxy_and_oracle(&cluster).await?;
+    // A sharded table, so a statement without its key runs on every shard.
+    let ddl = [
+        parse("", "CREATE TABLE users (id bigint PRIMARY KEY, name text)"),
+        bind("", &[]),
+        execute(0),
+        sync(),
+    ]
+    .concat();
+    assert_eq!(
+        exchange(&mut proxy, &ddl).await?,
+        exchange(&mut oracle, &ddl).await?
+    );
 
     let run = |name: &str| [bind(name, &[]), execute(0)].concat();
     let steps: Vec<(&str, Vec<u8>)> = vec![
@@ -69,6 +81,18 @@ async fn named_statements_are_defined_and_refused_as_postgres_does() -> anyhow::
         (
             "the failed one parsed",
             [parse("q2", "SELECT 9"), run("q2"), sync()].concat(),
+        ),
+        (
+            "on every shard, failing",
+            [parse("all", "SELECT nosuch FROM users"), run("all"), sync()].concat(),
+        ),
+        (
+            "on every shard, parsed",
+            [parse("all", "SELECT name FROM users"), run("all"), sync()].concat(),
+        ),
+        (
+            "on every shard, again",
+            [parse("all", "SELECT 1 FROM users"), sync()].concat(),
         ),
     ];
     for (step, bytes) in &steps {

@@ -104,8 +104,8 @@ pub struct Session {
     /// A statement of the current pipeline failed: like PostgreSQL, the proxy ignores the
     /// client's messages up to `Sync`.
     skip_to_sync: bool,
-    /// Client `Parse` messages the last exchange answered with `ParseComplete` (see
-    /// [`Outcome::parsed`](link::exchange::Outcome::parsed)).
+    /// Client `Parse` messages the last single-shard exchange or scatter answered with
+    /// `ParseComplete` (see [`Outcome::parsed`](link::exchange::Outcome::parsed)).
     parsed: usize,
     /// The current pipeline runs on several shards (see [`extended::pipeline`]).
     spread: Option<extended::pipeline::Spread>,

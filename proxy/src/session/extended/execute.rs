@@ -235,6 +235,7 @@ impl Session {
                     build_messages(items, conn, out)
                 }))
                 .await?;
+                self.forget_failed_parses(items);
             }
             Action::Gather(shards) => {
                 return Box::pin(self.run_assembled(loaded, Assembled::Gather(shards), &segment))
