@@ -2,8 +2,10 @@
 //! PostgreSQL database, their answers reduced to what must match and compared.
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 
-use crate::wire::read_message;
+use crate::wire::{login, login_socket, read_message, trusting_proxy};
+use crate::TestCluster;
 
 /// One answer, reduced to what must match between the proxy and PostgreSQL: its type, and the
 /// command tag, SQLSTATE or row it carries (error texts differ: the proxy names the shard).
@@ -112,4 +114,23 @@ where
         assert_eq!(got, want, "{what}: the proxy answered unlike PostgreSQL");
         Ok(got)
     }
+}
+
+/// A byte-level client of a proxy over `cluster` that trusts it (see [`trusting_proxy`]), and
+/// one of a new, empty database `oracle` on the first shard's server, side by side. The proxy
+/// is returned to be stopped.
+pub async fn proxy_and_oracle(
+    cluster: &TestCluster,
+) -> anyhow::Result<(shardline::Proxy, Sides<TcpStream, UnixStream>)> {
+    let first = &cluster.pg.servers()[0];
+    let admin = crate::connect(&first.superuser_conninfo()).await?;
+    admin
+        .batch_execute("CREATE DATABASE oracle OWNER app")
+        .await?;
+    let proxy = trusting_proxy(cluster).await?;
+    let sides = Sides {
+        proxy: login(proxy.addr.port()).await?,
+        oracle: login_socket(first, "app", "oracle").await?,
+    };
+    Ok((proxy, sides))
 }

@@ -205,6 +205,11 @@ pub fn describe_portal() -> Vec<u8> {
     message(b'D', b"P\0")
 }
 
+/// `Close` of statement `name`.
+pub fn close_statement(name: &str) -> Vec<u8> {
+    message(b'C', &[b"S".to_vec(), cstr(name)].concat())
+}
+
 /// `Sync`.
 pub fn sync() -> Vec<u8> {
     message(b'S', &[])
@@ -228,54 +233,4 @@ pub fn run_once(sql: &str) -> Vec<u8> {
     let mut out = unsynced(sql);
     out.extend(sync());
     out
-}
-
-/// Sends `bytes` and reads every message up to `ReadyForQuery`: (tag, body) pairs, notices
-/// and parameter reports left out, errors by SQLSTATE, row descriptions by tag only. What a
-/// byte-level client compares between the proxy and one PostgreSQL server (its oracle).
-pub async fn exchange<S>(stream: &mut S, bytes: &[u8]) -> anyhow::Result<Vec<(u8, Vec<u8>)>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    stream.write_all(bytes).await?;
-    let mut answers = Vec::new();
-    loop {
-        let (tag, body) = read_message(stream).await?;
-        match tag {
-            b'N' | b'S' => continue,
-            b'E' => {
-                // Only the SQLSTATE: the proxy's messages name shards.
-                let code = body
-                    .split(|b| *b == 0)
-                    .find_map(|field| field.strip_prefix(b"C"))
-                    .unwrap_or_default()
-                    .to_vec();
-                answers.push((tag, code));
-            }
-            // Table OIDs differ between the shards and the oracle database.
-            b'T' => answers.push((tag, Vec::new())),
-            b'Z' => {
-                answers.push((tag, body));
-                return Ok(answers);
-            }
-            _ => answers.push((tag, body)),
-        }
-    }
-}
-
-/// A byte-level client of a proxy over `cluster` that trusts it (see [`trusting_proxy`]), and
-/// one of a new, empty database `oracle` on the first shard's server: what the proxy answers
-/// is compared with what one PostgreSQL server answers. The proxy is returned to be stopped.
-pub async fn proxy_and_oracle(
-    cluster: &TestCluster,
-) -> anyhow::Result<(shardline::Proxy, TcpStream, UnixStream)> {
-    let first = &cluster.pg.servers()[0];
-    let admin = crate::connect(&first.superuser_conninfo()).await?;
-    admin
-        .batch_execute("CREATE DATABASE oracle OWNER app")
-        .await?;
-    let proxy = trusting_proxy(cluster).await?;
-    let client = login(proxy.addr.port()).await?;
-    let oracle = login_socket(first, "app", "oracle").await?;
-    Ok((proxy, client, oracle))
 }

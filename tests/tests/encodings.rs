@@ -4,8 +4,9 @@
 //! answers (rows merged across shards included) are byte for byte what one PostgreSQL server
 //! sends the same client.
 
+use shardline_tests::oracle::{proxy_and_oracle, transcript, Answer, Until};
 use shardline_tests::wire::{
-    bind, cstr, exchange, execute, message, parse, proxy_and_oracle, read_message, sync,
+    bind, close_statement, cstr, execute, message, parse, read_message, sync,
 };
 use shardline_tests::TestCluster;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -41,13 +42,10 @@ async fn a_latin9_client_is_read_and_answered_as_postgres_would() -> anyhow::Res
     let cluster = TestCluster::start("encodings", 4).await?;
     let ddl = "CREATE TABLE accounts (email text PRIMARY KEY, n int)";
     cluster.client().await?.batch_execute(ddl).await?;
-    let (wire_proxy, mut proxy, mut oracle) = proxy_and_oracle(&cluster).await?;
-    exchange(&mut oracle, &query(ddl.as_bytes())).await?;
+    let (wire_proxy, mut sides) = proxy_and_oracle(&cluster).await?;
+    transcript(&mut sides.oracle, &query(ddl.as_bytes()), Until::Syncs(1)).await?;
     let latin9 = query(b"SET client_encoding TO 'LATIN9'");
-    assert_eq!(
-        exchange(&mut proxy, &latin9).await?,
-        exchange(&mut oracle, &latin9).await?
-    );
+    sides.same("SET client_encoding", &latin9, 1).await?;
 
     // Literals in the simple protocol (one row, then a multi-row INSERT split over shards).
     let mut split = b"INSERT INTO accounts (email, n) VALUES ".to_vec();
@@ -55,10 +53,7 @@ async fn a_latin9_client_is_read_and_answered_as_postgres_would() -> anyhow::Res
         let mut one = b"INSERT INTO accounts (email, n) VALUES ('".to_vec();
         one.extend_from_slice(key);
         one.extend_from_slice(format!("x', {i})").as_bytes());
-        assert_eq!(
-            exchange(&mut proxy, &query(&one)).await?,
-            exchange(&mut oracle, &query(&one)).await?
-        );
+        sides.same("a one-row INSERT", &query(&one), 1).await?;
         if i > 0 {
             split.extend_from_slice(b", ");
         }
@@ -66,11 +61,9 @@ async fn a_latin9_client_is_read_and_answered_as_postgres_would() -> anyhow::Res
         split.extend_from_slice(key);
         split.extend_from_slice(format!("', {i})").as_bytes());
     }
-    assert_eq!(
-        exchange(&mut proxy, &query(&split)).await?,
-        exchange(&mut oracle, &query(&split)).await?,
-        "a multi-row INSERT over shards"
-    );
+    sides
+        .same("a multi-row INSERT over shards", &query(&split), 1)
+        .await?;
 
     // Text parameters in the extended protocol.
     let insert = "INSERT INTO accounts (email, n) VALUES ($1, $2)";
@@ -85,10 +78,9 @@ async fn a_latin9_client_is_read_and_answered_as_postgres_would() -> anyhow::Res
         bytes.extend(message(b'B', &bind));
         bytes.extend(message(b'E', &[0, 0, 0, 0, 0]));
         bytes.extend(message(b'S', &[]));
-        assert_eq!(
-            exchange(&mut proxy, &bytes).await?,
-            exchange(&mut oracle, &bytes).await?
-        );
+        sides
+            .same("an INSERT with text parameters", &bytes, 1)
+            .await?;
     }
 
     // COPY rows in LATIN9.
@@ -98,11 +90,14 @@ async fn a_latin9_client_is_read_and_answered_as_postgres_would() -> anyhow::Res
     let mut data = message(b'd', &rows);
     data.extend(message(b'c', &[]));
     for (copy_in, copied) in [
-        copy_rows(&mut proxy, &copy, &data).await?,
-        copy_rows(&mut oracle, &copy, &data).await?,
+        copy_rows(&mut sides.proxy, &copy, &data).await?,
+        copy_rows(&mut sides.oracle, &copy, &data).await?,
     ] {
         assert_eq!(copy_in, b'G', "COPY starts");
-        assert_eq!(copied.first().map(|(t, _)| *t), Some(b'C'), "{copied:?}");
+        assert!(
+            matches!(copied.first(), Some(Answer::Complete(_))),
+            "{copied:?}"
+        );
     }
 
     // Every row is where PostgreSQL's hash of its UTF-8 key puts it, and reads back by key
@@ -124,43 +119,41 @@ async fn a_latin9_client_is_read_and_answered_as_postgres_would() -> anyhow::Res
         b"SELECT email FROM accounts ORDER BY email DESC LIMIT 5",
         b"SELECT n FROM accounts WHERE email = '\xa4uro'",
     ] {
-        assert_eq!(
-            exchange(&mut proxy, &query(sql)).await?,
-            exchange(&mut oracle, &query(sql)).await?,
-            "{}",
-            String::from_utf8_lossy(sql)
-        );
+        sides
+            .same(&format!("{}", String::from_utf8_lossy(sql)), &query(sql), 1)
+            .await?;
     }
 
     // Bytes that are not text in the client's encoding: 22021, and the session goes on.
     let utf8_again = query(b"SET client_encoding TO 'UTF8'");
-    exchange(&mut proxy, &utf8_again).await?;
-    let invalid = exchange(&mut proxy, &query(b"SELECT '\xe9'")).await?;
-    assert_eq!(invalid.first(), Some(&(b'E', b"22021".to_vec())));
-    let after = exchange(&mut proxy, &query(b"SELECT 1")).await?;
-    assert_eq!(after.first().map(|(t, _)| *t), Some(b'T'));
+    transcript(&mut sides.proxy, &utf8_again, Until::Syncs(1)).await?;
+    let invalid = transcript(&mut sides.proxy, &query(b"SELECT '\xe9'"), Until::Syncs(1)).await?;
+    assert_eq!(invalid.first(), Some(&Answer::Error("22021".into())));
+    let after = transcript(&mut sides.proxy, &query(b"SELECT 1"), Until::Syncs(1)).await?;
+    assert_eq!(after.first(), Some(&Answer::Tag('T')));
 
     // A statement parsed again is read in the encoding of the moment: the same bytes are one
     // character in UTF8 and two in LATIN9, whether the encoding changed since the last parse
     // or not (named statements are closed after each run, as a driver's statement cache does
     // when it is cleared).
     for encoding in [&latin9, &utf8_again, &utf8_again, &latin9] {
-        exchange(&mut proxy, encoding).await?;
-        exchange(&mut oracle, encoding).await?;
+        transcript(&mut sides.proxy, encoding, Until::Syncs(1)).await?;
+        transcript(&mut sides.oracle, encoding, Until::Syncs(1)).await?;
         for name in ["", "length"] {
             let mut run = parse(name, "SELECT length('\u{e9}')");
             run.extend(bind(name, &[]));
             run.extend(execute(0));
             if !name.is_empty() {
-                run.extend(message(b'C', &[b"S".to_vec(), cstr(name)].concat()));
+                run.extend(close_statement(name));
             }
             run.extend(sync());
-            assert_eq!(
-                exchange(&mut proxy, &run).await?,
-                exchange(&mut oracle, &run).await?,
-                "{name:?} under {}",
-                String::from_utf8_lossy(encoding)
-            );
+            sides
+                .same(
+                    &format!("{name:?} under {}", String::from_utf8_lossy(encoding)),
+                    &run,
+                    1,
+                )
+                .await?;
         }
     }
     wire_proxy.stop().await;
@@ -169,15 +162,11 @@ async fn a_latin9_client_is_read_and_answered_as_postgres_would() -> anyhow::Res
 
 /// Runs a `COPY … FROM STDIN` with `data`: the tag of the answer that starts it, and the
 /// answers to the data.
-async fn copy_rows<S>(
-    stream: &mut S,
-    copy: &[u8],
-    data: &[u8],
-) -> anyhow::Result<(u8, Vec<(u8, Vec<u8>)>)>
+async fn copy_rows<S>(stream: &mut S, copy: &[u8], data: &[u8]) -> anyhow::Result<(u8, Vec<Answer>)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     stream.write_all(copy).await?;
     let (tag, _) = read_message(stream).await?;
-    Ok((tag, exchange(stream, data).await?))
+    Ok((tag, transcript(stream, data, Until::Syncs(1)).await?))
 }

@@ -4,10 +4,10 @@
 //! ends the pipeline with exactly one `ReadyForQuery`, and named statements that run on every
 //! shard can be prepared by many connections and executed again.
 
-use shardline_tests::oracle::{error_code, transcript, Answer, Sides, Until};
+use shardline_tests::oracle::{error_code, proxy_and_oracle, transcript, Answer, Sides, Until};
 use shardline_tests::wire::{
-    bind, cstr, describe_portal, execute, flush, login, login_socket, message, parse, read_message,
-    run_once, sync, trusting_proxy, unsynced,
+    bind, close_statement, cstr, describe_portal, execute, flush, login, login_socket, message,
+    parse, read_message, run_once, sync, unsynced,
 };
 use shardline_tests::{connect, TestCluster};
 use tokio::io::AsyncWriteExt;
@@ -31,17 +31,9 @@ async fn users_cluster(
     label: &str,
 ) -> anyhow::Result<(TestCluster, shardline::Proxy, Sides<TcpStream, UnixStream>)> {
     let cluster = TestCluster::start(label, 4).await?;
-    let admin = connect(&cluster.pg.servers()[0].superuser_conninfo()).await?;
-    admin
-        .batch_execute("CREATE DATABASE oracle OWNER app")
-        .await?;
     let ddl = "CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL)";
     cluster.client().await?.batch_execute(ddl).await?;
-    let wire_proxy = trusting_proxy(&cluster).await?;
-    let mut sides = Sides {
-        proxy: login(wire_proxy.addr.port()).await?,
-        oracle: login_socket(&cluster.pg.servers()[0], "app", "oracle").await?,
-    };
+    let (wire_proxy, mut sides) = proxy_and_oracle(&cluster).await?;
     transcript(&mut sides.oracle, &run_once(ddl), Until::Syncs(1)).await?;
     Ok((cluster, wire_proxy, sides))
 }
@@ -534,7 +526,7 @@ async fn statements_for_several_shards_share_a_pipeline_as_on_one_server() -> an
         let mut run = bind("s_asyncpg", params);
         run.extend(execute(0));
         run.extend(sync());
-        run.extend(message(b'C', &[b"S".to_vec(), cstr("s_asyncpg")].concat()));
+        run.extend(close_statement("s_asyncpg"));
         run.extend(sync());
         sides
             .same(&format!("{sql}: executed after the Flush"), &run, 2)

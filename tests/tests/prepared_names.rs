@@ -2,20 +2,14 @@
 //! in use is refused (42P05), and a `Parse` that fails, or that PostgreSQL skips after an
 //! earlier error, leaves no statement behind, so the name can be parsed again.
 
-use shardline_tests::wire::{
-    bind, cstr, exchange, execute, message, parse, proxy_and_oracle, sync,
-};
+use shardline_tests::oracle::proxy_and_oracle;
+use shardline_tests::wire::{bind, close_statement, execute, parse, run_once, sync};
 use shardline_tests::TestCluster;
-
-/// `Close` of statement `name`.
-fn close(name: &str) -> Vec<u8> {
-    message(b'C', &[b"S".to_vec(), cstr(name)].concat())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn named_statements_are_defined_and_refused_as_postgres_does() -> anyhow::Result<()> {
     let cluster = TestCluster::start("prepared_names", 2).await?;
-    let (wire_proxy, mut proxy, mut oracle) = proxy_and_oracle(&cluster).await?;
+    let (wire_proxy, mut sides) = proxy_and_oracle(&cluster).await?;
     // A sharded table, so a statement without its key runs on every shard.
     let ddl = [
         parse("", "CREATE TABLE users (id bigint PRIMARY KEY, name text)"),
@@ -24,10 +18,7 @@ async fn named_statements_are_defined_and_refused_as_postgres_does() -> anyhow::
         sync(),
     ]
     .concat();
-    assert_eq!(
-        exchange(&mut proxy, &ddl).await?,
-        exchange(&mut oracle, &ddl).await?
-    );
+    sides.same("CREATE TABLE", &ddl, 1).await?;
 
     let run = |name: &str| [bind(name, &[]), execute(0)].concat();
     let steps: Vec<(&str, Vec<u8>)> = vec![
@@ -38,7 +29,7 @@ async fn named_statements_are_defined_and_refused_as_postgres_does() -> anyhow::
         ),
         ("other text", [parse("dup", "SELECT 2"), sync()].concat()),
         ("still the first", [run("dup"), sync()].concat()),
-        ("closed", [close("dup"), sync()].concat()),
+        ("closed", [close_statement("dup"), sync()].concat()),
         (
             "defined anew",
             [parse("dup", "SELECT 3"), run("dup"), sync()].concat(),
@@ -94,13 +85,20 @@ async fn named_statements_are_defined_and_refused_as_postgres_does() -> anyhow::
             "on every shard, again",
             [parse("all", "SELECT 1 FROM users"), sync()].concat(),
         ),
+        ("a transaction", run_once("BEGIN")),
+        ("fails", run_once("SELECT nosuchfn()")),
+        (
+            "a parse in the failed transaction",
+            [parse("n", "SELECT 12"), run("n"), sync()].concat(),
+        ),
+        ("rolled back", run_once("ROLLBACK")),
+        (
+            "the refused name parsed",
+            [parse("n", "SELECT 13"), run("n"), sync()].concat(),
+        ),
     ];
     for (step, bytes) in &steps {
-        assert_eq!(
-            exchange(&mut proxy, bytes).await?,
-            exchange(&mut oracle, bytes).await?,
-            "{step}"
-        );
+        sides.same(step, bytes, 1).await?;
     }
     wire_proxy.stop().await;
     Ok(())

@@ -105,8 +105,9 @@ pub struct Session {
     /// client's messages up to `Sync`.
     skip_to_sync: bool,
     /// Client `Parse` messages the last single-shard exchange or scatter answered with
-    /// `ParseComplete` (see [`Outcome::parsed`](link::exchange::Outcome::parsed)).
-    parsed: usize,
+    /// `ParseComplete` (see [`Outcome::parsed`](link::exchange::Outcome::parsed)); `None`
+    /// when that is not known (the backend was lost, or another way ran the segment).
+    parses_answered: Option<usize>,
     /// The current pipeline runs on several shards (see [`extended::pipeline`]).
     spread: Option<extended::pipeline::Spread>,
     /// Statements rewritten to take generated keys, reused when a driver parses them again.
@@ -149,7 +150,7 @@ impl Session {
             batch: Vec::new(),
             segment_open: false,
             skip_to_sync: false,
-            parsed: 0,
+            parses_answered: None,
             spread: None,
             rewrites: generated::Rewrites::default(),
             last_shape: LastShape::default(),

@@ -94,29 +94,46 @@ impl Session {
         })
         .await?;
         self.note_transaction(shard, items);
-        self.forget_failed_parses(items);
+        self.settle_parses(items);
         Ok(self.out.flush().await?)
     }
 
-    /// Forgets the statements the client named in `items` whose `Parse` was not answered with
-    /// `ParseComplete` (it failed, or PostgreSQL skipped it after an earlier error): a server
-    /// defines a statement only when its `Parse` succeeds, so the client may parse the name
-    /// again.
-    fn forget_failed_parses(&mut self, items: &[Item]) {
+    /// Settles the statements the client named in the `Parse`s of `items`, once they ran: as
+    /// on one server, those answered with `ParseComplete` exist for the client (a `Parse` of
+    /// the name is refused until it is closed), and those that failed, or that PostgreSQL
+    /// skipped after an earlier error, do not. When it is not known how many were answered
+    /// (the backend was lost), they stay as they were defined, and a `Parse` replaces them.
+    fn settle_parses(&mut self, items: &[Item]) {
+        let Some(answered) = self.parses_answered.take() else {
+            return;
+        };
         let parses = items
             .iter()
             .filter(|item| matches!(item, Item::Parse { .. }));
-        for item in parses.skip(self.parsed) {
-            if let Item::Parse {
+        for (i, item) in parses.enumerate() {
+            let Item::Parse {
                 frame,
                 unnamed: false,
                 ..
             } = item
-            {
-                if let Ok(view) = ParseView::new(frame) {
+            else {
+                continue;
+            };
+            if let Ok(view) = ParseView::new(frame) {
+                if i < answered {
+                    self.statements.confirm(view.name);
+                } else {
                     self.statements.close(view.name);
                 }
             }
+        }
+    }
+
+    /// Counts `n` more client `Parse`s answered with `ParseComplete` by the way running the
+    /// segment (see [`Session::settle_parses`]).
+    pub(crate) fn count_parses_answered(&mut self, n: usize) {
+        if let Some(answered) = self.parses_answered.as_mut() {
+            *answered += n;
         }
     }
 
@@ -235,7 +252,7 @@ impl Session {
                     build_messages(items, conn, out)
                 }))
                 .await?;
-                self.forget_failed_parses(items);
+                self.settle_parses(items);
             }
             Action::Gather(shards) => {
                 return Box::pin(self.run_assembled(loaded, Assembled::Gather(shards), &segment))

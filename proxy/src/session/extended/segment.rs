@@ -131,7 +131,7 @@ impl Session {
                 b'P' => {
                     let view = ParseView::new(&frame)?;
                     let unnamed = view.name.is_empty();
-                    if !unnamed && self.statements.get(view.name).is_some() {
+                    if !unnamed && self.statements.confirmed(view.name) {
                         // Only the unnamed statement is replaced by a `Parse`; a named one
                         // must be closed first.
                         segment.refusal = Some(statement_error(

@@ -85,8 +85,8 @@ impl Session {
             if self.must_settle_others(shard) {
                 Box::pin(self.settle_others(shard)).await;
             }
-            // Counted again by this exchange's end (`finish`), if it gets that far.
-            self.parsed = 0;
+            // Counted by this exchange's end (`finish`), if it gets that far.
+            self.parses_answered = None;
             let attached = match self.attach_now(loaded, shard) {
                 Ok(Attached::Ready(conn)) => Ok(conn),
                 Ok(Attached::Wait(pool)) => {
@@ -271,8 +271,6 @@ impl Session {
         mut conn: Pooled,
         error: ExchangeError,
     ) -> Result<Option<Settled>, SessionEnd> {
-        // What the client was told of its `Parse`s is unknown: none counts as answered.
-        self.parsed = 0;
         conn.broken = true;
         Pools::discard(conn);
         match error {
@@ -307,7 +305,7 @@ impl Session {
             // Boxed: the failure paths' state would otherwise weigh on every exchange.
             Err(e) => return Box::pin(self.exchange_failed(shard, conn, e)).await,
         };
-        self.parsed = outcome.parsed;
+        self.parses_answered = Some(outcome.parsed);
         let rolled_back =
             outcome.ready == Some(b'I') && outcome.last_tag == Some(Completed::Rollback);
         if rolled_back {

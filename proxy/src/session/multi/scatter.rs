@@ -87,7 +87,7 @@ impl Session {
         F: FnMut(&mut Backend, &mut Outgoing),
     {
         let started = std::time::Instant::now();
-        self.parsed = 0;
+        self.parses_answered = Some(0);
         // Every backend first, so a shard that cannot be reached leaves the others untouched.
         let mut attached = Vec::with_capacity(shards.len());
         let mut missing = Vec::new();
@@ -180,7 +180,9 @@ impl Session {
                 Expect::Local(bytes) => {
                     if !failed {
                         self.out.push(&bytes).await.map_err(MergeError::Client)?;
-                        self.parsed += usize::from(bytes.first() == Some(&tag::PARSE_COMPLETE));
+                        self.count_parses_answered(usize::from(
+                            bytes.first() == Some(&tag::PARSE_COMPLETE),
+                        ));
                     }
                     continue;
                 }
@@ -199,7 +201,7 @@ impl Session {
                 }
                 failed = !matches!(reply, Reply::Cycle | Reply::Sync);
             } else if !failed {
-                self.parsed += usize::from(reply == Reply::Parse);
+                self.count_parses_answered(usize::from(reply == Reply::Parse));
                 if merged.copy_done {
                     self.out
                         .push(&msg::empty(tag::COPY_DONE))

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use shardline_router::{KeyType, Plan};
 
 /// A statement a client prepared.
@@ -164,6 +164,10 @@ pub fn schema_generation() -> u64 {
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     by_name: FxHashMap<Vec<u8>, Arc<Statement>>,
+    /// The named statements the client was told exist (their `Parse` was answered with
+    /// `ParseComplete`): a `Parse` of one of these names is an error, as on one server. The
+    /// others are defined while their segment runs, and a `Parse` replaces them.
+    confirmed: FxHashSet<Vec<u8>>,
     /// The unnamed statement, apart: drivers that do not prepare send every query as one,
     /// so it is looked up at every execution.
     unnamed: Option<Arc<Statement>>,
@@ -249,13 +253,27 @@ impl ClientStatements {
             self.unnamed = None;
         } else {
             self.by_name.remove(name);
+            self.confirmed.remove(name);
         }
     }
 
     /// Forgets every statement (`DISCARD ALL`, `DEALLOCATE ALL`).
     pub fn clear(&mut self) {
         self.by_name.clear();
+        self.confirmed.clear();
         self.unnamed = None;
+    }
+
+    /// Records that the client was told named statement `name` exists.
+    pub fn confirm(&mut self, name: &[u8]) {
+        if self.by_name.contains_key(name) && !self.confirmed.contains(name) {
+            self.confirmed.insert(name.to_vec());
+        }
+    }
+
+    /// Whether the client was told named statement `name` exists (see [`Self::confirm`]).
+    pub fn confirmed(&self, name: &[u8]) -> bool {
+        self.confirmed.contains(name)
     }
 }
 
