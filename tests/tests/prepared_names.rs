@@ -96,6 +96,27 @@ async fn named_statements_are_defined_and_refused_as_postgres_does() -> anyhow::
             "the refused name parsed",
             [parse("n", "SELECT 13"), run("n"), sync()].concat(),
         ),
+        (
+            "closed and parsed in one segment",
+            [
+                close_statement("n"),
+                parse("n", "SELECT 14"),
+                run("n"),
+                sync(),
+            ]
+            .concat(),
+        ),
+        ("another transaction", run_once("BEGIN")),
+        (
+            "a name in use, inside it",
+            [parse("n", "SELECT 15"), sync()].concat(),
+        ),
+        ("ended", run_once("ROLLBACK")),
+        ("deallocated", run_once("DEALLOCATE n")),
+        (
+            "parsed after DEALLOCATE",
+            [parse("n", "SELECT 16"), run("n"), sync()].concat(),
+        ),
     ];
     for (step, bytes) in &steps {
         sides.same(step, bytes, 1).await?;

@@ -106,7 +106,8 @@ pub struct Session {
     skip_to_sync: bool,
     /// Client `Parse` messages the last single-shard exchange or scatter answered with
     /// `ParseComplete` (see [`Outcome::parsed`](link::exchange::Outcome::parsed)); `None`
-    /// when that is not known (the backend was lost, or another way ran the segment).
+    /// when that is not known (the backend was lost). Read only right after a segment's own
+    /// exchange or scatter (`Session::settle_parses`).
     parses_answered: Option<usize>,
     /// The current pipeline runs on several shards (see [`extended::pipeline`]).
     spread: Option<extended::pipeline::Spread>,

@@ -166,7 +166,7 @@ pub struct ClientStatements {
     by_name: FxHashMap<Vec<u8>, Arc<Statement>>,
     /// The named statements the client was told exist (their `Parse` was answered with
     /// `ParseComplete`): a `Parse` of one of these names is an error, as on one server. The
-    /// others are defined while their segment runs, and a `Parse` replaces them.
+    /// others are defined when their segment is read, and a `Parse` replaces them.
     confirmed: FxHashSet<Vec<u8>>,
     /// The unnamed statement, apart: drivers that do not prepare send every query as one,
     /// so it is looked up at every execution.
@@ -351,5 +351,28 @@ mod tests {
         statements.define(b"", one, &[], (planned(one), 1), None);
         statements.clear();
         assert!(statements.get(b"").is_none() && statements.get(b"s").is_none());
+    }
+
+    #[test]
+    fn a_confirmed_name_stays_confirmed_until_closed_or_cleared() {
+        let mut statements = ClientStatements::default();
+        let define = |statements: &mut ClientStatements, name: &[u8]| {
+            statements.define(name, "SELECT 1", &[0, 0], (planned("SELECT 1"), 7), None)
+        };
+        statements.confirm(b"s1");
+        assert!(
+            !statements.confirmed(b"s1"),
+            "only a defined name is confirmed"
+        );
+        define(&mut statements, b"s1");
+        assert!(!statements.confirmed(b"s1"), "defined, not yet answered");
+        statements.confirm(b"s1");
+        assert!(statements.confirmed(b"s1"));
+        statements.close(b"s1");
+        assert!(!statements.confirmed(b"s1"));
+        define(&mut statements, b"s1");
+        statements.confirm(b"s1");
+        statements.clear();
+        assert!(!statements.confirmed(b"s1"));
     }
 }
