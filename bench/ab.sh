@@ -12,13 +12,15 @@
 #
 # BUILD_A may be the word pgbouncer: PgBouncer in transaction pooling in front of shard 0, so
 # the table answers the benchmark targets (shardline's CPU and TPS against PgBouncer's); run
-# it with DEMO_SHARDS=1 to put shardline on the same footing (one shard, shard 0).
+# it with DEMO_SHARDS=1 to put shardline on the same footing (one shard, shard 0), and with
+# PGBOUNCERS=n for n PgBouncers sharing the port (so_reuseport), as PgBouncer uses n cores,
+# in one scheduling group as one shardline's threads are: the footing of THREADS=n.
 # MODES (default "simple extended prepared"; never prepared against PgBouncer, which
 # bench/pgbouncer.sh runs without prepared statement support in transaction pooling) picks
 # the modes; DEMO_SHARDS the shards; THREADS the shardline builds' threads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n '2,17p' "$0"; exit 1; }
+[ $# -ge 2 ] || { sed -n '2,20p' "$0"; exit 1; }
 A=$1 B=$2
 ROUNDS=${3:-5}
 SECS=${4:-4}
@@ -34,7 +36,9 @@ SHARDLINE_BIN=$A
 . bench/demo.sh
 PIDS=()
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # An entry may list several pids (PgBouncers).
+  # shellcheck disable=SC2086
+  for pid in "${PIDS[@]}"; do kill $pid 2>/dev/null || true; done
   stop_demo
 }
 trap cleanup EXIT
@@ -57,6 +61,7 @@ if [ "$A" = pgbouncer ]; then
   . bench/pgbouncer.sh
   [ -n "$PGB_PROC" ] || { echo "pgbouncer did not start; see $DIR/pgbouncer.log"; exit 1; }
   A_PID=$PGB_PROC
+  [ "${PGBOUNCERS:-1}" -gt 1 ] && A="$PGBOUNCERS pgbouncers (so_reuseport, one session)"
   MODES=${MODES/prepared/}
   [ -n "${MODES// /}" ] || { echo "against pgbouncer, MODES needs simple or extended"; exit 1; }
 else

@@ -1,7 +1,14 @@
 # Sourced by the bench scripts: reading pgbench's output and a process's CPU time.
 
+# The bench scripts' PID arguments may list several processes, separated by spaces (several
+# PgBouncers, bench/pgbouncer.sh): their figures are added up.
+
 # utime and stime (clock ticks) of a process.
-cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+cpu_ticks() { # PID
+  local pid
+  for pid in $1; do awk '{print $14, $15}' "/proc/$pid/stat"; done |
+    awk '{u += $1; s += $2} END {print u + 0, s + 0}'
+}
 HZ=$(getconf CLK_TCK)
 
 # Microseconds of user and system CPU per transaction between two cpu_ticks readings.
@@ -32,12 +39,16 @@ ticks_per_tx() { awk -v t="$1" -v n="$2" -v hz="$HZ" 'BEGIN {if (n > 0) printf "
 # Context switches of every thread of a process so far: "all involuntary", the involuntary
 # ones those where the scheduler took the CPU from a thread that still had work (the rest, a
 # thread going to sleep for want of work).
-ctx_switches() {
-  cat /proc/"$1"/task/*/status 2>/dev/null |
+ctx_switches() { # PID
+  local pid
+  for pid in $1; do cat /proc/"$pid"/task/*/status 2>/dev/null; done |
     awk '/ctxt_switches/ {n += $2} /^nonvoluntary_ctxt_switches/ {i += $2} END {print n + 0, i + 0}'
 }
 # Resident memory of a process, in kB.
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+rss_kb() { # PID
+  local pid
+  for pid in $1; do awk '/^VmRSS/ {print $2}' "/proc/$pid/status"; done | awk '{n += $1} END {print n + 0}'
+}
 # RSS growth per client, in kB, of process PID when N idle clients log in to PORT.
 idle_kb_per_client() { # PID PORT N
   local before after fifo
