@@ -222,14 +222,17 @@ async fn errors_before_sync_and_statements_on_every_shard() -> anyhow::Result<()
         };
     }
 
-    // The proxy refuses a key it cannot read before the Sync: one error, the rest ignored
-    // up to the Sync, one ReadyForQuery, and the connection in step afterwards.
+    // The proxy refuses a key it cannot read before the Sync: the `Parse` before it answered
+    // (as PostgreSQL answers it before failing the `Bind`), one error, the rest ignored up to
+    // the Sync, one ReadyForQuery, and the connection in step afterwards.
     let mut refused = parse("", INSERT);
     refused.extend(bind("", &["not a number", "bad"]));
     refused.extend(execute(0));
     refused.extend(inserts(&[77], "skipped"));
     refused.extend(flush());
     sides.proxy.write_all(&refused).await?;
+    let (tag, _) = read_message(&mut sides.proxy).await?;
+    assert_eq!(tag, b'1', "the Parse before the refused Bind is answered");
     let (tag, body) = read_message(&mut sides.proxy).await?;
     assert_eq!((tag, error_code(&body).as_str()), (b'E', "22P02"));
     let count = run_once("SELECT count(*) FROM users");

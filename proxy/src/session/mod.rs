@@ -368,6 +368,13 @@ impl Session {
         Box::pin(self.end_failed_pipeline()).await
     }
 
+    /// Refuses the current request with `error`, failing the client's transaction as an error
+    /// in it does on PostgreSQL.
+    async fn refuse(&mut self, error: ClientError) -> Result<(), SessionEnd> {
+        self.tx.fail();
+        self.fail(error).await
+    }
+
     /// The `client_encoding` the client's text arrives in: the one it set, or the one it was
     /// told at login.
     fn encoding(&self) -> ClientEncoding {

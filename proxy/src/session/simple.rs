@@ -171,10 +171,8 @@ impl Session {
                 Some(reply) => self.answer(&reply).await,
                 None => self.fail(internal("a local answer went missing")).await,
             },
-            Action::Refuse(error) => {
-                self.tx.fail();
-                self.fail(error).await
-            }
+            // A query string is one message: nothing of it was read before a refusal.
+            Action::Refuse(error) | Action::RunThenRefuse(error) => self.refuse(error).await,
             Action::CommitDual { old } => {
                 let build = |_: &mut Pooled, out: &mut Outgoing| {
                     out.send(message, Expect::relay(Reply::Cycle));
@@ -324,6 +322,7 @@ impl Planned<'_, '_> {
             routed: routed.as_slice(),
             dual,
             refusal,
+            read_before_refusal: false,
         }
     }
 }

@@ -35,7 +35,7 @@ use refusal::{client_two_phase_elsewhere, end_alone, pinned_elsewhere, scatter_i
 pub(crate) use route::{route, Target};
 
 /// What the client sent, routed.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Request<'a> {
     /// An extended-protocol segment (else one simple-protocol query).
     pub extended: bool,
@@ -50,6 +50,9 @@ pub(crate) struct Request<'a> {
     pub dual: bool,
     /// The first statement that could not be routed, and why.
     pub refusal: Option<&'a ClientError>,
+    /// Messages were read before the refused one: PostgreSQL answers them before it reaches
+    /// the error.
+    pub read_before_refusal: bool,
 }
 
 impl Request<'_> {
@@ -65,7 +68,7 @@ impl Request<'_> {
 }
 
 /// The session's state, as far as the decision needs it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Facts<'a> {
     pub config: &'a Config,
     pub tx: &'a Transaction,
@@ -126,6 +129,10 @@ pub(crate) enum Action<'a> {
     Finish { commit: bool },
     /// Refuses the request with this error (failing the transaction, as PostgreSQL does).
     Refuse(ClientError),
+    /// Runs the messages of the segment read before the one refused, as a step of a pipeline,
+    /// then refuses with this error (unless they failed first): PostgreSQL answers them before
+    /// it reaches the error, then skips the rest up to `Sync` and rolls their work back.
+    RunThenRefuse(ClientError),
 }
 
 impl Action<'_> {
@@ -142,8 +149,8 @@ impl Action<'_> {
 /// Decides what to do with `request` given the session's state.
 pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a> {
     let tx = facts.tx;
-    // A refused statement ends the request where it stands: what preceded it is not answered
-    // on its own.
+    // A refused statement ends the request where it stands: what preceded it is answered on
+    // its own only where that can run first (`runs_before_refusal`).
     let whole = request.refusal.is_none();
     // Inside a pipeline that already ran statements (not synced yet), a `BEGIN` or `COMMIT`
     // belongs to the shards running it, as PostgreSQL folds them into the implicit transaction.
@@ -171,6 +178,9 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
         }
     }
     if let Some(error) = request.refusal {
+        if runs_before_refusal(request, facts) {
+            return Action::RunThenRefuse(error.clone());
+        }
         return Action::Refuse(error.clone());
     }
     if request
@@ -263,6 +273,32 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
     }
 }
 
+/// Whether the messages read before a refused one run first, as PostgreSQL runs them: only
+/// where aborting the pipeline at its `Sync` undoes what they did, which holds for a step on
+/// one shard and for a pipeline spread over shards. Not for messages that end the transaction
+/// or write moving keys, nor for statements the proxy assembles (a split `INSERT`, a `COPY`),
+/// which commit on their own, nor for answers the proxy makes itself: those requests are
+/// refused whole, as before anything runs.
+fn runs_before_refusal(request: &Request<'_>, facts: &Facts<'_>) -> bool {
+    if !request.read_before_refusal || request.ends_transaction() || request.dual {
+        return false;
+    }
+    let before = Request {
+        refusal: None,
+        read_before_refusal: false,
+        ..*request
+    };
+    // They run as a step of a pipeline, as if the client had sent `Flush` after them.
+    let facts = Facts {
+        segment_open: true,
+        ..facts.clone()
+    };
+    matches!(
+        decide(&before, &facts),
+        Action::Single { .. } | Action::Spread
+    )
+}
+
 /// A request inside a transaction that already failed: only its end, or a `ROLLBACK TO
 /// SAVEPOINT` that undoes the failure, may run. A request that executes nothing (a `Sync`
 /// alone, as psycopg sends after an error in a pipeline) goes on to the transaction's backend,
@@ -272,7 +308,11 @@ fn in_failed_transaction<'a>(request: &Request<'a>) -> Option<Action<'a>> {
     if kinds.is_empty() && request.routed.is_empty() && request.refusal.is_none() {
         return None;
     }
-    if !kinds.is_empty() && kinds.iter().all(StatementKind::ends_transaction) {
+    // With a refused message after it, the request has no `Sync` to answer: refused below.
+    if !kinds.is_empty()
+        && kinds.iter().all(StatementKind::ends_transaction)
+        && request.refusal.is_none()
+    {
         // Like PostgreSQL, ending a failed transaction rolls it back, whatever was asked
         // (COMMIT and PREPARE TRANSACTION answer ROLLBACK).
         return Some(Action::Finish { commit: false });

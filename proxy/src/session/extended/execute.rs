@@ -7,7 +7,7 @@ use shardline_router::{ShardId, StatementKind};
 
 use crate::context::Loaded;
 use crate::protocol::backend::{self as msg, sqlstate, tag};
-use crate::protocol::frontend::ParseView;
+use crate::protocol::frontend::{ParseView, FLUSH};
 use crate::protocol::Frame;
 use crate::session::decide::{decide, Action};
 use crate::session::extended::assembled::Assembled;
@@ -161,6 +161,9 @@ impl Session {
                 Box::pin(self.run_spread(loaded, segment)).await?;
                 return Ok(Segmented::Ran);
             }
+            Action::RunThenRefuse(error) => {
+                return Box::pin(self.run_then_refuse(loaded, segment, error)).await;
+            }
             Action::Local => {
                 // Mid-pipeline, the segment's `Sync` also ends what the pipeline ran on its
                 // backends: after the proxy's answers it runs as a segment of its own.
@@ -227,8 +230,7 @@ impl Session {
                 .await?;
             }
             Action::Refuse(error) => {
-                self.tx.fail();
-                self.fail(error).await?;
+                self.refuse(error).await?;
                 return Ok(Segmented::Ran);
             }
             Action::CommitDual { old } => {
@@ -280,13 +282,54 @@ impl Session {
                     .await
                     .map(|()| Segmented::Ran);
             }
-            Action::Local | Action::AwaitCutover | Action::DualWrite { .. } | Action::Spread => {
+            Action::Local
+            | Action::AwaitCutover
+            | Action::DualWrite { .. }
+            | Action::Spread
+            | Action::RunThenRefuse(_) => {
                 let error = ClientError::new(sqlstate::INTERNAL, "a segment was decided twice");
                 self.fail(error).await?;
                 return Ok(Segmented::Ran);
             }
         }
         self.out.flush().await?;
+        Ok(Segmented::Ran)
+    }
+
+    /// Runs the messages read before the one refused, then refuses it, as PostgreSQL answers
+    /// the messages before an error: they run as a step of a pipeline (as if the client had
+    /// sent `Flush` after them), and then, unless they failed first, the client gets the
+    /// refusal and the pipeline ends as one that failed, at the segment's `Sync` (or at the
+    /// client's next one after a `Flush`), rolling back what they did.
+    async fn run_then_refuse(
+        &mut self,
+        loaded: &Arc<Loaded>,
+        mut segment: Segment,
+        error: ClientError,
+    ) -> Result<Segmented, SessionEnd> {
+        let ends_with_sync = !self.segment_open;
+        segment.refusal = None;
+        segment.items.push(Item::Forward {
+            frame: Frame::from_bytes(Bytes::from_static(FLUSH)),
+            reply: None,
+        });
+        self.segment_open = true;
+        // Decided again without the refusal (so not into this function again): as the
+        // decision found it would run, on one shard or spread over several.
+        let ran = Box::pin(self.run_decided(loaded, segment)).await?;
+        self.segment_open = !ends_with_sync;
+        if let Segmented::HeldByCutover = ran {
+            return Ok(ran);
+        }
+        if self.skip_to_sync {
+            // They failed: PostgreSQL skips the refused message with the rest.
+            if ends_with_sync {
+                self.skip_to_sync = false;
+                Box::pin(self.end_failed_pipeline()).await?;
+            }
+            return Ok(Segmented::Ran);
+        }
+        self.refuse(error).await?;
         Ok(Segmented::Ran)
     }
 

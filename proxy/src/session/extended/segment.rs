@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use shardline_router::{Param, StatementKind};
 use smallvec::SmallVec;
 
@@ -104,6 +105,7 @@ impl Segment {
             routed: &self.routed,
             dual: self.dual.is_some(),
             refusal: self.refusal.as_ref(),
+            read_before_refusal: !self.items.is_empty(),
         }
     }
 }
@@ -126,12 +128,17 @@ impl Session {
         segment.items.reserve(frames.len());
         // Portals bound in this segment (a few at most, usually only the unnamed one).
         let mut portals: SmallVec<[(Vec<u8>, Arc<Statement>); 1]> = SmallVec::new();
+        // Statement names this segment's `Parse`s define (and no `Close` closed since): the
+        // client has not been told of them yet, but another `Parse` of one is refused as
+        // PostgreSQL refuses it once the first has run.
+        let mut parsed: SmallVec<[Bytes; 1]> = SmallVec::new();
         for frame in frames.drain(..) {
             let item = match frame.tag() {
                 b'P' => {
                     let view = ParseView::new(&frame)?;
                     let unnamed = view.name.is_empty();
-                    if !unnamed && self.statements.confirmed(view.name) {
+                    let defined = |name: &[u8]| parsed.iter().any(|p| p.as_ref() == name);
+                    if !unnamed && (self.statements.confirmed(view.name) || defined(view.name)) {
                         // Only the unnamed statement is replaced by a `Parse`; a named one
                         // must be closed first.
                         segment.refusal = Some(statement_error(
@@ -140,6 +147,9 @@ impl Session {
                             "already exists",
                         ));
                         break;
+                    }
+                    if !unnamed {
+                        parsed.push(frame.bytes().slice_ref(view.name));
                     }
                     let types = view.param_types;
                     let query = match self.parsed_text(&view, loaded.version) {
@@ -315,6 +325,7 @@ impl Session {
                     let view = TargetView::new(&frame)?;
                     if view.kind == b'S' {
                         self.statements.close(view.name);
+                        parsed.retain(|p| p.as_ref() != view.name);
                         Item::CloseStatement
                     } else {
                         Item::Forward {

@@ -129,5 +129,6 @@ pub(super) fn action_text(action: &Action<'_>) -> String {
         }
         Action::Spread => "spread".to_owned(),
         Action::Refuse(error) => format!("refuse {}", error.sqlstate),
+        Action::RunThenRefuse(error) => format!("run, then refuse {}", error.sqlstate),
     }
 }

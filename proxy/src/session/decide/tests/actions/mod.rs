@@ -82,6 +82,8 @@ struct Case {
     routed: Vec<Target>,
     dual: bool,
     refusal: Option<&'static str>,
+    /// Messages were read before the refused one.
+    read_before_refusal: bool,
     /// Served with `cross_shard_transactions: false`.
     one_shard_transactions: bool,
     expected: &'static str,
@@ -97,6 +99,7 @@ fn simple(name: &'static str, state: State, kind: StatementKind, target: Option<
         routed: target.into_iter().collect(),
         dual: false,
         refusal: None,
+        read_before_refusal: false,
         one_shard_transactions: false,
         expected: "",
     }
@@ -141,6 +144,13 @@ impl Case {
 
     fn refused_by_router(mut self, sqlstate: &'static str) -> Case {
         self.refusal = Some(sqlstate);
+        self
+    }
+
+    /// The router refused a message after others of the segment were read.
+    fn refused_after_others(mut self, sqlstate: &'static str) -> Case {
+        self.refusal = Some(sqlstate);
+        self.read_before_refusal = true;
         self
     }
 }
@@ -232,6 +242,7 @@ fn check(loaded: &Loaded, cases: Vec<Case>) {
             routed: &routed,
             dual: case.dual,
             refusal: refusal.as_ref(),
+            read_before_refusal: case.read_before_refusal,
         };
         let facts = Facts {
             config: if case.one_shard_transactions {

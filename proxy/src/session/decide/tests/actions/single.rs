@@ -256,13 +256,94 @@ fn decides_statements_and_pipelines() {
             .refused_by_router("22P02")
             .expect("refuse 22P02"),
         segment(
-            "the router refused after a BEGIN",
+            "the router refused the first message of a segment",
             idle(),
-            vec![Begin],
+            vec![],
             vec![],
         )
         .refused_by_router("26000")
         .expect("refuse 26000"),
+        // A refusal after other messages: those run first where aborting the pipeline at its
+        // `Sync` undoes them.
+        segment(
+            "the router refused after a statement on one shard",
+            idle(),
+            vec![Write],
+            vec![Target::Shard(1)],
+        )
+        .refused_after_others("26000")
+        .expect("run, then refuse 26000"),
+        segment(
+            "the same inside a transaction",
+            pinned(1),
+            vec![Write],
+            vec![Target::Shard(1)],
+        )
+        .refused_after_others("26000")
+        .expect("run, then refuse 26000"),
+        segment(
+            "the router refused after statements on two shards",
+            idle(),
+            vec![Write, Write],
+            vec![Target::Shard(1), Target::Shard(2)],
+        )
+        .refused_after_others("26000")
+        .expect("run, then refuse 26000"),
+        segment(
+            "the router refused after a split INSERT, which commits on its own",
+            idle(),
+            vec![Write],
+            vec![split(&loaded)],
+        )
+        .refused_after_others("26000")
+        .expect("refuse 26000"),
+        segment(
+            "the router refused after a BEGIN, which the proxy answers",
+            idle(),
+            vec![Begin],
+            vec![],
+        )
+        .refused_after_others("26000")
+        .expect("refuse 26000"),
+        segment(
+            "the router refused after a COMMIT",
+            pinned(1),
+            vec![Write, Commit],
+            vec![Target::Shard(1)],
+        )
+        .refused_after_others("26000")
+        .expect("refuse 26000"),
+        segment(
+            "the router refused after a write of moving keys",
+            idle(),
+            vec![Write],
+            vec![Target::Shard(1)],
+        )
+        .dual()
+        .refused_after_others("26000")
+        .expect("refuse 26000"),
+        segment(
+            "the router refused after a statement, in a failed transaction",
+            State {
+                failed: true,
+                ..pinned(2)
+            },
+            vec![Read],
+            vec![Target::Shard(2)],
+        )
+        .refused_after_others("26000")
+        .expect("refuse 25P02"),
+        segment(
+            "the router refused after a ROLLBACK of a failed transaction",
+            State {
+                failed: true,
+                ..pinned(2)
+            },
+            vec![Rollback],
+            vec![],
+        )
+        .refused_after_others("26000")
+        .expect("refuse 25P02"),
         simple(
             "DEALLOCATE ALL inside a transaction",
             pinned(1),
