@@ -48,6 +48,19 @@ async fn messages_before_a_refused_one_run_as_on_postgres() -> anyhow::Result<()
             .concat(),
         ),
         ("the keyed insert was rolled back", count_users.clone()),
+        (
+            "keyed inserts on both shards, then an unknown statement",
+            [
+                unsynced("INSERT INTO users (id, name) VALUES (1, 'one')"),
+                unsynced("INSERT INTO users (id, name) VALUES (2, 'two')"),
+                unsynced("INSERT INTO users (id, name) VALUES (3, 'three')"),
+                unsynced("INSERT INTO users (id, name) VALUES (4, 'four')"),
+                unknown.clone(),
+                sync(),
+            ]
+            .concat(),
+        ),
+        ("none of them was kept", count_users.clone()),
         ("a transaction", run_once("BEGIN")),
         (
             "an insert in it, then an unknown statement",
@@ -118,6 +131,23 @@ async fn messages_before_a_refused_one_run_as_on_postgres() -> anyhow::Result<()
     sides
         .same("the split INSERT was not kept", &count_users, 1)
         .await?;
+    // In a failed transaction, its `ROLLBACK` before a refused message: the client gets an
+    // error and `ReadyForQuery` (where PostgreSQL would run the `ROLLBACK` first, the proxy
+    // refuses the segment whole and the transaction stays failed), and a `ROLLBACK` ends it.
+    sides
+        .same("a transaction again", &run_once("BEGIN"), 1)
+        .await?;
+    sides
+        .same("it fails", &run_once("SELECT nosuchfn()"), 1)
+        .await?;
+    let rollback_then_unknown = [unsynced("ROLLBACK"), unknown.clone(), sync()].concat();
+    let got = transcript(&mut sides.proxy, &rollback_then_unknown, Until::Syncs(1)).await?;
+    assert!(
+        matches!(got.as_slice(), [Answer::Error(_), Answer::Ready(_)]),
+        "ROLLBACK of a failed transaction, then an unknown statement: {got:?}"
+    );
+    transcript(&mut sides.oracle, &rollback_then_unknown, Until::Syncs(1)).await?;
+    sides.same("ended", &run_once("ROLLBACK"), 1).await?;
     // A segment that ends with `Flush`: the answers up to the refusal, then nothing until the
     // client's `Sync`, which ends the pipeline that failed.
     sides

@@ -26,7 +26,7 @@ use shardline_router::split::InsertPart;
 use shardline_router::{Config, SavepointOp, ShardId, StatementKind};
 
 use crate::protocol::backend::sqlstate;
-use crate::session::state::settings::changes_reported;
+use crate::session::state::settings::{changes_reported, effect_of};
 use crate::session::state::transaction::Transaction;
 use crate::session::ClientError;
 pub(crate) use local::{local_answer, LocalAnswer, TxPhase};
@@ -274,13 +274,19 @@ pub(crate) fn decide<'a>(request: &Request<'a>, facts: &Facts<'_>) -> Action<'a>
 }
 
 /// Whether the messages read before a refused one run first, as PostgreSQL runs them: only
-/// where aborting the pipeline at its `Sync` undoes what they did, which holds for a step on
-/// one shard and for a pipeline spread over shards. Not for messages that end the transaction
-/// or write moving keys, nor for statements the proxy assembles (a split `INSERT`, a `COPY`),
-/// which commit on their own, nor for answers the proxy makes itself: those requests are
-/// refused whole, as before anything runs.
+/// where aborting the pipeline at its `Sync` undoes all they did, which holds for a step on
+/// one shard and for a pipeline spread over shards. Not for messages that end the
+/// transaction, write moving keys or `COPY` (whose end the client syncs itself), nor for
+/// setting changes (the session records them as they complete), statements the proxy
+/// assembles (a split `INSERT`), which commit on their own, or answers the proxy makes itself:
+/// those requests are refused whole, as before anything runs.
 fn runs_before_refusal(request: &Request<'_>, facts: &Facts<'_>) -> bool {
-    if !request.read_before_refusal || request.ends_transaction() || request.dual {
+    let undone_at_sync = |kind: &StatementKind| {
+        !kind.ends_transaction()
+            && !matches!(kind, StatementKind::CopyIn | StatementKind::CopyOut)
+            && effect_of(kind).is_none()
+    };
+    if !request.read_before_refusal || request.dual || !request.statements().all(undone_at_sync) {
         return false;
     }
     let before = Request {

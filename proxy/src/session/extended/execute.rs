@@ -322,7 +322,9 @@ impl Session {
             return Ok(ran);
         }
         if self.skip_to_sync {
-            // They failed: PostgreSQL skips the refused message with the rest.
+            // They failed: PostgreSQL skips the refused message with the rest, and the failure
+            // fails the client's transaction block.
+            self.tx.fail();
             if ends_with_sync {
                 self.skip_to_sync = false;
                 Box::pin(self.end_failed_pipeline()).await?;

@@ -314,6 +314,22 @@ fn decides_statements_and_pipelines() {
         .refused_after_others("26000")
         .expect("refuse 26000"),
         segment(
+            "the router refused after a SET, which the session records as it completes",
+            idle(),
+            vec![set(), Read],
+            vec![Target::Shard(1)],
+        )
+        .refused_after_others("26000")
+        .expect("refuse 26000"),
+        segment(
+            "the router refused after a COPY into one shard",
+            idle(),
+            vec![StatementKind::CopyIn],
+            vec![Target::Shard(1)],
+        )
+        .refused_after_others("26000")
+        .expect("refuse 26000"),
+        segment(
             "the router refused after a write of moving keys",
             idle(),
             vec![Write],
